@@ -1,0 +1,53 @@
+"""Conveyor: a Python job queue and worker platform.
+
+```python
+from conveyor import Conveyor, Job, Retry, Unrecoverable
+
+app = Conveyor()  # CONVEYOR_URL, else REDIS_URL, else sqlite:///conveyor.db
+
+@app.task("email.send", queue="notifications", max_attempts=5, backoff=[1, 5, 30])
+async def send_email(job: Job) -> None: ...
+```
+"""
+
+from .app import Conveyor
+from .backoff import Exponential, Fixed, Schedule
+from .errors import (
+    ConfigError,
+    ConveyorError,
+    EngineUnavailable,
+    InvalidJob,
+    InvalidPayload,
+    InvalidState,
+    JobNotFound,
+    MalformedJob,
+    PayloadTooLarge,
+    Retry,
+    UnknownTask,
+    Unrecoverable,
+)
+from .job import AttemptError, Job, JobState
+from .worker import Worker
+
+__all__ = [
+    "AttemptError",
+    "ConfigError",
+    "Conveyor",
+    "ConveyorError",
+    "EngineUnavailable",
+    "Exponential",
+    "Fixed",
+    "InvalidJob",
+    "InvalidPayload",
+    "InvalidState",
+    "Job",
+    "JobNotFound",
+    "JobState",
+    "MalformedJob",
+    "PayloadTooLarge",
+    "Retry",
+    "Schedule",
+    "UnknownTask",
+    "Unrecoverable",
+    "Worker",
+]

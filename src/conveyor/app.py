@@ -1,0 +1,430 @@
+"""The `Conveyor` app: the registry of tasks plus the engine it talks to.
+
+Producers and workers import the same app object. The facade validates and encodes
+once, then calls the engine; nothing below it repeats that work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+import orjson
+
+from . import backoff as backoff_mod
+from .clock import Clock
+from .engines import Engine, Event, JobPage, QueueCounts, open_engine
+from .errors import ConfigError, InvalidJob, UnknownTask
+from .job import (
+    MAX_PRIORITY,
+    MIN_PRIORITY,
+    QUEUE_NAME,
+    Job,
+    JobState,
+    NewJob,
+    encode_payload,
+    new_job_id,
+)
+from .settings import Settings
+from .task import Handler, Task
+
+H = TypeVar("H", bound=Handler)
+_ENQUEUE_OPTIONS = frozenset(
+    {"queue", "delay", "run_at", "priority", "dedupe_key", "tenant", "max_attempts",
+     "backoff", "timeout"}
+)
+
+
+class Conveyor:
+    """Register tasks and enqueue jobs.
+
+    Args:
+        url: engine URL (`redis://…`, `sqlite:///path`, `memory://`). When omitted it
+            is resolved on first use from `CONVEYOR_URL`, then `REDIS_URL`, then the
+            embedded SQLite file `./conveyor.db`.
+        default_queue: queue for tasks registered without `queue=`.
+        max_payload_bytes: largest accepted payload (default from settings: 1 MiB).
+        clock: time source (tests pass a `FakeClock` with the memory engine).
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        default_queue: str = "default",
+        max_payload_bytes: int | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        _check_queue(default_queue)
+        self._url = url
+        self.default_queue = default_queue
+        self._max_payload_bytes = max_payload_bytes
+        self.clock = clock or Clock()
+        self.tasks: dict[str, Task] = {}
+        self._engine: Engine | None = None
+        self._connected = False
+        self._connect_lock: asyncio.Lock | None = None
+        self._sync: _SyncBridge | None = None
+
+    # --- configuration ---------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        """The engine URL (resolved from the environment on first use if not given)."""
+        if self._url is None:
+            self._url = Settings.load().url
+        return self._url
+
+    @property
+    def max_payload_bytes(self) -> int:
+        if self._max_payload_bytes is None:
+            self._max_payload_bytes = Settings.load().max_payload_bytes
+        return self._max_payload_bytes
+
+    def configure(self, *, url: str | None = None, max_payload_bytes: int | None = None) -> None:
+        """Override settings before first use (the CLI applies its flags here).
+
+        Raises:
+            ConfigError: the app is already connected to an engine.
+        """
+        if self._engine is not None and (url is not None and url != self._url):
+            raise ConfigError("configure(url=...) must be called before the app connects")
+        if url is not None:
+            self._url = url
+        if max_payload_bytes is not None:
+            self._max_payload_bytes = max_payload_bytes
+
+    @property
+    def engine(self) -> Engine:
+        """The engine object (built on first access, connected by `connect`)."""
+        if self._engine is None:
+            self._engine = open_engine(self.url, clock=self.clock)
+        return self._engine
+
+    async def connect(self) -> Engine:
+        """Connect the engine once; later calls return it at once.
+
+        Raises:
+            EngineUnavailable: the engine cannot be reached.
+        """
+        if not self._connected:
+            if self._connect_lock is None:
+                self._connect_lock = asyncio.Lock()
+            async with self._connect_lock:
+                if not self._connected:
+                    await self.engine.connect()
+                    self._connected = True
+        return self.engine
+
+    async def close(self) -> None:
+        """Close the engine's connections (and the sync bridge's)."""
+        if self._engine is not None:
+            await self._engine.close()
+        self._engine = None
+        self._connected = False
+        self._connect_lock = None
+        if self._sync is not None:
+            self._sync.close()
+            self._sync = None
+
+    async def __aenter__(self) -> Conveyor:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # --- registry --------------------------------------------------------------------
+    def task(
+        self,
+        name: str | None = None,
+        *,
+        queue: str | None = None,
+        max_attempts: int = 3,
+        backoff: backoff_mod.BackoffLike = None,
+        timeout: float | None = None,
+    ) -> Callable[[H], H]:
+        """Register a handler as a task.
+
+        Args:
+            name: task name (default: the function's `module.qualname`).
+            queue: queue its jobs go to (default: the app's default queue).
+            max_attempts: attempts before the job is failed (>= 1).
+            backoff: delays between attempts: `[1, 5, 30]`, a number, `"exponential"`,
+                or a policy from `conveyor.backoff`.
+            timeout: seconds an attempt may run; over it the attempt fails.
+
+        Raises:
+            ConfigError: an option is invalid or the name is already registered.
+        """
+        queue = _check_queue(queue or self.default_queue)
+        _check_attempts(max_attempts)
+        policy = backoff_mod.coerce(backoff)
+        _check_timeout(timeout)
+
+        def register(fn: H) -> H:
+            task_name = name or f"{fn.__module__}.{fn.__qualname__}"
+            if task_name in self.tasks and self.tasks[task_name].fn is not fn:
+                raise ConfigError(f"task {task_name!r} is registered twice: pick another name")
+            self.tasks[task_name] = Task(task_name, fn, queue, max_attempts, policy, timeout)
+            return fn
+
+        return register
+
+    # --- producers -------------------------------------------------------------------
+    def build(self, task: str, payload: Mapping[str, Any] | None = None, **options: Any) -> NewJob:
+        """Validate and encode one job without storing it (used by enqueue and outbox).
+
+        Raises:
+            UnknownTask, InvalidPayload, PayloadTooLarge, InvalidJob: nothing is enqueued.
+        """
+        unknown = set(options) - _ENQUEUE_OPTIONS
+        if unknown:
+            raise InvalidJob(
+                f"unknown enqueue option(s) {', '.join(sorted(unknown))}: "
+                f"valid options are {', '.join(sorted(_ENQUEUE_OPTIONS))}"
+            )
+        registered = self.tasks.get(task)
+        queue = options.get("queue")
+        if registered is None and queue is None:
+            raise UnknownTask(
+                f"task {task!r} is not registered in this process: register it with "
+                "@app.task, or pass queue= to enqueue it for a worker that has it"
+            )
+        if not isinstance(task, str) or not task:
+            raise InvalidJob("task name must be a non-empty string")
+        queue = _check_queue(queue or (registered.queue if registered else self.default_queue),
+                             error=InvalidJob)
+        priority = options.get("priority") or 0
+        if not isinstance(priority, int) or not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+            raise InvalidJob(
+                f"priority={priority!r} is invalid: use an integer from {MIN_PRIORITY} to "
+                f"{MAX_PRIORITY} (higher runs first)"
+            )
+        max_attempts = options.get("max_attempts")
+        if max_attempts is None:
+            max_attempts = registered.max_attempts if registered else 3
+        _check_attempts(max_attempts, error=InvalidJob)
+        timeout = options.get("timeout")
+        _check_timeout(timeout, error=InvalidJob)
+        backoff_json = None
+        if options.get("backoff") is not None:
+            try:
+                backoff_json = orjson.dumps(backoff_mod.coerce(options["backoff"]).to_spec()).decode()
+            except ConfigError as exc:
+                raise InvalidJob(str(exc)) from exc
+        delay_ms, run_at_ms = _due(options.get("delay"), options.get("run_at"))
+        tenant = _check_label("tenant", options.get("tenant"), 128)
+        dedupe_key = _check_label("dedupe_key", options.get("dedupe_key"), 512)
+        return NewJob(
+            id=new_job_id(queue),
+            queue=queue,
+            task=task,
+            payload_json=encode_payload({} if payload is None else payload, self.max_payload_bytes),
+            max_attempts=max_attempts,
+            priority=priority,
+            tenant=tenant,
+            dedupe_key=dedupe_key,
+            timeout=timeout,
+            backoff_json=backoff_json,
+            delay_ms=delay_ms,
+            run_at_ms=run_at_ms,
+        )
+
+    async def enqueue(self, task: str, payload: Mapping[str, Any] | None = None, **options: Any) -> Job:
+        """Enqueue one job. Once this returns, the job is stored durably.
+
+        Args:
+            task: registered task name (or any name, with `queue=`).
+            payload: a JSON object.
+            **options: queue, delay (seconds or timedelta), run_at (datetime),
+                priority (-100..100, higher first), dedupe_key, tenant,
+                max_attempts, backoff, timeout.
+
+        Returns:
+            The new job, or the live job that already holds `dedupe_key`.
+
+        Raises:
+            UnknownTask, InvalidPayload, PayloadTooLarge, InvalidJob, EngineUnavailable.
+        """
+        return (await self._store([self.build(task, payload, **options)]))[0]
+
+    async def enqueue_many(self, items: Iterable[Mapping[str, Any]]) -> list[Job]:
+        """Enqueue many jobs in one round trip per queue; all are validated first.
+
+        Each item is a mapping with `task`, optional `payload` and any `enqueue` option.
+        If any item is invalid, nothing is enqueued.
+        """
+        built = []
+        for index, item in enumerate(items):
+            spec = dict(item)
+            try:
+                task = spec.pop("task")
+            except KeyError:
+                raise InvalidJob(f"item {index} has no 'task': each item needs one") from None
+            payload = spec.pop("payload", None)
+            try:
+                built.append(self.build(task, payload, **spec))
+            except InvalidJob as exc:
+                raise type(exc)(f"item {index}: {exc}") from exc
+        return await self._store(built)
+
+    async def _store(self, jobs: Sequence[NewJob]) -> list[Job]:
+        if not jobs:
+            return []
+        engine = await self.connect()
+        results = await engine.enqueue(jobs)
+        now = self.clock.now()
+        out = []
+        for new, res in zip(jobs, results, strict=True):
+            if not res.created:
+                out.append(await engine.get_job(res.id))
+                continue
+            out.append(
+                Job(
+                    id=res.id, queue=new.queue, task=new.task,
+                    payload=orjson.loads(new.payload_json), state=res.state,
+                    max_attempts=new.max_attempts, priority=new.priority, tenant=new.tenant,
+                    dedupe_key=new.dedupe_key, timeout=new.timeout,
+                    backoff=orjson.loads(new.backoff_json) if new.backoff_json else None,
+                    created_at=now,
+                    scheduled_at=(new.run_at_ms / 1000 if new.run_at_ms is not None
+                                  else now + new.delay_ms / 1000)
+                    if res.state == JobState.SCHEDULED else None,
+                )
+            )
+        return out
+
+    def enqueue_sync(self, task: str, payload: Mapping[str, Any] | None = None, **options: Any) -> Job:
+        """`enqueue` for synchronous code (Flask, Django, scripts). Thread-safe."""
+        return self._bridge().run(lambda app: app.enqueue(task, payload, **options))
+
+    def enqueue_many_sync(self, items: Iterable[Mapping[str, Any]]) -> list[Job]:
+        """`enqueue_many` for synchronous code."""
+        materialised = list(items)
+        return self._bridge().run(lambda app: app.enqueue_many(materialised))
+
+    def get_job_sync(self, job_id: str) -> Job:
+        """`get_job` for synchronous code."""
+        return self._bridge().run(lambda app: app.get_job(job_id))
+
+    def _bridge(self) -> _SyncBridge:
+        if self._sync is None:
+            self._sync = _SyncBridge(self)
+        return self._sync
+
+    # --- read model and operations (shared by CLI, API, dashboard) ---------------------
+    async def get_job(self, job_id: str) -> Job:
+        """The job with every attempt's error. Raises `JobNotFound`."""
+        return await (await self.connect()).get_job(job_id)
+
+    async def queue_names(self) -> list[str]:
+        return await (await self.connect()).queue_names()
+
+    async def counts(self, queue: str) -> QueueCounts:
+        return await (await self.connect()).counts(queue)
+
+    async def list_jobs(
+        self, queue: str, state: JobState, *, tenant: str | None = None, limit: int = 50,
+        cursor: str | None = None,
+    ) -> JobPage:
+        return await (await self.connect()).list_jobs(
+            queue, state, tenant=tenant, limit=limit, cursor=cursor
+        )
+
+    async def events(
+        self, queues: Sequence[str], *, since: dict[str, str] | None = None, block_ms: int = 1000
+    ) -> AsyncIterator[Event]:
+        """Yield state-change events of `queues` as they happen, across processes.
+
+        Args:
+            since: queue -> last event id seen; absent queues start from now.
+        """
+        engine = await self.connect()
+        # Pin "now" for queues without a position, so nothing between reads is skipped.
+        cursor = {**(await engine.last_event_ids(queues)), **(since or {})}
+        while True:
+            batch = await engine.read_events(queues, since=cursor, count=500, block_ms=block_ms)
+            for event in batch:
+                cursor[event.queue] = event.id
+                yield event
+
+
+class _SyncBridge:
+    """Runs the async API on a private event loop thread, with its own engine.
+
+    Engine connections belong to the loop that made them, so sync callers get a
+    separate app instance sharing the task registry.
+    """
+
+    def __init__(self, app: Conveyor) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="conveyor-sync",
+                                        daemon=True)
+        self._thread.start()
+        self._app = Conveyor(app.url, default_queue=app.default_queue,
+                             max_payload_bytes=app.max_payload_bytes, clock=app.clock)
+        self._app.tasks = app.tasks
+
+    def run(self, call: Callable[[Conveyor], Any]) -> Any:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            raise RuntimeError(
+                "enqueue_sync was called inside a running event loop: use `await app.enqueue`"
+            )
+        future: Future[Any] = asyncio.run_coroutine_threadsafe(call(self._app), self._loop)
+        return future.result()
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._app.close(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+
+def _check_queue(name: str, *, error: type[Exception] = ConfigError) -> str:
+    if not isinstance(name, str) or not QUEUE_NAME.match(name):
+        raise error(
+            f"queue name {name!r} is invalid: use 1-64 letters, digits, '_', '-' or '.'"
+        )
+    return name
+
+
+def _check_attempts(value: Any, *, error: type[Exception] = ConfigError) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 1000:
+        raise error(f"max_attempts={value!r} is invalid: use an integer from 1 to 1000")
+
+
+def _check_timeout(value: Any, *, error: type[Exception] = ConfigError) -> None:
+    if value is not None and (not isinstance(value, int | float) or value <= 0):
+        raise error(f"timeout={value!r} is invalid: use seconds > 0, or None for no limit")
+
+
+def _check_label(field: str, value: Any, max_len: int) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or len(value) > max_len:
+        raise InvalidJob(f"{field}={value!r} is invalid: use a string of 1-{max_len} characters")
+    return value
+
+
+def _due(delay: Any, run_at: Any) -> tuple[int, int | None]:
+    """Convert `delay` / `run_at` to storage milliseconds (the engine's clock adds now)."""
+    if delay is not None and run_at is not None:
+        raise InvalidJob("pass delay= or run_at=, not both")
+    if run_at is not None:
+        if not isinstance(run_at, datetime):
+            raise InvalidJob(f"run_at={run_at!r} is invalid: pass a datetime")
+        return 0, int(run_at.timestamp() * 1000)
+    if delay is None:
+        return 0, None
+    if isinstance(delay, timedelta):
+        delay = delay.total_seconds()
+    if isinstance(delay, bool) or not isinstance(delay, int | float) or not delay >= 0:
+        raise InvalidJob(f"delay={delay!r} is invalid: use seconds >= 0 or a timedelta")
+    return int(delay * 1000), None

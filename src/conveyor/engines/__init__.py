@@ -1,0 +1,39 @@
+"""Engines behind one protocol, chosen by URL scheme.
+
+`open_engine` imports an engine only when its scheme is used, so a producer that
+talks to SQLite never imports redis-py.
+"""
+
+from __future__ import annotations
+
+from ..clock import Clock
+from ..errors import ConfigError
+from .base import Engine, Event, Exchange, JobPage, Outcome, QueueCounts
+
+__all__ = ["Engine", "Event", "Exchange", "JobPage", "Outcome", "QueueCounts", "open_engine"]
+
+SCHEMES = ("redis://", "rediss://", "sqlite://", "memory://")
+
+
+def open_engine(url: str, *, clock: Clock | None = None) -> Engine:
+    """Build (not yet connect) the engine for `url`.
+
+    Raises:
+        ConfigError: the URL's scheme is not one Conveyor knows.
+    """
+    if url.startswith(("redis://", "rediss://")):
+        from .redis import RedisEngine
+
+        return RedisEngine(url)
+    if url.startswith("sqlite://"):
+        from .sqlite import SqliteEngine
+
+        return SqliteEngine(url, clock=clock)
+    if url.startswith("memory://"):
+        from .memory import MemoryEngine
+
+        return MemoryEngine(url, clock=clock)
+    raise ConfigError(
+        f"engine URL {url!r} is not supported: use one of redis://host:6379/0, "
+        "rediss://..., sqlite:///path/to/conveyor.db or memory://"
+    )

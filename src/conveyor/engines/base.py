@@ -1,0 +1,258 @@
+"""The engine protocol: the only layer that knows storage.
+
+Everything above (app facade, worker, CLI, API) talks to an `Engine`. Three engines
+implement it — `redis://`, `sqlite://`, `memory://` — and one contract suite
+(`tests/integration/test_engine_contract.py`) runs unchanged against each.
+
+Semantics every engine must honour (the contract suite checks them):
+
+* Time: the engine's clock decides due times and lease deadlines (Redis `TIME`; the
+  process clock for SQLite and memory). Storage uses integer milliseconds.
+* `enqueue`: all-or-nothing per call. A job whose due time is in the future is
+  `scheduled`, otherwise `pending`. A dedupe key held by a job that is still
+  scheduled/pending/running returns that job (`created=False`) and writes nothing.
+  Pending jobs are claimed highest `priority` first, FIFO within a priority.
+* `exchange`: first applies `outcomes`, then (if `limit > 0`) claims up to `limit`
+  jobs from `queues` (in the order given), skipping paused queues. Before claiming it
+  promotes due scheduled jobs and recovers expired leases of those queues. Claiming
+  increments `attempt`, sets state `running`, a fresh token, `started_ms`, and a lease
+  deadline `now + lease_ms`. Outcomes whose token no longer matches (lease lost,
+  job cancelled) change nothing and are reported in `Exchange.lost`.
+* Outcome kinds: `complete` (→ completed, result stored), `retry` (→ scheduled at
+  now + delay_ms, or pending when delay_ms == 0; error appended), `fail` (→ failed,
+  error appended), `release` (→ pending at the front of its priority, attempt given
+  back: used on graceful shutdown).
+* Expired lease recovery: a running job whose deadline passed goes back to `pending`
+  (event `stalled`) — unless its attempts are spent (`attempt >= max_attempts`),
+  then it becomes `failed` with an error saying the worker was lost. This is what
+  ends crash loops.
+* Dedupe keys are released when a job leaves the active states.
+* Every state change appends an `Event` to the queue's bounded event log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from ..job import EnqueueResult, Job, JobState, NewJob
+
+OutcomeKind = Literal["complete", "retry", "fail", "release"]
+
+EVENT_KINDS = (
+    "enqueued",
+    "started",
+    "progress",
+    "completed",
+    "failed",
+    "retried",
+    "stalled",
+    "released",
+    "cancelled",
+    "promoted",
+)
+
+
+@dataclass(slots=True)
+class Outcome:
+    """How a worker finished (or handed back) a job it held."""
+
+    job_id: str
+    token: str
+    kind: OutcomeKind
+    result_json: str | None = None  # complete
+    error_json: str | None = None  # retry / fail: an AttemptError as JSON
+    delay_ms: int = 0  # retry
+
+
+@dataclass(slots=True)
+class Exchange:
+    """What `Engine.exchange` returns."""
+
+    jobs: list[Job] = field(default_factory=list)
+    lost: list[str] = field(default_factory=list)  # job ids whose lease was gone
+    next_due_ms: int | None = None  # ms until the earliest scheduled job is due
+
+
+@dataclass(slots=True)
+class QueueCounts:
+    """Depth of one queue per state."""
+
+    queue: str
+    scheduled: int = 0
+    pending: int = 0
+    running: int = 0
+    completed: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    paused: bool = False
+    oldest_pending_ms: int | None = None  # created_ms of the oldest pending job
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "queue": self.queue,
+            "scheduled": self.scheduled,
+            "pending": self.pending,
+            "running": self.running,
+            "completed": self.completed,
+            "failed": self.failed,
+            "cancelled": self.cancelled,
+            "paused": self.paused,
+            "oldest_pending_ms": self.oldest_pending_ms,
+        }
+
+
+@dataclass(slots=True)
+class JobPage:
+    """One page of a listing; pass `cursor` back to get the next one."""
+
+    jobs: list[Job]
+    cursor: str | None  # None when there is nothing more
+
+
+@dataclass(slots=True)
+class Event:
+    """One state change, as stored in a queue's event log."""
+
+    id: str  # engine-specific, increasing within a queue; pass back as `since`
+    kind: str
+    job_id: str
+    queue: str
+    at: float  # wall-clock seconds
+    task: str | None = None
+    tenant: str | None = None
+    attempt: int | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "job_id": self.job_id,
+            "queue": self.queue,
+            "at": self.at,
+            "task": self.task,
+            "tenant": self.tenant,
+            "attempt": self.attempt,
+            "data": self.data,
+        }
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """Storage for jobs. Every method may raise `EngineUnavailable`."""
+
+    url: str
+    durable: bool  # survives a crash of the process that holds it
+
+    async def connect(self) -> None:
+        """Open connections and verify the engine answers.
+
+        Raises:
+            EngineUnavailable: the engine cannot be reached; the message names the URL.
+        """
+
+    async def close(self) -> None:
+        """Release connections. Safe to call twice."""
+
+    async def ping(self) -> float:
+        """Round-trip time in seconds. Raises `EngineUnavailable`."""
+
+    # --- producers --------------------------------------------------------------
+    async def enqueue(self, jobs: Sequence[NewJob]) -> list[EnqueueResult]:
+        """Store jobs, in one round trip per queue. Results are in input order."""
+
+    # --- workers (hot path) -----------------------------------------------------
+    async def exchange(
+        self,
+        outcomes: Sequence[Outcome],
+        *,
+        queues: Sequence[str],
+        limit: int,
+        worker_id: str,
+        lease_ms: int,
+    ) -> Exchange:
+        """Apply `outcomes`, then claim up to `limit` jobs (see module docstring)."""
+
+    async def heartbeat(self, leases: Sequence[tuple[str, str]], *, lease_ms: int) -> list[str]:
+        """Extend the leases `(job_id, token)` to now + lease_ms; return ids that were lost."""
+
+    async def set_progress(self, job_id: str, token: str, progress_json: str) -> bool:
+        """Store progress for a running job; False when the lease is gone."""
+
+    async def wait_for_jobs(self, queues: Sequence[str], timeout: float) -> None:
+        """Return when one of `queues` may have claimable work, or after `timeout` s.
+
+        Blocks (no busy polling on Redis). Spurious wake-ups are allowed.
+        """
+
+    async def recover_expired(self, queues: Sequence[str]) -> int:
+        """Recover running jobs whose lease expired; returns how many were recovered."""
+
+    # --- read model ---------------------------------------------------------------
+    async def get_job(self, job_id: str) -> Job:
+        """Raises `JobNotFound` if there is no such job, `MalformedJob` if undecodable."""
+
+    async def queue_names(self) -> list[str]:
+        """Every queue that has ever held a job, sorted."""
+
+    async def counts(self, queue: str) -> QueueCounts:
+        """Depth per state, paused flag and age of the oldest pending job."""
+
+    async def list_jobs(
+        self,
+        queue: str,
+        state: JobState,
+        *,
+        tenant: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> JobPage:
+        """Jobs in one state: pending in claim order, others newest first."""
+
+    async def read_events(
+        self, queues: Sequence[str], *, since: dict[str, str] | None, count: int, block_ms: int
+    ) -> list[Event]:
+        """Events after `since` (queue -> last seen event id; absent = only new ones).
+
+        Blocks up to `block_ms` when there is nothing yet.
+        """
+
+    async def last_event_ids(self, queues: Sequence[str]) -> dict[str, str]:
+        """The id of the newest event of each queue ("0" when it has none), so a reader
+        can start "from now" and pass the position back as `since`."""
+
+    # --- operations -----------------------------------------------------------------
+    async def pause(self, queue: str) -> None:
+        """Workers stop claiming from `queue`; producers keep enqueueing."""
+
+    async def resume(self, queue: str) -> None:
+        """Undo `pause` and wake idle workers."""
+
+    async def retry_job(self, job_id: str) -> Job:
+        """failed/cancelled → pending with a fresh attempt budget. Raises `InvalidState`."""
+
+    async def cancel_job(self, job_id: str) -> Job:
+        """scheduled/pending/running → cancelled (a running job's lease is revoked)."""
+
+    async def promote_job(self, job_id: str) -> Job:
+        """scheduled → pending now. Raises `InvalidState` for other states."""
+
+    async def retry_all(self, queue: str, state: JobState = JobState.FAILED) -> int:
+        """Retry every job of `queue` in `state` (failed or cancelled); returns how many."""
+
+    async def clean(self, queue: str, state: JobState, older_than_ms: int, limit: int) -> int:
+        """Delete up to `limit` finished jobs in `state` finished more than `older_than_ms` ago."""
+
+    async def purge(self, queue: str) -> int:
+        """Delete every job of `queue` (all states) and its dedupe keys; returns how many."""
+
+    async def register_worker(self, worker_id: str, info_json: str, ttl_ms: int) -> None:
+        """Record that a worker is alive (its info: queues, in-flight, concurrency)."""
+
+    async def unregister_worker(self, worker_id: str) -> None:
+        """Remove a worker's record at shutdown."""
+
+    async def workers(self) -> list[dict[str, Any]]:
+        """Workers whose record has not expired, each with `id`, `last_seen` and its info."""

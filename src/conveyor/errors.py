@@ -1,0 +1,80 @@
+"""Every error Conveyor raises, in one shallow tree.
+
+```
+ConveyorError                     root: catch this to catch everything Conveyor raises
+├── ConfigError                   a setting or argument is invalid (raised at start-up)
+├── EngineUnavailable             the engine (Redis, SQLite file) cannot be reached
+├── JobNotFound                   no job has that id
+├── InvalidJob                    what a producer asked to enqueue is wrong
+│   ├── UnknownTask               task not registered here and no queue given
+│   ├── InvalidPayload            payload is not JSON-serialisable (never pickled)
+│   └── PayloadTooLarge           payload exceeds the configured size limit
+├── MalformedJob                  stored job data cannot be decoded
+└── InvalidState                  operation does not apply to the job's current state
+```
+
+Control flow raised *by handlers* is not an error and lives here too: `Retry`
+(retry after a delay), `Unrecoverable` (fail now, no more attempts).
+"""
+
+from __future__ import annotations
+
+
+class ConveyorError(Exception):
+    """Root of every error raised by Conveyor."""
+
+
+class ConfigError(ConveyorError):
+    """A setting or argument is invalid; the message names the fix."""
+
+
+class EngineUnavailable(ConveyorError):
+    """The engine could not be reached (network, file permissions, server down)."""
+
+
+class JobNotFound(ConveyorError):
+    """No job exists with the given id."""
+
+
+class InvalidJob(ConveyorError):
+    """A job a producer asked to enqueue is invalid; nothing was enqueued."""
+
+
+class UnknownTask(InvalidJob):
+    """The task is not registered in this process and no `queue=` was given."""
+
+
+class InvalidPayload(InvalidJob):
+    """The payload (or result) is not JSON-serialisable."""
+
+
+class PayloadTooLarge(InvalidJob):
+    """The encoded payload is larger than `max_payload_bytes`."""
+
+
+class MalformedJob(ConveyorError):
+    """Stored job data could not be decoded (corrupted or written by something else)."""
+
+
+class InvalidState(ConveyorError):
+    """The operation does not apply to the job in its current state."""
+
+
+class Retry(Exception):  # noqa: N818 - control flow, named for what the handler means
+    """Raise from a handler to retry the job after `delay` seconds.
+
+    The attempt counts against `max_attempts`; when none are left the job fails.
+
+    Args:
+        delay: seconds to wait before the next attempt; `None` uses the task's backoff.
+        reason: recorded as the attempt's error message.
+    """
+
+    def __init__(self, delay: float | None = None, reason: str = "retry requested") -> None:
+        super().__init__(reason)
+        self.delay = delay
+        self.reason = reason
+
+
+class Unrecoverable(Exception):  # noqa: N818 - control flow, named for what the handler means
+    """Raise from a handler to fail the job at once, skipping any remaining attempts."""

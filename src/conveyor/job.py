@@ -1,0 +1,331 @@
+"""The job: its states, what a handler sees, and how it is stored.
+
+Every engine stores a job as flat fields (strings or numbers, times in milliseconds)
+and turns them back into a `Job` with `decode_job`, so decoding rules and the
+"malformed stored data" error live in one place.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import orjson
+
+from .errors import InvalidPayload, MalformedJob, PayloadTooLarge
+
+
+class JobState(StrEnum):
+    """Where a job is in its life. `failed` is the dead-letter state."""
+
+    SCHEDULED = "scheduled"  # delayed, or waiting for its next retry
+    PENDING = "pending"  # ready to be claimed (also while its queue is paused)
+    RUNNING = "running"  # claimed by a worker under a lease
+    COMPLETED = "completed"
+    FAILED = "failed"  # retries exhausted or unrecoverable: the dead-letter state
+    CANCELLED = "cancelled"
+
+
+ACTIVE_STATES = (JobState.SCHEDULED, JobState.PENDING, JobState.RUNNING)
+FINISHED_STATES = (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED)
+
+QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+MIN_PRIORITY, MAX_PRIORITY = -100, 100
+
+
+@dataclass(slots=True)
+class AttemptError:
+    """Why one attempt failed."""
+
+    attempt: int
+    type: str
+    message: str
+    traceback: str | None = None
+    at: float = 0.0  # wall-clock seconds
+
+    def to_json(self) -> str:
+        return orjson.dumps(
+            {
+                "attempt": self.attempt,
+                "type": self.type,
+                "message": self.message,
+                "traceback": self.traceback,
+                "at": self.at,
+            }
+        ).decode()
+
+    @classmethod
+    def from_obj(cls, obj: Mapping[str, Any]) -> AttemptError:
+        return cls(
+            attempt=int(obj.get("attempt", 0)),
+            type=str(obj.get("type", "Error")),
+            message=str(obj.get("message", "")),
+            traceback=obj.get("traceback"),
+            at=float(obj.get("at", 0.0)),
+        )
+
+
+ProgressReporter = Callable[["Job", Any], Awaitable[None]]
+
+
+@dataclass(slots=True, eq=False)
+class Job:
+    """A job as a handler receives it and as `app.get_job` returns it.
+
+    Times are wall-clock seconds (floats) or `None` when the event has not happened.
+    """
+
+    id: str
+    queue: str
+    task: str
+    payload: dict[str, Any]
+    state: JobState
+    attempt: int = 0  # attempts started so far (counted when claimed)
+    max_attempts: int = 1
+    priority: int = 0
+    tenant: str | None = None
+    dedupe_key: str | None = None
+    timeout: float | None = None
+    backoff: dict[str, Any] | None = None  # stored policy spec; None = task default
+    created_at: float = 0.0
+    scheduled_at: float | None = None  # when a scheduled job becomes due
+    started_at: float | None = None
+    finished_at: float | None = None
+    progress_value: Any = None  # last value reported with `await job.progress(...)`
+    result: Any = None
+    errors: list[AttemptError] = field(default_factory=list)
+    token: str | None = None  # the lease token, set only on a claimed job
+    worker: str | None = None
+    decode_error: str | None = None  # set by the engine when stored data was malformed
+    _reporter: ProgressReporter | None = field(default=None, repr=False)
+
+    @property
+    def last_error(self) -> AttemptError | None:
+        """The error of the most recent failed attempt, if any."""
+        return self.errors[-1] if self.errors else None
+
+    async def progress(self, value: Any) -> None:
+        """Record progress (a percentage or a JSON dict) from inside a handler.
+
+        Stored on the job and published as a `progress` event, so API clients and
+        the dashboard see it live.
+        """
+        self.progress_value = value
+        if self._reporter is not None:
+            await self._reporter(self, value)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready view (CLI, HTTP API)."""
+        return {
+            "id": self.id,
+            "queue": self.queue,
+            "task": self.task,
+            "state": self.state.value,
+            "payload": self.payload,
+            "attempt": self.attempt,
+            "max_attempts": self.max_attempts,
+            "priority": self.priority,
+            "tenant": self.tenant,
+            "dedupe_key": self.dedupe_key,
+            "timeout": self.timeout,
+            "backoff": self.backoff,
+            "created_at": self.created_at,
+            "scheduled_at": self.scheduled_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "progress": self.progress_value,
+            "result": self.result,
+            "errors": [
+                {
+                    "attempt": e.attempt,
+                    "type": e.type,
+                    "message": e.message,
+                    "traceback": e.traceback,
+                    "at": e.at,
+                }
+                for e in self.errors
+            ],
+            "worker": self.worker,
+        }
+
+
+@dataclass(slots=True)
+class NewJob:
+    """What the app hands an engine to enqueue (already validated and encoded)."""
+
+    id: str
+    queue: str
+    task: str
+    payload_json: str
+    max_attempts: int
+    priority: int = 0
+    tenant: str | None = None
+    dedupe_key: str | None = None
+    timeout: float | None = None
+    backoff_json: str | None = None
+    delay_ms: int = 0  # relative to the engine's clock
+    run_at_ms: int | None = None  # absolute wall time; wins over delay_ms
+
+
+@dataclass(slots=True)
+class EnqueueResult:
+    """The job an enqueue produced, or the live job a dedupe key pointed at."""
+
+    id: str
+    created: bool
+    state: JobState
+
+
+def new_job_id(queue: str) -> str:
+    """An opaque id, unique across queues.
+
+    The queue is part of the id so an engine can find a job from its id alone
+    (on Redis Cluster every key of a queue lives in that queue's hash slot).
+    """
+    return f"{queue}:{uuid.uuid4().hex}"
+
+
+def queue_of(job_id: str) -> str:
+    """The queue a job id belongs to (engines only; ids are opaque to users)."""
+    queue, sep, _ = job_id.rpartition(":")
+    return queue if sep else ""
+
+
+def encode_payload(payload: Any, limit_bytes: int) -> str:
+    """Encode a payload as JSON text, enforcing type and size.
+
+    Raises:
+        InvalidPayload: not a JSON object of JSON-serialisable values.
+        PayloadTooLarge: the encoded form is larger than `limit_bytes`.
+    """
+    if not isinstance(payload, dict):
+        raise InvalidPayload(
+            f"payload must be a JSON object (a dict), got {type(payload).__name__}: "
+            "wrap the value, e.g. {'value': ...}"
+        )
+    try:
+        raw = orjson.dumps(payload, option=orjson.OPT_NON_STR_KEYS)
+    except TypeError as exc:
+        raise InvalidPayload(
+            f"payload is not JSON-serialisable ({exc}): pass only dicts, lists, strings, "
+            "numbers, booleans and None (Conveyor never pickles)"
+        ) from exc
+    if len(raw) > limit_bytes:
+        raise PayloadTooLarge(
+            f"payload is {len(raw)} bytes, over the {limit_bytes}-byte limit: store large "
+            "data elsewhere and pass a reference, or raise max_payload_bytes"
+        )
+    return raw.decode()
+
+
+def encode_result(result: Any) -> str:
+    """Encode a handler's return value; non-JSON results are stored as their repr."""
+    try:
+        return orjson.dumps(result, option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError:
+        return orjson.dumps({"repr": repr(result)}).decode()
+
+
+def _opt_float_ms(value: Any) -> float | None:
+    if value is None or value == "" or value == b"":
+        return None
+    return int(value) / 1000.0
+
+
+def _opt_str(value: Any) -> str | None:
+    if value is None or value == "" or value == b"":
+        return None
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _json_or_none(value: Any) -> Any:
+    if value is None or value == "" or value == b"":
+        return None
+    return orjson.loads(value)
+
+
+def decode_errors(value: Any) -> list[AttemptError]:
+    """Errors are stored as a JSON array, or (Redis) as a list of JSON objects."""
+    if value is None or value == "" or value == b"":
+        return []
+    items = orjson.loads(value) if isinstance(value, str | bytes) else value
+    out = []
+    for item in items:
+        obj = orjson.loads(item) if isinstance(item, str | bytes) else item
+        out.append(AttemptError.from_obj(obj))
+    out.sort(key=lambda e: e.attempt)
+    return out
+
+
+def decode_job(fields: Mapping[str, Any]) -> Job:
+    """Build a `Job` from stored fields.
+
+    Raises:
+        MalformedJob: a field is missing or cannot be decoded; the message says which.
+    """
+    try:
+        job_id = _opt_str(fields["id"])
+        if not job_id:
+            raise ValueError("empty id")
+    except (KeyError, ValueError) as exc:
+        raise MalformedJob(f"stored job has no id ({exc}); it cannot be decoded") from exc
+    try:
+        payload = orjson.loads(fields["payload"])
+        if not isinstance(payload, dict):
+            raise TypeError(f"payload is a {type(payload).__name__}, not an object")
+        backoff = _json_or_none(fields.get("backoff"))
+        timeout_ms = fields.get("timeout_ms")
+        return Job(
+            id=job_id,
+            queue=str(_opt_str(fields["queue"])),
+            task=str(_opt_str(fields["task"])),
+            payload=payload,
+            state=JobState(_opt_str(fields["state"])),
+            attempt=int(fields.get("attempt") or 0),
+            max_attempts=int(fields.get("max_attempts") or 1),
+            priority=int(fields.get("priority") or 0),
+            tenant=_opt_str(fields.get("tenant")),
+            dedupe_key=_opt_str(fields.get("dedupe_key")),
+            timeout=_opt_float_ms(timeout_ms),
+            backoff=backoff,
+            created_at=_opt_float_ms(fields.get("created_ms")) or 0.0,
+            scheduled_at=_opt_float_ms(fields.get("scheduled_ms")),
+            started_at=_opt_float_ms(fields.get("started_ms")),
+            finished_at=_opt_float_ms(fields.get("finished_ms")),
+            progress_value=_json_or_none(fields.get("progress")),
+            result=_json_or_none(fields.get("result")),
+            errors=decode_errors(fields.get("errors")),
+            token=_opt_str(fields.get("token")),
+            worker=_opt_str(fields.get("worker")),
+        )
+    except (KeyError, TypeError, ValueError, orjson.JSONDecodeError) as exc:
+        raise MalformedJob(
+            f"stored job {job_id!r} is malformed ({type(exc).__name__}: {exc}); it was "
+            "written by something other than this Conveyor version, or corrupted"
+        ) from exc
+
+
+def decode_claimed(fields: Mapping[str, Any]) -> Job:
+    """Decode a job the engine just claimed; malformed data becomes `decode_error`.
+
+    The worker still holds the lease on such a job, so it can fail it with the
+    reason instead of leaving it to expire again and again.
+    """
+    try:
+        return decode_job(fields)
+    except MalformedJob as exc:
+        return Job(
+            id=str(_opt_str(fields.get("id")) or "?"),
+            queue=str(_opt_str(fields.get("queue")) or ""),
+            task=str(_opt_str(fields.get("task")) or ""),
+            payload={},
+            state=JobState.RUNNING,
+            attempt=int(fields.get("attempt") or 1) if str(fields.get("attempt") or "1").isdigit() else 1,
+            max_attempts=1,
+            token=_opt_str(fields.get("token")),
+            decode_error=str(exc),
+        )

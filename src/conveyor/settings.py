@@ -1,0 +1,97 @@
+"""One validated settings object, built at start-up from arguments and environment.
+
+Precedence: explicit arguments (CLI flags) > `CONVEYOR_*` environment > defaults.
+`CONVEYOR_URL` falls back to `REDIS_URL`, then to the embedded SQLite file. Nothing
+here runs at import time: `Settings.load()` is called by the process that starts.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .errors import ConfigError
+
+DEFAULT_URL = "sqlite:///conveyor.db"
+ENV_PREFIX = "CONVEYOR_"
+
+
+class Settings(BaseSettings):
+    """Every knob, validated. See the configuration table in the README."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
+
+    url: str = Field(DEFAULT_URL, description="engine URL: redis://, rediss://, sqlite:///, memory://")
+    queues: tuple[str, ...] = Field(("default",), description="queues a worker consumes, in order")
+    concurrency: int = Field(10, ge=1, le=10_000, description="jobs one worker runs at once")
+    lease_timeout: float = Field(30.0, gt=0, le=86_400, description="seconds a claim is valid without a heartbeat")
+    shutdown_timeout: float = Field(30.0, ge=0, le=86_400, description="seconds in-flight jobs get on SIGTERM")
+    health_port: int = Field(3100, ge=0, le=65_535, description="worker health/metrics port; 0 disables")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+    metrics_prefix: str = Field("conveyor_", pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+    max_payload_bytes: int = Field(1_048_576, ge=1, description="largest accepted payload")
+
+    @field_validator("queues", mode="before")
+    @classmethod
+    def _split_queues(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(q.strip() for q in value.split(",") if q.strip())
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        from .engines import SCHEMES
+
+        if not value.startswith(SCHEMES):
+            raise ValueError(f"use one of {', '.join(SCHEMES)} (got {value!r})")
+        return value
+
+    @classmethod
+    def load(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from `environ` (default `os.environ`) and explicit overrides.
+
+        Overrides that are `None` are ignored, so CLI flags left unset fall through.
+
+        Raises:
+            ConfigError: an unknown `CONVEYOR_*` variable or an invalid value; the
+                message names the variable and the fix.
+        """
+        env = os.environ if environ is None else environ
+        known = set(cls.model_fields)
+        values: dict[str, Any] = {}
+        for name, raw in env.items():
+            if not name.startswith(ENV_PREFIX):
+                continue
+            key = name[len(ENV_PREFIX) :].lower()
+            if key not in known:
+                hint = difflib.get_close_matches(key, known, n=1)
+                fix = f"did you mean {ENV_PREFIX}{hint[0].upper()}?" if hint else (
+                    f"known: {', '.join(ENV_PREFIX + k.upper() for k in sorted(known))}"
+                )
+                raise ConfigError(f"unknown setting {name}: {fix}")
+            values[key] = raw
+        if "url" not in values and env.get("REDIS_URL"):
+            values["url"] = env["REDIS_URL"]
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            raise ConfigError(_explain(exc)) from exc
+
+
+def _explain(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "settings"
+        parts.append(
+            f"{field}={err.get('input')!r} is invalid: {err['msg']} "
+            f"(set --{field.replace('_', '-')} or {ENV_PREFIX}{field.upper()})"
+        )
+    return "; ".join(parts)

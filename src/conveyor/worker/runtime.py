@@ -1,0 +1,352 @@
+"""The worker: one claim/ack loop, handlers as tasks, a heartbeat, graceful shutdown.
+
+Round trips are the cost, so one loop does all engine traffic for job flow: every
+`exchange` call carries the outcomes that piled up since the last one *and* claims
+as many jobs as there are free slots. While a call is in flight, finished jobs queue
+their outcomes, so batching grows with load instead of being configured.
+
+Timeline of a graceful shutdown (SIGTERM):
+  t0  stop() -> the loop stops claiming (in-flight jobs keep running)
+  ..  finished jobs' outcomes are still flushed
+  t0+shutdown_timeout  jobs still running are cancelled and *released*: they go back
+      to pending with their attempt given back (a deploy is not a failure)
+  end outcomes flushed, worker record removed, connections closed
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import traceback
+import uuid
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from .. import backoff as backoff_mod
+from ..engines import Engine, Outcome
+from ..errors import EngineUnavailable, Retry, Unrecoverable
+from ..job import AttemptError, Job, encode_result
+
+if TYPE_CHECKING:
+    from ..app import Conveyor
+
+log = logging.getLogger("conveyor.worker")
+
+
+@dataclass(slots=True)
+class WorkerStats:
+    """Counters the health server and metrics read (kept off the engine)."""
+
+    processed: int = 0
+    failed: int = 0
+    retried: int = 0
+    released: int = 0
+    lost: int = 0
+    engine_ok: bool = True
+    engine_error: str | None = None
+    last_exchange: float = 0.0
+    by_task: dict[str, int] = field(default_factory=dict)
+
+
+class Worker:
+    """Runs jobs from `queues` with at most `concurrency` at once.
+
+    Args:
+        app: the app whose tasks this worker runs.
+        queues: queues to claim from, in priority order.
+        concurrency: local limit of jobs running at once.
+        lease_timeout: seconds a claim stays valid without a heartbeat; heartbeats
+            renew it every third of that.
+        shutdown_timeout: seconds in-flight jobs get after `stop()` before release.
+        burst: exit once nothing is pending or running (scheduled jobs are left).
+    """
+
+    def __init__(
+        self,
+        app: Conveyor,
+        *,
+        queues: Sequence[str] = ("default",),
+        concurrency: int = 10,
+        lease_timeout: float = 30.0,
+        shutdown_timeout: float = 30.0,
+        burst: bool = False,
+    ) -> None:
+        self.app = app
+        self.queues = tuple(queues)
+        self.concurrency = concurrency
+        self.lease_ms = int(lease_timeout * 1000)
+        self.shutdown_timeout = shutdown_timeout
+        self.burst = burst
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.stats = WorkerStats()
+        self.stopping = False
+        self._running: dict[str, tuple[Job, asyncio.Task[None]]] = {}
+        self._outbox: list[Outcome] = []
+        self._wake = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self._releasing = False
+        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="conveyor-job")
+        # Idle workers wake at least this often to recover expired leases of crashed peers.
+        self._maintenance_s = max(0.2, min(5.0, lease_timeout / 3))
+
+    @property
+    def in_flight(self) -> int:
+        """Jobs currently held by this worker."""
+        return len(self._running)
+
+    def stop(self) -> None:
+        """Begin a graceful shutdown (idempotent; safe from a signal handler)."""
+        if not self.stopping:
+            log.info("worker %s stopping: no new claims, %d in flight", self.id, self.in_flight)
+        self.stopping = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Process jobs until `stop()` (or, in burst mode, until the queues are empty)."""
+        engine = await self.app.connect()
+        heartbeat = asyncio.create_task(self._heartbeat_loop(engine), name="conveyor-heartbeat")
+        try:
+            await self._claim_loop(engine)
+            await self._drain(engine)
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+            with contextlib.suppress(EngineUnavailable):
+                await engine.unregister_worker(self.id)
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._stopped.set()
+
+    # --- the loop ------------------------------------------------------------------------
+    async def _claim_loop(self, engine: Engine) -> None:
+        retry_delay = 0.1
+        while not self.stopping:
+            free = self.concurrency - len(self._running)
+            if free <= 0 and not self._outbox:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            outcomes, self._outbox = self._outbox, []
+            try:
+                result = await engine.exchange(
+                    outcomes, queues=self.queues, limit=max(free, 0),
+                    worker_id=self.id, lease_ms=self.lease_ms,
+                )
+            except EngineUnavailable as exc:
+                self._outbox[:0] = outcomes  # keep them: acknowledgements are never dropped
+                self._engine_down(exc)
+                await self._sleep_or_stop(retry_delay)
+                retry_delay = min(retry_delay * 2, 5.0)
+                continue
+            retry_delay = 0.1
+            self._engine_up()
+            self._lost(result.lost)
+            for job in result.jobs:
+                self._start(job)
+            if result.jobs or self._outbox:
+                continue
+            if self.burst and not self._running:
+                log.info("burst: queues %s are empty, exiting", ",".join(self.queues))
+                return
+            await self._idle(engine, result.next_due_ms)
+
+    async def _idle(self, engine: Engine, next_due_ms: int | None) -> None:
+        """Wait for work: a wake-up from the engine, a finished job, a due job, or stop."""
+        timeout = self._maintenance_s
+        if next_due_ms is not None:
+            timeout = min(timeout, next_due_ms / 1000)
+        self._wake.clear()
+        if self._outbox or self.stopping:
+            return
+        local = asyncio.ensure_future(self._wake.wait())
+        remote = asyncio.ensure_future(engine.wait_for_jobs(self.queues, timeout))
+        try:
+            await asyncio.wait((local, remote), timeout=timeout + 1,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for fut in (local, remote):
+                fut.cancel()
+            with contextlib.suppress(asyncio.CancelledError, EngineUnavailable):
+                await remote
+            with contextlib.suppress(asyncio.CancelledError):
+                await local
+
+    async def _sleep_or_stop(self, seconds: float) -> None:
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+
+    async def _drain(self, engine: Engine) -> None:
+        """Shutdown: let in-flight jobs finish, release the rest, flush outcomes."""
+        if self._running:
+            tasks = [t for _, t in self._running.values()]
+            _, pending = await asyncio.wait(tasks, timeout=self.shutdown_timeout)
+            if pending:
+                log.warning("releasing %d unfinished job(s) after %.1fs shutdown timeout",
+                            len(pending), self.shutdown_timeout)
+                self._releasing = True
+                for task in pending:
+                    task.cancel()
+                await asyncio.wait(pending)
+        for attempt in range(5):
+            if not self._outbox:
+                break
+            outcomes, self._outbox = self._outbox, []
+            try:
+                result = await engine.exchange(outcomes, queues=self.queues, limit=0,
+                                               worker_id=self.id, lease_ms=self.lease_ms)
+                self._lost(result.lost)
+            except EngineUnavailable as exc:
+                self._outbox[:0] = outcomes
+                self._engine_down(exc)
+                await asyncio.sleep(0.2 * 2**attempt)
+        if self._outbox:
+            log.error("could not report %d outcome(s) before exit; their leases will expire "
+                      "and the jobs will run again", len(self._outbox))
+
+    # --- running jobs ------------------------------------------------------------------
+    def _start(self, job: Job) -> None:
+        job._reporter = self._report_progress
+        task = asyncio.create_task(self._execute(job), name=f"conveyor-job:{job.id}")
+        self._running[job.id] = (job, task)
+
+    async def _execute(self, job: Job) -> None:
+        outcome: Outcome
+        try:
+            outcome = await self._outcome(job)
+        except asyncio.CancelledError:
+            if not self._releasing:  # lease lost: the job is someone else's now
+                self._running.pop(job.id, None)
+                raise
+            outcome = Outcome(job.id, str(job.token), "release")
+        self._running.pop(job.id, None)
+        self._outbox.append(outcome)
+        self._count(outcome.kind, job)
+        self._wake.set()
+
+    async def _outcome(self, job: Job) -> Outcome:
+        token = str(job.token)
+        if job.decode_error is not None:
+            return self._error(job, "MalformedJob", job.decode_error, final=True)
+        task = self.app.tasks.get(job.task)
+        if task is None:
+            return self._error(
+                job, "UnknownTask",
+                f"no handler for task {job.task!r} in worker {self.id}: deploy a worker that "
+                "registers it, then retry the job", final=True,
+            )
+        timeout = job.timeout if job.timeout is not None else task.timeout
+        try:
+            async with asyncio.timeout(timeout) as deadline:
+                if task.is_async:
+                    result = await task.fn(job)
+                else:
+                    loop = asyncio.get_running_loop()
+                    result = await loop.run_in_executor(self._pool, task.fn, job)
+        except Retry as exc:
+            return self._error(job, "Retry", exc.reason, delay=exc.delay)
+        except Unrecoverable as exc:
+            return self._error(job, "Unrecoverable", str(exc) or "unrecoverable", final=True,
+                               tb=traceback.format_exc())
+        except TimeoutError:
+            if deadline.expired():
+                return self._error(job, "JobTimeout",
+                                   f"attempt {job.attempt} exceeded its {timeout:g}s timeout")
+            return self._exception(job)
+        except Exception:
+            return self._exception(job)
+        return Outcome(job.id, token, "complete", result_json=encode_result(result))
+
+    def _exception(self, job: Job) -> Outcome:
+        import sys
+
+        exc = sys.exc_info()[1]
+        return self._error(job, type(exc).__name__, str(exc), tb=traceback.format_exc())
+
+    def _error(
+        self, job: Job, kind: str, message: str, *, final: bool = False,
+        delay: float | None = None, tb: str | None = None,
+    ) -> Outcome:
+        error = AttemptError(job.attempt, kind, message, tb, self.app.clock.now()).to_json()
+        if final or job.attempt >= job.max_attempts:
+            return Outcome(job.id, str(job.token), "fail", error_json=error)
+        if delay is None:
+            delay = self._policy(job).delay_for(job.attempt)
+        return Outcome(job.id, str(job.token), "retry", error_json=error,
+                       delay_ms=int(delay * 1000))
+
+    def _policy(self, job: Job) -> backoff_mod.Backoff:
+        if job.backoff is not None:
+            return backoff_mod.from_spec(job.backoff)
+        task = self.app.tasks.get(job.task)
+        return task.backoff if task else backoff_mod.DEFAULT_BACKOFF
+
+    def _count(self, kind: str, job: Job) -> None:
+        if kind == "complete":
+            self.stats.processed += 1
+        elif kind == "fail":
+            self.stats.failed += 1
+        elif kind == "retry":
+            self.stats.retried += 1
+        else:
+            self.stats.released += 1
+
+    async def _report_progress(self, job: Job, value: Any) -> None:
+        engine = await self.app.connect()
+        await engine.set_progress(job.id, str(job.token), orjson.dumps(value).decode())
+
+    # --- leases ---------------------------------------------------------------------------
+    async def _heartbeat_loop(self, engine: Engine) -> None:
+        interval = self.lease_ms / 3000
+        while True:
+            try:
+                if self._running:
+                    leases = [(jid, str(job.token)) for jid, (job, _) in self._running.items()]
+                    self._lost(await engine.heartbeat(leases, lease_ms=self.lease_ms))
+                await engine.register_worker(self.id, self._info(), ttl_ms=self.lease_ms)
+                self._engine_up()
+            except EngineUnavailable as exc:
+                self._engine_down(exc)
+            await asyncio.sleep(interval)
+
+    def _lost(self, job_ids: Sequence[str]) -> None:
+        """Leases we no longer hold: stop the work, the job belongs to someone else."""
+        for job_id in job_ids:
+            self.stats.lost += 1
+            entry = self._running.get(job_id)
+            log.warning("lease lost for job %s (expired or cancelled); its result is discarded",
+                        job_id)
+            if entry is not None:
+                entry[1].cancel()
+
+    def _info(self) -> str:
+        return orjson.dumps({
+            "queues": list(self.queues),
+            "concurrency": self.concurrency,
+            "in_flight": self.in_flight,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "processed": self.stats.processed,
+            "failed": self.stats.failed,
+            "last_seen": self.app.clock.now(),
+        }).decode()
+
+    def _engine_down(self, exc: Exception) -> None:
+        if self.stats.engine_ok:
+            log.error("engine unavailable: %s", exc)
+        self.stats.engine_ok = False
+        self.stats.engine_error = str(exc)
+
+    def _engine_up(self) -> None:
+        if not self.stats.engine_ok:
+            log.info("engine reachable again")
+        self.stats.engine_ok = True
+        self.stats.engine_error = None
+        self.stats.last_exchange = self.app.clock.monotonic()

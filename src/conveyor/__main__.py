@@ -1,0 +1,5 @@
+"""`python -m conveyor` is the `conveyor` command."""
+
+from .cli import main
+
+main()

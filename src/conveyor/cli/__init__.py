@@ -1,0 +1,18 @@
+"""The `conveyor` command: runs each process and performs every runbook operation.
+
+Commands live in modules by what they do (`run.py`: processes; `ops.py`: operations);
+this module only assembles them. User mistakes print one readable line and exit 2.
+"""
+
+from __future__ import annotations
+
+from .common import cli
+from . import run as _run  # noqa: F401,E402  (registers commands)
+
+
+def main() -> None:
+    """Entry point of the `conveyor` script."""
+    cli()
+
+
+__all__ = ["cli", "main"]

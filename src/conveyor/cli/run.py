@@ -1,0 +1,90 @@
+"""Commands that run a Conveyor process: `worker`, `demo`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from typing import Annotated
+
+import typer
+
+from ..app import Conveyor
+from ..settings import Settings
+from ..worker import Worker
+from .common import cli, console, friendly, load_app, run_async, setup_logging
+
+AppArg = Annotated[str, typer.Argument(help="your app as MODULE:ATTR, e.g. myproject.jobs:app")]
+
+
+def default_queues(app: Conveyor) -> tuple[str, ...]:
+    """Without --queues a worker serves every queue its app's tasks use."""
+    return tuple(sorted({t.queue for t in app.tasks.values()} | {app.default_queue}))
+
+
+async def run_worker(worker: Worker, *, exit_on_second_signal: bool = True) -> None:
+    """Run a worker with SIGTERM/SIGINT handling: first signal drains, second exits."""
+    loop = asyncio.get_running_loop()
+    signals_seen = 0
+
+    def on_signal(sig: signal.Signals) -> None:
+        nonlocal signals_seen
+        signals_seen += 1
+        if signals_seen == 1:
+            worker.stop()
+        elif exit_on_second_signal:
+            # Leases cover whatever was in flight: those jobs run again elsewhere.
+            os._exit(128 + sig.value)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        await worker.run()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await worker.app.close()
+
+
+@cli.command()
+@friendly
+def worker(
+    target: AppArg,
+    queues: Annotated[str | None, typer.Option(help="comma-separated queues, in priority order (env CONVEYOR_QUEUES; default: the queues of the app's tasks)")] = None,
+    concurrency: Annotated[int | None, typer.Option(help="jobs run at once (env CONVEYOR_CONCURRENCY; 10)")] = None,
+    url: Annotated[str | None, typer.Option(help="engine URL (env CONVEYOR_URL, REDIS_URL; sqlite:///conveyor.db)")] = None,
+    lease_timeout: Annotated[float | None, typer.Option(help="seconds a claim lives without heartbeat (30)")] = None,
+    shutdown_timeout: Annotated[float | None, typer.Option(help="seconds in-flight jobs get on SIGTERM (30)")] = None,
+    burst: Annotated[bool, typer.Option("--burst", help="exit when nothing is pending or running")] = False,
+    log_level: Annotated[str | None, typer.Option(help="DEBUG, INFO, WARNING, ERROR")] = None,
+    log_format: Annotated[str | None, typer.Option(help="text or json")] = None,
+) -> None:
+    """Run a worker: claim jobs under leases and run their handlers."""
+    env_has_queues = "CONVEYOR_QUEUES" in os.environ
+    settings = Settings.load(
+        url=url, queues=queues, concurrency=concurrency, lease_timeout=lease_timeout,
+        shutdown_timeout=shutdown_timeout, log_level=log_level and log_level.upper(),
+        log_format=log_format,
+    )
+    setup_logging(settings.log_level, settings.log_format)
+    app = load_app(target)
+    app.configure(url=settings.url, max_payload_bytes=settings.max_payload_bytes)
+    chosen = settings.queues if (queues or env_has_queues) else default_queues(app)
+    w = Worker(
+        app, queues=chosen, concurrency=settings.concurrency,
+        lease_timeout=settings.lease_timeout, shutdown_timeout=settings.shutdown_timeout,
+        burst=burst,
+    )
+    console.print(
+        f"worker {w.id} on {_safe_url(settings.url)} queues={','.join(chosen)} "
+        f"concurrency={settings.concurrency}", highlight=False,
+    )
+    run_async(run_worker(w))
+
+
+def _safe_url(url: str) -> str:
+    """The URL without a password, for logs."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url

@@ -1,0 +1,97 @@
+"""Helpers for testing code that uses Conveyor (and Conveyor itself).
+
+* `probe_app`: an app with a scripted `probe` task. Its payload says what to do —
+  `{"action": "ok" | "fail" | "sleep" | "crash" | "unrecoverable" | "retry" | "progress"}` —
+  and, with `"mark": "/path/file"`, appends the job id to that file when it runs, so a
+  test in another process can see every execution (at-least-once checks).
+* `eventually`: poll an async condition until it holds, instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from .app import Conveyor
+from .errors import Retry, Unrecoverable
+from .job import Job
+
+PROBE_QUEUE = "probe"
+
+
+def _mark(job: Job, phase: str) -> None:
+    path = job.payload.get("mark")
+    if path:
+        # O_APPEND writes of one short line are atomic, so processes can share the file.
+        fd = os.open(str(path), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, f"{phase} {job.id} {job.attempt} {os.getpid()}\n".encode())
+        finally:
+            os.close(fd)
+
+
+def register_probe(app: Conveyor, *, queue: str = PROBE_QUEUE, max_attempts: int = 3) -> None:
+    """Register the scripted `probe` task on `app`."""
+
+    @app.task("probe", queue=queue, max_attempts=max_attempts, backoff=0)
+    async def probe(job: Job) -> Any:
+        action = job.payload.get("action", "ok")
+        _mark(job, "start")
+        if action == "sleep":
+            await asyncio.sleep(float(job.payload.get("seconds", 1)))
+        elif action == "crash":  # kill our own worker process, every time
+            os.kill(os.getpid(), signal.SIGKILL)
+        elif action == "crash_once" and job.attempt == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+        elif action == "fail":
+            raise RuntimeError(job.payload.get("message", "probe failure"))
+        elif action == "fail_until" and job.attempt < int(job.payload["attempt"]):
+            raise RuntimeError(f"failing attempt {job.attempt}")
+        elif action == "unrecoverable":
+            raise Unrecoverable(job.payload.get("message", "cannot do this"))
+        elif action == "retry":
+            raise Retry(delay=float(job.payload.get("delay", 0)))
+        elif action == "progress":
+            for pct in (25, 50, 100):
+                await job.progress(pct)
+        _mark(job, "done")
+        return {"action": action, "attempt": job.attempt}
+
+    @app.task("probe.sync", queue=queue, max_attempts=max_attempts, backoff=0)
+    def probe_sync(job: Job) -> Any:
+        _mark(job, "start")
+        if job.payload.get("action") == "sleep":
+            time.sleep(float(job.payload.get("seconds", 1)))
+        elif job.payload.get("action") == "fail":
+            raise RuntimeError("sync probe failure")
+        _mark(job, "done")
+        return "sync-ok"
+
+
+def probe_app(url: str | None = None, **kwargs: Any) -> Conveyor:
+    """A fresh app with the probe task registered."""
+    app = Conveyor(url, **kwargs)
+    register_probe(app)
+    return app
+
+
+# What `conveyor worker conveyor.testing:app` runs (tests pass --url).
+app = probe_app()
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]], *, timeout: float = 10.0, interval: float = 0.02,
+    message: str = "condition",
+) -> None:
+    """Wait until `check()` is true, failing with `message` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if await check():
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{message} did not hold within {timeout}s")
+        await asyncio.sleep(interval)

@@ -1,0 +1,394 @@
+"""The engine contract: every behaviour, unchanged, against memory, SQLite and Redis.
+
+Time-dependent checks use the engine's own due times and short leases with
+`eventually`, never bare sleeps, because Redis decides time with its own clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import orjson
+import pytest
+
+from conveyor import Conveyor, InvalidState, JobNotFound, JobState
+from conveyor.engines import Engine, Outcome, open_engine
+from conveyor.job import AttemptError
+from conveyor.testing import eventually
+
+LEASE_MS = 30_000
+
+
+@pytest.fixture
+async def engine(engine_url: str) -> AsyncIterator[Engine]:
+    eng = open_engine(engine_url)
+    await eng.connect()
+    yield eng
+    await eng.close()
+
+
+@pytest.fixture
+def app(engine_url: str) -> Conveyor:
+    app = Conveyor(engine_url)
+
+    @app.task("t", queue="q", max_attempts=3)
+    async def t(job: object) -> None:  # never run here: the contract drives engines directly
+        return None
+
+    return app
+
+
+async def claim(engine: Engine, n: int = 10, queues: tuple[str, ...] = ("q",), lease_ms: int = LEASE_MS):
+    return (await engine.exchange([], queues=queues, limit=n, worker_id="w1", lease_ms=lease_ms)).jobs
+
+
+async def finish(engine: Engine, *outcomes: Outcome) -> list[str]:
+    return (await engine.exchange(outcomes, queues=("q",), limit=0, worker_id="w1",
+                                  lease_ms=LEASE_MS)).lost
+
+
+def err(attempt: int, msg: str = "boom") -> str:
+    return AttemptError(attempt, "RuntimeError", msg, "tb", 1.0).to_json()
+
+
+async def test_enqueue_roundtrips_every_field(engine: Engine, app: Conveyor) -> None:
+    new = app.build("t", {"to": "a@example.com", "n": [1, 2]}, priority=5, tenant="acme",
+                    dedupe_key="welcome:42", timeout=7.5, backoff=[1, 5, 30], max_attempts=4)
+    [res] = await engine.enqueue([new])
+    assert res.created and res.id == new.id and res.state == JobState.PENDING
+    job = await engine.get_job(new.id)
+    assert (job.queue, job.task, job.state) == ("q", "t", JobState.PENDING)
+    assert job.payload == {"to": "a@example.com", "n": [1, 2]}
+    assert (job.priority, job.tenant, job.dedupe_key, job.timeout) == (5, "acme", "welcome:42", 7.5)
+    assert job.backoff == {"kind": "list", "delays": [1.0, 5.0, 30.0]}
+    assert (job.attempt, job.max_attempts) == (0, 4)
+    assert job.created_at > 0 and job.errors == []
+    assert "q" in await engine.queue_names()
+
+
+async def test_get_job_unknown_id_raises(engine: Engine) -> None:
+    with pytest.raises(JobNotFound, match="no job"):
+        await engine.get_job("q:doesnotexist")
+
+
+async def test_enqueue_many_keeps_order_across_queues(engine: Engine, app: Conveyor) -> None:
+    jobs = [app.build("t", {"i": i}, queue="q" if i % 2 else "other") for i in range(20)]
+    results = await engine.enqueue(jobs)
+    assert [r.id for r in results] == [j.id for j in jobs]
+    assert (await engine.counts("q")).pending == 10
+    assert (await engine.counts("other")).pending == 10
+
+
+async def test_dedupe_returns_live_job_and_releases_key_when_finished(engine: Engine, app: Conveyor) -> None:
+    first = app.build("t", {"v": 1}, dedupe_key="k")
+    second = app.build("t", {"v": 2}, dedupe_key="k")
+    r1, r2 = await engine.enqueue([first]), await engine.enqueue([second])
+    assert r1[0].created and not r2[0].created and r2[0].id == first.id
+    assert (await engine.counts("q")).pending == 1
+    [job] = await claim(engine)
+    again = await engine.enqueue([app.build("t", {"v": 3}, dedupe_key="k")])
+    assert again[0].id == first.id  # still running: deduped
+    await finish(engine, Outcome(job.id, str(job.token), "complete", result_json="1"))
+    after = await engine.enqueue([app.build("t", {"v": 4}, dedupe_key="k")])
+    assert after[0].created and after[0].id != first.id
+
+
+async def test_claims_highest_priority_first_then_fifo(engine: Engine, app: Conveyor) -> None:
+    order = [("low1", -5), ("mid1", 0), ("high1", 10), ("mid2", 0), ("high2", 10), ("low2", -5)]
+    await engine.enqueue([app.build("t", {"n": n}, priority=p) for n, p in order])
+    claimed = [j.payload["n"] for j in await claim(engine, 3)]
+    claimed += [j.payload["n"] for j in await claim(engine, 3)]
+    assert claimed == ["high1", "high2", "mid1", "mid2", "low1", "low2"]
+
+
+async def test_claim_counts_attempt_and_sets_lease(engine: Engine, app: Conveyor) -> None:
+    await engine.enqueue([app.build("t", {})])
+    [job] = await claim(engine)
+    assert job.state == JobState.RUNNING and job.attempt == 1 and job.token
+    stored = await engine.get_job(job.id)
+    assert stored.state == JobState.RUNNING and stored.attempt == 1 and stored.worker == "w1"
+    assert stored.started_at is not None
+    assert await claim(engine) == []  # claimed jobs are not claimed twice
+
+
+async def test_delayed_job_waits_until_due(engine: Engine, app: Conveyor) -> None:
+    [res] = await engine.enqueue([app.build("t", {}, delay=0.4)])
+    assert res.state == JobState.SCHEDULED
+    ex = await engine.exchange([], queues=("q",), limit=5, worker_id="w", lease_ms=LEASE_MS)
+    assert ex.jobs == [] and ex.next_due_ms is not None and 0 < ex.next_due_ms <= 400
+    job = await engine.get_job(res.id)
+    assert job.scheduled_at is not None and 0.35 <= job.scheduled_at - job.created_at <= 0.45
+    got: list[object] = []
+
+    async def claimable() -> bool:
+        got.extend(await claim(engine))
+        return bool(got)
+
+    await eventually(claimable, timeout=5, message="delayed job became claimable")
+
+
+async def test_run_at_in_past_is_pending_and_future_is_scheduled(engine: Engine, app: Conveyor) -> None:
+    past = datetime.now(UTC) - timedelta(seconds=5)
+    future = datetime.now(UTC) + timedelta(hours=1)
+    r = await engine.enqueue([app.build("t", {}, run_at=past), app.build("t", {}, run_at=future)])
+    assert [x.state for x in r] == [JobState.PENDING, JobState.SCHEDULED]
+    job = await engine.get_job(r[1].id)
+    assert job.scheduled_at == pytest.approx(future.timestamp(), abs=0.01)
+
+
+async def test_complete_stores_result(engine: Engine, app: Conveyor) -> None:
+    await engine.enqueue([app.build("t", {})])
+    [job] = await claim(engine)
+    lost = await finish(engine, Outcome(job.id, str(job.token), "complete", result_json='{"ok":1}'))
+    assert lost == []
+    done = await engine.get_job(job.id)
+    assert done.state == JobState.COMPLETED and done.result == {"ok": 1}
+    assert done.finished_at is not None and done.token is None
+    assert (await engine.counts("q")).completed == 1
+
+
+async def test_retry_schedules_after_delay_and_records_error(engine: Engine, app: Conveyor) -> None:
+    await engine.enqueue([app.build("t", {})])
+    [job] = await claim(engine)
+    await finish(engine, Outcome(job.id, str(job.token), "retry", error_json=err(1), delay_ms=5000))
+    stored = await engine.get_job(job.id)
+    assert stored.state == JobState.SCHEDULED and stored.attempt == 1
+    assert stored.scheduled_at is not None
+    # due = the engine's now + 5 s; the engine's now is within a second of ours
+    assert stored.scheduled_at - datetime.now(UTC).timestamp() == pytest.approx(5.0, abs=1.0)
+    assert [(e.attempt, e.type, e.message) for e in stored.errors] == [(1, "RuntimeError", "boom")]
+    assert await claim(engine) == []
+
+
+async def test_retry_without_delay_is_pending_again(engine: Engine, app: Conveyor) -> None:
+    await engine.enqueue([app.build("t", {})])
+    [job] = await claim(engine)
+    await finish(engine, Outcome(job.id, str(job.token), "retry", error_json=err(1), delay_ms=0))
+    [again] = await claim(engine)
+    assert again.id == job.id and again.attempt == 2 and again.token != job.token
+
+
+async def test_fail_is_dead_letter_with_every_error(engine: Engine, app: Conveyor) -> None:
+    await engine.enqueue([app.build("t", {})])
+    [job] = await claim(engine)
+    await finish(engine, Outcome(job.id, str(job.token), "retry", error_json=err(1, "a")))
+    [job] = await claim(engine)
+    await finish(engine, Outcome(job.id, str(job.token), "fail", error_json=err(2, "b")))
+    stored = await engine.get_job(job.id)
+    assert stored.state == JobState.FAILED
+    assert [e.message for e in stored.errors] == ["a", "b"]
+    assert (await engine.counts("q")).failed == 1
+
+
+async def test_release_gives_attempt_back_and_goes_first(engine: Engine, app: Conveyor) -> None:
+    await engine.enqueue([app.build("t", {"n": i}) for i in range(3)])
+    first, *_ = await claim(engine, 1)
+    await finish(engine, Outcome(first.id, str(first.token), "release"))
+    stored = await engine.get_job(first.id)
+    assert stored.state == JobState.PENDING and stored.attempt == 0
+    [again] = await claim(engine, 1)
+    assert again.id == first.id and again.attempt == 1
+
+
+async def test_wrong_token_changes_nothing(engine: Engine, app: Conveyor) -> None:
+    await engine.enqueue([app.build("t", {})])
+    [job] = await claim(engine)
+    lost = await finish(engine, Outcome(job.id, "not-the-token", "complete", result_json="1"))
+    assert lost == [job.id]
+    assert (await engine.get_job(job.id)).state == JobState.RUNNING
+    assert await engine.heartbeat([(job.id, "nope")], lease_ms=LEASE_MS) == [job.id]
+    assert await engine.heartbeat([(job.id, str(job.token))], lease_ms=LEASE_MS) == []
+
+
+async def test_expired_lease_goes_back_to_pending_and_old_holder_is_fenced(engine: Engine, app: Conveyor) -> None:
+    await engine.enqueue([app.build("t", {}, max_attempts=3)])
+    [job] = await claim(engine, lease_ms=50)
+
+    async def recovered() -> bool:
+        await engine.recover_expired(["q"])
+        return (await engine.get_job(job.id)).state == JobState.PENDING
+
+    await eventually(recovered, timeout=5, message="expired lease recovered")
+    stored = await engine.get_job(job.id)
+    assert stored.attempt == 1  # the crashed attempt counts
+    [again] = await claim(engine)
+    assert again.attempt == 2
+    # the first holder comes back from a long pause: it is fenced off
+    assert await finish(engine, Outcome(job.id, str(job.token), "complete", result_json="1")) == [job.id]
+    assert await finish(engine, Outcome(again.id, str(again.token), "complete", result_json="2")) == []
+    assert (await engine.get_job(job.id)).result == 2
+
+
+async def test_heartbeat_keeps_lease_alive(engine: Engine, app: Conveyor) -> None:
+    await engine.enqueue([app.build("t", {})])
+    [job] = await claim(engine, lease_ms=300)
+    for _ in range(4):
+        assert await engine.heartbeat([(job.id, str(job.token))], lease_ms=300) == []
+        await asyncio.sleep(0.1)
+        await engine.recover_expired(["q"])
+    assert (await engine.get_job(job.id)).state == JobState.RUNNING
+
+
+async def test_crash_loop_ends_failed_with_reason(engine: Engine, app: Conveyor) -> None:
+    await engine.enqueue([app.build("t", {}, max_attempts=2)])
+    for attempt in (1, 2):
+        [job] = await claim(engine, lease_ms=30)
+        assert job.attempt == attempt
+
+        async def expired(job_id: str = job.id) -> bool:
+            await engine.recover_expired(["q"])
+            return (await engine.get_job(job_id)).state != JobState.RUNNING
+
+        await eventually(expired, timeout=5, message="lease expiry")
+    stored = await engine.get_job(job.id)
+    assert stored.state == JobState.FAILED
+    assert stored.last_error is not None and stored.last_error.type == "LeaseExpired"
+    assert "worker lost" in stored.last_error.message
+    assert stored.dedupe_key is None
+
+
+async def test_claim_also_recovers_expired_leases(engine: Engine, app: Conveyor) -> None:
+    """Running workers recover crashed peers' jobs themselves: no extra process."""
+    await engine.enqueue([app.build("t", {})])
+    [job] = await claim(engine, lease_ms=30)
+    got: list[object] = []
+
+    async def reclaimed() -> bool:
+        got.extend(await claim(engine))
+        return bool(got)
+
+    await eventually(reclaimed, timeout=5, message="reclaim after expiry")
+    assert got[0].id == job.id  # type: ignore[attr-defined]
+
+
+async def test_paused_queue_keeps_jobs_pending(engine: Engine, app: Conveyor) -> None:
+    await engine.pause("q")
+    await engine.enqueue([app.build("t", {})])
+    assert await claim(engine) == []
+    counts = await engine.counts("q")
+    assert counts.paused and counts.pending == 1 and counts.oldest_pending_ms is not None
+    await engine.resume("q")
+    assert len(await claim(engine)) == 1
+    assert not (await engine.counts("q")).paused
+
+
+async def test_operator_retry_cancel_promote(engine: Engine, app: Conveyor) -> None:
+    a, b, c = (app.build("t", {}, max_attempts=1), app.build("t", {}),
+               app.build("t", {}, delay=3600))
+    await engine.enqueue([a, b, c])
+    [ja] = await claim(engine, 1)
+    await finish(engine, Outcome(ja.id, str(ja.token), "fail", error_json=err(1)))
+    retried = await engine.retry_job(a.id)
+    assert retried.state == JobState.PENDING and retried.attempt == 0
+    assert len(retried.errors) == 1  # history is kept
+    with pytest.raises(InvalidState, match="pending"):
+        await engine.retry_job(a.id)
+    cancelled = await engine.cancel_job(b.id)
+    assert cancelled.state == JobState.CANCELLED
+    with pytest.raises(InvalidState):
+        await engine.cancel_job(b.id)
+    promoted = await engine.promote_job(c.id)
+    assert promoted.state == JobState.PENDING
+    with pytest.raises(InvalidState, match="scheduled"):
+        await engine.promote_job(c.id)
+    assert {j.id for j in await claim(engine)} == {a.id, c.id}
+
+
+async def test_cancel_running_job_fences_its_worker(engine: Engine, app: Conveyor) -> None:
+    await engine.enqueue([app.build("t", {})])
+    [job] = await claim(engine)
+    await engine.cancel_job(job.id)
+    assert await finish(engine, Outcome(job.id, str(job.token), "complete", result_json="1")) == [job.id]
+    assert (await engine.get_job(job.id)).state == JobState.CANCELLED
+
+
+async def test_retry_all_clean_and_purge(engine: Engine, app: Conveyor) -> None:
+    await engine.enqueue([app.build("t", {"i": i}, max_attempts=1) for i in range(5)])
+    for job in await claim(engine, 5):
+        kind = "fail" if job.payload["i"] < 3 else "complete"
+        await finish(engine, Outcome(job.id, str(job.token), kind,  # type: ignore[arg-type]
+                                     error_json=err(1), result_json="1"))
+    assert (await engine.counts("q")).failed == 3
+    assert await engine.retry_all("q") == 3
+    counts = await engine.counts("q")
+    assert (counts.failed, counts.pending, counts.completed) == (0, 3, 2)
+    assert await engine.clean("q", JobState.COMPLETED, older_than_ms=3_600_000, limit=100) == 0
+    assert await engine.clean("q", JobState.COMPLETED, older_than_ms=0, limit=1) == 1
+    assert (await engine.counts("q")).completed == 1
+    assert await engine.purge("q") == 4
+    counts = await engine.counts("q")
+    assert (counts.pending, counts.completed) == (0, 0)
+
+
+async def test_list_jobs_pages_with_cursor(engine: Engine, app: Conveyor) -> None:
+    new = [app.build("t", {"i": i}, tenant="a" if i % 2 else "b") for i in range(7)]
+    await engine.enqueue(new)
+    seen, cursor = [], None
+    while True:
+        page = await engine.list_jobs("q", JobState.PENDING, limit=3, cursor=cursor)
+        seen += [j.payload["i"] for j in page.jobs]
+        cursor = page.cursor
+        if cursor is None:
+            break
+    assert seen == list(range(7))  # pending: claim order
+    only_a = await engine.list_jobs("q", JobState.PENDING, tenant="a", limit=10)
+    assert [j.payload["i"] for j in only_a.jobs] == [1, 3, 5]
+    for job in await claim(engine, 7):
+        await finish(engine, Outcome(job.id, str(job.token), "complete", result_json="1"))
+    done = await engine.list_jobs("q", JobState.COMPLETED, limit=10)
+    assert len(done.jobs) == 7 and done.cursor is None
+
+
+async def test_events_record_every_state_change(engine: Engine, app: Conveyor) -> None:
+    start = await engine.last_event_ids(["q"])
+    [res] = await engine.enqueue([app.build("t", {})])
+    [job] = await claim(engine)
+    await engine.set_progress(job.id, str(job.token), orjson.dumps(50).decode())
+    await finish(engine, Outcome(job.id, str(job.token), "complete", result_json="1"))
+    events = await engine.read_events(["q"], since=start, count=100, block_ms=100)
+    mine = [e for e in events if e.job_id == res.id]
+    assert [e.kind for e in mine] == ["enqueued", "started", "progress", "completed"]
+    assert mine[2].data.get("progress") == 50
+    assert (await engine.get_job(job.id)).progress_value == 50
+    later = await engine.read_events(["q"], since={"q": mine[-1].id}, count=100, block_ms=50)
+    assert later == []
+
+
+async def test_read_events_blocks_until_an_event(engine: Engine, app: Conveyor) -> None:
+    start = await engine.last_event_ids(["q"])
+
+    async def produce() -> None:
+        await asyncio.sleep(0.1)
+        await engine.enqueue([app.build("t", {})])
+
+    producer = asyncio.create_task(produce())
+    events = await engine.read_events(["q"], since=start, count=10, block_ms=3000)
+    await producer
+    assert [e.kind for e in events] == ["enqueued"]
+
+
+async def test_workers_registry_expires(engine: Engine) -> None:
+    await engine.register_worker("w-a", '{"queues": ["q"], "in_flight": 2}', ttl_ms=60_000)
+    await engine.register_worker("w-b", '{"queues": ["q"]}', ttl_ms=1)
+    await asyncio.sleep(0.05)
+    workers = await engine.workers()
+    assert [w["id"] for w in workers] == ["w-a"] and workers[0]["in_flight"] == 2
+    await engine.unregister_worker("w-a")
+    assert await engine.workers() == []
+
+
+async def test_wait_for_jobs_wakes_on_enqueue(engine_url: str, engine: Engine, app: Conveyor) -> None:
+    producer = engine if engine_url == "memory://" else open_engine(engine_url)
+    await producer.connect()
+    loop = asyncio.get_running_loop()
+    assert await claim(engine) == []
+    waiter = asyncio.create_task(engine.wait_for_jobs(["q"], timeout=5))
+    await asyncio.sleep(0.05)
+    t0 = loop.time()
+    await producer.enqueue([app.build("t", {})])
+    await asyncio.wait_for(waiter, 5)
+    assert loop.time() - t0 < 2.0, "woke by the enqueue, not by the timeout"
+    if producer is not engine:
+        await producer.close()

@@ -1,0 +1,233 @@
+"""Worker behaviour on the memory engine with a fake clock: no I/O, no sleeps."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from conveyor import Conveyor, Job, JobState, Retry, Unrecoverable, Worker
+from conveyor.clock import FakeClock
+from conveyor.engines.memory import MemoryEngine
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def app(clock: FakeClock) -> Conveyor:
+    return Conveyor("memory://", clock=clock)
+
+
+async def burst(app: Conveyor, **kwargs: Any) -> Worker:
+    worker = Worker(app, queues=kwargs.pop("queues", ("default",)), burst=True, **kwargs)
+    await asyncio.wait_for(worker.run(), 10)
+    return worker
+
+
+async def test_retries_follow_configured_backoff(app: Conveyor, clock: FakeClock) -> None:
+    @app.task("flaky", max_attempts=4, backoff=[1, 5, 30])
+    async def flaky(job: Job) -> None:
+        raise RuntimeError(f"down on attempt {job.attempt}")
+
+    job = await app.enqueue("flaky", {})
+    for expected_delay in (1, 5, 30):
+        await burst(app)
+        stored = await app.get_job(job.id)
+        assert stored.state == JobState.SCHEDULED
+        assert stored.scheduled_at == pytest.approx(clock.now() + expected_delay)
+        clock.advance(expected_delay)
+    await burst(app)
+    stored = await app.get_job(job.id)
+    assert stored.state == JobState.FAILED and stored.attempt == 4
+    assert [e.message for e in stored.errors] == [f"down on attempt {n}" for n in (1, 2, 3, 4)]
+    assert "RuntimeError" in (stored.errors[0].traceback or "")
+
+
+async def test_per_job_backoff_overrides_task_default(app: Conveyor, clock: FakeClock) -> None:
+    @app.task("flaky", max_attempts=3, backoff=[100])
+    async def flaky(job: Job) -> None:
+        raise RuntimeError("no")
+
+    job = await app.enqueue("flaky", {}, backoff=7)
+    await burst(app)
+    assert (await app.get_job(job.id)).scheduled_at == pytest.approx(clock.now() + 7)
+
+
+async def test_retry_exception_uses_its_delay(app: Conveyor, clock: FakeClock) -> None:
+    @app.task("later", max_attempts=3, backoff=[100])
+    async def later(job: Job) -> None:
+        raise Retry(delay=42, reason="provider busy")
+
+    job = await app.enqueue("later", {})
+    await burst(app)
+    stored = await app.get_job(job.id)
+    assert stored.scheduled_at == pytest.approx(clock.now() + 42)
+    assert stored.errors[0].message == "provider busy"
+
+
+async def test_unrecoverable_skips_remaining_attempts(app: Conveyor) -> None:
+    @app.task("bad", max_attempts=10)
+    async def bad(job: Job) -> None:
+        raise Unrecoverable("account closed")
+
+    job = await app.enqueue("bad", {})
+    await burst(app)
+    stored = await app.get_job(job.id)
+    assert stored.state == JobState.FAILED and stored.attempt == 1
+    assert stored.errors[0].type == "Unrecoverable" and stored.errors[0].message == "account closed"
+
+
+async def test_timeout_is_a_failed_attempt_with_clear_error(app: Conveyor, clock: FakeClock) -> None:
+    @app.task("slow", max_attempts=2, backoff=0, timeout=0.05)
+    async def slow(job: Job) -> None:
+        await asyncio.sleep(10)
+
+    job = await app.enqueue("slow", {})
+    await burst(app)
+    stored = await app.get_job(job.id)
+    assert stored.state == JobState.FAILED and stored.attempt == 2
+    assert [e.type for e in stored.errors] == ["JobTimeout", "JobTimeout"]
+    assert "exceeded its 0.05s timeout" in stored.errors[0].message
+
+
+async def test_handler_raising_timeouterror_itself_is_not_reported_as_job_timeout(app: Conveyor) -> None:
+    @app.task("net", max_attempts=1, timeout=10)
+    async def net(job: Job) -> None:
+        raise TimeoutError("upstream timed out")
+
+    job = await app.enqueue("net", {})
+    await burst(app)
+    assert (await app.get_job(job.id)).errors[0].type == "TimeoutError"
+
+
+async def test_sync_handlers_run_in_threads(app: Conveyor) -> None:
+    import threading
+
+    main = threading.get_ident()
+
+    @app.task("sync")
+    def sync(job: Job) -> dict[str, bool]:
+        return {"in_thread": threading.get_ident() != main}
+
+    job = await app.enqueue("sync", {})
+    await burst(app)
+    assert (await app.get_job(job.id)).result == {"in_thread": True}
+
+
+async def test_unknown_task_fails_that_job_only(app: Conveyor) -> None:
+    @app.task("known")
+    async def known(job: Job) -> str:
+        return "ok"
+
+    stranger = await app.enqueue("not.here", {}, queue="default")
+    fine = await app.enqueue("known", {})
+    await burst(app)
+    failed = await app.get_job(stranger.id)
+    assert failed.state == JobState.FAILED and failed.attempt == 1
+    assert failed.errors[0].type == "UnknownTask"
+    assert "no handler for task 'not.here'" in failed.errors[0].message
+    assert (await app.get_job(fine.id)).state == JobState.COMPLETED
+
+
+async def test_malformed_stored_job_is_failed_with_reason(app: Conveyor) -> None:
+    @app.task("known")
+    async def known(job: Job) -> str:
+        return "ok"
+
+    bad = await app.enqueue("known", {})
+    fine = await app.enqueue("known", {})
+    engine = app.engine
+    assert isinstance(engine, MemoryEngine)
+    engine._jobs[bad.id]["payload"] = "{not json"
+    await burst(app)
+    engine._jobs[bad.id]["payload"] = "{}"  # so get_job can show the recorded error
+    failed = await app.get_job(bad.id)
+    assert failed.state == JobState.FAILED and failed.errors[0].type == "MalformedJob"
+    assert "malformed" in failed.errors[0].message
+    assert (await app.get_job(fine.id)).state == JobState.COMPLETED
+
+
+async def test_priorities_are_respected_by_the_worker(app: Conveyor) -> None:
+    ran: list[int] = []
+
+    @app.task("p")
+    async def p(job: Job) -> None:
+        ran.append(job.payload["p"])
+
+    await app.enqueue_many([{"task": "p", "payload": {"p": p}, "priority": p} for p in (1, 5, -3, 9)])
+    await burst(app, concurrency=1)
+    assert ran == [9, 5, 1, -3]
+
+
+async def test_progress_is_stored_and_published(app: Conveyor) -> None:
+    @app.task("long")
+    async def long(job: Job) -> None:
+        await job.progress(50)
+        await job.progress({"step": "upload", "pct": 90})
+
+    job = await app.enqueue("long", {})
+    await burst(app)
+    stored = await app.get_job(job.id)
+    assert stored.progress_value == {"step": "upload", "pct": 90}
+
+
+async def test_cancelled_running_job_is_stopped_and_result_discarded(app: Conveyor) -> None:
+    started = asyncio.Event()
+
+    @app.task("long")
+    async def long(job: Job) -> None:
+        started.set()
+        await asyncio.sleep(30)
+
+    job = await app.enqueue("long", {})
+    worker = Worker(app, lease_timeout=0.3)
+    run = asyncio.create_task(worker.run())
+    await asyncio.wait_for(started.wait(), 5)
+    await app.engine.cancel_job(job.id)
+    for _ in range(100):  # the next heartbeat notices the lost lease
+        if worker.in_flight == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert worker.in_flight == 0 and worker.stats.lost == 1
+    worker.stop()
+    await asyncio.wait_for(run, 5)
+    assert (await app.get_job(job.id)).state == JobState.CANCELLED
+
+
+async def test_stop_releases_jobs_past_shutdown_timeout(app: Conveyor) -> None:
+    started = asyncio.Event()
+
+    @app.task("long")
+    async def long(job: Job) -> None:
+        started.set()
+        await asyncio.sleep(30)
+
+    job = await app.enqueue("long", {})
+    worker = Worker(app, shutdown_timeout=0.05)
+    run = asyncio.create_task(worker.run())
+    await asyncio.wait_for(started.wait(), 5)
+    worker.stop()
+    await asyncio.wait_for(run, 5)
+    stored = await app.get_job(job.id)
+    assert stored.state == JobState.PENDING and stored.attempt == 0
+    assert worker.stats.released == 1
+
+
+async def test_idle_worker_wakes_on_enqueue(app: Conveyor) -> None:
+    done = asyncio.Event()
+
+    @app.task("t")
+    async def t(job: Job) -> None:
+        done.set()
+
+    worker = Worker(app)
+    run = asyncio.create_task(worker.run())
+    await asyncio.sleep(0.05)  # let it go idle
+    await app.enqueue("t", {})
+    await asyncio.wait_for(done.wait(), 1)
+    worker.stop()
+    await asyncio.wait_for(run, 5)

@@ -1,0 +1,126 @@
+-- Conveyor SQLite schema, version 1 (stored in PRAGMA user_version).
+--
+-- Loaded by engine.py with importlib.resources and run inside one BEGIN IMMEDIATE
+-- transaction. Every statement is idempotent (IF NOT EXISTS / OR IGNORE), so two
+-- processes opening a fresh file at the same moment both succeed: the second one
+-- waits for the write lock and then finds everything already there.
+--
+-- Index design: every query the engine runs names one queue and (almost always) one
+-- state, so indices lead with `queue`. Most are partial (WHERE state = ...): a job
+-- is in exactly one state, so it sits only in the indices of that state, which keeps
+-- each state change to a couple of B-tree edits and keeps 100,000 completed jobs out
+-- of the claim path entirely. Queries against a partial index must repeat its WHERE
+-- term as a literal (SQLite proves usability at prepare time, not from parameters).
+
+CREATE TABLE IF NOT EXISTS jobs (
+    id              TEXT PRIMARY KEY,
+    queue           TEXT NOT NULL,
+    task            TEXT NOT NULL,
+    payload         TEXT NOT NULL,           -- JSON object text
+    state           TEXT NOT NULL,           -- scheduled|pending|running|completed|failed|cancelled
+    attempt         INTEGER NOT NULL DEFAULT 0,
+    max_attempts    INTEGER NOT NULL DEFAULT 1,
+    priority        INTEGER NOT NULL DEFAULT 0,
+    tenant          TEXT,
+    dedupe_key      TEXT,
+    timeout_ms      INTEGER,
+    backoff         TEXT,                    -- JSON policy spec or NULL
+    created_ms      INTEGER NOT NULL,
+    scheduled_ms    INTEGER,                 -- due time while scheduled
+    started_ms      INTEGER,
+    finished_ms     INTEGER,                 -- set exactly when state is finished
+    progress        TEXT,                    -- JSON
+    result          TEXT,                    -- JSON
+    errors          TEXT,                    -- JSON array of AttemptError objects
+    token           TEXT,                    -- lease token while running
+    worker          TEXT,
+    lease_until_ms  INTEGER,
+    seq             INTEGER NOT NULL         -- FIFO position within a priority; released
+                                             -- jobs get negative values (front of line)
+);
+
+-- Claim order: highest priority first, FIFO within a priority (pending only).
+CREATE INDEX IF NOT EXISTS jobs_claim ON jobs (queue, priority DESC, seq)
+    WHERE state = 'pending';
+-- Age of the oldest pending job (counts) without scanning the backlog.
+CREATE INDEX IF NOT EXISTS jobs_pending_age ON jobs (queue, created_ms)
+    WHERE state = 'pending';
+-- Due times: promotion, next_due_ms and the scheduled listing.
+CREATE INDEX IF NOT EXISTS jobs_due ON jobs (queue, scheduled_ms)
+    WHERE state = 'scheduled';
+-- Lease deadlines: expired-lease recovery and the running listing.
+CREATE INDEX IF NOT EXISTS jobs_lease ON jobs (queue, lease_until_ms)
+    WHERE state = 'running';
+-- Finished jobs newest first (listings, retry_all) and oldest first (clean).
+CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (queue, state, finished_ms)
+    WHERE finished_ms IS NOT NULL;
+-- A dedupe key belongs to at most one active job per queue; leaving the active
+-- states releases it automatically because the row drops out of this index.
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_dedupe ON jobs (queue, dedupe_key)
+    WHERE dedupe_key IS NOT NULL AND state IN ('scheduled', 'pending', 'running');
+
+-- Depth per state, kept exact by triggers so `counts` is O(1) however many
+-- finished jobs a queue keeps (COUNT(*) over an index is O(rows)).
+CREATE TABLE IF NOT EXISTS queue_counts (
+    queue   TEXT NOT NULL,
+    state   TEXT NOT NULL,
+    n       INTEGER NOT NULL,
+    PRIMARY KEY (queue, state)
+) WITHOUT ROWID;
+
+CREATE TRIGGER IF NOT EXISTS jobs_count_insert AFTER INSERT ON jobs
+BEGIN
+    INSERT INTO queue_counts (queue, state, n) VALUES (new.queue, new.state, 1)
+        ON CONFLICT (queue, state) DO UPDATE SET n = n + 1;
+END;
+
+CREATE TRIGGER IF NOT EXISTS jobs_count_update AFTER UPDATE OF state ON jobs
+    WHEN old.state IS NOT new.state
+BEGIN
+    UPDATE queue_counts SET n = n - 1 WHERE queue = old.queue AND state = old.state;
+    INSERT INTO queue_counts (queue, state, n) VALUES (new.queue, new.state, 1)
+        ON CONFLICT (queue, state) DO UPDATE SET n = n + 1;
+END;
+
+CREATE TRIGGER IF NOT EXISTS jobs_count_delete AFTER DELETE ON jobs
+BEGIN
+    UPDATE queue_counts SET n = n - 1 WHERE queue = old.queue AND state = old.state;
+END;
+
+-- Queues: `known` = has ever held a job (queue_names); pausing an unknown name
+-- records the flag without making the queue appear in listings.
+CREATE TABLE IF NOT EXISTS queues (
+    name    TEXT PRIMARY KEY,
+    paused  INTEGER NOT NULL DEFAULT 0,
+    known   INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+
+-- The bounded event log. AUTOINCREMENT so ids are never reused after trimming:
+-- readers hand ids back as `since`, and a reused id would skip or repeat events.
+CREATE TABLE IF NOT EXISTS events (
+    id      INTEGER PRIMARY KEY AUTOINCREMENT,
+    queue   TEXT NOT NULL,
+    kind    TEXT NOT NULL,
+    job_id  TEXT NOT NULL,
+    task    TEXT,
+    tenant  TEXT,
+    attempt INTEGER,
+    at_ms   INTEGER NOT NULL,
+    data    TEXT                             -- JSON object or NULL
+);
+CREATE INDEX IF NOT EXISTS events_queue ON events (queue, id);
+
+CREATE TABLE IF NOT EXISTS workers (
+    id          TEXT PRIMARY KEY,
+    info        TEXT NOT NULL,               -- JSON object
+    last_seen_ms INTEGER NOT NULL,
+    expires_ms  INTEGER NOT NULL
+) WITHOUT ROWID;
+
+-- Counters: `seq` grows for every job that joins the back of a line; `front` shrinks
+-- for jobs released at graceful shutdown, so they are claimed before everything else.
+CREATE TABLE IF NOT EXISTS meta (
+    key     TEXT PRIMARY KEY,
+    value   INTEGER NOT NULL
+) WITHOUT ROWID;
+INSERT OR IGNORE INTO meta (key, value) VALUES ('seq', 0), ('front', 0);

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -33,9 +33,19 @@ from .settings import Settings
 from .task import Handler, Task
 
 H = TypeVar("H", bound=Handler)
+R = TypeVar("R")
 _ENQUEUE_OPTIONS = frozenset(
-    {"queue", "delay", "run_at", "priority", "dedupe_key", "tenant", "max_attempts",
-     "backoff", "timeout"}
+    {
+        "queue",
+        "delay",
+        "run_at",
+        "priority",
+        "dedupe_key",
+        "tenant",
+        "max_attempts",
+        "backoff",
+        "timeout",
+    }
 )
 
 
@@ -196,8 +206,9 @@ class Conveyor:
             )
         if not isinstance(task, str) or not task:
             raise InvalidJob("task name must be a non-empty string")
-        queue = _check_queue(queue or (registered.queue if registered else self.default_queue),
-                             error=InvalidJob)
+        queue = _check_queue(
+            queue or (registered.queue if registered else self.default_queue), error=InvalidJob
+        )
         priority = options.get("priority") or 0
         if not isinstance(priority, int) or not MIN_PRIORITY <= priority <= MAX_PRIORITY:
             raise InvalidJob(
@@ -213,7 +224,9 @@ class Conveyor:
         backoff_json = None
         if options.get("backoff") is not None:
             try:
-                backoff_json = orjson.dumps(backoff_mod.coerce(options["backoff"]).to_spec()).decode()
+                backoff_json = orjson.dumps(
+                    backoff_mod.coerce(options["backoff"]).to_spec()
+                ).decode()
             except ConfigError as exc:
                 raise InvalidJob(str(exc)) from exc
         delay_ms, run_at_ms = _due(options.get("delay"), options.get("run_at"))
@@ -234,7 +247,9 @@ class Conveyor:
             run_at_ms=run_at_ms,
         )
 
-    async def enqueue(self, task: str, payload: Mapping[str, Any] | None = None, **options: Any) -> Job:
+    async def enqueue(
+        self, task: str, payload: Mapping[str, Any] | None = None, **options: Any
+    ) -> Job:
         """Enqueue one job. Once this returns, the job is stored durably.
 
         Args:
@@ -285,20 +300,32 @@ class Conveyor:
                 continue
             out.append(
                 Job(
-                    id=res.id, queue=new.queue, task=new.task,
-                    payload=orjson.loads(new.payload_json), state=res.state,
-                    max_attempts=new.max_attempts, priority=new.priority, tenant=new.tenant,
-                    dedupe_key=new.dedupe_key, timeout=new.timeout,
+                    id=res.id,
+                    queue=new.queue,
+                    task=new.task,
+                    payload=orjson.loads(new.payload_json),
+                    state=res.state,
+                    max_attempts=new.max_attempts,
+                    priority=new.priority,
+                    tenant=new.tenant,
+                    dedupe_key=new.dedupe_key,
+                    timeout=new.timeout,
                     backoff=orjson.loads(new.backoff_json) if new.backoff_json else None,
                     created_at=now,
-                    scheduled_at=(new.run_at_ms / 1000 if new.run_at_ms is not None
-                                  else now + new.delay_ms / 1000)
-                    if res.state == JobState.SCHEDULED else None,
+                    scheduled_at=(
+                        new.run_at_ms / 1000
+                        if new.run_at_ms is not None
+                        else now + new.delay_ms / 1000
+                    )
+                    if res.state == JobState.SCHEDULED
+                    else None,
                 )
             )
         return out
 
-    def enqueue_sync(self, task: str, payload: Mapping[str, Any] | None = None, **options: Any) -> Job:
+    def enqueue_sync(
+        self, task: str, payload: Mapping[str, Any] | None = None, **options: Any
+    ) -> Job:
         """`enqueue` for synchronous code (Flask, Django, scripts). Thread-safe."""
         return self._bridge().run(lambda app: app.enqueue(task, payload, **options))
 
@@ -328,7 +355,12 @@ class Conveyor:
         return await (await self.connect()).counts(queue)
 
     async def list_jobs(
-        self, queue: str, state: JobState, *, tenant: str | None = None, limit: int = 50,
+        self,
+        queue: str,
+        state: JobState,
+        *,
+        tenant: str | None = None,
+        limit: int = 50,
         cursor: str | None = None,
     ) -> JobPage:
         return await (await self.connect()).list_jobs(
@@ -362,14 +394,19 @@ class _SyncBridge:
 
     def __init__(self, app: Conveyor) -> None:
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="conveyor-sync",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="conveyor-sync", daemon=True
+        )
         self._thread.start()
-        self._app = Conveyor(app.url, default_queue=app.default_queue,
-                             max_payload_bytes=app.max_payload_bytes, clock=app.clock)
+        self._app = Conveyor(
+            app.url,
+            default_queue=app.default_queue,
+            max_payload_bytes=app.max_payload_bytes,
+            clock=app.clock,
+        )
         self._app.tasks = app.tasks
 
-    def run(self, call: Callable[[Conveyor], Any]) -> Any:
+    def run(self, call: Callable[[Conveyor], Coroutine[Any, Any, R]]) -> R:
         try:
             asyncio.get_running_loop()
         except RuntimeError:
@@ -378,7 +415,7 @@ class _SyncBridge:
             raise RuntimeError(
                 "enqueue_sync was called inside a running event loop: use `await app.enqueue`"
             )
-        future: Future[Any] = asyncio.run_coroutine_threadsafe(call(self._app), self._loop)
+        future: Future[R] = asyncio.run_coroutine_threadsafe(call(self._app), self._loop)
         return future.result()
 
     def close(self) -> None:
@@ -389,9 +426,7 @@ class _SyncBridge:
 
 def _check_queue(name: str, *, error: type[Exception] = ConfigError) -> str:
     if not isinstance(name, str) or not QUEUE_NAME.match(name):
-        raise error(
-            f"queue name {name!r} is invalid: use 1-64 letters, digits, '_', '-' or '.'"
-        )
+        raise error(f"queue name {name!r} is invalid: use 1-64 letters, digits, '_', '-' or '.'")
     return name
 
 

@@ -40,7 +40,7 @@ class Exponential:
     def delay_for(self, attempt: int) -> float:
         raw = min(self.cap, self.base * self.factor ** max(0, attempt - 1))
         if self.jitter:
-            raw *= 1.0 + random.uniform(-self.jitter, self.jitter)  # noqa: S311 - not crypto
+            raw *= 1.0 + random.uniform(-self.jitter, self.jitter)
         return max(0.0, raw)
 
     def to_spec(self) -> dict[str, Any]:
@@ -115,7 +115,9 @@ def from_spec(spec: dict[str, Any]) -> Backoff:
             return Fixed(float(spec["delay"]))
         if kind == "exponential":
             return Exponential(
-                float(spec["base"]), float(spec["factor"]), float(spec["cap"]),
+                float(spec["base"]),
+                float(spec["factor"]),
+                float(spec["cap"]),
                 float(spec["jitter"]),
             )
         if kind == "list":

@@ -60,7 +60,7 @@ class InvalidState(ConveyorError):
     """The operation does not apply to the job in its current state."""
 
 
-class Retry(Exception):  # noqa: N818 - control flow, named for what the handler means
+class Retry(Exception):
     """Raise from a handler to retry the job after `delay` seconds.
 
     The attempt counts against `max_attempts`; when none are left the job fails.
@@ -76,5 +76,5 @@ class Retry(Exception):  # noqa: N818 - control flow, named for what the handler
         self.reason = reason
 
 
-class Unrecoverable(Exception):  # noqa: N818 - control flow, named for what the handler means
+class Unrecoverable(Exception):
     """Raise from a handler to fail the job at once, skipping any remaining attempts."""

@@ -284,7 +284,7 @@ def decode_job(fields: Mapping[str, Any]) -> Job:
             queue=str(_opt_str(fields["queue"])),
             task=str(_opt_str(fields["task"])),
             payload=payload,
-            state=JobState(_opt_str(fields["state"])),
+            state=JobState(str(_opt_str(fields["state"]))),
             attempt=int(fields.get("attempt") or 0),
             max_attempts=int(fields.get("max_attempts") or 1),
             priority=int(fields.get("priority") or 0),
@@ -324,7 +324,9 @@ def decode_claimed(fields: Mapping[str, Any]) -> Job:
             task=str(_opt_str(fields.get("task")) or ""),
             payload={},
             state=JobState.RUNNING,
-            attempt=int(fields.get("attempt") or 1) if str(fields.get("attempt") or "1").isdigit() else 1,
+            attempt=int(fields.get("attempt") or 1)
+            if str(fields.get("attempt") or "1").isdigit()
+            else 1,
             max_attempts=1,
             token=_opt_str(fields.get("token")),
             decode_error=str(exc),

@@ -26,12 +26,20 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
 
-    url: str = Field(DEFAULT_URL, description="engine URL: redis://, rediss://, sqlite:///, memory://")
+    url: str = Field(
+        DEFAULT_URL, description="engine URL: redis://, rediss://, sqlite:///, memory://"
+    )
     queues: tuple[str, ...] = Field(("default",), description="queues a worker consumes, in order")
     concurrency: int = Field(10, ge=1, le=10_000, description="jobs one worker runs at once")
-    lease_timeout: float = Field(30.0, gt=0, le=86_400, description="seconds a claim is valid without a heartbeat")
-    shutdown_timeout: float = Field(30.0, ge=0, le=86_400, description="seconds in-flight jobs get on SIGTERM")
-    health_port: int = Field(3100, ge=0, le=65_535, description="worker health/metrics port; 0 disables")
+    lease_timeout: float = Field(
+        30.0, gt=0, le=86_400, description="seconds a claim is valid without a heartbeat"
+    )
+    shutdown_timeout: float = Field(
+        30.0, ge=0, le=86_400, description="seconds in-flight jobs get on SIGTERM"
+    )
+    health_port: int = Field(
+        3100, ge=0, le=65_535, description="worker health/metrics port; 0 disables"
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
     metrics_prefix: str = Field("conveyor_", pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$")
@@ -72,8 +80,10 @@ class Settings(BaseSettings):
             key = name[len(ENV_PREFIX) :].lower()
             if key not in known:
                 hint = difflib.get_close_matches(key, known, n=1)
-                fix = f"did you mean {ENV_PREFIX}{hint[0].upper()}?" if hint else (
-                    f"known: {', '.join(ENV_PREFIX + k.upper() for k in sorted(known))}"
+                fix = (
+                    f"did you mean {ENV_PREFIX}{hint[0].upper()}?"
+                    if hint
+                    else (f"known: {', '.join(ENV_PREFIX + k.upper() for k in sorted(known))}")
                 )
                 raise ConfigError(f"unknown setting {name}: {fix}")
             values[key] = raw

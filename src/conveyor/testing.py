@@ -43,9 +43,9 @@ def register_probe(app: Conveyor, *, queue: str = PROBE_QUEUE, max_attempts: int
         _mark(job, "start")
         if action == "sleep":
             await asyncio.sleep(float(job.payload.get("seconds", 1)))
-        elif action == "crash":  # kill our own worker process, every time
-            os.kill(os.getpid(), signal.SIGKILL)
-        elif action == "crash_once" and job.attempt == 1:
+        elif action == "crash" or (
+            action == "crash_once" and job.attempt == 1
+        ):  # kill our own worker process, every time
             os.kill(os.getpid(), signal.SIGKILL)
         elif action == "fail":
             raise RuntimeError(job.payload.get("message", "probe failure"))
@@ -84,7 +84,10 @@ app = probe_app()
 
 
 async def eventually(
-    check: Callable[[], Awaitable[bool]], *, timeout: float = 10.0, interval: float = 0.02,
+    check: Callable[[], Awaitable[bool]],
+    *,
+    timeout: float = 10.0,
+    interval: float = 0.02,
     message: str = "condition",
 ) -> None:
     """Wait until `check()` is true, failing with `message` after `timeout` seconds."""

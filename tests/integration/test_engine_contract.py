@@ -40,13 +40,18 @@ def app(engine_url: str) -> Conveyor:
     return app
 
 
-async def claim(engine: Engine, n: int = 10, queues: tuple[str, ...] = ("q",), lease_ms: int = LEASE_MS):
-    return (await engine.exchange([], queues=queues, limit=n, worker_id="w1", lease_ms=lease_ms)).jobs
+async def claim(
+    engine: Engine, n: int = 10, queues: tuple[str, ...] = ("q",), lease_ms: int = LEASE_MS
+):
+    return (
+        await engine.exchange([], queues=queues, limit=n, worker_id="w1", lease_ms=lease_ms)
+    ).jobs
 
 
 async def finish(engine: Engine, *outcomes: Outcome) -> list[str]:
-    return (await engine.exchange(outcomes, queues=("q",), limit=0, worker_id="w1",
-                                  lease_ms=LEASE_MS)).lost
+    return (
+        await engine.exchange(outcomes, queues=("q",), limit=0, worker_id="w1", lease_ms=LEASE_MS)
+    ).lost
 
 
 def err(attempt: int, msg: str = "boom") -> str:
@@ -54,8 +59,16 @@ def err(attempt: int, msg: str = "boom") -> str:
 
 
 async def test_enqueue_roundtrips_every_field(engine: Engine, app: Conveyor) -> None:
-    new = app.build("t", {"to": "a@example.com", "n": [1, 2]}, priority=5, tenant="acme",
-                    dedupe_key="welcome:42", timeout=7.5, backoff=[1, 5, 30], max_attempts=4)
+    new = app.build(
+        "t",
+        {"to": "a@example.com", "n": [1, 2]},
+        priority=5,
+        tenant="acme",
+        dedupe_key="welcome:42",
+        timeout=7.5,
+        backoff=[1, 5, 30],
+        max_attempts=4,
+    )
     [res] = await engine.enqueue([new])
     assert res.created and res.id == new.id and res.state == JobState.PENDING
     job = await engine.get_job(new.id)
@@ -81,7 +94,9 @@ async def test_enqueue_many_keeps_order_across_queues(engine: Engine, app: Conve
     assert (await engine.counts("other")).pending == 10
 
 
-async def test_dedupe_returns_live_job_and_releases_key_when_finished(engine: Engine, app: Conveyor) -> None:
+async def test_dedupe_returns_live_job_and_releases_key_when_finished(
+    engine: Engine, app: Conveyor
+) -> None:
     first = app.build("t", {"v": 1}, dedupe_key="k")
     second = app.build("t", {"v": 2}, dedupe_key="k")
     r1, r2 = await engine.enqueue([first]), await engine.enqueue([second])
@@ -129,7 +144,9 @@ async def test_delayed_job_waits_until_due(engine: Engine, app: Conveyor) -> Non
     await eventually(claimable, timeout=5, message="delayed job became claimable")
 
 
-async def test_run_at_in_past_is_pending_and_future_is_scheduled(engine: Engine, app: Conveyor) -> None:
+async def test_run_at_in_past_is_pending_and_future_is_scheduled(
+    engine: Engine, app: Conveyor
+) -> None:
     past = datetime.now(UTC) - timedelta(seconds=5)
     future = datetime.now(UTC) + timedelta(hours=1)
     r = await engine.enqueue([app.build("t", {}, run_at=past), app.build("t", {}, run_at=future)])
@@ -202,7 +219,9 @@ async def test_wrong_token_changes_nothing(engine: Engine, app: Conveyor) -> Non
     assert await engine.heartbeat([(job.id, str(job.token))], lease_ms=LEASE_MS) == []
 
 
-async def test_expired_lease_goes_back_to_pending_and_old_holder_is_fenced(engine: Engine, app: Conveyor) -> None:
+async def test_expired_lease_goes_back_to_pending_and_old_holder_is_fenced(
+    engine: Engine, app: Conveyor
+) -> None:
     await engine.enqueue([app.build("t", {}, max_attempts=3)])
     [job] = await claim(engine, lease_ms=50)
 
@@ -216,8 +235,12 @@ async def test_expired_lease_goes_back_to_pending_and_old_holder_is_fenced(engin
     [again] = await claim(engine)
     assert again.attempt == 2
     # the first holder comes back from a long pause: it is fenced off
-    assert await finish(engine, Outcome(job.id, str(job.token), "complete", result_json="1")) == [job.id]
-    assert await finish(engine, Outcome(again.id, str(again.token), "complete", result_json="2")) == []
+    assert await finish(engine, Outcome(job.id, str(job.token), "complete", result_json="1")) == [
+        job.id
+    ]
+    assert (
+        await finish(engine, Outcome(again.id, str(again.token), "complete", result_json="2")) == []
+    )
     assert (await engine.get_job(job.id)).result == 2
 
 
@@ -275,8 +298,11 @@ async def test_paused_queue_keeps_jobs_pending(engine: Engine, app: Conveyor) ->
 
 
 async def test_operator_retry_cancel_promote(engine: Engine, app: Conveyor) -> None:
-    a, b, c = (app.build("t", {}, max_attempts=1), app.build("t", {}),
-               app.build("t", {}, delay=3600))
+    a, b, c = (
+        app.build("t", {}, max_attempts=1),
+        app.build("t", {}),
+        app.build("t", {}, delay=3600),
+    )
     await engine.enqueue([a, b, c])
     [ja] = await claim(engine, 1)
     await finish(engine, Outcome(ja.id, str(ja.token), "fail", error_json=err(1)))
@@ -300,7 +326,9 @@ async def test_cancel_running_job_fences_its_worker(engine: Engine, app: Conveyo
     await engine.enqueue([app.build("t", {})])
     [job] = await claim(engine)
     await engine.cancel_job(job.id)
-    assert await finish(engine, Outcome(job.id, str(job.token), "complete", result_json="1")) == [job.id]
+    assert await finish(engine, Outcome(job.id, str(job.token), "complete", result_json="1")) == [
+        job.id
+    ]
     assert (await engine.get_job(job.id)).state == JobState.CANCELLED
 
 
@@ -308,8 +336,16 @@ async def test_retry_all_clean_and_purge(engine: Engine, app: Conveyor) -> None:
     await engine.enqueue([app.build("t", {"i": i}, max_attempts=1) for i in range(5)])
     for job in await claim(engine, 5):
         kind = "fail" if job.payload["i"] < 3 else "complete"
-        await finish(engine, Outcome(job.id, str(job.token), kind,  # type: ignore[arg-type]
-                                     error_json=err(1), result_json="1"))
+        await finish(
+            engine,
+            Outcome(
+                job.id,
+                str(job.token),
+                kind,  # type: ignore[arg-type]
+                error_json=err(1),
+                result_json="1",
+            ),
+        )
     assert (await engine.counts("q")).failed == 3
     assert await engine.retry_all("q") == 3
     counts = await engine.counts("q")
@@ -379,7 +415,9 @@ async def test_workers_registry_expires(engine: Engine) -> None:
     assert await engine.workers() == []
 
 
-async def test_wait_for_jobs_wakes_on_enqueue(engine_url: str, engine: Engine, app: Conveyor) -> None:
+async def test_wait_for_jobs_wakes_on_enqueue(
+    engine_url: str, engine: Engine, app: Conveyor
+) -> None:
     producer = engine if engine_url == "memory://" else open_engine(engine_url)
     await producer.connect()
     loop = asyncio.get_running_loop()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import os
 import signal
 import subprocess
 import sys
@@ -26,8 +25,18 @@ pytestmark = pytest.mark.slow
 
 class WorkerProcess:
     def __init__(self, url: str, *args: str) -> None:
-        cmd = [sys.executable, "-m", "conveyor", "worker", "conveyor.testing:app", "--url", url,
-               "--queues", "probe", *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "conveyor",
+            "worker",
+            "conveyor.testing:app",
+            "--url",
+            url,
+            "--queues",
+            "probe",
+            *args,
+        ]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
     def signal(self, sig: int) -> None:
@@ -74,17 +83,25 @@ def marks(path: Path) -> collections.Counter[tuple[str, str]]:
 
 async def state_counts(app: Conveyor) -> dict[str, int]:
     c = await app.counts("probe")
-    return {"pending": c.pending, "running": c.running, "completed": c.completed,
-            "failed": c.failed, "scheduled": c.scheduled}
+    return {
+        "pending": c.pending,
+        "running": c.running,
+        "completed": c.completed,
+        "failed": c.failed,
+        "scheduled": c.scheduled,
+    }
 
 
-async def test_sigkilled_worker_loses_no_job(app: Conveyor, durable_url: str, tmp_path: Path,
-                                             workers: list[WorkerProcess]) -> None:
+async def test_sigkilled_worker_loses_no_job(
+    app: Conveyor, durable_url: str, tmp_path: Path, workers: list[WorkerProcess]
+) -> None:
     """Guarantees 1 and 2: 1,000 jobs, kill -9 mid-run, a second worker finishes all."""
     mark = tmp_path / "marks"
     jobs = await app.enqueue_many(
-        [{"task": "probe", "payload": {"action": "sleep", "seconds": 0.02, "mark": str(mark)}}
-         for _ in range(1000)]
+        [
+            {"task": "probe", "payload": {"action": "sleep", "seconds": 0.02, "mark": str(mark)}}
+            for _ in range(1000)
+        ]
     )
     ids = {j.id for j in jobs}
     first = WorkerProcess(durable_url, "--concurrency", "20", "--lease-timeout", "2")
@@ -119,17 +136,22 @@ async def test_sigkilled_worker_loses_no_job(app: Conveyor, durable_url: str, tm
         assert job.state == JobState.COMPLETED and job.attempt >= 2
     second.signal(signal.SIGTERM)
     assert second.wait() == 0
-    print(f"\nkilled worker held {held} jobs; {len(stalled)} re-run; all recovered within "
-          f"{(recovered_at or [time.monotonic()])[0] - killed_at:.1f}s (lease 2s)")
+    print(
+        f"\nkilled worker held {held} jobs; {len(stalled)} re-run; all recovered within "
+        f"{(recovered_at or [time.monotonic()])[0] - killed_at:.1f}s (lease 2s)"
+    )
 
 
-async def test_sigterm_lets_in_flight_jobs_finish(app: Conveyor, durable_url: str, tmp_path: Path,
-                                                  workers: list[WorkerProcess]) -> None:
+async def test_sigterm_lets_in_flight_jobs_finish(
+    app: Conveyor, durable_url: str, tmp_path: Path, workers: list[WorkerProcess]
+) -> None:
     """Guarantee 4: SIGTERM waits for in-flight jobs, then exits 0."""
     mark = tmp_path / "marks"
     jobs = await app.enqueue_many(
-        [{"task": "probe", "payload": {"action": "sleep", "seconds": 1, "mark": str(mark)}}
-         for _ in range(4)]
+        [
+            {"task": "probe", "payload": {"action": "sleep", "seconds": 1, "mark": str(mark)}}
+            for _ in range(4)
+        ]
     )
     w = WorkerProcess(durable_url, "--concurrency", "4", "--shutdown-timeout", "20")
     workers.append(w)
@@ -150,8 +172,10 @@ async def test_sigterm_past_timeout_hands_jobs_back_unspent(
     """Guarantee 4: past the shutdown timeout, jobs go back to pending, attempt not spent."""
     mark = tmp_path / "marks"
     jobs = await app.enqueue_many(
-        [{"task": "probe", "payload": {"action": "sleep", "seconds": 60, "mark": str(mark)}}
-         for _ in range(3)]
+        [
+            {"task": "probe", "payload": {"action": "sleep", "seconds": 60, "mark": str(mark)}}
+            for _ in range(3)
+        ]
     )
     w = WorkerProcess(durable_url, "--concurrency", "3", "--shutdown-timeout", "0.5")
     workers.append(w)
@@ -169,8 +193,9 @@ async def test_sigterm_past_timeout_hands_jobs_back_unspent(
         assert stored.state == JobState.PENDING and stored.attempt == 0 and stored.errors == []
 
 
-async def test_second_signal_exits_at_once(app: Conveyor, durable_url: str, tmp_path: Path,
-                                           workers: list[WorkerProcess]) -> None:
+async def test_second_signal_exits_at_once(
+    app: Conveyor, durable_url: str, tmp_path: Path, workers: list[WorkerProcess]
+) -> None:
     mark = tmp_path / "marks"
     await app.enqueue("probe", {"action": "sleep", "seconds": 60, "mark": str(mark)})
     w = WorkerProcess(durable_url, "--shutdown-timeout", "60")
@@ -211,4 +236,4 @@ async def test_job_that_kills_its_worker_every_time_ends_failed(
     assert job.last_error is not None and job.last_error.type == "LeaseExpired"
     assert "worker lost while running attempt 3" in job.last_error.message
     assert (await app.get_job(ok.id)).state == JobState.COMPLETED  # others unaffected
-    assert os.path.exists(mark)
+    assert mark.exists()

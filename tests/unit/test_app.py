@@ -33,7 +33,12 @@ async def nothing_stored(app: Conveyor) -> bool:
 
 async def test_enqueue_uses_task_defaults(app: Conveyor) -> None:
     job = await app.enqueue("email.send", {"to": "a@example.com"}, tenant="acme", priority=5)
-    assert (job.queue, job.state, job.max_attempts, job.tenant) == ("notifications", JobState.PENDING, 5, "acme")
+    assert (job.queue, job.state, job.max_attempts, job.tenant) == (
+        "notifications",
+        JobState.PENDING,
+        5,
+        "acme",
+    )
     stored = await app.get_job(job.id)
     assert stored.payload == {"to": "a@example.com"} and stored.priority == 5
 
@@ -55,7 +60,9 @@ async def test_unregistered_task_needs_a_queue(app: Conveyor) -> None:
         ({"big": "x" * 2000}, PayloadTooLarge),
     ],
 )
-async def test_bad_payload_is_named_and_stores_nothing(app: Conveyor, payload: object, error: type[Exception]) -> None:
+async def test_bad_payload_is_named_and_stores_nothing(
+    app: Conveyor, payload: object, error: type[Exception]
+) -> None:
     with pytest.raises(error) as info:
         await app.enqueue("email.send", payload)  # type: ignore[arg-type]
     assert "pickle" in str(info.value) or "object" in str(info.value) or "limit" in str(info.value)
@@ -79,7 +86,9 @@ async def test_bad_payload_is_named_and_stores_nothing(app: Conveyor, payload: o
         {"colour": "blue"},
     ],
 )
-async def test_bad_options_are_named_and_store_nothing(app: Conveyor, options: dict[str, object]) -> None:
+async def test_bad_options_are_named_and_store_nothing(
+    app: Conveyor, options: dict[str, object]
+) -> None:
     with pytest.raises(InvalidJob):
         await app.enqueue("email.send", {}, **options)
     assert await nothing_stored(app)
@@ -87,15 +96,23 @@ async def test_bad_options_are_named_and_store_nothing(app: Conveyor, options: d
 
 async def test_enqueue_many_is_all_or_nothing(app: Conveyor) -> None:
     with pytest.raises(InvalidPayload, match="item 2"):
-        await app.enqueue_many([
-            {"task": "email.send", "payload": {"i": 0}},
-            {"task": "email.send", "payload": {"i": 1}},
-            {"task": "email.send", "payload": {"bad": object()}},
-        ])
+        await app.enqueue_many(
+            [
+                {"task": "email.send", "payload": {"i": 0}},
+                {"task": "email.send", "payload": {"i": 1}},
+                {"task": "email.send", "payload": {"bad": object()}},
+            ]
+        )
     assert await nothing_stored(app)
     jobs = await app.enqueue_many(
-        [{"task": "email.send", "payload": {"i": i}, "delay": timedelta(seconds=60) if i else None}
-         for i in range(3)]
+        [
+            {
+                "task": "email.send",
+                "payload": {"i": i},
+                "delay": timedelta(seconds=60) if i else None,
+            }
+            for i in range(3)
+        ]
     )
     assert [j.state for j in jobs] == [JobState.PENDING, JobState.SCHEDULED, JobState.SCHEDULED]
 
@@ -110,7 +127,9 @@ def test_enqueue_sync_for_plain_code(tmp_path: object) -> None:
     app = Conveyor(f"sqlite:///{tmp_path}/sync.db")
     job = app.enqueue_sync("report.build", {"n": 1}, queue="reports")
     assert app.get_job_sync(job.id).payload == {"n": 1}
-    assert [j.state for j in app.enqueue_many_sync([{"task": "x", "queue": "reports"}])] == [JobState.PENDING]
+    assert [j.state for j in app.enqueue_many_sync([{"task": "x", "queue": "reports"}])] == [
+        JobState.PENDING
+    ]
 
 
 def test_registration_errors_are_config_errors() -> None:

@@ -81,7 +81,9 @@ async def test_unrecoverable_skips_remaining_attempts(app: Conveyor) -> None:
     assert stored.errors[0].type == "Unrecoverable" and stored.errors[0].message == "account closed"
 
 
-async def test_timeout_is_a_failed_attempt_with_clear_error(app: Conveyor, clock: FakeClock) -> None:
+async def test_timeout_is_a_failed_attempt_with_clear_error(
+    app: Conveyor, clock: FakeClock
+) -> None:
     @app.task("slow", max_attempts=2, backoff=0, timeout=0.05)
     async def slow(job: Job) -> None:
         await asyncio.sleep(10)
@@ -94,7 +96,9 @@ async def test_timeout_is_a_failed_attempt_with_clear_error(app: Conveyor, clock
     assert "exceeded its 0.05s timeout" in stored.errors[0].message
 
 
-async def test_handler_raising_timeouterror_itself_is_not_reported_as_job_timeout(app: Conveyor) -> None:
+async def test_handler_raising_timeouterror_itself_is_not_reported_as_job_timeout(
+    app: Conveyor,
+) -> None:
     @app.task("net", max_attempts=1, timeout=10)
     async def net(job: Job) -> None:
         raise TimeoutError("upstream timed out")
@@ -158,7 +162,9 @@ async def test_priorities_are_respected_by_the_worker(app: Conveyor) -> None:
     async def p(job: Job) -> None:
         ran.append(job.payload["p"])
 
-    await app.enqueue_many([{"task": "p", "payload": {"p": p}, "priority": p} for p in (1, 5, -3, 9)])
+    await app.enqueue_many(
+        [{"task": "p", "payload": {"p": p}, "priority": p} for p in (1, 5, -3, 9)]
+    )
     await burst(app, concurrency=1)
     assert ran == [9, 5, 1, -3]
 

@@ -6,8 +6,8 @@ this module only assembles them. User mistakes print one readable line and exit 
 
 from __future__ import annotations
 
+from . import run as _run  # noqa: F401  (registers commands)
 from .common import cli
-from . import run as _run  # noqa: F401,E402  (registers commands)
 
 
 def main() -> None:

@@ -32,6 +32,7 @@ console = Console()
 def _root() -> None:
     """Conveyor: run workers and operate queues."""
 
+
 err_console = Console(stderr=True)
 
 T = TypeVar("T")

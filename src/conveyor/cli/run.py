@@ -50,20 +50,41 @@ async def run_worker(worker: Worker, *, exit_on_second_signal: bool = True) -> N
 @friendly
 def worker(
     target: AppArg,
-    queues: Annotated[str | None, typer.Option(help="comma-separated queues, in priority order (env CONVEYOR_QUEUES; default: the queues of the app's tasks)")] = None,
-    concurrency: Annotated[int | None, typer.Option(help="jobs run at once (env CONVEYOR_CONCURRENCY; 10)")] = None,
-    url: Annotated[str | None, typer.Option(help="engine URL (env CONVEYOR_URL, REDIS_URL; sqlite:///conveyor.db)")] = None,
-    lease_timeout: Annotated[float | None, typer.Option(help="seconds a claim lives without heartbeat (30)")] = None,
-    shutdown_timeout: Annotated[float | None, typer.Option(help="seconds in-flight jobs get on SIGTERM (30)")] = None,
-    burst: Annotated[bool, typer.Option("--burst", help="exit when nothing is pending or running")] = False,
+    queues: Annotated[
+        str | None,
+        typer.Option(
+            help="comma-separated queues, in priority order "
+            "(env CONVEYOR_QUEUES; default: the queues of the app's tasks)"
+        ),
+    ] = None,
+    concurrency: Annotated[
+        int | None, typer.Option(help="jobs run at once (env CONVEYOR_CONCURRENCY; 10)")
+    ] = None,
+    url: Annotated[
+        str | None,
+        typer.Option(help="engine URL (env CONVEYOR_URL, REDIS_URL; sqlite:///conveyor.db)"),
+    ] = None,
+    lease_timeout: Annotated[
+        float | None, typer.Option(help="seconds a claim lives without heartbeat (30)")
+    ] = None,
+    shutdown_timeout: Annotated[
+        float | None, typer.Option(help="seconds in-flight jobs get on SIGTERM (30)")
+    ] = None,
+    burst: Annotated[
+        bool, typer.Option("--burst", help="exit when nothing is pending or running")
+    ] = False,
     log_level: Annotated[str | None, typer.Option(help="DEBUG, INFO, WARNING, ERROR")] = None,
     log_format: Annotated[str | None, typer.Option(help="text or json")] = None,
 ) -> None:
     """Run a worker: claim jobs under leases and run their handlers."""
     env_has_queues = "CONVEYOR_QUEUES" in os.environ
     settings = Settings.load(
-        url=url, queues=queues, concurrency=concurrency, lease_timeout=lease_timeout,
-        shutdown_timeout=shutdown_timeout, log_level=log_level and log_level.upper(),
+        url=url,
+        queues=queues,
+        concurrency=concurrency,
+        lease_timeout=lease_timeout,
+        shutdown_timeout=shutdown_timeout,
+        log_level=log_level and log_level.upper(),
         log_format=log_format,
     )
     setup_logging(settings.log_level, settings.log_format)
@@ -71,13 +92,17 @@ def worker(
     app.configure(url=settings.url, max_payload_bytes=settings.max_payload_bytes)
     chosen = settings.queues if (queues or env_has_queues) else default_queues(app)
     w = Worker(
-        app, queues=chosen, concurrency=settings.concurrency,
-        lease_timeout=settings.lease_timeout, shutdown_timeout=settings.shutdown_timeout,
+        app,
+        queues=chosen,
+        concurrency=settings.concurrency,
+        lease_timeout=settings.lease_timeout,
+        shutdown_timeout=settings.shutdown_timeout,
         burst=burst,
     )
     console.print(
         f"worker {w.id} on {_safe_url(settings.url)} queues={','.join(chosen)} "
-        f"concurrency={settings.concurrency}", highlight=False,
+        f"concurrency={settings.concurrency}",
+        highlight=False,
     )
     run_async(run_worker(w))
 
@@ -88,3 +113,21 @@ def _safe_url(url: str) -> str:
         scheme, rest = url.split("://", 1)
         return f"{scheme}://***@{rest.split('@', 1)[1]}"
     return url
+
+
+@cli.command()
+@friendly
+def demo(
+    url: Annotated[
+        str | None,
+        typer.Option(help="engine URL (default: the embedded SQLite file ./conveyor.db)"),
+    ] = None,
+    rate: Annotated[float, typer.Option(help="jobs enqueued per second")] = 50.0,
+    concurrency: Annotated[int, typer.Option(help="jobs run at once")] = 20,
+    duration: Annotated[float | None, typer.Option(help="stop after this many seconds")] = None,
+) -> None:
+    """Enqueue a stream of demo jobs and process them, with a live view, until Ctrl-C."""
+    from ..demo import run_demo
+
+    settings = Settings.load(url=url)
+    run_async(run_demo(settings.url, rate=rate, concurrency=concurrency, duration=duration))

@@ -8,6 +8,7 @@ and takes a `Clock`, so unit tests can drive due times and lease expiry with a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import uuid
@@ -223,11 +224,7 @@ class MemoryEngine:
     # --- workers ---------------------------------------------------------------------
     def _apply(self, outcome: Outcome, now_ms: int) -> bool:
         job = self._jobs.get(outcome.job_id)
-        if (
-            job is None
-            or job["state"] != JobState.RUNNING.value
-            or job["token"] != outcome.token
-        ):
+        if job is None or job["state"] != JobState.RUNNING.value or job["token"] != outcome.token:
             return False
         if outcome.kind == "complete":
             job["result"] = outcome.result_json
@@ -245,8 +242,9 @@ class MemoryEngine:
                 self._schedule(job, now_ms + outcome.delay_ms)
             else:
                 self._push_pending(job)
-            self._emit(job, "retried", error=_message(outcome.error_json),
-                       delay_ms=outcome.delay_ms)
+            self._emit(
+                job, "retried", error=_message(outcome.error_json), delay_ms=outcome.delay_ms
+            )
         else:  # release: hand back without spending the attempt
             job["attempt"] = max(0, job["attempt"] - 1)
             job["token"] = None
@@ -315,10 +313,8 @@ class MemoryEngine:
 
     async def wait_for_jobs(self, queues: Sequence[str], timeout: float) -> None:
         self._wake.clear()
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout)
-        except TimeoutError:
-            pass
 
     async def recover_expired(self, queues: Sequence[str]) -> int:
         now_ms = self.clock.now_ms()
@@ -365,11 +361,11 @@ class MemoryEngine:
             and (tenant is None or self._jobs[i]["tenant"] == tenant)
         ]
         if state == JobState.PENDING:
-            rows.sort(key=lambda j: ((100 - int(j["priority"])) * _PRIORITY_SPAN + j["seq"]))
+            rows.sort(key=lambda j: (100 - int(j["priority"])) * _PRIORITY_SPAN + j["seq"])
         elif state == JobState.SCHEDULED:
             rows.sort(key=lambda j: j["scheduled_ms"])
         else:
-            rows.sort(key=lambda j: (j["finished_ms"] or j["created_ms"]), reverse=True)
+            rows.sort(key=lambda j: j["finished_ms"] or j["created_ms"], reverse=True)
         start = int(cursor) if cursor else 0
         page = rows[start : start + limit]
         more = start + limit < len(rows)

@@ -136,8 +136,11 @@ class Worker:
             outcomes, self._outbox = self._outbox, []
             try:
                 result = await engine.exchange(
-                    outcomes, queues=self.queues, limit=max(free, 0),
-                    worker_id=self.id, lease_ms=self.lease_ms,
+                    outcomes,
+                    queues=self.queues,
+                    limit=max(free, 0),
+                    worker_id=self.id,
+                    lease_ms=self.lease_ms,
                 )
             except EngineUnavailable as exc:
                 self._outbox[:0] = outcomes  # keep them: acknowledgements are never dropped
@@ -168,8 +171,9 @@ class Worker:
         local = asyncio.ensure_future(self._wake.wait())
         remote = asyncio.ensure_future(engine.wait_for_jobs(self.queues, timeout))
         try:
-            await asyncio.wait((local, remote), timeout=timeout + 1,
-                               return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                (local, remote), timeout=timeout + 1, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
             for fut in (local, remote):
                 fut.cancel()
@@ -189,8 +193,11 @@ class Worker:
             tasks = [t for _, t in self._running.values()]
             _, pending = await asyncio.wait(tasks, timeout=self.shutdown_timeout)
             if pending:
-                log.warning("releasing %d unfinished job(s) after %.1fs shutdown timeout",
-                            len(pending), self.shutdown_timeout)
+                log.warning(
+                    "releasing %d unfinished job(s) after %.1fs shutdown timeout",
+                    len(pending),
+                    self.shutdown_timeout,
+                )
                 self._releasing = True
                 for task in pending:
                     task.cancel()
@@ -200,16 +207,20 @@ class Worker:
                 break
             outcomes, self._outbox = self._outbox, []
             try:
-                result = await engine.exchange(outcomes, queues=self.queues, limit=0,
-                                               worker_id=self.id, lease_ms=self.lease_ms)
+                result = await engine.exchange(
+                    outcomes, queues=self.queues, limit=0, worker_id=self.id, lease_ms=self.lease_ms
+                )
                 self._lost(result.lost)
             except EngineUnavailable as exc:
                 self._outbox[:0] = outcomes
                 self._engine_down(exc)
                 await asyncio.sleep(0.2 * 2**attempt)
         if self._outbox:
-            log.error("could not report %d outcome(s) before exit; their leases will expire "
-                      "and the jobs will run again", len(self._outbox))
+            log.error(
+                "could not report %d outcome(s) before exit; their leases will expire "
+                "and the jobs will run again",
+                len(self._outbox),
+            )
 
     # --- running jobs ------------------------------------------------------------------
     def _start(self, job: Job) -> None:
@@ -238,9 +249,11 @@ class Worker:
         task = self.app.tasks.get(job.task)
         if task is None:
             return self._error(
-                job, "UnknownTask",
+                job,
+                "UnknownTask",
                 f"no handler for task {job.task!r} in worker {self.id}: deploy a worker that "
-                "registers it, then retry the job", final=True,
+                "registers it, then retry the job",
+                final=True,
             )
         timeout = job.timeout if job.timeout is not None else task.timeout
         try:
@@ -253,12 +266,18 @@ class Worker:
         except Retry as exc:
             return self._error(job, "Retry", exc.reason, delay=exc.delay)
         except Unrecoverable as exc:
-            return self._error(job, "Unrecoverable", str(exc) or "unrecoverable", final=True,
-                               tb=traceback.format_exc())
+            return self._error(
+                job,
+                "Unrecoverable",
+                str(exc) or "unrecoverable",
+                final=True,
+                tb=traceback.format_exc(),
+            )
         except TimeoutError:
             if deadline.expired():
-                return self._error(job, "JobTimeout",
-                                   f"attempt {job.attempt} exceeded its {timeout:g}s timeout")
+                return self._error(
+                    job, "JobTimeout", f"attempt {job.attempt} exceeded its {timeout:g}s timeout"
+                )
             return self._exception(job)
         except Exception:
             return self._exception(job)
@@ -271,16 +290,23 @@ class Worker:
         return self._error(job, type(exc).__name__, str(exc), tb=traceback.format_exc())
 
     def _error(
-        self, job: Job, kind: str, message: str, *, final: bool = False,
-        delay: float | None = None, tb: str | None = None,
+        self,
+        job: Job,
+        kind: str,
+        message: str,
+        *,
+        final: bool = False,
+        delay: float | None = None,
+        tb: str | None = None,
     ) -> Outcome:
         error = AttemptError(job.attempt, kind, message, tb, self.app.clock.now()).to_json()
         if final or job.attempt >= job.max_attempts:
             return Outcome(job.id, str(job.token), "fail", error_json=error)
         if delay is None:
             delay = self._policy(job).delay_for(job.attempt)
-        return Outcome(job.id, str(job.token), "retry", error_json=error,
-                       delay_ms=int(delay * 1000))
+        return Outcome(
+            job.id, str(job.token), "retry", error_json=error, delay_ms=int(delay * 1000)
+        )
 
     def _policy(self, job: Job) -> backoff_mod.Backoff:
         if job.backoff is not None:
@@ -321,22 +347,25 @@ class Worker:
         for job_id in job_ids:
             self.stats.lost += 1
             entry = self._running.get(job_id)
-            log.warning("lease lost for job %s (expired or cancelled); its result is discarded",
-                        job_id)
+            log.warning(
+                "lease lost for job %s (expired or cancelled); its result is discarded", job_id
+            )
             if entry is not None:
                 entry[1].cancel()
 
     def _info(self) -> str:
-        return orjson.dumps({
-            "queues": list(self.queues),
-            "concurrency": self.concurrency,
-            "in_flight": self.in_flight,
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "processed": self.stats.processed,
-            "failed": self.stats.failed,
-            "last_seen": self.app.clock.now(),
-        }).decode()
+        return orjson.dumps(
+            {
+                "queues": list(self.queues),
+                "concurrency": self.concurrency,
+                "in_flight": self.in_flight,
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "processed": self.stats.processed,
+                "failed": self.stats.failed,
+                "last_seen": self.app.clock.now(),
+            }
+        ).decode()
 
     def _engine_down(self, exc: Exception) -> None:
         if self.stats.engine_ok:

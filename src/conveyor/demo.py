@@ -1,0 +1,152 @@
+"""The demo: a producer and a worker in one process, with a live terminal view.
+
+`conveyor demo` enqueues a stream of jobs — emails, webhooks that sometimes fail and
+retry, reports that report progress — into the embedded SQLite engine and runs them,
+until Ctrl-C (which shuts down gracefully, like a real worker).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import signal
+import time
+from collections import deque
+
+from rich.console import Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from .app import Conveyor
+from .errors import Unrecoverable
+from .job import Job
+from .worker import Worker
+
+QUEUES = ("notifications", "webhooks", "reports")
+
+
+def build_app(url: str | None = None) -> Conveyor:
+    """The demo's tasks; flaky on purpose so retries and the dead-letter state show."""
+    app = Conveyor(url)
+
+    @app.task("email.send", queue="notifications", max_attempts=3, backoff=[0.5, 1, 2])
+    async def send_email(job: Job) -> dict[str, str]:
+        await asyncio.sleep(random.uniform(0.01, 0.05))
+        if random.random() < 0.1:
+            raise ConnectionError("SMTP 421: try again later")
+        return {"sent_to": str(job.payload.get("to"))}
+
+    @app.task("webhook.deliver", queue="webhooks", max_attempts=4, backoff=[0.5, 1, 2])
+    async def deliver(job: Job) -> int:
+        await asyncio.sleep(random.uniform(0.02, 0.1))
+        roll = random.random()
+        if roll < 0.03:
+            raise Unrecoverable("410 Gone: endpoint removed")
+        if roll < 0.25:
+            raise RuntimeError("503 from endpoint")
+        return 200
+
+    @app.task("report.build", queue="reports", max_attempts=2, timeout=10)
+    async def build_report(job: Job) -> str:
+        for pct in (25, 50, 75, 100):
+            await asyncio.sleep(0.05)
+            await job.progress(pct)
+        return f"report-{job.payload.get('n')}.pdf"
+
+    return app
+
+
+async def produce(app: Conveyor, rate: float, stop: asyncio.Event) -> None:
+    n = 0
+    while not stop.is_set():
+        batch: list[dict[str, object]] = []
+        for _ in range(max(1, int(rate / 10))):
+            n += 1
+            kind = n % 10
+            if kind < 6:
+                batch.append(
+                    {
+                        "task": "email.send",
+                        "payload": {"to": f"user{n}@example.com"},
+                        "tenant": f"tenant-{n % 3}",
+                    }
+                )
+            elif kind < 9:
+                batch.append({"task": "webhook.deliver", "payload": {"url": f"https://h/{n}"}})
+            else:
+                batch.append({"task": "report.build", "payload": {"n": n}, "priority": 5})
+        await app.enqueue_many(batch)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.1)
+
+
+async def view(
+    app: Conveyor, worker: Worker, url: str, stop: asyncio.Event, done: asyncio.Event
+) -> None:
+    started = time.monotonic()
+    history: deque[tuple[float, int]] = deque(maxlen=20)
+
+    async def render() -> Group:
+        table = Table(title=f"Conveyor demo on {url}", title_justify="left")
+        for col in ("queue", "scheduled", "pending", "running", "completed", "failed"):
+            table.add_column(col, justify="right" if col != "queue" else "left")
+        total_done = 0
+        for q in QUEUES:
+            c = await app.counts(q)
+            total_done += c.completed
+            table.add_row(
+                q,
+                str(c.scheduled),
+                str(c.pending),
+                str(c.running),
+                f"[green]{c.completed}",
+                f"[red]{c.failed}",
+            )
+        now = time.monotonic()
+        history.append((now, total_done))
+        rate = 0.0
+        if len(history) > 1 and history[-1][0] > history[0][0]:
+            rate = (history[-1][1] - history[0][1]) / (history[-1][0] - history[0][0])
+        footer = Text.from_markup(
+            f"worker {worker.id}: in flight {worker.in_flight}/{worker.concurrency}, "
+            f"retried {worker.stats.retried}, {rate:.0f} jobs/s, up {now - started:.0f}s\n"
+            "inspect: [bold]conveyor queues[/], [bold]conveyor jobs webhooks --state failed[/]"
+            "   stop: [bold]Ctrl-C[/] (graceful)"
+        )
+        return Group(table, footer)
+
+    with Live(await render(), refresh_per_second=4, transient=False) as live:
+        while not done.is_set():
+            await asyncio.sleep(0.5)
+            live.update(await render())
+        live.update(await render())
+
+
+async def run_demo(url: str, *, rate: float, concurrency: int, duration: float | None) -> None:
+    """Produce and process jobs until Ctrl-C / SIGTERM (or `duration` seconds)."""
+    app = build_app(url)
+    await app.connect()
+    worker = Worker(app, queues=QUEUES, concurrency=concurrency, shutdown_timeout=10)
+    stop, done = asyncio.Event(), asyncio.Event()
+
+    def on_signal() -> None:
+        stop.set()
+        worker.stop()
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+    if duration is not None:
+        loop.call_later(duration, on_signal)
+    producer = asyncio.create_task(produce(app, rate, stop))
+    screen = asyncio.create_task(view(app, worker, url, stop, done))
+    try:
+        await worker.run()
+    finally:
+        stop.set()
+        await producer
+        done.set()
+        await screen
+        await app.close()

@@ -367,6 +367,53 @@ class Conveyor:
             queue, state, tenant=tenant, limit=limit, cursor=cursor
         )
 
+    async def pause(self, queue: str) -> None:
+        """Stop workers claiming from `queue`; producers keep enqueueing."""
+        await (await self.connect()).pause(_check_queue(queue, error=InvalidJob))
+
+    async def resume(self, queue: str) -> None:
+        """Let workers claim from `queue` again."""
+        await (await self.connect()).resume(_check_queue(queue, error=InvalidJob))
+
+    async def retry_job(self, job_id: str) -> Job:
+        """Send a failed or cancelled job back to pending with a fresh attempt budget."""
+        return await (await self.connect()).retry_job(job_id)
+
+    async def cancel_job(self, job_id: str) -> Job:
+        """Cancel a scheduled, pending or running job (a running one's lease is revoked)."""
+        return await (await self.connect()).cancel_job(job_id)
+
+    async def promote_job(self, job_id: str) -> Job:
+        """Run a scheduled (delayed or retry-waiting) job now."""
+        return await (await self.connect()).promote_job(job_id)
+
+    async def retry_all(self, queue: str, state: JobState = JobState.FAILED) -> int:
+        """Retry every failed (or cancelled) job of `queue`; returns how many."""
+        if state not in (JobState.FAILED, JobState.CANCELLED):
+            raise InvalidJob(f"retry-all works on failed or cancelled jobs, not {state.value}")
+        return await (await self.connect()).retry_all(queue, state)
+
+    async def clean(
+        self, queue: str, state: JobState, older_than: float, limit: int = 10_000
+    ) -> int:
+        """Delete finished jobs in `state` older than `older_than` seconds; returns how many."""
+        if state not in (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED):
+            raise InvalidJob(
+                f"clean removes completed, failed or cancelled jobs, not {state.value}: "
+                "cancel live jobs first"
+            )
+        if older_than < 0 or limit < 1:
+            raise InvalidJob("clean needs older_than >= 0 seconds and limit >= 1")
+        return await (await self.connect()).clean(queue, state, int(older_than * 1000), limit)
+
+    async def purge(self, queue: str) -> int:
+        """Delete every job of `queue`, in every state. Irreversible."""
+        return await (await self.connect()).purge(queue)
+
+    async def workers(self) -> list[dict[str, Any]]:
+        """Workers alive now, with their queues, in-flight counts and last heartbeat."""
+        return await (await self.connect()).workers()
+
     async def events(
         self, queues: Sequence[str], *, since: dict[str, str] | None = None, block_ms: int = 1000
     ) -> AsyncIterator[Event]:

@@ -73,6 +73,7 @@ class Exchange:
     jobs: list[Job] = field(default_factory=list)
     lost: list[str] = field(default_factory=list)  # job ids whose lease was gone
     next_due_ms: int | None = None  # ms until the earliest scheduled job is due
+    recovered: int = 0  # expired leases this call recovered (stalled jobs)
 
 
 @dataclass(slots=True)
@@ -88,6 +89,8 @@ class QueueCounts:
     cancelled: int = 0
     paused: bool = False
     oldest_pending_ms: int | None = None  # created_ms of the oldest pending job
+    completed_1m: int = 0  # jobs that completed in the last 60 s (engine clock)
+    failed_1m: int = 0  # jobs that reached `failed` in the last 60 s
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -100,6 +103,8 @@ class QueueCounts:
             "cancelled": self.cancelled,
             "paused": self.paused,
             "oldest_pending_ms": self.oldest_pending_ms,
+            "completed_1m": self.completed_1m,
+            "failed_1m": self.failed_1m,
         }
 
 
@@ -198,7 +203,8 @@ class Engine(Protocol):
         """Every queue that has ever held a job, sorted."""
 
     async def counts(self, queue: str) -> QueueCounts:
-        """Depth per state, paused flag and age of the oldest pending job."""
+        """Depth per state, paused flag, oldest pending job, completions/failures in the
+        last minute (O(log n): counted from the finished-time indexes, no scans)."""
 
     async def list_jobs(
         self,

@@ -1,0 +1,129 @@
+"""Where a queue's data lives in Redis: the one place that builds key names.
+
+Every key of queue `q` carries the hash tag `{<prefix>:q}`, so all of them hash to one
+slot and a script that touches them is legal on Redis Cluster. Per queue:
+
+```
+{p:q}:job:<job id>   hash    one job (fields read by `conveyor.job.decode_job`,
+                             errors as `err:<n>` fields)
+{p:q}:pending        zset    score = (100 - priority) * 2^44 + 2^43 + seq   (claim order)
+                             released jobs use 2^43 - front, so they lead their priority
+{p:q}:scheduled      zset    score = due time (ms, Redis clock)
+{p:q}:running        zset    score = lease deadline (ms, Redis clock)
+{p:q}:completed      zset    score = finished time (ms)
+{p:q}:failed         zset    score = finished time (ms)   (the dead-letter set)
+{p:q}:cancelled      zset    score = finished time (ms)
+{p:q}:dedupe         hash    dedupe key -> id of the active job holding it
+{p:q}:paused         string  present while the queue is paused
+{p:q}:events         stream  the queue's bounded event log (XADD MAXLEN ~)
+{p:q}:seq            string  INCR counter: FIFO order and lease tokens
+{p:q}:front          string  INCR counter: order of released jobs (front of priority)
+```
+
+Global keys live under the tag `{<prefix>}` (the worker scripts touch both worker keys, so
+they must share a slot; a queue tag always has a `:` after the prefix, so they never
+collide): `{p}:queues` (set of queue names), `{p}:workers` (zset id -> expiry ms),
+`{p}:workers:info` (hash id -> "<last seen ms>\\n<info json>").
+Wake-ups go to the pub/sub channel `<p>:wake:<q>` (channels are not keys).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# A pending score is (100 - priority) * BAND + MID +/- counter: one band of 2^44 per
+# priority, FIFO jobs counting up from the middle of the band and released jobs counting
+# down from it. 201 bands * 2^44 < 2^53, so every score is an exact double.
+BAND = 1 << 44
+MID = 1 << 43
+
+
+@dataclass(frozen=True, slots=True)
+class QueueKeys:
+    """The keys of one queue, in the order every per-queue script receives them."""
+
+    queue: str
+    job_prefix: str
+    pending: str
+    scheduled: str
+    running: str
+    completed: str
+    failed: str
+    cancelled: str
+    dedupe: str
+    paused: str
+    events: str
+    seq: str
+    front: str
+    wake_channel: str
+
+    def all(self) -> list[str]:
+        """KEYS for a per-queue script (see `lua/_lib.lua`, which names them)."""
+        return [
+            self.job_prefix,
+            self.pending,
+            self.scheduled,
+            self.running,
+            self.completed,
+            self.failed,
+            self.cancelled,
+            self.dedupe,
+            self.paused,
+            self.events,
+            self.seq,
+            self.front,
+        ]
+
+    def job(self, job_id: str) -> str:
+        """The hash of one job of this queue."""
+        return self.job_prefix + job_id
+
+    def by_state(self, state: str) -> str:
+        """The zset that indexes jobs in `state`."""
+        return {
+            "pending": self.pending,
+            "scheduled": self.scheduled,
+            "running": self.running,
+            "completed": self.completed,
+            "failed": self.failed,
+            "cancelled": self.cancelled,
+        }[state]
+
+
+class KeyLayout:
+    """Key names for one prefix; `queue()` results are cached (hot path)."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.queues = f"{{{prefix}}}:queues"
+        self.workers = f"{{{prefix}}}:workers"
+        self.workers_info = f"{{{prefix}}}:workers:info"
+        self._queues: dict[str, QueueKeys] = {}
+
+    def queue(self, name: str) -> QueueKeys:
+        """The keys of queue `name`."""
+        keys = self._queues.get(name)
+        if keys is None:
+            tag = f"{{{self.prefix}:{name}}}"
+            keys = QueueKeys(
+                queue=name,
+                job_prefix=f"{tag}:job:",
+                pending=f"{tag}:pending",
+                scheduled=f"{tag}:scheduled",
+                running=f"{tag}:running",
+                completed=f"{tag}:completed",
+                failed=f"{tag}:failed",
+                cancelled=f"{tag}:cancelled",
+                dedupe=f"{tag}:dedupe",
+                paused=f"{tag}:paused",
+                events=f"{tag}:events",
+                seq=f"{tag}:seq",
+                front=f"{tag}:front",
+                wake_channel=f"{self.prefix}:wake:{name}",
+            )
+            self._queues[name] = keys
+        return keys
+
+    def queue_of_channel(self, channel: str) -> str:
+        """The queue a wake-up channel belongs to."""
+        return channel[len(self.prefix) + len(":wake:") :]

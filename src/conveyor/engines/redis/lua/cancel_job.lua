@@ -1,0 +1,18 @@
+-- cancel_job: scheduled/pending/running -> cancelled; a running job's token is revoked,
+-- so its worker's outcome will be reported lost.
+--
+-- KEYS:    the per-queue keys (see _lib.lua); ARGV[1..3]: wake channel, events maxlen, queue
+-- ARGV[4]: job id
+-- Returns: { 'ok', HGETALL } | { 'missing' } | { 'invalid', current state }
+-- Touches: scheduled/pending/running, cancelled, the job hash, dedupe, events.
+local id = ARGV[4]
+local jk = K_JOB .. id
+local state = redis.call('HGET', jk, 'state')
+if not state then return { 'missing' } end
+if state ~= 'scheduled' and state ~= 'pending' and state ~= 'running' then
+  return { 'invalid', state }
+end
+redis.call('ZREM', BY_STATE[state], id)
+finish(id, jk, 'cancelled')
+emit(id, jk, 'cancelled', nil)
+return job_reply(jk)

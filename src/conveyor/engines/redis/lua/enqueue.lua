@@ -1,0 +1,81 @@
+-- enqueue: store a batch of new jobs of one queue, all or nothing.
+--
+-- KEYS:    the per-queue keys (see _lib.lua); ARGV[1..3]: wake channel, events maxlen, queue
+-- ARGV[4]: n, the number of jobs; then 11 values per job:
+--          id, task, payload json, max_attempts, priority, tenant, dedupe_key,
+--          timeout_ms, backoff json, delay_ms, run_at_ms  ('' = none)
+-- Returns: flat array, 3 values per job in input order: id, created (1/0), state.
+--          A dedupe key held by an active job (or an id that already exists, i.e. a
+--          retried call whose reply was lost) yields that job with created = 0.
+-- Touches: job hashes, pending or scheduled, dedupe, seq, events; PUBLISH on the wake
+--          channel when pending was empty.
+local W = 11
+local n = tonumber(ARGV[4])
+-- Validate everything before the first write: Redis does not roll back a script that
+-- fails half way, and enqueue must be all or nothing.
+for i = 0, n - 1 do
+  local b = 5 + i * W
+  if not tonumber(ARGV[b + 3]) or not tonumber(ARGV[b + 4]) or not tonumber(ARGV[b + 9])
+      or (ARGV[b + 10] ~= '' and not tonumber(ARGV[b + 10])) then
+    return redis.error_reply('ERR conveyor enqueue: non-numeric field in job ' .. ARGV[b])
+  end
+end
+
+local out = {}
+for i = 0, n - 1 do
+  local b = 5 + i * W
+  local id = ARGV[b]
+  local dedupe_key = ARGV[b + 6]
+  local jk = K_JOB .. id
+  local holder, holder_state = false, false
+  if dedupe_key ~= '' then
+    local other = redis.call('HGET', K_DEDUPE, dedupe_key)
+    if other then
+      local st = redis.call('HGET', K_JOB .. other, 'state')
+      if st == 'scheduled' or st == 'pending' or st == 'running' then
+        holder, holder_state = other, st
+      end
+    end
+  end
+  if not holder then
+    local st = redis.call('HGET', jk, 'state')
+    if st then
+      holder, holder_state = id, st
+    end
+  end
+  if holder then
+    out[#out + 1] = holder
+    out[#out + 1] = 0
+    out[#out + 1] = holder_state
+  else
+    local priority = tonumber(ARGV[b + 4])
+    redis.call('HSET', jk, 'id', id, 'queue', QUEUE, 'task', ARGV[b + 1],
+      'payload', ARGV[b + 2], 'attempt', 0, 'max_attempts', ARGV[b + 3],
+      'priority', ARGV[b + 4], 'created_ms', num(NOW))
+    -- Optional fields are left out rather than stored empty: less memory per job.
+    if ARGV[b + 5] ~= '' then redis.call('HSET', jk, 'tenant', ARGV[b + 5]) end
+    if dedupe_key ~= '' then
+      redis.call('HSET', jk, 'dedupe_key', dedupe_key)
+      redis.call('HSET', K_DEDUPE, dedupe_key, id)
+    end
+    if ARGV[b + 7] ~= '' then redis.call('HSET', jk, 'timeout_ms', ARGV[b + 7]) end
+    if ARGV[b + 8] ~= '' then redis.call('HSET', jk, 'backoff', ARGV[b + 8]) end
+    local due = NOW + tonumber(ARGV[b + 9])
+    if ARGV[b + 10] ~= '' then
+      due = tonumber(ARGV[b + 10])
+    end
+    local state = 'pending'
+    if due > NOW then
+      state = 'scheduled'
+      schedule(id, jk, due)
+    else
+      push_pending(id, jk, false, priority)
+    end
+    emit(id, jk, 'enqueued', nil)
+    out[#out + 1] = id
+    out[#out + 1] = 1
+    out[#out + 1] = state
+  end
+end
+wake()
+return out

@@ -1,0 +1,22 @@
+-- purge: delete up to a batch of a queue's jobs, whatever their state; once none are
+-- left, its dedupe keys too. Running jobs' workers will see their outcomes as lost.
+--
+-- KEYS:    the per-queue keys (see _lib.lua); ARGV[1..3]: wake channel, events maxlen, queue
+-- ARGV[4]: batch size
+-- Returns: how many jobs were deleted (< batch: the queue is empty now).
+-- Touches: every state zset, job hashes (DEL), dedupe (DEL).
+local budget = tonumber(ARGV[4])
+local deleted = 0
+for _, zkey in ipairs({ K_PENDING, K_SCHEDULED, K_RUNNING, K_COMPLETED, K_FAILED, K_CANCELLED }) do
+  if budget - deleted <= 0 then break end
+  local ids = redis.call('ZRANGE', zkey, 0, budget - deleted - 1)
+  for _, id in ipairs(ids) do
+    redis.call('DEL', K_JOB .. id)
+    redis.call('ZREM', zkey, id)
+  end
+  deleted = deleted + #ids
+end
+if deleted < budget then
+  redis.call('DEL', K_DEDUPE)
+end
+return deleted

@@ -1,0 +1,14 @@
+-- recover: recover running jobs whose lease expired (bounded batch).
+--
+-- KEYS:    the per-queue keys (see _lib.lua); ARGV[1..3]: wake channel, events maxlen, queue
+-- ARGV[4]: batch size
+-- Returns: { recovered, more } (more == 1: expired leases remain, call again).
+-- Touches: running, pending, failed, job hashes, dedupe, seq, events; PUBLISH on the wake
+--          channel when pending was empty.
+local batch = tonumber(ARGV[4])
+local examined = redis.call('ZCOUNT', K_RUNNING, '-inf', '(' .. num(NOW))
+local recovered = recover_expired(batch)
+wake()
+local more = 0
+if examined > batch then more = 1 end
+return { recovered, more }

@@ -33,6 +33,11 @@ from .settings import Settings
 from .task import Handler, Task
 
 H = TypeVar("H", bound=Handler)
+Hook = Callable[[], Any]  # sync or async, no arguments
+JobHook = Callable[[Job], Any]  # sync or async, gets the job
+F = TypeVar("F", bound=Hook)
+G = TypeVar("G", bound=JobHook)
+JOB_HOOK_KINDS = ("started", "completed", "failed", "retried", "released")
 R = TypeVar("R")
 _ENQUEUE_OPTIONS = frozenset(
     {
@@ -79,6 +84,9 @@ class Conveyor:
         self._connected = False
         self._connect_lock: asyncio.Lock | None = None
         self._sync: _SyncBridge | None = None
+        self.startup_hooks: list[Hook] = []
+        self.shutdown_hooks: list[Hook] = []
+        self.job_hooks: dict[str, list[JobHook]] = {}
 
     # --- configuration ---------------------------------------------------------------
     @property
@@ -180,6 +188,34 @@ class Conveyor:
             if task_name in self.tasks and self.tasks[task_name].fn is not fn:
                 raise ConfigError(f"task {task_name!r} is registered twice: pick another name")
             self.tasks[task_name] = Task(task_name, fn, queue, max_attempts, policy, timeout)
+            return fn
+
+        return register
+
+    def on_startup(self, fn: F) -> F:
+        """Run `fn()` in each worker after its health server is up, before it claims."""
+        self.startup_hooks.append(fn)
+        return fn
+
+    def on_shutdown(self, fn: F) -> F:
+        """Run `fn()` in each worker after in-flight jobs are done, before it disconnects."""
+        self.shutdown_hooks.append(fn)
+        return fn
+
+    def on(self, kind: str) -> Callable[[G], G]:
+        """Run `fn(job)` in the worker when one of its jobs is started, completed,
+        failed (dead-lettered), retried or released. Exceptions are logged, not raised.
+
+        Raises:
+            ConfigError: `kind` is not one of those.
+        """
+        if kind not in JOB_HOOK_KINDS:
+            raise ConfigError(
+                f"app.on({kind!r}) is unknown: use one of {', '.join(JOB_HOOK_KINDS)}"
+            )
+
+        def register(fn: G) -> G:
+            self.job_hooks.setdefault(kind, []).append(fn)
             return fn
 
         return register

@@ -45,7 +45,9 @@ class Metrics:
         self.processed = Counter(
             p + "jobs_processed", METRICS["jobs_processed_total"][1], labels, registry=r
         )
-        self.failed = Counter(p + "jobs_failed", METRICS["jobs_failed_total"][1], labels, registry=r)
+        self.failed = Counter(
+            p + "jobs_failed", METRICS["jobs_failed_total"][1], labels, registry=r
+        )
         self.retried = Counter(
             p + "jobs_retried", METRICS["jobs_retried_total"][1], labels, registry=r
         )
@@ -54,25 +56,39 @@ class Metrics:
         )
         self.stalled = Counter(p + "jobs_stalled", METRICS["jobs_stalled_total"][1], registry=r)
         self.duration = Histogram(
-            p + "job_duration_seconds", METRICS["job_duration_seconds"][1], labels,
-            buckets=DURATION_BUCKETS, registry=r,
+            p + "job_duration_seconds",
+            METRICS["job_duration_seconds"][1],
+            labels,
+            buckets=DURATION_BUCKETS,
+            registry=r,
         )
-        self.depth = Gauge(p + "queue_depth", METRICS["queue_depth"][1], ("queue", "state"),
-                           registry=r)
-        self.dead_letter = Gauge(p + "dead_letter_depth", METRICS["dead_letter_depth"][1],
-                                 ("queue",), registry=r)
-        self.oldest = Gauge(p + "oldest_pending_age_seconds",
-                            METRICS["oldest_pending_age_seconds"][1], ("queue",), registry=r)
+        self.depth = Gauge(
+            p + "queue_depth", METRICS["queue_depth"][1], ("queue", "state"), registry=r
+        )
+        self.dead_letter = Gauge(
+            p + "dead_letter_depth", METRICS["dead_letter_depth"][1], ("queue",), registry=r
+        )
+        self.oldest = Gauge(
+            p + "oldest_pending_age_seconds",
+            METRICS["oldest_pending_age_seconds"][1],
+            ("queue",),
+            registry=r,
+        )
         self.paused = Gauge(p + "queue_paused", METRICS["queue_paused"][1], ("queue",), registry=r)
         self.in_flight = Gauge(p + "jobs_in_flight", METRICS["jobs_in_flight"][1], registry=r)
-        self.concurrency = Gauge(p + "concurrency_limit", METRICS["concurrency_limit"][1],
-                                 registry=r)
+        self.concurrency = Gauge(
+            p + "concurrency_limit", METRICS["concurrency_limit"][1], registry=r
+        )
         self.engine_up = Gauge(p + "engine_up", METRICS["engine_up"][1], registry=r)
 
     def record_outcome(self, kind: str, queue: str, task: str, seconds: float | None) -> None:
         """Count one finished attempt (`complete`, `fail`, `retry`, `release`)."""
-        counter = {"complete": self.processed, "fail": self.failed, "retry": self.retried,
-                   "release": self.released}[kind]
+        counter = {
+            "complete": self.processed,
+            "fail": self.failed,
+            "retry": self.retried,
+            "release": self.released,
+        }[kind]
         counter.labels(queue, task).inc()
         if seconds is not None and kind != "release":
             self.duration.labels(queue, task).observe(seconds)
@@ -84,7 +100,9 @@ class Metrics:
                 self.depth.labels(c.queue, state).set(getattr(c, state))
             self.dead_letter.labels(c.queue).set(c.failed)
             self.paused.labels(c.queue).set(1 if c.paused else 0)
-            age = 0.0 if c.oldest_pending_ms is None else max(0, now_ms - c.oldest_pending_ms) / 1000
+            age = (
+                0.0 if c.oldest_pending_ms is None else max(0, now_ms - c.oldest_pending_ms) / 1000
+            )
             self.oldest.labels(c.queue).set(age)
 
     def exposition(self) -> bytes:

@@ -105,3 +105,11 @@ def _explain(exc: ValidationError) -> str:
             f"(set --{field.replace('_', '-')} or {ENV_PREFIX}{field.upper()})"
         )
     return "; ".join(parts)
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for logs, status documents and errors."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from ..app import Conveyor
-from ..settings import Settings
+from ..settings import Settings, redact
 from ..worker import Worker
 from .common import cli, console, friendly, load_app, run_async, setup_logging
 
@@ -43,7 +43,6 @@ async def run_worker(worker: Worker, *, exit_on_second_signal: bool = True) -> N
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
-        await worker.app.close()
 
 
 @cli.command()
@@ -70,6 +69,15 @@ def worker(
     shutdown_timeout: Annotated[
         float | None, typer.Option(help="seconds in-flight jobs get on SIGTERM (30)")
     ] = None,
+    health_port: Annotated[
+        int | None,
+        typer.Option(
+            help="port for /health/* and /metrics; 0 disables (env CONVEYOR_HEALTH_PORT; 3100)"
+        ),
+    ] = None,
+    metrics_prefix: Annotated[
+        str | None, typer.Option(help="Prometheus metric name prefix (conveyor_)")
+    ] = None,
     burst: Annotated[
         bool, typer.Option("--burst", help="exit when nothing is pending or running")
     ] = False,
@@ -84,6 +92,8 @@ def worker(
         concurrency=concurrency,
         lease_timeout=lease_timeout,
         shutdown_timeout=shutdown_timeout,
+        health_port=health_port,
+        metrics_prefix=metrics_prefix,
         log_level=log_level and log_level.upper(),
         log_format=log_format,
     )
@@ -98,21 +108,16 @@ def worker(
         lease_timeout=settings.lease_timeout,
         shutdown_timeout=settings.shutdown_timeout,
         burst=burst,
+        health_port=settings.health_port,
+        metrics_prefix=settings.metrics_prefix,
+        close_app=True,
     )
     console.print(
-        f"worker {w.id} on {_safe_url(settings.url)} queues={','.join(chosen)} "
-        f"concurrency={settings.concurrency}",
+        f"worker {w.id} on {redact(settings.url)} queues={','.join(chosen)} "
+        f"concurrency={settings.concurrency} health port={settings.health_port or 'off'}",
         highlight=False,
     )
     run_async(run_worker(w))
-
-
-def _safe_url(url: str) -> str:
-    """The URL without a password, for logs."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return url
 
 
 @cli.command()

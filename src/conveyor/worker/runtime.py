@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import os
 import socket
@@ -30,14 +31,41 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from .. import backoff as backoff_mod
-from ..engines import Engine, Outcome
+from ..engines import Engine, Outcome, QueueCounts
 from ..errors import EngineUnavailable, Retry, Unrecoverable
-from ..job import AttemptError, Job, encode_result
+from ..health import HealthServer
+from ..job import AttemptError, Job, JobState, encode_result
+from ..metrics import Metrics
 
 if TYPE_CHECKING:
     from ..app import Conveyor
 
 log = logging.getLogger("conveyor.worker")
+
+SAMPLE_EVERY_S = 5.0  # queue-depth sampling for metrics and /health/detailed
+_HOOK_KIND = {"complete": "completed", "fail": "failed", "retry": "retried", "release": "released"}
+_FINAL_STATE = {
+    "complete": JobState.COMPLETED,
+    "fail": JobState.FAILED,
+    "retry": JobState.SCHEDULED,
+    "release": JobState.PENDING,
+}
+
+
+def _as_finished(job: Job, outcome: Outcome) -> Job:
+    """The job as hooks see it after `outcome` (state, result, the new error)."""
+    job.state = _FINAL_STATE[outcome.kind]
+    if outcome.result_json is not None:
+        job.result = orjson.loads(outcome.result_json)
+    if outcome.error_json is not None:
+        job.errors.append(AttemptError.from_obj(orjson.loads(outcome.error_json)))
+    return job
+
+
+async def _call(hook: Any) -> None:
+    result = hook()
+    if inspect.isawaitable(result):
+        await result
 
 
 @dataclass(slots=True)
@@ -66,6 +94,13 @@ class Worker:
             renew it every third of that.
         shutdown_timeout: seconds in-flight jobs get after `stop()` before release.
         burst: exit once nothing is pending or running (scheduled jobs are left).
+        health_port: serve /health/* and /metrics there (None or 0: no server).
+        metrics_prefix: prefix of every Prometheus metric name.
+        close_app: close the app's engine connections on exit (the CLI does).
+
+    Lifecycle (the order of runbook 001): connect → health server up → startup
+    hooks → process; on stop: stop claiming → finish or release in-flight jobs →
+    shutdown hooks → close connections → health server down.
     """
 
     def __init__(
@@ -77,6 +112,10 @@ class Worker:
         lease_timeout: float = 30.0,
         shutdown_timeout: float = 30.0,
         burst: bool = False,
+        health_port: int | None = None,
+        health_host: str = "0.0.0.0",  # probes come from outside the host
+        metrics_prefix: str = "conveyor_",
+        close_app: bool = False,
     ) -> None:
         self.app = app
         self.queues = tuple(queues)
@@ -84,6 +123,13 @@ class Worker:
         self.lease_ms = int(lease_timeout * 1000)
         self.shutdown_timeout = shutdown_timeout
         self.burst = burst
+        self.health_port = health_port
+        self.health_host = health_host
+        self.close_app = close_app
+        self.metrics = Metrics(metrics_prefix)
+        self.metrics.concurrency.set(concurrency)
+        self.last_counts: list[QueueCounts] = []
+        self._health: HealthServer | None = None
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.stats = WorkerStats()
         self.stopping = False
@@ -108,20 +154,47 @@ class Worker:
         self.stopping = True
         self._wake.set()
 
+    @property
+    def health_address(self) -> tuple[str, int] | None:
+        """(host, port) of the running health server, if any."""
+        return (self.health_host, self._health.port) if self._health else None
+
     async def run(self) -> None:
-        """Process jobs until `stop()` (or, in burst mode, until the queues are empty)."""
+        """Process jobs until `stop()` (or, in burst mode, until the queues are empty).
+
+        Raises:
+            EngineUnavailable: the engine cannot be reached at start-up.
+            ConfigError: the health port cannot be bound.
+        """
         engine = await self.app.connect()
-        heartbeat = asyncio.create_task(self._heartbeat_loop(engine), name="conveyor-heartbeat")
+        if self.health_port:
+            self._health = HealthServer(self, self.health_host, self.health_port)
+            await self._health.start()
+        heartbeat: asyncio.Task[None] | None = None
         try:
+            for hook in self.app.startup_hooks:
+                await _call(hook)
+            heartbeat = asyncio.create_task(self._heartbeat_loop(engine), name="conveyor-beat")
             await self._claim_loop(engine)
             await self._drain(engine)
+            for hook in self.app.shutdown_hooks:
+                try:
+                    await _call(hook)
+                except Exception:
+                    log.exception("shutdown hook %r failed", hook)
         finally:
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
+            if heartbeat is not None:
+                heartbeat.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await heartbeat
             with contextlib.suppress(EngineUnavailable):
                 await engine.unregister_worker(self.id)
             self._pool.shutdown(wait=False, cancel_futures=True)
+            if self.close_app:
+                await self.app.close()
+            if self._health is not None:
+                await self._health.stop()
+                self._health = None
             self._stopped.set()
 
     # --- the loop ------------------------------------------------------------------------
@@ -151,6 +224,8 @@ class Worker:
             retry_delay = 0.1
             self._engine_up()
             self._lost(result.lost)
+            if result.recovered:
+                self.metrics.stalled.inc(result.recovered)
             for job in result.jobs:
                 self._start(job)
             if result.jobs or self._outbox:
@@ -227,20 +302,41 @@ class Worker:
         job._reporter = self._report_progress
         task = asyncio.create_task(self._execute(job), name=f"conveyor-job:{job.id}")
         self._running[job.id] = (job, task)
+        self.metrics.in_flight.set(len(self._running))
 
     async def _execute(self, job: Job) -> None:
         outcome: Outcome
+        hooks = self.app.job_hooks
+        if hooks:
+            await self._fire("started", job)
+        started = self.app.clock.monotonic()
         try:
             outcome = await self._outcome(job)
         except asyncio.CancelledError:
             if not self._releasing:  # lease lost: the job is someone else's now
                 self._running.pop(job.id, None)
+                self.metrics.in_flight.set(len(self._running))
                 raise
             outcome = Outcome(job.id, str(job.token), "release")
         self._running.pop(job.id, None)
         self._outbox.append(outcome)
-        self._count(outcome.kind, job)
         self._wake.set()
+        self._count(outcome.kind, job)
+        self.metrics.record_outcome(
+            outcome.kind, job.queue, job.task, self.app.clock.monotonic() - started
+        )
+        if hooks:
+            await self._fire(_HOOK_KIND[outcome.kind], _as_finished(job, outcome))
+
+    async def _fire(self, kind: str, job: Job) -> None:
+        for hook in self.app.job_hooks.get(kind, ()):
+            try:
+                if inspect.iscoroutinefunction(hook):
+                    await hook(job)
+                else:
+                    await asyncio.get_running_loop().run_in_executor(self._pool, hook, job)
+            except Exception:
+                log.exception("%s hook %r failed for job %s", kind, hook, job.id)
 
     async def _outcome(self, job: Job) -> Outcome:
         token = str(job.token)
@@ -330,16 +426,24 @@ class Worker:
 
     # --- leases ---------------------------------------------------------------------------
     async def _heartbeat_loop(self, engine: Engine) -> None:
-        interval = self.lease_ms / 3000
+        """Renew leases every third of the lease; sample queue depths for metrics."""
+        interval = min(self.lease_ms / 3000, SAMPLE_EVERY_S)
+        last_sample = -SAMPLE_EVERY_S
         while True:
             try:
                 if self._running:
                     leases = [(jid, str(job.token)) for jid, (job, _) in self._running.items()]
                     self._lost(await engine.heartbeat(leases, lease_ms=self.lease_ms))
                 await engine.register_worker(self.id, self._info(), ttl_ms=self.lease_ms)
+                now = self.app.clock.monotonic()
+                if now - last_sample >= SAMPLE_EVERY_S:
+                    last_sample = now
+                    self.last_counts = [await engine.counts(q) for q in self.queues]
+                    self.metrics.record_depths(self.last_counts, self.app.clock.now_ms())
                 self._engine_up()
             except EngineUnavailable as exc:
                 self._engine_down(exc)
+            self.metrics.in_flight.set(len(self._running))
             await asyncio.sleep(interval)
 
     def _lost(self, job_ids: Sequence[str]) -> None:
@@ -368,12 +472,14 @@ class Worker:
         ).decode()
 
     def _engine_down(self, exc: Exception) -> None:
+        self.metrics.engine_up.set(0)
         if self.stats.engine_ok:
             log.error("engine unavailable: %s", exc)
         self.stats.engine_ok = False
         self.stats.engine_error = str(exc)
 
     def _engine_up(self) -> None:
+        self.metrics.engine_up.set(1)
         if not self.stats.engine_ok:
             log.info("engine reachable again")
         self.stats.engine_ok = True

@@ -1,0 +1,169 @@
+"""The worker's health server: liveness, readiness, details and Prometheus metrics.
+
+`/health/ready` answers 200 only when the engine answers, the engine is durable and
+the worker is not shutting down — the three reasons a load balancer or Kubernetes
+should stop counting on this worker. Each 503 says which one it is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Generator
+from typing import TYPE_CHECKING, Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from .errors import ConfigError, EngineUnavailable
+from .settings import redact
+
+if TYPE_CHECKING:
+    from .worker import Worker
+
+READY_PING_TIMEOUT = 2.0
+
+
+async def readiness(worker: Worker) -> tuple[bool, str]:
+    """(ready, reason). Pings the engine, so it notices an outage within seconds."""
+    if worker.stopping:
+        return False, "shutting down"
+    engine = worker.app.engine
+    try:
+        await asyncio.wait_for(engine.ping(), READY_PING_TIMEOUT)
+    except (EngineUnavailable, TimeoutError) as exc:
+        return False, f"engine unavailable: {exc or 'ping timed out'}"
+    if not engine.durable:
+        return False, f"engine {engine.url} is not durable (memory:// is for tests only)"
+    return True, "ok"
+
+
+def build_health_app(worker: Worker) -> Starlette:
+    """The ASGI app served on `--health-port`."""
+
+    async def live(request: Request) -> Response:
+        return JSONResponse({"status": "alive", "worker": worker.id})
+
+    async def ready(request: Request) -> Response:
+        ok, reason = await readiness(worker)
+        return JSONResponse(
+            {"status": "ready" if ok else "not ready", "reason": reason},
+            status_code=200 if ok else 503,
+        )
+
+    async def detailed(request: Request) -> Response:
+        ok, reason = await readiness(worker)
+        return JSONResponse(detailed_document(worker, ok, reason), status_code=200 if ok else 503)
+
+    async def metrics(request: Request) -> Response:
+        return Response(
+            worker.metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8"
+        )
+
+    return Starlette(
+        routes=[
+            Route("/health/live", live),
+            Route("/health", live),
+            Route("/health/ready", ready),
+            Route("/health/detailed", detailed),
+            Route("/metrics", metrics),
+        ]
+    )
+
+
+def detailed_document(worker: Worker, ready: bool, reason: str) -> dict[str, Any]:
+    """What `/health/detailed` returns (also useful in logs)."""
+    engine = worker.app.engine
+    return {
+        "status": "ready" if ready else "not ready",
+        "reason": reason,
+        "worker": worker.id,
+        "engine": {
+            "url": redact(engine.url),
+            "durable": engine.durable,
+            "reachable": worker.stats.engine_ok,
+            "error": worker.stats.engine_error,
+        },
+        "queues": {c.queue: c.to_dict() for c in worker.last_counts},
+        "concurrency": {"in_use": worker.in_flight, "limit": worker.concurrency},
+        "stats": {
+            "processed": worker.stats.processed,
+            "failed": worker.stats.failed,
+            "retried": worker.stats.retried,
+            "released": worker.stats.released,
+            "lost_leases": worker.stats.lost,
+        },
+        "dependencies": {},  # circuit breakers register here when they exist
+        "config": {
+            "queues": list(worker.queues),
+            "concurrency": worker.concurrency,
+            "lease_timeout": worker.lease_ms / 1000,
+            "shutdown_timeout": worker.shutdown_timeout,
+        },
+    }
+
+
+class _QuietServer(uvicorn.Server):
+    """uvicorn without its own signal handlers: the worker owns SIGTERM/SIGINT."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+class HealthServer:
+    """Serves `build_health_app` on a port inside the worker's event loop."""
+
+    def __init__(self, worker: Worker, host: str, port: int) -> None:
+        config = uvicorn.Config(
+            build_health_app(worker),
+            host=host,
+            port=port,
+            log_level="warning",
+            lifespan="off",
+            access_log=False,
+        )
+        self._server = _QuietServer(config)
+        self._task: asyncio.Task[None] | None = None
+        self._socket: socket.socket
+
+    async def start(self) -> None:
+        """Start serving; returns once the port is bound.
+
+        We bind the socket ourselves: uvicorn answers a bind failure with `sys.exit`,
+        which would take the whole worker down instead of giving a readable error.
+
+        Raises:
+            ConfigError: the port cannot be bound (in use, or not permitted).
+        """
+        config = self._server.config
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((config.host, config.port))
+        except OSError as exc:
+            sock.close()
+            raise ConfigError(
+                f"health server cannot listen on {config.host}:{config.port} ({exc.strerror}): "
+                "choose a free --health-port, or 0 to disable it"
+            ) from exc
+        sock.listen(128)
+        sock.setblocking(False)
+        self._socket = sock
+        # The socket already listens, so probes queue up until uvicorn accepts them.
+        self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="conveyor-health")
+
+    @property
+    def port(self) -> int:
+        """The port actually bound."""
+        return int(self._socket.getsockname()[1])
+
+    async def stop(self) -> None:
+        self._server.should_exit = True
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError, SystemExit):
+                await self._task

@@ -207,7 +207,7 @@ async def test_ready_flips_when_redis_stops_and_worker_resumes(
     private_redis: RedisServer, running: list[Worker]
 ) -> None:
     app = probe_app(private_redis.url)
-    worker, base = await start(app, running)
+    _, base = await start(app, running)
     first = await app.enqueue("probe", {"action": "ok"})
 
     async def state_is(job_id: str, state: JobState) -> bool:

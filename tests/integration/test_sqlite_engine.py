@@ -1,0 +1,603 @@
+"""SQLite engine specifics: files, processes sharing one file, wake-ups, scale, errors.
+
+The cross-engine behaviour lives in `test_engine_contract.py`; this file covers what
+only a file shared by several processes can get wrong.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from conveyor.clock import FakeClock
+from conveyor.engines.base import Outcome
+from conveyor.engines.sqlite import SqliteEngine, parse_sqlite_url
+from conveyor.engines.sqlite import engine as sqlite_engine_module
+from conveyor.errors import ConfigError, EngineUnavailable, InvalidState, MalformedJob
+from conveyor.job import JobState, NewJob, new_job_id
+from conveyor.testing import eventually
+
+LEASE_MS = 30_000
+SRC = str(Path(__file__).resolve().parents[2] / "src")
+
+
+def new(queue: str = "q", **kw: object) -> NewJob:
+    return NewJob(
+        id=new_job_id(queue), queue=queue, task="t", payload_json='{"n": 1}',
+        max_attempts=3, **kw,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+def db_path(url: str) -> Path:
+    return parse_sqlite_url(url)
+
+
+@pytest.fixture
+async def engine(sqlite_url: str) -> AsyncIterator[SqliteEngine]:
+    eng = SqliteEngine(sqlite_url)
+    await eng.connect()
+    yield eng
+    await eng.close()
+
+
+async def claim(eng: SqliteEngine, n: int = 10, queue: str = "q") -> list[str]:
+    ex = await eng.exchange([], queues=[queue], limit=n, worker_id="w", lease_ms=LEASE_MS)
+    return [j.id for j in ex.jobs]
+
+
+def run_script(code: str, *args: str) -> subprocess.Popen[str]:
+    """A child Python process with `src` importable (the engine under test)."""
+    env = {**os.environ, "PYTHONPATH": SRC}
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+# --- URLs, files, schema ----------------------------------------------------------------
+
+
+def test_url_forms(tmp_path: Path) -> None:
+    assert parse_sqlite_url("sqlite:///conveyor.db") == Path("conveyor.db")
+    assert parse_sqlite_url("sqlite:///data/q.db") == Path("data/q.db")
+    assert parse_sqlite_url(f"sqlite:///{tmp_path}/q.db") == tmp_path / "q.db"
+    assert parse_sqlite_url("sqlite:////var/q.db") == Path("/var/q.db")
+    for bad in ("sqlite://", "sqlite:///", "sqlite:///:memory:", "sqlite://host/q.db",
+                "sqlite:///q.db?mode=ro", "redis://x"):  # fmt: skip
+        with pytest.raises(ConfigError, match="sqlite:///"):
+            SqliteEngine(bad)
+
+
+async def test_fresh_file_gets_schema_and_survives_reopen(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/nested/dir/conveyor.db"  # parent directories are created
+    first = SqliteEngine(url)
+    await first.connect()
+    [res] = await first.enqueue([new(dedupe_key="k")])
+    await first.pause("q")
+    await first.close()
+    await first.close()  # safe twice
+
+    raw = sqlite3.connect(tmp_path / "nested/dir/conveyor.db")
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    tables = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"jobs", "queues", "events", "workers", "queue_counts", "meta"} <= tables
+    raw.close()
+
+    again = SqliteEngine(url)
+    await again.connect()
+    job = await again.get_job(res.id)
+    assert job.state is JobState.PENDING and job.dedupe_key == "k"
+    counts = await again.counts("q")
+    assert counts.pending == 1 and counts.paused
+    # The dedupe key is still held after reopening.
+    [dup] = await again.enqueue([new(dedupe_key="k")])
+    assert (dup.id, dup.created) == (res.id, False)
+    await again.close()
+
+
+async def test_two_engines_opening_a_fresh_file_at_once(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/race.db"
+    engines = [SqliteEngine(url) for _ in range(4)]
+    await asyncio.gather(*(e.connect() for e in engines))  # each on its own thread
+    await engines[0].enqueue([new()])
+    assert all([(await e.counts("q")).pending == 1 for e in engines])
+    await asyncio.gather(*(e.close() for e in engines))
+
+
+async def test_engine_connects_lazily_and_reconnects_after_close(sqlite_url: str) -> None:
+    eng = SqliteEngine(sqlite_url)
+    [res] = await eng.enqueue([new()])  # no explicit connect
+    await eng.close()
+    assert (await eng.get_job(res.id)).state is JobState.PENDING
+    await eng.close()
+
+
+# --- errors ---------------------------------------------------------------------------------
+
+
+async def test_path_under_a_file_is_unavailable_with_the_fix(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    eng = SqliteEngine(f"sqlite:///{blocker}/sub/conveyor.db")
+    with pytest.raises(EngineUnavailable) as info:
+        await eng.connect()
+    message = str(info.value)
+    assert str(blocker) in message and "writable" in message
+
+
+async def test_directory_as_database_is_unavailable(tmp_path: Path) -> None:
+    (tmp_path / "adir.db").mkdir()
+    with pytest.raises(EngineUnavailable, match=r"adir\.db.*writable"):
+        await SqliteEngine(f"sqlite:///{tmp_path}/adir.db").connect()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")
+async def test_read_only_directory_is_unavailable(tmp_path: Path) -> None:
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        with pytest.raises(EngineUnavailable, match="writable"):
+            await SqliteEngine(f"sqlite:///{ro}/conveyor.db").connect()
+    finally:
+        ro.chmod(0o700)
+
+
+async def test_file_that_is_not_a_database_is_unavailable(tmp_path: Path) -> None:
+    path = tmp_path / "garbage.db"
+    path.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(EngineUnavailable, match=r"garbage\.db.*not a Conveyor SQLite"):
+        await SqliteEngine(f"sqlite:///{path}").connect()
+
+
+async def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "future.db"
+    raw = sqlite3.connect(path)
+    raw.execute("PRAGMA user_version = 99")
+    raw.close()
+    with pytest.raises(EngineUnavailable, match="upgrade Conveyor"):
+        await SqliteEngine(f"sqlite:///{path}").connect()
+
+
+async def test_lock_held_too_long_is_unavailable_and_writes_nothing(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_engine_module, "BUSY_TIMEOUT_MS", 100)
+    eng = SqliteEngine(sqlite_url)
+    await eng.connect()
+    holder = sqlite3.connect(db_path(sqlite_url), isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process holding the write lock
+    try:
+        with pytest.raises(EngineUnavailable, match="write lock"):
+            await eng.enqueue([new()])
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    counts = await eng.counts("q")
+    assert counts.pending == 0
+    await eng.enqueue([new()])  # usable again once the lock is free
+    assert (await eng.counts("q")).pending == 1
+    await eng.close()
+
+
+async def test_malformed_row_is_reported_not_crashed_on(engine: SqliteEngine) -> None:
+    [res] = await engine.enqueue([new()])
+    await engine._call(
+        lambda c: c.execute("UPDATE jobs SET payload = '[not json' WHERE id = ?", (res.id,))
+    )
+    with pytest.raises(MalformedJob, match=res.id):
+        await engine.get_job(res.id)
+    ex = await engine.exchange([], queues=["q"], limit=5, worker_id="w", lease_ms=LEASE_MS)
+    [job] = ex.jobs
+    assert job.decode_error and job.token  # the worker can fail it with the reason
+    fail = Outcome(job.id, job.token, "fail", error_json=None)
+    ex = await engine.exchange([fail], queues=["q"], limit=0, worker_id="w", lease_ms=LEASE_MS)
+    assert ex.lost == []
+
+
+# --- durability -----------------------------------------------------------------------------
+
+
+async def test_enqueue_commits_with_fsync(engine: SqliteEngine) -> None:
+    """Acknowledged jobs survive power loss: the enqueue commit runs with synchronous=FULL
+    (2), even right after a hot-path exchange that used NORMAL (1)."""
+    await engine.enqueue([new()])
+    await claim(engine)
+    assert await engine._call(lambda c: c.execute("PRAGMA synchronous").fetchone()[0]) == 1
+    await engine.enqueue([new()])
+    assert await engine._call(lambda c: c.execute("PRAGMA synchronous").fetchone()[0]) == 2
+
+
+async def test_job_enqueued_survives_killed_process(sqlite_url: str) -> None:
+    child = run_script(
+        """
+        import asyncio, os, sys
+        from conveyor.engines.sqlite import SqliteEngine
+        from conveyor.job import NewJob
+        async def main():
+            eng = SqliteEngine(sys.argv[1])
+            await eng.enqueue([NewJob("q:survivor", "q", "t", "{}", 1)])
+            print("acked", flush=True)
+            os._exit(9)  # no close, no checkpoint
+        asyncio.run(main())
+        """,
+        sqlite_url,
+    )
+    out, err = child.communicate(timeout=60)
+    assert "acked" in out, err
+    eng = SqliteEngine(sqlite_url)
+    assert (await eng.get_job("q:survivor")).state is JobState.PENDING
+    await eng.close()
+
+
+# --- several processes on one file ----------------------------------------------------------
+
+CLAIMER = """
+import asyncio, json, os, random, sys, time
+from conveyor.engines.base import Outcome
+from conveyor.engines.sqlite import SqliteEngine
+
+async def main():
+    url, go, ready = sys.argv[1], sys.argv[2], sys.argv[3]
+    eng = SqliteEngine(url)
+    await eng.connect()
+    open(ready, "w").close()
+    while not os.path.exists(go):  # start together with the other claimer
+        await asyncio.sleep(0.001)
+    claimed, outcomes, idle = [], [], 0
+    while idle < 3:
+        ex = await eng.exchange(outcomes, queues=["q"], limit=random.randint(1, 4),
+                                worker_id=str(os.getpid()), lease_ms=60_000)
+        assert not ex.lost, ex.lost
+        claimed += [j.id for j in ex.jobs]
+        outcomes = [Outcome(j.id, j.token, "complete", result_json="1") for j in ex.jobs]
+        idle = 0 if ex.jobs else idle + 1
+    await eng.exchange(outcomes, queues=["q"], limit=0, worker_id="x", lease_ms=1)
+    await eng.close()
+    print(json.dumps(claimed))
+
+asyncio.run(main())
+"""
+
+
+async def test_two_processes_never_claim_the_same_job(sqlite_url: str, tmp_path: Path) -> None:
+    eng = SqliteEngine(sqlite_url)
+    ids = [r.id for r in await eng.enqueue([new() for _ in range(500)])]
+    go = tmp_path / "go"
+    ready = [tmp_path / f"ready-{i}" for i in range(2)]
+    children = [run_script(CLAIMER, sqlite_url, str(go), str(r)) for r in ready]
+
+    async def both_ready() -> bool:
+        return all(r.exists() for r in ready)
+
+    await eventually(both_ready, timeout=60, message="both claimers connected")
+    go.touch()
+    results = []
+    for child in children:
+        out, err = await asyncio.to_thread(child.communicate, timeout=120)
+        assert child.returncode == 0, err
+        results.append(json.loads(out))
+    first, second = results
+    assert first and second, "both processes claimed (they really ran concurrently)"
+    assert set(first).isdisjoint(second)
+    assert len(first) + len(second) == 500 and set(first) | set(second) == set(ids)
+    counts = await eng.counts("q")
+    assert (counts.completed, counts.pending, counts.running) == (500, 0, 0)
+    events = await eng.read_events(["q"], since={"q": "0"}, count=5000, block_ms=0)
+    assert sum(e.kind == "started" for e in events) == 500
+    await eng.close()
+
+
+async def test_two_engines_in_one_process_share_claims(sqlite_url: str) -> None:
+    a, b = SqliteEngine(sqlite_url), SqliteEngine(sqlite_url)
+    await a.enqueue([new() for _ in range(200)])
+    seen: list[str] = []
+
+    async def drain(eng: SqliteEngine) -> None:
+        while got := await claim(eng, 3):
+            seen.extend(got)
+
+    await asyncio.gather(drain(a), drain(b), drain(a), drain(b))
+    assert len(seen) == len(set(seen)) == 200
+    await a.close()
+    await b.close()
+
+
+async def test_wake_up_from_another_process_is_prompt(engine: SqliteEngine) -> None:
+    assert await claim(engine) == []
+    loop = asyncio.get_running_loop()
+    waiter = asyncio.create_task(engine.wait_for_jobs(["q"], timeout=30))
+    child = run_script(
+        """
+        import asyncio, sys, time
+        from conveyor.engines.sqlite import SqliteEngine
+        from conveyor.job import NewJob
+        async def main():
+            eng = SqliteEngine(sys.argv[1])
+            await eng.connect()
+            await eng.enqueue([NewJob("q:from-child", "q", "t", "{}", 1)])
+            print(time.time(), flush=True)
+            await eng.close()
+        asyncio.run(main())
+        """,
+        engine.url,
+    )
+    out, err = await asyncio.to_thread(child.communicate, timeout=60)
+    assert child.returncode == 0, err
+    await asyncio.wait_for(waiter, 30)
+    woke_at = time.time()
+    enqueued_at = float(out.strip())
+    assert woke_at - enqueued_at < 0.5, "woken by the other process's commit, not the timeout"
+    assert await claim(engine) == ["q:from-child"]
+    assert loop.time() > 0
+
+
+async def test_wake_up_from_another_connection_and_from_own_enqueue(sqlite_url: str) -> None:
+    worker, producer = SqliteEngine(sqlite_url), SqliteEngine(sqlite_url)
+    await worker.connect()
+    await producer.connect()
+    loop = asyncio.get_running_loop()
+    for source in (producer, worker):
+        assert await claim(worker) == []
+        waiter = asyncio.create_task(worker.wait_for_jobs(["q"], timeout=30))
+        await asyncio.sleep(0.05)
+        t0 = loop.time()
+        await source.enqueue([new()])
+        await asyncio.wait_for(waiter, 30)
+        assert loop.time() - t0 < 0.5
+        assert len(await claim(worker)) == 1
+    await worker.close()
+    await producer.close()
+
+
+async def test_enqueue_between_empty_claim_and_wait_is_not_missed(engine: SqliteEngine) -> None:
+    assert await claim(engine) == []
+    await engine.enqueue([new()])  # lands after the claim, before the wait starts
+    t0 = time.monotonic()
+    await engine.wait_for_jobs(["q"], timeout=10)
+    assert time.monotonic() - t0 < 0.5
+
+
+async def test_wait_for_jobs_times_out_when_nothing_happens(engine: SqliteEngine) -> None:
+    assert await claim(engine) == []
+    t0 = time.monotonic()
+    await engine.wait_for_jobs(["q"], timeout=0.2)
+    assert 0.15 < time.monotonic() - t0 < 1.0
+
+
+async def test_read_events_blocks_until_another_process_writes(sqlite_url: str) -> None:
+    reader, writer = SqliteEngine(sqlite_url), SqliteEngine(sqlite_url)
+    await writer.enqueue([new()])  # an old event the reader must not see
+    task = asyncio.create_task(reader.read_events(["q"], since=None, count=10, block_ms=10_000))
+    await asyncio.sleep(0.1)
+    [res] = await writer.enqueue([new()])
+    events = await asyncio.wait_for(task, 5)
+    assert [(e.kind, e.job_id) for e in events] == [("enqueued", res.id)]
+    await reader.close()
+    await writer.close()
+
+
+# --- scale: no full scans -------------------------------------------------------------------
+
+
+def _fill_completed(path: Path, n: int, queue: str = "q") -> None:
+    """Insert `n` completed jobs directly (the engine would take seconds to make them)."""
+    raw = sqlite3.connect(path, isolation_level=None)
+    raw.execute("BEGIN IMMEDIATE")
+    raw.execute(
+        """
+        INSERT INTO jobs (id, queue, task, payload, state, attempt, max_attempts, created_ms,
+                          started_ms, finished_ms, result, seq)
+        WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < ?)
+        SELECT ? || ':done' || x, ?, 't', '{}', 'completed', 1, 1, x, x, 1000000 + x / 7,
+               '1', -1000000000 - x FROM c
+        """,
+        (n, queue, queue),
+    )
+    raw.execute("COMMIT")
+    raw.close()
+
+
+async def test_stays_fast_with_100k_completed_jobs(engine: SqliteEngine) -> None:
+    await engine.enqueue([new()])  # creates the queue row
+    _fill_completed(engine.path, 100_000)
+    await engine.enqueue([new() for _ in range(10)])
+
+    async def timed(coro: object) -> float:
+        t0 = time.perf_counter()
+        await coro  # type: ignore[misc]
+        return time.perf_counter() - t0
+
+    counts = await engine.counts("q")
+    assert counts.completed == 100_000 and counts.pending == 11
+    page = await engine.list_jobs("q", JobState.COMPLETED, limit=50)
+    deep = page
+    for _ in range(20):
+        assert deep.cursor
+        deep = await engine.list_jobs("q", JobState.COMPLETED, limit=50, cursor=deep.cursor)
+    budget = 0.05  # each call is an index lookup: ~1 ms; a scan of 100k rows is ~50+ ms
+    assert await timed(engine.counts("q")) < budget
+    assert await timed(engine.list_jobs("q", JobState.COMPLETED, limit=50)) < budget
+    assert await timed(engine.list_jobs("q", JobState.COMPLETED, cursor=deep.cursor)) < budget
+    assert await timed(engine.list_jobs("q", JobState.PENDING, limit=50)) < budget
+    assert await timed(claim(engine, 5)) < budget
+    assert await timed(engine.recover_expired(["q"])) < budget
+    assert await timed(engine.clean("q", JobState.COMPLETED, 0, 100)) < budget
+
+
+async def test_hot_queries_use_indices(engine: SqliteEngine) -> None:
+    """Every query on the claim path and in the read model is an index search, never a
+    scan of `jobs` (which would grow with the number of finished jobs)."""
+    plans: list[str] = []
+
+    def trace(conn: sqlite3.Connection) -> None:
+        conn.set_trace_callback(plans.append)
+
+    await engine._call(trace)
+    res = (await engine.enqueue([new(dedupe_key="d"), new(delay_ms=60_000)]))[0]
+    ex = await engine.exchange([], queues=["q"], limit=5, worker_id="w", lease_ms=LEASE_MS)
+    await engine.exchange(
+        [Outcome(ex.jobs[0].id, str(ex.jobs[0].token), "complete", result_json="1")],
+        queues=["q"], limit=5, worker_id="w", lease_ms=LEASE_MS,
+    )  # fmt: skip
+    await engine.heartbeat([(res.id, "x")], lease_ms=LEASE_MS)
+    await engine.counts("q")
+    for state in JobState:
+        page = await engine.list_jobs("q", state, limit=1)
+        await engine.list_jobs("q", state, limit=1, cursor=page.cursor or "0:0")
+    await engine.clean("q", JobState.COMPLETED, 0, 10)
+    await engine.read_events(["q"], since=None, count=10, block_ms=0)
+    await engine._call(lambda c: c.set_trace_callback(None))
+
+    statements = {
+        s for s in plans
+        if s.lstrip().upper().startswith(("SELECT", "UPDATE", "DELETE", "INSERT"))
+        and " jobs" in s
+    }  # fmt: skip
+    assert len(statements) > 10
+    raw = sqlite3.connect(engine.path)
+    for sql in statements:
+        detail = [row[3] for row in raw.execute("EXPLAIN QUERY PLAN " + sql)]
+        assert not any(d.startswith("SCAN jobs") for d in detail), (sql, detail)
+    raw.close()
+
+
+# --- ordering, pagination, events -----------------------------------------------------------
+
+
+async def test_keyset_pages_are_complete_with_equal_timestamps(sqlite_url: str) -> None:
+    clock = FakeClock()  # every job finishes in the same millisecond
+    eng = SqliteEngine(sqlite_url, clock=clock)
+    jobs = [new(priority=p % 3) for p in range(23)]
+    await eng.enqueue(jobs)
+
+    async def walk(state: JobState) -> list[str]:
+        out: list[str] = []
+        cursor = None
+        while True:
+            page = await eng.list_jobs("q", state, limit=4, cursor=cursor)
+            out += [j.id for j in page.jobs]
+            if page.cursor is None:
+                return out
+            cursor = page.cursor
+
+    pending = await walk(JobState.PENDING)
+    expected = [j.id for j in sorted(jobs, key=lambda j: -j.priority)]  # stable: FIFO
+    assert pending == expected
+    ex = await eng.exchange([], queues=["q"], limit=23, worker_id="w", lease_ms=LEASE_MS)
+    assert [j.id for j in ex.jobs] == expected  # claim order == listing order
+    running = await walk(JobState.RUNNING)
+    assert sorted(running) == sorted(expected) and len(running) == 23
+    await eng.exchange(
+        [Outcome(j.id, str(j.token), "complete", result_json="1") for j in ex.jobs],
+        queues=["q"], limit=0, worker_id="w", lease_ms=LEASE_MS,
+    )  # fmt: skip
+    completed = await walk(JobState.COMPLETED)
+    assert len(completed) == len(set(completed)) == 23
+    with pytest.raises(ValueError, match="cursor"):
+        await eng.list_jobs("q", JobState.COMPLETED, cursor="garbage")
+    await eng.close()
+
+
+async def test_tenant_filter_in_listings(engine: SqliteEngine) -> None:
+    await engine.enqueue([new(tenant="a"), new(tenant="b"), new(tenant="a")])
+    page = await engine.list_jobs("q", JobState.PENDING, tenant="a", limit=1)
+    assert page.cursor and page.jobs[0].tenant == "a"
+    rest = await engine.list_jobs("q", JobState.PENDING, tenant="a", cursor=page.cursor)
+    assert [j.tenant for j in rest.jobs] == ["a"] and rest.cursor is None
+
+
+async def test_event_log_is_trimmed_to_maxlen(sqlite_url: str) -> None:
+    eng = SqliteEngine(sqlite_url, events_maxlen=100)
+    for _ in range(10):
+        await eng.enqueue([new() for _ in range(100)])
+    await eng.enqueue([new("other")])
+    stored = await eng._call(
+        lambda c: c.execute("SELECT count(*) FROM events WHERE queue = 'q'").fetchone()[0]
+    )
+    assert 100 <= stored <= 100 + 64  # trimmed in batches, never below maxlen
+    events = await eng.read_events(["q"], since={"q": "0"}, count=1000, block_ms=0)
+    ids = [int(e.id) for e in events]
+    assert ids == sorted(ids) and ids[-1] == int((await eng.last_event_ids(["q"]))["q"])
+    assert len(await eng.read_events(["other"], since={"other": "0"}, count=10, block_ms=0)) == 1
+    await eng.close()
+
+
+async def test_release_goes_first_and_stalled_job_keeps_its_place(sqlite_url: str) -> None:
+    clock = FakeClock()
+    eng = SqliteEngine(sqlite_url, clock=clock)
+    a, b, c = (r.id for r in await eng.enqueue([new(), new(), new()]))
+    ex = await eng.exchange([], queues=["q"], limit=1, worker_id="w", lease_ms=1_000)
+    assert [j.id for j in ex.jobs] == [a]
+    clock.advance(2)  # a's lease expires; it waited longest, so it stays first
+    ex = await eng.exchange([], queues=["q"], limit=2, worker_id="w", lease_ms=1_000)
+    assert [j.id for j in ex.jobs] == [a, b] and ex.recovered == 1
+    release = [Outcome(j.id, str(j.token), "release") for j in ex.jobs[1:]]
+    ex = await eng.exchange(release, queues=["q"], limit=1, worker_id="w", lease_ms=1_000)
+    assert [j.id for j in ex.jobs] == [b] and ex.jobs[0].attempt == 1  # attempt given back
+    assert (await eng.list_jobs("q", JobState.PENDING)).jobs[0].id == c
+    await eng.close()
+
+
+async def test_retry_with_dedupe_key_held_elsewhere(engine: SqliteEngine) -> None:
+    [first] = await engine.enqueue([new(dedupe_key="k")])
+    await engine.cancel_job(first.id)
+    [second] = await engine.enqueue([new(dedupe_key="k")])
+    assert second.created
+    with pytest.raises(InvalidState, match="dedupe key 'k' is held"):
+        await engine.retry_job(first.id)
+    assert await engine.retry_all("q", JobState.CANCELLED) == 0  # skipped, not duplicated
+    await engine.cancel_job(second.id)
+    assert await engine.retry_all("q", JobState.CANCELLED) == 1  # only one may hold "k"
+    counts = await engine.counts("q")
+    assert (counts.pending, counts.cancelled) == (1, 1)
+    with pytest.raises(InvalidState, match="failed or cancelled"):
+        await engine.retry_all("q", JobState.PENDING)
+
+
+async def test_counts_stay_exact_through_every_transition(sqlite_url: str) -> None:
+    clock = FakeClock()
+    eng = SqliteEngine(sqlite_url, clock=clock)
+    await eng.enqueue([new() for _ in range(6)] + [new(delay_ms=5_000)])
+    ex = await eng.exchange([], queues=["q"], limit=4, worker_id="w", lease_ms=1_000)
+    j0, j1, j2, j3 = ex.jobs
+    await eng.exchange(
+        [
+            Outcome(j0.id, str(j0.token), "complete", result_json="1"),
+            Outcome(j1.id, str(j1.token), "fail", error_json=None),
+            Outcome(j2.id, str(j2.token), "retry", delay_ms=1_000),
+        ],
+        queues=["q"], limit=0, worker_id="w", lease_ms=1_000,
+    )  # fmt: skip
+    await eng.cancel_job(j3.id)
+    counts = (await eng.counts("q")).to_dict()
+    assert {k: counts[k] for k in ("scheduled", "pending", "running", "completed", "failed",
+                                   "cancelled")} == {  # fmt: skip
+        "scheduled": 2, "pending": 2, "running": 0, "completed": 1, "failed": 1, "cancelled": 1
+    }  # fmt: skip
+    assert counts["oldest_pending_ms"] == clock.now_ms()
+    assert (counts["completed_1m"], counts["failed_1m"]) == (1, 1)
+    clock.advance(61)
+    later = await eng.counts("q")
+    assert (later.completed_1m, later.failed_1m, later.completed) == (0, 0, 1)
+    assert await eng.purge("q") == 7
+    assert (await eng.counts("q")).to_dict() == {
+        "queue": "q", "scheduled": 0, "pending": 0, "running": 0, "completed": 0,
+        "failed": 0, "cancelled": 0, "paused": False, "oldest_pending_ms": None,
+        "completed_1m": 0, "failed_1m": 0,
+    }  # fmt: skip
+    await eng.close()

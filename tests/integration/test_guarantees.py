@@ -11,6 +11,7 @@ import collections
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -37,7 +38,9 @@ class WorkerProcess:
             "probe",
             *args,
         ]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        # Output goes to a file, not a pipe: a pipe nobody reads can fill and stall it.
+        self.log = tempfile.NamedTemporaryFile(prefix="worker-", suffix=".log", delete=False)  # noqa: SIM115
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
 
     def signal(self, sig: int) -> None:
         self.proc.send_signal(sig)
@@ -46,8 +49,7 @@ class WorkerProcess:
         return self.proc.wait(timeout)
 
     def output(self) -> str:
-        assert self.proc.stdout is not None
-        return self.proc.stdout.read().decode(errors="replace")
+        return Path(self.log.name).read_text(errors="replace")
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -61,6 +63,7 @@ def workers() -> Iterator[list[WorkerProcess]]:
     yield started
     for w in started:
         w.kill()
+        print(f"--- worker pid {w.proc.pid} exit {w.proc.returncode}:\n{w.output()}")
 
 
 @pytest.fixture

@@ -7,6 +7,8 @@ only a file shared by several processes can get wrong.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import json
 import os
 import sqlite3
@@ -372,6 +374,46 @@ async def test_enqueue_between_empty_claim_and_wait_is_not_missed(engine: Sqlite
     assert time.monotonic() - t0 < 0.5
 
 
+async def test_idle_exchanges_write_nothing_so_idle_workers_do_not_wake_each_other(
+    sqlite_url: str,
+) -> None:
+    """An empty claim must not commit any page: every commit wakes every idle worker of
+    every other process, and if their empty claims committed too they would wake each
+    other forever."""
+    a, b = SqliteEngine(sqlite_url), SqliteEngine(sqlite_url)
+    await a.enqueue([new(delay_ms=3_600_000)])  # a scheduled job, not yet due
+    assert await claim(b) == []
+
+    def version(conn: sqlite3.Connection) -> int:
+        return int(conn.execute("PRAGMA data_version").fetchone()[0])
+
+    before = await b._call(version)
+    for _ in range(5):
+        assert await claim(a) == []
+    await a.recover_expired(["q"])
+    assert await b._call(version) == before
+    t0 = time.monotonic()
+    waiter = asyncio.create_task(b.wait_for_jobs(["q"], timeout=0.3))
+    while not waiter.done():
+        await claim(a)  # a busy-polling peer does not wake b
+    assert time.monotonic() - t0 > 0.25
+    await a.close()
+    await b.close()
+
+
+async def test_close_while_waiting_does_not_hang(engine: SqliteEngine) -> None:
+    assert await claim(engine) == []
+    waiter = asyncio.create_task(engine.wait_for_jobs(["q"], timeout=30))
+    await asyncio.sleep(0.05)
+    reader = asyncio.create_task(engine.read_events(["q"], since=None, count=10, block_ms=30_000))
+    await asyncio.sleep(0.05)
+    await engine.close()
+    with contextlib.suppress(EngineUnavailable):
+        await asyncio.wait_for(waiter, 5)
+    with contextlib.suppress(EngineUnavailable):
+        assert await asyncio.wait_for(reader, 5) == []
+
+
 async def test_wait_for_jobs_times_out_when_nothing_happens(engine: SqliteEngine) -> None:
     assert await claim(engine) == []
     t0 = time.monotonic()
@@ -551,6 +593,25 @@ async def test_release_goes_first_and_stalled_job_keeps_its_place(sqlite_url: st
     assert [j.id for j in ex.jobs] == [b] and ex.jobs[0].attempt == 1  # attempt given back
     assert (await eng.list_jobs("q", JobState.PENDING)).jobs[0].id == c
     await eng.close()
+
+
+async def test_enqueue_is_idempotent_by_job_id(engine: SqliteEngine) -> None:
+    """Re-enqueueing an id that exists (a producer or outbox relay retrying after a crash)
+    returns the stored job and writes nothing, alone or inside a batch."""
+    first = new()
+    [res] = await engine.enqueue([first])
+    await claim(engine)
+    other, keyed = new(), dataclasses.replace(first, dedupe_key="k")
+    again = await engine.enqueue([first, other, keyed])
+    assert [(r.id, r.created, r.state) for r in again] == [
+        (res.id, False, JobState.RUNNING),
+        (other.id, True, JobState.PENDING),
+        (res.id, False, JobState.RUNNING),
+    ]
+    counts = await engine.counts("q")
+    assert (counts.running, counts.pending) == (1, 1)
+    events = await engine.read_events(["q"], since={"q": "0"}, count=100, block_ms=0)
+    assert [e.kind for e in events] == ["enqueued", "started", "enqueued"]
 
 
 async def test_retry_with_dedupe_key_held_elsewhere(engine: SqliteEngine) -> None:

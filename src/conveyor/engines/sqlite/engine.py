@@ -118,10 +118,10 @@ _INSERT_JOB = (
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 # The conflict target repeats the partial unique index's WHERE so SQLite matches it.
-_INSERT_JOB_DEDUPE = (
-    _INSERT_JOB + " ON CONFLICT (queue, dedupe_key) WHERE dedupe_key IS NOT NULL AND "
-    "state IN ('scheduled', 'pending', 'running') DO NOTHING"
-)
+# DO NOTHING without a target covers both uniqueness rules: the id (an enqueue retried
+# with the same id, e.g. by the outbox relay after a crash, is idempotent) and the
+# partial dedupe index. The caller tells which one applied.
+_INSERT_JOB_IGNORE = _INSERT_JOB + " ON CONFLICT DO NOTHING"
 _INSERT_EVENT = (
     "INSERT INTO events (queue, kind, job_id, task, tenant, attempt, at_ms, data) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
@@ -275,6 +275,7 @@ class SqliteEngine:
         self._jobs_wake = _Wake()  # work may be claimable (enqueue, release, resume, ...)
         self._events_wake = _Wake()  # this engine appended events
         self._exchange_generation: int | None = None
+        self._closes = 0  # bumped by close(): blocked readers return instead of reopening
 
     # --- plumbing ---------------------------------------------------------------------
     def _open(self) -> sqlite3.Connection:
@@ -353,7 +354,11 @@ class SqliteEngine:
             await self.connect()
             executor = self._executor
             assert executor is not None
-        return await asyncio.get_running_loop().run_in_executor(executor, self._guarded, fn)
+        try:
+            future = asyncio.get_running_loop().run_in_executor(executor, self._guarded, fn)
+        except RuntimeError as exc:  # `close` shut the thread down between the two lines
+            raise EngineUnavailable(f"SQLite engine for {self.path} is closed") from exc
+        return await future
 
     async def _write(self, fn: Callable[[sqlite3.Connection], T], *, durable: bool = True) -> T:
         """Run `fn(conn)` inside one ``BEGIN IMMEDIATE`` transaction.
@@ -470,10 +475,19 @@ class SqliteEngine:
             raise
 
     async def close(self) -> None:
-        """Close the connection and stop the engine's thread. Safe to call twice."""
+        """Close the connection and stop the engine's thread. Safe to call twice.
+
+        Pending `wait_for_jobs` / `read_events` calls return; a later call on the
+        engine opens the file again.
+        """
         executor, self._executor = self._executor, None
         if executor is None:
             return
+        # Release pending waits now (a spurious wake-up), rather than letting their next
+        # poll reopen the file through the lazy connect in `_call`.
+        self._closes += 1
+        self._jobs_wake.notify()
+        self._events_wake.notify()
 
         def shut() -> None:
             conn, self._conn = self._conn, None
@@ -505,8 +519,8 @@ class SqliteEngine:
         now = self.clock.now_ms()
         base = self._reserve_seq(conn, len(jobs))
         results: list[EnqueueResult] = []
-        plain: list[tuple[Any, ...]] = []
-        events: list[tuple[Any, ...]] = []
+        plain: list[tuple[Any, ...]] = []  # rows without a dedupe key: one executemany
+        plain_at: list[int] = []  # their positions in `results`
         for i, new in enumerate(jobs):
             due = new.run_at_ms if new.run_at_ms is not None else now + new.delay_ms
             state = JobState.SCHEDULED if due > now else JobState.PENDING
@@ -516,27 +530,43 @@ class SqliteEngine:
                 None if new.timeout is None else int(new.timeout * 1000),
                 new.backoff_json, now, due if state is JobState.SCHEDULED else None, base + i,
             )  # fmt: skip
+            results.append(EnqueueResult(new.id, True, state))
             if new.dedupe_key is None:
                 plain.append(row)
-            elif conn.execute(_INSERT_JOB_DEDUPE, row).rowcount == 0:
-                # The key is held by a live job (maybe one earlier in this batch).
-                held = conn.execute(
-                    "SELECT id, state FROM jobs WHERE queue = ? AND dedupe_key = ? "
-                    "AND state IN ('scheduled', 'pending', 'running')",
-                    (new.queue, new.dedupe_key),
+                plain_at.append(i)
+            elif conn.execute(_INSERT_JOB_IGNORE, row).rowcount == 0:
+                # The same id exists already, or the key is held by a live job (maybe
+                # one earlier in this batch): answer with that job.
+                held = (
+                    conn.execute("SELECT id, state FROM jobs WHERE id = ?", (new.id,)).fetchone()
+                    or conn.execute(
+                        "SELECT id, state FROM jobs WHERE queue = ? AND dedupe_key = ? "
+                        "AND state IN ('scheduled', 'pending', 'running')",
+                        (new.queue, new.dedupe_key),
+                    ).fetchone()
+                )
+                results[i] = EnqueueResult(held[0], False, JobState(held[1]))
+        if plain and conn.executemany(_INSERT_JOB_IGNORE, plain).rowcount < len(plain):
+            # Rare: some ids existed already. A row is ours iff it has the seq we gave it.
+            for row, i in zip(plain, plain_at, strict=True):
+                seq, state_now = conn.execute(
+                    "SELECT seq, state FROM jobs WHERE id = ?", (row[0],)
                 ).fetchone()
-                results.append(EnqueueResult(held[0], False, JobState(held[1])))
-                continue
-            results.append(EnqueueResult(new.id, True, state))
-            events.append((new.queue, "enqueued", new.id, new.task, new.tenant, 0, now, None))
-        if plain:
-            conn.executemany(_INSERT_JOB, plain)
+                if seq != row[13]:
+                    results[i] = EnqueueResult(row[0], False, JobState(state_now))
         conn.executemany(
             "INSERT INTO queues (name, known) VALUES (?, 1) "
             "ON CONFLICT (name) DO UPDATE SET known = 1 WHERE known = 0",
             [(q,) for q in {new.queue for new in jobs}],
         )
-        self._add_events(conn, events)
+        self._add_events(
+            conn,
+            [
+                (new.queue, "enqueued", new.id, new.task, new.tenant, 0, now, None)
+                for new, res in zip(jobs, results, strict=True)
+                if res.created
+            ],
+        )
         return results
 
     # --- workers (hot path) -----------------------------------------------------------
@@ -894,12 +924,15 @@ class SqliteEngine:
             rows.sort(key=lambda r: int(r[0]))
             return version, [_event(r) for r in rows[:count]]
 
+        closes = self._closes
         while True:
             generation = self._events_wake.generation
             version, events = await self._call(read)
             remaining = deadline - loop.time()
             if events or remaining <= 0:
                 return events
+            if self._closes != closes:
+                return []
             await self._wait_for_change(self._events_wake, generation, version, remaining)
             if loop.time() >= deadline:
                 return (await self._call(read))[1]

@@ -309,25 +309,34 @@ def decode_job(fields: Mapping[str, Any]) -> Job:
         ) from exc
 
 
-def decode_claimed(fields: Mapping[str, Any]) -> Job:
-    """Decode a job the engine just claimed; malformed data becomes `decode_error`.
+def decode_lenient(fields: Mapping[str, Any]) -> Job:
+    """Decode a job for claims and listings; malformed data becomes `decode_error`.
 
-    The worker still holds the lease on such a job, so it can fail it with the
-    reason instead of leaving it to expire again and again.
+    A worker still holds the lease on a malformed job it claimed, so it can fail it
+    with the reason instead of leaving it to expire again and again; a listing shows
+    the broken job instead of failing as a whole.
     """
     try:
         return decode_job(fields)
     except MalformedJob as exc:
+        try:
+            state = JobState(str(_opt_str(fields.get("state"))))
+        except ValueError:
+            state = JobState.RUNNING
+        try:
+            errors = decode_errors(fields.get("errors"))
+        except (TypeError, ValueError, orjson.JSONDecodeError):
+            errors = []
+        raw_attempt = str(_opt_str(fields.get("attempt")) or "1")
         return Job(
             id=str(_opt_str(fields.get("id")) or "?"),
             queue=str(_opt_str(fields.get("queue")) or ""),
             task=str(_opt_str(fields.get("task")) or ""),
             payload={},
-            state=JobState.RUNNING,
-            attempt=int(fields.get("attempt") or 1)
-            if str(fields.get("attempt") or "1").isdigit()
-            else 1,
+            state=state,
+            attempt=int(raw_attempt) if raw_attempt.isdigit() else 1,
             max_attempts=1,
+            errors=errors,
             token=_opt_str(fields.get("token")),
             decode_error=str(exc),
         )

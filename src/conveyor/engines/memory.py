@@ -20,7 +20,7 @@ import orjson
 
 from ..clock import Clock
 from ..errors import InvalidState, JobNotFound
-from ..job import ACTIVE_STATES, EnqueueResult, Job, JobState, NewJob, decode_claimed, decode_job
+from ..job import ACTIVE_STATES, EnqueueResult, Job, JobState, NewJob, decode_job, decode_lenient
 from .base import Event, Exchange, JobPage, Outcome, QueueCounts
 
 _PRIORITY_SPAN = 1 << 44
@@ -287,7 +287,7 @@ class MemoryEngine:
                     job["worker"] = worker_id
                     job["lease_until_ms"] = now_ms + lease_ms
                     self._emit(job, "started")
-                    claimed.append(decode_claimed(self._fields(job)))
+                    claimed.append(decode_lenient(self._fields(job)))
                 if len(claimed) >= limit:
                     break
         return Exchange(jobs=claimed, lost=lost, next_due_ms=self._next_due_ms(queues, now_ms))
@@ -370,7 +370,7 @@ class MemoryEngine:
         page = rows[start : start + limit]
         more = start + limit < len(rows)
         return JobPage(
-            [decode_job(self._fields(j)) for j in page], str(start + limit) if more else None
+            [decode_lenient(self._fields(j)) for j in page], str(start + limit) if more else None
         )
 
     async def read_events(

@@ -41,8 +41,8 @@ from ...job import (
     Job,
     JobState,
     NewJob,
-    decode_claimed,
     decode_job,
+    decode_lenient,
     queue_of,
 )
 from ..base import Event, Exchange, JobPage, Outcome, QueueCounts
@@ -429,7 +429,7 @@ class RedisEngine:
                 result.lost.extend(lost)
                 result.recovered += recovered
                 for flat in claimed:
-                    result.jobs.append(decode_claimed(_job_fields(flat)))
+                    result.jobs.append(decode_lenient(_job_fields(flat)))
                 remaining = limit - len(result.jobs)
                 if due >= 0 and (next_due is None or due < next_due):
                     next_due = due
@@ -717,7 +717,7 @@ class RedisEngine:
                 pipe.hgetall(keys.job(job_id))
             rows = await pipe.execute()
         # A job deleted between the index read and this one is skipped, not an error.
-        return [decode_job(_with_errors(fields)) for fields in rows if fields]
+        return [decode_lenient(_with_errors(fields)) for fields in rows if fields]
 
     @_driver_errors
     async def read_events(

@@ -61,8 +61,8 @@ from ...job import (
     Job,
     JobState,
     NewJob,
-    decode_claimed,
     decode_job,
+    decode_lenient,
 )
 from ..base import Event, Exchange, JobPage, Outcome, QueueCounts
 
@@ -642,7 +642,7 @@ class SqliteEngine:
                 rows.sort(key=lambda r: (-r[7], r[22]))
                 for row in rows:
                     events.append((queue, "started", row[0], row[2], row[8], row[5], now, None))
-                    claimed.append(decode_claimed(self._fields(row)))
+                    claimed.append(decode_lenient(self._fields(row)))
         self._add_events(conn, events)
         next_due = self._next_due(conn, queues, now)
         exchange = Exchange(claimed, lost, next_due_ms=next_due, recovered=recovered)
@@ -888,7 +888,7 @@ class SqliteEngine:
             rows = _page(conn, queue, state, tenant, key, limit + 1)
             more = len(rows) > limit
             rows = rows[:limit]
-            jobs = [decode_job(self._fields(r)) for r in rows]
+            jobs = [decode_lenient(self._fields(r)) for r in rows]
             next_cursor = _cursor_for(state, rows[-1]) if more and rows else None
             return JobPage(jobs, next_cursor)
 

@@ -346,7 +346,8 @@ async def test_retry_all_clean_and_purge(engine: Engine, app: Conveyor) -> None:
                 result_json="1",
             ),
         )
-    assert (await engine.counts("q")).failed == 3
+    counts = await engine.counts("q")
+    assert (counts.failed, counts.failed_1m, counts.completed_1m) == (3, 3, 2)
     assert await engine.retry_all("q") == 3
     counts = await engine.counts("q")
     assert (counts.failed, counts.pending, counts.completed) == (0, 3, 2)

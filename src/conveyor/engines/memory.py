@@ -333,12 +333,16 @@ class MemoryEngine:
         if q is None:
             return counts
         oldest: int | None = None
+        minute_ago = self.clock.now_ms() - 60_000
         for job_id in q.ids:
             job = self._jobs[job_id]
             state = job["state"]
             setattr(counts, state, getattr(counts, state) + 1)
             if state == JobState.PENDING.value and (oldest is None or job["created_ms"] < oldest):
                 oldest = job["created_ms"]
+            recent = (job["finished_ms"] or 0) > minute_ago
+            counts.completed_1m += recent and state == JobState.COMPLETED.value
+            counts.failed_1m += recent and state == JobState.FAILED.value
         counts.oldest_pending_ms = oldest
         return counts
 

@@ -44,6 +44,16 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     metrics_prefix: str = Field("conveyor_", pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$")
     max_payload_bytes: int = Field(1_048_576, ge=1, description="largest accepted payload")
+    # HTTP API (`conveyor api`)
+    api_host: str = Field("127.0.0.1", description="address the API listens on")
+    api_port: int = Field(8000, ge=0, le=65_535, description="port the API listens on")
+    api_admin_token: str | None = Field(None, description="bearer token with full access")
+    api_tenant_tokens: str | None = Field(
+        None, description='tenant tokens as "token:tenant,token:tenant"'
+    )
+    api_tokens_file: str | None = Field(
+        None, description='JSON file {"admin": "...", "tenants": {"token": "tenant"}}'
+    )
 
     @field_validator("queues", mode="before")
     @classmethod

@@ -79,19 +79,29 @@ class Metrics:
         self.concurrency = Gauge(
             p + "concurrency_limit", METRICS["concurrency_limit"][1], registry=r
         )
+        self._children: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
         self.engine_up = Gauge(p + "engine_up", METRICS["engine_up"][1], registry=r)
 
     def record_outcome(self, kind: str, queue: str, task: str, seconds: float | None) -> None:
         """Count one finished attempt (`complete`, `fail`, `retry`, `release`)."""
-        counter = {
-            "complete": self.processed,
-            "fail": self.failed,
-            "retry": self.retried,
-            "release": self.released,
-        }[kind]
-        counter.labels(queue, task).inc()
+        # `labels()` costs a lock and a tuple hash per call; this runs once per job, so
+        # the children are looked up once per (kind, queue, task) and kept.
+        key = (kind, queue, task)
+        children = self._children.get(key)
+        if children is None:
+            counter = {
+                "complete": self.processed,
+                "fail": self.failed,
+                "retry": self.retried,
+                "release": self.released,
+            }[kind]
+            children = self._children[key] = (
+                counter.labels(queue, task),
+                self.duration.labels(queue, task),
+            )
+        children[0].inc()
         if seconds is not None and kind != "release":
-            self.duration.labels(queue, task).observe(seconds)
+            children[1].observe(seconds)
 
     def record_depths(self, counts: Iterable[QueueCounts], now_ms: int) -> None:
         """Update the queue gauges from a fresh read of the engine."""

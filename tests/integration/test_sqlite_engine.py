@@ -7,7 +7,6 @@ only a file shared by several processes can get wrong.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import json
 import os
@@ -408,10 +407,9 @@ async def test_close_while_waiting_does_not_hang(engine: SqliteEngine) -> None:
     reader = asyncio.create_task(engine.read_events(["q"], since=None, count=10, block_ms=30_000))
     await asyncio.sleep(0.05)
     await engine.close()
-    with contextlib.suppress(EngineUnavailable):
-        await asyncio.wait_for(waiter, 5)
-    with contextlib.suppress(EngineUnavailable):
-        assert await asyncio.wait_for(reader, 5) == []
+    await asyncio.wait_for(waiter, 5)
+    assert await asyncio.wait_for(reader, 5) == []
+    assert engine._executor is None and engine._conn is None  # not reopened by the waits
 
 
 async def test_wait_for_jobs_times_out_when_nothing_happens(engine: SqliteEngine) -> None:

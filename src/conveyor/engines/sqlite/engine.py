@@ -69,6 +69,8 @@ from ..base import Event, Exchange, JobPage, Outcome, QueueCounts
 T = TypeVar("T")
 
 SCHEMA_VERSION = 1
+# UPDATE ... RETURNING (claims, fenced outcomes) arrived in SQLite 3.35 (2021).
+MIN_SQLITE = (3, 35, 0)
 BUSY_TIMEOUT_MS = 5_000
 POLL_INTERVAL_S = 0.015  # data_version poll while waiting (cross-process wake-up latency)
 PROMOTE_BATCH = 1_000  # due jobs promoted per queue per exchange; the rest next time
@@ -94,8 +96,9 @@ _OUTCOME_RETURNING = "RETURNING queue, task, tenant, attempt"
 # :batch is a JSON array of [job_id, token, result_json] triples.
 _COMPLETE_BATCH = (
     "UPDATE jobs SET state = 'completed', result = o.result, finished_ms = :now, "
-    "token = NULL, lease_until_ms = NULL FROM (SELECT value ->> 0 AS id, value ->> 1 AS token, "
-    "value ->> 2 AS result FROM json_each(:batch)) AS o "
+    "token = NULL, lease_until_ms = NULL FROM (SELECT json_extract(value, '$[0]') AS id, "
+    "json_extract(value, '$[1]') AS token, json_extract(value, '$[2]') AS result "
+    "FROM json_each(:batch)) AS o "
     "WHERE jobs.id = o.id AND jobs.token = o.token AND jobs.state = 'running' "
     "RETURNING jobs.id, jobs.queue, jobs.task, jobs.tenant, jobs.attempt"
 )
@@ -280,6 +283,12 @@ class SqliteEngine:
     # --- plumbing ---------------------------------------------------------------------
     def _open(self) -> sqlite3.Connection:
         """Open the file and bring its schema up to date (runs on the engine's thread)."""
+        if sqlite3.sqlite_version_info < MIN_SQLITE:
+            raise EngineUnavailable(
+                f"the SQLite library is {sqlite3.sqlite_version}, older than the "
+                f"{'.'.join(map(str, MIN_SQLITE))} this engine needs (UPDATE ... RETURNING): "
+                "use a Python built with a newer SQLite, or a redis:// URL"
+            )
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -305,6 +314,9 @@ class SqliteEngine:
             conn.execute("PRAGMA synchronous = FULL")
             self._sync = "FULL"
             conn.execute("PRAGMA temp_store = MEMORY")
+            # Truncate the WAL back to 64 MiB after checkpoints, so one burst does not
+            # leave a huge -wal file behind for good.
+            conn.execute("PRAGMA journal_size_limit = 67108864")
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise EngineUnavailable(
@@ -393,6 +405,7 @@ class SqliteEngine:
         since `version` was read, or after `seconds`."""
         if wake.generation != generation:
             return
+        closes = self._closes
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
         waiter = asyncio.ensure_future(wake.current().wait())
@@ -402,10 +415,15 @@ class SqliteEngine:
                 if remaining <= 0:
                     return
                 done, _ = await asyncio.wait({waiter}, timeout=min(POLL_INTERVAL_S, remaining))
-                if done or wake.generation != generation:
+                if done or wake.generation != generation or self._closes != closes:
                     return
-                if await self._call(self._data_version) != version:
-                    return
+                try:
+                    if await self._call(self._data_version) != version:
+                        return
+                except EngineUnavailable:
+                    if self._closes != closes:  # closed under us: just stop waiting
+                        return
+                    raise
         finally:
             waiter.cancel()
 
@@ -931,9 +949,9 @@ class SqliteEngine:
             remaining = deadline - loop.time()
             if events or remaining <= 0:
                 return events
-            if self._closes != closes:
-                return []
             await self._wait_for_change(self._events_wake, generation, version, remaining)
+            if self._closes != closes:  # do not reopen the file through `_call`
+                return []
             if loop.time() >= deadline:
                 return (await self._call(read))[1]
 

@@ -450,31 +450,25 @@ def _fill_completed(path: Path, n: int, queue: str = "q") -> None:
     raw.close()
 
 
-async def test_stays_fast_with_100k_completed_jobs(engine: SqliteEngine) -> None:
+async def test_read_model_is_exact_with_100k_completed_jobs(engine: SqliteEngine) -> None:
+    """Counts and deep keyset pages stay exact at 100k finished jobs. Speed is not asserted
+    here (no timed tests): `test_hot_queries_use_indices` proves no query scans `jobs`,
+    and `bench/` measures the figures."""
     await engine.enqueue([new()])  # creates the queue row
     _fill_completed(engine.path, 100_000)
     await engine.enqueue([new() for _ in range(10)])
-
-    async def timed(coro: object) -> float:
-        t0 = time.perf_counter()
-        await coro  # type: ignore[misc]
-        return time.perf_counter() - t0
-
     counts = await engine.counts("q")
     assert counts.completed == 100_000 and counts.pending == 11
+    seen: set[str] = set()
     page = await engine.list_jobs("q", JobState.COMPLETED, limit=50)
-    deep = page
     for _ in range(20):
-        assert deep.cursor
-        deep = await engine.list_jobs("q", JobState.COMPLETED, limit=50, cursor=deep.cursor)
-    budget = 0.05  # each call is an index lookup: ~1 ms; a scan of 100k rows is ~50+ ms
-    assert await timed(engine.counts("q")) < budget
-    assert await timed(engine.list_jobs("q", JobState.COMPLETED, limit=50)) < budget
-    assert await timed(engine.list_jobs("q", JobState.COMPLETED, cursor=deep.cursor)) < budget
-    assert await timed(engine.list_jobs("q", JobState.PENDING, limit=50)) < budget
-    assert await timed(claim(engine, 5)) < budget
-    assert await timed(engine.recover_expired(["q"])) < budget
-    assert await timed(engine.clean("q", JobState.COMPLETED, 0, 100)) < budget
+        seen.update(j.id for j in page.jobs)
+        assert page.cursor
+        page = await engine.list_jobs("q", JobState.COMPLETED, limit=50, cursor=page.cursor)
+    assert len(seen) == 20 * 50
+    assert len(await claim(engine, 5)) == 5
+    assert await engine.clean("q", JobState.COMPLETED, 0, 100) == 100
+    assert (await engine.counts("q")).completed == 99_900
 
 
 async def test_hot_queries_use_indices(engine: SqliteEngine) -> None:

@@ -783,6 +783,8 @@ RULES = """## Rules
 * **W2 pickup latency:** one warmed worker (20 warm-up jobs done, then a pause); the producer
   enqueues n jobs 5 ms apart, each carrying its enqueue wall clock in ns (`time.time_ns()` /
   `performance.timeOrigin + performance.now()`), and the handler records start − enqueue.
+  The arrival rate is 200 jobs/s, so a library whose single worker does fewer than that shows
+  queueing delay, and one that polls an idle queue shows its polling interval.
 * **W3 io-bound:** n jobs that sleep 20 ms are enqueued first, then one worker process with
   concurrency 100 starts; jobs/s from the first observed completion to the last (start-up is
   excluded; the ceiling is 100 / 20 ms = 5,000 jobs/s).
@@ -870,7 +872,11 @@ def main(argv: list[str] | None = None) -> int:
     out_path = Path(args.output) if args.output else default_out
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(text)
-    log(f"wrote {out_path}")
+    raw = {"machine": machine, "argv": args.argv, "results": res.cells,
+           "phys": phys.cells if phys else None}
+    raw_path = STATE / f"results-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    raw_path.write_text(json.dumps(raw, indent=1))
+    log(f"wrote {out_path} (raw figures: {raw_path.relative_to(BENCH)})")
     return 0
 
 

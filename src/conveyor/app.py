@@ -467,6 +467,18 @@ class Conveyor:
                 cursor[event.queue] = event.id
                 yield event
 
+    def asgi(self, **options: Any) -> Any:
+        """The HTTP API for this app as an ASGI application (a FastAPI instance), to mount
+        in your own server: `starlette_app.mount("/queue", app.asgi())`.
+
+        Args:
+            **options: passed to `conveyor.api.create_api` (`tokens`, `metrics_prefix`,
+                `ws_buffer`); tokens default to the `CONVEYOR_API_*` settings.
+        """
+        from .api import create_api
+
+        return create_api(self, **options)
+
 
 class _SyncBridge:
     """Runs the async API on a private event loop thread, with its own engine.

@@ -6,6 +6,7 @@ this module only assembles them. User mistakes print one readable line and exit 
 
 from __future__ import annotations
 
+from . import api as _api  # noqa: F401  (registers commands)
 from . import ops as _ops  # noqa: F401  (registers commands)
 from . import run as _run  # noqa: F401  (registers commands)
 from .common import cli

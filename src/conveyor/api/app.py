@@ -1,0 +1,110 @@
+"""Assemble the FastAPI application: routers, error mapping, metrics, lifespan."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+from fastapi import APIRouter, FastAPI
+
+from ..settings import Settings
+from . import jobs, live, queues, system
+from .auth import Tokens
+from .errors import install_error_handlers
+from .live import DEFAULT_BUFFER, EventHub
+from .metrics import ApiMetrics, HttpMetricsMiddleware
+from .state import ApiState
+
+if TYPE_CHECKING:
+    from ..app import Conveyor
+
+API_VERSION = "1"
+# The runbooks (and BullMQ-era dashboards) call /api/health, /api/admin/workers/status…
+ALIAS_PREFIX = "/api"
+
+DESCRIPTION = """\
+Enqueue and inspect jobs, operate queues, poll incident status, and watch jobs live.
+
+**Auth**: `Authorization: Bearer <token>`. The admin token may do everything; a tenant
+token sees only its tenant's jobs (others' answer 404) and cannot use queue-wide
+operations (403). Probes and `/metrics` need no token.
+
+**Live updates**: `WS /ws/jobs?queue=…|job=…&tenant=…&since=…` pushes every state
+change and progress update as JSON (`{"type": "event", "id", "kind", "job_id", …}`);
+reconnect with `since=queue:id,…` to replay what was missed. WebSockets are not part
+of OpenAPI; see `conveyor.api.live` for the protocol.
+
+Every path is also served under `/api` (e.g. `/api/health/ready`).
+"""
+
+
+def _router() -> APIRouter:
+    router = APIRouter()
+    for module in (jobs, queues, system, live):
+        router.include_router(module.router)
+    return router
+
+
+def create_api(
+    app: Conveyor,
+    *,
+    tokens: Tokens | None = None,
+    metrics_prefix: str | None = None,
+    owns_app: bool = False,
+    ws_buffer: int = DEFAULT_BUFFER,
+) -> FastAPI:
+    """Build the HTTP API for `app`.
+
+    Serve it with `conveyor api`, or mount it in your own ASGI app
+    (`starlette_app.mount("/queue", app.asgi())`). Nothing connects until the first
+    request, so it works without lifespan events (mounted sub-apps do not get them).
+
+    Args:
+        app: the Conveyor app: its engine, and its tasks' default queues and limits.
+        tokens: bearer tokens; default: from settings (`CONVEYOR_API_*`). With none the
+            API is open — put it behind your own auth when mounting.
+        metrics_prefix: Prometheus name prefix (default: settings `metrics_prefix`).
+        owns_app: close `app` when the API shuts down (`conveyor api` does).
+        ws_buffer: events a WebSocket client may lag before it is disconnected.
+
+    Returns:
+        The FastAPI application.
+
+    Raises:
+        ConfigError: the settings or token configuration is invalid.
+    """
+    if tokens is None or metrics_prefix is None:
+        settings = Settings.load()
+        tokens = Tokens.load(settings) if tokens is None else tokens
+        metrics_prefix = settings.metrics_prefix if metrics_prefix is None else metrics_prefix
+    metrics = ApiMetrics(metrics_prefix)
+    state = ApiState(
+        conveyor=app,
+        tokens=tokens,
+        hub=EventHub(app, metrics, buffer=ws_buffer),
+        metrics=metrics,
+        owns_app=owns_app,
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(api: FastAPI) -> AsyncIterator[None]:
+        yield
+        state.stopping = True
+        await state.hub.close()
+        if state.owns_app:
+            await state.conveyor.close()
+
+    api = FastAPI(
+        title="Conveyor API",
+        version=API_VERSION,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    api.state.conveyor = state
+    router = _router()
+    api.include_router(router)
+    api.include_router(router, prefix=ALIAS_PREFIX, include_in_schema=False)
+    install_error_handlers(api)
+    api.add_middleware(HttpMetricsMiddleware, metrics=metrics)
+    return api

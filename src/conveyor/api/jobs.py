@@ -1,0 +1,181 @@
+"""`/jobs`: enqueue, inspect, list and act on single jobs.
+
+Tenant scope is enforced here, once per route: a tenant token's enqueues carry its
+tenant, its listings are filtered to it, and any job of another tenant answers 404
+exactly like a missing one (a 403 would confirm the id exists).
+
+Idempotency (`Idempotency-Key` header, as Stripe and the IETF draft use it): the key
+becomes the job's dedupe key, namespaced by caller (`idem:<tenant or admin>:<key>`), so
+a retried request returns the job the first one created (200 and
+`Idempotent-Replayed: true` instead of 201), and two tenants can never collide or read
+each other's jobs through a shared key. The window is the job's active life
+(scheduled, pending, running) in that queue — like BullMQ's job-id dedupe, unlike
+Stripe's 24 hours: once the job has finished, the same key enqueues a new job. That
+covers network retries (seconds); it does not make a late replay a no-op, so handlers
+should still be idempotent. Reusing an active key with a different task, queue or
+payload is a 422, as the IETF draft asks.
+
+A plain `dedupe_key` from a tenant token is scoped the same way (stored as
+`tenant:<tenant>:<key>`), because dedupe keys are per queue and queues are shared.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Path, Query, Request
+from starlette.responses import Response
+
+from ..errors import InvalidState, JobNotFound
+from ..job import Job, JobState
+from .auth import CurrentPrincipal, Principal, scoped_tenant
+from .errors import ERROR_RESPONSES, ApiError, json_response
+from .models import QUEUE_PATTERN, EnqueueRequest, JobOut, JobPageOut, JobStateName
+from .state import ApiState, api_state
+
+router = APIRouter(tags=["jobs"], responses=ERROR_RESPONSES)
+
+JobId = Annotated[str, Path(min_length=1, max_length=256, description="job id")]
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+
+async def visible_job(state: ApiState, principal: Principal, job_id: str) -> Job:
+    """The job, if this caller may see it.
+
+    Raises:
+        JobNotFound: no such job, or it belongs to another tenant (same answer).
+    """
+    job = await state.conveyor.get_job(job_id)
+    if not principal.admin and job.tenant != principal.tenant:
+        raise JobNotFound(f"no job with id {job_id!r}: check the id, or it was cleaned")
+    return job
+
+
+@router.post(
+    "/jobs",
+    status_code=201,
+    response_model=JobOut,
+    responses={
+        200: {"model": JobOut, "description": "An active job already held this key"},
+        413: ERROR_RESPONSES[422] | {"description": "Payload over max_payload_bytes"},
+    },
+    summary="Enqueue a job",
+)
+async def enqueue(
+    body: EnqueueRequest,
+    request: Request,
+    principal: CurrentPrincipal,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias=IDEMPOTENCY_HEADER,
+            min_length=1,
+            max_length=255,
+            description="retrying with the same key returns the same job while it is active",
+        ),
+    ] = None,
+) -> Response:
+    """Enqueue one job; 201 with the job, or 200 with the active job that already holds
+    its `dedupe_key` / `Idempotency-Key`."""
+    state = api_state(request)
+    app = state.conveyor
+    options: dict[str, Any] = body.model_dump(exclude={"task", "payload"}, exclude_none=True)
+    options["tenant"] = scoped_tenant(principal, body.tenant)
+    if idempotency_key is not None:
+        if body.dedupe_key is not None:
+            raise ApiError.invalid(
+                "dedupe_key", "pass either dedupe_key or the Idempotency-Key header, not both"
+            )
+        options["dedupe_key"] = f"idem:{principal.tenant or '*admin'}:{idempotency_key}"
+    elif body.dedupe_key is not None and not principal.admin:
+        # Dedupe keys are per queue, and queues are shared by tenants: unscoped, tenant
+        # B's key would hand back (and so reveal) tenant A's job.
+        options["dedupe_key"] = f"tenant:{principal.tenant}:{body.dedupe_key}"
+    # Validation and encoding happen once, in the facade. The engine is called directly
+    # because its reply says whether the job is new (201) or deduplicated (200), which
+    # `app.enqueue` does not expose; the stored job is then read back through the facade.
+    new = app.build(body.task, body.payload, **{k: v for k, v in options.items() if v is not None})
+    engine = await app.connect()
+    (result,) = await engine.enqueue([new])
+    job = await app.get_job(result.id)
+    replayed = not result.created and idempotency_key is not None
+    if replayed and (job.task, job.queue, job.tenant, job.payload) != (
+        new.task,
+        new.queue,
+        new.tenant,
+        body.payload,
+    ):
+        raise ApiError.invalid(
+            IDEMPOTENCY_HEADER,
+            "this key was used for a different request (task, queue, tenant or payload) "
+            "that is still active: use a new key",
+            location="header",
+        )
+    headers = {"Idempotent-Replayed": "true"} if replayed else None
+    return json_response(job.to_dict(), 201 if result.created else 200, headers)
+
+
+@router.get("/jobs/{job_id}", response_model=JobOut, summary="Get a job")
+async def get_job(job_id: JobId, request: Request, principal: CurrentPrincipal) -> Response:
+    """The job with every failed attempt's error."""
+    job = await visible_job(api_state(request), principal, job_id)
+    return json_response(job.to_dict())
+
+
+@router.get("/jobs", response_model=JobPageOut, summary="List jobs of one queue and state")
+async def list_jobs(
+    request: Request,
+    principal: CurrentPrincipal,
+    queue: Annotated[str, Query(pattern=QUEUE_PATTERN)],
+    state: Annotated[JobStateName, Query()] = "pending",
+    tenant: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(min_length=1, max_length=256)] = None,
+) -> Response:
+    """One page of jobs (pending in claim order, others newest first). Pass
+    `next_cursor` back as `cursor` for the next page; it is null on the last one.
+    A page may hold fewer than `limit` jobs and still have a next page."""
+    app = api_state(request).conveyor
+    try:
+        page = await app.list_jobs(
+            queue,
+            JobState(state),
+            tenant=scoped_tenant(principal, tenant),
+            limit=limit,
+            cursor=cursor,
+        )
+    except (ValueError, InvalidState) as exc:
+        # Engines reject a foreign cursor with ValueError or InvalidState; either way it
+        # is the caller's parameter that is wrong, not the job's state.
+        raise ApiError.invalid("cursor", str(exc), location="query") from exc
+    return json_response({"jobs": [job.to_dict() for job in page.jobs], "next_cursor": page.cursor})
+
+
+@router.post("/jobs/{job_id}/retry", response_model=JobOut, summary="Retry a dead job")
+async def retry_job(job_id: JobId, request: Request, principal: CurrentPrincipal) -> Response:
+    """failed/cancelled -> pending with a fresh attempt budget; 409 in other states."""
+    state = api_state(request)
+    await _check_visible(state, principal, job_id)
+    return json_response((await state.conveyor.retry_job(job_id)).to_dict())
+
+
+@router.post("/jobs/{job_id}/cancel", response_model=JobOut, summary="Cancel a job")
+async def cancel_job(job_id: JobId, request: Request, principal: CurrentPrincipal) -> Response:
+    """scheduled/pending/running -> cancelled; 409 once it has finished."""
+    state = api_state(request)
+    await _check_visible(state, principal, job_id)
+    return json_response((await state.conveyor.cancel_job(job_id)).to_dict())
+
+
+@router.post("/jobs/{job_id}/promote", response_model=JobOut, summary="Run a scheduled job now")
+async def promote_job(job_id: JobId, request: Request, principal: CurrentPrincipal) -> Response:
+    """scheduled -> pending now; 409 in other states."""
+    state = api_state(request)
+    await _check_visible(state, principal, job_id)
+    return json_response((await state.conveyor.promote_job(job_id)).to_dict())
+
+
+async def _check_visible(state: ApiState, principal: Principal, job_id: str) -> None:
+    # Admins skip the extra read: the operation itself answers 404 for a missing job.
+    if not principal.admin:
+        await visible_job(state, principal, job_id)

@@ -1,0 +1,190 @@
+"""Request and response bodies: pydantic at the trust boundary.
+
+Request models forbid unknown fields, so a typo (`"priorty": 5`) is a 422 naming the
+field instead of a silently ignored option. Response models document what
+`Job.to_dict`, `status.overview_row` and `status.status_document` return (the routes
+return those dicts as they are; `tests/acceptance/test_api.py` checks the field sets
+match, so the schema cannot drift from the code).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from ..job import MAX_PRIORITY, MIN_PRIORITY, QUEUE_NAME
+
+# Ten years: anything later is a unit mistake (milliseconds passed as seconds), and the
+# bound keeps `delay * 1000` inside the engines' 64-bit integers.
+MAX_DELAY_SECONDS = 10 * 365 * 86_400.0
+QUEUE_PATTERN = QUEUE_NAME.pattern
+
+JobStateName = Literal["scheduled", "pending", "running", "completed", "failed", "cancelled"]
+FinishedState = Literal["completed", "failed", "cancelled"]
+RetryableState = Literal["failed", "cancelled"]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EnqueueRequest(_Request):
+    """`POST /jobs`: one job to enqueue."""
+
+    task: str = Field(min_length=1, max_length=200, description="registered task name")
+    queue: str | None = Field(
+        None,
+        pattern=QUEUE_PATTERN,
+        description="queue; required when the API process does not know the task",
+    )
+    payload: dict[str, Any] = Field(default_factory=dict, description="a JSON object")
+    delay: float | None = Field(
+        None, ge=0, le=MAX_DELAY_SECONDS, description="seconds to wait before it is due"
+    )
+    run_at: AwareDatetime | None = Field(
+        None, description="when it is due (RFC 3339 with offset); not with `delay`"
+    )
+    priority: int = Field(
+        0, ge=MIN_PRIORITY, le=MAX_PRIORITY, strict=True, description="higher runs first"
+    )
+    tenant: str | None = Field(
+        None, min_length=1, max_length=128, description="tenant (forced for tenant tokens)"
+    )
+    dedupe_key: str | None = Field(
+        None,
+        min_length=1,
+        max_length=512,
+        description="while a job with this key is active in the queue, return it instead",
+    )
+    max_attempts: int | None = Field(None, ge=1, le=1000, strict=True)
+    timeout: float | None = Field(
+        None, gt=0, le=MAX_DELAY_SECONDS, description="seconds an attempt may run"
+    )
+
+
+class CleanRequest(_Request):
+    """`POST /queues/{queue}/clean`: delete old finished jobs."""
+
+    state: FinishedState = "completed"
+    older_than: float = Field(
+        0, ge=0, le=MAX_DELAY_SECONDS, description="seconds since the job finished"
+    )
+    limit: int = Field(10_000, ge=1, le=1_000_000, strict=True)
+
+
+class RetryAllRequest(_Request):
+    """`POST /queues/{queue}/retry-all`: which dead jobs to send back."""
+
+    state: RetryableState = "failed"
+
+
+class AttemptErrorOut(BaseModel):
+    """Why one attempt failed."""
+
+    attempt: int
+    type: str
+    message: str
+    traceback: str | None
+    at: float
+
+
+class JobOut(BaseModel):
+    """A job, as `Job.to_dict` renders it (times are Unix seconds)."""
+
+    id: str
+    queue: str
+    task: str
+    state: JobStateName
+    payload: dict[str, Any]
+    attempt: int
+    max_attempts: int
+    priority: int
+    tenant: str | None
+    dedupe_key: str | None
+    timeout: float | None
+    backoff: dict[str, Any] | None
+    created_at: float
+    scheduled_at: float | None
+    started_at: float | None
+    finished_at: float | None
+    progress: Any
+    result: Any
+    errors: list[AttemptErrorOut]
+    worker: str | None
+
+
+class JobPageOut(BaseModel):
+    """One page of `GET /jobs`; pass `next_cursor` back as `cursor` for the next."""
+
+    jobs: list[JobOut]
+    next_cursor: str | None = Field(description="null on the last page")
+
+
+class QueueOverviewOut(BaseModel):
+    """One queue's depth per state and recent throughput (`status.overview_row`)."""
+
+    queue: str
+    scheduled: int
+    pending: int
+    running: int
+    completed: int
+    failed: int
+    cancelled: int
+    paused: bool
+    oldest_pending_ms: int | None
+    oldest_pending_age_seconds: float | None
+    completed_1m: int
+    failed_1m: int
+    throughput_per_min: int
+
+
+class QueuesOut(BaseModel):
+    """`GET /queues`."""
+
+    queues: list[QueueOverviewOut]
+
+
+class PauseOut(BaseModel):
+    queue: str
+    paused: bool
+
+
+class CountOut(BaseModel):
+    """How many jobs an operation changed."""
+
+    queue: str
+    state: str
+    count: int
+
+
+class HealthOut(BaseModel):
+    """`GET /health`: the process is alive (always 200), with what it sees of the engine."""
+
+    status: Literal["alive"]
+    engine: dict[str, Any]
+
+
+class ReadyOut(BaseModel):
+    """`GET /health/ready`: 200 ready, 503 with the reason."""
+
+    status: Literal["ready", "not ready"]
+    reason: str
+
+
+class StatusEngineOut(BaseModel):
+    url: str
+    status: Literal["ok", "unavailable"]
+    latency_ms: float | None
+    durable: bool
+    error: str | None
+
+
+class StatusOut(BaseModel):
+    """`GET /admin/workers/status`: the incident-polling document (`conveyor status`)."""
+
+    generated_at: str
+    engine: StatusEngineOut
+    queues: list[QueueOverviewOut]
+    workers: list[dict[str, Any]]
+    totals: dict[str, Any]

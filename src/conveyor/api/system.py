@@ -1,0 +1,119 @@
+"""Probes, metrics and the admin status document.
+
+`/health` is liveness: 200 while the process serves requests, even when the engine is
+down (restarting the API would not bring Redis back). `/health/ready` is readiness,
+with the same three rules as a worker's: the engine answers, it is durable, and the
+process is not shutting down. `/metrics` and the probes need no token, like the
+worker's health port: probes and scrapers usually cannot send one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, cast
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from ..errors import EngineUnavailable
+from ..health import READY_PING_TIMEOUT, readiness
+from ..settings import redact
+from ..status import status_document
+from .auth import AdminPrincipal
+from .errors import ERROR_RESPONSES, json_response
+from .models import HealthOut, ReadyOut, StatusOut
+from .state import ApiState, api_state
+
+if TYPE_CHECKING:
+    from ..app import Conveyor
+    from ..worker import Worker
+
+router = APIRouter(tags=["operations"])
+METRICS_MEDIA_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class _ReadinessView:
+    """What `conveyor.health.readiness` reads from a worker (`stopping`, `app`), taken
+    from the API's state, so the API and the workers share one set of rules."""
+
+    def __init__(self, state: ApiState) -> None:
+        self._state = state
+
+    @property
+    def stopping(self) -> bool:
+        return self._state.stopping
+
+    @property
+    def app(self) -> Conveyor:
+        return self._state.conveyor
+
+
+async def api_readiness(state: ApiState) -> tuple[bool, str]:
+    """(ready, reason) for this API process."""
+    if not state.stopping:
+        try:  # readiness pings an engine it assumes connected; connect it first
+            await asyncio.wait_for(state.conveyor.connect(), READY_PING_TIMEOUT)
+        except (EngineUnavailable, TimeoutError) as exc:
+            return False, f"engine unavailable: {exc or 'connect timed out'}"
+    return await readiness(cast("Worker", _ReadinessView(state)))
+
+
+@router.get("/health", response_model=HealthOut, summary="Liveness")
+async def health(request: Request) -> Response:
+    """Always 200 while the process serves; reports engine reachability, latency and
+    durability for humans (use `/health/ready` for routing decisions)."""
+    state = api_state(request)
+    engine = state.conveyor.engine
+    info: dict[str, object] = {
+        "url": redact(engine.url),
+        "durable": engine.durable,
+        "status": "ok",
+        "latency_ms": None,
+    }
+    try:
+        await asyncio.wait_for(state.conveyor.connect(), READY_PING_TIMEOUT)
+        latency = await asyncio.wait_for(engine.ping(), READY_PING_TIMEOUT)
+        info["latency_ms"] = round(latency * 1000, 3)
+    except (EngineUnavailable, TimeoutError) as exc:
+        info.update(status="unavailable", error=str(exc) or "timed out")
+    return json_response({"status": "alive", "engine": info})
+
+
+@router.get(
+    "/health/ready",
+    response_model=ReadyOut,
+    responses={503: {"model": ReadyOut, "description": "Not ready; `reason` says why"}},
+    summary="Readiness",
+)
+async def ready(request: Request) -> Response:
+    """200 when the engine answers, is durable and the API is not shutting down."""
+    ok, reason = await api_readiness(api_state(request))
+    return json_response(
+        {"status": "ready" if ok else "not ready", "reason": reason}, 200 if ok else 503
+    )
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {METRICS_MEDIA_TYPE: {}}, "description": "Prometheus text"}},
+    summary="Prometheus metrics",
+)
+async def metrics(request: Request) -> Response:
+    """HTTP and WebSocket metrics of this process, and queue depths sampled now."""
+    state = api_state(request)
+    await state.metrics.sample(state.conveyor)
+    return Response(state.metrics.exposition(), media_type=METRICS_MEDIA_TYPE)
+
+
+@router.get(
+    "/admin/workers/status",
+    response_model=StatusOut,
+    responses={k: v for k, v in ERROR_RESPONSES.items() if k in (401, 403)},
+    summary="Incident status document",
+)
+async def workers_status(request: Request, principal: AdminPrincipal) -> Response:
+    """Engine health, every queue's depths and the live workers, in one document
+    (`conveyor status --json` prints the same). Always 200: an unreachable engine shows
+    as `engine.status = "unavailable"`, because a poller must see the outage."""
+    return json_response(await status_document(api_state(request).conveyor))

@@ -1,0 +1,86 @@
+"""`conveyor api`: serve the HTTP API (jobs, queues, status, live updates)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..app import Conveyor
+from ..settings import Settings, redact
+from .common import cli, console, friendly, load_app, setup_logging
+
+
+@cli.command("api")
+@friendly
+def api_command(
+    target: Annotated[
+        str | None,
+        typer.Argument(
+            help="your app as MODULE:ATTR (its tasks give queues and defaults); "
+            "omit to serve a bare app that enqueues by queue name"
+        ),
+    ] = None,
+    host: Annotated[
+        str | None, typer.Option(help="address to listen on (env CONVEYOR_API_HOST; 127.0.0.1)")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="port to listen on (env CONVEYOR_API_PORT; 8000)")
+    ] = None,
+    url: Annotated[
+        str | None,
+        typer.Option(help="engine URL (env CONVEYOR_URL, REDIS_URL; sqlite:///conveyor.db)"),
+    ] = None,
+    tokens_file: Annotated[
+        str | None,
+        typer.Option(
+            help='JSON {"admin": ..., "tenants": {token: tenant}} '
+            "(env CONVEYOR_API_TOKENS_FILE; also CONVEYOR_API_ADMIN_TOKEN, "
+            "CONVEYOR_API_TENANT_TOKENS)"
+        ),
+    ] = None,
+    insecure: Annotated[
+        bool,
+        typer.Option("--insecure", help="allow serving without tokens on a non-loopback host"),
+    ] = False,
+    print_openapi: Annotated[
+        bool,
+        typer.Option("--print-openapi", help="print the OpenAPI schema and exit"),
+    ] = False,
+    write_openapi: Annotated[
+        Path | None, typer.Option(help="write the OpenAPI schema to this file and exit")
+    ] = None,
+    log_level: Annotated[str | None, typer.Option(help="DEBUG, INFO, WARNING, ERROR")] = None,
+) -> None:
+    """Serve the HTTP API and WebSocket live updates."""
+    from ..api import Tokens, check_exposure, create_api, openapi_json, serve
+
+    if print_openapi or write_openapi:
+        # The schema depends on no app, setting or engine, so it is the same everywhere.
+        text = openapi_json(create_api(Conveyor("memory://"), tokens=Tokens(), metrics_prefix=""))
+        if write_openapi:
+            write_openapi.write_text(text, encoding="utf-8")
+        else:
+            typer.echo(text, nl=False)
+        return
+    settings = Settings.load(
+        url=url, api_host=host, api_port=port, log_level=log_level and log_level.upper()
+    )
+    setup_logging(settings.log_level, settings.log_format)
+    tokens = Tokens.load(settings, tokens_file)
+    check_exposure(settings.api_host, tokens, insecure=insecure)
+    app = load_app(target)
+    app.configure(url=settings.url, max_payload_bytes=settings.max_payload_bytes)
+    api = create_api(app, tokens=tokens, metrics_prefix=settings.metrics_prefix, owns_app=True)
+    auth = (
+        f"{'admin' if tokens.admin else 'no admin'} token, {len(tokens.tenants)} tenant token(s)"
+        if tokens.enabled
+        else "NO AUTH"
+    )
+    console.print(
+        f"api on http://{settings.api_host}:{settings.api_port} engine={redact(settings.url)} "
+        f"auth: {auth}",
+        highlight=False,
+    )
+    serve(api, host=settings.api_host, port=settings.api_port, log_level=settings.log_level)

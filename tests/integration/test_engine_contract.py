@@ -110,6 +110,15 @@ async def test_dedupe_returns_live_job_and_releases_key_when_finished(
     assert after[0].created and after[0].id != first.id
 
 
+async def test_enqueue_is_idempotent_by_job_id(engine: Engine, app: Conveyor) -> None:
+    """A relay that retries an enqueue after a crash must not create a second job."""
+    new = app.build("t", {"v": 1})
+    await engine.enqueue([new])
+    [again] = await engine.enqueue([new])
+    assert not again.created and again.id == new.id
+    assert (await engine.counts("q")).pending == 1
+
+
 async def test_claims_highest_priority_first_then_fifo(engine: Engine, app: Conveyor) -> None:
     order = [("low1", -5), ("mid1", 0), ("high1", 10), ("mid2", 0), ("high2", 10), ("low2", -5)]
     await engine.enqueue([app.build("t", {"n": n}, priority=p) for n, p in order])

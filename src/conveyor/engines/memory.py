@@ -179,6 +179,10 @@ class MemoryEngine:
         results: list[EnqueueResult] = []
         for new in jobs:
             q = self._queue(new.queue)
+            if new.id in self._jobs:  # a retried enqueue (outbox relay): no second job
+                existing = self._jobs[new.id]
+                results.append(EnqueueResult(existing["id"], False, JobState(existing["state"])))
+                continue
             if new.dedupe_key is not None and new.dedupe_key in q.dedupe:
                 existing = self._jobs[q.dedupe[new.dedupe_key]]
                 results.append(EnqueueResult(existing["id"], False, JobState(existing["state"])))

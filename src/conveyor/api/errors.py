@@ -129,6 +129,7 @@ def _doc(description: str) -> dict[str, Any]:
 # Declared on every router so the schema documents the one error shape (and so schema
 # checks accept our 422 body instead of FastAPI's default `HTTPValidationError`).
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: _doc("The body could not be read (e.g. not UTF-8)"),
     401: _doc("Missing or invalid bearer token"),
     403: _doc("The token may not do this"),
     404: _doc("No such job (or not visible to this token's tenant)"),
@@ -209,7 +210,9 @@ def install_error_handlers(api: FastAPI) -> None:
 
     async def on_http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
-        name = {404: "NotFound", 405: "MethodNotAllowed"}.get(exc.status_code, "HTTPError")
+        name = {400: "BadRequest", 404: "NotFound", 405: "MethodNotAllowed"}.get(
+            exc.status_code, "HTTPError"
+        )
         return error_response(exc.status_code, name, str(exc.detail), headers=exc.headers)
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:

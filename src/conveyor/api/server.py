@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
+import signal
+import threading
+from collections.abc import Generator
 from types import FrameType
 
 import uvicorn
@@ -46,6 +50,9 @@ def openapi_json(api: FastAPI) -> str:
     return json.dumps(api.openapi(), indent=2, ensure_ascii=False) + "\n"
 
 
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 class _ApiServer(uvicorn.Server):
     """uvicorn that turns readiness off as soon as shutdown starts.
 
@@ -56,6 +63,21 @@ class _ApiServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, state: ApiState) -> None:
         super().__init__(config)
         self._state = state
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        """SIGTERM/SIGINT start a graceful shutdown and the process exits 0 afterwards,
+        like a worker. (uvicorn's own version re-raises the signal once it is done, so
+        supervisors would see every clean stop as "killed by SIGTERM".)"""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in _SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self._state.stopping = True

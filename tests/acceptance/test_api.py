@@ -30,8 +30,9 @@ from starlette.routing import Mount
 
 from conveyor import Conveyor, Worker
 from conveyor.api import Tokens, create_api, openapi_json
+from conveyor.api.live import Subscriber
 from conveyor.api.models import JobOut, QueueOverviewOut
-from conveyor.engines import QueueCounts
+from conveyor.engines import Event, QueueCounts
 from conveyor.job import Job, JobState
 from conveyor.status import overview_row
 from conveyor.testing import PROBE_QUEUE, probe_app
@@ -546,3 +547,21 @@ def test_conveyor_api_command_serves_the_users_app(sqlite_url: str, tmp_path: Pa
         check=True,
     )
     assert out.stdout.decode() == (ROOT / "docs" / "openapi.json").read_text("utf-8")
+
+
+async def test_a_subscriber_that_falls_behind_is_closed_not_silently_skipped() -> None:
+    def event(i: int) -> Event:
+        return Event(id=str(i), kind="progress", job_id=f"{Q}:1", queue=Q, at=0.0)
+
+    slow = Subscriber([Q], tenant=None, job=None, buffer=2)
+    assert slow.offer(event(1), "one") and slow.offer(event(2), "two")
+    assert not slow.offer(event(3), "three")  # a gap would be invisible: close instead
+    assert slow.close_code == 1013 and "since=" in slow.close_reason
+    assert await slow.next() is None
+
+    # After a replay up to id 2, live copies of 1..2 are skipped, 3 is sent.
+    caught_up = Subscriber([Q], tenant=None, job=None, buffer=10)
+    caught_up.last_sent[Q] = "2"
+    for i in (1, 2, 3):
+        caught_up.offer(event(i), f"frame-{i}")
+    assert await caught_up.next() == "frame-3"

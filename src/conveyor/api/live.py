@@ -58,6 +58,11 @@ log = logging.getLogger("conveyor.api.live")
 DEFAULT_BUFFER = 1000  # events a subscriber may lag behind before it is disconnected
 READY_TIMEOUT = 5.0  # how long a new subscriber waits for the feed to pin its position
 REPLAY_BATCH = 500
+# Engine reads made on behalf of *connecting* sockets (job lookup, replay) at once. After
+# an API restart every client reconnects in the same second; queued here, they cannot
+# exhaust the engine's connection pool (redis-py's async pool fails at 100 connections
+# rather than waiting), so live traffic and other requests keep working.
+ADMISSION_CONCURRENCY = 32
 _EVENT_ID = re.compile(r"^\d{1,20}(-\d{1,20})?$")
 
 CLOSE_RESTART = 1012
@@ -234,6 +239,7 @@ class EventHub:
         self.buffer = buffer
         self._feeds: dict[tuple[str, ...], _Feed] = {}
         self._subscribers: dict[Subscriber, _Feed] = {}
+        self.admission = asyncio.Semaphore(ADMISSION_CONCURRENCY)
 
     @property
     def feeds(self) -> int:
@@ -293,9 +299,10 @@ class EventHub:
         engine = await self.app.connect()
         positions = dict(since)
         while True:
-            batch = await engine.read_events(
-                list(positions), since=positions, count=REPLAY_BATCH, block_ms=0
-            )
+            async with self.admission:
+                batch = await engine.read_events(
+                    list(positions), since=positions, count=REPLAY_BATCH, block_ms=0
+                )
             if not batch:
                 break
             for event in batch:
@@ -391,7 +398,8 @@ async def watch_jobs(
         queues = _queues(queue, job)
         positions = parse_since(since, queues)
         if job is not None:
-            found = await state.conveyor.get_job(job)
+            async with state.hub.admission:
+                found = await state.conveyor.get_job(job)
             if not principal.admin and found.tenant != principal.tenant:
                 raise JobNotFound(f"no job with id {job!r}")
         sub = await state.hub.subscribe(queues, tenant=watch_tenant, job=job)

@@ -125,13 +125,31 @@ def _split_url(url: str) -> tuple[str, str, str]:
 def _driver_errors(
     fn: Callable[Concatenate[RedisEngine, P], Awaitable[R]],
 ) -> Callable[Concatenate[RedisEngine, P], Coroutine[Any, Any, R]]:
-    """Turn redis-py's connection errors into `EngineUnavailable` naming the URL."""
+    """Turn redis-py's connection errors into `EngineUnavailable` naming the URL, and
+    never let a cancellation get lost inside redis-py.
+
+    Python 3.11's `asyncio.wait_for`, which redis-py uses around socket I/O, returns the
+    result and drops the cancellation when a cancel lands just as the read completes:
+
+        worker shutdown: heartbeat_task.cancel()
+        heartbeat task:  await engine.register_worker(...)  -> returns normally
+                         await asyncio.sleep(interval)      -> sleeps on, never cancelled
+
+    The task still counts the request (`Task.cancelling()`), so a request that arrived
+    during the call and was swallowed is raised here. The operation itself did run, as
+    it could have with a cancel arriving just after the reply.
+    """
 
     async def wrapper(self: RedisEngine, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        task = asyncio.current_task()
+        cancels = task.cancelling() if task is not None else 0
         try:
-            return await fn(self, *args, **kwargs)
+            result = await fn(self, *args, **kwargs)
         except _DRIVER_DOWN as exc:
             raise self._unavailable(exc) from exc
+        if task is not None and task.cancelling() > cancels:
+            raise asyncio.CancelledError
+        return result
 
     functools.update_wrapper(wrapper, fn)
     return wrapper
@@ -308,11 +326,12 @@ class RedisEngine:
 
     async def close(self) -> None:
         """Stop the wake-up listener and release connections. Safe to call twice."""
-        for task in (self._listener, self._subscribing):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+        tasks = [t for t in (self._listener, self._subscribing) if t is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            # Bounded: a cancel swallowed inside redis-py must not hang shutdown.
+            await asyncio.wait(tasks, timeout=2.0)
         self._listener = self._subscribing = None
         if self._pubsub is not None:
             with contextlib.suppress(Exception):
@@ -525,9 +544,7 @@ class RedisEngine:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return
-            signal = self._signal
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(signal.wait(), remaining)
+            await self._wait_signal(remaining)
 
     async def _ensure_subscribed(self, queues: Sequence[str], deadline: float) -> None:
         new = [q for q in queues if q not in self._requested]
@@ -543,9 +560,15 @@ class RedisEngine:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return
-            signal = self._signal
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(signal.wait(), remaining)
+            await self._wait_signal(remaining)
+
+    async def _wait_signal(self, seconds: float) -> None:
+        """Wait for the listener's next notification, at most `seconds`."""
+        signal = self._signal
+        # asyncio.timeout, not wait_for: 3.11's wait_for can drop a cancellation.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await signal.wait()
 
     async def _subscribe(self, queues: list[str]) -> None:
         if self._pubsub is None:
@@ -575,8 +598,10 @@ class RedisEngine:
         self._signal = asyncio.Event()
 
     async def _listen(self, pubsub: PubSub) -> None:
-        """Read the pub/sub connection forever, recording wake-ups per queue."""
-        while True:
+        """Read the pub/sub connection until cancelled, recording wake-ups per queue."""
+        task = asyncio.current_task()
+        # Checked each turn: a cancel that redis-py swallowed must still end the loop.
+        while task is None or not task.cancelling():
             try:
                 msg = await pubsub.get_message(ignore_subscribe_messages=False, timeout=10.0)
             except asyncio.CancelledError:

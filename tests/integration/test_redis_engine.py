@@ -1,0 +1,479 @@
+"""Redis-specific behaviour of `RedisEngine` (the shared contract is test_engine_contract.py).
+
+* Cluster legality: every script call passes keys of one hash tag, and the scripts derive
+  no key outside that slot — proven by running the engine against a `--cluster-enabled`
+  redis-server, which refuses cross-slot scripts — plus a static look at the Lua.
+* Blocking wake-ups: `wait_for_jobs` returns promptly when another process enqueues, and
+  a wake-up published between a worker's empty claim and its wait is not missed.
+* Unreachable Redis: `EngineUnavailable` with a message naming the URL (no password).
+* Redis restart: the engine (and a running worker) carries on without a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from importlib import resources
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from conveyor.engines.base import Outcome
+from conveyor.engines.redis import RedisEngine
+from conveyor.engines.redis import engine as engine_module
+from conveyor.engines.redis.keys import KeyLayout
+from conveyor.errors import ConfigError, EngineUnavailable, MalformedJob
+from conveyor.job import JobState, NewJob, new_job_id
+from conveyor.testing import eventually
+
+pytestmark = pytest.mark.redis
+
+LUA = resources.files("conveyor.engines.redis") / "lua"
+
+
+def new(queue: str = "q", **kwargs: object) -> NewJob:
+    fields: dict[str, object] = {"task": "t", "payload_json": "{}", "max_attempts": 3}
+    fields.update(kwargs)
+    return NewJob(id=new_job_id(queue), queue=queue, **fields)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def engine(redis_url: str) -> AsyncIterator[RedisEngine]:
+    eng = RedisEngine(redis_url)
+    await eng.connect()
+    yield eng
+    await eng.close()
+
+
+@pytest.fixture
+async def other(redis_url: str) -> AsyncIterator[RedisEngine]:
+    """A second engine on the same prefix: another process, as far as Redis can tell."""
+    eng = RedisEngine(redis_url)
+    await eng.connect()
+    yield eng
+    await eng.close()
+
+
+async def claim(engine: RedisEngine, limit: int = 10, queues: tuple[str, ...] = ("q",)):
+    return await engine.exchange([], queues=queues, limit=limit, worker_id="w", lease_ms=30_000)
+
+
+# --- URL and configuration -------------------------------------------------------------
+
+
+def test_prefix_is_taken_from_the_url_and_the_password_is_never_shown() -> None:
+    eng = RedisEngine("redis://:s3cret@127.0.0.1:6390/2?prefix=shop")
+    assert eng.prefix == "shop"
+    assert "s3cret" not in eng.url and "127.0.0.1:6390" in eng.url
+    assert RedisEngine("redis://127.0.0.1:6390/0").prefix == "conveyor"
+
+
+@pytest.mark.parametrize("url", ["http://localhost:6379", "redis://h:1/0?prefix={x}"])
+def test_bad_urls_are_config_errors(url: str) -> None:
+    with pytest.raises(ConfigError):
+        RedisEngine(url)
+
+
+# --- cluster legality ------------------------------------------------------------------
+
+
+def test_every_queue_key_carries_the_queue_hash_tag() -> None:
+    keys = KeyLayout("p").queue("emails")
+    for key in [*keys.all(), keys.job("emails:abc")]:
+        assert key.startswith("{p:emails}:"), key
+    # Global keys share their own tag, so the worker scripts touch one slot too.
+    layout = KeyLayout("p")
+    assert {k.split("}")[0] for k in (layout.workers, layout.workers_info, layout.queues)} == {"{p"}
+
+
+LUA_FILES = sorted(p.name for p in LUA.iterdir() if p.name.endswith(".lua"))
+
+
+@pytest.mark.parametrize("name", LUA_FILES)
+def test_lua_opens_with_its_contract_and_builds_no_key(name: str) -> None:
+    text = (LUA / name).read_text("utf-8")
+    header = text.split("\n\n")[0]
+    if name != "_lib.lua":
+        for part in ("KEYS", "Returns:", "Touches:"):
+            assert part in header, f"{name}: contract comment lacks {part!r}"
+    code = "\n".join(line.split("--")[0] for line in text.splitlines())
+    # The key of every command is a KEYS entry, or a variable holding one / the job hash.
+    key_expr = re.compile(r"^(K_[A-Z]+|KEYS\[\d\]|BY_STATE\[\w+\]|jk|zkey|K_JOB \.\. [\w\[\]]+)$")
+    calls = re.findall(r"redis\.call\(\s*'(\w+)'\s*(?:,\s*([^,)]+))?", code)
+    assert calls or name in ("pause.lua",), name
+    for command, first in calls:
+        if command in ("TIME", "PUBLISH"):
+            continue  # no key: PUBLISH names a channel, which is legal in cluster scripts
+        assert key_expr.match(first.strip()), f"{name}: {command} on {first.strip()!r}"
+    # The only derived key is the job prefix (a KEYS entry with the tag) .. a job id.
+    for match in re.finditer(r"(\w+(?:\[\d+\])?)\s*\.\.", code):
+        assert not match.group(1).startswith(("K_", "KEYS")) or match.group(1) == "K_JOB", (
+            f"{name}: builds a key from {match.group(1)}"
+        )
+    # Where a variable stands for a key, it is assigned from KEYS-derived values only.
+    for var in ("jk", "zkey"):
+        for assigned in re.findall(rf"local {var} = ([^\n]+)", code):
+            assert key_expr.match(assigned.strip()), f"{name}: {var} = {assigned}"
+
+
+@pytest.fixture
+def cluster_url(tmp_path: Path) -> Iterator[str]:
+    """A one-node Redis Cluster holding every slot: it refuses cross-slot scripts."""
+    server = shutil.which("redis-server")
+    if not server:
+        pytest.skip("redis-server is not installed")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [server, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path),
+         "--save", "", "--appendonly", "no", "--cluster-enabled", "yes",
+         "--cluster-config-file", str(tmp_path / "nodes.conf")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                out = subprocess.run(
+                    ["redis-cli", "-p", str(port), "cluster", "addslotsrange", "0", "16383"],
+                    capture_output=True, text=True, timeout=2, check=False,
+                )  # fmt: skip
+                if out.stdout.strip() in ("OK", "ERR Slot 0 is already busy"):
+                    break
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("cluster-enabled redis-server did not start")
+            time.sleep(0.05)
+        while "cluster_state:ok" not in subprocess.run(
+            ["redis-cli", "-p", str(port), "cluster", "info"], capture_output=True, text=True,
+            check=False,
+        ).stdout:  # fmt: skip
+            time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0?prefix=c"
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+async def test_every_operation_is_legal_on_redis_cluster(
+    cluster_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis Cluster rejects a call whose KEYS span slots (CROSSSLOT). A script that opens
+    with `#!lua` (Redis 7) is also refused when it touches an undeclared key of another
+    slot; shipped scripts have no shebang (so they run on Redis 6.2), so this test loads
+    them in that strict mode. Each call below fails if a script mixed tags or derived a
+    key outside its queue's slot."""
+    raw = aioredis.Redis.from_url(cluster_url.split("?")[0])
+    with pytest.raises(ResponseError, match="same slot"):  # the server does enforce it
+        await raw.eval("#!lua\nreturn redis.call('GET', '{elsewhere}:x')", 1, "{c:a}:x")
+    await raw.aclose()
+    strict = engine_module._script_source
+    monkeypatch.setattr(engine_module, "_script_source", lambda name: "#!lua\n" + strict(name))
+    eng = RedisEngine(cluster_url)
+    await eng.connect()
+    try:
+        a, b, c = new("a"), new("b", dedupe_key="k"), new("a", delay_ms=60_000)
+        results = await eng.enqueue([a, b, c, new("b", dedupe_key="k")])
+        assert [r.created for r in results] == [True, True, True, False]
+        got = await eng.exchange([], queues=("a", "b"), limit=5, worker_id="w", lease_ms=30_000)
+        assert {j.id for j in got.jobs} == {a.id, b.id}
+        assert got.next_due_ms is not None and got.next_due_ms > 50_000
+        ja, jb = sorted(got.jobs, key=lambda j: j.id != a.id)
+        assert await eng.heartbeat([(ja.id, str(ja.token)), (jb.id, "stale")], lease_ms=5_000) == [
+            jb.id
+        ]
+        assert await eng.set_progress(ja.id, str(ja.token), "50")
+        done = await eng.exchange(
+            [
+                Outcome(ja.id, str(ja.token), "fail", error_json='{"attempt":1,"message":"x"}'),
+                Outcome(jb.id, str(jb.token), "complete", result_json="1"),
+            ],
+            queues=("a",), limit=1, worker_id="w", lease_ms=30_000,
+        )  # fmt: skip
+        assert done.lost == [] and done.jobs == []
+        assert (await eng.retry_job(a.id)).state == JobState.PENDING
+        assert (await eng.cancel_job(a.id)).state == JobState.CANCELLED
+        assert await eng.retry_all("a", JobState.CANCELLED) == 1
+        assert (await eng.promote_job(c.id)).state == JobState.PENDING
+        await eng.pause("a")
+        assert (await eng.counts("a")).paused
+        await eng.resume("a")
+        assert (await eng.counts("a")).pending == 2
+        assert len((await eng.list_jobs("a", JobState.PENDING, tenant="nobody")).jobs) == 0
+        assert await eng.recover_expired(["a", "b"]) == 0
+        assert await eng.clean("b", JobState.COMPLETED, 0, 10) == 1
+        events = await eng.read_events(["a"], since={"a": "0"}, count=100, block_ms=0)
+        assert "failed" in {e.kind for e in events}
+        await eng.register_worker("w", '{"queues": ["a"]}', 10_000)
+        assert [w["id"] for w in await eng.workers()] == ["w"]
+        await eng.unregister_worker("w")
+        assert await eng.purge("a") == 2
+        assert await eng.queue_names() == ["a", "b"]
+    finally:
+        await eng.close()
+
+
+# --- ordering and storage details --------------------------------------------------------
+
+
+async def test_extreme_priorities_and_release_order_are_exact(engine: RedisEngine) -> None:
+    """Scores reach 3.5e15: they must survive Lua's number formatting exactly."""
+    low, high = new(priority=-100), new(priority=100)
+    zeros = [new(priority=0) for _ in range(3)]
+    await engine.enqueue([low, *zeros, high])
+    got = (await claim(engine, limit=2)).jobs
+    assert [j.id for j in got] == [high.id, zeros[0].id]
+    # Released: back at the front of priority 0, still behind nothing of higher priority.
+    await engine.exchange(
+        [Outcome(zeros[0].id, str(got[1].token), "release")],
+        queues=("q",), limit=0, worker_id="w", lease_ms=30_000,
+    )  # fmt: skip
+    page = await engine.list_jobs("q", JobState.PENDING)
+    assert [j.id for j in page.jobs] == [zeros[0].id, zeros[1].id, zeros[2].id, low.id]
+    assert (await engine.get_job(zeros[0].id)).attempt == 0
+
+
+async def test_enqueue_is_idempotent_on_the_job_id(engine: RedisEngine) -> None:
+    """A retried enqueue (reply lost in a reconnect) must not store the job twice."""
+    job = new()
+    [first] = await engine.enqueue([job])
+    [again] = await engine.enqueue([job])
+    assert first.created and not again.created and again.id == job.id
+    assert (await engine.counts("q")).pending == 1
+
+
+async def test_enqueue_of_a_bad_batch_writes_nothing(engine: RedisEngine) -> None:
+    bad = new(max_attempts="three")
+    with pytest.raises(Exception, match="non-numeric"):
+        await engine.enqueue([new(), bad])
+    assert (await engine.counts("q")).pending == 0
+
+
+async def test_malformed_stored_job(engine: RedisEngine, redis_url: str) -> None:
+    job = new()
+    await engine.enqueue([job])
+    raw = aioredis.Redis.from_url(redis_url.split("?")[0])
+    prefix = redis_url.split("prefix=")[1]
+    await raw.hset(KeyLayout(prefix).queue("q").job(job.id), "payload", "not json")
+    await raw.aclose()
+    with pytest.raises(MalformedJob, match=job.id):
+        await engine.get_job(job.id)
+    # A worker still gets the job, with the reason, so it can fail it instead of looping.
+    [claimed] = (await claim(engine)).jobs
+    assert claimed.id == job.id and claimed.decode_error and claimed.token
+
+
+async def test_event_stream_is_bounded(redis_url: str) -> None:
+    eng = RedisEngine(redis_url, events_maxlen=50)
+    await eng.connect()
+    try:
+        for _ in range(10):
+            await eng.enqueue([new() for _ in range(50)])
+        raw = aioredis.Redis.from_url(redis_url.split("?")[0])
+        length = await raw.xlen(KeyLayout(eng.prefix).queue("q").events)
+        await raw.aclose()
+        assert 50 <= length < 250  # MAXLEN ~ trims whole stream nodes (100 entries)
+    finally:
+        await eng.close()
+
+
+async def test_read_events_blocks_until_an_event(engine: RedisEngine, other: RedisEngine) -> None:
+    reader = asyncio.ensure_future(engine.read_events(["q"], since=None, count=10, block_ms=5000))
+    await asyncio.sleep(0.1)  # let XREAD BLOCK reach Redis: "$" means "after now"
+    job = new()
+    start = time.monotonic()
+    await other.enqueue([job])
+    events = await asyncio.wait_for(reader, 5)
+    assert time.monotonic() - start < 2
+    assert [(e.kind, e.job_id, e.queue) for e in events] == [("enqueued", job.id, "q")]
+
+
+# --- wake-ups ------------------------------------------------------------------------------
+
+
+async def test_wait_for_jobs_returns_when_another_process_enqueues(
+    engine: RedisEngine, other: RedisEngine
+) -> None:
+    await engine.wait_for_jobs(["q"], 5)  # first call subscribes and returns at once
+    assert (await claim(engine)).jobs == []
+    waiter = asyncio.ensure_future(engine.wait_for_jobs(["q"], 10))
+    await asyncio.sleep(0.2)
+    assert not waiter.done(), "wait_for_jobs must block while there is no work"
+    start = time.monotonic()
+    await other.enqueue([new()])
+    await asyncio.wait_for(waiter, 5)
+    assert time.monotonic() - start < 1.0
+    assert len((await claim(engine)).jobs) == 1
+
+
+async def test_wait_times_out_without_work(engine: RedisEngine) -> None:
+    await engine.wait_for_jobs(["q"], 5)
+    await claim(engine)
+    start = time.monotonic()
+    await engine.wait_for_jobs(["q"], 0.3)
+    assert 0.25 < time.monotonic() - start < 2
+
+
+async def test_wake_up_between_empty_claim_and_wait_is_not_missed(
+    engine: RedisEngine, other: RedisEngine
+) -> None:
+    await engine.wait_for_jobs(["q"], 5)
+    assert (await claim(engine)).jobs == []
+    await other.enqueue([new()])  # lands after the claim, before the wait
+    await asyncio.sleep(0.1)
+    start = time.monotonic()
+    await engine.wait_for_jobs(["q"], 10)
+    assert time.monotonic() - start < 0.5
+
+
+async def test_first_wait_returns_at_once_so_the_caller_claims_again(
+    engine: RedisEngine, other: RedisEngine
+) -> None:
+    """The claim before the first wait ran unsubscribed: a job enqueued in that gap
+    published to nobody, so the first wait must not block."""
+    assert (await claim(engine)).jobs == []
+    await other.enqueue([new()])
+    start = time.monotonic()
+    await engine.wait_for_jobs(["q"], 10)
+    assert time.monotonic() - start < 1.0
+
+
+async def test_resume_wakes_idle_workers(engine: RedisEngine, other: RedisEngine) -> None:
+    await other.pause("q")
+    await other.enqueue([new()])
+    await engine.wait_for_jobs(["q"], 5)
+    assert (await claim(engine)).jobs == []  # paused
+    waiter = asyncio.ensure_future(engine.wait_for_jobs(["q"], 10))
+    await asyncio.sleep(0.2)
+    assert not waiter.done()
+    await other.resume("q")
+    await asyncio.wait_for(waiter, 2)
+    assert len((await claim(engine)).jobs) == 1
+
+
+async def test_a_cancelled_wait_leaves_the_subscription_usable(
+    engine: RedisEngine, other: RedisEngine
+) -> None:
+    """The worker cancels wait_for_jobs whenever local work arrives."""
+    for _ in range(5):
+        waiter = asyncio.ensure_future(engine.wait_for_jobs(["q"], 10))
+        await asyncio.sleep(0)
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+    await engine.wait_for_jobs(["q"], 2)
+    await claim(engine)
+    waiter = asyncio.ensure_future(engine.wait_for_jobs(["q"], 10))
+    await asyncio.sleep(0.1)
+    await other.enqueue([new()])
+    await asyncio.wait_for(waiter, 2)
+
+
+async def test_a_cancel_during_a_call_is_never_swallowed(engine: RedisEngine) -> None:
+    """Python 3.11's wait_for (inside redis-py) drops a cancel that lands as a read
+    completes; a worker's heartbeat task then never stopped. The engine re-raises it."""
+    for _ in range(20):
+        call = asyncio.ensure_future(engine.register_worker("w", "{}", 1000))
+        await asyncio.sleep(0)  # the command is on its way
+        if call.cancel():
+            with pytest.raises(asyncio.CancelledError):
+                await call
+
+
+# --- unreachable and restarted Redis -------------------------------------------------------
+
+
+async def test_unreachable_redis_is_engine_unavailable_with_a_readable_message() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here once the socket is closed
+    eng = RedisEngine(f"redis://:hunter2@127.0.0.1:{port}/0?prefix=x")
+    start = time.monotonic()
+    with pytest.raises(EngineUnavailable) as info:
+        await eng.connect()
+    assert time.monotonic() - start < 5
+    message = str(info.value)
+    assert f"127.0.0.1:{port}" in message
+    assert "redis-server running" in message and "CONVEYOR_URL" in message
+    assert "hunter2" not in message
+    with pytest.raises(EngineUnavailable):
+        await eng.enqueue([new()])
+    with pytest.raises(EngineUnavailable):
+        await eng.wait_for_jobs(["q"], 0.1)
+    await eng.close()
+    await eng.close()  # twice is fine
+
+
+@pytest.mark.slow
+async def test_engine_survives_a_redis_restart(private_redis) -> None:  # type: ignore[no-untyped-def]
+    url = f"{private_redis.url}?prefix=r{uuid.uuid4().hex[:6]}"
+    eng, producer = RedisEngine(url), RedisEngine(url)
+    await eng.connect()
+    await producer.connect()
+    try:
+        first = new()
+        await producer.enqueue([first])
+        await eng.wait_for_jobs(["q"], 1)  # subscribe before the restart
+
+        private_redis.stop()
+        with pytest.raises(EngineUnavailable):
+            await claim(eng)
+        private_redis.start()
+
+        # Same engine objects, no reconnect call: AOF kept the job; scripts are reloaded.
+        [job] = (await claim(eng)).jobs
+        assert job.id == first.id
+        # The wake-up subscription came back too: a reconnect counts as a wake-up, and
+        # after that a new job wakes the waiter promptly.
+        await eng.wait_for_jobs(["q"], 5)
+        assert (await claim(eng)).jobs == []
+        waiter = asyncio.ensure_future(eng.wait_for_jobs(["q"], 10))
+        await asyncio.sleep(0.2)
+        start = time.monotonic()
+        await producer.enqueue([new()])
+        await asyncio.wait_for(waiter, 5)
+        assert time.monotonic() - start < 1.0
+    finally:
+        await eng.close()
+        await producer.close()
+
+
+@pytest.mark.slow
+async def test_worker_resumes_after_a_redis_restart(private_redis) -> None:  # type: ignore[no-untyped-def]
+    from conveyor import Conveyor, Job, Worker
+
+    url = f"{private_redis.url}?prefix=w{uuid.uuid4().hex[:6]}"
+    app = Conveyor(url)
+    done: list[str] = []
+
+    @app.task("t", queue="q")
+    async def t(job: Job) -> None:
+        done.append(job.id)
+
+    worker = Worker(app, queues=("q",), concurrency=2)
+    running = asyncio.ensure_future(worker.run())
+    try:
+        before = await app.enqueue("t", {})
+        await eventually(lambda: _true(before.id in done), message="job before restart")
+        private_redis.stop()
+        await asyncio.sleep(0.5)  # the worker sees the engine down and backs off
+        private_redis.start()
+        after = await app.enqueue("t", {})
+        await eventually(lambda: _true(after.id in done), message="job after restart")
+    finally:
+        worker.stop()
+        await asyncio.wait_for(running, 20)
+
+
+async def _true(value: bool) -> bool:
+    return value

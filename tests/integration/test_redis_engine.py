@@ -124,41 +124,57 @@ def test_lua_opens_with_its_contract_and_builds_no_key(name: str) -> None:
             assert key_expr.match(assigned.strip()), f"{name}: {var} = {assigned}"
 
 
+def _start_cluster_node(server: str, directory: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """Start a cluster-enabled redis-server holding every slot; (process, port)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    proc = subprocess.Popen(
+        [server, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory),
+         "--save", "", "--appendonly", "no", "--cluster-enabled", "yes",
+         "--cluster-config-file", str(directory / f"nodes-{port}.conf")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 10
+    slots_added = False
+    while time.monotonic() < deadline and proc.poll() is None:
+        cli = ["redis-cli", "-p", str(port), "cluster"]
+        try:
+            if not slots_added:
+                out = subprocess.run(
+                    [*cli, "addslotsrange", "0", "16383"], capture_output=True, text=True,
+                    timeout=2, check=False,
+                ).stdout  # fmt: skip
+                slots_added = out.strip() == "OK" or "already busy" in out
+            elif (
+                "cluster_state:ok"
+                in subprocess.run(
+                    [*cli, "info"], capture_output=True, text=True, timeout=2, check=False
+                ).stdout
+            ):
+                return proc, port
+        except subprocess.TimeoutExpired:
+            pass
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait(10)
+    raise OSError(f"cluster-enabled redis-server on port {port} did not come up")
+
+
 @pytest.fixture
 def cluster_url(tmp_path: Path) -> Iterator[str]:
     """A one-node Redis Cluster holding every slot: it refuses cross-slot scripts."""
     server = shutil.which("redis-server")
-    if not server:
-        pytest.skip("redis-server is not installed")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [server, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path),
-         "--save", "", "--appendonly", "no", "--cluster-enabled", "yes",
-         "--cluster-config-file", str(tmp_path / "nodes.conf")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    if not server or not shutil.which("redis-cli"):
+        pytest.skip("redis-server / redis-cli are not installed")
+    for attempt in range(3):  # a free port can be taken by a parallel test run: try again
+        try:
+            proc, port = _start_cluster_node(server, tmp_path)
+            break
+        except OSError:
+            if attempt == 2:
+                raise
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                out = subprocess.run(
-                    ["redis-cli", "-p", str(port), "cluster", "addslotsrange", "0", "16383"],
-                    capture_output=True, text=True, timeout=2, check=False,
-                )  # fmt: skip
-                if out.stdout.strip() in ("OK", "ERR Slot 0 is already busy"):
-                    break
-            except (OSError, subprocess.TimeoutExpired):
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("cluster-enabled redis-server did not start")
-            time.sleep(0.05)
-        while "cluster_state:ok" not in subprocess.run(
-            ["redis-cli", "-p", str(port), "cluster", "info"], capture_output=True, text=True,
-            check=False,
-        ).stdout:  # fmt: skip
-            time.sleep(0.05)
         yield f"redis://127.0.0.1:{port}/0?prefix=c"
     finally:
         proc.kill()

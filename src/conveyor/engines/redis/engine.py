@@ -45,7 +45,15 @@ from ...job import (
     decode_lenient,
     queue_of,
 )
-from ..base import Event, Exchange, JobPage, Outcome, QueueCounts
+from ..base import (
+    Event,
+    Exchange,
+    JobPage,
+    LeaseInfo,
+    Outcome,
+    QueueCounts,
+    StoredSchedule,
+)
 from .keys import KeyLayout, QueueKeys
 
 log = logging.getLogger(__name__)
@@ -913,3 +921,104 @@ class RedisEngine:
                 }
             )
         return sorted(out, key=lambda w: str(w["id"]))
+
+    # --- scheduler: leadership leases and the schedule store ------------------------------
+    # Leases and schedules live under the global tag `{<prefix>}` (see keys.py), so the
+    # fenced advance touches a lease and a schedule in one script, legal on Cluster.
+    def _global_script(self, name: str) -> AsyncScript:
+        """A script that works on global keys (registered on first use; redis-py loads it
+        again by itself after a NOSCRIPT, e.g. when Redis restarted)."""
+        script = self._scripts.get(name)
+        if script is None:
+            script = self._scripts[name] = self._client.register_script(_script_source(name))
+        return script
+
+    @_driver_errors
+    async def acquire_lease(self, name: str, holder: str, ttl_ms: int) -> bool:
+        """Take lease `name` (SET NX PX on the Redis clock) or extend it if already ours."""
+        script = self._global_script("lease_acquire")
+        return bool(await script(keys=[self._keys.lease(name)], args=[holder, ttl_ms]))
+
+    @_driver_errors
+    async def renew_lease(self, name: str, holder: str, ttl_ms: int) -> bool:
+        """Extend lease `name` only while `holder` holds it (compare-and-set)."""
+        script = self._global_script("lease_renew")
+        return bool(await script(keys=[self._keys.lease(name)], args=[holder, ttl_ms]))
+
+    @_driver_errors
+    async def release_lease(self, name: str, holder: str) -> bool:
+        """Delete lease `name` if `holder` holds it (compare-and-delete)."""
+        script = self._global_script("lease_release")
+        return bool(await script(keys=[self._keys.lease(name)], args=[holder]))
+
+    @_driver_errors
+    async def lease_info(self, name: str) -> LeaseInfo | None:
+        """The live holder of lease `name` and its remaining milliseconds (PTTL)."""
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.get(self._keys.lease(name))
+            pipe.pttl(self._keys.lease(name))
+            holder, ttl = await pipe.execute()
+        return None if holder is None or ttl < 0 else LeaseInfo(str(holder), int(ttl))
+
+    @_driver_errors
+    async def put_schedule(self, name: str, spec_json: str, source: str) -> None:
+        """Create or update a schedule (an update keeps paused, since and last run)."""
+        await self._global_script("schedule_put")(
+            keys=[self._keys.schedule_names(), self._keys.schedule(name)],
+            args=[name, spec_json, source],
+        )
+
+    @_driver_errors
+    async def schedules(self) -> list[StoredSchedule]:
+        """Every stored schedule, by name (one SMEMBERS, then one pipelined read)."""
+        # decode_responses=True: members are str (redis-py types them bytes | str).
+        names = sorted(str(n) for n in await self._client.smembers(self._keys.schedule_names()))
+        if not names:
+            return []
+        async with self._client.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.hgetall(self._keys.schedule(name))
+            rows = await pipe.execute()
+        out = []
+        for name, row in zip(names, rows, strict=True):
+            if not row:  # deleted between the two reads
+                continue
+            last = row.get("last_run_ms")
+            out.append(
+                StoredSchedule(
+                    name=name,
+                    spec_json=row.get("spec", ""),
+                    source=row.get("source", "runtime"),
+                    paused=row.get("paused") == "1",
+                    since_ms=int(row.get("since_ms") or 0),
+                    last_run_ms=int(last) if last else None,
+                )
+            )
+        return out
+
+    @_driver_errors
+    async def delete_schedule(self, name: str) -> bool:
+        """Remove a schedule; returns whether it existed."""
+        return bool(
+            await self._global_script("schedule_delete")(
+                keys=[self._keys.schedule_names(), self._keys.schedule(name)], args=[name]
+            )
+        )
+
+    @_driver_errors
+    async def set_schedule_paused(self, name: str, paused: bool) -> bool:
+        """Pause or resume; resuming a paused schedule moves its baseline to now."""
+        return bool(
+            await self._global_script("schedule_pause")(
+                keys=[self._keys.schedule(name)], args=["1" if paused else "0"]
+            )
+        )
+
+    @_driver_errors
+    async def advance_schedule(self, name: str, run_ms: int, *, lease: str, holder: str) -> bool:
+        """Set `last_run_ms` if `holder` holds the live `lease` and `run_ms` is later."""
+        return bool(
+            await self._global_script("schedule_advance")(
+                keys=[self._keys.lease(lease), self._keys.schedule(name)], args=[holder, run_ms]
+            )
+        )

@@ -24,6 +24,10 @@ Global keys live under the tag `{<prefix>}` (the worker scripts touch both worke
 they must share a slot; a queue tag always has a `:` after the prefix, so they never
 collide): `{p}:queues` (set of queue names), `{p}:workers` (zset id -> expiry ms),
 `{p}:workers:info` (hash id -> "<last seen ms>\\n<info json>").
+The scheduler's keys share that tag, so the fenced `schedule_advance` script may touch a
+lease and a schedule together: `{p}:lease:<name>` (string: holder, PX = lease time),
+`{p}:schedules` (set of schedule names), `{p}:schedule:<name>` (hash: spec, source,
+paused, since_ms, last_run_ms).
 Wake-ups go to the pub/sub channel `<p>:wake:<q>` (channels are not keys).
 """
 
@@ -127,3 +131,15 @@ class KeyLayout:
     def queue_of_channel(self, channel: str) -> str:
         """The queue a wake-up channel belongs to."""
         return channel[len(self.prefix) + len(":wake:") :]
+
+    def lease(self, name: str) -> str:
+        """The string holding lease `name` (value: its holder; expiry: the lease time)."""
+        return f"{{{self.prefix}}}:lease:{name}"
+
+    def schedule_names(self) -> str:
+        """The set of every stored schedule's name."""
+        return f"{{{self.prefix}}}:schedules"
+
+    def schedule(self, name: str) -> str:
+        """The hash of one stored schedule."""
+        return f"{{{self.prefix}}}:schedule:{name}"

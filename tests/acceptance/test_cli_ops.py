@@ -189,6 +189,10 @@ async def test_jobs_listing_filters_and_pages(app: Conveyor, durable_url: str) -
     table = await conveyor(durable_url, "jobs", Q, "--state", "failed")
     assert failed in table.out and "RuntimeError: probe failure" in table.out
 
+    typo = await conveyor(durable_url, "jobs", "prob")
+    assert typo.code == 0 and "no pending jobs in queue prob" in typo.out
+    assert "queue 'prob' has never held a job (did you mean 'probe'?)" in typo.err
+
     bad_state = await conveyor(durable_url, "jobs", Q, "--state", "waiting")
     assert bad_state.code == 2 and "Traceback" not in bad_state.err
 

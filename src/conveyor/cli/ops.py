@@ -21,6 +21,7 @@ from typing import Annotated, Any, TypeVar
 
 import orjson
 import typer
+from rich.box import SIMPLE_HEAD
 from rich.console import Group, RenderableType
 from rich.json import JSON
 from rich.markup import escape
@@ -139,8 +140,8 @@ def job_moment(job: Job, now: float) -> str:
 
 def queue_table(rows: Sequence[dict[str, Any]]) -> Table:
     """The `conveyor queues` table (also part of `conveyor status`)."""
-    table = Table(title=None, header_style="bold")
-    table.add_column("queue")
+    table = Table(box=SIMPLE_HEAD, header_style="bold", pad_edge=False)
+    table.add_column("queue", no_wrap=True)
     for state in JobState:
         table.add_column(state.value, justify="right")
     table.add_column("paused")
@@ -152,8 +153,7 @@ def queue_table(rows: Sequence[dict[str, Any]]) -> Table:
             *(str(row[state.value]) for state in JobState),
             Text("paused", style="bold yellow") if row["paused"] else "",
             format_duration(row["oldest_pending_age_seconds"]),
-            f"{row['throughput_per_min']}"
-            + (f" ({row['failed_1m']} failed)" if row["failed_1m"] else ""),
+            str(row["throughput_per_min"]),
         )
     return table
 
@@ -318,9 +318,16 @@ def jobs_command(
     if not jobs:
         say(f"no {state.value} jobs in queue {name}" + (f" for tenant {tenant}" if tenant else ""))
         return
-    table = Table(header_style="bold")
+    table = Table(box=SIMPLE_HEAD, header_style="bold", pad_edge=False)
     for column in ("id", "task", "tenant", "attempt", "prio", "when", "last error"):
-        table.add_column(column, overflow="fold" if column == "id" else "ellipsis")
+        # Ids are what operators copy into the next command: never cut or wrap them;
+        # the error message gives way first (`conveyor job ID` shows it in full).
+        table.add_column(
+            column,
+            no_wrap=column != "last error",
+            overflow="ellipsis",
+            min_width=max(len(j.id) for j in jobs) if column == "id" else None,
+        )
     for job in jobs:
         error = job.last_error
         table.add_row(
@@ -377,7 +384,7 @@ def status_command(
             say(f"engine {engine['url']}: UNAVAILABLE: {engine['error']}")
         if doc["queues"]:
             console.print(queue_table(doc["queues"]))
-        workers = Table(header_style="bold")
+        workers = Table(box=SIMPLE_HEAD, header_style="bold", pad_edge=False)
         for column in ("worker", "host/pid", "queues", "in flight", "last heartbeat"):
             workers.add_column(column)
         for w in doc["workers"]:

@@ -169,3 +169,26 @@ def test_promtool_accepts_the_rules() -> None:
         ["promtool", "check", "rules", str(ALERTS)], capture_output=True, text=True, check=False
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_runbook_names_only_tests_that_exist() -> None:
+    """docs/runbook.md maps each runbook step to a test: a renamed or deleted test must
+    not leave the page claiming coverage that is gone."""
+    root = OPS.parent
+    text = (root / "docs" / "runbook.md").read_text()
+    ref = re.compile(r"(tests/[\w/]+\.py|\bops)?::(test_\w+)")
+    missing, seen = [], 0
+    for line in text.splitlines():
+        current = None  # `, ::name` continues the file named before it on the same line
+        for path, name in ref.findall(line):
+            if path:
+                current = "tests/acceptance/test_cli_ops.py" if path == "ops" else path
+            assert current, f"test {name} has no file before it: {line}"
+            seen += 1
+            source = root / current
+            if not source.exists() or not re.search(
+                rf"^(async )?def {name}\(", source.read_text(), re.M
+            ):
+                missing.append(f"{current}::{name}")
+    assert seen > 50, "the runbook map lost its test references"
+    assert not missing, f"docs/runbook.md names tests that do not exist: {missing}"

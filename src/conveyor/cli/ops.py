@@ -140,7 +140,7 @@ def job_moment(job: Job, now: float) -> str:
 
 def queue_table(rows: Sequence[dict[str, Any]]) -> Table:
     """The `conveyor queues` table (also part of `conveyor status`)."""
-    table = Table(box=SIMPLE_HEAD, header_style="bold", pad_edge=False)
+    table = Table(box=SIMPLE_HEAD, header_style="bold", pad_edge=False, collapse_padding=True)
     table.add_column("queue", no_wrap=True)
     for state in JobState:
         table.add_column(state.value, justify="right")
@@ -318,7 +318,7 @@ def jobs_command(
     if not jobs:
         say(f"no {state.value} jobs in queue {name}" + (f" for tenant {tenant}" if tenant else ""))
         return
-    table = Table(box=SIMPLE_HEAD, header_style="bold", pad_edge=False)
+    table = Table(box=SIMPLE_HEAD, header_style="bold", pad_edge=False, collapse_padding=True)
     for column in ("id", "task", "tenant", "attempt", "prio", "when", "last error"):
         # Ids are what operators copy into the next command: never cut or wrap them;
         # the error message gives way first (`conveyor job ID` shows it in full).
@@ -384,7 +384,7 @@ def status_command(
             say(f"engine {engine['url']}: UNAVAILABLE: {engine['error']}")
         if doc["queues"]:
             console.print(queue_table(doc["queues"]))
-        workers = Table(box=SIMPLE_HEAD, header_style="bold", pad_edge=False)
+        workers = Table(box=SIMPLE_HEAD, header_style="bold", pad_edge=False, collapse_padding=True)
         for column in ("worker", "host/pid", "queues", "in flight", "last heartbeat"):
             workers.add_column(column)
         for w in doc["workers"]:

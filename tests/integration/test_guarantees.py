@@ -36,6 +36,8 @@ class WorkerProcess:
             url,
             "--queues",
             "probe",
+            "--health-port",
+            "0",  # several workers run at once: no fixed port
             *args,
         ]
         # Output goes to a file, not a pipe: a pipe nobody reads can fill and stall it.

@@ -92,7 +92,7 @@ async def test_fresh_file_gets_schema_and_survives_reopen(tmp_path: Path) -> Non
     await first.close()  # safe twice
 
     raw = sqlite3.connect(tmp_path / "nested/dir/conveyor.db")
-    assert raw.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == sqlite_engine_module.SCHEMA_VERSION
     assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     tables = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert {"jobs", "queues", "events", "workers", "queue_counts", "meta"} <= tables

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from typing import Annotated
+from typing import Annotated, Protocol
 
 import typer
 
@@ -22,8 +22,17 @@ def default_queues(app: Conveyor) -> tuple[str, ...]:
     return tuple(sorted({t.queue for t in app.tasks.values()} | {app.default_queue}))
 
 
-async def run_worker(worker: Worker, *, exit_on_second_signal: bool = True) -> None:
-    """Run a worker with SIGTERM/SIGINT handling: first signal drains, second exits."""
+class Service(Protocol):
+    """A long-running process body: a `Worker` or a `Scheduler`."""
+
+    def stop(self) -> None: ...
+
+    async def run(self) -> None: ...
+
+
+async def run_worker(worker: Service, *, exit_on_second_signal: bool = True) -> None:
+    """Run a worker (or a scheduler) with SIGTERM/SIGINT handling: the first signal
+    stops it gracefully, the second exits at once."""
     loop = asyncio.get_running_loop()
     signals_seen = 0
 

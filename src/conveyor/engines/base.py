@@ -262,3 +262,78 @@ class Engine(Protocol):
 
     async def workers(self) -> list[dict[str, Any]]:
         """Workers whose record has not expired, each with `id`, `last_seen` and its info."""
+
+    # --- scheduler: leadership leases and the schedule store ----------------------------
+    # A lease is a named lock with a holder and a deadline on the engine's clock (Redis
+    # `TIME`/PX; the process clock for SQLite and memory). The scheduler holds the lease
+    # "scheduler" while it leads; `advance_schedule` is fenced by it.
+    async def acquire_lease(self, name: str, holder: str, ttl_ms: int) -> bool:
+        """Take lease `name` for `ttl_ms` if nobody holds it (or its holder's expired).
+
+        Returns:
+            True if `holder` now holds it (also when it already did: the lease is
+            extended), False if another holder's lease is still live.
+        """
+
+    async def renew_lease(self, name: str, holder: str, ttl_ms: int) -> bool:
+        """Extend lease `name` to now + `ttl_ms` only if `holder` still holds it.
+
+        Returns:
+            False when the lease expired or another holder took it (the caller must stop
+            acting as the holder).
+        """
+
+    async def release_lease(self, name: str, holder: str) -> bool:
+        """Drop lease `name` if `holder` holds it, so another can take it at once.
+
+        Returns:
+            Whether `holder` held it.
+        """
+
+    async def lease_info(self, name: str) -> LeaseInfo | None:
+        """The live holder of lease `name` and its remaining time, or None when free."""
+
+    async def put_schedule(self, name: str, spec_json: str, source: str) -> None:
+        """Create or update a schedule's definition. An update keeps its paused flag,
+        baseline and last run; a new schedule's baseline (`since_ms`) is now."""
+
+    async def schedules(self) -> list[StoredSchedule]:
+        """Every stored schedule, sorted by name."""
+
+    async def delete_schedule(self, name: str) -> bool:
+        """Remove a schedule; returns whether it existed."""
+
+    async def set_schedule_paused(self, name: str, paused: bool) -> bool:
+        """Pause or resume a schedule; returns whether it exists. Resuming a paused
+        schedule moves its baseline to now: occurrences that fell while it was paused
+        are never owed."""
+
+    async def advance_schedule(self, name: str, run_ms: int, *, lease: str, holder: str) -> bool:
+        """Record that the occurrence at `run_ms` was enqueued (`last_run_ms`), fenced.
+
+        Atomically checks that `holder` holds the live lease `lease` and that `run_ms` is
+        later than the stored last run; otherwise changes nothing.
+
+        Returns:
+            Whether it was recorded (False: leadership lost, schedule gone, or not later).
+        """
+
+
+@dataclass(slots=True)
+class LeaseInfo:
+    """Who holds a lease and for how much longer (engine clock)."""
+
+    holder: str
+    ttl_ms: int
+
+
+@dataclass(slots=True)
+class StoredSchedule:
+    """A schedule as the engine stores it (`spec_json` is a `ScheduleSpec` as JSON)."""
+
+    name: str
+    spec_json: str
+    source: str  # "code" (registered by a scheduler from the app) | "runtime" (CLI/API)
+    paused: bool
+    since_ms: int  # occurrences after this are owed: created or last resumed
+    last_run_ms: int | None  # the latest occurrence enqueued

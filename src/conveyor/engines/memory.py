@@ -21,7 +21,15 @@ import orjson
 from ..clock import Clock
 from ..errors import InvalidState, JobNotFound
 from ..job import ACTIVE_STATES, EnqueueResult, Job, JobState, NewJob, decode_job, decode_lenient
-from .base import Event, Exchange, JobPage, Outcome, QueueCounts
+from .base import (
+    Event,
+    Exchange,
+    JobPage,
+    LeaseInfo,
+    Outcome,
+    QueueCounts,
+    StoredSchedule,
+)
 
 _PRIORITY_SPAN = 1 << 44
 
@@ -69,6 +77,8 @@ class MemoryEngine:
         self._wake = asyncio.Event()
         self._event_added = asyncio.Event()
         self._workers: dict[str, tuple[int, dict[str, Any]]] = {}
+        self._leases: dict[str, tuple[str, int]] = {}  # name -> (holder, expires_ms)
+        self._schedules: dict[str, StoredSchedule] = {}
 
     # --- lifecycle -----------------------------------------------------------------
     async def connect(self) -> None:
@@ -522,6 +532,74 @@ class MemoryEngine:
             for wid, (exp, info) in sorted(self._workers.items())
             if exp > now_ms
         ]
+
+    # --- scheduler: leadership leases and the schedule store ------------------------------
+    def _live_holder(self, name: str, now_ms: int) -> str | None:
+        lease = self._leases.get(name)
+        return lease[0] if lease is not None and lease[1] > now_ms else None
+
+    async def acquire_lease(self, name: str, holder: str, ttl_ms: int) -> bool:
+        now_ms = self.clock.now_ms()
+        if self._live_holder(name, now_ms) not in (None, holder):
+            return False
+        self._leases[name] = (holder, now_ms + ttl_ms)
+        return True
+
+    async def renew_lease(self, name: str, holder: str, ttl_ms: int) -> bool:
+        now_ms = self.clock.now_ms()
+        if self._live_holder(name, now_ms) != holder:
+            return False
+        self._leases[name] = (holder, now_ms + ttl_ms)
+        return True
+
+    async def release_lease(self, name: str, holder: str) -> bool:
+        if self._live_holder(name, self.clock.now_ms()) != holder:
+            return False
+        del self._leases[name]
+        return True
+
+    async def lease_info(self, name: str) -> LeaseInfo | None:
+        now_ms = self.clock.now_ms()
+        holder = self._live_holder(name, now_ms)
+        return None if holder is None else LeaseInfo(holder, self._leases[name][1] - now_ms)
+
+    async def put_schedule(self, name: str, spec_json: str, source: str) -> None:
+        stored = self._schedules.get(name)
+        if stored is None:
+            self._schedules[name] = StoredSchedule(
+                name, spec_json, source, False, self.clock.now_ms(), None
+            )
+        else:
+            stored.spec_json, stored.source = spec_json, source
+
+    async def schedules(self) -> list[StoredSchedule]:
+        return [
+            StoredSchedule(s.name, s.spec_json, s.source, s.paused, s.since_ms, s.last_run_ms)
+            for _, s in sorted(self._schedules.items())
+        ]
+
+    async def delete_schedule(self, name: str) -> bool:
+        return self._schedules.pop(name, None) is not None
+
+    async def set_schedule_paused(self, name: str, paused: bool) -> bool:
+        stored = self._schedules.get(name)
+        if stored is None:
+            return False
+        if stored.paused and not paused:
+            stored.since_ms = self.clock.now_ms()
+        stored.paused = paused
+        return True
+
+    async def advance_schedule(self, name: str, run_ms: int, *, lease: str, holder: str) -> bool:
+        stored = self._schedules.get(name)
+        if (
+            stored is None
+            or self._live_holder(lease, self.clock.now_ms()) != holder
+            or (stored.last_run_ms is not None and run_ms <= stored.last_run_ms)
+        ):
+            return False
+        stored.last_run_ms = run_ms
+        return True
 
 
 def _message(error_json: str | None) -> str:

@@ -64,11 +64,20 @@ from ...job import (
     decode_job,
     decode_lenient,
 )
-from ..base import Event, Exchange, JobPage, Outcome, QueueCounts
+from ..base import (
+    Event,
+    Exchange,
+    JobPage,
+    LeaseInfo,
+    Outcome,
+    QueueCounts,
+    StoredSchedule,
+)
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+# 2: + leases, schedules (additive: the idempotent schema script runs again on open).
+SCHEMA_VERSION = 2
 # UPDATE ... RETURNING (claims, fenced outcomes) arrived in SQLite 3.35 (2021).
 MIN_SQLITE = (3, 35, 0)
 BUSY_TIMEOUT_MS = 5_000
@@ -1247,6 +1256,148 @@ class SqliteEngine:
             return out
 
         return await self._call(read)
+
+    # --- scheduler: leadership leases and the schedule store ------------------------------
+    # Each lease write is one BEGIN IMMEDIATE transaction, so check-then-set is atomic
+    # across processes: two schedulers racing for an expired lease are serialised by the
+    # write lock and the second one sees the first one's row. Lease writes skip the fsync
+    # (durable=False): a renewal lost to a power cut only shortens the lease.
+    @staticmethod
+    def _live_holder(conn: sqlite3.Connection, name: str, now: int) -> str | None:
+        row = conn.execute(
+            "SELECT holder FROM leases WHERE name = ? AND expires_ms > ?", (name, now)
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    async def acquire_lease(self, name: str, holder: str, ttl_ms: int) -> bool:
+        """Take lease `name` if it is free, expired or already ours (see the protocol)."""
+
+        def tx(conn: sqlite3.Connection) -> bool:
+            now = self.clock.now_ms()
+            if self._live_holder(conn, name, now) not in (None, holder):
+                return False
+            conn.execute(
+                "INSERT INTO leases (name, holder, expires_ms) VALUES (?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, "
+                "expires_ms = excluded.expires_ms",
+                (name, holder, now + ttl_ms),
+            )
+            return True
+
+        return await self._write(tx, durable=False)
+
+    async def renew_lease(self, name: str, holder: str, ttl_ms: int) -> bool:
+        """Extend lease `name` only while `holder` holds it and it has not expired."""
+
+        def tx(conn: sqlite3.Connection) -> bool:
+            now = self.clock.now_ms()
+            return (
+                conn.execute(
+                    "UPDATE leases SET expires_ms = ? "
+                    "WHERE name = ? AND holder = ? AND expires_ms > ?",
+                    (now + ttl_ms, name, holder, now),
+                ).rowcount
+                == 1
+            )
+
+        return await self._write(tx, durable=False)
+
+    async def release_lease(self, name: str, holder: str) -> bool:
+        """Drop lease `name` if `holder` holds it."""
+
+        def tx(conn: sqlite3.Connection) -> bool:
+            return (
+                conn.execute(
+                    "DELETE FROM leases WHERE name = ? AND holder = ? AND expires_ms > ?",
+                    (name, holder, self.clock.now_ms()),
+                ).rowcount
+                == 1
+            )
+
+        return await self._write(tx, durable=False)
+
+    async def lease_info(self, name: str) -> LeaseInfo | None:
+        """The live holder of lease `name` and its remaining milliseconds."""
+
+        def read(conn: sqlite3.Connection) -> LeaseInfo | None:
+            now = self.clock.now_ms()
+            row = conn.execute(
+                "SELECT holder, expires_ms FROM leases WHERE name = ? AND expires_ms > ?",
+                (name, now),
+            ).fetchone()
+            return None if row is None else LeaseInfo(str(row[0]), int(row[1]) - now)
+
+        return await self._call(read)
+
+    async def put_schedule(self, name: str, spec_json: str, source: str) -> None:
+        """Create or update a schedule (an update keeps paused, since and last run)."""
+
+        def tx(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO schedules (name, spec, source, paused, since_ms) "
+                "VALUES (?, ?, ?, 0, ?) ON CONFLICT (name) DO UPDATE SET "
+                "spec = excluded.spec, source = excluded.source",
+                (name, spec_json, source, self.clock.now_ms()),
+            )
+
+        await self._write(tx)
+
+    async def schedules(self) -> list[StoredSchedule]:
+        """Every stored schedule, by name."""
+
+        def read(conn: sqlite3.Connection) -> list[StoredSchedule]:
+            rows = conn.execute(
+                "SELECT name, spec, source, paused, since_ms, last_run_ms FROM schedules "
+                "ORDER BY name"
+            ).fetchall()
+            return [
+                StoredSchedule(
+                    name, spec, source, bool(paused), int(since), None if last is None else last
+                )
+                for name, spec, source, paused, since, last in rows
+            ]
+
+        return await self._call(read)
+
+    async def delete_schedule(self, name: str) -> bool:
+        """Remove a schedule; returns whether it existed."""
+        return await self._write(
+            lambda conn: conn.execute("DELETE FROM schedules WHERE name = ?", (name,)).rowcount == 1
+        )
+
+    async def set_schedule_paused(self, name: str, paused: bool) -> bool:
+        """Pause or resume; resuming a paused schedule moves its baseline to now."""
+
+        def tx(conn: sqlite3.Connection) -> bool:
+            return (
+                conn.execute(
+                    "UPDATE schedules SET since_ms = CASE WHEN paused = 1 AND ?1 = 0 "
+                    "THEN ?2 ELSE since_ms END, paused = ?1 WHERE name = ?3",
+                    (int(paused), self.clock.now_ms(), name),
+                ).rowcount
+                == 1
+            )
+
+        return await self._write(tx)
+
+    async def advance_schedule(self, name: str, run_ms: int, *, lease: str, holder: str) -> bool:
+        """Set `last_run_ms` if `holder` holds the live `lease` and `run_ms` is later."""
+
+        def tx(conn: sqlite3.Connection) -> bool:
+            if self._live_holder(conn, lease, self.clock.now_ms()) != holder:
+                return False
+            return (
+                conn.execute(
+                    "UPDATE schedules SET last_run_ms = ?1 WHERE name = ?2 "
+                    "AND (last_run_ms IS NULL OR last_run_ms < ?1)",
+                    (run_ms, name),
+                ).rowcount
+                == 1
+            )
+
+        # Not fsynced: losing it to a power cut makes the next leader enqueue the same
+        # occurrence again, which the deterministic job id turns into a no-op.
+        return await self._write(tx, durable=False)
 
 
 # --- listings ---------------------------------------------------------------------------

@@ -1,4 +1,4 @@
--- Conveyor SQLite schema, version 1 (stored in PRAGMA user_version).
+-- Conveyor SQLite schema, version 2 (stored in PRAGMA user_version).
 --
 -- Loaded by engine.py with importlib.resources and run inside one BEGIN IMMEDIATE
 -- transaction. Every statement is idempotent (IF NOT EXISTS / OR IGNORE), so two
@@ -124,3 +124,24 @@ CREATE TABLE IF NOT EXISTS meta (
     value   INTEGER NOT NULL
 ) WITHOUT ROWID;
 INSERT OR IGNORE INTO meta (key, value) VALUES ('seq', 0), ('front', 0);
+
+-- Version 2: the scheduler. Named leases (the scheduler's leadership): one row per lease;
+-- a row whose expires_ms has passed is free. Every check-then-set runs in one
+-- BEGIN IMMEDIATE transaction, which is what makes acquiring one atomic.
+CREATE TABLE IF NOT EXISTS leases (
+    name        TEXT PRIMARY KEY,
+    holder      TEXT NOT NULL,
+    expires_ms  INTEGER NOT NULL
+) WITHOUT ROWID;
+
+-- Recurring schedules: code-defined ones are upserted by each scheduler at start,
+-- runtime ones by `conveyor schedules add`. since_ms = occurrences after it are owed
+-- (created or last resumed); last_run_ms = latest occurrence enqueued (leader only).
+CREATE TABLE IF NOT EXISTS schedules (
+    name        TEXT PRIMARY KEY,
+    spec        TEXT NOT NULL,               -- ScheduleSpec as JSON
+    source      TEXT NOT NULL,               -- code | runtime
+    paused      INTEGER NOT NULL DEFAULT 0,
+    since_ms    INTEGER NOT NULL,
+    last_run_ms INTEGER
+) WITHOUT ROWID;

@@ -1,0 +1,238 @@
+"""`conveyor scheduler` (the process) and `conveyor schedules ...` (the runtime store).
+
+`schedules` commands need only the engine URL, like every operation: code-defined
+schedules appear once a scheduler has started with the app, runtime ones are added here.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+import orjson
+import typer
+from rich.table import Table
+
+from ..app import Conveyor
+from ..engines.base import LeaseInfo
+from ..errors import ConfigError
+from ..scheduler import DEFAULT_KEEP_COMPLETED, DEFAULT_KEEP_FAILED, Scheduler
+from ..schedules import ScheduleInfo, ScheduleSpec, cron_schedule, every_schedule
+from ..settings import Settings, redact
+from ..status import parse_duration
+from .common import cli, console, friendly, load_app, run_async, setup_logging
+from .ops import JsonOpt, UrlOpt, operate, print_json, say, when
+from .run import AppArg, run_worker
+
+schedules_cli = typer.Typer(
+    name="schedules",
+    help="List, add, remove, pause and resume recurring schedules.",
+    no_args_is_help=True,
+)
+cli.add_typer(schedules_cli)
+
+NameArg = Annotated[str, typer.Argument(help="schedule name, as `conveyor schedules list` shows")]
+
+
+def parse_keep(text: str | None, default: float) -> float | None:
+    """A retention flag: a duration (`24h`, `7d`), or `forever` to keep jobs for good.
+
+    Raises:
+        ConfigError: not a duration; the message shows valid examples.
+    """
+    if text is None:
+        return default
+    if text.strip().lower() in ("forever", "never", "off"):
+        return None
+    seconds = parse_duration(text)
+    if seconds <= 0:
+        raise ConfigError(f"retention {text!r} is invalid: use a duration > 0 or 'forever'")
+    return seconds
+
+
+@cli.command("scheduler")
+@friendly
+def scheduler_command(
+    target: AppArg,
+    url: UrlOpt = None,
+    lease_timeout: Annotated[
+        float,
+        typer.Option(help="seconds leadership lives without renewal; takeover time (30)"),
+    ] = 30.0,
+    keep_completed: Annotated[
+        str | None, typer.Option(help="delete completed jobs older than this (24h; 'forever')")
+    ] = None,
+    keep_failed: Annotated[
+        str | None,
+        typer.Option(help="delete failed and cancelled jobs older than this (7d; 'forever')"),
+    ] = None,
+    log_level: Annotated[str | None, typer.Option(help="DEBUG, INFO, WARNING, ERROR")] = None,
+    log_format: Annotated[str | None, typer.Option(help="text or json")] = None,
+) -> None:
+    """Run the scheduler: schedules, retention cleanup and stalled-job recovery.
+
+    Run two or three for availability: one leads, the others take over within the lease.
+    """
+    settings = Settings.load(
+        url=url, log_level=log_level and log_level.upper(), log_format=log_format
+    )
+    setup_logging(settings.log_level, settings.log_format)
+    app = load_app(target)
+    app.configure(url=settings.url, max_payload_bytes=settings.max_payload_bytes)
+    scheduler = Scheduler(
+        app,
+        lease_timeout=lease_timeout,
+        keep_completed=parse_keep(keep_completed, DEFAULT_KEEP_COMPLETED),
+        keep_failed=parse_keep(keep_failed, DEFAULT_KEEP_FAILED),
+        close_app=True,
+    )
+    console.print(
+        f"scheduler {scheduler.id} on {redact(settings.url)} "
+        f"schedules={len(app.schedules)} lease={lease_timeout:g}s",
+        highlight=False,
+    )
+    run_async(run_worker(scheduler))
+
+
+# --- the runtime store ------------------------------------------------------------------------
+def schedules_table(rows: list[ScheduleInfo], now: float) -> Table:
+    """The `schedules list` table."""
+    table = Table(show_edge=False, header_style="bold")
+    columns = ("name", "kind", "expr", "tz", "task", "next run", "last run", "paused", "source")
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            row.name,
+            row.kind,
+            row.expr if row.error is None else f"[red]{row.error}[/]",
+            row.timezone,
+            row.task,
+            when(row.next_run, now),
+            when(row.last_run, now),
+            "yes" if row.paused else "no",
+            row.source,
+        )
+    return table
+
+
+@schedules_cli.command("list")
+@friendly
+def list_command(url: UrlOpt = None, as_json: JsonOpt = False) -> None:
+    """Every schedule: definition, timezone, next and last run, paused, code or runtime."""
+
+    async def read(app: Conveyor) -> tuple[list[ScheduleInfo], LeaseInfo | None]:
+        return await app.list_schedules(), await app.scheduler_leader()
+
+    rows, lease = operate(url, read)
+    if as_json:
+        print_json([row.to_dict() for row in rows])
+        return
+    now = time.time()
+    if not rows:
+        say("no schedules (code-defined ones appear once `conveyor scheduler` has started)")
+    else:
+        console.print(schedules_table(rows, now))
+    say(
+        f"leader: {lease.holder} (lease {lease.ttl_ms / 1000:.1f}s left)"
+        if lease
+        else "leader: none (no scheduler is running)"
+    )
+
+
+@schedules_cli.command("add")
+@friendly
+def add_command(
+    name: NameArg,
+    task: Annotated[str, typer.Option(help="task the jobs run", show_default=False)],
+    cron: Annotated[
+        str | None, typer.Option(help="cron expression, e.g. '0 3 * * *'", show_default=False)
+    ] = None,
+    every: Annotated[
+        str | None, typer.Option(help="interval, e.g. 5m, 1h30m, 90", show_default=False)
+    ] = None,
+    queue: Annotated[
+        str | None, typer.Option(help="queue of the jobs (default: the task's queue)")
+    ] = None,
+    payload: Annotated[str | None, typer.Option(help="JSON object for every job")] = None,
+    timezone: Annotated[str, typer.Option(help="IANA timezone of --cron")] = "UTC",
+    missed: Annotated[
+        str, typer.Option(help="occurrences missed while no scheduler ran: skip | run_once")
+    ] = "skip",
+    url: UrlOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Add (or replace) a runtime schedule; the leading scheduler runs it within a second."""
+    spec = build_spec(name, task, cron, every, queue, payload, timezone, missed)
+
+    async def act(app: Conveyor) -> None:
+        await app.add_schedule(spec)
+
+    operate(url, act)
+    report(as_json, {"name": spec.name, "added": spec.describe}, f"added {spec.name}")
+
+
+def build_spec(
+    name: str,
+    task: str,
+    cron: str | None,
+    every: str | None,
+    queue: str | None,
+    payload: str | None,
+    timezone: str,
+    missed: str,
+) -> ScheduleSpec:
+    """The spec `schedules add` describes.
+
+    Raises:
+        ConfigError: not exactly one of --cron / --every, bad JSON, or an invalid field.
+    """
+    if (cron is None) == (every is None):
+        raise ConfigError("give exactly one of --cron '0 3 * * *' or --every 5m")
+    body: Any = {}
+    if payload is not None:
+        try:
+            body = orjson.loads(payload)
+        except orjson.JSONDecodeError as exc:
+            raise ConfigError(f"--payload is not JSON ({exc}): e.g. '{{\"id\": 42}}'") from exc
+    if cron is not None:
+        return cron_schedule(
+            cron, task=task, name=name, timezone=timezone, payload=body, queue=queue, missed=missed
+        )
+    if timezone != "UTC":
+        raise ConfigError("--timezone applies to --cron schedules only")
+    return every_schedule(
+        parse_duration(str(every)), task=task, name=name, payload=body, queue=queue, missed=missed
+    )
+
+
+def report(as_json: bool, doc: dict[str, Any], line: str) -> None:
+    """One line, or the JSON document with `--json`."""
+    if as_json:
+        print_json(doc)
+    else:
+        say(line)
+
+
+@schedules_cli.command("remove")
+@friendly
+def remove_command(name: NameArg, url: UrlOpt = None, as_json: JsonOpt = False) -> None:
+    """Delete a runtime schedule (code-defined ones are removed from the code)."""
+    operate(url, lambda app: app.remove_schedule(name))
+    report(as_json, {"name": name, "removed": True}, f"removed {name}")
+
+
+@schedules_cli.command("pause")
+@friendly
+def pause_command(name: NameArg, url: UrlOpt = None, as_json: JsonOpt = False) -> None:
+    """Stop enqueueing a schedule's jobs (occurrences while paused never run)."""
+    operate(url, lambda app: app.pause_schedule(name, True))
+    report(as_json, {"name": name, "paused": True}, f"paused {name}")
+
+
+@schedules_cli.command("resume")
+@friendly
+def resume_command(name: NameArg, url: UrlOpt = None, as_json: JsonOpt = False) -> None:
+    """Start enqueueing a paused schedule's jobs again, from its next occurrence."""
+    operate(url, lambda app: app.pause_schedule(name, False))
+    report(as_json, {"name": name, "paused": False}, f"resumed {name}")

@@ -1,0 +1,357 @@
+"""The scheduler process: recurring schedules, retention cleanup and stalled-job recovery,
+with exactly one active leader across the fleet.
+
+Run two or three (`conveyor scheduler myapp:app`); they elect a leader through a lease on
+the engine (engine clock), renewed every lease/3. Followers try to take it every
+min(lease/3, 1 s), so when the leader dies another leads within the lease time plus one
+try; a leader stopped with SIGTERM releases the lease and a follower leads at its next try.
+
+Exactly-once enqueue per occurrence, without trusting leadership alone:
+
+1. Each occurrence's job id is derived from (schedule name, occurrence time), and enqueue
+   is idempotent by id on every engine, so enqueueing an occurrence twice creates one job.
+2. Each schedule's `last_run_ms` is advanced only after the enqueue, and only by the
+   lease holder (`advance_schedule` is fenced by the lease):
+
+   ```
+   leader A: enqueue occ 10:00 ─┐ (A is stalled past its lease here)
+   scheduler B:                  ├─ takes the lease, reads last_run = 09:59,
+                                 │  enqueues occ 10:00 again → same id → no new job
+   leader A: advance(10:00) ────┘  → refused (A no longer holds the lease)
+   ```
+   A crash between the enqueue and the advance is the same story with A dead.
+
+`Scheduler.tick(now)` is one step of all of it, so tests drive it with a `FakeClock`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import math
+import os
+import socket
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from .app import Conveyor
+from .engines import Engine
+from .errors import ConfigError, ConveyorError, EngineUnavailable, InvalidJob
+from .job import JobState, NewJob
+from .schedules import LEADER_LEASE, ScheduleSpec, due_occurrences, occurrence_job_id
+
+log = logging.getLogger("conveyor.scheduler")
+
+__all__ = ["LEADER_LEASE", "Scheduler", "TickReport"]
+
+DEFAULT_KEEP_COMPLETED = 24 * 3600.0  # the runbooks' 24-hour cleanup
+DEFAULT_KEEP_FAILED = 7 * 24 * 3600.0  # failures stay longer: someone has to look at them
+MAX_OCCURRENCES_PER_TICK = 1000  # per schedule; the rest follow on the next tick
+_RETRY_AFTER_ERROR_S = 1.0
+
+
+@dataclass(slots=True)
+class TickReport:
+    """What one `Scheduler.tick` did."""
+
+    leader: bool
+    enqueued: list[str] = field(default_factory=list)  # ids of jobs created this tick
+    recovered: int = 0  # expired leases recovered (stalled jobs)
+    cleaned: int = 0  # finished jobs deleted by retention
+    next_tick: float = 0.0  # seconds until the next tick has something to do
+
+
+class Scheduler:
+    """Runs an app's schedules (and the runtime ones stored in its engine) as the leader.
+
+    Args:
+        app: the app; its code-defined schedules are stored in the engine at start.
+        lease_timeout: seconds the leadership lease lives without renewal; a dead
+            leader is replaced within about this long.
+        keep_completed: seconds completed jobs are kept (None: forever).
+        keep_failed: seconds failed and cancelled jobs are kept (None: forever).
+        recover_interval: seconds between stalled-job recovery passes.
+        clean_interval: seconds between retention passes.
+        clean_batch: jobs deleted per engine call (bounded batches keep locks short).
+        clean_max_batches: batches per queue and state per pass; the rest next pass.
+        misfire_grace: occurrences at most this old are on time and all fire; older ones
+            follow the schedule's `missed` policy (default: twice the lease, so a
+            leader change loses nothing).
+        close_app: close the app's engine when `run` ends (the CLI owns the app).
+
+    Raises:
+        ConfigError: a value is out of range; the message names the fix.
+    """
+
+    def __init__(
+        self,
+        app: Conveyor,
+        *,
+        lease_timeout: float = 30.0,
+        keep_completed: float | None = DEFAULT_KEEP_COMPLETED,
+        keep_failed: float | None = DEFAULT_KEEP_FAILED,
+        recover_interval: float = 5.0,
+        clean_interval: float = 60.0,
+        clean_batch: int = 1000,
+        clean_max_batches: int = 10,
+        misfire_grace: float | None = None,
+        close_app: bool = False,
+    ) -> None:
+        _positive("lease_timeout", lease_timeout, "--lease-timeout 30")
+        _positive("recover_interval", recover_interval, "recover_interval=5")
+        _positive("clean_interval", clean_interval, "clean_interval=60")
+        for label, keep in (("keep_completed", keep_completed), ("keep_failed", keep_failed)):
+            if keep is not None:
+                _positive(label, keep, f"--{label.replace('_', '-')} 24h")
+        if clean_batch < 1 or clean_max_batches < 1:
+            raise ConfigError("clean_batch and clean_max_batches must be >= 1")
+        grace = 2 * lease_timeout if misfire_grace is None else misfire_grace
+        if grace < 0:
+            raise ConfigError(f"misfire_grace={misfire_grace!r} is invalid: use seconds >= 0")
+        self.app = app
+        self.lease_timeout = lease_timeout
+        self.keep_completed = keep_completed
+        self.keep_failed = keep_failed
+        self.recover_interval = recover_interval
+        self.clean_interval = clean_interval
+        self.clean_batch = clean_batch
+        self.clean_max_batches = clean_max_batches
+        self.misfire_grace = grace
+        self.close_app = close_app
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self._renew_every = lease_timeout / 3
+        # Followers try often (cheap: one command) so a released or expired lease is taken
+        # quickly; for long leases the lease time dominates the takeover anyway.
+        self._follow_every = min(self._renew_every, 1.0)
+        self._leader = False
+        self._new_term = False  # just became leader: reconcile code schedules once
+        self._lease_until = 0.0  # we act as leader only before this (local view)
+        self._next_lease_at = 0.0
+        self._next_recover_at = 0.0
+        self._next_clean_at = 0.0
+        self._registered = False
+        self._warned: set[str] = set()
+        self._stop = asyncio.Event()
+
+    @property
+    def is_leader(self) -> bool:
+        """Whether this scheduler leads (as of its last tick)."""
+        return self._leader
+
+    # --- one step ---------------------------------------------------------------------------
+    async def tick(self, now: float | None = None) -> TickReport:
+        """Do whatever is due at `now`: take or renew leadership; as the leader, enqueue
+        due occurrences, recover stalled jobs and clean old ones.
+
+        Args:
+            now: wall-clock seconds (default: the app's clock). Leases themselves run on
+                the engine's clock.
+
+        Returns:
+            What was done and when the next tick has work.
+
+        Raises:
+            EngineUnavailable: the engine cannot be reached (`run` retries).
+        """
+        now = self.app.clock.now() if now is None else now
+        engine = await self.app.connect()
+        if not self._registered:
+            await self._register_code_schedules(engine)
+        await self._lead(engine, now)
+        report = TickReport(leader=self._leader)
+        if not self._leader:
+            report.next_tick = max(0.0, self._next_lease_at - now)
+            return report
+        if self._new_term:
+            await self._drop_removed_code_schedules(engine)
+            self._new_term = False
+        next_due = await self._fire(engine, now, report)
+        if now >= self._next_recover_at:
+            queues = await engine.queue_names()
+            report.recovered = await engine.recover_expired(queues) if queues else 0
+            self._next_recover_at = now + self.recover_interval
+            if report.recovered:
+                log.info("recovered %d stalled job(s)", report.recovered)
+        if now >= self._next_clean_at:
+            report.cleaned = await self._clean()
+            self._next_clean_at = now + self.clean_interval
+        wake = min(
+            next_due,
+            self._next_lease_at,
+            self._next_recover_at,
+            self._next_clean_at,
+            now + self._follow_every,  # runtime schedule changes show up within this
+        )
+        report.next_tick = max(0.0, wake - now)
+        return report
+
+    async def _lead(self, engine: Engine, now: float) -> None:
+        """Renew (leader) or try to take (follower) the lease when it is time to."""
+        if self._leader and now >= self._lease_until:
+            # Renewals failed for a whole lease (engine unreachable): another may lead now.
+            log.warning("leadership lease expired without renewal; stepping down")
+            self._leader = False
+        if now < self._next_lease_at:
+            return
+        ttl_ms = round(self.lease_timeout * 1000)
+        if self._leader:
+            held = await engine.renew_lease(LEADER_LEASE, self.id, ttl_ms)
+            if not held:
+                log.warning("scheduler %s lost leadership", self.id)
+        else:
+            held = await engine.acquire_lease(LEADER_LEASE, self.id, ttl_ms)
+            if held:
+                log.info("scheduler %s is now the leader", self.id)
+                self._new_term = True
+        self._leader = held
+        if held:
+            # Counted from before the call returned, so the local view expires no later
+            # than the engine's lease.
+            self._lease_until = now + self.lease_timeout
+        self._next_lease_at = now + (self._renew_every if held else self._follow_every)
+
+    # --- schedules ----------------------------------------------------------------------------
+    async def _register_code_schedules(self, engine: Engine) -> None:
+        """Store the app's code-defined schedules, so `conveyor schedules list` shows them
+        and the leader (whichever process it is) runs them."""
+        for spec in self.app.schedules.values():
+            await engine.put_schedule(spec.name, spec.to_json(), "code")
+        self._registered = True
+
+    async def _drop_removed_code_schedules(self, engine: Engine) -> None:
+        """The leader's code is the truth for code-defined schedules: ones that are
+        stored but no longer in its app were deleted from the code."""
+        for stored in await engine.schedules():
+            if stored.source == "code" and stored.name not in self.app.schedules:
+                log.info("schedule %r is no longer in the app's code; removing it", stored.name)
+                await engine.delete_schedule(stored.name)
+
+    async def _fire(self, engine: Engine, now: float, report: TickReport) -> float:
+        """Enqueue every owed occurrence (one engine call), then advance each schedule's
+        last run, fenced. Returns when the next occurrence of any schedule is due."""
+        now_ms = round(now * 1000)
+        grace_ms = round(self.misfire_grace * 1000)
+        jobs: list[NewJob] = []
+        advances: list[tuple[str, int]] = []
+        next_due = math.inf
+        for stored in await engine.schedules():
+            if stored.paused:
+                continue
+            try:
+                spec = ScheduleSpec.from_json(stored.spec_json)
+            except ConfigError as exc:
+                self._warn_once(stored.name, f"schedule {stored.name!r} is skipped: {exc}")
+                continue
+            since = max(stored.since_ms, stored.last_run_ms or 0)
+            owed = due_occurrences(
+                spec,
+                since_ms=since,
+                now_ms=now_ms,
+                grace_ms=grace_ms,
+                limit=MAX_OCCURRENCES_PER_TICK,
+            )
+            if owed:
+                try:
+                    jobs += [self._occurrence_job(spec, at) for at in owed]
+                except InvalidJob as exc:
+                    self._warn_once(stored.name, f"schedule {stored.name!r} is skipped: {exc}")
+                    continue
+                advances.append((spec.name, owed[-1]))
+                since = owed[-1]
+            nxt = spec.next_after_ms(max(since, now_ms) if not owed else since)
+            if nxt is not None:
+                next_due = min(next_due, nxt / 1000)
+        if jobs:
+            results = await engine.enqueue(jobs)
+            for job, result in zip(jobs, results, strict=True):
+                if result.created:
+                    report.enqueued.append(result.id)
+                    log.info("enqueued %s (%s)", result.id, job.task)
+        for name, at in advances:
+            if not await engine.advance_schedule(name, at, lease=LEADER_LEASE, holder=self.id):
+                # Lost the lease (the next renewal steps down) or the schedule was removed;
+                # the enqueue above stands either way and a successor's repeat is a no-op.
+                log.debug("last run of %r not advanced to %s", name, _iso(at))
+        return next_due
+
+    def _occurrence_job(self, spec: ScheduleSpec, at_ms: int) -> NewJob:
+        """The job of one occurrence: validated like any enqueue, with its fixed id."""
+        new = self.app.build(spec.task, spec.payload, queue=spec.queue, **spec.options)
+        return dataclasses.replace(new, id=occurrence_job_id(new.queue, spec.name, at_ms))
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.error(message)
+
+    # --- maintenance ----------------------------------------------------------------------------
+    async def _clean(self) -> int:
+        """Delete finished jobs past their retention, in bounded batches, every queue."""
+        policy = (
+            (JobState.COMPLETED, self.keep_completed),
+            (JobState.FAILED, self.keep_failed),
+            (JobState.CANCELLED, self.keep_failed),
+        )
+        total = 0
+        for queue in await self.app.queue_names():
+            for state, keep in policy:
+                if keep is None:
+                    continue
+                for _ in range(self.clean_max_batches):
+                    n = await self.app.clean(queue, state, older_than=keep, limit=self.clean_batch)
+                    total += n
+                    if n < self.clean_batch:
+                        break
+        if total:
+            log.info("retention cleanup deleted %d finished job(s)", total)
+        return total
+
+    # --- process ----------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Tick until `stop()`; then release leadership (so a follower leads at once).
+
+        Engine outages are logged and retried; they never end the loop.
+        """
+        try:
+            while not self._stop.is_set():
+                try:
+                    delay = (await self.tick()).next_tick
+                except EngineUnavailable as exc:
+                    log.warning("engine unavailable, retrying: %s", exc)
+                    delay = _RETRY_AFTER_ERROR_S
+                except Exception:  # a bad schedule or a driver error must not end the process
+                    log.exception("scheduler tick failed; retrying")
+                    delay = _RETRY_AFTER_ERROR_S
+                # A couple of ms late rather than early: waking just before an occurrence
+                # would only cost an empty tick, but there is no reason to.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), delay + 0.002)
+        finally:
+            await self._shutdown()
+
+    def stop(self) -> None:
+        """Ask `run` to finish (signal handlers call this)."""
+        self._stop.set()
+
+    async def _shutdown(self) -> None:
+        if self._leader:
+            self._leader = False
+            try:
+                await self.app.engine.release_lease(LEADER_LEASE, self.id)
+                log.info("scheduler %s released leadership", self.id)
+            except ConveyorError as exc:  # the lease expires on its own
+                log.warning("could not release leadership: %s", exc)
+        if self.close_app:
+            await self.app.close()
+
+
+def _positive(label: str, value: float, example: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ConfigError(f"{label}={value!r} is invalid: use seconds > 0 (e.g. {example})")
+
+
+def _iso(at_ms: int) -> str:
+    return datetime.fromtimestamp(at_ms / 1000, UTC).isoformat()

@@ -83,7 +83,7 @@ class Conveyor:
         max_payload_bytes: int | None = None,
         clock: Clock | None = None,
     ) -> None:
-        _check_queue(default_queue)
+        check_queue(default_queue)
         self._url = url
         self.default_queue = default_queue
         self._max_payload_bytes = max_payload_bytes
@@ -188,7 +188,7 @@ class Conveyor:
         Raises:
             ConfigError: an option is invalid or the name is already registered.
         """
-        queue = _check_queue(queue or self.default_queue)
+        queue = check_queue(queue or self.default_queue)
         _check_attempts(max_attempts)
         policy = backoff_mod.coerce(backoff)
         _check_timeout(timeout)
@@ -252,7 +252,7 @@ class Conveyor:
             )
         if not isinstance(task, str) or not task:
             raise InvalidJob("task name must be a non-empty string")
-        queue = _check_queue(
+        queue = check_queue(
             queue or (registered.queue if registered else self.default_queue), error=InvalidJob
         )
         priority = options.get("priority") or 0
@@ -415,11 +415,11 @@ class Conveyor:
 
     async def pause(self, queue: str) -> None:
         """Stop workers claiming from `queue`; producers keep enqueueing."""
-        await (await self.connect()).pause(_check_queue(queue, error=InvalidJob))
+        await (await self.connect()).pause(check_queue(queue, error=InvalidJob))
 
     async def resume(self, queue: str) -> None:
         """Let workers claim from `queue` again."""
-        await (await self.connect()).resume(_check_queue(queue, error=InvalidJob))
+        await (await self.connect()).resume(check_queue(queue, error=InvalidJob))
 
     async def retry_job(self, job_id: str) -> Job:
         """Send a failed or cancelled job back to pending with a fresh attempt budget."""
@@ -777,7 +777,8 @@ def _no_schedule(name: str) -> str:
     return f"no schedule named {name!r}: `conveyor schedules list` shows the names"
 
 
-def _check_queue(name: str, *, error: type[Exception] = ConfigError) -> str:
+def check_queue(name: str, *, error: type[Exception] = ConfigError) -> str:
+    """Return `name` if it is a valid queue name, else raise `error` naming the rule."""
     if not isinstance(name, str) or not QUEUE_NAME.match(name):
         raise error(f"queue name {name!r} is invalid: use 1-64 letters, digits, '_', '-' or '.'")
     return name

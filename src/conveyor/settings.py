@@ -11,6 +11,7 @@ import difflib
 import os
 from collections.abc import Mapping
 from typing import Any, Literal
+from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -118,8 +119,20 @@ def _explain(exc: ValidationError) -> str:
 
 
 def redact(url: str) -> str:
-    """The URL without its password, for logs, status documents and errors."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    """The URL without secrets (password in the userinfo or a `password=` query
+    parameter), for logs, status documents and errors. The user name stays: it helps
+    tell apart two connections and is not a secret."""
+    parts = urlsplit(url)
+    if parts.password is not None:
+        user = parts.username or ""
+        url = url.replace(parts.netloc, f"{user}:***@{parts.netloc.rsplit('@', 1)[1]}", 1)
+    if parts.query:
+        query = "&".join(
+            f"{k}=***" if k.lower() in _SECRET_PARAMS else f"{k}={v}"
+            for k, v in parse_qsl(parts.query, keep_blank_values=True)
+        )
+        url = url.replace("?" + parts.query, "?" + query, 1)
     return url
+
+
+_SECRET_PARAMS = ("password", "pass", "pwd")

@@ -39,3 +39,19 @@ def test_unknown_variable_suggests_the_fix() -> None:
 def test_invalid_values_name_the_setting(env: dict[str, str], needle: str) -> None:
     with pytest.raises(ConfigError, match=needle):
         Settings.load(env)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:secret@h:6379/0", "redis://:***@h:6379/0"),
+        ("redis://u:p@h/0?prefix=x", "redis://u:***@h/0?prefix=x"),
+        ("rediss://h/0?password=zz&prefix=a", "rediss://h/0?password=***&prefix=a"),
+        ("sqlite:////abs/x.db", "sqlite:////abs/x.db"),
+        ("memory://", "memory://"),
+    ],
+)
+def test_redact_hides_passwords_only(url: str, shown: str) -> None:
+    from conveyor.settings import redact
+
+    assert redact(url) == shown

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import orjson
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from ..app import Conveyor
 from ..errors import ConfigError, ConveyorError
@@ -40,7 +41,8 @@ T = TypeVar("T")
 
 def fail(message: str, code: int = 2) -> typer.Exit:
     """Print one readable error line; return the Exit to raise."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    # Messages carry ids and user data: escape them so "[...]" is not taken as markup.
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 

@@ -30,7 +30,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from ..app import Conveyor, _check_queue
+from ..app import Conveyor, check_queue
 from ..errors import ConfigError, InvalidPayload
 from ..job import Job, JobState
 from ..settings import Settings
@@ -103,7 +103,7 @@ def split_queues(text: str) -> list[str]:
     names = [name.strip() for name in text.split(",") if name.strip()]
     if not names:
         raise ConfigError("no queue given: pass one or more comma-separated queue names")
-    return [_check_queue(name) for name in names]
+    return [check_queue(name) for name in names]
 
 
 async def warn_unknown(app: Conveyor, names: Iterable[str]) -> None:
@@ -229,7 +229,7 @@ def job_action(
 
 def queue_action(queue: str, url: str | None, as_json: bool, paused: bool) -> None:
     """Shared body of `pause` and `resume`: flip the flag, then show the queue's depth."""
-    name = _check_queue(queue)
+    name = check_queue(queue)
 
     async def act(app: Conveyor) -> dict[str, Any]:
         await warn_unknown(app, [name])
@@ -297,7 +297,7 @@ def jobs_command(
     as_json: JsonOpt = False,
 ) -> None:
     """List one queue's jobs in a state: pending in claim order, others newest first."""
-    name = _check_queue(queue)
+    name = check_queue(queue)
 
     async def read(app: Conveyor) -> tuple[list[Job], str | None, float]:
         await warn_unknown(app, [name])
@@ -490,7 +490,7 @@ def retry_all_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Retry every failed (or cancelled) job of QUEUE with a fresh attempt budget."""
-    name = _check_queue(queue)
+    name = check_queue(queue)
 
     async def act(app: Conveyor) -> int:
         await warn_unknown(app, [name])
@@ -516,7 +516,7 @@ def clean_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Delete finished jobs of QUEUE in one state, older than a given age."""
-    name = _check_queue(queue)
+    name = check_queue(queue)
     seconds = parse_duration(older_than)
 
     async def act(app: Conveyor) -> int:
@@ -543,7 +543,7 @@ def purge_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Delete EVERY job of QUEUE in every state, and its dedupe keys. Irreversible."""
-    name = _check_queue(queue)
+    name = check_queue(queue)
     if not yes:
 
         async def total(app: Conveyor) -> int:

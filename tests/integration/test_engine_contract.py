@@ -440,3 +440,55 @@ async def test_wait_for_jobs_wakes_on_enqueue(
     assert loop.time() - t0 < 2.0, "woke by the enqueue, not by the timeout"
     if producer is not engine:
         await producer.close()
+
+
+async def test_throughput_history_counts_finished_jobs_per_minute(
+    engine: Engine, app: Conveyor
+) -> None:
+    await engine.enqueue([app.build("t", {"i": i}, max_attempts=1) for i in range(5)])
+    for job in await claim(engine, 5):
+        kind = "fail" if job.payload["i"] < 2 else "complete"
+        await finish(
+            engine,
+            Outcome(job.id, str(job.token), kind, error_json=err(1), result_json="1"),  # type: ignore[arg-type]
+        )
+    history = await engine.throughput_history("q", 60)
+    assert len(history.completed) == len(history.failed) == 60
+    # Just finished: all in the newest minute, the same figure `counts` calls *_1m.
+    assert (history.completed[-1], history.failed[-1]) == (3, 2)
+    assert sum(history.completed) == 3 and sum(history.failed) == 2
+    counts = await engine.counts("q")
+    assert (counts.completed_1m, counts.failed_1m) == (3, 2)
+    assert history.end_ms > 0
+    # Pending work and unknown queues count nothing.
+    await engine.enqueue([app.build("t", {})])
+    assert sum((await engine.throughput_history("q", 5)).completed) == 3
+    empty = await engine.throughput_history("nope", 3)
+    assert (empty.completed, empty.failed) == ([0, 0, 0], [0, 0, 0])
+
+
+async def test_throughput_history_puts_each_finish_in_its_minute(
+    engine_url: str, app: Conveyor
+) -> None:
+    if engine_url.startswith("redis"):
+        pytest.skip("Redis decides time with TIME: a fake clock cannot move it")
+    from conveyor.clock import FakeClock
+
+    clock = FakeClock()
+    eng = open_engine(engine_url, clock=clock)
+    await eng.connect()
+    try:
+        await eng.enqueue([app.build("t", {"i": i}, max_attempts=1) for i in range(4)])
+        for i, job in enumerate(await claim(eng, 4, lease_ms=3_600_000)):
+            kind = "fail" if i == 3 else "complete"
+            await finish(
+                eng,
+                Outcome(job.id, str(job.token), kind, error_json=err(1), result_json="1"),  # type: ignore[arg-type]
+            )
+            clock.advance(61 if i < 2 else 0)  # finishes at minutes -2, -1, 0 and 0
+        history = await eng.throughput_history("q", 5)
+        assert history.completed == [0, 0, 1, 1, 1] and history.failed == [0, 0, 0, 0, 1]
+        clock.advance(3 * 60)  # the oldest finish slides out of a 5-minute window
+        assert (await eng.throughput_history("q", 5)).completed == [1, 1, 0, 0, 0]
+    finally:
+        await eng.close()

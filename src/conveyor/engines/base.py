@@ -318,6 +318,18 @@ class Engine(Protocol):
             Whether it was recorded (False: leadership lost, schedule gone, or not later).
         """
 
+    # --- dashboard read model -----------------------------------------------------------
+    async def throughput_history(self, queue: str, minutes: int) -> Throughput:
+        """Jobs of `queue` that completed and that failed, per minute, over the last
+        `minutes` minutes of the engine's clock (the dashboard's sparklines).
+
+        Minute `i` of `minutes` counts jobs finished in `(end - (minutes - i) * 60 s,
+        end - (minutes - 1 - i) * 60 s]`, so the last bucket is what `counts` reports as
+        `completed_1m` / `failed_1m`. Counted from the finished-time indexes (Redis:
+        ZCOUNT, O(log n) per bucket; SQLite: one index range over the window), never by
+        scanning the queue's finished jobs. An unknown queue gives zeros.
+        """
+
 
 @dataclass(slots=True)
 class LeaseInfo:
@@ -337,3 +349,13 @@ class StoredSchedule:
     paused: bool
     since_ms: int  # occurrences after this are owed: created or last resumed
     last_run_ms: int | None  # the latest occurrence enqueued
+
+
+@dataclass(slots=True)
+class Throughput:
+    """Finished jobs per minute over a recent window (`Engine.throughput_history`)."""
+
+    queue: str
+    end_ms: int  # engine clock: the last bucket ends here
+    completed: list[int]  # one count per minute, oldest first
+    failed: list[int]  # same buckets as `completed`

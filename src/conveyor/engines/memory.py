@@ -29,6 +29,7 @@ from .base import (
     Outcome,
     QueueCounts,
     StoredSchedule,
+    Throughput,
 )
 
 _PRIORITY_SPAN = 1 << 44
@@ -600,6 +601,25 @@ class MemoryEngine:
             return False
         stored.last_run_ms = run_ms
         return True
+
+    # --- dashboard read model -----------------------------------------------------------
+    async def throughput_history(self, queue: str, minutes: int) -> Throughput:
+        """Completed/failed jobs per minute (a scan: this engine is for tests)."""
+        minutes = max(1, minutes)
+        end = self.clock.now_ms()
+        out = Throughput(queue, end, [0] * minutes, [0] * minutes)
+        q = self._queues.get(queue)
+        for job_id in q.ids if q is not None else ():
+            job = self._jobs[job_id]
+            finished = job["finished_ms"]
+            if finished is None or job["state"] not in ("completed", "failed"):
+                continue
+            # Bucket 0 is the newest minute; a finish "after" now (another process's
+            # clock) counts as the newest minute too.
+            back = max(0, (end - finished) // 60_000)
+            if back < minutes:
+                getattr(out, job["state"])[minutes - 1 - back] += 1
+        return out
 
 
 def _message(error_json: str | None) -> str:

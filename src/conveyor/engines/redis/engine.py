@@ -53,6 +53,7 @@ from ..base import (
     Outcome,
     QueueCounts,
     StoredSchedule,
+    Throughput,
 )
 from .keys import KeyLayout, QueueKeys
 
@@ -1022,3 +1023,16 @@ class RedisEngine:
                 keys=[self._keys.lease(lease), self._keys.schedule(name)], args=[holder, run_ms]
             )
         )
+
+    # --- dashboard read model -----------------------------------------------------------
+    @_driver_errors
+    async def throughput_history(self, queue: str, minutes: int) -> Throughput:
+        """Completed/failed jobs per minute: ZCOUNTs over the finished-time zsets in one
+        read-only script (`lua/throughput_history.lua`), on the Redis clock."""
+        minutes = max(1, minutes)
+        keys, _, _ = self._q(queue)
+        reply = await self._global_script("throughput_history")(
+            keys=[keys.completed, keys.failed], args=[minutes]
+        )
+        counts = [int(n) for n in reply[1:]]
+        return Throughput(queue, int(reply[0]), counts[:minutes], counts[minutes:])

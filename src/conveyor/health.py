@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from .engines import Engine
 from .errors import ConfigError, EngineUnavailable
 from .settings import redact
 
@@ -28,11 +29,13 @@ if TYPE_CHECKING:
 READY_PING_TIMEOUT = 2.0
 
 
-async def readiness(worker: Worker) -> tuple[bool, str]:
-    """(ready, reason). Pings the engine, so it notices an outage within seconds."""
-    if worker.stopping:
+async def readiness(engine: Engine, *, stopping: bool) -> tuple[bool, str]:
+    """(ready, reason) for a worker or API process using `engine`.
+
+    Pings the engine, so an outage shows within `READY_PING_TIMEOUT` seconds.
+    """
+    if stopping:
         return False, "shutting down"
-    engine = worker.app.engine
     try:
         await asyncio.wait_for(engine.ping(), READY_PING_TIMEOUT)
     except (EngineUnavailable, TimeoutError) as exc:
@@ -49,14 +52,14 @@ def build_health_app(worker: Worker) -> Starlette:
         return JSONResponse({"status": "alive", "worker": worker.id})
 
     async def ready(request: Request) -> Response:
-        ok, reason = await readiness(worker)
+        ok, reason = await readiness(worker.app.engine, stopping=worker.stopping)
         return JSONResponse(
             {"status": "ready" if ok else "not ready", "reason": reason},
             status_code=200 if ok else 503,
         )
 
     async def detailed(request: Request) -> Response:
-        ok, reason = await readiness(worker)
+        ok, reason = await readiness(worker.app.engine, stopping=worker.stopping)
         return JSONResponse(detailed_document(worker, ok, reason), status_code=200 if ok else 503)
 
     async def metrics(request: Request) -> Response:

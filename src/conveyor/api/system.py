@@ -10,7 +10,7 @@ worker's health port: probes and scrapers usually cannot send one.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
@@ -25,27 +25,10 @@ from .models import HealthOut, ReadyOut, StatusOut
 from .state import ApiState, api_state
 
 if TYPE_CHECKING:
-    from ..app import Conveyor
-    from ..worker import Worker
+    pass
 
 router = APIRouter(tags=["operations"])
 METRICS_MEDIA_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-
-class _ReadinessView:
-    """What `conveyor.health.readiness` reads from a worker (`stopping`, `app`), taken
-    from the API's state, so the API and the workers share one set of rules."""
-
-    def __init__(self, state: ApiState) -> None:
-        self._state = state
-
-    @property
-    def stopping(self) -> bool:
-        return self._state.stopping
-
-    @property
-    def app(self) -> Conveyor:
-        return self._state.conveyor
 
 
 async def api_readiness(state: ApiState) -> tuple[bool, str]:
@@ -55,7 +38,7 @@ async def api_readiness(state: ApiState) -> tuple[bool, str]:
             await asyncio.wait_for(state.conveyor.connect(), READY_PING_TIMEOUT)
         except (EngineUnavailable, TimeoutError) as exc:
             return False, f"engine unavailable: {exc or 'connect timed out'}"
-    return await readiness(cast("Worker", _ReadinessView(state)))
+    return await readiness(state.conveyor.engine, stopping=state.stopping)
 
 
 @router.get("/health", response_model=HealthOut, summary="Liveness")

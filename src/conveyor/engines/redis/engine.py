@@ -200,6 +200,10 @@ def _event(queue: str, entry_id: str, f: dict[str, str]) -> Event:
     )
 
 
+_MAX_CONNECTIONS = 64  # per engine (process); commands beyond it queue for a connection
+_POOL_WAIT = 10.0  # seconds a command waits for a pooled connection before failing
+
+
 class RedisEngine:
     """Jobs in Redis; see `conveyor.engines.base` for the contract.
 
@@ -218,8 +222,13 @@ class RedisEngine:
         redis_url, self.prefix, self.url = _split_url(url)
         self._keys = KeyLayout(self.prefix)
         self._events_maxlen = str(events_maxlen)
-        self._client = aioredis.Redis.from_url(
+        # A blocking pool: a burst of more concurrent commands than connections (an API
+        # with 1,000 WebSocket clients connecting at once) waits for a free connection
+        # instead of failing with MaxConnectionsError.
+        pool = aioredis.BlockingConnectionPool.from_url(
             redis_url,
+            max_connections=_MAX_CONNECTIONS,
+            timeout=_POOL_WAIT,
             decode_responses=True,
             socket_connect_timeout=2.0,
             socket_timeout=_SOCKET_TIMEOUT,
@@ -237,6 +246,8 @@ class RedisEngine:
             ),
             retry_on_error=[RedisConnectionError],
         )
+        self._pool = pool
+        self._client = aioredis.Redis(connection_pool=pool)
         self._scripts: dict[str, AsyncScript] = {
             name: self._client.register_script(_script_source(name))
             for name in (*_QUEUE_SCRIPTS, *_WORKER_SCRIPTS)
@@ -350,6 +361,8 @@ class RedisEngine:
         self._subscribed.clear()
         with contextlib.suppress(Exception):
             await self._client.aclose()
+        with contextlib.suppress(Exception):
+            await self._pool.disconnect()  # we built the pool, so the client does not own it
 
     @_driver_errors
     async def ping(self) -> float:

@@ -442,6 +442,90 @@ async def test_wait_for_jobs_wakes_on_enqueue(
         await producer.close()
 
 
+# --- scheduler primitives: leadership leases, the schedule store, fenced last run -----------
+async def test_lease_acquire_renew_release(engine: Engine) -> None:
+    assert await engine.lease_info("lead") is None
+    assert await engine.acquire_lease("lead", "a", 30_000)
+    assert await engine.acquire_lease("lead", "a", 30_000)  # already ours: extended
+    assert not await engine.acquire_lease("lead", "b", 30_000)  # a's lease is live
+    info = await engine.lease_info("lead")
+    assert info is not None and info.holder == "a" and 0 < info.ttl_ms <= 30_000
+    assert await engine.renew_lease("lead", "a", 30_000)
+    assert not await engine.renew_lease("lead", "b", 30_000)  # compare-and-set
+    assert not await engine.release_lease("lead", "b")  # b cannot drop a's lease
+    assert (await engine.lease_info("lead")) is not None
+    assert await engine.release_lease("lead", "a")
+    assert await engine.lease_info("lead") is None
+    assert await engine.acquire_lease("lead", "b", 30_000)  # free at once after a release
+    assert await engine.acquire_lease("other", "a", 30_000)  # leases are independent
+
+
+async def test_lease_can_be_taken_after_it_expires_and_the_old_holder_is_fenced(
+    engine: Engine,
+) -> None:
+    assert await engine.acquire_lease("lead", "a", 150)
+
+    async def taken_by_b() -> bool:
+        return await engine.acquire_lease("lead", "b", 30_000)
+
+    await eventually(taken_by_b, timeout=5, message="b takes the expired lease")
+    assert not await engine.renew_lease("lead", "a", 30_000)  # a learns it lost
+    assert not await engine.release_lease("lead", "a")
+    info = await engine.lease_info("lead")
+    assert info is not None and info.holder == "b"
+
+
+async def test_schedule_store_crud(engine: Engine) -> None:
+    assert await engine.schedules() == []
+    await engine.put_schedule("b-sched", '{"v": 1}', "runtime")
+    await engine.put_schedule("a-sched", '{"v": 1}', "code")
+    [a, b] = await engine.schedules()
+    assert (a.name, a.spec_json, a.source, a.paused, a.last_run_ms) == (
+        "a-sched", '{"v": 1}', "code", False, None,
+    )  # fmt: skip
+    assert b.name == "b-sched" and b.source == "runtime" and b.since_ms > 0
+    await engine.acquire_lease("scheduler", "me", 30_000)
+    assert await engine.advance_schedule("a-sched", 1_000, lease="scheduler", holder="me")
+    # an update keeps paused, baseline and last run
+    assert await engine.set_schedule_paused("a-sched", True)
+    await engine.put_schedule("a-sched", '{"v": 2}', "code")
+    [a, _] = await engine.schedules()
+    assert (a.spec_json, a.paused, a.since_ms, a.last_run_ms) == (
+        '{"v": 2}',
+        True,
+        a.since_ms,
+        1000,
+    )
+    assert await engine.set_schedule_paused("a-sched", True)  # pausing twice keeps since
+    assert (await engine.schedules())[0].since_ms == a.since_ms
+    await asyncio.sleep(0.01)
+    assert await engine.set_schedule_paused("a-sched", False)  # resume: baseline moves to now
+    [a, _] = await engine.schedules()
+    assert not a.paused and a.since_ms > b.since_ms
+    assert not await engine.set_schedule_paused("missing", True)
+    assert await engine.delete_schedule("b-sched")
+    assert not await engine.delete_schedule("b-sched")
+    assert [s.name for s in await engine.schedules()] == ["a-sched"]
+
+
+async def test_advance_schedule_is_fenced_by_the_lease_and_monotonic(engine: Engine) -> None:
+    await engine.put_schedule("s", "{}", "code")
+    # nobody leads: refused
+    assert not await engine.advance_schedule("s", 1_000, lease="scheduler", holder="a")
+    assert await engine.acquire_lease("scheduler", "a", 30_000)
+    assert not await engine.advance_schedule("s", 1_000, lease="scheduler", holder="b")
+    assert await engine.advance_schedule("s", 1_000, lease="scheduler", holder="a")
+    assert not await engine.advance_schedule("s", 1_000, lease="scheduler", holder="a")
+    assert not await engine.advance_schedule("s", 500, lease="scheduler", holder="a")  # never back
+    assert await engine.advance_schedule("s", 2_000, lease="scheduler", holder="a")
+    assert not await engine.advance_schedule("gone", 3_000, lease="scheduler", holder="a")
+    assert await engine.release_lease("scheduler", "a")
+    assert await engine.acquire_lease("scheduler", "b", 30_000)
+    assert not await engine.advance_schedule("s", 3_000, lease="scheduler", holder="a")  # stale
+    assert await engine.advance_schedule("s", 3_000, lease="scheduler", holder="b")
+    assert [s.last_run_ms for s in await engine.schedules()] == [3_000]
+
+
 async def test_throughput_history_counts_finished_jobs_per_minute(
     engine: Engine, app: Conveyor
 ) -> None:

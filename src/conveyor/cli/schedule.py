@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import orjson
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from ..app import Conveyor
@@ -98,14 +99,13 @@ def scheduler_command(
 def schedules_table(rows: list[ScheduleInfo], now: float) -> Table:
     """The `schedules list` table."""
     table = Table(show_edge=False, header_style="bold")
-    columns = ("name", "kind", "expr", "tz", "task", "next run", "last run", "paused", "source")
-    for column in columns:
+    table.add_column("name", no_wrap=True)
+    for column in ("schedule", "tz", "task", "next run", "last run", "paused", "source"):
         table.add_column(column)
     for row in rows:
         table.add_row(
             row.name,
-            row.kind,
-            row.expr if row.error is None else f"[red]{row.error}[/]",
+            f"{row.kind} {row.expr}" if row.error is None else f"[red]{escape(row.error)}[/]",
             row.timezone,
             row.task,
             when(row.next_run, now),

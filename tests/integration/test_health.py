@@ -165,9 +165,11 @@ CONSUMER = textwrap.dedent(
 
     async def main():
         app = Conveyor(sys.argv[1])
+        engine = await app.connect()
+        since = await engine.last_event_ids(["probe"])  # pin "now" before saying ready
         print("ready", flush=True)
         seen = 0
-        async for event in app.events(["probe"], block_ms=200):
+        async for event in app.events(["probe"], since=since, block_ms=200):
             print(json.dumps({"kind": event.kind, "job": event.job_id}), flush=True)
             seen += event.kind in ("completed", "failed")
             if seen == 2:
@@ -187,7 +189,6 @@ async def test_events_reach_a_consumer_in_another_process(durable_url: str, tmp_
     try:
         assert consumer.stdout is not None
         assert consumer.stdout.readline().strip() == "ready"
-        await asyncio.sleep(0.3)  # let it pin its starting position
         app = probe_app(durable_url)
         ok = await app.enqueue("probe", {"action": "ok"})
         bad = await app.enqueue("probe", {"action": "fail"}, max_attempts=1)

@@ -8,19 +8,15 @@ should stop counting on this worker. Each 503 says which one it is.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
-from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .engines import Engine
-from .errors import ConfigError, EngineUnavailable
+from .errors import EngineUnavailable
 from .settings import redact
 
 if TYPE_CHECKING:
@@ -108,65 +104,3 @@ def detailed_document(worker: Worker, ready: bool, reason: str) -> dict[str, Any
             "shutdown_timeout": worker.shutdown_timeout,
         },
     }
-
-
-class _QuietServer(uvicorn.Server):
-    """uvicorn without its own signal handlers: the worker owns SIGTERM/SIGINT."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
-
-
-class HealthServer:
-    """Serves `build_health_app` on a port inside the worker's event loop."""
-
-    def __init__(self, worker: Worker, host: str, port: int) -> None:
-        config = uvicorn.Config(
-            build_health_app(worker),
-            host=host,
-            port=port,
-            log_level="warning",
-            lifespan="off",
-            access_log=False,
-        )
-        self._server = _QuietServer(config)
-        self._task: asyncio.Task[None] | None = None
-        self._socket: socket.socket
-
-    async def start(self) -> None:
-        """Start serving; returns once the port is bound.
-
-        We bind the socket ourselves: uvicorn answers a bind failure with `sys.exit`,
-        which would take the whole worker down instead of giving a readable error.
-
-        Raises:
-            ConfigError: the port cannot be bound (in use, or not permitted).
-        """
-        config = self._server.config
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((config.host, config.port))
-        except OSError as exc:
-            sock.close()
-            raise ConfigError(
-                f"health server cannot listen on {config.host}:{config.port} ({exc.strerror}): "
-                "choose a free --health-port, or 0 to disable it"
-            ) from exc
-        sock.listen(128)
-        sock.setblocking(False)
-        self._socket = sock
-        # The socket already listens, so probes queue up until uvicorn accepts them.
-        self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="conveyor-health")
-
-    @property
-    def port(self) -> int:
-        """The port actually bound."""
-        return int(self._socket.getsockname()[1])
-
-    async def stop(self) -> None:
-        self._server.should_exit = True
-        if self._task is not None:
-            with contextlib.suppress(asyncio.CancelledError, SystemExit):
-                await self._task

@@ -33,9 +33,10 @@ import orjson
 from .. import backoff as backoff_mod
 from ..engines import Engine, Outcome, QueueCounts
 from ..errors import EngineUnavailable, Retry, Unrecoverable
-from ..health import HealthServer
+from ..health import build_health_app
 from ..job import AttemptError, Job, JobState, encode_result
 from ..metrics import Metrics
+from ..serving import EmbeddedServer
 
 if TYPE_CHECKING:
     from ..app import Conveyor
@@ -129,7 +130,7 @@ class Worker:
         self.metrics = Metrics(metrics_prefix)
         self.metrics.concurrency.set(concurrency)
         self.last_counts: list[QueueCounts] = []
-        self._health: HealthServer | None = None
+        self._health: EmbeddedServer | None = None
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.stats = WorkerStats()
         self.stopping = False
@@ -168,7 +169,9 @@ class Worker:
         """
         engine = await self.app.connect()
         if self.health_port:
-            self._health = HealthServer(self, self.health_host, self.health_port)
+            self._health = EmbeddedServer(
+                build_health_app(self), self.health_host, self.health_port
+            )
             await self._health.start()
         heartbeat: asyncio.Task[None] | None = None
         try:

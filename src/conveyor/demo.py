@@ -83,7 +83,7 @@ async def produce(app: Conveyor, rate: float, stop: asyncio.Event) -> None:
 
 
 async def view(
-    app: Conveyor, worker: Worker, url: str, stop: asyncio.Event, done: asyncio.Event
+    app: Conveyor, worker: Worker, url: str, dashboard: str, done: asyncio.Event
 ) -> None:
     started = time.monotonic()
     history: deque[tuple[float, int]] = deque(maxlen=20)
@@ -112,6 +112,7 @@ async def view(
         footer = Text.from_markup(
             f"worker {worker.id}: in flight {worker.in_flight}/{worker.concurrency}, "
             f"retried {worker.stats.retried}, {rate:.0f} jobs/s, up {now - started:.0f}s\n"
+            f"dashboard: [bold]{dashboard}[/]\n"
             "inspect: [bold]conveyor queues[/], [bold]conveyor jobs webhooks --state failed[/]"
             "   stop: [bold]Ctrl-C[/] (graceful)"
         )
@@ -124,16 +125,22 @@ async def view(
         live.update(await render())
 
 
-async def run_demo(url: str, *, rate: float, concurrency: int, duration: float | None) -> None:
-    """Produce and process jobs until Ctrl-C / SIGTERM (or `duration` seconds)."""
+async def run_demo(
+    url: str, *, rate: float, concurrency: int, duration: float | None, port: int = 8000
+) -> None:
+    """Produce and process jobs until Ctrl-C / SIGTERM (or `duration` seconds), with the
+    API and dashboard served on `port` (a free one if it is taken) and a scheduler."""
+    from .dev import DevStack
+
     app = build_app(url)
-    await app.connect()
     worker = Worker(app, queues=QUEUES, concurrency=concurrency, shutdown_timeout=10)
+    stack = DevStack(app, worker, port=port, close_app=False)
+    await stack.start()
     stop, done = asyncio.Event(), asyncio.Event()
 
     def on_signal() -> None:
         stop.set()
-        worker.stop()
+        stack.stop()
 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -141,9 +148,9 @@ async def run_demo(url: str, *, rate: float, concurrency: int, duration: float |
     if duration is not None:
         loop.call_later(duration, on_signal)
     producer = asyncio.create_task(produce(app, rate, stop))
-    screen = asyncio.create_task(view(app, worker, url, stop, done))
+    screen = asyncio.create_task(view(app, worker, url, f"{stack.url}/dashboard", done))
     try:
-        await worker.run()
+        await stack.run()
     finally:
         stop.set()
         await producer

@@ -139,9 +139,54 @@ def demo(
     rate: Annotated[float, typer.Option(help="jobs enqueued per second")] = 50.0,
     concurrency: Annotated[int, typer.Option(help="jobs run at once")] = 20,
     duration: Annotated[float | None, typer.Option(help="stop after this many seconds")] = None,
+    port: Annotated[int, typer.Option(help="API and dashboard port (a free one if taken)")] = 8000,
 ) -> None:
     """Enqueue a stream of demo jobs and process them, with a live view, until Ctrl-C."""
     from ..demo import run_demo
 
     settings = Settings.load(url=url)
-    run_async(run_demo(settings.url, rate=rate, concurrency=concurrency, duration=duration))
+    run_async(
+        run_demo(settings.url, rate=rate, concurrency=concurrency, duration=duration, port=port)
+    )
+
+
+@cli.command()
+@friendly
+def dev(
+    target: Annotated[
+        str | None, typer.Argument(help="your app as MODULE:ATTR (default: the demo app)")
+    ] = None,
+    url: Annotated[
+        str | None, typer.Option(help="engine URL (default: the embedded SQLite file)")
+    ] = None,
+    port: Annotated[int, typer.Option(help="API and dashboard port (a free one if taken)")] = 8000,
+    concurrency: Annotated[int | None, typer.Option(help="jobs run at once")] = None,
+    scheduler: Annotated[bool, typer.Option(help="also run the scheduler")] = True,
+) -> None:
+    """Run worker, API + dashboard and scheduler in one process (for development)."""
+    from ..dev import DevStack
+
+    settings = Settings.load(url=url, concurrency=concurrency)
+    setup_logging(settings.log_level, settings.log_format)
+    if target:
+        app = load_app(target)
+    else:
+        from ..demo import build_app
+
+        app = build_app()
+    app.configure(url=settings.url)
+    worker = Worker(app, queues=default_queues(app), concurrency=settings.concurrency)
+    stack = DevStack(app, worker, port=port, scheduler=scheduler)
+
+    async def main() -> None:
+        await stack.start()
+        console.print(
+            f"conveyor dev on {redact(settings.url)}\n"
+            f"  dashboard: [bold]{stack.url}/dashboard[/]\n"
+            f"  API:       {stack.url}/docs\n"
+            f"  queues:    {','.join(worker.queues)}  (Ctrl-C stops gracefully)",
+            highlight=False,
+        )
+        await run_worker(stack)
+
+    run_async(main())

@@ -23,6 +23,7 @@ from importlib import resources
 from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import hiredis
 import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
@@ -200,6 +201,28 @@ def _event(queue: str, entry_id: str, f: dict[str, str]) -> Event:
     )
 
 
+class _HiredisPacking:
+    """Pack commands with hiredis (C) instead of redis-py's Python packer.
+
+    A bulk enqueue or an exchange sends thousands of arguments per call; packing them
+    in Python cost ~2 us per argument, about half of the client CPU of an enqueue.
+    """
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        # Like redis-py: a command name of several words ("SCRIPT LOAD") is split.
+        if isinstance(args[0], str) and " " in args[0]:
+            args = (*args[0].split(), *args[1:])
+        return [hiredis.pack_command(args)]
+
+
+class _FastConnection(_HiredisPacking, aioredis.Connection):
+    pass
+
+
+class _FastSSLConnection(_HiredisPacking, aioredis.SSLConnection):
+    pass
+
+
 _MAX_CONNECTIONS = 64  # per engine (process); commands beyond it queue for a connection
 _POOL_WAIT = 10.0  # seconds a command waits for a pooled connection before failing
 
@@ -228,6 +251,9 @@ class RedisEngine:
         pool = aioredis.BlockingConnectionPool.from_url(
             redis_url,
             max_connections=_MAX_CONNECTIONS,
+            connection_class=(
+                _FastSSLConnection if redis_url.startswith("rediss://") else _FastConnection
+            ),
             timeout=_POOL_WAIT,
             decode_responses=True,
             socket_connect_timeout=2.0,

@@ -24,6 +24,7 @@ import pytest
 
 from conveyor import Conveyor, JobState
 from conveyor.engines.sqlite import SqliteEngine
+from conveyor.engines.sqlite import engine as sqlite_engine
 from conveyor.testing import eventually
 
 pytestmark = pytest.mark.slow
@@ -243,5 +244,5 @@ async def test_sqlite_schema_v1_file_upgrades_in_place(tmp_path: Path) -> None:
     finally:
         await engine.close()
     raw = sqlite3.connect(path)
-    assert raw.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == sqlite_engine.SCHEMA_VERSION
     raw.close()

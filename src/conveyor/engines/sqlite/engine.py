@@ -1352,9 +1352,7 @@ class SqliteEngine:
                 "ORDER BY name"
             ).fetchall()
             return [
-                StoredSchedule(
-                    name, spec, source, bool(paused), int(since), None if last is None else last
-                )
+                StoredSchedule(name, spec, source, bool(paused), int(since), last)
                 for name, spec, source, paused, since, last in rows
             ]
 

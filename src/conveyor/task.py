@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .backoff import Backoff
@@ -22,8 +22,9 @@ class Task:
     max_attempts: int
     backoff: Backoff
     timeout: float | None
+    # Coroutine functions run on the loop; plain functions in the thread pool. Decided
+    # once here, not per job.
+    is_async: bool = field(init=False)
 
-    @property
-    def is_async(self) -> bool:
-        """Coroutine functions run on the loop; plain functions in the thread pool."""
-        return inspect.iscoroutinefunction(self.fn)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "is_async", inspect.iscoroutinefunction(self.fn))

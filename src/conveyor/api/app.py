@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, FastAPI
 
+from ..dashboard import dashboard_router
 from ..settings import Settings
 from . import jobs, live, queues, system
 from .auth import Tokens
@@ -105,6 +106,8 @@ def create_api(
     router = _router()
     api.include_router(router)
     api.include_router(router, prefix=ALIAS_PREFIX, include_in_schema=False)
+    # The web dashboard at /dashboard: a client of the routes above, same tokens.
+    api.include_router(dashboard_router())
     install_error_handlers(api)
     api.add_middleware(HttpMetricsMiddleware, metrics=metrics)
     return api

@@ -1,0 +1,430 @@
+"""The dashboard in a real browser: headless Chromium (Debian's) driven by Playwright.
+
+Each test serves the API (uvicorn on a free port, as in `test_api.py`) on a SQLite file,
+and where jobs must run, a worker *process* — so what the page shows crossed the engine
+and the WebSocket. Every test collects the browser console and fails on any error.
+Screenshots of each page are written to `docs/screenshots/`.
+
+Skipped, with the reason, only when no Chromium binary can be found (`scripts/test`
+installs Debian's `chromium`; Playwright's own browser download is not used).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright, expect
+
+from conveyor import Conveyor, Worker
+from conveyor.api import Tokens
+from conveyor.job import Job
+from conveyor.schedules import cron_schedule, every_schedule
+from conveyor.testing import PROBE_QUEUE, register_probe
+from tests.acceptance.test_api import StartApi, api_server
+
+__all__ = ["api_server"]  # the fixture, re-exported for pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SCREENSHOTS = ROOT / "docs" / "screenshots"
+Q = PROBE_QUEUE
+ADMIN = "admin-token-for-dashboard-tests"
+TENANT = "tenant-token-for-acme-tests"
+TOKENS = Tokens(admin=ADMIN, tenants={TENANT: "acme"})
+DESKTOP = {"width": 1280, "height": 800}
+PHONE = {"width": 390, "height": 844}
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def find_chromium() -> str | None:
+    """Debian's Chromium (or one named by CHROMIUM), never a downloaded one."""
+    for candidate in (os.environ.get("CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium")):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def dashboard_app(url: str | None = None) -> Conveyor:
+    """The probe app plus `gated`: fails while its gate file is missing, like a job
+    whose dependency is down. An operator retry after the gate opens succeeds (a retry
+    resets the attempt count, so an attempt-based probe would fail again)."""
+    app = Conveyor(url)
+    register_probe(app)
+
+    @app.task("gated", queue=Q, max_attempts=1, backoff=0)
+    async def gated(job: Job) -> dict[str, str]:
+        if not Path(job.payload["gate"]).exists():
+            raise ConnectionError(f"dependency down: {job.payload['gate']} is missing")
+        return {"status": "ok"}
+
+    return app
+
+
+# What the worker process runs: `conveyor worker tests.acceptance.test_dashboard:app`.
+app = dashboard_app()
+
+
+@pytest.fixture
+def chromium() -> str:
+    path = find_chromium()
+    if path is None:
+        pytest.skip("no Chromium binary (/usr/bin/chromium): scripts/test installs Debian's")
+    return path
+
+
+@pytest.fixture
+async def browser(chromium: str) -> AsyncIterator[Browser]:
+    async with async_playwright() as pw:
+        # `launch` gives every browser a fresh temporary profile (it refuses
+        # --user-data-dir), so no state leaks between tests.
+        launched = await pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        yield launched
+        await launched.close()
+
+
+class Console:
+    """Every error the page logs or throws (asserted empty at the end of each test)."""
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+
+    def watch(self, page: Page) -> Page:
+        def on_console(message: ConsoleMessage) -> None:
+            if message.type in ("error", "assert"):
+                self.errors.append(f"console.{message.type}: {message.text} {message.location}")
+
+        page.on("console", on_console)
+        page.on("pageerror", lambda exc: self.errors.append(f"page error: {exc}"))
+        return page
+
+
+@pytest.fixture
+def console() -> Iterator[Console]:
+    seen = Console()
+    yield seen
+    assert seen.errors == [], "the browser logged errors:\n" + "\n".join(seen.errors)
+
+
+@pytest.fixture
+def dashboard_worker() -> Iterator[Callable[[str], subprocess.Popen[bytes]]]:
+    """`conveyor worker tests.acceptance.test_dashboard:app` in its own process."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(url: str) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            [
+                *(
+                    sys.executable,
+                    "-m",
+                    "conveyor",
+                    "worker",
+                    "tests.acceptance.test_dashboard:app",
+                ),
+                *("--url", url, "--queues", Q, "--health-port", "0", "--log-level", "ERROR"),
+                *("--concurrency", "2"),
+            ],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+async def enqueue(base: str, token: str = ADMIN, **body: Any) -> dict[str, Any]:
+    body.setdefault("task", "probe")
+    async with httpx.AsyncClient(timeout=10) as client:
+        r = await client.post(
+            f"{base}/jobs", json=body, headers={"Authorization": f"Bearer {token}"}
+        )
+    assert r.status_code == 201, r.text
+    job: dict[str, Any] = r.json()
+    return job
+
+
+async def sign_in(page: Page, base: str, token: str, path: str = "") -> None:
+    """Open the dashboard and sign in through the form, as a person would."""
+    await page.goto(f"{base}/dashboard{path}")
+    await page.get_by_label("API token").fill(token)
+    await page.get_by_label("API token").press("Enter")
+    await expect(page.locator("#live")).to_have_attribute("data-live", "on", timeout=10_000)
+
+
+async def run_burst(url: str) -> None:
+    """Run every due job once in this process (a separate app: the API sees the engine)."""
+    runner = dashboard_app(url)
+    try:
+        await Worker(runner, queues=[Q], burst=True).run()
+    finally:
+        await runner.close()
+
+
+def shoot(name: str) -> Path:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    return SCREENSHOTS / name
+
+
+async def test_operator_watches_jobs_run_and_retries_a_failed_one_live(
+    sqlite_url: str,
+    tmp_path: Path,
+    api_server: StartApi,
+    dashboard_worker: Callable[[str], Any],
+    browser: Browser,
+    console: Console,
+) -> None:
+    server = api_server(sqlite_url, tokens=TOKENS, app=dashboard_app(sqlite_url))
+    gate = tmp_path / "gate"
+    failing = await enqueue(server.url, task="gated", payload={"gate": str(gate)})
+    for i in range(24):
+        await enqueue(server.url, payload={"action": "sleep", "seconds": 0.15, "n": i})
+    await enqueue(server.url, payload={"action": "ok"}, delay=3600, tenant="acme")
+    schedules = dashboard_app(sqlite_url)
+    await schedules.add_schedule(cron_schedule("0 3 * * *", task="probe", name="nightly-report"))
+    await schedules.add_schedule(every_schedule(300, task="probe", name="cache-warmer"))
+    await schedules.close()
+
+    page = console.watch(await browser.new_page(viewport=DESKTOP))
+    await sign_in(page, server.url, ADMIN)
+    row = page.locator(f'tr[data-queue="{Q}"]')
+    completed = row.locator('[data-count="completed"]')
+    await expect(row.locator('[data-count="pending"]')).to_have_text("25")
+    await expect(completed).to_have_text("0")
+
+    # Counts move while the worker runs, without a reload: the page follows the socket.
+    dashboard_worker(sqlite_url)
+    seen: set[str] = set()
+    for _ in range(400):
+        seen.add(await completed.inner_text())
+        if "24" in seen:
+            break
+        await page.wait_for_timeout(25)
+    assert "24" in seen and len(seen - {"0", "24"}) >= 1, f"no intermediate count seen: {seen}"
+    await expect(row.locator('[data-count="failed"]')).to_have_text("1")
+    await expect(row.locator('[data-count="pending"]')).to_have_text("0")
+    await expect(page.locator("#workers-body tr[data-worker]")).to_have_count(1)
+    await expect(row.locator("svg.spark.throughput")).to_be_visible()
+    await expect(row.locator('[data-col="throughput"]')).to_contain_text("25/h", timeout=10_000)
+    await expect(row.locator('[data-col="failures"]')).to_contain_text("4%")
+    await page.screenshot(path=shoot("overview.png"), full_page=True)
+
+    # Queue page: the failed tab lists the job with its error.
+    await row.get_by_role("link", name=Q, exact=True).click()
+    await page.locator('[data-tab="failed"]').click()
+    failed_row = page.locator(f'tr[data-job="{failing["id"]}"]')
+    await expect(failed_row).to_contain_text("dependency down")
+    await expect(page.locator('[data-tab="failed"]')).to_have_attribute("aria-current", "page")
+    await page.screenshot(path=shoot("queue.png"), full_page=True)
+
+    # Job page: the attempt's error and traceback are there.
+    await failed_row.get_by_role("link").first.click()
+    await expect(page.locator("#job-state")).to_have_text("failed")
+    await expect(page.locator("#timeline")).to_contain_text("ConnectionError: dependency down")
+    await page.locator("#timeline summary").click()
+    await expect(page.locator("#timeline pre")).to_contain_text("Traceback")
+    await expect(page.locator("#job-payload")).to_contain_text(str(gate))
+
+    # The dependency is back: retry with the keyboard only (Tab to the button, Enter).
+    gate.touch()
+    await page.locator("#view h1").focus()
+    for _ in range(30):
+        await page.keyboard.press("Tab")
+        if await page.evaluate("document.activeElement.id") == "job-retry":
+            break
+    else:
+        pytest.fail("Tab never reached the Retry button")
+    await page.keyboard.press("Enter")
+    # The worker runs it; the page shows it finish live (no reload).
+    await expect(page.locator("#job-state")).to_have_text("completed", timeout=15_000)
+    await expect(page.locator("#job-result")).to_contain_text('"status": "ok"')
+    await expect(page.locator("#job-retry")).to_be_disabled()
+    # Focus was not dropped to <body> when the pressed button became disabled.
+    await expect(page.locator("#view h1")).to_be_focused()
+    await page.screenshot(path=shoot("job.png"), full_page=True)
+
+    # Schedules: listed with their next run, and pausable.
+    await page.get_by_role("link", name="Schedules").click()
+    nightly = page.locator('tr[data-schedule="nightly-report"]')
+    await expect(nightly).to_contain_text("cron 0 3 * * *")
+    await expect(nightly.locator("time").first).to_contain_text("in ")
+    await nightly.get_by_role("button", name="Pause schedule nightly-report").click()
+    await expect(nightly.locator(".badge")).to_have_text("paused")
+    await page.screenshot(path=shoot("schedules.png"), full_page=True)
+    await page.close()
+
+
+async def test_bulk_actions_ask_for_confirmation_first(
+    sqlite_url: str, api_server: StartApi, browser: Browser, console: Console
+) -> None:
+    server = api_server(sqlite_url, tokens=TOKENS, app=dashboard_app(sqlite_url))
+    for i in range(3):
+        await enqueue(server.url, payload={"action": "fail", "n": i}, max_attempts=1)
+    for i in range(2):
+        await enqueue(server.url, payload={"action": "ok", "n": i})
+    await run_burst(sqlite_url)
+
+    page = console.watch(await browser.new_page(viewport=DESKTOP))
+    await sign_in(page, server.url, ADMIN, f"#/queue/{Q}?state=failed")
+    tab = page.locator('[data-count="failed"]')
+    await expect(tab).to_have_text("3")
+
+    # Cancelling the confirmation changes nothing.
+    await page.get_by_role("button", name="Retry all failed").click()
+    dialog = page.get_by_role("dialog")
+    await expect(dialog).to_contain_text("Retry every failed job")
+    await dialog.get_by_role("button", name="Cancel").click()
+    await expect(dialog).to_be_hidden()
+    await expect(tab).to_have_text("3")
+    # Confirming does it; the tabs follow live.
+    await page.get_by_role("button", name="Retry all failed").click()
+    await dialog.get_by_role("button", name="Retry all").click()
+    await expect(tab).to_have_text("0")
+    await expect(page.locator('[data-count="pending"]')).to_have_text("3")
+
+    # Clean: the age is asked for in the dialog.
+    await page.get_by_role("button", name="Clean old jobs…").click()
+    await dialog.get_by_label("Jobs in state").select_option("completed")
+    await dialog.get_by_label("Finished more than").fill("0")
+    await dialog.get_by_role("button", name="Delete").click()
+    await expect(page.locator('[data-count="completed"]')).to_have_text("0")
+    await expect(page.locator("#toast")).to_contain_text("2 completed job(s) deleted")
+
+    # Filters: tenant on the server; task/text on the fetched page, and the UI says so.
+    await page.locator('[data-tab="pending"]').click()
+    await page.get_by_label("Text in payload or error").fill('"n":1')
+    await page.get_by_role("button", name="Apply filters").click()
+    await expect(page.locator("#jobs-body tr[data-job]")).to_have_count(1)
+    await expect(page.locator("#shown")).to_contain_text("out of 3 on this page")
+    await expect(page.locator("#filter-hint")).to_contain_text("page already fetched")
+    await page.close()
+
+
+async def test_phone_width_overview_and_pause_with_keyboard(
+    sqlite_url: str, api_server: StartApi, browser: Browser, console: Console
+) -> None:
+    server = api_server(sqlite_url, tokens=TOKENS, app=dashboard_app(sqlite_url))
+    for i in range(6):
+        await enqueue(server.url, payload={"action": "fail" if i == 0 else "ok"}, max_attempts=1)
+    await run_burst(sqlite_url)
+    await enqueue(server.url, payload={"action": "ok"})
+
+    page = console.watch(await browser.new_page(viewport=PHONE, is_mobile=True, has_touch=True))
+    await sign_in(page, server.url, ADMIN)
+    row = page.locator(f'tr[data-queue="{Q}"]')
+    await expect(row.locator('[data-count="completed"]')).to_have_text("5")
+    await expect(row.locator("svg.spark.failures")).to_be_visible()
+    # Nothing is wider than the phone: the tables turned into cards.
+    assert await page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+    await page.screenshot(path=shoot("mobile-overview.png"), full_page=True)
+
+    await row.get_by_role("link", name=Q, exact=True).click()
+    pause = page.get_by_role("button", name="Pause queue")
+    await expect(page.locator("#paused-badge")).to_be_hidden()
+    await pause.focus()
+    await page.keyboard.press("Enter")
+    dialog = page.get_by_role("dialog")
+    await expect(dialog).to_be_visible()
+    await dialog.get_by_role("button", name="Pause").press("Enter")
+    await expect(page.locator("#paused-badge")).to_be_visible()
+    await expect(page.get_by_role("button", name="Resume queue")).to_be_focused()
+    assert await page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+    await page.close()
+
+
+async def test_tenant_token_sees_only_its_jobs_and_no_actions(
+    sqlite_url: str, api_server: StartApi, browser: Browser, console: Console
+) -> None:
+    server = api_server(sqlite_url, tokens=TOKENS, app=dashboard_app(sqlite_url))
+    mine = await enqueue(server.url, TENANT, payload={"who": "acme"})
+    theirs = await enqueue(server.url, payload={"who": "globex"}, tenant="globex")
+
+    page = console.watch(await browser.new_page(viewport=DESKTOP))
+    await page.goto(f"{server.url}/dashboard")
+    await page.get_by_label("API token").fill("not-a-valid-token-at-all")
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page.locator("#login-error")).to_contain_text("invalid bearer token")
+
+    await page.get_by_label("API token").fill(TENANT)
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page.locator("#who")).to_have_text("tenant acme · read-only")
+    await expect(page.get_by_role("link", name="Schedules")).to_be_hidden()
+    await page.get_by_label("Queue name").fill(Q)
+    await page.get_by_role("button", name="Open queue").click()
+    await expect(page.locator(f'tr[data-job="{mine["id"]}"]')).to_be_visible()
+    await expect(page.locator(f'tr[data-job="{theirs["id"]}"]')).to_have_count(0)
+    assert await page.locator("#retry-all, #clean, #pause-toggle").count() == 0
+
+    await page.locator(f'tr[data-job="{mine["id"]}"] a').first.click()
+    await expect(page.locator("#job-state")).to_have_text("pending")
+    assert await page.locator("#job-retry, #job-cancel, #job-promote").count() == 0
+    await expect(page.locator("#job .notice")).to_contain_text("Read-only")
+    await page.close()
+
+
+async def test_page_and_assets_are_local_and_locked_down(
+    sqlite_url: str, api_server: StartApi
+) -> None:
+    server = api_server(sqlite_url, tokens=TOKENS)
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+        page = await client.get("/dashboard")
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        csp = page.headers["content-security-policy"]
+        assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+        assert "http://" not in page.text.replace(server.url, "") and "https://" not in page.text
+        for asset in ("dashboard.js", "dashboard.css", "favicon.svg"):
+            r = await client.get(f"/dashboard/static/{asset}")
+            assert r.status_code == 200 and "immutable" in r.headers["cache-control"]
+            assert "https://" not in r.text, f"{asset} refers to the internet"
+        assert (await client.get("/dashboard/static/..%2Fpyproject.toml")).status_code == 404
+        assert (await client.get("/dashboard/static/router.py")).status_code == 404
+
+        # Same tokens as the API: the data endpoints refuse a missing token or a tenant.
+        session = (await client.get("/dashboard/api/session")).json()
+        assert session["signed_in"] is False and session["auth"] is True
+        tenant = {"Authorization": f"Bearer {TENANT}"}
+        admin = {"Authorization": f"Bearer {ADMIN}"}
+        who = (await client.get("/dashboard/api/session", headers=tenant)).json()
+        assert (who["signed_in"], who["admin"], who["tenant"]) == (True, False, "acme")
+        assert (await client.get("/dashboard/api/throughput")).status_code == 401
+        assert (await client.get("/dashboard/api/throughput", headers=tenant)).status_code == 403
+        assert (await client.get("/dashboard/api/schedules", headers=tenant)).status_code == 403
+        r = await client.post("/dashboard/api/schedules/x/pause", headers=tenant)
+        assert r.status_code == 403
+
+        await enqueue(server.url, payload={"action": "ok"})
+        history = (await client.get("/dashboard/api/throughput", headers=admin)).json()
+        assert history["minutes"] == 60 and list(history["queues"]) == [Q]
+        assert len(history["queues"][Q]["completed"]) == 60
+        r = await client.get("/dashboard/api/throughput?queue=bad%20name", headers=admin)
+        assert r.status_code == 422
+        none = (await client.get("/dashboard/api/schedules", headers=admin)).json()
+        assert none == {"configured": False, "leader": None, "schedules": []}
+        r = await client.post("/dashboard/api/schedules/missing/pause", headers=admin)
+        assert r.status_code == 404
+        # Nothing of the dashboard leaks into the API's schema.
+        paths = (await client.get("/openapi.json")).json()["paths"]
+        assert not [p for p in paths if p.startswith("/dashboard")]

@@ -28,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -291,7 +291,8 @@ def install_python_peer(peer: Peer, log: Callable[[str], None]) -> None:
         )
         if proc.returncode != 0:
             lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("ERROR")]
-            raise BenchError("pip install failed: " + (lines[-1] if lines else proc.stderr[-200:]))
+            reason = lines[-1].removeprefix("ERROR: ") if lines else proc.stderr[-160:]
+            raise BenchError(f"pip: {reason}")
         stamp.write_text(want)
     peer.python = python
     pkgs = peer.meta.get("VERSION_PACKAGES", [])
@@ -685,7 +686,7 @@ def run_peer(ctx: Ctx, peer: Peer, workloads: list[str], runs: int, res: Results
             if procs > 1 and "W4" not in workloads:
                 continue
             ctx.tag = f"r{run}-burst{procs}"
-            log(f"[{lib}] run {run}/{runs} burst x{sizes.burst}, {procs} worker process(es)")
+            log(f"[{lib}] run {run}/{runs} burst x{peer.burst_n(sizes.burst)}, {procs} worker(s)")
 
             def burst(p: int = procs) -> dict[str, float]:
                 m = measure_burst(ctx, peer, p)
@@ -707,7 +708,8 @@ def render(machine: dict[str, str], peers: list[Peer], res: Results, phys: Resul
     libs = [p.name for p in peers]
     out: list[str] = ["# Conveyor peer benchmark", ""]
     out.append(md_table(["machine", ""], [[k, v] for k, v in machine.items()]))
-    out += ["", f"Command: `bench/run {' '.join(args.argv)}` — {args.runs} run(s) per figure; "
+    command = " ".join(["bench/run", *args.argv])
+    out += ["", f"Command: `{command}` — {args.runs} run(s) per figure; "
             "each figure is the median (min–max) of the runs.", ""]
 
     head = ["library", f"W0 enqueue one (jobs/s, n={sizes.w0:,})",
@@ -848,9 +850,8 @@ def main(argv: list[str] | None = None) -> int:
         log(f"private redis-server on 127.0.0.1:{server.port}")
         ctx = Ctx(server, server.client(), sizes, args.timeout)
         for peer in peers:
-            if peer.install_error:
-                for metric in all_metrics(sizes):
-                    res.add(peer.name, metric, f"error: {peer.install_error}")
+            if peer.install_error:  # reported once, in the first cell of the row
+                res.add(peer.name, "w0_one", f"error: {peer.install_error}")
                 continue
             run_peer(ctx, peer, workloads, args.runs, res, log)
         if "PHYS" in workloads:
@@ -878,12 +879,6 @@ def main(argv: list[str] | None = None) -> int:
     raw_path.write_text(json.dumps(raw, indent=1))
     log(f"wrote {out_path} (raw figures: {raw_path.relative_to(BENCH)})")
     return 0
-
-
-def all_metrics(sizes: Sizes) -> Iterator[str]:
-    yield from ["w0_one", "w0_bulk", "p50", "p95", "p99", "w3"]
-    for p in sizes.scale:
-        yield from [f"burst{p}", f"cpu{p}", f"cmds{p}"]
 
 
 if __name__ == "__main__":

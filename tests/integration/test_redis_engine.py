@@ -105,21 +105,27 @@ def test_lua_opens_with_its_contract_and_builds_no_key(name: str) -> None:
         for part in ("KEYS", "Returns:", "Touches:"):
             assert part in header, f"{name}: contract comment lacks {part!r}"
     code = "\n".join(line.split("--")[0] for line in text.splitlines())
-    # The key of every command is a KEYS entry, or a variable holding one / the job hash.
-    key_expr = re.compile(r"^(K_[A-Z]+|KEYS\[\d\]|BY_STATE\[\w+\]|jk|zkey|K_JOB \.\. [\w\[\]]+)$")
+    # The key of every command is a KEYS entry, or a variable holding one / a job hash /
+    # a tenant's bucket or rate log (KEYS prefixes with the queue's tag .. a tenant).
+    key_expr = re.compile(
+        r"^(K_[A-Z]+|KEYS\[\d\]|BY_STATE\[\w+\]|jk|zkey|bucket|tkey"
+        r"|K_(JOB|TBUCKET|TRATE) \.\. [\w\[\]]+)$"
+    )
     calls = re.findall(r"redis\.call\(\s*'(\w+)'\s*(?:,\s*([^,)]+))?", code)
     assert calls or name in ("pause.lua",), name
     for command, first in calls:
         if command in ("TIME", "PUBLISH"):
             continue  # no key: PUBLISH names a channel, which is legal in cluster scripts
         assert key_expr.match(first.strip()), f"{name}: {command} on {first.strip()!r}"
-    # The only derived key is the job prefix (a KEYS entry with the tag) .. a job id.
+    # The only derived keys are a KEYS prefix with the tag .. a job id or a tenant.
     for match in re.finditer(r"(\w+(?:\[\d+\])?)\s*\.\.", code):
-        assert not match.group(1).startswith(("K_", "KEYS")) or match.group(1) == "K_JOB", (
-            f"{name}: builds a key from {match.group(1)}"
-        )
+        assert not match.group(1).startswith(("K_", "KEYS")) or match.group(1) in (
+            "K_JOB",
+            "K_TBUCKET",
+            "K_TRATE",
+        ), f"{name}: builds a key from {match.group(1)}"
     # Where a variable stands for a key, it is assigned from KEYS-derived values only.
-    for var in ("jk", "zkey"):
+    for var in ("jk", "zkey", "bucket", "tkey"):
         for assigned in re.findall(rf"local {var} = ([^\n]+)", code):
             assert key_expr.match(assigned.strip()), f"{name}: {var} = {assigned}"
 

@@ -508,6 +508,39 @@ async def test_hot_queries_use_indices(engine: SqliteEngine) -> None:
     raw.close()
 
 
+async def test_fair_claims_use_indices(engine: SqliteEngine) -> None:
+    """With tenants and limits, claims walk the rotation and the tenants' buckets through
+    their indices: no statement scans `jobs` or `tenants`, however long the backlog."""
+    from conveyor.engines.base import QueueLimits
+
+    await engine.set_limits(
+        "q",
+        QueueLimits.build(concurrency=50, tenant_concurrency=2, rate="100/1s", tenant_rate="9/1s"),
+    )
+    await engine.enqueue([new(tenant=t) for t in ("a", "b", "a", "a")] + [new(), new()])
+    plans: list[str] = []
+    await engine._call(lambda conn: conn.set_trace_callback(plans.append))
+    ex = await engine.exchange([], queues=["q"], limit=10, worker_id="w", lease_ms=LEASE_MS)
+    assert len(ex.jobs) == 5  # a: 2 (its limit), b: 1, no tenant: 2
+    await engine.exchange(
+        [Outcome(ex.jobs[0].id, str(ex.jobs[0].token), "complete", result_json="1")],
+        queues=["q"], limit=5, worker_id="w", lease_ms=LEASE_MS,
+    )  # fmt: skip
+    await engine.list_jobs("q", JobState.PENDING, limit=1)
+    await engine.list_jobs("q", JobState.PENDING, tenant="a", limit=1, cursor="0:0")
+    await engine._call(lambda c: c.set_trace_callback(None))
+    statements = {
+        s for s in plans
+        if s.lstrip().upper().startswith(("SELECT", "UPDATE", "DELETE", "INSERT"))
+        and (" jobs" in s or " tenants" in s or " rate_log" in s)
+    }  # fmt: skip
+    raw = sqlite3.connect(engine.path)
+    for sql in statements:
+        detail = [row[3] for row in raw.execute("EXPLAIN QUERY PLAN " + sql)]
+        assert not any(d.startswith(("SCAN jobs", "SCAN tenants")) for d in detail), (sql, detail)
+    raw.close()
+
+
 # --- ordering, pagination, events -----------------------------------------------------------
 
 

@@ -8,9 +8,18 @@ from __future__ import annotations
 
 from ..clock import Clock
 from ..errors import ConfigError
-from .base import Engine, Event, Exchange, JobPage, Outcome, QueueCounts
+from .base import Engine, Event, Exchange, JobPage, Outcome, QueueCounts, QueueLimits
 
-__all__ = ["Engine", "Event", "Exchange", "JobPage", "Outcome", "QueueCounts", "open_engine"]
+__all__ = [
+    "Engine",
+    "Event",
+    "Exchange",
+    "JobPage",
+    "Outcome",
+    "QueueCounts",
+    "QueueLimits",
+    "open_engine",
+]
 
 SCHEMES = ("redis://", "rediss://", "sqlite://", "memory://")
 

@@ -28,6 +28,7 @@ from .base import (
     LeaseInfo,
     Outcome,
     QueueCounts,
+    QueueLimits,
     StoredSchedule,
     Throughput,
 )
@@ -52,7 +53,13 @@ class _Queue:
     def __init__(self, name: str, events_maxlen: int) -> None:
         self.name = name
         self.paused = False
-        self.pending: list[tuple[int, str]] = []  # (score, id) heap; stale entries skipped
+        # One (score, id) heap per bucket: a tenant, or None for jobs without one (stale
+        # entries are skipped when popped). Tenants take turns: see `MemoryEngine._claim`.
+        self.buckets: dict[str | None, list[tuple[int, str]]] = {}
+        self.turns: dict[str | None, int] = {}  # bucket -> when it was last served
+        self.limits = QueueLimits()
+        self.starts: deque[int] = deque()  # start times within the rate window
+        self.tenant_starts: dict[str, deque[int]] = {}
         self.scheduled: list[tuple[int, str]] = []  # (due_ms, id) heap; stale entries skipped
         self.dedupe: dict[str, str] = {}
         self.events: deque[Event] = deque(maxlen=events_maxlen)
@@ -73,6 +80,7 @@ class MemoryEngine:
         self._jobs: dict[str, dict[str, Any]] = {}
         self._queues: dict[str, _Queue] = {}
         self._seq = itertools.count(1)
+        self._turns = itertools.count(1)  # bucket turns: least recently served goes first
         self._front = itertools.count(-1, -1)  # released jobs go before everything else
         self._event_ids = itertools.count(1)
         self._wake = asyncio.Event()
@@ -121,7 +129,9 @@ class MemoryEngine:
         job["seq"] = seq
         job["scheduled_ms"] = None
         score = (100 - int(job["priority"])) * _PRIORITY_SPAN + seq
-        heapq.heappush(self._queue(job["queue"]).pending, (score, job["id"]))
+        heapq.heappush(
+            self._queue(job["queue"]).buckets.setdefault(job["tenant"], []), (score, job["id"])
+        )
         self._wake.set()
 
     def _schedule(self, job: dict[str, Any], due_ms: int) -> None:
@@ -138,6 +148,12 @@ class MemoryEngine:
         q = self._queue(job["queue"])
         if key is not None and q.dedupe.get(key) == job["id"]:
             del q.dedupe[key]
+
+    def _left_running(self, job: dict[str, Any]) -> None:
+        """A running job stopped running: a slot under a concurrency limit is free."""
+        limits = self._queue(job["queue"]).limits
+        if limits.concurrency is not None or limits.tenant_concurrency is not None:
+            self._wake.set()
 
     def _get(self, job_id: str) -> dict[str, Any]:
         job = self._jobs.get(job_id)
@@ -167,6 +183,7 @@ class MemoryEngine:
             recovered += 1
             job["token"] = None
             job["lease_until_ms"] = None
+            self._left_running(job)
             if job["attempt"] >= job["max_attempts"]:
                 job["errors"].append(lease_expired_error(job["attempt"], now_ms))
                 self._finish(job, JobState.FAILED, now_ms)
@@ -241,6 +258,7 @@ class MemoryEngine:
         job = self._jobs.get(outcome.job_id)
         if job is None or job["state"] != JobState.RUNNING.value or job["token"] != outcome.token:
             return False
+        self._left_running(job)
         if outcome.kind == "complete":
             job["result"] = outcome.result_json
             self._finish(job, JobState.COMPLETED, now_ms)
@@ -260,13 +278,25 @@ class MemoryEngine:
             self._emit(
                 job, "retried", error=_message(outcome.error_json), delay_ms=outcome.delay_ms
             )
-        else:  # release: hand back without spending the attempt
+        elif outcome.kind == "defer":  # rate limited / breaker open: not a failed attempt
+            job["attempt"] = max(0, job["attempt"] - 1)
+            job["token"] = None
+            job["lease_until_ms"] = None
+            job["started_ms"] = None
+            if outcome.delay_ms > 0:
+                self._schedule(job, now_ms + outcome.delay_ms)
+            else:
+                self._push_pending(job)
+            self._emit(job, "deferred", reason=outcome.reason or "", delay_ms=outcome.delay_ms)
+        elif outcome.kind == "release":  # hand back without spending the attempt
             job["attempt"] = max(0, job["attempt"] - 1)
             job["token"] = None
             job["lease_until_ms"] = None
             job["started_ms"] = None
             self._push_pending(job, front=True)
             self._emit(job, "released")
+        else:
+            raise ValueError(f"unknown outcome kind {outcome.kind!r} for job {outcome.job_id}")
         return True
 
     async def exchange(
@@ -281,20 +311,99 @@ class MemoryEngine:
         now_ms = self.clock.now_ms()
         lost = [o.job_id for o in outcomes if not self._apply(o, now_ms)]
         claimed: list[Job] = []
+        hint: int | None = None  # ms until a rate window reopens, when one held claims back
         if limit > 0:
             for name in queues:
                 q = self._queue(name)
                 self._promote_due(q, now_ms)
                 self._recover(q, now_ms)
-                if q.paused:
+                if q.paused or len(claimed) >= limit:
                     continue
-                while q.pending and len(claimed) < limit:
-                    score, job_id = heapq.heappop(q.pending)
-                    job = self._jobs.get(job_id)
-                    if job is None or job["state"] != JobState.PENDING.value:
-                        continue
-                    if (100 - int(job["priority"])) * _PRIORITY_SPAN + job["seq"] != score:
-                        continue
+                wait = self._claim(q, limit - len(claimed), now_ms, worker_id, lease_ms, claimed)
+                if wait is not None and (hint is None or wait < hint):
+                    hint = wait
+        next_due = self._next_due_ms(queues, now_ms)
+        if hint is not None and (next_due is None or hint < next_due):
+            next_due = hint
+        return Exchange(jobs=claimed, lost=lost, next_due_ms=next_due)
+
+    def _head(self, q: _Queue, bucket: str | None) -> tuple[int, str] | None:
+        """The best live entry of a bucket (stale heap entries dropped), or None."""
+        heap = q.buckets.get(bucket)
+        while heap:
+            score, job_id = heap[0]
+            job = self._jobs.get(job_id)
+            if (
+                job is not None
+                and job["state"] == JobState.PENDING.value
+                and (100 - int(job["priority"])) * _PRIORITY_SPAN + job["seq"] == score
+            ):
+                return score, job_id
+            heapq.heappop(heap)
+        q.buckets.pop(bucket, None)
+        return None
+
+    @staticmethod
+    def _window(log: deque[int], now_ms: int, window_ms: int) -> None:
+        while log and log[0] <= now_ms - window_ms:
+            log.popleft()
+
+    def _claim(
+        self,
+        q: _Queue,
+        room: int,
+        now_ms: int,
+        worker_id: str,
+        lease_ms: int,
+        claimed: list[Job],
+    ) -> int | None:
+        """Claim up to `room` jobs of `q` under its limits, tenants taking turns.
+
+        Returns:
+            ms until a rate window reopens when a rate limit held jobs back, else None.
+        """
+        lim = q.limits
+        hint: int | None = None
+        running = [self._jobs[i] for i in q.ids if self._jobs[i]["state"] == "running"]
+        if lim.concurrency is not None:
+            room = min(room, lim.concurrency - len(running))
+        if lim.rate is not None:
+            self._window(q.starts, now_ms, lim.rate_window_ms)
+            if len(q.starts) >= lim.rate:
+                hint = q.starts[0] + lim.rate_window_ms - now_ms
+            room = min(room, lim.rate - len(q.starts))
+        by_tenant: dict[str, int] = {}
+        for job in running:
+            if job["tenant"] is not None:
+                by_tenant[job["tenant"]] = by_tenant.get(job["tenant"], 0) + 1
+        taken = 0
+        while taken < room:
+            ready = sorted(
+                (b for b in list(q.buckets) if self._head(q, b) is not None),
+                key=lambda b: q.turns.get(b, 0),
+            )
+            served = False
+            for bucket in ready:
+                if taken >= room:
+                    break
+                allowed = room - taken if len(ready) == 1 else 1
+                if bucket is not None:  # tenant limits; jobs without a tenant have none
+                    if lim.tenant_concurrency is not None:
+                        allowed = min(allowed, lim.tenant_concurrency - by_tenant.get(bucket, 0))
+                    if lim.tenant_rate is not None:
+                        log = q.tenant_starts.setdefault(bucket, deque())
+                        self._window(log, now_ms, lim.tenant_rate_window_ms)
+                        if len(log) >= lim.tenant_rate:
+                            wait = log[0] + lim.tenant_rate_window_ms - now_ms
+                            hint = wait if hint is None else min(hint, wait)
+                        allowed = min(allowed, lim.tenant_rate - len(log))
+                q.turns[bucket] = next(self._turns)  # served or passed: back of the line
+                for _ in range(max(0, allowed)):
+                    head = self._head(q, bucket)
+                    if head is None:
+                        break
+                    heapq.heappop(q.buckets[bucket])
+                    job = self._jobs[head[1]]
                     job["state"] = JobState.RUNNING.value
                     job["attempt"] += 1
                     job["token"] = uuid.uuid4().hex
@@ -303,9 +412,17 @@ class MemoryEngine:
                     job["lease_until_ms"] = now_ms + lease_ms
                     self._emit(job, "started")
                     claimed.append(decode_lenient(self._fields(job)))
-                if len(claimed) >= limit:
-                    break
-        return Exchange(jobs=claimed, lost=lost, next_due_ms=self._next_due_ms(queues, now_ms))
+                    taken += 1
+                    served = True
+                    if lim.rate is not None:
+                        q.starts.append(now_ms)
+                    if bucket is not None:
+                        by_tenant[bucket] = by_tenant.get(bucket, 0) + 1
+                        if lim.tenant_rate is not None:
+                            q.tenant_starts[bucket].append(now_ms)
+            if not served:
+                break
+        return hint
 
     async def heartbeat(self, leases: Sequence[tuple[str, str]], *, lease_ms: int) -> list[str]:
         now_ms = self.clock.now_ms()
@@ -468,6 +585,8 @@ class MemoryEngine:
                 f"job {job_id} is already {state.value}; only scheduled, pending or running "
                 "jobs can be cancelled"
             )
+        if state is JobState.RUNNING:
+            self._left_running(job)
         self._finish(job, JobState.CANCELLED, self.clock.now_ms())
         self._emit(job, "cancelled")
         return decode_job(self._fields(job))
@@ -515,7 +634,7 @@ class MemoryEngine:
         for job_id in q.ids:
             del self._jobs[job_id]
         q.ids.clear()
-        q.pending.clear()
+        q.buckets.clear()
         q.scheduled.clear()
         q.dedupe.clear()
         return n
@@ -533,6 +652,27 @@ class MemoryEngine:
             for wid, (exp, info) in sorted(self._workers.items())
             if exp > now_ms
         ]
+
+    # --- fairness and limits ------------------------------------------------------------------
+    async def set_limits(self, queue: str, limits: QueueLimits | None) -> None:
+        """Store `queue`'s limits (None: none) and wake idle workers."""
+        self._queue(queue).limits = limits or QueueLimits()
+        self._wake.set()
+
+    async def get_limits(self, queue: str) -> QueueLimits:
+        """The stored limits of `queue`."""
+        q = self._queues.get(queue)
+        return q.limits if q is not None else QueueLimits()
+
+    async def tenant_running(self, queue: str) -> dict[str, int]:
+        """Running jobs per tenant of `queue`."""
+        out: dict[str, int] = {}
+        q = self._queues.get(queue)
+        for job_id in q.ids if q is not None else ():
+            job = self._jobs[job_id]
+            if job["state"] == JobState.RUNNING.value and job["tenant"] is not None:
+                out[job["tenant"]] = out.get(job["tenant"], 0) + 1
+        return out
 
     # --- scheduler: leadership leases and the schedule store ------------------------------
     def _live_holder(self, name: str, now_ms: int) -> str | None:

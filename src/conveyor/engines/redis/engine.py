@@ -53,6 +53,7 @@ from ..base import (
     LeaseInfo,
     Outcome,
     QueueCounts,
+    QueueLimits,
     StoredSchedule,
     Throughput,
 )
@@ -79,6 +80,7 @@ _QUEUE_SCRIPTS = (
     "pause",
     "resume",
     "counts",
+    "set_limits",
 )
 _WORKER_SCRIPTS = ("register_worker", "unregister_worker", "workers")
 
@@ -513,6 +515,8 @@ class RedisEngine:
         for o in outcomes:
             if o.kind == "complete":
                 body = o.result_json
+            elif o.kind == "defer":
+                body = o.reason
             elif o.kind == "release":
                 body = None
             else:
@@ -751,6 +755,8 @@ class RedisEngine:
             raise InvalidState(f"cursor {cursor!r} is not one this engine returned") from None
         if limit <= 0:
             return JobPage([], cursor)
+        if state is JobState.PENDING:
+            return await self._list_pending(queue, tenant, limit, start if cursor else None)
         if tenant is None:
             ids = cast(list[str], await self._client.zrange(zkey, start, start + limit, desc=desc))
             more = len(ids) > limit
@@ -780,6 +786,31 @@ class RedisEngine:
             # Only hand out a cursor when something is left to scan.
             exhausted = not await self._client.zrange(zkey, pos, pos, desc=desc)
         return JobPage(await self._load(queue, matched), None if exhausted else str(pos))
+
+    async def _list_pending(
+        self, queue: str, tenant: str | None, limit: int, after: int | None
+    ) -> JobPage:
+        """Pending jobs in the queue's priority/FIFO order, after the score `after`.
+
+        Jobs without a tenant and tenant jobs live in two zsets with the same scores
+        (see keys.py): a page reads `limit + 1` from each and merges them. The cursor is
+        the score of the page's last job (scores are unique: each comes from a counter).
+        A tenant's jobs are its bucket alone.
+        """
+        keys = self._keys.queue(queue)
+        zkeys = [keys.bucket(tenant)] if tenant is not None else [keys.pending, keys.tpending]
+        low = "-inf" if after is None else f"({after}"
+        async with self._client.pipeline(transaction=False) as pipe:
+            for zkey in zkeys:
+                pipe.zrangebyscore(zkey, low, "+inf", start=0, num=limit + 1, withscores=True)
+            replies = await pipe.execute()
+        entries = sorted(
+            ((int(score), job_id) for reply in replies for job_id, score in reply),
+        )[: limit + 1]
+        more = len(entries) > limit
+        entries = entries[:limit]
+        jobs = await self._load(queue, [job_id for _, job_id in entries])
+        return JobPage(jobs, str(entries[-1][0]) if more and entries else None)
 
     async def _load(self, queue: str, ids: Sequence[str]) -> list[Job]:
         if not ids:
@@ -961,6 +992,27 @@ class RedisEngine:
                 }
             )
         return sorted(out, key=lambda w: str(w["id"]))
+
+    # --- fairness and limits ---------------------------------------------------------------
+    @_driver_errors
+    async def set_limits(self, queue: str, limits: QueueLimits | None) -> None:
+        """Store `queue`'s limits in its `limits` hash (None: none) and wake idle workers."""
+        values = (limits or QueueLimits()).fields()
+        if limits is None or limits.empty:
+            values = dict.fromkeys(values)
+        await self._run("set_limits", queue, *("" if v is None else v for v in values.values()))
+
+    @_driver_errors
+    async def get_limits(self, queue: str) -> QueueLimits:
+        """The stored limits of `queue` (empty when it has none)."""
+        fields = cast(dict[str, str], await self._client.hgetall(self._keys.queue(queue).limits))
+        return QueueLimits.from_fields(fields)
+
+    @_driver_errors
+    async def tenant_running(self, queue: str) -> dict[str, int]:
+        """Running jobs per tenant of `queue` (the `trunning` hash claims check)."""
+        raw = cast(dict[str, str], await self._client.hgetall(self._keys.queue(queue).trunning))
+        return {t: int(n) for t, n in sorted(raw.items()) if int(n) > 0}
 
     # --- scheduler: leadership leases and the schedule store ------------------------------
     # Leases and schedules live under the global tag `{<prefix>}` (see keys.py), so the

@@ -6,8 +6,19 @@ slot and a script that touches them is legal on Redis Cluster. Per queue:
 ```
 {p:q}:job:<job id>   hash    one job (fields read by `conveyor.job.decode_job`,
                              errors as `err:<n>` fields)
-{p:q}:pending        zset    score = (100 - priority) * 2^44 + 2^43 + seq   (claim order)
-                             released jobs use 2^43 - front, so they lead their priority
+{p:q}:pending        zset    jobs WITHOUT a tenant, score = (100 - priority) * 2^44 + 2^43
+                             + seq (claim order); released jobs use 2^43 - front, so they
+                             lead their priority
+{p:q}:tpending       zset    jobs WITH a tenant, same scores (listings, counts, age)
+{p:q}:tp:<tenant>    zset    one tenant's pending jobs, same scores: its bucket
+{p:q}:ready          zset    the rotation: buckets with pending jobs (a tenant, or '' for
+                             the jobs without one), score = turn when last served
+{p:q}:trunning       hash    tenant -> running jobs (what tenant_concurrency counts)
+{p:q}:limits         hash    concurrency, tenant_concurrency, rate, rate_window_ms,
+                             tenant_rate, tenant_rate_window_ms (absent = no limit)
+{p:q}:rate           zset    start times inside the queue's rate window (member: token)
+{p:q}:trate:<tenant> zset    the same per tenant (expires with its window)
+{p:q}:turn           string  INCR counter: rotation turns
 {p:q}:scheduled      zset    score = due time (ms, Redis clock)
 {p:q}:running        zset    score = lease deadline (ms, Redis clock)
 {p:q}:completed      zset    score = finished time (ms)
@@ -19,6 +30,10 @@ slot and a script that touches them is legal on Redis Cluster. Per queue:
 {p:q}:seq            string  INCR counter: FIFO order and lease tokens
 {p:q}:front          string  INCR counter: order of released jobs (front of priority)
 ```
+
+A tenant's bucket and rate log are the only keys besides job hashes that a script derives
+(prefix from KEYS .. tenant): tenants are not known before the script runs, and the prefix
+carries the queue's tag, so they live in the queue's slot too.
 
 Global keys live under the tag `{<prefix>}` (the worker scripts touch both worker keys, so
 they must share a slot; a queue tag always has a `:` after the prefix, so they never
@@ -59,6 +74,14 @@ class QueueKeys:
     events: str
     seq: str
     front: str
+    tpending: str
+    tenant_prefix: str
+    ready: str
+    trunning: str
+    limits: str
+    rate: str
+    trate_prefix: str
+    turn: str
     wake_channel: str
 
     def all(self) -> list[str]:
@@ -76,11 +99,23 @@ class QueueKeys:
             self.events,
             self.seq,
             self.front,
+            self.tpending,
+            self.tenant_prefix,
+            self.ready,
+            self.trunning,
+            self.limits,
+            self.rate,
+            self.trate_prefix,
+            self.turn,
         ]
 
     def job(self, job_id: str) -> str:
         """The hash of one job of this queue."""
         return self.job_prefix + job_id
+
+    def bucket(self, tenant: str) -> str:
+        """The zset of one tenant's pending jobs."""
+        return self.tenant_prefix + tenant
 
     def by_state(self, state: str) -> str:
         """The zset that indexes jobs in `state`."""
@@ -123,6 +158,14 @@ class KeyLayout:
                 events=f"{tag}:events",
                 seq=f"{tag}:seq",
                 front=f"{tag}:front",
+                tpending=f"{tag}:tpending",
+                tenant_prefix=f"{tag}:tp:",
+                ready=f"{tag}:ready",
+                trunning=f"{tag}:trunning",
+                limits=f"{tag}:limits",
+                rate=f"{tag}:rate",
+                trate_prefix=f"{tag}:trate:",
+                turn=f"{tag}:turn",
                 wake_channel=f"{self.prefix}:wake:{name}",
             )
             self._queues[name] = keys

@@ -71,6 +71,7 @@ from ..base import (
     LeaseInfo,
     Outcome,
     QueueCounts,
+    QueueLimits,
     StoredSchedule,
     Throughput,
 )
@@ -78,7 +79,8 @@ from ..base import (
 T = TypeVar("T")
 
 # 2: + leases, schedules (additive: the idempotent schema script runs again on open).
-SCHEMA_VERSION = 2
+# 3: + fairness and limits (tenants, queue_limits, rate_log; jobs_claim narrowed).
+SCHEMA_VERSION = 3
 # UPDATE ... RETURNING (claims, fenced outcomes) arrived in SQLite 3.35 (2021).
 MIN_SQLITE = (3, 35, 0)
 BUSY_TIMEOUT_MS = 5_000
@@ -120,6 +122,13 @@ _OUTCOME_SQL = {
     f"{_FENCE} {_OUTCOME_RETURNING}",
     "retry_now": f"UPDATE jobs SET state = 'pending', errors = {_APPEND_ERROR}, seq = :seq, "
     f"scheduled_ms = NULL, token = NULL, lease_until_ms = NULL {_FENCE} {_OUTCOME_RETURNING}",
+    # defer: rate limited or breaker open; the attempt is given back, no error recorded.
+    "defer_later": "UPDATE jobs SET state = 'scheduled', attempt = max(0, attempt - 1), "
+    "scheduled_ms = :due, started_ms = NULL, token = NULL, lease_until_ms = NULL "
+    f"{_FENCE} {_OUTCOME_RETURNING}",
+    "defer_now": "UPDATE jobs SET state = 'pending', attempt = max(0, attempt - 1), seq = :seq, "
+    "scheduled_ms = NULL, started_ms = NULL, token = NULL, lease_until_ms = NULL "
+    f"{_FENCE} {_OUTCOME_RETURNING}",
     "release": "UPDATE jobs SET state = 'pending', attempt = max(0, attempt - 1), seq = :seq, "
     "started_ms = NULL, token = NULL, lease_until_ms = NULL "
     f"{_FENCE} {_OUTCOME_RETURNING}",
@@ -145,9 +154,17 @@ _CLAIM = (
     "token = lower(hex(randomblob(16))), started_ms = :now, worker = :worker, "
     "lease_until_ms = :lease_until "
     "WHERE rowid IN (SELECT rowid FROM jobs WHERE queue = :queue AND state = 'pending' "
-    "ORDER BY priority DESC, seq LIMIT :limit) "
+    "AND tenant IS NULL ORDER BY priority DESC, seq LIMIT :limit) "
     f"RETURNING {_COLS}"
 )
+# The same for one tenant's bucket (index jobs_tenant_claim).
+_CLAIM_TENANT = _CLAIM.replace("AND tenant IS NULL", "AND tenant IS NOT NULL AND tenant = :tenant")
+_LIMIT_COLUMNS = (
+    "concurrency", "tenant_concurrency", "rate", "rate_window_ms", "tenant_rate",
+    "tenant_rate_window_ms",
+)  # fmt: skip
+ROTATION_PAGE = 32  # tenants read per pass of the rotation
+TURN_BUDGET = 64  # extra bucket turns one claim may spend on tenants at their limits
 _RECOVER_STALLED = (
     "UPDATE jobs SET state = 'pending', token = NULL, lease_until_ms = NULL "
     "WHERE queue = :queue AND state = 'running' AND lease_until_ms <= :now "
@@ -641,9 +658,14 @@ class SqliteEngine:
             self._last_version = self._data_version(conn)
         now = self.clock.now_ms()
         events: list[tuple[Any, ...]] = []
-        lost, woke = self._apply_outcomes(conn, outcomes, now, events)
+        limits = self._read_limits(conn)
+        # A running job of these queues that stops running frees a slot that idle
+        # workers (held back by the limit) must hear about.
+        slotted = {q for q, lim in limits.items() if lim.concurrency or lim.tenant_concurrency}
+        lost, woke = self._apply_outcomes(conn, outcomes, now, events, slotted)
         claimed: list[Job] = []
         recovered = 0
+        hint: int | None = None
         if limit > 0:
             paused = {
                 row[0]
@@ -653,28 +675,178 @@ class SqliteEngine:
                 self._promote_due(conn, queue, now)
                 stalled, failed = self._recover(conn, queue, now, events)
                 recovered += stalled + failed
-                woke |= stalled > 0
+                woke |= stalled > 0 or (failed > 0 and queue in slotted)
                 if queue in paused or len(claimed) >= limit:
                     continue
-                rows = conn.execute(
-                    _CLAIM,
-                    {
-                        "now": now,
-                        "worker": worker_id,
-                        "lease_until": now + lease_ms,
-                        "queue": queue,
-                        "limit": limit - len(claimed),
-                    },
-                ).fetchall()
-                # RETURNING order is unspecified; restore claim order.
-                rows.sort(key=lambda r: (-r[7], r[22]))
+                params = {
+                    "now": now,
+                    "worker": worker_id,
+                    "lease_until": now + lease_ms,
+                    "queue": queue,
+                    "limit": limit - len(claimed),
+                }
+                lim = limits.get(queue)
+                if lim is None and not self._has_tenant_jobs(conn, queue):
+                    # The common case, as fast as before fairness existed: no limits and
+                    # no tenant jobs pending, so the best jobs are simply the first ones.
+                    rows = conn.execute(_CLAIM, params).fetchall()
+                    # RETURNING order is unspecified; restore claim order.
+                    rows.sort(key=lambda r: (-r[7], r[22]))
+                else:
+                    rows, wait = self._claim_fair(conn, lim or QueueLimits(), params)
+                    if wait is not None and (hint is None or wait < hint):
+                        hint = wait
                 for row in rows:
                     events.append((queue, "started", row[0], row[2], row[8], row[5], now, None))
                     claimed.append(decode_lenient(self._fields(row)))
         self._add_events(conn, events)
         next_due = self._next_due(conn, queues, now)
+        if hint is not None and (next_due is None or hint < next_due):
+            next_due = hint
         exchange = Exchange(claimed, lost, next_due_ms=next_due, recovered=recovered)
         return exchange, woke
+
+    # --- fairness and limits ------------------------------------------------------------
+    # Tenants take turns through the `tenants` table (see schema.sql): each claim serves
+    # the least recently served bucket that has pending jobs, one job per turn, and moves
+    # it to the back of the line (`turn` = the next value of the meta counter) whether it
+    # took a job or passed because it is at its limit; so a tenant at its limit never
+    # sits in front of the others. All of it runs inside the exchange's BEGIN IMMEDIATE
+    # transaction, so the limits hold across processes: two workers claiming at once
+    # are serialised by the write lock, and the second one reads the running counts the
+    # first one's claim left (the triggers update them inside the same transaction).
+    @staticmethod
+    def _read_limits(conn: sqlite3.Connection) -> dict[str, QueueLimits]:
+        cols = ", ".join(_LIMIT_COLUMNS)
+        return {
+            row[0]: QueueLimits(*row[1:])
+            for row in conn.execute(f"SELECT queue, {cols} FROM queue_limits").fetchall()
+        }
+
+    @staticmethod
+    def _has_tenant_jobs(conn: sqlite3.Connection, queue: str) -> bool:
+        return (
+            conn.execute(
+                "SELECT 1 FROM tenants WHERE queue = ? AND pending > 0 LIMIT 1", (queue,)
+            ).fetchone()
+            is not None
+        )
+
+    @staticmethod
+    def _window(
+        conn: sqlite3.Connection, queue: str, scope: str, now: int, window_ms: int
+    ) -> tuple[int, int | None]:
+        """(starts inside the window, the oldest of them) after dropping older ones."""
+        conn.execute(
+            "DELETE FROM rate_log WHERE queue = ? AND scope = ? AND at_ms <= ?",
+            (queue, scope, now - window_ms),
+        )
+        count, oldest = conn.execute(
+            "SELECT count(*), min(at_ms) FROM rate_log WHERE queue = ? AND scope = ?",
+            (queue, scope),
+        ).fetchone()
+        return int(count), None if oldest is None else int(oldest)
+
+    def _claim_fair(
+        self, conn: sqlite3.Connection, lim: QueueLimits, params: dict[str, Any]
+    ) -> tuple[list[tuple[Any, ...]], int | None]:
+        """Claim up to params["limit"] jobs of one queue under its limits, tenants taking
+        turns. Returns the claimed rows in claim order (the buckets in the order they were
+        served, each in priority/FIFO order) and the ms until a rate window reopens when a
+        rate held jobs back (else None)."""
+        queue, now = params["queue"], params["now"]
+        room = int(params["limit"])
+        hint: int | None = None
+
+        def hold(until: int | None, window_ms: int) -> None:
+            nonlocal hint
+            wait = (until or now) + window_ms - now
+            hint = wait if hint is None else min(hint, wait)
+
+        if lim.concurrency is not None:
+            running = conn.execute(
+                "SELECT n FROM queue_counts WHERE queue = ? AND state = 'running'", (queue,)
+            ).fetchone()
+            room = min(room, lim.concurrency - (int(running[0]) if running else 0))
+        if lim.rate is not None:
+            started, oldest = self._window(conn, queue, "", now, lim.rate_window_ms)
+            if started >= lim.rate:
+                hold(oldest, lim.rate_window_ms)
+            room = min(room, lim.rate - started)
+        out: list[tuple[Any, ...]] = []
+        budget = max(room, 0) + TURN_BUDGET
+        while room > 0 and budget > 0:
+            # The rotation: tenants with pending jobs, plus the bucket of jobs without a
+            # tenant when it has any, least recently served first.
+            buckets: list[tuple[int, str, int]] = [
+                (int(turn), str(tenant), int(running))
+                for tenant, running, turn in conn.execute(
+                    "SELECT tenant, running, turn FROM tenants WHERE queue = ? AND pending > 0 "
+                    "ORDER BY turn LIMIT ?",
+                    (queue, ROTATION_PAGE),
+                )
+            ]
+            if conn.execute(
+                "SELECT 1 FROM jobs WHERE queue = ? AND state = 'pending' AND tenant IS NULL "
+                "LIMIT 1",
+                (queue,),
+            ).fetchone():
+                row = conn.execute(
+                    "SELECT turn FROM tenants WHERE queue = ? AND tenant = ''", (queue,)
+                ).fetchone()
+                buckets.append((int(row[0]) if row else 0, "", 0))
+            buckets.sort()
+            if not buckets:
+                break
+            served = False
+            for _, tenant, running_now in buckets:
+                if room <= 0 or budget <= 0:
+                    break
+                budget -= 1
+                allowed = room if len(buckets) == 1 else 1
+                if tenant:  # jobs without a tenant are not subject to tenant limits
+                    if lim.tenant_concurrency is not None:
+                        allowed = min(allowed, lim.tenant_concurrency - running_now)
+                    if lim.tenant_rate is not None:
+                        started, oldest = self._window(
+                            conn, queue, tenant, now, lim.tenant_rate_window_ms
+                        )
+                        if started >= lim.tenant_rate:
+                            hold(oldest, lim.tenant_rate_window_ms)
+                        allowed = min(allowed, lim.tenant_rate - started)
+                # Served or passed: to the back of the line.
+                turn = conn.execute(
+                    "UPDATE meta SET value = value + 1 WHERE key = 'turn' RETURNING value"
+                ).fetchone()[0]
+                conn.execute(
+                    "INSERT INTO tenants (queue, tenant, turn) VALUES (?, ?, ?) "
+                    "ON CONFLICT (queue, tenant) DO UPDATE SET turn = excluded.turn",
+                    (queue, tenant, turn),
+                )
+                if allowed <= 0:
+                    continue
+                rows = conn.execute(
+                    _CLAIM_TENANT if tenant else _CLAIM,
+                    {**params, "limit": allowed, "tenant": tenant},
+                ).fetchall()
+                if not rows:
+                    continue
+                served = True
+                room -= len(rows)
+                # RETURNING order is unspecified; restore claim order within the turn.
+                rows.sort(key=lambda r: (-r[7], r[22]))
+                out.extend(rows)
+                log = ([("", now)] * len(rows)) if lim.rate is not None else []
+                if tenant and lim.tenant_rate is not None:
+                    log += [(tenant, now)] * len(rows)
+                if log:
+                    conn.executemany(
+                        "INSERT INTO rate_log (queue, scope, at_ms) VALUES (?, ?, ?)",
+                        [(queue, scope, at) for scope, at in log],
+                    )
+            if not served:
+                break
+        return out, hint
 
     def _apply_outcomes(
         self,
@@ -682,8 +854,13 @@ class SqliteEngine:
         outcomes: Sequence[Outcome],
         now: int,
         events: list[tuple[Any, ...]],
+        slotted: set[str],
     ) -> tuple[list[str], bool]:
-        """Apply token-fenced outcomes; returns (lost job ids, whether work became ready)."""
+        """Apply token-fenced outcomes; returns (lost job ids, whether work became ready).
+
+        Work becomes ready when a job goes back to pending, or when a job of a queue in
+        `slotted` (it has a concurrency limit) stops running and frees a slot.
+        """
         lost: list[str] = []
         woke = False
         # Completions are most outcomes: apply them in one statement over a JSON array
@@ -696,6 +873,7 @@ class SqliteEngine:
             ).fetchall()
             for job_id, queue, task, tenant, attempt in rows:
                 completed.add(job_id)
+                woke |= queue in slotted
                 events.append((queue, "completed", job_id, task, tenant, attempt, now, None))
         for o in outcomes:
             params: dict[str, Any] = {"id": o.job_id, "token": o.token, "now": now}
@@ -723,12 +901,23 @@ class SqliteEngine:
                 sql, kind = _OUTCOME_SQL["release"], "released"
                 params["seq"] = self._front_seq(conn)
                 woke = True
+            elif o.kind == "defer":
+                kind = "deferred"
+                if o.delay_ms > 0:
+                    sql = _OUTCOME_SQL["defer_later"]
+                    params["due"] = now + o.delay_ms
+                else:
+                    sql = _OUTCOME_SQL["defer_now"]
+                    params["seq"] = self._reserve_seq(conn, 1)
+                    woke = True
+                data = _event_data(reason=o.reason or "", delay_ms=o.delay_ms)
             else:
                 raise ValueError(f"unknown outcome kind {o.kind!r} for job {o.job_id}")
             row = conn.execute(sql, params).fetchone()
             if row is None:
                 lost.append(o.job_id)
                 continue
+            woke |= row[0] in slotted
             events.append((row[0], kind, o.job_id, row[1], row[2], row[3], now, data))
         return lost, woke
 
@@ -1081,6 +1270,7 @@ class SqliteEngine:
 
         fields = await self._write(tx)
         self._events_wake.notify()
+        self._jobs_wake.notify()  # a cancelled running job may free a limited slot
         return decode_job(fields)
 
     async def promote_job(self, job_id: str) -> Job:
@@ -1206,6 +1396,15 @@ class SqliteEngine:
                 total += deleted
                 if deleted < DELETE_BATCH:
                     break
+
+        def forget(conn: sqlite3.Connection) -> None:
+            # The triggers left the queue's tenant rows at zero; its limits stay.
+            conn.execute(
+                "DELETE FROM tenants WHERE queue = ? AND pending <= 0 AND running <= 0", (queue,)
+            )
+            conn.execute("DELETE FROM rate_log WHERE queue = ?", (queue,))
+
+        await self._write(forget)
         return total
 
     async def register_worker(self, worker_id: str, info_json: str, ttl_ms: int) -> None:
@@ -1257,6 +1456,41 @@ class SqliteEngine:
             return out
 
         return await self._call(read)
+
+    # --- fairness and limits -----------------------------------------------------------
+    async def set_limits(self, queue: str, limits: QueueLimits | None) -> None:
+        """Store `queue`'s limits for every process using this file (None: no limits)."""
+
+        def tx(conn: sqlite3.Connection) -> None:
+            if limits is None or limits.empty:
+                conn.execute("DELETE FROM queue_limits WHERE queue = ?", (queue,))
+                return
+            cols = ", ".join(_LIMIT_COLUMNS)
+            marks = ", ".join("?" * len(_LIMIT_COLUMNS))
+            updates = ", ".join(f"{c} = excluded.{c}" for c in _LIMIT_COLUMNS)
+            conn.execute(
+                f"INSERT INTO queue_limits (queue, {cols}) VALUES (?, {marks}) "
+                f"ON CONFLICT (queue) DO UPDATE SET {updates}",
+                (queue, *limits.fields().values()),
+            )
+
+        await self._write(tx)
+        self._jobs_wake.notify()  # other processes see the commit through data_version
+
+    async def get_limits(self, queue: str) -> QueueLimits:
+        """The stored limits of `queue` (empty when it has none)."""
+        return (await self._call(self._read_limits)).get(queue, QueueLimits())
+
+    async def tenant_running(self, queue: str) -> dict[str, int]:
+        """Running jobs per tenant of `queue` (the trigger-kept counts claims check)."""
+        rows = await self._call(
+            lambda conn: conn.execute(
+                "SELECT tenant, running FROM tenants WHERE queue = ? AND tenant != '' "
+                "AND running > 0 ORDER BY tenant",
+                (queue,),
+            ).fetchall()
+        )
+        return {str(t): int(n) for t, n in rows}
 
     # --- scheduler: leadership leases and the schedule store ------------------------------
     # Each lease write is one BEGIN IMMEDIATE transaction, so check-then-set is atomic
@@ -1464,6 +1698,30 @@ def _cursor_for(state: JobState, row: Sequence[Any]) -> str:
     return f"{row[15]}:{rowid}"  # finished_ms
 
 
+def _pending_page(
+    conn: sqlite3.Connection,
+    base: str,
+    args: list[Any],
+    key: tuple[int, int] | None,
+    n: int,
+) -> list[tuple[Any, ...]]:
+    """Up to `n` pending rows of one index after the keyset position `key`."""
+    order = " ORDER BY priority DESC, seq LIMIT ?"
+    if key is None:
+        return conn.execute(base + order, (*args, n)).fetchall()
+    # (priority DESC, seq ASC) is not one row-value range, so take the rest of the
+    # cursor's priority, then the lower priorities: two index range scans.
+    priority, seq = key
+    rows: list[tuple[Any, ...]] = conn.execute(
+        base + " AND priority = ? AND seq > ?" + order, (*args, priority, seq, n)
+    ).fetchall()
+    if len(rows) < n:
+        rows += conn.execute(
+            base + " AND priority < ?" + order, (*args, priority, n - len(rows))
+        ).fetchall()
+    return rows
+
+
 def _page(
     conn: sqlite3.Connection,
     queue: str,
@@ -1479,20 +1737,15 @@ def _page(
         base += " AND tenant = ?"
         args.append(tenant)
     if state is JobState.PENDING:
-        order = " ORDER BY priority DESC, seq LIMIT ?"
-        if key is None:
-            return conn.execute(base + order, (*args, n)).fetchall()
-        # (priority DESC, seq ASC) is not one row-value range, so take the rest of the
-        # cursor's priority, then the lower priorities: two index range scans.
-        priority, seq = key
-        rows = conn.execute(
-            base + " AND priority = ? AND seq > ?" + order, (*args, priority, seq, n)
-        ).fetchall()
-        if len(rows) < n:
-            rows += conn.execute(
-                base + " AND priority < ?" + order, (*args, priority, n - len(rows))
-            ).fetchall()
-        return rows
+        # Jobs without a tenant and tenant jobs sit in different indices (jobs_claim,
+        # jobs_tenant_order / jobs_tenant_claim): page through each, merge by claim order.
+        if tenant is not None:
+            parts = [base + " AND tenant IS NOT NULL"]
+        else:
+            parts = [base + " AND tenant IS NULL", base + " AND tenant IS NOT NULL"]
+        rows = [r for part in parts for r in _pending_page(conn, part, args, key, n)]
+        rows.sort(key=lambda r: (-r[7], r[22]))
+        return rows[:n]
     column, direction, op = {
         JobState.SCHEDULED: ("scheduled_ms", "ASC", ">"),
         JobState.RUNNING: ("created_ms", "DESC", "<"),

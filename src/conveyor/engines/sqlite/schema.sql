@@ -1,4 +1,4 @@
--- Conveyor SQLite schema, version 2 (stored in PRAGMA user_version).
+-- Conveyor SQLite schema, version 3 (stored in PRAGMA user_version).
 --
 -- Loaded by engine.py with importlib.resources and run inside one BEGIN IMMEDIATE
 -- transaction. Every statement is idempotent (IF NOT EXISTS / OR IGNORE), so two
@@ -39,9 +39,15 @@ CREATE TABLE IF NOT EXISTS jobs (
                                              -- jobs get negative values (front of line)
 );
 
--- Claim order: highest priority first, FIFO within a priority (pending only).
+-- Claim order of the jobs without a tenant: highest priority first, FIFO within a
+-- priority (pending only). Tenant jobs have their own two indices (version 3, at the
+-- end), so every pending job sits in exactly one claim index and a queue without
+-- tenants pays nothing for fairness. Version 3 narrowed this index to tenant IS NULL:
+-- the DROP turns an older file's index into the new one (and is harmless on a fresh
+-- file, or when two processes upgrade the same file one after the other).
+DROP INDEX IF EXISTS jobs_claim;
 CREATE INDEX IF NOT EXISTS jobs_claim ON jobs (queue, priority DESC, seq)
-    WHERE state = 'pending';
+    WHERE state = 'pending' AND tenant IS NULL;
 -- Age of the oldest pending job (counts) without scanning the backlog.
 CREATE INDEX IF NOT EXISTS jobs_pending_age ON jobs (queue, created_ms)
     WHERE state = 'pending';
@@ -145,3 +151,88 @@ CREATE TABLE IF NOT EXISTS schedules (
     since_ms    INTEGER NOT NULL,
     last_run_ms INTEGER
 ) WITHOUT ROWID;
+
+-- Version 3: fairness and limits (see engine.py, `_claim_fair`, for how claims use them).
+-- A tenant's pending jobs in claim order: the tenant's best job is one index search.
+CREATE INDEX IF NOT EXISTS jobs_tenant_claim ON jobs (queue, tenant, priority DESC, seq)
+    WHERE state = 'pending' AND tenant IS NOT NULL;
+-- Every tenant's pending jobs in the queue's priority/FIFO order (listings merge it
+-- with jobs_claim).
+CREATE INDEX IF NOT EXISTS jobs_tenant_order ON jobs (queue, priority DESC, seq)
+    WHERE state = 'pending' AND tenant IS NOT NULL;
+
+-- One row per (queue, tenant): pending and running counts kept exact by triggers (only
+-- rows of jobs that have a tenant fire them), and `turn`, when the tenant was last
+-- served: claims serve the least recently served tenant first. The row with tenant ''
+-- only holds the turn of the queue's jobs without a tenant (tenant names are never
+-- empty), so those jobs, which fire no trigger, take turns as one more bucket.
+CREATE TABLE IF NOT EXISTS tenants (
+    queue   TEXT NOT NULL,
+    tenant  TEXT NOT NULL,
+    pending INTEGER NOT NULL DEFAULT 0,
+    running INTEGER NOT NULL DEFAULT 0,
+    turn    INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (queue, tenant)
+) WITHOUT ROWID;
+-- The rotation: tenants with pending jobs, least recently served first.
+CREATE INDEX IF NOT EXISTS tenants_ready ON tenants (queue, turn) WHERE pending > 0;
+
+CREATE TRIGGER IF NOT EXISTS jobs_tenant_insert AFTER INSERT ON jobs
+    WHEN new.tenant IS NOT NULL AND new.state IN ('pending', 'running')
+BEGIN
+    INSERT INTO tenants (queue, tenant, pending, running)
+        VALUES (new.queue, new.tenant, new.state = 'pending', new.state = 'running')
+        ON CONFLICT (queue, tenant) DO UPDATE SET
+            pending = pending + excluded.pending, running = running + excluded.running;
+END;
+
+CREATE TRIGGER IF NOT EXISTS jobs_tenant_update AFTER UPDATE OF state ON jobs
+    WHEN new.tenant IS NOT NULL AND old.state IS NOT new.state
+        AND (old.state IN ('pending', 'running') OR new.state IN ('pending', 'running'))
+BEGIN
+    INSERT INTO tenants (queue, tenant, pending, running)
+        VALUES (new.queue, new.tenant,
+                (new.state = 'pending') - (old.state = 'pending'),
+                (new.state = 'running') - (old.state = 'running'))
+        ON CONFLICT (queue, tenant) DO UPDATE SET
+            pending = pending + excluded.pending, running = running + excluded.running;
+END;
+
+CREATE TRIGGER IF NOT EXISTS jobs_tenant_delete AFTER DELETE ON jobs
+    WHEN old.tenant IS NOT NULL AND old.state IN ('pending', 'running')
+BEGIN
+    UPDATE tenants SET pending = pending - (old.state = 'pending'),
+                       running = running - (old.state = 'running')
+        WHERE queue = old.queue AND tenant = old.tenant;
+END;
+
+-- A file upgraded from version 2 may hold tenant jobs already: count them once (a
+-- second process running this script finds the rows and leaves them alone).
+INSERT INTO tenants (queue, tenant, pending, running)
+    SELECT queue, tenant, sum(state = 'pending'), sum(state = 'running') FROM jobs
+        WHERE tenant IS NOT NULL AND state IN ('pending', 'running')
+        GROUP BY queue, tenant
+    ON CONFLICT (queue, tenant) DO NOTHING;
+
+-- Per-queue limits (NULL = no limit), read by every claim.
+CREATE TABLE IF NOT EXISTS queue_limits (
+    queue                   TEXT PRIMARY KEY,
+    concurrency             INTEGER,
+    tenant_concurrency      INTEGER,
+    rate                    INTEGER,
+    rate_window_ms          INTEGER NOT NULL DEFAULT 1000,
+    tenant_rate             INTEGER,
+    tenant_rate_window_ms   INTEGER NOT NULL DEFAULT 1000
+) WITHOUT ROWID;
+
+-- Start times inside the current rate window (a sliding-window log): scope '' is the
+-- queue-wide rate, otherwise a tenant's. Rows are written only for queues with a rate
+-- limit and deleted once they leave the window.
+CREATE TABLE IF NOT EXISTS rate_log (
+    queue   TEXT NOT NULL,
+    scope   TEXT NOT NULL,
+    at_ms   INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS rate_log_window ON rate_log (queue, scope, at_ms);
+
+INSERT OR IGNORE INTO meta (key, value) VALUES ('turn', 0);

@@ -9,12 +9,20 @@
 --   KEYS[5]  completed zset    KEYS[6]  failed zset       KEYS[7]  cancelled zset
 --   KEYS[8]  dedupe hash       KEYS[9]  paused flag       KEYS[10] events stream
 --   KEYS[11] seq counter       KEYS[12] front counter
+--   KEYS[13] tenant pending zset (every tenant's pending jobs; KEYS[2] holds the rest)
+--   KEYS[14] tenant bucket prefix "{p:q}:tp:"  (a tenant's pending zset is KEYS[14] ..
+--            tenant: derived like a job hash, same tag, same slot)
+--   KEYS[15] ready zset (the rotation of buckets)   KEYS[16] running-per-tenant hash
+--   KEYS[17] limits hash       KEYS[18] queue rate log zset
+--   KEYS[19] tenant rate log prefix "{p:q}:trate:"   KEYS[20] turn counter
 -- and the same ARGV header:
 --   ARGV[1]  wake-up channel   ARGV[2]  events stream max length   ARGV[3]  queue name
 -- Operation arguments start at ARGV[4].
 local K_JOB, K_PENDING, K_SCHEDULED, K_RUNNING = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local K_COMPLETED, K_FAILED, K_CANCELLED = KEYS[5], KEYS[6], KEYS[7]
 local K_DEDUPE, K_PAUSED, K_EVENTS, K_SEQ, K_FRONT = KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12]
+local K_TPENDING, K_TBUCKET, K_READY, K_TRUNNING = KEYS[13], KEYS[14], KEYS[15], KEYS[16]
+local K_LIMITS, K_RATE, K_TRATE, K_TURN = KEYS[17], KEYS[18], KEYS[19], KEYS[20]
 local WAKE_CHANNEL, EVENTS_MAXLEN, QUEUE = ARGV[1], ARGV[2], ARGV[3]
 
 -- Redis TIME is the one clock for due times and lease deadlines, whatever the clients'
@@ -38,29 +46,90 @@ end
 local wake_needed = false
 
 -- Push a job into pending (state, score, index); `front` puts it before every job of
--- its priority (release on shutdown).
-local function push_pending(id, jk, front, priority)
-  priority = priority or tonumber(redis.call('HGET', jk, 'priority')) or 0
+-- its priority (release on shutdown). A job without a tenant goes to K_PENDING, a tenant
+-- job to its tenant's bucket (and K_TPENDING, the index of all tenant jobs). `priority`
+-- and `tenant` ('' = none) may be nil: they are then read from the job.
+local function push_pending(id, jk, front, priority, tenant)
+  if priority == nil or tenant == nil then
+    local f = redis.call('HMGET', jk, 'priority', 'tenant')
+    priority = priority or tonumber(f[1]) or 0
+    tenant = tenant or f[2] or ''
+  end
   local score
   if front then
     score = (100 - priority) * BAND + MID - redis.call('INCR', K_FRONT)
   else
     score = (100 - priority) * BAND + MID + redis.call('INCR', K_SEQ)
   end
-  redis.call('ZADD', K_PENDING, num(score), id)
   redis.call('HSET', jk, 'state', 'pending')
   redis.call('HDEL', jk, 'scheduled_ms')
-  -- Idle workers only sleep after a claim found pending empty, so the empty -> non-empty
-  -- transition is the one moment that needs a wake-up.
-  if redis.call('ZCARD', K_PENDING) == 1 then
+  -- Idle workers sleep after a claim found nothing claimable, so a bucket that goes
+  -- from empty to non-empty is the moment that needs a wake-up (a new tenant's jobs
+  -- may be claimable while every other tenant is held back by its limit). It also joins
+  -- the rotation then, at the front (score 0): it has not been served for a while.
+  if tenant == '' then
+    redis.call('ZADD', K_PENDING, num(score), id)
+    if redis.call('ZCARD', K_PENDING) == 1 then
+      redis.call('ZADD', K_READY, 'NX', 0, '')
+      wake_needed = true
+    end
+  else
+    redis.call('ZADD', K_TPENDING, num(score), id)
+    local bucket = K_TBUCKET .. tenant
+    redis.call('ZADD', bucket, num(score), id)
+    if redis.call('ZCARD', bucket) == 1 then
+      redis.call('ZADD', K_READY, 'NX', 0, tenant)
+      wake_needed = true
+    end
+  end
+end
+
+-- Take a pending job out of its bucket (cancel, purge).
+local function remove_pending(id, jk)
+  local tenant = redis.call('HGET', jk, 'tenant')
+  if tenant and tenant ~= '' then
+    redis.call('ZREM', K_TPENDING, id)
+    local bucket = K_TBUCKET .. tenant
+    redis.call('ZREM', bucket, id)
+  else
+    redis.call('ZREM', K_PENDING, id)
+  end
+end
+
+-- The queue's limits (nil = none); `slotted` when a concurrency limit exists, so a job
+-- that stops running frees a slot that idle workers must hear about.
+local function read_limits()
+  local f = redis.call('HMGET', K_LIMITS, 'concurrency', 'tenant_concurrency', 'rate',
+    'rate_window_ms', 'tenant_rate', 'tenant_rate_window_ms')
+  local lim = {
+    concurrency = tonumber(f[1]), tenant_concurrency = tonumber(f[2]),
+    rate = tonumber(f[3]), rate_window_ms = tonumber(f[4]) or 1000,
+    tenant_rate = tonumber(f[5]), tenant_rate_window_ms = tonumber(f[6]) or 1000,
+  }
+  lim.slotted = lim.concurrency ~= nil or lim.tenant_concurrency ~= nil
+  return lim
+end
+
+-- A running job (its `running` zset entry already removed) stops running: one fewer
+-- for its tenant, and a wake-up when a concurrency limit may have held others back.
+local function left_running(jk, tenant, lim)
+  if tenant and tenant ~= '' and redis.call('HINCRBY', K_TRUNNING, tenant, -1) <= 0 then
+    redis.call('HDEL', K_TRUNNING, tenant)
+  end
+  if (lim or read_limits()).slotted then
     wake_needed = true
   end
 end
 
--- Publish a wake-up if this script refilled an empty pending set (and work is claimable).
-local function wake()
+-- Publish a wake-up if this script made work claimable (and the queue is not paused).
+-- With `lim`, not when the queue is back at its concurrency limit: the script's own
+-- claim took the slot a finished job freed, and waking the others would only make them
+-- ask for nothing.
+local function wake(lim)
   if wake_needed and redis.call('EXISTS', K_PAUSED) == 0
-      and redis.call('ZCARD', K_PENDING) > 0 then
+      and (redis.call('ZCARD', K_PENDING) > 0 or redis.call('ZCARD', K_TPENDING) > 0)
+      and not (lim and lim.concurrency
+               and redis.call('ZCARD', K_RUNNING) >= lim.concurrency) then
     redis.call('PUBLISH', WAKE_CHANNEL, QUEUE)
   end
 end
@@ -117,7 +186,7 @@ local function promote_due(limit)
     redis.call('ZREM', K_SCHEDULED, id)
     local jk = K_JOB .. id
     if redis.call('HGET', jk, 'state') == 'scheduled' then
-      push_pending(id, jk, false, nil)
+      push_pending(id, jk, false, nil, nil)
     end
   end
   return #ids
@@ -125,17 +194,19 @@ end
 
 -- Running jobs whose lease deadline passed: back to pending, or failed when the attempt
 -- was the last one (this is what ends crash loops). Bounded per call.
-local function recover_expired(limit)
+local function recover_expired(limit, lim)
   local ids = redis.call('ZRANGEBYSCORE', K_RUNNING, '-inf', '(' .. num(NOW), 'LIMIT', 0, limit)
   local recovered = 0
   for _, id in ipairs(ids) do
     redis.call('ZREM', K_RUNNING, id)
     local jk = K_JOB .. id
-    local f = redis.call('HMGET', jk, 'state', 'attempt', 'max_attempts')
+    local f = redis.call('HMGET', jk, 'state', 'attempt', 'max_attempts', 'tenant')
     if f[1] == 'running' then
       recovered = recovered + 1
       local attempt = tonumber(f[2]) or 0
       redis.call('HDEL', jk, 'token')
+      lim = lim or read_limits()
+      left_running(jk, f[4], lim)
       if attempt >= (tonumber(f[3]) or 1) then
         add_error(jk, cjson.encode({
           attempt = attempt, type = 'LeaseExpired',
@@ -146,7 +217,7 @@ local function recover_expired(limit)
         finish(id, jk, 'failed')
         emit(id, jk, 'failed', cjson.encode({ error = 'lease expired: worker lost' }))
       else
-        push_pending(id, jk, false, nil)
+        push_pending(id, jk, false, nil, f[4] or '')
         emit(id, jk, 'stalled', nil)
       end
     end
@@ -163,7 +234,7 @@ local function retry_finished(id, jk, state)
   if key and key ~= '' then
     redis.call('HSETNX', K_DEDUPE, key, id)
   end
-  push_pending(id, jk, false, nil)
+  push_pending(id, jk, false, nil, nil)
   emit(id, jk, 'enqueued', cjson.encode({ retried_by = 'operator' }))
 end
 

@@ -4,7 +4,9 @@
 -- KEYS:    the per-queue keys (see _lib.lua); ARGV[1..3]: wake channel, events maxlen, queue
 -- ARGV[4]: job id
 -- Returns: { 'ok', HGETALL } | { 'missing' } | { 'invalid', current state }
--- Touches: scheduled/pending/running, cancelled, the job hash, dedupe, events.
+-- Touches: scheduled/pending/running (or the job's tenant bucket and tpending), trunning,
+--          cancelled, the job hash, dedupe, events; PUBLISH when a running job of a queue
+--          with a concurrency limit freed its slot.
 local id = ARGV[4]
 local jk = K_JOB .. id
 local state = redis.call('HGET', jk, 'state')
@@ -12,7 +14,15 @@ if not state then return { 'missing' } end
 if state ~= 'scheduled' and state ~= 'pending' and state ~= 'running' then
   return { 'invalid', state }
 end
-redis.call('ZREM', BY_STATE[state], id)
+if state == 'pending' then
+  remove_pending(id, jk)
+else
+  redis.call('ZREM', BY_STATE[state], id)
+end
+if state == 'running' then
+  left_running(jk, redis.call('HGET', jk, 'tenant'), nil)
+end
 finish(id, jk, 'cancelled')
 emit(id, jk, 'cancelled', nil)
+wake()
 return job_reply(jk)

@@ -4,22 +4,26 @@
 -- Returns: { scheduled, pending, running, completed, failed, cancelled, paused (0/1),
 --            created_ms of the oldest pending job or -1,
 --            completed in the last 60 s, failed in the last 60 s (ZCOUNT: O(log n)) }
--- Touches: reads the state zsets, paused, job hashes.
+-- Touches: reads the state zsets (pending: pending + tpending), paused, job hashes.
 --
 -- Pending is ordered by priority, so its head is not necessarily the oldest job. Within a
 -- priority it is FIFO, so comparing the head of each priority band (at most 201, each an
 -- O(log n) lookup) finds the oldest without scanning the set.
+-- Jobs with a tenant are indexed in tpending, the others in pending: both are scanned.
 local oldest = -1
-local lo = '-inf'
-for _ = 1, 202 do
-  local head = redis.call('ZRANGEBYSCORE', K_PENDING, lo, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
-  if #head == 0 then break end
-  local created = tonumber(redis.call('HGET', K_JOB .. head[1], 'created_ms'))
-  if created and (oldest < 0 or created < oldest) then oldest = created end
-  lo = num((math.floor(tonumber(head[2]) / BAND) + 1) * BAND)
+for _, zkey in ipairs({ K_PENDING, K_TPENDING }) do
+  local lo = '-inf'
+  for _ = 1, 202 do
+    local head = redis.call('ZRANGEBYSCORE', zkey, lo, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+    if #head == 0 then break end
+    local created = tonumber(redis.call('HGET', K_JOB .. head[1], 'created_ms'))
+    if created and (oldest < 0 or created < oldest) then oldest = created end
+    lo = num((math.floor(tonumber(head[2]) / BAND) + 1) * BAND)
+  end
 end
 return {
-  redis.call('ZCARD', K_SCHEDULED), redis.call('ZCARD', K_PENDING),
+  redis.call('ZCARD', K_SCHEDULED),
+  redis.call('ZCARD', K_PENDING) + redis.call('ZCARD', K_TPENDING),
   redis.call('ZCARD', K_RUNNING), redis.call('ZCARD', K_COMPLETED),
   redis.call('ZCARD', K_FAILED), redis.call('ZCARD', K_CANCELLED),
   redis.call('EXISTS', K_PAUSED), oldest,

@@ -7,8 +7,8 @@
 -- Returns: flat array, 3 values per job in input order: id, created (1/0), state.
 --          A dedupe key held by an active job (or an id that already exists, i.e. a
 --          retried call whose reply was lost) yields that job with created = 0.
--- Touches: job hashes, pending or scheduled, dedupe, seq, events; PUBLISH on the wake
---          channel when pending was empty.
+-- Touches: job hashes, pending (tenant jobs: tpending, their bucket, ready) or scheduled,
+--          dedupe, seq, events; PUBLISH on the wake channel when a bucket was empty.
 local W = 11
 local n = tonumber(ARGV[4])
 -- Validate everything before the first write: Redis does not roll back a script that
@@ -69,7 +69,7 @@ for i = 0, n - 1 do
       state = 'scheduled'
       schedule(id, jk, due)
     else
-      push_pending(id, jk, false, priority)
+      push_pending(id, jk, false, priority, ARGV[b + 5])
     end
     emit(id, jk, 'enqueued', nil)
     out[#out + 1] = id

@@ -3,37 +3,52 @@
 -- KEYS:    the per-queue keys (see _lib.lua); ARGV[1..3]: wake channel, events maxlen, queue
 -- ARGV[4]: worker id     ARGV[5]: lease_ms     ARGV[6]: limit (0 = outcomes only)
 -- ARGV[7]: n outcomes; then 5 values per outcome:
---          job id, token, kind (complete|retry|fail|release), body, delay_ms
---          (body: result json for complete, error json for retry/fail, '' for release)
--- Returns: { lost ids, ms until the next scheduled job is due (-1: none),
---            claimed jobs (each a flat HGETALL array), expired leases recovered }
--- Touches: job hashes, every state zset, dedupe, seq, front, events; PUBLISH on the
---          wake channel when pending was empty and is not after the claim.
+--          job id, token, kind (complete|retry|fail|release|defer), body, delay_ms
+--          (body: result json for complete, error json for retry/fail, '' for release,
+--          the reason for defer)
+-- Returns: { lost ids, ms until the next scheduled job is due or a rate window that held
+--            jobs back reopens (-1: neither), claimed jobs (each a flat HGETALL array),
+--            expired leases recovered }
+-- Touches: job hashes, every state zset, the buckets (pending, tpending, tp:<tenant>),
+--          ready, trunning, rate logs, turn, dedupe, seq, front, events; PUBLISH on the
+--          wake channel when work became claimable (a bucket refilled, or a job of a
+--          queue with a concurrency limit stopped running) and some is left after the claim.
 --
--- Order: outcomes first (a released job may be claimed again at once), then, when
--- limit > 0: promote due scheduled jobs and recover expired leases (bounded batches),
--- then claim in pending order unless the queue is paused.
+-- Order: outcomes first (a released job may be claimed again at once, a finished job
+-- frees its slot for this claim), then, when limit > 0: promote due scheduled jobs and
+-- recover expired leases (bounded batches), then claim unless the queue is paused.
+--
+-- Limits are checked and taken in this one script, so they hold for the whole fleet:
+--   worker A: exchange reads running = 4 of 5, claims 1 -> running = 5
+--   worker B: exchange (runs after A's, never interleaved) reads 5 of 5, claims none
+-- Redis runs scripts one at a time, so no second claim can read a count between
+-- another claim's read and write.
 local BATCH = 1000
+local ROTATION_PAGE = 32 -- buckets read per pass of the rotation
+local TURN_BUDGET = 64 -- extra turns one claim may spend on tenants at their limits
 local worker, lease_ms, limit = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
 local n = tonumber(ARGV[7])
 for i = 0, n - 1 do
   local kind = ARGV[8 + i * 5 + 2]
-  if kind ~= 'complete' and kind ~= 'retry' and kind ~= 'fail' and kind ~= 'release' then
+  if kind ~= 'complete' and kind ~= 'retry' and kind ~= 'fail' and kind ~= 'release'
+      and kind ~= 'defer' then
     return redis.error_reply('ERR conveyor exchange: unknown outcome kind ' .. tostring(kind))
   end
 end
 
+local lim = read_limits()
 local lost = {}
 for i = 0, n - 1 do
   local b = 8 + i * 5
   local id, token, kind, body = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
   local jk = K_JOB .. id
-  local f = redis.call('HMGET', jk, 'state', 'token')
+  local f = redis.call('HMGET', jk, 'state', 'token', 'tenant')
   -- The token fences a worker that lost its lease: it may not touch the job any more.
   if f[1] ~= 'running' or f[2] ~= token then
     lost[#lost + 1] = id
   else
     redis.call('ZREM', K_RUNNING, id)
+    left_running(jk, f[3], lim)
     if kind == 'complete' then
       if body ~= '' then redis.call('HSET', jk, 'result', body) end
       finish(id, jk, 'completed')
@@ -49,45 +64,155 @@ for i = 0, n - 1 do
       if delay > 0 then
         schedule(id, jk, NOW + delay)
       else
-        push_pending(id, jk, false, nil)
+        push_pending(id, jk, false, nil, f[3] or '')
       end
       emit(id, jk, 'retried', cjson.encode({ error = error_message(body), delay_ms = delay }))
+    elseif kind == 'defer' then -- rate limited / breaker open: not a failed attempt
+      local delay = tonumber(ARGV[b + 4]) or 0
+      if redis.call('HINCRBY', jk, 'attempt', -1) < 0 then
+        redis.call('HSET', jk, 'attempt', 0)
+      end
+      redis.call('HDEL', jk, 'token', 'started_ms')
+      if delay > 0 then
+        schedule(id, jk, NOW + delay)
+      else
+        push_pending(id, jk, false, nil, f[3] or '')
+      end
+      emit(id, jk, 'deferred', cjson.encode({ reason = body, delay_ms = delay }))
     else -- release: handed back on shutdown, the attempt does not count
       if redis.call('HINCRBY', jk, 'attempt', -1) < 0 then
         redis.call('HSET', jk, 'attempt', 0)
       end
       redis.call('HDEL', jk, 'token', 'started_ms')
-      push_pending(id, jk, true, nil)
+      push_pending(id, jk, true, nil, f[3] or '')
       emit(id, jk, 'released', nil)
     end
   end
 end
 
+-- ms until a rate window that held jobs back reopens (-1: none did).
+local hint = -1
+local function hold(tkey, window_ms)
+  local oldest = redis.call('ZRANGE', tkey, 0, 0, 'WITHSCORES')
+  local wait = window_ms
+  if oldest[2] then wait = tonumber(oldest[2]) + window_ms - NOW end
+  if hint < 0 or wait < hint then hint = wait end
+end
+
+-- Starts inside a sliding window: drop the ones that left it, count the rest.
+local function starts(tkey, window_ms)
+  redis.call('ZREMRANGEBYSCORE', tkey, '-inf', num(NOW - window_ms))
+  return redis.call('ZCARD', tkey)
+end
+
 local claimed = {}
 local recovered = 0
+local deadline = num(NOW + lease_ms)
+local started = num(NOW)
+
+-- Claim one popped job of bucket `tenant` ('' = none); false if it was a stale entry.
+local function claim(id, token, tenant)
+  local jk = K_JOB .. id
+  if redis.call('HGET', jk, 'state') ~= 'pending' then
+    return false
+  end
+  redis.call('HINCRBY', jk, 'attempt', 1)
+  redis.call('HSET', jk, 'state', 'running', 'token', token, 'started_ms', started,
+    'worker', worker)
+  redis.call('ZADD', K_RUNNING, deadline, id)
+  emit(id, jk, 'started', nil)
+  claimed[#claimed + 1] = redis.call('HGETALL', jk)
+  if lim.rate then
+    redis.call('ZADD', K_RATE, started, token)
+    redis.call('PEXPIRE', K_RATE, lim.rate_window_ms)
+  end
+  if tenant ~= '' then
+    redis.call('HINCRBY', K_TRUNNING, tenant, 1)
+    if lim.tenant_rate then
+      local tkey = K_TRATE .. tenant
+      redis.call('ZADD', tkey, started, token)
+      redis.call('PEXPIRE', tkey, lim.tenant_rate_window_ms)
+    end
+  end
+  return true
+end
+
 if limit > 0 then
   promote_due(BATCH)
-  recovered = recover_expired(BATCH)
-  if redis.call('EXISTS', K_PAUSED) == 0 then
-    local popped = redis.call('ZPOPMIN', K_PENDING, limit)
-    local count = #popped / 2
-    if count > 0 then
-      -- One INCRBY for all tokens of this claim: unique per queue, never reused.
-      local last = redis.call('INCRBY', K_SEQ, count)
-      local deadline = num(NOW + lease_ms)
-      local started = num(NOW)
-      for j = 1, count do
-        local id = popped[j * 2 - 1]
-        local jk = K_JOB .. id
-        if redis.call('HGET', jk, 'state') == 'pending' then
-          local token = num(last - count + j) .. '-' .. started
-          redis.call('HINCRBY', jk, 'attempt', 1)
-          redis.call('HSET', jk, 'state', 'running', 'token', token, 'started_ms', started,
-            'worker', worker)
-          redis.call('ZADD', K_RUNNING, deadline, id)
-          emit(id, jk, 'started', nil)
-          claimed[#claimed + 1] = redis.call('HGETALL', jk)
+  recovered = recover_expired(BATCH, lim)
+  local room = limit
+  if lim.concurrency then
+    room = math.min(room, lim.concurrency - redis.call('ZCARD', K_RUNNING))
+  end
+  if lim.rate then
+    local used = starts(K_RATE, lim.rate_window_ms)
+    if used >= lim.rate then hold(K_RATE, lim.rate_window_ms) end
+    room = math.min(room, lim.rate - used)
+  end
+  if room > 0 and redis.call('EXISTS', K_PAUSED) == 0 then
+    if redis.call('ZCARD', K_TPENDING) == 0 then
+      -- No tenant jobs pending: the best jobs are simply the first ones (the path of a
+      -- queue without tenants, as fast as before fairness existed).
+      local popped = redis.call('ZPOPMIN', K_PENDING, room)
+      local count = #popped / 2
+      if count > 0 then
+        -- One INCRBY for all tokens of this claim: unique per queue, never reused.
+        local last = redis.call('INCRBY', K_SEQ, count)
+        for j = 1, count do
+          claim(popped[j * 2 - 1], num(last - count + j) .. '-' .. started, '')
         end
+      end
+    else
+      -- Tenants take turns: serve the least recently served bucket, one job per turn
+      -- (all `room` when it is the only one), and send it to the back of the line,
+      -- whether it took a job or passed because it is at its limit (so tenants at their
+      -- limit never sit in front of the others). A bucket found empty leaves.
+      local budget = room + TURN_BUDGET
+      while room > 0 and budget > 0 do
+        local ready = redis.call('ZRANGE', K_READY, 0, ROTATION_PAGE - 1)
+        if #ready == 0 then break end
+        local served = false
+        for _, tenant in ipairs(ready) do
+          if room <= 0 or budget <= 0 then break end
+          budget = budget - 1
+          local bucket = K_PENDING
+          if tenant ~= '' then bucket = K_TBUCKET .. tenant end
+          if redis.call('ZCARD', bucket) == 0 then
+            redis.call('ZREM', K_READY, tenant)
+          else
+            local allowed = 1
+            if #ready == 1 then allowed = room end
+            if tenant ~= '' then -- jobs without a tenant are not subject to tenant limits
+              if lim.tenant_concurrency then
+                local busy = tonumber(redis.call('HGET', K_TRUNNING, tenant)) or 0
+                allowed = math.min(allowed, lim.tenant_concurrency - busy)
+              end
+              if lim.tenant_rate then
+                local tkey = K_TRATE .. tenant
+                local used = starts(tkey, lim.tenant_rate_window_ms)
+                if used >= lim.tenant_rate then hold(tkey, lim.tenant_rate_window_ms) end
+                allowed = math.min(allowed, lim.tenant_rate - used)
+              end
+            end
+            redis.call('ZADD', K_READY, redis.call('INCR', K_TURN), tenant)
+            if allowed > 0 then
+              local popped = redis.call('ZPOPMIN', bucket, allowed)
+              for j = 1, #popped, 2 do
+                local id = popped[j]
+                if tenant ~= '' then redis.call('ZREM', K_TPENDING, id) end
+                local token = num(redis.call('INCR', K_SEQ)) .. '-' .. started
+                if claim(id, token, tenant) then
+                  room = room - 1
+                  served = true
+                end
+              end
+              if redis.call('ZCARD', bucket) == 0 then
+                redis.call('ZREM', K_READY, tenant)
+              end
+            end
+          end
+        end
+        if not served then break end
       end
     end
   end
@@ -98,5 +223,8 @@ local first = redis.call('ZRANGE', K_SCHEDULED, 0, 0, 'WITHSCORES')
 if first[2] then
   next_due = math.max(0, tonumber(first[2]) - NOW)
 end
-wake()
+if hint >= 0 and (next_due < 0 or hint < next_due) then
+  next_due = math.max(0, hint)
+end
+wake(lim)
 return { lost, next_due, claimed, recovered }

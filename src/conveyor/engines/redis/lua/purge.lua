@@ -4,10 +4,13 @@
 -- KEYS:    the per-queue keys (see _lib.lua); ARGV[1..3]: wake channel, events maxlen, queue
 -- ARGV[4]: batch size
 -- Returns: how many jobs were deleted (< batch: the queue is empty now).
--- Touches: every state zset, job hashes (DEL), dedupe (DEL).
+-- Touches: every state zset, tpending, job hashes (DEL); once empty: dedupe, the tenant
+--          buckets (every non-empty bucket is in ready), ready, trunning, rate (DEL).
+--          Limits are kept: they are configuration, not jobs.
 local budget = tonumber(ARGV[4])
 local deleted = 0
-for _, zkey in ipairs({ K_PENDING, K_SCHEDULED, K_RUNNING, K_COMPLETED, K_FAILED, K_CANCELLED }) do
+for _, zkey in ipairs({ K_PENDING, K_TPENDING, K_SCHEDULED, K_RUNNING, K_COMPLETED, K_FAILED,
+                        K_CANCELLED }) do
   if budget - deleted <= 0 then break end
   local ids = redis.call('ZRANGE', zkey, 0, budget - deleted - 1)
   for _, id in ipairs(ids) do
@@ -18,5 +21,12 @@ for _, zkey in ipairs({ K_PENDING, K_SCHEDULED, K_RUNNING, K_COMPLETED, K_FAILED
 end
 if deleted < budget then
   redis.call('DEL', K_DEDUPE)
+  for _, tenant in ipairs(redis.call('ZRANGE', K_READY, 0, -1)) do
+    if tenant ~= '' then
+      local bucket = K_TBUCKET .. tenant
+      redis.call('DEL', bucket)
+    end
+  end
+  redis.call('DEL', K_READY, K_TRUNNING, K_RATE)
 end
 return deleted

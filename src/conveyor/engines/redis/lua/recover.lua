@@ -3,8 +3,9 @@
 -- KEYS:    the per-queue keys (see _lib.lua); ARGV[1..3]: wake channel, events maxlen, queue
 -- ARGV[4]: batch size
 -- Returns: { recovered, more } (more == 1: expired leases remain, call again).
--- Touches: running, pending, failed, job hashes, dedupe, seq, events; PUBLISH on the wake
---          channel when pending was empty.
+-- Touches: running, pending (or the job's tenant bucket, tpending, ready), trunning,
+--          failed, job hashes, dedupe, seq, events; PUBLISH on the wake channel when a
+--          bucket was refilled or a slot of a concurrency-limited queue was freed.
 local batch = tonumber(ARGV[4])
 local examined = redis.call('ZCOUNT', K_RUNNING, '-inf', '(' .. num(NOW))
 local recovered = recover_expired(batch)

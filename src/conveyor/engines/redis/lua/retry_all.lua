@@ -3,8 +3,8 @@
 -- KEYS:    the per-queue keys (see _lib.lua); ARGV[1..3]: wake channel, events maxlen, queue
 -- ARGV[4]: state ('failed' | 'cancelled')   ARGV[5]: batch size
 -- Returns: how many were retried (== batch: call again for the rest).
--- Touches: failed/cancelled, pending, job hashes, dedupe, seq, events; PUBLISH on the
---          wake channel when pending was empty.
+-- Touches: failed/cancelled, pending or the tenant's bucket (+ tpending, ready), job
+--          hashes, dedupe, seq, events; PUBLISH on the wake channel when a bucket was empty.
 local state = ARGV[4]
 if state ~= 'failed' and state ~= 'cancelled' then
   return redis.error_reply('ERR conveyor retry_all: state must be failed or cancelled')

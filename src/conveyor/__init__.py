@@ -13,6 +13,7 @@ async def send_email(job: Job) -> None: ...
 from .app import Conveyor
 from .backoff import Exponential, Fixed, Schedule
 from .errors import (
+    BreakerOpen,
     ConfigError,
     ConveyorError,
     EngineUnavailable,
@@ -22,6 +23,7 @@ from .errors import (
     JobNotFound,
     MalformedJob,
     PayloadTooLarge,
+    RateLimited,
     Retry,
     UnknownTask,
     Unrecoverable,
@@ -31,6 +33,7 @@ from .worker import Worker
 
 __all__ = [
     "AttemptError",
+    "BreakerOpen",
     "ConfigError",
     "Conveyor",
     "ConveyorError",
@@ -45,6 +48,7 @@ __all__ = [
     "JobState",
     "MalformedJob",
     "PayloadTooLarge",
+    "RateLimited",
     "Retry",
     "Schedule",
     "UnknownTask",

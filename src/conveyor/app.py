@@ -46,7 +46,7 @@ Hook = Callable[[], Any]  # sync or async, no arguments
 JobHook = Callable[[Job], Any]  # sync or async, gets the job
 F = TypeVar("F", bound=Hook)
 G = TypeVar("G", bound=JobHook)
-JOB_HOOK_KINDS = ("started", "completed", "failed", "retried", "released")
+JOB_HOOK_KINDS = ("started", "completed", "failed", "retried", "released", "deferred")
 R = TypeVar("R")
 _ENQUEUE_OPTIONS = frozenset(
     {
@@ -214,7 +214,7 @@ class Conveyor:
 
     def on(self, kind: str) -> Callable[[G], G]:
         """Run `fn(job)` in the worker when one of its jobs is started, completed,
-        failed (dead-lettered), retried or released. Exceptions are logged, not raised.
+        failed (dead-lettered), retried, released or deferred. Exceptions are logged.
 
         Raises:
             ConfigError: `kind` is not one of those.

@@ -14,7 +14,9 @@ ConveyorError                     root: catch this to catch everything Conveyor 
 ```
 
 Control flow raised *by handlers* is not an error and lives here too: `Retry`
-(retry after a delay), `Unrecoverable` (fail now, no more attempts).
+(retry after a delay), `Unrecoverable` (fail now, no more attempts), `RateLimited`
+(a dependency said "not now": run the job again later without spending an attempt) and
+its subclass `BreakerOpen` (raised by an open circuit breaker, `conveyor.breaker`).
 """
 
 from __future__ import annotations
@@ -78,3 +80,49 @@ class Retry(Exception):
 
 class Unrecoverable(Exception):
     """Raise from a handler to fail the job at once, skipping any remaining attempts."""
+
+
+class RateLimited(Exception):
+    """Raise from a handler when a dependency said "not now" (HTTP 429, a quota).
+
+    The job is *deferred*: it runs again after `retry_after` seconds and the attempt is
+    given back, so no number of rate-limited runs makes it fail. Nothing is added to the
+    job's errors (it did not fail); the `deferred` event records `reason` and the delay.
+
+    Args:
+        retry_after: seconds to wait (e.g. the provider's Retry-After header); >= 0.
+        reason: why, for the event log and the worker's log.
+
+    Raises:
+        ValueError: `retry_after` is negative or not a number.
+    """
+
+    def __init__(self, retry_after: float = 1.0, reason: str = "rate limited") -> None:
+        if (
+            isinstance(retry_after, bool)
+            or not isinstance(retry_after, int | float)
+            or not retry_after >= 0
+        ):
+            raise ValueError(f"retry_after={retry_after!r}: use seconds >= 0")
+        super().__init__(reason)
+        self.retry_after = float(retry_after)
+        self.reason = reason
+
+
+class BreakerOpen(RateLimited):
+    """Raised by an open circuit breaker instead of calling its dependency.
+
+    A handler that lets it propagate has its job deferred until the breaker half-opens
+    (`retry_after`), without spending an attempt.
+
+    Args:
+        name: the breaker's name.
+        retry_after: seconds until the breaker lets a trial call through.
+    """
+
+    def __init__(self, name: str, retry_after: float) -> None:
+        super().__init__(
+            max(0.0, retry_after),
+            f"circuit breaker {name!r} is open: retry in {max(0.0, retry_after):.1f}s",
+        )
+        self.name = name

@@ -94,6 +94,7 @@ def detailed_document(worker: Worker, ready: bool, reason: str) -> dict[str, Any
             "failed": worker.stats.failed,
             "retried": worker.stats.retried,
             "released": worker.stats.released,
+            "deferred": worker.stats.deferred,
             "lost_leases": worker.stats.lost,
         },
         "dependencies": {},  # circuit breakers register here when they exist

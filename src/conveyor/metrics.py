@@ -22,6 +22,10 @@ METRICS: dict[str, tuple[str, str]] = {
     "jobs_failed_total": ("counter", "Jobs that reached the failed (dead-letter) state"),
     "jobs_retried_total": ("counter", "Failed attempts that were scheduled for a retry"),
     "jobs_released_total": ("counter", "Jobs handed back unfinished at shutdown"),
+    "jobs_deferred_total": (
+        "counter",
+        "Jobs deferred without spending an attempt (rate limited, circuit breaker open)",
+    ),
     "jobs_stalled_total": ("counter", "Expired leases this worker recovered (crashed peers)"),
     "job_duration_seconds": ("histogram", "Handler run time per attempt, by queue and task"),
     "queue_depth": ("gauge", "Jobs per queue and state (sampled by each worker)"),
@@ -54,6 +58,9 @@ class Metrics:
         self.released = Counter(
             p + "jobs_released", METRICS["jobs_released_total"][1], labels, registry=r
         )
+        self.deferred = Counter(
+            p + "jobs_deferred", METRICS["jobs_deferred_total"][1], labels, registry=r
+        )
         self.stalled = Counter(p + "jobs_stalled", METRICS["jobs_stalled_total"][1], registry=r)
         self.duration = Histogram(
             p + "job_duration_seconds",
@@ -83,7 +90,7 @@ class Metrics:
         self.engine_up = Gauge(p + "engine_up", METRICS["engine_up"][1], registry=r)
 
     def record_outcome(self, kind: str, queue: str, task: str, seconds: float | None) -> None:
-        """Count one finished attempt (`complete`, `fail`, `retry`, `release`)."""
+        """Count one finished run (`complete`, `fail`, `retry`, `release`, `defer`)."""
         # `labels()` costs a lock and a tuple hash per call; this runs once per job, so
         # the children are looked up once per (kind, queue, task) and kept.
         key = (kind, queue, task)
@@ -94,13 +101,14 @@ class Metrics:
                 "fail": self.failed,
                 "retry": self.retried,
                 "release": self.released,
+                "defer": self.deferred,
             }[kind]
             children = self._children[key] = (
                 counter.labels(queue, task),
                 self.duration.labels(queue, task),
             )
         children[0].inc()
-        if seconds is not None and kind != "release":
+        if seconds is not None and kind not in ("release", "defer"):  # not attempts
             children[1].observe(seconds)
 
     def record_depths(self, counts: Iterable[QueueCounts], now_ms: int) -> None:

@@ -32,7 +32,7 @@ def exported_names() -> set[str]:
     """Every sample name a worker exports once it has recorded an outcome of each kind
     (labelled counters only appear after their first increment) and one depth sample."""
     metrics = Metrics()
-    for kind in ("complete", "fail", "retry", "release"):
+    for kind in ("complete", "fail", "retry", "release", "defer"):
         metrics.record_outcome(kind, "mail", "mail.send", 0.2)
     metrics.record_depths([QueueCounts("mail", pending=3, failed=1, oldest_pending_ms=0)], 5_000)
     text = metrics.exposition().decode()

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from conveyor import Conveyor, Job, JobState, Retry, Unrecoverable, Worker
+from conveyor import Conveyor, Job, JobState, RateLimited, Retry, Unrecoverable, Worker
 from conveyor.clock import FakeClock
 from conveyor.engines.memory import MemoryEngine
 
@@ -237,3 +237,52 @@ async def test_idle_worker_wakes_on_enqueue(app: Conveyor) -> None:
     await asyncio.wait_for(done.wait(), 1)
     worker.stop()
     await asyncio.wait_for(run, 5)
+
+
+async def test_rate_limited_defers_without_spending_an_attempt(
+    app: Conveyor, clock: FakeClock
+) -> None:
+    """A provider's 429 is not a failure: the job runs again after retry_after, with its
+    attempt budget intact, however often it happens."""
+    runs: list[int] = []
+    deferred: list[Job] = []
+
+    @app.task("call", max_attempts=1)
+    async def call(job: Job) -> str:
+        runs.append(job.attempt)
+        if len(runs) < 4:
+            raise RateLimited(retry_after=2.5, reason="provider said 429")
+        return "ok"
+
+    app.on("deferred")(deferred.append)
+    job = await app.enqueue("call", {})
+    for _ in range(3):
+        worker = await burst(app)
+        stored = await app.get_job(job.id)
+        assert stored.state == JobState.SCHEDULED and stored.attempt == 0
+        assert stored.scheduled_at == pytest.approx(clock.now() + 2.5)
+        assert stored.errors == []  # not a failed attempt
+        assert worker.stats.deferred == 1
+        clock.advance(2.5)
+    await burst(app)
+    done = await app.get_job(job.id)
+    assert done.state == JobState.COMPLETED and done.attempt == 1 and done.result == "ok"
+    assert runs == [1, 1, 1, 1]  # max_attempts=1, yet four runs: deferrals spend nothing
+    assert [j.attempt for j in deferred] == [0, 0, 0]
+    events = [e async for e in _events(app, job.id)]
+    assert [e.data.get("reason") for e in events if e.kind == "deferred"] == [
+        "provider said 429"
+    ] * 3
+
+
+async def _events(app: Conveyor, job_id: str) -> Any:
+    engine = await app.connect()
+    for event in await engine.read_events(["default"], since={"default": "0"}, count=100,
+                                          block_ms=0):  # fmt: skip
+        if event.job_id == job_id:
+            yield event
+
+
+def test_rate_limited_rejects_a_negative_delay() -> None:
+    with pytest.raises(ValueError, match="retry_after"):
+        RateLimited(retry_after=-1)

@@ -32,7 +32,7 @@ import orjson
 
 from .. import backoff as backoff_mod
 from ..engines import Engine, Outcome, QueueCounts
-from ..errors import EngineUnavailable, Retry, Unrecoverable
+from ..errors import EngineUnavailable, RateLimited, Retry, Unrecoverable
 from ..health import build_health_app
 from ..job import AttemptError, Job, JobState, encode_result
 from ..metrics import Metrics
@@ -44,18 +44,29 @@ if TYPE_CHECKING:
 log = logging.getLogger("conveyor.worker")
 
 SAMPLE_EVERY_S = 5.0  # queue-depth sampling for metrics and /health/detailed
-_HOOK_KIND = {"complete": "completed", "fail": "failed", "retry": "retried", "release": "released"}
+_HOOK_KIND = {
+    "complete": "completed",
+    "fail": "failed",
+    "retry": "retried",
+    "release": "released",
+    "defer": "deferred",
+}
 _FINAL_STATE = {
     "complete": JobState.COMPLETED,
     "fail": JobState.FAILED,
     "retry": JobState.SCHEDULED,
     "release": JobState.PENDING,
+    "defer": JobState.SCHEDULED,
 }
 
 
 def _as_finished(job: Job, outcome: Outcome) -> Job:
     """The job as hooks see it after `outcome` (state, result, the new error)."""
     job.state = _FINAL_STATE[outcome.kind]
+    if outcome.kind in ("retry", "defer") and outcome.delay_ms == 0:
+        job.state = JobState.PENDING
+    if outcome.kind == "defer":  # the engine gave the attempt back
+        job.attempt = max(0, job.attempt - 1)
     if outcome.result_json is not None:
         job.result = orjson.loads(outcome.result_json)
     if outcome.error_json is not None:
@@ -77,6 +88,7 @@ class WorkerStats:
     failed: int = 0
     retried: int = 0
     released: int = 0
+    deferred: int = 0  # rate limited / breaker open: run again later, attempt kept
     lost: int = 0
     engine_ok: bool = True
     engine_error: str | None = None
@@ -364,6 +376,17 @@ class Worker:
                     result = await loop.run_in_executor(self._pool, task.fn, job)
         except Retry as exc:
             return self._error(job, "Retry", exc.reason, delay=exc.delay)
+        except RateLimited as exc:
+            # A dependency said "not now" (or a circuit breaker is open): that is not a
+            # failed attempt, so the job is deferred and keeps its attempt budget.
+            log.debug("job %s deferred %.3fs: %s", job.id, exc.retry_after, exc.reason)
+            return Outcome(
+                job.id,
+                token,
+                "defer",
+                delay_ms=int(exc.retry_after * 1000),
+                reason=exc.reason,
+            )
         except Unrecoverable as exc:
             return self._error(
                 job,
@@ -420,6 +443,8 @@ class Worker:
             self.stats.failed += 1
         elif kind == "retry":
             self.stats.retried += 1
+        elif kind == "defer":
+            self.stats.deferred += 1
         else:
             self.stats.released += 1
 

@@ -16,6 +16,7 @@ from typing import Any, TypeVar, overload
 import orjson
 
 from . import backoff as backoff_mod
+from .breaker import CircuitBreaker
 from .clock import Clock
 from .engines import Engine, Event, JobPage, QueueCounts, open_engine
 from .engines.base import LeaseInfo
@@ -97,6 +98,7 @@ class Conveyor:
         self.shutdown_hooks: list[Hook] = []
         self.job_hooks: dict[str, list[JobHook]] = {}
         self.schedules: dict[str, ScheduleSpec] = {}  # code-defined, by name
+        self.breakers: dict[str, CircuitBreaker] = {}  # per process, by name
 
     # --- configuration ---------------------------------------------------------------
     @property
@@ -201,6 +203,52 @@ class Conveyor:
             return fn
 
         return register
+
+    def breaker(
+        self,
+        name: str,
+        *,
+        failure_threshold: int = 5,
+        reset_timeout: float = 60.0,
+        exclude: tuple[type[BaseException], ...] = (),
+    ) -> CircuitBreaker:
+        """The circuit breaker `name` of this process (made on first call).
+
+        Use it as `async with breaker:`, `with breaker:` or `@breaker` around calls to a
+        dependency. While it is open, calls raise `BreakerOpen` at once and the worker
+        defers the job until the breaker half-opens, without spending an attempt. Its
+        state is local to the worker process (see `conveyor.breaker`).
+
+        Args:
+            name: the dependency ("smtp"); the label of `conveyor_circuit_state`.
+            failure_threshold: consecutive failures that open it.
+            reset_timeout: seconds before a trial call.
+            exclude: exception types that do not count as the dependency failing.
+
+        Raises:
+            ConfigError: an invalid option, or `name` exists with other options.
+        """
+        existing = self.breakers.get(name)
+        if existing is not None:
+            if (existing.failure_threshold, existing.reset_timeout, existing.exclude) != (
+                failure_threshold,
+                float(reset_timeout),
+                exclude,
+            ):
+                raise ConfigError(
+                    f"breaker {name!r} already exists with other options: use one "
+                    "definition (module level) and import it where it is needed"
+                )
+            return existing
+        breaker = CircuitBreaker(
+            name,
+            failure_threshold=failure_threshold,
+            reset_timeout=reset_timeout,
+            exclude=exclude,
+            clock=self.clock,
+        )
+        self.breakers[name] = breaker
+        return breaker
 
     def on_startup(self, fn: F) -> F:
         """Run `fn()` in each worker after its health server is up, before it claims."""

@@ -59,6 +59,8 @@ def build_health_app(worker: Worker) -> Starlette:
         return JSONResponse(detailed_document(worker, ok, reason), status_code=200 if ok else 503)
 
     async def metrics(request: Request) -> Response:
+        # Breaker states change with time alone (open -> half-open): read them now.
+        worker.metrics.record_breakers(worker.app.breakers.values())
         return Response(
             worker.metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8"
         )
@@ -97,7 +99,8 @@ def detailed_document(worker: Worker, ready: bool, reason: str) -> dict[str, Any
             "deferred": worker.stats.deferred,
             "lost_leases": worker.stats.lost,
         },
-        "dependencies": {},  # circuit breakers register here when they exist
+        # Circuit breakers of this process (their state is per process).
+        "dependencies": {name: b.info() for name, b in sorted(worker.app.breakers.items())},
         "config": {
             "queues": list(worker.queues),
             "concurrency": worker.concurrency,

@@ -8,10 +8,14 @@ Grafana dashboard; `tests/unit/test_ops_assets.py` checks they match.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from .engines import QueueCounts
+
+if TYPE_CHECKING:
+    from .breaker import CircuitBreaker
 
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 STATES = ("scheduled", "pending", "running", "completed", "failed", "cancelled")
@@ -35,6 +39,10 @@ METRICS: dict[str, tuple[str, str]] = {
     "jobs_in_flight": ("gauge", "Jobs this worker is running now"),
     "concurrency_limit": ("gauge", "Jobs this worker may run at once"),
     "engine_up": ("gauge", "1 when the engine answered the last call, else 0"),
+    "circuit_state": (
+        "gauge",
+        "Circuit breaker state in this worker process: 0 closed, 1 open, 2 half-open",
+    ),
 }
 
 
@@ -88,6 +96,9 @@ class Metrics:
         )
         self._children: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
         self.engine_up = Gauge(p + "engine_up", METRICS["engine_up"][1], registry=r)
+        self.circuit = Gauge(
+            p + "circuit_state", METRICS["circuit_state"][1], ("name",), registry=r
+        )
 
     def record_outcome(self, kind: str, queue: str, task: str, seconds: float | None) -> None:
         """Count one finished run (`complete`, `fail`, `retry`, `release`, `defer`)."""
@@ -122,6 +133,13 @@ class Metrics:
                 0.0 if c.oldest_pending_ms is None else max(0, now_ms - c.oldest_pending_ms) / 1000
             )
             self.oldest.labels(c.queue).set(age)
+
+    def record_breakers(self, breakers: Iterable[CircuitBreaker]) -> None:
+        """Set `circuit_state{name}` from each breaker's current state."""
+        from .breaker import STATE_VALUES
+
+        for breaker in breakers:
+            self.circuit.labels(breaker.name).set(STATE_VALUES[breaker.state])
 
     def exposition(self) -> bytes:
         """The Prometheus text format of every metric."""

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from conveyor.breaker import CircuitBreaker
 from conveyor.engines import QueueCounts
 from conveyor.metrics import METRICS, Metrics
 
@@ -35,6 +36,7 @@ def exported_names() -> set[str]:
     for kind in ("complete", "fail", "retry", "release", "defer"):
         metrics.record_outcome(kind, "mail", "mail.send", 0.2)
     metrics.record_depths([QueueCounts("mail", pending=3, failed=1, oldest_pending_ms=0)], 5_000)
+    metrics.record_breakers([CircuitBreaker("smtp")])
     text = metrics.exposition().decode()
     return {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line[:1] != "#"}
 
@@ -131,6 +133,7 @@ def test_alert_rules_cover_the_runbook_alerts() -> None:
     assert "conveyor_dead_letter_depth" in rules["ConveyorDeadLetterDepthHigh"]["expr"]
     assert "conveyor_oldest_pending_age_seconds" in rules["ConveyorBacklogStale"]["expr"]
     assert 'conveyor_queue_depth{state="pending"}' in rules["ConveyorBacklogDeep"]["expr"]
+    assert "conveyor_circuit_state" in rules["ConveyorCircuitOpen"]["expr"]
     failure = rules["ConveyorFailureRateHigh"]["expr"]
     assert "rate(conveyor_jobs_failed_total[5m])" in failure
     assert "rate(conveyor_jobs_processed_total[5m])" in failure

@@ -18,7 +18,7 @@ import orjson
 from . import backoff as backoff_mod
 from .breaker import CircuitBreaker
 from .clock import Clock
-from .engines import Engine, Event, JobPage, QueueCounts, open_engine
+from .engines import Engine, Event, JobPage, QueueCounts, QueueLimits, open_engine
 from .engines.base import LeaseInfo
 from .errors import ConfigError, InvalidJob, UnknownTask
 from .job import (
@@ -99,6 +99,7 @@ class Conveyor:
         self.job_hooks: dict[str, list[JobHook]] = {}
         self.schedules: dict[str, ScheduleSpec] = {}  # code-defined, by name
         self.breakers: dict[str, CircuitBreaker] = {}  # per process, by name
+        self.queue_limits: dict[str, QueueLimits] = {}  # code-defined, applied by workers
 
     # --- configuration ---------------------------------------------------------------
     @property
@@ -249,6 +250,70 @@ class Conveyor:
         )
         self.breakers[name] = breaker
         return breaker
+
+    def limits(
+        self,
+        queue: str,
+        *,
+        concurrency: int | None = None,
+        tenant_concurrency: int | None = None,
+        rate: str | None = None,
+        tenant_rate: str | None = None,
+    ) -> QueueLimits:
+        """Declare fleet-wide limits for `queue`; every worker that serves it stores them
+        in the engine when it starts (use `set_limits` to change them right away).
+
+        Args:
+            queue: the queue.
+            concurrency: running jobs of the queue at once, across all workers.
+            tenant_concurrency: running jobs of one tenant at once (jobs without a
+                tenant are not limited by it).
+            rate: jobs started per window, e.g. `"100/1s"`, `"5/250ms"`, `"1000/1m"`.
+            tenant_rate: the same per tenant.
+
+        Returns:
+            The limits (None fields: no limit).
+
+        Raises:
+            ConfigError: an invalid value; the message names the option and the fix.
+        """
+        limits = QueueLimits.build(
+            concurrency=concurrency,
+            tenant_concurrency=tenant_concurrency,
+            rate=rate,
+            tenant_rate=tenant_rate,
+        )
+        self.queue_limits[check_queue(queue)] = limits
+        return limits
+
+    async def set_limits(
+        self,
+        queue: str,
+        *,
+        concurrency: int | None = None,
+        tenant_concurrency: int | None = None,
+        rate: str | None = None,
+        tenant_rate: str | None = None,
+    ) -> QueueLimits:
+        """Store `queue`'s limits in the engine now, replacing the ones it had (no
+        arguments: no limits). Every worker obeys them from its next claim.
+
+        Raises:
+            ConfigError: an invalid value.
+            EngineUnavailable: the engine cannot be reached.
+        """
+        limits = QueueLimits.build(
+            concurrency=concurrency,
+            tenant_concurrency=tenant_concurrency,
+            rate=rate,
+            tenant_rate=tenant_rate,
+        )
+        await (await self.connect()).set_limits(check_queue(queue), limits)
+        return limits
+
+    async def get_limits(self, queue: str) -> QueueLimits:
+        """The limits the engine enforces for `queue` now."""
+        return await (await self.connect()).get_limits(check_queue(queue, error=InvalidJob))
 
     def on_startup(self, fn: F) -> F:
         """Run `fn()` in each worker after its health server is up, before it claims."""

@@ -32,6 +32,17 @@ class Settings(BaseSettings):
     )
     queues: tuple[str, ...] = Field(("default",), description="queues a worker consumes, in order")
     concurrency: int = Field(10, ge=1, le=10_000, description="jobs one worker runs at once")
+    # Fleet-wide limits of the worker's queues, stored in the engine when it starts.
+    queue_concurrency: int | None = Field(
+        None, ge=1, le=100_000, description="running jobs per queue across all workers"
+    )
+    tenant_concurrency: int | None = Field(
+        None, ge=1, le=100_000, description="running jobs per tenant across all workers"
+    )
+    rate: str | None = Field(None, description='jobs started per window per queue, e.g. "100/1s"')
+    tenant_rate: str | None = Field(
+        None, description='jobs started per window per tenant, e.g. "10/1s"'
+    )
     lease_timeout: float = Field(
         30.0, gt=0, le=86_400, description="seconds a claim is valid without a heartbeat"
     )
@@ -61,6 +72,20 @@ class Settings(BaseSettings):
     def _split_queues(cls, value: Any) -> Any:
         if isinstance(value, str):
             return tuple(q.strip() for q in value.split(",") if q.strip())
+        return value
+
+    @field_validator("rate", "tenant_rate")
+    @classmethod
+    def _rate(cls, value: str | None) -> str | None:
+        from .engines.base import parse_rate
+
+        if value is not None:
+            try:
+                parse_rate(value)
+            except ConfigError:
+                raise ValueError(
+                    "use JOBS/WINDOW such as 100/1s, 100/s, 5/250ms, 1000/1m or 10/1h"
+                ) from None
         return value
 
     @field_validator("url")

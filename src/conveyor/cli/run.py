@@ -10,6 +10,7 @@ from typing import Annotated, Protocol
 import typer
 
 from ..app import Conveyor
+from ..engines import QueueLimits
 from ..settings import Settings, redact
 from ..worker import Worker
 from .common import cli, console, friendly, load_app, run_async, setup_logging
@@ -92,8 +93,33 @@ def worker(
     ] = False,
     log_level: Annotated[str | None, typer.Option(help="DEBUG, INFO, WARNING, ERROR")] = None,
     log_format: Annotated[str | None, typer.Option(help="text or json")] = None,
+    queue_concurrency: Annotated[
+        int | None,
+        typer.Option(
+            help="fleet-wide: running jobs per queue across all workers "
+            "(env CONVEYOR_QUEUE_CONCURRENCY)"
+        ),
+    ] = None,
+    tenant_concurrency: Annotated[
+        int | None,
+        typer.Option(help="fleet-wide: running jobs per tenant (env CONVEYOR_TENANT_CONCURRENCY)"),
+    ] = None,
+    rate: Annotated[
+        str | None,
+        typer.Option(help="fleet-wide: jobs started per queue, e.g. 100/1s (env CONVEYOR_RATE)"),
+    ] = None,
+    tenant_rate: Annotated[
+        str | None,
+        typer.Option(
+            help="fleet-wide: jobs started per tenant, e.g. 10/1s (env CONVEYOR_TENANT_RATE)"
+        ),
+    ] = None,
 ) -> None:
-    """Run a worker: claim jobs under leases and run their handlers."""
+    """Run a worker: claim jobs under leases and run their handlers.
+
+    The limit options are stored in the engine for each of the worker's queues when it
+    starts (over the app's `app.limits(...)`), and every worker obeys them.
+    """
     env_has_queues = "CONVEYOR_QUEUES" in os.environ
     settings = Settings.load(
         url=url,
@@ -105,8 +131,18 @@ def worker(
         metrics_prefix=metrics_prefix,
         log_level=log_level and log_level.upper(),
         log_format=log_format,
+        queue_concurrency=queue_concurrency,
+        tenant_concurrency=tenant_concurrency,
+        rate=rate,
+        tenant_rate=tenant_rate,
     )
     setup_logging(settings.log_level, settings.log_format)
+    limits = QueueLimits.build(
+        concurrency=settings.queue_concurrency,
+        tenant_concurrency=settings.tenant_concurrency,
+        rate=settings.rate,
+        tenant_rate=settings.tenant_rate,
+    )
     app = load_app(target)
     app.configure(url=settings.url, max_payload_bytes=settings.max_payload_bytes)
     chosen = settings.queues if (queues or env_has_queues) else default_queues(app)
@@ -120,6 +156,7 @@ def worker(
         health_port=settings.health_port,
         metrics_prefix=settings.metrics_prefix,
         close_app=True,
+        limits=None if limits.empty else limits,
     )
     console.print(
         f"worker {w.id} on {redact(settings.url)} queues={','.join(chosen)} "

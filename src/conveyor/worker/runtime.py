@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from .. import backoff as backoff_mod
-from ..engines import Engine, Outcome, QueueCounts
+from ..engines import Engine, Outcome, QueueCounts, QueueLimits
 from ..errors import EngineUnavailable, RateLimited, Retry, Unrecoverable
 from ..health import build_health_app
 from ..job import AttemptError, Job, JobState, encode_result
@@ -110,6 +110,10 @@ class Worker:
         health_port: serve /health/* and /metrics there (None or 0: no server).
         metrics_prefix: prefix of every Prometheus metric name.
         close_app: close the app's engine connections on exit (the CLI does).
+        limits: fleet-wide limits for every queue of this worker (CLI flags); its set
+            fields override the app's `app.limits(...)` for those queues. Both are
+            stored in the engine when the worker starts, and the engine enforces them
+            for every worker.
 
     Lifecycle (the order of runbook 001): connect → health server up → startup
     hooks → process; on stop: stop claiming → finish or release in-flight jobs →
@@ -129,8 +133,10 @@ class Worker:
         health_host: str = "0.0.0.0",  # probes come from outside the host
         metrics_prefix: str = "conveyor_",
         close_app: bool = False,
+        limits: QueueLimits | None = None,
     ) -> None:
         self.app = app
+        self.limits = limits
         self.queues = tuple(queues)
         self.concurrency = concurrency
         self.lease_ms = int(lease_timeout * 1000)
@@ -180,6 +186,7 @@ class Worker:
             ConfigError: the health port cannot be bound.
         """
         engine = await self.app.connect()
+        await self._apply_limits(engine)
         if self.health_port:
             self._health = EmbeddedServer(
                 build_health_app(self), self.health_host, self.health_port
@@ -211,6 +218,36 @@ class Worker:
                 await self._health.stop()
                 self._health = None
             self._stopped.set()
+
+    def limits_for(self, queue: str) -> QueueLimits | None:
+        """The limits this worker stores for `queue` at start: the app's, with the fields
+        the worker's own `limits` sets replacing them (None: leave the engine's alone)."""
+        code, flags = self.app.queue_limits.get(queue), self.limits
+        if flags is None or flags.empty:
+            return code
+        if code is None:
+            return flags
+        rate = flags if flags.rate is not None else code
+        tenant_rate = flags if flags.tenant_rate is not None else code
+        return QueueLimits(
+            flags.concurrency if flags.concurrency is not None else code.concurrency,
+            (
+                flags.tenant_concurrency
+                if flags.tenant_concurrency is not None
+                else code.tenant_concurrency
+            ),
+            rate.rate,
+            rate.rate_window_ms,
+            tenant_rate.tenant_rate,
+            tenant_rate.tenant_rate_window_ms,
+        )
+
+    async def _apply_limits(self, engine: Engine) -> None:
+        for queue in self.queues:
+            limits = self.limits_for(queue)
+            if limits is not None:
+                await engine.set_limits(queue, limits)
+                log.info("queue %s limits (fleet-wide): %s", queue, limits.to_dict())
 
     # --- the loop ------------------------------------------------------------------------
     async def _claim_loop(self, engine: Engine) -> None:

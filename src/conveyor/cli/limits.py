@@ -1,0 +1,138 @@
+"""`conveyor limits`: show or change a queue's fleet-wide limits at run time.
+
+The engine stores and enforces them, so a change applies to every worker from its next
+claim, without a restart. Workers started with limits in code (`app.limits`) or flags
+(`--queue-concurrency`, `--tenant-concurrency`, `--rate`) store theirs again when they
+start: make a lasting change there too.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from rich.box import SIMPLE_HEAD
+from rich.table import Table
+
+from ..app import Conveyor, check_queue
+from ..engines import QueueLimits
+from ..engines.base import parse_rate
+from .common import cli, console, friendly
+from .ops import JsonOpt, QueueArg, UrlOpt, operate, print_json, say
+
+
+def merge(
+    current: QueueLimits,
+    *,
+    clear: bool,
+    concurrency: int | None,
+    tenant_concurrency: int | None,
+    rate: str | None,
+    tenant_rate: str | None,
+) -> QueueLimits:
+    """`current` (or nothing, with `clear`) with the given options replacing its fields.
+
+    Raises:
+        ConfigError: an invalid value; the message names the option and the fix.
+    """
+    base = QueueLimits() if clear else current
+    rate_n, rate_ms = parse_rate(rate) if rate is not None else (base.rate, base.rate_window_ms)
+    trate_n, trate_ms = (
+        parse_rate(tenant_rate, option="tenant_rate")
+        if tenant_rate is not None
+        else (base.tenant_rate, base.tenant_rate_window_ms)
+    )
+    return QueueLimits(
+        concurrency if concurrency is not None else base.concurrency,
+        tenant_concurrency if tenant_concurrency is not None else base.tenant_concurrency,
+        rate_n,
+        rate_ms,
+        trate_n,
+        trate_ms,
+    )
+
+
+async def limits_document(app: Conveyor, queue: str) -> dict[str, Any]:
+    """What `conveyor limits QUEUE --json` prints: the limits and what they count."""
+    engine = await app.connect()
+    limits = await engine.get_limits(queue)
+    counts = await engine.counts(queue)
+    return {
+        "queue": queue,
+        "limits": limits.to_dict(),
+        "running": counts.running,
+        "pending": counts.pending,
+        "tenant_running": await engine.tenant_running(queue),
+    }
+
+
+@cli.command("limits")
+@friendly
+def limits_command(
+    queue: QueueArg,
+    concurrency: Annotated[
+        int | None,
+        typer.Option(help="running jobs of the queue at once, across all workers"),
+    ] = None,
+    tenant_concurrency: Annotated[
+        int | None,
+        typer.Option(help="running jobs of one tenant at once (jobs without a tenant: no limit)"),
+    ] = None,
+    rate: Annotated[
+        str | None,
+        typer.Option(help="jobs started per window, e.g. 100/1s, 5/250ms, 1000/1m"),
+    ] = None,
+    tenant_rate: Annotated[str | None, typer.Option(help="the same per tenant, e.g. 10/1s")] = None,
+    clear: Annotated[
+        bool,
+        typer.Option("--clear", help="remove the queue's limits (then apply any options given)"),
+    ] = False,
+    url: UrlOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show or change QUEUE's fleet-wide limits (enforced by the engine for every worker).
+
+    Without options it shows them. Options change only the limits they name; --clear
+    starts from none. Example: conveyor limits mail --tenant-concurrency 2 --rate 100/1s
+    """
+    check_queue(queue)
+    changing = clear or any(
+        v is not None for v in (concurrency, tenant_concurrency, rate, tenant_rate)
+    )
+
+    async def action(app: Conveyor) -> dict[str, Any]:
+        if changing:
+            engine = await app.connect()
+            new = merge(
+                await engine.get_limits(queue),
+                clear=clear,
+                concurrency=concurrency,
+                tenant_concurrency=tenant_concurrency,
+                rate=rate,
+                tenant_rate=tenant_rate,
+            )
+            await engine.set_limits(queue, new)
+        return await limits_document(app, queue)
+
+    doc = operate(url, action)
+    if as_json:
+        print_json(doc)
+        return
+    limits = doc["limits"]
+    if changing:
+        set_to = ", ".join(f"{k}={v}" for k, v in limits.items() if v is not None)
+        say(f"{queue}: limits {set_to or 'cleared (none)'}")
+        return
+    table = Table(box=SIMPLE_HEAD, title=f"limits of {queue} (fleet-wide)")
+    table.add_column("limit")
+    table.add_column("value")
+    table.add_column("now", justify="right")
+    now = {
+        "concurrency": f"{doc['running']} running",
+        "tenant_concurrency": ", ".join(f"{t}: {n}" for t, n in doc["tenant_running"].items())
+        or "-",
+    }
+    for name, value in limits.items():
+        table.add_row(name, "none" if value is None else str(value), now.get(name, ""))
+    console.print(table)
+    say(f"pending: {doc['pending']}")

@@ -3,7 +3,7 @@
 Each test serves the API (uvicorn on a free port, as in `test_api.py`) on a SQLite file,
 and where jobs must run, a worker *process* — so what the page shows crossed the engine
 and the WebSocket. Every test collects the browser console and fails on any error.
-Screenshots of each page are written to `docs/screenshots/`.
+Screenshots of each page go to `docs/screenshots/` when UPDATE_SCREENSHOTS=1.
 
 Skipped, with the reason, only when no Chromium binary can be found (`scripts/test`
 installs Debian's `chromium`; Playwright's own browser download is not used).
@@ -184,9 +184,13 @@ async def run_burst(url: str) -> None:
         await runner.close()
 
 
-def shoot(name: str) -> Path:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    return SCREENSHOTS / name
+@pytest.fixture
+def shots(tmp_path: Path) -> Path:
+    """Where screenshots go: `docs/screenshots/` with UPDATE_SCREENSHOTS=1 (then commit
+    them), else a temporary directory, so a plain test run leaves the checkout clean."""
+    where = SCREENSHOTS if os.environ.get("UPDATE_SCREENSHOTS") == "1" else tmp_path / "shots"
+    where.mkdir(parents=True, exist_ok=True)
+    return where
 
 
 async def test_operator_watches_jobs_run_and_retries_a_failed_one_live(
@@ -196,6 +200,7 @@ async def test_operator_watches_jobs_run_and_retries_a_failed_one_live(
     dashboard_worker: Callable[[str], Any],
     browser: Browser,
     console: Console,
+    shots: Path,
 ) -> None:
     server = api_server(sqlite_url, tokens=TOKENS, app=dashboard_app(sqlite_url))
     gate = tmp_path / "gate"
@@ -230,7 +235,7 @@ async def test_operator_watches_jobs_run_and_retries_a_failed_one_live(
     await expect(row.locator("svg.spark.throughput")).to_be_visible()
     await expect(row.locator('[data-col="throughput"]')).to_contain_text("25/h", timeout=10_000)
     await expect(row.locator('[data-col="failures"]')).to_contain_text("4%")
-    await page.screenshot(path=shoot("overview.png"), full_page=True)
+    await page.screenshot(path=shots / "overview.png", full_page=True)
 
     # Queue page: the failed tab lists the job with its error.
     await row.get_by_role("link", name=Q, exact=True).click()
@@ -238,7 +243,7 @@ async def test_operator_watches_jobs_run_and_retries_a_failed_one_live(
     failed_row = page.locator(f'tr[data-job="{failing["id"]}"]')
     await expect(failed_row).to_contain_text("dependency down")
     await expect(page.locator('[data-tab="failed"]')).to_have_attribute("aria-current", "page")
-    await page.screenshot(path=shoot("queue.png"), full_page=True)
+    await page.screenshot(path=shots / "queue.png", full_page=True)
 
     # Job page: the attempt's error and traceback are there.
     await failed_row.get_by_role("link").first.click()
@@ -264,7 +269,7 @@ async def test_operator_watches_jobs_run_and_retries_a_failed_one_live(
     await expect(page.locator("#job-retry")).to_be_disabled()
     # Focus was not dropped to <body> when the pressed button became disabled.
     await expect(page.locator("#view h1")).to_be_focused()
-    await page.screenshot(path=shoot("job.png"), full_page=True)
+    await page.screenshot(path=shots / "job.png", full_page=True)
 
     # Schedules: listed with their next run, and pausable.
     await page.get_by_role("link", name="Schedules").click()
@@ -273,7 +278,11 @@ async def test_operator_watches_jobs_run_and_retries_a_failed_one_live(
     await expect(nightly.locator("time").first).to_contain_text("in ")
     await nightly.get_by_role("button", name="Pause schedule nightly-report").click()
     await expect(nightly.locator(".badge")).to_have_text("paused")
-    await page.screenshot(path=shoot("schedules.png"), full_page=True)
+    await expect(
+        nightly.get_by_role("button", name="Resume schedule nightly-report")
+    ).to_be_focused()
+    await expect(page.locator("#live")).to_have_text("Polling")
+    await page.screenshot(path=shots / "schedules.png", full_page=True)
     await page.close()
 
 
@@ -324,7 +333,7 @@ async def test_bulk_actions_ask_for_confirmation_first(
 
 
 async def test_phone_width_overview_and_pause_with_keyboard(
-    sqlite_url: str, api_server: StartApi, browser: Browser, console: Console
+    sqlite_url: str, api_server: StartApi, browser: Browser, console: Console, shots: Path
 ) -> None:
     server = api_server(sqlite_url, tokens=TOKENS, app=dashboard_app(sqlite_url))
     for i in range(6):
@@ -339,7 +348,7 @@ async def test_phone_width_overview_and_pause_with_keyboard(
     await expect(row.locator("svg.spark.failures")).to_be_visible()
     # Nothing is wider than the phone: the tables turned into cards.
     assert await page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
-    await page.screenshot(path=shoot("mobile-overview.png"), full_page=True)
+    await page.screenshot(path=shots / "mobile-overview.png", full_page=True)
 
     await row.get_by_role("link", name=Q, exact=True).click()
     pause = page.get_by_role("button", name="Pause queue")

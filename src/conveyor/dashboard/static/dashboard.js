@@ -161,8 +161,8 @@ function live(params, onEvent, onOpen) {
       }
     };
     socket.onclose = (event) => {
+      if (closed) return; // left on purpose: the next view owns the badge now
       setLive(false);
-      if (closed) return;
       if (event.code === 4401) return signOut("Your token was refused: sign in again.");
       if (event.code >= 4000) return toast(`Live updates stopped: ${event.reason}`, "error");
       timer = setTimeout(open, delay);
@@ -783,6 +783,10 @@ function schedulesView(view) {
 
   async function load() {
     const doc = await api("GET", "/dashboard/api/schedules");
+    // Rebuilt on every load: keep focus on the same row's button for keyboard users.
+    const focusedRow = box.contains(document.activeElement)
+      ? document.activeElement.closest("tr[data-schedule]") : null;
+    const refocus = focusedRow ? focusedRow.dataset.schedule : null;
     if (!doc.configured) {
       box.replaceChildren(h("p", { class: "notice", id: "no-scheduler", text:
         "Scheduler not configured: no schedule is stored and no scheduler is running. Define " +
@@ -814,7 +818,15 @@ function schedulesView(view) {
             onclick: (e) => act(e.currentTarget, `Schedule ${sc.name} ${sc.paused ? "resumed" : "paused"}`,
               () => api("POST", `/dashboard/api/schedules/${encodeURIComponent(sc.name)}/${sc.paused ? "resume" : "pause"}`),
               load) }))))))));
+    if (refocus) {
+      const again = box.querySelector(`tr[data-schedule="${CSS.escape(refocus)}"] button`);
+      if (again) again.focus();
+    }
   }
+  // No live feed for schedules (they are not jobs): the badge says the page polls.
+  const badge = $("#live");
+  badge.dataset.live = "poll";
+  badge.textContent = "Polling";
   load().catch(reportError);
   const poll = setInterval(() => load().catch(reportError), 15000);
   return () => clearInterval(poll);
@@ -824,6 +836,7 @@ function schedulesView(view) {
 function route() {
   teardown();
   teardown = () => {};
+  setLive(false);
   const view = $("#view");
   view.replaceChildren();
   if (!session.signedIn) return;

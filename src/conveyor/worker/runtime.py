@@ -37,6 +37,7 @@ from ..health import build_health_app
 from ..job import AttemptError, Job, JobState, encode_result
 from ..metrics import Metrics
 from ..serving import EmbeddedServer
+from ..task import Task
 
 if TYPE_CHECKING:
     from ..app import Conveyor
@@ -404,13 +405,13 @@ class Worker:
                 final=True,
             )
         timeout = job.timeout if job.timeout is not None else task.timeout
+        deadline: asyncio.Timeout | None = None
         try:
-            async with asyncio.timeout(timeout) as deadline:
-                if task.is_async:
-                    result = await task.fn(job)
-                else:
-                    loop = asyncio.get_running_loop()
-                    result = await loop.run_in_executor(self._pool, task.fn, job)
+            if timeout is None:  # the common case: no timer per job
+                result = await self._call(task, job)
+            else:
+                async with asyncio.timeout(timeout) as deadline:
+                    result = await self._call(task, job)
         except Retry as exc:
             return self._error(job, "Retry", exc.reason, delay=exc.delay)
         except RateLimited as exc:
@@ -433,7 +434,7 @@ class Worker:
                 tb=traceback.format_exc(),
             )
         except TimeoutError:
-            if deadline.expired():
+            if deadline is not None and deadline.expired():
                 return self._error(
                     job, "JobTimeout", f"attempt {job.attempt} exceeded its {timeout:g}s timeout"
                 )
@@ -441,6 +442,12 @@ class Worker:
         except Exception:
             return self._exception(job)
         return Outcome(job.id, token, "complete", result_json=encode_result(result))
+
+    async def _call(self, task: Task, job: Job) -> Any:
+        """Run the handler: coroutines on the loop, plain functions in the thread pool."""
+        if task.is_async:
+            return await task.fn(job)
+        return await asyncio.get_running_loop().run_in_executor(self._pool, task.fn, job)
 
     def _exception(self, job: Job) -> Outcome:
         import sys

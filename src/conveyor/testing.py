@@ -1,9 +1,14 @@
 """Helpers for testing code that uses Conveyor (and Conveyor itself).
 
 * `probe_app`: an app with a scripted `probe` task. Its payload says what to do —
-  `{"action": "ok" | "fail" | "sleep" | "crash" | "unrecoverable" | "retry" | "progress"}` —
-  and, with `"mark": "/path/file"`, appends the job id to that file when it runs, so a
-  test in another process can see every execution (at-least-once checks).
+  `{"action": "ok" | "fail" | "sleep" | "crash" | "unrecoverable" | "retry" | "progress"
+  | "rate_limited" | "dependency"}` — and, with `"mark": "/path/file"`, appends a line
+  `<phase> <job id> <attempt> <pid> <unix time> <tenant or ->` to that file when it
+  starts and finishes, so a test in another process can see every execution
+  (at-least-once checks) and when it ran (fairness and rate checks).
+  "dependency" calls a fake dependency through the app's breaker "probe-dependency"
+  (5 failures open it, 0.5 s reset): it fails while the payload's `down_until` (unix
+  time) is in the future.
 * `eventually`: poll an async condition until it holds, instead of sleeping.
 """
 
@@ -17,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .app import Conveyor
-from .errors import Retry, Unrecoverable
+from .errors import RateLimited, Retry, Unrecoverable
 from .job import Job
 
 PROBE_QUEUE = "probe"
@@ -28,14 +33,16 @@ def _mark(job: Job, phase: str) -> None:
     if path:
         # O_APPEND writes of one short line are atomic, so processes can share the file.
         fd = os.open(str(path), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        line = f"{phase} {job.id} {job.attempt} {os.getpid()} {time.time():.6f} {job.tenant or '-'}"
         try:
-            os.write(fd, f"{phase} {job.id} {job.attempt} {os.getpid()}\n".encode())
+            os.write(fd, (line + "\n").encode())
         finally:
             os.close(fd)
 
 
 def register_probe(app: Conveyor, *, queue: str = PROBE_QUEUE, max_attempts: int = 3) -> None:
     """Register the scripted `probe` task on `app`."""
+    dependency = app.breaker("probe-dependency", failure_threshold=5, reset_timeout=0.5)
 
     @app.task("probe", queue=queue, max_attempts=max_attempts, backoff=0)
     async def probe(job: Job) -> Any:
@@ -58,6 +65,12 @@ def register_probe(app: Conveyor, *, queue: str = PROBE_QUEUE, max_attempts: int
         elif action == "progress":
             for pct in (25, 50, 100):
                 await job.progress(pct)
+        elif action == "rate_limited":
+            raise RateLimited(float(job.payload.get("retry_after", 1)), "probe: 429")
+        elif action == "dependency":
+            async with dependency:
+                if time.time() < float(job.payload.get("down_until", 0)):
+                    raise ConnectionError("probe dependency is down")
         _mark(job, "done")
         return {"action": action, "attempt": job.attempt}
 

@@ -108,7 +108,7 @@ def test_lua_opens_with_its_contract_and_builds_no_key(name: str) -> None:
     # The key of every command is a KEYS entry, or a variable holding one / a job hash /
     # a tenant's bucket or rate log (KEYS prefixes with the queue's tag .. a tenant).
     key_expr = re.compile(
-        r"^(K_[A-Z]+|KEYS\[\d\]|BY_STATE\[\w+\]|jk|zkey|bucket|tkey"
+        r"^(K_[A-Z]+|KEYS\[\w+\]|BY_STATE\[\w+\]|jk|zkey|bucket|tkey"
         r"|K_(JOB|TBUCKET|TRATE) \.\. [\w\[\]]+)$"
     )
     calls = re.findall(r"redis\.call\(\s*'(\w+)'\s*(?:,\s*([^,)]+))?", code)

@@ -100,7 +100,7 @@ class Exchange:
 
     jobs: list[Job] = field(default_factory=list)
     lost: list[str] = field(default_factory=list)  # job ids whose lease was gone
-    next_due_ms: int | None = None  # ms until the earliest scheduled job is due
+    next_due_ms: int | None = None  # ms until a scheduled job is due or a rate window reopens
     recovered: int = 0  # expired leases this call recovered (stalled jobs)
 
 

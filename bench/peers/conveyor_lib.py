@@ -11,7 +11,7 @@ from conveyor import Conveyor, Job
 from peers._common import QUEUE, mark_done_async, redis_url
 
 NAME = "conveyor"
-REQUIREMENTS = ["{repo}"]
+REQUIREMENTS = ["-e", "{repo}"]  # editable: a run measures the checkout as it is
 VERSION_PACKAGES = ["conveyor-jobs", "redis", "hiredis"]
 BULK = "app.enqueue_many(items) (one Lua call per 1,000 jobs)"
 WORKER_ARGV = [

@@ -58,6 +58,7 @@ from ..base import (
     Throughput,
 )
 from .keys import KeyLayout, QueueKeys
+from .lane import Lane
 
 log = logging.getLogger(__name__)
 
@@ -278,6 +279,13 @@ class RedisEngine:
             name: self._client.register_script(_script_source(name))
             for name in (*_QUEUE_SCRIPTS, *_WORKER_SCRIPTS)
         }
+        # Script calls (every state change) use a leaner connection than redis-py's; TLS
+        # stays on redis-py (see lane.py).
+        self._lane = (
+            Lane(redis_url, connect_timeout=2.0, timeout=_SOCKET_TIMEOUT)
+            if redis_url.startswith("redis://")
+            else None
+        )
         self._enqueue = self._scripts["enqueue"]
         self._exchange = self._scripts["exchange"]
         self._queue_args: dict[str, tuple[QueueKeys, list[str], list[str]]] = {}
@@ -310,7 +318,17 @@ class RedisEngine:
     async def _run(self, name: str, queue: str, *args: str | int) -> Any:
         """One per-queue script call."""
         _, keys, header = self._q(queue)
-        return await self._scripts[name](keys=keys, args=[*header, *args])
+        return await self._eval(self._scripts[name], keys, [*header, *args])
+
+    async def _eval(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
+        if self._lane is None:
+            return await script(keys=keys, args=args)
+        try:
+            return await self._lane.call("EVALSHA", script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            # Redis restarted (scripts are not persisted): this call did not run, so
+            # running it through the script object (which loads it first) is safe.
+            return await script(keys=keys, args=args)
 
     async def _run_many(
         self,
@@ -327,13 +345,19 @@ class RedisEngine:
         names = list(add_queues)
         if len(calls) == 1 and not names:
             script, keys, args = calls[0]
-            return [await script(keys=keys, args=args)]
-        async with self._client.pipeline(transaction=False) as pipe:
-            if names:
-                pipe.sadd(self._keys.queues, *names)
-            for script, keys, args in calls:
-                pipe.evalsha(script.sha, len(keys), *keys, *args)
-            replies = await pipe.execute(raise_on_error=False)
+            return [await self._eval(script, keys, args)]
+        replies: list[Any]
+        if self._lane is not None:
+            commands: list[tuple[Any, ...]] = [("SADD", self._keys.queues, *names)] if names else []
+            commands += [("EVALSHA", s.sha, len(k), *k, *a) for s, k, a in calls]
+            replies = await self._lane.call_many(commands)
+        else:
+            async with self._client.pipeline(transaction=False) as pipe:
+                if names:
+                    pipe.sadd(self._keys.queues, *names)
+                for script, keys, args in calls:
+                    pipe.evalsha(script.sha, len(keys), *keys, *args)
+                replies = await pipe.execute(raise_on_error=False)
         if names:
             if isinstance(replies[0], Exception):
                 raise replies[0]
@@ -386,6 +410,8 @@ class RedisEngine:
             self._pubsub = None
         self._requested.clear()
         self._subscribed.clear()
+        if self._lane is not None:
+            self._lane.close()
         with contextlib.suppress(Exception):
             await self._client.aclose()
         with contextlib.suppress(Exception):

@@ -48,8 +48,9 @@ local wake_needed = false
 -- Push a job into pending (state, score, index); `front` puts it before every job of
 -- its priority (release on shutdown). A job without a tenant goes to K_PENDING, a tenant
 -- job to its tenant's bucket (and K_TPENDING, the index of all tenant jobs). `priority`
--- and `tenant` ('' = none) may be nil: they are then read from the job.
-local function push_pending(id, jk, front, priority, tenant)
+-- and `tenant` ('' = none) may be nil: they are then read from the job. `fresh`: the
+-- caller already wrote state = pending (a new job), so the job hash is not touched.
+local function push_pending(id, jk, front, priority, tenant, fresh)
   if priority == nil or tenant == nil then
     local f = redis.call('HMGET', jk, 'priority', 'tenant')
     priority = priority or tonumber(f[1]) or 0
@@ -61,8 +62,10 @@ local function push_pending(id, jk, front, priority, tenant)
   else
     score = (100 - priority) * BAND + MID + redis.call('INCR', K_SEQ)
   end
-  redis.call('HSET', jk, 'state', 'pending')
-  redis.call('HDEL', jk, 'scheduled_ms')
+  if not fresh then
+    redis.call('HSET', jk, 'state', 'pending')
+    redis.call('HDEL', jk, 'scheduled_ms')
+  end
   -- Idle workers sleep after a claim found nothing claimable, so a bucket that goes
   -- from empty to non-empty is the moment that needs a wake-up (a new tenant's jobs
   -- may be claimable while every other tenant is held back by its limit). It also joins
@@ -139,27 +142,38 @@ local function schedule(id, jk, due)
   redis.call('HSET', jk, 'state', 'scheduled', 'scheduled_ms', num(due))
 end
 
-local function emit(id, jk, kind, data)
-  local f = redis.call('HMGET', jk, 'task', 'tenant', 'attempt')
+-- `task`, `tenant` and `attempt` are read from the job unless the caller already has them
+-- (the hot paths do: one HMGET fewer per event).
+local function emit(id, jk, kind, data, task, tenant, attempt)
+  if task == nil then
+    local f = redis.call('HMGET', jk, 'task', 'tenant', 'attempt')
+    task, tenant, attempt = f[1], f[2], f[3]
+  end
   redis.call('XADD', K_EVENTS, 'MAXLEN', '~', EVENTS_MAXLEN, '*',
-    'kind', kind, 'job', id, 'task', f[1] or '', 'tenant', f[2] or '',
-    'attempt', f[3] or '0', 'at', num(NOW), 'data', data or '{}')
+    'kind', kind, 'job', id, 'task', task or '', 'tenant', tenant or '',
+    'attempt', attempt or '0', 'at', num(NOW), 'data', data or '{}')
 end
 
 -- A dedupe key belongs to a job only while it is scheduled, pending or running.
-local function release_dedupe(id, jk)
-  local key = redis.call('HGET', jk, 'dedupe_key')
+-- `key`: the job's dedupe key if the caller read it (false = none), nil = read it here.
+local function release_dedupe(id, jk, key)
+  if key == nil then key = redis.call('HGET', jk, 'dedupe_key') end
   if key and key ~= '' and redis.call('HGET', K_DEDUPE, key) == id then
     redis.call('HDEL', K_DEDUPE, key)
   end
 end
 
--- Move a job (already removed from its active zset) to a finished state.
-local function finish(id, jk, state)
-  redis.call('HSET', jk, 'state', state, 'finished_ms', num(NOW))
+-- Move a job (already removed from its active zset) to a finished state; `result` (or
+-- nil) is stored in the same write; `dedupe_key` as for release_dedupe.
+local function finish(id, jk, state, result, dedupe_key)
+  if result then
+    redis.call('HSET', jk, 'state', state, 'finished_ms', num(NOW), 'result', result)
+  else
+    redis.call('HSET', jk, 'state', state, 'finished_ms', num(NOW))
+  end
   redis.call('HDEL', jk, 'token')
   redis.call('ZADD', BY_STATE[state], num(NOW), id)
-  release_dedupe(id, jk)
+  release_dedupe(id, jk, dedupe_key)
 end
 
 -- Errors are numbered fields err:1, err:2, ... (not err:<attempt>: an operator retry

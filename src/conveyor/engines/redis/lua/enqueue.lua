@@ -21,6 +21,14 @@ for i = 0, n - 1 do
   end
 end
 
+-- Append an optional field to a HSET argument list unless it is empty.
+local function opt(fields, name, value)
+  if value ~= '' then
+    fields[#fields + 1] = name
+    fields[#fields + 1] = value
+  end
+end
+
 local out = {}
 for i = 0, n - 1 do
   local b = 5 + i * W
@@ -49,29 +57,33 @@ for i = 0, n - 1 do
     out[#out + 1] = holder_state
   else
     local priority = tonumber(ARGV[b + 4])
-    redis.call('HSET', jk, 'id', id, 'queue', QUEUE, 'task', ARGV[b + 1],
-      'payload', ARGV[b + 2], 'attempt', 0, 'max_attempts', ARGV[b + 3],
-      'priority', ARGV[b + 4], 'created_ms', num(NOW))
-    -- Optional fields are left out rather than stored empty: less memory per job.
-    if ARGV[b + 5] ~= '' then redis.call('HSET', jk, 'tenant', ARGV[b + 5]) end
-    if dedupe_key ~= '' then
-      redis.call('HSET', jk, 'dedupe_key', dedupe_key)
-      redis.call('HSET', K_DEDUPE, dedupe_key, id)
-    end
-    if ARGV[b + 7] ~= '' then redis.call('HSET', jk, 'timeout_ms', ARGV[b + 7]) end
-    if ARGV[b + 8] ~= '' then redis.call('HSET', jk, 'backoff', ARGV[b + 8]) end
+    local tenant = ARGV[b + 5]
     local due = NOW + tonumber(ARGV[b + 9])
     if ARGV[b + 10] ~= '' then
       due = tonumber(ARGV[b + 10])
     end
     local state = 'pending'
-    if due > NOW then
-      state = 'scheduled'
-      schedule(id, jk, due)
-    else
-      push_pending(id, jk, false, priority, ARGV[b + 5])
+    if due > NOW then state = 'scheduled' end
+    -- One write per job. Optional fields are left out rather than stored empty: less
+    -- memory per job.
+    local fields = { 'id', id, 'queue', QUEUE, 'task', ARGV[b + 1], 'payload', ARGV[b + 2],
+      'attempt', 0, 'max_attempts', ARGV[b + 3], 'priority', ARGV[b + 4],
+      'created_ms', num(NOW), 'state', state }
+    opt(fields, 'tenant', tenant)
+    opt(fields, 'dedupe_key', dedupe_key)
+    opt(fields, 'timeout_ms', ARGV[b + 7])
+    opt(fields, 'backoff', ARGV[b + 8])
+    if state == 'scheduled' then opt(fields, 'scheduled_ms', num(due)) end
+    redis.call('HSET', jk, unpack(fields))
+    if dedupe_key ~= '' then
+      redis.call('HSET', K_DEDUPE, dedupe_key, id)
     end
-    emit(id, jk, 'enqueued', nil)
+    if state == 'scheduled' then
+      redis.call('ZADD', K_SCHEDULED, num(due), id)
+    else
+      push_pending(id, jk, false, priority, tenant, true)
+    end
+    emit(id, jk, 'enqueued', nil, ARGV[b + 1], tenant, '0')
     out[#out + 1] = id
     out[#out + 1] = 1
     out[#out + 1] = state

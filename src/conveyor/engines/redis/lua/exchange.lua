@@ -42,7 +42,7 @@ for i = 0, n - 1 do
   local b = 8 + i * 5
   local id, token, kind, body = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
   local jk = K_JOB .. id
-  local f = redis.call('HMGET', jk, 'state', 'token', 'tenant')
+  local f = redis.call('HMGET', jk, 'state', 'token', 'tenant', 'task', 'attempt', 'dedupe_key')
   -- The token fences a worker that lost its lease: it may not touch the job any more.
   if f[1] ~= 'running' or f[2] ~= token then
     lost[#lost + 1] = id
@@ -50,13 +50,12 @@ for i = 0, n - 1 do
     redis.call('ZREM', K_RUNNING, id)
     left_running(jk, f[3], lim)
     if kind == 'complete' then
-      if body ~= '' then redis.call('HSET', jk, 'result', body) end
-      finish(id, jk, 'completed')
-      emit(id, jk, 'completed', nil)
+      finish(id, jk, 'completed', body ~= '' and body or nil, f[6])
+      emit(id, jk, 'completed', nil, f[4], f[3], f[5])
     elseif kind == 'fail' then
       add_error(jk, body)
-      finish(id, jk, 'failed')
-      emit(id, jk, 'failed', cjson.encode({ error = error_message(body) }))
+      finish(id, jk, 'failed', nil, f[6])
+      emit(id, jk, 'failed', cjson.encode({ error = error_message(body) }), f[4], f[3], f[5])
     elseif kind == 'retry' then
       local delay = tonumber(ARGV[b + 4]) or 0
       add_error(jk, body)
@@ -110,18 +109,39 @@ local recovered = 0
 local deadline = num(NOW + lease_ms)
 local started = num(NOW)
 
+-- Set field `k` of a flat HGETALL reply `all` (`at`: field -> index of its value).
+local function patch(all, at, k, v)
+  local i = at[k]
+  if i then
+    all[i] = v
+  else
+    all[#all + 1] = k
+    all[#all + 1] = v
+  end
+end
+
 -- Claim one popped job of bucket `tenant` ('' = none); false if it was a stale entry.
 local function claim(id, token, tenant)
   local jk = K_JOB .. id
-  if redis.call('HGET', jk, 'state') ~= 'pending' then
+  -- One read of the whole job: it is the reply, and it has what the checks and the event
+  -- need; the fields this claim changes are written once and patched into the reply.
+  local all = redis.call('HGETALL', jk)
+  local at = {}
+  for i = 1, #all, 2 do at[all[i]] = i + 1 end
+  if at.state == nil or all[at.state] ~= 'pending' then
     return false
   end
-  redis.call('HINCRBY', jk, 'attempt', 1)
-  redis.call('HSET', jk, 'state', 'running', 'token', token, 'started_ms', started,
-    'worker', worker)
+  local attempt = tostring((tonumber(all[at.attempt]) or 0) + 1)
+  redis.call('HSET', jk, 'state', 'running', 'attempt', attempt, 'token', token,
+    'started_ms', started, 'worker', worker)
+  patch(all, at, 'state', 'running')
+  patch(all, at, 'attempt', attempt)
+  patch(all, at, 'token', token)
+  patch(all, at, 'started_ms', started)
+  patch(all, at, 'worker', worker)
   redis.call('ZADD', K_RUNNING, deadline, id)
-  emit(id, jk, 'started', nil)
-  claimed[#claimed + 1] = redis.call('HGETALL', jk)
+  emit(id, jk, 'started', nil, all[at.task], all[at.tenant], attempt)
+  claimed[#claimed + 1] = all
   if lim.rate then
     redis.call('ZADD', K_RATE, started, token)
     redis.call('PEXPIRE', K_RATE, lim.rate_window_ms)

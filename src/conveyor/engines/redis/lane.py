@@ -1,0 +1,213 @@
+"""One pipelined Redis connection for the hot path: script calls of producers and workers.
+
+redis-py's asyncio client spends ~150 us of client CPU per command (pool checkout, retry
+wrapper, a StreamReader, per-command timeouts), which made a single `enqueue` and a worker's
+pickup latency cost twice BullMQ-on-Node's. The commands that decide those figures are few
+(EVALSHA of `enqueue` and `exchange`, plus a rare SADD), so they travel on this lane:
+
+    callers ──write──▶ [ one socket, replies in order ] ──▶ futures resolved FIFO
+               (all commands written in one loop iteration go out in one send)
+
+It speaks RESP2 with hiredis (the C parser redis-py itself uses) and nothing else: every
+other command, TLS (`rediss://`) and pub/sub stay on redis-py. Failure semantics match the
+pool's: a connection that dies fails the calls in flight with `ConnectionError` (their
+outcome is unknown, like a read error in redis-py), and the next call reconnects; a reply
+that takes longer than `timeout` closes the connection the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import socket
+import time
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import hiredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
+
+_WATCH_S = 1.0  # how often a connection with calls in flight checks the oldest one
+
+
+def _error(reply: hiredis.ReplyError) -> ResponseError:
+    """An error reply as redis-py's exception (NOSCRIPT: the script must be loaded again)."""
+    text = str(reply)
+    return NoScriptError(text) if text.startswith("NOSCRIPT") else ResponseError(text)
+
+
+class _Protocol(asyncio.Protocol):
+    def __init__(self, timeout: float) -> None:
+        self.reader = hiredis.Reader(encoding="utf-8", errors="replace")
+        self.transport: asyncio.Transport | None = None
+        self.waiters: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
+        self.out: list[bytes] = []
+        self.closed = False
+        self.error: Exception | None = None
+        self.timeout = timeout
+        self.watch: asyncio.TimerHandle | None = None
+
+    # asyncio callbacks --------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+
+    def data_received(self, data: bytes) -> None:
+        self.reader.feed(data)
+        while self.waiters:
+            reply = self.reader.gets()
+            if reply is False:
+                return
+            fut, _ = self.waiters.popleft()
+            if not fut.done():
+                fut.set_result(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(RedisConnectionError(f"connection to Redis lost: {exc or 'closed by server'}"))
+
+    # ---------------------------------------------------------------------------------
+    def _fail(self, error: Exception) -> None:
+        self.closed = True
+        self.error = self.error or error
+        if self.watch is not None:
+            self.watch.cancel()
+        while self.waiters:
+            fut, _ = self.waiters.popleft()
+            if not fut.done():
+                fut.set_exception(self.error)
+
+    def _flush(self) -> None:
+        if self.transport is not None and self.out and not self.closed:
+            self.transport.write(b"".join(self.out))
+        self.out.clear()
+
+    def _check(self) -> None:
+        """Close a connection whose oldest call has waited longer than the timeout."""
+        self.watch = None
+        if not self.waiters or self.closed:
+            return
+        oldest = self.waiters[0][1]
+        if time.monotonic() - oldest > self.timeout:
+            self._fail(RedisConnectionError(f"Redis did not reply within {self.timeout:g} s"))
+            if self.transport is not None:
+                self.transport.abort()
+            return
+        self.watch = asyncio.get_running_loop().call_later(_WATCH_S, self._check)
+
+    def send(self, packed: Sequence[bytes]) -> list[asyncio.Future[Any]]:
+        loop = asyncio.get_running_loop()
+        if not self.out:
+            # Commands written during this loop iteration leave in one send.
+            loop.call_soon(self._flush)
+        self.out.extend(packed)
+        now = time.monotonic()
+        futs = [loop.create_future() for _ in packed]
+        self.waiters.extend((f, now) for f in futs)
+        if self.watch is None:
+            self.watch = loop.call_later(_WATCH_S, self._check)
+        return futs
+
+
+class Lane:
+    """The hot-path connection of one engine (one per event loop and process).
+
+    Args:
+        url: a `redis://` URL (host, port, optional user:password, optional /db).
+        connect_timeout: seconds to wait for the TCP connection and the handshake.
+        timeout: seconds a call may wait for its reply before the connection is closed.
+    """
+
+    def __init__(self, url: str, *, connect_timeout: float, timeout: float) -> None:
+        parts = urlsplit(url)
+        self._host = parts.hostname or "127.0.0.1"
+        self._port = parts.port or 6379
+        self._user = unquote(parts.username) if parts.username else None
+        self._password = unquote(parts.password) if parts.password else None
+        path = parts.path.strip("/")
+        self._db = int(path) if path.isdigit() else 0
+        self._connect_timeout = connect_timeout
+        self._timeout = timeout
+        self._proto: _Protocol | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._connecting: asyncio.Future[_Protocol] | None = None
+
+    async def _connection(self) -> _Protocol:
+        loop = asyncio.get_running_loop()
+        proto = self._proto
+        if proto is not None and not proto.closed and self._loop is loop:
+            return proto
+        if self._connecting is not None and self._loop is loop:
+            return await asyncio.shield(self._connecting)
+        self._loop = loop
+        self._connecting = loop.create_future()
+        try:
+            proto = await asyncio.wait_for(self._open(loop), self._connect_timeout)
+        except (TimeoutError, OSError) as exc:
+            error = RedisConnectionError(
+                f"cannot connect to Redis at {self._host}:{self._port}: {exc or 'timed out'}"
+            )
+            self._connecting.set_exception(error)
+            self._connecting.exception()  # retrieved: the waiters got it via shield
+            self._connecting = None
+            raise error from exc
+        except BaseException as exc:
+            self._connecting.set_exception(exc)
+            self._connecting.exception()
+            self._connecting = None
+            raise
+        self._proto = proto
+        self._connecting.set_result(proto)
+        self._connecting = None
+        return proto
+
+    async def _open(self, loop: asyncio.AbstractEventLoop) -> _Protocol:
+        timeout = self._timeout
+        _, proto = await loop.create_connection(lambda: _Protocol(timeout), self._host, self._port)
+        handshake: list[tuple[Any, ...]] = []
+        if self._password is not None:
+            handshake.append(
+                ("AUTH", self._user, self._password) if self._user else ("AUTH", self._password)
+            )
+        if self._db:
+            handshake.append(("SELECT", self._db))
+        if handshake:
+            futs = proto.send([hiredis.pack_command(cmd) for cmd in handshake])
+            for reply in await asyncio.gather(*futs):
+                if isinstance(reply, hiredis.ReplyError):
+                    assert proto.transport is not None
+                    proto.transport.close()
+                    raise RedisConnectionError(f"Redis refused the connection set-up: {reply}")
+        return proto
+
+    async def call_many(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """Send commands in one write; their replies in order. An error reply is returned
+        as a `redis.exceptions.ResponseError` in its place, not raised.
+
+        Raises:
+            redis.exceptions.ConnectionError: Redis cannot be reached, or the connection
+                died or timed out with these calls in flight (their outcome is unknown).
+        """
+        proto = await self._connection()
+        futs = proto.send([hiredis.pack_command(cmd) for cmd in commands])
+        replies = [await f for f in futs]
+        return [_error(r) if isinstance(r, hiredis.ReplyError) else r for r in replies]
+
+    async def call(self, *command: Any) -> Any:
+        """One command; an error reply is raised as `ResponseError`."""
+        proto = await self._connection()
+        reply = await proto.send([hiredis.pack_command(command)])[0]
+        if isinstance(reply, hiredis.ReplyError):
+            raise _error(reply)
+        return reply
+
+    def close(self) -> None:
+        """Close the connection (calls in flight fail with ConnectionError)."""
+        proto, self._proto = self._proto, None
+        if proto is not None and proto.transport is not None:
+            proto.transport.close()

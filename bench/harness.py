@@ -128,9 +128,21 @@ class RedisServer:
 
     def start(self) -> None:
         argv = [
-            "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-            "--save", "", "--appendonly", "no", "--dir", str(self.dir),
-            "--logfile", str(self.dir / "redis.log"), "--daemonize", "no",
+            "redis-server",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.dir),
+            "--logfile",
+            str(self.dir / "redis.log"),
+            "--daemonize",
+            "no",
         ]
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = self.client()
@@ -230,9 +242,20 @@ class Peer:
 
 
 META_KEYS = {
-    "NAME", "RUNTIME", "REQUIREMENTS", "VERSION_PACKAGES", "NPM_PACKAGES", "BULK",
-    "WORKER_ARGV", "WORKER_ARGV_IO", "ENQUEUE_ARGV", "PROCESSES", "CONCURRENCY", "SETTLE_S",
-    "NOTES", "MAX_BURST",
+    "NAME",
+    "RUNTIME",
+    "REQUIREMENTS",
+    "VERSION_PACKAGES",
+    "NPM_PACKAGES",
+    "BULK",
+    "WORKER_ARGV",
+    "WORKER_ARGV_IO",
+    "ENQUEUE_ARGV",
+    "PROCESSES",
+    "CONCURRENCY",
+    "SETTLE_S",
+    "NOTES",
+    "MAX_BURST",
 }
 
 
@@ -287,7 +310,9 @@ def install_python_peer(peer: Peer, log: Callable[[str], None]) -> None:
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
         proc = subprocess.run(
             [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q", *reqs],
-            capture_output=True, text=True, timeout=900,
+            capture_output=True,
+            text=True,
+            timeout=900,
         )
         if proc.returncode != 0:
             lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("ERROR")]
@@ -314,9 +339,11 @@ def install_node_peers(log: Callable[[str], None]) -> str:
         proc = subprocess.run(argv, cwd=BENCH, capture_output=True, text=True, timeout=900)
         if proc.returncode != 0:
             raise BenchError("npm install failed: " + proc.stderr.strip()[-200:])
-        stamp.write_text(hashlib.sha256(
-            pkg.read_bytes() + (lock.read_bytes() if lock.exists() else b"")
-        ).hexdigest())
+        stamp.write_text(
+            hashlib.sha256(
+                pkg.read_bytes() + (lock.read_bytes() if lock.exists() else b"")
+            ).hexdigest()
+        )
     return "ok"
 
 
@@ -416,20 +443,40 @@ class Ctx:
         return int(self.r.get(DONE_KEY) or 0)
 
     def enqueue(
-        self, peer: Peer, mode: str, n: int, *, sleep_ms: int = 0, interval_ms: float = 0.0,
-        stamp: bool = False, warmup: int = 0,
+        self,
+        peer: Peer,
+        mode: str,
+        n: int,
+        *,
+        sleep_ms: int = 0,
+        interval_ms: float = 0.0,
+        stamp: bool = False,
+        warmup: int = 0,
     ) -> dict[str, float]:
         argv = [
             *peer.enqueue_argv(self.server.url),
-            "enqueue", "--mode", mode, "--n", str(n), "--sleep-ms", str(sleep_ms),
-            "--interval-ms", str(interval_ms), "--warmup", str(warmup),
+            "enqueue",
+            "--mode",
+            mode,
+            "--n",
+            str(n),
+            "--sleep-ms",
+            str(sleep_ms),
+            "--interval-ms",
+            str(interval_ms),
+            "--warmup",
+            str(warmup),
         ]
         if stamp:
             argv.append("--stamp")
         try:
             proc = subprocess.run(
-                argv, cwd=BENCH, env=child_env(self.server.url, 1, 1, 0), capture_output=True,
-                text=True, timeout=self.timeout,
+                argv,
+                cwd=BENCH,
+                env=child_env(self.server.url, 1, 1, 0),
+                capture_output=True,
+                text=True,
+                timeout=self.timeout,
             )
         except subprocess.TimeoutExpired:
             raise BenchError("timeout") from None
@@ -454,8 +501,12 @@ class Ctx:
             log = LOGS / f"{peer.module}-{self.tag}-{i}.log"
             with log.open("wb") as fh:
                 proc = subprocess.Popen(
-                    argv, cwd=BENCH, env=child_env(self.server.url, concurrency, processes, i),
-                    stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                    argv,
+                    cwd=BENCH,
+                    env=child_env(self.server.url, concurrency, processes, i),
+                    stdout=fh,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
                     start_new_session=True,
                 )
             procs.append(proc)
@@ -554,8 +605,11 @@ def measure_w2(ctx: Ctx, peer: Peer) -> dict[str, float]:
     lat_ms = [int(v) / 1e6 for v in raw]
     if len(lat_ms) != n:
         raise BenchError(f"{len(lat_ms)} latency samples for {n} jobs")
-    return {"p50": percentile(lat_ms, 0.50), "p95": percentile(lat_ms, 0.95),
-            "p99": percentile(lat_ms, 0.99)}
+    return {
+        "p50": percentile(lat_ms, 0.50),
+        "p95": percentile(lat_ms, 0.95),
+        "p99": percentile(lat_ms, 0.99),
+    }
 
 
 def measure_w3(ctx: Ctx, peer: Peer) -> dict[str, float]:
@@ -584,8 +638,18 @@ def redis_benchmark(server: RedisServer, requests: int) -> dict[str, float]:
     r = server.client()
     r.flushall()
     r.script_load(script)
-    base = ["redis-benchmark", "-h", "127.0.0.1", "-p", str(server.port), "-c", "50", "-n",
-            str(requests), "--csv"]
+    base = [
+        "redis-benchmark",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(server.port),
+        "-c",
+        "50",
+        "-n",
+        str(requests),
+        "--csv",
+    ]
     cases = {
         "INCR": ["-t", "incr"],
         "INCR -P 16": ["-P", "16", "-t", "incr"],
@@ -671,8 +735,9 @@ def guarded(res: Results, lib: str, metrics: list[str], fn: Callable[[], dict[st
         res.add(lib, m, values[m])
 
 
-def run_peer(ctx: Ctx, peer: Peer, workloads: list[str], runs: int, res: Results,
-             log: Callable[[str], None]) -> None:
+def run_peer(
+    ctx: Ctx, peer: Peer, workloads: list[str], runs: int, res: Results, log: Callable[[str], None]
+) -> None:
     lib = peer.name
     sizes = ctx.sizes
     for run in range(1, runs + 1):
@@ -703,28 +768,58 @@ def run_peer(ctx: Ctx, peer: Peer, workloads: list[str], runs: int, res: Results
             guarded(res, lib, ["w3"], lambda: {"w3": measure_w3(ctx, peer)["rate"]})
 
 
-def render(machine: dict[str, str], peers: list[Peer], res: Results, phys: Results | None,
-           args: argparse.Namespace, sizes: Sizes, workloads: list[str]) -> str:
+def render(
+    machine: dict[str, str],
+    peers: list[Peer],
+    res: Results,
+    phys: Results | None,
+    args: argparse.Namespace,
+    sizes: Sizes,
+    workloads: list[str],
+) -> str:
     libs = [p.name for p in peers]
     out: list[str] = ["# Conveyor peer benchmark", ""]
     out.append(md_table(["machine", ""], [[k, v] for k, v in machine.items()]))
     command = " ".join(["bench/run", *args.argv])
-    out += ["", f"Command: `{command}` — {args.runs} run(s) per figure; "
-            "each figure is the median (min–max) of the runs.", ""]
+    out += [
+        "",
+        f"Command: `{command}` — {args.runs} run(s) per figure; "
+        "each figure is the median (min–max) of the runs.",
+        "",
+    ]
 
-    head = ["library", f"W0 enqueue one (jobs/s, n={sizes.w0:,})",
-            f"W0 enqueue bulk (jobs/s, n={sizes.w0:,})",
-            f"W1 burst 1 proc (jobs/s, n={sizes.burst:,}¹)",
-            "W2 p50 (ms)", "W2 p95 (ms)", "W2 p99 (ms)",
-            f"W3 io 20 ms x{sizes.w3_concurrency} (jobs/s, n={sizes.w3:,})"]
+    head = [
+        "library",
+        f"W0 enqueue one (jobs/s, n={sizes.w0:,})",
+        f"W0 enqueue bulk (jobs/s, n={sizes.w0:,})",
+        f"W1 burst 1 proc (jobs/s, n={sizes.burst:,}¹)",
+        "W2 p50 (ms)",
+        "W2 p95 (ms)",
+        "W2 p99 (ms)",
+        f"W3 io 20 ms x{sizes.w3_concurrency} (jobs/s, n={sizes.w3:,})",
+    ]
     rows = []
     for lib in libs:
-        rows.append([lib, fmt_cell(res.get(lib, "w0_one")), fmt_cell(res.get(lib, "w0_bulk")),
-                     fmt_cell(res.get(lib, "burst1")), fmt_cell(res.get(lib, "p50"), 2),
-                     fmt_cell(res.get(lib, "p95"), 2), fmt_cell(res.get(lib, "p99"), 2),
-                     fmt_cell(res.get(lib, "w3"))])
-    out += ["## Throughput and latency (W0–W3)", "", md_table(head, rows), "",
-            "¹ fewer for a library with a cap (see the W4 table's jobs column).", ""]
+        rows.append(
+            [
+                lib,
+                fmt_cell(res.get(lib, "w0_one")),
+                fmt_cell(res.get(lib, "w0_bulk")),
+                fmt_cell(res.get(lib, "burst1")),
+                fmt_cell(res.get(lib, "p50"), 2),
+                fmt_cell(res.get(lib, "p95"), 2),
+                fmt_cell(res.get(lib, "p99"), 2),
+                fmt_cell(res.get(lib, "w3")),
+            ]
+        )
+    out += [
+        "## Throughput and latency (W0–W3)",
+        "",
+        md_table(head, rows),
+        "",
+        "¹ fewer for a library with a cap (see the W4 table's jobs column).",
+        "",
+    ]
 
     if "W4" in workloads or "W1" in workloads:
         rows = []
@@ -733,33 +828,78 @@ def render(machine: dict[str, str], peers: list[Peer], res: Results, phys: Resul
             for p in sizes.scale:
                 if res.get(lib, f"burst{p}") is None:
                     continue
-                rows.append([lib, str(p), f"{peer.burst_n(sizes.burst):,}",
-                             fmt_cell(res.get(lib, f"burst{p}")),
-                             fmt_cell(res.get(lib, f"cpu{p}"), 1),
-                             fmt_cell(res.get(lib, f"cmds{p}"), 2)])
-        head = ["library", "worker processes", "jobs", "jobs/s",
-                "Redis CPU µs/job", "Redis commands/job"]
-        out += ["## W4 scaling (W1 burst with 1, 2, 4 worker processes)", "",
-                md_table(head, rows), ""]
+                rows.append(
+                    [
+                        lib,
+                        str(p),
+                        f"{peer.burst_n(sizes.burst):,}",
+                        fmt_cell(res.get(lib, f"burst{p}")),
+                        fmt_cell(res.get(lib, f"cpu{p}"), 1),
+                        fmt_cell(res.get(lib, f"cmds{p}"), 2),
+                    ]
+                )
+        head = [
+            "library",
+            "worker processes",
+            "jobs",
+            "jobs/s",
+            "Redis CPU µs/job",
+            "Redis commands/job",
+        ]
+        out += [
+            "## W4 scaling (W1 burst with 1, 2, 4 worker processes)",
+            "",
+            md_table(head, rows),
+            "",
+        ]
 
     if "W5" in workloads:
-        out += ["## W5 fairness cost", "",
-                "Placeholder: measured for Conveyor only, once its fairness scheduler exists.", ""]
+        out += [
+            "## W5 fairness cost",
+            "",
+            "Placeholder: measured for Conveyor only, once its fairness scheduler exists.",
+            "",
+        ]
 
     if phys is not None:
         labels = list(phys.cells.get("redis-benchmark", {}).keys())
         rows = [[label, fmt_cell(phys.get("redis-benchmark", label))] for label in labels]
-        out += ["## Physical limit: redis-benchmark on the same private server", "",
-                f"`redis-benchmark -c 50 -n {sizes.rb_requests:,}`; EVALSHA runs a script "
-                "doing one INCR.", "", md_table(["command", "requests/s"], rows), ""]
+        out += [
+            "## Physical limit: redis-benchmark on the same private server",
+            "",
+            f"`redis-benchmark -c 50 -n {sizes.rb_requests:,}`; EVALSHA runs a script "
+            "doing one INCR.",
+            "",
+            md_table(["command", "requests/s"], rows),
+            "",
+        ]
 
     rows = []
     for p in peers:
-        rows.append([p.name, p.versions or (p.install_error or "?"), p.bulk or "n/a (none)",
-                     p.note("noop"), p.note("io")])
-    out += ["## Libraries and settings", "",
-            md_table(["library", "versions", "bulk path (W0)", "noop workers (W1, W2, W4)",
-                      "io workers (W3)"], rows), ""]
+        rows.append(
+            [
+                p.name,
+                p.versions or (p.install_error or "?"),
+                p.bulk or "n/a (none)",
+                p.note("noop"),
+                p.note("io"),
+            ]
+        )
+    out += [
+        "## Libraries and settings",
+        "",
+        md_table(
+            [
+                "library",
+                "versions",
+                "bulk path (W0)",
+                "noop workers (W1, W2, W4)",
+                "io workers (W3)",
+            ],
+            rows,
+        ),
+        "",
+    ]
     out += [RULES.format(poll_ms=POLL_S * 1000, timeout=args.timeout)]
     return "\n".join(out)
 
@@ -798,13 +938,18 @@ RULES = """## Rules
 def parse_args(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="bench/run", description=__doc__.splitlines()[0])
     ap.add_argument("--libs", help="comma-separated libraries (module or display name)")
-    ap.add_argument("--workloads", default="W0,W1,W2,W3,W4,PHYS",
-                    help=f"comma-separated subset of {','.join(ALL_WORKLOADS)}")
+    ap.add_argument(
+        "--workloads",
+        default="W0,W1,W2,W3,W4,PHYS",
+        help=f"comma-separated subset of {','.join(ALL_WORKLOADS)}",
+    )
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="small job counts for smoke tests")
     ap.add_argument("--timeout", type=float, default=300.0, help="per-measurement timeout (s)")
-    ap.add_argument("--output", help="markdown file to write (default RESULTS.md, or "
-                    ".peers/RESULTS-quick.md with --quick)")
+    ap.add_argument(
+        "--output",
+        help="markdown file to write (default RESULTS.md, or .peers/RESULTS-quick.md with --quick)",
+    )
     ap.add_argument("--install-only", action="store_true")
     ap.add_argument("--list", action="store_true", help="list the known libraries and exit")
     args = ap.parse_args(argv)
@@ -873,8 +1018,12 @@ def main(argv: list[str] | None = None) -> int:
     out_path = Path(args.output) if args.output else default_out
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(text)
-    raw = {"machine": machine, "argv": args.argv, "results": res.cells,
-           "phys": phys.cells if phys else None}
+    raw = {
+        "machine": machine,
+        "argv": args.argv,
+        "results": res.cells,
+        "phys": phys.cells if phys else None,
+    }
     raw_path = STATE / f"results-{time.strftime('%Y%m%d-%H%M%S')}.json"
     raw_path.write_text(json.dumps(raw, indent=1))
     log(f"wrote {out_path} (raw figures: {raw_path.relative_to(BENCH)})")

@@ -15,9 +15,19 @@ REQUIREMENTS = ["-e", "{repo}"]  # editable: a run measures the checkout as it i
 VERSION_PACKAGES = ["conveyor-jobs", "redis", "hiredis"]
 BULK = "app.enqueue_many(items) (one Lua call per 1,000 jobs)"
 WORKER_ARGV = [
-    "{bin}/conveyor", "worker", "peers.conveyor_lib:app", "--url", "{url}",
-    "--queues", "{queue}", "--concurrency", "{concurrency}", "--health-port", "0",
-    "--log-level", "WARNING",
+    "{bin}/conveyor",
+    "worker",
+    "peers.conveyor_lib:app",
+    "--url",
+    "{url}",
+    "--queues",
+    "{queue}",
+    "--concurrency",
+    "{concurrency}",
+    "--health-port",
+    "0",
+    "--log-level",
+    "WARNING",
 ]
 PROCESSES = "spawn"
 CONCURRENCY = {"noop": 50, "io": 100}

@@ -28,10 +28,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis
 
@@ -47,6 +48,12 @@ LAT_KEY = "bench:lat"
 QUEUE = "bench"
 POLL_S = 0.005
 ALL_WORKLOADS = ["W0", "W1", "W2", "W3", "W4", "W5", "PHYS"]
+# W5: the W1 burst spread over this many tenants, each limited to this many running jobs.
+W5_TENANTS = 100
+W5_TENANT_CONCURRENCY = 2
+# Conveyor's own rows: the ratio and target tables compare "conveyor" with every other row.
+CONVEYOR = "conveyor"
+OWN_ROWS = {CONVEYOR, "conveyor-sqlite"}
 
 
 @dataclass(frozen=True)
@@ -212,16 +219,34 @@ class Peer:
     def note(self, kind: str) -> str:
         return str(self.meta.get("NOTES", {}).get(kind, ""))
 
+    def takes_part(self, workload: str) -> bool:
+        """The workloads a peer lists in WORKLOADS (default: all); W5 only for a peer with
+        a fairness mechanism to measure (FAIRNESS)."""
+        listed = self.meta.get("WORKLOADS")
+        if listed is not None and workload not in listed:
+            return False
+        return workload != "W5" or bool(self.meta.get("FAIRNESS"))
+
+    @property
+    def on_redis(self) -> bool:
+        """Whether the library keeps its jobs in the benchmark's Redis (ENGINE_URL says)."""
+        return str(self.meta.get("ENGINE_URL", "{url}")).startswith(("{url}", "redis"))
+
     def fmt_vars(self, url: str) -> dict[str, str]:
         py = str(self.python) if self.python else sys.executable
-        return {
+        base = {
             "python": py,
             "bin": str(Path(py).parent),
             "bench": str(BENCH),
             "repo": str(REPO),
             "url": url,
+            "port": str(urlsplit(url).port),
             "queue": QUEUE,
         }
+        # ENGINE_URL is a template over the other variables: a peer whose jobs are not in
+        # the benchmark's Redis names its store there (e.g. a file named after the port).
+        base["engine_url"] = str(self.meta.get("ENGINE_URL", "{url}")).format(**base)
+        return base
 
     def worker_argvs(
         self, url: str, kind: str, concurrency: int, processes: int
@@ -256,6 +281,9 @@ META_KEYS = {
     "SETTLE_S",
     "NOTES",
     "MAX_BURST",
+    "ENGINE_URL",
+    "WORKLOADS",
+    "FAIRNESS",
 }
 
 
@@ -406,12 +434,15 @@ def last_line(path: Path) -> str:
     return lines[-1][:160] if lines else "no output"
 
 
-def child_env(url: str, concurrency: int, processes: int, index: int) -> dict[str, str]:
+def child_env(
+    url: str, engine_url: str, concurrency: int, processes: int, index: int
+) -> dict[str, str]:
     env = dict(os.environ)
     for var in ("VIRTUAL_ENV", "PYTHONHOME"):
         env.pop(var, None)
     env.update(
         BENCH_REDIS_URL=url,
+        BENCH_ENGINE_URL=engine_url,
         BENCH_QUEUE=QUEUE,
         BENCH_CONCURRENCY=str(concurrency),
         BENCH_PROCESSES=str(processes),
@@ -434,9 +465,25 @@ class Ctx:
     timeout: float
     tag: str = ""
     polls: int = field(default=0)
+    # Set for one workload (W5's tenants) and passed to the producer and the workers alike.
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     def flush(self) -> None:
         self.r.flushall()
+
+    def env(self, peer: Peer, concurrency: int, processes: int, index: int) -> dict[str, str]:
+        """The environment of one of the peer's producer or worker processes."""
+        url = self.server.url
+        engine_url = peer.fmt_vars(url)["engine_url"]
+        return child_env(url, engine_url, concurrency, processes, index) | self.extra_env
+
+    @contextlib.contextmanager
+    def workload_env(self, **env: str) -> Iterator[None]:
+        self.extra_env = env
+        try:
+            yield
+        finally:
+            self.extra_env = {}
 
     def done(self) -> int:
         self.polls += 1
@@ -473,7 +520,7 @@ class Ctx:
             proc = subprocess.run(
                 argv,
                 cwd=BENCH,
-                env=child_env(self.server.url, 1, 1, 0),
+                env=self.env(peer, 1, 1, 0),
                 capture_output=True,
                 text=True,
                 timeout=self.timeout,
@@ -503,7 +550,7 @@ class Ctx:
                 proc = subprocess.Popen(
                     argv,
                     cwd=BENCH,
-                    env=child_env(self.server.url, concurrency, processes, i),
+                    env=self.env(peer, concurrency, processes, i),
                     stdout=fh,
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
@@ -564,6 +611,17 @@ def measure_burst(ctx: Ctx, peer: Peer, processes: int) -> dict[str, float]:
         "cpu_us": (cpu1 - cpu0) * 1e6 / n,
         "cmds": (cmds1 - cmds0 - own) / n,
     }
+
+
+def measure_w5(ctx: Ctx, peer: Peer) -> dict[str, float]:
+    """W1 (one worker process) with the jobs spread over W5_TENANTS tenants and a
+    per-tenant concurrency limit on the queue; the peer reads both from its environment.
+    The FLUSHALL before the next measurement drops the limit again."""
+    with ctx.workload_env(
+        BENCH_TENANTS=str(W5_TENANTS), BENCH_TENANT_CONCURRENCY=str(W5_TENANT_CONCURRENCY)
+    ):
+        m = measure_burst(ctx, peer, 1)
+    return {"w5": m["rate"], "w5_cmds": m["cmds"]}
 
 
 def warm_worker(ctx: Ctx, peer: Peer, kind: str, conc: int) -> tuple[Workers, int]:
@@ -740,13 +798,15 @@ def run_peer(
 ) -> None:
     lib = peer.name
     sizes = ctx.sizes
+    workloads = [w for w in workloads if peer.takes_part(w)]
     for run in range(1, runs + 1):
         ctx.tag = f"r{run}"
         if "W0" in workloads:
             log(f"[{lib}] run {run}/{runs} W0 enqueue x{sizes.w0}")
             guarded(res, lib, ["w0_one", "w0_bulk"], lambda: measure_w0(ctx, peer))
         for procs in sizes.scale:
-            if procs == 1 and not ({"W1", "W4"} & set(workloads)):
+            # W5 is compared with the plain W1 of the same run, so it needs that one too.
+            if procs == 1 and not ({"W1", "W4", "W5"} & set(workloads)):
                 continue
             if procs > 1 and "W4" not in workloads:
                 continue
@@ -758,6 +818,10 @@ def run_peer(
                 return {f"burst{p}": m["rate"], f"cpu{p}": m["cpu_us"], f"cmds{p}": m["cmds"]}
 
             guarded(res, lib, [f"burst{procs}", f"cpu{procs}", f"cmds{procs}"], burst)
+            if procs == 1 and "W5" in workloads:  # right after its plain W1: same conditions
+                ctx.tag = f"r{run}-w5"
+                log(f"[{lib}] run {run}/{runs} W5 burst over {W5_TENANTS} tenants")
+                guarded(res, lib, ["w5", "w5_cmds"], lambda: measure_w5(ctx, peer))
         if "W2" in workloads:
             ctx.tag = f"r{run}-w2"
             log(f"[{lib}] run {run}/{runs} W2 latency x{sizes.w2}")
@@ -766,6 +830,17 @@ def run_peer(
             ctx.tag = f"r{run}-w3"
             log(f"[{lib}] run {run}/{runs} W3 io x{sizes.w3}")
             guarded(res, lib, ["w3"], lambda: {"w3": measure_w3(ctx, peer)["rate"]})
+
+
+def remove_engine_file(peer: Peer, url: str) -> None:
+    """Delete a peer's SQLite file once its runs are over: like the private Redis it is
+    scratch for this run (its name carries this run's Redis port, so another run's is safe)."""
+    engine_url = peer.fmt_vars(url)["engine_url"]
+    if not engine_url.startswith("sqlite:///"):
+        return
+    path = BENCH / engine_url.removeprefix("sqlite:///")  # relative: to the peers' cwd
+    for suffix in ("", "-wal", "-shm"):
+        path.with_name(path.name + suffix).unlink(missing_ok=True)
 
 
 def render(
@@ -818,19 +893,30 @@ def render(
         md_table(head, rows),
         "",
         "¹ fewer for a library with a cap (see the W4 table's jobs column).",
-        "",
     ]
+    for peer in peers:
+        if "WORKLOADS" in peer.meta:
+            listed = ", ".join(peer.meta["WORKLOADS"])
+            out += ["", f"– in {peer.name}'s row: not run, it takes part in {listed} only."]
+    out.append("")
+
+    if CONVEYOR in libs:
+        out += render_ratios(peers, res)
+        out += render_targets(peers, res, sizes)
 
     if "W4" in workloads or "W1" in workloads:
         rows = []
+        off_redis: dict[str, Peer] = {}  # rows whose Redis figures are the marker alone
         for peer in peers:
             lib = peer.name
             for p in sizes.scale:
                 if res.get(lib, f"burst{p}") is None:
                     continue
+                if not peer.on_redis:
+                    off_redis[lib] = peer
                 rows.append(
                     [
-                        lib,
+                        lib if peer.on_redis else f"{lib}²",
                         str(p),
                         f"{peer.burst_n(sizes.burst):,}",
                         fmt_cell(res.get(lib, f"burst{p}")),
@@ -852,14 +938,16 @@ def render(
             md_table(head, rows),
             "",
         ]
+        for peer in off_redis.values():
+            engine = str(peer.meta["ENGINE_URL"]).split(":", 1)[0]
+            out += [
+                f"² {peer.name} keeps its jobs outside Redis (`{engine}://` engine): its Redis "
+                "CPU and commands per job are only the completion marker's `INCR`.",
+                "",
+            ]
 
     if "W5" in workloads:
-        out += [
-            "## W5 fairness cost",
-            "",
-            "Placeholder: measured for Conveyor only, once its fairness scheduler exists.",
-            "",
-        ]
+        out += render_w5(peers, res, sizes)
 
     if phys is not None:
         labels = list(phys.cells.get("redis-benchmark", {}).keys())
@@ -904,13 +992,201 @@ def render(
     return "\n".join(out)
 
 
+def median_of(cell: Cell | None) -> float | None:
+    """The median of a measured cell; None when it is missing or an error text."""
+    return statistics.median(cell) if isinstance(cell, list) and cell else None
+
+
+def fmt_median(cell: Cell | None, digits: int = 0) -> str:
+    value = median_of(cell)
+    return "–" if value is None else fmt_num(value, digits)
+
+
+def fmt_ratio(num: float | None, den: float | None) -> str:
+    if num is None or den is None or num <= 0 or den <= 0:
+        return "–"
+    return f"{num / den:.2f}×"
+
+
+def fmt_pct(value: float, signed: bool = False) -> str:
+    """A percentage with a real minus sign; one decimal below 1% so a small gap is not 0%."""
+    sign = "+" if signed else ""
+    text = f"{value:{sign}.1f}" if abs(value) < 1 else f"{value:{sign}.0f}"
+    return text.replace("-", "−") + "%"
+
+
+# Decimals per metric in the derived tables, as in the tables the figures come from.
+DIGITS = {"p99": 2, "cpu1": 1, "cmds1": 2}
+
+# (metric, column, higher is better). Every ratio reads the same way, >1× = Conveyor is
+# better: Conveyor/peer for throughput, peer/Conveyor for latency, Redis CPU and commands.
+RATIO_COLUMNS = [
+    ("w0_one", "W0 one", True),
+    ("w0_bulk", "W0 bulk", True),
+    ("burst1", "W1", True),
+    ("p99", "W2 p99", False),
+    ("w3", "W3", True),
+    ("cpu1", "W4 Redis CPU/job (1 proc)", False),
+    ("cmds1", "W4 commands/job (1 proc)", False),
+]
+
+
+def render_ratios(peers: list[Peer], res: Results) -> list[str]:
+    rows = []
+    for lib in (p.name for p in peers if p.name not in OWN_ROWS):
+        row = [lib]
+        for metric, _, higher_better in RATIO_COLUMNS:
+            ours, theirs = median_of(res.get(CONVEYOR, metric)), median_of(res.get(lib, metric))
+            row.append(fmt_ratio(ours, theirs) if higher_better else fmt_ratio(theirs, ours))
+        rows.append(row)
+    head = ["peer", *(column for _, column, _ in RATIO_COLUMNS)]
+    table = md_table(head, rows) if rows else "No peer in this run."
+    return [
+        "## Conveyor against each peer (same run)",
+        "",
+        "Medians of this run; >1× means Conveyor is better (throughput: Conveyor / peer; "
+        "W2 p99, Redis CPU and commands per job: peer / Conveyor); – when either side has no "
+        "figure.",
+        "",
+        table,
+        "",
+    ]
+
+
+@dataclass(frozen=True)
+class Reference:
+    text: str  # what the target is measured against, e.g. "2.5 × taskiq 1,774 = 4,435"
+    value: float  # the threshold Conveyor's figure is held to
+
+
+Best = Callable[[list[tuple[float, str]]], tuple[float, str]]
+
+
+def peer_reference(
+    res: Results, peers: list[Peer], metric: str, best: Best, factor: float = 1.0
+) -> Reference | None:
+    """The best (`max` or `min`) median of `metric` among `peers`, times `factor`."""
+    figures = [(median_of(res.get(p.name, metric)), p.name) for p in peers]
+    found = [(value, name) for value, name in figures if value is not None]
+    if not found:
+        return None
+    value, name = best(found)
+    digits = DIGITS.get(metric, 0)
+    text = f"{name} {fmt_num(value, digits)}"
+    if factor != 1.0:
+        text = f"{factor:g} × {text} = {fmt_num(value * factor, digits)}"
+    return Reference(text, value * factor)
+
+
+def target_row(label: str, metric: str, op: str, ref: Reference | None, res: Results) -> list[str]:
+    ours = median_of(res.get(CONVEYOR, metric))
+    ours_text = "–" if ours is None else fmt_num(ours, DIGITS.get(metric, 0))
+    if ref is None:
+        return [label, ours_text, "– (not in this run)", "–"]
+    if ours is None:
+        return [label, ours_text, ref.text, "–"]
+    met = {"≥": ours >= ref.value, "≤": ours <= ref.value, "<": ours < ref.value}[op]
+    gap = abs(ours - ref.value) / ref.value * 100 if ref.value else 0.0
+    return [label, ours_text, ref.text, "yes" if met else f"no (by {fmt_pct(gap)})"]
+
+
+def render_targets(peers: list[Peer], res: Results, sizes: Sizes) -> list[str]:
+    others = [p for p in peers if p.name not in OWN_ROWS]
+    bullmq = [p for p in others if p.name == "bullmq-node"]
+    python = [p for p in others if p.runtime == "python"]
+    conveyor = next(p for p in peers if p.name == CONVEYOR)
+    # W3's ceiling is the io concurrency over the sleep: 100 slots / 20 ms = 5,000 jobs/s.
+    ceiling = conveyor.concurrency("io", sizes.w3_concurrency) * 1000 / sizes.w3_sleep_ms
+    w3 = Reference(f"90% of the {fmt_num(ceiling, 0)} ceiling", 0.9 * ceiling)
+    targets: list[tuple[str, str, str, Reference | None]] = [
+        ("W1 ≥ bullmq-node", "burst1", "≥", peer_reference(res, bullmq, "burst1", max)),
+        (
+            "W1 ≥ 2.5× the fastest Python peer",
+            "burst1",
+            "≥",
+            peer_reference(res, python, "burst1", max, 2.5),
+        ),
+        (
+            "W0 bulk ≥ 2× bullmq-node bulk",
+            "w0_bulk",
+            "≥",
+            peer_reference(res, bullmq, "w0_bulk", max, 2.0),
+        ),
+        ("W0 one ≥ bullmq-node one", "w0_one", "≥", peer_reference(res, bullmq, "w0_one", max)),
+        ("W2 p99 (ms) ≤ the best peer's", "p99", "≤", peer_reference(res, others, "p99", min)),
+        (f"W3 ≥ {fmt_num(w3.value, 0)} jobs/s", "w3", "≥", w3),
+        (
+            "W4 commands/job below every peer (1 proc)",
+            "cmds1",
+            "<",
+            peer_reference(res, others, "cmds1", min),
+        ),
+        (
+            "W4 Redis CPU µs/job below every peer (1 proc)",
+            "cpu1",
+            "<",
+            peer_reference(res, others, "cpu1", min),
+        ),
+    ]
+    rows = [target_row(label, metric, op, ref, res) for label, metric, op, ref in targets]
+    return [
+        "## Targets",
+        "",
+        "From the medians of this run. Python peers: every peer with RUNTIME python "
+        "(not conveyor-sqlite).",
+        "",
+        md_table(["target", "Conveyor", "reference", "met?"], rows),
+        "",
+    ]
+
+
+def render_w5(peers: list[Peer], res: Results, sizes: Sizes) -> list[str]:
+    rows, hows = [], []
+    for peer in (p for p in peers if p.takes_part("W5")):
+        lib = peer.name
+        plain, fair = median_of(res.get(lib, "burst1")), median_of(res.get(lib, "w5"))
+        cost = "–" if plain is None or fair is None else fmt_pct((fair / plain - 1) * 100, True)
+        cmds_plain, cmds_fair = res.get(lib, "cmds1"), res.get(lib, "w5_cmds")
+        cmds = f"{fmt_median(cmds_plain, 2)} vs {fmt_median(cmds_fair, 2)}"
+        rows.append(
+            [lib, fmt_cell(res.get(lib, "burst1")), fmt_cell(res.get(lib, "w5")), cost, cmds]
+        )
+        hows.append(f"* {lib}: {peer.meta['FAIRNESS']}")
+    head = [
+        "library",
+        "W1 plain (jobs/s)",
+        f"W1 with {W5_TENANTS} tenants, tenant concurrency {W5_TENANT_CONCURRENCY} (jobs/s)",
+        "cost (fair / plain − 1)",
+        "Redis commands/job plain vs fair",
+    ]
+    table = md_table(head, rows) if rows else "No library in this run declares `FAIRNESS`."
+    if hows:
+        hows.append("")
+    return [
+        "## W5 fairness cost",
+        "",
+        f"The W1 burst (n={sizes.burst:,}, one worker process) with job i given tenant "
+        f"`t{{i mod {W5_TENANTS}}}` and a limit of {W5_TENANT_CONCURRENCY} running jobs per "
+        "tenant stored on the queue before the jobs are enqueued, against the plain W1 of the "
+        "same run, measured just before it. Only libraries that declare a fairness "
+        "mechanism (`FAIRNESS`) take part.",
+        "",
+        table,
+        "",
+        *hows,
+    ]
+
+
 RULES = """## Rules
 
 * **Completion rule (every library):** the job handler does exactly one `INCR bench:done` on
-  its own Redis connection (a separate client in the worker process, or the library's own
-  client for rq) when the job's work is done; the harness polls `GET bench:done` every
-  {poll_ms:g} ms. W2 jobs first `RPUSH bench:lat <start_ns - enqueue_ns>`; W3 jobs first sleep
-  20 ms (`asyncio.sleep` / `time.sleep` / `setTimeout`).
+  its own Redis connection when the job's work is done — for the Python libraries the same
+  minimal hand-written RESP client (`peers/_common.py`: a socket per thread, or one pipelined
+  connection per event loop; rq, which forks per job, uses its job's redis-py connection),
+  ioredis for Node — and the harness polls `GET bench:done` every {poll_ms:g} ms. The marker
+  goes to Redis even for conveyor-sqlite, whose jobs are in a SQLite file. W2 jobs first
+  `RPUSH bench:lat <start_ns - enqueue_ns>`; W3 jobs first sleep 20 ms (`asyncio.sleep` /
+  `time.sleep` / `setTimeout`).
 * **Server:** one private `redis-server` on 127.0.0.1 and a free port, `--save ""
   --appendonly no`, `FLUSHALL` before every measurement.
 * **W0 enqueue:** no worker running; jobs/s of the enqueue loop (client connected first),
@@ -930,6 +1206,16 @@ RULES = """## Rules
 * **W3 io-bound:** n jobs that sleep 20 ms are enqueued first, then one worker process with
   concurrency 100 starts; jobs/s from the first observed completion to the last (start-up is
   excluded; the ceiling is 100 / 20 ms = 5,000 jobs/s).
+* **W5 fairness cost:** W1 with one worker process again, right after the plain W1 of the
+  same run, with job i given tenant `t{{i mod 100}}` and a limit of 2 running jobs per tenant
+  stored on the queue by the producer before it enqueues (the producer and the workers get
+  `BENCH_TENANTS=100`, `BENCH_TENANT_CONCURRENCY=2`); only for libraries with a fairness
+  mechanism (`FAIRNESS`). Cost = fair jobs/s / plain jobs/s − 1.
+* **conveyor-sqlite:** Conveyor's own default engine (a SQLite file per run, emptied with
+  `purge` before every measurement since `FLUSHALL` does not reach it), W0–W2 only; it is not a
+  peer, so it is left out of the ratio and target tables.
+* **Ratios and targets** are computed from the medians of this run only, never against
+  figures of another run.
 * **Timeout:** every measurement has a hard timeout of {timeout:g} s; a library that times out,
   fails to install or crashes is reported in its cells and the benchmark goes on.
 """
@@ -940,7 +1226,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--libs", help="comma-separated libraries (module or display name)")
     ap.add_argument(
         "--workloads",
-        default="W0,W1,W2,W3,W4,PHYS",
+        default=",".join(ALL_WORKLOADS),
         help=f"comma-separated subset of {','.join(ALL_WORKLOADS)}",
     )
     ap.add_argument("--runs", type=int, default=3)
@@ -999,6 +1285,7 @@ def main(argv: list[str] | None = None) -> int:
                 res.add(peer.name, "w0_one", f"error: {peer.install_error}")
                 continue
             run_peer(ctx, peer, workloads, args.runs, res, log)
+            remove_engine_file(peer, server.url)
         if "PHYS" in workloads:
             phys = Results()
             for run in range(1, args.runs + 1):

@@ -268,6 +268,23 @@ class _Wake:
         return self._event
 
 
+def _set_wal(conn: sqlite3.Connection) -> str:
+    """Switch the file to WAL (a no-op once it is); returns the journal mode now in use.
+
+    Switching needs an exclusive lock, and SQLite answers "database is locked" at once
+    instead of waiting in the busy handler when another process is opening the same fresh
+    file at that moment, so the switch is retried here for up to the busy timeout.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            return str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 class SqliteEngine:
     """Jobs in one SQLite file shared by the processes of one machine.
 
@@ -329,7 +346,7 @@ class SqliteEngine:
             raise _unavailable(exc, self.path) or exc from exc
         try:
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            mode = _set_wal(conn)
             if str(mode).lower() != "wal":
                 raise EngineUnavailable(
                     f"SQLite database {self.path} cannot use WAL mode (got {mode!r}); "

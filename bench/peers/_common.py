@@ -17,6 +17,7 @@ import os
 import socket
 import threading
 import time
+from typing import cast
 from urllib.parse import urlsplit
 
 import redis
@@ -108,8 +109,8 @@ class _Marker(asyncio.Protocol):
         self.buf = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A cast, not an isinstance check: uvloop's transports are not asyncio classes.
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         self.buf += data

@@ -1,0 +1,82 @@
+"""The hot-path Redis connection (engines/redis/lane.py) against a real redis-server:
+ordering, error replies, AUTH/SELECT, a restart and a server that stops answering."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+import pytest
+import redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
+
+from conveyor.engines.redis.lane import Lane
+from tests.conftest import RedisServer
+
+
+def lane(url: str, *, timeout: float = 5.0) -> Lane:
+    return Lane(url, connect_timeout=2.0, timeout=timeout)
+
+
+async def test_concurrent_calls_get_their_own_replies_in_order(private_redis: RedisServer) -> None:
+    hot = lane(private_redis.url)
+    replies = await asyncio.gather(*(hot.call("INCR", f"k{i % 3}") for i in range(300)))
+    per_key: dict[int, list[int]] = {0: [], 1: [], 2: []}
+    for i, reply in enumerate(replies):
+        per_key[i % 3].append(reply)
+    assert all(values == list(range(1, 101)) for values in per_key.values())
+    many = await hot.call_many([("SET", "a", "1"), ("INCR", "a"), ("GET", "a")])
+    assert many == ["OK", 2, "2"]
+    hot.close()
+
+
+async def test_error_replies_are_redis_py_exceptions(private_redis: RedisServer) -> None:
+    hot = lane(private_redis.url)
+    with pytest.raises(NoScriptError):
+        await hot.call("EVALSHA", "0" * 40, 0)
+    replies = await hot.call_many([("INCR", "x"), ("HGET", "x", "f"), ("INCR", "x")])
+    assert replies[0] == 1 and isinstance(replies[1], ResponseError) and replies[2] == 2
+    hot.close()
+
+
+async def test_password_and_database_from_the_url(private_redis: RedisServer) -> None:
+    admin = redis.Redis(port=private_redis.port)
+    admin.config_set("requirepass", "s3cret")
+    url = f"redis://:s3cret@127.0.0.1:{private_redis.port}/3"
+    hot = lane(url)
+    await hot.call("SET", "where", "db3")
+    authed = redis.Redis(port=private_redis.port, password="s3cret", db=3)
+    assert authed.get("where") == b"db3"
+    hot.close()
+    wrong = lane(f"redis://:nope@127.0.0.1:{private_redis.port}/0")
+    with pytest.raises(RedisConnectionError, match="refused the connection set-up"):
+        await wrong.call("PING")
+
+
+async def test_restart_fails_calls_in_flight_then_reconnects(private_redis: RedisServer) -> None:
+    hot = lane(private_redis.url)
+    assert await hot.call("PING") == "PONG"
+    private_redis.kill()
+    with pytest.raises(RedisConnectionError):
+        await hot.call("PING")  # the old socket is dead, the new one is refused
+    private_redis.start()
+    assert await hot.call("PING") == "PONG"
+    hot.close()
+
+
+async def test_a_server_that_stops_answering_times_the_call_out(
+    private_redis: RedisServer,
+) -> None:
+    hot = lane(private_redis.url, timeout=0.3)
+    assert await hot.call("PING") == "PONG"
+    assert private_redis.proc is not None
+    os.kill(private_redis.proc.pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(RedisConnectionError, match="did not reply within"):
+            await asyncio.wait_for(hot.call("PING"), 10)
+    finally:
+        os.kill(private_redis.proc.pid, signal.SIGCONT)
+    assert await hot.call("PING") == "PONG"  # a fresh connection
+    hot.close()

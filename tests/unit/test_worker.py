@@ -223,6 +223,59 @@ async def test_stop_releases_jobs_past_shutdown_timeout(app: Conveyor) -> None:
     assert worker.stats.released == 1
 
 
+async def _until(predicate: Any, what: str) -> None:
+    for _ in range(250):
+        if predicate():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def test_short_jobs_are_claimed_ahead_and_handed_back_on_stop(app: Conveyor) -> None:
+    gate = asyncio.Event()
+
+    @app.task("short")
+    async def short(job: Job) -> None:
+        await gate.wait()
+
+    for _ in range(10):
+        await app.enqueue("short", {})
+    worker = Worker(app, concurrency=4, shutdown_timeout=5)
+    # As measured after a while of jobs far shorter than a round trip: claim ahead.
+    worker._job_time, worker._round_trip = 0.001, 0.01
+    run = asyncio.create_task(worker.run())
+    await _until(lambda: worker.in_flight == 4 and len(worker._ready) == 2, "4 running, 2 ahead")
+    assert (await app.counts("default")).running == 6  # the engine holds their leases too
+    worker.stop()
+    gate.set()
+    await asyncio.wait_for(run, 5)
+    counts = await app.counts("default")
+    assert counts.completed == 4 and counts.pending == 6 and counts.running == 0
+    waiting = (await app.engine.list_jobs("default", JobState.PENDING, limit=10)).jobs
+    assert all(j.attempt == 0 for j in waiting)  # handed back unstarted: no attempt spent
+    assert worker.stats.released == 2
+
+
+async def test_long_jobs_are_not_claimed_ahead(app: Conveyor) -> None:
+    gate = asyncio.Event()
+
+    @app.task("long")
+    async def long(job: Job) -> None:
+        await gate.wait()
+
+    for _ in range(10):
+        await app.enqueue("long", {})
+    worker = Worker(app, concurrency=4)
+    worker._job_time, worker._round_trip = 5.0, 0.01  # jobs far longer than a round trip
+    run = asyncio.create_task(worker.run())
+    await _until(lambda: worker.in_flight == 4, "4 running")
+    await asyncio.sleep(0.1)
+    assert not worker._ready and (await app.counts("default")).running == 4
+    worker.stop()
+    gate.set()
+    await asyncio.wait_for(run, 5)
+
+
 async def test_idle_worker_wakes_on_enqueue(app: Conveyor) -> None:
     done = asyncio.Event()
 

@@ -16,11 +16,13 @@ Timeline of a graceful shutdown (SIGTERM):
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import inspect
 import logging
 import os
 import socket
+import time
 import traceback
 import uuid
 from collections.abc import Sequence
@@ -51,6 +53,7 @@ _PIPELINE = 2  # exchanges in flight at once (see Worker._claim_loop)
 # Measured (bench/w1_quick.py and an io-bound burst, 100 slots): 50 -> W1 15.0k, io
 # 3.4k jobs/s; 25 -> 14.6k, 3.8k; 10 -> 8.1k, 4.0k.
 _MAX_CLAIM = 25
+_EWMA = 0.1  # weight of the newest sample in the running averages of _prefetch
 SAMPLE_EVERY_S = 5.0  # queue-depth sampling for metrics and /health/detailed
 _HOOK_KIND = {
     "complete": "completed",
@@ -175,6 +178,10 @@ class Worker:
         self._retry_at = 0.0
         self._retry_delay = 0.1
         self._crash: Exception | None = None
+        # Claimed jobs waiting for a slot (see _prefetch), and the running averages it uses.
+        self._ready: collections.deque[Job] = collections.deque()
+        self._round_trip = 0.0  # seconds per exchange
+        self._job_time = 0.0  # seconds per job
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="conveyor-job")
         # Idle workers wake at least this often to recover expired leases of crashed peers.
         self._maintenance_s = max(0.2, min(5.0, lease_timeout / 3))
@@ -291,7 +298,13 @@ class Worker:
                 if wait > 0:  # the engine was unreachable: back off before trying again
                     await self._sleep_or_stop(wait)
                     continue
-                free = self.concurrency - len(self._running) - self._reserved
+                free = (
+                    self.concurrency
+                    + self._prefetch()
+                    - len(self._running)
+                    - len(self._ready)
+                    - self._reserved
+                )
                 claim = free > 0 and not self._empty
                 if self._in_flight < _PIPELINE and (claim or self._outbox):
                     outcomes, self._outbox = self._outbox, []
@@ -303,7 +316,7 @@ class Worker:
                     call.add_done_callback(calls.discard)
                     continue
                 if not self._in_flight and self._empty and not self._outbox:
-                    if self.burst and not self._running:
+                    if self.burst and not self._running and not self._ready:
                         log.info("burst: queues %s are empty, exiting", ",".join(self.queues))
                         return
                     self._empty = False  # claim again after the wait, whatever woke us
@@ -317,6 +330,7 @@ class Worker:
 
     async def _exchange(self, engine: Engine, outcomes: list[Outcome], limit: int) -> None:
         """One exchange call (a task of `_claim_loop`): report, claim, start what it got."""
+        sent = time.perf_counter()
         try:
             result = await engine.exchange(
                 outcomes,
@@ -342,12 +356,13 @@ class Worker:
             self._in_flight -= 1
             self._wake.set()
         self._retry_delay = 0.1
+        self._round_trip += (time.perf_counter() - sent - self._round_trip) * _EWMA
         self._engine_up()
         self._lost(result.lost)
         if result.recovered:
             self.metrics.stalled.inc(result.recovered)
-        for job in result.jobs:
-            self._start(job)
+        self._ready.extend(result.jobs)
+        self._start_ready()
         if limit > 0:
             # Nothing claimable now: wait for a wake-up instead of asking again at once.
             self._empty = not result.jobs
@@ -380,8 +395,24 @@ class Worker:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), seconds)
 
+    def _prefetch(self) -> int:
+        """Jobs to hold claimed beyond the free slots: as many as the running ones will
+        finish, by the average so far, during one exchange round trip, so a slot that frees
+        up starts its next job at once instead of waiting for that round trip. Short jobs
+        get up to one batch; jobs much longer than a round trip get none, so long work is
+        never parked here while another worker sits idle."""
+        if self._job_time <= 0:
+            return 0
+        ahead = int(_PIPELINE * self.concurrency * self._round_trip / self._job_time)
+        return min(self._batch, ahead)
+
     async def _drain(self, engine: Engine) -> None:
-        """Shutdown: let in-flight jobs finish, release the rest, flush outcomes."""
+        """Shutdown: hand back claimed jobs not yet started, let in-flight jobs finish,
+        release the rest, flush outcomes."""
+        while self._ready:
+            job = self._ready.popleft()
+            self._outbox.append(Outcome(job.id, str(job.token), "release"))
+            self.stats.released += 1
         if self._running:
             tasks = [t for _, t in self._running.values()]
             _, pending = await asyncio.wait(tasks, timeout=self.shutdown_timeout)
@@ -416,6 +447,12 @@ class Worker:
             )
 
     # --- running jobs ------------------------------------------------------------------
+    def _start_ready(self) -> None:
+        """Start claimed jobs while slots are free (not once shutdown began: _drain hands
+        the waiting ones back)."""
+        while self._ready and len(self._running) < self.concurrency and not self.stopping:
+            self._start(self._ready.popleft())
+
     def _start(self, job: Job) -> None:
         job._reporter = self._report_progress
         task = asyncio.create_task(self._execute(job), name=f"conveyor-job:{job.id}")
@@ -428,17 +465,21 @@ class Worker:
         if hooks:
             await self._fire("started", job)
         started = self.app.clock.monotonic()
+        began = time.perf_counter()  # real time for the prefetch estimate, whatever the clock
         try:
             outcome = await self._outcome(job)
         except asyncio.CancelledError:
             if not self._releasing:  # lease lost: the job is someone else's now
                 self._running.pop(job.id, None)
                 self.metrics.in_flight.set(len(self._running))
+                self._start_ready()
                 raise
             outcome = Outcome(job.id, str(job.token), "release")
         self._running.pop(job.id, None)
         self._outbox.append(outcome)
         self._wake.set()
+        self._job_time += (time.perf_counter() - began - self._job_time) * _EWMA
+        self._start_ready()
         self._count(outcome.kind, job)
         self.metrics.record_outcome(
             outcome.kind, job.queue, job.task, self.app.clock.monotonic() - started
@@ -568,8 +609,9 @@ class Worker:
         last_sample = -SAMPLE_EVERY_S
         while True:
             try:
-                if self._running:
+                if self._running or self._ready:
                     leases = [(jid, str(job.token)) for jid, (job, _) in self._running.items()]
+                    leases += [(job.id, str(job.token)) for job in self._ready]
                     self._lost(await engine.heartbeat(leases, lease_ms=self.lease_ms))
                 await engine.register_worker(self.id, self._info(), ttl_ms=self.lease_ms)
                 now = self.app.clock.monotonic()
@@ -593,6 +635,8 @@ class Worker:
             )
             if entry is not None:
                 entry[1].cancel()
+            else:
+                self._ready = collections.deque(j for j in self._ready if j.id != job_id)
 
     def _info(self) -> str:
         return orjson.dumps(

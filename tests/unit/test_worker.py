@@ -231,15 +231,21 @@ async def _until(predicate: Any, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-async def test_short_jobs_are_claimed_ahead_and_handed_back_on_stop(app: Conveyor) -> None:
+async def _ten_gated_jobs(app: Conveyor) -> asyncio.Event:
+    """Ten jobs of a task that runs until the returned event is set."""
     gate = asyncio.Event()
 
-    @app.task("short")
-    async def short(job: Job) -> None:
+    @app.task("gated")
+    async def gated(job: Job) -> None:
         await gate.wait()
 
     for _ in range(10):
-        await app.enqueue("short", {})
+        await app.enqueue("gated", {})
+    return gate
+
+
+async def test_short_jobs_are_claimed_ahead_and_handed_back_on_stop(app: Conveyor) -> None:
+    gate = await _ten_gated_jobs(app)
     worker = Worker(app, concurrency=4, shutdown_timeout=5)
     # As measured after a while of jobs far shorter than a round trip: claim ahead.
     worker._job_time, worker._round_trip = 0.001, 0.01
@@ -257,14 +263,7 @@ async def test_short_jobs_are_claimed_ahead_and_handed_back_on_stop(app: Conveyo
 
 
 async def test_long_jobs_are_not_claimed_ahead(app: Conveyor) -> None:
-    gate = asyncio.Event()
-
-    @app.task("long")
-    async def long(job: Job) -> None:
-        await gate.wait()
-
-    for _ in range(10):
-        await app.enqueue("long", {})
+    gate = await _ten_gated_jobs(app)
     worker = Worker(app, concurrency=4)
     worker._job_time, worker._round_trip = 5.0, 0.01  # jobs far longer than a round trip
     run = asyncio.create_task(worker.run())

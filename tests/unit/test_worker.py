@@ -262,6 +262,26 @@ async def test_short_jobs_are_claimed_ahead_and_handed_back_on_stop(app: Conveyo
     assert worker.stats.released == 2
 
 
+async def test_jobs_claimed_ahead_keep_their_leases_while_they_wait(
+    app: Conveyor, clock: FakeClock
+) -> None:
+    gate = await _ten_gated_jobs(app)
+    worker = Worker(app, concurrency=4, lease_timeout=0.3)  # heartbeat every 0.1 s
+    worker._job_time, worker._round_trip = 0.001, 0.01
+    run = asyncio.create_task(worker.run())
+    await _until(lambda: worker.in_flight == 4 and len(worker._ready) == 2, "4 running, 2 ahead")
+    for _ in range(20):  # 1 s on the engine's clock, three times the lease
+        clock.advance(0.05)
+        await asyncio.sleep(0.05)
+    gate.set()
+    await _until(lambda: worker.stats.processed == 10, "all ten jobs done")
+    worker.stop()
+    await asyncio.wait_for(run, 5)
+    done = (await app.engine.list_jobs("default", JobState.COMPLETED, limit=10)).jobs
+    assert len(done) == 10 and all(j.attempt == 1 for j in done)  # none expired and re-ran
+    assert worker.stats.lost == 0
+
+
 async def test_long_jobs_are_not_claimed_ahead(app: Conveyor) -> None:
     gate = await _ten_gated_jobs(app)
     worker = Worker(app, concurrency=4)

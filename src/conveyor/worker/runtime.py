@@ -397,10 +397,11 @@ class Worker:
 
     def _prefetch(self) -> int:
         """Jobs to hold claimed beyond the free slots: as many as the running ones will
-        finish, by the average so far, during one exchange round trip, so a slot that frees
-        up starts its next job at once instead of waiting for that round trip. Short jobs
-        get up to one batch; jobs much longer than a round trip get none, so long work is
-        never parked here while another worker sits idle."""
+        finish, by the averages so far, while the exchanges in flight complete, so a slot
+        that frees up starts its next job at once instead of waiting for a refill. Short
+        jobs get up to one batch; jobs much longer than a round trip get none, so long work
+        is never parked here while another worker sits idle. Waiting jobs hold leases like
+        running ones: heartbeats renew them and shutdown hands them back."""
         if self._job_time <= 0:
             return 0
         ahead = int(_PIPELINE * self.concurrency * self._round_trip / self._job_time)

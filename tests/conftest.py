@@ -11,12 +11,16 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from conveyor import Conveyor
+from conveyor.testing import probe_app
 
 REDIS_SERVER = shutil.which("redis-server")
 
@@ -131,6 +135,56 @@ def durable_url(request: pytest.FixtureRequest) -> str:
     if request.param == "sqlite":
         return str(request.getfixturevalue("sqlite_url"))
     return str(request.getfixturevalue("redis_url"))
+
+
+@pytest.fixture
+async def app(durable_url: str) -> AsyncIterator[Conveyor]:
+    """The probe app (conveyor.testing) on a durable engine, connected. Unit tests and
+    tests that need another app define their own `app`, which takes precedence."""
+    app = probe_app(durable_url)
+    await app.connect()
+    yield app
+    await app.close()
+
+
+ROOT = Path(__file__).resolve().parents[1]
+SpawnWorker = Callable[..., "subprocess.Popen[bytes]"]
+
+
+@pytest.fixture
+def spawn_worker() -> Iterator[SpawnWorker]:
+    """`start(url, *flags, app_ref=..., queues=..., log_level=...)` runs `conveyor worker`
+    as a separate process (from the repository root, so `tests.*` modules import);
+    every process started is stopped (SIGTERM, then SIGKILL) when the test ends."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(
+        url: str,
+        *flags: str,
+        app_ref: str = "conveyor.testing:app",
+        queues: str = "default",
+        log_level: str = "WARNING",
+    ) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "conveyor", "worker", app_ref, "--url", url),
+                *("--queues", queues, "--health-port", "0", "--log-level", log_level, *flags),
+            ],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
 
 
 @pytest.fixture(autouse=True)

@@ -36,9 +36,8 @@ from conveyor.engines import Event, QueueCounts
 from conveyor.job import Job, JobState
 from conveyor.status import overview_row
 from conveyor.testing import PROBE_QUEUE, probe_app
-from tests.conftest import free_port
+from tests.conftest import ROOT, SpawnWorker, free_port
 
-ROOT = Path(__file__).resolve().parents[2]
 Q = PROBE_QUEUE
 
 
@@ -101,30 +100,9 @@ def api_server() -> Iterator[StartApi]:
 
 
 @pytest.fixture
-def worker_process() -> Iterator[Callable[[str], subprocess.Popen[bytes]]]:
-    """Start `conveyor worker conveyor.testing:app` as a separate process."""
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def start(url: str) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "conveyor", "worker", "conveyor.testing:app"),
-                *("--url", url, "--queues", Q, "--health-port", "0", "--log-level", "WARNING"),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        procs.append(proc)
-        return proc
-
-    yield start
-    for proc in procs:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+def worker_process(spawn_worker: SpawnWorker) -> Callable[[str], subprocess.Popen[bytes]]:
+    """Start `conveyor worker conveyor.testing:app` on the probe queue as a separate process."""
+    return lambda url: spawn_worker(url, queues=Q)
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -12,14 +11,6 @@ from conveyor import Conveyor, Worker
 from conveyor.engines import QueueLimits
 from conveyor.testing import probe_app
 from tests.acceptance.test_cli_ops import assert_one_line_error, conveyor
-
-
-@pytest.fixture
-async def app(durable_url: str) -> AsyncIterator[Conveyor]:
-    app = probe_app(durable_url)
-    await app.connect()
-    yield app
-    await app.close()
 
 
 async def test_limits_are_set_changed_shown_and_cleared(durable_url: str, app: Conveyor) -> None:

@@ -24,7 +24,7 @@ import pytest
 from conveyor import AttemptError, Conveyor, JobState
 from conveyor.engines import Outcome
 from conveyor.engines.base import OutcomeKind
-from conveyor.testing import PROBE_QUEUE, eventually, probe_app
+from conveyor.testing import PROBE_QUEUE, eventually
 
 Q = PROBE_QUEUE
 
@@ -64,14 +64,6 @@ def assert_one_line_error(result: Result, kind: str) -> None:
     assert result.code == 2, result
     assert result.err.startswith(f"error: {kind}"), result.err
     assert "Traceback" not in result.err + result.out
-
-
-@pytest.fixture
-async def app(durable_url: str) -> AsyncIterator[Conveyor]:
-    app = probe_app(durable_url)
-    await app.connect()
-    yield app
-    await app.close()
 
 
 async def enqueue(app: Conveyor, n: int = 1, **payload: Any) -> list[str]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,10 +28,10 @@ from conveyor.job import Job
 from conveyor.schedules import cron_schedule, every_schedule
 from conveyor.testing import PROBE_QUEUE, register_probe
 from tests.acceptance.test_api import StartApi, api_server
+from tests.conftest import ROOT, SpawnWorker
 
 __all__ = ["api_server"]  # the fixture, re-exported for pytest
 
-ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOTS = ROOT / "docs" / "screenshots"
 Q = PROBE_QUEUE
 ADMIN = "admin-token-for-dashboard-tests"
@@ -122,38 +121,16 @@ def console() -> Iterator[Console]:
 
 
 @pytest.fixture
-def dashboard_worker() -> Iterator[Callable[[str], subprocess.Popen[bytes]]]:
+def dashboard_worker(spawn_worker: SpawnWorker) -> Callable[[str], subprocess.Popen[bytes]]:
     """`conveyor worker tests.acceptance.test_dashboard:app` in its own process."""
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def start(url: str) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(
-            [
-                *(
-                    sys.executable,
-                    "-m",
-                    "conveyor",
-                    "worker",
-                    "tests.acceptance.test_dashboard:app",
-                ),
-                *("--url", url, "--queues", Q, "--health-port", "0", "--log-level", "ERROR"),
-                *("--concurrency", "2"),
-            ],
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        procs.append(proc)
-        return proc
-
-    yield start
-    for proc in procs:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+    return lambda url: spawn_worker(
+        url,
+        "--concurrency",
+        "2",
+        app_ref="tests.acceptance.test_dashboard:app",
+        queues=Q,
+        log_level="ERROR",
+    )
 
 
 async def enqueue(base: str, token: str = ADMIN, **body: Any) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import asyncio
 import collections
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,14 +66,6 @@ def workers() -> Iterator[list[WorkerProcess]]:
         w.kill()
         if w.proc.returncode not in (0, -signal.SIGKILL):
             print(f"--- worker pid {w.proc.pid} exit {w.proc.returncode}:\n{w.output()}")
-
-
-@pytest.fixture
-async def app(durable_url: str) -> AsyncIterator[Conveyor]:
-    app = probe_app(durable_url)
-    await app.connect()
-    yield app
-    await app.close()
 
 
 def start_workers(url: str, workers: list[WorkerProcess], concurrency: int = 2) -> None:

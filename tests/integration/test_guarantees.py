@@ -13,13 +13,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from conveyor import Conveyor, JobState
-from conveyor.testing import eventually, probe_app
+from conveyor.testing import eventually
 
 pytestmark = pytest.mark.slow
 
@@ -66,14 +66,6 @@ def workers() -> Iterator[list[WorkerProcess]]:
     for w in started:
         w.kill()
         print(f"--- worker pid {w.proc.pid} exit {w.proc.returncode}:\n{w.output()}")
-
-
-@pytest.fixture
-async def app(durable_url: str) -> AsyncIterator[Conveyor]:
-    app = probe_app(durable_url)
-    await app.connect()
-    yield app
-    await app.close()
 
 
 def marks(path: Path) -> collections.Counter[tuple[str, str]]:

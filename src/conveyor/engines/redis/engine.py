@@ -35,9 +35,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ...errors import ConfigError, EngineUnavailable, InvalidState, JobNotFound
+from ... import lifecycle
+from ...clock import Clock
+from ...errors import ConfigError, EngineUnavailable, InvalidState
 from ...job import (
-    FINISHED_STATES,
     EnqueueResult,
     Job,
     JobState,
@@ -84,8 +85,12 @@ _QUEUE_SCRIPTS = (
     "set_limits",
 )
 _WORKER_SCRIPTS = ("register_worker", "unregister_worker", "workers")
+# Scripts that read the time: they get `_clock.lua` (see there: Redis TIME, or a test
+# clock's now passed in ARGV).
+_TIMED_SCRIPTS = (*_QUEUE_SCRIPTS, "register_worker", "workers", "schedule_put",
+                  "schedule_pause", "throughput_history")  # fmt: skip
 
-_BATCH = 1000  # jobs per script call for bulk operations: keeps each script short
+_BATCH = lifecycle.BULK_BATCH  # jobs per script call for bulk operations: short scripts
 _TENANT_SCAN_MAX = 5000  # entries a tenant-filtered listing examines per page
 _MAX_BLOCK_MS = 20_000  # XREAD BLOCK stays under the socket timeout
 _SOCKET_TIMEOUT = 30.0
@@ -96,11 +101,14 @@ _DRIVER_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 def _script_source(name: str) -> str:
     """The Lua text of one operation (read once per process)."""
     lua = resources.files(__package__) / "lua"
-    text = (lua / f"{name}.lua").read_text("utf-8")
+    parts = [(lua / f"{name}.lua").read_text("utf-8")]
     if name in _QUEUE_SCRIPTS:
-        # The shared helpers must be defined before the operation's code runs.
-        text = (lua / "_lib.lua").read_text("utf-8") + "\n" + text
-    return text
+        # The job rules (lifecycle) and the shared helpers must be defined before the
+        # operation's code runs.
+        parts[:0] = [lifecycle.lua_prelude(), (lua / "_lib.lua").read_text("utf-8")]
+    if name in _TIMED_SCRIPTS:
+        parts.insert(0, (lua / "_clock.lua").read_text("utf-8"))
+    return "\n".join(parts)
 
 
 def _split_url(url: str) -> tuple[str, str, str]:
@@ -236,6 +244,11 @@ class RedisEngine:
         url: `redis://[:password@]host:port/db` or `rediss://...`; an optional
             `?prefix=<name>` (default `conveyor`) namespaces every key.
         events_maxlen: approximate length each queue's event stream is trimmed to.
+        clock: for tests only: its now replaces Redis TIME in every script that reads
+            the time (due times, lease deadlines, finish times, worker records), so a
+            `FakeClock` drives them as it does on SQLite. Leadership leases keep
+            Redis's own expiry (PX). Production passes nothing: Redis TIME is the one
+            clock.
 
     Raises:
         ConfigError: the URL is not a Redis URL or its prefix is unusable.
@@ -243,8 +256,11 @@ class RedisEngine:
 
     durable = True
 
-    def __init__(self, url: str, *, events_maxlen: int = 10_000) -> None:
+    def __init__(
+        self, url: str, *, events_maxlen: int = 10_000, clock: Clock | None = None
+    ) -> None:
         redis_url, self.prefix, self.url = _split_url(url)
+        self._clock = clock
         self._keys = KeyLayout(self.prefix)
         self._events_maxlen = str(events_maxlen)
         # A plain (non-blocking) pool with a high cap: redis-py's BlockingConnectionPool
@@ -311,9 +327,16 @@ class RedisEngine:
         entry = self._queue_args.get(queue)
         if entry is None:
             keys = self._keys.queue(queue)
-            entry = (keys, keys.all(), [keys.wake_channel, self._events_maxlen, queue])
+            entry = (keys, keys.all(), [keys.wake_channel, self._events_maxlen, queue, ""])
             self._queue_args[queue] = entry
+        if self._clock is not None:
+            keys, all_keys, header = entry
+            return keys, all_keys, [*header[:3], self._now()]
         return entry
+
+    def _now(self) -> str:
+        """ARGV's "now": '' lets Redis TIME decide; a test clock's now in ms otherwise."""
+        return "" if self._clock is None else str(self._clock.now_ms())
 
     async def _run(self, name: str, queue: str, *args: str | int) -> Any:
         """One per-queue script call."""
@@ -373,12 +396,18 @@ class RedisEngine:
             out.append(reply)
         return out
 
-    def _decode_reply(self, reply: list[Any], job_id: str, action: str, allowed: str) -> Job:
+    @staticmethod
+    def _decode_reply(
+        reply: list[Any], job_id: str, refusal: Callable[[str, str], InvalidState]
+    ) -> Job:
+        """The job of an operator script's reply, or lifecycle's error for its refusal."""
         status = reply[0]
         if status == "missing":
-            raise JobNotFound(f"no job with id {job_id!r}: check the id, or it was cleaned")
+            raise lifecycle.not_found(job_id)
         if status == "invalid":
-            raise InvalidState(f"job {job_id} is {reply[1]}; only {allowed} jobs can be {action}")
+            raise refusal(job_id, reply[1])
+        if status == "held":
+            raise lifecycle.dedupe_held(job_id, reply[1], reply[2])
         return decode_job(_job_fields(reply[1]))
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -730,7 +759,7 @@ class RedisEngine:
         key = self._keys.queue(queue_of(job_id)).job(job_id)
         fields = cast(dict[str, Any], await self._client.hgetall(key))
         if not fields:
-            raise JobNotFound(f"no job with id {job_id!r}: check the id, or it was cleaned")
+            raise lifecycle.not_found(job_id)
         return decode_job(_with_errors(fields))
 
     @_driver_errors
@@ -906,12 +935,11 @@ class RedisEngine:
 
         Raises:
             JobNotFound: no such job.
-            InvalidState: the job is not failed or cancelled.
+            InvalidState: the job is not failed or cancelled, or its dedupe key is held
+                by another live job (nothing changed).
         """
         reply = await self._run("retry_job", queue_of(job_id), job_id)
-        return self._decode_reply(
-            reply, job_id, "retried (use promote for a scheduled job)", "failed or cancelled"
-        )
+        return self._decode_reply(reply, job_id, lifecycle.not_retryable)
 
     @_driver_errors
     async def cancel_job(self, job_id: str) -> Job:
@@ -922,7 +950,7 @@ class RedisEngine:
             InvalidState: the job already finished.
         """
         reply = await self._run("cancel_job", queue_of(job_id), job_id)
-        return self._decode_reply(reply, job_id, "cancelled", "scheduled, pending or running")
+        return self._decode_reply(reply, job_id, lifecycle.not_cancellable)
 
     @_driver_errors
     async def promote_job(self, job_id: str) -> Job:
@@ -933,36 +961,27 @@ class RedisEngine:
             InvalidState: the job is not scheduled.
         """
         reply = await self._run("promote_job", queue_of(job_id), job_id)
-        return self._decode_reply(reply, job_id, "promoted", "scheduled (delayed)")
+        return self._decode_reply(reply, job_id, lifecycle.not_promotable)
 
     @_driver_errors
     async def retry_all(self, queue: str, state: JobState = JobState.FAILED) -> int:
-        """Retry every job of `queue` in `state`, in batches; returns how many.
-
-        Raises:
-            InvalidState: `state` is neither failed nor cancelled.
-        """
-        if state not in (JobState.FAILED, JobState.CANCELLED):
-            raise InvalidState(f"only failed or cancelled jobs can be retried, not {state.value}")
-        total = 0
+        """Retry every job of `queue` in `state` (failed or cancelled: the app checked), in
+        batches; returns how many. Jobs whose dedupe key another live job holds are
+        skipped (they stay where they are) and not counted."""
+        total = skipped = 0
         while True:
-            n = int(await self._run("retry_all", queue, state.value, _BATCH))
-            total += n
-            if n < _BATCH:
+            retried, examined, skips = await self._run(
+                "retry_all", queue, state.value, _BATCH, skipped
+            )
+            total += int(retried)
+            skipped += int(skips)
+            if int(examined) < _BATCH:
                 return total
 
     @_driver_errors
     async def clean(self, queue: str, state: JobState, older_than_ms: int, limit: int) -> int:
-        """Delete up to `limit` jobs in a finished `state` finished over `older_than_ms` ago.
-
-        Raises:
-            InvalidState: `state` is not completed, failed or cancelled (cancel first).
-        """
-        if state not in FINISHED_STATES:
-            raise InvalidState(
-                f"only finished jobs can be cleaned, not {state.value}: cancel them first, "
-                "or purge the queue"
-            )
+        """Delete up to `limit` jobs in finished `state` (the app refused live states) that
+        finished at least `older_than_ms` ago, oldest first."""
         total = 0
         while total < limit:
             batch = min(_BATCH, limit - total)
@@ -986,7 +1005,8 @@ class RedisEngine:
     async def register_worker(self, worker_id: str, info_json: str, ttl_ms: int) -> None:
         """Record that a worker is alive for `ttl_ms` (Redis clock) with its info."""
         await self._scripts["register_worker"](
-            keys=[self._keys.workers, self._keys.workers_info], args=[worker_id, info_json, ttl_ms]
+            keys=[self._keys.workers, self._keys.workers_info],
+            args=[worker_id, info_json, ttl_ms, self._now()],
         )
 
     @_driver_errors
@@ -998,9 +1018,10 @@ class RedisEngine:
 
     @_driver_errors
     async def workers(self) -> list[dict[str, Any]]:
-        """Live workers, each with `id`, `expires_ms`, `last_seen` (seconds) and its info."""
+        """Live workers, each with its info, `id`, `expires_ms` and `last_seen` (seconds,
+        the Redis clock at its last registration: it wins over anything in the info)."""
         flat = await self._scripts["workers"](
-            keys=[self._keys.workers, self._keys.workers_info], args=[]
+            keys=[self._keys.workers, self._keys.workers_info], args=[self._now()]
         )
         out: list[dict[str, Any]] = []
         for i in range(0, len(flat), 3):
@@ -1014,10 +1035,10 @@ class RedisEngine:
                 info = {"info": info}
             out.append(
                 {
+                    **info,
                     "id": worker_id,
                     "expires_ms": int(expires),
                     "last_seen": int(seen or 0) / 1000.0,
-                    **info,
                 }
             )
         return sorted(out, key=lambda w: str(w["id"]))
@@ -1086,7 +1107,7 @@ class RedisEngine:
         """Create or update a schedule (an update keeps paused, since and last run)."""
         await self._global_script("schedule_put")(
             keys=[self._keys.schedule_names(), self._keys.schedule(name)],
-            args=[name, spec_json, source],
+            args=[name, spec_json, source, self._now()],
         )
 
     @_driver_errors
@@ -1131,7 +1152,7 @@ class RedisEngine:
         """Pause or resume; resuming a paused schedule moves its baseline to now."""
         return bool(
             await self._global_script("schedule_pause")(
-                keys=[self._keys.schedule(name)], args=["1" if paused else "0"]
+                keys=[self._keys.schedule(name)], args=["1" if paused else "0", self._now()]
             )
         )
 
@@ -1152,7 +1173,7 @@ class RedisEngine:
         minutes = max(1, minutes)
         keys, _, _ = self._q(queue)
         reply = await self._global_script("throughput_history")(
-            keys=[keys.completed, keys.failed], args=[minutes]
+            keys=[keys.completed, keys.failed], args=[minutes, self._now()]
         )
         counts = [int(n) for n in reply[1:]]
         return Throughput(queue, int(reply[0]), counts[:minutes], counts[minutes:])

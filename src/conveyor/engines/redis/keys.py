@@ -5,10 +5,12 @@ slot and a script that touches them is legal on Redis Cluster. Per queue:
 
 ```
 {p:q}:job:<job id>   hash    one job (fields read by `conveyor.job.decode_job`,
-                             errors as `err:<n>` fields)
-{p:q}:pending        zset    jobs WITHOUT a tenant, score = (100 - priority) * 2^44 + 2^43
-                             + seq (claim order); released jobs use 2^43 - front, so they
-                             lead their priority
+                             errors as `err:<n>` fields, `score`: its pending score when
+                             last pushed, kept by a job recovered from an expired lease)
+{p:q}:pending        zset    jobs WITHOUT a tenant, score = (MAX_PRIORITY - priority) *
+                             PRIORITY_BAND + PRIORITY_MID + seq (claim order; constants in
+                             `conveyor.lifecycle`); released jobs use PRIORITY_MID - front,
+                             so they lead their priority
 {p:q}:tpending       zset    jobs WITH a tenant, same scores (listings, counts, age)
 {p:q}:tp:<tenant>    zset    one tenant's pending jobs, same scores: its bucket
 {p:q}:ready          zset    the rotation: buckets with pending jobs (a tenant, or '' for
@@ -49,12 +51,6 @@ Wake-ups go to the pub/sub channel `<p>:wake:<q>` (channels are not keys).
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-# A pending score is (100 - priority) * BAND + MID +/- counter: one band of 2^44 per
-# priority, FIFO jobs counting up from the middle of the band and released jobs counting
-# down from it. 201 bands * 2^44 < 2^53, so every score is an exact double.
-BAND = 1 << 44
-MID = 1 << 43
 
 
 @dataclass(frozen=True, slots=True)

@@ -324,11 +324,12 @@ async def test_retry_all_walks_past_skipped_jobs(engine: RedisEngine, monkeypatc
         [Outcome(j.id, str(j.token), "fail", error_json="{}") for j in claimed],
         queues=("q",), limit=0, worker_id="w", lease_ms=30_000,
     )  # fmt: skip
-    await engine.enqueue([new(dedupe_key="k0"), new(dedupe_key="k1"), new(dedupe_key="k3")])
+    # Held: the three most recently finished but one (retry_all walks newest first).
+    await engine.enqueue([new(dedupe_key="k4"), new(dedupe_key="k3"), new(dedupe_key="k1")])
     assert await engine.retry_all("q", JobState.FAILED) == 2
     states = [(await engine.get_job(j.id)).state for j in jobs]
-    assert states == [JobState.FAILED, JobState.FAILED, JobState.PENDING, JobState.FAILED,
-                      JobState.PENDING]  # fmt: skip
+    assert states == [JobState.PENDING, JobState.FAILED, JobState.PENDING, JobState.FAILED,
+                      JobState.FAILED]  # fmt: skip
 
 
 async def test_workers_last_seen_is_the_engine_clock_not_the_workers(

@@ -965,13 +965,14 @@ class RedisEngine:
 
     @_driver_errors
     async def retry_all(self, queue: str, state: JobState = JobState.FAILED) -> int:
-        """Retry every job of `queue` in `state` (failed or cancelled: the app checked), in
-        batches; returns how many. Jobs whose dedupe key another live job holds are
-        skipped (they stay where they are) and not counted."""
+        """Retry every job of `queue` in `state` (failed or cancelled: the app checked),
+        most recently finished first, in batches; returns how many. Jobs whose dedupe
+        key another live job holds are skipped (they stay where they are), not counted."""
         total = skipped = 0
+        bound = ""  # the first call fixes it: jobs finished later are not this run's
         while True:
-            retried, examined, skips = await self._run(
-                "retry_all", queue, state.value, _BATCH, skipped
+            retried, examined, skips, bound = await self._run(
+                "retry_all", queue, state.value, _BATCH, skipped, bound
             )
             total += int(retried)
             skipped += int(skips)

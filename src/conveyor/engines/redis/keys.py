@@ -21,6 +21,8 @@ slot and a script that touches them is legal on Redis Cluster. Per queue:
 {p:q}:rate           zset    start times inside the queue's rate window (member: token)
 {p:q}:trate:<tenant> zset    the same per tenant (expires with its window)
 {p:q}:turn           string  INCR counter: rotation turns
+{p:q}:served         hash    bucket -> the turn it was last served at, for a bucket out of
+                             the rotation (it rejoins there when it refills)
 {p:q}:scheduled      zset    score = due time (ms, Redis clock)
 {p:q}:running        zset    score = lease deadline (ms, Redis clock)
 {p:q}:completed      zset    score = finished time (ms)
@@ -78,6 +80,7 @@ class QueueKeys:
     rate: str
     trate_prefix: str
     turn: str
+    served: str
     wake_channel: str
 
     def all(self) -> list[str]:
@@ -103,6 +106,7 @@ class QueueKeys:
             self.rate,
             self.trate_prefix,
             self.turn,
+            self.served,
         ]
 
     def job(self, job_id: str) -> str:
@@ -162,6 +166,7 @@ class KeyLayout:
                 rate=f"{tag}:rate",
                 trate_prefix=f"{tag}:trate:",
                 turn=f"{tag}:turn",
+                served=f"{tag}:served",
                 wake_channel=f"{self.prefix}:wake:{name}",
             )
             self._queues[name] = keys

@@ -19,6 +19,8 @@
 --   KEYS[15] ready zset (the rotation of buckets)   KEYS[16] running-per-tenant hash
 --   KEYS[17] limits hash       KEYS[18] queue rate log zset
 --   KEYS[19] tenant rate log prefix "{p:q}:trate:"   KEYS[20] turn counter
+--   KEYS[21] served hash (bucket -> the turn it was last served at, kept while the
+--            bucket is out of the rotation)
 -- and the same ARGV header:
 --   ARGV[1]  wake-up channel   ARGV[2]  events stream max length   ARGV[3]  queue name
 --   ARGV[4]  now in ms from a test clock, or '' (production: Redis TIME, see _clock.lua)
@@ -28,6 +30,7 @@ local K_COMPLETED, K_FAILED, K_CANCELLED = KEYS[5], KEYS[6], KEYS[7]
 local K_DEDUPE, K_PAUSED, K_EVENTS, K_SEQ, K_FRONT = KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12]
 local K_TPENDING, K_TBUCKET, K_READY, K_TRUNNING = KEYS[13], KEYS[14], KEYS[15], KEYS[16]
 local K_LIMITS, K_RATE, K_TRATE, K_TURN = KEYS[17], KEYS[18], KEYS[19], KEYS[20]
+local K_SERVED = KEYS[21]
 local WAKE_CHANNEL, EVENTS_MAXLEN, QUEUE = ARGV[1], ARGV[2], ARGV[3]
 local NOW = clock_ms(ARGV[4])
 
@@ -64,11 +67,13 @@ local function index_pending(id, score, tenant)
   -- Idle workers sleep after a claim found nothing claimable, so a bucket that goes
   -- from empty to non-empty is the moment that needs a wake-up (a new tenant's jobs
   -- may be claimable while every other tenant is held back by its limit). It also joins
-  -- the rotation then, at the front (score 0): it has not been served for a while.
+  -- the rotation then, where it stood when it left (the turn it was last served at, 0
+  -- if never): a tenant that empties its bucket and refills it at once does not jump
+  -- ahead of the tenants served less recently.
   if tenant == '' then
     redis.call('ZADD', K_PENDING, num(score), id)
     if redis.call('ZCARD', K_PENDING) == 1 then
-      redis.call('ZADD', K_READY, 'NX', 0, '')
+      redis.call('ZADD', K_READY, 'NX', redis.call('HGET', K_SERVED, '') or 0, '')
       wake_needed = true
     end
   else
@@ -76,7 +81,7 @@ local function index_pending(id, score, tenant)
     local bucket = K_TBUCKET .. tenant
     redis.call('ZADD', bucket, num(score), id)
     if redis.call('ZCARD', bucket) == 1 then
-      redis.call('ZADD', K_READY, 'NX', 0, tenant)
+      redis.call('ZADD', K_READY, 'NX', redis.call('HGET', K_SERVED, tenant) or 0, tenant)
       wake_needed = true
     end
   end
@@ -89,6 +94,16 @@ local function push_pending(id, jk, place)
   redis.call('HSET', jk, 'state', 'pending', 'score', num(score))
   redis.call('HDEL', jk, 'scheduled_ms')
   index_pending(id, score, f[2] or '')
+end
+
+-- A bucket found empty leaves the rotation; the turn it was last served at is kept, for
+-- when it refills (see index_pending).
+local function leave_rotation(tenant)
+  local turn = redis.call('ZSCORE', K_READY, tenant)
+  redis.call('ZREM', K_READY, tenant)
+  if turn and turn ~= '0' then
+    redis.call('HSET', K_SERVED, tenant, turn)
+  end
 end
 
 -- Take a pending job out of its bucket (cancel, purge).

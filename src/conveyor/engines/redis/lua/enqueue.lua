@@ -9,7 +9,7 @@
 -- Returns: flat array, 3 values per job in input order: id, created (1/0), state.
 --          A dedupe key held by an active job (or an id that already exists, i.e. a
 --          retried call whose reply was lost) yields that job with created = 0.
--- Touches: job hashes, pending (tenant jobs: tpending, their bucket, ready) or scheduled,
+-- Touches: job hashes, pending (tenant jobs: tpending, their bucket, ready; reads served) or scheduled,
 --          dedupe, seq, events; PUBLISH on the wake channel when a bucket was empty.
 local W = 11
 local n = tonumber(ARGV[5])

@@ -10,7 +10,7 @@
 --            jobs back reopens (-1: neither), claimed jobs (each a flat HGETALL array),
 --            expired leases recovered }
 -- Touches: job hashes, every state zset, the buckets (pending, tpending, tp:<tenant>),
---          ready, trunning, rate logs, turn, dedupe, seq, front, events; PUBLISH on the
+--          ready, served, trunning, rate logs, turn, dedupe, seq, front, events; PUBLISH on the
 --          wake channel when work became claimable (a bucket refilled, or a job of a
 --          queue with a concurrency limit stopped running) and some is left after the claim.
 --
@@ -160,7 +160,7 @@ if limit > 0 then
           local bucket = K_PENDING
           if tenant ~= '' then bucket = K_TBUCKET .. tenant end
           if redis.call('ZCARD', bucket) == 0 then
-            redis.call('ZREM', K_READY, tenant)
+            leave_rotation(tenant)
           else
             local allowed = 1
             if #ready == 1 then allowed = room end
@@ -189,7 +189,7 @@ if limit > 0 then
                 end
               end
               if redis.call('ZCARD', bucket) == 0 then
-                redis.call('ZREM', K_READY, tenant)
+                leave_rotation(tenant)
               end
             end
           end

@@ -5,7 +5,8 @@
 -- ARGV[5]: batch size
 -- Returns: how many jobs were deleted (< batch: the queue is empty now).
 -- Touches: every state zset, tpending, job hashes (DEL); once empty: dedupe, the tenant
---          buckets (every non-empty bucket is in ready), ready, trunning, rate (DEL).
+--          buckets (every non-empty bucket is in ready), ready, served, trunning, rate
+--          (DEL).
 --          Limits are kept: they are configuration, not jobs.
 local budget = tonumber(ARGV[5])
 local deleted = 0
@@ -27,6 +28,6 @@ if deleted < budget then
       redis.call('DEL', bucket)
     end
   end
-  redis.call('DEL', K_READY, K_TRUNNING, K_RATE)
+  redis.call('DEL', K_READY, K_SERVED, K_TRUNNING, K_RATE)
 end
 return deleted

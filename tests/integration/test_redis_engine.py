@@ -28,8 +28,7 @@ from redis.exceptions import ResponseError
 
 from conveyor.clock import FakeClock
 from conveyor.engines.base import Outcome
-from conveyor.engines.redis import RedisEngine
-from conveyor.engines.redis import engine as engine_module
+from conveyor.engines.redis import RedisEngine, connection, operations
 from conveyor.engines.redis.keys import KeyLayout
 from conveyor.errors import ConfigError, EngineUnavailable, InvalidState, MalformedJob
 from conveyor.job import JobState, NewJob, new_job_id
@@ -200,8 +199,8 @@ async def test_every_operation_is_legal_on_redis_cluster(
     with pytest.raises(ResponseError, match="same slot"):  # the server does enforce it
         await raw.eval("#!lua\nreturn redis.call('GET', '{elsewhere}:x')", 1, "{c:a}:x")
     await raw.aclose()
-    strict = engine_module._script_source
-    monkeypatch.setattr(engine_module, "_script_source", lambda name: "#!lua\n" + strict(name))
+    strict = connection._script_source
+    monkeypatch.setattr(connection, "_script_source", lambda name: "#!lua\n" + strict(name))
     eng = RedisEngine(cluster_url)
     await eng.connect()
     try:
@@ -316,7 +315,7 @@ async def test_retry_is_refused_while_another_live_job_holds_the_dedupe_key(
 
 async def test_retry_all_walks_past_skipped_jobs(engine: RedisEngine, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """Skipped jobs stay at the head of the failed index: the next batch starts after them."""
-    monkeypatch.setattr(engine_module, "_BATCH", 2)
+    monkeypatch.setattr(operations, "_BATCH", 2)
     jobs = [new(dedupe_key=f"k{i}", max_attempts=1) for i in range(5)]
     await engine.enqueue(jobs)
     claimed = (await claim(engine)).jobs

@@ -6,9 +6,9 @@ side, both on one `FakeClock`: enqueue (dedupe keys, delays, priorities, tenants
 claim, every worker outcome, operator retry / cancel / promote / retry-all / clean,
 and lease expiry (the clock moves past the lease, then an exchange or a recovery
 pass). After every step both engines must show the same observable state: per job
-(state, attempt, errors, due / start / finish times), per queue counts, which live job
-holds each dedupe key, and the pending claim order. The rules they follow are written
-once in `conveyor.lifecycle`; this test is what notices when an engine drifts.
+(state, attempt, errors, due / start / finish times, result), per queue counts, which
+live job holds each dedupe key, and the pending claim order. The rules they follow are
+written once in `conveyor.lifecycle`; this test is what notices when an engine drifts.
 
 CI runs a bounded profile (`ci`, well under a minute). A long run, for after a change
 to an engine or to the lifecycle:
@@ -243,7 +243,9 @@ class Differential(RuleBasedStateMachine):
                 job.attempt,
                 [(e.type, e.message) for e in job.errors],
                 job.scheduled_at if job.state is JobState.SCHEDULED else None,
+                job.started_at,
                 job.finished_at,
+                job.result,
             )
             if job.dedupe_key and job.state in ACTIVE_STATES:
                 holders[job.dedupe_key].append(job_id)

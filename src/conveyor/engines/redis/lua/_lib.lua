@@ -235,7 +235,7 @@ local function apply(id, jk, t, body, delay, tenant, task, attempt, dedupe_key, 
   end
   if t.clear_started then
     redis.call('HDEL', jk, 'token', 'started_ms')
-  else
+  elseif not t.finishes then -- finish() drops the token in the same breath
     redis.call('HDEL', jk, 'token')
   end
   if t.finishes then

@@ -1,9 +1,10 @@
--- Conveyor SQLite schema, version 3 (stored in PRAGMA user_version).
+-- Migration 0001: the schema as Conveyor 0.x shipped it (PRAGMA user_version 3).
 --
--- Loaded by engine.py with importlib.resources and run inside one BEGIN IMMEDIATE
--- transaction. Every statement is idempotent (IF NOT EXISTS / OR IGNORE), so two
--- processes opening a fresh file at the same moment both succeed: the second one
--- waits for the write lock and then finds everything already there.
+-- Applied by `migrations.py` inside one BEGIN IMMEDIATE transaction. Files made before
+-- numbered migrations existed (user_version 1 to 3, no `schema_migrations` table) get
+-- it too: every statement is idempotent (IF NOT EXISTS / OR IGNORE / ON CONFLICT), so
+-- it brings a version 1 or 2 file up to 3 and leaves a version 3 file as it is. Never
+-- edit an applied migration: add the next number.
 --
 -- Index design: every query the engine runs names one queue and (almost always) one
 -- state, so indices lead with `queue`. Most are partial (WHERE state = ...): a job
@@ -152,7 +153,7 @@ CREATE TABLE IF NOT EXISTS schedules (
     last_run_ms INTEGER
 ) WITHOUT ROWID;
 
--- Version 3: fairness and limits (see engine.py, `_claim_fair`, for how claims use them).
+-- Version 3: fairness and limits (see flow.py, `_claim_fair`, for how claims use them).
 -- A tenant's pending jobs in claim order: the tenant's best job is one index search.
 CREATE INDEX IF NOT EXISTS jobs_tenant_claim ON jobs (queue, tenant, priority DESC, seq)
     WHERE state = 'pending' AND tenant IS NOT NULL;

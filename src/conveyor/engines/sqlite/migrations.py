@@ -79,7 +79,7 @@ def _refuse_newer(path: Path, applied: set[int], user_version: int) -> None:
         what = f"migrations {unknown}" if unknown else f"schema version {user_version}"
         raise SchemaTooNew(
             f"SQLite database {path} has {what}, newer than this Conveyor knows "
-            f"(migrations up to {known:04d}): a newer Conveyor upgraded it. Upgrade "
+            f"(migrations up to {known:04d}): a newer Conveyor upgraded it; upgrade "
             "Conveyor on this machine (pip install -U conveyor), or point CONVEYOR_URL "
             "at another file; the file was left as it is"
         )

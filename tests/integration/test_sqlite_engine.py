@@ -22,10 +22,9 @@ import pytest
 
 from conveyor.clock import FakeClock
 from conveyor.engines.base import Outcome
-from conveyor.engines.sqlite import SqliteEngine, parse_sqlite_url
+from conveyor.engines.sqlite import SqliteEngine, migrations, parse_sqlite_url
 from conveyor.engines.sqlite import connection as sqlite_connection
 from conveyor.engines.sqlite import engine as sqlite_engine_module
-from conveyor.engines.sqlite import migrations
 from conveyor.errors import (
     ConfigError,
     EngineUnavailable,

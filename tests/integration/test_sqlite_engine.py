@@ -771,3 +771,38 @@ async def test_counts_stay_exact_through_every_transition(sqlite_url: str) -> No
         "completed_1m": 0, "failed_1m": 0,
     }  # fmt: skip
     await eng.close()
+
+
+# --- the engine applies conveyor.lifecycle; its SQL is read by name --------------------------
+
+
+def test_outcome_statements_follow_the_transition_table() -> None:
+    """Each outcome statement's SET clause is read off the lifecycle flags, and every
+    statement is fenced by the lease token."""
+    from conveyor.engines.sqlite.transitions import STATEMENTS
+    from conveyor.lifecycle import TRANSITIONS, Place
+
+    assert {kind for kind, _ in STATEMENTS} == set(TRANSITIONS)
+    for (kind, delayed), sql in STATEMENTS.items():
+        t = TRANSITIONS[kind]
+        target = t.target(1 if delayed else 0)
+        sets = sql.split(" WHERE ")[0]
+        assert f"state = '{target.value}'" in sets, kind
+        assert ("errors =" in sets) == t.append_error, kind
+        assert ("attempt = max(0, attempt - 1)" in sets) == t.give_back_attempt, kind
+        assert ("started_ms = NULL" in sets) == t.clear_started, kind
+        assert ("result =" in sets) == t.store_result, kind
+        assert ("finished_ms = :now" in sets) == t.finishes, kind
+        keeps_place = target is not JobState.PENDING or t.place is Place.KEEP
+        assert ("seq = :seq" in sets) == (not keeps_place), kind
+        assert "token = :token AND state = 'running'" in sql, kind
+
+
+def test_named_queries_are_unique_and_complete() -> None:
+    from conveyor.engines.sqlite.queries import QUERIES, parse_queries
+
+    assert "claim" in QUERIES and "{job_columns}" not in QUERIES["claim"]
+    with pytest.raises(ValueError, match="'a' is repeated"):
+        parse_queries("-- name: a\nSELECT 1;\n-- name: a\nSELECT 2;\n")
+    for name, sql in QUERIES.items():  # each one is a single, complete statement
+        assert sqlite3.complete_statement(sql + ";") and ";" not in sql, name

@@ -5,9 +5,12 @@
 serialised: the second one finds the work done), and recorded in the
 `schema_migrations` table. Never edit an applied migration; add the next number.
 
-Files made before this table existed carry only ``PRAGMA user_version`` (1 to 3):
-migration 0001 is their schema, written idempotently, so it is applied to them as to
-a fresh file. ``PRAGMA user_version`` is kept at `2 + latest migration` so a Conveyor
+Files made before this table existed carry only ``PRAGMA user_version`` (1 to 3).
+Migration 0001 *is* schema 3, so a version 3 file is recorded as having it (a
+baseline: nothing runs, no index is rebuilt on a large file); a version 1 or 2 file
+gets 0001 applied, which is written idempotently to upgrade them in place.
+
+``PRAGMA user_version`` is kept at `2 + latest migration` so a Conveyor
 that predates the table (it accepted versions up to 3) refuses a file migrated past
 0001 instead of using a schema it does not know.
 """
@@ -94,7 +97,9 @@ def migrate(conn: sqlite3.Connection, path: Path) -> list[int]:
         sqlite3.Error: a migration failed (its transaction is rolled back).
     """
     applied = _applied(conn)
-    _refuse_newer(path, applied, int(conn.execute("PRAGMA user_version").fetchone()[0]))
+    user_version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    _refuse_newer(path, applied, user_version)
+    baseline = not applied and user_version == _LEGACY_VERSIONS + 1
     if all(m.number in applied for m in MIGRATIONS):
         return []
     done: list[int] = []
@@ -105,8 +110,9 @@ def migrate(conn: sqlite3.Connection, path: Path) -> list[int]:
         try:
             conn.execute(_TABLE)
             if migration.number not in _applied(conn):
-                for statement in _statements(migration.sql):
-                    conn.execute(statement)
+                if not (baseline and migration.number == 1):
+                    for statement in _statements(migration.sql):
+                        conn.execute(statement)
                 conn.execute(
                     "INSERT INTO schema_migrations (version, name, applied_ms) VALUES (?, ?, ?)",
                     (migration.number, migration.name, int(time.time() * 1000)),

@@ -1,10 +1,10 @@
 -- Migration 0001: the schema as Conveyor 0.x shipped it (PRAGMA user_version 3).
 --
--- Applied by `migrations.py` inside one BEGIN IMMEDIATE transaction. Files made before
--- numbered migrations existed (user_version 1 to 3, no `schema_migrations` table) get
--- it too: every statement is idempotent (IF NOT EXISTS / OR IGNORE / ON CONFLICT), so
--- it brings a version 1 or 2 file up to 3 and leaves a version 3 file as it is. Never
--- edit an applied migration: add the next number.
+-- Applied by `migrations.py` inside one BEGIN IMMEDIATE transaction. A file made before
+-- numbered migrations existed at user_version 3 already has this schema and is only
+-- recorded as having it; at user_version 1 or 2 it gets this script, whose statements
+-- are idempotent (IF NOT EXISTS / OR IGNORE / ON CONFLICT) so it upgrades such a file
+-- in place. Never edit an applied migration: add the next number.
 --
 -- Index design: every query the engine runs names one queue and (almost always) one
 -- state, so indices lead with `queue`. Most are partial (WHERE state = ...): a job

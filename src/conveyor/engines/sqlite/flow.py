@@ -220,6 +220,7 @@ class SqliteFlow(SqliteCore):
         lost: list[str] = []
         woke = False
         completed: set[str] = set()
+        # Completions are most outcomes: one statement applies all of them.
         batch = [[o.job_id, o.token, o.result_json] for o in outcomes if o.kind == "complete"]
         if batch:
             rows = conn.execute(

@@ -80,6 +80,7 @@ class QueueCounts:
     failed_1m: int = 0  # jobs that reached `failed` in the last 60 s
 
     def to_dict(self) -> dict[str, Any]:
+        """For JSON output (CLI `--json`, API, status document)."""
         return {
             "queue": self.queue,
             "scheduled": self.scheduled,
@@ -118,6 +119,7 @@ class Event:
     data: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        """For JSON output (API, live updates over WebSocket)."""
         return {
             "id": self.id,
             "kind": self.kind,

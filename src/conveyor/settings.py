@@ -66,8 +66,17 @@ class Settings(BaseSettings):
     api_tokens_file: str | None = Field(
         None, description='JSON file {"admin": "...", "tenants": {"token": "tenant"}}'
     )
+    api_max_body_bytes: int | None = Field(
+        None, ge=1, description="largest request body; default max_payload_bytes + 64 KiB"
+    )
+    api_public_hosts: tuple[str, ...] = Field(
+        (), description="host names besides localhost an API without tokens answers to"
+    )
+    api_public_metrics: bool = Field(
+        False, description="serve the API's /metrics without the admin token"
+    )
 
-    @field_validator("queues", mode="before")
+    @field_validator("queues", "api_public_hosts", mode="before")
     @classmethod
     def _split_queues(cls, value: Any) -> Any:
         if isinstance(value, str):

@@ -71,8 +71,9 @@ async def test_missing_or_invalid_token_is_401_with_www_authenticate(
     assert (await http.post("/jobs", json={"task": "probe"})).status_code == 401
 
 
-async def test_probes_and_metrics_need_no_token(http: httpx.AsyncClient) -> None:
-    for path in ("/health", "/health/ready", "/api/health/ready", "/metrics", "/openapi.json"):
+async def test_probes_need_no_token(http: httpx.AsyncClient) -> None:
+    # /metrics does: test_api_security.test_metrics_need_the_admin_token_unless_public
+    for path in ("/health", "/health/ready", "/api/health/ready", "/openapi.json"):
         assert (await http.get(path)).status_code == 200, path
 
 

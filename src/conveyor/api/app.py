@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, FastAPI
@@ -13,6 +13,7 @@ from ..settings import Settings
 from . import jobs, live, queues, system
 from .auth import Tokens
 from .errors import install_error_handlers
+from .guard import RequestGuard, default_body_limit
 from .live import DEFAULT_BUFFER, EventHub
 from .metrics import ApiMetrics, HttpMetricsMiddleware
 from .state import ApiState
@@ -29,7 +30,8 @@ Enqueue and inspect jobs, operate queues, poll incident status, and watch jobs l
 
 **Auth**: `Authorization: Bearer <token>`. The admin token may do everything; a tenant
 token sees only its tenant's jobs (others' answer 404) and cannot use queue-wide
-operations (403). Probes and `/metrics` need no token.
+operations (403). Probes need no token; `/metrics` needs the admin token when tokens
+are configured (unless the API runs with `--public-metrics`).
 
 **Live updates**: `WS /ws/jobs?queue=…|job=…&tenant=…&since=…` pushes every state
 change and progress update as JSON (`{"type": "event", "id", "kind", "job_id", …}`);
@@ -54,6 +56,9 @@ def create_api(
     metrics_prefix: str | None = None,
     owns_app: bool = False,
     ws_buffer: int = DEFAULT_BUFFER,
+    max_body_bytes: int | None = None,
+    public_hosts: Iterable[str] | None = None,
+    public_metrics: bool | None = None,
 ) -> FastAPI:
     """Build the HTTP API for `app`.
 
@@ -68,6 +73,13 @@ def create_api(
         metrics_prefix: Prometheus name prefix (default: settings `metrics_prefix`).
         owns_app: close `app` when the API shuts down (`conveyor api` does).
         ws_buffer: events a WebSocket client may lag before it is disconnected.
+        max_body_bytes: the largest request body read (413 past it, before auth);
+            default: settings `api_max_body_bytes`, else the app's payload limit plus
+            64 KiB for the envelope.
+        public_hosts: host names besides localhost that an API *without tokens*
+            answers to (default: settings `api_public_hosts`); see `guard`.
+        public_metrics: serve `/metrics` without the admin token even when tokens are
+            configured (default: settings `api_public_metrics`).
 
     Returns:
         The FastAPI application.
@@ -75,10 +87,14 @@ def create_api(
     Raises:
         ConfigError: the settings or token configuration is invalid.
     """
-    if tokens is None or metrics_prefix is None:
+    if None in (tokens, metrics_prefix, public_hosts, public_metrics):
         settings = Settings.load()
         tokens = Tokens.load(settings) if tokens is None else tokens
         metrics_prefix = settings.metrics_prefix if metrics_prefix is None else metrics_prefix
+        public_hosts = settings.api_public_hosts if public_hosts is None else public_hosts
+        public_metrics = settings.api_public_metrics if public_metrics is None else public_metrics
+        max_body_bytes = max_body_bytes or settings.api_max_body_bytes
+    assert tokens is not None and metrics_prefix is not None and public_hosts is not None
     metrics = ApiMetrics(metrics_prefix)
     state = ApiState(
         conveyor=app,
@@ -86,6 +102,7 @@ def create_api(
         hub=EventHub(app, metrics, buffer=ws_buffer),
         metrics=metrics,
         owns_app=owns_app,
+        public_metrics=bool(public_metrics),
     )
 
     @contextlib.asynccontextmanager
@@ -110,4 +127,11 @@ def create_api(
     api.include_router(dashboard_router())
     install_error_handlers(api)
     api.add_middleware(HttpMetricsMiddleware, metrics=metrics)
+    # Added last, so outermost: a refused request reaches neither routing nor auth.
+    api.add_middleware(
+        RequestGuard,
+        max_body_bytes=max_body_bytes or default_body_limit(app.max_payload_bytes),
+        open_api=not tokens.enabled,
+        public_hosts=public_hosts,
+    )
     return api

@@ -11,9 +11,14 @@ Protocol (JSON text frames, server to client):
 * `{"type": "replayed", "count": n}` after the events a `since=` asked for.
 
 Query parameters: `queue` (one or a comma-separated list), `job` (one job id; implies
-its queue), `tenant`, `since`, `token` (for browsers, which cannot set headers on a
-WebSocket; prefer `Authorization: Bearer`, since query strings end up in access logs).
-`queue` or `job` is required. A tenant token only ever sees its own tenant's events.
+its queue), `tenant`, `since`. `queue` or `job` is required. A tenant token only ever
+sees its own tenant's events.
+
+Auth: `Authorization: Bearer <token>`, or — for browsers, which cannot set headers on a
+WebSocket — the subprotocols `conveyor.v1` and `conveyor.bearer.<base64url(token)>`
+(`new WebSocket(url, ["conveyor.v1", "conveyor.bearer." + b64url(token)])`; the server
+answers `conveyor.v1`). Never the URL: URLs end up in access logs and browser history.
+The old `token=` query parameter still works but is deprecated; log lines redact it.
 
 Reconnecting without a gap: remember the last `id` per queue and pass
 `since=queue:id,queue:id` (or `since=id` when watching one queue). Events still in the
@@ -32,6 +37,7 @@ Subscribers watching one job are indexed by job id: an event costs O(its watcher
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import re
@@ -370,12 +376,30 @@ def _queues(queue: str | None, job: str | None) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+SUBPROTOCOL = "conveyor.v1"
+BEARER_SUBPROTOCOL = "conveyor.bearer."
+
+
+def _subprotocol_token(offered: Iterable[str]) -> str | None:
+    """The token of a `conveyor.bearer.<base64url>` subprotocol, if one is offered
+    (base64url because a subprotocol may only hold token characters)."""
+    for protocol in offered:
+        if protocol.startswith(BEARER_SUBPROTOCOL):
+            encoded = protocol[len(BEARER_SUBPROTOCOL) :]
+            try:
+                return base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode()
+            except (ValueError, UnicodeDecodeError):
+                return ""  # present but unreadable: refused like a wrong token
+    return None
+
+
 def _bearer(websocket: WebSocket, token: str | None) -> str | None:
     header = websocket.headers.get("authorization", "")
     scheme, _, value = header.partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
-    return token
+    from_protocol = _subprotocol_token(websocket.scope.get("subprotocols", ()))
+    return from_protocol if from_protocol is not None else token
 
 
 @router.websocket("/ws/jobs")
@@ -391,7 +415,9 @@ async def watch_jobs(
     state = api_state(websocket)
     # Accept first, then refuse with a close code: a browser cannot read the HTTP status
     # of a rejected handshake, but it can read a close code and reason.
-    await websocket.accept()
+    offered = websocket.scope.get("subprotocols", ())
+    # A browser that offered subprotocols fails the handshake unless one is chosen.
+    await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
     try:
         principal = authenticate(state.tokens, _bearer(websocket, token))
         watch_tenant = scoped_tenant(principal, tenant)

@@ -149,6 +149,35 @@ async def test_keys_of_two_tenants_never_collide(http: httpx.AsyncClient) -> Non
     assert first["id"] != second["id"]  # globex must not get (and so see) acme's job
 
 
+async def test_tenant_names_with_separators_cannot_reach_each_others_keys(
+    sqlite_url: str, api_server: StartApi
+) -> None:
+    """Tenant `acme` with key `eu:x` must not hit tenant `acme:eu`'s job with key `x`
+    (the composed keys were `tenant:acme:eu:x` for both), nor through Idempotency-Key."""
+    short, long_ = "acme-short-token-0123456789", "acme-eu-token-0123456789ab"
+    tokens = Tokens(admin=ADMIN, tenants={short: "acme", long_: "acme:eu"})
+    server = api_server(sqlite_url, tokens=tokens)
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+        theirs = await post_job(http, long_, dedupe_key="x", payload={"secret": "eu"})
+        r = await http.post(
+            "/jobs", json={"task": "probe", "dedupe_key": "eu:x"}, headers=auth(short)
+        )
+        assert r.status_code == 201, r.text  # a new job, not acme:eu's
+        assert r.json()["id"] != theirs["id"] and "secret" not in r.json()["payload"]
+        idem = await http.post(
+            "/jobs", json={"task": "probe"}, headers=auth(long_) | {"Idempotency-Key": "k"}
+        )
+        r = await http.post(
+            "/jobs", json={"task": "probe"}, headers=auth(short) | {"Idempotency-Key": "eu:k"}
+        )
+        assert r.status_code == 201 and r.json()["id"] != idem.json()["id"]
+        # An admin may store any raw key; a dedupe hit on it still never hands a tenant
+        # the admin's job.
+        admin_job = await post_job(http, ADMIN, dedupe_key="tenant:4:acme:y")
+        r = await http.post("/jobs", json={"task": "probe", "dedupe_key": "y"}, headers=auth(short))
+        assert r.status_code == 409 and admin_job["id"] not in r.text
+
+
 async def test_websocket_streams_only_the_tenants_own_events(
     server: ApiServer, http: httpx.AsyncClient
 ) -> None:

@@ -5,7 +5,7 @@ tenant, its listings are filtered to it, and any job of another tenant answers 4
 exactly like a missing one (a 403 would confirm the id exists).
 
 Idempotency (`Idempotency-Key` header, as Stripe and the IETF draft use it): the key
-becomes the job's dedupe key, namespaced by caller (`idem:<tenant or admin>:<key>`), so
+becomes the job's dedupe key, namespaced by caller (`scoped_key`), so
 a retried request returns the job the first one created (200 and
 `Idempotent-Replayed: true` instead of 201), and two tenants can never collide or read
 each other's jobs through a shared key. The window is the job's active life
@@ -15,8 +15,10 @@ covers network retries (seconds); it does not make a late replay a no-op, so han
 should still be idempotent. Reusing an active key with a different task, queue or
 payload is a 422, as the IETF draft asks.
 
-A plain `dedupe_key` from a tenant token is scoped the same way (stored as
-`tenant:<tenant>:<key>`), because dedupe keys are per queue and queues are shared.
+A plain `dedupe_key` from a tenant token is scoped the same way, because dedupe keys
+are per queue and queues are shared. The caller's part is length-prefixed: tenant
+names may contain `:`, so a plain `tenant:<tenant>:<key>` would let tenant `acme` with
+key `eu:x` hit tenant `acme:eu`'s job with key `x`.
 """
 
 from __future__ import annotations
@@ -37,6 +39,17 @@ router = APIRouter(tags=["jobs"], responses=ERROR_RESPONSES)
 
 JobId = Annotated[str, Path(min_length=1, max_length=256, description="job id")]
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+
+def scoped_key(kind: str, tenant: str | None, key: str) -> str:
+    """The stored dedupe key for `key` sent by `tenant` (None: the admin).
+
+    `<kind>:<len(tenant)>:<tenant>:<key>`: the length says where the tenant ends, so
+    two different (tenant, key) pairs never give the same string whatever characters
+    they hold, and the admin (length 0) never meets a tenant (names are not empty).
+    """
+    owner = tenant or ""
+    return f"{kind}:{len(owner)}:{owner}:{key}"
 
 
 async def visible_job(state: ApiState, principal: Principal, job_id: str) -> Job:
@@ -86,11 +99,11 @@ async def enqueue(
             raise ApiError.invalid(
                 "dedupe_key", "pass either dedupe_key or the Idempotency-Key header, not both"
             )
-        options["dedupe_key"] = f"idem:{principal.tenant or '*admin'}:{idempotency_key}"
+        options["dedupe_key"] = scoped_key("idem", principal.tenant, idempotency_key)
     elif body.dedupe_key is not None and not principal.admin:
         # Dedupe keys are per queue, and queues are shared by tenants: unscoped, tenant
         # B's key would hand back (and so reveal) tenant A's job.
-        options["dedupe_key"] = f"tenant:{principal.tenant}:{body.dedupe_key}"
+        options["dedupe_key"] = scoped_key("tenant", principal.tenant, body.dedupe_key)
     # Validation and encoding happen once, in the facade. The engine is called directly
     # because its reply says whether the job is new (201) or deduplicated (200), which
     # `app.enqueue` does not expose; the stored job is then read back through the facade.
@@ -98,6 +111,12 @@ async def enqueue(
     engine = await app.connect()
     (result,) = await engine.enqueue([new])
     job = await app.get_job(result.id)
+    if not result.created and not principal.admin and job.tenant != principal.tenant:
+        # Only an admin can store a key in a tenant's scope; even then the tenant must
+        # not see the other job. Same answer as an id that is not visible.
+        raise ApiError(
+            409, "Conflict", "this dedupe key is held by another caller's job: use another key"
+        )
     replayed = not result.created and idempotency_key is not None
     if replayed and (job.task, job.queue, job.tenant, job.payload) != (
         new.task,

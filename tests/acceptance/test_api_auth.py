@@ -281,3 +281,65 @@ def test_conveyor_api_refuses_to_start_on_all_interfaces_without_tokens(sqlite_u
     finally:
         proc.terminate()
         assert proc.wait(15) == 0
+
+
+async def test_tenant_tokens_limited_to_queues_and_tasks(
+    sqlite_url: str, api_server: StartApi, tmp_path: Path
+) -> None:
+    limited = "acme-limited-token-0123456789"
+    path = tmp_path / "tokens.json"
+    path.write_bytes(
+        orjson.dumps(
+            {
+                "admin": ADMIN,
+                "tenants": {
+                    ACME: "acme",
+                    limited: {"tenant": "acme", "queues": [Q], "tasks": ["probe"]},
+                },
+            }
+        )
+    )
+    tokens = Tokens.load(Settings.load({"CONVEYOR_API_TOKENS_FILE": str(path)}))
+    server = api_server(sqlite_url, tokens=tokens)
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+        mine = await post_job(http, limited)
+        assert mine["tenant"] == "acme"
+        for body in ({"task": "report", "queue": Q}, {"task": "probe", "queue": "other"}):
+            r = await http.post("/jobs", json=body, headers=auth(limited))
+            assert r.status_code == 403, (body, r.text)
+        # The same tenant's jobs outside the scope are invisible, like another tenant's.
+        report = await post_job(http, ACME, task="report", queue=Q)
+        elsewhere = await post_job(http, ACME, queue="other")
+        for job in (report, elsewhere):
+            assert (await http.get(f"/jobs/{job['id']}", headers=auth(limited))).status_code == 404
+            r = await http.post(f"/jobs/{job['id']}/cancel", headers=auth(limited))
+            assert r.status_code == 404
+        listed = (await http.get(f"/jobs?queue={Q}", headers=auth(limited))).json()["jobs"]
+        assert [j["id"] for j in listed] == [mine["id"]]
+        assert (await http.get("/jobs?queue=other", headers=auth(limited))).status_code == 403
+        # ACME's unlimited token still sees everything of its tenant.
+        listed = (await http.get(f"/jobs?queue={Q}", headers=auth(ACME))).json()["jobs"]
+        assert {j["id"] for j in listed} == {mine["id"], report["id"]}
+
+    async def close_code(query: str) -> int:
+        async with websockets.connect(
+            f"{server.ws_url}/ws/jobs?{query}", additional_headers=auth(limited)
+        ) as ws:
+            with pytest.raises(websockets.ConnectionClosed) as info:
+                await asyncio.wait_for(ws.recv(), 10)
+        assert info.value.rcvd is not None
+        return info.value.rcvd.code
+
+    assert await close_code("queue=other") == 4403
+    assert await close_code(f"job={report['id']}") == 4404
+    async with (
+        websockets.connect(
+            f"{server.ws_url}/ws/jobs?queue={Q}", additional_headers=auth(limited)
+        ) as ws,
+        httpx.AsyncClient(base_url=server.url, timeout=10) as http,
+    ):
+        await subscribed(ws)
+        await post_job(http, ACME, task="report", queue=Q)
+        last = await post_job(http, limited)
+        seen = await frames(ws, lambda f: f.get("job_id") == last["id"])
+        assert {f["task"] for _, f in seen} == {"probe"}

@@ -59,7 +59,7 @@ async def visible_job(state: ApiState, principal: Principal, job_id: str) -> Job
         JobNotFound: no such job, or it belongs to another tenant (same answer).
     """
     job = await state.conveyor.get_job(job_id)
-    if not principal.admin and job.tenant != principal.tenant:
+    if not principal.sees(job.tenant, job.queue, job.task):
         raise JobNotFound(f"no job with id {job_id!r}: check the id, or it was cleaned")
     return job
 
@@ -107,11 +107,15 @@ async def enqueue(
     # Validation and encoding happen once, in the facade. The engine is called directly
     # because its reply says whether the job is new (201) or deduplicated (200), which
     # `app.enqueue` does not expose; the stored job is then read back through the facade.
+    if not principal.may_use_task(body.task):
+        raise ApiError(403, "Forbidden", f"this token may not enqueue task {body.task[:80]!r}")
     new = app.build(body.task, body.payload, **{k: v for k, v in options.items() if v is not None})
+    if not principal.may_use_queue(new.queue):
+        raise ApiError(403, "Forbidden", f"this token may not use queue {new.queue!r}")
     engine = await app.connect()
     (result,) = await engine.enqueue([new])
     job = await app.get_job(result.id)
-    if not result.created and not principal.admin and job.tenant != principal.tenant:
+    if not result.created and not principal.sees(job.tenant, job.queue, job.task):
         # Only an admin can store a key in a tenant's scope; even then the tenant must
         # not see the other job. Same answer as an id that is not visible.
         raise ApiError(
@@ -155,6 +159,8 @@ async def list_jobs(
     `next_cursor` back as `cursor` for the next page; it is null on the last one.
     A page may hold fewer than `limit` jobs and still have a next page."""
     app = api_state(request).conveyor
+    if not principal.may_use_queue(queue):
+        raise ApiError(403, "Forbidden", f"this token may not use queue {queue!r}")
     try:
         page = await app.list_jobs(
             queue,
@@ -167,7 +173,9 @@ async def list_jobs(
         # Engines reject a foreign cursor with ValueError or InvalidState; either way it
         # is the caller's parameter that is wrong, not the job's state.
         raise ApiError.invalid("cursor", str(exc), location="query") from exc
-    return json_response({"jobs": [job.to_dict() for job in page.jobs], "next_cursor": page.cursor})
+    # A token limited to some tasks sees only those: the page may come out shorter.
+    jobs = [job.to_dict() for job in page.jobs if principal.may_use_task(job.task)]
+    return json_response({"jobs": jobs, "next_cursor": page.cursor})
 
 
 @router.post("/jobs/{job_id}/retry", response_model=JobOut, summary="Retry a dead job")

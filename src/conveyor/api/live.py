@@ -95,14 +95,22 @@ class Subscriber:
         tenant: only events of this tenant (None: every tenant).
         job: only events of this job (None: every job of `queues`).
         buffer: events held for a slow reader before it is disconnected.
+        tasks: only events of these tasks (None: every task).
     """
 
     def __init__(
-        self, queues: Sequence[str], *, tenant: str | None, job: str | None, buffer: int
+        self,
+        queues: Sequence[str],
+        *,
+        tenant: str | None,
+        job: str | None,
+        buffer: int,
+        tasks: frozenset[str] | None = None,
     ) -> None:
         self.queues = tuple(queues)
         self.tenant = tenant
         self.job = job
+        self.tasks = tasks
         self._outbox: asyncio.Queue[tuple[Event, str] | None] = asyncio.Queue(buffer)
         self.close_code: int | None = None
         self.close_reason = ""
@@ -112,6 +120,8 @@ class Subscriber:
     def matches(self, event: Event) -> bool:
         """Whether this subscriber should see `event`."""
         if self.tenant is not None and event.tenant != self.tenant:
+            return False
+        if self.tasks is not None and event.task not in self.tasks:
             return False
         return self.job is None or event.job_id == self.job
 
@@ -253,7 +263,12 @@ class EventHub:
         return len(self._feeds)
 
     async def subscribe(
-        self, queues: Iterable[str], *, tenant: str | None = None, job: str | None = None
+        self,
+        queues: Iterable[str],
+        *,
+        tenant: str | None = None,
+        job: str | None = None,
+        tasks: frozenset[str] | None = None,
     ) -> Subscriber:
         """Attach a subscriber; every event after this returns is delivered to it.
 
@@ -262,7 +277,7 @@ class EventHub:
                 `READY_TIMEOUT` (the engine is down).
         """
         key = tuple(sorted(set(queues)))
-        sub = Subscriber(key, tenant=tenant, job=job, buffer=self.buffer)
+        sub = Subscriber(key, tenant=tenant, job=job, buffer=self.buffer, tasks=tasks)
         feed = self._feeds.get(key)
         if feed is None:
             feed = self._feeds[key] = _Feed(self.app, key)
@@ -422,13 +437,15 @@ async def watch_jobs(
         principal = authenticate(state.tokens, _bearer(websocket, token))
         watch_tenant = scoped_tenant(principal, tenant)
         queues = _queues(queue, job)
+        if job is None and not all(principal.may_use_queue(q) for q in queues):
+            raise _Refused(4403, "this token may not watch these queues")
         positions = parse_since(since, queues)
         if job is not None:
             async with state.hub.admission:
                 found = await state.conveyor.get_job(job)
-            if not principal.admin and found.tenant != principal.tenant:
+            if not principal.sees(found.tenant, found.queue, found.task):
                 raise JobNotFound(f"no job with id {job!r}")
-        sub = await state.hub.subscribe(queues, tenant=watch_tenant, job=job)
+        sub = await state.hub.subscribe(queues, tenant=watch_tenant, job=job, tasks=principal.tasks)
     except ApiError as exc:
         await websocket.close(4000 + exc.status, exc.message[:120])
         return

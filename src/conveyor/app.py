@@ -18,7 +18,7 @@ import orjson
 from . import backoff as backoff_mod
 from .breaker import CircuitBreaker
 from .clock import Clock
-from .engines import Engine, Event, JobPage, QueueCounts, QueueLimits, open_engine
+from .engines import Engine, Event, JobPage, QueueCounts, open_engine
 from .engines.base import LeaseInfo
 from .errors import ConfigError, InvalidJob, UnknownTask
 from .job import (
@@ -31,6 +31,7 @@ from .job import (
     encode_payload,
     new_job_id,
 )
+from .limits import QueueLimits
 from .schedules import (
     LEADER_LEASE,
     ScheduleInfo,

@@ -5,6 +5,8 @@ ConveyorError                     root: catch this to catch everything Conveyor 
 ├── ConfigError                   a setting or argument is invalid (raised at start-up)
 ├── EngineUnavailable             the engine (Redis, SQLite file) cannot be reached
 ├── JobNotFound                   no job has that id
+├── InvalidArgument               a read or operator call got a value no engine handed out
+│                                 (a forged listing cursor, an event id out of range)
 ├── InvalidJob                    what a producer asked to enqueue is wrong
 │   ├── UnknownTask               task not registered here and no queue given
 │   ├── InvalidPayload            payload is not JSON-serialisable (never pickled)
@@ -36,6 +38,11 @@ class EngineUnavailable(ConveyorError):
 
 class JobNotFound(ConveyorError):
     """No job exists with the given id."""
+
+
+class InvalidArgument(ConveyorError):
+    """An argument of a read or an operation is not one Conveyor could have handed out
+    (a forged or foreign listing cursor, an event id out of range); nothing changed."""
 
 
 class InvalidJob(ConveyorError):

@@ -191,7 +191,9 @@ def test_oversized_bodies_get_413_before_auth_and_memory_does_not_grow(
             b"POST /jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
             b"Content-Length: 104857600\r\n\r\n"
         )
-        head = sock.recv(65536)
+        head = b""
+        while chunk := sock.recv(65536):  # until the server closes
+            head += chunk
     assert head.startswith(b"HTTP/1.1 413"), head
     assert b'"error":"PayloadTooLarge"' in head and b"connection: close" in head.lower()
 
@@ -400,3 +402,38 @@ def test_conveyor_dev_honours_api_tokens_and_says_whether_the_api_is_open(
     open_dev = conveyor_dev(processes, tmp_path, sqlite_url)
     assert httpx.get(f"{open_dev.url}/queues").status_code == 200
     assert "API auth:  OPEN, no tokens" in open_dev.stop()
+
+
+# --- 9. bad input over HTTP and WebSocket: 422 / 4422, nothing stored -------------------------
+async def test_bad_input_over_http_is_422_and_stores_nothing(
+    durable_url: str, api_server: StartApi
+) -> None:
+    server = api_server(durable_url)
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+        bodies = [
+            b'{"task": "probe", "payload": {"x": NaN}}',
+            b'{"task": "probe", "payload": {"x": [Infinity]}}',
+            b'{"task": "probe", "tenant": "acme\\ud800"}',
+            b'{"task": "probe", "dedupe_key": "\\udfff"}',
+            b'{"task": "probe", "queue": "probe\\n"}',
+        ]
+        for body in bodies:
+            r = await http.post("/jobs", content=body, headers={"Content-Type": "application/json"})
+            assert r.status_code == 422, (body, r.text)
+        for cursor in ("99999999999999999999999", "forged"):
+            r = await http.get(f"/jobs?queue={Q}&state=completed&cursor={cursor}")
+            assert r.status_code == 422 and r.json()["errors"][0]["field"] == "cursor", r.text
+        r = await http.get(f"/jobs?queue={Q}")
+        assert r.json()["jobs"] == []
+
+    async def close_of(query: str) -> tuple[int, str]:
+        async with websockets.connect(f"{server.ws_url}/ws/jobs?{query}") as ws:
+            frames: list[Any] = []
+            with pytest.raises(websockets.ConnectionClosed) as info:
+                frames.extend([await asyncio.wait_for(ws.recv(), 10) for _ in range(5)])
+        assert info.value.rcvd is not None
+        return info.value.rcvd.code, info.value.rcvd.reason
+
+    for since in ("99999999999999999999", "18446744073709551616-1", "1-99999999999999999999"):
+        code, reason = await close_of(f"queue={Q}&since={since}")
+        assert code == 4422 and "since" in reason, (since, code, reason)

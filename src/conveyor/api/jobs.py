@@ -28,10 +28,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Path, Query, Request
 from starlette.responses import Response
 
-from ..errors import InvalidState, JobNotFound
+from ..errors import InvalidArgument, JobNotFound
 from ..job import Job, JobState
 from .auth import CurrentPrincipal, Principal, scoped_tenant
-from .errors import ERROR_RESPONSES, ApiError, json_response
+from .errors import CONFLICT_RESPONSE, ERROR_RESPONSES, ApiError, json_response
 from .models import QUEUE_PATTERN, EnqueueRequest, JobOut, JobPageOut, JobStateName
 from .state import ApiState, api_state
 
@@ -71,6 +71,7 @@ async def visible_job(state: ApiState, principal: Principal, job_id: str) -> Job
     responses={
         200: {"model": JobOut, "description": "An active job already held this key"},
         413: ERROR_RESPONSES[422] | {"description": "Payload over max_payload_bytes"},
+        **CONFLICT_RESPONSE,
     },
     summary="Enqueue a job",
 )
@@ -169,16 +170,19 @@ async def list_jobs(
             limit=limit,
             cursor=cursor,
         )
-    except (ValueError, InvalidState) as exc:
-        # Engines reject a foreign cursor with ValueError or InvalidState; either way it
-        # is the caller's parameter that is wrong, not the job's state.
+    except InvalidArgument as exc:  # the facade names a cursor no engine handed out
         raise ApiError.invalid("cursor", str(exc), location="query") from exc
     # A token limited to some tasks sees only those: the page may come out shorter.
     jobs = [job.to_dict() for job in page.jobs if principal.may_use_task(job.task)]
     return json_response({"jobs": jobs, "next_cursor": page.cursor})
 
 
-@router.post("/jobs/{job_id}/retry", response_model=JobOut, summary="Retry a dead job")
+@router.post(
+    "/jobs/{job_id}/retry",
+    response_model=JobOut,
+    responses=CONFLICT_RESPONSE,
+    summary="Retry a dead job",
+)
 async def retry_job(job_id: JobId, request: Request, principal: CurrentPrincipal) -> Response:
     """failed/cancelled -> pending with a fresh attempt budget; 409 in other states."""
     state = api_state(request)
@@ -186,7 +190,12 @@ async def retry_job(job_id: JobId, request: Request, principal: CurrentPrincipal
     return json_response((await state.conveyor.retry_job(job_id)).to_dict())
 
 
-@router.post("/jobs/{job_id}/cancel", response_model=JobOut, summary="Cancel a job")
+@router.post(
+    "/jobs/{job_id}/cancel",
+    response_model=JobOut,
+    responses=CONFLICT_RESPONSE,
+    summary="Cancel a job",
+)
 async def cancel_job(job_id: JobId, request: Request, principal: CurrentPrincipal) -> Response:
     """scheduled/pending/running -> cancelled; 409 once it has finished."""
     state = api_state(request)
@@ -194,7 +203,12 @@ async def cancel_job(job_id: JobId, request: Request, principal: CurrentPrincipa
     return json_response((await state.conveyor.cancel_job(job_id)).to_dict())
 
 
-@router.post("/jobs/{job_id}/promote", response_model=JobOut, summary="Run a scheduled job now")
+@router.post(
+    "/jobs/{job_id}/promote",
+    response_model=JobOut,
+    responses=CONFLICT_RESPONSE,
+    summary="Run a scheduled job now",
+)
 async def promote_job(job_id: JobId, request: Request, principal: CurrentPrincipal) -> Response:
     """scheduled -> pending now; 409 in other states."""
     state = api_state(request)

@@ -48,7 +48,7 @@ import orjson
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-from ..errors import ConveyorError, EngineUnavailable, JobNotFound
+from ..errors import ConveyorError, EngineUnavailable, InvalidArgument, JobNotFound
 from ..job import QUEUE_NAME, queue_of
 from .auth import authenticate, scoped_tenant
 from .errors import ApiError
@@ -370,7 +370,13 @@ def parse_since(text: str | None, queues: Sequence[str]) -> dict[str, str]:
             if len(queues) != 1:
                 raise _Refused(4422, "since: use queue:id,queue:id when watching several queues")
             queue = queues[0]
-        if queue not in queues or not _EVENT_ID.match(event_id):
+        if (
+            queue not in queues
+            or not _EVENT_ID.match(event_id)
+            # Engines hand out ids that fit 63 bits; a bigger one would reach the engine
+            # as an overflow and end the socket without a reason.
+            or any(int(n) >= 2**63 for n in event_id.split("-"))
+        ):
             raise _Refused(4422, f"since: {part[:40]!r} is not queue:event-id of a watched queue")
         out[queue] = event_id
     return out
@@ -487,8 +493,10 @@ async def _serve(
                 async for frame in hub.replay(sub, positions):
                     await websocket.send_text(frame)
                     count += 1
-            except ValueError as exc:
+            except (ValueError, InvalidArgument) as exc:
                 sub.close(4422, f"since: {exc}")
+            except ConveyorError as exc:
+                sub.close(CLOSE_TRY_LATER, f"{type(exc).__name__}: {exc}")
             else:
                 await websocket.send_text(
                     orjson.dumps({"type": "replayed", "count": count}).decode()

@@ -39,13 +39,17 @@ class Conveyor(Operations, Scheduling):
     """
 
     def asgi(self, **options: Any) -> Any:
-        """The HTTP API for this app as an ASGI application (a FastAPI instance), to mount
-        in your own server: `starlette_app.mount("/queue", app.asgi())`.
+        """The HTTP API and dashboard for this app as an ASGI application (a FastAPI
+        instance), to mount in your own server: `starlette_app.mount("/queue", app.asgi())`.
 
         Args:
-            **options: passed to `conveyor.api.create_api` (`tokens`, `metrics_prefix`,
-                `ws_buffer`); tokens default to the `CONVEYOR_API_*` settings.
+            **options: passed to `conveyor.web.create_web_app` (`tokens`,
+                `metrics_prefix`, `ws_buffer`); tokens default to the `CONVEYOR_API_*`
+                settings.
         """
-        from .api import create_api
+        # Imported here, not at module level: producers and workers that never serve
+        # HTTP do not import FastAPI, and the web layer (which depends on the app) does
+        # not become a dependency of the app when `conveyor.app` is imported.
+        from .web import create_web_app
 
-        return create_api(self, **options)
+        return create_web_app(self, **options)

@@ -138,9 +138,9 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     422: _doc("Invalid request: see `errors` for each field"),
     503: _doc("The engine is unavailable; retry after `Retry-After` seconds"),
 }
-# Only on the operations that depend on a job's state (and on a dedupe key's holder).
-CONFLICT_RESPONSE: dict[int | str, dict[str, Any]] = {
-    409: _doc("The operation does not apply in the current state; `message` says why")
+# Operations whose lifecycle rule refuses some states (the message says which).
+STATE_CONFLICT: dict[int | str, dict[str, Any]] = {
+    409: _doc("The operation does not apply to that state (lifecycle's rule)")
 }
 
 

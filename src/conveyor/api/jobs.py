@@ -31,7 +31,7 @@ from starlette.responses import Response
 from ..errors import InvalidArgument, JobNotFound
 from ..job import Job, JobState
 from .auth import CurrentPrincipal, Principal, scoped_tenant
-from .errors import CONFLICT_RESPONSE, ERROR_RESPONSES, ApiError, json_response
+from .errors import ERROR_RESPONSES, STATE_CONFLICT, ApiError, json_response
 from .models import QUEUE_PATTERN, EnqueueRequest, JobOut, JobPageOut, JobStateName
 from .state import ApiState, api_state
 
@@ -71,7 +71,7 @@ async def visible_job(state: ApiState, principal: Principal, job_id: str) -> Job
     responses={
         200: {"model": JobOut, "description": "An active job already held this key"},
         413: ERROR_RESPONSES[422] | {"description": "Payload over max_payload_bytes"},
-        **CONFLICT_RESPONSE,
+        **STATE_CONFLICT,
     },
     summary="Enqueue a job",
 )
@@ -105,17 +105,15 @@ async def enqueue(
         # Dedupe keys are per queue, and queues are shared by tenants: unscoped, tenant
         # B's key would hand back (and so reveal) tenant A's job.
         options["dedupe_key"] = scoped_key("tenant", principal.tenant, body.dedupe_key)
-    # Validation and encoding happen once, in the facade. The engine is called directly
-    # because its reply says whether the job is new (201) or deduplicated (200), which
-    # `app.enqueue` does not expose; the stored job is then read back through the facade.
     if not principal.may_use_task(body.task):
         raise ApiError(403, "Forbidden", f"this token may not enqueue task {body.task[:80]!r}")
+    # Validation and encoding happen once, in the facade; `enqueue_built` says whether
+    # the job is new (201) or deduplicated (200).
     new = app.build(body.task, body.payload, **{k: v for k, v in options.items() if v is not None})
     if not principal.may_use_queue(new.queue):
         raise ApiError(403, "Forbidden", f"this token may not use queue {new.queue!r}")
-    engine = await app.connect()
-    (result,) = await engine.enqueue([new])
-    job = await app.get_job(result.id)
+    result = await app.enqueue_built(new)
+    job = result.job
     if not result.created and not principal.sees(job.tenant, job.queue, job.task):
         # Only an admin can store a key in a tenant's scope; even then the tenant must
         # not see the other job. Same answer as an id that is not visible.
@@ -180,7 +178,7 @@ async def list_jobs(
 @router.post(
     "/jobs/{job_id}/retry",
     response_model=JobOut,
-    responses=CONFLICT_RESPONSE,
+    responses=STATE_CONFLICT,
     summary="Retry a dead job",
 )
 async def retry_job(job_id: JobId, request: Request, principal: CurrentPrincipal) -> Response:
@@ -193,7 +191,7 @@ async def retry_job(job_id: JobId, request: Request, principal: CurrentPrincipal
 @router.post(
     "/jobs/{job_id}/cancel",
     response_model=JobOut,
-    responses=CONFLICT_RESPONSE,
+    responses=STATE_CONFLICT,
     summary="Cancel a job",
 )
 async def cancel_job(job_id: JobId, request: Request, principal: CurrentPrincipal) -> Response:
@@ -206,7 +204,7 @@ async def cancel_job(job_id: JobId, request: Request, principal: CurrentPrincipa
 @router.post(
     "/jobs/{job_id}/promote",
     response_model=JobOut,
-    responses=CONFLICT_RESPONSE,
+    responses=STATE_CONFLICT,
     summary="Run a scheduled job now",
 )
 async def promote_job(job_id: JobId, request: Request, principal: CurrentPrincipal) -> Response:

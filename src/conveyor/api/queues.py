@@ -15,7 +15,7 @@ from starlette.responses import Response
 from ..job import JobState
 from ..status import queue_overview
 from .auth import AdminPrincipal
-from .errors import CONFLICT_RESPONSE, ERROR_RESPONSES, json_response
+from .errors import ERROR_RESPONSES, STATE_CONFLICT, json_response
 from .models import (
     QUEUE_PATTERN,
     CleanRequest,
@@ -63,7 +63,7 @@ async def resume(queue: QueueName, request: Request, principal: AdminPrincipal) 
 @router.post(
     "/queues/{queue}/retry-all",
     response_model=CountOut,
-    responses=CONFLICT_RESPONSE,
+    responses=STATE_CONFLICT,
     summary="Retry every dead job",
 )
 async def retry_all(
@@ -81,7 +81,7 @@ async def retry_all(
 @router.post(
     "/queues/{queue}/clean",
     response_model=CountOut,
-    responses=CONFLICT_RESPONSE,
+    responses=STATE_CONFLICT,
     summary="Delete old finished jobs",
 )
 async def clean(

@@ -15,7 +15,6 @@ stays open: see docs/security.md.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
@@ -23,7 +22,6 @@ from fastapi.security import HTTPAuthorizationCredentials
 from starlette.responses import Response
 
 from ..errors import EngineUnavailable
-from ..health import READY_PING_TIMEOUT, readiness
 from ..settings import redact
 from ..status import status_document
 from .auth import AdminPrincipal, authenticate, bearer
@@ -37,31 +35,23 @@ METRICS_MEDIA_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 async def api_readiness(state: ApiState) -> tuple[bool, str]:
     """(ready, reason) for this API process."""
-    if not state.stopping:
-        try:  # readiness pings an engine it assumes connected; connect it first
-            await asyncio.wait_for(state.conveyor.connect(), READY_PING_TIMEOUT)
-        except (EngineUnavailable, TimeoutError) as exc:
-            return False, f"engine unavailable: {exc or 'connect timed out'}"
-    return await readiness(state.conveyor.engine, stopping=state.stopping)
+    return await state.conveyor.readiness(stopping=state.stopping)
 
 
 @router.get("/health", response_model=HealthOut, summary="Liveness")
 async def health(request: Request) -> Response:
     """Always 200 while the process serves; reports engine reachability, latency and
     durability for humans (use `/health/ready` for routing decisions)."""
-    state = api_state(request)
-    engine = state.conveyor.engine
+    app = api_state(request).conveyor
     info: dict[str, object] = {
-        "url": redact(engine.url),
-        "durable": engine.durable,
+        "url": redact(app.url),
+        "durable": app.durable,
         "status": "ok",
         "latency_ms": None,
     }
     try:
-        await asyncio.wait_for(state.conveyor.connect(), READY_PING_TIMEOUT)
-        latency = await asyncio.wait_for(engine.ping(), READY_PING_TIMEOUT)
-        info["latency_ms"] = round(latency * 1000, 3)
-    except (EngineUnavailable, TimeoutError) as exc:
+        info["latency_ms"] = round(await app.ping() * 1000, 3)
+    except EngineUnavailable as exc:
         info.update(status="unavailable", error=str(exc) or "timed out")
     return json_response({"status": "alive", "engine": info})
 

@@ -69,6 +69,7 @@ def api_command(
 ) -> None:
     """Serve the HTTP API and WebSocket live updates."""
     from ..api import Tokens, check_exposure, create_api, openapi_json, serve
+    from ..web import create_web_app
 
     if print_openapi or write_openapi:
         # The schema depends on no app, setting or engine, so it is the same everywhere.
@@ -98,7 +99,7 @@ def api_command(
     check_exposure(settings.api_host, tokens, insecure=insecure)
     app = load_app(target)
     app.configure(url=settings.url, max_payload_bytes=settings.max_payload_bytes)
-    api = create_api(
+    api = create_web_app(
         app,
         tokens=tokens,
         metrics_prefix=settings.metrics_prefix,

@@ -11,6 +11,7 @@ ConveyorError                     root: catch this to catch everything Conveyor 
 │   ├── UnknownTask               task not registered here and no queue given
 │   ├── InvalidPayload            payload is not JSON-serialisable (never pickled)
 │   └── PayloadTooLarge           payload exceeds the configured size limit
+├── TooManySubscriptions          a live-events subscription is over its process or token cap
 ├── MalformedJob                  stored job data cannot be decoded
 └── InvalidState                  operation does not apply to the job's current state
 ```
@@ -59,6 +60,11 @@ class InvalidPayload(InvalidJob):
 
 class PayloadTooLarge(InvalidJob):
     """The encoded payload is larger than `max_payload_bytes`."""
+
+
+class TooManySubscriptions(ConveyorError):
+    """A live-events subscription was refused: the process, or the caller's token,
+    already holds as many as allowed. Close some, or retry later."""
 
 
 class MalformedJob(ConveyorError):

@@ -73,6 +73,12 @@ class Settings(BaseSettings):
     api_public_hosts: tuple[str, ...] = Field(
         (), description="host names besides localhost an API without tokens answers to"
     )
+    api_ws_max_subscribers: int = Field(
+        10_000, ge=1, le=1_000_000, description="live WebSocket subscriptions per API process"
+    )
+    api_ws_max_per_token: int = Field(
+        1_000, ge=1, le=1_000_000, description="live WebSocket subscriptions per token"
+    )
     api_public_metrics: bool = Field(
         False, description="serve the API's /metrics without the admin token"
     )

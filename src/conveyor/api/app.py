@@ -58,6 +58,8 @@ def create_api(
     max_body_bytes: int | None = None,
     public_hosts: Iterable[str] | None = None,
     public_metrics: bool | None = None,
+    ws_max_subscribers: int | None = None,
+    ws_max_per_token: int | None = None,
 ) -> FastAPI:
     """Build the HTTP API for `app` (without the dashboard: `conveyor.web` adds it).
 
@@ -78,6 +80,9 @@ def create_api(
             answers to (default: settings `api_public_hosts`); see `guard`.
         public_metrics: serve `/metrics` without the admin token even when tokens are
             configured (default: settings `api_public_metrics`).
+        ws_max_subscribers: live WebSocket subscriptions this process serves at most
+            (default: settings `api_ws_max_subscribers`); past it sockets close 4429.
+        ws_max_per_token: the same per token (default: settings `api_ws_max_per_token`).
 
     Returns:
         The FastAPI application.
@@ -85,19 +90,35 @@ def create_api(
     Raises:
         ConfigError: the settings or token configuration is invalid.
     """
-    if None in (tokens, metrics_prefix, public_hosts, public_metrics):
+    if None in (
+        tokens,
+        metrics_prefix,
+        public_hosts,
+        public_metrics,
+        ws_max_subscribers,
+        ws_max_per_token,
+    ):
         settings = Settings.load()
         tokens = Tokens.load(settings) if tokens is None else tokens
         metrics_prefix = settings.metrics_prefix if metrics_prefix is None else metrics_prefix
         public_hosts = settings.api_public_hosts if public_hosts is None else public_hosts
         public_metrics = settings.api_public_metrics if public_metrics is None else public_metrics
         max_body_bytes = max_body_bytes or settings.api_max_body_bytes
+        ws_max_subscribers = ws_max_subscribers or settings.api_ws_max_subscribers
+        ws_max_per_token = ws_max_per_token or settings.api_ws_max_per_token
     assert tokens is not None and metrics_prefix is not None and public_hosts is not None
+    assert ws_max_subscribers is not None and ws_max_per_token is not None
     metrics = ApiMetrics(metrics_prefix)
     state = ApiState(
         conveyor=app,
         tokens=tokens,
-        hub=EventHub(app, metrics, buffer=ws_buffer),
+        hub=EventHub(
+            app,
+            metrics,
+            buffer=ws_buffer,
+            max_subscribers=ws_max_subscribers,
+            max_per_owner=ws_max_per_token,
+        ),
         metrics=metrics,
         owns_app=owns_app,
         public_metrics=bool(public_metrics),

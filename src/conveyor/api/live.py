@@ -24,12 +24,12 @@ Reconnecting without a gap: remember the last `id` per queue and pass
 `since=queue:id,queue:id` (or `since=id` when watching one queue). Events still in the
 bounded event log after that position are replayed first, then live ones follow with
 no duplicates. Close codes: 4401 no/invalid token, 4403 forbidden, 4404 unknown job,
-4422 bad parameters, 1013 too slow (the client fell more than `buffer` events
-behind) or engine unavailable, 1012 API restarting; reconnect with `since=` after
-1012/1013.
+4422 bad parameters, 4429 too many subscriptions (for the process or the token), 1013
+too slow (the client fell more than `buffer` events behind) or engine unavailable, 1012
+API restarting; reconnect with `since=` after 1012/1013.
 
 The events come from the process's live-events hub (`conveyor.live.EventHub`): one
-engine reader per set of queues, shared by every socket.
+engine reader for every socket of the process, whatever queues they watch.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ import orjson
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-from ..errors import ConveyorError, InvalidArgument, JobNotFound
+from ..errors import ConveyorError, InvalidArgument, JobNotFound, TooManySubscriptions
 from ..job import QUEUE_NAME, queue_of
 from ..live import CLOSE_TRY_LATER, EventHub, Subscriber
 from .auth import authenticate, scoped_tenant
@@ -56,6 +56,8 @@ if TYPE_CHECKING:
     from .metrics import ApiMetrics
 
 _EVENT_ID = re.compile(r"^\d{1,20}(-\d{1,20})?$")
+
+CLOSE_TOO_MANY = 4429  # like HTTP 429: over the process's or the token's subscription cap
 
 router = APIRouter()
 
@@ -163,7 +165,11 @@ async def watch_jobs(
                 found = await state.conveyor.get_job(job)
             if not principal.sees(found.tenant, found.queue, found.task):
                 raise JobNotFound(f"no job with id {job!r}")
-        sub = await state.hub.subscribe(queues, tenant=watch_tenant, job=job, tasks=principal.tasks)
+        # The cap counts per principal: a token's tenant and scope (all callers of an
+        # open API share one).
+        sub = await state.hub.subscribe(
+            queues, tenant=watch_tenant, job=job, tasks=principal.tasks, owner=principal
+        )
     except ApiError as exc:
         await websocket.close(4000 + exc.status, exc.message[:120])
         return
@@ -172,6 +178,9 @@ async def watch_jobs(
         return
     except JobNotFound:
         await websocket.close(4404, "no such job")
+        return
+    except TooManySubscriptions as exc:
+        await websocket.close(CLOSE_TOO_MANY, str(exc)[:120])
         return
     except ConveyorError as exc:
         await websocket.close(CLOSE_TRY_LATER, f"{type(exc).__name__}: {exc}"[:120])

@@ -107,6 +107,8 @@ def api_command(
         max_body_bytes=settings.api_max_body_bytes,
         public_hosts=settings.api_public_hosts,
         public_metrics=settings.api_public_metrics,
+        ws_max_subscribers=settings.api_ws_max_subscribers,
+        ws_max_per_token=settings.api_ws_max_per_token,
     )
     auth = (
         f"{'admin' if tokens.admin else 'no admin'} token, {len(tokens.tenants)} tenant token(s)"

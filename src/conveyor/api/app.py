@@ -69,7 +69,9 @@ def create_api(
     Args:
         app: the Conveyor app: its engine, and its tasks' default queues and limits.
         tokens: bearer tokens; default: from settings (`CONVEYOR_API_*`). With none the
-            API is open — put it behind your own auth when mounting.
+            API is open — put it behind your own auth when mounting — and answers only
+            loopback host names and same-origin writes (`conveyor.api.guard`): list the
+            host names it is mounted under in `public_hosts`.
         metrics_prefix: Prometheus name prefix (default: settings `metrics_prefix`).
         owns_app: close `app` when the API shuts down (`conveyor api` does).
         ws_buffer: events a WebSocket client may lag before it is disconnected.

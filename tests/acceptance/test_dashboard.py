@@ -349,6 +349,8 @@ async def test_tenant_token_sees_only_its_jobs_and_no_actions(
     theirs = await enqueue(server.url, payload={"who": "globex"}, tenant="globex")
 
     page = console.watch(await browser.new_page(viewport=DESKTOP))
+    sockets: list[str] = []
+    page.on("websocket", lambda ws: sockets.append(ws.url))
     await page.goto(f"{server.url}/dashboard")
     await page.get_by_label("API token").fill("not-a-valid-token-at-all")
     await page.get_by_role("button", name="Sign in").click()
@@ -368,6 +370,9 @@ async def test_tenant_token_sees_only_its_jobs_and_no_actions(
     await expect(page.locator("#job-state")).to_have_text("pending")
     assert await page.locator("#job-retry, #job-cancel, #job-promote").count() == 0
     await expect(page.locator("#job .notice")).to_contain_text("Read-only")
+    # Live updates authenticated with a subprotocol: the token is in no WebSocket URL
+    # (URLs reach access logs and history).
+    assert sockets and not [url for url in sockets if TENANT in url or "token=" in url]
     await page.close()
 
 

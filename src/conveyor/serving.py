@@ -22,6 +22,10 @@ from .errors import ConfigError
 # there, and uvicorn's access and WebSocket log lines print the full URL.
 _TOKEN_IN_URL = re.compile(r"(?i)((?:^|[?&;\s])(?:access_)?token=)[^&\s\"';]*")
 _LOGGERS = ("", "conveyor", "uvicorn", "uvicorn.error", "uvicorn.access")
+# Largest WebSocket message a client may send (uvicorn's default is 16 MiB). Clients of
+# `WS /ws/jobs` send nothing the server reads, so a small bound costs nothing and keeps
+# a socket from making the server buffer megabytes; past it the socket closes with 1009.
+WS_MAX_MESSAGE_BYTES = 64 * 1024
 
 
 def redact_tokens(text: str) -> str:
@@ -67,7 +71,13 @@ class EmbeddedServer:
         self, asgi: Any, host: str, port: int, *, lifespan: Literal["on", "off"] = "off"
     ) -> None:
         config = uvicorn.Config(
-            asgi, host=host, port=port, log_level="warning", lifespan=lifespan, access_log=False
+            asgi,
+            host=host,
+            port=port,
+            log_level="warning",
+            lifespan=lifespan,
+            access_log=False,
+            ws_max_size=WS_MAX_MESSAGE_BYTES,
         )
         self._server = _QuietServer(config)
         install_log_redaction()

@@ -339,6 +339,11 @@ async def test_no_token_reaches_the_access_log(
     for token in (ADMIN, ACME):
         async with websockets.connect(f"{ws_url}&token={token}") as ws:  # deprecated form
             await subscribed(ws)
+            # WebSocket messages are bounded too: the server reads none it needs.
+            await ws.send("x" * (1024 * 1024))
+            with pytest.raises(websockets.ConnectionClosed) as info:
+                await asyncio.wait_for(ws.recv(), 10)
+            assert info.value.rcvd is not None and info.value.rcvd.code == 1009
         async with httpx.AsyncClient(timeout=10) as http:
             await http.get(f"{api.url}/jobs?queue={Q}&token={token}", headers=auth(token))
     out = api.stop()

@@ -27,8 +27,8 @@ import websockets
 
 from conveyor.api import Tokens
 from conveyor.serving import redact_tokens
-from conveyor.testing import PROBE_QUEUE
 from tests.acceptance.test_api import StartApi, api_server, subscribed
+from tests.apps.probe import PROBE_QUEUE
 from tests.conftest import ROOT, free_port
 
 __all__ = ["api_server"]  # the fixture, re-exported for pytest
@@ -114,7 +114,7 @@ def conveyor_api(
 ) -> Process:
     port = free_port()
     proc = Process(
-        *("api", "conveyor.testing:app", "--url", sqlite_url, "--port", str(port), *flags),
+        *("api", "tests.apps.probe:app", "--url", sqlite_url, "--port", str(port), *flags),
         port=port,
         env=clean_env(**env),
         log=tmp_path / f"api-{port}.log",
@@ -202,8 +202,8 @@ async def test_the_body_limit_is_settable_and_covers_every_route(
     sqlite_url: str, api_server: StartApi
 ) -> None:
     from conveyor.api import create_api
-    from conveyor.testing import probe_app
     from tests.acceptance.test_api import ApiServer
+    from tests.apps.probe import probe_app
 
     server = ApiServer(
         create_api(probe_app(sqlite_url), tokens=TOKENS, max_body_bytes=2000, owns_app=True)
@@ -262,8 +262,8 @@ async def test_public_hosts_are_answered_and_tokens_make_the_checks_moot(
     sqlite_url: str, api_server: StartApi
 ) -> None:
     from conveyor.api import create_api
-    from conveyor.testing import probe_app
     from tests.acceptance.test_api import ApiServer
+    from tests.apps.probe import probe_app
 
     open_api = ApiServer(
         create_api(probe_app(sqlite_url), tokens=Tokens(), public_hosts=["queue.example.org"])
@@ -356,8 +356,8 @@ async def test_metrics_need_the_admin_token_unless_public(
     sqlite_url: str, api_server: StartApi
 ) -> None:
     from conveyor.api import create_api
-    from conveyor.testing import probe_app
     from tests.acceptance.test_api import ApiServer
+    from tests.apps.probe import probe_app
 
     server = api_server(sqlite_url, tokens=TOKENS)
     public = ApiServer(
@@ -379,7 +379,7 @@ async def test_metrics_need_the_admin_token_unless_public(
 def conveyor_dev(processes: list[Process], tmp_path: Path, sqlite_url: str, **env: str) -> Process:
     port = free_port()
     proc = Process(
-        *("dev", "conveyor.testing:app", "--url", sqlite_url, "--port", str(port)),
+        *("dev", "tests.apps.probe:app", "--url", sqlite_url, "--port", str(port)),
         *("--no-scheduler",),
         port=port,
         env=clean_env(**env),

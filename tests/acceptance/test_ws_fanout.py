@@ -17,8 +17,9 @@ import redis.asyncio as redis_asyncio
 import websockets
 
 from conveyor.api import Tokens, create_api
-from conveyor.testing import eventually, probe_app
+from conveyor.testing import eventually
 from tests.acceptance.test_api import ApiServer, StartApi, api_server, frames, subscribed
+from tests.apps.probe import probe_app
 from tests.conftest import RedisServer
 
 __all__ = ["api_server"]  # the fixture, re-exported for pytest

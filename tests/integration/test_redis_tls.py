@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from conveyor import EngineUnavailable, JobState, Worker
-from conveyor.testing import probe_app
+from tests.apps.probe import probe_app
 from tests.conftest import REDIS_SERVER, free_port
 
 OPENSSL = shutil.which("openssl")

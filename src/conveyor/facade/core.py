@@ -3,10 +3,11 @@ the facade reads.
 
 `Conveyor` (in `conveyor.app`) is put together from the sides in this package: the
 registry (`registry.py`), producers (`producer.py`), the read model and operator
-actions (`operations.py`) and schedules (`scheduling.py`). Each side subclasses
-`AppCore`, so mypy sees every attribute and engine call it makes; none of them imports
-another side except where one calls the other (`scheduling` validates through the
-producer's `build`).
+actions (`operations.py`), schedules (`scheduling.py`) and coordination
+(`coordination.py`). Each side subclasses `AppCore`, so mypy sees every attribute and
+engine call it makes; none of them imports another side except where one calls the
+other (`scheduling` validates through the producer's `build`, registers through the
+registry and stores through coordination).
 """
 
 from __future__ import annotations

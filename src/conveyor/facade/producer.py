@@ -13,6 +13,7 @@ from ..errors import ConfigError, InvalidJob, UnknownTask
 from ..job import (
     MAX_PRIORITY,
     MIN_PRIORITY,
+    EnqueueResult,
     Job,
     JobState,
     NewJob,
@@ -172,6 +173,21 @@ class Producer(AppCore):
             except InvalidJob as exc:
                 raise type(exc)(f"item {index}: {exc}") from exc
         return [stored.job for stored in await self._store(built)]
+
+    async def store_built(self, jobs: Sequence[NewJob]) -> list[EnqueueResult]:
+        """Store jobs made by `build` exactly as they are (ids included), all or none,
+        without reading deduplicated ones back: the scheduler's occurrences, whose fixed
+        ids make a repeat a no-op.
+
+        Returns:
+            The engine's answer per job (id, created, state), in order.
+
+        Raises:
+            EngineUnavailable: the engine cannot be reached.
+        """
+        if not jobs:
+            return []
+        return await (await self.connect()).enqueue(jobs)
 
     async def _store(self, jobs: Sequence[NewJob]) -> list[Enqueued]:
         if not jobs:

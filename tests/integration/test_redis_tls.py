@@ -1,8 +1,11 @@
-"""`rediss://` against a real TLS redis-server (docs/security.md, "Redis with TLS").
+"""`rediss://` against a real TLS redis-server with an ACL user, configured as
+docs/security.md ("Redis with ACLs and TLS") says.
 
 The fixture makes a self-signed certificate with Debian's openssl and starts a
-redis-server that only speaks TLS; the client trusts that certificate through
-`?ssl_ca_certs=`, which Conveyor passes to redis-py untouched.
+redis-server that only speaks TLS, has the default user off, and lets the `conveyor`
+user touch only the default prefix's keys and channels, without @dangerous commands.
+The client trusts the certificate through `?ssl_ca_certs=`, which Conveyor passes to
+redis-py untouched.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ import socket
 import ssl
 import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +26,9 @@ from tests.apps.probe import probe_app
 from tests.conftest import REDIS_SERVER, free_port
 
 OPENSSL = shutil.which("openssl")
+PASSWORD = "long-random-password-for-tests"
+# The ACL of docs/security.md, word for word.
+ACL = ["~{conveyor}*", "~{conveyor:*", "&conveyor:*", "+@all", "-@dangerous", "+info"]
 
 
 @dataclass
@@ -32,8 +37,8 @@ class TlsRedis:
     cert: Path
 
     def url(self, scheme: str = "rediss", **query: str) -> str:
-        params = "&".join(f"{k}={v}" for k, v in {"prefix": uuid.uuid4().hex[:8], **query}.items())
-        return f"{scheme}://127.0.0.1:{self.port}/0?{params}"
+        params = "&".join(f"{k}={v}" for k, v in query.items())
+        return f"{scheme}://conveyor:{PASSWORD}@127.0.0.1:{self.port}/0?{params}"
 
 
 def _answers_tls(port: int, cert: Path) -> bool:
@@ -44,7 +49,7 @@ def _answers_tls(port: int, cert: Path) -> bool:
             context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
         ):
             tls.sendall(b"PING\r\n")
-            return tls.recv(16).startswith(b"+PONG")
+            return bool(tls.recv(64))  # -NOAUTH: the default user is off
     except OSError:
         return False
 
@@ -70,6 +75,7 @@ def tls_redis(tmp_path: Path) -> Iterator[TlsRedis]:
             *("--tls-cert-file", str(cert), "--tls-key-file", str(key)),
             *("--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no"),
             *("--save", "", "--appendonly", "no", "--dir", str(tmp_path)),
+            *("--user", "default", "off", "--user", "conveyor", "on", f">{PASSWORD}", *ACL),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -86,11 +92,14 @@ def tls_redis(tmp_path: Path) -> Iterator[TlsRedis]:
         proc.wait(10)
 
 
-async def test_rediss_url_runs_jobs_over_verified_tls(tls_redis: TlsRedis) -> None:
+async def test_rediss_url_runs_jobs_over_verified_tls_as_an_acl_user(tls_redis: TlsRedis) -> None:
     app = probe_app(tls_redis.url(ssl_ca_certs=str(tls_redis.cert)))
     job = await app.enqueue("probe", {"action": "ok"})
     await Worker(app, queues=("probe",), burst=True).run()
     assert (await app.get_job(job.id)).state == JobState.COMPLETED
+    # Events and their stream went through the ACL too (the API's live updates).
+    events = await app.read_events(["probe"], since={"probe": "0"}, block_ms=0)
+    assert [e.kind for e in events if e.job_id == job.id][-1] == "completed"
     await app.close()
 
 

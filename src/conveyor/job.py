@@ -7,6 +7,7 @@ and turns them back into a `Job` with `decode_job`, so decoding rules and the
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Awaitable, Callable, Mapping
@@ -33,7 +34,8 @@ class JobState(StrEnum):
 ACTIVE_STATES = (JobState.SCHEDULED, JobState.PENDING, JobState.RUNNING)
 FINISHED_STATES = (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED)
 
-QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+# \Z, not $: `$` also matches before a trailing newline, so "emails\n" would pass.
+QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}\Z")
 MIN_PRIORITY, MAX_PRIORITY = -100, 100
 
 
@@ -215,12 +217,30 @@ def encode_payload(payload: Any, limit_bytes: int) -> str:
             f"payload is not JSON-serialisable ({exc}): pass only dicts, lists, strings, "
             "numbers, booleans and None (Conveyor never pickles)"
         ) from exc
+    # orjson writes NaN and ±Infinity as null, which would store a different payload
+    # than the one given. Only a payload with a null can hold one, so the walk is skipped
+    # on the common path.
+    if b"null" in raw and _has_non_finite(payload):
+        raise InvalidPayload(
+            "payload holds NaN or Infinity, which JSON cannot represent: send null, a "
+            "string, or a finite number instead"
+        )
     if len(raw) > limit_bytes:
         raise PayloadTooLarge(
             f"payload is {len(raw)} bytes, over the {limit_bytes}-byte limit: store large "
             "data elsewhere and pass a reference, or raise max_payload_bytes"
         )
     return raw.decode()
+
+
+def _has_non_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_has_non_finite(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(_has_non_finite(v) for v in value)
+    return False
 
 
 def encode_result(result: Any) -> str:

@@ -37,9 +37,10 @@ from hypothesis.stateful import (
 )
 
 from conveyor.clock import FakeClock
-from conveyor.engines import Engine, Exchange, Outcome, QueueLimits, open_engine
+from conveyor.engines import Engine, Exchange, Outcome, open_engine
 from conveyor.errors import ConveyorError
 from conveyor.job import ACTIVE_STATES, FINISHED_STATES, JobState, NewJob
+from conveyor.limits import QueueLimits
 
 pytestmark = pytest.mark.redis
 

@@ -27,6 +27,7 @@ from ..errors import (
     ConfigError,
     ConveyorError,
     EngineUnavailable,
+    InvalidArgument,
     InvalidJob,
     InvalidPayload,
     InvalidState,
@@ -48,6 +49,7 @@ STATUS_BY_ERROR: tuple[tuple[type[ConveyorError], int], ...] = (
     (InvalidState, 409),
     (PayloadTooLarge, 413),
     (InvalidJob, 422),
+    (InvalidArgument, 422),
     (EngineUnavailable, 503),
     (MalformedJob, 500),
     (ConfigError, 500),
@@ -135,6 +137,10 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     404: _doc("No such job (or not visible to this token's tenant)"),
     422: _doc("Invalid request: see `errors` for each field"),
     503: _doc("The engine is unavailable; retry after `Retry-After` seconds"),
+}
+# Operations whose lifecycle rule refuses some states (the message says which).
+STATE_CONFLICT: dict[int | str, dict[str, Any]] = {
+    409: _doc("The operation does not apply to that state (lifecycle's rule)")
 }
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from ... import lifecycle
 from ...job import Job, JobState, queue_of
-from ..base import QueueLimits
+from ...limits import QueueLimits
 from .connection import RedisBase, driver_errors
 
 _BATCH = lifecycle.BULK_BATCH  # jobs per script call for bulk operations: short scripts

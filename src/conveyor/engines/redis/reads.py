@@ -14,7 +14,8 @@ import orjson
 from ... import lifecycle
 from ...errors import InvalidState
 from ...job import Job, JobState, decode_job, queue_of
-from ..base import Event, JobPage, QueueCounts, QueueLimits, Throughput
+from ...limits import QueueLimits
+from ..base import Event, JobPage, QueueCounts, Throughput
 from .connection import RedisBase, driver_errors, with_errors
 
 _TENANT_SCAN_MAX = 5000  # entries a tenant-filtered listing examines per page

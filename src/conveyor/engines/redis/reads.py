@@ -12,7 +12,6 @@ from typing import Any, cast
 import orjson
 
 from ... import lifecycle
-from ...errors import InvalidState
 from ...job import Job, JobState, decode_job, queue_of
 from ...limits import QueueLimits
 from ..base import Event, JobPage, QueueCounts, Throughput
@@ -97,13 +96,17 @@ class RedisReads(RedisBase):
         The cursor is an offset into the state's index. With `tenant`, at most
         `_TENANT_SCAN_MAX` entries are examined per page, so a page may hold fewer than
         `limit` jobs and still have a cursor.
+
+        Raises:
+            ValueError: `cursor` is not one this engine handed out (as on SQLite; the
+                app turns it into `InvalidArgument`).
         """
         zkey = self._keys.queue(queue).by_state(state.value)
         desc = state not in (JobState.PENDING, JobState.SCHEDULED)
         try:
             start = int(cursor) if cursor else 0
         except ValueError:
-            raise InvalidState(f"cursor {cursor!r} is not one this engine returned") from None
+            raise ValueError(f"cursor {cursor!r} is not one this engine returned") from None
         if limit <= 0:
             return JobPage([], cursor)
         if state is JobState.PENDING:

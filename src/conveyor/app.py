@@ -86,6 +86,9 @@ class Conveyor:
     ) -> None:
         check_queue(default_queue)
         self._url = url
+        # Kept apart from `_url` so the CLI can apply "flag, then environment, then the
+        # URL in code, then the default" and say when a flag overrides the code.
+        self.url_in_code = url
         self.default_queue = default_queue
         self._max_payload_bytes = max_payload_bytes
         self.clock = clock or Clock()

@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 
 from ..app import Conveyor
-from ..settings import Settings, redact
-from .common import cli, console, friendly, load_app, setup_logging
+from ..settings import Settings
+from .common import bind_app, cli, console, friendly, load_app, setup_logging
 
 
 @cli.command("api")
@@ -71,7 +71,7 @@ def api_command(
     tokens = Tokens.load(settings, tokens_file)
     check_exposure(settings.api_host, tokens, insecure=insecure)
     app = load_app(target)
-    app.configure(url=settings.url, max_payload_bytes=settings.max_payload_bytes)
+    engine_url = bind_app(app, settings, url)
     api = create_api(app, tokens=tokens, metrics_prefix=settings.metrics_prefix, owns_app=True)
     auth = (
         f"{'admin' if tokens.admin else 'no admin'} token, {len(tokens.tenants)} tenant token(s)"
@@ -79,8 +79,7 @@ def api_command(
         else "NO AUTH"
     )
     console.print(
-        f"api on http://{settings.api_host}:{settings.api_port} engine={redact(settings.url)} "
-        f"auth: {auth}",
+        f"api on http://{settings.api_host}:{settings.api_port} engine={engine_url} auth: {auth}",
         highlight=False,
     )
     serve(api, host=settings.api_host, port=settings.api_port, log_level=settings.log_level)

@@ -18,6 +18,7 @@ from rich.markup import escape
 
 from ..app import Conveyor
 from ..errors import ConfigError, ConveyorError
+from ..settings import Settings, redact, url_source
 
 cli = typer.Typer(
     name="conveyor",
@@ -92,6 +93,30 @@ def load_app(target: str | None) -> Conveyor:
     if not isinstance(app, Conveyor):
         raise ConfigError(f"{target!r} is not a Conveyor app (found {type(app).__name__})")
     return app
+
+
+def bind_app(app: Conveyor, settings: Settings, url_flag: str | None) -> str:
+    """Point `app` at its engine: the `--url` flag, then the environment (`CONVEYOR_URL`,
+    `REDIS_URL`), then the URL given in code (`Conveyor("redis://...")`), then the
+    default SQLite file; apply the payload limit too.
+
+    Args:
+        app: the loaded app.
+        settings: the process's settings (their `url` holds flag, environment or default).
+        url_flag: the `--url` flag as given, `None` when absent.
+
+    Returns:
+        The engine URL for the start-up line, redacted, with where it came from when a
+        flag or the environment overrides the URL in code, e.g.
+        `"sqlite:///x.db (--url overrides redis://127.0.0.1:6379/0 in the app's code)"`.
+    """
+    source = url_source(url_flag)
+    code = app.url_in_code
+    url = settings.url if source is not None or code is None else code
+    app.configure(url=url, max_payload_bytes=settings.max_payload_bytes)
+    if source is not None and code is not None and code != url:
+        return f"{redact(url)} ({source} overrides {redact(code)} in the app's code)"
+    return redact(url)
 
 
 class JsonFormatter(logging.Formatter):

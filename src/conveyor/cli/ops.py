@@ -35,7 +35,7 @@ from ..errors import ConfigError, InvalidPayload
 from ..job import Job, JobState
 from ..settings import Settings
 from ..status import format_duration, parse_duration, queue_overview, status_document
-from .common import cli, console, err_console, fail, friendly, run_async
+from .common import bind_app, cli, console, err_console, fail, friendly, load_app, run_async
 
 T = TypeVar("T")
 
@@ -51,13 +51,17 @@ JobIdArg = Annotated[str, typer.Argument(help="job id, as `conveyor jobs` prints
 
 
 # --- shared helpers ------------------------------------------------------------------------
-def operate(url: str | None, action: Callable[[Conveyor], Awaitable[T]]) -> T:
+def operate(
+    url: str | None, action: Callable[[Conveyor], Awaitable[T]], *, target: str | None = None
+) -> T:
     """Run `action` against the engine named by `url` (or the environment), then close.
 
     Args:
         url: the `--url` flag; `None` falls back to `CONVEYOR_URL`, `REDIS_URL`, then
-            the embedded SQLite file.
+            the URL in the code of the app `target` (if given), then the embedded
+            SQLite file.
         action: what to do with the connected app.
+        target: the user's app as `MODULE:ATTR`, for commands that use its tasks.
 
     Returns:
         What `action` returned.
@@ -67,7 +71,8 @@ def operate(url: str | None, action: Callable[[Conveyor], Awaitable[T]]) -> T:
             one line, exit code 2.
     """
     settings = Settings.load(url=url)
-    app = Conveyor(settings.url, max_payload_bytes=settings.max_payload_bytes)
+    app = load_app(target) if target else Conveyor()
+    bind_app(app, settings, url)
 
     async def run() -> T:
         try:

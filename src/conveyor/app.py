@@ -14,13 +14,14 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar, overload
 
 import orjson
+from pydantic import BaseModel
 
 from . import backoff as backoff_mod
 from .breaker import CircuitBreaker
 from .clock import Clock
 from .engines import Engine, Event, JobPage, QueueCounts, QueueLimits, open_engine
 from .engines.base import LeaseInfo
-from .errors import ConfigError, InvalidJob, UnknownTask
+from .errors import ConfigError, InvalidJob, InvalidPayload, UnknownTask
 from .job import (
     MAX_PRIORITY,
     MIN_PRIORITY,
@@ -31,6 +32,7 @@ from .job import (
     encode_payload,
     new_job_id,
 )
+from .payloads import payload_json, payload_model
 from .schedules import (
     LEADER_LEASE,
     ScheduleInfo,
@@ -49,6 +51,7 @@ F = TypeVar("F", bound=Hook)
 G = TypeVar("G", bound=JobHook)
 JOB_HOOK_KINDS = ("started", "completed", "failed", "retried", "released", "deferred")
 R = TypeVar("R")
+Payload = Mapping[str, Any] | BaseModel | None
 _ENQUEUE_OPTIONS = frozenset(
     {
         "queue",
@@ -180,6 +183,7 @@ class Conveyor:
         max_attempts: int = 3,
         backoff: backoff_mod.BackoffLike = None,
         timeout: float | None = None,
+        payload: type[BaseModel] | None = None,
     ) -> Callable[[H], H]:
         """Register a handler as a task.
 
@@ -190,6 +194,9 @@ class Conveyor:
             backoff: delays between attempts: `[1, 5, 30]`, a number, `"exponential"`,
                 or a policy from `conveyor.backoff`.
             timeout: seconds an attempt may run; over it the attempt fails.
+            payload: a pydantic model the payload must fit (also found from a
+                `job: Job[Model]` annotation); the handler gets `job.payload` as an
+                instance of it. See `conveyor.payloads`.
 
         Raises:
             ConfigError: an option is invalid or the name is already registered.
@@ -203,7 +210,10 @@ class Conveyor:
             task_name = name or f"{fn.__module__}.{fn.__qualname__}"
             if task_name in self.tasks and self.tasks[task_name].fn is not fn:
                 raise ConfigError(f"task {task_name!r} is registered twice: pick another name")
-            self.tasks[task_name] = Task(task_name, fn, queue, max_attempts, policy, timeout)
+            model = payload_model(fn, payload, Job)
+            self.tasks[task_name] = Task(
+                task_name, fn, queue, max_attempts, policy, timeout, payload_model=model
+            )
             return fn
 
         return register
@@ -347,7 +357,7 @@ class Conveyor:
         return register
 
     # --- producers -------------------------------------------------------------------
-    def build(self, task: str, payload: Mapping[str, Any] | None = None, **options: Any) -> NewJob:
+    def build(self, task: str, payload: Payload = None, **options: Any) -> NewJob:
         """Validate and encode one job without storing it (used by enqueue and outbox).
 
         Raises:
@@ -392,13 +402,16 @@ class Conveyor:
             except ConfigError as exc:
                 raise InvalidJob(str(exc)) from exc
         delay_ms, run_at_ms = _due(options.get("delay"), options.get("run_at"))
+        model = registered.payload_model if registered else None
         tenant = _check_label("tenant", options.get("tenant"), 128)
         dedupe_key = _check_label("dedupe_key", options.get("dedupe_key"), 512)
         return NewJob(
             id=new_job_id(queue),
             queue=queue,
             task=task,
-            payload_json=encode_payload({} if payload is None else payload, self.max_payload_bytes),
+            payload_json=encode_payload(
+                {} if payload is None else payload_json(payload, model), self.max_payload_bytes
+            ),
             max_attempts=max_attempts,
             priority=priority,
             tenant=tenant,
@@ -409,14 +422,12 @@ class Conveyor:
             run_at_ms=run_at_ms,
         )
 
-    async def enqueue(
-        self, task: str, payload: Mapping[str, Any] | None = None, **options: Any
-    ) -> Job:
+    async def enqueue(self, task: str, payload: Payload = None, **options: Any) -> Job:
         """Enqueue one job. Once this returns, the job is stored durably.
 
         Args:
             task: registered task name (or any name, with `queue=`).
-            payload: a JSON object.
+            payload: a JSON object, or an instance of the task's payload model.
             **options: queue, delay (seconds or timedelta), run_at (datetime),
                 priority (-100..100, higher first), dedupe_key, tenant,
                 max_attempts, backoff, timeout.
@@ -445,6 +456,8 @@ class Conveyor:
             payload = spec.pop("payload", None)
             try:
                 built.append(self.build(task, payload, **spec))
+            except InvalidPayload as exc:
+                raise InvalidPayload(f"item {index}: {exc}", fields=exc.fields) from exc
             except InvalidJob as exc:
                 raise type(exc)(f"item {index}: {exc}") from exc
         return await self._store(built)
@@ -485,9 +498,7 @@ class Conveyor:
             )
         return out
 
-    def enqueue_sync(
-        self, task: str, payload: Mapping[str, Any] | None = None, **options: Any
-    ) -> Job:
+    def enqueue_sync(self, task: str, payload: Payload = None, **options: Any) -> Job:
         """`enqueue` for synchronous code (Flask, Django, scripts). Thread-safe."""
         return self._bridge().run(lambda app: app.enqueue(task, payload, **options))
 

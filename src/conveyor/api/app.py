@@ -16,6 +16,7 @@ from .errors import install_error_handlers
 from .live import DEFAULT_BUFFER, EventHub
 from .metrics import ApiMetrics, HttpMetricsMiddleware
 from .state import ApiState
+from .task_schemas import install_task_schemas
 
 if TYPE_CHECKING:
     from ..app import Conveyor
@@ -109,5 +110,6 @@ def create_api(
     # The web dashboard at /dashboard: a client of the routes above, same tokens.
     api.include_router(dashboard_router())
     install_error_handlers(api)
+    install_task_schemas(api, app)
     api.add_middleware(HttpMetricsMiddleware, metrics=metrics)
     return api

@@ -57,8 +57,10 @@ def api_command(
     from ..api import Tokens, check_exposure, create_api, openapi_json, serve
 
     if print_openapi or write_openapi:
-        # The schema depends on no app, setting or engine, so it is the same everywhere.
-        text = openapi_json(create_api(Conveyor("memory://"), tokens=Tokens(), metrics_prefix=""))
+        # The schema depends on no setting or engine; only the app's typed tasks add their
+        # payload schemas (without an app it is docs/openapi.json).
+        bare = load_app(target) if target else Conveyor("memory://")
+        text = openapi_json(create_api(bare, tokens=Tokens(), metrics_prefix=""))
         if write_openapi:
             write_openapi.write_text(text, encoding="utf-8")
         else:

@@ -34,10 +34,18 @@ import orjson
 
 from .. import backoff as backoff_mod
 from ..engines import Engine, Outcome, QueueCounts, QueueLimits
-from ..errors import EngineUnavailable, RateLimited, Retry, Unrecoverable
+from ..errors import (
+    EngineUnavailable,
+    InvalidPayload,
+    InvalidResult,
+    RateLimited,
+    Retry,
+    Unrecoverable,
+)
 from ..health import build_health_app
 from ..job import AttemptError, Job, JobState, encode_result
 from ..metrics import Metrics
+from ..payloads import decode_payload
 from ..serving import EmbeddedServer
 from ..task import Task
 
@@ -511,6 +519,12 @@ class Worker:
                 "registers it, then retry the job",
                 final=True,
             )
+        if task.payload_model is not None:
+            try:
+                model: Any = decode_payload(job.payload, task.payload_model)
+            except InvalidPayload as exc:  # enqueued without the model: never fits
+                return self._error(job, "InvalidPayload", str(exc), final=True)
+            job.payload = model  # the handler (and the hooks after it) see the model
         timeout = job.timeout if job.timeout is not None else task.timeout
         deadline: asyncio.Timeout | None = None
         try:
@@ -548,7 +562,11 @@ class Worker:
             return self._exception(job)
         except Exception:
             return self._exception(job)
-        return Outcome(job.id, token, "complete", result_json=encode_result(result))
+        try:
+            result_json = encode_result(result)
+        except InvalidResult as exc:  # a failed attempt: the job's error says why
+            return self._error(job, "InvalidResult", str(exc))
+        return Outcome(job.id, token, "complete", result_json=result_json)
 
     async def _call(self, task: Task, job: Job) -> Any:
         """Run the handler: coroutines on the loop, plain functions in the thread pool."""

@@ -33,6 +33,7 @@ from .job import (
     new_job_id,
 )
 from .payloads import payload_json, payload_model
+from .results import ResultWaiter, outcome
 from .schedules import (
     LEADER_LEASE,
     ScheduleInfo,
@@ -100,6 +101,8 @@ class Conveyor:
         self._connected = False
         self._connect_lock: asyncio.Lock | None = None
         self._sync: _SyncBridge | None = None
+        self._results: ResultWaiter | None = None
+        self._sync_owner: Conveyor | None = None  # set on the sync bridge's private app
         self.startup_hooks: list[Hook] = []
         self.shutdown_hooks: list[Hook] = []
         self.job_hooks: dict[str, list[JobHook]] = {}
@@ -158,6 +161,9 @@ class Conveyor:
 
     async def close(self) -> None:
         """Close the engine's connections (and the sync bridge's)."""
+        if self._results is not None:
+            await self._results.close()
+            self._results = None
         if self._engine is not None:
             await self._engine.close()
         self._engine = None
@@ -471,29 +477,31 @@ class Conveyor:
         out = []
         for new, res in zip(jobs, results, strict=True):
             if not res.created:
-                out.append(await engine.get_job(res.id))
+                out.append(self._own(await engine.get_job(res.id)))
                 continue
             out.append(
-                Job(
-                    id=res.id,
-                    queue=new.queue,
-                    task=new.task,
-                    payload=orjson.loads(new.payload_json),
-                    state=res.state,
-                    max_attempts=new.max_attempts,
-                    priority=new.priority,
-                    tenant=new.tenant,
-                    dedupe_key=new.dedupe_key,
-                    timeout=new.timeout,
-                    backoff=orjson.loads(new.backoff_json) if new.backoff_json else None,
-                    created_at=now,
-                    scheduled_at=(
-                        new.run_at_ms / 1000
-                        if new.run_at_ms is not None
-                        else now + new.delay_ms / 1000
+                self._own(
+                    Job(
+                        id=res.id,
+                        queue=new.queue,
+                        task=new.task,
+                        payload=orjson.loads(new.payload_json),
+                        state=res.state,
+                        max_attempts=new.max_attempts,
+                        priority=new.priority,
+                        tenant=new.tenant,
+                        dedupe_key=new.dedupe_key,
+                        timeout=new.timeout,
+                        backoff=orjson.loads(new.backoff_json) if new.backoff_json else None,
+                        created_at=now,
+                        scheduled_at=(
+                            new.run_at_ms / 1000
+                            if new.run_at_ms is not None
+                            else now + new.delay_ms / 1000
+                        )
+                        if res.state == JobState.SCHEDULED
+                        else None,
                     )
-                    if res.state == JobState.SCHEDULED
-                    else None,
                 )
             )
         return out
@@ -511,6 +519,46 @@ class Conveyor:
         """`get_job` for synchronous code."""
         return self._bridge().run(lambda app: app.get_job(job_id))
 
+    async def wait(self, job_id: str, timeout: float | None = None) -> Any:
+        """Wait for job `job_id` to finish and return its result (what the handler
+        returned, as stored JSON). Driven by the engine's events: one shared reader per
+        app, however many callers wait.
+
+        Args:
+            job_id: the job's id.
+            timeout: seconds to wait at most; `None` waits as long as it takes.
+
+        Returns:
+            The job's result.
+
+        Raises:
+            JobFailed: the job failed; carries the last error and its traceback.
+            JobCancelled: the job was cancelled.
+            TimeoutError: it is not finished after `timeout` seconds.
+            JobNotFound: no job has that id.
+        """
+        return outcome(await self.wait_for_job(job_id, timeout))
+
+    async def wait_for_job(self, job_id: str, timeout: float | None = None) -> Job:
+        """Like `wait`, but return the finished job whatever its state (no JobFailed).
+
+        Raises:
+            TimeoutError: it is not finished after `timeout` seconds.
+            JobNotFound: no job has that id.
+        """
+        if self._results is None:
+            self._results = ResultWaiter(self)
+        return self._own(await self._results.wait(job_id, timeout))
+
+    def wait_sync(self, job_id: str, timeout: float | None = None) -> Any:
+        """`wait` for synchronous code (Flask, Django, scripts)."""
+        return self._bridge().run(lambda app: app.wait(job_id, timeout))
+
+    def _own(self, job: Job) -> Job:
+        """Let `job.wait()` find this app (the caller's app, not the sync bridge's)."""
+        job._app = self._sync_owner or self
+        return job
+
     def _bridge(self) -> _SyncBridge:
         if self._sync is None:
             self._sync = _SyncBridge(self)
@@ -519,7 +567,7 @@ class Conveyor:
     # --- read model and operations (shared by CLI, API, dashboard) ---------------------
     async def get_job(self, job_id: str) -> Job:
         """The job with every attempt's error. Raises `JobNotFound`."""
-        return await (await self.connect()).get_job(job_id)
+        return self._own(await (await self.connect()).get_job(job_id))
 
     async def queue_names(self) -> list[str]:
         return await (await self.connect()).queue_names()
@@ -881,6 +929,7 @@ class _SyncBridge:
             clock=app.clock,
         )
         self._app.tasks = app.tasks
+        self._app._sync_owner = app
 
     def run(self, call: Callable[[Conveyor], Coroutine[Any, Any, R]]) -> R:
         try:

@@ -17,7 +17,7 @@ from typing import Any, Generic
 import orjson
 from typing_extensions import TypeVar
 
-from .errors import InvalidPayload, MalformedJob, PayloadTooLarge
+from .errors import ConfigError, InvalidPayload, MalformedJob, PayloadTooLarge
 from .payloads import result_json, strict_dumps
 
 
@@ -110,6 +110,7 @@ class Job(Generic[P]):
     worker: str | None = None
     decode_error: str | None = None  # set by the engine when stored data was malformed
     _reporter: ProgressReporter | None = field(default=None, repr=False)
+    _app: Any = field(default=None, repr=False)  # the Conveyor that returned it, for wait()
 
     @property
     def last_error(self) -> AttemptError | None:
@@ -125,6 +126,35 @@ class Job(Generic[P]):
         self.progress_value = value
         if self._reporter is not None:
             await self._reporter(self, value)
+
+    async def wait(self, timeout: float | None = None) -> Any:
+        """Wait until the job is finished and return its result (`app.wait`).
+
+        Args:
+            timeout: seconds to wait at most; `None` waits as long as it takes.
+
+        Returns:
+            What the handler returned, as stored (JSON).
+
+        Raises:
+            JobFailed: the job failed; carries the last error and its traceback text.
+            JobCancelled: the job was cancelled.
+            TimeoutError: it is not finished after `timeout` seconds.
+            ConfigError: this job object did not come from an app (use `app.wait(id)`).
+        """
+        return await self._owner().wait(self.id, timeout)
+
+    def wait_sync(self, timeout: float | None = None) -> Any:
+        """`wait` for synchronous code; same returns and errors."""
+        return self._owner().wait_sync(self.id, timeout)
+
+    def _owner(self) -> Any:
+        if self._app is None:
+            raise ConfigError(
+                f"job {self.id} was not returned by an app's enqueue or get_job: "
+                "call `await app.wait(job_id)` instead"
+            )
+        return self._app
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready view (CLI, HTTP API)."""

@@ -1,8 +1,10 @@
-"""Issue 14 item 2 over HTTP: a typed task's invalid payload is a 422 naming the field,
-and the OpenAPI document shows each typed task's payload schema."""
+"""Issue 14 over HTTP: a typed task's invalid payload is a 422 naming the field, the
+OpenAPI document shows each typed task's payload schema (item 2), and
+`GET /jobs/{id}?wait=N` answers as soon as the job is finished (item 1)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -12,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from conveyor import Worker
 from conveyor.api import Tokens, create_api
 from tests.acceptance.test_api import ApiServer
 from tests.apps.typed import Email, build
@@ -71,3 +74,28 @@ def test_print_openapi_documents_the_apps_typed_tasks(tmp_path: Path) -> None:
         check=True,
     )
     assert "Email" in json.loads(out.stdout)["components"]["schemas"]
+
+
+async def test_get_job_with_wait_answers_when_the_job_finishes(
+    server: ApiServer, sqlite_url: str
+) -> None:
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+        made = await client.post(
+            "/jobs", json={"task": "email.send", "payload": {"to": "a@b.c", "subject": "s"}}
+        )
+        job_id = made.json()["id"]
+        short = await client.get(f"/jobs/{job_id}", params={"wait": 0.2})
+        assert short.status_code == 200 and short.json()["state"] == "pending"
+        poll = asyncio.create_task(client.get(f"/jobs/{job_id}", params={"wait": 20}))
+        await asyncio.sleep(0)  # the request is out before the worker runs
+        worker_app = build(sqlite_url)
+        await asyncio.wait_for(
+            Worker(worker_app, queues=("mail",), burst=True, health_port=0).run(), 30
+        )
+        await worker_app.close()
+        answer = await poll
+        assert answer.status_code == 200
+        assert answer.json()["state"] == "completed"
+        assert answer.json()["result"] == {"message_id": "m-a@b.c"}
+        too_long = await client.get(f"/jobs/{job_id}", params={"wait": 61})
+        assert too_long.status_code == 422

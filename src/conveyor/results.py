@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("conveyor.results")
 
 FINAL_EVENTS = frozenset({"completed", "failed", "cancelled"})
-READ_BLOCK_MS = 5_000  # one blocking read at a time; callers' timeouts are their own
+READ_BLOCK_MS = 1_000  # as app.events: bounds how long close() waits for a Redis read
 RETRY_AFTER_S = 0.5  # engine trouble: the reader retries (waiters keep their timeouts)
 # Each waiter's first look (pin the queue, read the job) takes one of these lanes: a
 # client library opens a connection per concurrent command, so a thousand waiters

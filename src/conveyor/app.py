@@ -11,7 +11,7 @@ import threading
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from datetime import datetime, timedelta
-from typing import Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import orjson
 from pydantic import BaseModel
@@ -44,6 +44,9 @@ from .schedules import (
 )
 from .settings import Settings
 from .task import Handler, Task
+
+if TYPE_CHECKING:
+    from .harness import TestHarness
 
 H = TypeVar("H", bound=Handler)
 Hook = Callable[[], Any]  # sync or async, no arguments
@@ -651,6 +654,18 @@ class Conveyor:
             for event in batch:
                 cursor[event.queue] = event.id
                 yield event
+
+    def testing(self, **options: Any) -> TestHarness:
+        """A test harness: `async with app.testing() as t: ...; await t.run_until_idle()`
+        runs this app's tasks on a private `memory://` engine with a fake clock, in this
+        process (see `conveyor.harness`).
+
+        Args:
+            **options: `start` (fake clock start, epoch seconds), `concurrency`.
+        """
+        from .harness import TestHarness
+
+        return TestHarness(self, **options)
 
     def asgi(self, **options: Any) -> Any:
         """The HTTP API for this app as an ASGI application (a FastAPI instance), to mount

@@ -24,10 +24,33 @@ its subclass `BreakerOpen` (raised by an open circuit breaker, `conveyor.breaker
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from .job import Job
+
+class _AttemptError(Protocol):
+    @property
+    def type(self) -> str: ...
+    @property
+    def message(self) -> str: ...
+    @property
+    def traceback(self) -> str | None: ...
+
+
+class FinishedJob(Protocol):
+    """What `JobFailed` / `JobCancelled` carry: a `conveyor.Job` (described here, not
+    imported, because `conveyor.job` builds on this module)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def task(self) -> str: ...
+    @property
+    def attempt(self) -> int: ...
+    @property
+    def errors(self) -> Sequence[_AttemptError]: ...
+    @property
+    def last_error(self) -> _AttemptError | None: ...
 
 
 class ConveyorError(Exception):
@@ -89,7 +112,7 @@ class JobFailed(ConveyorError):
         traceback: the last attempt's traceback text, when it raised.
     """
 
-    def __init__(self, job: Job) -> None:
+    def __init__(self, job: FinishedJob) -> None:
         last = job.last_error
         self.job = job
         self.error_type = last.type if last else "Error"
@@ -108,7 +131,7 @@ class JobCancelled(ConveyorError):
         job: the cancelled job.
     """
 
-    def __init__(self, job: Job) -> None:
+    def __init__(self, job: FinishedJob) -> None:
         self.job = job
         super().__init__(f"job {job.id} ({job.task}) was cancelled")
 

@@ -24,13 +24,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import EngineUnavailable, JobCancelled, JobFailed
 from .job import FINISHED_STATES, Job, JobState, queue_of
 
 if TYPE_CHECKING:
-    from .app import Conveyor
+    from .engines import Engine
+
+
+class _App(Protocol):
+    """The app, as far as waiting needs it (the facade builds on this module)."""
+
+    async def connect(self) -> Engine: ...
+
 
 log = logging.getLogger("conveyor.results")
 
@@ -50,7 +57,7 @@ class ResultWaiter:
         app: the app whose engine is read.
     """
 
-    def __init__(self, app: Conveyor) -> None:
+    def __init__(self, app: _App) -> None:
         self._app = app
         self._waiters: dict[str, list[asyncio.Future[Job]]] = {}
         self._per_queue: dict[str, int] = {}  # queue -> waiters on it

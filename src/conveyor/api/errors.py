@@ -136,6 +136,10 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     422: _doc("Invalid request: see `errors` for each field"),
     503: _doc("The engine is unavailable; retry after `Retry-After` seconds"),
 }
+# Operations whose lifecycle rule refuses some states (the message says which).
+STATE_CONFLICT: dict[int | str, dict[str, Any]] = {
+    409: _doc("The operation does not apply to that state (lifecycle's rule)")
+}
 
 
 def json_response(

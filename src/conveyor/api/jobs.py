@@ -92,13 +92,11 @@ async def enqueue(
         # Dedupe keys are per queue, and queues are shared by tenants: unscoped, tenant
         # B's key would hand back (and so reveal) tenant A's job.
         options["dedupe_key"] = f"tenant:{principal.tenant}:{body.dedupe_key}"
-    # Validation and encoding happen once, in the facade. The engine is called directly
-    # because its reply says whether the job is new (201) or deduplicated (200), which
-    # `app.enqueue` does not expose; the stored job is then read back through the facade.
+    # Validation and encoding happen once, in the facade; `enqueue_built` says whether
+    # the job is new (201) or deduplicated (200).
     new = app.build(body.task, body.payload, **{k: v for k, v in options.items() if v is not None})
-    engine = await app.connect()
-    (result,) = await engine.enqueue([new])
-    job = await app.get_job(result.id)
+    result = await app.enqueue_built(new)
+    job = result.job
     replayed = not result.created and idempotency_key is not None
     if replayed and (job.task, job.queue, job.tenant, job.payload) != (
         new.task,

@@ -55,6 +55,7 @@ def api_command(
 ) -> None:
     """Serve the HTTP API and WebSocket live updates."""
     from ..api import Tokens, check_exposure, create_api, openapi_json, serve
+    from ..web import create_web_app
 
     if print_openapi or write_openapi:
         # The schema depends on no setting or engine; only the app's typed tasks add their
@@ -74,7 +75,7 @@ def api_command(
     check_exposure(settings.api_host, tokens, insecure=insecure)
     app = load_app(target)
     engine_url = bind_app(app, settings, url)
-    api = create_api(app, tokens=tokens, metrics_prefix=settings.metrics_prefix, owns_app=True)
+    api = create_web_app(app, tokens=tokens, metrics_prefix=settings.metrics_prefix, owns_app=True)
     auth = (
         f"{'admin' if tokens.admin else 'no admin'} token, {len(tokens.tenants)} tenant token(s)"
         if tokens.enabled

@@ -10,7 +10,7 @@ from typing import Annotated, Protocol
 import typer
 
 from ..app import Conveyor
-from ..engines import QueueLimits
+from ..limits import QueueLimits
 from ..settings import Settings
 from ..worker import Worker
 from .common import bind_app, cli, console, friendly, load_app, run_async, setup_logging

@@ -25,6 +25,7 @@ from ..results import ResultWaiter
 from ..schedules import ScheduleSpec
 from ..settings import Settings
 from ..task import Task
+from ..tracing import Tracing
 from .checks import check_queue
 from .sync import SyncBridge
 
@@ -66,6 +67,8 @@ class AppCore:
         self._connect_lock: asyncio.Lock | None = None
         self._sync: SyncBridge[Self] | None = None
         self._results: ResultWaiter | None = None  # made by the first `wait`
+        # Set by `conveyor.otel.instrument(app)`; None: no tracing (`conveyor.tracing`).
+        self.tracing: Tracing | None = None
         self._sync_owner: AppCore | None = None  # set on the sync bridge's private app
         self.startup_hooks: list[Hook] = []
         self.shutdown_hooks: list[Hook] = []

@@ -22,6 +22,7 @@ from ..job import (
 )
 from ..payloads import payload_json
 from ..results import ResultWaiter, outcome
+from ..tracing import TRACE_KEY
 from .checks import check_attempts, check_label, check_queue, check_timeout, due
 from .core import AppCore
 
@@ -108,13 +109,17 @@ class Producer(AppCore):
         model = registered.payload_model if registered else None
         tenant = check_label("tenant", options.get("tenant"), 128)
         dedupe_key = check_label("dedupe_key", options.get("dedupe_key"), 512)
+        body = {} if payload is None else payload_json(payload, model)
+        job_id = new_job_id(queue)
+        if self.tracing is not None:
+            carrier = self.tracing.enqueued(task, queue, job_id)
+            if carrier and isinstance(body, dict):
+                body = {**body, TRACE_KEY: carrier}
         return NewJob(
-            id=new_job_id(queue),
+            id=job_id,
             queue=queue,
             task=task,
-            payload_json=encode_payload(
-                {} if payload is None else payload_json(payload, model), self.max_payload_bytes
-            ),
+            payload_json=encode_payload(body, self.max_payload_bytes),
             max_attempts=max_attempts,
             priority=priority,
             tenant=tenant,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import contextvars
 import inspect
 import logging
 import os
@@ -49,6 +50,7 @@ from ..metrics import Metrics
 from ..payloads import decode_payload
 from ..serving import EmbeddedServer
 from ..task import Task
+from ..tracing import take_carrier, traced
 
 if TYPE_CHECKING:
     from ..app import Conveyor
@@ -457,12 +459,17 @@ class Worker:
     async def _execute(self, job: Job) -> None:
         outcome: Outcome
         hooks = self.app.job_hooks
+        carrier = take_carrier(job)  # even untraced: the handler never sees it
         if hooks:
             await self._fire("started", job)
         started = self.app.clock.monotonic()
         began = time.perf_counter()  # real time for the prefetch estimate, whatever the clock
+        tracing = self.app.tracing
         try:
-            outcome = await self._outcome(job)
+            if tracing is None:
+                outcome = await self._outcome(job)
+            else:
+                outcome = await traced(tracing, job, carrier, self._outcome)
         except asyncio.CancelledError:
             if not self._releasing:  # lease lost: the job is someone else's now
                 self._running.pop(job.id, None)
@@ -558,7 +565,12 @@ class Worker:
         """Run the handler: coroutines on the loop, plain functions in the thread pool."""
         if task.is_async:
             return await task.fn(job)
-        return await asyncio.get_running_loop().run_in_executor(self._pool, task.fn, job)
+        loop = asyncio.get_running_loop()
+        if self.app.tracing is not None:  # the attempt's span is current in the thread too
+            return await loop.run_in_executor(
+                self._pool, contextvars.copy_context().run, task.fn, job
+            )
+        return await loop.run_in_executor(self._pool, task.fn, job)
 
     def _exception(self, job: Job) -> Outcome:
         import sys

@@ -125,3 +125,27 @@ def test_api_dev_and_scheduler_use_the_url_in_code(
     args = [a.replace("{port}", str(free_port())) for a in command]
     line = _first_line([*args, "--url", f"sqlite:///{other}"], _env(coded), marker)
     assert f"sqlite:///{other} (--url overrides sqlite:///{coded} in the app's code)" in line
+
+
+def test_operations_given_an_app_use_its_url_unless_overridden(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`operate(..., app=)` (what an operations command given `--app` calls) follows the
+    same precedence: flag, environment, the URL in the app's code, the default."""
+    from conveyor.cli.ops import operate
+
+    coded, env_db = tmp_path / "coded.db", tmp_path / "env.db"
+    seen: list[str] = []
+
+    async def url_of(app: Conveyor) -> None:
+        seen.append(app.url)
+
+    operate(None, url_of, app=Conveyor(f"sqlite:///{coded}"))
+    monkeypatch.setenv("CONVEYOR_URL", f"sqlite:///{env_db}")
+    operate(None, url_of, app=Conveyor(f"sqlite:///{coded}"))
+    operate(f"sqlite:///{tmp_path / 'flag.db'}", url_of, app=Conveyor(f"sqlite:///{coded}"))
+    assert seen == [
+        f"sqlite:///{coded}",
+        f"sqlite:///{env_db}",
+        f"sqlite:///{tmp_path / 'flag.db'}",
+    ]

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from ..app import Conveyor
-from ..settings import Settings
+from ..settings import Settings, redact
 from .common import bind_app, cli, console, friendly, load_app, setup_logging
 
 
@@ -74,7 +74,7 @@ def api_command(
     tokens = Tokens.load(settings, tokens_file)
     check_exposure(settings.api_host, tokens, insecure=insecure)
     app = load_app(target)
-    engine_url = bind_app(app, settings, url)
+    overridden = bind_app(app, settings, url)
     api = create_web_app(app, tokens=tokens, metrics_prefix=settings.metrics_prefix, owns_app=True)
     auth = (
         f"{'admin' if tokens.admin else 'no admin'} token, {len(tokens.tenants)} tenant token(s)"
@@ -82,7 +82,8 @@ def api_command(
         else "NO AUTH"
     )
     console.print(
-        f"api on http://{settings.api_host}:{settings.api_port} engine={engine_url} auth: {auth}",
+        f"api on http://{settings.api_host}:{settings.api_port} "
+        f"engine={redact(app.url)}{overridden} auth: {auth}",
         highlight=False,
     )
     serve(api, host=settings.api_host, port=settings.api_port, log_level=settings.log_level)

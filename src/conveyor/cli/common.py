@@ -98,7 +98,8 @@ def load_app(target: str | None) -> Conveyor:
 def bind_app(app: Conveyor, settings: Settings, url_flag: str | None) -> str:
     """Point `app` at its engine: the `--url` flag, then the environment (`CONVEYOR_URL`,
     `REDIS_URL`), then the URL given in code (`Conveyor("redis://...")`), then the
-    default SQLite file; apply the payload limit too.
+    default SQLite file; apply the payload limit too. Start-up lines print `app.url`
+    after this, never `settings.url` (which does not know the URL in code).
 
     Args:
         app: the loaded app.
@@ -106,17 +107,17 @@ def bind_app(app: Conveyor, settings: Settings, url_flag: str | None) -> str:
         url_flag: the `--url` flag as given, `None` when absent.
 
     Returns:
-        The engine URL for the start-up line, redacted, with where it came from when a
-        flag or the environment overrides the URL in code, e.g.
-        `"sqlite:///x.db (--url overrides redis://127.0.0.1:6379/0 in the app's code)"`.
+        What the start-up line adds after the URL: `""`, or, when a flag or the
+        environment overrides the URL in code, e.g.
+        `" (--url overrides redis://127.0.0.1:6379/0 in the app's code)"`.
     """
     source = url_source(url_flag)
     code = app.url_in_code
     url = settings.url if source is not None or code is None else code
     app.configure(url=url, max_payload_bytes=settings.max_payload_bytes)
     if source is not None and code is not None and code != url:
-        return f"{redact(url)} ({source} overrides {redact(code)} in the app's code)"
-    return redact(url)
+        return f" ({source} overrides {redact(code)} in the app's code)"
+    return ""
 
 
 class JsonFormatter(logging.Formatter):

@@ -35,7 +35,7 @@ from ..errors import ConfigError, InvalidPayload
 from ..job import Job, JobState
 from ..settings import Settings
 from ..status import format_duration, parse_duration, queue_overview, status_document
-from .common import bind_app, cli, console, err_console, fail, friendly, load_app, run_async
+from .common import bind_app, cli, console, err_console, fail, friendly, run_async
 
 T = TypeVar("T")
 
@@ -52,16 +52,16 @@ JobIdArg = Annotated[str, typer.Argument(help="job id, as `conveyor jobs` prints
 
 # --- shared helpers ------------------------------------------------------------------------
 def operate(
-    url: str | None, action: Callable[[Conveyor], Awaitable[T]], *, target: str | None = None
+    url: str | None, action: Callable[[Conveyor], Awaitable[T]], *, app: Conveyor | None = None
 ) -> T:
     """Run `action` against the engine named by `url` (or the environment), then close.
 
     Args:
         url: the `--url` flag; `None` falls back to `CONVEYOR_URL`, `REDIS_URL`, then
-            the URL in the code of the app `target` (if given), then the embedded
-            SQLite file.
+            the URL in `app`'s code (if given), then the embedded SQLite file.
         action: what to do with the connected app.
-        target: the user's app as `MODULE:ATTR`, for commands that use its tasks.
+        app: the user's app (`--app`), for commands that use its tasks; its URL in code
+            comes after the flag and the environment.
 
     Returns:
         What `action` returned.
@@ -71,14 +71,14 @@ def operate(
             one line, exit code 2.
     """
     settings = Settings.load(url=url)
-    app = load_app(target) if target else Conveyor()
-    bind_app(app, settings, url)
+    used = app or Conveyor()
+    bind_app(used, settings, url)
 
     async def run() -> T:
         try:
-            return await action(app)
+            return await action(used)
         finally:
-            await app.close()
+            await used.close()
 
     return run_async(run())
 

@@ -11,7 +11,7 @@ import typer
 
 from ..app import Conveyor
 from ..limits import QueueLimits
-from ..settings import Settings
+from ..settings import Settings, redact
 from ..worker import Worker
 from .common import bind_app, cli, console, friendly, load_app, run_async, setup_logging
 
@@ -144,7 +144,7 @@ def worker(
         tenant_rate=settings.tenant_rate,
     )
     app = load_app(target)
-    engine_url = bind_app(app, settings, url)
+    overridden = bind_app(app, settings, url)
     chosen = settings.queues if (queues or env_has_queues) else default_queues(app)
     w = Worker(
         app,
@@ -159,7 +159,7 @@ def worker(
         limits=None if limits.empty else limits,
     )
     console.print(
-        f"worker {w.id} on {engine_url} queues={','.join(chosen)} "
+        f"worker {w.id} on {redact(app.url)}{overridden} queues={','.join(chosen)} "
         f"concurrency={settings.concurrency} health port={settings.health_port or 'off'}",
         highlight=False,
     )
@@ -211,14 +211,14 @@ def dev(
         from ..demo import build_app
 
         app = build_app()
-    engine_url = bind_app(app, settings, url)
+    overridden = bind_app(app, settings, url)
     worker = Worker(app, queues=default_queues(app), concurrency=settings.concurrency)
     stack = DevStack(app, worker, port=port, scheduler=scheduler)
 
     async def main() -> None:
         await stack.start()
         console.print(
-            f"conveyor dev on {engine_url}\n"
+            f"conveyor dev on {redact(app.url)}{overridden}\n"
             f"  dashboard: [bold]{stack.url}/dashboard[/]\n"
             f"  API:       {stack.url}/docs\n"
             f"  queues:    {','.join(worker.queues)}  (Ctrl-C stops gracefully)",

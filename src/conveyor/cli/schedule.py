@@ -19,7 +19,7 @@ from ..engines.base import LeaseInfo
 from ..errors import ConfigError
 from ..scheduler import DEFAULT_KEEP_COMPLETED, DEFAULT_KEEP_FAILED, Scheduler
 from ..schedules import ScheduleInfo, ScheduleSpec, cron_schedule, every_schedule
-from ..settings import Settings
+from ..settings import Settings, redact
 from ..status import parse_duration
 from .common import bind_app, cli, console, friendly, load_app, run_async, setup_logging
 from .ops import JsonOpt, UrlOpt, operate, print_json, say, when
@@ -79,7 +79,7 @@ def scheduler_command(
     )
     setup_logging(settings.log_level, settings.log_format)
     app = load_app(target)
-    engine_url = bind_app(app, settings, url)
+    overridden = bind_app(app, settings, url)
     scheduler = Scheduler(
         app,
         lease_timeout=lease_timeout,
@@ -88,7 +88,7 @@ def scheduler_command(
         close_app=True,
     )
     console.print(
-        f"scheduler {scheduler.id} on {engine_url} "
+        f"scheduler {scheduler.id} on {redact(app.url)}{overridden} "
         f"schedules={len(app.schedules)} lease={lease_timeout:g}s",
         highlight=False,
     )

@@ -109,6 +109,8 @@ def result_json(result: Any) -> str:
     Raises:
         InvalidResult: the value is not JSON; the message says what was wrong.
     """
+    if result is None:  # most handlers: skip the encoders
+        return "null"
     if isinstance(result, BaseModel):
         result = result.model_dump(mode="json")
     try:

@@ -21,8 +21,21 @@ from ..scheduler import DEFAULT_KEEP_COMPLETED, DEFAULT_KEEP_FAILED, Scheduler
 from ..schedules import ScheduleInfo, ScheduleSpec, cron_schedule, every_schedule
 from ..settings import Settings, redact
 from ..status import parse_duration
-from .common import bind_app, cli, console, friendly, load_app, run_async, setup_logging
-from .ops import JsonOpt, UrlOpt, operate, print_json, say, when
+from .common import (
+    JsonOpt,
+    UrlOpt,
+    bind_app,
+    cli,
+    console,
+    friendly,
+    load_app,
+    operate,
+    print_json,
+    run_async,
+    say,
+    setup_logging,
+    when,
+)
 from .run import AppArg, run_worker
 
 schedules_cli = typer.Typer(

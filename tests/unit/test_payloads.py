@@ -122,6 +122,8 @@ async def test_an_invalid_typed_payload_names_the_field_and_enqueues_nothing(
     with pytest.raises(InvalidPayload) as caught:
         await app.enqueue("email.send", {"to": "nobody", "subject": "hi"})
     assert list(caught.value.fields) == ["to"]
+    with pytest.raises(InvalidPayload, match="to: Field required"):
+        await app.enqueue("email.send")  # no payload is an empty one, checked too
     assert await app.queue_names() == [] or (await app.counts("default")).pending == 0
 
 

@@ -207,3 +207,11 @@ def test_a_payload_option_that_is_not_a_model_or_disagrees_is_a_config_error(
 
         @app.task("y", payload=Sent)
         async def y(job: Job[Email]) -> None: ...
+
+
+def test_a_schedule_of_a_typed_task_with_a_bad_payload_fails_at_start_up(app: Conveyor) -> None:
+    @app.task("email.send")
+    async def send(job: Job[Email]) -> None: ...
+
+    with pytest.raises(ConfigError, match="subject: Field required"):
+        app.every(60, task="email.send", payload={"to": "a@b.c"})

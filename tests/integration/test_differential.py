@@ -10,7 +10,7 @@ pass). After every step both engines must show the same observable state: per jo
 live job holds each dedupe key, and the pending claim order. The rules they follow are
 written once in `conveyor.lifecycle`; this test is what notices when an engine drifts.
 
-CI runs a bounded profile (`ci`, well under a minute). A long run, for after a change
+CI runs a bounded profile (`ci`, about 15 s). A long run (about 15 min), after a change
 to an engine or to the lifecycle:
 
     HYPOTHESIS_PROFILE=long pytest tests/integration/test_differential.py

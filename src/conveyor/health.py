@@ -1,13 +1,15 @@
 """The worker's health server: liveness, readiness, details and Prometheus metrics.
 
-`/health/ready` answers 200 only when the engine answers, the engine is durable and
-the worker is not shutting down — the three reasons a load balancer or Kubernetes
-should stop counting on this worker. Each 503 says which one it is.
+`/health/ready` answers 200 only when the engine answers, the engine is durable, no
+background loop (claim, heartbeat) is failing and the worker is not shutting down — the
+reasons a load balancer or Kubernetes should stop counting on this worker. Each 503 says
+which one it is.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
@@ -25,13 +27,27 @@ if TYPE_CHECKING:
 READY_PING_TIMEOUT = 2.0
 
 
-async def readiness(engine: Engine, *, stopping: bool) -> tuple[bool, str]:
+async def readiness(
+    engine: Engine, *, stopping: bool, failing: Mapping[str, str] | None = None
+) -> tuple[bool, str]:
     """(ready, reason) for a worker or API process using `engine`.
 
     Pings the engine, so an outage shows within `READY_PING_TIMEOUT` seconds.
+
+    Args:
+        engine: the process's engine.
+        stopping: the process is shutting down.
+        failing: background loops whose last turn failed, with the error (a worker's
+            `loops.failing()`); any makes the process not ready.
+
+    Returns:
+        (ready, the reason a person reads when it is not).
     """
     if stopping:
         return False, "shutting down"
+    if failing:
+        name, error = next(iter(failing.items()))
+        return False, f"{name} loop failing, retrying with backoff: {error}"
     try:
         await asyncio.wait_for(engine.ping(), READY_PING_TIMEOUT)
     except (EngineUnavailable, TimeoutError) as exc:
@@ -48,14 +64,18 @@ def build_health_app(worker: Worker) -> Starlette:
         return JSONResponse({"status": "alive", "worker": worker.id})
 
     async def ready(request: Request) -> Response:
-        ok, reason = await readiness(worker.app.engine, stopping=worker.stopping)
+        ok, reason = await readiness(
+            worker.app.engine, stopping=worker.stopping, failing=worker.loops.failing()
+        )
         return JSONResponse(
             {"status": "ready" if ok else "not ready", "reason": reason},
             status_code=200 if ok else 503,
         )
 
     async def detailed(request: Request) -> Response:
-        ok, reason = await readiness(worker.app.engine, stopping=worker.stopping)
+        ok, reason = await readiness(
+            worker.app.engine, stopping=worker.stopping, failing=worker.loops.failing()
+        )
         return JSONResponse(detailed_document(worker, ok, reason), status_code=200 if ok else 503)
 
     async def metrics(request: Request) -> Response:
@@ -89,6 +109,8 @@ def detailed_document(worker: Worker, ready: bool, reason: str) -> dict[str, Any
             "reachable": worker.stats.engine_ok,
             "error": worker.stats.engine_error,
         },
+        # Every background loop: null while healthy, else the error it retries after.
+        "loops": {name: loop.error for name, loop in worker.loops.loops.items()},
         "queues": {c.queue: c.to_dict() for c in worker.last_counts},
         "concurrency": {"in_use": worker.in_flight, "limit": worker.concurrency},
         "stats": {

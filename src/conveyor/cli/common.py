@@ -18,6 +18,9 @@ from rich.markup import escape
 
 from ..app import Conveyor
 from ..errors import ConfigError, ConveyorError
+from ..retention import RetentionPolicy
+from ..settings import Settings
+from ..status import parse_duration
 
 cli = typer.Typer(
     name="conveyor",
@@ -118,3 +121,35 @@ def setup_logging(level: str, fmt: str) -> None:
     root = logging.getLogger("conveyor")
     root.handlers[:] = [handler]
     root.setLevel(level)
+
+
+def parse_keep(text: str | None, default: float) -> float | None:
+    """A retention flag: a duration (`24h`, `7d`), or `forever` to keep jobs for good.
+
+    Raises:
+        ConfigError: not a duration; the message shows valid examples.
+    """
+    if text is None:
+        return default
+    if text.strip().lower() in ("forever", "never", "off"):
+        return None
+    seconds = parse_duration(text)
+    if seconds <= 0:
+        raise ConfigError(f"retention {text!r} is invalid: use a duration > 0 or 'forever'")
+    return seconds
+
+
+def retention_policy(
+    settings: Settings, keep_completed: str | None = None, keep_failed: str | None = None
+) -> RetentionPolicy:
+    """The retention policy of the settings (flags given here take precedence).
+
+    Raises:
+        ConfigError: a keep time is not a duration or 'forever'.
+    """
+    return RetentionPolicy(
+        keep_completed=parse_keep(keep_completed or settings.keep_completed, 0),
+        keep_failed=parse_keep(keep_failed or settings.keep_failed, 0),
+        interval=settings.retention_interval,
+        batch=settings.retention_batch,
+    )

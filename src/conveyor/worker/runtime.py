@@ -21,6 +21,7 @@ import contextlib
 import inspect
 import logging
 import os
+import random
 import socket
 import time
 import uuid
@@ -36,6 +37,7 @@ from ..errors import EngineUnavailable
 from ..health import build_health_app
 from ..job import Job
 from ..metrics import Metrics
+from ..retention import Retention, RetentionPolicy
 from ..serving import EmbeddedServer
 from .outcomes import HOOK_KIND, Runner, as_finished, call_hook
 from .supervision import Supervisors
@@ -90,6 +92,9 @@ class Worker:
             fields override the app's `app.limits(...)` for those queues. Both are
             stored in the engine when the worker starts, and the engine enforces them
             for every worker.
+        retention: delete finished jobs of this worker's queues past their keep time
+            (retention.py), so memory stays bounded without a scheduler process; None:
+            leave them (the CLI passes the configured policy, 24h / 7d by default).
 
     Lifecycle (the order of runbook 001): connect → health server up → startup
     hooks → process; on stop: stop claiming → finish or release in-flight jobs →
@@ -110,9 +115,11 @@ class Worker:
         metrics_prefix: str = "conveyor_",
         close_app: bool = False,
         limits: QueueLimits | None = None,
+        retention: RetentionPolicy | None = None,
     ) -> None:
         self.app = app
         self.limits = limits
+        self.retention = retention
         self.queues = tuple(queues)
         self.concurrency = concurrency
         self.lease_ms = int(lease_timeout * 1000)
@@ -186,10 +193,13 @@ class Worker:
             )
             await self._health.start()
         heartbeat: asyncio.Task[None] | None = None
+        cleaner: asyncio.Task[None] | None = None
         try:
             for hook in self.app.startup_hooks:
                 await call_hook(hook)
             heartbeat = asyncio.create_task(self._heartbeat_loop(engine), name="conveyor-beat")
+            if self.retention is not None and self.retention.enabled:
+                cleaner = asyncio.create_task(self._retention_loop(self.retention))
             await self._claim_loop(engine)
             await self._drain(engine)
             for hook in self.app.shutdown_hooks:
@@ -198,10 +208,11 @@ class Worker:
                 except Exception:
                     log.exception("shutdown hook %r failed", hook)
         finally:
-            if heartbeat is not None:
-                heartbeat.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await heartbeat
+            for loop_task in (heartbeat, cleaner):
+                if loop_task is not None:
+                    loop_task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await loop_task
             with contextlib.suppress(EngineUnavailable):
                 await engine.unregister_worker(self.id)
             self._pool.shutdown(wait=False, cancel_futures=True)
@@ -519,6 +530,23 @@ class Worker:
             self.last_counts = [await engine.counts(q) for q in self.queues]
             self.metrics.record_depths(self.last_counts, self.app.clock.now_ms())
         return last_sample
+
+    async def _retention_loop(self, policy: RetentionPolicy) -> None:
+        """Clean this worker's queues on retention's adaptive schedule (retention.py).
+
+        The first pass waits a random part of a second, so workers started together do
+        not all clean at the same moment; failures back off like the other loops.
+        """
+        cleaner = Retention(self.app, policy)
+        supervisor = self.loops.add("retention")
+        delay = random.uniform(0.2, 1.0)
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                delay = await cleaner.step(self.queues)
+                supervisor.ok()
+            except Exception as exc:
+                delay = supervisor.failed(exc)
 
     def _lost(self, job_ids: Sequence[str]) -> None:
         """Leases we no longer hold: stop the work, the job belongs to someone else."""

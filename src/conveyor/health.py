@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from .durability import settings_document
 from .engines import Engine
 from .errors import EngineUnavailable
 from .settings import redact
@@ -52,7 +53,9 @@ async def readiness(
         await asyncio.wait_for(engine.ping(), READY_PING_TIMEOUT)
     except (EngineUnavailable, TimeoutError) as exc:
         return False, f"engine unavailable: {exc or 'ping timed out'}"
-    if not engine.durable:
+    # Only the memory engine keeps nothing past its process. Redis with AOF off is not
+    # durable either, but it serves: start-up logs a warning and status shows it.
+    if not engine.durable and engine.url.startswith("memory:"):
         return False, f"engine {engine.url} is not durable (memory:// is for tests only)"
     return True, "ok"
 
@@ -106,6 +109,8 @@ def detailed_document(worker: Worker, ready: bool, reason: str) -> dict[str, Any
         "engine": {
             "url": redact(engine.url),
             "durable": engine.durable,
+            # Redis: maxmemory-policy, AOF and fsync, with what they put at risk.
+            "server": settings_document(engine),
             "reachable": worker.stats.engine_ok,
             "error": worker.stats.engine_error,
         },

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from .app import Conveyor
+from .durability import check_engine
 from .engines import Engine
 from .errors import ConfigError, ConveyorError, EngineUnavailable, InvalidJob
 from .job import NewJob
@@ -96,6 +97,8 @@ class Scheduler:
             follow the schedule's `missed` policy (default: twice the lease, so a
             leader change loses nothing).
         close_app: close the app's engine when `run` ends (the CLI owns the app).
+        require_noeviction: refuse to run when Redis may evict keys (durability.py);
+            otherwise that is logged as an ERROR when the scheduler first connects.
 
     Raises:
         ConfigError: a value is out of range; the message names the fix.
@@ -114,6 +117,7 @@ class Scheduler:
         clean_max_batches: int = DEFAULT_MAX_BATCHES,
         misfire_grace: float | None = None,
         close_app: bool = False,
+        require_noeviction: bool = False,
     ) -> None:
         _positive("lease_timeout", lease_timeout, "--lease-timeout 30")
         _positive("recover_interval", recover_interval, "recover_interval=5")
@@ -142,6 +146,7 @@ class Scheduler:
         self.clean_max_batches = clean_max_batches
         self.misfire_grace = grace
         self.close_app = close_app
+        self.require_noeviction = require_noeviction
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._renew_every = lease_timeout / 3
         # Followers try often (cheap: one command) so a released or expired lease is taken
@@ -180,6 +185,7 @@ class Scheduler:
         now = self.app.clock.now() if now is None else now
         engine = await self.app.connect()
         if not self._registered:
+            check_engine(engine, role="scheduler", require_noeviction=self.require_noeviction)
             await self._register_code_schedules(engine)
         await self._lead(engine, now)
         report = TickReport(leader=self._leader)
@@ -323,6 +329,8 @@ class Scheduler:
                 except EngineUnavailable as exc:
                     log.warning("engine unavailable, retrying: %s", exc)
                     delay = _RETRY_AFTER_ERROR_S
+                except ConfigError:  # e.g. an evicting Redis with require_noeviction
+                    raise
                 except Exception:  # a bad schedule or a driver error must not end the process
                     log.exception("scheduler tick failed; retrying")
                     delay = _RETRY_AFTER_ERROR_S

@@ -59,6 +59,9 @@ class Settings(BaseSettings):
         60.0, gt=0, le=86_400, description="longest pause between retention passes (seconds)"
     )
     retention_batch: int = Field(1000, ge=1, le=10_000, description="jobs deleted per engine call")
+    require_noeviction: bool = Field(
+        False, description="refuse to start when Redis may evict keys (maxmemory-policy)"
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
     metrics_prefix: str = Field("conveyor_", pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$")

@@ -15,6 +15,7 @@ import re
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from .durability import settings_document
 from .engines import QueueCounts
 from .errors import ConfigError, EngineUnavailable
 from .job import JobState
@@ -172,7 +173,8 @@ async def status_document(
         timeout: seconds to wait for the engine before calling it unavailable.
 
     Returns:
-        `{"generated_at", "engine": {"url", "status", "latency_ms", "durable", "error"},
+        `{"generated_at", "engine": {"url", "status", "latency_ms", "durable", "server",
+        "error"},
         "queues": [...], "workers": [...], "totals": {...}}`; the URL has no password.
 
     Raises:
@@ -187,6 +189,7 @@ async def status_document(
             "status": "ok",
             "latency_ms": None,
             "durable": engine.durable,
+            "server": None,
             "error": None,
         },
         "queues": [],
@@ -196,6 +199,9 @@ async def status_document(
     async def read() -> None:
         await app.connect()
         doc["engine"]["latency_ms"] = round(await engine.ping() * 1000, 3)
+        # Known once connected: AOF decides `durable`, and the eviction policy.
+        doc["engine"]["durable"] = engine.durable
+        doc["engine"]["server"] = settings_document(engine)
         doc["queues"] = await queue_overview(app)
         now = app.clock.now()
         doc["workers"] = [_worker_row(w, now) for w in await app.workers()]

@@ -9,7 +9,15 @@ import typer
 
 from ..app import Conveyor
 from ..settings import Settings, redact
-from .common import cli, console, friendly, load_app, setup_logging
+from .common import (
+    check_engine_url,
+    cli,
+    console,
+    friendly,
+    load_app,
+    run_async,
+    setup_logging,
+)
 
 
 @cli.command("api")
@@ -72,6 +80,7 @@ def api_command(
     check_exposure(settings.api_host, tokens, insecure=insecure)
     app = load_app(target)
     app.configure(url=settings.url, max_payload_bytes=settings.max_payload_bytes)
+    run_async(check_engine_url(settings.url, "API", settings.require_noeviction))
     api = create_api(app, tokens=tokens, metrics_prefix=settings.metrics_prefix, owns_app=True)
     auth = (
         f"{'admin' if tokens.admin else 'no admin'} token, {len(tokens.tenants)} tenant token(s)"

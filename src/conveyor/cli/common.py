@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from ..app import Conveyor
-from ..errors import ConfigError, ConveyorError
+from ..errors import ConfigError, ConveyorError, EngineUnavailable
 from ..retention import RetentionPolicy
 from ..settings import Settings
 from ..status import parse_duration
@@ -153,3 +153,26 @@ def retention_policy(
         interval=settings.retention_interval,
         batch=settings.retention_batch,
     )
+
+
+async def check_engine_url(url: str, role: str, require_noeviction: bool) -> None:
+    """Check the engine server's settings at start (durability.py) on a connection of its
+    own, for processes that connect later on another event loop (the API).
+
+    An engine that cannot be reached is only logged: such a process starts anyway and its
+    readiness says the engine is down.
+
+    Raises:
+        ConfigError: Redis may evict keys and `require_noeviction` is set.
+    """
+    from ..durability import check_engine
+
+    probe = Conveyor(url)
+    try:
+        check_engine(await probe.connect(), role=role, require_noeviction=require_noeviction)
+    except EngineUnavailable as exc:
+        logging.getLogger("conveyor.durability").warning(
+            "%s: cannot check the engine's settings now: %s", role, exc
+        )
+    finally:
+        await probe.close()

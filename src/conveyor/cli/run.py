@@ -182,6 +182,7 @@ def worker(
         close_app=True,
         limits=None if limits.empty else limits,
         retention=retention_policy(settings),
+        require_noeviction=settings.require_noeviction,
     )
     console.print(
         f"worker {w.id} on {redact(settings.url)} queues={','.join(chosen)} "

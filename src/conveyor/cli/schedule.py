@@ -88,6 +88,7 @@ def scheduler_command(
         clean_interval=policy.interval,
         clean_batch=policy.batch,
         close_app=True,
+        require_noeviction=settings.require_noeviction,
     )
     console.print(
         f"scheduler {scheduler.id} on {redact(settings.url)} "

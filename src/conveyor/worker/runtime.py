@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from ..durability import check_engine
 from ..engines import Engine, Outcome, QueueCounts, QueueLimits
 from ..errors import EngineUnavailable
 from ..health import build_health_app
@@ -95,6 +96,8 @@ class Worker:
         retention: delete finished jobs of this worker's queues past their keep time
             (retention.py), so memory stays bounded without a scheduler process; None:
             leave them (the CLI passes the configured policy, 24h / 7d by default).
+        require_noeviction: refuse to start when Redis may evict keys (durability.py);
+            otherwise that is logged as an ERROR at start.
 
     Lifecycle (the order of runbook 001): connect → health server up → startup
     hooks → process; on stop: stop claiming → finish or release in-flight jobs →
@@ -116,10 +119,12 @@ class Worker:
         close_app: bool = False,
         limits: QueueLimits | None = None,
         retention: RetentionPolicy | None = None,
+        require_noeviction: bool = False,
     ) -> None:
         self.app = app
         self.limits = limits
         self.retention = retention
+        self.require_noeviction = require_noeviction
         self.queues = tuple(queues)
         self.concurrency = concurrency
         self.lease_ms = int(lease_timeout * 1000)
@@ -183,9 +188,11 @@ class Worker:
 
         Raises:
             EngineUnavailable: the engine cannot be reached at start-up.
-            ConfigError: the health port cannot be bound.
+            ConfigError: the health port cannot be bound, or Redis may evict keys and
+                `require_noeviction` is set.
         """
         engine = await self.app.connect()
+        check_engine(engine, role="worker", require_noeviction=self.require_noeviction)
         await self._apply_limits(engine)
         if self.health_port:
             self._health = EmbeddedServer(

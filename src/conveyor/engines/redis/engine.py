@@ -35,6 +35,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from ...durability import ServerSettings
 from ...errors import ConfigError, EngineUnavailable, InvalidState, JobNotFound
 from ...job import (
     FINISHED_STATES,
@@ -57,9 +58,10 @@ from ..base import (
     StoredSchedule,
     Throughput,
 )
-from .errors import classify, server_version, with_flags
+from .errors import classify, with_flags
 from .keys import KeyLayout, QueueKeys
 from .lane import Lane, url_timeouts
+from .server import read_server
 
 log = logging.getLogger(__name__)
 
@@ -247,8 +249,6 @@ class RedisEngine:
         ConfigError: the URL is not a Redis URL or its prefix is unusable.
     """
 
-    durable = True
-
     def __init__(self, url: str, *, events_maxlen: int = 10_000) -> None:
         redis_url, self.prefix, self.url = _split_url(url)
         # `?socket_connect_timeout=` / `?socket_timeout=` (seconds), defaults 2 and 5.
@@ -284,6 +284,9 @@ class RedisEngine:
         self._pool = pool
         self._client = aioredis.Redis(connection_pool=pool)
         self._version: tuple[int, ...] | None = None  # the server's, read by connect()
+        # Durable only with AOF on (issue 14.9); known once connect() read the server.
+        self.durable = True
+        self.server_settings: ServerSettings | None = None
         self._scripts: dict[str, AsyncScript] = {
             name: self._client.register_script(_script_source(name))
             for name in (*_QUEUE_SCRIPTS, *_WORKER_SCRIPTS)
@@ -399,8 +402,11 @@ class RedisEngine:
             EngineUnavailable: Redis cannot be reached; the message names the URL.
         """
         await self._client.ping()
+        # Read at every connect: durability and the policy can change between restarts.
+        version, self.server_settings = await read_server(self._client)
+        self.durable = self.server_settings.durable is not False  # AOF off: not durable
         if self._version is None:  # Redis 7+: worker scripts may write past maxmemory
-            self._version = server_version(await self._client.info("server"))
+            self._version = version
             for name in list(self._scripts):
                 self._scripts[name] = self._client.register_script(self._source(name))
             self._enqueue, self._exchange = self._scripts["enqueue"], self._scripts["exchange"]

@@ -4,7 +4,8 @@
 ConveyorError                     root: catch this to catch everything Conveyor raises
 ├── ConfigError                   a setting or argument is invalid (raised at start-up)
 ├── EngineUnavailable             the engine (Redis, SQLite file) cannot serve now: retry
-│   └── EngineFull                Redis reached maxmemory: new jobs refused, workers drain
+│   ├── EngineFull                Redis reached maxmemory: new jobs refused, workers drain
+│   └── SchemaTooNew              the SQLite file was migrated by a newer Conveyor
 ├── JobNotFound                   no job has that id
 ├── InvalidJob                    what a producer asked to enqueue is wrong
 │   ├── UnknownTask               task not registered here and no queue given
@@ -42,6 +43,11 @@ class EngineFull(EngineUnavailable):
     an `EngineUnavailable`, so code that backs off and retries on that handles it too;
     workers keep finishing and acknowledging the jobs they hold while it lasts.
     """
+
+
+class SchemaTooNew(EngineUnavailable):
+    """The SQLite file carries schema migrations this Conveyor does not know: a newer
+    Conveyor upgraded it. Upgrade Conveyor (or use another file); the file is untouched."""
 
 
 class JobNotFound(ConveyorError):

@@ -21,7 +21,7 @@ import pytest
 from conveyor import Conveyor, JobState
 from conveyor.testing import eventually
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.fault]  # the fault suite: docs/reliability.md
 
 
 class WorkerProcess:

@@ -66,6 +66,7 @@ async def test_restart_fails_calls_in_flight_then_reconnects(private_redis: Redi
     hot.close()
 
 
+@pytest.mark.fault
 async def test_a_server_that_stops_answering_times_the_call_out(
     private_redis: RedisServer,
 ) -> None:
@@ -82,6 +83,7 @@ async def test_a_server_that_stops_answering_times_the_call_out(
     hot.close()
 
 
+@pytest.mark.fault
 async def test_url_timeouts_reach_the_lane_and_fail_an_enqueue(
     private_redis: RedisServer,
 ) -> None:

@@ -23,12 +23,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .errors import ConfigError
-
-if TYPE_CHECKING:  # engines/redis imports this module: no import at run time
-    from .engines import Engine
 
 log = logging.getLogger("conveyor.durability")
 
@@ -87,7 +84,9 @@ class ServerSettings:
         }
 
 
-def server_settings(engine: Engine) -> ServerSettings | None:
+# Engines are taken as `object`: engines/redis imports this module, so naming the engine
+# protocol here (even for type checking only) would tie the two layers in a cycle.
+def server_settings(engine: object) -> ServerSettings | None:
     """The settings `engine`'s server reported when it connected (None: no server, as
     for SQLite and memory, or not connected yet)."""
     # Only engines with a server have the attribute; it is not part of the protocol.
@@ -95,13 +94,13 @@ def server_settings(engine: Engine) -> ServerSettings | None:
     return value if isinstance(value, ServerSettings) else None
 
 
-def settings_document(engine: Engine) -> dict[str, Any] | None:
+def settings_document(engine: object) -> dict[str, Any] | None:
     """`server_settings(engine)` as JSON, or None."""
     settings = server_settings(engine)
     return None if settings is None else settings.to_dict()
 
 
-def check_engine(engine: Engine, *, role: str, require_noeviction: bool = False) -> None:
+def check_engine(engine: object, *, role: str, require_noeviction: bool = False) -> None:
     """Log what the connected engine's server settings put at risk (see the module doc).
 
     Args:

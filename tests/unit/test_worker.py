@@ -370,7 +370,6 @@ async def test_background_loops_survive_unexpected_errors(app: Conveyor) -> None
     """An error nobody planned for (here a RuntimeError from the engine) in the heartbeat
     or the claim loop is retried with backoff, readiness names it meanwhile, and the
     worker keeps running jobs: no loop dies silently (issue 13)."""
-    from conveyor.health import readiness
     from conveyor.testing import eventually
 
     done = asyncio.Event()
@@ -405,9 +404,7 @@ async def test_background_loops_survive_unexpected_errors(app: Conveyor) -> None
 
     async def failing_seen() -> bool:
         if worker.loops.failing():
-            seen.append(
-                (await readiness(engine, stopping=False, failing=worker.loops.failing()))[1]
-            )
+            seen.append((await app.readiness(failing=worker.loops.failing()))[1])
         return bool(seen)
 
     await eventually(failing_seen, interval=0.005, message="readiness names the failing loop")

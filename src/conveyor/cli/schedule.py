@@ -22,15 +22,21 @@ from ..schedules import ScheduleInfo, ScheduleSpec, cron_schedule, every_schedul
 from ..settings import Settings, redact
 from ..status import parse_duration
 from .common import (
+    JsonOpt,
+    UrlOpt,
+    bind_app,
     cli,
     console,
     friendly,
     load_app,
+    operate,
+    print_json,
     retention_policy,
     run_async,
+    say,
     setup_logging,
+    when,
 )
-from .ops import JsonOpt, UrlOpt, operate, print_json, say, when
 from .run import AppArg, run_worker
 
 schedules_cli = typer.Typer(
@@ -78,7 +84,7 @@ def scheduler_command(
     )
     setup_logging(settings.log_level, settings.log_format)
     app = load_app(target)
-    app.configure(url=settings.url, max_payload_bytes=settings.max_payload_bytes)
+    overridden = bind_app(app, settings, url)
     policy = retention_policy(settings, keep_completed, keep_failed)
     scheduler = Scheduler(
         app,
@@ -91,7 +97,7 @@ def scheduler_command(
         require_noeviction=settings.require_noeviction,
     )
     console.print(
-        f"scheduler {scheduler.id} on {redact(settings.url)} "
+        f"scheduler {scheduler.id} on {redact(app.url)}{overridden} "
         f"schedules={len(app.schedules)} lease={lease_timeout:g}s",
         highlight=False,
     )

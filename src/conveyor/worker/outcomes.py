@@ -9,6 +9,7 @@ an unknown task, stored data that cannot be decoded).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import logging
 import sys
@@ -20,8 +21,9 @@ import orjson
 
 from .. import backoff as backoff_mod
 from ..engines import Outcome
-from ..errors import RateLimited, Retry, Unrecoverable
+from ..errors import InvalidPayload, InvalidResult, RateLimited, Retry, Unrecoverable
 from ..job import AttemptError, Job, JobState, encode_result
+from ..payloads import decode_payload
 from ..task import Task
 
 if TYPE_CHECKING:
@@ -98,6 +100,12 @@ class Runner:
                 "worker that registers it, then retry the job",
                 final=True,
             )
+        if task.payload_model is not None:
+            try:
+                model: Any = decode_payload(job.payload, task.payload_model)
+            except InvalidPayload as exc:  # enqueued without the model: never fits
+                return self.error(job, "InvalidPayload", str(exc), final=True)
+            job.payload = model  # the handler (and the hooks after it) see the model
         timeout = job.timeout if job.timeout is not None else task.timeout
         deadline: asyncio.Timeout | None = None
         try:
@@ -135,13 +143,22 @@ class Runner:
             return self._exception(job)
         except Exception:
             return self._exception(job)
-        return Outcome(job.id, token, "complete", result_json=encode_result(result))
+        try:
+            result_json = encode_result(result)
+        except InvalidResult as exc:  # a failed attempt: the job's error says why
+            return self.error(job, "InvalidResult", str(exc))
+        return Outcome(job.id, token, "complete", result_json=result_json)
 
     async def _call(self, task: Task, job: Job) -> Any:
         """Run the handler: coroutines on the loop, plain functions in the thread pool."""
         if task.is_async:
             return await task.fn(job)
-        return await asyncio.get_running_loop().run_in_executor(self.pool, task.fn, job)
+        loop = asyncio.get_running_loop()
+        if self.app.tracing is not None:  # the attempt's span is current in the thread too
+            return await loop.run_in_executor(
+                self.pool, contextvars.copy_context().run, task.fn, job
+            )
+        return await loop.run_in_executor(self.pool, task.fn, job)
 
     def _exception(self, job: Job) -> Outcome:
         exc = sys.exc_info()[1]

@@ -33,13 +33,15 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from ..durability import check_engine
-from ..engines import Engine, Outcome, QueueCounts, QueueLimits
+from ..engines import Engine, Outcome, QueueCounts
 from ..errors import EngineUnavailable
 from ..health import build_health_app
 from ..job import Job
+from ..limits import QueueLimits, merge_limits
 from ..metrics import Metrics
 from ..retention import Retention, RetentionPolicy
 from ..serving import EmbeddedServer
+from ..tracing import take_carrier, traced
 from .outcomes import HOOK_KIND, Runner, as_finished, call_hook
 from .supervision import Supervisors
 
@@ -191,6 +193,9 @@ class Worker:
             ConfigError: the health port cannot be bound, or Redis may evict keys and
                 `require_noeviction` is set.
         """
+        # The worker is the one caller that keeps a direct engine handle (everything else
+        # goes through the app facade): exchange, heartbeats and progress are its hot
+        # path, where a facade hop per call would cost without adding a rule.
         engine = await self.app.connect()
         check_engine(engine, role="worker", require_noeviction=self.require_noeviction)
         await self._apply_limits(engine)
@@ -234,24 +239,9 @@ class Worker:
         """The limits this worker stores for `queue` at start: the app's, with the fields
         the worker's own `limits` sets replacing them (None: leave the engine's alone)."""
         code, flags = self.app.queue_limits.get(queue), self.limits
-        if flags is None or flags.empty:
-            return code
-        if code is None:
-            return flags
-        rate = flags if flags.rate is not None else code
-        tenant_rate = flags if flags.tenant_rate is not None else code
-        return QueueLimits(
-            flags.concurrency if flags.concurrency is not None else code.concurrency,
-            (
-                flags.tenant_concurrency
-                if flags.tenant_concurrency is not None
-                else code.tenant_concurrency
-            ),
-            rate.rate,
-            rate.rate_window_ms,
-            tenant_rate.tenant_rate,
-            tenant_rate.tenant_rate_window_ms,
-        )
+        if code is None and (flags is None or flags.empty):
+            return None
+        return merge_limits(code, flags)
 
     async def _apply_limits(self, engine: Engine) -> None:
         for queue in self.queues:
@@ -451,12 +441,17 @@ class Worker:
     async def _execute(self, job: Job) -> None:
         outcome: Outcome
         hooks = self.app.job_hooks
+        carrier = take_carrier(job)  # even untraced: the handler never sees it
         if hooks:
             await self._fire("started", job)
         started = self.app.clock.monotonic()
         began = time.perf_counter()  # real time for the prefetch estimate, whatever the clock
+        tracing = self.app.tracing
         try:
-            outcome = await self._runner.outcome(job)
+            if tracing is None:
+                outcome = await self._runner.outcome(job)
+            else:
+                outcome = await traced(tracing, job, carrier, self._runner.outcome)
         except asyncio.CancelledError:
             if not self._releasing:  # lease lost: the job is someone else's now
                 self._running.pop(job.id, None)

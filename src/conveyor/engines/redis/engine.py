@@ -48,6 +48,7 @@ from ...job import (
     queue_of,
 )
 from ...lifecycle import BULK_BATCH
+from ...limits import QueueLimits
 from ..base import (
     Event,
     Exchange,
@@ -55,7 +56,6 @@ from ..base import (
     LeaseInfo,
     Outcome,
     QueueCounts,
-    QueueLimits,
     StoredSchedule,
     Throughput,
 )

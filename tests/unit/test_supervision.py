@@ -59,3 +59,40 @@ async def test_the_scheduler_loop_goes_on_after_an_unexpected_error() -> None:
     assert not running.done()
     scheduler.stop()
     await asyncio.wait_for(running, 10)
+
+
+async def test_the_api_live_reader_goes_on_and_readiness_names_it() -> None:
+    """The API's engine reader (conveyor.live) retries after any error, and the API's
+    readiness is 503 naming it meanwhile."""
+    from conveyor.live import EventHub
+
+    app = Conveyor("memory://")
+    real_read = app.read_events
+    failures = {"n": 3}
+
+    async def read_events(*args: Any, **kwargs: Any) -> Any:
+        if failures["n"]:
+            failures["n"] -= 1
+            raise RuntimeError("a bug in a read")
+        return await real_read(*args, **kwargs)
+
+    app.read_events = read_events  # type: ignore[method-assign]
+    hub = EventHub(app)
+    sub = await hub.subscribe(["default"])
+    seen: list[str] = []
+
+    async def failing_seen() -> bool:
+        if hub.failing():
+            seen.append((await app.readiness(failing=hub.failing()))[1])
+        return bool(seen)
+
+    await eventually(failing_seen, interval=0.005, message="readiness names the reader")
+    assert "live events loop failing" in seen[0] and "RuntimeError" in seen[0]
+
+    async def recovered() -> bool:
+        return not failures["n"] and not hub.failing()
+
+    await eventually(recovered, message="the reader went on after the errors")
+    hub.unsubscribe(sub)
+    await hub.close()
+    await app.close()

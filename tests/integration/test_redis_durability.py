@@ -89,3 +89,20 @@ async def test_the_cli_refuses_to_start_a_worker_on_an_evicting_redis(
     assert proc.stderr is not None
     err = proc.stderr.read().decode()
     assert "volatile-lru" in err and "noeviction" in err
+
+
+async def test_the_api_refuses_to_start_on_an_evicting_redis(
+    private_redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import subprocess
+    import sys
+
+    redis.Redis(port=private_redis.port).config_set("maxmemory-policy", "allkeys-random")
+    monkeypatch.setenv("CONVEYOR_REQUIRE_NOEVICTION", "true")
+    done = subprocess.run(
+        [sys.executable, "-m", "conveyor", "api", "--url", private_redis.url, "--port", "0"],
+        capture_output=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert b"API refuses to start" in done.stderr and b"allkeys-random" in done.stderr

@@ -18,7 +18,8 @@ from ..job import MAX_PRIORITY, MIN_PRIORITY, QUEUE_NAME
 # Ten years: anything later is a unit mistake (milliseconds passed as seconds), and the
 # bound keeps `delay * 1000` inside the engines' 64-bit integers.
 MAX_DELAY_SECONDS = 10 * 365 * 86_400.0
-QUEUE_PATTERN = QUEUE_NAME.pattern
+# Pydantic's (Rust) regexes have no \Z, and their `$` is already the end of the text.
+QUEUE_PATTERN = QUEUE_NAME.pattern.removesuffix("\\Z") + "$"
 
 JobStateName = Literal["scheduled", "pending", "running", "completed", "failed", "cancelled"]
 
@@ -36,7 +37,12 @@ class EnqueueRequest(_Request):
         pattern=QUEUE_PATTERN,
         description="queue; required when the API process does not know the task",
     )
-    payload: dict[str, Any] = Field(default_factory=dict, description="a JSON object")
+    payload: dict[str, Any] = Field(
+        default_factory=dict,
+        description="a JSON object; for a task with a payload model, the request body's "
+        "`anyOf` has a variant per such task with its payload schema (422 names each bad "
+        "field as `payload.<field>`)",
+    )
     delay: float | None = Field(
         None, ge=0, le=MAX_DELAY_SECONDS, description="seconds to wait before it is due"
     )

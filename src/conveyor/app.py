@@ -7,6 +7,7 @@ once, then calls the engine; nothing below it repeats that work.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
 from concurrent.futures import Future
@@ -158,7 +159,10 @@ class Conveyor:
         self._connected = False
         self._connect_lock = None
         if self._sync is not None:
-            self._sync.close()
+            if self._sync.pid == os.getpid():
+                self._sync.close()
+            else:  # inherited through fork: its thread is gone (see _bridge)
+                _abandoned.append(self._sync)
             self._sync = None
 
     async def __aenter__(self) -> Conveyor:
@@ -498,9 +502,17 @@ class Conveyor:
         return self._bridge().run(lambda app: app.get_job(job_id))
 
     def _bridge(self) -> _SyncBridge:
-        if self._sync is None:
-            self._sync = _SyncBridge(self)
-        return self._sync
+        sync = self._sync
+        if sync is not None and sync.pid != os.getpid():
+            # We are a forked child (gunicorn --preload, multiprocessing): the bridge's
+            # loop thread did not survive the fork and its connections are the parent's.
+            # Abandon it without closing anything (closing would talk on the parent's
+            # sockets) and build our own.
+            _abandoned.append(sync)
+            sync = None
+        if sync is None:
+            sync = self._sync = _SyncBridge(self)
+        return sync
 
     # --- read model and operations (shared by CLI, API, dashboard) ---------------------
     async def get_job(self, job_id: str) -> Job:
@@ -855,6 +867,7 @@ class _SyncBridge:
     """
 
     def __init__(self, app: Conveyor) -> None:
+        self.pid = os.getpid()  # a bridge serves only the process that built it
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="conveyor-sync", daemon=True
@@ -884,6 +897,11 @@ class _SyncBridge:
         asyncio.run_coroutine_threadsafe(self._app.close(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
+
+
+# Bridges a forked child inherited from its parent. Kept, never used: letting the garbage
+# collector finalise them would close sockets and files the parent still uses.
+_abandoned: list[_SyncBridge] = []
 
 
 def _no_schedule(name: str) -> str:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import importlib
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -18,6 +20,7 @@ from rich.markup import escape
 
 from ..app import Conveyor
 from ..errors import ConfigError, ConveyorError
+from ..settings import redact
 
 cli = typer.Typer(
     name="conveyor",
@@ -26,7 +29,17 @@ cli = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
+
+
+def _console(*, stderr: bool = False) -> Console:
+    """A console that wraps only for a person: Rich assumes 80 columns when it does not
+    write to a terminal, which broke tables and the start-up line into pieces in log
+    files and pipes (`conveyor queues | grep`). Off a terminal, lines keep their length."""
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(stderr=stderr, width=None if stream.isatty() else 100_000)
+
+
+console = _console()
 
 
 @cli.callback()
@@ -34,7 +47,7 @@ def _root() -> None:
     """Conveyor: run workers and operate queues."""
 
 
-err_console = Console(stderr=True)
+err_console = _console(stderr=True)
 
 T = TypeVar("T")
 
@@ -94,8 +107,18 @@ def load_app(target: str | None) -> Conveyor:
     return app
 
 
+# Attributes every LogRecord has; anything else on a record came from `extra=` (the job
+# log's job_id, task, queue, ...) and becomes a field of its JSON line.
+_RECORD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
+    "message",
+    "asctime",
+    "taskName",
+}
+
+
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line, for log shippers."""
+    """One JSON object per line, for log shippers: ts, level, logger, msg, the record's
+    `extra` fields, and `exc` (the traceback) when there is one."""
 
     def format(self, record: logging.LogRecord) -> str:
         doc: dict[str, Any] = {
@@ -104,9 +127,45 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        for key, value in vars(record).items():
+            if key not in _RECORD_ATTRS:
+                doc[key] = value
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
-        return orjson.dumps(doc).decode()
+        elif record.exc_text:
+            doc["exc"] = record.exc_text
+        return orjson.dumps(doc, default=str).decode()
+
+
+def engine_label(url: str) -> str:
+    """The engine URL for a start-up line: secrets redacted and, for SQLite, the file's
+    absolute path (two processes started from different directories with
+    `sqlite:///conveyor.db` use two different files, and this shows it)."""
+    if url.startswith("sqlite:///"):
+        from ..engines.sqlite.engine import parse_sqlite_url
+
+        with contextlib.suppress(ConfigError):
+            return f"sqlite:///{parse_sqlite_url(url).resolve()}"
+    return redact(url)
+
+
+def announce(message: str, fmt: str, **fields: Any) -> None:
+    """Print a process's start-up line on stdout: plain text, or with `--log-format json`
+    one JSON object shaped like the log lines (`msg` plus `fields`). Printed whatever
+    the log level, since runbooks wait for it; never wrapped.
+
+    Args:
+        message: the line as a person reads it.
+        fmt: the log format, "text" or "json".
+        fields: the same facts as separate JSON fields.
+    """
+    if fmt == "json":
+        doc = {"ts": time.time(), "level": "INFO", "logger": "conveyor.cli", "msg": message}
+        line = orjson.dumps({**doc, **fields}, default=str).decode()
+    else:
+        line = message
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def setup_logging(level: str, fmt: str) -> None:

@@ -13,7 +13,16 @@ from ..app import Conveyor
 from ..engines import QueueLimits
 from ..settings import Settings, redact
 from ..worker import Worker
-from .common import cli, console, friendly, load_app, run_async, setup_logging
+from .common import (
+    announce,
+    cli,
+    console,
+    engine_label,
+    friendly,
+    load_app,
+    run_async,
+    setup_logging,
+)
 
 AppArg = Annotated[str, typer.Argument(help="your app as MODULE:ATTR, e.g. myproject.jobs:app")]
 
@@ -158,11 +167,21 @@ def worker(
         close_app=True,
         limits=None if limits.empty else limits,
     )
-    console.print(
-        f"worker {w.id} on {redact(settings.url)} queues={','.join(chosen)} "
-        f"concurrency={settings.concurrency} health port={settings.health_port or 'off'}",
-        highlight=False,
-    )
+    engine = engine_label(settings.url)
+
+    def ready() -> None:  # after the engine answered (runbook 003's ready signal)
+        announce(
+            f"worker {w.id} on {engine} queues={','.join(chosen)} "
+            f"concurrency={settings.concurrency} health port={settings.health_port or 'off'}",
+            settings.log_format,
+            worker=w.id,
+            engine=engine,
+            queues=list(chosen),
+            concurrency=settings.concurrency,
+            health_port=settings.health_port or None,
+        )
+
+    w.on_ready = ready
     run_async(run_worker(w))
 
 

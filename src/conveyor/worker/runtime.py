@@ -25,7 +25,7 @@ import socket
 import time
 import traceback
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -40,6 +40,7 @@ from ..job import AttemptError, Job, JobState, encode_result
 from ..metrics import Metrics
 from ..serving import EmbeddedServer
 from ..task import Task
+from . import joblog
 
 if TYPE_CHECKING:
     from ..app import Conveyor
@@ -160,6 +161,9 @@ class Worker:
         self.metrics.concurrency.set(concurrency)
         self.last_counts: list[QueueCounts] = []
         self._health: EmbeddedServer | None = None
+        # Called once the engine answered, the health server listens and the startup
+        # hooks ran: the CLI prints its start-up line (runbook 003's ready signal) here.
+        self.on_ready: Callable[[], None] | None = None
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.stats = WorkerStats()
         self.stopping = False
@@ -221,6 +225,8 @@ class Worker:
         try:
             for hook in self.app.startup_hooks:
                 await _call(hook)
+            if self.on_ready is not None:
+                self.on_ready()
             heartbeat = asyncio.create_task(self._heartbeat_loop(engine), name="conveyor-beat")
             await self._claim_loop(engine)
             await self._drain(engine)
@@ -463,6 +469,7 @@ class Worker:
     async def _execute(self, job: Job) -> None:
         outcome: Outcome
         hooks = self.app.job_hooks
+        joblog.started(job)
         if hooks:
             await self._fire("started", job)
         started = self.app.clock.monotonic()
@@ -482,9 +489,9 @@ class Worker:
         self._job_time += (time.perf_counter() - began - self._job_time) * _EWMA
         self._start_ready()
         self._count(outcome.kind, job)
-        self.metrics.record_outcome(
-            outcome.kind, job.queue, job.task, self.app.clock.monotonic() - started
-        )
+        duration = self.app.clock.monotonic() - started
+        self.metrics.record_outcome(outcome.kind, job.queue, job.task, duration)
+        joblog.finished(job, outcome, duration)
         if hooks:
             await self._fire(_HOOK_KIND[outcome.kind], _as_finished(job, outcome))
 
@@ -524,7 +531,6 @@ class Worker:
         except RateLimited as exc:
             # A dependency said "not now" (or a circuit breaker is open): that is not a
             # failed attempt, so the job is deferred and keeps its attempt budget.
-            log.debug("job %s deferred %.3fs: %s", job.id, exc.retry_after, exc.reason)
             return Outcome(
                 job.id,
                 token,

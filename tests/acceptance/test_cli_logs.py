@@ -75,3 +75,23 @@ def test_no_startup_line_until_the_engine_answers(tmp_path: Path) -> None:
     assert result.returncode == 2, result
     assert "worker " not in result.stdout
     assert "EngineUnavailable" in result.stderr
+
+
+async def test_piped_tables_keep_long_rows_on_one_line(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'conveyor.db'}"
+    queue = "q" * 60
+    app = Conveyor(url)
+    try:
+        await app.enqueue("elsewhere.task", {}, queue=queue)
+    finally:
+        await app.close()
+    result = subprocess.run(
+        [sys.executable, "-m", "conveyor", "queues", "--url", url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": ":".join(sys.path)},  # no COLUMNS
+    )
+    assert result.returncode == 0, result.stderr
+    (row,) = [line for line in result.stdout.splitlines() if queue in line]
+    assert len(row) > 80 and "pending" in result.stdout

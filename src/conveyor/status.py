@@ -105,12 +105,16 @@ def overview_row(counts: QueueCounts, now_ms: int) -> dict[str, Any]:
         now_ms: wall-clock milliseconds to measure the oldest pending job's age against.
 
     Returns:
-        The counts per state plus `paused`, `oldest_pending_age_seconds` (None when
-        nothing is pending), `completed_1m`, `failed_1m` and `throughput_per_min`
-        (jobs that finished, either way, in the last minute).
+        The counts per state plus `paused`, `oldest_pending_created_at` (Unix seconds)
+        and `oldest_pending_age_seconds` (both None when nothing is pending),
+        `completed_1m`, `failed_1m` and `throughput_per_min` (jobs that finished,
+        either way, in the last minute).
     """
     row = counts.to_dict()
-    oldest = counts.oldest_pending_ms
+    oldest = row.pop("oldest_pending_ms")
+    # Published as what it is, a point in time in seconds like every job timestamp (it
+    # was `oldest_pending_ms`, which read as a duration).
+    row["oldest_pending_created_at"] = None if oldest is None else oldest / 1000
     # Engine and reader clocks can differ by a few ms (Redis TIME): never show a negative age.
     row["oldest_pending_age_seconds"] = None if oldest is None else max(0, now_ms - oldest) / 1000
     row["throughput_per_min"] = counts.completed_1m + counts.failed_1m

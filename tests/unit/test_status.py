@@ -66,6 +66,9 @@ async def test_queue_overview_counts_ages_and_order() -> None:
     mail, sms = rows
     assert (mail["pending"], mail["scheduled"], mail["paused"]) == (1, 1, False)
     assert mail["oldest_pending_age_seconds"] == 90
+    # A point in time, in seconds like every job timestamp, under a name that says so.
+    assert mail["oldest_pending_created_at"] == pytest.approx(clock.now() - 90)
+    assert "oldest_pending_ms" not in mail
     assert sms["paused"] is True
     assert mail["throughput_per_min"] == mail["completed_1m"] + mail["failed_1m"]
 
@@ -73,6 +76,7 @@ async def test_queue_overview_counts_ages_and_order() -> None:
     assert only["queue"] == "sms"
     (empty,) = await queue_overview(app, ["never-used"])
     assert (empty["pending"], empty["oldest_pending_age_seconds"]) == (0, None)
+    assert empty["oldest_pending_created_at"] is None
 
 
 async def test_status_document_on_the_memory_engine() -> None:

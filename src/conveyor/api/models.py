@@ -132,8 +132,12 @@ class QueueOverviewOut(BaseModel):
     failed: int
     cancelled: int
     paused: bool
-    oldest_pending_ms: int | None
-    oldest_pending_age_seconds: float | None
+    oldest_pending_created_at: float | None = Field(
+        description="when the oldest pending job was enqueued (Unix seconds); null if none"
+    )
+    oldest_pending_age_seconds: float | None = Field(
+        description="how long the oldest pending job has waited (seconds); null if none"
+    )
     completed_1m: int
     failed_1m: int
     throughput_per_min: int

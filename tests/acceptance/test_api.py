@@ -236,6 +236,7 @@ async def test_idempotency_key_returns_the_same_job_while_it_is_active(
         "field": "Idempotency-Key",
         "location": "header",
         "reason": r.json()["errors"][0]["reason"],
+        "position": None,
     }
     # The window is the job's active life: once it finished, the key enqueues anew.
     assert (await client.post(f"{server.url}/jobs/{first['id']}/cancel")).status_code == 200
@@ -268,7 +269,12 @@ async def test_enqueue_validation_errors_name_the_field(
 
     doc = await error(422, task="probe", priorty=5)
     assert doc["errors"] == [
-        {"field": "priorty", "location": "body", "reason": "Extra inputs are not permitted"}
+        {
+            "field": "priorty",
+            "location": "body",
+            "reason": "Extra inputs are not permitted",
+            "position": None,
+        }
     ]
     assert (await error(422, task="probe", priority=101))["errors"][0]["field"] == "priority"
     assert (await error(422, task="probe", priority=True))["errors"][0]["field"] == "priority"
@@ -294,6 +300,10 @@ async def test_enqueue_validation_errors_name_the_field(
         f"{server.url}/jobs", content=b"{not json", headers={"content-type": "application/json"}
     )
     assert r.status_code == 422 and r.json()["error"] == "ValidationError"
+    # Where the JSON broke, as a position in the body, never as a "field" named "1".
+    (problem,) = r.json()["errors"]
+    assert (problem["field"], problem["location"], problem["position"]) == (None, "body", 1)
+    assert "not valid JSON" in problem["reason"] and "at character 1" in r.json()["message"]
 
     delayed = await enqueue(client, server, delay=60, priority=5, max_attempts=2, tenant="t1")
     assert delayed["state"] == "scheduled" and delayed["scheduled_at"] > time.time() + 50

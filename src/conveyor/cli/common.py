@@ -10,8 +10,9 @@ import logging
 import os
 import sys
 import time
+import traceback
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import orjson
 import typer
@@ -42,8 +43,35 @@ def _console(*, stderr: bool = False) -> Console:
 console = _console()
 
 
+def version() -> str:
+    """The installed Conveyor's version (the `conveyor-jobs` distribution)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("conveyor-jobs")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"conveyor {version()}")
+        raise typer.Exit()
+
+
 @cli.callback()
-def _root() -> None:
+def _root(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="print the installed version and exit",
+        ),
+    ] = False,
+) -> None:
     """Conveyor: run workers and operate queues."""
 
 
@@ -97,10 +125,14 @@ def load_app(target: str | None) -> Conveyor:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
+        if not _is_missing(exc, module_name):
+            raise ConfigError(_raised_on_import(module_name, exc)) from exc
         raise ConfigError(
-            f"cannot import {module_name!r} ({exc}): run from the project directory or "
-            "set PYTHONPATH"
+            f"cannot import {module_name!r}: no module named {exc.name!r} is on the path "
+            f"({os.getcwd()} and PYTHONPATH): run from the project directory or set PYTHONPATH"
         ) from exc
+    except Exception as exc:  # the module exists but its own code failed
+        raise ConfigError(_raised_on_import(module_name, exc)) from exc
     app = getattr(module, attr, None)
     if not isinstance(app, Conveyor):
         raise ConfigError(f"{target!r} is not a Conveyor app (found {type(app).__name__})")
@@ -114,6 +146,29 @@ _RECORD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) |
     "asctime",
     "taskName",
 }
+
+
+def _is_missing(exc: ModuleNotFoundError, module_name: str) -> bool:
+    """True when the app's module itself (or a package above it) is what is missing, not
+    something the module imports."""
+    parts = module_name.split(".")
+    return exc.name in {".".join(parts[: i + 1]) for i in range(len(parts))}
+
+
+def _raised_on_import(module_name: str, exc: BaseException) -> str:
+    """Where importing the user's module failed: its innermost frame in the user's code
+    (file and line) and the exception, so the fix starts at the right line."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    # Frames of the import machinery are noise; the last frame outside it is where it broke.
+    own = [f for f in frames if "importlib" not in f.filename]
+    where = f" at {own[-1].filename}:{own[-1].lineno}" if own else ""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        where = f" at {exc.filename}:{exc.lineno}"
+    return (
+        f"importing {module_name!r} raised {type(exc).__name__}: {exc}{where}: "
+        "the module was found, its code failed; fix that line (run "
+        f"`python -c 'import {module_name}'` for the full traceback)"
+    )
 
 
 class JsonFormatter(logging.Formatter):

@@ -1,0 +1,58 @@
+"""CLI output that says what is true (issue 14.8): version, import errors told apart,
+task defaults from the app, "did you mean" for queues nobody declared."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from importlib.metadata import version
+from pathlib import Path
+
+import pytest
+
+
+def conveyor(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "conveyor", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": ":".join([str(cwd), *sys.path])},
+    )
+
+
+def test_version_prints_the_installed_distribution_version(tmp_path: Path) -> None:
+    result = conveyor(tmp_path, "--version")
+    assert result.returncode == 0
+    assert result.stdout == f"conveyor {version('conveyor-jobs')}\n"
+
+
+@pytest.mark.parametrize(
+    ("source", "target", "expected"),
+    [
+        (None, "nosuchmodule:app", "no module named 'nosuchmodule' is on the path"),
+        (None, "nosuchpkg.jobs:app", "no module named 'nosuchpkg' is on the path"),
+        (
+            'import os\nraise RuntimeError("settings missing")\n',
+            "jobs:app",
+            "importing 'jobs' raised RuntimeError: settings missing at {dir}/jobs.py:2",
+        ),
+        (
+            "import not_installed_dependency\n",
+            "jobs:app",
+            "importing 'jobs' raised ModuleNotFoundError: No module named "
+            "'not_installed_dependency' at {dir}/jobs.py:1",
+        ),
+        ("def broken(:\n", "jobs:app", "importing 'jobs' raised SyntaxError"),
+    ],
+)
+def test_import_errors_tell_not_found_from_raised(
+    tmp_path: Path, source: str | None, target: str, expected: str
+) -> None:
+    if source is not None:
+        (tmp_path / "jobs.py").write_text(source)
+    result = conveyor(tmp_path, "worker", target, "--url", "memory://", "--burst")
+    assert result.returncode == 2, result
+    assert expected.format(dir=tmp_path) in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr

@@ -56,3 +56,25 @@ def test_import_errors_tell_not_found_from_raised(
     assert result.returncode == 2, result
     assert expected.format(dir=tmp_path) in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+
+
+APP_SOURCE = """
+from conveyor import Conveyor
+
+app = Conveyor()
+
+
+@app.task("email.send", queue="emails", max_attempts=5, backoff=[7], timeout=12)
+async def send(job):
+    return None
+"""
+
+
+def test_worker_warns_about_a_queue_no_task_declares(tmp_path: Path) -> None:
+    (tmp_path / "jobs.py").write_text(APP_SOURCE)
+    flags = ("--url", "memory://", "--burst", "--health-port", "0")
+    result = conveyor(tmp_path, "worker", "jobs:app", "--queues", "emials,default", *flags)
+    assert result.returncode == 0, result.stderr
+    assert "queue 'emials' is not declared" in result.stderr
+    assert "did you mean 'emails'?" in result.stderr
+    assert "'default'" not in result.stderr  # the app's default queue is declared

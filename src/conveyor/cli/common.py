@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import difflib
 import functools
 import importlib
 import logging
@@ -11,7 +12,7 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Annotated, Any, TypeVar
 
 import orjson
@@ -190,6 +191,18 @@ class JsonFormatter(logging.Formatter):
         elif record.exc_text:
             doc["exc"] = record.exc_text
         return orjson.dumps(doc, default=str).decode()
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """A hint for a name that is not among `known`: the closest one, or the list."""
+    names = sorted(set(known))
+    close = difflib.get_close_matches(name, names, n=1)
+    return f"did you mean {close[0]!r}?" if close else f"known: {', '.join(names) or '-'}"
+
+
+def declared_queues(app: Conveyor) -> set[str]:
+    """Queues the app's code declares: its tasks', its default, and those with limits."""
+    return {t.queue for t in app.tasks.values()} | {app.default_queue} | set(app.queue_limits)
 
 
 def engine_label(url: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 from typing import Annotated, Protocol
@@ -17,12 +18,16 @@ from .common import (
     announce,
     cli,
     console,
+    declared_queues,
+    did_you_mean,
     engine_label,
     friendly,
     load_app,
     run_async,
     setup_logging,
 )
+
+log = logging.getLogger("conveyor.cli")
 
 AppArg = Annotated[str, typer.Argument(help="your app as MODULE:ATTR, e.g. myproject.jobs:app")]
 
@@ -155,6 +160,15 @@ def worker(
     app = load_app(target)
     app.configure(url=settings.url, max_payload_bytes=settings.max_payload_bytes)
     chosen = settings.queues if (queues or env_has_queues) else default_queues(app)
+    declared = declared_queues(app)
+    for name in chosen:
+        if name not in declared:  # most often a typo: the worker would wait on it forever
+            log.warning(
+                "queue %r is not declared by any task of %s (%s)",
+                name,
+                target,
+                did_you_mean(name, declared),
+            )
     w = Worker(
         app,
         queues=chosen,

@@ -8,6 +8,7 @@ import sys
 from importlib.metadata import version
 from pathlib import Path
 
+import orjson
 import pytest
 
 
@@ -78,3 +79,25 @@ def test_worker_warns_about_a_queue_no_task_declares(tmp_path: Path) -> None:
     assert "queue 'emials' is not declared" in result.stderr
     assert "did you mean 'emails'?" in result.stderr
     assert "'default'" not in result.stderr  # the app's default queue is declared
+
+
+def test_schedules_add_refuses_a_task_the_app_does_not_know(tmp_path: Path) -> None:
+    (tmp_path / "jobs.py").write_text(APP_SOURCE)
+    url = ("--url", f"sqlite:///{tmp_path / 'conveyor.db'}")
+    typo = conveyor(tmp_path, "schedules", "add", "s", "--task", "email.snd", "--every", "5m",
+                    "--app", "jobs:app", *url)  # fmt: skip
+    assert typo.returncode == 2
+    assert "'email.snd' is not registered in the app (did you mean 'email.send'?)" in typo.stderr
+    listed = conveyor(tmp_path, "schedules", "list", "--json", *url)
+    assert listed.stdout.strip() == "[]"  # nothing was stored
+
+    # Without the app nothing can be checked: stored, with a warning that says so; then
+    # `list --app` shows the error the scheduler would meet.
+    unchecked = conveyor(tmp_path, "schedules", "add", "s", "--task", "email.snd",
+                         "--every", "5m", *url)  # fmt: skip
+    assert unchecked.returncode == 0 and "not checked" in unchecked.stderr
+    listed = conveyor(tmp_path, "schedules", "list", "--json", *url, "--app", "jobs:app")
+    (row,) = orjson.loads(listed.stdout)
+    assert row["error"].startswith("UnknownTask: task 'email.snd' is not registered")
+    table = conveyor(tmp_path, "schedules", "list", *url, "--app", "jobs:app")
+    assert "UnknownTask" in table.stdout

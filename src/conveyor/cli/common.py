@@ -193,6 +193,28 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(doc, default=str).decode()
 
 
+AppOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--app",
+        help="your app as MODULE:ATTR, to use its tasks' declarations (env CONVEYOR_APP)",
+        show_default=False,
+    ),
+]
+
+
+def configured_app(flag: str | None) -> Conveyor | None:
+    """The app an operations command was given: `--app`, else `CONVEYOR_APP`, else None.
+
+    Raises:
+        ConfigError: the app cannot be imported (see `load_app`).
+    """
+    from ..settings import Settings
+
+    target = flag or Settings.load().app
+    return load_app(target) if target else None
+
+
 def did_you_mean(name: str, known: Iterable[str]) -> str:
     """A hint for a name that is not among `known`: the closest one, or the list."""
     names = sorted(set(known))

@@ -58,6 +58,11 @@ def build_app(url: str | None = None) -> Conveyor:
     return app
 
 
+# The demo tasks as an app reference (`conveyor worker conveyor.demo:app`): what the
+# Docker Compose and Kubernetes examples run until you put your own app there.
+app = build_app()
+
+
 async def produce(app: Conveyor, rate: float, stop: asyncio.Event) -> None:
     n = 0
     while not stop.is_set():

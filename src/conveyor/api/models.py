@@ -169,6 +169,12 @@ class HealthOut(BaseModel):
     engine: dict[str, Any]
 
 
+class LiveOut(BaseModel):
+    """`GET /health/live`: the process serves requests (always 200, no engine call)."""
+
+    status: Literal["alive"]
+
+
 class ReadyOut(BaseModel):
     """`GET /health/ready`: 200 ready, 503 with the reason."""
 

@@ -1,8 +1,8 @@
 """Probes, metrics and the admin status document.
 
-`/health` is liveness: 200 while the process serves requests, even when the engine is
-down (restarting the API would not bring Redis back). `/health/ready` is readiness,
-with the same three rules as a worker's: the engine answers, it is durable, and the
+`/health/live` and `/health` are liveness: 200 while the process serves requests, even
+when the engine is down (restarting the API would not bring Redis back). `/health/ready`
+is readiness, with the same three rules as a worker's: the engine answers, it is durable, and the
 process is not shutting down. `/metrics` and the probes need no token, like the
 worker's health port: probes and scrapers usually cannot send one.
 """
@@ -21,7 +21,7 @@ from ..settings import redact
 from ..status import status_document
 from .auth import AdminPrincipal
 from .errors import ERROR_RESPONSES, json_response
-from .models import HealthOut, ReadyOut, StatusOut
+from .models import HealthOut, LiveOut, ReadyOut, StatusOut
 from .state import ApiState, api_state
 
 if TYPE_CHECKING:
@@ -39,6 +39,13 @@ async def api_readiness(state: ApiState) -> tuple[bool, str]:
         except (EngineUnavailable, TimeoutError) as exc:
             return False, f"engine unavailable: {exc or 'connect timed out'}"
     return await readiness(state.conveyor.engine, stopping=state.stopping)
+
+
+@router.get("/health/live", response_model=LiveOut, summary="Liveness probe")
+async def live() -> Response:
+    """Always 200 while the process serves requests, without calling the engine: the
+    probe an orchestrator restarts on (same path as a worker's health port)."""
+    return json_response({"status": "alive"})
 
 
 @router.get("/health", response_model=HealthOut, summary="Liveness")

@@ -41,6 +41,7 @@ from ..metrics import Metrics
 from ..serving import EmbeddedServer
 from ..task import Task
 from . import joblog
+from .loopwatch import DEFAULT_THRESHOLD_S, JOB_TASK_PREFIX, LoopWatch, job_describer
 
 if TYPE_CHECKING:
     from ..app import Conveyor
@@ -164,6 +165,8 @@ class Worker:
         # Called once the engine answered, the health server listens and the startup
         # hooks ran: the CLI prints its start-up line (runbook 003's ready signal) here.
         self.on_ready: Callable[[], None] | None = None
+        # An async handler that blocks the loop this long is logged (worker/loopwatch.py).
+        self.block_warn_s = DEFAULT_THRESHOLD_S
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.stats = WorkerStats()
         self.stopping = False
@@ -222,6 +225,8 @@ class Worker:
             )
             await self._health.start()
         heartbeat: asyncio.Task[None] | None = None
+        watch = LoopWatch(job_describer(self._running, self.app.tasks), self.block_warn_s)
+        watch.start()
         try:
             for hook in self.app.startup_hooks:
                 await _call(hook)
@@ -236,6 +241,7 @@ class Worker:
                 except Exception:
                     log.exception("shutdown hook %r failed", hook)
         finally:
+            await watch.stop()
             if heartbeat is not None:
                 heartbeat.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -462,7 +468,7 @@ class Worker:
 
     def _start(self, job: Job) -> None:
         job._reporter = self._report_progress
-        task = asyncio.create_task(self._execute(job), name=f"conveyor-job:{job.id}")
+        task = asyncio.create_task(self._execute(job), name=f"{JOB_TASK_PREFIX}{job.id}")
         self._running[job.id] = (job, task)
         self.metrics.in_flight.set(len(self._running))
 

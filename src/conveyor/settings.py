@@ -17,6 +17,7 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .errors import ConfigError
+from .limits import parse_rate
 
 DEFAULT_URL = "sqlite:///conveyor.db"
 ENV_PREFIX = "CONVEYOR_"
@@ -81,8 +82,6 @@ class Settings(BaseSettings):
     @field_validator("rate", "tenant_rate")
     @classmethod
     def _rate(cls, value: str | None) -> str | None:
-        from .engines.base import parse_rate
-
         if value is not None:
             try:
                 parse_rate(value)

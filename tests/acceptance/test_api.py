@@ -390,13 +390,16 @@ async def test_queue_operations(
 
     retried = (await client.post(f"{base}/queues/{Q}/retry-all")).json()
     assert retried == {"queue": Q, "state": "failed", "count": 2}
+    # Lifecycle's rules, applied once by the facade: 409 with its message.
     r = await client.post(f"{base}/queues/{Q}/retry-all", json={"state": "completed"})
-    assert r.status_code == 422
+    assert r.status_code == 409 and "failed or cancelled" in r.json()["message"]
+    r = await client.post(f"{base}/queues/{Q}/retry-all", json={"state": "finished"})
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "state"
 
     cleaned = await client.post(f"{base}/queues/{Q}/clean", json={"state": "completed"})
     assert cleaned.json() == {"queue": Q, "state": "completed", "count": 1}
     r = await client.post(f"{base}/queues/{Q}/clean", json={"state": "pending"})
-    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "state"
+    assert r.status_code == 409 and "cancel live jobs first" in r.json()["message"]
     assert (await client.post(f"{base}/queues/bad%20q/pause")).status_code == 422
 
 

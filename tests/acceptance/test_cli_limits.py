@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from conveyor import Conveyor, Worker
-from conveyor.engines import QueueLimits
+from conveyor.limits import QueueLimits
 from conveyor.testing import probe_app
 from tests.acceptance.test_cli_ops import assert_one_line_error, conveyor
 

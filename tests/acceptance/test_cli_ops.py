@@ -230,7 +230,7 @@ async def test_retry_one_then_retry_all(app: Conveyor, durable_url: str) -> None
     cancelled = await conveyor(durable_url, "retry-all", Q, "--state", "cancelled")
     assert "retried 1 cancelled job(s)" in cancelled.out
     assert_one_line_error(
-        await conveyor(durable_url, "retry-all", Q, "--state", "pending"), "InvalidJob"
+        await conveyor(durable_url, "retry-all", Q, "--state", "pending"), "InvalidState"
     )
 
 
@@ -305,7 +305,7 @@ async def test_clean_by_state_and_age(app: Conveyor, durable_url: str) -> None:
     )
     assert_one_line_error(
         await conveyor(durable_url, "clean", Q, "--state", "pending", "--older-than", "1d"),
-        "InvalidJob",
+        "InvalidState",
     )
 
 

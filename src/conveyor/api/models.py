@@ -21,8 +21,6 @@ MAX_DELAY_SECONDS = 10 * 365 * 86_400.0
 QUEUE_PATTERN = QUEUE_NAME.pattern
 
 JobStateName = Literal["scheduled", "pending", "running", "completed", "failed", "cancelled"]
-FinishedState = Literal["completed", "failed", "cancelled"]
-RetryableState = Literal["failed", "cancelled"]
 
 
 class _Request(BaseModel):
@@ -66,7 +64,9 @@ class EnqueueRequest(_Request):
 class CleanRequest(_Request):
     """`POST /queues/{queue}/clean`: delete old finished jobs."""
 
-    state: FinishedState = "completed"
+    # Which states clean accepts is lifecycle's rule, checked once by the app facade
+    # (409 InvalidState otherwise); the model only checks that it names a state.
+    state: JobStateName = "completed"
     older_than: float = Field(
         0, ge=0, le=MAX_DELAY_SECONDS, description="seconds since the job finished"
     )
@@ -76,7 +76,8 @@ class CleanRequest(_Request):
 class RetryAllRequest(_Request):
     """`POST /queues/{queue}/retry-all`: which dead jobs to send back."""
 
-    state: RetryableState = "failed"
+    # As for clean: the facade applies lifecycle's rule (failed or cancelled).
+    state: JobStateName = "failed"
 
 
 class AttemptErrorOut(BaseModel):

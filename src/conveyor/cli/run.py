@@ -11,7 +11,7 @@ from typing import Annotated, Protocol
 import typer
 
 from ..app import Conveyor
-from ..engines import QueueLimits
+from ..limits import QueueLimits
 from ..settings import Settings, redact
 from ..worker import Worker
 from .common import (

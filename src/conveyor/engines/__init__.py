@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ..clock import Clock
 from ..errors import ConfigError
-from .base import Engine, Event, Exchange, JobPage, Outcome, QueueCounts, QueueLimits
+from .base import Engine, Event, Exchange, JobPage, Outcome, QueueCounts
 
 __all__ = [
     "Engine",
@@ -17,7 +17,6 @@ __all__ = [
     "JobPage",
     "Outcome",
     "QueueCounts",
-    "QueueLimits",
     "open_engine",
 ]
 

@@ -21,6 +21,7 @@ import orjson
 from ..clock import Clock
 from ..errors import InvalidState, JobNotFound
 from ..job import ACTIVE_STATES, EnqueueResult, Job, JobState, NewJob, decode_job, decode_lenient
+from ..limits import QueueLimits
 from .base import (
     Event,
     Exchange,
@@ -28,7 +29,6 @@ from .base import (
     LeaseInfo,
     Outcome,
     QueueCounts,
-    QueueLimits,
     StoredSchedule,
     Throughput,
 )

@@ -33,10 +33,11 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from .. import backoff as backoff_mod
-from ..engines import Engine, Outcome, QueueCounts, QueueLimits
+from ..engines import Engine, Outcome, QueueCounts
 from ..errors import EngineUnavailable, RateLimited, Retry, Unrecoverable
 from ..health import build_health_app
 from ..job import AttemptError, Job, JobState, encode_result
+from ..limits import QueueLimits, merge_limits
 from ..metrics import Metrics
 from ..serving import EmbeddedServer
 from ..task import Task
@@ -260,24 +261,9 @@ class Worker:
         """The limits this worker stores for `queue` at start: the app's, with the fields
         the worker's own `limits` sets replacing them (None: leave the engine's alone)."""
         code, flags = self.app.queue_limits.get(queue), self.limits
-        if flags is None or flags.empty:
-            return code
-        if code is None:
-            return flags
-        rate = flags if flags.rate is not None else code
-        tenant_rate = flags if flags.tenant_rate is not None else code
-        return QueueLimits(
-            flags.concurrency if flags.concurrency is not None else code.concurrency,
-            (
-                flags.tenant_concurrency
-                if flags.tenant_concurrency is not None
-                else code.tenant_concurrency
-            ),
-            rate.rate,
-            rate.rate_window_ms,
-            tenant_rate.tenant_rate,
-            tenant_rate.tenant_rate_window_ms,
-        )
+        if code is None and (flags is None or flags.empty):
+            return None
+        return merge_limits(code, flags)
 
     async def _apply_limits(self, engine: Engine) -> None:
         for queue in self.queues:

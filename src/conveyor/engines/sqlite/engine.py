@@ -64,6 +64,7 @@ from ...job import (
     decode_job,
     decode_lenient,
 )
+from ...limits import QueueLimits
 from ..base import (
     Event,
     Exchange,
@@ -71,7 +72,6 @@ from ..base import (
     LeaseInfo,
     Outcome,
     QueueCounts,
-    QueueLimits,
     StoredSchedule,
     Throughput,
 )

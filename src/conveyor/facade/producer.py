@@ -1,0 +1,213 @@
+"""The producer side of the app: validate and encode jobs once, then store them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from .. import backoff as backoff_mod
+from ..errors import ConfigError, InvalidJob, UnknownTask
+from ..job import (
+    MAX_PRIORITY,
+    MIN_PRIORITY,
+    Job,
+    JobState,
+    NewJob,
+    encode_payload,
+    new_job_id,
+)
+from .checks import check_attempts, check_label, check_queue, check_timeout, due
+from .core import AppCore
+
+ENQUEUE_OPTIONS = frozenset(
+    {
+        "queue",
+        "delay",
+        "run_at",
+        "priority",
+        "dedupe_key",
+        "tenant",
+        "max_attempts",
+        "backoff",
+        "timeout",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Enqueued:
+    """What storing one job did.
+
+    Attributes:
+        job: the stored job, or the live job that already held its dedupe key.
+        created: True when `job` is new; False when the dedupe key was held (nothing
+            was written).
+    """
+
+    job: Job
+    created: bool
+
+
+class Producer(AppCore):
+    """Build, validate and enqueue jobs (async and sync)."""
+
+    def build(self, task: str, payload: Mapping[str, Any] | None = None, **options: Any) -> NewJob:
+        """Validate and encode one job without storing it (used by enqueue and outbox).
+
+        Raises:
+            UnknownTask, InvalidPayload, PayloadTooLarge, InvalidJob: nothing is enqueued.
+        """
+        unknown = set(options) - ENQUEUE_OPTIONS
+        if unknown:
+            raise InvalidJob(
+                f"unknown enqueue option(s) {', '.join(sorted(unknown))}: "
+                f"valid options are {', '.join(sorted(ENQUEUE_OPTIONS))}"
+            )
+        registered = self.tasks.get(task)
+        queue = options.get("queue")
+        if registered is None and queue is None:
+            raise UnknownTask(
+                f"task {task!r} is not registered in this process: register it with "
+                "@app.task, or pass queue= to enqueue it for a worker that has it"
+            )
+        if not isinstance(task, str) or not task:
+            raise InvalidJob("task name must be a non-empty string")
+        queue = check_queue(
+            queue or (registered.queue if registered else self.default_queue), error=InvalidJob
+        )
+        priority = options.get("priority") or 0
+        if not isinstance(priority, int) or not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+            raise InvalidJob(
+                f"priority={priority!r} is invalid: use an integer from {MIN_PRIORITY} to "
+                f"{MAX_PRIORITY} (higher runs first)"
+            )
+        max_attempts = options.get("max_attempts")
+        if max_attempts is None:
+            max_attempts = registered.max_attempts if registered else 3
+        check_attempts(max_attempts, error=InvalidJob)
+        timeout = options.get("timeout")
+        check_timeout(timeout, error=InvalidJob)
+        backoff_json = None
+        if options.get("backoff") is not None:
+            try:
+                backoff_json = orjson.dumps(
+                    backoff_mod.coerce(options["backoff"]).to_spec()
+                ).decode()
+            except ConfigError as exc:
+                raise InvalidJob(str(exc)) from exc
+        delay_ms, run_at_ms = due(options.get("delay"), options.get("run_at"))
+        tenant = check_label("tenant", options.get("tenant"), 128)
+        dedupe_key = check_label("dedupe_key", options.get("dedupe_key"), 512)
+        return NewJob(
+            id=new_job_id(queue),
+            queue=queue,
+            task=task,
+            payload_json=encode_payload({} if payload is None else payload, self.max_payload_bytes),
+            max_attempts=max_attempts,
+            priority=priority,
+            tenant=tenant,
+            dedupe_key=dedupe_key,
+            timeout=timeout,
+            backoff_json=backoff_json,
+            delay_ms=delay_ms,
+            run_at_ms=run_at_ms,
+        )
+
+    async def enqueue(
+        self, task: str, payload: Mapping[str, Any] | None = None, **options: Any
+    ) -> Job:
+        """Enqueue one job. Once this returns, the job is stored durably.
+
+        Args:
+            task: registered task name (or any name, with `queue=`).
+            payload: a JSON object.
+            **options: queue, delay (seconds or timedelta), run_at (datetime),
+                priority (-100..100, higher first), dedupe_key, tenant,
+                max_attempts, backoff, timeout.
+
+        Returns:
+            The new job, or the live job that already holds `dedupe_key`.
+
+        Raises:
+            UnknownTask, InvalidPayload, PayloadTooLarge, InvalidJob, EngineUnavailable.
+        """
+        return (await self._store([self.build(task, payload, **options)]))[0].job
+
+    async def enqueue_built(self, new: NewJob) -> Enqueued:
+        """Store one job made by `build`, saying whether it is new or deduplicated (the
+        HTTP API answers 201 or 200 from it).
+
+        Returns:
+            The stored job (or the live one holding its dedupe key) and `created`.
+
+        Raises:
+            EngineUnavailable: the engine cannot be reached.
+        """
+        return (await self._store([new]))[0]
+
+    async def enqueue_many(self, items: Iterable[Mapping[str, Any]]) -> list[Job]:
+        """Enqueue many jobs in one round trip per queue; all are validated first.
+
+        Each item is a mapping with `task`, optional `payload` and any `enqueue` option.
+        If any item is invalid, nothing is enqueued.
+        """
+        built = []
+        for index, item in enumerate(items):
+            spec = dict(item)
+            try:
+                task = spec.pop("task")
+            except KeyError:
+                raise InvalidJob(f"item {index} has no 'task': each item needs one") from None
+            payload = spec.pop("payload", None)
+            try:
+                built.append(self.build(task, payload, **spec))
+            except InvalidJob as exc:
+                raise type(exc)(f"item {index}: {exc}") from exc
+        return [stored.job for stored in await self._store(built)]
+
+    async def _store(self, jobs: Sequence[NewJob]) -> list[Enqueued]:
+        if not jobs:
+            return []
+        engine = await self.connect()
+        results = await engine.enqueue(jobs)
+        now = self.clock.now()
+        out = []
+        for new, res in zip(jobs, results, strict=True):
+            if not res.created:
+                out.append(Enqueued(await engine.get_job(res.id), created=False))
+                continue
+            job = Job(
+                id=res.id,
+                queue=new.queue,
+                task=new.task,
+                payload=orjson.loads(new.payload_json),
+                state=res.state,
+                max_attempts=new.max_attempts,
+                priority=new.priority,
+                tenant=new.tenant,
+                dedupe_key=new.dedupe_key,
+                timeout=new.timeout,
+                backoff=orjson.loads(new.backoff_json) if new.backoff_json else None,
+                created_at=now,
+                scheduled_at=(
+                    new.run_at_ms / 1000 if new.run_at_ms is not None else now + new.delay_ms / 1000
+                )
+                if res.state == JobState.SCHEDULED
+                else None,
+            )
+            out.append(Enqueued(job, created=True))
+        return out
+
+    def enqueue_sync(
+        self, task: str, payload: Mapping[str, Any] | None = None, **options: Any
+    ) -> Job:
+        """`enqueue` for synchronous code (Flask, Django, scripts). Thread-safe."""
+        return self._bridge().run(lambda app: app.enqueue(task, payload, **options))
+
+    def enqueue_many_sync(self, items: Iterable[Mapping[str, Any]]) -> list[Job]:
+        """`enqueue_many` for synchronous code."""
+        materialised = list(items)
+        return self._bridge().run(lambda app: app.enqueue_many(materialised))

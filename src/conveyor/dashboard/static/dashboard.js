@@ -14,6 +14,15 @@ const TOKEN_KEY = "conveyor.dashboard.token";
 const QUEUES_KEY = "conveyor.dashboard.queues"; // queues a tenant opened (it cannot list them)
 const STATES = ["scheduled", "pending", "running", "completed", "failed", "cancelled"];
 const FINISHED = ["completed", "failed", "cancelled"];
+// What an empty state tab means, so an empty table reads as an answer, not a glitch.
+const EMPTY_HINT = {
+  scheduled: "Delayed jobs and jobs waiting for a retry appear here.",
+  pending: "Jobs waiting for a worker appear here.",
+  running: "Jobs a worker is running now appear here.",
+  completed: "Finished jobs appear here until retention cleans them.",
+  failed: "Jobs that used all their attempts (the dead-letter state) appear here.",
+  cancelled: "Cancelled jobs appear here.",
+};
 const PAGE_SIZE = 50;
 // Event kind -> the state the job is in afterwards (for in-place row updates).
 const STATE_AFTER = {
@@ -245,7 +254,7 @@ async function act(button, label, call, done) {
 
 // --- sparklines ---------------------------------------------------------------------------
 function sparkline(values, label, kind, max) {
-  const width = 120;
+  const width = 72; // 60 one-minute points: wider adds no detail, and the table must fit 1280 px
   const height = 28;
   const top = Math.max(max ?? Math.max(...values, 0), 1e-9);
   const step = values.length > 1 ? width / (values.length - 1) : width;
@@ -272,8 +281,10 @@ function sparkCells(history) {
   const perMin = done.map((c, i) => c + failed[i]);
   return [
     h("span", { class: "spark-cell" },
-      sparkline(perMin, `Finished per minute, last hour: ${total} in all`, "throughput"),
-      h("span", { class: "num", text: `${total}/h` })),
+      // A count over the last hour, not a rate: "2074/h" after 90 s of running misled.
+      sparkline(perMin, `Jobs finished per minute, last hour: ${total} in all`, "throughput"),
+      h("span", { class: "num", title: "jobs finished (completed or failed) in the last hour",
+        text: total.toLocaleString("en") })),
     h("span", { class: "spark-cell" },
       sparkline(rates, `Failure rate per minute, last hour: ${rate}% overall`, "failures", 1),
       h("span", { class: "num", text: `${rate}%` })),
@@ -319,7 +330,7 @@ function overview(view) {
           h("caption", { class: "sr-only", text: "Jobs per state of every queue" }),
           h("thead", {}, h("tr", {},
             ["Queue", ...STATES.map((st) => st[0].toUpperCase() + st.slice(1)), "Oldest pending",
-              "Throughput (1h)", "Failure rate (1h)", "Status"].map((t) => h("th", { scope: "col", text: t })))),
+              "Finished (last hour)", "Failure rate (last hour)", "Status"].map((t) => h("th", { scope: "col", text: t })))),
           queuesBody))),
     h("section", { "aria-labelledby": "workers-title", class: "card" },
       h("h2", { id: "workers-title", text: "Workers" }),
@@ -375,12 +386,12 @@ function overview(view) {
     queuesBody.replaceChildren(...rows.map((q) => {
       const sparks = sparkCells(history[q.queue]);
       return h("tr", { "data-queue": q.queue },
-        h("th", { scope: "row", "data-label": "Queue" }, h("a", { href: queueHref(q.queue), text: q.queue })),
+        h("th", { scope: "row", "data-label": "Queue", class: "queue-name" }, h("a", { href: queueHref(q.queue), text: q.queue })),
         STATES.map((st) => h("td", { class: "num", "data-label": st, "data-count": st },
           q[st] ? h("a", { href: queueHref(q.queue, { state: st }), text: q[st].toLocaleString("en") }) : "0")),
         h("td", { "data-label": "Oldest pending", text: duration(q.oldest_pending_age_seconds) }),
-        h("td", { "data-label": "Throughput (1h)", "data-col": "throughput" }, sparks[0]),
-        h("td", { "data-label": "Failure rate (1h)", "data-col": "failures" }, sparks[1]),
+        h("td", { "data-label": "Finished (last hour)", "data-col": "throughput" }, sparks[0]),
+        h("td", { "data-label": "Failure rate (last hour)", "data-col": "failures" }, sparks[1]),
         h("td", { "data-label": "Status" }, q.paused
           ? h("span", { class: "badge", "data-state": "paused", text: "paused" })
           : h("span", { class: "muted", text: "active" })));
@@ -464,7 +475,8 @@ function queueView(view, name, params) {
     const known = JSON.parse(sessionStorage.getItem(QUEUES_KEY) || "[]");
     if (!known.includes(name)) sessionStorage.setItem(QUEUES_KEY, JSON.stringify([name, ...known].slice(0, 20)));
   }
-  const state = STATES.includes(params.get("state")) ? params.get("state") : "pending";
+  const chosen = STATES.includes(params.get("state"));
+  const state = chosen ? params.get("state") : "pending";
   const filters = { tenant: params.get("tenant") || "", task: params.get("task") || "", q: params.get("q") || "" };
   const cursors = [null]; // cursor of each page visited, so "Previous" needs no server support
   let page = 0;
@@ -581,6 +593,14 @@ function queueView(view, name, params) {
   async function loadCounts() {
     if (!session.admin) { renderTabs(null); return; }
     const stats = await api("GET", `/queues/${encodeURIComponent(name)}/stats`);
+    if (!chosen && !stats[state]) {
+      // No state in the link: open on the first state that has jobs, not an empty tab.
+      const first = STATES.find((st) => stats[st] > 0);
+      if (first && first !== state) {
+        location.replace(queueHref(name, { ...nonEmpty(filters), state: first }));
+        return;
+      }
+    }
     paused = stats.paused;
     pausedBadge.hidden = !paused;
     renderTabs(stats);
@@ -611,7 +631,7 @@ function queueView(view, name, params) {
     shown.textContent = `Page ${page + 1}: ${rows.length} job(s)` +
       (narrowed ? ` match the task/text filter out of ${jobs.length} on this page` : "");
     body.replaceChildren(...(rows.length ? rows.map(jobRow) : [h("tr", {}, h("td", { colspan: 6, class: "empty",
-      text: jobs.length ? "No job on this page matches the filters." : `No ${state} jobs.` }))]));
+      text: jobs.length ? "No job on this page matches the filters." : `No ${state} jobs. ${EMPTY_HINT[state]}` }))]));
     pager.replaceChildren(
       h("button", { type: "button", id: "first-page", disabled: page === 0,
         onclick: () => { page = 0; loadPage().catch(reportError); }, text: "First page" }),
@@ -791,6 +811,12 @@ function schedulesView(view) {
       box.replaceChildren(h("p", { class: "notice", id: "no-scheduler", text:
         "Scheduler not configured: no schedule is stored and no scheduler is running. Define " +
         "schedules with app.cron(...) / app.every(...) and run `conveyor scheduler`." }));
+      return;
+    }
+    if (!doc.schedules.length) {
+      box.replaceChildren(h("p", { class: "notice", id: "no-schedules", text:
+        "No schedule yet. Add one with `conveyor schedules add NAME --cron '0 3 * * *' --task T`, " +
+        "or in code with app.cron(...) / app.every(...)." }));
       return;
     }
     box.replaceChildren(

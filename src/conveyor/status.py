@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from .engines import QueueCounts
 from .errors import ConfigError, EngineUnavailable
 from .job import JobState
+from .limits import QueueLimits
 from .settings import redact
 
 if TYPE_CHECKING:
@@ -97,18 +98,25 @@ def format_duration(seconds: float | None) -> str:
     return f"{secs}s"
 
 
-def overview_row(counts: QueueCounts, now_ms: int) -> dict[str, Any]:
+def overview_row(
+    counts: QueueCounts,
+    now_ms: int,
+    limits: QueueLimits | None = None,
+    held: Sequence[str] = (),
+) -> dict[str, Any]:
     """One queue's overview from its counts (the shape `queue_overview` returns).
 
     Args:
         counts: the engine's counts for the queue.
         now_ms: wall-clock milliseconds to measure the oldest pending job's age against.
+        limits: the limits the engine enforces for the queue (None: none).
+        held: why its pending jobs wait (see `held_back`).
 
     Returns:
         The counts per state plus `paused`, `oldest_pending_created_at` (Unix seconds)
         and `oldest_pending_age_seconds` (both None when nothing is pending),
         `completed_1m`, `failed_1m` and `throughput_per_min` (jobs that finished,
-        either way, in the last minute).
+        either way, in the last minute), `limits` (those set) and `held_back`.
     """
     row = counts.to_dict()
     oldest = row.pop("oldest_pending_ms")
@@ -118,6 +126,9 @@ def overview_row(counts: QueueCounts, now_ms: int) -> dict[str, Any]:
     # Engine and reader clocks can differ by a few ms (Redis TIME): never show a negative age.
     row["oldest_pending_age_seconds"] = None if oldest is None else max(0, now_ms - oldest) / 1000
     row["throughput_per_min"] = counts.completed_1m + counts.failed_1m
+    shown = limits.to_dict() if limits is not None else {}
+    row["limits"] = {k: v for k, v in shown.items() if v is not None}
+    row["held_back"] = list(held)
     return row
 
 
@@ -132,7 +143,9 @@ async def queue_overview(
             sorted).
 
     Returns:
-        One dict per queue (see `overview_row`).
+        One dict per queue (see `overview_row`), plus `limits` (the limits the engine
+        enforces, only those set) and `held_back` (why pending jobs wait, see
+        `held_back`).
 
     Raises:
         EngineUnavailable: the engine cannot be reached.
@@ -140,9 +153,64 @@ async def queue_overview(
     names = list(queues) if queues is not None else await app.queue_names()
     # One read per queue, concurrently: on Redis that overlaps round trips, on SQLite
     # the reads share the connection pool.
-    counts = await asyncio.gather(*(app.counts(name) for name in names))
+    counts, limits, workers = await asyncio.gather(
+        asyncio.gather(*(app.counts(name) for name in names)),
+        asyncio.gather(*(app.get_limits(name) for name in names)),
+        app.workers(),
+    )
     now_ms = app.clock.now_ms()
-    return [overview_row(c, now_ms) for c in counts]
+    served = {q for w in workers for q in w.get("queues") or []}
+    rows = []
+    for c, lim in zip(counts, limits, strict=True):
+        tenants_full: list[str] = []
+        if lim.tenant_concurrency is not None and c.pending:
+            running = await app.tenant_running(c.queue)
+            tenants_full = sorted(t for t, n in running.items() if n >= lim.tenant_concurrency)
+        held = held_back(c, lim, served=c.queue in served, tenants_full=tenants_full)
+        rows.append(overview_row(c, now_ms, lim, held))
+    return rows
+
+
+def held_back(
+    counts: QueueCounts, limits: QueueLimits, *, served: bool, tenants_full: Sequence[str]
+) -> list[str]:
+    """Why a queue's pending jobs are not running now, in words (empty: they are not held
+    back, or nothing is pending). A forgotten `--concurrency 5` otherwise looks like an
+    idle worker next to 181 pending jobs.
+
+    Args:
+        counts: the queue's counts.
+        limits: the limits the engine enforces for it.
+        served: whether a live worker lists the queue.
+        tenants_full: tenants at their `tenant_concurrency` limit.
+    """
+    if not counts.pending:
+        return []
+    q = counts.queue
+    reasons = []
+    if counts.paused:
+        reasons.append(f"paused: `conveyor resume {q}`")
+    if not served:
+        reasons.append("no live worker consumes this queue")
+    if limits.concurrency is not None and counts.running >= limits.concurrency:
+        reasons.append(
+            f"queue concurrency limit {limits.concurrency} reached ({counts.running} running): "
+            f"`conveyor limits {q}` shows and changes it"
+        )
+    if tenants_full:
+        shown = ", ".join(tenants_full[:5]) + (" ..." if len(tenants_full) > 5 else "")
+        reasons.append(f"tenant concurrency limit {limits.tenant_concurrency} reached for {shown}")
+    if limits.rate is not None or limits.tenant_rate is not None:
+        rates = [
+            f"{name} {value}"
+            for name, value in (
+                ("rate", limits.to_dict()["rate"]),
+                ("tenant rate", limits.to_dict()["tenant_rate"]),
+            )
+            if value is not None
+        ]
+        reasons.append(f"{' and '.join(rates)} limit: jobs wait while a window is full")
+    return reasons
 
 
 def _worker_row(info: dict[str, Any], now: float) -> dict[str, Any]:

@@ -435,6 +435,9 @@ async def test_desktop_fit_empty_states_throughput_label_and_first_non_empty_tab
         await enqueue(server.url, payload={"action": "fail", "n": i}, max_attempts=1)
     await enqueue(server.url, task="elsewhere.task", queue=wide)
     await run_burst(sqlite_url)
+    limiter = dashboard_app(sqlite_url)
+    await limiter.set_limits(wide, concurrency=5, rate="100/1s")
+    await limiter.close()
     await page.goto(f"{server.url}/dashboard#/")
     row = page.locator(f'tr[data-queue="{Q}"]')
     await expect(row.locator('[data-count="failed"]')).to_have_text("3")
@@ -446,6 +449,14 @@ async def test_desktop_fit_empty_states_throughput_label_and_first_non_empty_tab
     status = page.locator("#queues thead th", has_text="Status")
     box = await status.bounding_box()
     assert box is not None and box["x"] + box["width"] <= DESKTOP["width"]
+    # Limits in effect and why pending jobs wait are on the queue's row.
+    held = page.locator(f'tr[data-queue="{wide}"]')
+    await expect(held.locator('[data-col="limits"]')).to_have_text(
+        "limits: concurrency 5, rate 100/1s"
+    )
+    await expect(held.locator('[data-col="held-back"]')).to_contain_text(
+        "no live worker consumes this queue"
+    )
     # The throughput column says what it counts: jobs finished in the last hour, not a rate.
     header = page.locator("#queues thead th").nth(8)
     await expect(header).to_have_text("Finished (last hour)")

@@ -140,3 +140,31 @@ async def test_status_document_times_out_instead_of_hanging() -> None:
 async def test_a_bad_url_scheme_is_a_setup_error_not_an_outage() -> None:
     with pytest.raises(ConfigError, match="not supported"):
         await status_document(Conveyor("postgres://db/jobs"))
+
+
+async def test_overview_shows_limits_in_effect_and_why_pending_jobs_wait() -> None:
+    app = Conveyor("memory://")
+    for tenant in ("acme", "acme", "globex"):
+        await app.enqueue("mail.send", {}, queue="mail", tenant=tenant)
+    await app.set_limits("mail", concurrency=1, tenant_concurrency=1, rate="100/1s")
+    engine = await app.connect()
+    claimed = await engine.exchange([], queues=["mail"], limit=5, worker_id="w", lease_ms=60_000)
+    assert len(claimed.jobs) == 1  # the queue's limit holds the rest back
+
+    (row,) = await queue_overview(app, ["mail"])
+    assert row["limits"] == {"concurrency": 1, "tenant_concurrency": 1, "rate": "100/1s"}
+    reasons = row["held_back"]
+    assert "no live worker consumes this queue" in reasons
+    assert any(r.startswith("queue concurrency limit 1 reached (1 running)") for r in reasons)
+    tenant = claimed.jobs[0].tenant
+    assert any(f"tenant concurrency limit 1 reached for {tenant}" in r for r in reasons)
+    assert any("rate 100/1s limit" in r for r in reasons)
+
+    await engine.register_worker("w", '{"queues": ["mail"]}', ttl_ms=60_000)
+    await app.pause("mail")
+    (row,) = await queue_overview(app, ["mail"])
+    assert "paused: `conveyor resume mail`" in row["held_back"]
+    assert "no live worker consumes this queue" not in row["held_back"]
+
+    (idle,) = await queue_overview(app, ["empty"])
+    assert (idle["limits"], idle["held_back"]) == ({}, [])

@@ -142,6 +142,14 @@ class QueueOverviewOut(BaseModel):
     completed_1m: int
     failed_1m: int
     throughput_per_min: int
+    limits: dict[str, int | str] = Field(
+        description="fleet-wide limits in effect (only those set): concurrency, "
+        'tenant_concurrency, rate and tenant_rate ("100/1s")'
+    )
+    held_back: list[str] = Field(
+        description="why pending jobs are not running now (paused, no worker, a limit "
+        "reached); empty when nothing holds them back"
+    )
 
 
 class QueuesOut(BaseModel):

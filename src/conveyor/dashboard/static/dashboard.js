@@ -392,9 +392,15 @@ function overview(view) {
         h("td", { "data-label": "Oldest pending", text: duration(q.oldest_pending_age_seconds) }),
         h("td", { "data-label": "Finished (last hour)", "data-col": "throughput" }, sparks[0]),
         h("td", { "data-label": "Failure rate (last hour)", "data-col": "failures" }, sparks[1]),
-        h("td", { "data-label": "Status" }, q.paused
+        h("td", { "data-label": "Status", "data-col": "status" }, q.paused
           ? h("span", { class: "badge", "data-state": "paused", text: "paused" })
-          : h("span", { class: "muted", text: "active" })));
+          : h("span", { class: "muted", text: "active" }),
+        // The limits in effect and why pending jobs wait: a forgotten limit is otherwise
+        // an idle worker next to a backlog.
+        Object.keys(q.limits || {}).length ? h("div", { class: "note", "data-col": "limits",
+          text: `limits: ${Object.entries(q.limits).map(([k, v]) => `${k.replace("_", " ")} ${v}`).join(", ")}` }) : null,
+        (q.held_back || []).length ? h("div", { class: "note held", "data-col": "held-back",
+          text: `held back: ${q.held_back.join("; ")}` }) : null));
     }));
   }
 

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from .app import Conveyor
+    from .job import Job
 
 __all__ = [
     "DEFAULT_STATUS_TIMEOUT",
@@ -211,6 +212,56 @@ def held_back(
         ]
         reasons.append(f"{' and '.join(rates)} limit: jobs wait while a window is full")
     return reasons
+
+
+def describe_backoff(spec: dict[str, Any]) -> str:
+    """A backoff spec in words: "exponential 1s x2 up to 3600s", "fixed 5s", "1s, 5s, 30s"."""
+    kind = spec.get("kind")
+    if kind == "fixed":
+        return f"fixed {spec.get('delay', 0):g}s"
+    if kind == "list":
+        return ", ".join(f"{d:g}s" for d in spec.get("delays", [])) + " (the last repeats)"
+    if kind == "exponential":
+        return (
+            f"exponential {spec.get('base', 1):g}s x{spec.get('factor', 2):g} up to "
+            f"{spec.get('cap', 0):g}s"
+        )
+    return str(spec)
+
+
+def policy_in_effect(app: Conveyor, job: Job) -> dict[str, Any]:
+    """The timeout, backoff and attempt limit a worker applies to `job`, and where each
+    comes from: the job's own options (`job`), its task's defaults (`task`), Conveyor's
+    default backoff (`default`), or `unknown` when this process does not register the
+    task (the worker's code decides; give the CLI `--app` to see it).
+
+    Returns:
+        `{"timeout_seconds", "timeout_from", "backoff", "backoff_text", "backoff_from",
+        "max_attempts"}`; `timeout_seconds` is None for no limit or unknown.
+    """
+    task = app.tasks.get(job.task)
+    timeout: float | None
+    if job.timeout is not None:
+        timeout, timeout_from = job.timeout, "job"
+    elif task is not None:
+        timeout, timeout_from = task.timeout, "task"
+    else:
+        timeout, timeout_from = None, "unknown"
+    if job.backoff is not None:
+        spec, backoff_from = job.backoff, "job"
+    elif task is not None:
+        spec, backoff_from = task.backoff.to_spec(), "task"
+    else:
+        spec, backoff_from = None, "unknown"
+    return {
+        "timeout_seconds": timeout,
+        "timeout_from": timeout_from,
+        "backoff": spec,
+        "backoff_text": None if spec is None else describe_backoff(spec),
+        "backoff_from": backoff_from,
+        # Stored on the job at enqueue (the task's default unless the job set it).
+        "max_attempts": job.max_attempts,
+    }
 
 
 def _worker_row(info: dict[str, Any], now: float) -> dict[str, Any]:

@@ -255,6 +255,32 @@ async def test_dedupe_key_answers_200_with_the_active_job(
     assert second["id"] == first["id"] and second["dedupe_key"] == "report:7"
 
 
+async def test_job_detail_shows_the_policy_a_worker_applies(
+    sqlite_url: str, api_server: StartApi, client: httpx.AsyncClient
+) -> None:
+    server = api_server(sqlite_url)  # the probe app: max_attempts=3, backoff=0, no timeout
+
+    async def in_effect(**body: Any) -> dict[str, Any]:
+        job = await enqueue(client, server, **body)
+        detail: dict[str, Any] = (await client.get(f"{server.url}/jobs/{job['id']}")).json()
+        return detail["in_effect"]
+
+    assert await in_effect() == {
+        "timeout_seconds": None,
+        "timeout_from": "task",
+        "backoff": {"kind": "fixed", "delay": 0},
+        "backoff_text": "fixed 0s",
+        "backoff_from": "task",
+        "max_attempts": 3,
+    }
+    own = await in_effect(timeout=5, max_attempts=7)
+    assert (own["timeout_seconds"], own["timeout_from"], own["backoff_from"]) == (5, "job", "task")
+    assert own["max_attempts"] == 7
+    # Another service's task: this API cannot know its defaults, and says so.
+    other = await in_effect(task="billing.charge", queue="billing")
+    assert (other["timeout_from"], other["backoff_from"]) == ("unknown", "unknown")
+
+
 async def test_enqueue_validation_errors_name_the_field(
     sqlite_url: str, api_server: StartApi, client: httpx.AsyncClient
 ) -> None:

@@ -469,6 +469,11 @@ async def test_desktop_fit_empty_states_throughput_label_and_first_non_empty_tab
     await row.get_by_role("link", name=Q, exact=True).click()
     await expect(page.locator('[data-tab="failed"]')).to_have_attribute("aria-current", "page")
     await expect(page.locator("#jobs-body tr[data-job]")).to_have_count(3)
+    # A job's page shows the timeout and backoff in effect, and where they come from.
+    await page.locator("#jobs-body tr[data-job] a").first.click()
+    options = page.locator("dl.pairs")
+    await expect(options).to_contain_text("fixed 0s (task default)")
+    await expect(options).to_contain_text("no limit (task default)")
     await page.goto(f"{server.url}/dashboard#/queue/{Q}?state=running")
     await expect(page.locator('[data-tab="running"]')).to_have_attribute("aria-current", "page")
     await expect(page.locator("#jobs-body td.empty")).to_contain_text("No running jobs")

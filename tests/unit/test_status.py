@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from conveyor import ConfigError, Conveyor
 from conveyor.clock import FakeClock
-from conveyor.status import format_duration, parse_duration, queue_overview, status_document
+from conveyor.status import (
+    format_duration,
+    parse_duration,
+    policy_in_effect,
+    queue_overview,
+    status_document,
+)
 
 
 @pytest.mark.parametrize(
@@ -168,3 +175,35 @@ async def test_overview_shows_limits_in_effect_and_why_pending_jobs_wait() -> No
 
     (idle,) = await queue_overview(app, ["empty"])
     assert (idle["limits"], idle["held_back"]) == ({}, [])
+
+
+async def test_policy_in_effect_names_each_value_and_its_source() -> None:
+    app = Conveyor("memory://")
+
+    @app.task("mail.send", queue="mail", max_attempts=5, backoff=[1, 5, 30], timeout=12)
+    async def send(job: Any) -> None: ...
+
+    default = await app.enqueue("mail.send", {})
+    own = await app.enqueue("mail.send", {}, timeout=3, backoff=7, max_attempts=2)
+    foreign = await app.enqueue("sms.send", {}, queue="sms")
+    assert policy_in_effect(app, await app.get_job(default.id)) == {
+        "timeout_seconds": 12,
+        "timeout_from": "task",
+        "backoff": {"kind": "list", "delays": [1, 5, 30]},
+        "backoff_text": "1s, 5s, 30s (the last repeats)",
+        "backoff_from": "task",
+        "max_attempts": 5,
+    }
+    mine = policy_in_effect(app, await app.get_job(own.id))
+    assert (mine["timeout_seconds"], mine["timeout_from"]) == (3, "job")
+    assert (mine["backoff_text"], mine["backoff_from"], mine["max_attempts"]) == (
+        "fixed 7s",
+        "job",
+        2,
+    )
+    other = policy_in_effect(Conveyor("memory://"), await app.get_job(foreign.id))
+    assert (other["timeout_from"], other["backoff_from"], other["backoff"]) == (
+        "unknown",
+        "unknown",
+        None,
+    )

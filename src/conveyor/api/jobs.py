@@ -28,9 +28,17 @@ from starlette.responses import Response
 
 from ..errors import InvalidState, JobNotFound
 from ..job import Job, JobState
+from ..status import policy_in_effect
 from .auth import CurrentPrincipal, Principal, scoped_tenant
 from .errors import ERROR_RESPONSES, ApiError, json_response
-from .models import QUEUE_PATTERN, EnqueueRequest, JobOut, JobPageOut, JobStateName
+from .models import (
+    QUEUE_PATTERN,
+    EnqueueRequest,
+    JobDetailOut,
+    JobOut,
+    JobPageOut,
+    JobStateName,
+)
 from .state import ApiState, api_state
 
 router = APIRouter(tags=["jobs"], responses=ERROR_RESPONSES)
@@ -115,11 +123,13 @@ async def enqueue(
     return json_response(job.to_dict(), 201 if result.created else 200, headers)
 
 
-@router.get("/jobs/{job_id}", response_model=JobOut, summary="Get a job")
+@router.get("/jobs/{job_id}", response_model=JobDetailOut, summary="Get a job")
 async def get_job(job_id: JobId, request: Request, principal: CurrentPrincipal) -> Response:
-    """The job with every failed attempt's error."""
-    job = await visible_job(api_state(request), principal, job_id)
-    return json_response(job.to_dict())
+    """The job with every failed attempt's error, and the timeout, backoff and attempt
+    limit a worker applies to it (`in_effect`)."""
+    state = api_state(request)
+    job = await visible_job(state, principal, job_id)
+    return json_response({**job.to_dict(), "in_effect": policy_in_effect(state.conveyor, job)})
 
 
 @router.get("/jobs", response_model=JobPageOut, summary="List jobs of one queue and state")

@@ -115,6 +115,24 @@ class JobOut(BaseModel):
     worker: str | None
 
 
+class PolicyOut(BaseModel):
+    """What a worker applies to a job (`status.policy_in_effect`)."""
+
+    timeout_seconds: float | None = Field(description="null: no limit, or unknown here")
+    timeout_from: Literal["job", "task", "unknown"]
+    backoff: dict[str, Any] | None
+    backoff_text: str | None = Field(description='e.g. "exponential 1s x2 up to 3600s"')
+    backoff_from: Literal["job", "task", "unknown"]
+    max_attempts: int
+
+
+class JobDetailOut(JobOut):
+    """`GET /jobs/{id}`: the job and the policy in effect for it. `unknown` sources mean
+    the API's app does not register the task (start `conveyor api` with the app)."""
+
+    in_effect: PolicyOut
+
+
 class JobPageOut(BaseModel):
     """One page of `GET /jobs`; pass `next_cursor` back as `cursor` for the next."""
 

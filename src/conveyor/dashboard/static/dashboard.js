@@ -709,6 +709,15 @@ function progressOf(value) {
   return h("code", { text: JSON.stringify(value).slice(0, 80) });
 }
 
+function policyText(p, which) {
+  if (!p) return "–";
+  const from = p[`${which}_from`];
+  if (from === "unknown") return "set by the task in the worker's code (not registered in this API's app)";
+  const value = which === "timeout"
+    ? (p.timeout_seconds === null ? "no limit" : `${p.timeout_seconds}s`) : p.backoff_text;
+  return `${value} (${from === "job" ? "set on this job" : "task default"})`;
+}
+
 // Job: everything about one job, its attempts, and retry/cancel/promote.
 function jobView(view, id) {
   const queue = id.includes(":") ? id.slice(0, id.lastIndexOf(":")) : "";
@@ -750,8 +759,9 @@ function jobView(view, id) {
     const options = [
       ["Task", job.task], ["Queue", job.queue], ["Tenant", job.tenant ?? "–"],
       ["Attempts", `${job.attempt} / ${job.max_attempts}`], ["Priority", job.priority],
-      ["Timeout", job.timeout === null ? "none" : `${job.timeout}s`],
-      ["Backoff", job.backoff === null ? "task default" : JSON.stringify(job.backoff)],
+      // What the worker applies, and where it comes from (the job, or its task's defaults).
+      ["Timeout", policyText(job.in_effect, "timeout")],
+      ["Backoff", policyText(job.in_effect, "backoff")],
       ["Dedupe key", job.dedupe_key ?? "–"], ["Worker", job.worker ?? "–"],
     ];
     const timeline = [["Created", job.created_at, null]];

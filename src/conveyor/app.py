@@ -14,7 +14,7 @@ the operator/read side and schedules.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .facade.checks import check_queue
 from .facade.core import Hook, JobHook
@@ -22,6 +22,9 @@ from .facade.operations import Operations
 from .facade.producer import Enqueued
 from .facade.registry import JOB_HOOK_KINDS
 from .facade.scheduling import Scheduling
+
+if TYPE_CHECKING:
+    from .harness import TestHarness
 
 __all__ = ["JOB_HOOK_KINDS", "Conveyor", "Enqueued", "Hook", "JobHook", "check_queue"]
 
@@ -38,14 +41,32 @@ class Conveyor(Operations, Scheduling):
         clock: time source (tests pass a `FakeClock` with the memory engine).
     """
 
-    def asgi(self, **options: Any) -> Any:
-        """The HTTP API for this app as an ASGI application (a FastAPI instance), to mount
-        in your own server: `starlette_app.mount("/queue", app.asgi())`.
+    def testing(self, **options: Any) -> TestHarness:
+        """A test harness: `async with app.testing() as t: ...; await t.run_until_idle()`
+        runs this app's tasks on a private `memory://` engine with a fake clock, in this
+        process (see `conveyor.harness`).
 
         Args:
-            **options: passed to `conveyor.api.create_api` (`tokens`, `metrics_prefix`,
-                `ws_buffer`); tokens default to the `CONVEYOR_API_*` settings.
+            **options: `start` (fake clock start, epoch seconds), `concurrency`.
         """
-        from .api import create_api
+        # Imported here: the harness imports the worker runtime, which producers that
+        # never test do not need.
+        from .harness import TestHarness
 
-        return create_api(self, **options)
+        return TestHarness(self, **options)
+
+    def asgi(self, **options: Any) -> Any:
+        """The HTTP API and dashboard for this app as an ASGI application (a FastAPI
+        instance), to mount in your own server: `starlette_app.mount("/queue", app.asgi())`.
+
+        Args:
+            **options: passed to `conveyor.web.create_web_app` (`tokens`,
+                `metrics_prefix`, `ws_buffer`); tokens default to the `CONVEYOR_API_*`
+                settings.
+        """
+        # Imported here, not at module level: producers and workers that never serve
+        # HTTP do not import FastAPI, and the web layer (which depends on the app) does
+        # not become a dependency of the app when `conveyor.app` is imported.
+        from .web import create_web_app
+
+        return create_web_app(self, **options)

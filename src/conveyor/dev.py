@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from .api import Tokens, create_api
+from .api import Tokens
 from .app import Conveyor
 from .errors import ConfigError
 from .scheduler import Scheduler
 from .serving import EmbeddedServer
+from .web import create_web_app
 from .worker import Worker
 
 
@@ -63,7 +64,7 @@ class DevStack:
             EngineUnavailable: the engine cannot be reached.
         """
         await self.app.connect()
-        api = create_api(self.app, tokens=Tokens(), owns_app=False)
+        api = create_web_app(self.app, tokens=Tokens(), owns_app=False)
         self._server = EmbeddedServer(api, self.host, self.port, lifespan="on")
         try:
             await self._server.start()

@@ -10,6 +10,8 @@
   (5 failures open it, 0.5 s reset): it fails while the payload's `down_until` (unix
   time) is in the future.
 * `eventually`: poll an async condition until it holds, instead of sleeping.
+* `TestHarness` (what `app.testing()` returns, from `conveyor.harness`): run your own
+  tasks in pytest on a private memory engine with a fake clock, no worker process.
 """
 
 from __future__ import annotations
@@ -23,7 +25,10 @@ from typing import Any
 
 from .app import Conveyor
 from .errors import RateLimited, Retry, Unrecoverable
+from .harness import TestHarness
 from .job import Job
+
+__all__ = ["PROBE_QUEUE", "TestHarness", "app", "eventually", "probe_app", "register_probe"]
 
 PROBE_QUEUE = "probe"
 

@@ -29,13 +29,14 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 
 from conveyor import Conveyor, Worker
-from conveyor.api import Tokens, create_api, openapi_json
-from conveyor.api.live import Subscriber
+from conveyor.api import Tokens, openapi_json
 from conveyor.api.models import JobOut, QueueOverviewOut
 from conveyor.engines import Event, QueueCounts
 from conveyor.job import Job, JobState
+from conveyor.live import Subscriber
 from conveyor.status import overview_row
 from conveyor.testing import PROBE_QUEUE, probe_app
+from conveyor.web import create_web_app
 from tests.conftest import ROOT, SpawnWorker, free_port
 
 Q = PROBE_QUEUE
@@ -84,7 +85,8 @@ def api_server() -> Iterator[StartApi]:
     servers: list[ApiServer] = []
 
     def start(url: str, *, tokens: Tokens | None = None, app: Conveyor | None = None) -> ApiServer:
-        api = create_api(
+        # The API with the dashboard (the dashboard tests share this fixture).
+        api = create_web_app(
             app or probe_app(url),
             tokens=tokens or Tokens(),
             metrics_prefix="conveyor_",

@@ -8,14 +8,14 @@ from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, FastAPI
 
-from ..dashboard import dashboard_router
+from ..live import DEFAULT_BUFFER, EventHub
 from ..settings import Settings
 from . import jobs, live, queues, system
 from .auth import Tokens
 from .errors import install_error_handlers
-from .live import DEFAULT_BUFFER, EventHub
 from .metrics import ApiMetrics, HttpMetricsMiddleware
 from .state import ApiState
+from .task_schemas import install_task_schemas
 
 if TYPE_CHECKING:
     from ..app import Conveyor
@@ -55,11 +55,10 @@ def create_api(
     owns_app: bool = False,
     ws_buffer: int = DEFAULT_BUFFER,
 ) -> FastAPI:
-    """Build the HTTP API for `app`.
+    """Build the HTTP API for `app` (without the dashboard: `conveyor.web` adds it).
 
-    Serve it with `conveyor api`, or mount it in your own ASGI app
-    (`starlette_app.mount("/queue", app.asgi())`). Nothing connects until the first
-    request, so it works without lifespan events (mounted sub-apps do not get them).
+    Nothing connects until the first request, so it works without lifespan events
+    (mounted sub-apps do not get them).
 
     Args:
         app: the Conveyor app: its engine, and its tasks' default queues and limits.
@@ -106,8 +105,7 @@ def create_api(
     router = _router()
     api.include_router(router)
     api.include_router(router, prefix=ALIAS_PREFIX, include_in_schema=False)
-    # The web dashboard at /dashboard: a client of the routes above, same tokens.
-    api.include_router(dashboard_router())
     install_error_handlers(api)
+    install_task_schemas(api, app)
     api.add_middleware(HttpMetricsMiddleware, metrics=metrics)
     return api

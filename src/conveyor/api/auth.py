@@ -31,7 +31,6 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from ..errors import ConfigError
 from ..settings import Settings
 from .errors import ApiError
-from .state import api_state
 
 # Shorter tokens are guessable online; 16 characters of `secrets.token_urlsafe` is
 # already 96 bits.
@@ -195,7 +194,10 @@ async def current_principal(
 ) -> Principal:
     """Dependency: who is calling (401 when a token is needed and missing or wrong)."""
     token = credentials.credentials if credentials is not None else None
-    return authenticate(api_state(request).tokens, token)
+    # The API's state (`api.state.ApiState`) is read without importing that module:
+    # it names `Tokens` from here, and the two would depend on each other.
+    tokens: Tokens = request.app.state.conveyor.tokens
+    return authenticate(tokens, token)
 
 
 async def admin_principal(

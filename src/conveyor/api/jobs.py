@@ -21,14 +21,17 @@ A plain `dedupe_key` from a tenant token is scoped the same way (stored as
 
 from __future__ import annotations
 
+import contextlib
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Header, Path, Query, Request
 from starlette.responses import Response
 
 from ..errors import InvalidState, JobNotFound
-from ..job import Job, JobState
+from ..job import FINISHED_STATES, Job, JobState
 from ..status import policy_in_effect
+from ..tracing import without_trace
 from .auth import CurrentPrincipal, Principal, scoped_tenant
 from .errors import ERROR_RESPONSES, ApiError, json_response
 from .models import (
@@ -99,19 +102,18 @@ async def enqueue(
         # Dedupe keys are per queue, and queues are shared by tenants: unscoped, tenant
         # B's key would hand back (and so reveal) tenant A's job.
         options["dedupe_key"] = f"tenant:{principal.tenant}:{body.dedupe_key}"
-    # Validation and encoding happen once, in the facade. The engine is called directly
-    # because its reply says whether the job is new (201) or deduplicated (200), which
-    # `app.enqueue` does not expose; the stored job is then read back through the facade.
+    # Validation and encoding happen once, in the facade; `enqueue_built` says whether
+    # the job is new (201) or deduplicated (200).
     new = app.build(body.task, body.payload, **{k: v for k, v in options.items() if v is not None})
-    engine = await app.connect()
-    (result,) = await engine.enqueue([new])
-    job = await app.get_job(result.id)
+    result = await app.enqueue_built(new)
+    job = result.job
     replayed = not result.created and idempotency_key is not None
-    if replayed and (job.task, job.queue, job.tenant, job.payload) != (
+    # Compared as stored (a payload model fills defaults; a trace carrier differs per call).
+    if replayed and (job.task, job.queue, job.tenant, without_trace(job.payload)) != (
         new.task,
         new.queue,
         new.tenant,
-        body.payload,
+        without_trace(orjson.loads(new.payload_json)),
     ):
         raise ApiError.invalid(
             IDEMPOTENCY_HEADER,
@@ -123,12 +125,33 @@ async def enqueue(
     return json_response(job.to_dict(), 201 if result.created else 200, headers)
 
 
+MAX_WAIT_SECONDS = 60.0
+
+
 @router.get("/jobs/{job_id}", response_model=JobDetailOut, summary="Get a job")
-async def get_job(job_id: JobId, request: Request, principal: CurrentPrincipal) -> Response:
+async def get_job(
+    job_id: JobId,
+    request: Request,
+    principal: CurrentPrincipal,
+    wait: Annotated[
+        float | None,
+        Query(
+            ge=0,
+            le=MAX_WAIT_SECONDS,
+            description="long poll: answer as soon as the job is finished (completed, "
+            "failed or cancelled), or after this many seconds with its state then",
+        ),
+    ] = None,
+) -> Response:
     """The job with every failed attempt's error, and the timeout, backoff and attempt
-    limit a worker applies to it (`in_effect`)."""
+    limit a worker applies to it (`in_effect`). With `wait`, a long poll: the answer
+    comes when the job finishes (driven by the engine's events), or when `wait` seconds
+    have passed; check `state` to tell which."""
     state = api_state(request)
     job = await visible_job(state, principal, job_id)
+    if wait and job.state not in FINISHED_STATES:
+        with contextlib.suppress(TimeoutError):
+            job = await state.conveyor.wait_for_job(job_id, wait)
     return json_response({**job.to_dict(), "in_effect": policy_in_effect(state.conveyor, job)})
 
 

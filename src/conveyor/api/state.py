@@ -9,8 +9,8 @@ from starlette.requests import HTTPConnection
 
 if TYPE_CHECKING:
     from ..app import Conveyor
+    from ..live import EventHub
     from .auth import Tokens
-    from .live import EventHub
     from .metrics import ApiMetrics
 
 

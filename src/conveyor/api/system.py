@@ -9,14 +9,10 @@ worker's health port: probes and scrapers usually cannot send one.
 
 from __future__ import annotations
 
-import asyncio
-from typing import TYPE_CHECKING
-
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from ..errors import EngineUnavailable
-from ..health import READY_PING_TIMEOUT, readiness
 from ..settings import redact
 from ..status import status_document
 from .auth import AdminPrincipal
@@ -24,21 +20,13 @@ from .errors import ERROR_RESPONSES, json_response
 from .models import HealthOut, LiveOut, ReadyOut, StatusOut
 from .state import ApiState, api_state
 
-if TYPE_CHECKING:
-    pass
-
 router = APIRouter(tags=["operations"])
 METRICS_MEDIA_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 async def api_readiness(state: ApiState) -> tuple[bool, str]:
     """(ready, reason) for this API process."""
-    if not state.stopping:
-        try:  # readiness pings an engine it assumes connected; connect it first
-            await asyncio.wait_for(state.conveyor.connect(), READY_PING_TIMEOUT)
-        except (EngineUnavailable, TimeoutError) as exc:
-            return False, f"engine unavailable: {exc or 'connect timed out'}"
-    return await readiness(state.conveyor.engine, stopping=state.stopping)
+    return await state.conveyor.readiness(stopping=state.stopping)
 
 
 @router.get("/health/live", response_model=LiveOut, summary="Liveness probe")
@@ -52,19 +40,16 @@ async def live() -> Response:
 async def health(request: Request) -> Response:
     """Always 200 while the process serves; reports engine reachability, latency and
     durability for humans (use `/health/ready` for routing decisions)."""
-    state = api_state(request)
-    engine = state.conveyor.engine
+    app = api_state(request).conveyor
     info: dict[str, object] = {
-        "url": redact(engine.url),
-        "durable": engine.durable,
+        "url": redact(app.url),
+        "durable": app.durable,
         "status": "ok",
         "latency_ms": None,
     }
     try:
-        await asyncio.wait_for(state.conveyor.connect(), READY_PING_TIMEOUT)
-        latency = await asyncio.wait_for(engine.ping(), READY_PING_TIMEOUT)
-        info["latency_ms"] = round(latency * 1000, 3)
-    except (EngineUnavailable, TimeoutError) as exc:
+        info["latency_ms"] = round(await app.ping() * 1000, 3)
+    except EngineUnavailable as exc:
         info.update(status="unavailable", error=str(exc) or "timed out")
     return json_response({"status": "alive", "engine": info})
 

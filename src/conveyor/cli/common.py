@@ -22,7 +22,7 @@ from rich.markup import escape
 
 from ..app import Conveyor
 from ..errors import ConfigError, ConveyorError
-from ..settings import redact
+from ..settings import Settings, redact, url_source
 
 cli = typer.Typer(
     name="conveyor",
@@ -170,6 +170,31 @@ def _raised_on_import(module_name: str, exc: BaseException) -> str:
         "the module was found, its code failed; fix that line (run "
         f"`python -c 'import {module_name}'` for the full traceback)"
     )
+
+
+def bind_app(app: Conveyor, settings: Settings, url_flag: str | None) -> str:
+    """Point `app` at its engine: the `--url` flag, then the environment (`CONVEYOR_URL`,
+    `REDIS_URL`), then the URL given in code (`Conveyor("redis://...")`), then the
+    default SQLite file; apply the payload limit too. Start-up lines print `app.url`
+    after this, never `settings.url` (which does not know the URL in code).
+
+    Args:
+        app: the loaded app.
+        settings: the process's settings (their `url` holds flag, environment or default).
+        url_flag: the `--url` flag as given, `None` when absent.
+
+    Returns:
+        What the start-up line adds after the URL: `""`, or, when a flag or the
+        environment overrides the URL in code, e.g.
+        `" (--url overrides redis://127.0.0.1:6379/0 in the app's code)"`.
+    """
+    source = url_source(url_flag)
+    code = app.url_in_code
+    url = settings.url if source is not None or code is None else code
+    app.configure(url=url, max_payload_bytes=settings.max_payload_bytes)
+    if source is not None and code is not None and code != url:
+        return f" ({source} overrides {redact(code)} in the app's code)"
+    return ""
 
 
 class JsonFormatter(logging.Formatter):

@@ -15,23 +15,8 @@ from rich.box import SIMPLE_HEAD
 from rich.table import Table
 
 from ..app import Conveyor, check_queue
-from ..limits import QueueLimits, merge_limits
 from .common import cli, console, friendly
 from .ops import JsonOpt, QueueArg, UrlOpt, operate, print_json, say
-
-
-async def limits_document(app: Conveyor, queue: str) -> dict[str, Any]:
-    """What `conveyor limits QUEUE --json` prints: the limits and what they count."""
-    engine = await app.connect()
-    limits = await engine.get_limits(queue)
-    counts = await engine.counts(queue)
-    return {
-        "queue": queue,
-        "limits": limits.to_dict(),
-        "running": counts.running,
-        "pending": counts.pending,
-        "tenant_running": await engine.tenant_running(queue),
-    }
 
 
 @cli.command("limits")
@@ -70,16 +55,15 @@ def limits_command(
 
     async def action(app: Conveyor) -> dict[str, Any]:
         if changing:
-            engine = await app.connect()
-            given = QueueLimits.build(
+            await app.change_limits(
+                queue,
+                clear=clear,
                 concurrency=concurrency,
                 tenant_concurrency=tenant_concurrency,
                 rate=rate,
                 tenant_rate=tenant_rate,
             )
-            new = merge_limits(QueueLimits() if clear else await engine.get_limits(queue), given)
-            await engine.set_limits(queue, new)
-        return await limits_document(app, queue)
+        return await app.limits_document(queue)
 
     doc = operate(url, action)
     if as_json:

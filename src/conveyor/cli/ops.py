@@ -35,7 +35,7 @@ from ..errors import ConfigError, InvalidPayload
 from ..job import Job, JobState
 from ..settings import Settings
 from ..status import format_duration, parse_duration, queue_overview, status_document
-from .common import cli, console, err_console, fail, friendly, run_async
+from .common import bind_app, cli, console, err_console, fail, friendly, run_async
 
 T = TypeVar("T")
 
@@ -51,13 +51,17 @@ JobIdArg = Annotated[str, typer.Argument(help="job id, as `conveyor jobs` prints
 
 
 # --- shared helpers ------------------------------------------------------------------------
-def operate(url: str | None, action: Callable[[Conveyor], Awaitable[T]]) -> T:
+def operate(
+    url: str | None, action: Callable[[Conveyor], Awaitable[T]], *, app: Conveyor | None = None
+) -> T:
     """Run `action` against the engine named by `url` (or the environment), then close.
 
     Args:
         url: the `--url` flag; `None` falls back to `CONVEYOR_URL`, `REDIS_URL`, then
-            the embedded SQLite file.
+            the URL in `app`'s code (if given), then the embedded SQLite file.
         action: what to do with the connected app.
+        app: the user's app (`--app`), for commands that use its tasks; its URL in code
+            comes after the flag and the environment.
 
     Returns:
         What `action` returned.
@@ -67,13 +71,14 @@ def operate(url: str | None, action: Callable[[Conveyor], Awaitable[T]]) -> T:
             one line, exit code 2.
     """
     settings = Settings.load(url=url)
-    app = Conveyor(settings.url, max_payload_bytes=settings.max_payload_bytes)
+    used = app or Conveyor()
+    bind_app(used, settings, url)
 
     async def run() -> T:
         try:
-            return await action(app)
+            return await action(used)
         finally:
-            await app.close()
+            await used.close()
 
     return run_async(run())
 

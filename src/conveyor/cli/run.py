@@ -16,6 +16,7 @@ from ..settings import Settings, redact
 from ..worker import Worker
 from .common import (
     announce,
+    bind_app,
     cli,
     console,
     declared_queues,
@@ -158,7 +159,7 @@ def worker(
         tenant_rate=settings.tenant_rate,
     )
     app = load_app(target)
-    app.configure(url=settings.url, max_payload_bytes=settings.max_payload_bytes)
+    overridden = bind_app(app, settings, url)
     chosen = settings.queues if (queues or env_has_queues) else default_queues(app)
     declared = declared_queues(app)
     for name in chosen:
@@ -181,15 +182,16 @@ def worker(
         close_app=True,
         limits=None if limits.empty else limits,
     )
-    engine = engine_label(settings.url)
+    engine = engine_label(app.url)
 
     def ready() -> None:  # after the engine answered (runbook 003's ready signal)
         announce(
-            f"worker {w.id} on {engine} queues={','.join(chosen)} "
+            f"worker {w.id} on {engine}{overridden} queues={','.join(chosen)} "
             f"concurrency={settings.concurrency} health port={settings.health_port or 'off'}",
             settings.log_format,
             worker=w.id,
             engine=engine,
+            engine_overridden=overridden.strip(" ()") or None,
             queues=list(chosen),
             concurrency=settings.concurrency,
             health_port=settings.health_port or None,
@@ -244,14 +246,14 @@ def dev(
         from ..demo import build_app
 
         app = build_app()
-    app.configure(url=settings.url)
+    overridden = bind_app(app, settings, url)
     worker = Worker(app, queues=default_queues(app), concurrency=settings.concurrency)
     stack = DevStack(app, worker, port=port, scheduler=scheduler)
 
     async def main() -> None:
         await stack.start()
         console.print(
-            f"conveyor dev on {redact(settings.url)}\n"
+            f"conveyor dev on {redact(app.url)}{overridden}\n"
             f"  dashboard: [bold]{stack.url}/dashboard[/]\n"
             f"  API:       {stack.url}/docs\n"
             f"  queues:    {','.join(worker.queues)}  (Ctrl-C stops gracefully)",

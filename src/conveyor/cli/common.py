@@ -234,8 +234,6 @@ def configured_app(flag: str | None) -> Conveyor | None:
     Raises:
         ConfigError: the app cannot be imported (see `load_app`).
     """
-    from ..settings import Settings
-
     target = flag or Settings.load().app
     return load_app(target) if target else None
 

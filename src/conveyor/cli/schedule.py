@@ -139,8 +139,8 @@ def list_command(url: UrlOpt = None, as_json: JsonOpt = False, app_ref: AppOpt =
     async def read(app: Conveyor) -> tuple[list[ScheduleInfo], LeaseInfo | None]:
         return await app.list_schedules(), await app.scheduler_leader()
 
-    rows, lease = operate(url, read)
     code = configured_app(app_ref)
+    rows, lease = operate(url, read, app=code)
     if code is not None:
         for row in rows:
             row.error = row.error or occurrence_error(code, row)
@@ -205,7 +205,7 @@ def add_command(
     async def act(app: Conveyor) -> None:
         await app.add_schedule(spec)
 
-    operate(url, act)
+    operate(url, act, app=code)
     report(as_json, {"name": spec.name, "added": spec.describe}, f"added {spec.name}")
 
 

@@ -101,3 +101,56 @@ def test_schedules_add_refuses_a_task_the_app_does_not_know(tmp_path: Path) -> N
     assert row["error"].startswith("UnknownTask: task 'email.snd' is not registered")
     table = conveyor(tmp_path, "schedules", "list", *url, "--app", "jobs:app")
     assert "UnknownTask" in table.stdout
+
+
+def test_enqueue_with_the_app_uses_the_tasks_declared_defaults(tmp_path: Path) -> None:
+    (tmp_path / "jobs.py").write_text(APP_SOURCE)
+    url = ("--url", f"sqlite:///{tmp_path / 'conveyor.db'}")
+    done = conveyor(tmp_path, "enqueue", "email.send", "--app", "jobs:app", "--json", *url)
+    assert done.returncode == 0, done.stderr
+    job = orjson.loads(done.stdout)
+    # The task says emails / 5 attempts; the CLI used to store default / 3.
+    assert (job["queue"], job["max_attempts"]) == ("emails", 5)
+
+    # `conveyor job` shows what the worker will apply, and where it comes from.
+    shown = conveyor(tmp_path, "job", job["id"], "--app", "jobs:app", "--json", *url)
+    policy = orjson.loads(shown.stdout)["in_effect"]
+    assert (policy["timeout_seconds"], policy["timeout_from"]) == (12, "task")
+    assert policy["backoff_text"] == "7s (the last repeats)"
+    table = conveyor(tmp_path, "job", job["id"], "--app", "jobs:app", *url).stdout
+    assert "12s (task default)" in table and "7s (the last repeats) (task default)" in table
+    bare = conveyor(tmp_path, "job", job["id"], *url).stdout
+    assert "set by task 'email.send' in the worker's code (pass --app to see it)" in bare
+
+    # Without the app the CLI cannot know the task's queue: it says what to pass.
+    unsure = conveyor(tmp_path, "enqueue", "email.send", *url)
+    assert unsure.returncode == 2 and "pass --queue, or --app" in unsure.stderr
+    typo = conveyor(tmp_path, "enqueue", "email.snd", "--app", "jobs:app", *url)
+    assert typo.returncode == 2 and "did you mean 'email.send'?" in typo.stderr
+
+
+def test_typo_queue_names_get_a_did_you_mean_and_drain_refuses_them(tmp_path: Path) -> None:
+    (tmp_path / "jobs.py").write_text(APP_SOURCE)
+    url = ("--url", f"sqlite:///{tmp_path / 'conveyor.db'}")
+    ok = conveyor(tmp_path, "enqueue", "email.send", "--app", "jobs:app", *url)
+    assert ok.returncode == 0, ok.stderr
+    drain = conveyor(tmp_path, "drain", "emalis", "--timeout", "1", *url)
+    assert drain.returncode != 0
+    assert "did you mean 'emails'?" in drain.stderr and "nothing to drain" in drain.stderr
+
+    typo = conveyor(tmp_path, "enqueue", "other.task", "--queue", "emials", *url)
+    assert typo.returncode == 0  # enqueued (another service may own it), with a warning
+    assert "queue 'emials' has never held a job (did you mean 'emails'?)" in typo.stderr
+
+
+def test_queues_table_shows_limits_and_why_pending_jobs_wait(tmp_path: Path) -> None:
+    (tmp_path / "jobs.py").write_text(APP_SOURCE)
+    url = ("--url", f"sqlite:///{tmp_path / 'conveyor.db'}")
+    assert conveyor(tmp_path, "enqueue", "email.send", "--app", "jobs:app", *url).returncode == 0
+    assert conveyor(tmp_path, "limits", "emails", "--concurrency", "5", *url).returncode == 0
+    table = conveyor(tmp_path, "queues", *url).stdout
+    (row,) = [line for line in table.splitlines() if line.lstrip().startswith("emails")]
+    assert "concurrency 5" in row and "no live worker consumes this queue" in row
+    doc = orjson.loads(conveyor(tmp_path, "queues", "--json", *url).stdout)
+    assert doc[0]["limits"] == {"concurrency": 5}
+    assert doc[0]["held_back"] == ["no live worker consumes this queue"]

@@ -13,7 +13,6 @@ API and the dashboard agree.
 from __future__ import annotations
 
 import asyncio
-import difflib
 import sys
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime
@@ -34,8 +33,26 @@ from ..app import Conveyor, check_queue
 from ..errors import ConfigError, InvalidPayload
 from ..job import Job, JobState
 from ..settings import Settings
-from ..status import format_duration, parse_duration, queue_overview, status_document
-from .common import bind_app, cli, console, err_console, fail, friendly, run_async
+from ..status import (
+    format_duration,
+    parse_duration,
+    policy_in_effect,
+    queue_overview,
+    status_document,
+)
+from .common import (
+    AppOpt,
+    bind_app,
+    cli,
+    configured_app,
+    console,
+    declared_queues,
+    did_you_mean,
+    err_console,
+    fail,
+    friendly,
+    run_async,
+)
 
 T = TypeVar("T")
 
@@ -111,15 +128,15 @@ def split_queues(text: str) -> list[str]:
     return [check_queue(name) for name in names]
 
 
-async def warn_unknown(app: Conveyor, names: Iterable[str]) -> None:
-    """Warn about queues that never held a job: most often a typo, which would otherwise
-    make `drain` succeed at once or `pause` guard nothing."""
-    known = await app.queue_names()
-    for name in names:
-        if name not in known:
-            close = difflib.get_close_matches(name, known, n=1)
-            hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(known) or '-'}"
-            warn(f"queue {name!r} has never held a job ({hint})")
+async def warn_unknown(app: Conveyor, names: Iterable[str]) -> list[str]:
+    """Warn about queues nobody declared: never held a job and no task of the app (if
+    one was given) uses them. Most often a typo, which would otherwise make `drain`
+    succeed at once or `pause` guard nothing. Returns the unknown names."""
+    known = set(await app.queue_names()) | (declared_queues(app) if app.tasks else set())
+    unknown = [name for name in names if name not in known]
+    for name in unknown:
+        warn(f"queue {name!r} has never held a job ({did_you_mean(name, known)})")
+    return unknown
 
 
 def when(timestamp: float | None, now: float) -> str:
@@ -152,19 +169,25 @@ def queue_table(rows: Sequence[dict[str, Any]]) -> Table:
     table.add_column("paused")
     table.add_column("oldest pending", justify="right")
     table.add_column("done/min", justify="right")
+    table.add_column("limits")
+    table.add_column("held back")
     for row in rows:
+        limits = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in row["limits"].items())
         table.add_row(
             Text(row["queue"]),
             *(str(row[state.value]) for state in JobState),
             Text("paused", style="bold yellow") if row["paused"] else "",
             format_duration(row["oldest_pending_age_seconds"]),
             str(row["throughput_per_min"]),
+            Text(limits or "-"),
+            Text("; ".join(row["held_back"]) or "-", style="yellow" if row["held_back"] else ""),
         )
     return table
 
 
-def job_detail(job: Job, now: float) -> RenderableType:
-    """Everything about one job: options, payload, timeline, every attempt's error."""
+def job_detail(job: Job, now: float, policy: dict[str, Any] | None = None) -> RenderableType:
+    """Everything about one job: options (with the timeout and backoff in effect,
+    `status.policy_in_effect`), payload, timeline, every attempt's error."""
     info = Table.grid(padding=(0, 2))
     info.add_column(style="bold")
     info.add_column()
@@ -177,8 +200,8 @@ def job_detail(job: Job, now: float) -> RenderableType:
         ("priority", job.priority),
         ("tenant", job.tenant),
         ("dedupe key", job.dedupe_key),
-        ("timeout", None if job.timeout is None else f"{job.timeout:g}s"),
-        ("backoff", None if job.backoff is None else orjson.dumps(job.backoff).decode()),
+        ("timeout", in_effect_text(policy, "timeout", job)),
+        ("backoff", in_effect_text(policy, "backoff", job)),
         ("worker", job.worker),
         ("progress", None if job.progress_value is None else str(job.progress_value)),
     ]
@@ -214,6 +237,21 @@ def job_detail(job: Job, now: float) -> RenderableType:
     if not job.errors:
         parts.append(Text("no failed attempts"))
     return Group(*parts)
+
+
+def in_effect_text(policy: dict[str, Any] | None, which: str, job: Job) -> str:
+    """One line of `conveyor job`: the value a worker applies and where it comes from."""
+    if policy is None:
+        policy = {"timeout_from": "unknown", "backoff_from": "unknown"}
+    source = policy[f"{which}_from"]
+    if source == "unknown":
+        return f"set by task {job.task!r} in the worker's code (pass --app to see it)"
+    if which == "timeout":
+        value = policy["timeout_seconds"]
+        shown = "no limit" if value is None else f"{value:g}s"
+    else:
+        shown = str(policy["backoff_text"])
+    return f"{shown} ({'set on this job' if source == 'job' else 'task default'})"
 
 
 def job_action(
@@ -351,17 +389,23 @@ def jobs_command(
 
 @cli.command("job")
 @friendly
-def job_command(job_id: JobIdArg, url: UrlOpt = None, as_json: JsonOpt = False) -> None:
-    """Inspect one job: payload, options, timeline, every attempt's error and traceback."""
+def job_command(
+    job_id: JobIdArg, url: UrlOpt = None, as_json: JsonOpt = False, app_ref: AppOpt = None
+) -> None:
+    """Inspect one job: payload, options, timeline, every attempt's error and traceback.
+
+    With the app (`--app` or CONVEYOR_APP), the timeout and backoff its task applies."""
 
     async def read(app: Conveyor) -> tuple[Job, float]:
         return await app.get_job(job_id), app.clock.now()
 
-    job, now = operate(url, read)
+    code = configured_app(app_ref)
+    job, now = operate(url, read, app=code)
+    policy = policy_in_effect(code or Conveyor("memory://"), job)
     if as_json:
-        print_json(job.to_dict())
+        print_json({**job.to_dict(), "in_effect": policy})
     else:
-        console.print(job_detail(job, now))
+        console.print(job_detail(job, now, policy))
 
 
 @cli.command("status")
@@ -434,7 +478,10 @@ def cancel_command(job_id: JobIdArg, url: UrlOpt = None, as_json: JsonOpt = Fals
 @friendly
 def enqueue_command(
     task: Annotated[str, typer.Argument(help="task name the workers registered")],
-    queue: Annotated[str, typer.Option(help="queue the task's workers consume")],
+    queue: Annotated[
+        str | None,
+        typer.Option(help="queue the task's workers consume (default with --app: the task's)"),
+    ] = None,
     payload: Annotated[str, typer.Option(help="the job's payload, a JSON object")] = "{}",
     delay: Annotated[str | None, typer.Option(help="run after this long: 90, 30s, 5m, 2h")] = None,
     priority: Annotated[int, typer.Option(help="-100..100, higher runs first")] = 0,
@@ -442,11 +489,26 @@ def enqueue_command(
     dedupe_key: Annotated[
         str | None, typer.Option(help="skip if a live job already holds this key")
     ] = None,
-    max_attempts: Annotated[int | None, typer.Option(help="attempts before failed (3)")] = None,
+    max_attempts: Annotated[
+        int | None, typer.Option(help="attempts before failed (the task's with --app; else 3)")
+    ] = None,
     url: UrlOpt = None,
     as_json: JsonOpt = False,
+    app_ref: AppOpt = None,
 ) -> None:
-    """Enqueue one job and print its id (or the live job holding the dedupe key)."""
+    """Enqueue one job and print its id (or the live job holding the dedupe key).
+
+    With the app (`--app` or CONVEYOR_APP), the task's declared queue, attempts, backoff
+    and timeout apply, as when your code enqueues it; without it, pass --queue."""
+    code = configured_app(app_ref)
+    if queue is None and (code is None or task not in code.tasks):
+        hint = f" ({did_you_mean(task, code.tasks)})" if code is not None else ""
+        raise fail(
+            f"task {task!r} is not registered in the app{hint}: pass --queue to enqueue it by "
+            "name for another service's workers"
+            if code is not None
+            else "pass --queue, or --app MODULE:ATTR to use the task's declared queue and options"
+        )
     try:
         data = orjson.loads(payload)
     except orjson.JSONDecodeError as exc:
@@ -462,7 +524,13 @@ def enqueue_command(
         "max_attempts": max_attempts,
         "delay": None if delay is None else parse_duration(delay),
     }
-    job = operate(url, lambda app: app.enqueue(task, data, **options))
+
+    async def act(app: Conveyor) -> Job:
+        if queue is not None:
+            await warn_unknown(app, [queue])
+        return await app.enqueue(task, data, **options)
+
+    job = operate(url, act, app=code)
     if as_json:
         print_json(job.to_dict())
     else:
@@ -590,7 +658,12 @@ def drain_command(
     names = split_queues(queues)
 
     async def wait(app: Conveyor) -> tuple[bool, float, list[dict[str, Any]]]:
-        await warn_unknown(app, names)
+        unknown = await warn_unknown(app, names)
+        if unknown:  # "drained" at once would tell a deploy script a lie
+            raise fail(
+                f"nothing to drain: {', '.join(map(repr, unknown))} never held a job; "
+                "check the queue names (`conveyor queues` lists them)"
+            )
         rows = await queue_overview(app, names)
         for row in rows:
             if row["paused"] and row["pending"]:

@@ -9,7 +9,8 @@ claim/exchange and heartbeats.)
 
 The class is put together from the sides in `conveyor.facade`: the core (settings and
 connection), the registry (tasks, hooks, breakers, limits in code), the producer side,
-the operator/read side and schedules.
+the operator/read side, schedules, and coordination (leases, stored schedules,
+recovery: the scheduler's side). `tests/unit/test_facade_door.py` keeps the door shut.
 """
 
 from __future__ import annotations

@@ -49,6 +49,11 @@ class OtelTracing:
         self.tracer = trace.get_tracer("conveyor", tracer_provider=tracer_provider)
 
     def enqueued(self, task: str, queue: str, job_id: str) -> dict[str, str] | None:
+        """Record a `PRODUCER` span for the enqueue, child of the current span.
+
+        Returns:
+            The propagator's carrier for that span, or None without a recording SDK.
+        """
         attributes = {"conveyor.task": task, "conveyor.queue": queue, "conveyor.job_id": job_id}
         with self.tracer.start_as_current_span(
             f"enqueue {task}", kind=trace.SpanKind.PRODUCER, attributes=attributes
@@ -62,6 +67,8 @@ class OtelTracing:
     def attempt(
         self, job: Job[Any], carrier: dict[str, str] | None
     ) -> AbstractContextManager[RecordOutcome]:
+        """A `CONSUMER` span around one attempt, child of the span in `carrier`; what it
+        yields records the outcome (attribute, and ERROR status for a failed attempt)."""
         return self._attempt(job, carrier)
 
     @contextmanager

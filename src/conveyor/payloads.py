@@ -4,8 +4,9 @@ Strict both ways: what is stored is exactly what was given, or the call fails wi
 named error. orjson writes datetimes, non-string keys and dataclasses if asked to; the
 options here make it refuse them instead (a datetime would come back as a string, the
 key 1 as "1"). orjson has no option that refuses NaN and Infinity (it writes `null`),
-so output that contains `null` is checked once more by the standard encoder with
-`allow_nan=False`; output without `null` cannot hide one.
+so output that contains `null` and does not read back equal to the value is checked
+once more by the standard encoder with `allow_nan=False`; output without `null` cannot
+hide one.
 
 A task may declare a pydantic model for its payload, with `@app.task(payload=Model)` or
 by annotating its handler's argument `Job[Model]`. Producers pass a dict or a model
@@ -58,7 +59,9 @@ def strict_dumps(value: Any) -> bytes:
         reason = str(exc)
         hint = next((fix for word, fix in _HINTS if word in reason), None)
         raise ValueError(f"{reason}{f': {hint}' if hint else ''}") from None
-    if b"null" in raw:
+    # Cheap first: a value that reads back equal holds no NaN (NaN reads back as None).
+    # Tuples, enums and UUIDs also read back different, so the standard encoder decides.
+    if b"null" in raw and orjson.loads(raw) != value:
         try:
             # `default=str` only lets through what orjson already accepted (UUID, enum).
             json.dumps(value, allow_nan=False, default=str)

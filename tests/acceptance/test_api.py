@@ -35,8 +35,8 @@ from conveyor.engines import Event, QueueCounts
 from conveyor.job import Job, JobState
 from conveyor.live import Subscriber
 from conveyor.status import overview_row
-from conveyor.testing import PROBE_QUEUE, probe_app
 from conveyor.web import create_web_app
+from tests.apps.probe import PROBE_QUEUE, probe_app
 from tests.conftest import ROOT, SpawnWorker, free_port
 
 Q = PROBE_QUEUE
@@ -103,7 +103,7 @@ def api_server() -> Iterator[StartApi]:
 
 @pytest.fixture
 def worker_process(spawn_worker: SpawnWorker) -> Callable[[str], subprocess.Popen[bytes]]:
-    """Start `conveyor worker conveyor.testing:app` on the probe queue as a separate process."""
+    """Start `conveyor worker tests.apps.probe:app` on the probe queue as a separate process."""
     return lambda url: spawn_worker(url, queues=Q)
 
 
@@ -537,12 +537,13 @@ def test_conveyor_api_command_serves_the_users_app(sqlite_url: str, tmp_path: Pa
     port = free_port()
     proc = subprocess.Popen(
         [
-            *(sys.executable, "-m", "conveyor", "api", "conveyor.testing:app"),
+            *(sys.executable, "-m", "conveyor", "api", "tests.apps.probe:app"),
             *("--url", sqlite_url, "--port", str(port)),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env={k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")},
+        cwd=ROOT,  # so `tests.apps.probe:app` imports
     )
     try:
         deadline = time.monotonic() + 15

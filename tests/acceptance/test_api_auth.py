@@ -20,8 +20,8 @@ import websockets
 from conveyor.api import Tokens, check_exposure
 from conveyor.errors import ConfigError
 from conveyor.settings import Settings
-from conveyor.testing import PROBE_QUEUE
 from tests.acceptance.test_api import ApiServer, StartApi, api_server, frames, subscribed
+from tests.apps.probe import PROBE_QUEUE
 from tests.conftest import free_port
 
 __all__ = ["api_server"]  # the fixture, re-exported for pytest

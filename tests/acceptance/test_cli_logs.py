@@ -12,22 +12,22 @@ from typing import Any
 import orjson
 
 from conveyor import Conveyor
-from conveyor.testing import PROBE_QUEUE, probe_app
+from tests.apps.probe import PROBE_QUEUE, probe_app
 
-from ..conftest import free_port
+from ..conftest import ROOT, free_port
 
 
 def run_worker(cwd: Path, url: str, *flags: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [
-            *(sys.executable, "-m", "conveyor", "worker", "conveyor.testing:app"),
+            *(sys.executable, "-m", "conveyor", "worker", "tests.apps.probe:app"),
             *("--url", url, "--queues", PROBE_QUEUE, "--health-port", "0", "--burst", *flags),
         ],
         cwd=cwd,
         capture_output=True,
         text=True,
         timeout=60,
-        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": ":".join(sys.path)},
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": ":".join([str(ROOT), *sys.path])},
     )
 
 

@@ -26,8 +26,8 @@ from conveyor import Conveyor, Worker
 from conveyor.api import Tokens
 from conveyor.job import Job
 from conveyor.schedules import cron_schedule, every_schedule
-from conveyor.testing import PROBE_QUEUE, register_probe
 from tests.acceptance.test_api import StartApi, api_server
+from tests.apps.probe import PROBE_QUEUE, register_probe
 from tests.conftest import ROOT, SpawnWorker
 
 __all__ = ["api_server"]  # the fixture, re-exported for pytest

@@ -132,7 +132,7 @@ def test_operations_given_an_app_use_its_url_unless_overridden(
 ) -> None:
     """`operate(..., app=)` (what an operations command given `--app` calls) follows the
     same precedence: flag, environment, the URL in the app's code, the default."""
-    from conveyor.cli.ops import operate
+    from conveyor.cli.common import operate
 
     coded, env_db = tmp_path / "coded.db", tmp_path / "env.db"
     seen: list[str] = []

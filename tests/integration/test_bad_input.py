@@ -12,7 +12,8 @@ import redis.asyncio as redis_asyncio
 
 from conveyor import Conveyor, EngineUnavailable, InvalidPayload, JobState, MalformedJob, Worker
 from conveyor.engines.redis import RedisEngine
-from conveyor.testing import probe_app
+from tests.apps.probe import probe_app
+from tests.conftest import ROOT
 
 UNREACHABLE = "redis://127.0.0.1:1/0"
 
@@ -71,11 +72,12 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
         text=True,
         timeout=60,
         env={**os.environ, **(env or {})},
+        cwd=ROOT,  # so `tests.apps.probe:app` imports
     )
 
 
 def test_worker_cli_unreachable_engine_is_one_line_no_traceback() -> None:
-    result = run_cli("worker", "conveyor.testing:app", "--url", UNREACHABLE, "--health-port", "0")
+    result = run_cli("worker", "tests.apps.probe:app", "--url", UNREACHABLE, "--health-port", "0")
     assert result.returncode == 2
     assert "EngineUnavailable" in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) <= 3
@@ -95,7 +97,7 @@ def test_worker_cli_invalid_config_fails_at_startup(
 ) -> None:
     result = run_cli(
         "worker",
-        "conveyor.testing:app",
+        "tests.apps.probe:app",
         "--health-port",
         "0",
         *(["--url", f"sqlite:///{tmp_path}/x.db"] if "--url" not in args else []),

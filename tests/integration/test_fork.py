@@ -13,7 +13,7 @@ import time
 import warnings
 
 from conveyor import JobState
-from conveyor.testing import probe_app
+from tests.apps.probe import probe_app
 
 CHILD_DEADLINE_S = 30.0  # generous on a loaded machine; a hang is killed, not awaited
 

@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from conveyor import Conveyor, Job, JobCancelled, JobFailed, JobNotFound, Worker
-from conveyor.results import LOOKUP_LANES
+from conveyor.facade.results import LOOKUP_LANES
 from conveyor.testing import eventually
 
 

@@ -12,17 +12,20 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
 import orjson
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.text import Text
 
-from ..app import Conveyor
+from ..app import Conveyor, check_queue
 from ..errors import ConfigError, ConveyorError
 from ..settings import Settings, redact, url_source
+from ..status import format_duration
 
 cli = typer.Typer(
     name="conveyor",
@@ -290,3 +293,97 @@ def setup_logging(level: str, fmt: str) -> None:
     root = logging.getLogger("conveyor")
     root.handlers[:] = [handler]
     root.setLevel(level)
+
+
+# --- shared by the operation commands ------------------------------------------------------
+UrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--url", help="engine URL (env CONVEYOR_URL, then REDIS_URL; sqlite:///conveyor.db)"
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print machine-readable JSON")]
+QueueArg = Annotated[str, typer.Argument(help="queue name", show_default=False)]
+JobIdArg = Annotated[str, typer.Argument(help="job id, as `conveyor jobs` prints it")]
+
+
+# --- shared helpers ------------------------------------------------------------------------
+def operate(
+    url: str | None, action: Callable[[Conveyor], Awaitable[T]], *, app: Conveyor | None = None
+) -> T:
+    """Run `action` against the engine named by `url` (or the environment), then close.
+
+    Args:
+        url: the `--url` flag; `None` falls back to `CONVEYOR_URL`, `REDIS_URL`, then
+            the URL in `app`'s code (if given), then the embedded SQLite file.
+        action: what to do with the connected app.
+        app: the user's app (`--app`), for commands that use its tasks; its URL in code
+            comes after the flag and the environment (`bind_app`).
+
+    Returns:
+        What `action` returned.
+
+    Raises:
+        typer.Exit: a Conveyor error (bad setting, unknown job, engine down), printed as
+            one line, exit code 2.
+    """
+    settings = Settings.load(url=url)
+    used = app or Conveyor()
+    bind_app(used, settings, url)
+
+    async def run() -> T:
+        try:
+            return await action(used)
+        finally:
+            await used.close()
+
+    return run_async(run())
+
+
+def say(text: str) -> None:
+    """Print one line of plain output (no rich markup: ids and messages are user data)."""
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+def warn(text: str) -> None:
+    """Print one warning line on stderr, where it never mixes with `--json` output."""
+    err_console.print(Text.assemble(("warning: ", "bold yellow"), text), soft_wrap=True)
+
+
+def print_json(doc: Any) -> None:
+    """Print `doc` as indented JSON on stdout, bypassing rich (no wrapping or colour)."""
+    sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
+    sys.stdout.flush()
+
+
+def split_queues(text: str) -> list[str]:
+    """`"a,b, c"` -> `["a", "b", "c"]`, each checked like every queue name.
+
+    Raises:
+        ConfigError: no queue given, or a name is invalid.
+    """
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise ConfigError("no queue given: pass one or more comma-separated queue names")
+    return [check_queue(name) for name in names]
+
+
+async def warn_unknown(app: Conveyor, names: Iterable[str]) -> list[str]:
+    """Warn about queues nobody declared: never held a job and no task of the app (if
+    one was given) uses them. Most often a typo, which would otherwise make `drain`
+    succeed at once or `pause` guard nothing. Returns the unknown names."""
+    known = set(await app.queue_names()) | (declared_queues(app) if app.tasks else set())
+    unknown = [name for name in names if name not in known]
+    for name in unknown:
+        warn(f"queue {name!r} has never held a job ({did_you_mean(name, known)})")
+    return unknown
+
+
+def when(timestamp: float | None, now: float) -> str:
+    """`2026-01-01 10:00:00Z (3m12s ago)`, or `-` when it has not happened."""
+    if timestamp is None:
+        return "-"
+    stamp = datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    delta = now - timestamp
+    relative = f"{format_duration(delta)} ago" if delta >= 0 else f"in {format_duration(-delta)}"
+    return f"{stamp} ({relative})"

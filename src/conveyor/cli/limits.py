@@ -15,8 +15,7 @@ from rich.box import SIMPLE_HEAD
 from rich.table import Table
 
 from ..app import Conveyor, check_queue
-from .common import cli, console, friendly
-from .ops import JsonOpt, QueueArg, UrlOpt, operate, print_json, say
+from .common import JsonOpt, QueueArg, UrlOpt, cli, console, friendly, operate, print_json, say
 
 
 @cli.command("limits")

@@ -23,6 +23,8 @@ from ..settings import Settings, redact
 from ..status import parse_duration
 from .common import (
     AppOpt,
+    JsonOpt,
+    UrlOpt,
     bind_app,
     cli,
     configured_app,
@@ -30,10 +32,14 @@ from .common import (
     did_you_mean,
     friendly,
     load_app,
+    operate,
+    print_json,
     run_async,
+    say,
     setup_logging,
+    warn,
+    when,
 )
-from .ops import JsonOpt, UrlOpt, operate, print_json, say, warn, when
 from .run import AppArg, run_worker
 
 schedules_cli = typer.Typer(

@@ -3,10 +3,11 @@ the facade reads.
 
 `Conveyor` (in `conveyor.app`) is put together from the sides in this package: the
 registry (`registry.py`), producers (`producer.py`), the read model and operator
-actions (`operations.py`) and schedules (`scheduling.py`). Each side subclasses
-`AppCore`, so mypy sees every attribute and engine call it makes; none of them imports
-another side except where one calls the other (`scheduling` validates through the
-producer's `build`).
+actions (`operations.py`), schedules (`scheduling.py`) and coordination
+(`coordination.py`). Each side subclasses `AppCore`, so mypy sees every attribute and
+engine call it makes; none of them imports another side except where one calls the
+other (`scheduling` validates through the producer's `build`, registers through the
+registry and stores through coordination).
 """
 
 from __future__ import annotations
@@ -21,12 +22,12 @@ from ..engines import Engine, open_engine
 from ..errors import ConfigError
 from ..job import Job
 from ..limits import QueueLimits
-from ..results import ResultWaiter
 from ..schedules import ScheduleSpec
 from ..settings import Settings
 from ..task import Task
 from ..tracing import Tracing
 from .checks import check_queue
+from .results import ResultWaiter
 from .sync import SyncBridge
 
 Hook = Callable[[], Any]  # sync or async, no arguments

@@ -16,7 +16,7 @@ from typing import Any
 
 from .. import lifecycle
 from ..engines import Event, JobPage, QueueCounts
-from ..engines.base import LeaseInfo, Throughput
+from ..engines.base import Throughput
 from ..errors import EngineUnavailable, InvalidJob
 from ..job import Job, JobState
 from ..limits import QueueLimits, merge_limits
@@ -154,11 +154,6 @@ class Operations(AppCore):
         """Workers alive now, with their queues, in-flight counts and last heartbeat
         (`last_seen` on the engine's clock)."""
         return await (await self.connect()).workers()
-
-    async def lease_info(self, name: str) -> LeaseInfo | None:
-        """Who holds the coordination lease `name` (e.g. the scheduler's leadership) and
-        for how much longer, or None when it is free."""
-        return await (await self.connect()).lease_info(name)
 
     # --- events --------------------------------------------------------------------------
     async def event_positions(self, queues: Sequence[str]) -> dict[str, str]:

@@ -14,6 +14,7 @@ from ..errors import ConfigError, InvalidJob, InvalidPayload, UnknownTask
 from ..job import (
     MAX_PRIORITY,
     MIN_PRIORITY,
+    EnqueueResult,
     Job,
     JobState,
     NewJob,
@@ -21,10 +22,10 @@ from ..job import (
     new_job_id,
 )
 from ..payloads import payload_json
-from ..results import ResultWaiter, outcome
 from ..tracing import TRACE_KEY
 from .checks import check_attempts, check_label, check_queue, check_timeout, due
 from .core import AppCore
+from .results import ResultWaiter, outcome
 
 # A JSON object, or an instance of the task's payload model (`conveyor.payloads`).
 Payload = Mapping[str, Any] | BaseModel | None
@@ -182,6 +183,21 @@ class Producer(AppCore):
                 raise type(exc)(f"item {index}: {exc}") from exc
         return [stored.job for stored in await self._store(built)]
 
+    async def store_built(self, jobs: Sequence[NewJob]) -> list[EnqueueResult]:
+        """Store jobs made by `build` exactly as they are (ids included), all or none,
+        without reading deduplicated ones back: the scheduler's occurrences, whose fixed
+        ids make a repeat a no-op.
+
+        Returns:
+            The engine's answer per job (id, created, state), in order.
+
+        Raises:
+            EngineUnavailable: the engine cannot be reached.
+        """
+        if not jobs:
+            return []
+        return await (await self.connect()).enqueue(jobs)
+
     async def _store(self, jobs: Sequence[NewJob]) -> list[Enqueued]:
         if not jobs:
             return []
@@ -227,7 +243,7 @@ class Producer(AppCore):
     async def wait(self, job_id: str, timeout: float | None = None) -> Any:
         """Wait for job `job_id` to finish and return its result (what the handler
         returned, as stored JSON). Driven by the engine's events: one shared reader per
-        app, however many callers wait (`conveyor.results`).
+        app, however many callers wait (`conveyor.facade.results`).
 
         Args:
             job_id: the job's id.

@@ -18,13 +18,14 @@ from ..schedules import (
     schedule_info,
 )
 from ..task import Handler
+from .coordination import Coordination
 from .producer import Producer
 from .registry import Registry
 
 H = TypeVar("H", bound=Handler)
 
 
-class Scheduling(Registry, Producer):
+class Scheduling(Registry, Producer, Coordination):
     """Define, store, pause and list schedules; see who leads the schedulers."""
 
     @overload
@@ -218,9 +219,8 @@ class Scheduling(Registry, Producer):
             ConfigError: the schedule is invalid, or its name belongs to a code-defined one.
         """
         self.check_schedule(spec)
-        engine = await self.connect()
         await self._stored_schedule(spec.name, allow_missing=True, action="replace")
-        await engine.put_schedule(spec.name, spec.to_json(), "runtime")
+        await self.store_schedule(spec, "runtime")
 
     async def remove_schedule(self, name: str) -> None:
         """Delete a runtime schedule.
@@ -229,7 +229,7 @@ class Scheduling(Registry, Producer):
             ConfigError: no such schedule, or it is defined in code.
         """
         await self._stored_schedule(name, action="remove")
-        await (await self.connect()).delete_schedule(name)
+        await self.delete_schedule(name)
 
     async def pause_schedule(self, name: str, paused: bool = True) -> None:
         """Stop (or, with `paused=False`, restart) a schedule's occurrences. Occurrences
@@ -249,19 +249,19 @@ class Scheduling(Registry, Producer):
             now: epoch seconds (default: the app's clock).
         """
         moment = self.clock.now() if now is None else now
-        stored = await (await self.connect()).schedules()
+        stored = await self.stored_schedules()
         return [schedule_info(s, round(moment * 1000)) for s in stored]
 
     async def scheduler_leader(self) -> LeaseInfo | None:
         """Which scheduler process leads now (its id and lease time left), if any."""
-        return await (await self.connect()).lease_info(LEADER_LEASE)
+        return await self.lease_info(LEADER_LEASE)
 
     async def _stored_schedule(
         self, name: str, *, action: str, allow_missing: bool = False
     ) -> None:
         """Refuse to `action` a schedule that is missing or defined in code (the scheduler
         would register it again at its next start)."""
-        found = {s.name: s for s in await (await self.connect()).schedules()}.get(name)
+        found = {s.name: s for s in await self.stored_schedules()}.get(name)
         if found is None and not allow_missing:
             raise ConfigError(_no_schedule(name))
         if found is not None and found.source == "code":

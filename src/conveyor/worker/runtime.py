@@ -228,6 +228,9 @@ class Worker:
             EngineUnavailable: the engine cannot be reached at start-up.
             ConfigError: the health port cannot be bound.
         """
+        # The worker is the one caller that keeps a direct engine handle (everything else
+        # goes through the app facade): exchange, heartbeats and progress are its hot
+        # path, where a facade hop per call would cost without adding a rule.
         engine = await self.app.connect()
         await self._apply_limits(engine)
         if self.health_port:

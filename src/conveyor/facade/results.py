@@ -1,4 +1,5 @@
-"""Waiting for a job's result: `await job.wait(timeout=10)`.
+"""Waiting for a job's result: `await job.wait(timeout=10)` (the facade's side of it:
+it reads the engine's event log, which only the facade may do).
 
 Waiting is driven by the engine's event log, not by polling: an app has one
 `ResultWaiter`, and it runs one reader task (one blocking `read_events` over the queues
@@ -26,11 +27,11 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .errors import EngineUnavailable, JobCancelled, JobFailed
-from .job import FINISHED_STATES, Job, JobState, queue_of
+from ..errors import EngineUnavailable, JobCancelled, JobFailed
+from ..job import FINISHED_STATES, Job, JobState, queue_of
 
 if TYPE_CHECKING:
-    from .engines import Engine
+    from ..engines import Engine
 
 
 class _App(Protocol):

@@ -176,10 +176,11 @@ def test_the_checker_finds_cycles() -> None:
 
 
 def test_the_web_layer_is_not_imported_by_the_app_at_module_level() -> None:
-    """`import conveyor` (what producers and workers do) loads no FastAPI."""
+    """`import conveyor` (what producers and workers do) loads no FastAPI, and neither
+    does the live-events hub (the WebSocket route is the API's, the hub is not)."""
     import subprocess
     import sys
 
-    code = "import sys, conveyor, conveyor.app; print('fastapi' in sys.modules)"
+    code = "import sys, conveyor, conveyor.app, conveyor.live; print('fastapi' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True)
     assert out.stdout.strip() == b"False"

@@ -1,13 +1,14 @@
 """The worker's health server: liveness, readiness, details and Prometheus metrics.
 
-`/health/ready` answers 200 only when the engine answers, the engine is durable and
-the worker is not shutting down — the three reasons a load balancer or Kubernetes
-should stop counting on this worker. Each 503 says which one it is.
+`/health/ready` answers 200 only when the engine answers, the engine is durable, no
+background loop (claim, heartbeat) is failing and the worker is not shutting down — the
+reasons a load balancer or Kubernetes should stop counting on this worker. Each 503 says
+which one it is.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from starlette.applications import Starlette
@@ -44,6 +45,21 @@ class WorkerStatsView(Protocol):
     def engine_error(self) -> str | None: ...
 
 
+class LoopView(Protocol):
+    """One supervised background loop (`worker.supervision.Supervisor`)."""
+
+    @property
+    def error(self) -> str | None: ...
+
+
+class LoopsView(Protocol):
+    """The worker's supervised loops (`worker.supervision.Supervisors`)."""
+
+    @property
+    def loops(self) -> Mapping[str, LoopView]: ...
+    def failing(self) -> dict[str, str]: ...
+
+
 class HealthSource(Protocol):
     """What the health server reads from its worker (`conveyor.worker.Worker`).
 
@@ -73,6 +89,8 @@ class HealthSource(Protocol):
     def lease_ms(self) -> int: ...
     @property
     def shutdown_timeout(self) -> float: ...
+    @property
+    def loops(self) -> LoopsView: ...
 
 
 def build_health_app(worker: HealthSource) -> Starlette:
@@ -82,14 +100,18 @@ def build_health_app(worker: HealthSource) -> Starlette:
         return JSONResponse({"status": "alive", "worker": worker.id})
 
     async def ready(request: Request) -> Response:
-        ok, reason = await worker.app.readiness(stopping=worker.stopping)
+        ok, reason = await worker.app.readiness(
+            stopping=worker.stopping, failing=worker.loops.failing()
+        )
         return JSONResponse(
             {"status": "ready" if ok else "not ready", "reason": reason},
             status_code=200 if ok else 503,
         )
 
     async def detailed(request: Request) -> Response:
-        ok, reason = await worker.app.readiness(stopping=worker.stopping)
+        ok, reason = await worker.app.readiness(
+            stopping=worker.stopping, failing=worker.loops.failing()
+        )
         return JSONResponse(detailed_document(worker, ok, reason), status_code=200 if ok else 503)
 
     async def metrics(request: Request) -> Response:
@@ -120,9 +142,13 @@ def detailed_document(worker: HealthSource, ready: bool, reason: str) -> dict[st
         "engine": {
             "url": redact(app.url),
             "durable": app.durable,
+            # Redis: maxmemory-policy, AOF and fsync, with what they put at risk.
+            "server": app.server_settings(),
             "reachable": worker.stats.engine_ok,
             "error": worker.stats.engine_error,
         },
+        # Every background loop: null while healthy, else the error it retries after.
+        "loops": {name: loop.error for name, loop in worker.loops.loops.items()},
         "queues": {c.queue: c.to_dict() for c in worker.last_counts},
         "concurrency": {"in_use": worker.in_flight, "limit": worker.concurrency},
         "stats": {

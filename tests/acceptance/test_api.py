@@ -471,7 +471,9 @@ async def test_runbook_paths_under_api_prefix(
     job = await enqueue(client, server)
     health = (await client.get(f"{server.url}/api/health")).json()
     assert health["status"] == "alive"
-    assert health["engine"]["durable"] is True and health["engine"]["latency_ms"] is not None
+    # The shared test redis-server runs with AOF off: durable only with AOF on (issue 14.9).
+    durable = not durable_url.startswith("redis")
+    assert health["engine"]["durable"] is durable and health["engine"]["latency_ms"] is not None
     assert (await client.get(f"{server.url}/api/health/ready")).status_code == 200
     status = (await client.get(f"{server.url}/api/admin/workers/status")).json()
     assert status["engine"]["status"] == "ok"

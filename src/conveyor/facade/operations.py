@@ -11,7 +11,7 @@ preconditions that need that atomicity (with lifecycle's sets and messages).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from .. import lifecycle
@@ -49,6 +49,28 @@ class Operations(AppCore):
         """
         return self.engine.durable
 
+    def server_settings(self) -> dict[str, Any] | None:
+        """The engine server's durability settings (Redis: maxmemory-policy, AOF and
+        fsync, with what they put at risk) as JSON, or None for engines without them.
+        Known once connected."""
+        from ..durability import settings_document
+
+        return settings_document(self.engine)
+
+    def check_durability(self, *, role: str, require_noeviction: bool = False) -> None:
+        """Log what the connected engine's server settings put at risk (durability.py).
+
+        Args:
+            role: who checks ("worker", "API", "scheduler"), for the log line.
+            require_noeviction: refuse an evicting `maxmemory-policy` instead of logging.
+
+        Raises:
+            ConfigError: Redis may evict keys and `require_noeviction` is set.
+        """
+        from ..durability import check_engine
+
+        check_engine(self.engine, role=role, require_noeviction=require_noeviction)
+
     async def ping(self, timeout: float = READY_PING_TIMEOUT) -> float:
         """Connect if needed, then measure one round trip to the engine.
 
@@ -72,23 +94,33 @@ class Operations(AppCore):
     async def _ping(self) -> float:
         return await (await self.connect()).ping()
 
-    async def readiness(self, *, stopping: bool = False) -> tuple[bool, str]:
+    async def readiness(
+        self, *, stopping: bool = False, failing: Mapping[str, str] | None = None
+    ) -> tuple[bool, str]:
         """Whether a process using this app should receive work: the engine answers,
-        it is durable, and the process is not shutting down.
+        it keeps jobs past the process (not memory://), no background loop is failing,
+        and the process is not shutting down.
 
         Args:
             stopping: the process is shutting down.
+            failing: background loops whose last turn failed, with the error (a worker's
+                `loops.failing()`); any makes the process not ready.
 
         Returns:
             (ready, reason): reason is "ok" or says which rule failed.
         """
         if stopping:
             return False, "shutting down"
+        if failing:
+            name, error = next(iter(failing.items()))
+            return False, f"{name} loop failing, retrying with backoff: {error}"
         try:
             await self.ping()
         except EngineUnavailable as exc:
             return False, f"engine unavailable: {exc or 'ping timed out'}"
-        if not self.durable:
+        # Only the memory engine keeps nothing past its process. Redis with AOF off is not
+        # durable either, but it serves: start-up logs a warning and status shows it.
+        if not self.durable and self.engine.url.startswith("memory:"):
             return False, f"engine {self.engine.url} is not durable (memory:// is for tests only)"
         return True, "ok"
 

@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 
 from conveyor import Conveyor, EngineUnavailable, JobState, Worker
-from conveyor.testing import eventually, probe_app
+from conveyor.testing import eventually
+from tests.apps.probe import probe_app
 from tests.conftest import SpawnWorker
 
 pytestmark = [pytest.mark.fault, pytest.mark.slow]

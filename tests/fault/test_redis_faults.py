@@ -19,7 +19,8 @@ import pytest
 import redis
 
 from conveyor import Conveyor, EngineFull, EngineUnavailable, JobState
-from conveyor.testing import eventually, probe_app
+from conveyor.testing import eventually
+from tests.apps.probe import probe_app
 from tests.conftest import REDIS_SERVER, RedisServer, SpawnWorker
 
 pytestmark = [pytest.mark.fault, pytest.mark.redis, pytest.mark.slow]

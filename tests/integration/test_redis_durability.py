@@ -11,10 +11,10 @@ import pytest
 import redis
 
 from conveyor import ConfigError, Worker
-from conveyor.health import detailed_document, readiness
+from conveyor.health import detailed_document
 from conveyor.scheduler import Scheduler
 from conveyor.status import status_document
-from conveyor.testing import probe_app
+from tests.apps.probe import probe_app
 from tests.conftest import RedisServer, SpawnWorker
 
 pytestmark = pytest.mark.redis
@@ -55,7 +55,7 @@ async def test_aof_off_is_not_durable_and_warned(
     doc = await status_document(app)
     assert doc["engine"]["durable"] is False and doc["engine"]["server"]["appendonly"] == "no"
     # Not durable, but it serves: readiness stays up (only memory:// is refused).
-    assert (await readiness(app.engine, stopping=False)) == (True, "ok")
+    assert (await app.readiness(stopping=False)) == (True, "ok")
     await app.close()
 
 

@@ -90,7 +90,7 @@ async def test_url_timeouts_reach_the_lane_and_fail_an_enqueue(
     """`?socket_timeout=` bounds how long an enqueue waits on a frozen Redis (issue 13,
     item 3: it used to be a fixed 30 s the URL could not change)."""
     from conveyor import EngineUnavailable
-    from conveyor.testing import probe_app
+    from tests.apps.probe import probe_app
 
     app = probe_app(f"{private_redis.url}?socket_timeout=0.3&socket_connect_timeout=0.5")
     await app.connect()

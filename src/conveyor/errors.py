@@ -7,11 +7,14 @@ ConveyorError                     root: catch this to catch everything Conveyor 
 │   ├── EngineFull                Redis reached maxmemory: new jobs refused, workers drain
 │   └── SchemaTooNew              the SQLite file was migrated by a newer Conveyor
 ├── JobNotFound                   no job has that id
+├── InvalidArgument               a read or operator call got a value no engine handed out
+│                                 (a forged listing cursor, an event id out of range)
 ├── InvalidJob                    what a producer asked to enqueue is wrong
 │   ├── UnknownTask               task not registered here and no queue given
 │   ├── InvalidPayload            payload is not strict JSON, or does not fit the task's model
 │   └── PayloadTooLarge           payload exceeds the configured size limit
 ├── InvalidResult                 a handler returned something that is not JSON
+├── TooManySubscriptions          a live-events subscription is over its process or token cap
 ├── MalformedJob                  stored job data cannot be decoded
 ├── JobFailed                     `job.wait()`: the job failed (dead-lettered)
 ├── JobCancelled                  `job.wait()`: the job was cancelled
@@ -85,6 +88,11 @@ class JobNotFound(ConveyorError):
     """No job exists with the given id."""
 
 
+class InvalidArgument(ConveyorError):
+    """An argument of a read or an operation is not one Conveyor could have handed out
+    (a forged or foreign listing cursor, an event id out of range); nothing changed."""
+
+
 class InvalidJob(ConveyorError):
     """A job a producer asked to enqueue is invalid; nothing was enqueued."""
 
@@ -113,6 +121,11 @@ class InvalidResult(ConveyorError):
 
 class PayloadTooLarge(InvalidJob):
     """The encoded payload is larger than `max_payload_bytes`."""
+
+
+class TooManySubscriptions(ConveyorError):
+    """A live-events subscription was refused: the process, or the caller's token,
+    already holds as many as allowed. Close some, or retry later."""
 
 
 class MalformedJob(ConveyorError):

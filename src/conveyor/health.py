@@ -4,6 +4,11 @@
 background loop (claim, heartbeat) is failing and the worker is not shutting down — the
 reasons a load balancer or Kubernetes should stop counting on this worker. Each 503 says
 which one it is.
+
+No endpoint here needs a token, unlike the API's `/metrics`: the callers (probes, load
+balancers, Prometheus) usually cannot send one, and nothing here changes state or
+returns a payload — only queue names, depths, breaker states and the engine URL
+without its password. Keep the port on the cluster network (docs/security.md).
 """
 
 from __future__ import annotations

@@ -35,7 +35,8 @@ class JobState(StrEnum):
 ACTIVE_STATES = (JobState.SCHEDULED, JobState.PENDING, JobState.RUNNING)
 FINISHED_STATES = (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED)
 
-QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+# \Z, not $: `$` also matches before a trailing newline, so "emails\n" would pass.
+QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}\Z")
 MIN_PRIORITY, MAX_PRIORITY = -100, 100
 
 

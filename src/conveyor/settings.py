@@ -81,8 +81,23 @@ class Settings(BaseSettings):
     api_tokens_file: str | None = Field(
         None, description='JSON file {"admin": "...", "tenants": {"token": "tenant"}}'
     )
+    api_max_body_bytes: int | None = Field(
+        None, ge=1, description="largest request body; default max_payload_bytes + 64 KiB"
+    )
+    api_public_hosts: tuple[str, ...] = Field(
+        (), description="host names besides localhost an API without tokens answers to"
+    )
+    api_ws_max_subscribers: int = Field(
+        10_000, ge=1, le=1_000_000, description="live WebSocket subscriptions per API process"
+    )
+    api_ws_max_per_token: int = Field(
+        1_000, ge=1, le=1_000_000, description="live WebSocket subscriptions per token"
+    )
+    api_public_metrics: bool = Field(
+        False, description="serve the API's /metrics without the admin token"
+    )
 
-    @field_validator("queues", mode="before")
+    @field_validator("queues", "api_public_hosts", mode="before")
     @classmethod
     def _split_queues(cls, value: Any) -> Any:
         if isinstance(value, str):

@@ -11,35 +11,41 @@ Protocol (JSON text frames, server to client):
 * `{"type": "replayed", "count": n}` after the events a `since=` asked for.
 
 Query parameters: `queue` (one or a comma-separated list), `job` (one job id; implies
-its queue), `tenant`, `since`, `token` (for browsers, which cannot set headers on a
-WebSocket; prefer `Authorization: Bearer`, since query strings end up in access logs).
-`queue` or `job` is required. A tenant token only ever sees its own tenant's events.
+its queue), `tenant`, `since`. `queue` or `job` is required. A tenant token only ever
+sees its own tenant's events (and, if its scope is limited, its queues and tasks).
+
+Auth: `Authorization: Bearer <token>`, or — for browsers, which cannot set headers on a
+WebSocket — the subprotocols `conveyor.v1` and `conveyor.bearer.<base64url(token)>`
+(`new WebSocket(url, ["conveyor.v1", "conveyor.bearer." + b64url(token)])`; the server
+answers `conveyor.v1`). Never the URL: URLs end up in access logs and browser history.
+The old `token=` query parameter still works but is deprecated; log lines redact it.
 
 Reconnecting without a gap: remember the last `id` per queue and pass
 `since=queue:id,queue:id` (or `since=id` when watching one queue). Events still in the
 bounded event log after that position are replayed first, then live ones follow with
 no duplicates. Close codes: 4401 no/invalid token, 4403 forbidden, 4404 unknown job,
-4422 bad parameters, 1013 too slow (the client fell more than `buffer` events
-behind) or engine unavailable, 1012 API restarting; reconnect with `since=` after
-1012/1013.
+4422 bad parameters, 4429 too many subscriptions (for the process or the token), 1013
+too slow (the client fell more than `buffer` events behind) or engine unavailable, 1012
+API restarting; reconnect with `since=` after 1012/1013.
 
 The events come from the process's live-events hub (`conveyor.live.EventHub`): one
-engine reader per set of queues, shared by every socket.
+engine reader for every socket of the process, whatever queues they watch.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 import orjson
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-from ..errors import ConveyorError, JobNotFound
+from ..errors import ConveyorError, InvalidArgument, JobNotFound, TooManySubscriptions
 from ..job import QUEUE_NAME, queue_of
 from ..live import CLOSE_TRY_LATER, EventHub, Subscriber
 from .auth import authenticate, scoped_tenant
@@ -50,6 +56,8 @@ if TYPE_CHECKING:
     from .metrics import ApiMetrics
 
 _EVENT_ID = re.compile(r"^\d{1,20}(-\d{1,20})?$")
+
+CLOSE_TOO_MANY = 4429  # like HTTP 429: over the process's or the token's subscription cap
 
 router = APIRouter()
 
@@ -76,7 +84,13 @@ def parse_since(text: str | None, queues: Sequence[str]) -> dict[str, str]:
             if len(queues) != 1:
                 raise _Refused(4422, "since: use queue:id,queue:id when watching several queues")
             queue = queues[0]
-        if queue not in queues or not _EVENT_ID.match(event_id):
+        if (
+            queue not in queues
+            or not _EVENT_ID.match(event_id)
+            # Engines hand out ids that fit 63 bits; a bigger one would reach the engine
+            # as an overflow and end the socket without a reason.
+            or any(int(n) >= 2**63 for n in event_id.split("-"))
+        ):
             raise _Refused(4422, f"since: {part[:40]!r} is not queue:event-id of a watched queue")
         out[queue] = event_id
     return out
@@ -97,12 +111,30 @@ def _queues(queue: str | None, job: str | None) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+SUBPROTOCOL = "conveyor.v1"
+BEARER_SUBPROTOCOL = "conveyor.bearer."
+
+
+def _subprotocol_token(offered: Iterable[str]) -> str | None:
+    """The token of a `conveyor.bearer.<base64url>` subprotocol, if one is offered
+    (base64url because a subprotocol may only hold token characters)."""
+    for protocol in offered:
+        if protocol.startswith(BEARER_SUBPROTOCOL):
+            encoded = protocol[len(BEARER_SUBPROTOCOL) :]
+            try:
+                return base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode()
+            except (ValueError, UnicodeDecodeError):
+                return ""  # present but unreadable: refused like a wrong token
+    return None
+
+
 def _bearer(websocket: WebSocket, token: str | None) -> str | None:
     header = websocket.headers.get("authorization", "")
     scheme, _, value = header.partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
-    return token
+    from_protocol = _subprotocol_token(websocket.scope.get("subprotocols", ()))
+    return from_protocol if from_protocol is not None else token
 
 
 @router.websocket("/ws/jobs")
@@ -118,18 +150,26 @@ async def watch_jobs(
     state = api_state(websocket)
     # Accept first, then refuse with a close code: a browser cannot read the HTTP status
     # of a rejected handshake, but it can read a close code and reason.
-    await websocket.accept()
+    offered = websocket.scope.get("subprotocols", ())
+    # A browser that offered subprotocols fails the handshake unless one is chosen.
+    await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
     try:
         principal = authenticate(state.tokens, _bearer(websocket, token))
         watch_tenant = scoped_tenant(principal, tenant)
         queues = _queues(queue, job)
+        if job is None and not all(principal.may_use_queue(q) for q in queues):
+            raise _Refused(4403, "this token may not watch these queues")
         positions = parse_since(since, queues)
         if job is not None:
             async with state.hub.admission:
                 found = await state.conveyor.get_job(job)
-            if not principal.admin and found.tenant != principal.tenant:
+            if not principal.sees(found.tenant, found.queue, found.task):
                 raise JobNotFound(f"no job with id {job!r}")
-        sub = await state.hub.subscribe(queues, tenant=watch_tenant, job=job)
+        # The cap counts per principal: a token's tenant and scope (all callers of an
+        # open API share one).
+        sub = await state.hub.subscribe(
+            queues, tenant=watch_tenant, job=job, tasks=principal.tasks, owner=principal
+        )
     except ApiError as exc:
         await websocket.close(4000 + exc.status, exc.message[:120])
         return
@@ -138,6 +178,9 @@ async def watch_jobs(
         return
     except JobNotFound:
         await websocket.close(4404, "no such job")
+        return
+    except TooManySubscriptions as exc:
+        await websocket.close(CLOSE_TOO_MANY, str(exc)[:120])
         return
     except ConveyorError as exc:
         await websocket.close(CLOSE_TRY_LATER, f"{type(exc).__name__}: {exc}"[:120])
@@ -170,8 +213,10 @@ async def _serve(
                 async for frame in hub.replay(sub, positions):
                     await websocket.send_text(frame)
                     count += 1
-            except ValueError as exc:
+            except (ValueError, InvalidArgument) as exc:
                 sub.close(4422, f"since: {exc}")
+            except ConveyorError as exc:
+                sub.close(CLOSE_TRY_LATER, f"{type(exc).__name__}: {exc}")
             else:
                 await websocket.send_text(
                     orjson.dumps({"type": "replayed", "count": count}).decode()

@@ -18,7 +18,8 @@ from ..job import MAX_PRIORITY, MIN_PRIORITY, QUEUE_NAME
 # Ten years: anything later is a unit mistake (milliseconds passed as seconds), and the
 # bound keeps `delay * 1000` inside the engines' 64-bit integers.
 MAX_DELAY_SECONDS = 10 * 365 * 86_400.0
-QUEUE_PATTERN = QUEUE_NAME.pattern
+# Pydantic's (Rust) regexes have no \Z, and their `$` is already the end of the text.
+QUEUE_PATTERN = QUEUE_NAME.pattern.removesuffix("\\Z") + "$"
 
 JobStateName = Literal["scheduled", "pending", "running", "completed", "failed", "cancelled"]
 

@@ -253,12 +253,21 @@ def dev(
     port: Annotated[int, typer.Option(help="API and dashboard port (a free one if taken)")] = 8000,
     concurrency: Annotated[int | None, typer.Option(help="jobs run at once")] = None,
     scheduler: Annotated[bool, typer.Option(help="also run the scheduler")] = True,
+    tokens_file: Annotated[
+        str | None,
+        typer.Option(
+            help="API tokens, as for `conveyor api` (env CONVEYOR_API_TOKENS_FILE; also "
+            "CONVEYOR_API_ADMIN_TOKEN, CONVEYOR_API_TENANT_TOKENS); none: an open API"
+        ),
+    ] = None,
 ) -> None:
     """Run worker, API + dashboard and scheduler in one process (for development)."""
+    from ..api import Tokens
     from ..dev import DevStack
 
     settings = Settings.load(url=url, concurrency=concurrency)
     setup_logging(settings.log_level, settings.log_format)
+    tokens = Tokens.load(settings, tokens_file)
     if target:
         app = load_app(target)
     else:
@@ -267,7 +276,21 @@ def dev(
         app = build_app()
     overridden = bind_app(app, settings, url)
     worker = Worker(app, queues=default_queues(app), concurrency=settings.concurrency)
-    stack = DevStack(app, worker, port=port, scheduler=scheduler)
+    stack = DevStack(
+        app,
+        worker,
+        port=port,
+        scheduler=scheduler,
+        tokens=tokens,
+        public_hosts=settings.api_public_hosts,
+    )
+    auth = (
+        f"tokens required ({'admin' if tokens.admin else 'no admin'} token, "
+        f"{len(tokens.tenants)} tenant token(s))"
+        if tokens.enabled
+        else "OPEN, no tokens (only localhost pages and tools can use it; set "
+        "CONVEYOR_API_ADMIN_TOKEN to require one)"
+    )
 
     async def main() -> None:
         await stack.start()
@@ -275,6 +298,7 @@ def dev(
             f"conveyor dev on {redact(app.url)}{overridden}\n"
             f"  dashboard: [bold]{stack.url}/dashboard[/]\n"
             f"  API:       {stack.url}/docs\n"
+            f"  API auth:  {auth}\n"
             f"  queues:    {','.join(worker.queues)}  (Ctrl-C stops gracefully)",
             highlight=False,
         )

@@ -194,7 +194,9 @@ def dashboard_router() -> APIRouter:
             }
         )
 
-    @router.post("/api/schedules/{name}/{action}")
+    # `:path`: a schedule name may contain `/` (`reports/daily`); the page sends it as
+    # %2F, which the server decodes before routing, so a plain segment would not match.
+    @router.post("/api/schedules/{name:path}/{action}")
     async def pause_schedule(
         request: Request,
         principal: AdminPrincipal,

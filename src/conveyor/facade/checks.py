@@ -3,11 +3,20 @@ sides: each returns the value or raises the named error with the rule and the fi
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta
 from typing import Any
 
-from ..errors import ConfigError, InvalidJob
+from ..errors import ConfigError, InvalidArgument, InvalidJob
 from ..job import QUEUE_NAME
+
+# The longest delay or attempt timeout: ten years. Past that a number is a mistake (or
+# inf), and its milliseconds would overflow SQLite's 64-bit integers.
+MAX_SECONDS = 10 * 365 * 86_400.0
+# Every number in a cursor an engine hands out fits in 63 bits (SQLite rowids, Redis
+# scores and ids); a longer one is forged, and would reach the engine as an overflow.
+_CURSOR_NUMBER = re.compile(r"\d+")
+MAX_CURSOR_LENGTH = 256
 
 
 def check_queue(name: str, *, error: type[Exception] = ConfigError) -> str:
@@ -37,8 +46,15 @@ def check_timeout(value: Any, *, error: type[Exception] = ConfigError) -> None:
     Raises:
         error (ConfigError by default): it is not a positive number.
     """
-    if value is not None and (not isinstance(value, int | float) or value <= 0):
-        raise error(f"timeout={value!r} is invalid: use seconds > 0, or None for no limit")
+    if value is not None and (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not 0 < value <= MAX_SECONDS  # also false for NaN
+    ):
+        raise error(
+            f"timeout={value!r} is invalid: use seconds > 0 (at most {MAX_SECONDS:.0f}), "
+            "or None for no limit"
+        )
 
 
 def check_label(field: str, value: Any, max_len: int) -> str | None:
@@ -51,7 +67,59 @@ def check_label(field: str, value: Any, max_len: int) -> str | None:
         return None
     if not isinstance(value, str) or not value or len(value) > max_len:
         raise InvalidJob(f"{field}={value!r} is invalid: use a string of 1-{max_len} characters")
+    return check_text(field, value)
+
+
+def check_text(field: str, value: str) -> str:
+    """Return `value` if it can be stored: text every engine keeps is valid UTF-8.
+
+    Raises:
+        InvalidJob: it holds a lone surrogate (e.g. from a bad `\\ud800` escape).
+    """
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidJob(
+            f"{field}={value!r} is invalid: it holds a lone surrogate ({exc.reason}), "
+            "which is not text; send valid UTF-8"
+        ) from None
     return value
+
+
+def check_priority(value: Any, low: int, high: int) -> int:
+    """Return a priority: an integer (not a bool) from `low` to `high`.
+
+    Raises:
+        InvalidJob: anything else.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidJob(
+            f"priority={value!r} is invalid: use an integer from {low} to {high} "
+            "(higher runs first)"
+        )
+    return value
+
+
+def check_cursor(cursor: str | None) -> str | None:
+    """Reject listing cursors no engine could have handed out, before an engine sees
+    them: too long, or holding a number past 63 bits (which engines would answer
+    with an overflow instead of a named error).
+
+    Raises:
+        InvalidArgument: the cursor is forged.
+    """
+    if cursor is None:
+        return None
+    if (
+        not isinstance(cursor, str)
+        or len(cursor) > MAX_CURSOR_LENGTH
+        or any(int(n) >= 2**63 for n in _CURSOR_NUMBER.findall(cursor))
+    ):
+        raise InvalidArgument(
+            f"cursor {str(cursor)[:40]!r} is not one this engine returned: pass back the "
+            "cursor of the previous page, or none for the first page"
+        )
+    return cursor
 
 
 def due(delay: Any, run_at: Any) -> tuple[int, int | None]:
@@ -68,11 +136,21 @@ def due(delay: Any, run_at: Any) -> tuple[int, int | None]:
     if run_at is not None:
         if not isinstance(run_at, datetime):
             raise InvalidJob(f"run_at={run_at!r} is invalid: pass a datetime")
-        return 0, int(run_at.timestamp() * 1000)
+        try:
+            return 0, int(run_at.timestamp() * 1000)
+        except (OverflowError, ValueError, OSError) as exc:
+            raise InvalidJob(f"run_at={run_at!r} is invalid: {exc}") from None
     if delay is None:
         return 0, None
     if isinstance(delay, timedelta):
         delay = delay.total_seconds()
-    if isinstance(delay, bool) or not isinstance(delay, int | float) or not delay >= 0:
-        raise InvalidJob(f"delay={delay!r} is invalid: use seconds >= 0 or a timedelta")
+    if (
+        isinstance(delay, bool)
+        or not isinstance(delay, int | float)
+        or not 0 <= delay <= MAX_SECONDS  # also false for NaN
+    ):
+        raise InvalidJob(
+            f"delay={delay!r} is invalid: use seconds from 0 to {MAX_SECONDS:.0f} (ten "
+            "years) or a timedelta"
+        )
     return int(delay * 1000), None

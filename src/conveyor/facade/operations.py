@@ -17,10 +17,10 @@ from typing import Any
 from .. import lifecycle
 from ..engines import Event, JobPage, QueueCounts
 from ..engines.base import Throughput
-from ..errors import EngineUnavailable, InvalidJob
+from ..errors import EngineUnavailable, InvalidArgument, InvalidJob, InvalidState
 from ..job import Job, JobState
 from ..limits import QueueLimits, merge_limits
-from .checks import check_queue
+from .checks import check_cursor, check_queue
 from .core import AppCore
 
 READY_PING_TIMEOUT = 2.0  # seconds a readiness probe waits for the engine
@@ -154,10 +154,25 @@ class Operations(AppCore):
         limit: int = 50,
         cursor: str | None = None,
     ) -> JobPage:
-        """One page of `queue`'s jobs in `state` (pass the page's cursor for the next)."""
-        return await (await self.connect()).list_jobs(
-            queue, state, tenant=tenant, limit=limit, cursor=cursor
-        )
+        """One page of `queue`'s jobs in `state` (pass the page's cursor for the next).
+
+        Raises:
+            InvalidArgument: `cursor` is not one this engine handed out.
+        """
+        engine = await self.connect()
+        try:
+            return await engine.list_jobs(
+                queue, state, tenant=tenant, limit=limit, cursor=check_cursor(cursor)
+            )
+        except (ValueError, InvalidState) as exc:
+            # Engines refuse a cursor they cannot decode with one of these; the caller's
+            # argument is what is wrong, whatever the engine called it.
+            if cursor is None:
+                raise
+            raise InvalidArgument(
+                f"cursor {cursor[:40]!r} is not one this engine returned: pass back the "
+                "cursor of the previous page, or none for the first page"
+            ) from exc
 
     async def tenant_running(self, queue: str) -> dict[str, int]:
         """Running jobs per tenant of `queue` (what `tenant_concurrency` counts)."""

@@ -23,7 +23,15 @@ from ..job import (
 )
 from ..payloads import payload_json
 from ..tracing import TRACE_KEY
-from .checks import check_attempts, check_label, check_queue, check_timeout, due
+from .checks import (
+    check_attempts,
+    check_label,
+    check_priority,
+    check_queue,
+    check_text,
+    check_timeout,
+    due,
+)
 from .core import AppCore
 from .results import ResultWaiter, outcome
 
@@ -83,15 +91,12 @@ class Producer(AppCore):
             )
         if not isinstance(task, str) or not task:
             raise InvalidJob("task name must be a non-empty string")
+        check_text("task", task)
         queue = check_queue(
             queue or (registered.queue if registered else self.default_queue), error=InvalidJob
         )
-        priority = options.get("priority") or 0
-        if not isinstance(priority, int) or not MIN_PRIORITY <= priority <= MAX_PRIORITY:
-            raise InvalidJob(
-                f"priority={priority!r} is invalid: use an integer from {MIN_PRIORITY} to "
-                f"{MAX_PRIORITY} (higher runs first)"
-            )
+        priority = options.get("priority")
+        priority = check_priority(0 if priority is None else priority, MIN_PRIORITY, MAX_PRIORITY)
         max_attempts = options.get("max_attempts")
         if max_attempts is None:
             max_attempts = registered.max_attempts if registered else 3

@@ -25,6 +25,7 @@ from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright
 from conveyor import Conveyor, Worker
 from conveyor.api import Tokens
 from conveyor.job import Job
+from conveyor.scheduler import Scheduler
 from conveyor.schedules import cron_schedule, every_schedule
 from tests.acceptance.test_api import StartApi, api_server
 from tests.apps.probe import PROBE_QUEUE, register_probe
@@ -432,6 +433,12 @@ async def test_desktop_fit_empty_states_throughput_label_and_first_non_empty_tab
     await expect(page.locator("#queues-body td.empty")).to_contain_text("No queue")
     await page.get_by_role("link", name="Schedules").click()
     await expect(page.locator("#no-scheduler")).to_be_visible()
+    # A scheduler leads but nothing is scheduled: say how to add one, not an empty table.
+    leader = dashboard_app(sqlite_url)
+    assert (await Scheduler(leader).tick()).leader
+    await leader.close()
+    await page.reload()
+    await expect(page.locator("#no-schedules")).to_contain_text("No schedule yet")
 
     # A long queue name and big counts: at 1280 px the whole queue table is visible,
     # the Status column included, with no horizontal scrollbar.

@@ -19,17 +19,19 @@ from ..engines.base import LeaseInfo
 from ..errors import ConfigError, ConveyorError
 from ..scheduler import Scheduler
 from ..schedules import ScheduleInfo, ScheduleSpec, cron_schedule, every_schedule
-from ..settings import Settings, redact
+from ..settings import Settings
 from ..status import parse_duration
 from .common import (
     AppOpt,
     JsonOpt,
     UrlOpt,
+    announce,
     bind_app,
     cli,
     configured_app,
     console,
     did_you_mean,
+    engine_label,
     friendly,
     load_app,
     operate,
@@ -100,10 +102,14 @@ def scheduler_command(
         close_app=True,
         require_noeviction=settings.require_noeviction,
     )
-    console.print(
-        f"scheduler {scheduler.id} on {redact(app.url)}{overridden} "
+    engine = engine_label(app.url)
+    announce(
+        f"scheduler {scheduler.id} on {engine}{overridden} "
         f"schedules={len(app.schedules)} lease={lease_timeout:g}s",
-        highlight=False,
+        settings.log_format,
+        scheduler=scheduler.id,
+        engine=engine,
+        schedules=len(app.schedules),
     )
     run_async(run_worker(scheduler))
 

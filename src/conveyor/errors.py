@@ -13,8 +13,8 @@ ConveyorError                     root: catch this to catch everything Conveyor 
 │   ├── UnknownTask               task not registered here and no queue given
 │   ├── InvalidPayload            payload is not strict JSON, or does not fit the task's model
 │   └── PayloadTooLarge           payload exceeds the configured size limit
-├── InvalidResult                 a handler returned something that is not JSON
 ├── TooManySubscriptions          a live-events subscription is over its process or token cap
+├── InvalidResult                 a handler returned something that is not JSON
 ├── MalformedJob                  stored job data cannot be decoded
 ├── JobFailed                     `job.wait()`: the job failed (dead-lettered)
 ├── JobCancelled                  `job.wait()`: the job was cancelled

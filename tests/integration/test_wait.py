@@ -16,6 +16,8 @@ import redis
 from conveyor import Conveyor, Job, JobCancelled, JobFailed, JobNotFound, Worker
 from conveyor.facade.results import LOOKUP_LANES
 from conveyor.testing import eventually
+from tests.apps.probe import PROBE_QUEUE, probe_app
+from tests.conftest import SpawnWorker
 
 
 @pytest.fixture
@@ -154,3 +156,19 @@ async def test_a_thousand_waiters_add_no_connections(redis_url: str) -> None:
             assert app._results.reads < 1000
     finally:
         admin.close()
+
+
+async def test_wait_sees_a_worker_in_another_process(
+    durable_url: str, spawn_worker: SpawnWorker
+) -> None:
+    """The event that ends the wait comes from a `conveyor worker` process."""
+    app = probe_app(durable_url)
+    async with app:
+        ok = await app.enqueue("probe", {"action": "ok"})
+        bad = await app.enqueue("probe", {"action": "unrecoverable", "message": "nope"})
+        waiters = [asyncio.create_task(ok.wait(60)), asyncio.create_task(bad.wait(60))]
+        await _waiting(app, 2)
+        spawn_worker(durable_url, queues=PROBE_QUEUE)
+        assert await waiters[0] == {"action": "ok", "attempt": 1}
+        with pytest.raises(JobFailed, match="Unrecoverable: nope"):
+            await waiters[1]

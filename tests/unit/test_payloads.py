@@ -122,6 +122,8 @@ async def test_an_invalid_typed_payload_names_the_field_and_enqueues_nothing(
     with pytest.raises(InvalidPayload) as caught:
         await app.enqueue("email.send", {"to": "nobody", "subject": "hi"})
     assert list(caught.value.fields) == ["to"]
+    with pytest.raises(InvalidPayload, match="to: Field required"):
+        await app.enqueue("email.send")  # no payload is an empty one, checked too
     assert await app.queue_names() == [] or (await app.counts("default")).pending == 0
 
 
@@ -205,3 +207,11 @@ def test_a_payload_option_that_is_not_a_model_or_disagrees_is_a_config_error(
 
         @app.task("y", payload=Sent)
         async def y(job: Job[Email]) -> None: ...
+
+
+def test_a_schedule_of_a_typed_task_with_a_bad_payload_fails_at_start_up(app: Conveyor) -> None:
+    @app.task("email.send")
+    async def send(job: Job[Email]) -> None: ...
+
+    with pytest.raises(ConfigError, match="subject: Field required"):
+        app.every(60, task="email.send", payload={"to": "a@b.c"})

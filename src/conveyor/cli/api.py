@@ -84,14 +84,16 @@ def api_command(
     if print_openapi or write_openapi:
         # The schema depends on no setting or engine; only the app's typed tasks add their
         # payload schemas (without an app it is docs/openapi.json).
-        bare = create_api(
-            load_app(target) if target else Conveyor("memory://"),
-            tokens=Tokens(),
-            metrics_prefix="",
-            public_hosts=(),
-            public_metrics=False,
+        bare = load_app(target) if target else Conveyor("memory://")
+        text = openapi_json(
+            create_api(
+                bare,
+                tokens=Tokens(),
+                metrics_prefix="",
+                public_hosts=(),
+                public_metrics=False,
+            )
         )
-        text = openapi_json(bare)
         if write_openapi:
             write_openapi.write_text(text, encoding="utf-8")
         else:

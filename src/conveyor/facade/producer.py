@@ -115,7 +115,7 @@ class Producer(AppCore):
         model = registered.payload_model if registered else None
         tenant = check_label("tenant", options.get("tenant"), 128)
         dedupe_key = check_label("dedupe_key", options.get("dedupe_key"), 512)
-        body = {} if payload is None else payload_json(payload, model)
+        body = payload_json({} if payload is None else payload, model)
         job_id = new_job_id(queue)
         if self.tracing is not None:
             carrier = self.tracing.enqueued(task, queue, job_id)

@@ -35,9 +35,10 @@ from pathlib import Path
 import redis
 
 from conveyor import Worker
-from conveyor.testing import probe_app
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the probe app lives in tests/ (not installed)
+from tests.apps.probe import probe_app  # noqa: E402
 
 
 def free_port() -> int:
@@ -91,7 +92,7 @@ def start_workers(url: str, args: argparse.Namespace) -> list[subprocess.Popen[b
     return [
         subprocess.Popen(
             [
-                *(sys.executable, "-m", "conveyor", "worker", "conveyor.testing:app"),
+                *(sys.executable, "-m", "conveyor", "worker", "tests.apps.probe:app"),
                 *("--url", url, "--queues", "probe", "--concurrency", "50"),
                 *("--health-port", "0", "--keep-completed", f"{args.keep}s"),
                 *("--log-level", "WARNING"),

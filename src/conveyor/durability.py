@@ -84,10 +84,11 @@ class ServerSettings:
         }
 
 
+# Engines are taken as `object`: engines/redis imports this module, so naming the engine
+# protocol here (even for type checking only) would tie the two layers in a cycle.
 def server_settings(engine: object) -> ServerSettings | None:
     """The settings `engine`'s server reported when it connected (None: no server, as
-    for SQLite and memory, or not connected yet). Typed `object`, not `Engine`: the
-    Redis engine imports this module, so naming the protocol here would be a cycle."""
+    for SQLite and memory, or not connected yet)."""
     # Only engines with a server have the attribute; it is not part of the protocol.
     value = getattr(engine, "server_settings", None)
     return value if isinstance(value, ServerSettings) else None

@@ -1,9 +1,9 @@
 """The worker's health server: liveness, readiness, details and Prometheus metrics.
 
 `/health/ready` answers 200 only when the engine answers, the engine is durable, no
-background loop (claim, heartbeat) is failing and the worker is not shutting down — the
-reasons a load balancer or Kubernetes should stop counting on this worker. Each 503 says
-which one it is.
+background loop (claim, heartbeat, retention) is failing and the worker is not shutting
+down — the reasons a load balancer or Kubernetes should stop counting on this worker.
+Each 503 says which one it is.
 
 No endpoint here needs a token, unlike the API's `/metrics`: the callers (probes, load
 balancers, Prometheus) usually cannot send one, and nothing here changes state or
@@ -13,7 +13,7 @@ without its password. Keep the port on the cluster network (docs/security.md).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from starlette.applications import Starlette
@@ -50,19 +50,11 @@ class WorkerStatsView(Protocol):
     def engine_error(self) -> str | None: ...
 
 
-class LoopView(Protocol):
-    """One supervised background loop (`worker.supervision.Supervisor`)."""
-
-    @property
-    def error(self) -> str | None: ...
-
-
 class LoopsView(Protocol):
-    """The worker's supervised loops (`worker.supervision.Supervisors`)."""
+    """The worker's background loops (`conveyor.worker.supervision.Supervisors`)."""
 
-    @property
-    def loops(self) -> Mapping[str, LoopView]: ...
     def failing(self) -> dict[str, str]: ...
+    def errors(self) -> dict[str, str | None]: ...
 
 
 class HealthSource(Protocol):
@@ -83,6 +75,8 @@ class HealthSource(Protocol):
     @property
     def stats(self) -> WorkerStatsView: ...
     @property
+    def loops(self) -> LoopsView: ...
+    @property
     def last_counts(self) -> Sequence[QueueCounts]: ...
     @property
     def in_flight(self) -> int: ...
@@ -94,8 +88,6 @@ class HealthSource(Protocol):
     def lease_ms(self) -> int: ...
     @property
     def shutdown_timeout(self) -> float: ...
-    @property
-    def loops(self) -> LoopsView: ...
 
 
 def build_health_app(worker: HealthSource) -> Starlette:
@@ -148,12 +140,12 @@ def detailed_document(worker: HealthSource, ready: bool, reason: str) -> dict[st
             "url": redact(app.url),
             "durable": app.durable,
             # Redis: maxmemory-policy, AOF and fsync, with what they put at risk.
-            "server": app.server_settings(),
+            "server": app.engine_server(),
             "reachable": worker.stats.engine_ok,
             "error": worker.stats.engine_error,
         },
         # Every background loop: null while healthy, else the error it retries after.
-        "loops": {name: loop.error for name, loop in worker.loops.loops.items()},
+        "loops": worker.loops.errors(),
         "queues": {c.queue: c.to_dict() for c in worker.last_counts},
         "concurrency": {"in_use": worker.in_flight, "limit": worker.concurrency},
         "stats": {

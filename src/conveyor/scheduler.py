@@ -182,9 +182,9 @@ class Scheduler:
         """
         now = self.app.clock.now() if now is None else now
         if not self._registered:
-            # The durability check reads the connected engine's server settings once.
-            await self.app.connect()
-            self.app.check_durability(role="scheduler", require_noeviction=self.require_noeviction)
+            await self.app.check_server(
+                role="scheduler", require_noeviction=self.require_noeviction
+            )
             await self._register_code_schedules()
         await self._lead(now)
         report = TickReport(leader=self._leader)

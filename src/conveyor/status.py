@@ -323,7 +323,7 @@ async def status_document(
         doc["engine"]["latency_ms"] = round(await app.ping(timeout=timeout + 1) * 1000, 3)
         # Known once connected: AOF decides `durable`, and the eviction policy.
         doc["engine"]["durable"] = app.durable
-        doc["engine"]["server"] = app.server_settings()
+        doc["engine"]["server"] = app.engine_server()
         doc["queues"] = await queue_overview(app)
         now = app.clock.now()
         doc["workers"] = [_worker_row(w, now) for w in await app.workers()]

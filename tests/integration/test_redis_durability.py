@@ -55,7 +55,7 @@ async def test_aof_off_is_not_durable_and_warned(
     doc = await status_document(app)
     assert doc["engine"]["durable"] is False and doc["engine"]["server"]["appendonly"] == "no"
     # Not durable, but it serves: readiness stays up (only memory:// is refused).
-    assert (await app.readiness(stopping=False)) == (True, "ok")
+    assert (await app.readiness()) == (True, "ok")
     await app.close()
 
 

@@ -88,6 +88,16 @@ def test_the_interval_adapts_to_what_passes_find() -> None:
     assert next_interval(policy, 10, PassReport(deleted=500)) == 10
 
 
+def test_passes_come_at_least_every_quarter_of_the_keep_time() -> None:
+    """With keep 20 s and passes every 60 s, completed jobs piled up to rate x 80 s
+    before each pass (bench/retention_soak.txt); a quarter of the keep bounds that."""
+    short = RetentionPolicy(keep_completed=20, keep_failed=None, interval=60)
+    assert short.max_interval == 5
+    assert next_interval(short, 5, PassReport(deleted=0)) == 5
+    assert RetentionPolicy().max_interval == 60  # 24 h / 7 d: the interval setting
+    assert RetentionPolicy(keep_completed=2, interval=60).max_interval == MIN_INTERVAL_S
+
+
 def test_bad_settings_name_the_fix() -> None:
     with pytest.raises(ConfigError, match="keep_completed=0"):
         RetentionPolicy(keep_completed=0)

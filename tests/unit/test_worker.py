@@ -404,7 +404,7 @@ async def test_background_loops_survive_unexpected_errors(app: Conveyor) -> None
 
     async def failing_seen() -> bool:
         if worker.loops.failing():
-            seen.append((await app.readiness(stopping=False, failing=worker.loops.failing()))[1])
+            seen.append((await app.readiness(failing=worker.loops.failing()))[1])
         return bool(seen)
 
     await eventually(failing_seen, interval=0.005, message="readiness names the failing loop")

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from .. import lifecycle
+from ..durability import check_engine, settings_document
 from ..engines import Event, JobPage, QueueCounts
 from ..engines.base import Throughput
 from ..errors import EngineUnavailable, InvalidArgument, InvalidJob, InvalidState
@@ -49,28 +50,6 @@ class Operations(AppCore):
         """
         return self.engine.durable
 
-    def server_settings(self) -> dict[str, Any] | None:
-        """The engine server's durability settings (Redis: maxmemory-policy, AOF and
-        fsync, with what they put at risk) as JSON, or None for engines without them.
-        Known once connected."""
-        from ..durability import settings_document
-
-        return settings_document(self.engine)
-
-    def check_durability(self, *, role: str, require_noeviction: bool = False) -> None:
-        """Log what the connected engine's server settings put at risk (durability.py).
-
-        Args:
-            role: who checks ("worker", "API", "scheduler"), for the log line.
-            require_noeviction: refuse an evicting `maxmemory-policy` instead of logging.
-
-        Raises:
-            ConfigError: Redis may evict keys and `require_noeviction` is set.
-        """
-        from ..durability import check_engine
-
-        check_engine(self.engine, role=role, require_noeviction=require_noeviction)
-
     async def ping(self, timeout: float = READY_PING_TIMEOUT) -> float:
         """Connect if needed, then measure one round trip to the engine.
 
@@ -94,12 +73,32 @@ class Operations(AppCore):
     async def _ping(self) -> float:
         return await (await self.connect()).ping()
 
+    async def check_server(self, *, role: str, require_noeviction: bool = False) -> None:
+        """Connect, then log what the engine server's settings put at risk (an evicting
+        Redis `maxmemory-policy`: ERROR; AOF off: WARNING), see `conveyor.durability`.
+
+        Args:
+            role: who checks ("worker", "API", "scheduler"), for the log line.
+            require_noeviction: refuse an evicting policy instead of logging it.
+
+        Raises:
+            ConfigError: `require_noeviction` and Redis may evict keys.
+            EngineUnavailable: the engine cannot be reached.
+        """
+        check_engine(await self.connect(), role=role, require_noeviction=require_noeviction)
+
+    def engine_server(self) -> dict[str, Any] | None:
+        """The engine server's durability settings as last read at connect (Redis:
+        `maxmemory_policy`, `appendonly`, `appendfsync`, `evicting`, `problems`; None for
+        engines without a server). See `conveyor.durability`."""
+        return settings_document(self.engine)
+
     async def readiness(
         self, *, stopping: bool = False, failing: Mapping[str, str] | None = None
     ) -> tuple[bool, str]:
         """Whether a process using this app should receive work: the engine answers,
-        it keeps jobs past the process (not memory://), no background loop is failing,
-        and the process is not shutting down.
+        it is durable, no background loop is failing, and the process is not shutting
+        down.
 
         Args:
             stopping: the process is shutting down.
@@ -118,8 +117,8 @@ class Operations(AppCore):
             await self.ping()
         except EngineUnavailable as exc:
             return False, f"engine unavailable: {exc or 'ping timed out'}"
-        # Only the memory engine keeps nothing past its process. Redis with AOF off is not
-        # durable either, but it serves: start-up logs a warning and status shows it.
+        # Only memory:// keeps nothing past its process. Redis with AOF off is not durable
+        # either, but it serves: start-up logs a warning and status shows why.
         if not self.durable and self.engine.url.startswith("memory:"):
             return False, f"engine {self.engine.url} is not durable (memory:// is for tests only)"
         return True, "ok"

@@ -84,6 +84,10 @@ class Supervisors:
         """Register (or return) the supervisor of loop `name`."""
         return self.loops.setdefault(name, Supervisor(name, cap))
 
+    def errors(self) -> dict[str, str | None]:
+        """Every loop with its last error (None while healthy), for /health/detailed."""
+        return {name: s.error for name, s in self.loops.items()}
+
     def failing(self) -> dict[str, str]:
         """Loops whose last turn failed, with the error (empty: all healthy)."""
         return {name: s.error for name, s in self.loops.items() if s.error is not None}

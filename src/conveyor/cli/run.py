@@ -12,7 +12,7 @@ import typer
 
 from ..app import Conveyor
 from ..limits import QueueLimits
-from ..settings import Settings, redact
+from ..settings import Settings
 from ..worker import Worker
 from .common import (
     announce,
@@ -295,7 +295,7 @@ def dev(
     async def main() -> None:
         await stack.start()
         console.print(
-            f"conveyor dev on {redact(app.url)}{overridden}\n"
+            f"conveyor dev on {engine_label(app.url)}{overridden}\n"
             f"  dashboard: [bold]{stack.url}/dashboard[/]\n"
             f"  API:       {stack.url}/docs\n"
             f"  API auth:  {auth}\n"

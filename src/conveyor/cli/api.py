@@ -8,8 +8,18 @@ from typing import Annotated
 import typer
 
 from ..app import Conveyor
-from ..settings import Settings, redact
-from .common import bind_app, cli, console, friendly, load_app, setup_logging
+from ..settings import Settings
+from .common import (
+    announce,
+    bind_app,
+    check_engine_url,
+    cli,
+    engine_label,
+    friendly,
+    load_app,
+    run_async,
+    setup_logging,
+)
 
 
 @cli.command("api")
@@ -102,6 +112,7 @@ def api_command(
     check_exposure(settings.api_host, tokens, insecure=insecure)
     app = load_app(target)
     overridden = bind_app(app, settings, url)
+    run_async(check_engine_url(app.url, "API", settings.require_noeviction))
     api = create_web_app(
         app,
         tokens=tokens,
@@ -118,9 +129,13 @@ def api_command(
         if tokens.enabled
         else "NO AUTH (open API: only localhost pages and tools can use it)"
     )
-    console.print(
+    engine = engine_label(app.url)
+    announce(
         f"api on http://{settings.api_host}:{settings.api_port} "
-        f"engine={redact(app.url)}{overridden} auth: {auth}",
-        highlight=False,
+        f"engine={engine}{overridden} auth: {auth}",
+        settings.log_format,
+        address=f"http://{settings.api_host}:{settings.api_port}",
+        engine=engine,
+        auth=auth,
     )
     serve(api, host=settings.api_host, port=settings.api_port, log_level=settings.log_level)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 from typing import Annotated, Protocol
@@ -11,9 +12,24 @@ import typer
 
 from ..app import Conveyor
 from ..limits import QueueLimits
-from ..settings import Settings, redact
+from ..settings import Settings
 from ..worker import Worker
-from .common import bind_app, cli, console, friendly, load_app, run_async, setup_logging
+from .common import (
+    announce,
+    bind_app,
+    cli,
+    console,
+    declared_queues,
+    did_you_mean,
+    engine_label,
+    friendly,
+    load_app,
+    retention_policy,
+    run_async,
+    setup_logging,
+)
+
+log = logging.getLogger("conveyor.cli")
 
 AppArg = Annotated[str, typer.Argument(help="your app as MODULE:ATTR, e.g. myproject.jobs:app")]
 
@@ -79,6 +95,20 @@ def worker(
     shutdown_timeout: Annotated[
         float | None, typer.Option(help="seconds in-flight jobs get on SIGTERM (30)")
     ] = None,
+    keep_completed: Annotated[
+        str | None,
+        typer.Option(
+            help="delete completed jobs of these queues older than this "
+            "(env CONVEYOR_KEEP_COMPLETED; 24h; 'forever' keeps them)"
+        ),
+    ] = None,
+    keep_failed: Annotated[
+        str | None,
+        typer.Option(
+            help="delete failed and cancelled jobs older than this "
+            "(env CONVEYOR_KEEP_FAILED; 7d; 'forever')"
+        ),
+    ] = None,
     health_port: Annotated[
         int | None,
         typer.Option(
@@ -127,6 +157,8 @@ def worker(
         concurrency=concurrency,
         lease_timeout=lease_timeout,
         shutdown_timeout=shutdown_timeout,
+        keep_completed=keep_completed,
+        keep_failed=keep_failed,
         health_port=health_port,
         metrics_prefix=metrics_prefix,
         log_level=log_level and log_level.upper(),
@@ -146,6 +178,15 @@ def worker(
     app = load_app(target)
     overridden = bind_app(app, settings, url)
     chosen = settings.queues if (queues or env_has_queues) else default_queues(app)
+    declared = declared_queues(app)
+    for name in chosen:
+        if name not in declared:  # most often a typo: the worker would wait on it forever
+            log.warning(
+                "queue %r is not declared by any task of %s (%s)",
+                name,
+                target,
+                did_you_mean(name, declared),
+            )
     w = Worker(
         app,
         queues=chosen,
@@ -157,12 +198,25 @@ def worker(
         metrics_prefix=settings.metrics_prefix,
         close_app=True,
         limits=None if limits.empty else limits,
+        retention=retention_policy(settings),
+        require_noeviction=settings.require_noeviction,
     )
-    console.print(
-        f"worker {w.id} on {redact(app.url)}{overridden} queues={','.join(chosen)} "
-        f"concurrency={settings.concurrency} health port={settings.health_port or 'off'}",
-        highlight=False,
-    )
+    engine = engine_label(app.url)
+
+    def ready() -> None:  # after the engine answered (runbook 003's ready signal)
+        announce(
+            f"worker {w.id} on {engine}{overridden} queues={','.join(chosen)} "
+            f"concurrency={settings.concurrency} health port={settings.health_port or 'off'}",
+            settings.log_format,
+            worker=w.id,
+            engine=engine,
+            engine_overridden=overridden.strip(" ()") or None,
+            queues=list(chosen),
+            concurrency=settings.concurrency,
+            health_port=settings.health_port or None,
+        )
+
+    w.on_ready = ready
     run_async(run_worker(w))
 
 
@@ -241,7 +295,7 @@ def dev(
     async def main() -> None:
         await stack.start()
         console.print(
-            f"conveyor dev on {redact(app.url)}{overridden}\n"
+            f"conveyor dev on {engine_label(app.url)}{overridden}\n"
             f"  dashboard: [bold]{stack.url}/dashboard[/]\n"
             f"  API:       {stack.url}/docs\n"
             f"  API auth:  {auth}\n"

@@ -16,24 +16,31 @@ from rich.table import Table
 
 from ..app import Conveyor
 from ..engines.base import LeaseInfo
-from ..errors import ConfigError
-from ..scheduler import DEFAULT_KEEP_COMPLETED, DEFAULT_KEEP_FAILED, Scheduler
+from ..errors import ConfigError, ConveyorError
+from ..scheduler import Scheduler
 from ..schedules import ScheduleInfo, ScheduleSpec, cron_schedule, every_schedule
-from ..settings import Settings, redact
+from ..settings import Settings
 from ..status import parse_duration
 from .common import (
+    AppOpt,
     JsonOpt,
     UrlOpt,
+    announce,
     bind_app,
     cli,
+    configured_app,
     console,
+    did_you_mean,
+    engine_label,
     friendly,
     load_app,
     operate,
     print_json,
+    retention_policy,
     run_async,
     say,
     setup_logging,
+    warn,
     when,
 )
 from .run import AppArg, run_worker
@@ -48,22 +55,6 @@ cli.add_typer(schedules_cli)
 NameArg = Annotated[str, typer.Argument(help="schedule name, as `conveyor schedules list` shows")]
 
 
-def parse_keep(text: str | None, default: float) -> float | None:
-    """A retention flag: a duration (`24h`, `7d`), or `forever` to keep jobs for good.
-
-    Raises:
-        ConfigError: not a duration; the message shows valid examples.
-    """
-    if text is None:
-        return default
-    if text.strip().lower() in ("forever", "never", "off"):
-        return None
-    seconds = parse_duration(text)
-    if seconds <= 0:
-        raise ConfigError(f"retention {text!r} is invalid: use a duration > 0 or 'forever'")
-    return seconds
-
-
 @cli.command("scheduler")
 @friendly
 def scheduler_command(
@@ -74,11 +65,18 @@ def scheduler_command(
         typer.Option(help="seconds leadership lives without renewal; takeover time (30)"),
     ] = 30.0,
     keep_completed: Annotated[
-        str | None, typer.Option(help="delete completed jobs older than this (24h; 'forever')")
+        str | None,
+        typer.Option(
+            help="delete completed jobs older than this (env CONVEYOR_KEEP_COMPLETED; 24h; "
+            "'forever')"
+        ),
     ] = None,
     keep_failed: Annotated[
         str | None,
-        typer.Option(help="delete failed and cancelled jobs older than this (7d; 'forever')"),
+        typer.Option(
+            help="delete failed and cancelled jobs older than this (env CONVEYOR_KEEP_FAILED; "
+            "7d; 'forever')"
+        ),
     ] = None,
     log_level: Annotated[str | None, typer.Option(help="DEBUG, INFO, WARNING, ERROR")] = None,
     log_format: Annotated[str | None, typer.Option(help="text or json")] = None,
@@ -93,17 +91,25 @@ def scheduler_command(
     setup_logging(settings.log_level, settings.log_format)
     app = load_app(target)
     overridden = bind_app(app, settings, url)
+    policy = retention_policy(settings, keep_completed, keep_failed)
     scheduler = Scheduler(
         app,
         lease_timeout=lease_timeout,
-        keep_completed=parse_keep(keep_completed, DEFAULT_KEEP_COMPLETED),
-        keep_failed=parse_keep(keep_failed, DEFAULT_KEEP_FAILED),
+        keep_completed=policy.keep_completed,
+        keep_failed=policy.keep_failed,
+        clean_interval=policy.interval,
+        clean_batch=policy.batch,
         close_app=True,
+        require_noeviction=settings.require_noeviction,
     )
-    console.print(
-        f"scheduler {scheduler.id} on {redact(app.url)}{overridden} "
+    engine = engine_label(app.url)
+    announce(
+        f"scheduler {scheduler.id} on {engine}{overridden} "
         f"schedules={len(app.schedules)} lease={lease_timeout:g}s",
-        highlight=False,
+        settings.log_format,
+        scheduler=scheduler.id,
+        engine=engine,
+        schedules=len(app.schedules),
     )
     run_async(run_worker(scheduler))
 
@@ -113,31 +119,39 @@ def schedules_table(rows: list[ScheduleInfo], now: float) -> Table:
     """The `schedules list` table."""
     table = Table(show_edge=False, header_style="bold")
     table.add_column("name", no_wrap=True)
-    for column in ("schedule", "tz", "task", "next run", "last run", "paused", "source"):
+    columns = ("schedule", "tz", "task", "next run", "last run", "paused", "source", "error")
+    for column in columns:
         table.add_column(column)
     for row in rows:
         table.add_row(
             row.name,
-            f"{row.kind} {row.expr}" if row.error is None else f"[red]{escape(row.error)}[/]",
+            f"{row.kind} {row.expr}",
             row.timezone,
             row.task,
             when(row.next_run, now),
             when(row.last_run, now),
             "yes" if row.paused else "no",
             row.source,
+            "-" if row.error is None else f"[red]{escape(row.error)}[/]",
         )
     return table
 
 
 @schedules_cli.command("list")
 @friendly
-def list_command(url: UrlOpt = None, as_json: JsonOpt = False) -> None:
-    """Every schedule: definition, timezone, next and last run, paused, code or runtime."""
+def list_command(url: UrlOpt = None, as_json: JsonOpt = False, app_ref: AppOpt = None) -> None:
+    """Every schedule: definition, timezone, next and last run, paused, code or runtime,
+    and its error: a definition that cannot be read or, given the app (`--app`), a job
+    the scheduler cannot enqueue (a task the app does not know, an invalid payload)."""
 
     async def read(app: Conveyor) -> tuple[list[ScheduleInfo], LeaseInfo | None]:
         return await app.list_schedules(), await app.scheduler_leader()
 
-    rows, lease = operate(url, read)
+    code = configured_app(app_ref)
+    rows, lease = operate(url, read, app=code)
+    if code is not None:
+        for row in rows:
+            row.error = row.error or occurrence_error(code, row)
     if as_json:
         print_json([row.to_dict() for row in rows])
         return
@@ -174,15 +188,44 @@ def add_command(
     ] = "skip",
     url: UrlOpt = None,
     as_json: JsonOpt = False,
+    app_ref: AppOpt = None,
 ) -> None:
-    """Add (or replace) a runtime schedule; the leading scheduler runs it within a second."""
+    """Add (or replace) a runtime schedule; the leading scheduler runs it within a second.
+
+    With the app (`--app` or CONVEYOR_APP) a task it does not register is refused, unless
+    `--queue` says it is another service's; without it, the task cannot be checked.
+    """
     spec = build_spec(name, task, cron, every, queue, payload, timezone, missed)
+    code = configured_app(app_ref)
+    if code is None:
+        warn(f"task {task!r} not checked: pass --app MODULE:ATTR (or set CONVEYOR_APP)")
+    elif task not in code.tasks:
+        if queue is None:
+            raise ConfigError(
+                f"task {task!r} is not registered in the app "
+                f"({did_you_mean(task, code.tasks)}): fix the name, or pass --queue if "
+                "another service's workers run it"
+            )
+        warn(f"task {task!r} is not registered in the app: queue {queue!r} must run it")
+    else:
+        code.build(spec.task, spec.payload, queue=spec.queue, **spec.options)
 
     async def act(app: Conveyor) -> None:
         await app.add_schedule(spec)
 
-    operate(url, act)
+    operate(url, act, app=code)
     report(as_json, {"name": spec.name, "added": spec.describe}, f"added {spec.name}")
+
+
+def occurrence_error(app: Conveyor, row: ScheduleInfo) -> str | None:
+    """Why the scheduler running `app` could not enqueue `row`'s jobs, or None."""
+    if row.error is not None or row.spec is None:
+        return row.error
+    try:
+        app.build(row.spec.task, row.spec.payload, queue=row.spec.queue, **row.spec.options)
+    except ConveyorError as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
 
 
 def build_spec(

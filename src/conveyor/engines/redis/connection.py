@@ -26,15 +26,18 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ... import lifecycle
 from ...clock import Clock
+from ...durability import ServerSettings
 from ...errors import ConfigError, EngineUnavailable, InvalidState
 from ...job import Job, decode_job, decode_lenient
+from .errors import classify, with_flags
 from .keys import KeyLayout, QueueKeys
-from .lane import Lane
+from .lane import Lane, url_timeouts
+from .server import read_server
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -65,7 +68,6 @@ _WORKER_SCRIPTS = ("register_worker", "unregister_worker", "workers")
 _TIMED_SCRIPTS = (*_QUEUE_SCRIPTS, "register_worker", "workers", "schedule_put",
                   "schedule_pause", "throughput_history")  # fmt: skip
 
-_SOCKET_TIMEOUT = 30.0
 _DRIVER_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 _MAX_CONNECTIONS = 1000  # per engine (process); far above what one process keeps busy
 
@@ -119,8 +121,9 @@ def _split_url(url: str) -> tuple[str, str, str]:
 def driver_errors(
     fn: Callable[Concatenate[B, P], Awaitable[R]],
 ) -> Callable[Concatenate[B, P], Coroutine[Any, Any, R]]:
-    """Turn redis-py's connection errors into `EngineUnavailable` naming the URL, and
-    never let a cancellation get lost inside redis-py.
+    """Turn redis-py's connection errors and the server's "not now" replies into
+    `EngineUnavailable` / `EngineFull` naming the URL (errors.py), and never let a
+    cancellation get lost inside redis-py.
 
     Python 3.11's `asyncio.wait_for`, which redis-py uses around socket I/O, returns the
     result and drops the cancellation when a cancel lands just as the read completes:
@@ -139,8 +142,13 @@ def driver_errors(
         cancels = task.cancelling() if task is not None else 0
         try:
             result = await fn(self, *args, **kwargs)
-        except _DRIVER_DOWN as exc:
-            raise self._unavailable(exc) from exc
+        except _DRIVER_DOWN as exc:  # LOADING is one for redis-py (BusyLoadingError)
+            raise (classify(exc, self.url) or self._unavailable(exc)) from exc
+        except ResponseError as exc:  # LOADING, OOM, READONLY...: see errors.py
+            error = classify(exc, self.url)
+            if error is None:
+                raise
+            raise error from exc
         if task is not None and task.cancelling() > cancels:
             raise asyncio.CancelledError
         return result
@@ -200,6 +208,8 @@ class RedisBase:
     ) -> None:
         redis_url, self.prefix, self.url = _split_url(url)
         self._clock = clock
+        # `?socket_connect_timeout=` / `?socket_timeout=` (seconds), defaults 2 and 5.
+        connect_timeout, self._timeout = url_timeouts(redis_url)
         self._keys = KeyLayout(self.prefix)
         self._events_maxlen = str(events_maxlen)
         # A plain (non-blocking) pool with a high cap: redis-py's BlockingConnectionPool
@@ -212,8 +222,8 @@ class RedisBase:
                 _FastSSLConnection if redis_url.startswith("rediss://") else _FastConnection
             ),
             decode_responses=True,
-            socket_connect_timeout=2.0,
-            socket_timeout=_SOCKET_TIMEOUT,
+            socket_connect_timeout=connect_timeout,
+            socket_timeout=self._timeout,
             socket_keepalive=True,
             # A pooled connection idle for longer is PINGed before use, so a connection
             # that died with a restarted Redis is noticed before a command is sent on it.
@@ -230,6 +240,10 @@ class RedisBase:
         )
         self._pool = pool
         self._client = aioredis.Redis(connection_pool=pool)
+        self._version: tuple[int, ...] | None = None  # the server's, read by connect()
+        # Durable only with AOF on (issue 14.9); known once connect() read the server.
+        self.durable = True
+        self.server_settings: ServerSettings | None = None
         self._scripts: dict[str, AsyncScript] = {
             name: self._client.register_script(_script_source(name))
             for name in (*_QUEUE_SCRIPTS, *_WORKER_SCRIPTS)
@@ -237,7 +251,7 @@ class RedisBase:
         # Script calls (every state change) use a leaner connection than redis-py's; TLS
         # stays on redis-py (see lane.py).
         self._lane = (
-            Lane(redis_url, connect_timeout=2.0, timeout=_SOCKET_TIMEOUT)
+            Lane(redis_url, connect_timeout=connect_timeout, timeout=self._timeout)
             if redis_url.startswith("redis://")
             else None
         )
@@ -340,7 +354,7 @@ class RedisBase:
         again by itself after a NOSCRIPT, e.g. when Redis restarted)."""
         script = self._scripts.get(name)
         if script is None:
-            script = self._scripts[name] = self._client.register_script(_script_source(name))
+            script = self._scripts[name] = self._client.register_script(self._source(name))
         return script
 
     @staticmethod
@@ -377,10 +391,22 @@ class RedisBase:
             EngineUnavailable: Redis cannot be reached; the message names the URL.
         """
         await self._client.ping()
+        # Read at every connect: durability and the policy can change between restarts.
+        version, self.server_settings = await read_server(self._client)
+        self.durable = self.server_settings.durable is not False  # AOF off: not durable
+        if self._version is None:  # Redis 7+: worker scripts may write past maxmemory
+            self._version = version
+            for name in list(self._scripts):
+                self._scripts[name] = self._client.register_script(self._source(name))
+            self._enqueue, self._exchange = self._scripts["enqueue"], self._scripts["exchange"]
         async with self._client.pipeline(transaction=False) as pipe:
             for script in self._scripts.values():
                 pipe.script_load(script.script)
             await pipe.execute()
+
+    def _source(self, name: str) -> str:
+        """Script `name` with the flags this server understands (errors.py)."""
+        return with_flags(name, _script_source(name), self._version or (0,))
 
     async def close(self) -> None:
         """Stop the wake-up listener and release connections. Safe to call twice."""

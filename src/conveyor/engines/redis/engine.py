@@ -41,5 +41,3 @@ class RedisEngine(RedisFlow, RedisWakeups, RedisOperations, RedisReads, RedisCoo
     Raises:
         ConfigError: the URL is not a Redis URL or its prefix is unusable.
     """
-
-    durable = True

@@ -12,11 +12,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from redis.commands.core import AsyncScript
-
 from ... import lifecycle
 from ...job import EnqueueResult, JobState, NewJob, decode_lenient, queue_of
 from ..base import Exchange, Outcome
+from .bulk import bulk_waves
 from .connection import RedisBase, driver_errors, job_fields
 
 
@@ -25,10 +24,20 @@ class RedisFlow(RedisBase):
 
     @driver_errors
     async def enqueue(self, jobs: Sequence[NewJob]) -> list[EnqueueResult]:
-        """Store jobs: one script call per queue, all pipelined in one round trip.
+        """Store jobs: one script call per queue and chunk, pipelined per wave.
+
+        A script blocks Redis while it runs (a 20,000-job call blocked every worker's
+        claim and heartbeat for 391 ms), so each queue's jobs go in chunks of at most
+        `lifecycle.BULK_BATCH` (a few ms each). Wave k holds chunk k of every queue in one
+        round trip; the next wave is sent only after it succeeded, so other clients'
+        commands run between chunks. What that promises (the README says it too):
+
+            every chunk is all or nothing; if a wave fails, the call raises and the
+            jobs stored are, per queue, a prefix of its jobs in input order (whole
+            chunks); a call of at most BULK_BATCH jobs per queue is all or nothing.
 
         Args:
-            jobs: validated jobs; each queue's jobs are stored all or nothing.
+            jobs: validated jobs.
 
         Returns:
             One result per job, in input order (`created=False`: a dedupe key pointed at
@@ -39,37 +48,43 @@ class RedisFlow(RedisBase):
         groups: dict[str, list[int]] = {}
         for i, job in enumerate(jobs):
             groups.setdefault(job.queue, []).append(i)
-        calls: list[tuple[AsyncScript, list[str], list[Any]]] = []
-        for queue, indexes in groups.items():
-            _, keys, header = self._q(queue)
-            args: list[Any] = [*header, len(indexes)]
-            for i in indexes:
-                j = jobs[i]
-                args += (
-                    j.id,
-                    j.task,
-                    j.payload_json,
-                    j.max_attempts,
-                    j.priority,
-                    j.tenant or "",
-                    j.dedupe_key or "",
-                    "" if j.timeout is None else int(j.timeout * 1000),
-                    j.backoff_json or "",
-                    j.delay_ms,
-                    "" if j.run_at_ms is None else j.run_at_ms,
-                )
-            calls.append((self._enqueue, keys, args))
-        # The queue registry only grows, so each process SADDs a queue once; then a
-        # single-queue enqueue is one EVALSHA, not a pipeline (half the client CPU).
-        new_queues = [q for q in groups if q not in self._known_queues]
-        replies = await self._run_many(calls, add_queues=new_queues)
-        self._known_queues.update(new_queues)
+        waves = bulk_waves(groups, lifecycle.BULK_BATCH)
         results: list[EnqueueResult | None] = [None] * len(jobs)
-        for indexes, reply in zip(groups.values(), replies, strict=True):
-            for n, i in enumerate(indexes):
-                job_id, created, state = reply[3 * n : 3 * n + 3]
-                results[i] = EnqueueResult(job_id, bool(created), JobState(state))
+        for wave in waves:
+            calls = [(self._enqueue, *self._enqueue_call(q, jobs, ix)) for q, ix in wave]
+            # The queue registry only grows, so each process SADDs a queue once; then a
+            # single-queue enqueue is one EVALSHA, not a pipeline (half the client CPU).
+            new_queues = [q for q, _ in wave if q not in self._known_queues]
+            replies = await self._run_many(calls, add_queues=new_queues)
+            self._known_queues.update(new_queues)
+            for (_, indexes), reply in zip(wave, replies, strict=True):
+                for n, i in enumerate(indexes):
+                    job_id, created, state = reply[3 * n : 3 * n + 3]
+                    results[i] = EnqueueResult(job_id, bool(created), JobState(state))
         return [r for r in results if r is not None]
+
+    def _enqueue_call(
+        self, queue: str, jobs: Sequence[NewJob], indexes: Sequence[int]
+    ) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of one `enqueue` script call for `jobs[i] for i in indexes`."""
+        _, keys, header = self._q(queue)
+        args: list[Any] = [*header, len(indexes)]
+        for i in indexes:
+            j = jobs[i]
+            args += (
+                j.id,
+                j.task,
+                j.payload_json,
+                j.max_attempts,
+                j.priority,
+                j.tenant or "",
+                j.dedupe_key or "",
+                "" if j.timeout is None else int(j.timeout * 1000),
+                j.backoff_json or "",
+                j.delay_ms,
+                "" if j.run_at_ms is None else j.run_at_ms,
+            )
+        return keys, args
 
     @driver_errors
     async def exchange(

@@ -18,7 +18,7 @@ from ..base import Event, JobPage, QueueCounts, Throughput
 from .connection import RedisBase, driver_errors, with_errors
 
 _TENANT_SCAN_MAX = 5000  # entries a tenant-filtered listing examines per page
-_MAX_BLOCK_MS = 20_000  # XREAD BLOCK stays under the socket timeout
+_MAX_BLOCK_MS = 20_000  # XREAD BLOCK stays under the socket timeout (see read_events)
 
 
 def _event(queue: str, entry_id: str, f: dict[str, str]) -> Event:
@@ -180,7 +180,9 @@ class RedisReads(RedisBase):
         since = since or {}
         by_key = {self._keys.queue(q).events: q for q in dict.fromkeys(queues)}
         streams = {key: since.get(q, "$") for key, q in by_key.items()}
-        block = min(block_ms, _MAX_BLOCK_MS) if block_ms > 0 else None
+        # The block must end before the socket timeout would call the connection dead.
+        cap = min(_MAX_BLOCK_MS, int(self._timeout * 1000) - 500)
+        block = max(1, min(block_ms, cap)) if block_ms > 0 else None
         reply = cast(
             list[tuple[str, list[tuple[str, dict[str, str]]]]] | None,
             await self._client.xread(streams, count=count, block=block),  # type: ignore[arg-type]

@@ -13,6 +13,7 @@ from ..app import Conveyor
 from ..limits import QueueLimits
 from ..settings import Settings, redact
 from ..worker import Worker
+from ..worker.isolation import ProcessPoolOptions
 from .common import bind_app, cli, console, friendly, load_app, run_async, setup_logging
 
 AppArg = Annotated[str, typer.Argument(help="your app as MODULE:ATTR, e.g. myproject.jobs:app")]
@@ -114,6 +115,28 @@ def worker(
             help="fleet-wide: jobs started per tenant, e.g. 10/1s (env CONVEYOR_TENANT_RATE)"
         ),
     ] = None,
+    pool: Annotated[
+        str | None,
+        typer.Option(
+            help="thread: handlers run in the worker; process: in child processes that "
+            "timeouts, cancels and crashes can kill (env CONVEYOR_POOL; thread)"
+        ),
+    ] = None,
+    processes: Annotated[
+        int | None,
+        typer.Option(help="child processes of the process pool (env CONVEYOR_PROCESSES; CPUs)"),
+    ] = None,
+    max_jobs_per_child: Annotated[
+        int | None,
+        typer.Option(help="replace a child after this many jobs (env CONVEYOR_MAX_JOBS_PER_CHILD)"),
+    ] = None,
+    max_memory_per_child: Annotated[
+        str | None,
+        typer.Option(
+            help="replace a child whose RSS is above this after a job, e.g. 512MB "
+            "(env CONVEYOR_MAX_MEMORY_PER_CHILD)"
+        ),
+    ] = None,
 ) -> None:
     """Run a worker: claim jobs under leases and run their handlers.
 
@@ -135,6 +158,10 @@ def worker(
         tenant_concurrency=tenant_concurrency,
         rate=rate,
         tenant_rate=tenant_rate,
+        pool=pool,
+        processes=processes,
+        max_jobs_per_child=max_jobs_per_child,
+        max_memory_per_child=max_memory_per_child,
     )
     setup_logging(settings.log_level, settings.log_format)
     limits = QueueLimits.build(
@@ -146,10 +173,21 @@ def worker(
     app = load_app(target)
     overridden = bind_app(app, settings, url)
     chosen = settings.queues if (queues or env_has_queues) else default_queues(app)
+    isolation = ProcessPoolOptions(
+        target=target,
+        processes=settings.processes,
+        every_task=settings.pool == "process",
+        max_jobs_per_child=settings.max_jobs_per_child,
+        max_memory_per_child=settings.max_memory_per_child,
+    )
+    concurrency = settings.concurrency
+    if settings.pool == "process" and "concurrency" not in settings.model_fields_set:
+        # One job per child: more slots would only hold claimed jobs waiting for a child.
+        concurrency = settings.processes or os.cpu_count() or 1
     w = Worker(
         app,
         queues=chosen,
-        concurrency=settings.concurrency,
+        concurrency=concurrency,
         lease_timeout=settings.lease_timeout,
         shutdown_timeout=settings.shutdown_timeout,
         burst=burst,
@@ -157,10 +195,14 @@ def worker(
         metrics_prefix=settings.metrics_prefix,
         close_app=True,
         limits=None if limits.empty else limits,
+        isolation=isolation,
     )
+    pool_note = ""
+    if w.process_pool is not None:
+        pool_note = f" pool=process({w.process_pool.processes})"
     console.print(
         f"worker {w.id} on {redact(app.url)}{overridden} queues={','.join(chosen)} "
-        f"concurrency={settings.concurrency} health port={settings.health_port or 'off'}",
+        f"concurrency={concurrency}{pool_note} health port={settings.health_port or 'off'}",
         highlight=False,
     )
     run_async(run_worker(w))

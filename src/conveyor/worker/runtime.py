@@ -51,6 +51,7 @@ from ..payloads import decode_payload
 from ..serving import EmbeddedServer
 from ..task import Task
 from ..tracing import take_carrier, traced
+from .isolation import ChildError, ProcessPool, ProcessPoolOptions
 
 if TYPE_CHECKING:
     from ..app import Conveyor
@@ -136,6 +137,9 @@ class Worker:
             fields override the app's `app.limits(...)` for those queues. Both are
             stored in the engine when the worker starts, and the engine enforces them
             for every worker.
+        isolation: the process pool for isolated handlers (`--pool process` and its
+            options); a pool is also started, with defaults, when a task is registered
+            with `isolation="process"`. See `conveyor.worker.isolation`.
 
     Lifecycle (the order of runbook 001): connect → health server up → startup
     hooks → process; on stop: stop claiming → finish or release in-flight jobs →
@@ -156,6 +160,7 @@ class Worker:
         metrics_prefix: str = "conveyor_",
         close_app: bool = False,
         limits: QueueLimits | None = None,
+        isolation: ProcessPoolOptions | None = None,
     ) -> None:
         self.app = app
         self.limits = limits
@@ -196,6 +201,7 @@ class Worker:
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="conveyor-job")
         # Idle workers wake at least this often to recover expired leases of crashed peers.
         self._maintenance_s = max(0.2, min(5.0, lease_timeout / 3))
+        self.process_pool = ProcessPool.for_worker(app, isolation)
 
     @property
     def in_flight(self) -> int:
@@ -219,7 +225,8 @@ class Worker:
 
         Raises:
             EngineUnavailable: the engine cannot be reached at start-up.
-            ConfigError: the health port cannot be bound.
+            ConfigError: the health port cannot be bound, or the process pool's children
+                cannot import the app.
         """
         # The worker is the one caller that keeps a direct engine handle (everything else
         # goes through the app facade): exchange, heartbeats and progress are its hot
@@ -233,6 +240,8 @@ class Worker:
             await self._health.start()
         heartbeat: asyncio.Task[None] | None = None
         try:
+            if self.process_pool is not None:
+                await self.process_pool.start()
             for hook in self.app.startup_hooks:
                 await _call(hook)
             heartbeat = asyncio.create_task(self._heartbeat_loop(engine), name="conveyor-beat")
@@ -248,6 +257,8 @@ class Worker:
                 heartbeat.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await heartbeat
+            if self.process_pool is not None:  # after _drain: no job is running now
+                await self.process_pool.close()
             with contextlib.suppress(EngineUnavailable):
                 await engine.unregister_worker(self.id)
             self._pool.shutdown(wait=False, cancel_futures=True)
@@ -478,6 +489,7 @@ class Worker:
                 self._running.pop(job.id, None)
                 self.metrics.in_flight.set(len(self._running))
                 self._start_ready()
+                self._wake.set()  # a slot is free: a full worker's claim loop waits for it
                 raise
             outcome = Outcome(job.id, str(job.token), "release")
         self._running.pop(job.id, None)
@@ -565,7 +577,10 @@ class Worker:
         return Outcome(job.id, token, "complete", result_json=result_json)
 
     async def _call(self, task: Task, job: Job) -> Any:
-        """Run the handler: coroutines on the loop, plain functions in the thread pool."""
+        """Run the handler: in a child process when isolated, else coroutines on the loop
+        and plain functions in the thread pool."""
+        if self.process_pool is not None and self.process_pool.handles(task):
+            return await self.process_pool.run(job)
         if task.is_async:
             return await task.fn(job)
         loop = asyncio.get_running_loop()
@@ -579,6 +594,8 @@ class Worker:
         import sys
 
         exc = sys.exc_info()[1]
+        if isinstance(exc, ChildError):  # raised in a child process: its own type and trace
+            return self._error(job, exc.type_name, exc.message, tb=exc.remote_traceback)
         return self._error(job, type(exc).__name__, str(exc), tb=traceback.format_exc())
 
     def _error(

@@ -185,10 +185,10 @@ def parse_size(text: str) -> int:
     """
     match = _SIZE.match(text.strip().upper())
     if match is None:
-        raise ValueError(text)
+        raise ValueError(f"{text!r} is not a size such as 512MB, 2GB or 800KB")
     value = float(match[1]) * _UNITS[f"{match[2]}B" if match[2] else ""]
     if not 0 < value < float("inf"):
-        raise ValueError(text)
+        raise ValueError(f"{text!r} is not a size such as 512MB, 2GB or 800KB")
     return int(value)
 
 

@@ -290,9 +290,16 @@ class ProcessPool:
         child = await self._idle.get()
         try:
             reply = await child.request(job)
-        except BaseException:
+        except BaseException as exc:
             # Cancelled or crashed: the child may be mid-handler, so it is never reused.
             self.died += 1
+            if isinstance(exc, asyncio.CancelledError):
+                log.info(
+                    "killing child %d: job %s was stopped (timeout, cancel, lost lease or "
+                    "shutdown)",
+                    child.pid,
+                    job.id,
+                )
             self._discard(child)
             raise
         child.jobs += 1

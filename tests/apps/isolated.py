@@ -52,6 +52,12 @@ def register_isolated(app: Conveyor) -> None:
         await asyncio.sleep(0)
         return {"pid": os.getpid(), "echo": job.payload.get("echo")}
 
+    @app.task("iso.enqueue", queue=ISO_QUEUE)
+    async def enqueue(job: Job) -> Any:
+        """Enqueues from the child: it must reach the worker's engine (its --url)."""
+        follow = await app.enqueue("iso.pid", {"echo": "from a child"})
+        return {"follow": follow.id}
+
     @app.task("iso.isolated", queue=ISO_QUEUE, isolation="process")
     def isolated(job: Job) -> Any:
         """Always runs in a child, even in a worker with the thread pool."""

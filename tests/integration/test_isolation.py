@@ -118,6 +118,18 @@ async def test_sync_and_async_handlers_run_in_child_processes(
     assert "bad input in a child" in (failed.traceback or "")
 
 
+async def test_a_child_reaches_the_engine_of_its_worker_not_the_url_in_code(
+    app: Conveyor, sqlite_url: str, spawn_worker: SpawnWorker
+) -> None:
+    # The app's code names no URL (the default would be ./conveyor.db): the worker's --url
+    # must reach the child, or the follow-up job lands in another file.
+    start(spawn_worker, sqlite_url, "--pool", "process", "--processes", "1")
+    result = await run(app, "iso.enqueue")
+    assert isinstance(result, dict)
+    follow = await app.wait(result["follow"], timeout=60)
+    assert isinstance(follow, dict) and follow["echo"] == "from a child"
+
+
 async def test_task_with_isolation_process_runs_in_a_child_of_a_thread_pool_worker(
     app: Conveyor, sqlite_url: str, spawn_worker: SpawnWorker
 ) -> None:

@@ -4,7 +4,8 @@ Started by `conveyor.worker.isolation` as `python -m conveyor.worker.child MODUL
 PARENT_PID`. It imports the app by that path (the job is never pickled: the task is
 looked up by name) and speaks JSON lines with its worker over its stdin and stdout:
 
-    worker -> child   {"job": {...the job's fields...}}
+    worker -> child   {"configure": {"url": ..., "max_payload_bytes": ...}}  first, once
+                      {"job": {...the job's fields...}}
     child  -> worker  {"ready": pid}                      once, after the import
                       {"fatal": "..."}                    instead, if the import failed
                       {"progress": value}                 any number, during a job
@@ -151,6 +152,10 @@ def serve(target: str, proto_in: IO[bytes], proto_out: IO[bytes]) -> int:
 
     try:
         app = _import_app(target)
+        # The worker's engine (its --url, the environment), not just the URL in code:
+        # handlers that enqueue or read jobs must reach the same engine. It comes over the
+        # pipe, not argv or the environment, because a URL may hold a password.
+        app.configure(**orjson.loads(proto_in.readline())["configure"])
     except Exception as exc:
         send({"fatal": f"cannot import the app {target!r} in a child process: {exc!r}"})
         return 1
@@ -175,6 +180,8 @@ def serve(target: str, proto_in: IO[bytes], proto_out: IO[bytes]) -> int:
                 result = hook()
                 if inspect.isawaitable(result):
                     loop.run_until_complete(result)
+        with contextlib.suppress(Exception):  # connections a handler opened
+            loop.run_until_complete(app.close())
         loop.close()
     return 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 from typing import Annotated, Protocol
@@ -11,19 +12,25 @@ import typer
 
 from ..app import Conveyor
 from ..limits import QueueLimits
-from ..settings import Settings, redact
+from ..settings import Settings
 from ..worker import Worker
 from ..worker.isolation import ProcessPoolOptions
 from .common import (
+    announce,
     bind_app,
     cli,
     console,
+    declared_queues,
+    did_you_mean,
+    engine_label,
     friendly,
     load_app,
     retention_policy,
     run_async,
     setup_logging,
 )
+
+log = logging.getLogger("conveyor.cli")
 
 AppArg = Annotated[str, typer.Argument(help="your app as MODULE:ATTR, e.g. myproject.jobs:app")]
 
@@ -198,6 +205,15 @@ def worker(
     app = load_app(target)
     overridden = bind_app(app, settings, url)
     chosen = settings.queues if (queues or env_has_queues) else default_queues(app)
+    declared = declared_queues(app)
+    for name in chosen:
+        if name not in declared:  # most often a typo: the worker would wait on it forever
+            log.warning(
+                "queue %r is not declared by any task of %s (%s)",
+                name,
+                target,
+                did_you_mean(name, declared),
+            )
     isolation = ProcessPoolOptions(
         target=target,
         processes=settings.processes,
@@ -224,14 +240,28 @@ def worker(
         require_noeviction=settings.require_noeviction,
         isolation=isolation,
     )
+    engine = engine_label(app.url)
     pool_note = ""
     if w.process_pool is not None:
         pool_note = f" pool=process({w.process_pool.processes})"
-    console.print(
-        f"worker {w.id} on {redact(app.url)}{overridden} queues={','.join(chosen)} "
-        f"concurrency={concurrency}{pool_note} health port={settings.health_port or 'off'}",
-        highlight=False,
-    )
+
+    def ready() -> None:  # after the engine answered (runbook 003's ready signal)
+        announce(
+            f"worker {w.id} on {engine}{overridden} queues={','.join(chosen)} "
+            f"concurrency={concurrency}{pool_note} "
+            f"health port={settings.health_port or 'off'}",
+            settings.log_format,
+            worker=w.id,
+            engine=engine,
+            engine_overridden=overridden.strip(" ()") or None,
+            queues=list(chosen),
+            concurrency=concurrency,
+            pool="process" if w.process_pool is not None else "thread",
+            processes=w.process_pool.processes if w.process_pool is not None else None,
+            health_port=settings.health_port or None,
+        )
+
+    w.on_ready = ready
     run_async(run_worker(w))
 
 
@@ -310,7 +340,7 @@ def dev(
     async def main() -> None:
         await stack.start()
         console.print(
-            f"conveyor dev on {redact(app.url)}{overridden}\n"
+            f"conveyor dev on {engine_label(app.url)}{overridden}\n"
             f"  dashboard: [bold]{stack.url}/dashboard[/]\n"
             f"  API:       {stack.url}/docs\n"
             f"  API auth:  {auth}\n"

@@ -88,6 +88,11 @@ def register_isolated(app: Conveyor) -> None:
         while True:
             time.sleep(0.01)
 
+    @app.task("iso.nap", queue=ISO_QUEUE, max_attempts=1)
+    def nap(job: Job) -> Any:
+        time.sleep(float(job.payload["seconds"]))
+        return {"pid": os.getpid()}
+
     @app.task("iso.leak", queue=ISO_QUEUE)
     def leak(job: Job) -> Any:
         """Keeps `mb` MiB alive for the life of its process (touched, so it is resident)."""

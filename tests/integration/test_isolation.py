@@ -156,6 +156,22 @@ async def test_hard_timeout_kills_the_child_and_a_new_one_replaces_it(
     assert worker.poll() is None
 
 
+async def test_timeout_counts_from_when_a_child_takes_the_job_not_from_the_claim(
+    app: Conveyor, sqlite_url: str, spawn_worker: SpawnWorker
+) -> None:
+    # Three jobs claimed at once, one child: the third waits ~2 s for it, then naps 1 s.
+    # Its 2.5 s timeout must count only the nap, or it fails having barely run.
+    start(
+        spawn_worker, sqlite_url, "--pool", "process", "--processes", "1",
+        "--concurrency", "3",
+    )  # fmt: skip
+    jobs = [
+        await app.enqueue("iso.nap", {"seconds": 1}, queue=ISO_QUEUE, timeout=2.5) for _ in range(3)
+    ]
+    for job in jobs:
+        assert isinstance(await app.wait(job.id, timeout=60), dict)
+
+
 async def test_segfault_fails_the_attempt_and_is_retried_and_the_worker_lives_on(
     app: Conveyor, sqlite_url: str, spawn_worker: SpawnWorker, tmp_path: Path
 ) -> None:

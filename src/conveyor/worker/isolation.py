@@ -281,11 +281,23 @@ class ProcessPool:
             self._idle.put_nowait(child)
         log.info("process pool: %d children of %s", self.processes, self.target)
 
-    async def run(self, job: Job[Any]) -> Any:
+    async def run(
+        self,
+        job: Job[Any],
+        deadline: asyncio.Timeout | None = None,
+        timeout: float | None = None,
+    ) -> Any:
         """Run `job`'s handler in a free child and return its result.
 
         Cancelling the caller (a timeout, a cancelled job, a lost lease, the shutdown
         timeout) kills the child; a new one takes its place.
+
+        Args:
+            job: the claimed job.
+            deadline: the attempt's timer, left unarmed by the caller: it is armed for
+                `timeout` seconds once a child takes the job, so time spent waiting for
+                a free child never counts against the handler.
+            timeout: the attempt's timeout in seconds (None: no limit).
 
         Raises:
             ChildProcessDied: the child died during the attempt.
@@ -293,6 +305,8 @@ class ProcessPool:
             Retry, RateLimited, Unrecoverable: the handler raised them.
         """
         child = await self._idle.get()
+        if deadline is not None and timeout is not None:
+            deadline.reschedule(asyncio.get_running_loop().time() + timeout)
         try:
             reply = await child.request(job)
         except BaseException as exc:

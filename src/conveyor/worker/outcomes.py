@@ -119,12 +119,15 @@ class Runner:
             job.payload = model  # the handler (and the hooks after it) see the model
         timeout = job.timeout if job.timeout is not None else task.timeout
         deadline: asyncio.Timeout | None = None
+        isolated = self.process_pool is not None and self.process_pool.handles(task)
         try:
             if timeout is None:  # the common case: no timer per job
                 result = await self._call(task, job)
             else:
-                async with asyncio.timeout(timeout) as deadline:
-                    result = await self._call(task, job)
+                # An isolated attempt's timer is armed by the pool once a child takes the
+                # job: the wait for a free child is not the handler's time.
+                async with asyncio.timeout(None if isolated else timeout) as deadline:
+                    result = await self._call(task, job, deadline, timeout)
         except Retry as exc:
             return self.error(job, "Retry", exc.reason, delay=exc.delay)
         except RateLimited as exc:
@@ -159,11 +162,17 @@ class Runner:
             return self.error(job, "InvalidResult", str(exc))
         return Outcome(job.id, token, "complete", result_json=result_json)
 
-    async def _call(self, task: Task, job: Job) -> Any:
+    async def _call(
+        self,
+        task: Task,
+        job: Job,
+        deadline: asyncio.Timeout | None = None,
+        timeout: float | None = None,
+    ) -> Any:
         """Run the handler: in a child process when isolated, else coroutines on the loop
         and plain functions in the thread pool."""
         if self.process_pool is not None and self.process_pool.handles(task):
-            return await self.process_pool.run(job)
+            return await self.process_pool.run(job, deadline, timeout)
         if task.is_async:
             return await task.fn(job)
         loop = asyncio.get_running_loop()

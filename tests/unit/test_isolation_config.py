@@ -103,6 +103,15 @@ def test_a_worker_starts_a_pool_only_when_a_task_or_the_flag_asks() -> None:
     assert every.handles(isolated.app.tasks["iso.pid"])
 
 
+def test_health_detailed_shows_the_process_pool() -> None:
+    from conveyor.health import detailed_document
+
+    plain = Conveyor("memory://")
+    assert detailed_document(Worker(plain), True, "")["process_pool"] is None
+    doc = detailed_document(Worker(isolated.app), True, "")["process_pool"]
+    assert doc is not None and doc["pids"] == [] and doc["recycled"] == doc["died"] == 0
+
+
 def test_an_app_outside_any_module_needs_its_target_named() -> None:
     app = Conveyor("memory://")  # a local: no module attribute holds it
     with pytest.raises(ConfigError, match=r"myproject\.jobs:app"):

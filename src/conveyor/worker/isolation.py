@@ -208,8 +208,9 @@ class ProcessPool:
         max_jobs_per_child: recycle a child after this many jobs (None: never).
         max_memory_per_child: recycle a child above this many bytes of RSS (None: never).
         every_task: run every task here, not only `isolation="process"` ones.
-        configure: what each child passes to its app's `configure(...)` (the worker's
-            engine URL and payload limit), so handlers reach the worker's engine.
+        app: the worker's app, whose engine URL and payload limit (read when a child
+            starts, so after the CLI applied its flags) each child applies to its own
+            import of the app: handlers then reach the worker's engine.
     """
 
     def __init__(
@@ -220,10 +221,10 @@ class ProcessPool:
         max_jobs_per_child: int | None = None,
         max_memory_per_child: int | None = None,
         every_task: bool = False,
-        configure: dict[str, Any] | None = None,
+        app: Conveyor | None = None,
     ) -> None:
         self.target = target
-        self.configure = dict(configure or {})
+        self.app = app
         self.processes = processes
         self.max_jobs_per_child = max_jobs_per_child
         self.max_memory_per_child = max_memory_per_child
@@ -251,7 +252,7 @@ class ProcessPool:
             max_jobs_per_child=options.max_jobs_per_child,
             max_memory_per_child=options.max_memory_per_child,
             every_task=options.every_task,
-            configure={"url": app.url, "max_payload_bytes": app.max_payload_bytes},
+            app=app,
         )
 
     def handles(self, task: Task) -> bool:
@@ -409,7 +410,10 @@ class ProcessPool:
         child = _Child(proc)
         self._children.add(child)
         assert proc.stdin is not None
-        proc.stdin.write(orjson.dumps({"configure": self.configure}) + b"\n")
+        configure = {}
+        if self.app is not None:
+            configure = {"url": self.app.url, "max_payload_bytes": self.app.max_payload_bytes}
+        proc.stdin.write(orjson.dumps({"configure": configure}) + b"\n")
         try:
             msg = await asyncio.wait_for(child.read(), _READY_TIMEOUT_S)
         except (ChildProcessDied, TimeoutError) as exc:

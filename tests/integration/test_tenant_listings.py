@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 
 from conveyor import Conveyor
+from conveyor.engines import Outcome
+from conveyor.engines.redis import RedisEngine
 from conveyor.errors import InvalidArgument
 from conveyor.facade.cursors import CursorSealer
 from conveyor.job import JobState
@@ -152,3 +154,59 @@ def test_sealed_positions_are_hidden_and_unforgeable() -> None:
     with pytest.raises(InvalidArgument):
         sealer.open(sealer.seal("1", queue="q:a", state="s", tenant="b"), queue="q", state="s",
                     tenant="a:b")  # fmt: skip
+
+
+ERROR = '{"attempt": 1, "type": "E", "message": "m", "at": 0}'
+ALL_STATES = tuple(JobState)
+
+
+async def assert_tenant_views_agree(app: Conveyor, tenants: tuple[str, ...]) -> None:
+    """Each tenant's listing of every state is exactly the admin listing's jobs of that
+    tenant (on Redis: the per-tenant indexes follow every move the scripts make)."""
+    for state in ALL_STATES:
+        everyone, _ = await page_through(app, state, None, limit=50)
+        by_id = {job_id: (await app.get_job(job_id)).tenant for job_id in everyone}
+        for tenant in tenants:
+            own, _ = await page_through(app, state, tenant, limit=3)
+            expected = [i for i in everyone if by_id[i] == tenant]
+            assert sorted(own) == sorted(expected), (state, tenant)
+
+
+async def test_tenant_listings_follow_every_state_change(app: Conveyor) -> None:
+    engine = await app.connect()
+    tenants = ("a", "b:c")  # a tenant name with the separator of composed keys
+    jobs = {
+        (t, n): await app.enqueue("t", {}, queue=Q, tenant=t, delay=3600 if n < 2 else 0)
+        for t in tenants
+        for n in range(6)
+    }
+    await app.enqueue("t", {}, queue=Q)  # one without a tenant
+    await assert_tenant_views_agree(app, tenants)  # scheduled and pending
+    for t in tenants:
+        await app.promote_job(jobs[(t, 0)].id)  # scheduled -> pending
+        await app.cancel_job(jobs[(t, 1)].id)  # scheduled -> cancelled
+    claimed = await engine.exchange([], queues=[Q], limit=100, worker_id="w", lease_ms=60_000)
+    await assert_tenant_views_agree(app, tenants)  # running
+    kinds = ["complete", "fail", "retry", "complete", "fail", "retry", "complete"]
+    outcomes = [
+        Outcome(
+            job.id, str(job.token), kind, result_json="{}", error_json=ERROR, delay_ms=3_600_000
+        )
+        for job, kind in zip(claimed.jobs, kinds * 3, strict=False)
+    ]
+    await engine.exchange(outcomes, queues=[Q], limit=0, worker_id="w", lease_ms=60_000)
+    await assert_tenant_views_agree(app, tenants)  # completed, failed, back to scheduled
+    await app.retry_all(Q, JobState.FAILED)
+    await app.retry_job(jobs[("a", 1)].id)  # cancelled -> pending
+    await assert_tenant_views_agree(app, tenants)
+    await app.clean(Q, JobState.COMPLETED, 0)
+    await assert_tenant_views_agree(app, tenants)
+    await app.purge(Q)
+    for state in ALL_STATES:
+        for tenant in tenants:
+            assert (await app.list_jobs(Q, state, tenant=tenant)).jobs == []
+    if isinstance(engine, RedisEngine):
+        # No stale entry is left behind in any tenant index (listings skip entries whose
+        # job is gone, so only the keys themselves show it).
+        prefix = engine._keys.queue(Q).tstate_prefix
+        assert [k async for k in engine._client.scan_iter(match=f"{prefix}*")] == []

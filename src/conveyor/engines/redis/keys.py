@@ -33,11 +33,16 @@ slot and a script that touches them is legal on Redis Cluster. Per queue:
 {p:q}:events         stream  the queue's bounded event log (XADD MAXLEN ~)
 {p:q}:seq            string  INCR counter: FIFO order and lease tokens
 {p:q}:front          string  INCR counter: order of released jobs (front of priority)
+{p:q}:ts:<state>:<tenant>
+                     zset    one tenant's jobs in `state` (scheduled, running, completed,
+                             failed, cancelled; pending has the buckets above), same
+                             scores as the state's zset except running: claim time (a
+                             heartbeat does not move it). What tenant listings read.
 ```
 
-A tenant's bucket and rate log are the only keys besides job hashes that a script derives
-(prefix from KEYS .. tenant): tenants are not known before the script runs, and the prefix
-carries the queue's tag, so they live in the queue's slot too.
+A tenant's bucket, rate log and state indexes are the only keys besides job hashes that
+a script derives (prefix from KEYS .. tenant): tenants are not known before the script
+runs, and the prefix carries the queue's tag, so they live in the queue's slot too.
 
 Global keys live under the tag `{<prefix>}` (the worker scripts touch both worker keys, so
 they must share a slot; a queue tag always has a `:` after the prefix, so they never
@@ -86,6 +91,7 @@ class QueueKeys:
     trate_prefix: str
     turn: str
     served: str
+    tstate_prefix: str
     wake_channel: str
 
     def all(self) -> list[str]:
@@ -112,6 +118,7 @@ class QueueKeys:
             self.trate_prefix,
             self.turn,
             self.served,
+            self.tstate_prefix,
         ]
 
     def job(self, job_id: str) -> str:
@@ -121,6 +128,13 @@ class QueueKeys:
     def bucket(self, tenant: str) -> str:
         """The zset of one tenant's pending jobs."""
         return self.tenant_prefix + tenant
+
+    def tenant_state(self, state: str, tenant: str) -> str:
+        """The zset of one tenant's jobs in `state` (not pending: see `bucket`).
+
+        Unambiguous although tenants may hold ':': the state before it is a fixed word.
+        """
+        return f"{self.tstate_prefix}{state}:{tenant}"
 
     def by_state(self, state: str) -> str:
         """The zset that indexes jobs in `state`."""
@@ -202,6 +216,7 @@ class KeyLayout:
             trate_prefix=f"{tag}:trate:",
             turn=f"{tag}:turn",
             served=f"{tag}:served",
+            tstate_prefix=f"{tag}:ts:",
             wake_channel=f"{self.prefix}:wake:{name}",
         )
 

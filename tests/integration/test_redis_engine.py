@@ -334,6 +334,31 @@ async def test_retry_all_walks_past_skipped_jobs(engine: RedisEngine, monkeypatc
                       JobState.FAILED]  # fmt: skip
 
 
+async def test_jobs_due_in_the_same_millisecond_are_promoted_in_enqueue_order(
+    clocked: tuple[RedisEngine, FakeClock],
+) -> None:
+    """Not in id order: ids are random in production. (SQLite breaks such ties by rowid,
+    which puts jobs with a dedupe key first within one batch.)"""
+    eng, clock = clocked
+    batch = [new(delay_ms=5_000, dedupe_key=f"k{i}" if i % 2 else None) for i in range(6)]
+    await eng.enqueue(batch)
+    clock.advance(5)
+    got = (await claim(eng, limit=6)).jobs
+    assert [j.id for j in got] == [j.id for j in batch]
+
+
+async def test_a_tenant_that_refills_its_bucket_does_not_jump_the_rotation(
+    engine: RedisEngine,
+) -> None:
+    """Least recently served first: a bucket that emptied keeps its last turn."""
+    await engine.enqueue([new(tenant="a"), new(tenant="b")])
+    [first] = (await claim(engine, limit=1)).jobs  # a's turn ('a' < 'b' on a tie)
+    assert first.tenant == "a"
+    await engine.enqueue([new(tenant="a")])  # a's bucket refills at once
+    assert [j.tenant for j in (await claim(engine, limit=1)).jobs] == ["b"]
+    assert [j.tenant for j in (await claim(engine, limit=1)).jobs] == ["a"]
+
+
 async def test_workers_last_seen_is_the_engine_clock_not_the_workers(
     clocked: tuple[RedisEngine, FakeClock],
 ) -> None:

@@ -40,7 +40,8 @@ P = ParamSpec("P")
 R = TypeVar("R")
 B = TypeVar("B", bound="RedisBase")
 
-# Scripts that share the per-queue KEYS/ARGV layout and get `_lib.lua` prepended.
+# Scripts that share the per-queue KEYS/ARGV layout: they get the lifecycle prelude and
+# `_lib.lua` prepended.
 _QUEUE_SCRIPTS = (
     "enqueue",
     "exchange",

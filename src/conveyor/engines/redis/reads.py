@@ -12,7 +12,6 @@ from typing import Any, cast
 import orjson
 
 from ... import lifecycle
-from ...errors import InvalidState
 from ...job import Job, JobState, decode_job, queue_of
 from ...limits import QueueLimits
 from ..base import Event, JobPage, QueueCounts, Throughput
@@ -97,13 +96,17 @@ class RedisReads(RedisBase):
         tenant's own index of the state (keys.py: `ts:<state>:<tenant>`, kept by the
         scripts that move jobs), so a tenant's page is one range read whatever other
         tenants hold, and its offsets count its own jobs only.
+
+        Raises:
+            ValueError: `cursor` is not one this engine handed out (as on SQLite; the
+                app turns it into `InvalidArgument`).
         """
         keys = self._keys.queue(queue)
         desc = state not in (JobState.PENDING, JobState.SCHEDULED)
         try:
             start = int(cursor) if cursor else 0
         except ValueError:
-            raise InvalidState(f"cursor {cursor!r} is not one this engine returned") from None
+            raise ValueError(f"cursor {cursor!r} is not one this engine returned") from None
         if limit <= 0:
             return JobPage([], cursor)
         if state is JobState.PENDING:

@@ -149,7 +149,8 @@ local function remove_pending(id, jk)
 end
 
 -- The queue's limits (nil = none); `slotted` when a concurrency limit exists, so a job
--- that stops running frees a slot that idle workers must hear about.
+-- that stops running frees a slot that idle workers must hear about; `any` when any
+-- limit exists.
 local function read_limits()
   local f = redis.call('HMGET', K_LIMITS, 'concurrency', 'tenant_concurrency', 'rate',
     'rate_window_ms', 'tenant_rate', 'tenant_rate_window_ms')
@@ -159,6 +160,7 @@ local function read_limits()
     tenant_rate = tonumber(f[5]), tenant_rate_window_ms = tonumber(f[6]) or 1000,
   }
   lim.slotted = lim.concurrency ~= nil or lim.tenant_concurrency ~= nil
+  lim.any = lim.slotted or lim.rate ~= nil or lim.tenant_rate ~= nil
   return lim
 end
 
@@ -295,17 +297,31 @@ local function apply(id, jk, t, body, delay, tenant, task, attempt, dedupe_key, 
   emit(id, jk, t.event, data, task, tenant, attempt)
 end
 
--- Scheduled jobs whose due time has come become pending (bounded per call).
+-- Scheduled jobs whose due time has come become pending, at the back of their priority,
+-- earliest due first (bounded per call). Jobs due in the same millisecond go in the order
+-- they were queued (the pending score they were last given; see enqueue), as on SQLite,
+-- not in the order of their ids.
 local function promote_due(limit)
-  local ids = redis.call('ZRANGEBYSCORE', K_SCHEDULED, '-inf', num(NOW), 'LIMIT', 0, limit)
-  for _, id in ipairs(ids) do
-    unindex(id, 'scheduled', nil)
-    local jk = K_JOB .. id
-    if redis.call('HGET', jk, 'state') == 'scheduled' then
-      push_pending(id, jk, 'back')
+  local due = redis.call('ZRANGEBYSCORE', K_SCHEDULED, '-inf', num(NOW), 'WITHSCORES',
+    'LIMIT', 0, limit)
+  local jobs = {}
+  for i = 1, #due, 2 do
+    local id = due[i]
+    local f = redis.call('HMGET', K_JOB .. id, 'state', 'score', 'tenant')
+    unindex(id, 'scheduled', f[3] or false)
+    if f[1] == 'scheduled' then
+      jobs[#jobs + 1] = { id, tonumber(due[i + 1]), tonumber(f[2]) or 0 }
     end
   end
-  return #ids
+  table.sort(jobs, function(x, y)
+    if x[2] ~= y[2] then return x[2] < y[2] end
+    return x[3] < y[3]
+  end)
+  for _, job in ipairs(jobs) do
+    local jk = K_JOB .. job[1]
+    push_pending(job[1], jk, 'back')
+  end
+  return #jobs
 end
 
 -- Running jobs whose lease deadline has come (deadline <= now): `expire` while attempts

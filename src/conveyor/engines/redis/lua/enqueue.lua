@@ -63,12 +63,10 @@ for i = 0, n - 1 do
     local fields = { 'id', id, 'queue', QUEUE, 'task', ARGV[b + 1], 'payload', ARGV[b + 2],
       'attempt', 0, 'max_attempts', ARGV[b + 3], 'priority', ARGV[b + 4],
       'created_ms', num(NOW), 'state', state }
-    local score
-    if state == 'pending' then
-      score = pending_score(priority, 'back')
-      fields[#fields + 1] = 'score'
-      fields[#fields + 1] = num(score)
-    end
+    -- A scheduled job gets its score too: it orders jobs due in the same ms (promote_due).
+    local score = pending_score(priority, 'back')
+    fields[#fields + 1] = 'score'
+    fields[#fields + 1] = num(score)
     opt(fields, 'tenant', tenant)
     opt(fields, 'dedupe_key', dedupe_key)
     opt(fields, 'timeout_ms', ARGV[b + 7])

@@ -138,9 +138,11 @@ if limit > 0 then
     room = math.min(room, lim.rate - used)
   end
   if room > 0 and redis.call('EXISTS', K_PAUSED) == 0 then
-    if redis.call('ZCARD', K_TPENDING) == 0 then
-      -- No tenant jobs pending: the best jobs are simply the first ones (the path of a
-      -- queue without tenants, as fast as before fairness existed).
+    if not lim.any and redis.call('ZCARD', K_TPENDING) == 0 then
+      -- No limits and no tenant jobs pending: the best jobs are simply the first ones
+      -- (the path of a queue without tenants, as fast as before fairness existed). It
+      -- skips the rotation's bookkeeping; a queue with limits always takes turns, so
+      -- the bucket of jobs without a tenant is on record as served (as on SQLite).
       local popped = redis.call('ZPOPMIN', K_PENDING, room)
       local count = #popped / 2
       if count > 0 then

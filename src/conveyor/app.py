@@ -15,7 +15,7 @@ recovery: the scheduler's side). `tests/unit/test_facade_door.py` keeps the door
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .facade.checks import check_queue
 from .facade.core import Hook, JobHook
@@ -23,6 +23,9 @@ from .facade.operations import Operations
 from .facade.producer import Enqueued
 from .facade.registry import JOB_HOOK_KINDS
 from .facade.scheduling import Scheduling
+
+if TYPE_CHECKING:
+    from .harness import TestHarness
 
 __all__ = ["JOB_HOOK_KINDS", "Conveyor", "Enqueued", "Hook", "JobHook", "check_queue"]
 
@@ -38,6 +41,20 @@ class Conveyor(Operations, Scheduling):
         max_payload_bytes: largest accepted payload (default from settings: 1 MiB).
         clock: time source (tests pass a `FakeClock` with the memory engine).
     """
+
+    def testing(self, **options: Any) -> TestHarness:
+        """A test harness: `async with app.testing() as t: ...; await t.run_until_idle()`
+        runs this app's tasks on a private `memory://` engine with a fake clock, in this
+        process (see `conveyor.harness`).
+
+        Args:
+            **options: `start` (fake clock start, epoch seconds), `concurrency`.
+        """
+        # Imported here: the harness imports the worker runtime, which producers that
+        # never test do not need.
+        from .harness import TestHarness
+
+        return TestHarness(self, **options)
 
     def asgi(self, **options: Any) -> Any:
         """The HTTP API and dashboard for this app as an ASGI application (a FastAPI

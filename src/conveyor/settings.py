@@ -152,6 +152,28 @@ class Settings(BaseSettings):
             raise ConfigError(_explain(exc)) from exc
 
 
+def url_source(flag: str | None, environ: Mapping[str, str] | None = None) -> str | None:
+    """Which setting names the engine URL, by precedence: `"--url"` (the flag), then
+    `"CONVEYOR_URL"`, then `"REDIS_URL"`; `None` when none does (the app's URL in code,
+    else the default, applies).
+
+    Args:
+        flag: the `--url` flag's value, or `None` when it was not given.
+        environ: the environment (default `os.environ`).
+
+    Returns:
+        The name of the setting that gives the URL, or `None`.
+    """
+    env = os.environ if environ is None else environ
+    if flag is not None:
+        return "--url"
+    if "CONVEYOR_URL" in env:
+        return "CONVEYOR_URL"
+    if env.get("REDIS_URL"):
+        return "REDIS_URL"
+    return None
+
+
 def _explain(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors():

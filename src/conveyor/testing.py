@@ -1,5 +1,7 @@
 """Helpers for testing code that uses Conveyor.
 
+* `TestHarness` (what `app.testing()` returns; defined in `conveyor.harness`): run your
+  own tasks in pytest on a private memory engine with a fake clock, no worker process.
 * `eventually`: poll an async condition until it holds, instead of sleeping.
 
 (Conveyor's own scripted probe app lives in the repository's tests/, not here: an app
@@ -12,7 +14,9 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
-__all__ = ["eventually"]
+from .harness import TestHarness
+
+__all__ = ["TestHarness", "eventually"]
 
 
 async def eventually(

@@ -12,7 +12,7 @@ from conveyor.testing import eventually
 
 def test_the_installed_package_has_no_app_to_run() -> None:
     assert not [n for n, v in vars(conveyor.testing).items() if isinstance(v, Conveyor)]
-    assert conveyor.testing.__all__ == ["eventually"]
+    assert conveyor.testing.__all__ == ["TestHarness", "eventually"]
 
 
 async def test_eventually_waits_for_the_condition_and_names_it_when_it_never_holds() -> None:

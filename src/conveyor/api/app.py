@@ -16,6 +16,7 @@ from .errors import install_error_handlers
 from .guard import RequestGuard, default_body_limit
 from .metrics import ApiMetrics, HttpMetricsMiddleware
 from .state import ApiState
+from .task_schemas import install_task_schemas
 
 if TYPE_CHECKING:
     from ..app import Conveyor
@@ -145,6 +146,7 @@ def create_api(
     api.include_router(router)
     api.include_router(router, prefix=ALIAS_PREFIX, include_in_schema=False)
     install_error_handlers(api)
+    install_task_schemas(api, app)
     api.add_middleware(HttpMetricsMiddleware, metrics=metrics)
     # Added last, so outermost: a refused request reaches neither routing nor auth.
     api.add_middleware(

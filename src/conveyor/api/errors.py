@@ -182,6 +182,11 @@ def conveyor_error_response(exc: ConveyorError) -> Response:
         for kind, field, reason in _FIELD_BY_ERROR
         if isinstance(exc, kind)
     ][:1]
+    if isinstance(exc, InvalidPayload) and exc.fields:  # a typed payload: name each field
+        errors = [
+            FieldError(field=f"payload.{path}", location="body", reason=reason)
+            for path, reason in exc.fields.items()
+        ]
     if status == 500:
         log.error("request failed: %s: %s", type(exc).__name__, exc)
     return error_response(status, type(exc).__name__, str(exc), errors, headers)

@@ -23,13 +23,16 @@ key `eu:x` hit tenant `acme:eu`'s job with key `x`.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Header, Path, Query, Request
 from starlette.responses import Response
 
 from ..errors import InvalidArgument, JobNotFound
-from ..job import Job, JobState
+from ..job import FINISHED_STATES, Job, JobState
+from ..tracing import without_trace
 from .auth import CurrentPrincipal, Principal, scoped_tenant
 from .errors import ERROR_RESPONSES, STATE_CONFLICT, ApiError, json_response
 from .models import QUEUE_PATTERN, EnqueueRequest, JobOut, JobPageOut, JobStateName
@@ -121,11 +124,12 @@ async def enqueue(
             409, "Conflict", "this dedupe key is held by another caller's job: use another key"
         )
     replayed = not result.created and idempotency_key is not None
-    if replayed and (job.task, job.queue, job.tenant, job.payload) != (
+    # Compared as stored (a payload model fills defaults; a trace carrier differs per call).
+    if replayed and (job.task, job.queue, job.tenant, without_trace(job.payload)) != (
         new.task,
         new.queue,
         new.tenant,
-        body.payload,
+        without_trace(orjson.loads(new.payload_json)),
     ):
         raise ApiError.invalid(
             IDEMPOTENCY_HEADER,
@@ -137,10 +141,32 @@ async def enqueue(
     return json_response(job.to_dict(), 201 if result.created else 200, headers)
 
 
+MAX_WAIT_SECONDS = 60.0
+
+
 @router.get("/jobs/{job_id}", response_model=JobOut, summary="Get a job")
-async def get_job(job_id: JobId, request: Request, principal: CurrentPrincipal) -> Response:
-    """The job with every failed attempt's error."""
-    job = await visible_job(api_state(request), principal, job_id)
+async def get_job(
+    job_id: JobId,
+    request: Request,
+    principal: CurrentPrincipal,
+    wait: Annotated[
+        float | None,
+        Query(
+            ge=0,
+            le=MAX_WAIT_SECONDS,
+            description="long poll: answer as soon as the job is finished (completed, "
+            "failed or cancelled), or after this many seconds with its state then",
+        ),
+    ] = None,
+) -> Response:
+    """The job with every failed attempt's error. With `wait`, a long poll: the answer
+    comes when the job finishes (driven by the engine's events), or when `wait` seconds
+    have passed; check `state` to tell which."""
+    state = api_state(request)
+    job = await visible_job(state, principal, job_id)
+    if wait and job.state not in FINISHED_STATES:
+        with contextlib.suppress(TimeoutError):
+            job = await state.conveyor.wait_for_job(job_id, wait)
     return json_response(job.to_dict())
 
 

@@ -37,7 +37,12 @@ class EnqueueRequest(_Request):
         pattern=QUEUE_PATTERN,
         description="queue; required when the API process does not know the task",
     )
-    payload: dict[str, Any] = Field(default_factory=dict, description="a JSON object")
+    payload: dict[str, Any] = Field(
+        default_factory=dict,
+        description="a JSON object; for a task with a payload model, the request body's "
+        "`anyOf` has a variant per such task with its payload schema (422 names each bad "
+        "field as `payload.<field>`)",
+    )
     delay: float | None = Field(
         None, ge=0, le=MAX_DELAY_SECONDS, description="seconds to wait before it is due"
     )

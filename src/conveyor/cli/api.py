@@ -9,7 +9,7 @@ import typer
 
 from ..app import Conveyor
 from ..settings import Settings, redact
-from .common import cli, console, friendly, load_app, setup_logging
+from .common import bind_app, cli, console, friendly, load_app, setup_logging
 
 
 @cli.command("api")
@@ -72,15 +72,18 @@ def api_command(
     from ..web import create_web_app
 
     if print_openapi or write_openapi:
-        # The schema depends on no app, setting or engine, so it is the same everywhere.
-        bare = create_api(
-            Conveyor("memory://"),
-            tokens=Tokens(),
-            metrics_prefix="",
-            public_hosts=(),
-            public_metrics=False,
+        # The schema depends on no setting or engine; only the app's typed tasks add their
+        # payload schemas (without an app it is docs/openapi.json).
+        bare = load_app(target) if target else Conveyor("memory://")
+        text = openapi_json(
+            create_api(
+                bare,
+                tokens=Tokens(),
+                metrics_prefix="",
+                public_hosts=(),
+                public_metrics=False,
+            )
         )
-        text = openapi_json(bare)
         if write_openapi:
             write_openapi.write_text(text, encoding="utf-8")
         else:
@@ -98,7 +101,7 @@ def api_command(
     tokens = Tokens.load(settings, tokens_file)
     check_exposure(settings.api_host, tokens, insecure=insecure)
     app = load_app(target)
-    app.configure(url=settings.url, max_payload_bytes=settings.max_payload_bytes)
+    overridden = bind_app(app, settings, url)
     api = create_web_app(
         app,
         tokens=tokens,
@@ -116,8 +119,8 @@ def api_command(
         else "NO AUTH (open API: only localhost pages and tools can use it)"
     )
     console.print(
-        f"api on http://{settings.api_host}:{settings.api_port} engine={redact(settings.url)} "
-        f"auth: {auth}",
+        f"api on http://{settings.api_host}:{settings.api_port} "
+        f"engine={redact(app.url)}{overridden} auth: {auth}",
         highlight=False,
     )
     serve(api, host=settings.api_host, port=settings.api_port, log_level=settings.log_level)

@@ -21,7 +21,7 @@ from rich.text import Text
 
 from ..app import Conveyor, check_queue
 from ..errors import ConfigError, ConveyorError
-from ..settings import Settings
+from ..settings import Settings, redact, url_source
 from ..status import format_duration
 
 cli = typer.Typer(
@@ -99,6 +99,31 @@ def load_app(target: str | None) -> Conveyor:
     return app
 
 
+def bind_app(app: Conveyor, settings: Settings, url_flag: str | None) -> str:
+    """Point `app` at its engine: the `--url` flag, then the environment (`CONVEYOR_URL`,
+    `REDIS_URL`), then the URL given in code (`Conveyor("redis://...")`), then the
+    default SQLite file; apply the payload limit too. Start-up lines print `app.url`
+    after this, never `settings.url` (which does not know the URL in code).
+
+    Args:
+        app: the loaded app.
+        settings: the process's settings (their `url` holds flag, environment or default).
+        url_flag: the `--url` flag as given, `None` when absent.
+
+    Returns:
+        What the start-up line adds after the URL: `""`, or, when a flag or the
+        environment overrides the URL in code, e.g.
+        `" (--url overrides redis://127.0.0.1:6379/0 in the app's code)"`.
+    """
+    source = url_source(url_flag)
+    code = app.url_in_code
+    url = settings.url if source is not None or code is None else code
+    app.configure(url=url, max_payload_bytes=settings.max_payload_bytes)
+    if source is not None and code is not None and code != url:
+        return f" ({source} overrides {redact(code)} in the app's code)"
+    return ""
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line, for log shippers."""
 
@@ -138,13 +163,17 @@ JobIdArg = Annotated[str, typer.Argument(help="job id, as `conveyor jobs` prints
 
 
 # --- shared helpers ------------------------------------------------------------------------
-def operate(url: str | None, action: Callable[[Conveyor], Awaitable[T]]) -> T:
+def operate(
+    url: str | None, action: Callable[[Conveyor], Awaitable[T]], *, app: Conveyor | None = None
+) -> T:
     """Run `action` against the engine named by `url` (or the environment), then close.
 
     Args:
         url: the `--url` flag; `None` falls back to `CONVEYOR_URL`, `REDIS_URL`, then
-            the embedded SQLite file.
+            the URL in `app`'s code (if given), then the embedded SQLite file.
         action: what to do with the connected app.
+        app: the user's app (`--app`), for commands that use its tasks; its URL in code
+            comes after the flag and the environment (`bind_app`).
 
     Returns:
         What `action` returned.
@@ -154,13 +183,14 @@ def operate(url: str | None, action: Callable[[Conveyor], Awaitable[T]]) -> T:
             one line, exit code 2.
     """
     settings = Settings.load(url=url)
-    app = Conveyor(settings.url, max_payload_bytes=settings.max_payload_bytes)
+    used = app or Conveyor()
+    bind_app(used, settings, url)
 
     async def run() -> T:
         try:
-            return await action(app)
+            return await action(used)
         finally:
-            await app.close()
+            await used.close()
 
     return run_async(run())
 

@@ -13,7 +13,7 @@ from ..app import Conveyor
 from ..limits import QueueLimits
 from ..settings import Settings, redact
 from ..worker import Worker
-from .common import cli, console, friendly, load_app, run_async, setup_logging
+from .common import bind_app, cli, console, friendly, load_app, run_async, setup_logging
 
 AppArg = Annotated[str, typer.Argument(help="your app as MODULE:ATTR, e.g. myproject.jobs:app")]
 
@@ -144,7 +144,7 @@ def worker(
         tenant_rate=settings.tenant_rate,
     )
     app = load_app(target)
-    app.configure(url=settings.url, max_payload_bytes=settings.max_payload_bytes)
+    overridden = bind_app(app, settings, url)
     chosen = settings.queues if (queues or env_has_queues) else default_queues(app)
     w = Worker(
         app,
@@ -159,7 +159,7 @@ def worker(
         limits=None if limits.empty else limits,
     )
     console.print(
-        f"worker {w.id} on {redact(settings.url)} queues={','.join(chosen)} "
+        f"worker {w.id} on {redact(app.url)}{overridden} queues={','.join(chosen)} "
         f"concurrency={settings.concurrency} health port={settings.health_port or 'off'}",
         highlight=False,
     )
@@ -220,7 +220,7 @@ def dev(
         from ..demo import build_app
 
         app = build_app()
-    app.configure(url=settings.url)
+    overridden = bind_app(app, settings, url)
     worker = Worker(app, queues=default_queues(app), concurrency=settings.concurrency)
     stack = DevStack(
         app,
@@ -241,7 +241,7 @@ def dev(
     async def main() -> None:
         await stack.start()
         console.print(
-            f"conveyor dev on {redact(settings.url)}\n"
+            f"conveyor dev on {redact(app.url)}{overridden}\n"
             f"  dashboard: [bold]{stack.url}/dashboard[/]\n"
             f"  API:       {stack.url}/docs\n"
             f"  API auth:  {auth}\n"

@@ -24,6 +24,7 @@ from ..status import parse_duration
 from .common import (
     JsonOpt,
     UrlOpt,
+    bind_app,
     cli,
     console,
     friendly,
@@ -91,7 +92,7 @@ def scheduler_command(
     )
     setup_logging(settings.log_level, settings.log_format)
     app = load_app(target)
-    app.configure(url=settings.url, max_payload_bytes=settings.max_payload_bytes)
+    overridden = bind_app(app, settings, url)
     scheduler = Scheduler(
         app,
         lease_timeout=lease_timeout,
@@ -100,7 +101,7 @@ def scheduler_command(
         close_app=True,
     )
     console.print(
-        f"scheduler {scheduler.id} on {redact(settings.url)} "
+        f"scheduler {scheduler.id} on {redact(app.url)}{overridden} "
         f"schedules={len(app.schedules)} lease={lease_timeout:g}s",
         highlight=False,
     )

@@ -25,8 +25,10 @@ from ..limits import QueueLimits
 from ..schedules import ScheduleSpec
 from ..settings import Settings
 from ..task import Task
+from ..tracing import Tracing
 from .checks import check_queue
 from .cursors import CursorSealer
+from .results import ResultWaiter
 from .sync import SyncBridge
 
 Hook = Callable[[], Any]  # sync or async, no arguments
@@ -55,6 +57,9 @@ class AppCore:
     ) -> None:
         check_queue(default_queue)
         self._url = url
+        # Kept apart from `_url` so the CLI can apply "flag, then environment, then the
+        # URL in code, then the default" and say when a flag overrides the code.
+        self.url_in_code = url
         self.default_queue = default_queue
         self._max_payload_bytes = max_payload_bytes
         self.clock = clock or Clock()
@@ -63,6 +68,10 @@ class AppCore:
         self._connected = False
         self._connect_lock: asyncio.Lock | None = None
         self._sync: SyncBridge[Self] | None = None
+        self._results: ResultWaiter | None = None  # made by the first `wait`
+        # Set by `conveyor.otel.instrument(app)`; None: no tracing (`conveyor.tracing`).
+        self.tracing: Tracing | None = None
+        self._sync_owner: AppCore | None = None  # set on the sync bridge's private app
         self.startup_hooks: list[Hook] = []
         self.shutdown_hooks: list[Hook] = []
         self.job_hooks: dict[str, list[JobHook]] = {}
@@ -130,6 +139,9 @@ class AppCore:
 
     async def close(self) -> None:
         """Close the engine's connections (and the sync bridge's)."""
+        if self._results is not None:
+            await self._results.close()
+            self._results = None
         if self._engine is not None:
             await self._engine.close()
         self._engine = None
@@ -163,4 +175,10 @@ class AppCore:
             clock=self.clock,
         )
         sibling.tasks = self.tasks
+        sibling._sync_owner = self
         return sibling
+
+    def _own(self, job: Job) -> Job:
+        """Let `job.wait()` find this app (the caller's app, not the sync bridge's)."""
+        job._app = self._sync_owner or self
+        return job

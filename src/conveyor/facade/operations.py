@@ -99,7 +99,7 @@ class Operations(AppCore):
         Raises:
             JobNotFound: no job has that id.
         """
-        return await (await self.connect()).get_job(job_id)
+        return self._own(await (await self.connect()).get_job(job_id))
 
     def get_job_sync(self, job_id: str) -> Job:
         """`get_job` for synchronous code."""

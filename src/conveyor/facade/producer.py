@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from pydantic import BaseModel
 
 from .. import backoff as backoff_mod
-from ..errors import ConfigError, InvalidJob, UnknownTask
+from ..errors import ConfigError, InvalidJob, InvalidPayload, UnknownTask
 from ..job import (
     MAX_PRIORITY,
     MIN_PRIORITY,
@@ -20,6 +21,8 @@ from ..job import (
     encode_payload,
     new_job_id,
 )
+from ..payloads import payload_json
+from ..tracing import TRACE_KEY
 from .checks import (
     check_attempts,
     check_label,
@@ -30,6 +33,10 @@ from .checks import (
     due,
 )
 from .core import AppCore
+from .results import ResultWaiter, outcome
+
+# A JSON object, or an instance of the task's payload model (`conveyor.payloads`).
+Payload = Mapping[str, Any] | BaseModel | None
 
 ENQUEUE_OPTIONS = frozenset(
     {
@@ -63,7 +70,7 @@ class Enqueued:
 class Producer(AppCore):
     """Build, validate and enqueue jobs (async and sync)."""
 
-    def build(self, task: str, payload: Mapping[str, Any] | None = None, **options: Any) -> NewJob:
+    def build(self, task: str, payload: Payload = None, **options: Any) -> NewJob:
         """Validate and encode one job without storing it (used by enqueue and outbox).
 
         Raises:
@@ -105,13 +112,20 @@ class Producer(AppCore):
             except ConfigError as exc:
                 raise InvalidJob(str(exc)) from exc
         delay_ms, run_at_ms = due(options.get("delay"), options.get("run_at"))
+        model = registered.payload_model if registered else None
         tenant = check_label("tenant", options.get("tenant"), 128)
         dedupe_key = check_label("dedupe_key", options.get("dedupe_key"), 512)
+        body = payload_json({} if payload is None else payload, model)
+        job_id = new_job_id(queue)
+        if self.tracing is not None:
+            carrier = self.tracing.enqueued(task, queue, job_id)
+            if carrier and isinstance(body, dict):
+                body = {**body, TRACE_KEY: carrier}
         return NewJob(
-            id=new_job_id(queue),
+            id=job_id,
             queue=queue,
             task=task,
-            payload_json=encode_payload({} if payload is None else payload, self.max_payload_bytes),
+            payload_json=encode_payload(body, self.max_payload_bytes),
             max_attempts=max_attempts,
             priority=priority,
             tenant=tenant,
@@ -122,14 +136,12 @@ class Producer(AppCore):
             run_at_ms=run_at_ms,
         )
 
-    async def enqueue(
-        self, task: str, payload: Mapping[str, Any] | None = None, **options: Any
-    ) -> Job:
+    async def enqueue(self, task: str, payload: Payload = None, **options: Any) -> Job:
         """Enqueue one job. Once this returns, the job is stored durably.
 
         Args:
             task: registered task name (or any name, with `queue=`).
-            payload: a JSON object.
+            payload: a JSON object, or an instance of the task's payload model.
             **options: queue, delay (seconds or timedelta), run_at (datetime),
                 priority (-100..100, higher first), dedupe_key, tenant,
                 max_attempts, backoff, timeout.
@@ -170,6 +182,8 @@ class Producer(AppCore):
             payload = spec.pop("payload", None)
             try:
                 built.append(self.build(task, payload, **spec))
+            except InvalidPayload as exc:
+                raise InvalidPayload(f"item {index}: {exc}", fields=exc.fields) from exc
             except InvalidJob as exc:
                 raise type(exc)(f"item {index}: {exc}") from exc
         return [stored.job for stored in await self._store(built)]
@@ -198,7 +212,7 @@ class Producer(AppCore):
         out = []
         for new, res in zip(jobs, results, strict=True):
             if not res.created:
-                out.append(Enqueued(await engine.get_job(res.id), created=False))
+                out.append(Enqueued(self._own(await engine.get_job(res.id)), created=False))
                 continue
             job = Job(
                 id=res.id,
@@ -219,12 +233,10 @@ class Producer(AppCore):
                 if res.state == JobState.SCHEDULED
                 else None,
             )
-            out.append(Enqueued(job, created=True))
+            out.append(Enqueued(self._own(job), created=True))
         return out
 
-    def enqueue_sync(
-        self, task: str, payload: Mapping[str, Any] | None = None, **options: Any
-    ) -> Job:
+    def enqueue_sync(self, task: str, payload: Payload = None, **options: Any) -> Job:
         """`enqueue` for synchronous code (Flask, Django, scripts). Thread-safe."""
         return self._bridge().run(lambda app: app.enqueue(task, payload, **options))
 
@@ -232,3 +244,38 @@ class Producer(AppCore):
         """`enqueue_many` for synchronous code."""
         materialised = list(items)
         return self._bridge().run(lambda app: app.enqueue_many(materialised))
+
+    async def wait(self, job_id: str, timeout: float | None = None) -> Any:
+        """Wait for job `job_id` to finish and return its result (what the handler
+        returned, as stored JSON). Driven by the engine's events: one shared reader per
+        app, however many callers wait (`conveyor.facade.results`).
+
+        Args:
+            job_id: the job's id.
+            timeout: seconds to wait at most; `None` waits as long as it takes.
+
+        Returns:
+            The job's result.
+
+        Raises:
+            JobFailed: the job failed; carries the last error and its traceback.
+            JobCancelled: the job was cancelled.
+            TimeoutError: it is not finished after `timeout` seconds.
+            JobNotFound: no job has that id.
+        """
+        return outcome(await self.wait_for_job(job_id, timeout))
+
+    async def wait_for_job(self, job_id: str, timeout: float | None = None) -> Job:
+        """Like `wait`, but return the finished job whatever its state (no JobFailed).
+
+        Raises:
+            TimeoutError: it is not finished after `timeout` seconds.
+            JobNotFound: no job has that id.
+        """
+        if self._results is None:
+            self._results = ResultWaiter(self)
+        return self._own(await self._results.wait(job_id, timeout))
+
+    def wait_sync(self, job_id: str, timeout: float | None = None) -> Any:
+        """`wait` for synchronous code (Flask, Django, scripts); same errors."""
+        return self._bridge().run(lambda app: app.wait(job_id, timeout))

@@ -6,10 +6,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
+from pydantic import BaseModel
+
 from .. import backoff as backoff_mod
 from ..breaker import CircuitBreaker
 from ..errors import ConfigError
+from ..job import Job
 from ..limits import QueueLimits
+from ..payloads import payload_model
 from ..task import Handler, Task
 from .checks import check_attempts, check_queue, check_timeout
 from .core import AppCore, Hook, JobHook
@@ -31,6 +35,7 @@ class Registry(AppCore):
         max_attempts: int = 3,
         backoff: backoff_mod.BackoffLike = None,
         timeout: float | None = None,
+        payload: type[BaseModel] | None = None,
     ) -> Callable[[H], H]:
         """Register a handler as a task.
 
@@ -41,6 +46,9 @@ class Registry(AppCore):
             backoff: delays between attempts: `[1, 5, 30]`, a number, `"exponential"`,
                 or a policy from `conveyor.backoff`.
             timeout: seconds an attempt may run; over it the attempt fails.
+            payload: a pydantic model the payload must fit (also found from a
+                `job: Job[Model]` annotation); the handler gets `job.payload` as an
+                instance of it. See `conveyor.payloads`.
 
         Raises:
             ConfigError: an option is invalid or the name is already registered.
@@ -54,7 +62,10 @@ class Registry(AppCore):
             task_name = name or f"{fn.__module__}.{fn.__qualname__}"
             if task_name in self.tasks and self.tasks[task_name].fn is not fn:
                 raise ConfigError(f"task {task_name!r} is registered twice: pick another name")
-            self.tasks[task_name] = Task(task_name, fn, queue, max_attempts, policy, timeout)
+            model = payload_model(fn, payload, Job)
+            self.tasks[task_name] = Task(
+                task_name, fn, queue, max_attempts, policy, timeout, payload_model=model
+            )
             return fn
 
         return register

@@ -100,3 +100,12 @@ def test_lru_cache_drops_the_least_recently_used() -> None:
     assert cache.get("a") == 1  # "a" is now the most recent
     cache.put("c", 3)
     assert "b" not in cache and "a" in cache and "c" in cache and len(cache) == 2
+
+
+async def test_made_up_names_write_nothing_to_redis(app: Conveyor) -> None:
+    engine = _engine(app)
+    await app.enqueue("work", {}, queue="real", tenant="acme")
+    await app.list_jobs("real", JobState.COMPLETED, tenant="acme")
+    before = sorted([k async for k in engine._client.scan_iter(match=f"*{engine.prefix}*")])
+    await _made_up_reads(app, 20)
+    assert sorted([k async for k in engine._client.scan_iter(match=f"*{engine.prefix}*")]) == before

@@ -210,3 +210,40 @@ async def test_tenant_listings_follow_every_state_change(app: Conveyor) -> None:
         # job is gone, so only the keys themselves show it).
         prefix = engine._keys.queue(Q).tstate_prefix
         assert [k async for k in engine._client.scan_iter(match=f"{prefix}*")] == []
+
+
+async def test_redis_backfills_tenant_indexes_of_jobs_stored_before_them(
+    redis_url: str,
+) -> None:
+    """A store written before the per-tenant indexes existed: its tenant jobs are
+    indexed on the first tenant listing (in batches walked by score), once."""
+    from conveyor.engines.redis import reads
+
+    old = Conveyor(redis_url)
+    engine = await old.connect()
+    assert isinstance(engine, RedisEngine)
+    for n in range(7):
+        await old.enqueue("t", {}, queue=Q, tenant="a", delay=3600)
+        job = await old.enqueue("t", {}, queue=Q, tenant="a")
+        await old.enqueue("t", {}, queue=Q, tenant="b")
+        if n % 2:
+            await old.cancel_job(job.id)
+    # Forget the indexes, as a store from before them would be.
+    prefix = engine._keys.queue(Q).tstate_prefix
+    stale = [k async for k in engine._client.scan_iter(match=f"{prefix}*")]
+    assert stale
+    await engine._client.delete(*stale, engine._keys.queue(Q).tindexed)
+    await old.close()
+
+    fresh = Conveyor(redis_url)
+    await fresh.connect()
+    try:
+        reads._BACKFILL_BATCH = 2  # several batches, with ties of one score among them
+        for state in (JobState.SCHEDULED, JobState.CANCELLED):
+            everyone, _ = await page_through(fresh, state, None, limit=50)
+            own, _ = await page_through(fresh, state, "a")
+            assert len(own) == (7 if state is JobState.SCHEDULED else 3)
+            assert set(own) <= set(everyone)
+    finally:
+        reads._BACKFILL_BATCH = 1000
+        await fresh.close()

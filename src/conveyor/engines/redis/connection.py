@@ -58,6 +58,7 @@ _QUEUE_SCRIPTS = (
     "resume",
     "counts",
     "set_limits",
+    "tenant_backfill",
 )
 _WORKER_SCRIPTS = ("register_worker", "unregister_worker", "workers")
 # Scripts that read the time: they get `_clock.lua` (see there: Redis TIME, or a test
@@ -253,6 +254,8 @@ class RedisBase:
         # Queues SADDed to the registry by this process (forgetting one costs one more
         # idempotent SADD, so it is bounded like the cache above).
         self._known_queues: LruCache[str, bool] = LruCache(QUEUE_CACHE_MAX)
+        # Queues whose tenant indexes are known to be backfilled (see reads.py).
+        self._tenant_indexed: set[str] = set()
         # Wake-ups (see wait_for_jobs): one pub/sub connection, read by one listener task.
         self._pubsub: PubSub | None = None
         self._listener: asyncio.Task[None] | None = None

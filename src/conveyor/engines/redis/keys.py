@@ -38,6 +38,8 @@ slot and a script that touches them is legal on Redis Cluster. Per queue:
                              failed, cancelled; pending has the buckets above), same
                              scores as the state's zset except running: claim time (a
                              heartbeat does not move it). What tenant listings read.
+{p:q}:tindexed       string  present once the jobs stored before those indexes existed
+                             were backfilled into them (see `RedisReads.list_jobs`)
 ```
 
 A tenant's bucket, rate log and state indexes are the only keys besides job hashes that
@@ -92,6 +94,7 @@ class QueueKeys:
     turn: str
     served: str
     tstate_prefix: str
+    tindexed: str
     wake_channel: str
 
     def all(self) -> list[str]:
@@ -217,6 +220,7 @@ class KeyLayout:
             turn=f"{tag}:turn",
             served=f"{tag}:served",
             tstate_prefix=f"{tag}:ts:",
+            tindexed=f"{tag}:tindexed",
             wake_channel=f"{self.prefix}:wake:{name}",
         )
 

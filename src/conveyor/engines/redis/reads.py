@@ -17,6 +17,7 @@ from ...limits import QueueLimits
 from ..base import Event, JobPage, QueueCounts, Throughput
 from .connection import RedisBase, driver_errors, with_errors
 
+_BACKFILL_BATCH = 1000  # jobs per tenant_backfill call
 _MAX_BLOCK_MS = 20_000  # XREAD BLOCK stays under the socket timeout
 
 
@@ -111,6 +112,8 @@ class RedisReads(RedisBase):
             return JobPage([], cursor)
         if state is JobState.PENDING:
             return await self._list_pending(queue, tenant, limit, start if cursor else None)
+        if tenant is not None and queue not in self._tenant_indexed:
+            await self._backfill_tenant_indexes(queue)
         zkey = (
             keys.by_state(state.value) if tenant is None else keys.tenant_state(state.value, tenant)
         )
@@ -118,6 +121,36 @@ class RedisReads(RedisBase):
         more = len(ids) > limit
         jobs = await self._load(queue, ids[:limit])
         return JobPage(jobs, str(start + limit) if more else None)
+
+    async def _backfill_tenant_indexes(self, queue: str) -> None:
+        """Index the tenant jobs a queue held before per-tenant state indexes existed
+        (once per queue: the `tindexed` flag; then once per process: a set).
+
+        Every script that moves a job keeps the indexes from then on, so a walk over
+        each state's zset (bounded batches, `lua/tenant_backfill.lua`) is all an
+        upgraded store needs. Processes of the older version must be gone by then:
+        their moves would not keep the indexes.
+        """
+        keys = self._keys.queue(queue)
+        if not await self._client.exists(keys.tindexed):
+            if not await self._client.sismember(self._keys.queues, queue):
+                # No such queue (a made-up name): nothing to index, and nothing is
+                # remembered, here or in Redis.
+                return
+            for state in ("scheduled", "running", "completed", "failed", "cancelled"):
+                low, skip = "-inf", 0
+                while True:
+                    n, last, at_last = await self._run(
+                        "tenant_backfill", queue, state, low, skip, _BACKFILL_BATCH
+                    )
+                    if n < _BACKFILL_BATCH:
+                        break
+                    skip = skip + at_last if last == low else at_last
+                    low = last
+            await self._client.set(keys.tindexed, "1")
+        if len(self._tenant_indexed) >= 10_000:
+            self._tenant_indexed.clear()  # bounded: a forgotten queue costs one EXISTS
+        self._tenant_indexed.add(queue)
 
     async def _list_pending(
         self, queue: str, tenant: str | None, limit: int, after: int | None

@@ -247,3 +247,25 @@ async def test_redis_backfills_tenant_indexes_of_jobs_stored_before_them(
     finally:
         reads._BACKFILL_BATCH = 1000
         await fresh.close()
+
+
+async def test_a_configured_secret_lets_every_api_process_take_the_cursors(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CONVEYOR_API_CURSOR_SECRET: replicas behind one address (here: two apps on one
+    store) accept each other's cursors; without it each process has its own key."""
+    first, second, lone = Conveyor(sqlite_url), Conveyor(sqlite_url), Conveyor(sqlite_url)
+    _ = lone.cursors  # keyed before the secret is set: a random key of its own
+    monkeypatch.setenv("CONVEYOR_API_CURSOR_SECRET", "s" * 32)
+    try:
+        for _ in range(3):
+            await first.enqueue("t", {}, queue=Q, tenant="a")
+        page = await first.list_jobs(Q, JobState.PENDING, tenant="a", limit=2)
+        assert page.cursor is not None
+        rest = await second.list_jobs(Q, JobState.PENDING, tenant="a", cursor=page.cursor)
+        assert len(rest.jobs) == 1
+        with pytest.raises(InvalidArgument):
+            await lone.list_jobs(Q, JobState.PENDING, tenant="a", cursor=page.cursor)
+    finally:
+        for app in (first, second, lone):
+            await app.close()

@@ -106,10 +106,12 @@ def test_lua_opens_with_its_contract_and_builds_no_key(name: str) -> None:
             assert part in header, f"{name}: contract comment lacks {part!r}"
     code = "\n".join(line.split("--")[0] for line in text.splitlines())
     # The key of every command is a KEYS entry, or a variable holding one / a job hash /
-    # a tenant's bucket or rate log (KEYS prefixes with the queue's tag .. a tenant).
+    # a tenant's bucket, rate log or state index (KEYS prefixes with the queue's tag ..
+    # a tenant).
     key_expr = re.compile(
         r"^(K_[A-Z]+|KEYS\[\w+\]|BY_STATE\[\w+\]|jk|zkey|bucket|tkey"
-        r"|K_(JOB|TBUCKET|TRATE) \.\. [\w\[\]]+)$"
+        r"|K_(JOB|TBUCKET|TRATE) \.\. [\w\[\]]+"
+        r"|tstate_key\([^)]*\))$"  # _lib.lua: K_TSTATE .. state .. ':' .. tenant
     )
     calls = re.findall(r"redis\.call\(\s*'(\w+)'\s*(?:,\s*([^,)]+))?", code)
     assert calls or name in ("pause.lua",), name
@@ -123,6 +125,7 @@ def test_lua_opens_with_its_contract_and_builds_no_key(name: str) -> None:
             "K_JOB",
             "K_TBUCKET",
             "K_TRATE",
+            "K_TSTATE",
         ), f"{name}: builds a key from {match.group(1)}"
     # Where a variable stands for a key, it is assigned from KEYS-derived values only.
     for var in ("jk", "zkey", "bucket", "tkey"):

@@ -2,7 +2,7 @@
 
 Everything above (app facade, worker, CLI, API) talks to an `Engine`. Three engines
 implement it — `redis://`, `sqlite://`, `memory://` — and one contract suite
-(`tests/integration/test_engine_contract.py`) runs unchanged against each.
+(`tests/integration/contract/`) runs unchanged against each.
 
 Semantics every engine must honour (the contract suite checks them):
 

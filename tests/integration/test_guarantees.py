@@ -6,7 +6,6 @@ SQLite file or a private redis-server, and kills it the way production does.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import signal
 import subprocess
@@ -203,7 +202,11 @@ async def test_second_signal_exits_at_once(
 
     await eventually(started, timeout=30, message="job started")
     w.signal(signal.SIGTERM)
-    await asyncio.sleep(0.3)
+
+    async def draining() -> bool:  # the first signal was handled: it logs that it stops
+        return "stopping: no new claims" in w.output()
+
+    await eventually(draining, timeout=30, message="worker began its graceful shutdown")
     w.signal(signal.SIGINT)
     assert w.wait(5) != 0  # exited at once, without waiting 60 s
 

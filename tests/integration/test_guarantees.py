@@ -1,4 +1,5 @@
-"""The guarantees of DESIGN.md, tested with real worker processes and real signals.
+"""The guarantees of docs/DESIGN.md ("Guarantees"), tested with real worker processes
+and real signals.
 
 Each test runs `conveyor worker conveyor.testing:app` as a subprocess against a real
 SQLite file or a private redis-server, and kills it the way production does.

@@ -5,7 +5,7 @@ script uses Redis `TIME`, so due times and lease deadlines follow one clock what
 clients' clocks say. Each script touches only keys of one queue (one hash tag, see
 `keys.py`), so the same code is legal on Redis Cluster.
 
-Round trips are the cost (see DESIGN.md, performance model): a worker's `exchange`
+Round trips are the cost (docs/DESIGN.md, "Performance model"): a worker's `exchange`
 acknowledges its finished jobs and claims new ones from a queue in one script call, a
 producer's `enqueue` stores a batch in one script call per queue (pipelined together),
 and idle workers block on a pub/sub wake-up instead of polling.

@@ -287,21 +287,6 @@ async def test_two_processes_never_claim_the_same_job(sqlite_url: str, tmp_path:
     await eng.close()
 
 
-async def test_two_engines_in_one_process_share_claims(sqlite_url: str) -> None:
-    a, b = SqliteEngine(sqlite_url), SqliteEngine(sqlite_url)
-    await a.enqueue([new() for _ in range(200)])
-    seen: list[str] = []
-
-    async def drain(eng: SqliteEngine) -> None:
-        while got := await claim(eng, 3):
-            seen.extend(got)
-
-    await asyncio.gather(drain(a), drain(b), drain(a), drain(b))
-    assert len(seen) == len(set(seen)) == 200
-    await a.close()
-    await b.close()
-
-
 async def test_wake_up_from_another_process_is_prompt(engine: SqliteEngine) -> None:
     assert await claim(engine) == []
     waiter = asyncio.create_task(engine.wait_for_jobs(["q"], timeout=30))

@@ -7,6 +7,7 @@ use the engine's own due times and short leases and wait on conditions with
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from datetime import UTC, datetime, timedelta
 
@@ -337,3 +338,62 @@ async def test_malformed_stored_job_is_reported_and_can_be_failed(
     assert await finish(engine, Outcome(bad.id, str(claimed.token), "fail", error_json=None)) == []
     counts = await engine.counts("q")
     assert (counts.failed, counts.running) == (1, 1)
+
+
+async def test_concurrent_claimers_never_claim_the_same_job(
+    engine: Engine, peer: Engine, app: Conveyor
+) -> None:
+    """Two connections to one storage (two processes, as far as it can tell) claiming at
+    once share the jobs: each is claimed exactly once."""
+    await engine.enqueue([app.build("t", {"i": i}) for i in range(200)])
+    seen: list[str] = []
+
+    async def drain(eng: Engine, worker_id: str) -> None:
+        while got := await claim(eng, 3, worker_id=worker_id):
+            seen.extend(j.id for j in got)
+
+    await asyncio.gather(drain(engine, "a"), drain(peer, "b"), drain(engine, "c"), drain(peer, "d"))
+    assert len(seen) == len(set(seen)) == 200
+    assert (await engine.counts("q")).running == 200
+
+
+async def test_progress_needs_the_current_lease(engine: Engine, app: Conveyor) -> None:
+    await engine.enqueue([app.build("t", {})])
+    [job] = await claim(engine)
+    assert await engine.set_progress(job.id, str(job.token), "10")
+    assert not await engine.set_progress(job.id, "not-the-token", "99")
+    assert (await engine.get_job(job.id)).progress_value == 10
+    await finish(engine, Outcome(job.id, str(job.token), "complete", result_json="1"))
+    assert not await engine.set_progress(job.id, str(job.token), "99")  # finished: lease gone
+    assert await engine.heartbeat([(job.id, str(job.token))], lease_ms=LEASE_MS) == [job.id]
+
+
+@pytest.mark.parametrize("kind", ["retry", "defer"])
+async def test_retried_and_deferred_jobs_go_to_the_back_of_their_priority(
+    engine: Engine, app: Conveyor, kind: str
+) -> None:
+    """`Place.BACK`: a job sent back to pending without a delay queues behind the jobs of
+    its priority that were waiting, and still ahead of lower priorities."""
+    first, second, third = (app.build("t", {"n": n}) for n in range(3))
+    low = app.build("t", {"n": "low"}, priority=-1)
+    await engine.enqueue([first, second, third, low])
+    [job] = await claim(engine, 1)
+    assert job.id == first.id
+    outcome = (
+        Outcome(job.id, str(job.token), "retry", error_json=err(1), delay_ms=0)
+        if kind == "retry"
+        else Outcome(job.id, str(job.token), "defer", delay_ms=0, reason="busy")
+    )
+    assert await finish(engine, outcome) == []
+    page = await engine.list_jobs("q", JobState.PENDING)
+    assert [j.id for j in page.jobs] == [second.id, third.id, first.id, low.id]
+    assert [j.id for j in await claim(engine, 4)] == [second.id, third.id, first.id, low.id]
+
+
+async def test_a_promoted_job_goes_to_the_back_of_its_priority(
+    engine: Engine, app: Conveyor
+) -> None:
+    later, waiting = app.build("t", {}, delay=3600), app.build("t", {})
+    await engine.enqueue([later, waiting])
+    await engine.promote_job(later.id)
+    assert [j.id for j in await claim(engine, 2)] == [waiting.id, later.id]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from conveyor import Conveyor, InvalidState, JobState
+from conveyor import Conveyor, InvalidState, JobNotFound, JobState
 from conveyor.clock import FakeClock
 from conveyor.engines import Engine, Outcome
 
@@ -128,3 +128,29 @@ async def test_counts_age_and_last_minute_follow_the_engine_clock(
     clock.advance(61)  # the finishes slide out of the last minute; the totals stay
     later = await clocked.counts("q")
     assert (later.completed_1m, later.failed_1m, later.completed, later.failed) == (0, 0, 1, 1)
+
+
+async def test_operator_actions_on_an_unknown_id_raise_not_found(engine: Engine) -> None:
+    for action in (engine.get_job, engine.retry_job, engine.cancel_job, engine.promote_job):
+        with pytest.raises(JobNotFound, match="no job"):
+            await action("q:doesnotexist")
+
+
+@pytest.mark.parametrize("way_out", ["fail", "cancel", "purge", "clean"])
+async def test_every_way_out_of_the_live_states_frees_the_dedupe_key(
+    engine: Engine, app: Conveyor, way_out: str
+) -> None:
+    """A dedupe key is held while its job is live, whatever ends it (completion is in
+    test_flow.py): a new enqueue with the key then creates a job."""
+    [held] = await engine.enqueue([app.build("t", {}, dedupe_key="k", max_attempts=1)])
+    if way_out == "cancel":
+        await engine.cancel_job(held.id)
+    elif way_out == "purge":
+        assert await engine.purge("q") == 1
+    else:
+        [job] = await claim(engine)
+        await finish(engine, Outcome(job.id, str(job.token), "fail", error_json=err(1)))
+        if way_out == "clean":
+            assert await engine.clean("q", JobState.FAILED, older_than_ms=0, limit=10) == 1
+    [again] = await engine.enqueue([app.build("t", {}, dedupe_key="k")])
+    assert again.created and again.id != held.id

@@ -125,7 +125,7 @@ async def corrupt_payload(engine: Engine, engine_url: str, job: Job | str) -> No
     if isinstance(jobs, dict):  # the dict-based memory engine
         jobs[job_id]["payload"] = "[not json"
         return
-    call = getattr(engine, "_call", None)
+    call = getattr(engine, "_write", None) or getattr(engine, "_call", None)
     if call is not None:  # memory:// as SQLite on a private in-memory database
         await call(
             lambda c: c.execute("UPDATE jobs SET payload = '[not json' WHERE id = ?", (job_id,))

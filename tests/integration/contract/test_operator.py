@@ -154,3 +154,28 @@ async def test_every_way_out_of_the_live_states_frees_the_dedupe_key(
             assert await engine.clean("q", JobState.FAILED, older_than_ms=0, limit=10) == 1
     [again] = await engine.enqueue([app.build("t", {}, dedupe_key="k")])
     assert again.created and again.id != held.id
+
+
+async def test_operator_actions_record_events(engine: Engine, app: Conveyor) -> None:
+    """Operator actions are state changes too: each appends its event (what live views
+    and `app.events()` consumers see); pause and resume move no job and add none."""
+    a, b, c = app.build("t", {}, max_attempts=1), app.build("t", {}), app.build("t", {}, delay=60)
+    start = await engine.last_event_ids(["q"])
+    await engine.enqueue([a, b, c])
+    [job] = await claim(engine, 1)
+    await finish(engine, Outcome(job.id, str(job.token), "fail", error_json=err(1)))
+    await engine.retry_job(a.id)
+    await engine.cancel_job(b.id)
+    await engine.promote_job(c.id)
+    await engine.retry_all("q", JobState.CANCELLED)
+    await engine.pause("q")
+    await engine.resume("q")
+    events = await engine.read_events(["q"], since=start, count=100, block_ms=0)
+    name = {a.id: "a", b.id: "b", c.id: "c"}
+    assert [(e.kind, name[e.job_id]) for e in events] == [
+        ("enqueued", "a"), ("enqueued", "b"), ("enqueued", "c"), ("started", "a"),
+        ("failed", "a"), ("enqueued", "a"), ("cancelled", "b"), ("promoted", "c"),
+        ("enqueued", "b"),
+    ]  # fmt: skip
+    assert "error" in events[4].data
+    assert "retried_by" in events[5].data and "retried_by" in events[8].data

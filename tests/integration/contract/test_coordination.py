@@ -13,10 +13,21 @@ import asyncio
 import pytest
 
 from conveyor import Conveyor
-from conveyor.engines import Engine
+from conveyor.engines import Engine, open_engine
 from conveyor.testing import eventually
 
 from .helpers import blocked_waiter, claim, engine_time_passes
+
+
+async def test_ping_durable_flag_and_close_twice(engine_url: str) -> None:
+    """`ping` answers with a round-trip time, `durable` says whether the engine survives
+    its process (memory does not: readiness reports that), and `close` is safe twice."""
+    eng = open_engine(engine_url)
+    await eng.connect()
+    assert await eng.ping() >= 0
+    assert eng.durable is (not engine_url.startswith("memory://"))
+    await eng.close()
+    await eng.close()
 
 
 async def test_workers_registry_expires(engine: Engine) -> None:

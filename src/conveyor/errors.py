@@ -4,6 +4,7 @@
 ConveyorError                     root: catch this to catch everything Conveyor raises
 ├── ConfigError                   a setting or argument is invalid (raised at start-up)
 ├── EngineUnavailable             the engine (Redis, SQLite file) cannot be reached
+│   └── SchemaTooNew              the SQLite file was migrated by a newer Conveyor
 ├── JobNotFound                   no job has that id
 ├── InvalidJob                    what a producer asked to enqueue is wrong
 │   ├── UnknownTask               task not registered here and no queue given
@@ -32,6 +33,11 @@ class ConfigError(ConveyorError):
 
 class EngineUnavailable(ConveyorError):
     """The engine could not be reached (network, file permissions, server down)."""
+
+
+class SchemaTooNew(EngineUnavailable):
+    """The SQLite file carries schema migrations this Conveyor does not know: a newer
+    Conveyor upgraded it. Upgrade Conveyor (or use another file); the file is untouched."""
 
 
 class JobNotFound(ConveyorError):

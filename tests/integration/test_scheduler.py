@@ -233,7 +233,10 @@ async def test_sqlite_schema_v1_file_upgrades_in_place(tmp_path: Path) -> None:
     await app.enqueue("t", {}, queue="q")
     await app.close()
     raw = sqlite3.connect(path)
-    raw.executescript("DROP TABLE leases; DROP TABLE schedules; PRAGMA user_version = 1;")
+    raw.executescript(  # as schema 1 left it: no scheduler tables, no migration table
+        "DROP TABLE leases; DROP TABLE schedules; DROP TABLE schema_migrations; "
+        "PRAGMA user_version = 1;"
+    )
     raw.close()
     await engine.connect()
     try:

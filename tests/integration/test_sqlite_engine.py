@@ -19,11 +19,15 @@ from pathlib import Path
 
 import pytest
 
-from conveyor.clock import FakeClock
 from conveyor.engines.base import Outcome
-from conveyor.engines.sqlite import SqliteEngine, parse_sqlite_url
+from conveyor.engines.sqlite import SqliteEngine, migrations, parse_sqlite_url
+from conveyor.engines.sqlite import connection as sqlite_connection
 from conveyor.engines.sqlite import engine as sqlite_engine_module
-from conveyor.errors import ConfigError, EngineUnavailable, InvalidState
+from conveyor.errors import (
+    ConfigError,
+    EngineUnavailable,
+    SchemaTooNew,
+)
 from conveyor.job import JobState, NewJob, new_job_id
 from conveyor.testing import eventually
 
@@ -165,18 +169,101 @@ async def test_file_that_is_not_a_database_is_unavailable(tmp_path: Path) -> Non
 
 
 async def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    """A file stamped by a Conveyor from before numbered migrations, but newer."""
     path = tmp_path / "future.db"
     raw = sqlite3.connect(path)
     raw.execute("PRAGMA user_version = 99")
     raw.close()
-    with pytest.raises(EngineUnavailable, match="upgrade Conveyor"):
+    with pytest.raises(SchemaTooNew, match="upgrade Conveyor"):
         await SqliteEngine(f"sqlite:///{path}").connect()
+
+
+# main's schema.sql as it was when numbered migrations arrived (schema version 3).
+MAIN_SCHEMA = Path(__file__).parent / "fixtures" / "sqlite_schema_main_v3.sql"
+
+
+async def test_file_made_by_the_previous_release_opens_and_keeps_its_jobs(
+    tmp_path: Path,
+) -> None:
+    """A database built by main's schema script (user_version 3, no migration table),
+    holding a job of each kind, is migrated in place and everything keeps working."""
+    path = tmp_path / "old.db"
+    raw = sqlite3.connect(path, isolation_level=None)
+    raw.executescript(f"BEGIN;\n{MAIN_SCHEMA.read_text()}\nPRAGMA user_version = 3;\nCOMMIT;")
+    raw.execute(
+        "INSERT INTO jobs (id, queue, task, payload, state, max_attempts, priority, tenant, "
+        "dedupe_key, created_ms, seq) VALUES "
+        "('q:old-a', 'q', 't', '{}', 'pending', 3, 0, NULL, 'k', 1, 1), "
+        "('q:old-b', 'q', 't', '{}', 'pending', 3, 0, 'acme', NULL, 2, 2)"
+    )
+    raw.execute("INSERT INTO queues (name, known) VALUES ('q', 1)")
+    raw.execute("UPDATE meta SET value = 2 WHERE key = 'seq'")
+    raw.close()
+
+    engine = SqliteEngine(f"sqlite:///{path}")
+    await engine.connect()
+    try:
+        counts = await engine.counts("q")
+        assert counts.pending == 2
+        [dup] = await engine.enqueue([new(dedupe_key="k")])  # the old job still holds "k"
+        assert (dup.id, dup.created) == ("q:old-a", False)
+        await engine.enqueue([new()])
+        ids = await claim(engine, 3)
+        assert ids[:2] == ["q:old-a", "q:old-b"]  # the old jobs keep their place in line
+        assert await engine.tenant_running("q") == {"acme": 1}
+    finally:
+        await engine.close()
+    raw = sqlite3.connect(path)
+    applied = [r[0] for r in raw.execute("SELECT version FROM schema_migrations")]
+    assert applied == [m.number for m in migrations.MIGRATIONS]
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == migrations.SCHEMA_VERSION
+    raw.close()
+
+
+async def test_file_migrated_by_a_newer_conveyor_is_refused_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "newer.db"
+    engine = SqliteEngine(f"sqlite:///{path}")
+    await engine.enqueue([new()])
+    await engine.close()
+    future = len(migrations.MIGRATIONS) + 1
+    raw = sqlite3.connect(path, isolation_level=None)
+    raw.execute(
+        "INSERT INTO schema_migrations (version, name, applied_ms) VALUES (?, 'future', 0)",
+        (future,),
+    )
+    raw.close()
+    with pytest.raises(SchemaTooNew, match=rf"migrations \[{future}\].*upgrade Conveyor"):
+        await SqliteEngine(f"sqlite:///{path}").connect()
+    raw = sqlite3.connect(path)
+    assert raw.execute("SELECT count(*) FROM jobs").fetchone()[0] == 1  # left as it was
+    raw.close()
+
+
+async def test_migrations_apply_in_order_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new numbered migration runs once, on files at the previous number."""
+    path = tmp_path / "m.db"
+    engine = SqliteEngine(f"sqlite:///{path}")
+    await engine.enqueue([new()])
+    await engine.close()
+    n = len(migrations.MIGRATIONS) + 1
+    extra = migrations.Migration(n, "add_note", "ALTER TABLE queues ADD COLUMN note TEXT;")
+    monkeypatch.setattr(migrations, "MIGRATIONS", (*migrations.MIGRATIONS, extra))
+    for _ in range(2):  # the second open finds it applied (ALTER would fail twice)
+        engine = SqliteEngine(f"sqlite:///{path}")
+        assert (await engine.counts("q")).pending == 1
+        await engine.close()
+    raw = sqlite3.connect(path)
+    assert "note" in [r[1] for r in raw.execute("PRAGMA table_info(queues)")]
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == 2 + n
+    raw.close()
 
 
 async def test_lock_held_too_long_is_unavailable_and_writes_nothing(
     sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sqlite_engine_module, "BUSY_TIMEOUT_MS", 100)
+    monkeypatch.setattr(sqlite_connection, "BUSY_TIMEOUT_MS", 100)
     eng = SqliteEngine(sqlite_url)
     await eng.connect()
     holder = sqlite3.connect(db_path(sqlite_url), isolation_level=None)
@@ -484,35 +571,36 @@ async def test_event_log_is_trimmed_to_maxlen(sqlite_url: str) -> None:
     await eng.close()
 
 
-# Lifecycle decisions 2 and 1, on SQLite only until the contract suite's tests of the five
-# decided rules land (branch `engines`); then these two go.
-async def test_release_goes_first_and_stalled_job_keeps_its_place(sqlite_url: str) -> None:
-    clock = FakeClock()
-    eng = SqliteEngine(sqlite_url, clock=clock)
-    a, b, c = (r.id for r in await eng.enqueue([new(), new(), new()]))
-    ex = await eng.exchange([], queues=["q"], limit=1, worker_id="w", lease_ms=1_000)
-    assert [j.id for j in ex.jobs] == [a]
-    clock.advance(2)  # a's lease expires; it waited longest, so it stays first
-    ex = await eng.exchange([], queues=["q"], limit=2, worker_id="w", lease_ms=1_000)
-    assert [j.id for j in ex.jobs] == [a, b] and ex.recovered == 1
-    release = [Outcome(j.id, str(j.token), "release") for j in ex.jobs[1:]]
-    ex = await eng.exchange(release, queues=["q"], limit=1, worker_id="w", lease_ms=1_000)
-    assert [j.id for j in ex.jobs] == [b] and ex.jobs[0].attempt == 1  # attempt given back
-    assert (await eng.list_jobs("q", JobState.PENDING)).jobs[0].id == c
-    await eng.close()
+# --- the engine applies conveyor.lifecycle; its SQL is read by name --------------------------
 
 
-async def test_retry_with_dedupe_key_held_elsewhere(engine: SqliteEngine) -> None:
-    [first] = await engine.enqueue([new(dedupe_key="k")])
-    await engine.cancel_job(first.id)
-    [second] = await engine.enqueue([new(dedupe_key="k")])
-    assert second.created
-    with pytest.raises(InvalidState, match="dedupe key 'k' is held"):
-        await engine.retry_job(first.id)
-    assert await engine.retry_all("q", JobState.CANCELLED) == 0  # skipped, not duplicated
-    await engine.cancel_job(second.id)
-    assert await engine.retry_all("q", JobState.CANCELLED) == 1  # only one may hold "k"
-    counts = await engine.counts("q")
-    assert (counts.pending, counts.cancelled) == (1, 1)
-    with pytest.raises(InvalidState, match="failed or cancelled"):
-        await engine.retry_all("q", JobState.PENDING)
+def test_outcome_statements_follow_the_transition_table() -> None:
+    """Each outcome statement's SET clause is read off the lifecycle flags, and every
+    statement is fenced by the lease token."""
+    from conveyor.engines.sqlite.transitions import STATEMENTS
+    from conveyor.lifecycle import TRANSITIONS, Place
+
+    assert {kind for kind, _ in STATEMENTS} == set(TRANSITIONS)
+    for (kind, delayed), sql in STATEMENTS.items():
+        t = TRANSITIONS[kind]
+        target = t.target(1 if delayed else 0)
+        sets = sql.split(" WHERE ")[0]
+        assert f"state = '{target.value}'" in sets, kind
+        assert ("errors =" in sets) == t.append_error, kind
+        assert ("attempt = max(0, attempt - 1)" in sets) == t.give_back_attempt, kind
+        assert ("started_ms = NULL" in sets) == t.clear_started, kind
+        assert ("result =" in sets) == t.store_result, kind
+        assert ("finished_ms = :now" in sets) == t.finishes, kind
+        keeps_place = target is not JobState.PENDING or t.place is Place.KEEP
+        assert ("seq = :seq" in sets) == (not keeps_place), kind
+        assert "token = :token AND state = 'running'" in sql, kind
+
+
+def test_named_queries_are_unique_and_complete() -> None:
+    from conveyor.engines.sqlite.queries import QUERIES, parse_queries
+
+    assert "claim" in QUERIES and "{job_columns}" not in QUERIES["claim"]
+    with pytest.raises(ValueError, match="'a' is repeated"):
+        parse_queries("-- name: a\nSELECT 1;\n-- name: a\nSELECT 2;\n")
+    for name, sql in QUERIES.items():  # each one is a single, complete statement
+        assert sqlite3.complete_statement(sql + ";") and ";" not in sql, name

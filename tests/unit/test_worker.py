@@ -15,7 +15,7 @@ import pytest
 
 from conveyor import Conveyor, Job, JobState, RateLimited, Retry, Unrecoverable, Worker
 from conveyor.clock import FakeClock
-from conveyor.engines.memory import MemoryEngine
+from conveyor.engines.sqlite import SqliteEngine
 from conveyor.testing import eventually
 
 
@@ -166,10 +166,16 @@ async def test_malformed_stored_job_is_failed_with_reason(app: Conveyor) -> None
     bad = await app.enqueue("known", {})
     fine = await app.enqueue("known", {})
     engine = app.engine
-    assert isinstance(engine, MemoryEngine)
-    engine._jobs[bad.id]["payload"] = "{not json"
+    assert isinstance(engine, SqliteEngine)  # memory:// is SQLite in memory
+
+    async def store_payload(text: str) -> None:  # what a foreign writer could leave
+        await engine._write(
+            lambda c: c.execute("UPDATE jobs SET payload = ? WHERE id = ?", (text, bad.id))
+        )
+
+    await store_payload("{not json")
     await burst(app)
-    engine._jobs[bad.id]["payload"] = "{}"  # so get_job can show the recorded error
+    await store_payload("{}")  # so get_job can show the recorded error
     failed = await app.get_job(bad.id)
     assert failed.state == JobState.FAILED and failed.errors[0].type == "MalformedJob"
     assert "malformed" in failed.errors[0].message

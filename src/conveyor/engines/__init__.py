@@ -8,16 +8,32 @@ from __future__ import annotations
 
 from ..clock import Clock
 from ..errors import ConfigError
-from .base import Engine, Event, Exchange, JobPage, Outcome, QueueCounts, QueueLimits
+from .base import (
+    Coordination,
+    Engine,
+    Event,
+    Exchange,
+    JobFlow,
+    JobPage,
+    Notifier,
+    Outcome,
+    QueueCounts,
+    QueueLimits,
+    ReadModel,
+)
 
 __all__ = [
+    "Coordination",
     "Engine",
     "Event",
     "Exchange",
+    "JobFlow",
     "JobPage",
+    "Notifier",
     "Outcome",
     "QueueCounts",
     "QueueLimits",
+    "ReadModel",
     "open_engine",
 ]
 
@@ -34,14 +50,11 @@ def open_engine(url: str, *, clock: Clock | None = None) -> Engine:
         from .redis import RedisEngine
 
         return RedisEngine(url)
-    if url.startswith("sqlite://"):
+    if url.startswith(("sqlite://", "memory://")):
+        # memory:// is the SQLite engine on a private in-memory database (not durable).
         from .sqlite import SqliteEngine
 
         return SqliteEngine(url, clock=clock)
-    if url.startswith("memory://"):
-        from .memory import MemoryEngine
-
-        return MemoryEngine(url, clock=clock)
     raise ConfigError(
         f"engine URL {url!r} is not supported: use one of redis://host:6379/0, "
         "rediss://..., sqlite:///path/to/conveyor.db or memory://"

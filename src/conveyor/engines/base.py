@@ -1,108 +1,85 @@
-"""The engine protocol: the only layer that knows storage.
+"""The engine protocol: the only layer that knows storage, in four cohesive parts.
 
-Everything above (app facade, worker, CLI, API) talks to an `Engine`. Three engines
-implement it — `redis://`, `sqlite://`, `memory://` — and one contract suite
+Everything above (app facade, worker, CLI, API) talks to an `Engine`. Two storages
+implement it — `sqlite://` (and `memory://`, the same engine on a private in-memory
+database) and `redis://` — and one contract suite
 (`tests/integration/contract/`) runs unchanged against each.
 
-Semantics every engine must honour (the contract suite checks them):
+**The rules are not here.** What each outcome does to a job (target state, error
+appended, attempt given back, place in line, event), what retry / cancel / promote /
+clean require and what their refusals say, and the shared constants all live in
+`conveyor.lifecycle`; the README's "Job contract" states them for users. An engine
+*applies* those rules inside its atomic step (one SQLite transaction, one Lua script)
+and decides none of them. Arguments are validated once, by the app facade; engines
+do not re-check them.
 
-* Time: the engine's clock decides due times and lease deadlines (Redis `TIME`; the
-  process clock for SQLite and memory). Storage uses integer milliseconds.
-* `enqueue`: all-or-nothing per call. A job whose due time is in the future is
-  `scheduled`, otherwise `pending`. A dedupe key held by a job that is still
-  scheduled/pending/running returns that job (`created=False`) and writes nothing.
-  Pending jobs are claimed highest `priority` first, FIFO within a priority.
-* `exchange`: first applies `outcomes`, then (if `limit > 0`) claims up to `limit`
-  jobs from `queues` (in the order given), skipping paused queues. Before claiming it
-  promotes due scheduled jobs and recovers expired leases of those queues. Claiming
-  increments `attempt`, sets state `running`, a fresh token, `started_ms`, and a lease
-  deadline `now + lease_ms`. Outcomes whose token no longer matches (lease lost,
-  job cancelled) change nothing and are reported in `Exchange.lost`.
-* Outcome kinds: `complete` (→ completed, result stored), `retry` (→ scheduled at
-  now + delay_ms, or pending when delay_ms == 0; error appended), `fail` (→ failed,
-  error appended), `release` (→ pending at the front of its priority, attempt given
-  back: used on graceful shutdown).
-* Expired lease recovery: a running job whose deadline passed goes back to `pending`
-  (event `stalled`) — unless its attempts are spent (`attempt >= max_attempts`),
-  then it becomes `failed` with an error saying the worker was lost. This is what
-  ends crash loops.
-* Dedupe keys are released when a job leaves the active states.
-* Every state change appends an `Event` to the queue's bounded event log.
-* `defer` (a handler was rate limited, or a circuit breaker is open) gives the attempt
-  back like `release` and puts the job in `scheduled` until now + delay_ms (pending at
-  the back of its priority when delay_ms == 0). No error is appended: it was not a
-  failed attempt. Event `deferred` carries the reason and the delay.
+What is left to each engine, and what the parts below promise:
 
-Fairness and limits (`set_limits`; enforced by the engine, so they hold for the whole
-fleet however many workers claim):
+* `JobFlow`: enqueue (all-or-nothing per call; a held dedupe key answers with the
+  holder), `exchange` (apply outcomes, then promote due jobs, recover expired leases
+  and claim, skipping paused queues; outcomes whose token no longer matches are
+  reported in `Exchange.lost` and change nothing), heartbeats, progress, recovery.
+* `ReadModel`: jobs, counts, listings, the event log and throughput, for the CLI, API
+  and dashboard (kept off the worker's hot path).
+* `Coordination`: the operator actions, named leases (scheduler leadership), the
+  schedule store, the worker registry and fleet-wide limits.
+* `Notifier`: `wait_for_jobs`, the wake-up that lets idle workers block, not poll.
 
-* `concurrency`: a claim never makes more than this many jobs of the queue `running`.
-* `tenant_concurrency`: nor more than this many of one tenant. Jobs without a tenant
-  are not subject to it (they belong to no tenant; queue-wide limits still apply).
-* `rate` / `tenant_rate`: at most `n` jobs *started* (claimed) in any window of
-  `window_ms` (a sliding window on the engine's clock), per queue / per tenant.
-* A job held back by a limit stays `pending`, spends no attempt and keeps its place.
-* Tenants take turns: each claim serves the buckets that have pending jobs (one per
-  tenant, plus one for the jobs without a tenant) least recently served first, one job
-  per turn, so a tenant with 100,000 pending jobs cannot delay a tenant with 10.
-  Priority, then FIFO, still orders the jobs within a bucket; a tenant that is at its
-  limit passes its turn. `list_jobs(pending)` keeps showing the queue's priority/FIFO
-  order (the order within each bucket); claim order across tenants is the rotation.
-* When limits held claims back, `Exchange.next_due_ms` also covers the moment a rate
-  window reopens, so idle workers sleep exactly that long. A running job of a queue
-  with a concurrency limit that leaves `running` wakes idle workers (Redis: PUBLISH on
-  the wake channel; SQLite: the commit changes `data_version`; memory: the wake event).
+Time is the engine's clock (Redis `TIME`; the engine's `Clock` for SQLite), in integer
+milliseconds at the storage boundary.
+
+Fairness and limits (`set_limits`) are enforced by the engine, so they hold for the
+whole fleet: `concurrency` caps the queue's running jobs, `tenant_concurrency` one
+tenant's (jobs without a tenant are not subject to it), `rate` / `tenant_rate` the
+jobs started in a sliding window. A job held back by a limit stays `pending`, spends
+no attempt and keeps its place. Tenants take turns (least recently served bucket
+first, one job per turn; jobs without a tenant are one more bucket), priority then
+FIFO orders the jobs within a bucket. `Exchange.next_due_ms` covers the moment a rate
+window reopens, and a job of a limited queue that stops running wakes idle workers.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 from ..errors import ConfigError
 from ..job import EnqueueResult, Job, JobState, NewJob
-
-OutcomeKind = Literal["complete", "retry", "fail", "release", "defer"]
-
-EVENT_KINDS = (
-    "enqueued",
-    "started",
-    "progress",
-    "completed",
-    "failed",
-    "retried",
-    "stalled",
-    "released",
-    "cancelled",
-    "promoted",
-    "deferred",
+from .values import (
+    EVENT_KINDS,
+    Event,
+    Exchange,
+    JobPage,
+    LeaseInfo,
+    Outcome,
+    OutcomeKind,
+    QueueCounts,
+    StoredSchedule,
+    Throughput,
 )
 
-
-@dataclass(slots=True)
-class Outcome:
-    """How a worker finished (or handed back) a job it held."""
-
-    job_id: str
-    token: str
-    kind: OutcomeKind
-    result_json: str | None = None  # complete
-    error_json: str | None = None  # retry / fail: an AttemptError as JSON
-    delay_ms: int = 0  # retry / defer
-    reason: str | None = None  # defer: why (recorded in the `deferred` event)
-
-
-@dataclass(slots=True)
-class Exchange:
-    """What `Engine.exchange` returns."""
-
-    jobs: list[Job] = field(default_factory=list)
-    lost: list[str] = field(default_factory=list)  # job ids whose lease was gone
-    next_due_ms: int | None = None  # ms until a scheduled job is due or a rate window reopens
-    recovered: int = 0  # expired leases this call recovered (stalled jobs)
-
+__all__ = [
+    "EVENT_KINDS",
+    "Coordination",
+    "Engine",
+    "Event",
+    "Exchange",
+    "JobFlow",
+    "JobPage",
+    "LeaseInfo",
+    "Notifier",
+    "Outcome",
+    "OutcomeKind",
+    "QueueCounts",
+    "QueueLimits",
+    "ReadModel",
+    "StoredSchedule",
+    "Throughput",
+    "format_rate",
+    "parse_rate",
+]
 
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)?\s*(ms|s|m|h)\s*$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000}
@@ -250,99 +227,16 @@ class QueueLimits:
         )
 
 
-@dataclass(slots=True)
-class QueueCounts:
-    """Depth of one queue per state."""
-
-    queue: str
-    scheduled: int = 0
-    pending: int = 0
-    running: int = 0
-    completed: int = 0
-    failed: int = 0
-    cancelled: int = 0
-    paused: bool = False
-    oldest_pending_ms: int | None = None  # created_ms of the oldest pending job
-    completed_1m: int = 0  # jobs that completed in the last 60 s (engine clock)
-    failed_1m: int = 0  # jobs that reached `failed` in the last 60 s
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "queue": self.queue,
-            "scheduled": self.scheduled,
-            "pending": self.pending,
-            "running": self.running,
-            "completed": self.completed,
-            "failed": self.failed,
-            "cancelled": self.cancelled,
-            "paused": self.paused,
-            "oldest_pending_ms": self.oldest_pending_ms,
-            "completed_1m": self.completed_1m,
-            "failed_1m": self.failed_1m,
-        }
-
-
-@dataclass(slots=True)
-class JobPage:
-    """One page of a listing; pass `cursor` back to get the next one."""
-
-    jobs: list[Job]
-    cursor: str | None  # None when there is nothing more
-
-
-@dataclass(slots=True)
-class Event:
-    """One state change, as stored in a queue's event log."""
-
-    id: str  # engine-specific, increasing within a queue; pass back as `since`
-    kind: str
-    job_id: str
-    queue: str
-    at: float  # wall-clock seconds
-    task: str | None = None
-    tenant: str | None = None
-    attempt: int | None = None
-    data: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "kind": self.kind,
-            "job_id": self.job_id,
-            "queue": self.queue,
-            "at": self.at,
-            "task": self.task,
-            "tenant": self.tenant,
-            "attempt": self.attempt,
-            "data": self.data,
-        }
-
-
 @runtime_checkable
-class Engine(Protocol):
-    """Storage for jobs. Every method may raise `EngineUnavailable`."""
+class JobFlow(Protocol):
+    """The job flow: producers store jobs, workers claim them and report outcomes.
 
-    url: str
-    durable: bool  # survives a crash of the process that holds it
+    Every method may raise `EngineUnavailable`.
+    """
 
-    async def connect(self) -> None:
-        """Open connections and verify the engine answers.
-
-        Raises:
-            EngineUnavailable: the engine cannot be reached; the message names the URL.
-        """
-
-    async def close(self) -> None:
-        """Release connections. Safe to call twice."""
-
-    async def ping(self) -> float:
-        """Round-trip time in seconds. Raises `EngineUnavailable`."""
-
-    # --- producers --------------------------------------------------------------
     async def enqueue(self, jobs: Sequence[NewJob]) -> list[EnqueueResult]:
         """Store jobs, in one round trip per queue. Results are in input order."""
 
-    # --- workers (hot path) -----------------------------------------------------
     async def exchange(
         self,
         outcomes: Sequence[Outcome],
@@ -360,16 +254,14 @@ class Engine(Protocol):
     async def set_progress(self, job_id: str, token: str, progress_json: str) -> bool:
         """Store progress for a running job; False when the lease is gone."""
 
-    async def wait_for_jobs(self, queues: Sequence[str], timeout: float) -> None:
-        """Return when one of `queues` may have claimable work, or after `timeout` s.
-
-        Blocks (no busy polling on Redis). Spurious wake-ups are allowed.
-        """
-
     async def recover_expired(self, queues: Sequence[str]) -> int:
         """Recover running jobs whose lease expired; returns how many were recovered."""
 
-    # --- read model ---------------------------------------------------------------
+
+@runtime_checkable
+class ReadModel(Protocol):
+    """What the CLI, API and dashboard read: jobs, counts, listings, events, throughput."""
+
     async def get_job(self, job_id: str) -> Job:
         """Raises `JobNotFound` if there is no such job, `MalformedJob` if undecodable."""
 
@@ -403,7 +295,22 @@ class Engine(Protocol):
         """The id of the newest event of each queue ("0" when it has none), so a reader
         can start "from now" and pass the position back as `since`."""
 
-    # --- operations -----------------------------------------------------------------
+    async def throughput_history(self, queue: str, minutes: int) -> Throughput:
+        """Jobs of `queue` that completed and that failed, per minute, over the last
+        `minutes` minutes of the engine's clock (the dashboard's sparklines).
+
+        Minute `i` of `minutes` counts jobs finished in `(end - (minutes - i) * 60 s,
+        end - (minutes - 1 - i) * 60 s]`, so the last bucket is what `counts` reports as
+        `completed_1m` / `failed_1m`. Counted from the finished-time indexes (Redis:
+        ZCOUNT, O(log n) per bucket; SQLite: one index range over the window), never by
+        scanning the queue's finished jobs. An unknown queue gives zeros.
+        """
+
+
+@runtime_checkable
+class Coordination(Protocol):
+    """Operator actions, leadership leases, schedules, the worker registry and limits."""
+
     async def pause(self, queue: str) -> None:
         """Workers stop claiming from `queue`; producers keep enqueueing."""
 
@@ -411,7 +318,13 @@ class Engine(Protocol):
         """Undo `pause` and wake idle workers."""
 
     async def retry_job(self, job_id: str) -> Job:
-        """failed/cancelled → pending with a fresh attempt budget. Raises `InvalidState`."""
+        """failed/cancelled → pending with a fresh attempt budget (`lifecycle.RETRYABLE`).
+
+        Raises:
+            JobNotFound: no such job (`lifecycle.not_found`).
+            InvalidState: not retryable (`lifecycle.not_retryable`), or its dedupe key is
+                held by another live job (`lifecycle.dedupe_held`); nothing changes.
+        """
 
     async def cancel_job(self, job_id: str) -> Job:
         """scheduled/pending/running → cancelled (a running job's lease is revoked)."""
@@ -420,39 +333,21 @@ class Engine(Protocol):
         """scheduled → pending now. Raises `InvalidState` for other states."""
 
     async def retry_all(self, queue: str, state: JobState = JobState.FAILED) -> int:
-        """Retry every job of `queue` in `state` (failed or cancelled); returns how many."""
+        """Retry every job of `queue` in `state` (already checked by the facade with
+        `lifecycle.check_retry_all`); jobs whose dedupe key is held by another live job
+        are skipped and not counted. Returns how many were retried."""
 
     async def clean(self, queue: str, state: JobState, older_than_ms: int, limit: int) -> int:
-        """Delete up to `limit` finished jobs in `state` finished more than `older_than_ms` ago."""
+        """Delete up to `limit` jobs in the finished `state` (checked by the facade with
+        `lifecycle.check_clean`) that finished more than `older_than_ms` ago, oldest
+        finish first; returns how many."""
 
     async def purge(self, queue: str) -> int:
         """Delete every job of `queue` (all states) and its dedupe keys; returns how many."""
 
-    async def register_worker(self, worker_id: str, info_json: str, ttl_ms: int) -> None:
-        """Record that a worker is alive (its info: queues, in-flight, concurrency)."""
-
-    async def unregister_worker(self, worker_id: str) -> None:
-        """Remove a worker's record at shutdown."""
-
-    async def workers(self) -> list[dict[str, Any]]:
-        """Workers whose record has not expired, each with `id`, `last_seen` and its info."""
-
-    # --- fairness and limits (see the module docstring) ----------------------------------
-    async def set_limits(self, queue: str, limits: QueueLimits | None) -> None:
-        """Store `queue`'s limits for the whole fleet (None or empty: no limits) and wake
-        idle workers, since a raised or removed limit may make pending jobs claimable."""
-
-    async def get_limits(self, queue: str) -> QueueLimits:
-        """The stored limits of `queue` (empty `QueueLimits()` when it has none)."""
-
-    async def tenant_running(self, queue: str) -> dict[str, int]:
-        """Running jobs per tenant of `queue` (tenants with none are left out); what the
-        engine counts `tenant_concurrency` against."""
-
-    # --- scheduler: leadership leases and the schedule store ----------------------------
-    # A lease is a named lock with a holder and a deadline on the engine's clock (Redis
-    # `TIME`/PX; the process clock for SQLite and memory). The scheduler holds the lease
-    # "scheduler" while it leads; `advance_schedule` is fenced by it.
+    # A lease is a named lock with a holder and a deadline on the engine's clock. The
+    # scheduler holds the lease "scheduler" while it leads; `advance_schedule` is fenced
+    # by it.
     async def acquire_lease(self, name: str, holder: str, ttl_ms: int) -> bool:
         """Take lease `name` for `ttl_ms` if nobody holds it (or its holder's expired).
 
@@ -504,44 +399,56 @@ class Engine(Protocol):
             Whether it was recorded (False: leadership lost, schedule gone, or not later).
         """
 
-    # --- dashboard read model -----------------------------------------------------------
-    async def throughput_history(self, queue: str, minutes: int) -> Throughput:
-        """Jobs of `queue` that completed and that failed, per minute, over the last
-        `minutes` minutes of the engine's clock (the dashboard's sparklines).
+    async def register_worker(self, worker_id: str, info_json: str, ttl_ms: int) -> None:
+        """Record that a worker is alive (its info: queues, in-flight, concurrency)."""
 
-        Minute `i` of `minutes` counts jobs finished in `(end - (minutes - i) * 60 s,
-        end - (minutes - 1 - i) * 60 s]`, so the last bucket is what `counts` reports as
-        `completed_1m` / `failed_1m`. Counted from the finished-time indexes (Redis:
-        ZCOUNT, O(log n) per bucket; SQLite: one index range over the window), never by
-        scanning the queue's finished jobs. An unknown queue gives zeros.
+    async def unregister_worker(self, worker_id: str) -> None:
+        """Remove a worker's record at shutdown."""
+
+    async def workers(self) -> list[dict[str, Any]]:
+        """Workers whose record has not expired, each with its info, `id`, `expires_ms`
+        and `last_seen` (seconds, the engine's clock at its last registration: a
+        `last_seen` in the worker's own info never wins)."""
+
+    async def set_limits(self, queue: str, limits: QueueLimits | None) -> None:
+        """Store `queue`'s limits for the whole fleet (None or empty: no limits) and wake
+        idle workers, since a raised or removed limit may make pending jobs claimable."""
+
+    async def get_limits(self, queue: str) -> QueueLimits:
+        """The stored limits of `queue` (empty `QueueLimits()` when it has none)."""
+
+    async def tenant_running(self, queue: str) -> dict[str, int]:
+        """Running jobs per tenant of `queue` (tenants with none are left out); what the
+        engine counts `tenant_concurrency` against."""
+
+
+@runtime_checkable
+class Notifier(Protocol):
+    """The wake-up that lets idle workers block instead of polling."""
+
+    async def wait_for_jobs(self, queues: Sequence[str], timeout: float) -> None:
+        """Return when one of `queues` may have claimable work, or after `timeout` s.
+
+        Blocks (no busy polling on Redis). Spurious wake-ups are allowed.
         """
 
 
-@dataclass(slots=True)
-class LeaseInfo:
-    """Who holds a lease and for how much longer (engine clock)."""
+@runtime_checkable
+class Engine(JobFlow, ReadModel, Coordination, Notifier, Protocol):
+    """Storage for jobs: the four parts above plus connection management."""
 
-    holder: str
-    ttl_ms: int
+    url: str
+    durable: bool  # survives a crash of the process that holds it
 
+    async def connect(self) -> None:
+        """Open connections and verify the engine answers.
 
-@dataclass(slots=True)
-class StoredSchedule:
-    """A schedule as the engine stores it (`spec_json` is a `ScheduleSpec` as JSON)."""
+        Raises:
+            EngineUnavailable: the engine cannot be reached; the message names the URL.
+        """
 
-    name: str
-    spec_json: str
-    source: str  # "code" (registered by a scheduler from the app) | "runtime" (CLI/API)
-    paused: bool
-    since_ms: int  # occurrences after this are owed: created or last resumed
-    last_run_ms: int | None  # the latest occurrence enqueued
+    async def close(self) -> None:
+        """Release connections. Safe to call twice."""
 
-
-@dataclass(slots=True)
-class Throughput:
-    """Finished jobs per minute over a recent window (`Engine.throughput_history`)."""
-
-    queue: str
-    end_ms: int  # engine clock: the last bucket ends here
-    completed: list[int]  # one count per minute, oldest first
-    failed: list[int]  # same buckets as `completed`
+    async def ping(self) -> float:
+        """Round-trip time in seconds. Raises `EngineUnavailable`."""

@@ -120,13 +120,10 @@ async def corrupt_payload(engine: Engine, engine_url: str, job: Job | str) -> No
         with contextlib.closing(sqlite3.connect(path, timeout=5, isolation_level=None)) as db:
             db.execute("UPDATE jobs SET payload = '[not json' WHERE id = ?", (job_id,))
         return
-    # memory://: there is no outside, so reach into the engine's own store.
-    jobs = getattr(engine, "_jobs", None)
-    if isinstance(jobs, dict):  # the dict-based memory engine
-        jobs[job_id]["payload"] = "[not json"
-        return
-    call = getattr(engine, "_write", None) or getattr(engine, "_call", None)
-    if call is not None:  # memory:// as SQLite on a private in-memory database
+    # memory:// is SQLite on a private in-memory database: there is no outside, so the
+    # row is written through the engine's own connection.
+    call = getattr(engine, "_write", None)
+    if call is not None:
         await call(
             lambda c: c.execute("UPDATE jobs SET payload = '[not json' WHERE id = ?", (job_id,))
         )

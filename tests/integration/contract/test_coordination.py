@@ -58,11 +58,6 @@ async def test_wait_for_jobs_wakes_on_enqueue(
     assert len(await claim(engine)) == 1
 
 
-@pytest.mark.diverges(
-    "memory",
-    reason="memory's wait_for_jobs clears its wake-up event on entry, so a job enqueued "
-    "after the empty claim is missed and the wait runs to its timeout",
-)
 async def test_enqueue_between_empty_claim_and_wait_is_not_missed(
     engine: Engine, peer: Engine, app: Conveyor
 ) -> None:

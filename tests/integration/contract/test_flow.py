@@ -399,11 +399,6 @@ async def test_a_promoted_job_goes_to_the_back_of_its_priority(
     assert [j.id for j in await claim(engine, 2)] == [waiting.id, later.id]
 
 
-@pytest.mark.diverges(
-    "memory",
-    reason="memory appends a null error for error_json=None, and reading the job then "
-    "raises AttributeError in decode_errors",
-)
 async def test_fail_without_an_error_records_none(engine: Engine, app: Conveyor) -> None:
     """A worker fails a job it cannot describe (a malformed payload) with no error JSON:
     the job is failed, records no error, and reads back."""

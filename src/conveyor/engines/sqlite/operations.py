@@ -1,0 +1,209 @@
+"""Operator actions on SQLite: pause, resume, retry, cancel, promote, retry-all, clean,
+purge.
+
+Which states each action accepts and what a refusal says come from
+`conveyor.lifecycle` (`RETRYABLE`, `CANCELLABLE`, `PROMOTABLE` and their errors); they
+are checked here only because the check must sit inside the same transaction as the
+change. Arguments (the state given to `retry_all` / `clean`) were validated by the
+app facade and are not checked again.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from typing import Any
+
+from ...job import Job, JobState, decode_job
+from ...lifecycle import (
+    BULK_BATCH,
+    CANCELLABLE,
+    PROMOTABLE,
+    RETRYABLE,
+    dedupe_held,
+    not_cancellable,
+    not_promotable,
+    not_retryable,
+)
+from .connection import Q, SqliteCore, event_data
+from .queries import JOB_COLUMNS
+
+_RETRYABLE = {s.value for s in RETRYABLE}
+_CANCELLABLE = {s.value for s in CANCELLABLE}
+_PROMOTABLE = {s.value for s in PROMOTABLE}
+_MAX_KEY = (1 << 63) - 1  # keyset bound above every (finished_ms, rowid)
+_PURGE = ("purge_scheduled", "purge_pending", "purge_running", "purge_finished")
+
+
+class SqliteOperations(SqliteCore):
+    """What operators do to queues and jobs (CLI, API, dashboard, through the app)."""
+
+    async def pause(self, queue: str) -> None:
+        """Workers stop claiming from `queue`; producers keep enqueueing."""
+        await self._write(lambda conn: conn.execute(Q["pause"], (queue,)))
+
+    async def resume(self, queue: str) -> None:
+        """Undo `pause` and wake idle workers."""
+        await self._write(lambda conn: conn.execute(Q["resume"], (queue,)))
+        self._jobs_wake.notify()
+
+    def _retry_rows(
+        self, conn: sqlite3.Connection, rows: Sequence[dict[str, Any]], now: int
+    ) -> list[str]:
+        """Put finished jobs back to pending with a fresh attempt budget (history kept);
+        returns the ids retried. A job whose dedupe key another live job holds is
+        skipped (the dedupe index refuses it): two live jobs never share a key."""
+        base = self._reserve_seq(conn, len(rows))
+        events: list[tuple[Any, ...]] = []
+        data = event_data(retried_by="operator")
+        for i, job in enumerate(rows):
+            if conn.execute(Q["retry_row"], (base + i, job["id"])).rowcount:
+                events.append(
+                    (job["queue"], "enqueued", job["id"], job["task"], job["tenant"], 0, now, data)
+                )
+        self._add_events(conn, events)
+        return [e[2] for e in events]
+
+    async def retry_job(self, job_id: str) -> Job:
+        """failed/cancelled → pending with a fresh attempt budget.
+
+        Raises:
+            JobNotFound: no such job.
+            InvalidState: the job is not retryable, or its dedupe key is held by another
+                live job (the error names it); nothing changes.
+        """
+
+        def tx(conn: sqlite3.Connection) -> dict[str, Any]:
+            job = self._load(conn, job_id)
+            if job["state"] not in _RETRYABLE:
+                raise not_retryable(job_id, job["state"])
+            if not self._retry_rows(conn, [job], self.clock.now_ms()):
+                key = job["dedupe_key"]
+                holder = conn.execute(Q["dedupe_holder"], (job["queue"], key)).fetchone()
+                raise dedupe_held(job_id, key, holder[0] if holder else "(unknown)")
+            return self._load(conn, job_id)
+
+        fields = await self._write(tx)
+        self._jobs_wake.notify()
+        self._events_wake.notify()
+        return decode_job(fields)
+
+    async def cancel_job(self, job_id: str) -> Job:
+        """scheduled/pending/running → cancelled (a running job's lease is revoked).
+
+        Raises:
+            JobNotFound: no such job.
+            InvalidState: the job has already finished.
+        """
+
+        def tx(conn: sqlite3.Connection) -> dict[str, Any]:
+            job = self._load(conn, job_id)
+            if job["state"] not in _CANCELLABLE:
+                raise not_cancellable(job_id, job["state"])
+            now = self.clock.now_ms()
+            conn.execute(Q["cancel"], (now, job_id))
+            self._add_events(
+                conn,
+                [(job["queue"], "cancelled", job_id, job["task"], job["tenant"],
+                  job["attempt"], now, None)],
+            )  # fmt: skip
+            return self._load(conn, job_id)
+
+        fields = await self._write(tx)
+        self._events_wake.notify()
+        self._jobs_wake.notify()  # a cancelled running job may free a limited slot
+        return decode_job(fields)
+
+    async def promote_job(self, job_id: str) -> Job:
+        """scheduled → pending now (back of its priority).
+
+        Raises:
+            JobNotFound: no such job.
+            InvalidState: the job is not scheduled.
+        """
+
+        def tx(conn: sqlite3.Connection) -> dict[str, Any]:
+            job = self._load(conn, job_id)
+            if job["state"] not in _PROMOTABLE:
+                raise not_promotable(job_id, job["state"])
+            conn.execute(Q["promote"], (self._reserve_seq(conn, 1), job_id))
+            self._add_events(
+                conn,
+                [(job["queue"], "promoted", job_id, job["task"], job["tenant"],
+                  job["attempt"], self.clock.now_ms(), None)],
+            )  # fmt: skip
+            return self._load(conn, job_id)
+
+        fields = await self._write(tx)
+        self._jobs_wake.notify()
+        self._events_wake.notify()
+        return decode_job(fields)
+
+    async def retry_all(self, queue: str, state: JobState = JobState.FAILED) -> int:
+        """Retry every job of `queue` in `state`; returns how many were retried.
+
+        Jobs whose dedupe key another live job holds are skipped (they stay where they
+        are) and not counted. Works in batches of short transactions so workers are
+        not locked out while a large dead-letter backlog is re-queued.
+        """
+        state = JobState(state)
+        bound = (_MAX_KEY, _MAX_KEY)
+        total = 0
+        while True:
+
+            def tx(
+                conn: sqlite3.Connection, bound: tuple[int, int] = bound
+            ) -> tuple[int, tuple[int, int] | None]:
+                rows = conn.execute(
+                    Q["retry_all_page"],
+                    {"queue": queue, "state": state.value, "k1": bound[0], "k2": bound[1],
+                     "n": BULK_BATCH},
+                ).fetchall()  # fmt: skip
+                if not rows:
+                    return 0, None
+                jobs = [self._fields(r[: len(JOB_COLUMNS)]) for r in rows]
+                last = rows[-1]
+                done = len(self._retry_rows(conn, jobs, self.clock.now_ms()))
+                return done, (int(last[15]), int(last[-1]))  # finished_ms, rowid
+
+            done, next_bound = await self._write(tx)
+            total += done
+            if done:
+                self._jobs_wake.notify()
+                self._events_wake.notify()
+            if next_bound is None:
+                return total
+            bound = next_bound
+
+    async def clean(self, queue: str, state: JobState, older_than_ms: int, limit: int) -> int:
+        """Delete up to `limit` jobs in the finished `state` that finished more than
+        `older_than_ms` ago, oldest finish first; returns how many."""
+        state = JobState(state)
+
+        def tx(conn: sqlite3.Connection) -> int:
+            cutoff = self.clock.now_ms() - older_than_ms
+            return conn.execute(Q["clean"], (queue, state.value, cutoff, limit)).rowcount
+
+        return await self._write(tx)
+
+    async def purge(self, queue: str) -> int:
+        """Delete every job of `queue` (all states) and so its dedupe keys; returns how
+        many. Deletes in batches of short transactions (workers keep running)."""
+        total = 0
+        for name in _PURGE:
+
+            def tx(conn: sqlite3.Connection, sql: str = Q[name]) -> int:
+                return conn.execute(sql, (queue, BULK_BATCH)).rowcount
+
+            while True:
+                deleted = await self._write(tx)
+                total += deleted
+                if deleted < BULK_BATCH:
+                    break
+
+        def forget(conn: sqlite3.Connection) -> None:
+            conn.execute(Q["purge_forget"], (queue,))
+            conn.execute(Q["purge_rate_log"], (queue,))
+
+        await self._write(forget)
+        return total

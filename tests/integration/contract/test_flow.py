@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from conveyor import Conveyor, JobNotFound, JobState, MalformedJob
-from conveyor.engines import Engine, Outcome
+from conveyor.engines import Engine, Exchange, Outcome
 from conveyor.testing import eventually
 
 from .helpers import LEASE_MS, claim, corrupt_payload, err, finish
@@ -284,17 +284,21 @@ async def test_crash_loop_ends_failed_with_reason(engine: Engine, app: Conveyor)
 
 
 async def test_claim_also_recovers_expired_leases(engine: Engine, app: Conveyor) -> None:
-    """Running workers recover crashed peers' jobs themselves: no extra process."""
+    """Running workers recover crashed peers' jobs themselves: no extra process. The
+    exchange that did it says how many it recovered (the stalled-jobs metric)."""
     await engine.enqueue([app.build("t", {})])
     [job] = await claim(engine, lease_ms=30)
-    got: list[object] = []
+    got: list[Exchange] = []
 
     async def reclaimed() -> bool:
-        got.extend(await claim(engine))
-        return bool(got)
+        ex = await engine.exchange([], queues=("q",), limit=10, worker_id="w2", lease_ms=LEASE_MS)
+        got.append(ex)
+        return bool(ex.jobs)
 
     await eventually(reclaimed, timeout=5, message="reclaim after expiry")
-    assert got[0].id == job.id  # type: ignore[attr-defined]
+    [again] = got[-1].jobs
+    assert again.id == job.id and again.attempt == 2 and got[-1].recovered == 1
+    assert all(ex.recovered == 0 for ex in got[:-1])
 
 
 async def test_defer_gives_the_attempt_back_without_an_error(engine: Engine, app: Conveyor) -> None:

@@ -10,7 +10,8 @@ import asyncio
 import pytest
 
 from conveyor import ConfigError, Conveyor, Job, JobState
-from conveyor.engines import Engine, Outcome, QueueLimits
+from conveyor.engines import Engine, Outcome
+from conveyor.limits import QueueLimits
 from conveyor.testing import eventually
 
 from .helpers import LEASE_MS, blocked_waiter, claim, complete, err, finish, tenants_of

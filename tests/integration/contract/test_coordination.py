@@ -20,12 +20,23 @@ from .helpers import blocked_waiter, claim, engine_time_passes
 
 
 async def test_ping_durable_flag_and_close_twice(engine_url: str) -> None:
-    """`ping` answers with a round-trip time, `durable` says whether the engine survives
-    its process (memory does not: readiness reports that), and `close` is safe twice."""
+    """`ping` answers with a round-trip time, `durable` says whether acknowledged jobs
+    survive a crash (memory: never, readiness reports it; a SQLite file: always; Redis:
+    only with AOF on, read from the server at connect), and `close` is safe twice."""
     eng = open_engine(engine_url)
     await eng.connect()
     assert await eng.ping() >= 0
-    assert eng.durable is (not engine_url.startswith("memory://"))
+    if engine_url.startswith("redis"):
+        import redis.asyncio as aioredis
+
+        raw = aioredis.Redis.from_url(engine_url.split("?")[0], decode_responses=True)
+        try:
+            aof = (await raw.config_get("appendonly"))["appendonly"] == "yes"
+        finally:
+            await raw.aclose()
+        assert eng.durable is aof
+    else:
+        assert eng.durable is (not engine_url.startswith("memory://"))
     await eng.close()
     await eng.close()
 

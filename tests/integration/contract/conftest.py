@@ -68,16 +68,14 @@ async def peer(engine_url: str, engine: Engine) -> AsyncIterator[Engine]:
 
 
 @pytest.fixture
-def clock(engine_url: str) -> FakeClock:
-    """A fake clock for the engines that take one; Redis decides time with `TIME`."""
-    if engine_url.startswith("redis"):
-        pytest.skip("Redis decides time with TIME: a fake clock cannot move it")
+def clock() -> FakeClock:
+    """A fake clock; on Redis it replaces `TIME` in the scripts (tests only)."""
     return FakeClock()
 
 
 @pytest.fixture
 async def clocked(engine_url: str, clock: FakeClock) -> AsyncIterator[Engine]:
-    """The engine under test on `clock` (skipped on Redis, see `clock`)."""
+    """The engine under test, deciding time by `clock`."""
     eng = open_engine(engine_url, clock=clock)
     await eng.connect()
     yield eng

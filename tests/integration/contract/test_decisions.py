@@ -1,7 +1,7 @@
 """The engine contract, the lifecycle decisions (conveyor.lifecycle, the README's "Job
 contract"): each rule once differed between engines. Every test runs on memory, SQLite
 and Redis (conftest.py); an engine that does not follow a rule yet is marked
-`diverges(...)` naming the decision, a strict xfail that fails once the engine is fixed.
+`diverges(...)` naming the decision (none is, today).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import orjson
 import pytest
 
 from conveyor import Conveyor, InvalidState, Job, JobNotFound, JobState
+from conveyor.clock import FakeClock
 from conveyor.engines import Engine, Outcome
 from conveyor.testing import eventually
 
@@ -27,11 +28,6 @@ async def failed_job(engine: Engine, app: Conveyor, **options: object) -> Job:
     return await engine.get_job(job.id)
 
 
-@pytest.mark.diverges(
-    "redis",
-    reason="lifecycle decision 1 (branch redis fixes it): redis retries the job anyway, and "
-    "two live jobs then share the dedupe key",
-)
 async def test_retry_is_refused_while_another_live_job_holds_the_dedupe_key(
     engine: Engine, app: Conveyor
 ) -> None:
@@ -51,11 +47,6 @@ async def test_retry_is_refused_while_another_live_job_holds_the_dedupe_key(
     assert (await engine.retry_job(old.id)).state == JobState.PENDING
 
 
-@pytest.mark.diverges(
-    "redis",
-    reason="lifecycle decision 1 (branch redis fixes it): redis retry_all retries the job "
-    "whose key is held too (returns 3, not 2)",
-)
 async def test_retry_all_retries_the_others_and_skips_a_held_key(
     engine: Engine, app: Conveyor
 ) -> None:
@@ -74,11 +65,6 @@ async def test_retry_all_retries_the_others_and_skips_a_held_key(
     assert (await engine.get_job(holder.id)).state == JobState.PENDING
 
 
-@pytest.mark.diverges(
-    "redis",
-    reason="lifecycle decision 2 (branch redis fixes it): redis puts the recovered job at "
-    "the back of its priority, behind the jobs enqueued after it",
-)
 async def test_job_recovered_from_an_expired_lease_keeps_its_place(
     engine: Engine, app: Conveyor
 ) -> None:
@@ -132,11 +118,6 @@ async def test_clean_removes_finished_jobs_oldest_finish_first(
     assert (await engine.get_job(early.id)).state == JobState.COMPLETED
 
 
-@pytest.mark.diverges(
-    "redis",
-    reason="lifecycle decision 4 (branch redis fixes it): redis reports the last_seen the "
-    "worker wrote in its own info (its clock), here 1.0",
-)
 async def test_workers_last_seen_is_the_engine_clock(engine: Engine) -> None:
     """Decision 4: a worker's own clock (here: far in the past) never wins."""
     skewed = orjson.dumps({"queues": ["q"], "last_seen": 1.0}).decode()
@@ -146,3 +127,12 @@ async def test_workers_last_seen_is_the_engine_clock(engine: Engine) -> None:
     # (engines on this machine), and nowhere near the worker's claim of 1970.
     assert abs(worker["last_seen"] - datetime.now(UTC).timestamp()) < 86_400
     assert worker["queues"] == ["q"]
+
+
+async def test_workers_last_seen_is_exactly_the_engine_clock(
+    clocked: Engine, clock: FakeClock
+) -> None:
+    """Decision 4, to the millisecond: the engine's (here fake) clock at registration."""
+    await clocked.register_worker("w", '{"last_seen": 1.0, "queues": ["q"]}', 10_000)
+    [worker] = await clocked.workers()
+    assert worker["last_seen"] == clock.now() and worker["queues"] == ["q"]

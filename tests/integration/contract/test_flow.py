@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from conveyor import Conveyor, JobNotFound, JobState, MalformedJob
+from conveyor.clock import FakeClock
 from conveyor.engines import Engine, Exchange, Outcome
 from conveyor.testing import eventually
 
@@ -411,3 +412,17 @@ async def test_fail_without_an_error_records_none(engine: Engine, app: Conveyor)
     assert await finish(engine, Outcome(job.id, str(job.token), "fail", error_json=None)) == []
     stored = await engine.get_job(job.id)
     assert stored.state == JobState.FAILED and stored.errors == []
+
+
+async def test_jobs_due_at_the_same_moment_become_pending_in_enqueue_order(
+    clocked: Engine, clock: FakeClock, app: Conveyor
+) -> None:
+    """Not in id or row order: ids are random, and SQLite once broke such ties by rowid,
+    which put the jobs with a dedupe key first within a batch (found by the differential
+    test)."""
+    batch = [
+        app.build("t", {"n": i}, delay=5, dedupe_key=f"k{i}" if i % 2 else None) for i in range(6)
+    ]
+    await clocked.enqueue(batch)
+    clock.advance(5)
+    assert [j.id for j in await claim(clocked, 6)] == [j.id for j in batch]

@@ -175,3 +175,15 @@ def test_invalid_limits_name_the_fix() -> None:
     assert QueueLimits.build(rate="5/250ms").rate_window_ms == 250
     assert QueueLimits.build(rate="100/s").to_dict()["rate"] == "100/1s"
     assert QueueLimits.build(rate="1000/1m").rate_window_ms == 60_000
+
+
+async def test_a_tenant_that_refills_its_bucket_does_not_jump_the_rotation(
+    engine: Engine, app: Conveyor
+) -> None:
+    """Least recently served first: a bucket that emptied keeps its last turn."""
+    await engine.enqueue([app.build("t", {}, tenant="a"), app.build("t", {}, tenant="b")])
+    [first] = await claim(engine, 1)  # a's turn ('a' < 'b' on a tie)
+    assert first.tenant == "a"
+    await engine.enqueue([app.build("t", {}, tenant="a")])  # a's bucket refills at once
+    assert [j.tenant for j in await claim(engine, 1)] == ["b"]
+    assert [j.tenant for j in await claim(engine, 1)] == ["a"]

@@ -179,3 +179,15 @@ async def test_operator_actions_record_events(engine: Engine, app: Conveyor) -> 
     ]  # fmt: skip
     assert "error" in events[4].data
     assert "retried_by" in events[5].data and "retried_by" in events[8].data
+
+
+async def test_the_last_minute_counts_exclude_a_finish_exactly_60_s_ago(
+    clocked: Engine, clock: FakeClock, app: Conveyor
+) -> None:
+    await clocked.enqueue([app.build("t", {})])
+    [job] = await claim(clocked)
+    await finish(clocked, Outcome(job.id, str(job.token), "complete", result_json="1"))
+    clock.advance(59.999)
+    assert (await clocked.counts("q")).completed_1m == 1
+    clock.advance(0.001)
+    assert (await clocked.counts("q")).completed_1m == 0

@@ -72,7 +72,6 @@ async def test_pages_are_complete_when_timestamps_are_equal(engine: Engine, app:
     assert len(completed) == len(set(completed)) == 23
 
 
-@pytest.mark.diverges("redis", reason="redis raises InvalidState, not ValueError")
 async def test_a_garbage_cursor_is_refused(engine: Engine, app: Conveyor) -> None:
     """A cursor this engine did not hand out is refused with a ValueError that names it,
     on a queue with jobs and on one without."""

@@ -176,7 +176,9 @@ def cluster_url(tmp_path: Path) -> Iterator[str]:
     """A one-node Redis Cluster holding every slot: it refuses cross-slot scripts."""
     server = shutil.which("redis-server")
     if not server or not shutil.which("redis-cli"):
-        pytest.skip("redis-server / redis-cli are not installed")
+        pytest.fail(
+            "redis-server / redis-cli are not installed; run scripts/test, which installs them"
+        )
     for attempt in range(3):  # a free port can be taken by a parallel test run: try again
         try:
             proc, port = _start_cluster_node(server, tmp_path)

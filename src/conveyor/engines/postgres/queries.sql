@@ -1,0 +1,323 @@
+-- Named queries of the Postgres engine, read once by `queries.py`.
+--
+-- Each query starts at a `-- name: <name>` line and runs to the next one. `{schema}` is
+-- the engine's schema (a quoted identifier), `{job_columns}` the job columns in
+-- `JOB_COLUMNS` order. Parameters are psycopg's (`%s`, `%(name)s`).
+
+-- name: clock
+SELECT {schema}.clock_ms(NULL);
+
+-- name: load_job
+SELECT {job_columns} FROM {schema}.jobs WHERE id = %s;
+
+-- name: load_job_for_update
+SELECT {job_columns} FROM {schema}.jobs WHERE id = %s FOR UPDATE;
+
+-- name: enqueue
+SELECT job_id, created, job_state FROM {schema}.enqueue(%s::jsonb, %s::bigint);
+
+-- name: insert_event
+INSERT INTO {schema}.events (queue, kind, job_id, task, tenant, attempt, at_ms, data)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s);
+
+-- name: trim_events
+DELETE FROM {schema}.events WHERE queue = %(queue)s AND id <= (
+    SELECT id FROM {schema}.events WHERE queue = %(queue)s ORDER BY id DESC
+    OFFSET %(keep)s LIMIT 1);
+
+-- name: notify
+SELECT pg_notify(%s, %s);
+
+-- name: next_seq
+SELECT nextval('{schema}.job_seq') FROM generate_series(1, %s);
+
+-- name: front_seq
+SELECT nextval('{schema}.front_seq');
+
+-- name: next_turn
+SELECT nextval('{schema}.turn_seq');
+
+-- name: dedupe_holder
+SELECT id, state FROM {schema}.jobs WHERE queue = %s AND dedupe_key = %s
+    AND state IN ('scheduled', 'pending', 'running');
+
+-- name: paused_queues
+SELECT name FROM {schema}.queues WHERE paused;
+
+-- name: queue_lock
+-- Serialises the claims of one limited (or tenant-fair) queue across the fleet: the
+-- limits are read and spent under it, until the claiming transaction commits.
+SELECT pg_advisory_xact_lock(hashtext(%s));
+
+-- name: claim
+-- The best pending jobs without a tenant: highest priority first, FIFO within a
+-- priority. SKIP LOCKED: concurrent claimers take different rows instead of waiting.
+UPDATE {schema}.jobs SET state = 'running', attempt = attempt + 1,
+    token = replace(gen_random_uuid()::text, '-', ''), started_ms = %(now)s,
+    worker = %(worker)s, lease_until_ms = %(lease_until)s
+WHERE id IN (SELECT id FROM {schema}.jobs WHERE queue = %(queue)s AND state = 'pending'
+             AND tenant IS NULL ORDER BY priority DESC, seq LIMIT %(limit)s
+             FOR UPDATE SKIP LOCKED)
+RETURNING {job_columns};
+
+-- name: claim_tenant
+UPDATE {schema}.jobs SET state = 'running', attempt = attempt + 1,
+    token = replace(gen_random_uuid()::text, '-', ''), started_ms = %(now)s,
+    worker = %(worker)s, lease_until_ms = %(lease_until)s
+WHERE id IN (SELECT id FROM {schema}.jobs WHERE queue = %(queue)s AND state = 'pending'
+             AND tenant IS NOT NULL AND tenant = %(tenant)s
+             ORDER BY priority DESC, seq LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
+RETURNING {job_columns};
+
+-- name: has_tenant_jobs
+SELECT 1 FROM {schema}.jobs WHERE queue = %s AND state = 'pending' AND tenant IS NOT NULL
+LIMIT 1;
+
+-- name: has_free_jobs
+SELECT 1 FROM {schema}.jobs WHERE queue = %s AND state = 'pending' AND tenant IS NULL LIMIT 1;
+
+-- name: ready_tenants
+-- The rotation: tenants with pending jobs, least recently served first, with their
+-- running counts (what tenant_concurrency is checked against).
+SELECT t.tenant, t.turn,
+    (SELECT count(*) FROM {schema}.jobs r
+     WHERE r.queue = t.queue AND r.tenant = t.tenant AND r.state = 'running') AS running
+FROM {schema}.tenants t
+WHERE t.queue = %s AND t.tenant <> '' AND EXISTS (
+    SELECT 1 FROM {schema}.jobs p
+    WHERE p.queue = t.queue AND p.tenant = t.tenant AND p.state = 'pending')
+ORDER BY t.turn LIMIT %s;
+
+-- name: free_bucket_turn
+SELECT turn FROM {schema}.tenants WHERE queue = %s AND tenant = '';
+
+-- name: set_turn
+INSERT INTO {schema}.tenants (queue, tenant, turn) VALUES (%s, %s, %s)
+ON CONFLICT (queue, tenant) DO UPDATE SET turn = excluded.turn;
+
+-- name: running_count
+SELECT count(*) FROM {schema}.jobs WHERE queue = %s AND state = 'running';
+
+-- name: rate_window_drop
+DELETE FROM {schema}.rate_log WHERE queue = %s AND scope = %s AND at_ms <= %s;
+
+-- name: rate_window_read
+SELECT count(*), min(at_ms) FROM {schema}.rate_log WHERE queue = %s AND scope = %s;
+
+-- name: rate_log_add
+INSERT INTO {schema}.rate_log (queue, scope, at_ms)
+SELECT %s, %s, %s FROM generate_series(1, %s);
+
+-- name: promote_due
+-- Due scheduled jobs of a queue to the back of pending, oldest due first.
+UPDATE {schema}.jobs j SET state = 'pending', scheduled_ms = NULL,
+    seq = nextval('{schema}.job_seq')
+FROM (SELECT id FROM {schema}.jobs WHERE queue = %s AND state = 'scheduled'
+      AND scheduled_ms <= %s ORDER BY scheduled_ms LIMIT %s FOR UPDATE SKIP LOCKED) d
+WHERE j.id = d.id;
+
+-- name: expired_leases
+SELECT id, token, attempt, max_attempts FROM {schema}.jobs
+WHERE queue = %s AND state = 'running' AND lease_until_ms <= %s
+LIMIT %s FOR UPDATE SKIP LOCKED;
+
+-- name: next_due
+SELECT min(scheduled_ms) FROM {schema}.jobs WHERE queue = ANY(%s) AND state = 'scheduled';
+
+-- name: extend_leases
+UPDATE {schema}.jobs j SET lease_until_ms = %s
+FROM unnest(%s::text[], %s::text[]) AS l(id, token)
+WHERE j.id = l.id AND j.token = l.token AND j.state = 'running'
+RETURNING j.id;
+
+-- name: set_progress
+UPDATE {schema}.jobs SET progress = %(progress)s
+WHERE id = %(id)s AND token = %(token)s AND state = 'running'
+RETURNING queue, task, tenant, attempt;
+
+-- name: queue_names
+SELECT name FROM {schema}.queues WHERE known ORDER BY name;
+
+-- name: queue_counts
+SELECT state, count(*) FROM {schema}.jobs WHERE queue = %s GROUP BY state;
+
+-- name: queue_paused
+SELECT paused FROM {schema}.queues WHERE name = %s;
+
+-- name: oldest_pending
+SELECT min(created_ms) FROM {schema}.jobs WHERE queue = %s AND state = 'pending';
+
+-- name: finished_since
+SELECT count(*) FROM {schema}.jobs WHERE queue = %s AND state = %s
+    AND finished_ms IS NOT NULL AND finished_ms > %s;
+
+-- name: throughput
+SELECT (%(end)s - finished_ms) / 60000 AS back, count(*) FROM {schema}.jobs
+WHERE queue = %(queue)s AND state = %(state)s AND finished_ms IS NOT NULL
+    AND finished_ms > %(since)s GROUP BY back;
+
+-- name: list_scheduled
+SELECT {job_columns}, rid FROM {schema}.jobs
+WHERE queue = %(queue)s AND state = 'scheduled'
+    AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s)
+    AND (scheduled_ms, rid) > (%(k1)s, %(k2)s)
+ORDER BY scheduled_ms, rid LIMIT %(n)s;
+
+-- name: list_running
+SELECT {job_columns}, rid FROM {schema}.jobs
+WHERE queue = %(queue)s AND state = 'running'
+    AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s)
+    AND (created_ms, rid) < (%(k1)s, %(k2)s)
+ORDER BY created_ms DESC, rid DESC LIMIT %(n)s;
+
+-- name: list_finished
+SELECT {job_columns}, rid FROM {schema}.jobs
+WHERE queue = %(queue)s AND state = %(state)s AND finished_ms IS NOT NULL
+    AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s)
+    AND (finished_ms, rid) < (%(k1)s, %(k2)s)
+ORDER BY finished_ms DESC, rid DESC LIMIT %(n)s;
+
+-- name: list_pending
+-- Pending jobs in claim order after the cursor (priority, seq): (priority DESC, seq
+-- ASC) is not one row-value range, hence the OR.
+SELECT {job_columns}, rid FROM {schema}.jobs
+WHERE queue = %(queue)s AND state = 'pending'
+    AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s)
+    AND (priority < %(priority)s OR (priority = %(priority)s AND seq > %(seq)s))
+ORDER BY priority DESC, seq LIMIT %(n)s;
+
+-- name: read_events
+SELECT id, queue, kind, job_id, task, tenant, attempt, at_ms, data
+FROM {schema}.events WHERE queue = %s AND id > %s ORDER BY id LIMIT %s;
+
+-- name: last_event_id
+SELECT max(id) FROM {schema}.events WHERE queue = %s;
+
+-- name: pause
+INSERT INTO {schema}.queues (name, paused) VALUES (%s, true)
+ON CONFLICT (name) DO UPDATE SET paused = true;
+
+-- name: resume
+UPDATE {schema}.queues SET paused = false WHERE name = %s;
+
+-- name: retry_row
+-- Operator retry: back to pending with a fresh attempt budget (the errors are kept),
+-- unless another live job holds the dedupe key (the caller names it).
+UPDATE {schema}.jobs j SET state = 'pending', attempt = 0, finished_ms = NULL,
+    result = NULL, token = NULL, lease_until_ms = NULL, scheduled_ms = NULL,
+    seq = nextval('{schema}.job_seq')
+WHERE j.id = %s AND j.state IN ('failed', 'cancelled') AND (j.dedupe_key IS NULL OR NOT EXISTS (
+    SELECT 1 FROM {schema}.jobs h WHERE h.queue = j.queue AND h.dedupe_key = j.dedupe_key
+    AND h.state IN ('scheduled', 'pending', 'running')))
+RETURNING j.id;
+
+-- name: retry_all_page
+SELECT {job_columns}, rid FROM {schema}.jobs
+WHERE queue = %(queue)s AND state = %(state)s AND finished_ms IS NOT NULL
+    AND (finished_ms, rid) < (%(k1)s, %(k2)s)
+ORDER BY finished_ms DESC, rid DESC LIMIT %(n)s FOR UPDATE SKIP LOCKED;
+
+-- name: cancel
+UPDATE {schema}.jobs SET state = 'cancelled', finished_ms = %s, token = NULL,
+    lease_until_ms = NULL
+WHERE id = %s;
+
+-- name: promote
+UPDATE {schema}.jobs SET state = 'pending', scheduled_ms = NULL,
+    seq = nextval('{schema}.job_seq')
+WHERE id = %s;
+
+-- name: clean
+DELETE FROM {schema}.jobs WHERE id IN (
+    SELECT id FROM {schema}.jobs WHERE queue = %s AND state = %s
+    AND finished_ms IS NOT NULL AND finished_ms <= %s
+    ORDER BY finished_ms LIMIT %s FOR UPDATE SKIP LOCKED);
+
+-- name: purge_batch
+DELETE FROM {schema}.jobs WHERE id IN (
+    SELECT id FROM {schema}.jobs WHERE queue = %s LIMIT %s FOR UPDATE SKIP LOCKED);
+
+-- name: purge_forget
+DELETE FROM {schema}.tenants WHERE queue = %s;
+
+-- name: purge_rate_log
+DELETE FROM {schema}.rate_log WHERE queue = %s;
+
+-- name: register_worker_prune
+DELETE FROM {schema}.workers WHERE expires_ms <= %s;
+
+-- name: register_worker
+INSERT INTO {schema}.workers (id, info, last_seen_ms, expires_ms) VALUES (%s, %s, %s, %s)
+ON CONFLICT (id) DO UPDATE SET info = excluded.info,
+    last_seen_ms = excluded.last_seen_ms, expires_ms = excluded.expires_ms;
+
+-- name: unregister_worker
+DELETE FROM {schema}.workers WHERE id = %s;
+
+-- name: live_workers
+SELECT id, info, last_seen_ms, expires_ms FROM {schema}.workers
+WHERE expires_ms > %s ORDER BY id;
+
+-- name: read_limits
+SELECT queue, concurrency, tenant_concurrency, rate, rate_window_ms, tenant_rate,
+    tenant_rate_window_ms FROM {schema}.queue_limits;
+
+-- name: delete_limits
+DELETE FROM {schema}.queue_limits WHERE queue = %s;
+
+-- name: put_limits
+INSERT INTO {schema}.queue_limits (queue, concurrency, tenant_concurrency, rate,
+    rate_window_ms, tenant_rate, tenant_rate_window_ms)
+VALUES (%(queue)s, %(concurrency)s, %(tenant_concurrency)s, %(rate)s, %(rate_window_ms)s,
+        %(tenant_rate)s, %(tenant_rate_window_ms)s)
+ON CONFLICT (queue) DO UPDATE SET concurrency = excluded.concurrency,
+    tenant_concurrency = excluded.tenant_concurrency, rate = excluded.rate,
+    rate_window_ms = excluded.rate_window_ms, tenant_rate = excluded.tenant_rate,
+    tenant_rate_window_ms = excluded.tenant_rate_window_ms;
+
+-- name: tenant_running
+SELECT tenant, count(*) FROM {schema}.jobs
+WHERE queue = %s AND state = 'running' AND tenant IS NOT NULL
+GROUP BY tenant ORDER BY tenant;
+
+-- name: lease_holder
+SELECT holder, expires_ms FROM {schema}.leases WHERE name = %s AND expires_ms > %s;
+
+-- name: lease_acquire
+-- Free, expired or already ours: take it (one statement, so it is atomic).
+INSERT INTO {schema}.leases AS l (name, holder, expires_ms) VALUES (%(name)s, %(holder)s, %(until)s)
+ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_ms = excluded.expires_ms
+    WHERE l.holder = excluded.holder OR l.expires_ms <= %(now)s
+RETURNING 1;
+
+-- name: lease_renew
+UPDATE {schema}.leases SET expires_ms = %s WHERE name = %s AND holder = %s AND expires_ms > %s;
+
+-- name: lease_release
+DELETE FROM {schema}.leases WHERE name = %s AND holder = %s AND expires_ms > %s;
+
+-- name: schedule_put
+INSERT INTO {schema}.schedules (name, spec, source, paused, since_ms)
+VALUES (%s, %s, %s, false, %s)
+ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, source = excluded.source;
+
+-- name: schedules
+SELECT name, spec, source, paused, since_ms, last_run_ms FROM {schema}.schedules
+ORDER BY name;
+
+-- name: schedule_delete
+DELETE FROM {schema}.schedules WHERE name = %s;
+
+-- name: schedule_pause
+-- Resuming a paused schedule moves its baseline to now.
+UPDATE {schema}.schedules
+SET since_ms = CASE WHEN paused AND NOT %(paused)s THEN %(now)s ELSE since_ms END,
+    paused = %(paused)s
+WHERE name = %(name)s;
+
+-- name: schedule_advance
+-- Fenced by the live lease (locked FOR SHARE, so it cannot change hands meanwhile).
+UPDATE {schema}.schedules SET last_run_ms = %(run)s WHERE name = %(name)s
+    AND (last_run_ms IS NULL OR last_run_ms < %(run)s)
+    AND EXISTS (SELECT 1 FROM {schema}.leases WHERE name = %(lease)s
+                AND holder = %(holder)s AND expires_ms > %(now)s FOR SHARE);

@@ -215,11 +215,17 @@ def check_retry_all(state: JobState | str) -> JobState:
 
 
 LEASE_EXPIRED_EVENT: Final = {"error": "lease expired: worker lost"}
+# The AttemptError of `expire_last`: its type, and its message with `{attempt}` to fill
+# in (an engine that builds the error in its own language substitutes it there).
+LEASE_EXPIRED_TYPE: Final = "LeaseExpired"
+LEASE_EXPIRED_MESSAGE: Final = (
+    "worker lost while running attempt {attempt} (killed or hung); lease expired"
+)
 
 
 def lease_expired_message(attempt: int) -> str:
     """The message recorded when a job's worker vanished on its last attempt."""
-    return f"worker lost while running attempt {attempt} (killed or hung); lease expired"
+    return LEASE_EXPIRED_MESSAGE.format(attempt=attempt)
 
 
 def lease_expired_error(attempt: int, now_ms: int) -> str:
@@ -227,7 +233,7 @@ def lease_expired_error(attempt: int, now_ms: int) -> str:
     return orjson.dumps(
         {
             "attempt": attempt,
-            "type": "LeaseExpired",
+            "type": LEASE_EXPIRED_TYPE,
             "message": lease_expired_message(attempt),
             "at": now_ms / 1000.0,
         }

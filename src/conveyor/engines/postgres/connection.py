@@ -24,7 +24,7 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -39,7 +39,7 @@ from ...lifecycle import not_found
 from ..sqlite.connection import Wake
 from .migrations import migrate
 from .queries import JOB_COLUMNS, for_schema
-from .transitions import complete_batch, statements
+from .rules import install_rules
 
 __all__ = ["PgCore", "parse_postgres_url"]
 
@@ -130,8 +130,6 @@ class PgCore:
         self.channel = f"conveyor:{self.schema}"
         self.fixed_clock = clock if clock is not None and type(clock) is not Clock else None
         self.q = for_schema(self.schema_sql)
-        self.outcome_sql = statements(self.schema_sql)
-        self.complete_sql = complete_batch(self.schema_sql)
         self._events_maxlen = max(1, events_maxlen)
         self._trim_every = max(64, self._events_maxlen // 10)
         self._events_since_trim = 0
@@ -173,6 +171,7 @@ class PgCore:
                 raise self._unavailable(exc) from exc
             try:
                 await migrate(conn, self.schema, self.schema_sql, _literal(self.channel))
+                await install_rules(conn, self.schema, self.schema_sql)
             except psycopg.OperationalError as exc:
                 raise self._unavailable(exc) from exc
             finally:
@@ -249,9 +248,11 @@ class PgCore:
             delay = min(delay * 2, 5.0)
 
     # --- transactions ---------------------------------------------------------------------
-    async def _run(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
+    async def _run(self, fn: Callable[[Conn], Awaitable[T]], *, single: bool = False) -> T:
         """Run `fn(conn)` in one transaction on a pooled connection.
 
+        `single=True` is for an `fn` that runs one statement: it runs in autocommit
+        (its own implicit transaction), saving the BEGIN and COMMIT round trips.
         Deadlocks and serialisation failures are retried (the transaction was rolled
         back, nothing changed); connection trouble becomes `EngineUnavailable`.
         """
@@ -262,8 +263,11 @@ class PgCore:
             raise EngineUnavailable(f"Postgres engine for {_redacted(self.conninfo)} is closed")
         for attempt in range(_RETRIES):
             try:
-                async with pool.connection() as conn, conn.transaction():
-                    return await fn(conn)
+                async with pool.connection() as conn:
+                    if single:
+                        return await fn(conn)
+                    async with conn.transaction():
+                        return await fn(conn)
             except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
                 if attempt == _RETRIES - 1:
                     raise
@@ -271,6 +275,11 @@ class PgCore:
             except (PoolTimeout, psycopg.OperationalError) as exc:
                 raise self._unavailable(exc) from exc
         raise AssertionError("unreachable")
+
+    @property
+    def _fixed(self) -> int | None:
+        """The fake clock's time for SQL functions' `p_now` (None: the database's)."""
+        return None if self.fixed_clock is None else self.fixed_clock.now_ms()
 
     async def _now(self, conn: Conn) -> int:
         """The engine's clock in epoch ms (the database's, or the test's fake clock)."""
@@ -313,15 +322,31 @@ class PgCore:
         async with conn.cursor() as cur:
             await cur.executemany(self.q["insert_event"], rows)
         await self._send(conn, events=True)
-        self._events_since_trim += len(rows)
-        self._trim_queues.update(row[0] for row in rows)
-        if self._events_since_trim >= self._trim_every:
-            for queue in self._trim_queues:
+        self._count_events(len(rows), {row[0] for row in rows})
+
+    def _count_events(self, n: int, queues: Iterable[str]) -> None:
+        """Note `n` events added to `queues` (`_trim_if_due` trims them later)."""
+        if n:
+            self._events_since_trim += n
+            self._trim_queues.update(queues)
+
+    async def _trim_if_due(self) -> None:
+        """Trim the touched queues' event logs to `events_maxlen` once per
+        `_trim_every` events: one indexed DELETE amortised over many events, in a
+        transaction of its own (the log may briefly hold maxlen + trim_every rows)."""
+        if self._events_since_trim < self._trim_every:
+            return
+        queues = sorted(self._trim_queues)
+        self._events_since_trim = 0
+        self._trim_queues.clear()
+
+        async def trim(conn: Conn) -> None:
+            for queue in queues:
                 await conn.execute(
                     self.q["trim_events"], {"queue": queue, "keep": self._events_maxlen}
                 )
-            self._events_since_trim = 0
-            self._trim_queues.clear()
+
+        await self._run(trim)
 
     @staticmethod
     def _fields(row: Sequence[Any]) -> dict[str, Any]:

@@ -16,6 +16,14 @@ SELECT {job_columns} FROM {schema}.jobs WHERE id = %s FOR UPDATE;
 -- name: enqueue
 SELECT job_id, created, job_state FROM {schema}.enqueue(%s::jsonb, %s::bigint);
 
+-- name: exchange
+SELECT {schema}.exchange(%s::jsonb, %s::text[], %s, %s, %s, %s::bigint);
+
+-- name: recover
+SELECT sum(r.stalled + r.failed)
+FROM unnest(%s::text[]) AS q(name), {schema}.clock_ms(%s::bigint) AS now(ms),
+    LATERAL {schema}.recover(q.name, now.ms) AS r;
+
 -- name: insert_event
 INSERT INTO {schema}.events (queue, kind, job_id, task, tenant, attempt, at_ms, data)
 VALUES (%s, %s, %s, %s, %s, %s, %s, %s);
@@ -28,101 +36,9 @@ DELETE FROM {schema}.events WHERE queue = %(queue)s AND id <= (
 -- name: notify
 SELECT pg_notify(%s, %s);
 
--- name: next_seq
-SELECT nextval('{schema}.job_seq') FROM generate_series(1, %s);
-
--- name: front_seq
-SELECT nextval('{schema}.front_seq');
-
--- name: next_turn
-SELECT nextval('{schema}.turn_seq');
-
 -- name: dedupe_holder
 SELECT id, state FROM {schema}.jobs WHERE queue = %s AND dedupe_key = %s
     AND state IN ('scheduled', 'pending', 'running');
-
--- name: paused_queues
-SELECT name FROM {schema}.queues WHERE paused;
-
--- name: queue_lock
--- Serialises the claims of one limited (or tenant-fair) queue across the fleet: the
--- limits are read and spent under it, until the claiming transaction commits.
-SELECT pg_advisory_xact_lock(hashtext(%s));
-
--- name: claim
--- The best pending jobs without a tenant: highest priority first, FIFO within a
--- priority. SKIP LOCKED: concurrent claimers take different rows instead of waiting.
-UPDATE {schema}.jobs SET state = 'running', attempt = attempt + 1,
-    token = replace(gen_random_uuid()::text, '-', ''), started_ms = %(now)s,
-    worker = %(worker)s, lease_until_ms = %(lease_until)s
-WHERE id IN (SELECT id FROM {schema}.jobs WHERE queue = %(queue)s AND state = 'pending'
-             AND tenant IS NULL ORDER BY priority DESC, seq LIMIT %(limit)s
-             FOR UPDATE SKIP LOCKED)
-RETURNING {job_columns};
-
--- name: claim_tenant
-UPDATE {schema}.jobs SET state = 'running', attempt = attempt + 1,
-    token = replace(gen_random_uuid()::text, '-', ''), started_ms = %(now)s,
-    worker = %(worker)s, lease_until_ms = %(lease_until)s
-WHERE id IN (SELECT id FROM {schema}.jobs WHERE queue = %(queue)s AND state = 'pending'
-             AND tenant IS NOT NULL AND tenant = %(tenant)s
-             ORDER BY priority DESC, seq LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
-RETURNING {job_columns};
-
--- name: has_tenant_jobs
-SELECT 1 FROM {schema}.jobs WHERE queue = %s AND state = 'pending' AND tenant IS NOT NULL
-LIMIT 1;
-
--- name: has_free_jobs
-SELECT 1 FROM {schema}.jobs WHERE queue = %s AND state = 'pending' AND tenant IS NULL LIMIT 1;
-
--- name: ready_tenants
--- The rotation: tenants with pending jobs, least recently served first, with their
--- running counts (what tenant_concurrency is checked against).
-SELECT t.tenant, t.turn,
-    (SELECT count(*) FROM {schema}.jobs r
-     WHERE r.queue = t.queue AND r.tenant = t.tenant AND r.state = 'running') AS running
-FROM {schema}.tenants t
-WHERE t.queue = %s AND t.tenant <> '' AND EXISTS (
-    SELECT 1 FROM {schema}.jobs p
-    WHERE p.queue = t.queue AND p.tenant = t.tenant AND p.state = 'pending')
-ORDER BY t.turn LIMIT %s;
-
--- name: free_bucket_turn
-SELECT turn FROM {schema}.tenants WHERE queue = %s AND tenant = '';
-
--- name: set_turn
-INSERT INTO {schema}.tenants (queue, tenant, turn) VALUES (%s, %s, %s)
-ON CONFLICT (queue, tenant) DO UPDATE SET turn = excluded.turn;
-
--- name: running_count
-SELECT count(*) FROM {schema}.jobs WHERE queue = %s AND state = 'running';
-
--- name: rate_window_drop
-DELETE FROM {schema}.rate_log WHERE queue = %s AND scope = %s AND at_ms <= %s;
-
--- name: rate_window_read
-SELECT count(*), min(at_ms) FROM {schema}.rate_log WHERE queue = %s AND scope = %s;
-
--- name: rate_log_add
-INSERT INTO {schema}.rate_log (queue, scope, at_ms)
-SELECT %s, %s, %s FROM generate_series(1, %s);
-
--- name: promote_due
--- Due scheduled jobs of a queue to the back of pending, oldest due first.
-UPDATE {schema}.jobs j SET state = 'pending', scheduled_ms = NULL,
-    seq = nextval('{schema}.job_seq')
-FROM (SELECT id FROM {schema}.jobs WHERE queue = %s AND state = 'scheduled'
-      AND scheduled_ms <= %s ORDER BY scheduled_ms LIMIT %s FOR UPDATE SKIP LOCKED) d
-WHERE j.id = d.id;
-
--- name: expired_leases
-SELECT id, token, attempt, max_attempts FROM {schema}.jobs
-WHERE queue = %s AND state = 'running' AND lease_until_ms <= %s
-LIMIT %s FOR UPDATE SKIP LOCKED;
-
--- name: next_due
-SELECT min(scheduled_ms) FROM {schema}.jobs WHERE queue = ANY(%s) AND state = 'scheduled';
 
 -- name: extend_leases
 UPDATE {schema}.jobs j SET lease_until_ms = %s

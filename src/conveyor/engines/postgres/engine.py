@@ -27,11 +27,13 @@ from typing import Any
 import psycopg
 
 from ...errors import ConfigError
-from ...job import EnqueueResult, NewJob
+from ...job import EnqueueResult, Job, NewJob, decode_job
+from ...lifecycle import not_found
 from .connection import parse_postgres_url
 from .coordination import PgCoordination
 from .flow import PgFlow, enqueue_results
 from .operations import PgOperations
+from .queries import JOB_COLUMNS
 from .read_model import PgReadModel
 
 __all__ = ["PostgresEngine", "parse_postgres_url"]
@@ -87,3 +89,30 @@ class PostgresEngine(PgFlow, PgOperations, PgReadModel, PgCoordination):
         with connection.cursor() as cur:
             cur.execute(sql, params)
             return enqueue_results(cur.fetchall())
+
+    async def get_job_in(self, connection: Any, job_id: str) -> Job:
+        """Read a job through the caller's async connection (so inside its transaction:
+        a job it enqueued and has not committed yet is visible to it).
+
+        Raises:
+            JobNotFound: no such job (as that transaction sees it).
+        """
+        async with connection.cursor() as cur:
+            await cur.execute(self.q["load_job"], (job_id,))
+            row = await cur.fetchone()
+        if row is None:
+            raise not_found(job_id)
+        return decode_job(dict(zip(JOB_COLUMNS, row, strict=True)))
+
+    def get_job_in_sync(self, connection: Any, job_id: str) -> Job:
+        """`get_job_in` for a synchronous psycopg connection.
+
+        Raises:
+            JobNotFound: no such job (as that transaction sees it).
+        """
+        with connection.cursor() as cur:
+            cur.execute(self.q["load_job"], (job_id,))
+            row = cur.fetchone()
+        if row is None:
+            raise not_found(job_id)
+        return decode_job(dict(zip(JOB_COLUMNS, row, strict=True)))

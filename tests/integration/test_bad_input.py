@@ -11,6 +11,7 @@ import pytest
 import redis.asyncio as redis_asyncio
 
 from conveyor import Conveyor, EngineUnavailable, InvalidPayload, JobState, MalformedJob, Worker
+from conveyor.engines.postgres import PostgresEngine
 from conveyor.engines.redis import RedisEngine
 from conveyor.testing import probe_app
 
@@ -25,6 +26,15 @@ async def corrupt(app: Conveyor, job_id: str) -> None:
         key = engine._keys.queue("probe").job(job_id)
         assert await client.hset(key, "payload", "{definitely not json") == 0
         await client.aclose()
+    elif isinstance(engine, PostgresEngine):
+        import psycopg
+
+        async with await psycopg.AsyncConnection.connect(engine.conninfo) as conn:
+            await conn.execute(
+                f"UPDATE {engine.schema_sql}.jobs SET payload = '{{definitely not json' "
+                "WHERE id = %s",
+                (job_id,),
+            )
     else:
         path = app.url.removeprefix("sqlite:///")
         with sqlite3.connect(path) as conn:

@@ -18,6 +18,7 @@ from psycopg_pool import AsyncConnectionPool
 from conveyor import ConfigError, Conveyor, JobNotFound
 from conveyor.engines import QueueLimits, open_engine
 from conveyor.engines.postgres import PostgresEngine, parse_postgres_url
+from conveyor.engines.postgres.migrations import MIGRATIONS
 from conveyor.engines.postgres.rules import RULES, TRANSITION_ROWS
 from conveyor.errors import SchemaTooNew
 from conveyor.testing import eventually
@@ -73,7 +74,30 @@ async def test_schema_is_created_with_numbered_migrations(
         cur = await conn.execute(
             f"SELECT version, name FROM {engine.schema_sql}.schema_migrations ORDER BY version"
         )
-        assert await cur.fetchall() == [(1, "initial")]
+        assert await cur.fetchall() == [(m.number, m.name) for m in MIGRATIONS]
+        assert [m.name for m in MIGRATIONS][:2] == ["initial", "outbox"]
+
+
+async def test_an_older_schema_is_upgraded_in_place(
+    engine: PostgresEngine, app: Conveyor, postgres_url: str
+) -> None:
+    """A schema made by a Conveyor that knew only migration 0001 gets 0002 and keeps
+    its jobs."""
+    [res] = await engine.enqueue([app.build("t", {"kept": True})])
+    await engine.close()
+    async with await psycopg.AsyncConnection.connect(
+        conninfo(postgres_url), autocommit=True
+    ) as conn:
+        await conn.execute(f"DROP TABLE {engine.schema_sql}.outbox")
+        await conn.execute(f"DELETE FROM {engine.schema_sql}.schema_migrations WHERE version > 1")
+    again = open_engine(postgres_url)
+    await again.connect()
+    try:
+        assert (await again.get_job(res.id)).payload == {"kept": True}
+        assert isinstance(again, PostgresEngine)
+        assert await again.outbox_lag_ms() is None  # the table is back, empty
+    finally:
+        await again.close()
 
 
 async def test_a_schema_from_a_newer_conveyor_is_refused_and_left_alone(

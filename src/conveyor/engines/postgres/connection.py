@@ -139,6 +139,7 @@ class PgCore:
         self._listening = False
         self._jobs_wake = Wake()
         self._events_wake = Wake()
+        self._outbox_wake = Wake()  # outbox rows were committed (relays)
         self._exchange_generation: int | None = None
         self._start_lock: asyncio.Lock | None = None
         self._closes = 0
@@ -201,6 +202,7 @@ class PgCore:
         self._listening = False
         self._jobs_wake.notify()
         self._events_wake.notify()
+        self._outbox_wake.notify()
         if listener is not None:
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -234,9 +236,12 @@ class PgCore:
                     # Anything committed while we were not listening: wake everyone.
                     self._jobs_wake.notify()
                     self._events_wake.notify()
+                    self._outbox_wake.notify()
                     async for note in conn.notifies():
                         if note.payload == "jobs":
                             self._jobs_wake.notify()
+                        elif note.payload == "outbox":
+                            self._outbox_wake.notify()
                         else:
                             self._events_wake.notify()
             except asyncio.CancelledError:

@@ -12,6 +12,7 @@ The engine is assembled from its parts, one module each, as the SQLite engine is
 * `operations` — pause/resume, retry, cancel, promote, retry-all, clean, purge;
 * `read_model` — jobs, counts, listings, events, throughput;
 * `coordination` — leases, schedules, the worker registry, limits;
+* `outbox` — outbox rows written in a caller's transaction, and the relay's step;
 * `queries.sql` (named queries), `transitions` (outcome statements derived from
   `conveyor.lifecycle`) and `migrations/` (numbered schema migrations).
 
@@ -33,6 +34,7 @@ from .connection import parse_postgres_url
 from .coordination import PgCoordination
 from .flow import PgFlow, enqueue_results
 from .operations import PgOperations
+from .outbox import PgOutbox
 from .queries import JOB_COLUMNS
 from .read_model import PgReadModel
 
@@ -46,7 +48,7 @@ _NOT_PSYCOPG = (
 )
 
 
-class PostgresEngine(PgFlow, PgOperations, PgReadModel, PgCoordination):
+class PostgresEngine(PgFlow, PgOperations, PgReadModel, PgCoordination, PgOutbox):
     """Jobs in one Postgres schema shared by every process of a fleet.
 
     Args:

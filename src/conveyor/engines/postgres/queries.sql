@@ -237,3 +237,18 @@ UPDATE {schema}.schedules SET last_run_ms = %(run)s WHERE name = %(name)s
     AND (last_run_ms IS NULL OR last_run_ms < %(run)s)
     AND EXISTS (SELECT 1 FROM {schema}.leases WHERE name = %(lease)s
                 AND holder = %(holder)s AND expires_ms > %(now)s FOR SHARE);
+
+-- name: outbox_add
+INSERT INTO {schema}.outbox (job) SELECT value::text FROM jsonb_array_elements(%s::jsonb)
+RETURNING id;
+
+-- name: outbox_take
+-- One relay batch, oldest first; rows another relay holds are skipped, not waited for.
+SELECT id, job, created_ms FROM {schema}.outbox ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED;
+
+-- name: outbox_done
+DELETE FROM {schema}.outbox WHERE id = ANY(%s);
+
+-- name: outbox_lag
+-- Age of the oldest row not yet relayed, in ms (NULL when the outbox is empty).
+SELECT {schema}.clock_ms(%s::bigint) - min(created_ms) FROM {schema}.outbox;

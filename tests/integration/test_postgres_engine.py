@@ -15,7 +15,7 @@ import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
-from conveyor import ConfigError, Conveyor, JobNotFound
+from conveyor import ConfigError, Conveyor, EngineUnavailable, JobNotFound
 from conveyor.engines import QueueLimits, open_engine
 from conveyor.engines.postgres import PostgresEngine, parse_postgres_url
 from conveyor.engines.postgres.migrations import MIGRATIONS
@@ -315,3 +315,11 @@ async def test_pool_connections_are_reused(engine: PostgresEngine) -> None:
     """A sanity check on the engine's pool: it exists and is bounded."""
     pool = engine._pool
     assert isinstance(pool, AsyncConnectionPool) and pool.max_size <= 8
+
+
+async def test_an_unreachable_server_is_a_named_error_with_the_fix() -> None:
+    eng = open_engine("postgresql://postgres:secret@127.0.0.1:1/db?schema=conveyor")
+    with pytest.raises(EngineUnavailable, match=r"127\.0\.0\.1:1/db") as info:
+        await eng.connect()
+    assert "secret" not in str(info.value), "the password never reaches a message"
+    assert "CONVEYOR_URL" in str(info.value)

@@ -21,31 +21,41 @@ from typing import Any
 import orjson
 
 from ...job import EnqueueResult, NewJob
-from .connection import Conn, PgCore
+from .connection import Conn, PgCore, parse_postgres_url
 from .flow import jobs_document
+from .queries import TEMPLATES
 
-__all__ = ["PgOutbox"]
+__all__ = ["PgOutbox", "outbox_statement"]
 
 Send = Callable[[Sequence[NewJob]], Awaitable[list[EnqueueResult]]]
+
+
+def outbox_statement(schema: str, jobs: Sequence[NewJob]) -> tuple[str, tuple[Any, ...]]:
+    """The statement (and parameters) that writes `jobs` (built by the app) into the
+    outbox of `schema`; it returns the row ids. Run it on the caller's connection.
+
+    Raises:
+        ConfigError: `schema` is not a plain identifier.
+    """
+    _, checked = parse_postgres_url(f"postgresql:///?schema={schema}")
+    sql = TEMPLATES["outbox_add"].replace("{schema}", '"' + checked + '"')
+    return sql, (jobs_document(jobs),)
 
 
 class PgOutbox(PgCore):
     """The outbox table and the relay's step."""
 
-    def _outbox_statement(self, jobs: Sequence[NewJob]) -> tuple[str, tuple[Any, ...]]:
-        return self.q["outbox_add"], (jobs_document(jobs),)
-
     async def outbox_add_in(self, connection: Any, jobs: Sequence[NewJob]) -> list[int]:
         """Insert `jobs` into the outbox through the caller's async psycopg connection,
         inside its transaction; returns the row ids."""
-        sql, params = self._outbox_statement(jobs)
+        sql, params = outbox_statement(self.schema, jobs)
         async with connection.cursor() as cur:
             await cur.execute(sql, params)
             return [int(r[0]) for r in await cur.fetchall()]
 
     def outbox_add_in_sync(self, connection: Any, jobs: Sequence[NewJob]) -> list[int]:
         """`outbox_add_in` for a synchronous psycopg connection."""
-        sql, params = self._outbox_statement(jobs)
+        sql, params = outbox_statement(self.schema, jobs)
         with connection.cursor() as cur:
             cur.execute(sql, params)
             return [int(r[0]) for r in cur.fetchall()]

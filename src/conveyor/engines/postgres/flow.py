@@ -177,15 +177,14 @@ class PgFlow(PgCore):
             return []
 
         async def tx(conn: Conn) -> list[str]:
-            until = await self._now(conn) + lease_ms
             cur = await conn.execute(
                 self.q["extend_leases"],
-                (until, [j for j, _ in leases], [t for _, t in leases]),
+                (self._fixed, lease_ms, [j for j, _ in leases], [t for _, t in leases]),
             )
             kept = {str(r[0]) for r in await cur.fetchall()}
             return [job_id for job_id, _ in leases if job_id not in kept]
 
-        return await self._run(tx)
+        return await self._run(tx, single=True)
 
     async def set_progress(self, job_id: str, token: str, progress_json: str) -> bool:
         """Store progress for a running job; False when the lease is gone."""

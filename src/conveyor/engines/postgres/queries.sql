@@ -41,7 +41,8 @@ SELECT id, state FROM {schema}.jobs WHERE queue = %s AND dedupe_key = %s
     AND state IN ('scheduled', 'pending', 'running');
 
 -- name: extend_leases
-UPDATE {schema}.jobs j SET lease_until_ms = %s
+-- One statement (autocommit): the deadline is the database clock + the lease.
+UPDATE {schema}.jobs j SET lease_until_ms = {schema}.clock_ms(%s::bigint) + %s
 FROM unnest(%s::text[], %s::text[]) AS l(id, token)
 WHERE j.id = l.id AND j.token = l.token AND j.state = 'running'
 RETURNING j.id;

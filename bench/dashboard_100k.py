@@ -33,8 +33,9 @@ import uvicorn
 from playwright.async_api import Page, async_playwright
 
 from conveyor import Conveyor
-from conveyor.api import Tokens, create_api
+from conveyor.api import Tokens
 from conveyor.engines import Outcome
+from conveyor.web import create_web_app
 
 QUEUE = "bench"
 TOKEN = "dashboard-benchmark-admin-token"
@@ -95,7 +96,7 @@ class Server:
 
     def __init__(self, url: str) -> None:
         self.port = free_port()
-        api = create_api(
+        api = create_web_app(
             Conveyor(url), tokens=Tokens(admin=TOKEN), metrics_prefix="bench_", owns_app=True
         )
         config = uvicorn.Config(api, host="127.0.0.1", port=self.port, log_level="warning")

@@ -4,7 +4,7 @@
 
 What it does, all through real processes and sockets:
 
-1. starts `conveyor api conveyor.testing:app` (one process) on a free port;
+1. starts `conveyor api tests.apps.probe:app` (one process) on a free port;
 2. enqueues N probe jobs (`action=progress`: started, 3 progress updates, completed);
 3. opens N WebSockets, `job=<id>` each, and waits until every one is subscribed;
 4. starts a worker process, and records every frame each subscriber receives.
@@ -34,7 +34,10 @@ import httpx
 import orjson
 import websockets
 
-from conveyor.testing import PROBE_QUEUE, probe_app
+# The probe app is a test helper (tests/apps/probe.py), not part of the package.
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from tests.apps.probe import PROBE_QUEUE, probe_app  # noqa: E402
 
 EXPECTED = ["started", "progress", "progress", "progress", "completed"]
 
@@ -46,9 +49,10 @@ def free_port() -> int:
 
 
 def spawn(command: str, *args: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    """Start `conveyor COMMAND conveyor.testing:app ARGS` (starting it does not block)."""
-    argv = [sys.executable, "-m", "conveyor", command, "conveyor.testing:app", *args]
-    return subprocess.Popen([*argv, "--log-level", "WARNING"], env=env)
+    """Start `conveyor COMMAND tests.apps.probe:app ARGS` from the repository root (so
+    the probe app imports); starting it does not block."""
+    argv = [sys.executable, "-m", "conveyor", command, "tests.apps.probe:app", *args]
+    return subprocess.Popen([*argv, "--log-level", "WARNING"], env=env, cwd=ROOT)
 
 
 def cpu_seconds(pid: int) -> float:

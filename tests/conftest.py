@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from conveyor import Conveyor
-from conveyor.testing import probe_app
+from tests.apps.probe import probe_app
 
 REDIS_SERVER = shutil.which("redis-server")
 
@@ -170,7 +170,7 @@ def durable_url(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 async def app(durable_url: str) -> AsyncIterator[Conveyor]:
-    """The probe app (conveyor.testing) on a durable engine, connected. Unit tests and
+    """The probe app (tests/apps/probe.py) on a durable engine, connected. Unit tests and
     tests that need another app define their own `app`, which takes precedence."""
     app = probe_app(durable_url)
     await app.connect()
@@ -192,7 +192,7 @@ def spawn_worker() -> Iterator[SpawnWorker]:
     def start(
         url: str,
         *flags: str,
-        app_ref: str = "conveyor.testing:app",
+        app_ref: str = "tests.apps.probe:app",
         queues: str = "default",
         log_level: str = "WARNING",
     ) -> subprocess.Popen[bytes]:

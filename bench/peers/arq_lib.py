@@ -13,8 +13,12 @@ NAME = "arq"
 REQUIREMENTS = ["arq==0.28.0"]
 VERSION_PACKAGES = ["arq", "redis"]
 BULK = None  # arq has no bulk-enqueue API
-WORKER_ARGV = ["{bin}/arq", "peers.arq_lib.WorkerSettings", "--custom-log-dict",
-               "peers.arq_lib.LOG_CONFIG"]
+WORKER_ARGV = [
+    "{bin}/arq",
+    "peers.arq_lib.WorkerSettings",
+    "--custom-log-dict",
+    "peers.arq_lib.LOG_CONFIG",
+]
 PROCESSES = "spawn"
 CONCURRENCY = {"noop": 10, "io": 100}
 NOTES = {

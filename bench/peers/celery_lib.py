@@ -11,9 +11,21 @@ REQUIREMENTS = ["celery[redis]==5.7.0", "redis[hiredis]"]
 VERSION_PACKAGES = ["celery", "kombu", "redis"]
 BULK = "group(sigs).apply_async()"
 WORKER_ARGV = [
-    "{bin}/celery", "-A", "peers.celery_lib", "worker", "-Q", "{queue}", "--pool=threads",
-    "-c", "{concurrency}", "-n", "w{index}@%h", "--without-gossip", "--without-mingle",
-    "--without-heartbeat", "--loglevel=WARNING",
+    "{bin}/celery",
+    "-A",
+    "peers.celery_lib",
+    "worker",
+    "-Q",
+    "{queue}",
+    "--pool=threads",
+    "-c",
+    "{concurrency}",
+    "-n",
+    "w{index}@%h",
+    "--without-gossip",
+    "--without-mingle",
+    "--without-heartbeat",
+    "--loglevel=WARNING",
 ]
 PROCESSES = "spawn"
 CONCURRENCY = {"noop": 10, "io": 100}

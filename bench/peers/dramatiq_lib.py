@@ -12,8 +12,14 @@ REQUIREMENTS = ["dramatiq[redis]==2.2.1", "redis[hiredis]"]
 VERSION_PACKAGES = ["dramatiq", "redis"]
 BULK = "group(messages).run()"
 WORKER_ARGV = [
-    "{bin}/dramatiq", "peers.dramatiq_lib", "--processes", "{processes}", "--threads",
-    "{concurrency}", "--queues", "{queue}",
+    "{bin}/dramatiq",
+    "peers.dramatiq_lib",
+    "--processes",
+    "{processes}",
+    "--threads",
+    "{concurrency}",
+    "--queues",
+    "{queue}",
 ]
 PROCESSES = "native"
 CONCURRENCY = {"noop": 10, "io": 100}

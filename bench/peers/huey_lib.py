@@ -11,7 +11,13 @@ REQUIREMENTS = ["huey==3.5.4", "redis[hiredis]"]
 VERSION_PACKAGES = ["huey", "redis"]
 BULK = None  # huey has no bulk-enqueue API
 WORKER_ARGV = [
-    "{bin}/huey_consumer", "peers.huey_lib.huey", "-k", "thread", "-w", "{concurrency}", "-q",
+    "{bin}/huey_consumer",
+    "peers.huey_lib.huey",
+    "-k",
+    "thread",
+    "-w",
+    "{concurrency}",
+    "-q",
 ]
 PROCESSES = "spawn"
 CONCURRENCY = {"noop": 10, "io": 100}

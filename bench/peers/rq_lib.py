@@ -15,8 +15,15 @@ BULK = "Queue.enqueue_many(prepare_data…, pipeline=)"
 WORKER_ARGV = ["{bin}/rq", "worker", "{queue}", "--url", "{url}", "--logging_level", "WARNING"]
 # W3: concurrency = number of worker processes, via the documented worker pool.
 WORKER_ARGV_IO = [
-    "{bin}/rq", "worker-pool", "{queue}", "-n", "{concurrency}", "--url", "{url}",
-    "--logging-level", "WARNING",
+    "{bin}/rq",
+    "worker-pool",
+    "{queue}",
+    "-n",
+    "{concurrency}",
+    "--url",
+    "{url}",
+    "--logging-level",
+    "WARNING",
 ]
 PROCESSES = "spawn"
 CONCURRENCY = {"noop": 1, "io": 100}

@@ -11,8 +11,15 @@ REQUIREMENTS = ["taskiq==0.13.0", "taskiq-redis==1.2.4", "redis[hiredis]"]
 VERSION_PACKAGES = ["taskiq", "taskiq-redis", "redis"]
 BULK = None  # taskiq has no bulk kiq API
 WORKER_ARGV = [
-    "{bin}/taskiq", "worker", "peers.taskiq_lib:broker", "--workers", "{processes}",
-    "--max-async-tasks", "{concurrency}", "--log-level", "WARNING",
+    "{bin}/taskiq",
+    "worker",
+    "peers.taskiq_lib:broker",
+    "--workers",
+    "{processes}",
+    "--max-async-tasks",
+    "{concurrency}",
+    "--log-level",
+    "WARNING",
 ]
 PROCESSES = "native"
 CONCURRENCY = {"noop": 10, "io": 100}

@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from .api import Tokens, create_api
+from .api import Tokens
 from .app import Conveyor
 from .errors import ConfigError
 from .scheduler import Scheduler
 from .serving import EmbeddedServer
+from .web import create_web_app
 from .worker import Worker
 
 
@@ -24,11 +25,15 @@ class DevStack:
     Args:
         app: the app all three use.
         worker: the worker to run (its queues, concurrency, ...).
-        host: where the API listens; loopback by default, because the dev API has no
-            tokens.
+        host: where the API listens; loopback by default, because the dev API is
+            usually open (no tokens).
         port: API port; if it is taken, a free one is used instead (see `url`).
         scheduler: run a scheduler too (schedules, retention cleanup, recovery).
         close_app: close the app's engine when `run` ends.
+        tokens: the API's bearer tokens (`conveyor dev` loads them from the same
+            settings as `conveyor api`); none means an open API, answering only
+            localhost names and same-origin pages.
+        public_hosts: host names besides localhost that an open API answers to.
     """
 
     def __init__(
@@ -40,6 +45,8 @@ class DevStack:
         port: int = 8000,
         scheduler: bool = True,
         close_app: bool = True,
+        tokens: Tokens | None = None,
+        public_hosts: tuple[str, ...] = (),
     ) -> None:
         self.app = app
         self.worker = worker
@@ -47,6 +54,8 @@ class DevStack:
         self.port = port
         self.scheduler = Scheduler(app) if scheduler else None
         self.close_app = close_app
+        self.tokens = tokens or Tokens()
+        self.public_hosts = public_hosts
         self._server: EmbeddedServer | None = None
         self._scheduler_task: asyncio.Task[None] | None = None
 
@@ -63,7 +72,13 @@ class DevStack:
             EngineUnavailable: the engine cannot be reached.
         """
         await self.app.connect()
-        api = create_api(self.app, tokens=Tokens(), owns_app=False)
+        api = create_web_app(
+            self.app,
+            tokens=self.tokens,
+            owns_app=False,
+            public_hosts=self.public_hosts,
+            public_metrics=False,
+        )
         self._server = EmbeddedServer(api, self.host, self.port, lifespan="on")
         try:
             await self._server.start()

@@ -6,11 +6,17 @@ ConveyorError                     root: catch this to catch everything Conveyor 
 ├── EngineUnavailable             the engine (Redis, SQLite file) cannot be reached
 │   └── SchemaTooNew              the SQLite file was migrated by a newer Conveyor
 ├── JobNotFound                   no job has that id
+├── InvalidArgument               a read or operator call got a value no engine handed out
+│                                 (a forged listing cursor, an event id out of range)
 ├── InvalidJob                    what a producer asked to enqueue is wrong
 │   ├── UnknownTask               task not registered here and no queue given
-│   ├── InvalidPayload            payload is not JSON-serialisable (never pickled)
+│   ├── InvalidPayload            payload is not strict JSON, or does not fit the task's model
 │   └── PayloadTooLarge           payload exceeds the configured size limit
+├── TooManySubscriptions          a live-events subscription is over its process or token cap
+├── InvalidResult                 a handler returned something that is not JSON
 ├── MalformedJob                  stored job data cannot be decoded
+├── JobFailed                     `job.wait()`: the job failed (dead-lettered)
+├── JobCancelled                  `job.wait()`: the job was cancelled
 └── InvalidState                  operation does not apply to the job's current state
 ```
 
@@ -21,6 +27,34 @@ its subclass `BreakerOpen` (raised by an open circuit breaker, `conveyor.breaker
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+
+class _AttemptError(Protocol):
+    @property
+    def type(self) -> str: ...
+    @property
+    def message(self) -> str: ...
+    @property
+    def traceback(self) -> str | None: ...
+
+
+class FinishedJob(Protocol):
+    """What `JobFailed` / `JobCancelled` carry: a `conveyor.Job` (described here, not
+    imported, because `conveyor.job` builds on this module)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def task(self) -> str: ...
+    @property
+    def attempt(self) -> int: ...
+    @property
+    def errors(self) -> Sequence[_AttemptError]: ...
+    @property
+    def last_error(self) -> _AttemptError | None: ...
 
 
 class ConveyorError(Exception):
@@ -44,6 +78,11 @@ class JobNotFound(ConveyorError):
     """No job exists with the given id."""
 
 
+class InvalidArgument(ConveyorError):
+    """An argument of a read or an operation is not one Conveyor could have handed out
+    (a forged or foreign listing cursor, an event id out of range); nothing changed."""
+
+
 class InvalidJob(ConveyorError):
     """A job a producer asked to enqueue is invalid; nothing was enqueued."""
 
@@ -53,15 +92,67 @@ class UnknownTask(InvalidJob):
 
 
 class InvalidPayload(InvalidJob):
-    """The payload (or result) is not JSON-serialisable."""
+    """The payload is not strict JSON, or does not fit the task's payload model.
+
+    Args:
+        message: what was wrong and how to fix it.
+        fields: for a typed payload, each bad field (dotted path) and what is wrong with
+            it (the HTTP API answers 422 with these).
+    """
+
+    def __init__(self, message: str, *, fields: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.fields = dict(fields or {})
+
+
+class InvalidResult(ConveyorError):
+    """A handler returned a value that is not JSON; the attempt fails with this error."""
 
 
 class PayloadTooLarge(InvalidJob):
     """The encoded payload is larger than `max_payload_bytes`."""
 
 
+class TooManySubscriptions(ConveyorError):
+    """A live-events subscription was refused: the process, or the caller's token,
+    already holds as many as allowed. Close some, or retry later."""
+
+
 class MalformedJob(ConveyorError):
     """Stored job data could not be decoded (corrupted or written by something else)."""
+
+
+class JobFailed(ConveyorError):
+    """`job.wait()` found the job `failed` (retries exhausted or unrecoverable).
+
+    Attributes:
+        job: the failed job (every attempt's error is in `job.errors`).
+        error_type, error_message: the last attempt's error type and message.
+        traceback: the last attempt's traceback text, when it raised.
+    """
+
+    def __init__(self, job: FinishedJob) -> None:
+        last = job.last_error
+        self.job = job
+        self.error_type = last.type if last else "Error"
+        self.error_message = last.message if last else "no error was recorded"
+        self.traceback = last.traceback if last else None
+        super().__init__(
+            f"job {job.id} ({job.task}) failed after {job.attempt} attempt(s): "
+            f"{self.error_type}: {self.error_message}"
+        )
+
+
+class JobCancelled(ConveyorError):
+    """`job.wait()` found the job cancelled.
+
+    Attributes:
+        job: the cancelled job.
+    """
+
+    def __init__(self, job: FinishedJob) -> None:
+        self.job = job
+        super().__init__(f"job {job.id} ({job.task}) was cancelled")
 
 
 class InvalidState(ConveyorError):

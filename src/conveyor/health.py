@@ -3,59 +3,98 @@
 `/health/ready` answers 200 only when the engine answers, the engine is durable and
 the worker is not shutting down — the three reasons a load balancer or Kubernetes
 should stop counting on this worker. Each 503 says which one it is.
+
+No endpoint here needs a token, unlike the API's `/metrics`: the callers (probes, load
+balancers, Prometheus) usually cannot send one, and nothing here changes state or
+returns a payload — only queue names, depths, breaker states and the engine URL
+without its password. Keep the port on the cluster network (docs/security.md).
 """
 
 from __future__ import annotations
 
-import asyncio
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .engines import Engine
-from .errors import EngineUnavailable
 from .settings import redact
 
 if TYPE_CHECKING:
-    from .worker import Worker
+    from .app import Conveyor
+    from .engines import QueueCounts
+    from .metrics import Metrics
 
-READY_PING_TIMEOUT = 2.0
+
+class WorkerStatsView(Protocol):
+    """The counters of `WorkerStats` that `/health/detailed` shows."""
+
+    @property
+    def processed(self) -> int: ...
+    @property
+    def failed(self) -> int: ...
+    @property
+    def retried(self) -> int: ...
+    @property
+    def released(self) -> int: ...
+    @property
+    def deferred(self) -> int: ...
+    @property
+    def lost(self) -> int: ...
+    @property
+    def engine_ok(self) -> bool: ...
+    @property
+    def engine_error(self) -> str | None: ...
 
 
-async def readiness(engine: Engine, *, stopping: bool) -> tuple[bool, str]:
-    """(ready, reason) for a worker or API process using `engine`.
+class HealthSource(Protocol):
+    """What the health server reads from its worker (`conveyor.worker.Worker`).
 
-    Pings the engine, so an outage shows within `READY_PING_TIMEOUT` seconds.
+    A protocol rather than the `Worker` class, because the worker builds this server:
+    naming the class here would make the two modules depend on each other.
     """
-    if stopping:
-        return False, "shutting down"
-    try:
-        await asyncio.wait_for(engine.ping(), READY_PING_TIMEOUT)
-    except (EngineUnavailable, TimeoutError) as exc:
-        return False, f"engine unavailable: {exc or 'ping timed out'}"
-    if not engine.durable:
-        return False, f"engine {engine.url} is not durable (memory:// is for tests only)"
-    return True, "ok"
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def app(self) -> Conveyor: ...
+    @property
+    def stopping(self) -> bool: ...
+    @property
+    def metrics(self) -> Metrics: ...
+    @property
+    def stats(self) -> WorkerStatsView: ...
+    @property
+    def last_counts(self) -> Sequence[QueueCounts]: ...
+    @property
+    def in_flight(self) -> int: ...
+    @property
+    def concurrency(self) -> int: ...
+    @property
+    def queues(self) -> Sequence[str]: ...
+    @property
+    def lease_ms(self) -> int: ...
+    @property
+    def shutdown_timeout(self) -> float: ...
 
 
-def build_health_app(worker: Worker) -> Starlette:
+def build_health_app(worker: HealthSource) -> Starlette:
     """The ASGI app served on `--health-port`."""
 
     async def live(request: Request) -> Response:
         return JSONResponse({"status": "alive", "worker": worker.id})
 
     async def ready(request: Request) -> Response:
-        ok, reason = await readiness(worker.app.engine, stopping=worker.stopping)
+        ok, reason = await worker.app.readiness(stopping=worker.stopping)
         return JSONResponse(
             {"status": "ready" if ok else "not ready", "reason": reason},
             status_code=200 if ok else 503,
         )
 
     async def detailed(request: Request) -> Response:
-        ok, reason = await readiness(worker.app.engine, stopping=worker.stopping)
+        ok, reason = await worker.app.readiness(stopping=worker.stopping)
         return JSONResponse(detailed_document(worker, ok, reason), status_code=200 if ok else 503)
 
     async def metrics(request: Request) -> Response:
@@ -76,16 +115,16 @@ def build_health_app(worker: Worker) -> Starlette:
     )
 
 
-def detailed_document(worker: Worker, ready: bool, reason: str) -> dict[str, Any]:
+def detailed_document(worker: HealthSource, ready: bool, reason: str) -> dict[str, Any]:
     """What `/health/detailed` returns (also useful in logs)."""
-    engine = worker.app.engine
+    app = worker.app
     return {
         "status": "ready" if ready else "not ready",
         "reason": reason,
         "worker": worker.id,
         "engine": {
-            "url": redact(engine.url),
-            "durable": engine.durable,
+            "url": redact(app.url),
+            "durable": app.durable,
             "reachable": worker.stats.engine_ok,
             "error": worker.stats.engine_error,
         },

@@ -12,11 +12,13 @@ import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Generic
 
 import orjson
+from typing_extensions import TypeVar
 
-from .errors import InvalidPayload, MalformedJob, PayloadTooLarge
+from .errors import ConfigError, InvalidPayload, MalformedJob, PayloadTooLarge
+from .payloads import result_json, strict_dumps
 
 
 class JobState(StrEnum):
@@ -33,7 +35,8 @@ class JobState(StrEnum):
 ACTIVE_STATES = (JobState.SCHEDULED, JobState.PENDING, JobState.RUNNING)
 FINISHED_STATES = (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED)
 
-QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+# \Z, not $: `$` also matches before a trailing newline, so "emails\n" would pass.
+QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}\Z")
 MIN_PRIORITY, MAX_PRIORITY = -100, 100
 
 
@@ -69,20 +72,26 @@ class AttemptError:
         )
 
 
-ProgressReporter = Callable[["Job", Any], Awaitable[None]]
+ProgressReporter = Callable[["Job[Any]", Any], Awaitable[None]]
+
+
+# The payload's type: a dict, or the task's pydantic model in its handler (`Job[Email]`).
+P = TypeVar("P", default=dict[str, Any])
 
 
 @dataclass(slots=True, eq=False)
-class Job:
+class Job(Generic[P]):
     """A job as a handler receives it and as `app.get_job` returns it.
 
     Times are wall-clock seconds (floats) or `None` when the event has not happened.
+    A typed task's handler gets `Job[Model]`, whose `payload` is the model instance;
+    everywhere else `payload` is the stored JSON object (a dict).
     """
 
     id: str
     queue: str
     task: str
-    payload: dict[str, Any]
+    payload: P
     state: JobState
     attempt: int = 0  # attempts started so far (counted when claimed)
     max_attempts: int = 1
@@ -102,6 +111,7 @@ class Job:
     worker: str | None = None
     decode_error: str | None = None  # set by the engine when stored data was malformed
     _reporter: ProgressReporter | None = field(default=None, repr=False)
+    _app: Any = field(default=None, repr=False)  # the Conveyor that returned it, for wait()
 
     @property
     def last_error(self) -> AttemptError | None:
@@ -117,6 +127,35 @@ class Job:
         self.progress_value = value
         if self._reporter is not None:
             await self._reporter(self, value)
+
+    async def wait(self, timeout: float | None = None) -> Any:
+        """Wait until the job is finished and return its result (`app.wait`).
+
+        Args:
+            timeout: seconds to wait at most; `None` waits as long as it takes.
+
+        Returns:
+            What the handler returned, as stored (JSON).
+
+        Raises:
+            JobFailed: the job failed; carries the last error and its traceback text.
+            JobCancelled: the job was cancelled.
+            TimeoutError: it is not finished after `timeout` seconds.
+            ConfigError: this job object did not come from an app (use `app.wait(id)`).
+        """
+        return await self._owner().wait(self.id, timeout)
+
+    def wait_sync(self, timeout: float | None = None) -> Any:
+        """`wait` for synchronous code; same returns and errors."""
+        return self._owner().wait_sync(self.id, timeout)
+
+    def _owner(self) -> Any:
+        if self._app is None:
+            raise ConfigError(
+                f"job {self.id} was not returned by an app's enqueue or get_job: "
+                "call `await app.wait(job_id)` instead"
+            )
+        return self._app
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready view (CLI, HTTP API)."""
@@ -197,10 +236,11 @@ def queue_of(job_id: str) -> str:
 
 
 def encode_payload(payload: Any, limit_bytes: int) -> str:
-    """Encode a payload as JSON text, enforcing type and size.
+    """Encode a payload as strict JSON text, enforcing type and size.
 
     Raises:
-        InvalidPayload: not a JSON object of JSON-serialisable values.
+        InvalidPayload: not a JSON object, or it holds something JSON cannot carry
+            unchanged (NaN, a datetime, a set, a non-string key, ...).
         PayloadTooLarge: the encoded form is larger than `limit_bytes`.
     """
     if not isinstance(payload, dict):
@@ -209,12 +249,12 @@ def encode_payload(payload: Any, limit_bytes: int) -> str:
             "wrap the value, e.g. {'value': ...}"
         )
     try:
-        raw = orjson.dumps(payload, option=orjson.OPT_NON_STR_KEYS)
-    except TypeError as exc:
+        raw = strict_dumps(payload)
+    except ValueError as exc:
         raise InvalidPayload(
-            f"payload is not JSON-serialisable ({exc}): pass only dicts, lists, strings, "
-            "numbers, booleans and None (Conveyor never pickles)"
-        ) from exc
+            f"payload is not strict JSON ({exc}); pass only dicts with string keys, lists, "
+            "strings, finite numbers, booleans and None (Conveyor never pickles)"
+        ) from None
     if len(raw) > limit_bytes:
         raise PayloadTooLarge(
             f"payload is {len(raw)} bytes, over the {limit_bytes}-byte limit: store large "
@@ -224,11 +264,12 @@ def encode_payload(payload: Any, limit_bytes: int) -> str:
 
 
 def encode_result(result: Any) -> str:
-    """Encode a handler's return value; non-JSON results are stored as their repr."""
-    try:
-        return orjson.dumps(result, option=orjson.OPT_NON_STR_KEYS).decode()
-    except TypeError:
-        return orjson.dumps({"repr": repr(result)}).decode()
+    """Encode a handler's return value (a pydantic model as its JSON).
+
+    Raises:
+        InvalidResult: the value is not JSON; the message says what was wrong.
+    """
+    return result_json(result)
 
 
 # These run ~20 times per claimed job: kept minimal (the claim path is CPU-bound).

@@ -26,15 +26,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .engines import Engine, open_engine
+from .app import Conveyor
+from .engines import open_engine
 from .errors import ConfigError, EngineUnavailable
-from .health import readiness
 from .serving import EmbeddedServer
 
 __all__ = ["Relay"]
 
 log = logging.getLogger("conveyor.relay")
 ERROR_BACKOFF_S = (0.1, 0.5, 1.0, 2.0, 5.0)
+READY_PING_TIMEOUT = 2.0
 
 
 class Relay:
@@ -42,7 +43,8 @@ class Relay:
 
     Args:
         source_url: the ``postgresql://...?schema=...`` whose outbox is relayed.
-        target_url: the engine the jobs go to (usually ``redis://...``).
+        target: the app (or its engine URL) the jobs go to (usually on ``redis://...``);
+            jobs are stored through it (`Conveyor.store_built`).
         batch: rows per step (one Postgres transaction, one enqueue call).
         interval: polling interval in seconds while no NOTIFY arrives.
         health_port: port of /health/* and /metrics (0: none).
@@ -55,7 +57,7 @@ class Relay:
     def __init__(
         self,
         source_url: str,
-        target_url: str,
+        target: Conveyor | str,
         *,
         batch: int = 100,
         interval: float = 0.1,
@@ -77,7 +79,7 @@ class Relay:
                 "10000 rows and an interval of 0.001 to 60 s (defaults: 100, 0.1)"
             )
         self.source = source
-        self.target: Engine = open_engine(target_url)
+        self.target = target if isinstance(target, Conveyor) else Conveyor(target)
         self.batch = batch
         self.interval = interval
         self.health_port = health_port
@@ -113,7 +115,7 @@ class Relay:
         Raises:
             EngineUnavailable: either engine cannot be reached (nothing was deleted).
         """
-        results = await self.source.relay_batch(self.target.enqueue, self.batch)
+        results = await self.source.relay_batch(self.target.store_built, self.batch)
         created = sum(r.created for r in results)
         self.relayed.inc(len(results))
         self.duplicates.inc(len(results) - created)
@@ -176,10 +178,13 @@ class Relay:
 
         async def ready(request: Request) -> Response:
             reasons = []
-            for name, engine in (("source", self.source), ("target", self.target)):
-                ok, reason = await readiness(engine, stopping=self.stopping)
-                if not ok:
-                    reasons.append(f"{name}: {reason}")
+            try:
+                await asyncio.wait_for(self.source.ping(), READY_PING_TIMEOUT)
+            except (EngineUnavailable, TimeoutError) as exc:
+                reasons.append(f"source: engine unavailable: {exc or 'ping timed out'}")
+            ok, reason = await self.target.readiness(stopping=self.stopping)
+            if not ok:
+                reasons.append(f"target: {reason}")
             body = {"status": "not ready" if reasons else "ready", "reason": "; ".join(reasons)}
             return JSONResponse(body | {"lag_seconds": self.lag._value.get()},
                                 status_code=503 if reasons else 200)  # fmt: skip

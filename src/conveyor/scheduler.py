@@ -38,7 +38,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from .app import Conveyor
-from .engines import Engine
 from .errors import ConfigError, ConveyorError, EngineUnavailable, InvalidJob
 from .job import JobState, NewJob
 from .schedules import LEADER_LEASE, ScheduleSpec, due_occurrences, occurrence_job_id
@@ -157,21 +156,19 @@ class Scheduler:
             EngineUnavailable: the engine cannot be reached (`run` retries).
         """
         now = self.app.clock.now() if now is None else now
-        engine = await self.app.connect()
         if not self._registered:
-            await self._register_code_schedules(engine)
-        await self._lead(engine, now)
+            await self._register_code_schedules()
+        await self._lead(now)
         report = TickReport(leader=self._leader)
         if not self._leader:
             report.next_tick = max(0.0, self._next_lease_at - now)
             return report
         if self._new_term:
-            await self._drop_removed_code_schedules(engine)
+            await self._drop_removed_code_schedules()
             self._new_term = False
-        next_due = await self._fire(engine, now, report)
+        next_due = await self._fire(now, report)
         if now >= self._next_recover_at:
-            queues = await engine.queue_names()
-            report.recovered = await engine.recover_expired(queues) if queues else 0
+            report.recovered = await self.app.recover_expired()
             self._next_recover_at = now + self.recover_interval
             if report.recovered:
                 log.info("recovered %d stalled job(s)", report.recovered)
@@ -188,7 +185,7 @@ class Scheduler:
         report.next_tick = max(0.0, wake - now)
         return report
 
-    async def _lead(self, engine: Engine, now: float) -> None:
+    async def _lead(self, now: float) -> None:
         """Renew (leader) or try to take (follower) the lease when it is time to."""
         if self._leader and now >= self._lease_until:
             # Renewals failed for a whole lease (engine unreachable): another may lead now.
@@ -196,13 +193,12 @@ class Scheduler:
             self._leader = False
         if now < self._next_lease_at:
             return
-        ttl_ms = round(self.lease_timeout * 1000)
         if self._leader:
-            held = await engine.renew_lease(LEADER_LEASE, self.id, ttl_ms)
+            held = await self.app.renew_lease(LEADER_LEASE, self.id, self.lease_timeout)
             if not held:
                 log.warning("scheduler %s lost leadership", self.id)
         else:
-            held = await engine.acquire_lease(LEADER_LEASE, self.id, ttl_ms)
+            held = await self.app.acquire_lease(LEADER_LEASE, self.id, self.lease_timeout)
             if held:
                 log.info("scheduler %s is now the leader", self.id)
                 self._new_term = True
@@ -214,22 +210,22 @@ class Scheduler:
         self._next_lease_at = now + (self._renew_every if held else self._follow_every)
 
     # --- schedules ----------------------------------------------------------------------------
-    async def _register_code_schedules(self, engine: Engine) -> None:
+    async def _register_code_schedules(self) -> None:
         """Store the app's code-defined schedules, so `conveyor schedules list` shows them
         and the leader (whichever process it is) runs them."""
         for spec in self.app.schedules.values():
-            await engine.put_schedule(spec.name, spec.to_json(), "code")
+            await self.app.store_schedule(spec, "code")
         self._registered = True
 
-    async def _drop_removed_code_schedules(self, engine: Engine) -> None:
+    async def _drop_removed_code_schedules(self) -> None:
         """The leader's code is the truth for code-defined schedules: ones that are
         stored but no longer in its app were deleted from the code."""
-        for stored in await engine.schedules():
+        for stored in await self.app.stored_schedules():
             if stored.source == "code" and stored.name not in self.app.schedules:
                 log.info("schedule %r is no longer in the app's code; removing it", stored.name)
-                await engine.delete_schedule(stored.name)
+                await self.app.delete_schedule(stored.name)
 
-    async def _fire(self, engine: Engine, now: float, report: TickReport) -> float:
+    async def _fire(self, now: float, report: TickReport) -> float:
         """Enqueue every owed occurrence (one engine call), then advance each schedule's
         last run, fenced. Returns when the next occurrence of any schedule is due."""
         now_ms = round(now * 1000)
@@ -237,7 +233,7 @@ class Scheduler:
         jobs: list[NewJob] = []
         advances: list[tuple[str, int]] = []
         next_due = math.inf
-        for stored in await engine.schedules():
+        for stored in await self.app.stored_schedules():
             if stored.paused:
                 continue
             try:
@@ -265,13 +261,13 @@ class Scheduler:
             if nxt is not None:
                 next_due = min(next_due, nxt / 1000)
         if jobs:
-            results = await engine.enqueue(jobs)
+            results = await self.app.store_built(jobs)
             for job, result in zip(jobs, results, strict=True):
                 if result.created:
                     report.enqueued.append(result.id)
                     log.info("enqueued %s (%s)", result.id, job.task)
         for name, at in advances:
-            if not await engine.advance_schedule(name, at, lease=LEADER_LEASE, holder=self.id):
+            if not await self.app.advance_schedule(name, at, lease=LEADER_LEASE, holder=self.id):
                 # Lost the lease (the next renewal steps down) or the schedule was removed;
                 # the enqueue above stands either way and a successor's repeat is a no-op.
                 log.debug("last run of %r not advanced to %s", name, _iso(at))
@@ -340,7 +336,7 @@ class Scheduler:
         if self._leader:
             self._leader = False
             try:
-                await self.app.engine.release_lease(LEADER_LEASE, self.id)
+                await self.app.release_lease(LEADER_LEASE, self.id)
                 log.info("scheduler %s released leadership", self.id)
             except ConveyorError as exc:  # the lease expires on its own
                 log.warning("could not release leadership: %s", exc)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import re
 import socket
 from collections.abc import Generator
 from typing import Any, Literal
@@ -15,6 +17,43 @@ from typing import Any, Literal
 import uvicorn
 
 from .errors import ConfigError
+
+# `token=` (and `access_token=`) in a query string: old clients put WebSocket tokens
+# there, and uvicorn's access and WebSocket log lines print the full URL.
+_TOKEN_IN_URL = re.compile(r"(?i)((?:^|[?&;\s])(?:access_)?token=)[^&\s\"';]*")
+_LOGGERS = ("", "conveyor", "uvicorn", "uvicorn.error", "uvicorn.access")
+# Largest WebSocket message a client may send (uvicorn's default is 16 MiB). Clients of
+# `WS /ws/jobs` send nothing the server reads, so a small bound costs nothing and keeps
+# a socket from making the server buffer megabytes; past it the socket closes with 1009.
+WS_MAX_MESSAGE_BYTES = 64 * 1024
+
+
+def redact_tokens(text: str) -> str:
+    """`text` with the value of every `token=` query parameter replaced by `***`."""
+    return _TOKEN_IN_URL.sub(r"\1***", text)
+
+
+class RedactTokens(logging.Filter):
+    """A log filter that hides `token=` values in the formatted message."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "token=" in message.lower():
+            record.msg, record.args = redact_tokens(message), None
+        return True
+
+
+def install_log_redaction() -> None:
+    """Put `RedactTokens` on every handler of the root, conveyor and uvicorn loggers.
+
+    On handlers, not loggers: a logger's filter does not see records propagated from
+    its children, a handler's sees every line it writes. Call after uvicorn configured
+    its logging (`uvicorn.Config` does it in its constructor); idempotent.
+    """
+    for name in _LOGGERS:
+        for handler in logging.getLogger(name).handlers:
+            if not any(isinstance(f, RedactTokens) for f in handler.filters):
+                handler.addFilter(RedactTokens())
 
 
 class _QuietServer(uvicorn.Server):
@@ -32,9 +71,16 @@ class EmbeddedServer:
         self, asgi: Any, host: str, port: int, *, lifespan: Literal["on", "off"] = "off"
     ) -> None:
         config = uvicorn.Config(
-            asgi, host=host, port=port, log_level="warning", lifespan=lifespan, access_log=False
+            asgi,
+            host=host,
+            port=port,
+            log_level="warning",
+            lifespan=lifespan,
+            access_log=False,
+            ws_max_size=WS_MAX_MESSAGE_BYTES,
         )
         self._server = _QuietServer(config)
+        install_log_redaction()
         self._task: asyncio.Task[None] | None = None
         self._socket: socket.socket | None = None
 

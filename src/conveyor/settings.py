@@ -17,6 +17,7 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .errors import ConfigError
+from .limits import parse_rate
 
 DEFAULT_URL = "sqlite:///conveyor.db"
 ENV_PREFIX = "CONVEYOR_"
@@ -66,8 +67,23 @@ class Settings(BaseSettings):
     api_tokens_file: str | None = Field(
         None, description='JSON file {"admin": "...", "tenants": {"token": "tenant"}}'
     )
+    api_max_body_bytes: int | None = Field(
+        None, ge=1, description="largest request body; default max_payload_bytes + 64 KiB"
+    )
+    api_public_hosts: tuple[str, ...] = Field(
+        (), description="host names besides localhost an API without tokens answers to"
+    )
+    api_ws_max_subscribers: int = Field(
+        10_000, ge=1, le=1_000_000, description="live WebSocket subscriptions per API process"
+    )
+    api_ws_max_per_token: int = Field(
+        1_000, ge=1, le=1_000_000, description="live WebSocket subscriptions per token"
+    )
+    api_public_metrics: bool = Field(
+        False, description="serve the API's /metrics without the admin token"
+    )
 
-    @field_validator("queues", mode="before")
+    @field_validator("queues", "api_public_hosts", mode="before")
     @classmethod
     def _split_queues(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -77,8 +93,6 @@ class Settings(BaseSettings):
     @field_validator("rate", "tenant_rate")
     @classmethod
     def _rate(cls, value: str | None) -> str | None:
-        from .engines.base import parse_rate
-
         if value is not None:
             try:
                 parse_rate(value)
@@ -130,6 +144,28 @@ class Settings(BaseSettings):
             return cls.model_validate(values)
         except ValidationError as exc:
             raise ConfigError(_explain(exc)) from exc
+
+
+def url_source(flag: str | None, environ: Mapping[str, str] | None = None) -> str | None:
+    """Which setting names the engine URL, by precedence: `"--url"` (the flag), then
+    `"CONVEYOR_URL"`, then `"REDIS_URL"`; `None` when none does (the app's URL in code,
+    else the default, applies).
+
+    Args:
+        flag: the `--url` flag's value, or `None` when it was not given.
+        environ: the environment (default `os.environ`).
+
+    Returns:
+        The name of the setting that gives the URL, or `None`.
+    """
+    env = os.environ if environ is None else environ
+    if flag is not None:
+        return "--url"
+    if "CONVEYOR_URL" in env:
+        return "CONVEYOR_URL"
+    if env.get("REDIS_URL"):
+        return "REDIS_URL"
+    return None
 
 
 def _explain(exc: ValidationError) -> str:

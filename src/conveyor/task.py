@@ -7,6 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import BaseModel
+
 from .backoff import Backoff
 
 Handler = Callable[..., Any]
@@ -22,6 +24,9 @@ class Task:
     max_attempts: int
     backoff: Backoff
     timeout: float | None
+    # The pydantic model of the payload (`payload=` or a `Job[Model]` annotation); the
+    # handler gets `job.payload` as an instance of it. None: a plain dict.
+    payload_model: type[BaseModel] | None = None
     # Coroutine functions run on the loop; plain functions in the thread pool. Decided
     # once here, not per job.
     is_async: bool = field(init=False)

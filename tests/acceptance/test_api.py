@@ -29,13 +29,14 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 
 from conveyor import Conveyor, Worker
-from conveyor.api import Tokens, create_api, openapi_json
-from conveyor.api.live import Subscriber
+from conveyor.api import Tokens, openapi_json
 from conveyor.api.models import JobOut, QueueOverviewOut
 from conveyor.engines import Event, QueueCounts
 from conveyor.job import Job, JobState
+from conveyor.live import Subscriber
 from conveyor.status import overview_row
-from conveyor.testing import PROBE_QUEUE, probe_app
+from conveyor.web import create_web_app
+from tests.apps.probe import PROBE_QUEUE, probe_app
 from tests.conftest import ROOT, SpawnWorker, free_port
 
 Q = PROBE_QUEUE
@@ -84,7 +85,8 @@ def api_server() -> Iterator[StartApi]:
     servers: list[ApiServer] = []
 
     def start(url: str, *, tokens: Tokens | None = None, app: Conveyor | None = None) -> ApiServer:
-        api = create_api(
+        # The API with the dashboard (the dashboard tests share this fixture).
+        api = create_web_app(
             app or probe_app(url),
             tokens=tokens or Tokens(),
             metrics_prefix="conveyor_",
@@ -101,7 +103,7 @@ def api_server() -> Iterator[StartApi]:
 
 @pytest.fixture
 def worker_process(spawn_worker: SpawnWorker) -> Callable[[str], subprocess.Popen[bytes]]:
-    """Start `conveyor worker conveyor.testing:app` on the probe queue as a separate process."""
+    """Start `conveyor worker tests.apps.probe:app` on the probe queue as a separate process."""
     return lambda url: spawn_worker(url, queues=Q)
 
 
@@ -380,13 +382,16 @@ async def test_queue_operations(
 
     retried = (await client.post(f"{base}/queues/{Q}/retry-all")).json()
     assert retried == {"queue": Q, "state": "failed", "count": 2}
+    # Lifecycle's rules, applied once by the facade: 409 with its message.
     r = await client.post(f"{base}/queues/{Q}/retry-all", json={"state": "completed"})
-    assert r.status_code == 422
+    assert r.status_code == 409 and "failed or cancelled" in r.json()["message"]
+    r = await client.post(f"{base}/queues/{Q}/retry-all", json={"state": "finished"})
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "state"
 
     cleaned = await client.post(f"{base}/queues/{Q}/clean", json={"state": "completed"})
     assert cleaned.json() == {"queue": Q, "state": "completed", "count": 1}
     r = await client.post(f"{base}/queues/{Q}/clean", json={"state": "pending"})
-    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "state"
+    assert r.status_code == 409 and "cancel live jobs first" in r.json()["message"]
     assert (await client.post(f"{base}/queues/bad%20q/pause")).status_code == 422
 
 
@@ -496,12 +501,13 @@ def test_conveyor_api_command_serves_the_users_app(sqlite_url: str, tmp_path: Pa
     port = free_port()
     proc = subprocess.Popen(
         [
-            *(sys.executable, "-m", "conveyor", "api", "conveyor.testing:app"),
+            *(sys.executable, "-m", "conveyor", "api", "tests.apps.probe:app"),
             *("--url", sqlite_url, "--port", str(port)),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env={k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")},
+        cwd=ROOT,  # so `tests.apps.probe:app` imports
     )
     try:
         deadline = time.monotonic() + 15

@@ -20,8 +20,8 @@ import websockets
 from conveyor.api import Tokens, check_exposure
 from conveyor.errors import ConfigError
 from conveyor.settings import Settings
-from conveyor.testing import PROBE_QUEUE
 from tests.acceptance.test_api import ApiServer, StartApi, api_server, frames, subscribed
+from tests.apps.probe import PROBE_QUEUE
 from tests.conftest import free_port
 
 __all__ = ["api_server"]  # the fixture, re-exported for pytest
@@ -71,8 +71,9 @@ async def test_missing_or_invalid_token_is_401_with_www_authenticate(
     assert (await http.post("/jobs", json={"task": "probe"})).status_code == 401
 
 
-async def test_probes_and_metrics_need_no_token(http: httpx.AsyncClient) -> None:
-    for path in ("/health", "/health/ready", "/api/health/ready", "/metrics", "/openapi.json"):
+async def test_probes_need_no_token(http: httpx.AsyncClient) -> None:
+    # /metrics does: test_api_security.test_metrics_need_the_admin_token_unless_public
+    for path in ("/health", "/health/ready", "/api/health/ready", "/openapi.json"):
         assert (await http.get(path)).status_code == 200, path
 
 
@@ -146,6 +147,35 @@ async def test_keys_of_two_tenants_never_collide(http: httpx.AsyncClient) -> Non
     first = await post_job(http, ACME, dedupe_key="nightly")
     second = await post_job(http, GLOBEX, dedupe_key="nightly")
     assert first["id"] != second["id"]  # globex must not get (and so see) acme's job
+
+
+async def test_tenant_names_with_separators_cannot_reach_each_others_keys(
+    sqlite_url: str, api_server: StartApi
+) -> None:
+    """Tenant `acme` with key `eu:x` must not hit tenant `acme:eu`'s job with key `x`
+    (the composed keys were `tenant:acme:eu:x` for both), nor through Idempotency-Key."""
+    short, long_ = "acme-short-token-0123456789", "acme-eu-token-0123456789ab"
+    tokens = Tokens(admin=ADMIN, tenants={short: "acme", long_: "acme:eu"})
+    server = api_server(sqlite_url, tokens=tokens)
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+        theirs = await post_job(http, long_, dedupe_key="x", payload={"secret": "eu"})
+        r = await http.post(
+            "/jobs", json={"task": "probe", "dedupe_key": "eu:x"}, headers=auth(short)
+        )
+        assert r.status_code == 201, r.text  # a new job, not acme:eu's
+        assert r.json()["id"] != theirs["id"] and "secret" not in r.json()["payload"]
+        idem = await http.post(
+            "/jobs", json={"task": "probe"}, headers=auth(long_) | {"Idempotency-Key": "k"}
+        )
+        r = await http.post(
+            "/jobs", json={"task": "probe"}, headers=auth(short) | {"Idempotency-Key": "eu:k"}
+        )
+        assert r.status_code == 201 and r.json()["id"] != idem.json()["id"]
+        # An admin may store any raw key; a dedupe hit on it still never hands a tenant
+        # the admin's job.
+        admin_job = await post_job(http, ADMIN, dedupe_key="tenant:4:acme:y")
+        r = await http.post("/jobs", json={"task": "probe", "dedupe_key": "y"}, headers=auth(short))
+        assert r.status_code == 409 and admin_job["id"] not in r.text
 
 
 async def test_websocket_streams_only_the_tenants_own_events(
@@ -251,3 +281,65 @@ def test_conveyor_api_refuses_to_start_on_all_interfaces_without_tokens(sqlite_u
     finally:
         proc.terminate()
         assert proc.wait(15) == 0
+
+
+async def test_tenant_tokens_limited_to_queues_and_tasks(
+    sqlite_url: str, api_server: StartApi, tmp_path: Path
+) -> None:
+    limited = "acme-limited-token-0123456789"
+    path = tmp_path / "tokens.json"
+    path.write_bytes(
+        orjson.dumps(
+            {
+                "admin": ADMIN,
+                "tenants": {
+                    ACME: "acme",
+                    limited: {"tenant": "acme", "queues": [Q], "tasks": ["probe"]},
+                },
+            }
+        )
+    )
+    tokens = Tokens.load(Settings.load({"CONVEYOR_API_TOKENS_FILE": str(path)}))
+    server = api_server(sqlite_url, tokens=tokens)
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+        mine = await post_job(http, limited)
+        assert mine["tenant"] == "acme"
+        for body in ({"task": "report", "queue": Q}, {"task": "probe", "queue": "other"}):
+            r = await http.post("/jobs", json=body, headers=auth(limited))
+            assert r.status_code == 403, (body, r.text)
+        # The same tenant's jobs outside the scope are invisible, like another tenant's.
+        report = await post_job(http, ACME, task="report", queue=Q)
+        elsewhere = await post_job(http, ACME, queue="other")
+        for job in (report, elsewhere):
+            assert (await http.get(f"/jobs/{job['id']}", headers=auth(limited))).status_code == 404
+            r = await http.post(f"/jobs/{job['id']}/cancel", headers=auth(limited))
+            assert r.status_code == 404
+        listed = (await http.get(f"/jobs?queue={Q}", headers=auth(limited))).json()["jobs"]
+        assert [j["id"] for j in listed] == [mine["id"]]
+        assert (await http.get("/jobs?queue=other", headers=auth(limited))).status_code == 403
+        # ACME's unlimited token still sees everything of its tenant.
+        listed = (await http.get(f"/jobs?queue={Q}", headers=auth(ACME))).json()["jobs"]
+        assert {j["id"] for j in listed} == {mine["id"], report["id"]}
+
+    async def close_code(query: str) -> int:
+        async with websockets.connect(
+            f"{server.ws_url}/ws/jobs?{query}", additional_headers=auth(limited)
+        ) as ws:
+            with pytest.raises(websockets.ConnectionClosed) as info:
+                await asyncio.wait_for(ws.recv(), 10)
+        assert info.value.rcvd is not None
+        return info.value.rcvd.code
+
+    assert await close_code("queue=other") == 4403
+    assert await close_code(f"job={report['id']}") == 4404
+    async with (
+        websockets.connect(
+            f"{server.ws_url}/ws/jobs?queue={Q}", additional_headers=auth(limited)
+        ) as ws,
+        httpx.AsyncClient(base_url=server.url, timeout=10) as http,
+    ):
+        await subscribed(ws)
+        await post_job(http, ACME, task="report", queue=Q)
+        last = await post_job(http, limited)
+        seen = await frames(ws, lambda f: f.get("job_id") == last["id"])
+        assert {f["task"] for _, f in seen} == {"probe"}

@@ -22,9 +22,9 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from conveyor.api import create_api
-from conveyor.testing import probe_app
 from tests.acceptance.test_api import ROOT, ApiServer
 from tests.acceptance.test_api_auth import ADMIN, TOKENS
+from tests.apps.probe import probe_app
 
 CHECKS = [
     not_a_server_error,

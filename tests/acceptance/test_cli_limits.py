@@ -8,9 +8,10 @@ import sys
 import pytest
 
 from conveyor import Conveyor, Worker
-from conveyor.engines import QueueLimits
-from conveyor.testing import probe_app
+from conveyor.limits import QueueLimits
 from tests.acceptance.test_cli_ops import assert_one_line_error, conveyor
+from tests.apps.probe import probe_app
+from tests.conftest import ROOT
 
 
 async def test_limits_are_set_changed_shown_and_cleared(durable_url: str, app: Conveyor) -> None:
@@ -72,9 +73,9 @@ async def test_worker_flags_store_limits_over_the_apps(durable_url: str) -> None
 
 async def test_worker_rejects_a_bad_rate_flag(durable_url: str) -> None:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "conveyor", "worker", "conveyor.testing:app", "--url",
+        sys.executable, "-m", "conveyor", "worker", "tests.apps.probe:app", "--url",
         durable_url, "--rate", "fast", "--health-port", "0",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT,
     )  # fmt: skip
     _, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 2

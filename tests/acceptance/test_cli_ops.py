@@ -24,7 +24,9 @@ import pytest
 from conveyor import AttemptError, Conveyor, JobState
 from conveyor.engines import Outcome
 from conveyor.engines.base import OutcomeKind
-from conveyor.testing import PROBE_QUEUE, eventually
+from conveyor.testing import eventually
+from tests.apps.probe import PROBE_QUEUE
+from tests.conftest import ROOT
 
 Q = PROBE_QUEUE
 
@@ -49,6 +51,7 @@ async def conveyor(url: str, *args: str, timeout: float = 60) -> Result:
         *args,
         "--url",
         url,
+        cwd=ROOT,  # so `tests.apps.probe:app` imports
         stdin=asyncio.subprocess.DEVNULL,  # not a terminal: confirmations must be explicit
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -107,14 +110,14 @@ async def finish(app: Conveyor, n: int, kind: OutcomeKind, message: str = "smtp 
 
 @asynccontextmanager
 async def worker_process(url: str, *args: str) -> AsyncIterator[asyncio.subprocess.Process]:
-    """`conveyor worker conveyor.testing:app` on the probe queue, killed afterwards (the
+    """`conveyor worker tests.apps.probe:app` on the probe queue, killed afterwards (the
     tests using it are about what operators see while it runs, not about its shutdown)."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "conveyor",
         "worker",
-        "conveyor.testing:app",
+        "tests.apps.probe:app",
         "--url",
         url,
         "--queues",
@@ -124,6 +127,7 @@ async def worker_process(url: str, *args: str) -> AsyncIterator[asyncio.subproce
         *args,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
+        cwd=ROOT,
     )
     try:
         yield proc
@@ -230,7 +234,7 @@ async def test_retry_one_then_retry_all(app: Conveyor, durable_url: str) -> None
     cancelled = await conveyor(durable_url, "retry-all", Q, "--state", "cancelled")
     assert "retried 1 cancelled job(s)" in cancelled.out
     assert_one_line_error(
-        await conveyor(durable_url, "retry-all", Q, "--state", "pending"), "InvalidJob"
+        await conveyor(durable_url, "retry-all", Q, "--state", "pending"), "InvalidState"
     )
 
 
@@ -305,7 +309,7 @@ async def test_clean_by_state_and_age(app: Conveyor, durable_url: str) -> None:
     )
     assert_one_line_error(
         await conveyor(durable_url, "clean", Q, "--state", "pending", "--older-than", "1d"),
-        "InvalidJob",
+        "InvalidState",
     )
 
 
@@ -329,7 +333,7 @@ async def test_pause_keeps_jobs_pending_until_resume(app: Conveyor, durable_url:
     assert paused.code == 0 and "paused queue probe" in paused.out
 
     # A real worker process: it must exit in burst mode without claiming anything.
-    worker = ("worker", "conveyor.testing:app", "--queues", Q, "--burst", "--health-port", "0")
+    worker = ("worker", "tests.apps.probe:app", "--queues", Q, "--burst", "--health-port", "0")
     ran = await conveyor(durable_url, *worker, timeout=30)
     assert ran.code == 0, ran
     row = (await conveyor(durable_url, "queues", "--json")).json()[0]

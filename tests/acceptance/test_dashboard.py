@@ -26,8 +26,8 @@ from conveyor import Conveyor, Worker
 from conveyor.api import Tokens
 from conveyor.job import Job
 from conveyor.schedules import cron_schedule, every_schedule
-from conveyor.testing import PROBE_QUEUE, register_probe
 from tests.acceptance.test_api import StartApi, api_server
+from tests.apps.probe import PROBE_QUEUE, register_probe
 from tests.conftest import ROOT, SpawnWorker
 
 __all__ = ["api_server"]  # the fixture, re-exported for pytest
@@ -349,6 +349,8 @@ async def test_tenant_token_sees_only_its_jobs_and_no_actions(
     theirs = await enqueue(server.url, payload={"who": "globex"}, tenant="globex")
 
     page = console.watch(await browser.new_page(viewport=DESKTOP))
+    sockets: list[str] = []
+    page.on("websocket", lambda ws: sockets.append(ws.url))
     await page.goto(f"{server.url}/dashboard")
     await page.get_by_label("API token").fill("not-a-valid-token-at-all")
     await page.get_by_role("button", name="Sign in").click()
@@ -368,6 +370,9 @@ async def test_tenant_token_sees_only_its_jobs_and_no_actions(
     await expect(page.locator("#job-state")).to_have_text("pending")
     assert await page.locator("#job-retry, #job-cancel, #job-promote").count() == 0
     await expect(page.locator("#job .notice")).to_contain_text("Read-only")
+    # Live updates authenticated with a subprotocol: the token is in no WebSocket URL
+    # (URLs reach access logs and history).
+    assert sockets and not [url for url in sockets if TENANT in url or "token=" in url]
     await page.close()
 
 
@@ -414,3 +419,34 @@ async def test_page_and_assets_are_local_and_locked_down(
         # Nothing of the dashboard leaks into the API's schema.
         paths = (await client.get("/openapi.json")).json()["paths"]
         assert not [p for p in paths if p.startswith("/dashboard")]
+
+
+async def test_open_api_dashboard_works_from_the_printed_url(
+    sqlite_url: str, api_server: StartApi, browser: Browser, console: Console
+) -> None:
+    """With no tokens (`conveyor dev`), the Host/Origin checks that keep other websites
+    out must let the dashboard itself in: its reads, its live socket, its actions —
+    including pausing a schedule whose name holds a `/`."""
+    schedules = dashboard_app(sqlite_url)
+    await schedules.add_schedule(every_schedule(300, task="probe", name="reports/daily"))
+    await schedules.close()
+    server = api_server(sqlite_url, app=dashboard_app(sqlite_url))  # no tokens
+    page = console.watch(await browser.new_page(viewport=DESKTOP))
+    await page.goto(f"{server.url}/dashboard#/queue/{Q}")
+    await expect(page.locator("#who")).to_have_text("open API (no tokens)")
+    await expect(page.locator("#live")).to_have_attribute("data-live", "on", timeout=10_000)
+    job = await enqueue(server.url, payload={"action": "ok"})
+    await expect(page.locator(f'tr[data-job="{job["id"]}"]')).to_be_visible()  # live
+
+    await page.get_by_role("button", name="Pause queue").click()
+    await page.get_by_role("dialog").get_by_role("button", name="Pause").click()
+    await expect(page.locator("#paused-badge")).to_be_visible()
+
+    await page.goto(f"{server.url}/dashboard#/schedules")
+    row = page.locator('tr[data-schedule="reports/daily"]')
+    await row.get_by_role("button", name="Pause schedule reports/daily").click()
+    await expect(row.get_by_role("button", name="Resume schedule reports/daily")).to_be_visible()
+    stored = dashboard_app(sqlite_url)
+    assert [s.paused for s in await stored.list_schedules()] == [True]
+    await stored.close()
+    await page.close()

@@ -6,14 +6,25 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as redis_asyncio
 
-from conveyor import Conveyor, EngineUnavailable, InvalidPayload, JobState, MalformedJob, Worker
+from conveyor import (
+    Conveyor,
+    EngineUnavailable,
+    InvalidArgument,
+    InvalidJob,
+    InvalidPayload,
+    JobState,
+    MalformedJob,
+    Worker,
+)
 from conveyor.engines.postgres import PostgresEngine
 from conveyor.engines.redis import RedisEngine
-from conveyor.testing import probe_app
+from tests.apps.probe import probe_app
+from tests.conftest import ROOT
 
 UNREACHABLE = "redis://127.0.0.1:1/0"
 
@@ -81,11 +92,12 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
         text=True,
         timeout=60,
         env={**os.environ, **(env or {})},
+        cwd=ROOT,  # so `tests.apps.probe:app` imports
     )
 
 
 def test_worker_cli_unreachable_engine_is_one_line_no_traceback() -> None:
-    result = run_cli("worker", "conveyor.testing:app", "--url", UNREACHABLE, "--health-port", "0")
+    result = run_cli("worker", "tests.apps.probe:app", "--url", UNREACHABLE, "--health-port", "0")
     assert result.returncode == 2
     assert "EngineUnavailable" in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) <= 3
@@ -105,7 +117,7 @@ def test_worker_cli_invalid_config_fails_at_startup(
 ) -> None:
     result = run_cli(
         "worker",
-        "conveyor.testing:app",
+        "tests.apps.probe:app",
         "--health-port",
         "0",
         *(["--url", f"sqlite:///{tmp_path}/x.db"] if "--url" not in args else []),
@@ -114,3 +126,55 @@ def test_worker_cli_invalid_config_fails_at_startup(
     )
     assert result.returncode == 2, result.stderr
     assert needle in result.stderr and "Traceback" not in result.stderr
+
+
+# Issue 12 item 9: inputs that used to escape as OverflowError, ValueError, TypeError or
+# UnicodeEncodeError, or were silently stored changed. Each must be a named error and
+# store nothing, on every engine.
+BAD_ENQUEUES: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
+    ("delay=inf", {}, {"delay": float("inf")}),
+    ("delay=1e16", {}, {"delay": 1e16}),
+    ("delay=nan", {}, {"delay": float("nan")}),
+    ("timeout=nan", {}, {"timeout": float("nan")}),
+    ("timeout=inf", {}, {"timeout": float("inf")}),
+    ("priority=True", {}, {"priority": True}),
+    ("tenant lone surrogate", {}, {"tenant": "acme\ud800"}),
+    ("dedupe_key lone surrogate", {}, {"dedupe_key": "k\udfff"}),
+    ("task lone surrogate", {}, {"queue": "probe", "task": "pro\ud800be"}),
+    ("payload NaN", {"x": float("nan")}, {}),
+    ("payload Infinity", {"x": [1.0, float("-inf")]}, {}),
+    ("payload lone surrogate", {"x": "\ud800"}, {}),
+    ("queue with a trailing newline", {}, {"queue": "probe\n"}),
+]
+
+
+@pytest.mark.parametrize(
+    ("payload", "options"),
+    [pytest.param(p, o, id=name) for name, p, o in BAD_ENQUEUES],
+)
+async def test_bad_enqueue_is_a_named_error_and_stores_nothing(
+    engine_url: str, payload: dict[str, Any], options: dict[str, Any]
+) -> None:
+    app = probe_app(engine_url)
+    options = dict(options)
+    task = options.pop("task", "probe")
+    with pytest.raises(InvalidJob) as info:
+        await app.enqueue(task, payload, **options)
+    assert "invalid" in str(info.value) or "NaN" in str(info.value) or "JSON" in str(info.value)
+    counts = await app.counts("probe")
+    assert (counts.pending, counts.scheduled) == (0, 0)
+    assert await app.queue_names() in ([], ["probe"])
+    await app.close()
+
+
+FORGED_CURSORS = ["x", "99999999999999999999999", "18446744073709551616", "1:2:3", "a" * 300]
+
+
+async def test_forged_listing_cursors_are_a_named_error(engine_url: str) -> None:
+    app = probe_app(engine_url)
+    await app.enqueue("probe", {})
+    for state in (JobState.PENDING, JobState.COMPLETED):
+        for cursor in FORGED_CURSORS:
+            with pytest.raises(InvalidArgument, match="not one this engine returned"):
+                await app.list_jobs("probe", state, cursor=cursor)
+    await app.close()

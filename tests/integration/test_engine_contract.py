@@ -15,8 +15,9 @@ import orjson
 import pytest
 
 from conveyor import ConfigError, Conveyor, ConveyorError, InvalidState, Job, JobNotFound, JobState
-from conveyor.engines import Engine, Outcome, QueueLimits, open_engine
+from conveyor.engines import Engine, Outcome, open_engine
 from conveyor.job import AttemptError
+from conveyor.limits import QueueLimits
 from conveyor.testing import eventually
 
 LEASE_MS = 30_000

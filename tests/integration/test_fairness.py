@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from conveyor import Conveyor, JobState, Worker
-from conveyor.testing import eventually, probe_app
+from conveyor.testing import eventually
+from tests.apps.probe import probe_app
 from tests.integration.test_guarantees import WorkerProcess
 
 pytestmark = pytest.mark.slow

@@ -1,6 +1,6 @@
 """The guarantees of DESIGN.md, tested with real worker processes and real signals.
 
-Each test runs `conveyor worker conveyor.testing:app` as a subprocess against a real
+Each test runs `conveyor worker tests.apps.probe:app` as a subprocess against a real
 SQLite file or a private redis-server, and kills it the way production does.
 """
 
@@ -20,6 +20,7 @@ import pytest
 
 from conveyor import Conveyor, JobState
 from conveyor.testing import eventually
+from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +32,7 @@ class WorkerProcess:
             "-m",
             "conveyor",
             "worker",
-            "conveyor.testing:app",
+            "tests.apps.probe:app",
             "--url",
             url,
             "--queues",
@@ -42,7 +43,7 @@ class WorkerProcess:
         ]
         # Output goes to a file, not a pipe: a pipe nobody reads can fill and stall it.
         self.log = tempfile.NamedTemporaryFile(prefix="worker-", suffix=".log", delete=False)  # noqa: SIM115
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
 
     def signal(self, sig: int) -> None:
         self.proc.send_signal(sig)

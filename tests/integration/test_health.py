@@ -14,7 +14,8 @@ import httpx
 import pytest
 
 from conveyor import Conveyor, Job, JobState, Worker
-from conveyor.testing import eventually, probe_app
+from conveyor.testing import eventually
+from tests.apps.probe import probe_app
 
 from ..conftest import RedisServer, free_port
 

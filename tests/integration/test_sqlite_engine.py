@@ -601,7 +601,7 @@ async def test_hot_queries_use_indices(engine: SqliteEngine) -> None:
 async def test_fair_claims_use_indices(engine: SqliteEngine) -> None:
     """With tenants and limits, claims walk the rotation and the tenants' buckets through
     their indices: no statement scans `jobs` or `tenants`, however long the backlog."""
-    from conveyor.engines.base import QueueLimits
+    from conveyor.limits import QueueLimits
 
     await engine.set_limits(
         "q",

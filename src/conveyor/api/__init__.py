@@ -9,7 +9,7 @@ Modules, by concept:
 * `jobs` — `POST /jobs` (idempotency), `GET /jobs`, `GET /jobs/{id}`, retry/cancel/promote
 * `queues` — depths, pause/resume, retry-all, clean (admin)
 * `system` — `/health`, `/health/ready`, `/metrics`, `/admin/workers/status`
-* `live` — `WS /ws/jobs` and the event hub that feeds it
+* `live` — `WS /ws/jobs` (fed by the hub in `conveyor.live`)
 * `auth` — bearer tokens, tenant scope; `errors` — the one error-to-HTTP mapping
 * `server` — uvicorn and the refusal to serve an open API beyond loopback
 """
@@ -18,12 +18,10 @@ from __future__ import annotations
 
 from .app import create_api
 from .auth import ADMIN, Principal, Tokens
-from .live import EventHub
 from .server import check_exposure, openapi_json, serve
 
 __all__ = [
     "ADMIN",
-    "EventHub",
     "Principal",
     "Tokens",
     "check_exposure",

@@ -6,6 +6,14 @@ Tokens come from the validated settings (`CONVEYOR_API_ADMIN_TOKEN`,
 
     {"admin": "…", "tenants": {"<token>": "acme", "<token>": "globex"}}
 
+A tenant token in the file may also be limited to some queues and tasks (either list
+optional; absent means all):
+
+    {"tenants": {"<token>": {"tenant": "acme", "queues": ["emails"], "tasks": ["send"]}}}
+
+Such a token cannot enqueue, list or watch anything else (403), and jobs of other
+queues or tasks answer 404 as another tenant's do.
+
 The file is the better home for secrets: flags show up in `ps`, and environment
 variables in crash dumps. With no token configured at all the API is open (every
 caller is admin); `conveyor api` refuses to do that on a non-loopback address unless
@@ -31,7 +39,6 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from ..errors import ConfigError
 from ..settings import Settings
 from .errors import ApiError
-from .state import api_state
 
 # Shorter tokens are guessable online; 16 characters of `secrets.token_urlsafe` is
 # already 96 bits.
@@ -40,14 +47,39 @@ REALM = 'Bearer realm="conveyor"'
 
 
 @dataclass(frozen=True, slots=True)
+class Scope:
+    """What a tenant token is limited to, besides its tenant (None: no limit)."""
+
+    queues: frozenset[str] | None = None
+    tasks: frozenset[str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Principal:
-    """Who is calling: an admin (`tenant is None`) or one tenant."""
+    """Who is calling: an admin (`tenant is None`) or one tenant, optionally limited to
+    some queues and tasks."""
 
     tenant: str | None
+    queues: frozenset[str] | None = None
+    tasks: frozenset[str] | None = None
 
     @property
     def admin(self) -> bool:
         return self.tenant is None
+
+    def may_use_queue(self, queue: str) -> bool:
+        """Whether this caller's scope includes `queue`."""
+        return self.queues is None or queue in self.queues
+
+    def may_use_task(self, task: str) -> bool:
+        """Whether this caller's scope includes `task`."""
+        return self.tasks is None or task in self.tasks
+
+    def sees(self, tenant: str | None, queue: str, task: str) -> bool:
+        """Whether a job (or event) of `tenant`, `queue` and `task` is visible."""
+        if self.admin:
+            return True
+        return tenant == self.tenant and self.may_use_queue(queue) and self.may_use_task(task)
 
 
 ADMIN = Principal(tenant=None)
@@ -60,10 +92,13 @@ class Tokens:
     Args:
         admin: the token with full access, if any.
         tenants: token -> tenant name.
+        scopes: token -> the queues and tasks a tenant token is limited to (tokens
+            absent here are not limited).
     """
 
     admin: str | None = None
     tenants: Mapping[str, str] = field(default_factory=dict)
+    scopes: Mapping[str, Scope] = field(default_factory=dict)
 
     @property
     def enabled(self) -> bool:
@@ -83,7 +118,8 @@ class Tokens:
             found = ADMIN
         for candidate, tenant in self.tenants.items():
             if hmac.compare_digest(given, candidate.encode()) and found is None:
-                found = Principal(tenant=tenant)
+                scope = self.scopes.get(candidate, Scope())
+                found = Principal(tenant=tenant, queues=scope.queues, tasks=scope.tasks)
         return found
 
     @classmethod
@@ -101,9 +137,10 @@ class Tokens:
         tenants: dict[str, str] = {}
         if settings.api_tenant_tokens:
             tenants.update(_parse_pairs(settings.api_tenant_tokens))
+        scopes: dict[str, Scope] = {}
         path = tokens_file or settings.api_tokens_file
         if path:
-            file_admin, file_tenants = _read_file(path)
+            file_admin, file_tenants, scopes = _read_file(path)
             admin = admin or file_admin
             for token, tenant in file_tenants.items():
                 if tenants.get(token, tenant) != tenant:
@@ -117,7 +154,7 @@ class Tokens:
                 )
         if admin is not None and admin in tenants:
             raise ConfigError("the admin token is also a tenant token: use different tokens")
-        return cls(admin=admin, tenants=tenants)
+        return cls(admin=admin, tenants=tenants, scopes=scopes)
 
 
 def _parse_pairs(text: str) -> dict[str, str]:
@@ -135,25 +172,43 @@ def _parse_pairs(text: str) -> dict[str, str]:
     return out
 
 
-def _read_file(path: str) -> tuple[str | None, dict[str, str]]:
+def _read_file(path: str) -> tuple[str | None, dict[str, str], dict[str, Scope]]:
     try:
         doc: Any = orjson.loads(Path(path).read_bytes())
     except OSError as exc:
         raise ConfigError(f"cannot read API tokens file {path}: {exc.strerror}") from exc
     except orjson.JSONDecodeError as exc:
         raise ConfigError(f"API tokens file {path} is not JSON: {exc}") from exc
+    shape = ConfigError(
+        f'API tokens file {path} must be {{"admin": "<token>", "tenants": {{"<token>": '
+        '"<tenant>" or {"tenant": "<tenant>", "queues": [...], "tasks": [...]}}} (every key '
+        "but tenant optional)"
+    )
     admin = doc.get("admin") if isinstance(doc, dict) else None
-    tenants = doc.get("tenants", {}) if isinstance(doc, dict) else None
-    if (
-        not isinstance(tenants, dict)
-        or not all(isinstance(k, str) and isinstance(v, str) and v for k, v in tenants.items())
-        or not (admin is None or isinstance(admin, str))
-    ):
-        raise ConfigError(
-            f'API tokens file {path} must be {{"admin": "<token>", "tenants": '
-            '{"<token>": "<tenant>"}} (both keys optional)'
-        )
-    return admin, dict(tenants)
+    entries = doc.get("tenants", {}) if isinstance(doc, dict) else None
+    if not isinstance(entries, dict) or not (admin is None or isinstance(admin, str)):
+        raise shape
+    tenants: dict[str, str] = {}
+    scopes: dict[str, Scope] = {}
+    for token, entry in entries.items():
+        if isinstance(entry, dict):
+            if set(entry) - {"tenant", "queues", "tasks"}:
+                raise shape
+            queues, tasks = _names(entry.get("queues"), shape), _names(entry.get("tasks"), shape)
+            scopes[token] = Scope(queues=queues, tasks=tasks)
+            entry = entry.get("tenant")
+        if not isinstance(token, str) or not isinstance(entry, str) or not entry:
+            raise shape
+        tenants[token] = entry
+    return admin, tenants, scopes
+
+
+def _names(value: Any, error: ConfigError) -> frozenset[str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise error
+    return frozenset(value)
 
 
 # auto_error=False: we answer 401 ourselves, with `WWW-Authenticate` and our error body.
@@ -195,7 +250,10 @@ async def current_principal(
 ) -> Principal:
     """Dependency: who is calling (401 when a token is needed and missing or wrong)."""
     token = credentials.credentials if credentials is not None else None
-    return authenticate(api_state(request).tokens, token)
+    # The API's state (`api.state.ApiState`) is read without importing that module:
+    # it names `Tokens` from here, and the two would depend on each other.
+    tokens: Tokens = request.app.state.conveyor.tokens
+    return authenticate(tokens, token)
 
 
 async def admin_principal(

@@ -27,6 +27,7 @@ from ..errors import (
     ConfigError,
     ConveyorError,
     EngineUnavailable,
+    InvalidArgument,
     InvalidJob,
     InvalidPayload,
     InvalidState,
@@ -48,6 +49,7 @@ STATUS_BY_ERROR: tuple[tuple[type[ConveyorError], int], ...] = (
     (InvalidState, 409),
     (PayloadTooLarge, 413),
     (InvalidJob, 422),
+    (InvalidArgument, 422),
     (EngineUnavailable, 503),
     (MalformedJob, 500),
     (ConfigError, 500),
@@ -136,6 +138,10 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     422: _doc("Invalid request: see `errors` for each field"),
     503: _doc("The engine is unavailable; retry after `Retry-After` seconds"),
 }
+# Operations whose lifecycle rule refuses some states (the message says which).
+STATE_CONFLICT: dict[int | str, dict[str, Any]] = {
+    409: _doc("The operation does not apply to that state (lifecycle's rule)")
+}
 
 
 def json_response(
@@ -176,6 +182,11 @@ def conveyor_error_response(exc: ConveyorError) -> Response:
         for kind, field, reason in _FIELD_BY_ERROR
         if isinstance(exc, kind)
     ][:1]
+    if isinstance(exc, InvalidPayload) and exc.fields:  # a typed payload: name each field
+        errors = [
+            FieldError(field=f"payload.{path}", location="body", reason=reason)
+            for path, reason in exc.fields.items()
+        ]
     if status == 500:
         log.error("request failed: %s: %s", type(exc).__name__, exc)
     return error_response(status, type(exc).__name__, str(exc), errors, headers)

@@ -18,11 +18,10 @@ from ..job import MAX_PRIORITY, MIN_PRIORITY, QUEUE_NAME
 # Ten years: anything later is a unit mistake (milliseconds passed as seconds), and the
 # bound keeps `delay * 1000` inside the engines' 64-bit integers.
 MAX_DELAY_SECONDS = 10 * 365 * 86_400.0
-QUEUE_PATTERN = QUEUE_NAME.pattern
+# Pydantic's (Rust) regexes have no \Z, and their `$` is already the end of the text.
+QUEUE_PATTERN = QUEUE_NAME.pattern.removesuffix("\\Z") + "$"
 
 JobStateName = Literal["scheduled", "pending", "running", "completed", "failed", "cancelled"]
-FinishedState = Literal["completed", "failed", "cancelled"]
-RetryableState = Literal["failed", "cancelled"]
 
 
 class _Request(BaseModel):
@@ -38,7 +37,12 @@ class EnqueueRequest(_Request):
         pattern=QUEUE_PATTERN,
         description="queue; required when the API process does not know the task",
     )
-    payload: dict[str, Any] = Field(default_factory=dict, description="a JSON object")
+    payload: dict[str, Any] = Field(
+        default_factory=dict,
+        description="a JSON object; for a task with a payload model, the request body's "
+        "`anyOf` has a variant per such task with its payload schema (422 names each bad "
+        "field as `payload.<field>`)",
+    )
     delay: float | None = Field(
         None, ge=0, le=MAX_DELAY_SECONDS, description="seconds to wait before it is due"
     )
@@ -66,7 +70,9 @@ class EnqueueRequest(_Request):
 class CleanRequest(_Request):
     """`POST /queues/{queue}/clean`: delete old finished jobs."""
 
-    state: FinishedState = "completed"
+    # Which states clean accepts is lifecycle's rule, checked once by the app facade
+    # (409 InvalidState otherwise); the model only checks that it names a state.
+    state: JobStateName = "completed"
     older_than: float = Field(
         0, ge=0, le=MAX_DELAY_SECONDS, description="seconds since the job finished"
     )
@@ -76,7 +82,8 @@ class CleanRequest(_Request):
 class RetryAllRequest(_Request):
     """`POST /queues/{queue}/retry-all`: which dead jobs to send back."""
 
-    state: RetryableState = "failed"
+    # As for clean: the facade applies lifecycle's rule (failed or cancelled).
+    state: JobStateName = "failed"
 
 
 class AttemptErrorOut(BaseModel):

@@ -15,7 +15,7 @@ from starlette.responses import Response
 from ..job import JobState
 from ..status import queue_overview
 from .auth import AdminPrincipal
-from .errors import ERROR_RESPONSES, json_response
+from .errors import ERROR_RESPONSES, STATE_CONFLICT, json_response
 from .models import (
     QUEUE_PATTERN,
     CleanRequest,
@@ -60,7 +60,12 @@ async def resume(queue: QueueName, request: Request, principal: AdminPrincipal) 
     return json_response({"queue": queue, "paused": False})
 
 
-@router.post("/queues/{queue}/retry-all", response_model=CountOut, summary="Retry every dead job")
+@router.post(
+    "/queues/{queue}/retry-all",
+    response_model=CountOut,
+    responses=STATE_CONFLICT,
+    summary="Retry every dead job",
+)
 async def retry_all(
     queue: QueueName,
     request: Request,
@@ -73,7 +78,12 @@ async def retry_all(
     return json_response({"queue": queue, "state": state.value, "count": count})
 
 
-@router.post("/queues/{queue}/clean", response_model=CountOut, summary="Delete old finished jobs")
+@router.post(
+    "/queues/{queue}/clean",
+    response_model=CountOut,
+    responses=STATE_CONFLICT,
+    summary="Delete old finished jobs",
+)
 async def clean(
     queue: QueueName, body: CleanRequest, request: Request, principal: AdminPrincipal
 ) -> Response:

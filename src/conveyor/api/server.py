@@ -14,6 +14,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from ..errors import ConfigError
+from ..serving import WS_MAX_MESSAGE_BYTES, install_log_redaction
 from .auth import Tokens
 from .state import ApiState
 
@@ -98,7 +99,9 @@ def serve(api: FastAPI, *, host: str, port: int, log_level: str = "info") -> Non
         log_level=log_level.lower(),
         lifespan="on",
         timeout_graceful_shutdown=10,
+        ws_max_size=WS_MAX_MESSAGE_BYTES,
     )
+    install_log_redaction()  # after uvicorn.Config set up its log handlers
     server = _ApiServer(config, api.state.conveyor)
     server.run()
     if not server.started:

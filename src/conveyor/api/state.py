@@ -9,8 +9,8 @@ from starlette.requests import HTTPConnection
 
 if TYPE_CHECKING:
     from ..app import Conveyor
+    from ..live import EventHub
     from .auth import Tokens
-    from .live import EventHub
     from .metrics import ApiMetrics
 
 
@@ -27,6 +27,7 @@ class ApiState:
         owns_app: close `conveyor` at shutdown (true for `conveyor api`, false when the
             API is mounted into the user's own ASGI app).
         stopping: set when shutdown begins; readiness answers 503 from then on.
+        public_metrics: `/metrics` needs no token even when tokens are configured.
     """
 
     conveyor: Conveyor
@@ -35,6 +36,7 @@ class ApiState:
     metrics: ApiMetrics
     owns_app: bool = False
     stopping: bool = False
+    public_metrics: bool = False
 
 
 def api_state(connection: HTTPConnection) -> ApiState:

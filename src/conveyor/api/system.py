@@ -3,29 +3,31 @@
 `/health` is liveness: 200 while the process serves requests, even when the engine is
 down (restarting the API would not bring Redis back). `/health/ready` is readiness,
 with the same three rules as a worker's: the engine answers, it is durable, and the
-process is not shutting down. `/metrics` and the probes need no token, like the
-worker's health port: probes and scrapers usually cannot send one.
+process is not shutting down. The probes need no token: load balancers and
+orchestrators usually cannot send one, and they reveal nothing but up/down.
+
+`/metrics` lists every queue with its depths — numbers a tenant token is refused on
+`/queues` — so when tokens are configured it needs the admin token (Prometheus sends it
+with `authorization: {credentials: ...}`), unless the API runs with `--public-metrics`
+(`CONVEYOR_API_PUBLIC_METRICS=1`) for a scraper that cannot. A worker's health port
+stays open: see docs/security.md.
 """
 
 from __future__ import annotations
 
-import asyncio
-from typing import TYPE_CHECKING
+from typing import Annotated
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials
 from starlette.responses import Response
 
 from ..errors import EngineUnavailable
-from ..health import READY_PING_TIMEOUT, readiness
 from ..settings import redact
 from ..status import status_document
-from .auth import AdminPrincipal
-from .errors import ERROR_RESPONSES, json_response
+from .auth import AdminPrincipal, authenticate, bearer
+from .errors import ERROR_RESPONSES, ApiError, json_response
 from .models import HealthOut, ReadyOut, StatusOut
 from .state import ApiState, api_state
-
-if TYPE_CHECKING:
-    pass
 
 router = APIRouter(tags=["operations"])
 METRICS_MEDIA_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -33,31 +35,23 @@ METRICS_MEDIA_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 async def api_readiness(state: ApiState) -> tuple[bool, str]:
     """(ready, reason) for this API process."""
-    if not state.stopping:
-        try:  # readiness pings an engine it assumes connected; connect it first
-            await asyncio.wait_for(state.conveyor.connect(), READY_PING_TIMEOUT)
-        except (EngineUnavailable, TimeoutError) as exc:
-            return False, f"engine unavailable: {exc or 'connect timed out'}"
-    return await readiness(state.conveyor.engine, stopping=state.stopping)
+    return await state.conveyor.readiness(stopping=state.stopping)
 
 
 @router.get("/health", response_model=HealthOut, summary="Liveness")
 async def health(request: Request) -> Response:
     """Always 200 while the process serves; reports engine reachability, latency and
     durability for humans (use `/health/ready` for routing decisions)."""
-    state = api_state(request)
-    engine = state.conveyor.engine
+    app = api_state(request).conveyor
     info: dict[str, object] = {
-        "url": redact(engine.url),
-        "durable": engine.durable,
+        "url": redact(app.url),
+        "durable": app.durable,
         "status": "ok",
         "latency_ms": None,
     }
     try:
-        await asyncio.wait_for(state.conveyor.connect(), READY_PING_TIMEOUT)
-        latency = await asyncio.wait_for(engine.ping(), READY_PING_TIMEOUT)
-        info["latency_ms"] = round(latency * 1000, 3)
-    except (EngineUnavailable, TimeoutError) as exc:
+        info["latency_ms"] = round(await app.ping() * 1000, 3)
+    except EngineUnavailable as exc:
         info.update(status="unavailable", error=str(exc) or "timed out")
     return json_response({"status": "alive", "engine": info})
 
@@ -79,12 +73,23 @@ async def ready(request: Request) -> Response:
 @router.get(
     "/metrics",
     response_class=Response,
-    responses={200: {"content": {METRICS_MEDIA_TYPE: {}}, "description": "Prometheus text"}},
+    responses={
+        200: {"content": {METRICS_MEDIA_TYPE: {}}, "description": "Prometheus text"},
+        **{k: v for k, v in ERROR_RESPONSES.items() if k in (401, 403)},
+    },
     summary="Prometheus metrics",
 )
-async def metrics(request: Request) -> Response:
-    """HTTP and WebSocket metrics of this process, and queue depths sampled now."""
+async def metrics(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Response:
+    """HTTP and WebSocket metrics of this process, and queue depths sampled now (admin
+    token when tokens are configured, unless `--public-metrics`)."""
     state = api_state(request)
+    if not state.public_metrics:
+        principal = authenticate(state.tokens, credentials.credentials if credentials else None)
+        if not principal.admin:
+            raise ApiError(403, "Forbidden", "/metrics needs the admin token")
     await state.metrics.sample(state.conveyor)
     return Response(state.metrics.exposition(), media_type=METRICS_MEDIA_TYPE)
 

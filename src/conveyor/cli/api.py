@@ -9,7 +9,7 @@ import typer
 
 from ..app import Conveyor
 from ..settings import Settings, redact
-from .common import cli, console, friendly, load_app, setup_logging
+from .common import bind_app, cli, console, friendly, load_app, setup_logging
 
 
 @cli.command("api")
@@ -44,6 +44,20 @@ def api_command(
         bool,
         typer.Option("--insecure", help="allow serving without tokens on a non-loopback host"),
     ] = False,
+    public_metrics: Annotated[
+        bool | None,
+        typer.Option(
+            "--public-metrics",
+            help="serve /metrics without the admin token (env CONVEYOR_API_PUBLIC_METRICS)",
+        ),
+    ] = None,
+    public_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="host name besides localhost that an API without tokens answers to "
+            "(repeatable; env CONVEYOR_API_PUBLIC_HOSTS)"
+        ),
+    ] = None,
     print_openapi: Annotated[
         bool,
         typer.Option("--print-openapi", help="print the OpenAPI schema and exit"),
@@ -55,32 +69,58 @@ def api_command(
 ) -> None:
     """Serve the HTTP API and WebSocket live updates."""
     from ..api import Tokens, check_exposure, create_api, openapi_json, serve
+    from ..web import create_web_app
 
     if print_openapi or write_openapi:
-        # The schema depends on no app, setting or engine, so it is the same everywhere.
-        text = openapi_json(create_api(Conveyor("memory://"), tokens=Tokens(), metrics_prefix=""))
+        # The schema depends on no setting or engine; only the app's typed tasks add their
+        # payload schemas (without an app it is docs/openapi.json).
+        bare = load_app(target) if target else Conveyor("memory://")
+        text = openapi_json(
+            create_api(
+                bare,
+                tokens=Tokens(),
+                metrics_prefix="",
+                public_hosts=(),
+                public_metrics=False,
+            )
+        )
         if write_openapi:
             write_openapi.write_text(text, encoding="utf-8")
         else:
             typer.echo(text, nl=False)
         return
     settings = Settings.load(
-        url=url, api_host=host, api_port=port, log_level=log_level and log_level.upper()
+        url=url,
+        api_host=host,
+        api_port=port,
+        log_level=log_level and log_level.upper(),
+        api_public_metrics=public_metrics,
+        api_public_hosts=tuple(public_host) if public_host else None,
     )
     setup_logging(settings.log_level, settings.log_format)
     tokens = Tokens.load(settings, tokens_file)
     check_exposure(settings.api_host, tokens, insecure=insecure)
     app = load_app(target)
-    app.configure(url=settings.url, max_payload_bytes=settings.max_payload_bytes)
-    api = create_api(app, tokens=tokens, metrics_prefix=settings.metrics_prefix, owns_app=True)
+    overridden = bind_app(app, settings, url)
+    api = create_web_app(
+        app,
+        tokens=tokens,
+        metrics_prefix=settings.metrics_prefix,
+        owns_app=True,
+        max_body_bytes=settings.api_max_body_bytes,
+        public_hosts=settings.api_public_hosts,
+        public_metrics=settings.api_public_metrics,
+        ws_max_subscribers=settings.api_ws_max_subscribers,
+        ws_max_per_token=settings.api_ws_max_per_token,
+    )
     auth = (
         f"{'admin' if tokens.admin else 'no admin'} token, {len(tokens.tenants)} tenant token(s)"
         if tokens.enabled
-        else "NO AUTH"
+        else "NO AUTH (open API: only localhost pages and tools can use it)"
     )
     console.print(
-        f"api on http://{settings.api_host}:{settings.api_port} engine={redact(settings.url)} "
-        f"auth: {auth}",
+        f"api on http://{settings.api_host}:{settings.api_port} "
+        f"engine={redact(app.url)}{overridden} auth: {auth}",
         highlight=False,
     )
     serve(api, host=settings.api_host, port=settings.api_port, log_level=settings.log_level)

@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import difflib
 import functools
 import importlib
 import logging
 import os
 import sys
-from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from datetime import UTC, datetime
+from typing import Annotated, Any, TypeVar
 
 import orjson
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.text import Text
 
-from ..app import Conveyor
+from ..app import Conveyor, check_queue
 from ..errors import ConfigError, ConveyorError
+from ..settings import Settings, redact, url_source
+from ..status import format_duration
 
 cli = typer.Typer(
     name="conveyor",
@@ -94,6 +99,31 @@ def load_app(target: str | None) -> Conveyor:
     return app
 
 
+def bind_app(app: Conveyor, settings: Settings, url_flag: str | None) -> str:
+    """Point `app` at its engine: the `--url` flag, then the environment (`CONVEYOR_URL`,
+    `REDIS_URL`), then the URL given in code (`Conveyor("redis://...")`), then the
+    default SQLite file; apply the payload limit too. Start-up lines print `app.url`
+    after this, never `settings.url` (which does not know the URL in code).
+
+    Args:
+        app: the loaded app.
+        settings: the process's settings (their `url` holds flag, environment or default).
+        url_flag: the `--url` flag as given, `None` when absent.
+
+    Returns:
+        What the start-up line adds after the URL: `""`, or, when a flag or the
+        environment overrides the URL in code, e.g.
+        `" (--url overrides redis://127.0.0.1:6379/0 in the app's code)"`.
+    """
+    source = url_source(url_flag)
+    code = app.url_in_code
+    url = settings.url if source is not None or code is None else code
+    app.configure(url=url, max_payload_bytes=settings.max_payload_bytes)
+    if source is not None and code is not None and code != url:
+        return f" ({source} overrides {redact(code)} in the app's code)"
+    return ""
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line, for log shippers."""
 
@@ -118,3 +148,97 @@ def setup_logging(level: str, fmt: str) -> None:
     root = logging.getLogger("conveyor")
     root.handlers[:] = [handler]
     root.setLevel(level)
+
+
+# --- shared by the operation commands ------------------------------------------------------
+UrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--url", help="engine URL (env CONVEYOR_URL, then REDIS_URL; sqlite:///conveyor.db)"
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print machine-readable JSON")]
+QueueArg = Annotated[str, typer.Argument(help="queue name", show_default=False)]
+JobIdArg = Annotated[str, typer.Argument(help="job id, as `conveyor jobs` prints it")]
+
+
+# --- shared helpers ------------------------------------------------------------------------
+def operate(
+    url: str | None, action: Callable[[Conveyor], Awaitable[T]], *, app: Conveyor | None = None
+) -> T:
+    """Run `action` against the engine named by `url` (or the environment), then close.
+
+    Args:
+        url: the `--url` flag; `None` falls back to `CONVEYOR_URL`, `REDIS_URL`, then
+            the URL in `app`'s code (if given), then the embedded SQLite file.
+        action: what to do with the connected app.
+        app: the user's app (`--app`), for commands that use its tasks; its URL in code
+            comes after the flag and the environment (`bind_app`).
+
+    Returns:
+        What `action` returned.
+
+    Raises:
+        typer.Exit: a Conveyor error (bad setting, unknown job, engine down), printed as
+            one line, exit code 2.
+    """
+    settings = Settings.load(url=url)
+    used = app or Conveyor()
+    bind_app(used, settings, url)
+
+    async def run() -> T:
+        try:
+            return await action(used)
+        finally:
+            await used.close()
+
+    return run_async(run())
+
+
+def say(text: str) -> None:
+    """Print one line of plain output (no rich markup: ids and messages are user data)."""
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+def warn(text: str) -> None:
+    """Print one warning line on stderr, where it never mixes with `--json` output."""
+    err_console.print(Text.assemble(("warning: ", "bold yellow"), text), soft_wrap=True)
+
+
+def print_json(doc: Any) -> None:
+    """Print `doc` as indented JSON on stdout, bypassing rich (no wrapping or colour)."""
+    sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
+    sys.stdout.flush()
+
+
+def split_queues(text: str) -> list[str]:
+    """`"a,b, c"` -> `["a", "b", "c"]`, each checked like every queue name.
+
+    Raises:
+        ConfigError: no queue given, or a name is invalid.
+    """
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise ConfigError("no queue given: pass one or more comma-separated queue names")
+    return [check_queue(name) for name in names]
+
+
+async def warn_unknown(app: Conveyor, names: Iterable[str]) -> None:
+    """Warn about queues that never held a job: most often a typo, which would otherwise
+    make `drain` succeed at once or `pause` guard nothing."""
+    known = await app.queue_names()
+    for name in names:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(known) or '-'}"
+            warn(f"queue {name!r} has never held a job ({hint})")
+
+
+def when(timestamp: float | None, now: float) -> str:
+    """`2026-01-01 10:00:00Z (3m12s ago)`, or `-` when it has not happened."""
+    if timestamp is None:
+        return "-"
+    stamp = datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    delta = now - timestamp
+    relative = f"{format_duration(delta)} ago" if delta >= 0 else f"in {format_duration(-delta)}"
+    return f"{stamp} ({relative})"

@@ -15,55 +15,7 @@ from rich.box import SIMPLE_HEAD
 from rich.table import Table
 
 from ..app import Conveyor, check_queue
-from ..engines import QueueLimits
-from ..engines.base import parse_rate
-from .common import cli, console, friendly
-from .ops import JsonOpt, QueueArg, UrlOpt, operate, print_json, say
-
-
-def merge(
-    current: QueueLimits,
-    *,
-    clear: bool,
-    concurrency: int | None,
-    tenant_concurrency: int | None,
-    rate: str | None,
-    tenant_rate: str | None,
-) -> QueueLimits:
-    """`current` (or nothing, with `clear`) with the given options replacing its fields.
-
-    Raises:
-        ConfigError: an invalid value; the message names the option and the fix.
-    """
-    base = QueueLimits() if clear else current
-    rate_n, rate_ms = parse_rate(rate) if rate is not None else (base.rate, base.rate_window_ms)
-    trate_n, trate_ms = (
-        parse_rate(tenant_rate, option="tenant_rate")
-        if tenant_rate is not None
-        else (base.tenant_rate, base.tenant_rate_window_ms)
-    )
-    return QueueLimits(
-        concurrency if concurrency is not None else base.concurrency,
-        tenant_concurrency if tenant_concurrency is not None else base.tenant_concurrency,
-        rate_n,
-        rate_ms,
-        trate_n,
-        trate_ms,
-    )
-
-
-async def limits_document(app: Conveyor, queue: str) -> dict[str, Any]:
-    """What `conveyor limits QUEUE --json` prints: the limits and what they count."""
-    engine = await app.connect()
-    limits = await engine.get_limits(queue)
-    counts = await engine.counts(queue)
-    return {
-        "queue": queue,
-        "limits": limits.to_dict(),
-        "running": counts.running,
-        "pending": counts.pending,
-        "tenant_running": await engine.tenant_running(queue),
-    }
+from .common import JsonOpt, QueueArg, UrlOpt, cli, console, friendly, operate, print_json, say
 
 
 @cli.command("limits")
@@ -102,17 +54,15 @@ def limits_command(
 
     async def action(app: Conveyor) -> dict[str, Any]:
         if changing:
-            engine = await app.connect()
-            new = merge(
-                await engine.get_limits(queue),
+            await app.change_limits(
+                queue,
                 clear=clear,
                 concurrency=concurrency,
                 tenant_concurrency=tenant_concurrency,
                 rate=rate,
                 tenant_rate=tenant_rate,
             )
-            await engine.set_limits(queue, new)
-        return await limits_document(app, queue)
+        return await app.limits_document(queue)
 
     doc = operate(url, action)
     if as_json:

@@ -6,209 +6,42 @@ commands print a table, or JSON with `--json`; mutating commands print one line 
 with `--json`). Mistakes print one `error: Type: message` line and exit 2; a drain that
 times out and `status` on an unreachable engine exit 1, so scripts can branch on them.
 
-The numbers come from the shared read model (`conveyor.status`), so the CLI, the HTTP
-API and the dashboard agree.
+Read commands (`queues`, `jobs`, `job`, `status`) are in `views.py`; the shared options
+and output helpers in `common.py`. Arguments are validated once, by the app facade.
 """
 
 from __future__ import annotations
 
 import asyncio
-import difflib
 import sys
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from datetime import UTC, datetime
-from typing import Annotated, Any, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Annotated, Any
 
 import orjson
 import typer
-from rich.box import SIMPLE_HEAD
-from rich.console import Group, RenderableType
-from rich.json import JSON
 from rich.markup import escape
-from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
-from rich.text import Text
 
 from ..app import Conveyor, check_queue
-from ..errors import ConfigError, InvalidPayload
+from ..errors import InvalidPayload
 from ..job import Job, JobState
-from ..settings import Settings
-from ..status import format_duration, parse_duration, queue_overview, status_document
-from .common import cli, console, err_console, fail, friendly, run_async
-
-T = TypeVar("T")
-
-UrlOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--url", help="engine URL (env CONVEYOR_URL, then REDIS_URL; sqlite:///conveyor.db)"
-    ),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="print machine-readable JSON")]
-QueueArg = Annotated[str, typer.Argument(help="queue name", show_default=False)]
-JobIdArg = Annotated[str, typer.Argument(help="job id, as `conveyor jobs` prints it")]
-
-
-# --- shared helpers ------------------------------------------------------------------------
-def operate(url: str | None, action: Callable[[Conveyor], Awaitable[T]]) -> T:
-    """Run `action` against the engine named by `url` (or the environment), then close.
-
-    Args:
-        url: the `--url` flag; `None` falls back to `CONVEYOR_URL`, `REDIS_URL`, then
-            the embedded SQLite file.
-        action: what to do with the connected app.
-
-    Returns:
-        What `action` returned.
-
-    Raises:
-        typer.Exit: a Conveyor error (bad setting, unknown job, engine down), printed as
-            one line, exit code 2.
-    """
-    settings = Settings.load(url=url)
-    app = Conveyor(settings.url, max_payload_bytes=settings.max_payload_bytes)
-
-    async def run() -> T:
-        try:
-            return await action(app)
-        finally:
-            await app.close()
-
-    return run_async(run())
-
-
-def say(text: str) -> None:
-    """Print one line of plain output (no rich markup: ids and messages are user data)."""
-    console.print(text, markup=False, highlight=False, soft_wrap=True)
-
-
-def warn(text: str) -> None:
-    """Print one warning line on stderr, where it never mixes with `--json` output."""
-    err_console.print(Text.assemble(("warning: ", "bold yellow"), text), soft_wrap=True)
-
-
-def print_json(doc: Any) -> None:
-    """Print `doc` as indented JSON on stdout, bypassing rich (no wrapping or colour)."""
-    sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
-    sys.stdout.flush()
-
-
-def split_queues(text: str) -> list[str]:
-    """`"a,b, c"` -> `["a", "b", "c"]`, each checked like every queue name.
-
-    Raises:
-        ConfigError: no queue given, or a name is invalid.
-    """
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    if not names:
-        raise ConfigError("no queue given: pass one or more comma-separated queue names")
-    return [check_queue(name) for name in names]
-
-
-async def warn_unknown(app: Conveyor, names: Iterable[str]) -> None:
-    """Warn about queues that never held a job: most often a typo, which would otherwise
-    make `drain` succeed at once or `pause` guard nothing."""
-    known = await app.queue_names()
-    for name in names:
-        if name not in known:
-            close = difflib.get_close_matches(name, known, n=1)
-            hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(known) or '-'}"
-            warn(f"queue {name!r} has never held a job ({hint})")
-
-
-def when(timestamp: float | None, now: float) -> str:
-    """`2026-01-01 10:00:00Z (3m12s ago)`, or `-` when it has not happened."""
-    if timestamp is None:
-        return "-"
-    stamp = datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-    delta = now - timestamp
-    relative = f"{format_duration(delta)} ago" if delta >= 0 else f"in {format_duration(-delta)}"
-    return f"{stamp} ({relative})"
-
-
-def job_moment(job: Job, now: float) -> str:
-    """The time that matters for a job in its state, relative to now."""
-    if job.state == JobState.SCHEDULED:
-        return f"due in {format_duration(max(0.0, (job.scheduled_at or now) - now))}"
-    if job.state == JobState.RUNNING:
-        return f"started {format_duration(now - (job.started_at or now))} ago"
-    if job.state == JobState.PENDING:
-        return f"waiting {format_duration(now - job.created_at)}"
-    return f"finished {format_duration(now - (job.finished_at or job.created_at))} ago"
-
-
-def queue_table(rows: Sequence[dict[str, Any]]) -> Table:
-    """The `conveyor queues` table (also part of `conveyor status`)."""
-    table = Table(box=SIMPLE_HEAD, header_style="bold", pad_edge=False, collapse_padding=True)
-    table.add_column("queue", no_wrap=True)
-    for state in JobState:
-        table.add_column(state.value, justify="right")
-    table.add_column("paused")
-    table.add_column("oldest pending", justify="right")
-    table.add_column("done/min", justify="right")
-    for row in rows:
-        table.add_row(
-            Text(row["queue"]),
-            *(str(row[state.value]) for state in JobState),
-            Text("paused", style="bold yellow") if row["paused"] else "",
-            format_duration(row["oldest_pending_age_seconds"]),
-            str(row["throughput_per_min"]),
-        )
-    return table
-
-
-def job_detail(job: Job, now: float) -> RenderableType:
-    """Everything about one job: options, payload, timeline, every attempt's error."""
-    info = Table.grid(padding=(0, 2))
-    info.add_column(style="bold")
-    info.add_column()
-    fields: list[tuple[str, Any]] = [
-        ("id", job.id),
-        ("queue", job.queue),
-        ("task", job.task),
-        ("state", job.state.value),
-        ("attempts", f"{job.attempt} of {job.max_attempts}"),
-        ("priority", job.priority),
-        ("tenant", job.tenant),
-        ("dedupe key", job.dedupe_key),
-        ("timeout", None if job.timeout is None else f"{job.timeout:g}s"),
-        ("backoff", None if job.backoff is None else orjson.dumps(job.backoff).decode()),
-        ("worker", job.worker),
-        ("progress", None if job.progress_value is None else str(job.progress_value)),
-    ]
-    for name, value in fields:
-        info.add_row(name, Text("-" if value is None else str(value)))
-
-    timeline = Table.grid(padding=(0, 2))
-    timeline.add_column(style="bold")
-    timeline.add_column()
-    for name, stamp in (
-        ("created", job.created_at),
-        ("scheduled", job.scheduled_at),
-        ("started", job.started_at),
-        ("finished", job.finished_at),
-    ):
-        timeline.add_row(name, when(stamp, now))
-
-    parts: list[RenderableType] = [
-        info,
-        Panel(JSON(orjson.dumps(job.payload).decode()), title="payload", title_align="left"),
-        Panel(timeline, title="timeline", title_align="left"),
-    ]
-    if job.result is not None:
-        parts.append(
-            Panel(JSON(orjson.dumps(job.result).decode()), title="result", title_align="left")
-        )
-    for error in job.errors:
-        body = Text(f"{error.type}: {error.message}", style="bold red")
-        if error.traceback:
-            body.append("\n\n" + error.traceback.rstrip(), style="default")
-        title = f"attempt {error.attempt} failed {when(error.at or None, now)}"
-        parts.append(Panel(body, title=title, title_align="left"))
-    if not job.errors:
-        parts.append(Text("no failed attempts"))
-    return Group(*parts)
+from ..status import format_duration, parse_duration, queue_overview
+from .common import (
+    JobIdArg,
+    JsonOpt,
+    QueueArg,
+    UrlOpt,
+    cli,
+    err_console,
+    fail,
+    friendly,
+    operate,
+    print_json,
+    say,
+    split_queues,
+    warn,
+    warn_unknown,
+)
 
 
 def job_action(
@@ -267,143 +100,6 @@ def describe_left(rows: Sequence[dict[str, Any]]) -> str:
     return "; ".join(parts)
 
 
-# --- read commands ---------------------------------------------------------------------------
-@cli.command("queues")
-@friendly
-def queues_command(url: UrlOpt = None, as_json: JsonOpt = False) -> None:
-    """Depth of every queue per state, pause flag, oldest pending age, throughput/min."""
-    rows = operate(url, queue_overview)
-    if as_json:
-        print_json(rows)
-    elif not rows:
-        say("no queues yet: nothing has been enqueued on this engine")
-    else:
-        console.print(queue_table(rows))
-
-
-@cli.command("jobs")
-@friendly
-def jobs_command(
-    queue: QueueArg,
-    state: Annotated[
-        JobState, typer.Option(help="which jobs to list (failed = the dead-letter queue)")
-    ] = JobState.PENDING,
-    tenant: Annotated[str | None, typer.Option(help="only this tenant's jobs")] = None,
-    limit: Annotated[int, typer.Option(min=1, max=1000, help="jobs per page")] = 50,
-    cursor: Annotated[
-        str | None, typer.Option(help="continue a listing (printed under the last page)")
-    ] = None,
-    url: UrlOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """List one queue's jobs in a state: pending in claim order, others newest first."""
-    name = check_queue(queue)
-
-    async def read(app: Conveyor) -> tuple[list[Job], str | None, float]:
-        await warn_unknown(app, [name])
-        page = await app.list_jobs(name, state, tenant=tenant, limit=limit, cursor=cursor)
-        return page.jobs, page.cursor, app.clock.now()
-
-    jobs, next_cursor, now = operate(url, read)
-    if as_json:
-        print_json(
-            {
-                "queue": name,
-                "state": state.value,
-                "jobs": [j.to_dict() for j in jobs],
-                "cursor": next_cursor,
-            }
-        )
-        return
-    if not jobs:
-        say(f"no {state.value} jobs in queue {name}" + (f" for tenant {tenant}" if tenant else ""))
-        return
-    table = Table(box=SIMPLE_HEAD, header_style="bold", pad_edge=False, collapse_padding=True)
-    for column in ("id", "task", "tenant", "attempt", "prio", "when", "last error"):
-        # Ids are what operators copy into the next command: never cut or wrap them;
-        # the error message gives way first (`conveyor job ID` shows it in full).
-        table.add_column(
-            column,
-            no_wrap=column != "last error",
-            overflow="ellipsis",
-            min_width=max(len(j.id) for j in jobs) if column == "id" else None,
-        )
-    for job in jobs:
-        error = job.last_error
-        table.add_row(
-            Text(job.id),
-            Text(job.task),
-            Text(job.tenant or "-"),
-            f"{job.attempt}/{job.max_attempts}",
-            str(job.priority),
-            job_moment(job, now),
-            Text(f"{error.type}: {error.message}" if error else "-", no_wrap=True),
-        )
-    console.print(table)
-    if next_cursor:
-        say(f"more: conveyor jobs {name} --state {state.value} --cursor {next_cursor}")
-
-
-@cli.command("job")
-@friendly
-def job_command(job_id: JobIdArg, url: UrlOpt = None, as_json: JsonOpt = False) -> None:
-    """Inspect one job: payload, options, timeline, every attempt's error and traceback."""
-
-    async def read(app: Conveyor) -> tuple[Job, float]:
-        return await app.get_job(job_id), app.clock.now()
-
-    job, now = operate(url, read)
-    if as_json:
-        print_json(job.to_dict())
-    else:
-        console.print(job_detail(job, now))
-
-
-@cli.command("status")
-@friendly
-def status_command(
-    url: UrlOpt = None,
-    as_json: JsonOpt = False,
-    timeout: Annotated[
-        float, typer.Option(min=0.1, help="seconds to wait for the engine before 'unavailable'")
-    ] = 5.0,
-) -> None:
-    """The incident-polling document: engine health and latency, queues, live workers.
-
-    Exits 1 when the engine is unavailable (the document still prints).
-    """
-    doc = operate(url, lambda app: status_document(app, timeout=timeout))
-    engine = doc["engine"]
-    if as_json:
-        print_json(doc)
-    else:
-        if engine["status"] == "ok":
-            durability = "durable" if engine["durable"] else "NOT durable (tests only)"
-            say(f"engine {engine['url']}: ok, {engine['latency_ms']} ms, {durability}")
-        else:
-            say(f"engine {engine['url']}: UNAVAILABLE: {engine['error']}")
-        if doc["queues"]:
-            console.print(queue_table(doc["queues"]))
-        workers = Table(box=SIMPLE_HEAD, header_style="bold", pad_edge=False, collapse_padding=True)
-        for column in ("worker", "host/pid", "queues", "in flight", "last heartbeat"):
-            workers.add_column(column)
-        for w in doc["workers"]:
-            workers.add_row(
-                Text(str(w["id"])),
-                Text(f"{w['host']}/{w['pid']}"),
-                Text(",".join(w["queues"] or [])),
-                f"{w['in_flight']}/{w['concurrency']}",
-                f"{format_duration(w['last_heartbeat_age_seconds'])} ago",
-            )
-        if doc["workers"]:
-            console.print(workers)
-        else:
-            say("no live workers")
-    if engine["status"] != "ok":
-        raise typer.Exit(1)
-
-
-# --- job operations ------------------------------------------------------------------------
 @cli.command("retry")
 @friendly
 def retry_command(job_id: JobIdArg, url: UrlOpt = None, as_json: JsonOpt = False) -> None:

@@ -38,8 +38,10 @@ def relay(
 
     setup_logging(log_level, "text")
     app = load_app(target)
-    destination = to or app.url
-    r = Relay(source, destination, batch=batch, interval=interval, health_port=health_port)
+    if to is not None:
+        app.configure(url=to)
+    destination = app.url
+    r = Relay(source, app, batch=batch, interval=interval, health_port=health_port)
     console.print(
         f"relay {r.source.url.split('@')[-1]} -> {destination.split('@')[-1]} "
         f"batch={batch} interval={interval}s health port={health_port or 'off'}"

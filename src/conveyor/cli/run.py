@@ -10,10 +10,10 @@ from typing import Annotated, Protocol
 import typer
 
 from ..app import Conveyor
-from ..engines import QueueLimits
+from ..limits import QueueLimits
 from ..settings import Settings, redact
 from ..worker import Worker
-from .common import cli, console, friendly, load_app, run_async, setup_logging
+from .common import bind_app, cli, console, friendly, load_app, run_async, setup_logging
 
 AppArg = Annotated[str, typer.Argument(help="your app as MODULE:ATTR, e.g. myproject.jobs:app")]
 
@@ -144,7 +144,7 @@ def worker(
         tenant_rate=settings.tenant_rate,
     )
     app = load_app(target)
-    app.configure(url=settings.url, max_payload_bytes=settings.max_payload_bytes)
+    overridden = bind_app(app, settings, url)
     chosen = settings.queues if (queues or env_has_queues) else default_queues(app)
     w = Worker(
         app,
@@ -159,7 +159,7 @@ def worker(
         limits=None if limits.empty else limits,
     )
     console.print(
-        f"worker {w.id} on {redact(settings.url)} queues={','.join(chosen)} "
+        f"worker {w.id} on {redact(app.url)}{overridden} queues={','.join(chosen)} "
         f"concurrency={settings.concurrency} health port={settings.health_port or 'off'}",
         highlight=False,
     )
@@ -199,28 +199,52 @@ def dev(
     port: Annotated[int, typer.Option(help="API and dashboard port (a free one if taken)")] = 8000,
     concurrency: Annotated[int | None, typer.Option(help="jobs run at once")] = None,
     scheduler: Annotated[bool, typer.Option(help="also run the scheduler")] = True,
+    tokens_file: Annotated[
+        str | None,
+        typer.Option(
+            help="API tokens, as for `conveyor api` (env CONVEYOR_API_TOKENS_FILE; also "
+            "CONVEYOR_API_ADMIN_TOKEN, CONVEYOR_API_TENANT_TOKENS); none: an open API"
+        ),
+    ] = None,
 ) -> None:
     """Run worker, API + dashboard and scheduler in one process (for development)."""
+    from ..api import Tokens
     from ..dev import DevStack
 
     settings = Settings.load(url=url, concurrency=concurrency)
     setup_logging(settings.log_level, settings.log_format)
+    tokens = Tokens.load(settings, tokens_file)
     if target:
         app = load_app(target)
     else:
         from ..demo import build_app
 
         app = build_app()
-    app.configure(url=settings.url)
+    overridden = bind_app(app, settings, url)
     worker = Worker(app, queues=default_queues(app), concurrency=settings.concurrency)
-    stack = DevStack(app, worker, port=port, scheduler=scheduler)
+    stack = DevStack(
+        app,
+        worker,
+        port=port,
+        scheduler=scheduler,
+        tokens=tokens,
+        public_hosts=settings.api_public_hosts,
+    )
+    auth = (
+        f"tokens required ({'admin' if tokens.admin else 'no admin'} token, "
+        f"{len(tokens.tenants)} tenant token(s))"
+        if tokens.enabled
+        else "OPEN, no tokens (only localhost pages and tools can use it; set "
+        "CONVEYOR_API_ADMIN_TOKEN to require one)"
+    )
 
     async def main() -> None:
         await stack.start()
         console.print(
-            f"conveyor dev on {redact(settings.url)}\n"
+            f"conveyor dev on {redact(app.url)}{overridden}\n"
             f"  dashboard: [bold]{stack.url}/dashboard[/]\n"
             f"  API:       {stack.url}/docs\n"
+            f"  API auth:  {auth}\n"
             f"  queues:    {','.join(worker.queues)}  (Ctrl-C stops gracefully)",
             highlight=False,
         )

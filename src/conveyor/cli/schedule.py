@@ -21,8 +21,21 @@ from ..scheduler import DEFAULT_KEEP_COMPLETED, DEFAULT_KEEP_FAILED, Scheduler
 from ..schedules import ScheduleInfo, ScheduleSpec, cron_schedule, every_schedule
 from ..settings import Settings, redact
 from ..status import parse_duration
-from .common import cli, console, friendly, load_app, run_async, setup_logging
-from .ops import JsonOpt, UrlOpt, operate, print_json, say, when
+from .common import (
+    JsonOpt,
+    UrlOpt,
+    bind_app,
+    cli,
+    console,
+    friendly,
+    load_app,
+    operate,
+    print_json,
+    run_async,
+    say,
+    setup_logging,
+    when,
+)
 from .run import AppArg, run_worker
 
 schedules_cli = typer.Typer(
@@ -79,7 +92,7 @@ def scheduler_command(
     )
     setup_logging(settings.log_level, settings.log_format)
     app = load_app(target)
-    app.configure(url=settings.url, max_payload_bytes=settings.max_payload_bytes)
+    overridden = bind_app(app, settings, url)
     scheduler = Scheduler(
         app,
         lease_timeout=lease_timeout,
@@ -88,7 +101,7 @@ def scheduler_command(
         close_app=True,
     )
     console.print(
-        f"scheduler {scheduler.id} on {redact(settings.url)} "
+        f"scheduler {scheduler.id} on {redact(app.url)}{overridden} "
         f"schedules={len(app.schedules)} lease={lease_timeout:g}s",
         highlight=False,
     )

@@ -157,13 +157,10 @@ def dashboard_router() -> APIRouter:
     ) -> Response:
         """Completed and failed jobs per minute of each queue (default: every queue),
         oldest minute first: the overview's sparklines. Queue-wide, so admin only."""
-        app = api_state(request).conveyor
-        engine = await app.connect()
-        names = queue if queue else await app.queue_names()
-        for name in names:
+        for name in queue or ():
             if not QUEUE_NAME.match(name):
                 raise ApiError.invalid("queue", f"queue {name[:40]!r} is invalid", location="query")
-        rows = await asyncio.gather(*(engine.throughput_history(n, minutes) for n in names))
+        rows = await api_state(request).conveyor.throughput(queue, minutes)
         return json_response(
             {
                 "minutes": minutes,
@@ -197,7 +194,9 @@ def dashboard_router() -> APIRouter:
             }
         )
 
-    @router.post("/api/schedules/{name}/{action}")
+    # `:path`: a schedule name may contain `/` (`reports/daily`); the page sends it as
+    # %2F, which the server decodes before routing, so a plain segment would not match.
+    @router.post("/api/schedules/{name:path}/{action}")
     async def pause_schedule(
         request: Request,
         principal: AdminPrincipal,

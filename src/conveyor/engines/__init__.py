@@ -18,7 +18,6 @@ from .base import (
     Notifier,
     Outcome,
     QueueCounts,
-    QueueLimits,
     ReadModel,
 )
 
@@ -32,7 +31,6 @@ __all__ = [
     "Notifier",
     "Outcome",
     "QueueCounts",
-    "QueueLimits",
     "ReadModel",
     "open_engine",
 ]

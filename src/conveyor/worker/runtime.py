@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import contextvars
 import inspect
 import logging
 import os
@@ -33,13 +34,23 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from .. import backoff as backoff_mod
-from ..engines import Engine, Outcome, QueueCounts, QueueLimits
-from ..errors import EngineUnavailable, RateLimited, Retry, Unrecoverable
+from ..engines import Engine, Outcome, QueueCounts
+from ..errors import (
+    EngineUnavailable,
+    InvalidPayload,
+    InvalidResult,
+    RateLimited,
+    Retry,
+    Unrecoverable,
+)
 from ..health import build_health_app
 from ..job import AttemptError, Job, JobState, encode_result
+from ..limits import QueueLimits, merge_limits
 from ..metrics import Metrics
+from ..payloads import decode_payload
 from ..serving import EmbeddedServer
 from ..task import Task
+from ..tracing import take_carrier, traced
 
 if TYPE_CHECKING:
     from ..app import Conveyor
@@ -210,6 +221,9 @@ class Worker:
             EngineUnavailable: the engine cannot be reached at start-up.
             ConfigError: the health port cannot be bound.
         """
+        # The worker is the one caller that keeps a direct engine handle (everything else
+        # goes through the app facade): exchange, heartbeats and progress are its hot
+        # path, where a facade hop per call would cost without adding a rule.
         engine = await self.app.connect()
         await self._apply_limits(engine)
         if self.health_port:
@@ -248,24 +262,9 @@ class Worker:
         """The limits this worker stores for `queue` at start: the app's, with the fields
         the worker's own `limits` sets replacing them (None: leave the engine's alone)."""
         code, flags = self.app.queue_limits.get(queue), self.limits
-        if flags is None or flags.empty:
-            return code
-        if code is None:
-            return flags
-        rate = flags if flags.rate is not None else code
-        tenant_rate = flags if flags.tenant_rate is not None else code
-        return QueueLimits(
-            flags.concurrency if flags.concurrency is not None else code.concurrency,
-            (
-                flags.tenant_concurrency
-                if flags.tenant_concurrency is not None
-                else code.tenant_concurrency
-            ),
-            rate.rate,
-            rate.rate_window_ms,
-            tenant_rate.tenant_rate,
-            tenant_rate.tenant_rate_window_ms,
-        )
+        if code is None and (flags is None or flags.empty):
+            return None
+        return merge_limits(code, flags)
 
     async def _apply_limits(self, engine: Engine) -> None:
         for queue in self.queues:
@@ -463,12 +462,17 @@ class Worker:
     async def _execute(self, job: Job) -> None:
         outcome: Outcome
         hooks = self.app.job_hooks
+        carrier = take_carrier(job)  # even untraced: the handler never sees it
         if hooks:
             await self._fire("started", job)
         started = self.app.clock.monotonic()
         began = time.perf_counter()  # real time for the prefetch estimate, whatever the clock
+        tracing = self.app.tracing
         try:
-            outcome = await self._outcome(job)
+            if tracing is None:
+                outcome = await self._outcome(job)
+            else:
+                outcome = await traced(tracing, job, carrier, self._outcome)
         except asyncio.CancelledError:
             if not self._releasing:  # lease lost: the job is someone else's now
                 self._running.pop(job.id, None)
@@ -511,6 +515,12 @@ class Worker:
                 "registers it, then retry the job",
                 final=True,
             )
+        if task.payload_model is not None:
+            try:
+                model: Any = decode_payload(job.payload, task.payload_model)
+            except InvalidPayload as exc:  # enqueued without the model: never fits
+                return self._error(job, "InvalidPayload", str(exc), final=True)
+            job.payload = model  # the handler (and the hooks after it) see the model
         timeout = job.timeout if job.timeout is not None else task.timeout
         deadline: asyncio.Timeout | None = None
         try:
@@ -548,13 +558,22 @@ class Worker:
             return self._exception(job)
         except Exception:
             return self._exception(job)
-        return Outcome(job.id, token, "complete", result_json=encode_result(result))
+        try:
+            result_json = encode_result(result)
+        except InvalidResult as exc:  # a failed attempt: the job's error says why
+            return self._error(job, "InvalidResult", str(exc))
+        return Outcome(job.id, token, "complete", result_json=result_json)
 
     async def _call(self, task: Task, job: Job) -> Any:
         """Run the handler: coroutines on the loop, plain functions in the thread pool."""
         if task.is_async:
             return await task.fn(job)
-        return await asyncio.get_running_loop().run_in_executor(self._pool, task.fn, job)
+        loop = asyncio.get_running_loop()
+        if self.app.tracing is not None:  # the attempt's span is current in the thread too
+            return await loop.run_in_executor(
+                self._pool, contextvars.copy_context().run, task.fn, job
+            )
+        return await loop.run_in_executor(self._pool, task.fn, job)
 
     def _exception(self, job: Job) -> Outcome:
         import sys

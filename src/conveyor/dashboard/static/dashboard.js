@@ -125,8 +125,17 @@ async function api(method, path, body) {
   return data;
 }
 
+// A WebSocket subprotocol may only hold token characters: base64url of the UTF-8 token.
+function bearerProtocol(token) {
+  const bytes = new TextEncoder().encode(token);
+  let binary = "";
+  for (const b of bytes) binary += String.fromCharCode(b);
+  return "conveyor.bearer." + btoa(binary).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+}
+
 // Live updates over `WS /ws/jobs`. Browsers cannot put headers on a WebSocket, so the
-// token goes in the `token` query parameter the API accepts for them. After a restart
+// token travels as a subprotocol (never in the URL, which access logs and the browser
+// history keep). After a restart
 // (1012), an overflow (1013) or a lost connection it reconnects with `since=`, so no
 // event is missed.
 function live(params, onEvent, onOpen) {
@@ -138,11 +147,11 @@ function live(params, onEvent, onOpen) {
   function open() {
     const query = new URLSearchParams(params);
     const token = sessionStorage.getItem(TOKEN_KEY);
-    if (token) query.set("token", token);
+    const protocols = token ? ["conveyor.v1", bearerProtocol(token)] : ["conveyor.v1"];
     const positions = Object.entries(since).map(([q, id]) => `${q}:${id}`).join(",");
     if (positions) query.set("since", positions);
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-    socket = new WebSocket(`${scheme}//${location.host}${ROOT}/ws/jobs?${query}`);
+    socket = new WebSocket(`${scheme}//${location.host}${ROOT}/ws/jobs?${query}`, protocols);
     socket.onopen = () => {
       // A view left while the socket was connecting: close now that it may be closed
       // without the browser logging an error.

@@ -46,6 +46,7 @@ from ...job import (
     decode_lenient,
     queue_of,
 )
+from ...limits import QueueLimits
 from ..base import (
     Event,
     Exchange,
@@ -53,7 +54,6 @@ from ..base import (
     LeaseInfo,
     Outcome,
     QueueCounts,
-    QueueLimits,
     StoredSchedule,
     Throughput,
 )

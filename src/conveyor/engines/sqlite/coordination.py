@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from ..base import QueueLimits
+from ...limits import QueueLimits
 from ..values import LeaseInfo, StoredSchedule
 from .connection import Q, SqliteCore
 

@@ -33,7 +33,7 @@ from ...lifecycle import (
     TransitionKind,
     lease_expired_error,
 )
-from ..base import QueueLimits
+from ...limits import QueueLimits
 from ..values import Exchange, Outcome
 from .connection import Q, SqliteCore, event_data
 from .transitions import COMPLETE_BATCH, statement

@@ -1,0 +1,365 @@
+"""The operator and read side of the app, shared by the CLI, the HTTP API, the
+dashboard, `conveyor status` and the live-events hub: what they read (jobs, counts,
+throughput, limits, workers, events, engine health) and what they change (pause,
+retry, cancel, promote, clean, purge, limits).
+
+Arguments are validated here, once, with `conveyor.lifecycle`'s checks and messages;
+the engine applies the change inside its atomic step and checks only the state
+preconditions that need that atomicity (with lifecycle's sets and messages).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from .. import lifecycle
+from ..engines import Event, JobPage, QueueCounts
+from ..engines.base import Throughput
+from ..errors import EngineUnavailable, InvalidArgument, InvalidJob, InvalidState
+from ..job import Job, JobState
+from ..limits import QueueLimits, merge_limits
+from .checks import check_cursor, check_queue
+from .core import AppCore
+
+READY_PING_TIMEOUT = 2.0  # seconds a readiness probe waits for the engine
+MAX_THROUGHPUT_MINUTES = 24 * 60
+
+
+def _state(value: JobState | str) -> JobState:
+    try:
+        return JobState(value)
+    except ValueError:
+        names = ", ".join(s.value for s in JobState)
+        raise InvalidJob(f"state {value!r} is unknown: use one of {names}") from None
+
+
+class Operations(AppCore):
+    """Read the queues and act on them as an operator would."""
+
+    # --- engine health -----------------------------------------------------------------
+    @property
+    def durable(self) -> bool:
+        """Whether the engine survives a crash of the process that holds it (builds the
+        engine, does not connect it).
+
+        Raises:
+            ConfigError: the engine URL is not one Conveyor supports.
+        """
+        return self.engine.durable
+
+    async def ping(self, timeout: float = READY_PING_TIMEOUT) -> float:
+        """Connect if needed, then measure one round trip to the engine.
+
+        Args:
+            timeout: seconds to wait for the connection and for the answer.
+
+        Returns:
+            The round-trip time in seconds.
+
+        Raises:
+            EngineUnavailable: the engine cannot be reached, or did not answer in time.
+        """
+        try:
+            return await asyncio.wait_for(self._ping(), timeout)
+        except TimeoutError:
+            raise EngineUnavailable(
+                f"the engine did not answer within {timeout:g}s: check that it runs and "
+                "that CONVEYOR_URL points at it"
+            ) from None
+
+    async def _ping(self) -> float:
+        return await (await self.connect()).ping()
+
+    async def readiness(self, *, stopping: bool = False) -> tuple[bool, str]:
+        """Whether a process using this app should receive work: the engine answers,
+        it is durable, and the process is not shutting down.
+
+        Args:
+            stopping: the process is shutting down.
+
+        Returns:
+            (ready, reason): reason is "ok" or says which rule failed.
+        """
+        if stopping:
+            return False, "shutting down"
+        try:
+            await self.ping()
+        except EngineUnavailable as exc:
+            return False, f"engine unavailable: {exc or 'ping timed out'}"
+        if not self.durable:
+            return False, f"engine {self.engine.url} is not durable (memory:// is for tests only)"
+        return True, "ok"
+
+    # --- read model ----------------------------------------------------------------------
+    async def get_job(self, job_id: str) -> Job:
+        """The job with every attempt's error.
+
+        Raises:
+            JobNotFound: no job has that id.
+        """
+        return self._own(await (await self.connect()).get_job(job_id))
+
+    def get_job_sync(self, job_id: str) -> Job:
+        """`get_job` for synchronous code."""
+        return self._bridge().run(lambda app: app.get_job(job_id))
+
+    async def queue_names(self) -> list[str]:
+        """Every queue that has jobs, limits or a pause flag, sorted."""
+        return await (await self.connect()).queue_names()
+
+    async def counts(self, queue: str) -> QueueCounts:
+        """How many jobs `queue` has in each state."""
+        return await (await self.connect()).counts(queue)
+
+    async def list_jobs(
+        self,
+        queue: str,
+        state: JobState,
+        *,
+        tenant: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> JobPage:
+        """One page of `queue`'s jobs in `state` (pass the page's cursor for the next).
+
+        Raises:
+            InvalidArgument: `cursor` is not one this engine handed out.
+        """
+        engine = await self.connect()
+        try:
+            return await engine.list_jobs(
+                queue, state, tenant=tenant, limit=limit, cursor=check_cursor(cursor)
+            )
+        except (ValueError, InvalidState) as exc:
+            # Engines refuse a cursor they cannot decode with one of these; the caller's
+            # argument is what is wrong, whatever the engine called it.
+            if cursor is None:
+                raise
+            raise InvalidArgument(
+                f"cursor {cursor[:40]!r} is not one this engine returned: pass back the "
+                "cursor of the previous page, or none for the first page"
+            ) from exc
+
+    async def tenant_running(self, queue: str) -> dict[str, int]:
+        """Running jobs per tenant of `queue` (what `tenant_concurrency` counts)."""
+        return await (await self.connect()).tenant_running(queue)
+
+    async def throughput(self, queues: Sequence[str] | None, minutes: int) -> list[Throughput]:
+        """Completed and failed jobs per minute of each queue over the last `minutes`
+        minutes, oldest first (the dashboard's sparklines).
+
+        Args:
+            queues: the queues (None: every queue).
+            minutes: 1 to 1440.
+
+        Raises:
+            InvalidJob: a queue name or `minutes` is invalid.
+        """
+        if isinstance(minutes, bool) or not 1 <= minutes <= MAX_THROUGHPUT_MINUTES:
+            raise InvalidJob(f"minutes={minutes!r} is invalid: use 1 to {MAX_THROUGHPUT_MINUTES}")
+        names = list(queues) if queues else await self.queue_names()
+        for name in names:
+            check_queue(name, error=InvalidJob)
+        engine = await self.connect()
+        return list(await asyncio.gather(*(engine.throughput_history(n, minutes) for n in names)))
+
+    async def workers(self) -> list[dict[str, Any]]:
+        """Workers alive now, with their queues, in-flight counts and last heartbeat
+        (`last_seen` on the engine's clock)."""
+        return await (await self.connect()).workers()
+
+    # --- events --------------------------------------------------------------------------
+    async def event_positions(self, queues: Sequence[str]) -> dict[str, str]:
+        """The newest event id of each queue ("0" when none): pass it back to
+        `read_events` to read from now on."""
+        return await (await self.connect()).last_event_ids(queues)
+
+    async def read_events(
+        self,
+        queues: Sequence[str],
+        *,
+        since: dict[str, str] | None,
+        count: int = 500,
+        block_ms: int = 1000,
+    ) -> list[Event]:
+        """Events of `queues` after `since` (queue -> last id seen), waiting up to
+        `block_ms` for the first one; at most `count`."""
+        return await (await self.connect()).read_events(
+            queues, since=since, count=count, block_ms=block_ms
+        )
+
+    async def events(
+        self, queues: Sequence[str], *, since: dict[str, str] | None = None, block_ms: int = 1000
+    ) -> AsyncIterator[Event]:
+        """Yield state-change events of `queues` as they happen, across processes.
+
+        Args:
+            since: queue -> last event id seen; absent queues start from now.
+        """
+        # Pin "now" for queues without a position, so nothing between reads is skipped.
+        cursor = {**(await self.event_positions(queues)), **(since or {})}
+        while True:
+            batch = await self.read_events(queues, since=cursor, count=500, block_ms=block_ms)
+            for event in batch:
+                cursor[event.queue] = event.id
+                yield event
+
+    # --- limits --------------------------------------------------------------------------
+    async def set_limits(
+        self,
+        queue: str,
+        *,
+        concurrency: int | None = None,
+        tenant_concurrency: int | None = None,
+        rate: str | None = None,
+        tenant_rate: str | None = None,
+    ) -> QueueLimits:
+        """Store `queue`'s limits in the engine now, replacing the ones it had (no
+        arguments: no limits). Every worker obeys them from its next claim.
+
+        Raises:
+            ConfigError: an invalid value.
+            EngineUnavailable: the engine cannot be reached.
+        """
+        return await self.change_limits(
+            queue,
+            clear=True,
+            concurrency=concurrency,
+            tenant_concurrency=tenant_concurrency,
+            rate=rate,
+            tenant_rate=tenant_rate,
+        )
+
+    async def change_limits(
+        self,
+        queue: str,
+        *,
+        clear: bool = False,
+        concurrency: int | None = None,
+        tenant_concurrency: int | None = None,
+        rate: str | None = None,
+        tenant_rate: str | None = None,
+    ) -> QueueLimits:
+        """Change only the limits given (`conveyor limits`): the stored ones (or none,
+        with `clear`) merged with these by `merge_limits`, then stored.
+
+        Returns:
+            The limits now stored.
+
+        Raises:
+            ConfigError: an invalid value; the message names the option and the fix.
+            EngineUnavailable: the engine cannot be reached.
+        """
+        check_queue(queue)
+        given = QueueLimits.build(
+            concurrency=concurrency,
+            tenant_concurrency=tenant_concurrency,
+            rate=rate,
+            tenant_rate=tenant_rate,
+        )
+        engine = await self.connect()
+        limits = merge_limits(None if clear else await engine.get_limits(queue), given)
+        await engine.set_limits(queue, limits)
+        return limits
+
+    async def get_limits(self, queue: str) -> QueueLimits:
+        """The limits the engine enforces for `queue` now.
+
+        Raises:
+            InvalidJob: the queue name is invalid.
+        """
+        return await (await self.connect()).get_limits(check_queue(queue, error=InvalidJob))
+
+    async def limits_document(self, queue: str) -> dict[str, Any]:
+        """`queue`'s limits and what they count now (`conveyor limits QUEUE --json`).
+
+        Returns:
+            `{"queue", "limits": {...}, "running", "pending", "tenant_running": {...}}`.
+        """
+        limits = await self.get_limits(queue)
+        counts = await self.counts(queue)
+        return {
+            "queue": queue,
+            "limits": limits.to_dict(),
+            "running": counts.running,
+            "pending": counts.pending,
+            "tenant_running": await self.tenant_running(queue),
+        }
+
+    # --- operator actions ----------------------------------------------------------------
+    async def pause(self, queue: str) -> None:
+        """Stop workers claiming from `queue`; producers keep enqueueing."""
+        await (await self.connect()).pause(check_queue(queue, error=InvalidJob))
+
+    async def resume(self, queue: str) -> None:
+        """Let workers claim from `queue` again."""
+        await (await self.connect()).resume(check_queue(queue, error=InvalidJob))
+
+    async def retry_job(self, job_id: str) -> Job:
+        """Send a failed or cancelled job back to pending with a fresh attempt budget.
+
+        Raises:
+            JobNotFound: no such job.
+            InvalidState: it is not failed or cancelled, or its dedupe key is now held by
+                another live job (nothing changes).
+        """
+        return await (await self.connect()).retry_job(job_id)
+
+    async def cancel_job(self, job_id: str) -> Job:
+        """Cancel a scheduled, pending or running job (a running one's lease is revoked).
+
+        Raises:
+            JobNotFound, InvalidState: no such job, or it is already finished.
+        """
+        return await (await self.connect()).cancel_job(job_id)
+
+    async def promote_job(self, job_id: str) -> Job:
+        """Run a scheduled (delayed or retry-waiting) job now.
+
+        Raises:
+            JobNotFound, InvalidState: no such job, or it is not scheduled.
+        """
+        return await (await self.connect()).promote_job(job_id)
+
+    async def retry_all(self, queue: str, state: JobState | str = JobState.FAILED) -> int:
+        """Retry every failed (or cancelled) job of `queue`; jobs whose dedupe key is
+        held by another live job stay where they are and are not counted.
+
+        Returns:
+            How many jobs went back to pending.
+
+        Raises:
+            InvalidJob: the queue name or state is unknown.
+            InvalidState: `state` is not failed or cancelled.
+        """
+        checked = lifecycle.check_retry_all(_state(state))
+        return await (await self.connect()).retry_all(check_queue(queue, error=InvalidJob), checked)
+
+    async def clean(
+        self, queue: str, state: JobState | str, older_than: float, limit: int = 10_000
+    ) -> int:
+        """Delete finished jobs in `state` that finished over `older_than` seconds ago.
+
+        Returns:
+            How many were deleted (at most `limit`).
+
+        Raises:
+            InvalidJob: the queue or state is unknown, or older_than < 0 or limit < 1.
+            InvalidState: `state` is live (scheduled, pending, running).
+        """
+        checked = lifecycle.check_clean(_state(state))
+        if older_than < 0 or limit < 1:
+            raise InvalidJob("clean needs older_than >= 0 seconds and limit >= 1")
+        return await (await self.connect()).clean(
+            check_queue(queue, error=InvalidJob), checked, int(older_than * 1000), limit
+        )
+
+    async def purge(self, queue: str) -> int:
+        """Delete every job of `queue`, in every state. Irreversible.
+
+        Returns:
+            How many jobs were deleted.
+        """
+        return await (await self.connect()).purge(check_queue(queue, error=InvalidJob))

@@ -1,0 +1,281 @@
+"""The producer side of the app: validate and encode jobs once, then store them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from pydantic import BaseModel
+
+from .. import backoff as backoff_mod
+from ..errors import ConfigError, InvalidJob, InvalidPayload, UnknownTask
+from ..job import (
+    MAX_PRIORITY,
+    MIN_PRIORITY,
+    EnqueueResult,
+    Job,
+    JobState,
+    NewJob,
+    encode_payload,
+    new_job_id,
+)
+from ..payloads import payload_json
+from ..tracing import TRACE_KEY
+from .checks import (
+    check_attempts,
+    check_label,
+    check_priority,
+    check_queue,
+    check_text,
+    check_timeout,
+    due,
+)
+from .core import AppCore
+from .results import ResultWaiter, outcome
+
+# A JSON object, or an instance of the task's payload model (`conveyor.payloads`).
+Payload = Mapping[str, Any] | BaseModel | None
+
+ENQUEUE_OPTIONS = frozenset(
+    {
+        "queue",
+        "delay",
+        "run_at",
+        "priority",
+        "dedupe_key",
+        "tenant",
+        "max_attempts",
+        "backoff",
+        "timeout",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Enqueued:
+    """What storing one job did.
+
+    Attributes:
+        job: the stored job, or the live job that already held its dedupe key.
+        created: True when `job` is new; False when the dedupe key was held (nothing
+            was written).
+    """
+
+    job: Job
+    created: bool
+
+
+class Producer(AppCore):
+    """Build, validate and enqueue jobs (async and sync)."""
+
+    def build(self, task: str, payload: Payload = None, **options: Any) -> NewJob:
+        """Validate and encode one job without storing it (used by enqueue and outbox).
+
+        Raises:
+            UnknownTask, InvalidPayload, PayloadTooLarge, InvalidJob: nothing is enqueued.
+        """
+        unknown = set(options) - ENQUEUE_OPTIONS
+        if unknown:
+            raise InvalidJob(
+                f"unknown enqueue option(s) {', '.join(sorted(unknown))}: "
+                f"valid options are {', '.join(sorted(ENQUEUE_OPTIONS))}"
+            )
+        registered = self.tasks.get(task)
+        queue = options.get("queue")
+        if registered is None and queue is None:
+            raise UnknownTask(
+                f"task {task!r} is not registered in this process: register it with "
+                "@app.task, or pass queue= to enqueue it for a worker that has it"
+            )
+        if not isinstance(task, str) or not task:
+            raise InvalidJob("task name must be a non-empty string")
+        check_text("task", task)
+        queue = check_queue(
+            queue or (registered.queue if registered else self.default_queue), error=InvalidJob
+        )
+        priority = options.get("priority")
+        priority = check_priority(0 if priority is None else priority, MIN_PRIORITY, MAX_PRIORITY)
+        max_attempts = options.get("max_attempts")
+        if max_attempts is None:
+            max_attempts = registered.max_attempts if registered else 3
+        check_attempts(max_attempts, error=InvalidJob)
+        timeout = options.get("timeout")
+        check_timeout(timeout, error=InvalidJob)
+        backoff_json = None
+        if options.get("backoff") is not None:
+            try:
+                backoff_json = orjson.dumps(
+                    backoff_mod.coerce(options["backoff"]).to_spec()
+                ).decode()
+            except ConfigError as exc:
+                raise InvalidJob(str(exc)) from exc
+        delay_ms, run_at_ms = due(options.get("delay"), options.get("run_at"))
+        model = registered.payload_model if registered else None
+        tenant = check_label("tenant", options.get("tenant"), 128)
+        dedupe_key = check_label("dedupe_key", options.get("dedupe_key"), 512)
+        body = payload_json({} if payload is None else payload, model)
+        job_id = new_job_id(queue)
+        if self.tracing is not None:
+            carrier = self.tracing.enqueued(task, queue, job_id)
+            if carrier and isinstance(body, dict):
+                body = {**body, TRACE_KEY: carrier}
+        return NewJob(
+            id=job_id,
+            queue=queue,
+            task=task,
+            payload_json=encode_payload(body, self.max_payload_bytes),
+            max_attempts=max_attempts,
+            priority=priority,
+            tenant=tenant,
+            dedupe_key=dedupe_key,
+            timeout=timeout,
+            backoff_json=backoff_json,
+            delay_ms=delay_ms,
+            run_at_ms=run_at_ms,
+        )
+
+    async def enqueue(self, task: str, payload: Payload = None, **options: Any) -> Job:
+        """Enqueue one job. Once this returns, the job is stored durably.
+
+        Args:
+            task: registered task name (or any name, with `queue=`).
+            payload: a JSON object, or an instance of the task's payload model.
+            **options: queue, delay (seconds or timedelta), run_at (datetime),
+                priority (-100..100, higher first), dedupe_key, tenant,
+                max_attempts, backoff, timeout.
+
+        Returns:
+            The new job, or the live job that already holds `dedupe_key`.
+
+        Raises:
+            UnknownTask, InvalidPayload, PayloadTooLarge, InvalidJob, EngineUnavailable.
+        """
+        return (await self._store([self.build(task, payload, **options)]))[0].job
+
+    async def enqueue_built(self, new: NewJob) -> Enqueued:
+        """Store one job made by `build`, saying whether it is new or deduplicated (the
+        HTTP API answers 201 or 200 from it).
+
+        Returns:
+            The stored job (or the live one holding its dedupe key) and `created`.
+
+        Raises:
+            EngineUnavailable: the engine cannot be reached.
+        """
+        return (await self._store([new]))[0]
+
+    async def enqueue_many(self, items: Iterable[Mapping[str, Any]]) -> list[Job]:
+        """Enqueue many jobs in one round trip per queue; all are validated first.
+
+        Each item is a mapping with `task`, optional `payload` and any `enqueue` option.
+        If any item is invalid, nothing is enqueued.
+        """
+        built = []
+        for index, item in enumerate(items):
+            spec = dict(item)
+            try:
+                task = spec.pop("task")
+            except KeyError:
+                raise InvalidJob(f"item {index} has no 'task': each item needs one") from None
+            payload = spec.pop("payload", None)
+            try:
+                built.append(self.build(task, payload, **spec))
+            except InvalidPayload as exc:
+                raise InvalidPayload(f"item {index}: {exc}", fields=exc.fields) from exc
+            except InvalidJob as exc:
+                raise type(exc)(f"item {index}: {exc}") from exc
+        return [stored.job for stored in await self._store(built)]
+
+    async def store_built(self, jobs: Sequence[NewJob]) -> list[EnqueueResult]:
+        """Store jobs made by `build` exactly as they are (ids included), all or none,
+        without reading deduplicated ones back: the scheduler's occurrences, whose fixed
+        ids make a repeat a no-op.
+
+        Returns:
+            The engine's answer per job (id, created, state), in order.
+
+        Raises:
+            EngineUnavailable: the engine cannot be reached.
+        """
+        if not jobs:
+            return []
+        return await (await self.connect()).enqueue(jobs)
+
+    async def _store(self, jobs: Sequence[NewJob]) -> list[Enqueued]:
+        if not jobs:
+            return []
+        engine = await self.connect()
+        results = await engine.enqueue(jobs)
+        now = self.clock.now()
+        out = []
+        for new, res in zip(jobs, results, strict=True):
+            if not res.created:
+                out.append(Enqueued(self._own(await engine.get_job(res.id)), created=False))
+                continue
+            job = Job(
+                id=res.id,
+                queue=new.queue,
+                task=new.task,
+                payload=orjson.loads(new.payload_json),
+                state=res.state,
+                max_attempts=new.max_attempts,
+                priority=new.priority,
+                tenant=new.tenant,
+                dedupe_key=new.dedupe_key,
+                timeout=new.timeout,
+                backoff=orjson.loads(new.backoff_json) if new.backoff_json else None,
+                created_at=now,
+                scheduled_at=(
+                    new.run_at_ms / 1000 if new.run_at_ms is not None else now + new.delay_ms / 1000
+                )
+                if res.state == JobState.SCHEDULED
+                else None,
+            )
+            out.append(Enqueued(self._own(job), created=True))
+        return out
+
+    def enqueue_sync(self, task: str, payload: Payload = None, **options: Any) -> Job:
+        """`enqueue` for synchronous code (Flask, Django, scripts). Thread-safe."""
+        return self._bridge().run(lambda app: app.enqueue(task, payload, **options))
+
+    def enqueue_many_sync(self, items: Iterable[Mapping[str, Any]]) -> list[Job]:
+        """`enqueue_many` for synchronous code."""
+        materialised = list(items)
+        return self._bridge().run(lambda app: app.enqueue_many(materialised))
+
+    async def wait(self, job_id: str, timeout: float | None = None) -> Any:
+        """Wait for job `job_id` to finish and return its result (what the handler
+        returned, as stored JSON). Driven by the engine's events: one shared reader per
+        app, however many callers wait (`conveyor.facade.results`).
+
+        Args:
+            job_id: the job's id.
+            timeout: seconds to wait at most; `None` waits as long as it takes.
+
+        Returns:
+            The job's result.
+
+        Raises:
+            JobFailed: the job failed; carries the last error and its traceback.
+            JobCancelled: the job was cancelled.
+            TimeoutError: it is not finished after `timeout` seconds.
+            JobNotFound: no job has that id.
+        """
+        return outcome(await self.wait_for_job(job_id, timeout))
+
+    async def wait_for_job(self, job_id: str, timeout: float | None = None) -> Job:
+        """Like `wait`, but return the finished job whatever its state (no JobFailed).
+
+        Raises:
+            TimeoutError: it is not finished after `timeout` seconds.
+            JobNotFound: no job has that id.
+        """
+        if self._results is None:
+            self._results = ResultWaiter(self)
+        return self._own(await self._results.wait(job_id, timeout))
+
+    def wait_sync(self, job_id: str, timeout: float | None = None) -> Any:
+        """`wait` for synchronous code (Flask, Django, scripts); same errors."""
+        return self._bridge().run(lambda app: app.wait(job_id, timeout))

@@ -16,11 +16,12 @@ import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from conveyor import ConfigError, Conveyor, EngineUnavailable, JobNotFound
-from conveyor.engines import QueueLimits, open_engine
+from conveyor.engines import open_engine
 from conveyor.engines.postgres import PostgresEngine, parse_postgres_url
 from conveyor.engines.postgres.migrations import MIGRATIONS
 from conveyor.engines.postgres.rules import RULES, TRANSITION_ROWS
 from conveyor.errors import SchemaTooNew
+from conveyor.limits import QueueLimits
 from conveyor.testing import eventually
 
 pytestmark = pytest.mark.usefixtures("postgres_url")

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 import orjson
 import pytest
 
-from conveyor import ConfigError, Conveyor, ConveyorError, InvalidState, Job, JobNotFound, JobState
+from conveyor import ConfigError, Conveyor, InvalidState, Job, JobNotFound, JobState
 from conveyor.engines import Engine, Outcome, open_engine
 from conveyor.job import AttemptError
 from conveyor.limits import QueueLimits
@@ -868,9 +868,8 @@ async def test_clean_refuses_live_states_through_the_app(engine_url: str, app: C
     [res] = await app.enqueue_many([{"task": "t", "payload": {}}])
     try:
         for state in (JobState.SCHEDULED, JobState.PENDING, JobState.RUNNING):
-            # InvalidState once the facade checks with lifecycle.check_clean (branch door);
-            # the rule under test is the refusal and that the job stays.
-            with pytest.raises(ConveyorError, match=f"not {state.value}"):
+            # lifecycle.check_clean, applied once by the facade.
+            with pytest.raises(InvalidState, match=f"not {state.value}: cancel live jobs"):
                 await app.clean("q", state, older_than=0)
         assert (await app.get_job(res.id)).state == JobState.PENDING
     finally:

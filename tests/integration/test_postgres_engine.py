@@ -324,3 +324,28 @@ async def test_an_unreachable_server_is_a_named_error_with_the_fix() -> None:
         await eng.connect()
     assert "secret" not in str(info.value), "the password never reaches a message"
     assert "CONVEYOR_URL" in str(info.value)
+
+
+async def test_connections_killed_by_the_server_are_replaced(
+    engine: PostgresEngine, app: Conveyor, postgres_url: str
+) -> None:
+    """A failover or an admin's pg_terminate_backend: at most a named error, then the
+    pool reconnects and no job is lost."""
+    [res] = await engine.enqueue([app.build("t", {})])
+    async with await psycopg.AsyncConnection.connect(
+        conninfo(postgres_url), autocommit=True
+    ) as admin:
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+
+    async def answers() -> bool:
+        try:
+            await engine.ping()
+        except EngineUnavailable:
+            return False
+        return True
+
+    await eventually(answers, timeout=15)
+    assert (await engine.get_job(res.id)).state == "pending"

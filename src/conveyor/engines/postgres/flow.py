@@ -1,13 +1,19 @@
 """The job flow on Postgres: enqueue, exchange (outcomes, promotion, recovery, claims),
 heartbeats, progress and the wake-up notifier.
 
-Concurrency: claims take rows with ``FOR UPDATE SKIP LOCKED``, so workers of the
-whole fleet claim different jobs at once without waiting on each other. A queue with
-limits, or with tenant jobs pending, is claimed under a transaction-level advisory
-lock named after the queue: the running counts, the rate log and the tenants' turns
-are read and spent by one claimer at a time, and the lock is held until its COMMIT, so
-the next claimer sees what it took. That is what makes `concurrency`,
-`tenant_concurrency` and the rates hold for the fleet, not per process.
+An exchange is one call of the schema's ``exchange`` function (first migration):
+outcomes, promotion, lease recovery and claims in one statement, so one round trip
+and one transaction. Python only prepares the outcomes (with the data of the events
+they record) and decodes the claimed rows.
+
+Concurrency (inside that function): claims take rows with ``FOR UPDATE SKIP
+LOCKED``, so workers of the whole fleet claim different jobs at once without waiting
+on each other. A queue with limits, or with tenant jobs pending, is claimed by
+``claim_fair`` under a transaction-level advisory lock named after the queue: the
+running counts, the rate log and the tenants' turns are read and spent by one claimer
+at a time, and the lock is held until its COMMIT, so the next claimer sees what it
+took. That is what makes `concurrency`, `tenant_concurrency` and the rates hold for
+the fleet, not per process.
 
 Enqueue is one call of the schema's ``enqueue(jsonb)`` function (one round trip for
 a batch), which is also what `enqueue_in` runs on a caller's own connection.

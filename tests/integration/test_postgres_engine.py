@@ -76,27 +76,30 @@ async def test_schema_is_created_with_numbered_migrations(
             f"SELECT version, name FROM {engine.schema_sql}.schema_migrations ORDER BY version"
         )
         assert await cur.fetchall() == [(m.number, m.name) for m in MIGRATIONS]
-        assert [m.name for m in MIGRATIONS][:2] == ["initial", "outbox"]
+        assert [m.name for m in MIGRATIONS][:3] == ["initial", "exchange", "outbox"]
 
 
 async def test_an_older_schema_is_upgraded_in_place(
     engine: PostgresEngine, app: Conveyor, postgres_url: str
 ) -> None:
-    """A schema made by a Conveyor that knew only migration 0001 gets 0002 and keeps
-    its jobs."""
+    """A schema made by a Conveyor that knew only migration 0001 gets the later ones
+    and keeps its jobs."""
     [res] = await engine.enqueue([app.build("t", {"kept": True})])
     await engine.close()
     async with await psycopg.AsyncConnection.connect(
         conninfo(postgres_url), autocommit=True
     ) as conn:
-        await conn.execute(f"DROP TABLE {engine.schema_sql}.outbox")
+        for table in ("outbox", "transitions", "rules"):
+            await conn.execute(f"DROP TABLE {engine.schema_sql}.{table}")
+        await conn.execute(f"DROP FUNCTION {engine.schema_sql}.exchange")
         await conn.execute(f"DELETE FROM {engine.schema_sql}.schema_migrations WHERE version > 1")
     again = open_engine(postgres_url)
     await again.connect()
     try:
         assert (await again.get_job(res.id)).payload == {"kept": True}
         assert isinstance(again, PostgresEngine)
-        assert await again.outbox_lag_ms() is None  # the table is back, empty
+        assert [job.id for job in await claim(again)] == [res.id]  # exchange() is back
+        assert await again.outbox_lag_ms() is None  # the outbox too, empty
     finally:
         await again.close()
 

@@ -1,4 +1,4 @@
--- Migration 0002: the outbox, for jobs that live in another engine (Redis).
+-- Migration 0003: the outbox, for jobs that live in another engine (Redis).
 --
 -- `app.outbox(conn).add(...)` inserts a row in the caller's transaction; `conveyor
 -- relay` takes committed rows in batches (FOR UPDATE SKIP LOCKED, so several relays

@@ -32,7 +32,7 @@ from ...lifecycle import (
     TRANSITIONS,
 )
 from ..values import Exchange, Outcome
-from .connection import Conn, PgCore, event_row
+from .connection import Conn, PgCore
 from .queries import JOB_COLUMNS
 
 _LEASE_FAILED_DATA = orjson.dumps(LEASE_EXPIRED_EVENT).decode()
@@ -193,25 +193,27 @@ class PgFlow(PgCore):
         return await self._run(tx, single=True)
 
     async def set_progress(self, job_id: str, token: str, progress_json: str) -> bool:
-        """Store progress for a running job; False when the lease is gone."""
+        """Store progress for a running job (one statement: the job, its event and the
+        NOTIFY); False when the lease is gone."""
+        params = {
+            "progress": progress_json,
+            "id": job_id,
+            "token": token,
+            "now": self._fixed,
+            "data": '{"progress":' + progress_json + "}",
+            "channel": self.channel,
+        }
 
-        async def tx(conn: Conn) -> bool:
-            cur = await conn.execute(
-                self.q["set_progress"], {"progress": progress_json, "id": job_id, "token": token}
-            )
+        async def call(conn: Conn) -> str | None:
+            cur = await conn.execute(self.q["set_progress"], params)
             row = await cur.fetchone()
-            if row is None:
-                return False
-            data = '{"progress":' + progress_json + "}"
-            now = await self._now(conn)
-            await self._add_events(
-                conn, [event_row(row[0], "progress", job_id, row[1], row[2], row[3], now, data)]
-            )
-            return True
+            return None if row is None else str(row[0])
 
-        stored = await self._run(tx)
-        self._notify(events=stored)
-        return stored
+        queue = await self._run(call, single=True)
+        if queue is not None:
+            self._notify(events=True)
+            self._count_events(1, [queue])
+        return queue is not None
 
     async def recover_expired(self, queues: Sequence[str]) -> int:
         """Recover running jobs whose lease expired; returns how many were recovered."""

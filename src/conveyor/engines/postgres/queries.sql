@@ -48,9 +48,19 @@ WHERE j.id = l.id AND j.token = l.token AND j.state = 'running'
 RETURNING j.id;
 
 -- name: set_progress
-UPDATE {schema}.jobs SET progress = %(progress)s
-WHERE id = %(id)s AND token = %(token)s AND state = 'running'
-RETURNING queue, task, tenant, attempt;
+-- One statement (autocommit): store, record the event, NOTIFY; 1 row when stored.
+WITH u AS (
+    UPDATE {schema}.jobs SET progress = %(progress)s
+    WHERE id = %(id)s AND token = %(token)s AND state = 'running'
+    RETURNING queue, task, tenant, attempt
+), e AS (
+    INSERT INTO {schema}.events (queue, kind, job_id, task, tenant, attempt, at_ms, data)
+    SELECT u.queue, 'progress', %(id)s, u.task, u.tenant, u.attempt,
+        {schema}.clock_ms(%(now)s::bigint), %(data)s FROM u
+), n AS (
+    SELECT pg_notify(%(channel)s, 'events') FROM u
+)
+SELECT u.queue, (SELECT count(*) FROM n) FROM u;
 
 -- name: queue_names
 SELECT name FROM {schema}.queues WHERE known ORDER BY name;

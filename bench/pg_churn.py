@@ -4,7 +4,10 @@ Pushes N jobs through one queue in rounds (enqueue a batch, claim it, complete i
 clean completed jobs, as the scheduler's retention does) and prints the size of the
 jobs and events tables (with indexes and TOAST) every 10% and at the end.
 
-    .venv/bin/python bench/pg_churn.py postgresql://postgres@127.0.0.1:5432/db 1000000
+    .venv/bin/python bench/pg_churn.py postgresql://postgres@127.0.0.1/db 1000000 [VACUUM_EVERY]
+
+With VACUUM_EVERY, the script runs a plain VACUUM of both tables every that many jobs,
+standing in for autovacuum on a server where it is off (check `SHOW autovacuum`).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from conveyor.job import JobState
 BATCH = 1000
 
 
-async def main(base: str, total: int) -> None:
+async def main(base: str, total: int, vacuum_every: int = 0) -> None:
     schema = f"churn{uuid.uuid4().hex[:6]}"
     url = f"{base}?schema={schema}"
     app = Conveyor(url)
@@ -42,6 +45,8 @@ async def main(base: str, total: int) -> None:
                 queues=["churn"], limit=0, worker_id="w", lease_ms=60_000,
             )  # fmt: skip
             await engine.clean("churn", JobState.COMPLETED, 0, 10 * BATCH)
+            if vacuum_every and (done + BATCH) % vacuum_every == 0:
+                admin.execute(f'VACUUM "{schema}".jobs, "{schema}".events')
             if (done + BATCH) % max(BATCH, total // 10) == 0:
                 row = admin.execute(
                     f"SELECT pg_total_relation_size('{schema}.jobs'), "
@@ -60,4 +65,4 @@ async def main(base: str, total: int) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+    asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]) if sys.argv[3:] else 0))

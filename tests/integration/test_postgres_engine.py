@@ -211,7 +211,8 @@ async def test_wait_falls_back_to_polling_when_listen_is_lost(
     ) as admin:
         await admin.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE query LIKE 'LISTEN %%' AND pid <> pg_backend_pid()"
+            "WHERE query LIKE 'LISTEN %%' AND datname = current_database() "
+            "AND pid <> pg_backend_pid()"
         )
 
         async def deaf() -> bool:

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -40,17 +40,23 @@ def free_port() -> int:
 class RedisServer:
     """A redis-server child process we may stop and start again on the same port."""
 
-    def __init__(self, directory: Path, *, appendonly: bool = False) -> None:
+    def __init__(
+        self, directory: Path, *, appendonly: bool = False, extra_args: Sequence[str] = ()
+    ) -> None:
         self.directory = directory
         self.port = free_port()
         self.appendonly = appendonly
+        # More redis-server flags, e.g. for fault tests (may be changed between restarts).
+        self.extra_args = list(extra_args)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> None:
+    def start(self, *, loaded: bool = True) -> None:
+        """Start and wait until it answers PING (`loaded=False`: until it answers at
+        all, LOADING included, for tests of a restart with data to load)."""
         assert REDIS_SERVER, "redis-server is not installed (scripts/test installs it)"
         args = [
             REDIS_SERVER,
@@ -66,6 +72,7 @@ class RedisServer:
             "yes" if self.appendonly else "no",
             "--appendfsync",
             "always",
+            *self.extra_args,
         ]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
@@ -73,7 +80,8 @@ class RedisServer:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
                     s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
+                    reply = s.recv(16)
+                    if reply.startswith(b"+PONG") or (not loaded and reply.startswith(b"-LOAD")):
                         return
             except OSError:
                 time.sleep(0.05)

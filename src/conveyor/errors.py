@@ -3,7 +3,8 @@
 ```
 ConveyorError                     root: catch this to catch everything Conveyor raises
 ├── ConfigError                   a setting or argument is invalid (raised at start-up)
-├── EngineUnavailable             the engine (Redis, SQLite file) cannot be reached
+├── EngineUnavailable             the engine (Redis, SQLite file) cannot serve now: retry
+│   ├── EngineFull                Redis reached maxmemory: new jobs refused, workers drain
 │   └── SchemaTooNew              the SQLite file was migrated by a newer Conveyor
 ├── JobNotFound                   no job has that id
 ├── InvalidArgument               a read or operator call got a value no engine handed out
@@ -67,6 +68,15 @@ class ConfigError(ConveyorError):
 
 class EngineUnavailable(ConveyorError):
     """The engine could not be reached (network, file permissions, server down)."""
+
+
+class EngineFull(EngineUnavailable):
+    """The engine is out of memory (Redis `maxmemory` under `noeviction`).
+
+    Producers get it instead of a raw OOM reply: nothing was enqueued, retry later. It is
+    an `EngineUnavailable`, so code that backs off and retries on that handles it too;
+    workers keep finishing and acknowledging the jobs they hold while it lasts.
+    """
 
 
 class SchemaTooNew(EngineUnavailable):

@@ -1,8 +1,9 @@
 """The worker's health server: liveness, readiness, details and Prometheus metrics.
 
-`/health/ready` answers 200 only when the engine answers, the engine is durable and
-the worker is not shutting down — the three reasons a load balancer or Kubernetes
-should stop counting on this worker. Each 503 says which one it is.
+`/health/ready` answers 200 only when the engine answers, the engine is durable, no
+background loop (claim, heartbeat, retention) is failing and the worker is not shutting
+down — the reasons a load balancer or Kubernetes should stop counting on this worker.
+Each 503 says which one it is.
 
 No endpoint here needs a token, unlike the API's `/metrics`: the callers (probes, load
 balancers, Prometheus) usually cannot send one, and nothing here changes state or
@@ -49,6 +50,13 @@ class WorkerStatsView(Protocol):
     def engine_error(self) -> str | None: ...
 
 
+class LoopsView(Protocol):
+    """The worker's background loops (`conveyor.worker.supervision.Supervisors`)."""
+
+    def failing(self) -> dict[str, str]: ...
+    def errors(self) -> dict[str, str | None]: ...
+
+
 class HealthSource(Protocol):
     """What the health server reads from its worker (`conveyor.worker.Worker`).
 
@@ -66,6 +74,8 @@ class HealthSource(Protocol):
     def metrics(self) -> Metrics: ...
     @property
     def stats(self) -> WorkerStatsView: ...
+    @property
+    def loops(self) -> LoopsView: ...
     @property
     def last_counts(self) -> Sequence[QueueCounts]: ...
     @property
@@ -87,14 +97,18 @@ def build_health_app(worker: HealthSource) -> Starlette:
         return JSONResponse({"status": "alive", "worker": worker.id})
 
     async def ready(request: Request) -> Response:
-        ok, reason = await worker.app.readiness(stopping=worker.stopping)
+        ok, reason = await worker.app.readiness(
+            stopping=worker.stopping, failing=worker.loops.failing()
+        )
         return JSONResponse(
             {"status": "ready" if ok else "not ready", "reason": reason},
             status_code=200 if ok else 503,
         )
 
     async def detailed(request: Request) -> Response:
-        ok, reason = await worker.app.readiness(stopping=worker.stopping)
+        ok, reason = await worker.app.readiness(
+            stopping=worker.stopping, failing=worker.loops.failing()
+        )
         return JSONResponse(detailed_document(worker, ok, reason), status_code=200 if ok else 503)
 
     async def metrics(request: Request) -> Response:
@@ -125,9 +139,13 @@ def detailed_document(worker: HealthSource, ready: bool, reason: str) -> dict[st
         "engine": {
             "url": redact(app.url),
             "durable": app.durable,
+            # Redis: maxmemory-policy, AOF and fsync, with what they put at risk.
+            "server": app.engine_server(),
             "reachable": worker.stats.engine_ok,
             "error": worker.stats.engine_error,
         },
+        # Every background loop: null while healthy, else the error it retries after.
+        "loops": worker.loops.errors(),
         "queues": {c.queue: c.to_dict() for c in worker.last_counts},
         "concurrency": {"in_use": worker.in_flight, "limit": worker.concurrency},
         "stats": {

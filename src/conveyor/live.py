@@ -196,6 +196,7 @@ class _Reader:
         self.watchers: dict[str, _Watchers] = {}
         self._pin_lock = asyncio.Lock()
         self.task: asyncio.Task[None] | None = None
+        self.error: str | None = None  # the last read's error while reads fail (readiness)
 
     def add(self, sub: Subscriber) -> None:
         for queue in sub.queues:
@@ -263,13 +264,16 @@ class _Reader:
                     self.cursor[event.queue] = event.id
                     self.dispatch(event)
                 delay = 0.2
+                self.error = None
                 continue
             except asyncio.CancelledError:
                 raise
             except EngineUnavailable as exc:
                 log.warning("live reader: %s; retrying in %.1fs", exc, delay)
-            except Exception:  # a reader that dies silently would freeze every socket
+                self.error = f"{type(exc).__name__}: {exc}"
+            except Exception as exc:  # a reader that dies silently would freeze every socket
                 log.exception("live reader failed; retrying in %.1fs", delay)
+                self.error = f"{type(exc).__name__}: {exc}"
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 
@@ -310,6 +314,12 @@ class EventHub:
     def feeds(self) -> int:
         """Engine readers running now: 1 while anyone subscribes, else 0."""
         return 0 if self._reader.task is None else 1
+
+    def failing(self) -> dict[str, str]:
+        """{"live events": error} while the engine reader's reads fail (it retries with
+        backoff meanwhile), else {}: what the API's readiness reports."""
+        error = self._reader.error if self._reader.task is not None else None
+        return {} if error is None else {"live events": error}
 
     @property
     def subscribers(self) -> int:

@@ -39,15 +39,28 @@ from datetime import UTC, datetime
 
 from .app import Conveyor
 from .errors import ConfigError, ConveyorError, EngineUnavailable, InvalidJob
-from .job import JobState, NewJob
+from .job import NewJob
+from .retention import (
+    DEFAULT_BATCH,
+    DEFAULT_INTERVAL_S,
+    DEFAULT_KEEP_COMPLETED,
+    DEFAULT_KEEP_FAILED,
+    DEFAULT_MAX_BATCHES,
+    Retention,
+    RetentionPolicy,
+)
 from .schedules import LEADER_LEASE, ScheduleSpec, due_occurrences, occurrence_job_id
 
 log = logging.getLogger("conveyor.scheduler")
 
-__all__ = ["LEADER_LEASE", "Scheduler", "TickReport"]
+__all__ = [
+    "DEFAULT_KEEP_COMPLETED",
+    "DEFAULT_KEEP_FAILED",
+    "LEADER_LEASE",
+    "Scheduler",
+    "TickReport",
+]
 
-DEFAULT_KEEP_COMPLETED = 24 * 3600.0  # the runbooks' 24-hour cleanup
-DEFAULT_KEEP_FAILED = 7 * 24 * 3600.0  # failures stay longer: someone has to look at them
 MAX_OCCURRENCES_PER_TICK = 1000  # per schedule; the rest follow on the next tick
 _RETRY_AFTER_ERROR_S = 1.0
 
@@ -73,13 +86,17 @@ class Scheduler:
         keep_completed: seconds completed jobs are kept (None: forever).
         keep_failed: seconds failed and cancelled jobs are kept (None: forever).
         recover_interval: seconds between stalled-job recovery passes.
-        clean_interval: seconds between retention passes.
+        clean_interval: longest pause between retention passes (it shrinks while passes
+            find a lot to delete; see retention.py).
         clean_batch: jobs deleted per engine call (bounded batches keep locks short).
-        clean_max_batches: batches per queue and state per pass; the rest next pass.
+        clean_max_batches: engine calls per pass; a pass still behind after them runs
+            again right after the tick.
         misfire_grace: occurrences at most this old are on time and all fire; older ones
             follow the schedule's `missed` policy (default: twice the lease, so a
             leader change loses nothing).
         close_app: close the app's engine when `run` ends (the CLI owns the app).
+        require_noeviction: refuse to run when Redis may evict keys (durability.py);
+            otherwise that is logged as an ERROR when the scheduler first connects.
 
     Raises:
         ConfigError: a value is out of range; the message names the fix.
@@ -93,11 +110,12 @@ class Scheduler:
         keep_completed: float | None = DEFAULT_KEEP_COMPLETED,
         keep_failed: float | None = DEFAULT_KEEP_FAILED,
         recover_interval: float = 5.0,
-        clean_interval: float = 60.0,
-        clean_batch: int = 1000,
-        clean_max_batches: int = 10,
+        clean_interval: float = DEFAULT_INTERVAL_S,
+        clean_batch: int = DEFAULT_BATCH,
+        clean_max_batches: int = DEFAULT_MAX_BATCHES,
         misfire_grace: float | None = None,
         close_app: bool = False,
+        require_noeviction: bool = False,
     ) -> None:
         _positive("lease_timeout", lease_timeout, "--lease-timeout 30")
         _positive("recover_interval", recover_interval, "recover_interval=5")
@@ -107,6 +125,12 @@ class Scheduler:
                 _positive(label, keep, f"--{label.replace('_', '-')} 24h")
         if clean_batch < 1 or clean_max_batches < 1:
             raise ConfigError("clean_batch and clean_max_batches must be >= 1")
+        self.retention = Retention(
+            app,
+            RetentionPolicy(
+                keep_completed, keep_failed, clean_interval, clean_batch, clean_max_batches
+            ),
+        )
         grace = 2 * lease_timeout if misfire_grace is None else misfire_grace
         if grace < 0:
             raise ConfigError(f"misfire_grace={misfire_grace!r} is invalid: use seconds >= 0")
@@ -120,6 +144,7 @@ class Scheduler:
         self.clean_max_batches = clean_max_batches
         self.misfire_grace = grace
         self.close_app = close_app
+        self.require_noeviction = require_noeviction
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._renew_every = lease_timeout / 3
         # Followers try often (cheap: one command) so a released or expired lease is taken
@@ -157,6 +182,9 @@ class Scheduler:
         """
         now = self.app.clock.now() if now is None else now
         if not self._registered:
+            await self.app.check_server(
+                role="scheduler", require_noeviction=self.require_noeviction
+            )
             await self._register_code_schedules()
         await self._lead(now)
         report = TickReport(leader=self._leader)
@@ -173,8 +201,10 @@ class Scheduler:
             if report.recovered:
                 log.info("recovered %d stalled job(s)", report.recovered)
         if now >= self._next_clean_at:
-            report.cleaned = await self._clean()
-            self._next_clean_at = now + self.clean_interval
+            before = self.retention.deleted
+            delay = await self.retention.step(await self.app.queue_names())
+            report.cleaned = self.retention.deleted - before
+            self._next_clean_at = now + delay
         wake = min(
             next_due,
             self._next_lease_at,
@@ -283,28 +313,6 @@ class Scheduler:
             self._warned.add(key)
             log.error(message)
 
-    # --- maintenance ----------------------------------------------------------------------------
-    async def _clean(self) -> int:
-        """Delete finished jobs past their retention, in bounded batches, every queue."""
-        policy = (
-            (JobState.COMPLETED, self.keep_completed),
-            (JobState.FAILED, self.keep_failed),
-            (JobState.CANCELLED, self.keep_failed),
-        )
-        total = 0
-        for queue in await self.app.queue_names():
-            for state, keep in policy:
-                if keep is None:
-                    continue
-                for _ in range(self.clean_max_batches):
-                    n = await self.app.clean(queue, state, older_than=keep, limit=self.clean_batch)
-                    total += n
-                    if n < self.clean_batch:
-                        break
-        if total:
-            log.info("retention cleanup deleted %d finished job(s)", total)
-        return total
-
     # --- process ----------------------------------------------------------------------------
     async def run(self) -> None:
         """Tick until `stop()`; then release leadership (so a follower leads at once).
@@ -318,6 +326,8 @@ class Scheduler:
                 except EngineUnavailable as exc:
                     log.warning("engine unavailable, retrying: %s", exc)
                     delay = _RETRY_AFTER_ERROR_S
+                except ConfigError:  # e.g. an evicting Redis with require_noeviction
+                    raise
                 except Exception:  # a bad schedule or a driver error must not end the process
                     log.exception("scheduler tick failed; retrying")
                     delay = _RETRY_AFTER_ERROR_S

@@ -53,6 +53,16 @@ class Settings(BaseSettings):
     health_port: int = Field(
         3100, ge=0, le=65_535, description="worker health/metrics port; 0 disables"
     )
+    # Retention (workers for their queues, the scheduler for all): see retention.py.
+    keep_completed: str = Field("24h", description="completed jobs kept this long, or 'forever'")
+    keep_failed: str = Field("7d", description="failed/cancelled jobs kept this long, or 'forever'")
+    retention_interval: float = Field(
+        60.0, gt=0, le=86_400, description="longest pause between retention passes (seconds)"
+    )
+    retention_batch: int = Field(1000, ge=1, le=10_000, description="jobs deleted per engine call")
+    require_noeviction: bool = Field(
+        False, description="refuse to start when Redis may evict keys (maxmemory-policy)"
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
     metrics_prefix: str = Field("conveyor_", pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$")

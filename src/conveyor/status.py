@@ -172,7 +172,8 @@ async def status_document(
         timeout: seconds to wait for the engine before calling it unavailable.
 
     Returns:
-        `{"generated_at", "engine": {"url", "status", "latency_ms", "durable", "error"},
+        `{"generated_at", "engine": {"url", "status", "latency_ms", "durable", "server",
+        "error"},
         "queues": [...], "workers": [...], "totals": {...}}`; the URL has no password.
 
     Raises:
@@ -187,6 +188,7 @@ async def status_document(
             "status": "ok",
             "latency_ms": None,
             "durable": durable,
+            "server": None,
             "error": None,
         },
         "queues": [],
@@ -196,6 +198,9 @@ async def status_document(
     async def read() -> None:
         # The outer timeout bounds the whole read; ping's own stays the longer one.
         doc["engine"]["latency_ms"] = round(await app.ping(timeout=timeout + 1) * 1000, 3)
+        # Known once connected: AOF decides `durable`, and the eviction policy.
+        doc["engine"]["durable"] = app.durable
+        doc["engine"]["server"] = app.engine_server()
         doc["queues"] = await queue_overview(app)
         now = app.clock.now()
         doc["workers"] = [_worker_row(w, now) for w in await app.workers()]

@@ -22,7 +22,7 @@ from conveyor import Conveyor, JobState
 from conveyor.testing import eventually
 from tests.conftest import ROOT
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.fault]  # the fault suite: docs/reliability.md
 
 
 class WorkerProcess:

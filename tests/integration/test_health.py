@@ -205,6 +205,7 @@ async def test_events_reach_a_consumer_in_another_process(durable_url: str, tmp_
 
 
 @pytest.mark.slow
+@pytest.mark.fault
 async def test_ready_flips_when_redis_stops_and_worker_resumes(
     private_redis: RedisServer, running: list[Worker]
 ) -> None:

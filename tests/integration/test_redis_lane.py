@@ -66,6 +66,7 @@ async def test_restart_fails_calls_in_flight_then_reconnects(private_redis: Redi
     hot.close()
 
 
+@pytest.mark.fault
 async def test_a_server_that_stops_answering_times_the_call_out(
     private_redis: RedisServer,
 ) -> None:
@@ -80,3 +81,37 @@ async def test_a_server_that_stops_answering_times_the_call_out(
         os.kill(private_redis.proc.pid, signal.SIGCONT)
     assert await hot.call("PING") == "PONG"  # a fresh connection
     hot.close()
+
+
+@pytest.mark.fault
+async def test_url_timeouts_reach_the_lane_and_fail_an_enqueue(
+    private_redis: RedisServer,
+) -> None:
+    """`?socket_timeout=` bounds how long an enqueue waits on a frozen Redis (issue 13,
+    item 3: it used to be a fixed 30 s the URL could not change)."""
+    from conveyor import EngineUnavailable
+    from tests.apps.probe import probe_app
+
+    app = probe_app(f"{private_redis.url}?socket_timeout=0.3&socket_connect_timeout=0.5")
+    await app.connect()
+    await app.enqueue("probe", {})
+    assert private_redis.proc is not None
+    os.kill(private_redis.proc.pid, signal.SIGSTOP)
+    try:
+        # Bounded well below the default of 5 s: only the URL's 0.3 s can make it.
+        with pytest.raises(EngineUnavailable, match=r"did not reply within 0\.3 s"):
+            await asyncio.wait_for(app.enqueue("probe", {}), 3)
+    finally:
+        os.kill(private_redis.proc.pid, signal.SIGCONT)
+    await app.close()
+
+
+def test_url_timeouts_default_to_a_few_seconds_and_are_validated() -> None:
+    from conveyor import ConfigError
+    from conveyor.engines.redis.lane import url_timeouts
+
+    assert url_timeouts("redis://h:6379/0") == (2.0, 5.0)
+    assert url_timeouts("redis://h/0?socket_timeout=1.5&socket_connect_timeout=0.2") == (0.2, 1.5)
+    for bad in ("0", "-1", "soon", "inf"):
+        with pytest.raises(ConfigError, match=r"socket_timeout=.*use seconds > 0"):
+            url_timeouts(f"redis://h/0?socket_timeout={bad}")

@@ -364,3 +364,59 @@ async def _events(app: Conveyor, job_id: str) -> Any:
 def test_rate_limited_rejects_a_negative_delay() -> None:
     with pytest.raises(ValueError, match="retry_after"):
         RateLimited(retry_after=-1)
+
+
+async def test_background_loops_survive_unexpected_errors(app: Conveyor) -> None:
+    """An error nobody planned for (here a RuntimeError from the engine) in the heartbeat
+    or the claim loop is retried with backoff, readiness names it meanwhile, and the
+    worker keeps running jobs: no loop dies silently (issue 13)."""
+    from conveyor.testing import eventually
+
+    done = asyncio.Event()
+
+    @app.task("work")
+    async def work(job: Job) -> None:
+        done.set()
+
+    engine = await app.connect()
+    real_register, real_exchange = engine.register_worker, engine.exchange
+    failures = {"register": 3, "exchange": 2}
+    calls = {"register": 0}
+
+    async def register_worker(*args: Any, **kwargs: Any) -> None:
+        calls["register"] += 1
+        if failures["register"]:
+            failures["register"] -= 1
+            raise RuntimeError("unexpected reply from the engine")
+        await real_register(*args, **kwargs)
+
+    async def exchange(*args: Any, **kwargs: Any) -> Any:
+        if failures["exchange"]:
+            failures["exchange"] -= 1
+            raise RuntimeError("script bug")
+        return await real_exchange(*args, **kwargs)
+
+    engine.register_worker = register_worker  # type: ignore[method-assign]
+    engine.exchange = exchange  # type: ignore[method-assign]
+    worker = Worker(app, lease_timeout=0.3)
+    running = asyncio.create_task(worker.run())
+    seen: list[str] = []
+
+    async def failing_seen() -> bool:
+        if worker.loops.failing():
+            seen.append((await app.readiness(failing=worker.loops.failing()))[1])
+        return bool(seen)
+
+    await eventually(failing_seen, interval=0.005, message="readiness names the failing loop")
+    await app.enqueue("work", {})
+    await asyncio.wait_for(done.wait(), 10)
+
+    async def recovered() -> bool:  # the heartbeat went on beating after failing
+        return calls["register"] > 4 and not worker.loops.failing()
+
+    await eventually(recovered, message="both loops recovered")
+    assert not running.done(), "the worker is still running"
+    assert "loop failing, retrying with backoff" in seen[0] and "RuntimeError" in seen[0]
+    worker.stop()
+    await asyncio.wait_for(running, 10)
+    assert [j["id"] for j in await app.workers()] == []

@@ -184,6 +184,7 @@ class StatusEngineOut(BaseModel):
     status: Literal["ok", "unavailable"]
     latency_ms: float | None
     durable: bool
+    server: dict[str, Any] | None = None  # Redis: maxmemory_policy, appendonly, appendfsync
     error: str | None
 
 

@@ -34,8 +34,8 @@ METRICS_MEDIA_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 async def api_readiness(state: ApiState) -> tuple[bool, str]:
-    """(ready, reason) for this API process."""
-    return await state.conveyor.readiness(stopping=state.stopping)
+    """(ready, reason) for this API process (503 too while its live-events reader fails)."""
+    return await state.conveyor.readiness(stopping=state.stopping, failing=state.hub.failing())
 
 
 @router.get("/health", response_model=HealthOut, summary="Liveness")

@@ -9,7 +9,16 @@ import typer
 
 from ..app import Conveyor
 from ..settings import Settings, redact
-from .common import bind_app, cli, console, friendly, load_app, setup_logging
+from .common import (
+    bind_app,
+    check_engine_url,
+    cli,
+    console,
+    friendly,
+    load_app,
+    run_async,
+    setup_logging,
+)
 
 
 @cli.command("api")
@@ -102,6 +111,7 @@ def api_command(
     check_exposure(settings.api_host, tokens, insecure=insecure)
     app = load_app(target)
     overridden = bind_app(app, settings, url)
+    run_async(check_engine_url(app.url, "API", settings.require_noeviction))
     api = create_web_app(
         app,
         tokens=tokens,

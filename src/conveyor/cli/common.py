@@ -20,9 +20,10 @@ from rich.markup import escape
 from rich.text import Text
 
 from ..app import Conveyor, check_queue
-from ..errors import ConfigError, ConveyorError
+from ..errors import ConfigError, ConveyorError, EngineUnavailable
+from ..retention import RetentionPolicy
 from ..settings import Settings, redact, url_source
-from ..status import format_duration
+from ..status import format_duration, parse_duration
 
 cli = typer.Typer(
     name="conveyor",
@@ -148,6 +149,59 @@ def setup_logging(level: str, fmt: str) -> None:
     root = logging.getLogger("conveyor")
     root.handlers[:] = [handler]
     root.setLevel(level)
+
+
+def parse_keep(text: str | None, default: float) -> float | None:
+    """A retention flag: a duration (`24h`, `7d`), or `forever` to keep jobs for good.
+
+    Raises:
+        ConfigError: not a duration; the message shows valid examples.
+    """
+    if text is None:
+        return default
+    if text.strip().lower() in ("forever", "never", "off"):
+        return None
+    seconds = parse_duration(text)
+    if seconds <= 0:
+        raise ConfigError(f"retention {text!r} is invalid: use a duration > 0 or 'forever'")
+    return seconds
+
+
+def retention_policy(
+    settings: Settings, keep_completed: str | None = None, keep_failed: str | None = None
+) -> RetentionPolicy:
+    """The retention policy of the settings (flags given here take precedence).
+
+    Raises:
+        ConfigError: a keep time is not a duration or 'forever'.
+    """
+    return RetentionPolicy(
+        keep_completed=parse_keep(keep_completed or settings.keep_completed, 0),
+        keep_failed=parse_keep(keep_failed or settings.keep_failed, 0),
+        interval=settings.retention_interval,
+        batch=settings.retention_batch,
+    )
+
+
+async def check_engine_url(url: str, role: str, require_noeviction: bool) -> None:
+    """Check the engine server's settings at start (durability.py) on a connection of its
+    own, for processes that connect later on another event loop (the API).
+
+    An engine that cannot be reached is only logged: such a process starts anyway and its
+    readiness says the engine is down.
+
+    Raises:
+        ConfigError: Redis may evict keys and `require_noeviction` is set.
+    """
+    probe = Conveyor(url)
+    try:
+        await probe.check_server(role=role, require_noeviction=require_noeviction)
+    except EngineUnavailable as exc:
+        logging.getLogger("conveyor.durability").warning(
+            "%s: cannot check the engine's settings now: %s", role, exc
+        )
+    finally:
+        await probe.close()
 
 
 # --- shared by the operation commands ------------------------------------------------------

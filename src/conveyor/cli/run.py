@@ -13,7 +13,16 @@ from ..app import Conveyor
 from ..limits import QueueLimits
 from ..settings import Settings, redact
 from ..worker import Worker
-from .common import bind_app, cli, console, friendly, load_app, run_async, setup_logging
+from .common import (
+    bind_app,
+    cli,
+    console,
+    friendly,
+    load_app,
+    retention_policy,
+    run_async,
+    setup_logging,
+)
 
 AppArg = Annotated[str, typer.Argument(help="your app as MODULE:ATTR, e.g. myproject.jobs:app")]
 
@@ -79,6 +88,20 @@ def worker(
     shutdown_timeout: Annotated[
         float | None, typer.Option(help="seconds in-flight jobs get on SIGTERM (30)")
     ] = None,
+    keep_completed: Annotated[
+        str | None,
+        typer.Option(
+            help="delete completed jobs of these queues older than this "
+            "(env CONVEYOR_KEEP_COMPLETED; 24h; 'forever' keeps them)"
+        ),
+    ] = None,
+    keep_failed: Annotated[
+        str | None,
+        typer.Option(
+            help="delete failed and cancelled jobs older than this "
+            "(env CONVEYOR_KEEP_FAILED; 7d; 'forever')"
+        ),
+    ] = None,
     health_port: Annotated[
         int | None,
         typer.Option(
@@ -127,6 +150,8 @@ def worker(
         concurrency=concurrency,
         lease_timeout=lease_timeout,
         shutdown_timeout=shutdown_timeout,
+        keep_completed=keep_completed,
+        keep_failed=keep_failed,
         health_port=health_port,
         metrics_prefix=metrics_prefix,
         log_level=log_level and log_level.upper(),
@@ -157,6 +182,8 @@ def worker(
         metrics_prefix=settings.metrics_prefix,
         close_app=True,
         limits=None if limits.empty else limits,
+        retention=retention_policy(settings),
+        require_noeviction=settings.require_noeviction,
     )
     console.print(
         f"worker {w.id} on {redact(app.url)}{overridden} queues={','.join(chosen)} "

@@ -17,7 +17,7 @@ from rich.table import Table
 from ..app import Conveyor
 from ..engines.base import LeaseInfo
 from ..errors import ConfigError
-from ..scheduler import DEFAULT_KEEP_COMPLETED, DEFAULT_KEEP_FAILED, Scheduler
+from ..scheduler import Scheduler
 from ..schedules import ScheduleInfo, ScheduleSpec, cron_schedule, every_schedule
 from ..settings import Settings, redact
 from ..status import parse_duration
@@ -31,6 +31,7 @@ from .common import (
     load_app,
     operate,
     print_json,
+    retention_policy,
     run_async,
     say,
     setup_logging,
@@ -48,22 +49,6 @@ cli.add_typer(schedules_cli)
 NameArg = Annotated[str, typer.Argument(help="schedule name, as `conveyor schedules list` shows")]
 
 
-def parse_keep(text: str | None, default: float) -> float | None:
-    """A retention flag: a duration (`24h`, `7d`), or `forever` to keep jobs for good.
-
-    Raises:
-        ConfigError: not a duration; the message shows valid examples.
-    """
-    if text is None:
-        return default
-    if text.strip().lower() in ("forever", "never", "off"):
-        return None
-    seconds = parse_duration(text)
-    if seconds <= 0:
-        raise ConfigError(f"retention {text!r} is invalid: use a duration > 0 or 'forever'")
-    return seconds
-
-
 @cli.command("scheduler")
 @friendly
 def scheduler_command(
@@ -74,11 +59,18 @@ def scheduler_command(
         typer.Option(help="seconds leadership lives without renewal; takeover time (30)"),
     ] = 30.0,
     keep_completed: Annotated[
-        str | None, typer.Option(help="delete completed jobs older than this (24h; 'forever')")
+        str | None,
+        typer.Option(
+            help="delete completed jobs older than this (env CONVEYOR_KEEP_COMPLETED; 24h; "
+            "'forever')"
+        ),
     ] = None,
     keep_failed: Annotated[
         str | None,
-        typer.Option(help="delete failed and cancelled jobs older than this (7d; 'forever')"),
+        typer.Option(
+            help="delete failed and cancelled jobs older than this (env CONVEYOR_KEEP_FAILED; "
+            "7d; 'forever')"
+        ),
     ] = None,
     log_level: Annotated[str | None, typer.Option(help="DEBUG, INFO, WARNING, ERROR")] = None,
     log_format: Annotated[str | None, typer.Option(help="text or json")] = None,
@@ -93,12 +85,16 @@ def scheduler_command(
     setup_logging(settings.log_level, settings.log_format)
     app = load_app(target)
     overridden = bind_app(app, settings, url)
+    policy = retention_policy(settings, keep_completed, keep_failed)
     scheduler = Scheduler(
         app,
         lease_timeout=lease_timeout,
-        keep_completed=parse_keep(keep_completed, DEFAULT_KEEP_COMPLETED),
-        keep_failed=parse_keep(keep_failed, DEFAULT_KEEP_FAILED),
+        keep_completed=policy.keep_completed,
+        keep_failed=policy.keep_failed,
+        clean_interval=policy.interval,
+        clean_batch=policy.batch,
         close_app=True,
+        require_noeviction=settings.require_noeviction,
     )
     console.print(
         f"scheduler {scheduler.id} on {redact(app.url)}{overridden} "

@@ -232,8 +232,16 @@ def status_command(
         print_json(doc)
     else:
         if engine["status"] == "ok":
-            durability = "durable" if engine["durable"] else "NOT durable (tests only)"
+            durability = "durable" if engine["durable"] else "NOT durable"
+            server = engine.get("server")
+            if server:
+                durability += (
+                    f", maxmemory-policy {server['maxmemory_policy']}, "
+                    f"appendonly {server['appendonly']}, appendfsync {server['appendfsync']}"
+                )
             say(f"engine {engine['url']}: ok, {engine['latency_ms']} ms, {durability}")
+            for problem in (server or {}).get("problems", []):
+                say(f"  {'ERROR' if 'maxmemory-policy' in problem else 'WARNING'}: {problem}")
         else:
             say(f"engine {engine['url']}: UNAVAILABLE: {engine['error']}")
         if doc["queues"]:

@@ -11,10 +11,11 @@ preconditions that need that atomicity (with lifecycle's sets and messages).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from .. import lifecycle
+from ..durability import check_engine, settings_document
 from ..engines import Event, JobPage, QueueCounts
 from ..engines.base import Throughput
 from ..errors import EngineUnavailable, InvalidArgument, InvalidJob, InvalidState
@@ -72,23 +73,53 @@ class Operations(AppCore):
     async def _ping(self) -> float:
         return await (await self.connect()).ping()
 
-    async def readiness(self, *, stopping: bool = False) -> tuple[bool, str]:
+    async def check_server(self, *, role: str, require_noeviction: bool = False) -> None:
+        """Connect, then log what the engine server's settings put at risk (an evicting
+        Redis `maxmemory-policy`: ERROR; AOF off: WARNING), see `conveyor.durability`.
+
+        Args:
+            role: who checks ("worker", "API", "scheduler"), for the log line.
+            require_noeviction: refuse an evicting policy instead of logging it.
+
+        Raises:
+            ConfigError: `require_noeviction` and Redis may evict keys.
+            EngineUnavailable: the engine cannot be reached.
+        """
+        check_engine(await self.connect(), role=role, require_noeviction=require_noeviction)
+
+    def engine_server(self) -> dict[str, Any] | None:
+        """The engine server's durability settings as last read at connect (Redis:
+        `maxmemory_policy`, `appendonly`, `appendfsync`, `evicting`, `problems`; None for
+        engines without a server). See `conveyor.durability`."""
+        return settings_document(self.engine)
+
+    async def readiness(
+        self, *, stopping: bool = False, failing: Mapping[str, str] | None = None
+    ) -> tuple[bool, str]:
         """Whether a process using this app should receive work: the engine answers,
-        it is durable, and the process is not shutting down.
+        it is durable, no background loop is failing, and the process is not shutting
+        down.
 
         Args:
             stopping: the process is shutting down.
+            failing: background loops whose last turn failed, with the error (a worker's
+                `loops.failing()`); any makes the process not ready.
 
         Returns:
             (ready, reason): reason is "ok" or says which rule failed.
         """
         if stopping:
             return False, "shutting down"
+        if failing:
+            name, error = next(iter(failing.items()))
+            return False, f"{name} loop failing, retrying with backoff: {error}"
         try:
             await self.ping()
         except EngineUnavailable as exc:
             return False, f"engine unavailable: {exc or 'ping timed out'}"
-        if not self.durable:
+        # Only memory:// keeps nothing past its process. Redis with AOF off is not durable
+        # either, but it serves: start-up logs a warning and status shows why.
+        if not self.durable and self.engine.url.startswith("memory:"):
             return False, f"engine {self.engine.url} is not durable (memory:// is for tests only)"
         return True, "ok"
 

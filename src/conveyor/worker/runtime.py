@@ -18,13 +18,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import contextvars
 import inspect
 import logging
 import os
+import random
 import socket
 import time
-import traceback
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -33,24 +32,18 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from .. import backoff as backoff_mod
+from ..durability import check_engine
 from ..engines import Engine, Outcome, QueueCounts
-from ..errors import (
-    EngineUnavailable,
-    InvalidPayload,
-    InvalidResult,
-    RateLimited,
-    Retry,
-    Unrecoverable,
-)
+from ..errors import EngineUnavailable
 from ..health import build_health_app
-from ..job import AttemptError, Job, JobState, encode_result
+from ..job import Job
 from ..limits import QueueLimits, merge_limits
 from ..metrics import Metrics
-from ..payloads import decode_payload
+from ..retention import Retention, RetentionPolicy
 from ..serving import EmbeddedServer
-from ..task import Task
 from ..tracing import take_carrier, traced
+from .outcomes import HOOK_KIND, Runner, as_finished, call_hook
+from .supervision import Supervisors
 
 if TYPE_CHECKING:
     from ..app import Conveyor
@@ -66,40 +59,6 @@ _PIPELINE = 2  # exchanges in flight at once (see Worker._claim_loop)
 _MAX_CLAIM = 25
 _EWMA = 0.1  # weight of the newest sample in the running averages of _prefetch
 SAMPLE_EVERY_S = 5.0  # queue-depth sampling for metrics and /health/detailed
-_HOOK_KIND = {
-    "complete": "completed",
-    "fail": "failed",
-    "retry": "retried",
-    "release": "released",
-    "defer": "deferred",
-}
-_FINAL_STATE = {
-    "complete": JobState.COMPLETED,
-    "fail": JobState.FAILED,
-    "retry": JobState.SCHEDULED,
-    "release": JobState.PENDING,
-    "defer": JobState.SCHEDULED,
-}
-
-
-def _as_finished(job: Job, outcome: Outcome) -> Job:
-    """The job as hooks see it after `outcome` (state, result, the new error)."""
-    job.state = _FINAL_STATE[outcome.kind]
-    if outcome.kind in ("retry", "defer") and outcome.delay_ms == 0:
-        job.state = JobState.PENDING
-    if outcome.kind == "defer":  # the engine gave the attempt back
-        job.attempt = max(0, job.attempt - 1)
-    if outcome.result_json is not None:
-        job.result = orjson.loads(outcome.result_json)
-    if outcome.error_json is not None:
-        job.errors.append(AttemptError.from_obj(orjson.loads(outcome.error_json)))
-    return job
-
-
-async def _call(hook: Any) -> None:
-    result = hook()
-    if inspect.isawaitable(result):
-        await result
 
 
 @dataclass(slots=True)
@@ -136,6 +95,11 @@ class Worker:
             fields override the app's `app.limits(...)` for those queues. Both are
             stored in the engine when the worker starts, and the engine enforces them
             for every worker.
+        retention: delete finished jobs of this worker's queues past their keep time
+            (retention.py), so memory stays bounded without a scheduler process; None:
+            leave them (the CLI passes the configured policy, 24h / 7d by default).
+        require_noeviction: refuse to start when Redis may evict keys (durability.py);
+            otherwise that is logged as an ERROR at start.
 
     Lifecycle (the order of runbook 001): connect → health server up → startup
     hooks → process; on stop: stop claiming → finish or release in-flight jobs →
@@ -156,9 +120,13 @@ class Worker:
         metrics_prefix: str = "conveyor_",
         close_app: bool = False,
         limits: QueueLimits | None = None,
+        retention: RetentionPolicy | None = None,
+        require_noeviction: bool = False,
     ) -> None:
         self.app = app
         self.limits = limits
+        self.retention = retention
+        self.require_noeviction = require_noeviction
         self.queues = tuple(queues)
         self.concurrency = concurrency
         self.lease_ms = int(lease_timeout * 1000)
@@ -187,13 +155,16 @@ class Worker:
         self._empty = False
         self._next_due_ms: int | None = None
         self._retry_at = 0.0
-        self._retry_delay = 0.1
-        self._crash: Exception | None = None
         # Claimed jobs waiting for a slot (see _prefetch), and the running averages it uses.
         self._ready: collections.deque[Job] = collections.deque()
         self._round_trip = 0.0  # seconds per exchange
         self._job_time = 0.0  # seconds per job
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="conveyor-job")
+        self._runner = Runner(app, self._pool, self.id)
+        # Each background loop reports here; readiness is 503 while one is failing.
+        self.loops = Supervisors()
+        self._claiming = self.loops.add("claim")
+        self._beating = self.loops.add("heartbeat")
         # Idle workers wake at least this often to recover expired leases of crashed peers.
         self._maintenance_s = max(0.2, min(5.0, lease_timeout / 3))
 
@@ -219,12 +190,14 @@ class Worker:
 
         Raises:
             EngineUnavailable: the engine cannot be reached at start-up.
-            ConfigError: the health port cannot be bound.
+            ConfigError: the health port cannot be bound, or Redis may evict keys and
+                `require_noeviction` is set.
         """
         # The worker is the one caller that keeps a direct engine handle (everything else
         # goes through the app facade): exchange, heartbeats and progress are its hot
         # path, where a facade hop per call would cost without adding a rule.
         engine = await self.app.connect()
+        check_engine(engine, role="worker", require_noeviction=self.require_noeviction)
         await self._apply_limits(engine)
         if self.health_port:
             self._health = EmbeddedServer(
@@ -232,22 +205,26 @@ class Worker:
             )
             await self._health.start()
         heartbeat: asyncio.Task[None] | None = None
+        cleaner: asyncio.Task[None] | None = None
         try:
             for hook in self.app.startup_hooks:
-                await _call(hook)
+                await call_hook(hook)
             heartbeat = asyncio.create_task(self._heartbeat_loop(engine), name="conveyor-beat")
+            if self.retention is not None and self.retention.enabled:
+                cleaner = asyncio.create_task(self._retention_loop(self.retention))
             await self._claim_loop(engine)
             await self._drain(engine)
             for hook in self.app.shutdown_hooks:
                 try:
-                    await _call(hook)
+                    await call_hook(hook)
                 except Exception:
                     log.exception("shutdown hook %r failed", hook)
         finally:
-            if heartbeat is not None:
-                heartbeat.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await heartbeat
+            for loop_task in (heartbeat, cleaner):
+                if loop_task is not None:
+                    loop_task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await loop_task
             with contextlib.suppress(EngineUnavailable):
                 await engine.unregister_worker(self.id)
             self._pool.shutdown(wait=False, cancel_futures=True)
@@ -291,10 +268,8 @@ class Worker:
         loop = asyncio.get_running_loop()
         try:
             while not self.stopping:
-                if self._crash is not None:
-                    raise self._crash
                 wait = self._retry_at - loop.time()
-                if wait > 0:  # the engine was unreachable: back off before trying again
+                if wait > 0:  # the last exchange failed: back off before trying again
                     await self._sleep_or_stop(wait)
                     continue
                 free = (
@@ -338,15 +313,14 @@ class Worker:
                 worker_id=self.id,
                 lease_ms=self.lease_ms,
             )
-        except EngineUnavailable as exc:
-            self._outbox[:0] = outcomes  # keep them: acknowledgements are never dropped
-            self._engine_down(exc)
-            self._retry_at = asyncio.get_running_loop().time() + self._retry_delay
-            self._retry_delay = min(self._retry_delay * 2, 5.0)
-            return
-        except Exception as exc:  # a bug: the claim loop raises it, the worker stops
+        except Exception as exc:
+            # Kept: acknowledgements are never dropped. An outage (EngineUnavailable,
+            # EngineFull) or an error nobody expected: the claim loop backs off and tries
+            # again, and readiness names the error until an exchange gets through.
             self._outbox[:0] = outcomes
-            self._crash = exc
+            if isinstance(exc, EngineUnavailable):
+                self._engine_down(exc)
+            self._retry_at = asyncio.get_running_loop().time() + self._claiming.failed(exc)
             return
         finally:
             # Counted here, not by the task's done callback: that runs after the claim
@@ -354,7 +328,7 @@ class Worker:
             self._reserved -= limit
             self._in_flight -= 1
             self._wake.set()
-        self._retry_delay = 0.1
+        self._claiming.ok()
         self._round_trip += (time.perf_counter() - sent - self._round_trip) * _EWMA
         self._engine_up()
         self._lost(result.lost)
@@ -384,8 +358,13 @@ class Worker:
         finally:
             for fut in (local, remote):
                 fut.cancel()
-            with contextlib.suppress(asyncio.CancelledError, EngineUnavailable):
-                await remote
+            with contextlib.suppress(asyncio.CancelledError):
+                try:
+                    await remote
+                except EngineUnavailable:
+                    pass  # the next exchange notices and backs off
+                except Exception as exc:  # nor does anything else end the claim loop
+                    log.warning("waiting for jobs failed (%s: %s)", type(exc).__name__, exc)
             with contextlib.suppress(asyncio.CancelledError):
                 await local
 
@@ -470,9 +449,9 @@ class Worker:
         tracing = self.app.tracing
         try:
             if tracing is None:
-                outcome = await self._outcome(job)
+                outcome = await self._runner.outcome(job)
             else:
-                outcome = await traced(tracing, job, carrier, self._outcome)
+                outcome = await traced(tracing, job, carrier, self._runner.outcome)
         except asyncio.CancelledError:
             if not self._releasing:  # lease lost: the job is someone else's now
                 self._running.pop(job.id, None)
@@ -490,7 +469,7 @@ class Worker:
             outcome.kind, job.queue, job.task, self.app.clock.monotonic() - started
         )
         if hooks:
-            await self._fire(_HOOK_KIND[outcome.kind], _as_finished(job, outcome))
+            await self._fire(HOOK_KIND[outcome.kind], as_finished(job, outcome))
 
     async def _fire(self, kind: str, job: Job) -> None:
         for hook in self.app.job_hooks.get(kind, ()):
@@ -501,110 +480,6 @@ class Worker:
                     await asyncio.get_running_loop().run_in_executor(self._pool, hook, job)
             except Exception:
                 log.exception("%s hook %r failed for job %s", kind, hook, job.id)
-
-    async def _outcome(self, job: Job) -> Outcome:
-        token = str(job.token)
-        if job.decode_error is not None:
-            return self._error(job, "MalformedJob", job.decode_error, final=True)
-        task = self.app.tasks.get(job.task)
-        if task is None:
-            return self._error(
-                job,
-                "UnknownTask",
-                f"no handler for task {job.task!r} in worker {self.id}: deploy a worker that "
-                "registers it, then retry the job",
-                final=True,
-            )
-        if task.payload_model is not None:
-            try:
-                model: Any = decode_payload(job.payload, task.payload_model)
-            except InvalidPayload as exc:  # enqueued without the model: never fits
-                return self._error(job, "InvalidPayload", str(exc), final=True)
-            job.payload = model  # the handler (and the hooks after it) see the model
-        timeout = job.timeout if job.timeout is not None else task.timeout
-        deadline: asyncio.Timeout | None = None
-        try:
-            if timeout is None:  # the common case: no timer per job
-                result = await self._call(task, job)
-            else:
-                async with asyncio.timeout(timeout) as deadline:
-                    result = await self._call(task, job)
-        except Retry as exc:
-            return self._error(job, "Retry", exc.reason, delay=exc.delay)
-        except RateLimited as exc:
-            # A dependency said "not now" (or a circuit breaker is open): that is not a
-            # failed attempt, so the job is deferred and keeps its attempt budget.
-            log.debug("job %s deferred %.3fs: %s", job.id, exc.retry_after, exc.reason)
-            return Outcome(
-                job.id,
-                token,
-                "defer",
-                delay_ms=int(exc.retry_after * 1000),
-                reason=exc.reason,
-            )
-        except Unrecoverable as exc:
-            return self._error(
-                job,
-                "Unrecoverable",
-                str(exc) or "unrecoverable",
-                final=True,
-                tb=traceback.format_exc(),
-            )
-        except TimeoutError:
-            if deadline is not None and deadline.expired():
-                return self._error(
-                    job, "JobTimeout", f"attempt {job.attempt} exceeded its {timeout:g}s timeout"
-                )
-            return self._exception(job)
-        except Exception:
-            return self._exception(job)
-        try:
-            result_json = encode_result(result)
-        except InvalidResult as exc:  # a failed attempt: the job's error says why
-            return self._error(job, "InvalidResult", str(exc))
-        return Outcome(job.id, token, "complete", result_json=result_json)
-
-    async def _call(self, task: Task, job: Job) -> Any:
-        """Run the handler: coroutines on the loop, plain functions in the thread pool."""
-        if task.is_async:
-            return await task.fn(job)
-        loop = asyncio.get_running_loop()
-        if self.app.tracing is not None:  # the attempt's span is current in the thread too
-            return await loop.run_in_executor(
-                self._pool, contextvars.copy_context().run, task.fn, job
-            )
-        return await loop.run_in_executor(self._pool, task.fn, job)
-
-    def _exception(self, job: Job) -> Outcome:
-        import sys
-
-        exc = sys.exc_info()[1]
-        return self._error(job, type(exc).__name__, str(exc), tb=traceback.format_exc())
-
-    def _error(
-        self,
-        job: Job,
-        kind: str,
-        message: str,
-        *,
-        final: bool = False,
-        delay: float | None = None,
-        tb: str | None = None,
-    ) -> Outcome:
-        error = AttemptError(job.attempt, kind, message, tb, self.app.clock.now()).to_json()
-        if final or job.attempt >= job.max_attempts:
-            return Outcome(job.id, str(job.token), "fail", error_json=error)
-        if delay is None:
-            delay = self._policy(job).delay_for(job.attempt)
-        return Outcome(
-            job.id, str(job.token), "retry", error_json=error, delay_ms=int(delay * 1000)
-        )
-
-    def _policy(self, job: Job) -> backoff_mod.Backoff:
-        if job.backoff is not None:
-            return backoff_mod.from_spec(job.backoff)
-        task = self.app.tasks.get(job.task)
-        return task.backoff if task else backoff_mod.DEFAULT_BACKOFF
 
     def _count(self, kind: str, job: Job) -> None:
         if kind == "complete":
@@ -624,26 +499,56 @@ class Worker:
 
     # --- leases ---------------------------------------------------------------------------
     async def _heartbeat_loop(self, engine: Engine) -> None:
-        """Renew leases every third of the lease; sample queue depths for metrics."""
+        """Renew leases every third of the lease; sample queue depths for metrics.
+
+        Never ends on an error: a failed turn is logged and retried with backoff (at
+        most one interval apart), and readiness names the error meanwhile (supervision.py).
+        """
         interval = min(self.lease_ms / 3000, SAMPLE_EVERY_S)
         last_sample = -SAMPLE_EVERY_S
         while True:
+            wait = interval
             try:
-                if self._running or self._ready:
-                    leases = [(jid, str(job.token)) for jid, (job, _) in self._running.items()]
-                    leases += [(job.id, str(job.token)) for job in self._ready]
-                    self._lost(await engine.heartbeat(leases, lease_ms=self.lease_ms))
-                await engine.register_worker(self.id, self._info(), ttl_ms=self.lease_ms)
-                now = self.app.clock.monotonic()
-                if now - last_sample >= SAMPLE_EVERY_S:
-                    last_sample = now
-                    self.last_counts = [await engine.counts(q) for q in self.queues]
-                    self.metrics.record_depths(self.last_counts, self.app.clock.now_ms())
+                last_sample = await self._beat(engine, last_sample)
+                self._beating.ok()
                 self._engine_up()
-            except EngineUnavailable as exc:
-                self._engine_down(exc)
+            except Exception as exc:
+                if isinstance(exc, EngineUnavailable):
+                    self._engine_down(exc)
+                wait = min(interval, self._beating.failed(exc))
             self.metrics.in_flight.set(len(self._running))
-            await asyncio.sleep(interval)
+            await asyncio.sleep(wait)
+
+    async def _beat(self, engine: Engine, last_sample: float) -> float:
+        """One heartbeat turn; returns when queue depths were last sampled."""
+        if self._running or self._ready:
+            leases = [(jid, str(job.token)) for jid, (job, _) in self._running.items()]
+            leases += [(job.id, str(job.token)) for job in self._ready]
+            self._lost(await engine.heartbeat(leases, lease_ms=self.lease_ms))
+        await engine.register_worker(self.id, self._info(), ttl_ms=self.lease_ms)
+        now = self.app.clock.monotonic()
+        if now - last_sample >= SAMPLE_EVERY_S:
+            last_sample = now
+            self.last_counts = [await engine.counts(q) for q in self.queues]
+            self.metrics.record_depths(self.last_counts, self.app.clock.now_ms())
+        return last_sample
+
+    async def _retention_loop(self, policy: RetentionPolicy) -> None:
+        """Clean this worker's queues on retention's adaptive schedule (retention.py).
+
+        The first pass waits a random part of a second, so workers started together do
+        not all clean at the same moment; failures back off like the other loops.
+        """
+        cleaner = Retention(self.app, policy)
+        supervisor = self.loops.add("retention")
+        delay = random.uniform(0.2, 1.0)
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                delay = await cleaner.step(self.queues)
+                supervisor.ok()
+            except Exception as exc:
+                delay = supervisor.failed(exc)
 
     def _lost(self, job_ids: Sequence[str]) -> None:
         """Leases we no longer hold: stop the work, the job belongs to someone else."""

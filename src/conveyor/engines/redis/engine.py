@@ -32,9 +32,10 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from ...durability import ServerSettings
 from ...errors import ConfigError, EngineUnavailable, InvalidState, JobNotFound
 from ...job import (
     FINISHED_STATES,
@@ -46,6 +47,7 @@ from ...job import (
     decode_lenient,
     queue_of,
 )
+from ...lifecycle import BULK_BATCH
 from ...limits import QueueLimits
 from ..base import (
     Event,
@@ -57,8 +59,11 @@ from ..base import (
     StoredSchedule,
     Throughput,
 )
+from .bulk import bulk_waves
+from .errors import classify, with_flags
 from .keys import KeyLayout, QueueKeys
-from .lane import Lane
+from .lane import Lane, url_timeouts
+from .server import read_server
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +92,7 @@ _WORKER_SCRIPTS = ("register_worker", "unregister_worker", "workers")
 
 _BATCH = 1000  # jobs per script call for bulk operations: keeps each script short
 _TENANT_SCAN_MAX = 5000  # entries a tenant-filtered listing examines per page
-_MAX_BLOCK_MS = 20_000  # XREAD BLOCK stays under the socket timeout
-_SOCKET_TIMEOUT = 30.0
+_MAX_BLOCK_MS = 20_000  # XREAD BLOCK stays under the socket timeout (see read_events)
 _DRIVER_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
@@ -138,8 +142,9 @@ def _split_url(url: str) -> tuple[str, str, str]:
 def _driver_errors(
     fn: Callable[Concatenate[RedisEngine, P], Awaitable[R]],
 ) -> Callable[Concatenate[RedisEngine, P], Coroutine[Any, Any, R]]:
-    """Turn redis-py's connection errors into `EngineUnavailable` naming the URL, and
-    never let a cancellation get lost inside redis-py.
+    """Turn redis-py's connection errors and the server's "not now" replies into
+    `EngineUnavailable` / `EngineFull` naming the URL (errors.py), and never let a
+    cancellation get lost inside redis-py.
 
     Python 3.11's `asyncio.wait_for`, which redis-py uses around socket I/O, returns the
     result and drops the cancellation when a cancel lands just as the read completes:
@@ -158,8 +163,13 @@ def _driver_errors(
         cancels = task.cancelling() if task is not None else 0
         try:
             result = await fn(self, *args, **kwargs)
-        except _DRIVER_DOWN as exc:
-            raise self._unavailable(exc) from exc
+        except _DRIVER_DOWN as exc:  # LOADING is one for redis-py (BusyLoadingError)
+            raise (classify(exc, self.url) or self._unavailable(exc)) from exc
+        except ResponseError as exc:  # LOADING, OOM, READONLY...: see errors.py
+            error = classify(exc, self.url)
+            if error is None:
+                raise
+            raise error from exc
         if task is not None and task.cancelling() > cancels:
             raise asyncio.CancelledError
         return result
@@ -241,10 +251,10 @@ class RedisEngine:
         ConfigError: the URL is not a Redis URL or its prefix is unusable.
     """
 
-    durable = True
-
     def __init__(self, url: str, *, events_maxlen: int = 10_000) -> None:
         redis_url, self.prefix, self.url = _split_url(url)
+        # `?socket_connect_timeout=` / `?socket_timeout=` (seconds), defaults 2 and 5.
+        connect_timeout, self._timeout = url_timeouts(redis_url)
         self._keys = KeyLayout(self.prefix)
         self._events_maxlen = str(events_maxlen)
         # A plain (non-blocking) pool with a high cap: redis-py's BlockingConnectionPool
@@ -257,8 +267,8 @@ class RedisEngine:
                 _FastSSLConnection if redis_url.startswith("rediss://") else _FastConnection
             ),
             decode_responses=True,
-            socket_connect_timeout=2.0,
-            socket_timeout=_SOCKET_TIMEOUT,
+            socket_connect_timeout=connect_timeout,
+            socket_timeout=self._timeout,
             socket_keepalive=True,
             # A pooled connection idle for longer is PINGed before use, so a connection
             # that died with a restarted Redis is noticed before a command is sent on it.
@@ -275,6 +285,10 @@ class RedisEngine:
         )
         self._pool = pool
         self._client = aioredis.Redis(connection_pool=pool)
+        self._version: tuple[int, ...] | None = None  # the server's, read by connect()
+        # Durable only with AOF on (issue 14.9); known once connect() read the server.
+        self.durable = True
+        self.server_settings: ServerSettings | None = None
         self._scripts: dict[str, AsyncScript] = {
             name: self._client.register_script(_script_source(name))
             for name in (*_QUEUE_SCRIPTS, *_WORKER_SCRIPTS)
@@ -282,7 +296,7 @@ class RedisEngine:
         # Script calls (every state change) use a leaner connection than redis-py's; TLS
         # stays on redis-py (see lane.py).
         self._lane = (
-            Lane(redis_url, connect_timeout=2.0, timeout=_SOCKET_TIMEOUT)
+            Lane(redis_url, connect_timeout=connect_timeout, timeout=self._timeout)
             if redis_url.startswith("redis://")
             else None
         )
@@ -390,10 +404,22 @@ class RedisEngine:
             EngineUnavailable: Redis cannot be reached; the message names the URL.
         """
         await self._client.ping()
+        # Read at every connect: durability and the policy can change between restarts.
+        version, self.server_settings = await read_server(self._client)
+        self.durable = self.server_settings.durable is not False  # AOF off: not durable
+        if self._version is None:  # Redis 7+: worker scripts may write past maxmemory
+            self._version = version
+            for name in list(self._scripts):
+                self._scripts[name] = self._client.register_script(self._source(name))
+            self._enqueue, self._exchange = self._scripts["enqueue"], self._scripts["exchange"]
         async with self._client.pipeline(transaction=False) as pipe:
             for script in self._scripts.values():
                 pipe.script_load(script.script)
             await pipe.execute()
+
+    def _source(self, name: str) -> str:
+        """Script `name` with the flags this server understands (errors.py)."""
+        return with_flags(name, _script_source(name), self._version or (0,))
 
     async def close(self) -> None:
         """Stop the wake-up listener and release connections. Safe to call twice."""
@@ -431,10 +457,20 @@ class RedisEngine:
     # --- producers -----------------------------------------------------------------------
     @_driver_errors
     async def enqueue(self, jobs: Sequence[NewJob]) -> list[EnqueueResult]:
-        """Store jobs: one script call per queue, all pipelined in one round trip.
+        """Store jobs: one script call per queue and chunk, pipelined per wave.
+
+        A script blocks Redis while it runs (a 20,000-job call blocked every worker's
+        claim and heartbeat for 391 ms), so each queue's jobs go in chunks of at most
+        `lifecycle.BULK_BATCH` (a few ms each). Wave k holds chunk k of every queue in one
+        round trip; the next wave is sent only after it succeeded, so other clients'
+        commands run between chunks. What that promises (the README says it too):
+
+            every chunk is all or nothing; if a wave fails, the call raises and the
+            jobs stored are, per queue, a prefix of its jobs in input order (whole
+            chunks); a call of at most BULK_BATCH jobs per queue is all or nothing.
 
         Args:
-            jobs: validated jobs; each queue's jobs are stored all or nothing.
+            jobs: validated jobs.
 
         Returns:
             One result per job, in input order (`created=False`: a dedupe key pointed at
@@ -445,37 +481,43 @@ class RedisEngine:
         groups: dict[str, list[int]] = {}
         for i, job in enumerate(jobs):
             groups.setdefault(job.queue, []).append(i)
-        calls: list[tuple[AsyncScript, list[str], list[Any]]] = []
-        for queue, indexes in groups.items():
-            _, keys, header = self._q(queue)
-            args: list[Any] = [*header, len(indexes)]
-            for i in indexes:
-                j = jobs[i]
-                args += (
-                    j.id,
-                    j.task,
-                    j.payload_json,
-                    j.max_attempts,
-                    j.priority,
-                    j.tenant or "",
-                    j.dedupe_key or "",
-                    "" if j.timeout is None else int(j.timeout * 1000),
-                    j.backoff_json or "",
-                    j.delay_ms,
-                    "" if j.run_at_ms is None else j.run_at_ms,
-                )
-            calls.append((self._enqueue, keys, args))
-        # The queue registry only grows, so each process SADDs a queue once; then a
-        # single-queue enqueue is one EVALSHA, not a pipeline (half the client CPU).
-        new_queues = [q for q in groups if q not in self._known_queues]
-        replies = await self._run_many(calls, add_queues=new_queues)
-        self._known_queues.update(new_queues)
+        waves = bulk_waves(groups, BULK_BATCH)
         results: list[EnqueueResult | None] = [None] * len(jobs)
-        for indexes, reply in zip(groups.values(), replies, strict=True):
-            for n, i in enumerate(indexes):
-                job_id, created, state = reply[3 * n : 3 * n + 3]
-                results[i] = EnqueueResult(job_id, bool(created), JobState(state))
+        for wave in waves:
+            calls = [(self._enqueue, *self._enqueue_call(q, jobs, ix)) for q, ix in wave]
+            # The queue registry only grows, so each process SADDs a queue once; then a
+            # single-queue enqueue is one EVALSHA, not a pipeline (half the client CPU).
+            new_queues = [q for q, _ in wave if q not in self._known_queues]
+            replies = await self._run_many(calls, add_queues=new_queues)
+            self._known_queues.update(new_queues)
+            for (_, indexes), reply in zip(wave, replies, strict=True):
+                for n, i in enumerate(indexes):
+                    job_id, created, state = reply[3 * n : 3 * n + 3]
+                    results[i] = EnqueueResult(job_id, bool(created), JobState(state))
         return [r for r in results if r is not None]
+
+    def _enqueue_call(
+        self, queue: str, jobs: Sequence[NewJob], indexes: Sequence[int]
+    ) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of one `enqueue` script call for `jobs[i] for i in indexes`."""
+        _, keys, header = self._q(queue)
+        args: list[Any] = [*header, len(indexes)]
+        for i in indexes:
+            j = jobs[i]
+            args += (
+                j.id,
+                j.task,
+                j.payload_json,
+                j.max_attempts,
+                j.priority,
+                j.tenant or "",
+                j.dedupe_key or "",
+                "" if j.timeout is None else int(j.timeout * 1000),
+                j.backoff_json or "",
+                j.delay_ms,
+                "" if j.run_at_ms is None else j.run_at_ms,
+            )
+        return keys, args
 
     # --- workers (hot path) --------------------------------------------------------------
     @_driver_errors
@@ -866,7 +908,9 @@ class RedisEngine:
         since = since or {}
         by_key = {self._keys.queue(q).events: q for q in dict.fromkeys(queues)}
         streams = {key: since.get(q, "$") for key, q in by_key.items()}
-        block = min(block_ms, _MAX_BLOCK_MS) if block_ms > 0 else None
+        # The block must end before the socket timeout would call the connection dead.
+        cap = min(_MAX_BLOCK_MS, int(self._timeout * 1000) - 500)
+        block = max(1, min(block_ms, cap)) if block_ms > 0 else None
         reply = cast(
             list[tuple[str, list[tuple[str, dict[str, str]]]]] | None,
             await self._client.xread(streams, count=count, block=block),  # type: ignore[arg-type]
@@ -1051,7 +1095,7 @@ class RedisEngine:
         again by itself after a NOSCRIPT, e.g. when Redis restarted)."""
         script = self._scripts.get(name)
         if script is None:
-            script = self._scripts[name] = self._client.register_script(_script_source(name))
+            script = self._scripts[name] = self._client.register_script(self._source(name))
         return script
 
     @_driver_errors

@@ -23,19 +23,53 @@ import socket
 import time
 from collections.abc import Sequence
 from typing import Any, cast
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import hiredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import ResponseError
+
+from ...errors import ConfigError
+from .errors import reply_error
 
 _WATCH_S = 1.0  # how often a connection with calls in flight checks the oldest one
+# Defaults of the URL's `socket_connect_timeout` and `socket_timeout` (seconds): a stopped
+# or frozen Redis fails an enqueue within about CONNECT_TIMEOUT_S or COMMAND_TIMEOUT_S
+# (+ up to _WATCH_S), not after 30 s. The slowest script a Conveyor call sends (a
+# 1,000-job batch) takes a few ms, so 5 s is far from any legitimate reply.
+CONNECT_TIMEOUT_S = 2.0
+COMMAND_TIMEOUT_S = 5.0
+
+
+def url_timeouts(url: str) -> tuple[float, float]:
+    """(connect, command) timeouts in seconds from a Redis URL's query, with defaults.
+
+    `?socket_connect_timeout=2&socket_timeout=5` are redis-py's own URL parameters; they
+    apply to redis-py's pool and, through this function, to the lane as well.
+
+    Raises:
+        ConfigError: a value is not a number of seconds > 0.
+    """
+    query = dict(parse_qsl(urlsplit(url).query))
+    out = []
+    for name, default in (
+        ("socket_connect_timeout", CONNECT_TIMEOUT_S),
+        ("socket_timeout", COMMAND_TIMEOUT_S),
+    ):
+        raw = query.get(name)
+        try:
+            value = default if raw is None else float(raw)
+        except ValueError:
+            value = -1.0
+        if not value > 0 or value == float("inf"):
+            raise ConfigError(f"{name}={raw!r} in the Redis URL is invalid: use seconds > 0")
+        out.append(value)
+    return out[0], out[1]
 
 
 def _error(reply: hiredis.ReplyError) -> ResponseError:
-    """An error reply as redis-py's exception (NOSCRIPT: the script must be loaded again)."""
-    text = str(reply)
-    return NoScriptError(text) if text.startswith("NOSCRIPT") else ResponseError(text)
+    """An error reply as redis-py's exception (classified by the engine, see errors.py)."""
+    return reply_error(str(reply))
 
 
 class _Protocol(asyncio.Protocol):

@@ -1,0 +1,91 @@
+"""A big enqueue_many on Redis is cut into bounded script calls (issue 13, item 5), and
+what it promises across them holds. Real redis-server."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from conveyor import Conveyor, EngineUnavailable, JobState
+from conveyor.engines.redis.bulk import bulk_waves
+from conveyor.lifecycle import BULK_BATCH
+from tests.conftest import RedisServer
+
+pytestmark = pytest.mark.redis
+
+
+def app_on(url: str) -> Conveyor:
+    app = Conveyor(url)
+
+    @app.task("a.job", queue="a")
+    async def a_job(job: Any) -> None: ...
+
+    @app.task("b.job", queue="b")
+    async def b_job(job: Any) -> None: ...
+
+    return app
+
+
+def items(n_a: int, n_b: int) -> list[dict[str, Any]]:
+    return [{"task": "a.job", "payload": {"i": i}} for i in range(n_a)] + [
+        {"task": "b.job", "payload": {"i": i}} for i in range(n_b)
+    ]
+
+
+def evalsha_calls(port: int) -> int:
+    stats = redis.Redis(port=port).info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+def test_waves_hold_at_most_a_batch_per_queue() -> None:
+    waves = bulk_waves({"a": list(range(2_500)), "b": [2_500]}, BULK_BATCH)
+    assert [[(q, len(ix)) for q, ix in wave] for wave in waves] == [
+        [("a", 1_000), ("b", 1)],
+        [("a", 1_000)],
+        [("a", 500)],
+    ]
+
+
+async def test_bulk_enqueue_is_cut_into_bounded_script_calls(private_redis: RedisServer) -> None:
+    app = app_on(private_redis.url)
+    await app.connect()
+    before = evalsha_calls(private_redis.port)
+    jobs = await app.enqueue_many(items(2 * BULK_BATCH + 500, 10))
+    # Three calls for queue a (1,000 + 1,000 + 500), one for b: none longer than a batch.
+    assert evalsha_calls(private_redis.port) - before == 4
+    assert [j.state for j in jobs] == [JobState.PENDING] * (2 * BULK_BATCH + 510)
+    counts = await app.counts("a")
+    assert counts.pending == 2 * BULK_BATCH + 500
+    page = await app.list_jobs("a", JobState.PENDING, limit=3 * BULK_BATCH)
+    assert [j.payload["i"] for j in page.jobs] == list(range(2 * BULK_BATCH + 500)), "in order"
+    await app.close()
+
+
+async def test_a_failed_wave_leaves_a_prefix_of_whole_chunks_per_queue(
+    private_redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the README promises when a bulk enqueue fails midway: the call raises, and
+    per queue the jobs stored are the first chunks, whole, in input order."""
+    app = app_on(private_redis.url)
+    engine = await app.connect()
+    real = engine._run_many
+    waves = 0
+
+    async def second_wave_fails(*args: Any, **kwargs: Any) -> Any:
+        nonlocal waves
+        waves += 1
+        if waves == 2:
+            raise RedisConnectionError("connection lost in the second wave")
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "_run_many", second_wave_fails)
+    with pytest.raises(EngineUnavailable, match="second wave"):
+        await app.enqueue_many(items(2 * BULK_BATCH + 500, 10))
+    monkeypatch.undo()
+    page = await app.list_jobs("a", JobState.PENDING, limit=3 * BULK_BATCH)
+    assert [j.payload["i"] for j in page.jobs] == list(range(BULK_BATCH)), "chunk 1 of a"
+    assert (await app.counts("b")).pending == 10, "b's only chunk went in wave 1"
+    await app.close()

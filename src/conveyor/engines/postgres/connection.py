@@ -2,9 +2,11 @@
 
 `PgCore` is the base every part of the engine (flow, operations, read model,
 coordination) builds on. It owns a psycopg 3 async connection pool (autocommit
-connections; each engine call is one explicit transaction), one more connection that
-LISTENs for the engine's NOTIFY channel, and the mapping of driver errors that mean
-"the server cannot be used right now" to `EngineUnavailable`.
+connections: a call that is one statement, such as an exchange, an enqueue or a
+heartbeat, runs as it is; a call of several statements runs in one explicit
+transaction), one more connection that LISTENs for the engine's NOTIFY channel, and
+the mapping of driver errors that mean "the server cannot be used right now" to
+`EngineUnavailable`.
 
 Time is the database's clock (`clock_ms()` in the schema, epoch milliseconds), so
 every process of a fleet agrees on lease deadlines and due times whatever their own

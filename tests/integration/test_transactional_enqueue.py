@@ -137,3 +137,19 @@ def test_outbox_with_a_sync_connection(app: Conveyor, postgres_url: str) -> None
         conn.commit()
         assert conn.execute(f'SELECT count(*) FROM "{schema}".outbox').fetchone() == (1,)
     assert isinstance(row_id, int)
+
+
+async def test_a_connection_with_its_own_row_factory_works(
+    app: Conveyor, postgres_url: str
+) -> None:
+    """Applications often set dict rows on their connection; Conveyor reads its own
+    rows as tuples whatever the connection's default."""
+    from psycopg.rows import dict_row
+
+    schema = parse_postgres_url(postgres_url)[1]
+    async with await psycopg.AsyncConnection.connect(dsn(app), row_factory=dict_row) as conn:
+        first = await app.enqueue("order.mail", {"order": 9}, dedupe_key="o9", connection=conn)
+        again = await app.enqueue("order.mail", {"order": 9}, dedupe_key="o9", connection=conn)
+        row_id = await app.outbox(conn, schema=schema).add("order.mail", {"order": 9})
+        await conn.commit()
+    assert again.id == first.id and isinstance(row_id, int)

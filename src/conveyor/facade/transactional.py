@@ -74,10 +74,11 @@ class AsyncOutbox:
             ConfigError: the schema has no outbox yet.
         """
         import psycopg.errors
+        from psycopg.rows import tuple_row
 
         sql, params = _statement(self._schema, [self._app.build(task, payload, **options)])
         try:
-            async with self._connection.cursor() as cur:
+            async with self._connection.cursor(row_factory=tuple_row) as cur:
                 await cur.execute(sql, params)
                 row = await cur.fetchone()
         except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName) as exc:
@@ -102,10 +103,11 @@ class SyncOutbox:
             ConfigError: the schema has no outbox yet.
         """
         import psycopg.errors
+        from psycopg.rows import tuple_row
 
         sql, params = _statement(self._schema, [self._app.build(task, payload, **options)])
         try:
-            with self._connection.cursor() as cur:
+            with self._connection.cursor(row_factory=tuple_row) as cur:
                 cur.execute(sql, params)
                 row = cur.fetchone()
         except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName) as exc:

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import psycopg
+from psycopg.rows import tuple_row
 
 from ...errors import ConfigError
 from ...job import EnqueueResult, Job, NewJob, decode_job
@@ -73,7 +74,7 @@ class PostgresEngine(PgFlow, PgOperations, PgReadModel, PgCoordination, PgOutbox
         if not jobs:
             return []
         sql, params = self.enqueue_statement(jobs)
-        async with connection.cursor() as cur:
+        async with connection.cursor(row_factory=tuple_row) as cur:
             await cur.execute(sql, params)
             return enqueue_results(await cur.fetchall())
 
@@ -88,7 +89,7 @@ class PostgresEngine(PgFlow, PgOperations, PgReadModel, PgCoordination, PgOutbox
         if not jobs:
             return []
         sql, params = self.enqueue_statement(jobs)
-        with connection.cursor() as cur:
+        with connection.cursor(row_factory=tuple_row) as cur:
             cur.execute(sql, params)
             return enqueue_results(cur.fetchall())
 
@@ -99,7 +100,7 @@ class PostgresEngine(PgFlow, PgOperations, PgReadModel, PgCoordination, PgOutbox
         Raises:
             JobNotFound: no such job (as that transaction sees it).
         """
-        async with connection.cursor() as cur:
+        async with connection.cursor(row_factory=tuple_row) as cur:
             await cur.execute(self.q["load_job"], (job_id,))
             row = await cur.fetchone()
         if row is None:
@@ -112,7 +113,7 @@ class PostgresEngine(PgFlow, PgOperations, PgReadModel, PgCoordination, PgOutbox
         Raises:
             JobNotFound: no such job (as that transaction sees it).
         """
-        with connection.cursor() as cur:
+        with connection.cursor(row_factory=tuple_row) as cur:
             cur.execute(self.q["load_job"], (job_id,))
             row = cur.fetchone()
         if row is None:

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import orjson
+from psycopg.rows import tuple_row
 
 from ...job import EnqueueResult, NewJob
 from .connection import Conn, PgCore, parse_postgres_url
@@ -49,14 +50,14 @@ class PgOutbox(PgCore):
         """Insert `jobs` into the outbox through the caller's async psycopg connection,
         inside its transaction; returns the row ids."""
         sql, params = outbox_statement(self.schema, jobs)
-        async with connection.cursor() as cur:
+        async with connection.cursor(row_factory=tuple_row) as cur:
             await cur.execute(sql, params)
             return [int(r[0]) for r in await cur.fetchall()]
 
     def outbox_add_in_sync(self, connection: Any, jobs: Sequence[NewJob]) -> list[int]:
         """`outbox_add_in` for a synchronous psycopg connection."""
         sql, params = outbox_statement(self.schema, jobs)
-        with connection.cursor() as cur:
+        with connection.cursor(row_factory=tuple_row) as cur:
             cur.execute(sql, params)
             return [int(r[0]) for r in cur.fetchall()]
 

@@ -276,7 +276,9 @@ async def test_enqueue_in_a_rolled_back_transaction_leaves_nothing(
     assert await claim(engine) == []
     counts = await engine.counts("q")
     assert (counts.pending, counts.running, counts.completed) == (0, 0, 0)
-    assert await engine.last_event_ids(["q"]) == {"q": "0"}, "no event was ever visible"
+    assert await engine.read_events(["q"], since={"q": "0"}, count=10, block_ms=0) == [], (
+        "no event was ever visible"
+    )
     # the dedupe key was never held: a new job takes it
     [again] = await engine.enqueue([app.build("t", {}, dedupe_key="k")])
     assert again.created
@@ -353,3 +355,25 @@ async def test_connections_killed_by_the_server_are_replaced(
 
     await eventually(answers, timeout=15)
     assert (await engine.get_job(res.id)).state == "pending"
+
+
+async def test_an_event_committed_late_is_never_skipped(
+    engine: PostgresEngine, app: Conveyor, postgres_url: str
+) -> None:
+    """Event ids come from a sequence when the row is written; a transaction that
+    commits after a later one must not land behind a reader's position (`app.wait`
+    would miss a job's end). Readers see an event once every older transaction ended."""
+    # The queue's first job registers it; a transaction doing that first would make the
+    # other enqueue wait for its COMMIT (the README says so).
+    await engine.enqueue([app.build("t", {"n": "first"})])
+    start = await engine.last_event_ids(["q"])
+    async with await psycopg.AsyncConnection.connect(conninfo(postgres_url)) as slow:
+        [late] = await engine.enqueue_in(slow, [app.build("t", {"n": "late"})])  # id first
+        [early] = await engine.enqueue([app.build("t", {"n": "early"})])  # commits first
+        held = await engine.read_events(["q"], since=start, count=10, block_ms=0)
+        assert held == [], "nothing is settled while the older transaction runs"
+        await slow.commit()
+    events = await engine.read_events(["q"], since=start, count=10, block_ms=5000)
+    assert [e.job_id for e in events] == [late.id, early.id]
+    after = await engine.read_events(["q"], since={"q": events[-1].id}, count=10, block_ms=0)
+    assert after == []

@@ -114,11 +114,18 @@ WHERE queue = %(queue)s AND state = 'pending'
 ORDER BY priority DESC, seq LIMIT %(n)s;
 
 -- name: read_events
-SELECT id, queue, kind, job_id, task, tenant, attempt, at_ms, data
-FROM {schema}.events WHERE queue = %s AND id > %s ORDER BY id LIMIT %s;
+-- After the position (xid, id), only rows of transactions older than every one still
+-- running (see the events table in the first migration).
+SELECT id, queue, kind, job_id, task, tenant, attempt, at_ms, data, xid::text
+FROM {schema}.events
+WHERE queue = %s AND (xid, id) > (%s::text::xid8, %s::bigint)
+    AND xid < pg_snapshot_xmin(pg_current_snapshot())
+ORDER BY xid, id LIMIT %s;
 
--- name: last_event_id
-SELECT max(id) FROM {schema}.events WHERE queue = %s;
+-- name: read_horizon
+-- "Now" as a reader's position: every row below it is settled, every row that can
+-- still appear sorts after it.
+SELECT pg_snapshot_xmin(pg_current_snapshot())::text;
 
 -- name: pause
 INSERT INTO {schema}.queues (name, paused) VALUES (%s, true)

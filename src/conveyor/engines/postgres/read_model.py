@@ -13,9 +13,9 @@ from typing import Any
 
 from ...job import Job, JobState, decode_job, decode_lenient
 from ...lifecycle import MAX_PRIORITY
-from ..sqlite.read_model import _cursor_for, _event, _int_id, _parse_cursor
+from ..sqlite.read_model import _cursor_for, _event, _parse_cursor
 from ..values import Event, JobPage, QueueCounts, Throughput
-from .connection import Conn, PgCore
+from .connection import POLL_INTERVAL_S, Conn, PgCore
 
 _MIN_KEY = -(1 << 63)
 _MAX_KEY = (1 << 63) - 1
@@ -114,47 +114,63 @@ class PgReadModel(PgCore):
     ) -> list[Event]:
         """Events after `since` (queue -> last seen event id; absent = only new ones).
 
-        Blocks up to `block_ms` when there is nothing yet (woken by NOTIFY).
+        An event id is ``"xid-id"`` (the writing transaction, then the row), and only
+        events of transactions older than every one still running are returned, so an
+        event never appears behind a position a reader has passed (see the events
+        table in the first migration). Blocks up to `block_ms` when there is nothing
+        yet (woken by NOTIFY; while a NOTIFY found nothing readable yet, it polls).
         """
         positions = dict(since or {})
         missing = [q for q in queues if q not in positions]
         if missing:
             positions.update(await self.last_event_ids(missing))
-        after = {q: _int_id(positions[q]) for q in queues}
+        after = {q: _position(positions[q]) for q in queues}
         loop = asyncio.get_running_loop()
         deadline = loop.time() + block_ms / 1000
 
         async def read(conn: Conn) -> list[Event]:
             rows: list[tuple[Any, ...]] = []
             for queue in queues:
-                cur = await conn.execute(self.q["read_events"], (queue, after[queue], count))
+                xid, row_id = after[queue]
+                cur = await conn.execute(self.q["read_events"], (queue, xid, row_id, count))
                 rows.extend(await cur.fetchall())
-            rows.sort(key=lambda r: int(r[0]))
-            return [_event(r) for r in rows[:count]]
+            rows.sort(key=lambda r: (int(r[9]), int(r[0])))
+            events = []
+            for r in rows[:count]:
+                event = _event(r[:9])
+                event.id = f"{r[9]}-{r[0]}"
+                events.append(event)
+            return events
 
         closes = self._closes
+        settling = False  # woken by a NOTIFY whose events are not readable yet
         while True:
             generation = self._events_wake.generation
             events = await self._run(read)
             remaining = deadline - loop.time()
             if events or remaining <= 0:
                 return events
-            await self._wait(self._events_wake, generation, remaining)
+            await self._wait(
+                self._events_wake,
+                generation,
+                min(remaining, POLL_INTERVAL_S) if settling else remaining,
+            )
+            settling = self._events_wake.generation != generation or settling
             if self._closes != closes:
                 return []
 
     async def last_event_ids(self, queues: Sequence[str]) -> dict[str, str]:
-        """The id of the newest event of each queue ("0" when it has none)."""
+        """The position "now" for each queue (``"xid-0"``: the oldest running
+        transaction), so a reader starting there misses no event still to come."""
 
-        async def read(conn: Conn) -> dict[str, str]:
-            out = {}
-            for q in queues:
-                cur = await conn.execute(self.q["last_event_id"], (q,))
-                row = await cur.fetchone()
-                out[q] = str(row[0] if row and row[0] is not None else 0)
-            return out
+        async def read(conn: Conn) -> str:
+            cur = await conn.execute(self.q["read_horizon"])
+            row = await cur.fetchone()
+            assert row is not None
+            return f"{row[0]}-0"
 
-        return await self._run(read)
+        now = await self._run(read, single=True)
+        return dict.fromkeys(queues, now)
 
     async def throughput_history(self, queue: str, minutes: int) -> Throughput:
         """Completed/failed jobs per minute: one range over `jobs_finished` per state."""
@@ -173,3 +189,18 @@ class PgReadModel(PgCore):
             return out
 
         return await self._run(read)
+
+
+def _position(event_id: str) -> tuple[str, int]:
+    """(xid as text, row id) of an event id ``"xid-id"`` (``"0"``: the start).
+
+    Raises:
+        ValueError: not an id this engine handed out.
+    """
+    try:
+        xid, _, row_id = str(event_id).partition("-")
+        return str(int(xid)), int(row_id or 0)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"invalid event id {event_id!r}: pass back an id this engine returned"
+        ) from None

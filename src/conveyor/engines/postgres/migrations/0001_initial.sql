@@ -78,8 +78,15 @@ CREATE TABLE IF NOT EXISTS {schema}.queues (
 );
 
 -- The bounded event log (trimmed per queue by the engine).
+--
+-- Readers go by (xid, id), not by id alone: ids come from a sequence when the row is
+-- written, so a transaction that commits late can add an id below one a reader has
+-- already passed. `xid` is the writing transaction; readers only read rows whose xid
+-- is below the oldest transaction still running (`pg_snapshot_xmin`), so every row
+-- that can still appear sorts after what was read (a reader's position is "xid-id").
 CREATE TABLE IF NOT EXISTS {schema}.events (
     id      bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    xid     xid8 NOT NULL DEFAULT pg_current_xact_id(),
     queue   text NOT NULL,
     kind    text NOT NULL,
     job_id  text NOT NULL,
@@ -90,6 +97,7 @@ CREATE TABLE IF NOT EXISTS {schema}.events (
     data    text
 ) WITH (autovacuum_vacuum_scale_factor = 0.02);
 CREATE INDEX IF NOT EXISTS events_queue ON {schema}.events (queue, id);
+CREATE INDEX IF NOT EXISTS events_read ON {schema}.events (queue, xid, id);
 
 CREATE TABLE IF NOT EXISTS {schema}.workers (
     id           text PRIMARY KEY,

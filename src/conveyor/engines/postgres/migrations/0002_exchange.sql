@@ -315,11 +315,14 @@ BEGIN
         SELECT coalesce(array_agg(name), '{}') INTO v_paused FROM {schema}.queues WHERE paused;
         SELECT value::integer INTO v_promote FROM {schema}.rules WHERE name = 'promote_batch';
         FOREACH q IN ARRAY p_queues LOOP
-            UPDATE {schema}.jobs j SET state = 'pending', scheduled_ms = NULL,
-                seq = nextval('{schema}.job_seq')
-            FROM (SELECT id FROM {schema}.jobs WHERE queue = q AND state = 'scheduled'
-                  AND scheduled_ms <= v_now ORDER BY scheduled_ms LIMIT v_promote
-                  FOR UPDATE SKIP LOCKED) d
+            -- Due jobs join the back of the line oldest due first, and jobs due in the
+            -- same millisecond in enqueue order: positions are drawn over the ordered
+            -- rows, not in whatever order the UPDATE meets them.
+            UPDATE {schema}.jobs j SET state = 'pending', scheduled_ms = NULL, seq = d.pos
+            FROM (SELECT o.id, nextval('{schema}.job_seq') AS pos FROM (
+                    SELECT id FROM {schema}.jobs WHERE queue = q AND state = 'scheduled'
+                        AND scheduled_ms <= v_now ORDER BY scheduled_ms, seq
+                        LIMIT v_promote FOR UPDATE SKIP LOCKED) o) d
             WHERE j.id = d.id;
             SELECT r.stalled, r.failed INTO v_stalled, v_failed
                 FROM {schema}.recover(q, v_now) r;

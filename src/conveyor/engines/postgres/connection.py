@@ -139,6 +139,7 @@ class PgCore:
         self._pool: AsyncConnectionPool[Conn] | None = None
         self._listener: asyncio.Task[None] | None = None
         self._listening = False
+        self._listen_ready = asyncio.Event()
         self._jobs_wake = Wake()
         self._events_wake = Wake()
         self._outbox_wake = Wake()  # outbox rows were committed (relays)
@@ -194,7 +195,11 @@ class PgCore:
                 await pool.close()
                 raise self._unavailable(exc) from exc
             self._pool = pool
+            self._listen_ready = asyncio.Event()
             self._listener = asyncio.create_task(self._listen(), name="conveyor-pg-listen")
+            # Listening before the first exchange: a NOTIFY between the two is not lost.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._listen_ready.wait(), CONNECT_TIMEOUT_S)
 
     async def close(self) -> None:
         """Close the pool and the listener. Safe to call twice; pending waits return."""
@@ -226,6 +231,7 @@ class PgCore:
         """LISTEN on the engine's channel and turn notifications into wake-ups; reconnect
         with backoff when the connection drops (waiters poll meanwhile)."""
         delay = 0.1
+        reconnected = False
         while True:
             try:
                 conn = await AsyncConnection.connect(
@@ -233,12 +239,15 @@ class PgCore:
                 )
                 async with conn:
                     await conn.execute(f"LISTEN {_ident(self.channel)}")
+                    if reconnected:
+                        # Anything committed while we were not listening: wake everyone.
+                        self._jobs_wake.notify()
+                        self._events_wake.notify()
+                        self._outbox_wake.notify()
                     self._listening = True
+                    self._listen_ready.set()
+                    reconnected = True
                     delay = 0.1
-                    # Anything committed while we were not listening: wake everyone.
-                    self._jobs_wake.notify()
-                    self._events_wake.notify()
-                    self._outbox_wake.notify()
                     async for note in conn.notifies():
                         if note.payload == "jobs":
                             self._jobs_wake.notify()

@@ -242,3 +242,6 @@ class PgFlow(PgCore):
         if generation is None:
             generation = self._jobs_wake.generation
         await self._wait(self._jobs_wake, generation, timeout)
+        # The wake-up is spent: a second wait without an exchange in between blocks
+        # until the next notification instead of returning at once again.
+        self._exchange_generation = self._jobs_wake.generation

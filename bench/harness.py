@@ -35,6 +35,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import redis
+from harness_pg import BackendCpu, create_database, database_name, drop_database, pg_url
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -53,7 +54,8 @@ W5_TENANTS = 100
 W5_TENANT_CONCURRENCY = 2
 # Conveyor's own rows: the ratio and target tables compare "conveyor" with every other row.
 CONVEYOR = "conveyor"
-OWN_ROWS = {CONVEYOR, "conveyor-sqlite"}
+CONVEYOR_PG = "conveyor-postgres"
+OWN_ROWS = {CONVEYOR, "conveyor-sqlite", CONVEYOR_PG}
 
 
 @dataclass(frozen=True)
@@ -236,6 +238,11 @@ class Peer:
         """Whether the library keeps its jobs in the benchmark's Redis (ENGINE_URL says)."""
         return str(self.meta.get("ENGINE_URL", "{url}")).startswith(("{url}", "redis"))
 
+    @property
+    def on_postgres(self) -> bool:
+        """Whether the library keeps its jobs in the run's Postgres database."""
+        return "{pg_url}" in str(self.meta.get("ENGINE_URL", ""))
+
     def fmt_vars(self, url: str) -> dict[str, str]:
         py = str(self.python) if self.python else sys.executable
         base = {
@@ -246,6 +253,7 @@ class Peer:
             "url": url,
             "port": str(urlsplit(url).port),
             "queue": QUEUE,
+            "pg_url": pg_url(url),
         }
         # ENGINE_URL is a template over the other variables: a peer whose jobs are not in
         # the benchmark's Redis names its store there (e.g. a file named after the port).
@@ -474,6 +482,21 @@ class Ctx:
     polls: int = field(default=0)
     # Set for one workload (W5's tenants) and passed to the producer and the workers alike.
     extra_env: dict[str, str] = field(default_factory=dict)
+    # The Postgres backends' CPU during the current measurement (Postgres libraries only).
+    backends: BackendCpu | None = None
+
+    def pg_monitor(self, peer: Peer) -> None:
+        """Start counting the run database's backend CPU (a no-op for non-Postgres peers)."""
+        self.backends = BackendCpu(database_name(self.server.url)) if peer.on_postgres else None
+
+    def pg_cpu(self) -> float | None:
+        """Backend CPU seconds since `pg_monitor`, sampled once more now; None if not on
+        Postgres."""
+        if self.backends is None:
+            return None
+        self.backends.sample(force=True)
+        total, self.backends = self.backends.total(), None
+        return total
 
     def flush(self) -> None:
         self.r.flushall()
@@ -574,6 +597,8 @@ class Ctx:
         while True:
             if self.done() >= target:
                 return time.time()
+            if self.backends is not None:
+                self.backends.sample()
             now = time.time()
             if now > deadline:
                 raise BenchError(f"timeout ({self.done()}/{target} done)")
@@ -605,19 +630,24 @@ def measure_burst(ctx: Ctx, peer: Peer, processes: int) -> dict[str, float]:
     conc = peer.concurrency("noop", ctx.sizes.noop_concurrency)
     cmds0, cpu0 = redis_counters(ctx.r)
     polls0 = ctx.polls
+    ctx.pg_monitor(peer)
     t0 = time.time()
     workers = ctx.spawn(peer, "noop", conc, processes)
     try:
         t1 = ctx.wait_done(n, workers, t0)
     finally:
         cmds1, cpu1 = redis_counters(ctx.r)
+        pg_cpu = ctx.pg_cpu()
         workers.stop()
     own = ctx.polls - polls0 + 2  # the harness's own GETs and one INFO pair
-    return {
+    out = {
         "rate": n / (t1 - t0),
         "cpu_us": (cpu1 - cpu0) * 1e6 / n,
         "cmds": (cmds1 - cmds0 - own) / n,
     }
+    if pg_cpu is not None:
+        out["pg_cpu_us"] = pg_cpu * 1e6 / n
+    return out
 
 
 def measure_w5(ctx: Ctx, peer: Peer) -> dict[str, float]:
@@ -683,6 +713,7 @@ def measure_w3(ctx: Ctx, peer: Peer) -> dict[str, float]:
     ctx.flush()
     ctx.fill(peer, n, sleep_ms=ctx.sizes.w3_sleep_ms)
     conc = peer.concurrency("io", ctx.sizes.w3_concurrency)
+    ctx.pg_monitor(peer)
     t0 = time.time()
     workers = ctx.spawn(peer, "io", conc, 1)
     try:
@@ -691,10 +722,14 @@ def measure_w3(ctx: Ctx, peer: Peer) -> dict[str, float]:
         c_first = ctx.done()
         t_last = ctx.wait_done(n, workers, t0)
     finally:
+        pg_cpu = ctx.pg_cpu()
         workers.stop()
     if c_first >= n or t_last <= t_first:
         raise BenchError("finished before a rate could be measured")
-    return {"rate": (n - c_first) / (t_last - t_first)}
+    out = {"rate": (n - c_first) / (t_last - t_first)}
+    if pg_cpu is not None:  # all n jobs, start-up included: the server did all that work
+        out["pg_cpu_us"] = pg_cpu * 1e6 / n
+    return out
 
 
 def measure_w6(ctx: Ctx, peer: Peer) -> dict[str, float]:
@@ -843,9 +878,15 @@ def run_peer(
 
             def burst(p: int = procs) -> dict[str, float]:
                 m = measure_burst(ctx, peer, p)
-                return {f"burst{p}": m["rate"], f"cpu{p}": m["cpu_us"], f"cmds{p}": m["cmds"]}
+                out = {f"burst{p}": m["rate"], f"cpu{p}": m["cpu_us"], f"cmds{p}": m["cmds"]}
+                if "pg_cpu_us" in m:
+                    out[f"pgcpu{p}"] = m["pg_cpu_us"]
+                return out
 
-            guarded(res, lib, [f"burst{procs}", f"cpu{procs}", f"cmds{procs}"], burst)
+            metrics = [f"burst{procs}", f"cpu{procs}", f"cmds{procs}"]
+            if peer.on_postgres:
+                metrics.append(f"pgcpu{procs}")
+            guarded(res, lib, metrics, burst)
             if procs == 1 and "W5" in workloads:  # right after its plain W1: same conditions
                 ctx.tag = f"r{run}-w5"
                 log(f"[{lib}] run {run}/{runs} W5 burst over {W5_TENANTS} tenants")
@@ -857,11 +898,37 @@ def run_peer(
         if "W3" in workloads:
             ctx.tag = f"r{run}-w3"
             log(f"[{lib}] run {run}/{runs} W3 io x{sizes.w3}")
-            guarded(res, lib, ["w3"], lambda: {"w3": measure_w3(ctx, peer)["rate"]})
+            if peer.on_postgres:
+
+                def w3() -> dict[str, float]:
+                    m = measure_w3(ctx, peer)
+                    return {"w3": m["rate"], "w3_pgcpu": m["pg_cpu_us"]}
+
+                guarded(res, lib, ["w3", "w3_pgcpu"], w3)
+            else:
+                guarded(res, lib, ["w3"], lambda: {"w3": measure_w3(ctx, peer)["rate"]})
         if "W6" in workloads:
             ctx.tag = f"r{run}-w6"
             log(f"[{lib}] run {run}/{runs} W6 cpu {sizes.w6_cpu_ms} ms x{sizes.w6}")
             guarded(res, lib, ["w6"], lambda: {"w6": measure_w6(ctx, peer)["rate"]})
+
+
+def setup_peer(ctx: Ctx, peer: Peer) -> None:
+    """Run the peer's `setup()` (its schema in the run's Postgres database) once per run."""
+    try:
+        proc = subprocess.run(
+            [*peer.enqueue_argv(ctx.server.url), "setup"],
+            cwd=BENCH,
+            env=ctx.env(peer, 1, 1, 0),
+            capture_output=True,
+            text=True,
+            timeout=ctx.timeout,
+        )
+    except subprocess.TimeoutExpired:
+        raise BenchError("setup: timeout") from None
+    if proc.returncode != 0:
+        errs = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+        raise BenchError(f"setup: {errs[-1][:120] if errs else proc.returncode}")
 
 
 def remove_engine_file(peer: Peer, url: str) -> None:
@@ -936,6 +1003,9 @@ def render(
         out += render_ratios(peers, res)
         out += render_targets(peers, res, sizes)
 
+    if any(p.on_postgres for p in peers):
+        out += render_postgres(peers, res, sizes)
+
     if "W4" in workloads or "W1" in workloads:
         rows = []
         off_redis: dict[str, Peer] = {}  # rows whose Redis figures are the marker alone
@@ -971,7 +1041,9 @@ def render(
             "",
         ]
         for peer in off_redis.values():
-            engine = str(peer.meta["ENGINE_URL"]).split(":", 1)[0]
+            engine = (
+                "postgresql" if peer.on_postgres else str(peer.meta["ENGINE_URL"]).split(":")[0]
+            )
             out += [
                 f"² {peer.name} keeps its jobs outside Redis (`{engine}://` engine): its Redis "
                 "CPU and commands per job are only the completion marker's `INCR`.",
@@ -1051,7 +1123,7 @@ def fmt_pct(value: float, signed: bool = False) -> str:
 
 
 # Decimals per metric in the derived tables, as in the tables the figures come from.
-DIGITS = {"p99": 2, "cpu1": 1, "cmds1": 2}
+DIGITS = {"p99": 2, "cpu1": 1, "cmds1": 2, "pgcpu1": 1, "w3_pgcpu": 1}
 
 # (metric, column, higher is better). Every ratio reads the same way, >1× = Conveyor is
 # better: Conveyor/peer for throughput, peer/Conveyor for latency, Redis CPU and commands.
@@ -1068,7 +1140,8 @@ RATIO_COLUMNS = [
 
 def render_ratios(peers: list[Peer], res: Results) -> list[str]:
     rows = []
-    for lib in (p.name for p in peers if p.name not in OWN_ROWS):
+    # Redis peers only: the Postgres ones are compared with conveyor-postgres (render_postgres).
+    for lib in (p.name for p in peers if p.name not in OWN_ROWS and not p.on_postgres):
         row = [lib]
         for metric, _, higher_better in RATIO_COLUMNS:
             ours, theirs = median_of(res.get(CONVEYOR, metric)), median_of(res.get(lib, metric))
@@ -1113,8 +1186,10 @@ def peer_reference(
     return Reference(text, value * factor)
 
 
-def target_row(label: str, metric: str, op: str, ref: Reference | None, res: Results) -> list[str]:
-    ours = median_of(res.get(CONVEYOR, metric))
+def target_row(
+    label: str, metric: str, op: str, ref: Reference | None, res: Results, ours_lib: str = CONVEYOR
+) -> list[str]:
+    ours = median_of(res.get(ours_lib, metric))
     ours_text = "–" if ours is None else fmt_num(ours, DIGITS.get(metric, 0))
     if ref is None:
         return [label, ours_text, "– (not in this run)", "–"]
@@ -1126,7 +1201,7 @@ def target_row(label: str, metric: str, op: str, ref: Reference | None, res: Res
 
 
 def render_targets(peers: list[Peer], res: Results, sizes: Sizes) -> list[str]:
-    others = [p for p in peers if p.name not in OWN_ROWS]
+    others = [p for p in peers if p.name not in OWN_ROWS and not p.on_postgres]
     bullmq = [p for p in others if p.name == "bullmq-node"]
     python = [p for p in others if p.runtime == "python"]
     conveyor = next(p for p in peers if p.name == CONVEYOR)
@@ -1173,6 +1248,102 @@ def render_targets(peers: list[Peer], res: Results, sizes: Sizes) -> list[str]:
         md_table(["target", "Conveyor", "reference", "met?"], rows),
         "",
     ]
+
+
+PG_RATIO_COLUMNS = [
+    ("w0_one", "W0 one", True),
+    ("w0_bulk", "W0 bulk", True),
+    ("burst1", "W1", True),
+    ("pgcpu1", "W1 PG CPU/job", False),
+    ("p99", "W2 p99", False),
+    ("w3", "W3", True),
+    ("w3_pgcpu", "W3 PG CPU/job", False),
+]
+
+
+def render_postgres(peers: list[Peer], res: Results, sizes: Sizes) -> list[str]:
+    """The Postgres libraries: jobs/s next to the server's CPU per job, conveyor-postgres
+    against each Postgres peer, and the Postgres targets (issue 16)."""
+    on_pg = [p for p in peers if p.on_postgres]
+    rows = [
+        [
+            p.name,
+            fmt_cell(res.get(p.name, "w0_one")),
+            fmt_cell(res.get(p.name, "w0_bulk")),
+            fmt_cell(res.get(p.name, "burst1")),
+            fmt_cell(res.get(p.name, "pgcpu1"), 1),
+            fmt_cell(res.get(p.name, "p50"), 2),
+            fmt_cell(res.get(p.name, "p99"), 2),
+            fmt_cell(res.get(p.name, "w3")),
+            fmt_cell(res.get(p.name, "w3_pgcpu"), 1),
+        ]
+        for p in on_pg
+    ]
+    head = [
+        "library",
+        "W0 one (jobs/s)",
+        "W0 bulk (jobs/s)",
+        "W1 (jobs/s)",
+        "W1 PG CPU µs/job",
+        "W2 p50 (ms)",
+        "W2 p99 (ms)",
+        "W3 (jobs/s)",
+        "W3 PG CPU µs/job",
+    ]
+    out = [
+        "## Postgres (conveyor-postgres, pgqueuer, procrastinate)",
+        "",
+        "Jobs in one database on the machine's Postgres, created for the run and dropped at "
+        "the end. PG CPU µs/job = the utime + stime (from /proc) of the Postgres backends "
+        "serving that database during the measurement, over n; the server's shared processes "
+        "(WAL writer, checkpointer, autovacuum) are not counted. W1 and W3 as in the main table.",
+        "",
+        md_table(head, rows),
+        "",
+    ]
+    if CONVEYOR_PG not in {p.name for p in on_pg}:
+        return out
+    others = [p for p in on_pg if p.name != CONVEYOR_PG]
+    ratio_rows = []
+    for lib in (p.name for p in others):
+        row = [lib]
+        for metric, _, higher_better in PG_RATIO_COLUMNS:
+            ours = median_of(res.get(CONVEYOR_PG, metric))
+            theirs = median_of(res.get(lib, metric))
+            row.append(fmt_ratio(ours, theirs) if higher_better else fmt_ratio(theirs, ours))
+        ratio_rows.append(row)
+    out += [
+        "### conveyor-postgres against each Postgres peer (same run)",
+        "",
+        ">1× means conveyor-postgres is better (throughput: Conveyor / peer; W2 p99 and PG CPU "
+        "per job: peer / Conveyor); – when either side has no figure.",
+        "",
+        md_table(["peer", *(c for _, c, _ in PG_RATIO_COLUMNS)], ratio_rows)
+        if ratio_rows
+        else "No Postgres peer in this run.",
+        "",
+    ]
+    bulk_goal = Reference("20,000 jobs/s", 20_000.0)
+    targets: list[tuple[str, str, str, Reference | None]] = [
+        ("W1 ≥ 2× the faster peer", "burst1", "≥", peer_reference(res, others, "burst1", max, 2)),
+        ("W2 p99 (ms) ≤ the better peer's", "p99", "≤", peer_reference(res, others, "p99", min)),
+        ("W0 one ≥ the faster peer's", "w0_one", "≥", peer_reference(res, others, "w0_one", max)),
+        ("W0 bulk ≥ 20,000 jobs/s", "w0_bulk", "≥", bulk_goal),
+        (
+            "W1 PG CPU µs/job below every peer",
+            "pgcpu1",
+            "<",
+            peer_reference(res, others, "pgcpu1", min),
+        ),
+    ]
+    rows = [target_row(label, m, op, ref, res, CONVEYOR_PG) for label, m, op, ref in targets]
+    out += [
+        "### Postgres targets",
+        "",
+        md_table(["target", "conveyor-postgres", "reference", "met?"], rows),
+        "",
+    ]
+    return out
 
 
 def render_w5(peers: list[Peer], res: Results, sizes: Sizes) -> list[str]:
@@ -1353,10 +1524,19 @@ def main(argv: list[str] | None = None) -> int:
         server.start()
         log(f"private redis-server on 127.0.0.1:{server.port}")
         ctx = Ctx(server, server.client(), sizes, args.timeout)
+        if any(p.on_postgres for p in peers):
+            create_database(server.url)
+            log(f"postgres database {database_name(server.url)} (dropped at the end)")
         for peer in peers:
             if peer.install_error:  # reported once, in the first cell of the row
                 res.add(peer.name, "w0_one", f"error: {peer.install_error}")
                 continue
+            if peer.on_postgres:
+                try:
+                    setup_peer(ctx, peer)
+                except BenchError as exc:
+                    res.add(peer.name, "w0_one", f"error: {exc}")
+                    continue
             run_peer(ctx, peer, workloads, args.runs, res, log)
             remove_engine_file(peer, server.url)
         if "PHYS" in workloads:
@@ -1370,6 +1550,9 @@ def main(argv: list[str] | None = None) -> int:
                     phys.add("redis-benchmark", "redis-benchmark", f"error: {exc}")
     finally:
         kill_all_live()
+        if any(p.on_postgres for p in peers) and server.port:
+            with contextlib.suppress(RuntimeError, OSError, subprocess.SubprocessError):
+                drop_database(server.url)
         server.stop()
 
     text = render(machine, peers, res, phys, args, sizes, workloads)

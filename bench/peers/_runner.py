@@ -3,11 +3,14 @@
     python -m peers._runner <lib> enqueue --mode one|bulk --n N [--sleep-ms S]
                                           [--interval-ms I] [--stamp] [--warmup W]
     python -m peers._runner <lib> worker
+    python -m peers._runner <lib> setup
 
 ``enqueue`` prints one JSON line: {"n", "t_start", "t_end", "elapsed_s"}; ``t_start``/``t_end``
 are ``time.time()`` wall-clock values (the harness compares them with its own clock), and
 ``elapsed_s`` is the ``perf_counter`` time of the enqueue loop alone (client set-up excluded).
-``worker`` calls the module's ``worker_main()`` for libraries without a worker CLI.
+``worker`` calls the module's ``worker_main()`` for libraries without a worker CLI. ``setup``
+calls the module's ``setup()`` once per run before any measurement (the Postgres libraries
+create their schema in the run's database with it).
 """
 
 from __future__ import annotations
@@ -70,10 +73,11 @@ def main() -> None:
     enq.add_argument("--stamp", action="store_true")
     enq.add_argument("--warmup", type=int, default=0)
     sub.add_parser("worker")
+    sub.add_parser("setup")
     args = parser.parse_args()
     mod = importlib.import_module(f"peers.{args.lib}")
-    if args.cmd == "worker":
-        result = mod.worker_main()
+    if args.cmd in ("worker", "setup"):
+        result = mod.worker_main() if args.cmd == "worker" else mod.setup()
         if inspect.isawaitable(result):
             asyncio.run(result)
         return

@@ -7,15 +7,19 @@ written to ``pgqueuer_log`` in the same transaction. The schema is installed onc
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+from collections.abc import AsyncIterator
 
 import asyncpg
+import pgqueuer
 from pgqueuer import PgQueuer
 from pgqueuer.db import AsyncpgDriver
 from pgqueuer.models import Job
 from pgqueuer.queries import Queries
 
-from peers._common import mark_done_async
+from peers._common import concurrency, mark_done_async
 
 NAME = "pgqueuer"
 # redis: the completion marker (peers/_common.py imports redis-py).
@@ -23,20 +27,16 @@ REQUIREMENTS = ["pgqueuer==1.6.0", "asyncpg==0.32.0", "redis==8.1.0"]
 VERSION_PACKAGES = ["pgqueuer", "asyncpg"]
 BULK = "Queries.enqueue(list of entrypoints, list of payloads, list of priorities) per 1,000 jobs"
 ENGINE_URL = "{pg_url}"
-WORKER_ARGV = [
-    "{bin}/pgq",
-    "run",
-    "peers.pgqueuer_lib:create",
-    "--max-concurrent-tasks",
-    "{concurrency}",
-    "--log-level",
-    "WARNING",
-]
+# pgqueuer.run(), what `pgq run` does, without its CLI: `pgq run` 1.6.0 crashes at start-up
+# with typer 0.29 (setup_fancy_logger gets the --log-level string, not its LogLevel enum).
+WORKER_ARGV = ["{python}", "-m", "peers._runner", "pgqueuer_lib", "worker"]
 PROCESSES = "spawn"
-CONCURRENCY = {"noop": 10, "io": 100}
+# 20, not 10, for noop: pgqueuer refuses max_concurrent_tasks below twice its batch size,
+# and its default batch (10) is kept.
+CONCURRENCY = {"noop": 20, "io": 100}
 NOTES = {
-    "noop": "pgq run --max-concurrent-tasks 10 (batch size 10, its default)",
-    "io": "pgq run --max-concurrent-tasks 100, asyncio.sleep(0.02)",
+    "noop": "pgqueuer.run(max_concurrent_tasks=20), batch size 10 (its default)",
+    "io": "pgqueuer.run(max_concurrent_tasks=100), asyncio.sleep(0.02)",
 }
 WORKLOADS = ["W0", "W1", "W2", "W3"]
 SETTLE_S = 1.0
@@ -51,16 +51,26 @@ def _decode(payload: bytes | None) -> tuple[int, int]:
     return int(t), int(s)
 
 
-async def create() -> PgQueuer:
-    """The worker's factory (``pgq run peers.pgqueuer_lib:create``)."""
-    driver = AsyncpgDriver(await asyncpg.connect(_dsn()))
-    pgq = PgQueuer(driver)
+@contextlib.asynccontextmanager
+async def create() -> AsyncIterator[PgQueuer]:
+    """The worker's factory (what ``pgq run peers.pgqueuer_lib:create`` would load; pgqueuer
+    1.6 wants an async context manager)."""
+    conn = await asyncpg.connect(_dsn())
+    pgq = PgQueuer(AsyncpgDriver(conn))
 
     @pgq.entrypoint("job")
     async def job(job: Job) -> None:
         await mark_done_async(*_decode(job.payload))
 
-    return pgq
+    try:
+        yield pgq
+    finally:
+        await conn.close()
+
+
+async def worker_main() -> None:
+    logging.getLogger("pgqueuer").setLevel(logging.WARNING)
+    await pgqueuer.run(create, max_concurrent_tasks=concurrency())
 
 
 async def setup() -> None:
@@ -73,8 +83,12 @@ async def setup() -> None:
         await conn.close()
 
 
+_connections: list[asyncpg.Connection] = []
+
+
 async def connect() -> Queries:
-    queries = Queries(AsyncpgDriver(await asyncpg.connect(_dsn())))
+    _connections.append(await asyncpg.connect(_dsn()))
+    queries = Queries(AsyncpgDriver(_connections[-1]))
     # FLUSHALL does not reach Postgres: start every measurement from an empty queue.
     await queries.clear_queue()
     await queries.clear_queue_log()
@@ -94,4 +108,5 @@ async def enqueue_bulk(q: Queries, items: list[tuple[int, int]]) -> None:
 
 
 async def close(q: Queries) -> None:
-    await q.driver.connection.close()  # type: ignore[attr-defined]
+    while _connections:
+        await _connections.pop().close()

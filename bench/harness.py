@@ -1458,6 +1458,12 @@ RULES = """## Rules
 * **conveyor-sqlite:** Conveyor's own default engine (a SQLite file per run, emptied with
   `purge` before every measurement since `FLUSHALL` does not reach it), W0–W2 only; it is not a
   peer, so it is left out of the ratio and target tables.
+* **Postgres rows (conveyor-postgres, pgqueuer, procrastinate):** jobs in one database
+  (`conveyor_bench_<redis port>`) the harness creates on the machine's Postgres and drops at
+  the end; each library's schema is made once (`setup()`) and its tables emptied by its
+  producer before every measurement. W0–W3 only; PG CPU µs/job = utime + stime of the
+  backends serving that database (from /proc) over n. They are compared with
+  conveyor-postgres in their own tables, not in the Redis ratio and target tables.
 * **Ratios and targets** are computed from the medians of this run only, never against
   figures of another run.
 * **Timeout:** every measurement has a hard timeout of {timeout:g} s; a library that times out,

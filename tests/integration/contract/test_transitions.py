@@ -9,6 +9,8 @@ memory, SQLite and Redis (conftest.py).
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 
 from conveyor import Conveyor, JobState
@@ -29,8 +31,21 @@ CASES = [
 
 
 async def job_events(engine: Engine, start: dict[str, str], job_id: str) -> list[str]:
-    events = await engine.read_events(["q"], since=start, count=100, block_ms=0)
-    return [e.kind for e in events if e.job_id == job_id]
+    """The job's three events (enqueued, started, the outcome's), read from `start`.
+
+    Postgres shows an event once every older transaction on the server has ended (so a
+    reader never passes one that commits late): read until all three are there.
+    """
+    kinds: list[str] = []
+
+    async def three() -> bool:
+        events = await engine.read_events(["q"], since=start, count=100, block_ms=200)
+        kinds[:] = [e.kind for e in events if e.job_id == job_id]
+        return len(kinds) >= 3
+
+    with contextlib.suppress(AssertionError):  # the caller compares what was read
+        await eventually(three, timeout=10, message="the job's events")
+    return kinds
 
 
 @pytest.mark.parametrize(("kind", "delay_ms"), CASES)

@@ -9,8 +9,6 @@ memory, SQLite and Redis (conftest.py).
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 
 from conveyor import Conveyor, JobState
@@ -18,7 +16,7 @@ from conveyor.engines import Engine, Outcome
 from conveyor.lifecycle import TRANSITIONS
 from conveyor.testing import eventually
 
-from .helpers import claim, err, finish
+from .helpers import claim, err, finish, settled_events
 
 # (outcome, delay_ms): every worker outcome, and each with a delay where it has a state
 # for "later" (retry, defer).
@@ -31,21 +29,9 @@ CASES = [
 
 
 async def job_events(engine: Engine, start: dict[str, str], job_id: str) -> list[str]:
-    """The job's three events (enqueued, started, the outcome's), read from `start`.
-
-    Postgres shows an event once every older transaction on the server has ended (so a
-    reader never passes one that commits late): read until all three are there.
-    """
-    kinds: list[str] = []
-
-    async def three() -> bool:
-        events = await engine.read_events(["q"], since=start, count=100, block_ms=200)
-        kinds[:] = [e.kind for e in events if e.job_id == job_id]
-        return len(kinds) >= 3
-
-    with contextlib.suppress(AssertionError):  # the caller compares what was read
-        await eventually(three, timeout=10, message="the job's events")
-    return kinds
+    """The kinds of the job's events after `start` (its three: enqueued, started, the
+    outcome's), once settled."""
+    return [e.kind for e in await settled_events(engine, start, 3) if e.job_id == job_id]
 
 
 @pytest.mark.parametrize(("kind", "delay_ms"), CASES)

@@ -803,10 +803,9 @@ async def failed_job(engine: Engine, app: Conveyor, **options: object) -> Job:
 
 
 async def test_retry_is_refused_while_another_live_job_holds_the_dedupe_key(
-    request: pytest.FixtureRequest, engine: Engine, app: Conveyor
+    engine: Engine, app: Conveyor
 ) -> None:
     """Decision 1: two live jobs never share a dedupe key; the refusal names the holder."""
-    diverges(request, redis="redis: lifecycle decision 1, branch redis")
     old = await failed_job(engine, app, dedupe_key="k")
     [holder] = await engine.enqueue([app.build("t", {}, dedupe_key="k")])
     assert holder.created and holder.id != old.id
@@ -823,10 +822,9 @@ async def test_retry_is_refused_while_another_live_job_holds_the_dedupe_key(
 
 
 async def test_retry_all_retries_the_others_and_skips_a_held_key(
-    request: pytest.FixtureRequest, engine: Engine, app: Conveyor
+    engine: Engine, app: Conveyor
 ) -> None:
     """Decision 1: `retry_all` counts only the jobs it retried."""
-    diverges(request, redis="redis: lifecycle decision 1, branch redis")
     held = await failed_job(engine, app, dedupe_key="k")
     free = await failed_job(engine, app, dedupe_key="other")
     plain = await failed_job(engine, app)
@@ -842,10 +840,9 @@ async def test_retry_all_retries_the_others_and_skips_a_held_key(
 
 
 async def test_job_recovered_from_an_expired_lease_keeps_its_place(
-    request: pytest.FixtureRequest, engine: Engine, app: Conveyor
+    engine: Engine, app: Conveyor
 ) -> None:
     """Decision 2: back to pending ahead of jobs enqueued after it (same priority)."""
-    diverges(request, redis="redis: lifecycle decision 2, branch redis")
     first = app.build("t", {"n": 1}, max_attempts=3)
     await engine.enqueue([first])
     [job] = await claim(engine, 1, lease_ms=50)
@@ -895,11 +892,8 @@ async def test_clean_removes_finished_jobs_oldest_finish_first(
     assert (await engine.get_job(early.id)).state == JobState.COMPLETED
 
 
-async def test_workers_last_seen_is_the_engine_clock(
-    request: pytest.FixtureRequest, engine: Engine
-) -> None:
+async def test_workers_last_seen_is_the_engine_clock(engine: Engine) -> None:
     """Decision 4: a worker's own clock (here: far in the past) never wins."""
-    diverges(request, redis="redis: lifecycle decision 4, branch redis")
     skewed = orjson.dumps({"queues": ["q"], "last_seen": 1.0}).decode()
     await engine.register_worker("w-skewed", skewed, ttl_ms=60_000)
     [worker] = await engine.workers()

@@ -41,13 +41,18 @@ SCHEMES = ("redis://", "rediss://", "sqlite://", "memory://")
 def open_engine(url: str, *, clock: Clock | None = None) -> Engine:
     """Build (not yet connect) the engine for `url`.
 
+    Args:
+        url: the engine URL; its scheme picks the engine.
+        clock: for tests: a `FakeClock` that decides due times and lease deadlines
+            (on Redis it replaces Redis TIME in the scripts); None is the real clock.
+
     Raises:
         ConfigError: the URL's scheme is not one Conveyor knows.
     """
     if url.startswith(("redis://", "rediss://")):
         from .redis import RedisEngine
 
-        return RedisEngine(url)
+        return RedisEngine(url, clock=clock)
     if url.startswith(("sqlite://", "memory://")):
         # memory:// is the SQLite engine on a private in-memory database (not durable).
         from .sqlite import SqliteEngine

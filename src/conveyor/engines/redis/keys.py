@@ -5,10 +5,12 @@ slot and a script that touches them is legal on Redis Cluster. Per queue:
 
 ```
 {p:q}:job:<job id>   hash    one job (fields read by `conveyor.job.decode_job`,
-                             errors as `err:<n>` fields)
-{p:q}:pending        zset    jobs WITHOUT a tenant, score = (100 - priority) * 2^44 + 2^43
-                             + seq (claim order); released jobs use 2^43 - front, so they
-                             lead their priority
+                             errors as `err:<n>` fields, `score`: its pending score when
+                             last pushed, kept by a job recovered from an expired lease)
+{p:q}:pending        zset    jobs WITHOUT a tenant, score = (MAX_PRIORITY - priority) *
+                             PRIORITY_BAND + PRIORITY_MID + seq (claim order; constants in
+                             `conveyor.lifecycle`); released jobs use PRIORITY_MID - front,
+                             so they lead their priority
 {p:q}:tpending       zset    jobs WITH a tenant, same scores (listings, counts, age)
 {p:q}:tp:<tenant>    zset    one tenant's pending jobs, same scores: its bucket
 {p:q}:ready          zset    the rotation: buckets with pending jobs (a tenant, or '' for
@@ -19,6 +21,8 @@ slot and a script that touches them is legal on Redis Cluster. Per queue:
 {p:q}:rate           zset    start times inside the queue's rate window (member: token)
 {p:q}:trate:<tenant> zset    the same per tenant (expires with its window)
 {p:q}:turn           string  INCR counter: rotation turns
+{p:q}:served         hash    bucket -> the turn it was last served at, for a bucket out of
+                             the rotation (it rejoins there when it refills)
 {p:q}:scheduled      zset    score = due time (ms, Redis clock)
 {p:q}:running        zset    score = lease deadline (ms, Redis clock)
 {p:q}:completed      zset    score = finished time (ms)
@@ -50,12 +54,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# A pending score is (100 - priority) * BAND + MID +/- counter: one band of 2^44 per
-# priority, FIFO jobs counting up from the middle of the band and released jobs counting
-# down from it. 201 bands * 2^44 < 2^53, so every score is an exact double.
-BAND = 1 << 44
-MID = 1 << 43
-
 
 @dataclass(frozen=True, slots=True)
 class QueueKeys:
@@ -82,6 +80,7 @@ class QueueKeys:
     rate: str
     trate_prefix: str
     turn: str
+    served: str
     wake_channel: str
 
     def all(self) -> list[str]:
@@ -107,6 +106,7 @@ class QueueKeys:
             self.rate,
             self.trate_prefix,
             self.turn,
+            self.served,
         ]
 
     def job(self, job_id: str) -> str:
@@ -166,6 +166,7 @@ class KeyLayout:
                 rate=f"{tag}:rate",
                 trate_prefix=f"{tag}:trate:",
                 turn=f"{tag}:turn",
+                served=f"{tag}:served",
                 wake_channel=f"{self.prefix}:wake:{name}",
             )
             self._queues[name] = keys

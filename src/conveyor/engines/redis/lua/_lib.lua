@@ -1,5 +1,9 @@
 -- _lib.lua: helpers prepended to every per-queue script (not an operation itself).
 --
+-- Before it at load come `conveyor.lifecycle.lua_prelude()` (the shared constants,
+-- TRANSITIONS and the state sets LIVE / RETRYABLE / CANCELLABLE / PROMOTABLE: the job
+-- rules are decided there, these scripts only apply them) and `_clock.lua`.
+--
 -- Every per-queue script receives the same KEYS, all carrying the queue's hash tag
 -- (built by keys.py QueueKeys.all(); nothing here invents a key name):
 --   KEYS[1]  job prefix "{p:q}:job:"  (a job's hash is KEYS[1] .. job id: the only key
@@ -15,23 +19,20 @@
 --   KEYS[15] ready zset (the rotation of buckets)   KEYS[16] running-per-tenant hash
 --   KEYS[17] limits hash       KEYS[18] queue rate log zset
 --   KEYS[19] tenant rate log prefix "{p:q}:trate:"   KEYS[20] turn counter
+--   KEYS[21] served hash (bucket -> the turn it was last served at, kept while the
+--            bucket is out of the rotation)
 -- and the same ARGV header:
 --   ARGV[1]  wake-up channel   ARGV[2]  events stream max length   ARGV[3]  queue name
--- Operation arguments start at ARGV[4].
+--   ARGV[4]  now in ms from a test clock, or '' (production: Redis TIME, see _clock.lua)
+-- Operation arguments start at ARGV[5].
 local K_JOB, K_PENDING, K_SCHEDULED, K_RUNNING = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local K_COMPLETED, K_FAILED, K_CANCELLED = KEYS[5], KEYS[6], KEYS[7]
 local K_DEDUPE, K_PAUSED, K_EVENTS, K_SEQ, K_FRONT = KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12]
 local K_TPENDING, K_TBUCKET, K_READY, K_TRUNNING = KEYS[13], KEYS[14], KEYS[15], KEYS[16]
 local K_LIMITS, K_RATE, K_TRATE, K_TURN = KEYS[17], KEYS[18], KEYS[19], KEYS[20]
+local K_SERVED = KEYS[21]
 local WAKE_CHANNEL, EVENTS_MAXLEN, QUEUE = ARGV[1], ARGV[2], ARGV[3]
-
--- Redis TIME is the one clock for due times and lease deadlines, whatever the clients'
--- clocks say.
-local _t = redis.call('TIME')
-local NOW = tonumber(_t[1]) * 1000 + math.floor(tonumber(_t[2]) / 1000)
-
-local BAND = 17592186044416 -- 2^44: one score band per priority (keys.py BAND)
-local MID = 8796093022208 -- 2^43: FIFO counts up from here, released jobs count down
+local NOW = clock_ms(ARGV[4])
 
 local BY_STATE = {
   pending = K_PENDING, scheduled = K_SCHEDULED, running = K_RUNNING,
@@ -45,35 +46,34 @@ end
 
 local wake_needed = false
 
--- Push a job into pending (state, score, index); `front` puts it before every job of
--- its priority (release on shutdown). A job without a tenant goes to K_PENDING, a tenant
--- job to its tenant's bucket (and K_TPENDING, the index of all tenant jobs). `priority`
--- and `tenant` ('' = none) may be nil: they are then read from the job. `fresh`: the
--- caller already wrote state = pending (a new job), so the job hash is not touched.
-local function push_pending(id, jk, front, priority, tenant, fresh)
-  if priority == nil or tenant == nil then
-    local f = redis.call('HMGET', jk, 'priority', 'tenant')
-    priority = priority or tonumber(f[1]) or 0
-    tenant = tenant or f[2] or ''
+-- A job's pending score (its place in line, see keys.py): `place` is lifecycle's Place.
+-- 'back' after every job of its priority, 'front' before them (release on shutdown),
+-- 'keep' the score it had when it was last pushed (`kept`: stored in its hash as
+-- `score`; a job stored before scores were kept goes to the back).
+local function pending_score(priority, place, kept)
+  if place == 'keep' and kept then
+    return kept
   end
-  local score
-  if front then
-    score = (100 - priority) * BAND + MID - redis.call('INCR', K_FRONT)
-  else
-    score = (100 - priority) * BAND + MID + redis.call('INCR', K_SEQ)
+  local base = (MAX_PRIORITY - priority) * PRIORITY_BAND + PRIORITY_MID
+  if place == 'front' then
+    return base - redis.call('INCR', K_FRONT)
   end
-  if not fresh then
-    redis.call('HSET', jk, 'state', 'pending')
-    redis.call('HDEL', jk, 'scheduled_ms')
-  end
+  return base + redis.call('INCR', K_SEQ)
+end
+
+-- Index a job as pending under `score`: a job without a tenant goes to K_PENDING, a
+-- tenant job to its tenant's bucket (and K_TPENDING, the index of all tenant jobs).
+local function index_pending(id, score, tenant)
   -- Idle workers sleep after a claim found nothing claimable, so a bucket that goes
   -- from empty to non-empty is the moment that needs a wake-up (a new tenant's jobs
   -- may be claimable while every other tenant is held back by its limit). It also joins
-  -- the rotation then, at the front (score 0): it has not been served for a while.
+  -- the rotation then, where it stood when it left (the turn it was last served at, 0
+  -- if never): a tenant that empties its bucket and refills it at once does not jump
+  -- ahead of the tenants served less recently.
   if tenant == '' then
     redis.call('ZADD', K_PENDING, num(score), id)
     if redis.call('ZCARD', K_PENDING) == 1 then
-      redis.call('ZADD', K_READY, 'NX', 0, '')
+      redis.call('ZADD', K_READY, 'NX', redis.call('HGET', K_SERVED, '') or 0, '')
       wake_needed = true
     end
   else
@@ -81,9 +81,28 @@ local function push_pending(id, jk, front, priority, tenant, fresh)
     local bucket = K_TBUCKET .. tenant
     redis.call('ZADD', bucket, num(score), id)
     if redis.call('ZCARD', bucket) == 1 then
-      redis.call('ZADD', K_READY, 'NX', 0, tenant)
+      redis.call('ZADD', K_READY, 'NX', redis.call('HGET', K_SERVED, tenant) or 0, tenant)
       wake_needed = true
     end
+  end
+end
+
+-- An existing job goes back to pending at `place` (see pending_score).
+local function push_pending(id, jk, place)
+  local f = redis.call('HMGET', jk, 'priority', 'tenant', 'score')
+  local score = pending_score(tonumber(f[1]) or 0, place, tonumber(f[3]))
+  redis.call('HSET', jk, 'state', 'pending', 'score', num(score))
+  redis.call('HDEL', jk, 'scheduled_ms')
+  index_pending(id, score, f[2] or '')
+end
+
+-- A bucket found empty leaves the rotation; the turn it was last served at is kept, for
+-- when it refills (see index_pending).
+local function leave_rotation(tenant)
+  local turn = redis.call('ZSCORE', K_READY, tenant)
+  redis.call('ZREM', K_READY, tenant)
+  if turn and turn ~= '0' then
+    redis.call('HSET', K_SERVED, tenant, turn)
   end
 end
 
@@ -100,7 +119,8 @@ local function remove_pending(id, jk)
 end
 
 -- The queue's limits (nil = none); `slotted` when a concurrency limit exists, so a job
--- that stops running frees a slot that idle workers must hear about.
+-- that stops running frees a slot that idle workers must hear about; `any` when any
+-- limit exists.
 local function read_limits()
   local f = redis.call('HMGET', K_LIMITS, 'concurrency', 'tenant_concurrency', 'rate',
     'rate_window_ms', 'tenant_rate', 'tenant_rate_window_ms')
@@ -110,12 +130,13 @@ local function read_limits()
     tenant_rate = tonumber(f[5]), tenant_rate_window_ms = tonumber(f[6]) or 1000,
   }
   lim.slotted = lim.concurrency ~= nil or lim.tenant_concurrency ~= nil
+  lim.any = lim.slotted or lim.rate ~= nil or lim.tenant_rate ~= nil
   return lim
 end
 
 -- A running job (its `running` zset entry already removed) stops running: one fewer
 -- for its tenant, and a wake-up when a concurrency limit may have held others back.
-local function left_running(jk, tenant, lim)
+local function left_running(tenant, lim)
   if tenant and tenant ~= '' and redis.call('HINCRBY', K_TRUNNING, tenant, -1) <= 0 then
     redis.call('HDEL', K_TRUNNING, tenant)
   end
@@ -154,7 +175,7 @@ local function emit(id, jk, kind, data, task, tenant, attempt)
     'attempt', attempt or '0', 'at', num(NOW), 'data', data or '{}')
 end
 
--- A dedupe key belongs to a job only while it is scheduled, pending or running.
+-- A dedupe key belongs to a job only while it is live (scheduled, pending or running).
 -- `key`: the job's dedupe key if the caller read it (false = none), nil = read it here.
 local function release_dedupe(id, jk, key)
   if key == nil then key = redis.call('HGET', jk, 'dedupe_key') end
@@ -163,7 +184,7 @@ local function release_dedupe(id, jk, key)
   end
 end
 
--- Move a job (already removed from its active zset) to a finished state; `result` (or
+-- Move a job (already removed from its live zset) to a finished state; `result` (or
 -- nil) is stored in the same write; `dedupe_key` as for release_dedupe.
 local function finish(id, jk, state, result, dedupe_key)
   if result then
@@ -193,63 +214,131 @@ local function error_message(err)
   return ''
 end
 
--- Scheduled jobs whose due time has come become pending (bounded per call).
-local function promote_due(limit)
-  local ids = redis.call('ZRANGEBYSCORE', K_SCHEDULED, '-inf', num(NOW), 'LIMIT', 0, limit)
-  for _, id in ipairs(ids) do
-    redis.call('ZREM', K_SCHEDULED, id)
-    local jk = K_JOB .. id
-    if redis.call('HGET', jk, 'state') == 'scheduled' then
-      push_pending(id, jk, false, nil, nil)
+-- Apply transition `t` (an entry of TRANSITIONS) to a running job whose `running` entry
+-- the caller already removed. The table decides; this only carries out its flags, the
+-- same for every outcome and for an expired lease.
+--   body: what the outcome carries: its result when `t.store_result`, its error (an
+--         AttemptError as JSON) when `t.append_error`, otherwise a reason for the event
+--         log ('' = none).
+--   delay: ms; with `t.later_state`, a delay > 0 sends the job there until due.
+--   tenant, task, attempt, dedupe_key: the job's fields as the caller read them.
+--   data: the event's data, or nil to derive it from the flags.
+local function apply(id, jk, t, body, delay, tenant, task, attempt, dedupe_key, lim, data)
+  left_running(tenant, lim)
+  if t.append_error then
+    add_error(jk, body)
+  end
+  if t.give_back_attempt then
+    attempt = redis.call('HINCRBY', jk, 'attempt', -1)
+    if attempt < 0 then
+      attempt = 0
+      redis.call('HSET', jk, 'attempt', 0)
     end
   end
-  return #ids
+  if t.clear_started then
+    redis.call('HDEL', jk, 'token', 'started_ms')
+  elseif not t.finishes then -- finish() drops the token in the same breath
+    redis.call('HDEL', jk, 'token')
+  end
+  if t.finishes then
+    local result = nil
+    if t.store_result and body ~= '' then result = body end
+    finish(id, jk, t.state, result, dedupe_key)
+  elseif delay > 0 and t.later_state == 'scheduled' then
+    schedule(id, jk, NOW + delay)
+  else
+    push_pending(id, jk, t.place)
+  end
+  if data == nil then
+    local d, any = {}, false
+    if t.append_error then
+      d.error, any = error_message(body), true
+    elseif not t.store_result and body ~= '' then
+      d.reason, any = body, true
+    end
+    if t.later_state then
+      d.delay_ms, any = delay, true
+    end
+    if any then data = cjson.encode(d) end
+  end
+  emit(id, jk, t.event, data, task, tenant, attempt)
 end
 
--- Running jobs whose lease deadline passed: back to pending, or failed when the attempt
--- was the last one (this is what ends crash loops). Bounded per call.
+-- Scheduled jobs whose due time has come become pending, at the back of their priority,
+-- earliest due first (bounded per call). Jobs due in the same millisecond go in the order
+-- they were queued (the pending score they were last given; see enqueue), as on SQLite,
+-- not in the order of their ids.
+local function promote_due(limit)
+  local due = redis.call('ZRANGEBYSCORE', K_SCHEDULED, '-inf', num(NOW), 'WITHSCORES',
+    'LIMIT', 0, limit)
+  local jobs = {}
+  for i = 1, #due, 2 do
+    local id = due[i]
+    redis.call('ZREM', K_SCHEDULED, id)
+    local f = redis.call('HMGET', K_JOB .. id, 'state', 'score')
+    if f[1] == 'scheduled' then
+      jobs[#jobs + 1] = { id, tonumber(due[i + 1]), tonumber(f[2]) or 0 }
+    end
+  end
+  table.sort(jobs, function(x, y)
+    if x[2] ~= y[2] then return x[2] < y[2] end
+    return x[3] < y[3]
+  end)
+  for _, job in ipairs(jobs) do
+    local jk = K_JOB .. job[1]
+    push_pending(job[1], jk, 'back')
+  end
+  return #jobs
+end
+
+-- Running jobs whose lease deadline has come (deadline <= now): `expire` while attempts
+-- are left (back to pending, keeping its place), `expire_last` when the lost attempt was
+-- the last one (failed: this is what ends crash loops). Bounded per call.
 local function recover_expired(limit, lim)
-  local ids = redis.call('ZRANGEBYSCORE', K_RUNNING, '-inf', '(' .. num(NOW), 'LIMIT', 0, limit)
+  local ids = redis.call('ZRANGEBYSCORE', K_RUNNING, '-inf', num(NOW), 'LIMIT', 0, limit)
   local recovered = 0
   for _, id in ipairs(ids) do
     redis.call('ZREM', K_RUNNING, id)
     local jk = K_JOB .. id
-    local f = redis.call('HMGET', jk, 'state', 'attempt', 'max_attempts', 'tenant')
+    local f = redis.call('HMGET', jk, 'state', 'attempt', 'max_attempts', 'tenant', 'task',
+      'dedupe_key')
     if f[1] == 'running' then
       recovered = recovered + 1
-      local attempt = tonumber(f[2]) or 0
-      redis.call('HDEL', jk, 'token')
       lim = lim or read_limits()
-      left_running(jk, f[4], lim)
+      local attempt = tonumber(f[2]) or 0
       if attempt >= (tonumber(f[3]) or 1) then
-        add_error(jk, cjson.encode({
-          attempt = attempt, type = 'LeaseExpired',
-          message = 'worker lost while running attempt ' .. attempt
-            .. ' (killed or hung); lease expired',
+        local err = cjson.encode({
+          attempt = attempt, type = 'LeaseExpired', message = lease_expired_message(attempt),
           at = NOW / 1000,
-        }))
-        finish(id, jk, 'failed')
-        emit(id, jk, 'failed', cjson.encode({ error = 'lease expired: worker lost' }))
+        })
+        apply(id, jk, TRANSITIONS.expire_last, err, 0, f[4], f[5], f[2], f[6], lim,
+          LEASE_EXPIRED_EVENT)
       else
-        push_pending(id, jk, false, nil, f[4] or '')
-        emit(id, jk, 'stalled', nil)
+        apply(id, jk, TRANSITIONS.expire, '', 0, f[4], f[5], f[2], f[6], lim)
       end
     end
   end
   return recovered
 end
 
--- Operator retry of a failed/cancelled job: a fresh attempt budget, errors kept.
+-- Operator retry of a failed/cancelled job: a fresh attempt budget, errors kept, at the
+-- back of the line. Refused when its dedupe key is held by another live job (two live
+-- jobs never share a key): returns the holder and the key then, nil when retried.
 local function retry_finished(id, jk, state)
+  local key = redis.call('HGET', jk, 'dedupe_key')
+  if key and key ~= '' then
+    local holder = redis.call('HGET', K_DEDUPE, key)
+    if holder and holder ~= id and LIVE[redis.call('HGET', K_JOB .. holder, 'state')] then
+      return holder, key
+    end
+    redis.call('HSET', K_DEDUPE, key, id)
+  end
   redis.call('ZREM', BY_STATE[state], id)
   redis.call('HSET', jk, 'attempt', 0)
   redis.call('HDEL', jk, 'finished_ms', 'result', 'token')
-  local key = redis.call('HGET', jk, 'dedupe_key')
-  if key and key ~= '' then
-    redis.call('HSETNX', K_DEDUPE, key, id)
-  end
-  push_pending(id, jk, false, nil, nil)
+  push_pending(id, jk, 'back')
   emit(id, jk, 'enqueued', cjson.encode({ retried_by = 'operator' }))
+  return nil
 end
 
 -- The outcome of an admin operation on one job: its fields, or why not.

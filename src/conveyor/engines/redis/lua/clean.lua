@@ -1,17 +1,15 @@
--- clean: delete finished jobs of one state that finished before a cutoff (bounded).
+-- clean: delete jobs of one finished state that finished at or before a cutoff, oldest
+-- first (bounded). The app refuses live states (lifecycle.check_clean).
 --
--- KEYS:    the per-queue keys (see _lib.lua); ARGV[1..3]: wake channel, events maxlen, queue
--- ARGV[4]: state ('completed' | 'failed' | 'cancelled')   ARGV[5]: older_than_ms
--- ARGV[6]: limit
+-- KEYS:    the per-queue keys (see _lib.lua); ARGV[1..4]: the header (see _lib.lua)
+-- ARGV[5]: state ('completed' | 'failed' | 'cancelled')   ARGV[6]: older_than_ms
+-- ARGV[7]: limit
 -- Returns: how many jobs were deleted.
 -- Touches: the state's zset, job hashes (DEL).
-local state = ARGV[4]
-if state ~= 'completed' and state ~= 'failed' and state ~= 'cancelled' then
-  return redis.error_reply('ERR conveyor clean: only finished states can be cleaned')
-end
+local state = ARGV[5]
 local zkey = BY_STATE[state]
-local cutoff = num(NOW - tonumber(ARGV[5]))
-local ids = redis.call('ZRANGEBYSCORE', zkey, '-inf', cutoff, 'LIMIT', 0, tonumber(ARGV[6]))
+local cutoff = num(NOW - tonumber(ARGV[6]))
+local ids = redis.call('ZRANGEBYSCORE', zkey, '-inf', cutoff, 'LIMIT', 0, tonumber(ARGV[7]))
 for _, id in ipairs(ids) do
   redis.call('DEL', K_JOB .. id)
   redis.call('ZREM', zkey, id)

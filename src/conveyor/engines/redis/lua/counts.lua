@@ -1,6 +1,6 @@
 -- counts: depth per state, paused flag and the age of the oldest pending job (read only).
 --
--- KEYS:    the per-queue keys (see _lib.lua); ARGV[1..3]: wake channel, events maxlen, queue
+-- KEYS:    the per-queue keys (see _lib.lua); ARGV[1..4]: the header (see _lib.lua)
 -- Returns: { scheduled, pending, running, completed, failed, cancelled, paused (0/1),
 --            created_ms of the oldest pending job or -1,
 --            completed in the last 60 s, failed in the last 60 s (ZCOUNT: O(log n)) }
@@ -18,7 +18,7 @@ for _, zkey in ipairs({ K_PENDING, K_TPENDING }) do
     if #head == 0 then break end
     local created = tonumber(redis.call('HGET', K_JOB .. head[1], 'created_ms'))
     if created and (oldest < 0 or created < oldest) then oldest = created end
-    lo = num((math.floor(tonumber(head[2]) / BAND) + 1) * BAND)
+    lo = num((math.floor(tonumber(head[2]) / PRIORITY_BAND) + 1) * PRIORITY_BAND)
   end
 end
 return {

@@ -1,25 +1,18 @@
--- enqueue: store a batch of new jobs of one queue, all or nothing.
+-- enqueue: store a batch of new jobs of one queue in one script call. The app validated
+-- every field, so no write fails half way: the batch is stored all or nothing.
 --
--- KEYS:    the per-queue keys (see _lib.lua); ARGV[1..3]: wake channel, events maxlen, queue
--- ARGV[4]: n, the number of jobs; then 11 values per job:
+-- KEYS:    the per-queue keys (see _lib.lua); ARGV[1..4]: the header (see _lib.lua)
+-- ARGV[5]: n, the number of jobs; then 11 values per job:
 --          id, task, payload json, max_attempts, priority, tenant, dedupe_key,
 --          timeout_ms, backoff json, delay_ms, run_at_ms  ('' = none)
+--          (validated by the app before they get here: numbers are numbers)
 -- Returns: flat array, 3 values per job in input order: id, created (1/0), state.
 --          A dedupe key held by an active job (or an id that already exists, i.e. a
 --          retried call whose reply was lost) yields that job with created = 0.
--- Touches: job hashes, pending (tenant jobs: tpending, their bucket, ready) or scheduled,
+-- Touches: job hashes, pending (tenant jobs: tpending, their bucket, ready; reads served) or scheduled,
 --          dedupe, seq, events; PUBLISH on the wake channel when a bucket was empty.
 local W = 11
-local n = tonumber(ARGV[4])
--- Validate everything before the first write: Redis does not roll back a script that
--- fails half way, and enqueue must be all or nothing.
-for i = 0, n - 1 do
-  local b = 5 + i * W
-  if not tonumber(ARGV[b + 3]) or not tonumber(ARGV[b + 4]) or not tonumber(ARGV[b + 9])
-      or (ARGV[b + 10] ~= '' and not tonumber(ARGV[b + 10])) then
-    return redis.error_reply('ERR conveyor enqueue: non-numeric field in job ' .. ARGV[b])
-  end
-end
+local n = tonumber(ARGV[5])
 
 -- Append an optional field to a HSET argument list unless it is empty.
 local function opt(fields, name, value)
@@ -31,7 +24,7 @@ end
 
 local out = {}
 for i = 0, n - 1 do
-  local b = 5 + i * W
+  local b = 6 + i * W
   local id = ARGV[b]
   local dedupe_key = ARGV[b + 6]
   local jk = K_JOB .. id
@@ -40,7 +33,7 @@ for i = 0, n - 1 do
     local other = redis.call('HGET', K_DEDUPE, dedupe_key)
     if other then
       local st = redis.call('HGET', K_JOB .. other, 'state')
-      if st == 'scheduled' or st == 'pending' or st == 'running' then
+      if LIVE[st] then
         holder, holder_state = other, st
       end
     end
@@ -69,6 +62,10 @@ for i = 0, n - 1 do
     local fields = { 'id', id, 'queue', QUEUE, 'task', ARGV[b + 1], 'payload', ARGV[b + 2],
       'attempt', 0, 'max_attempts', ARGV[b + 3], 'priority', ARGV[b + 4],
       'created_ms', num(NOW), 'state', state }
+    -- A scheduled job gets its score too: it orders jobs due in the same ms (promote_due).
+    local score = pending_score(priority, 'back')
+    fields[#fields + 1] = 'score'
+    fields[#fields + 1] = num(score)
     opt(fields, 'tenant', tenant)
     opt(fields, 'dedupe_key', dedupe_key)
     opt(fields, 'timeout_ms', ARGV[b + 7])
@@ -81,7 +78,7 @@ for i = 0, n - 1 do
     if state == 'scheduled' then
       redis.call('ZADD', K_SCHEDULED, num(due), id)
     else
-      push_pending(id, jk, false, priority, tenant, true)
+      index_pending(id, score, tenant)
     end
     emit(id, jk, 'enqueued', nil, ARGV[b + 1], tenant, '0')
     out[#out + 1] = id

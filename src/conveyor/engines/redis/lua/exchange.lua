@@ -1,16 +1,16 @@
 -- exchange: the worker's one round trip per queue: apply outcomes, then claim.
 --
--- KEYS:    the per-queue keys (see _lib.lua); ARGV[1..3]: wake channel, events maxlen, queue
--- ARGV[4]: worker id     ARGV[5]: lease_ms     ARGV[6]: limit (0 = outcomes only)
--- ARGV[7]: n outcomes; then 5 values per outcome:
---          job id, token, kind (complete|retry|fail|release|defer), body, delay_ms
---          (body: result json for complete, error json for retry/fail, '' for release,
---          the reason for defer)
+-- KEYS:    the per-queue keys (see _lib.lua); ARGV[1..4]: the header (see _lib.lua)
+-- ARGV[5]: worker id     ARGV[6]: lease_ms     ARGV[7]: limit (0 = outcomes only)
+-- ARGV[8]: n outcomes; then 5 values per outcome:
+--          job id, token, kind (a key of TRANSITIONS: complete|retry|fail|release|defer),
+--          body, delay_ms (body: the result json for complete, the error json for
+--          retry/fail, '' for release, the reason for defer; see `apply` in _lib.lua)
 -- Returns: { lost ids, ms until the next scheduled job is due or a rate window that held
 --            jobs back reopens (-1: neither), claimed jobs (each a flat HGETALL array),
 --            expired leases recovered }
 -- Touches: job hashes, every state zset, the buckets (pending, tpending, tp:<tenant>),
---          ready, trunning, rate logs, turn, dedupe, seq, front, events; PUBLISH on the
+--          ready, served, trunning, rate logs, turn, dedupe, seq, front, events; PUBLISH on the
 --          wake channel when work became claimable (a bucket refilled, or a job of a
 --          queue with a concurrency limit stopped running) and some is left after the claim.
 --
@@ -23,15 +23,13 @@
 --   worker B: exchange (runs after A's, never interleaved) reads 5 of 5, claims none
 -- Redis runs scripts one at a time, so no second claim can read a count between
 -- another claim's read and write.
-local BATCH = 1000
-local ROTATION_PAGE = 32 -- buckets read per pass of the rotation
-local TURN_BUDGET = 64 -- extra turns one claim may spend on tenants at their limits
-local worker, lease_ms, limit = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
-local n = tonumber(ARGV[7])
+local worker, lease_ms, limit = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
+local n = tonumber(ARGV[8])
+-- Check every kind before the first write: Redis does not roll back a script that fails
+-- half way.
 for i = 0, n - 1 do
-  local kind = ARGV[8 + i * 5 + 2]
-  if kind ~= 'complete' and kind ~= 'retry' and kind ~= 'fail' and kind ~= 'release'
-      and kind ~= 'defer' then
+  local kind = ARGV[9 + i * 5 + 2]
+  if TRANSITIONS[kind] == nil then
     return redis.error_reply('ERR conveyor exchange: unknown outcome kind ' .. tostring(kind))
   end
 end
@@ -39,8 +37,8 @@ end
 local lim = read_limits()
 local lost = {}
 for i = 0, n - 1 do
-  local b = 8 + i * 5
-  local id, token, kind, body = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
+  local b = 9 + i * 5
+  local id, token = ARGV[b], ARGV[b + 1]
   local jk = K_JOB .. id
   local f = redis.call('HMGET', jk, 'state', 'token', 'tenant', 'task', 'attempt', 'dedupe_key')
   -- The token fences a worker that lost its lease: it may not touch the job any more.
@@ -48,44 +46,8 @@ for i = 0, n - 1 do
     lost[#lost + 1] = id
   else
     redis.call('ZREM', K_RUNNING, id)
-    left_running(jk, f[3], lim)
-    if kind == 'complete' then
-      finish(id, jk, 'completed', body ~= '' and body or nil, f[6])
-      emit(id, jk, 'completed', nil, f[4], f[3], f[5])
-    elseif kind == 'fail' then
-      add_error(jk, body)
-      finish(id, jk, 'failed', nil, f[6])
-      emit(id, jk, 'failed', cjson.encode({ error = error_message(body) }), f[4], f[3], f[5])
-    elseif kind == 'retry' then
-      local delay = tonumber(ARGV[b + 4]) or 0
-      add_error(jk, body)
-      redis.call('HDEL', jk, 'token')
-      if delay > 0 then
-        schedule(id, jk, NOW + delay)
-      else
-        push_pending(id, jk, false, nil, f[3] or '')
-      end
-      emit(id, jk, 'retried', cjson.encode({ error = error_message(body), delay_ms = delay }))
-    elseif kind == 'defer' then -- rate limited / breaker open: not a failed attempt
-      local delay = tonumber(ARGV[b + 4]) or 0
-      if redis.call('HINCRBY', jk, 'attempt', -1) < 0 then
-        redis.call('HSET', jk, 'attempt', 0)
-      end
-      redis.call('HDEL', jk, 'token', 'started_ms')
-      if delay > 0 then
-        schedule(id, jk, NOW + delay)
-      else
-        push_pending(id, jk, false, nil, f[3] or '')
-      end
-      emit(id, jk, 'deferred', cjson.encode({ reason = body, delay_ms = delay }))
-    else -- release: handed back on shutdown, the attempt does not count
-      if redis.call('HINCRBY', jk, 'attempt', -1) < 0 then
-        redis.call('HSET', jk, 'attempt', 0)
-      end
-      redis.call('HDEL', jk, 'token', 'started_ms')
-      push_pending(id, jk, true, nil, f[3] or '')
-      emit(id, jk, 'released', nil)
-    end
+    apply(id, jk, TRANSITIONS[ARGV[b + 2]], ARGV[b + 3], tonumber(ARGV[b + 4]) or 0,
+      f[3], f[4], f[5], f[6], lim)
   end
 end
 
@@ -158,8 +120,8 @@ local function claim(id, token, tenant)
 end
 
 if limit > 0 then
-  promote_due(BATCH)
-  recovered = recover_expired(BATCH, lim)
+  promote_due(PROMOTE_BATCH)
+  recovered = recover_expired(RECOVER_BATCH, lim)
   local room = limit
   if lim.concurrency then
     room = math.min(room, lim.concurrency - redis.call('ZCARD', K_RUNNING))
@@ -170,9 +132,11 @@ if limit > 0 then
     room = math.min(room, lim.rate - used)
   end
   if room > 0 and redis.call('EXISTS', K_PAUSED) == 0 then
-    if redis.call('ZCARD', K_TPENDING) == 0 then
-      -- No tenant jobs pending: the best jobs are simply the first ones (the path of a
-      -- queue without tenants, as fast as before fairness existed).
+    if not lim.any and redis.call('ZCARD', K_TPENDING) == 0 then
+      -- No limits and no tenant jobs pending: the best jobs are simply the first ones
+      -- (the path of a queue without tenants, as fast as before fairness existed). It
+      -- skips the rotation's bookkeeping; a queue with limits always takes turns, so
+      -- the bucket of jobs without a tenant is on record as served (as on SQLite).
       local popped = redis.call('ZPOPMIN', K_PENDING, room)
       local count = #popped / 2
       if count > 0 then
@@ -198,7 +162,7 @@ if limit > 0 then
           local bucket = K_PENDING
           if tenant ~= '' then bucket = K_TBUCKET .. tenant end
           if redis.call('ZCARD', bucket) == 0 then
-            redis.call('ZREM', K_READY, tenant)
+            leave_rotation(tenant)
           else
             local allowed = 1
             if #ready == 1 then allowed = room end
@@ -227,7 +191,7 @@ if limit > 0 then
                 end
               end
               if redis.call('ZCARD', bucket) == 0 then
-                redis.call('ZREM', K_READY, tenant)
+                leave_rotation(tenant)
               end
             end
           end

@@ -1,12 +1,12 @@
 -- heartbeat: extend the leases a worker still holds.
 --
--- KEYS:    the per-queue keys (see _lib.lua); ARGV[1..3]: wake channel, events maxlen, queue
--- ARGV[4]: lease_ms; then pairs: job id, token
+-- KEYS:    the per-queue keys (see _lib.lua); ARGV[1..4]: the header (see _lib.lua)
+-- ARGV[5]: lease_ms; then pairs: job id, token
 -- Returns: the ids whose lease is gone (job missing, not running, or token changed).
 -- Touches: running (score = new deadline), reads job hashes.
-local deadline = num(NOW + tonumber(ARGV[4]))
+local deadline = num(NOW + tonumber(ARGV[5]))
 local lost = {}
-for i = 5, #ARGV, 2 do
+for i = 6, #ARGV, 2 do
   local id = ARGV[i]
   local f = redis.call('HMGET', K_JOB .. id, 'state', 'token')
   if f[1] == 'running' and f[2] == ARGV[i + 1] then

@@ -1,17 +1,18 @@
--- promote_job: a scheduled (delayed) job becomes pending now.
+-- promote_job: a scheduled (delayed) job (lifecycle.PROMOTABLE) becomes pending now, at
+-- the back of its priority.
 --
--- KEYS:    the per-queue keys (see _lib.lua); ARGV[1..3]: wake channel, events maxlen, queue
--- ARGV[4]: job id
+-- KEYS:    the per-queue keys (see _lib.lua); ARGV[1..4]: the header (see _lib.lua)
+-- ARGV[5]: job id
 -- Returns: { 'ok', HGETALL } | { 'missing' } | { 'invalid', current state }
 -- Touches: scheduled, pending or the tenant's bucket (+ tpending, ready), the job hash,
 --          seq, events; PUBLISH on the wake channel when a bucket was empty.
-local id = ARGV[4]
+local id = ARGV[5]
 local jk = K_JOB .. id
 local state = redis.call('HGET', jk, 'state')
 if not state then return { 'missing' } end
-if state ~= 'scheduled' then return { 'invalid', state } end
+if not PROMOTABLE[state] then return { 'invalid', state } end
 redis.call('ZREM', K_SCHEDULED, id)
-push_pending(id, jk, false, nil, nil)
+push_pending(id, jk, 'back')
 emit(id, jk, 'promoted', nil)
 wake()
 return job_reply(jk)

@@ -1,13 +1,14 @@
 -- purge: delete up to a batch of a queue's jobs, whatever their state; once none are
 -- left, its dedupe keys too. Running jobs' workers will see their outcomes as lost.
 --
--- KEYS:    the per-queue keys (see _lib.lua); ARGV[1..3]: wake channel, events maxlen, queue
--- ARGV[4]: batch size
+-- KEYS:    the per-queue keys (see _lib.lua); ARGV[1..4]: the header (see _lib.lua)
+-- ARGV[5]: batch size
 -- Returns: how many jobs were deleted (< batch: the queue is empty now).
 -- Touches: every state zset, tpending, job hashes (DEL); once empty: dedupe, the tenant
---          buckets (every non-empty bucket is in ready), ready, trunning, rate (DEL).
+--          buckets (every non-empty bucket is in ready), ready, served, trunning, rate
+--          (DEL).
 --          Limits are kept: they are configuration, not jobs.
-local budget = tonumber(ARGV[4])
+local budget = tonumber(ARGV[5])
 local deleted = 0
 for _, zkey in ipairs({ K_PENDING, K_TPENDING, K_SCHEDULED, K_RUNNING, K_COMPLETED, K_FAILED,
                         K_CANCELLED }) do
@@ -27,6 +28,6 @@ if deleted < budget then
       redis.call('DEL', bucket)
     end
   end
-  redis.call('DEL', K_READY, K_TRUNNING, K_RATE)
+  redis.call('DEL', K_READY, K_SERVED, K_TRUNNING, K_RATE)
 end
 return deleted

@@ -1,13 +1,13 @@
 -- recover: recover running jobs whose lease expired (bounded batch).
 --
--- KEYS:    the per-queue keys (see _lib.lua); ARGV[1..3]: wake channel, events maxlen, queue
--- ARGV[4]: batch size
+-- KEYS:    the per-queue keys (see _lib.lua); ARGV[1..4]: the header (see _lib.lua)
+-- ARGV[5]: batch size
 -- Returns: { recovered, more } (more == 1: expired leases remain, call again).
 -- Touches: running, pending (or the job's tenant bucket, tpending, ready), trunning,
 --          failed, job hashes, dedupe, seq, events; PUBLISH on the wake channel when a
 --          bucket was refilled or a slot of a concurrency-limited queue was freed.
-local batch = tonumber(ARGV[4])
-local examined = redis.call('ZCOUNT', K_RUNNING, '-inf', '(' .. num(NOW))
+local batch = tonumber(ARGV[5])
+local examined = redis.call('ZCOUNT', K_RUNNING, '-inf', num(NOW))
 local recovered = recover_expired(batch)
 wake()
 local more = 0

@@ -3,10 +3,10 @@
 -- KEYS[1]: workers zset "{p}:workers" (id -> expiry ms)
 -- KEYS[2]: workers info hash "{p}:workers:info" (id -> "<last seen ms>\n<info json>")
 -- ARGV[1]: worker id   ARGV[2]: info json   ARGV[3]: ttl_ms
+-- ARGV[4]: now in ms from a test clock, or '' (Redis TIME; see _clock.lua)
 -- Returns: 1
 -- Touches: both worker keys (one hash tag, so one slot).
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = clock_ms(ARGV[4])
 local stale = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', string.format('%.0f', now),
   'LIMIT', 0, 100)
 for _, id in ipairs(stale) do

@@ -1,6 +1,6 @@
 -- resume: undo pause and wake idle workers if there is pending work.
 --
--- KEYS:    the per-queue keys (see _lib.lua); ARGV[1..3]: wake channel, events maxlen, queue
+-- KEYS:    the per-queue keys (see _lib.lua); ARGV[1..4]: the header (see _lib.lua)
 -- Returns: 1
 -- Touches: paused; PUBLISH on the wake channel when pending is not empty (workers that
 --          slept while the queue was paused would not wake otherwise).

@@ -1,22 +1,35 @@
--- retry_all: operator retry of up to a batch of failed (or cancelled) jobs, oldest first.
+-- retry_all: operator retry of up to a batch of failed (or cancelled) jobs, the most
+-- recently finished first (as on SQLite). A job whose dedupe key is held by another live
+-- job is skipped: it stays where it is and is not counted.
 --
--- KEYS:    the per-queue keys (see _lib.lua); ARGV[1..3]: wake channel, events maxlen, queue
--- ARGV[4]: state ('failed' | 'cancelled')   ARGV[5]: batch size
--- Returns: how many were retried (== batch: call again for the rest).
+-- KEYS:    the per-queue keys (see _lib.lua); ARGV[1..4]: the header (see _lib.lua)
+-- ARGV[5]: state ('failed' | 'cancelled', checked by the app)   ARGV[6]: batch size
+-- ARGV[7]: offset: jobs skipped by the earlier calls of this run (they stay at the head
+--          of the walk, so this call starts after them)
+-- ARGV[8]: the run's bound: only jobs finished at or before it ('' on the first call:
+--          now). Jobs that finish during the run are left out, so the offset holds.
+-- Returns: { retried, examined, skipped, bound } (examined == batch: call again for the
+--          rest with offset + skipped and the bound).
 -- Touches: failed/cancelled, pending or the tenant's bucket (+ tpending, ready), job
 --          hashes, dedupe, seq, events; PUBLISH on the wake channel when a bucket was empty.
-local state = ARGV[4]
-if state ~= 'failed' and state ~= 'cancelled' then
-  return redis.error_reply('ERR conveyor retry_all: state must be failed or cancelled')
-end
-local ids = redis.call('ZRANGE', BY_STATE[state], 0, tonumber(ARGV[5]) - 1)
+local state = ARGV[5]
+local batch, offset = tonumber(ARGV[6]), tonumber(ARGV[7])
+local bound = ARGV[8]
+if bound == '' then bound = num(NOW) end
+local zkey = BY_STATE[state]
+local ids = redis.call('ZREVRANGEBYSCORE', zkey, bound, '-inf', 'LIMIT', offset, batch)
+local retried, skipped = 0, 0
 for _, id in ipairs(ids) do
   local jk = K_JOB .. id
   if redis.call('HGET', jk, 'state') == state then
-    retry_finished(id, jk, state)
+    if retry_finished(id, jk, state) then
+      skipped = skipped + 1
+    else
+      retried = retried + 1
+    end
   else
-    redis.call('ZREM', BY_STATE[state], id) -- a stale index entry: drop it
+    redis.call('ZREM', zkey, id) -- a stale index entry: drop it
   end
 end
 wake()
-return #ids
+return { retried, #ids, skipped, bound }

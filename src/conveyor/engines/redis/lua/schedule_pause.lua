@@ -4,14 +4,14 @@
 --
 -- KEYS[1]: the schedule hash "{p}:schedule:<name>"
 -- ARGV[1]: '1' to pause, '0' to resume
+-- ARGV[2]: now in ms from a test clock, or '' (Redis TIME; see _clock.lua)
 -- Returns: 1 if the schedule exists, 0 otherwise.
 -- Touches: KEYS[1].
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return 0
 end
 if ARGV[1] == '0' and redis.call('HGET', KEYS[1], 'paused') == '1' then
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local now = clock_ms(ARGV[2])
   redis.call('HSET', KEYS[1], 'since_ms', string.format('%.0f', now))
 end
 redis.call('HSET', KEYS[1], 'paused', ARGV[1])

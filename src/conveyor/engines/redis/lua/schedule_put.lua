@@ -5,12 +5,12 @@
 -- KEYS[1]: the schedule name set "{p}:schedules"
 -- KEYS[2]: the schedule hash "{p}:schedule:<name>"
 -- ARGV[1]: name   ARGV[2]: spec json   ARGV[3]: source ('code' | 'runtime')
+-- ARGV[4]: now in ms from a test clock, or '' (Redis TIME; see _clock.lua)
 -- Returns: 1 if created, 0 if updated.
 -- Touches: both keys (one hash tag).
 local created = 0
 if redis.call('EXISTS', KEYS[2]) == 0 then
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local now = clock_ms(ARGV[4])
   redis.call('HSET', KEYS[2], 'paused', '0', 'since_ms', string.format('%.0f', now))
   created = 1
 end

@@ -1,0 +1,445 @@
+"""The Redis engine's connection layer: URL, pools, scripts, error mapping, plumbing.
+
+`RedisBase` holds everything the engine's parts share: the redis-py pool (reads,
+pub/sub, TLS), the hot-path `Lane` (script calls), the registered Lua scripts (each
+assembled from `lua/` with the lifecycle prelude, see `_script_source`), the per-queue
+KEYS/ARGV header, and `driver_errors`, which turns redis-py's connection errors and the
+server's "not now" replies into `EngineUnavailable` / `EngineFull` (see errors.py). The
+parts (`flow`, `wakeups`, `operations`, `reads`, `coordination`) are subclasses of it
+that `engine.RedisEngine` puts together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from importlib import resources
+from typing import Any, Concatenate, ParamSpec, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import hiredis
+import redis.asyncio as aioredis
+from redis.asyncio.client import PubSub
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from ... import lifecycle
+from ...clock import Clock
+from ...durability import ServerSettings
+from ...errors import ConfigError, EngineUnavailable, InvalidState
+from ...job import Job, decode_job, decode_lenient
+from .errors import classify, with_flags
+from .keys import KeyLayout, QueueKeys
+from .lane import Lane, url_timeouts
+from .server import read_server
+
+P = ParamSpec("P")
+R = TypeVar("R")
+B = TypeVar("B", bound="RedisBase")
+
+# Scripts that share the per-queue KEYS/ARGV layout: they get the lifecycle prelude and
+# `_lib.lua` prepended.
+_QUEUE_SCRIPTS = (
+    "enqueue",
+    "exchange",
+    "heartbeat",
+    "set_progress",
+    "recover",
+    "retry_job",
+    "cancel_job",
+    "promote_job",
+    "retry_all",
+    "clean",
+    "purge",
+    "pause",
+    "resume",
+    "counts",
+    "set_limits",
+)
+_WORKER_SCRIPTS = ("register_worker", "unregister_worker", "workers")
+# Scripts that read the time: they get `_clock.lua` (see there: Redis TIME, or a test
+# clock's now passed in ARGV).
+_TIMED_SCRIPTS = (*_QUEUE_SCRIPTS, "register_worker", "workers", "schedule_put",
+                  "schedule_pause", "throughput_history")  # fmt: skip
+
+_DRIVER_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+_MAX_CONNECTIONS = 1000  # per engine (process); far above what one process keeps busy
+
+
+@functools.cache
+def _script_source(name: str) -> str:
+    """The Lua text of one operation (read once per process)."""
+    lua = resources.files(__package__) / "lua"
+    parts = [(lua / f"{name}.lua").read_text("utf-8")]
+    if name in _QUEUE_SCRIPTS:
+        # The job rules (lifecycle) and the shared helpers must be defined before the
+        # operation's code runs.
+        parts[:0] = [lifecycle.lua_prelude(), (lua / "_lib.lua").read_text("utf-8")]
+    if name in _TIMED_SCRIPTS:
+        parts.insert(0, (lua / "_clock.lua").read_text("utf-8"))
+    return "\n".join(parts)
+
+
+def _split_url(url: str) -> tuple[str, str, str]:
+    """Return (URL for redis-py, key prefix, URL safe to show: no password).
+
+    Raises:
+        ConfigError: not a redis:// or rediss:// URL, or an unusable prefix.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):
+        raise ConfigError(
+            f"{url!r} is not a Redis URL: use redis://host:6379/0 or rediss://host:6380/0"
+        )
+    prefix = "conveyor"
+    rest: list[tuple[str, str]] = []
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if key == "prefix":
+            prefix = value
+        else:
+            rest.append((key, value))
+    if not prefix or any(c in prefix for c in "{} \t\r\n"):
+        raise ConfigError(
+            f"Redis key prefix {prefix!r} is unusable: use letters, digits, '_', '-', '.' "
+            "or ':', e.g. ?prefix=conveyor"
+        )
+    clean = urlunsplit(parts._replace(query=urlencode(rest)))
+    shown = url
+    if parts.password is not None:
+        netloc = parts.netloc.rsplit("@", 1)[-1]
+        user = f"{parts.username}:***@" if parts.username else ":***@"
+        shown = urlunsplit(parts._replace(netloc=user + netloc))
+    return clean, prefix, shown
+
+
+def driver_errors(
+    fn: Callable[Concatenate[B, P], Awaitable[R]],
+) -> Callable[Concatenate[B, P], Coroutine[Any, Any, R]]:
+    """Turn redis-py's connection errors and the server's "not now" replies into
+    `EngineUnavailable` / `EngineFull` naming the URL (errors.py), and never let a
+    cancellation get lost inside redis-py.
+
+    Python 3.11's `asyncio.wait_for`, which redis-py uses around socket I/O, returns the
+    result and drops the cancellation when a cancel lands just as the read completes:
+
+        worker shutdown: heartbeat_task.cancel()
+        heartbeat task:  await engine.register_worker(...)  -> returns normally
+                         await asyncio.sleep(interval)      -> sleeps on, never cancelled
+
+    The task still counts the request (`Task.cancelling()`), so a request that arrived
+    during the call and was swallowed is raised here. The operation itself did run, as
+    it could have with a cancel arriving just after the reply.
+    """
+
+    async def wrapper(self: B, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        task = asyncio.current_task()
+        cancels = task.cancelling() if task is not None else 0
+        try:
+            result = await fn(self, *args, **kwargs)
+        except _DRIVER_DOWN as exc:  # LOADING is one for redis-py (BusyLoadingError)
+            raise (classify(exc, self.url) or self._unavailable(exc)) from exc
+        except ResponseError as exc:  # LOADING, OOM, READONLY...: see errors.py
+            error = classify(exc, self.url)
+            if error is None:
+                raise
+            raise error from exc
+        if task is not None and task.cancelling() > cancels:
+            raise asyncio.CancelledError
+        return result
+
+    functools.update_wrapper(wrapper, fn)
+    return wrapper
+
+
+def job_fields(flat: Sequence[Any]) -> dict[str, Any]:
+    """A flat HGETALL reply from a script as the fields `decode_job` reads."""
+    it = iter(flat)
+    return with_errors(dict(zip(it, it, strict=True)))
+
+
+def with_errors(fields: dict[str, Any]) -> dict[str, Any]:
+    # Errors live in numbered fields err:1..err:<nerr>; most jobs have none, so the
+    # presence of `nerr` is checked first and the hot path pays nothing.
+    if "nerr" in fields:
+        try:
+            count = int(fields["nerr"])
+        except ValueError:
+            count = 0
+        fields["errors"] = [
+            fields[key] for i in range(1, count + 1) if (key := f"err:{i}") in fields
+        ]
+    return fields
+
+
+class _HiredisPacking:
+    """Pack commands with hiredis (C) instead of redis-py's Python packer.
+
+    A bulk enqueue or an exchange sends thousands of arguments per call; packing them
+    in Python cost ~2 us per argument, about half of the client CPU of an enqueue.
+    """
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        # Like redis-py: a command name of several words ("SCRIPT LOAD") is split.
+        if isinstance(args[0], str) and " " in args[0]:
+            args = (*args[0].split(), *args[1:])
+        return [hiredis.pack_command(args)]
+
+
+class _FastConnection(_HiredisPacking, aioredis.Connection):
+    pass
+
+
+class _FastSSLConnection(_HiredisPacking, aioredis.SSLConnection):
+    pass
+
+
+class RedisBase:
+    """What every part of the Redis engine shares (see `engine.RedisEngine` for the
+    arguments)."""
+
+    def __init__(
+        self, url: str, *, events_maxlen: int = 10_000, clock: Clock | None = None
+    ) -> None:
+        redis_url, self.prefix, self.url = _split_url(url)
+        # `?socket_connect_timeout=` / `?socket_timeout=` (seconds), defaults 2 and 5.
+        connect_timeout, self._timeout = url_timeouts(redis_url)
+        self._clock = clock
+        self._keys = KeyLayout(self.prefix)
+        self._events_maxlen = str(events_maxlen)
+        # A plain (non-blocking) pool with a high cap: redis-py's BlockingConnectionPool
+        # adds a wait_for and a queue to every command (~25% of a single enqueue's client
+        # CPU); bursts beyond the cap (the API bounds its own) fail with a clear error.
+        pool = aioredis.ConnectionPool.from_url(
+            redis_url,
+            max_connections=_MAX_CONNECTIONS,
+            connection_class=(
+                _FastSSLConnection if redis_url.startswith("rediss://") else _FastConnection
+            ),
+            decode_responses=True,
+            socket_connect_timeout=connect_timeout,
+            socket_timeout=self._timeout,
+            socket_keepalive=True,
+            # A pooled connection idle for longer is PINGed before use, so a connection
+            # that died with a restarted Redis is noticed before a command is sent on it.
+            health_check_interval=30,
+            # Retry only connection errors: after a Redis restart the pool's connections
+            # are dead and the command never reached Redis, so resending is safe. Read
+            # timeouts are not retried: the script may have run.
+            retry=Retry(
+                ExponentialWithJitterBackoff(cap=1.0, base=0.05),
+                3,
+                supported_errors=(RedisConnectionError,),
+            ),
+            retry_on_error=[RedisConnectionError],
+        )
+        self._pool = pool
+        self._client = aioredis.Redis(connection_pool=pool)
+        self._version: tuple[int, ...] | None = None  # the server's, read by connect()
+        # Durable only with AOF on (issue 14.9); known once connect() read the server.
+        self.durable = True
+        self.server_settings: ServerSettings | None = None
+        self._scripts: dict[str, AsyncScript] = {
+            name: self._client.register_script(_script_source(name))
+            for name in (*_QUEUE_SCRIPTS, *_WORKER_SCRIPTS)
+        }
+        # Script calls (every state change) use a leaner connection than redis-py's; TLS
+        # stays on redis-py (see lane.py).
+        self._lane = (
+            Lane(redis_url, connect_timeout=connect_timeout, timeout=self._timeout)
+            if redis_url.startswith("redis://")
+            else None
+        )
+        self._enqueue = self._scripts["enqueue"]
+        self._exchange = self._scripts["exchange"]
+        self._queue_args: dict[str, tuple[QueueKeys, list[str], list[str]]] = {}
+        self._known_queues: set[str] = set()  # SADDed to the queue registry already
+        # Wake-ups (see wait_for_jobs): one pub/sub connection, read by one listener task.
+        self._pubsub: PubSub | None = None
+        self._listener: asyncio.Task[None] | None = None
+        self._subscribing: asyncio.Task[None] | None = None
+        self._requested: set[str] = set()  # queues we sent SUBSCRIBE for
+        self._subscribed: set[str] = set()  # queues whose subscription Redis confirmed
+        self._woken: dict[str, bool] = {}  # a wake-up arrived since the last claim
+        self._signal = asyncio.Event()
+
+    # --- plumbing ------------------------------------------------------------------------
+    def _unavailable(self, exc: BaseException) -> EngineUnavailable:
+        return EngineUnavailable(
+            f"cannot reach Redis at {self.url} ({type(exc).__name__}: {exc}): is "
+            "redis-server running? check CONVEYOR_URL (or REDIS_URL)"
+        )
+
+    def _q(self, queue: str) -> tuple[QueueKeys, list[str], list[str]]:
+        """Keys and ARGV header of a queue's scripts (cached: built once per queue)."""
+        entry = self._queue_args.get(queue)
+        if entry is None:
+            keys = self._keys.queue(queue)
+            entry = (keys, keys.all(), [keys.wake_channel, self._events_maxlen, queue, ""])
+            self._queue_args[queue] = entry
+        if self._clock is not None:
+            keys, all_keys, header = entry
+            return keys, all_keys, [*header[:3], self._now()]
+        return entry
+
+    def _now(self) -> str:
+        """ARGV's "now": '' lets Redis TIME decide; a test clock's now in ms otherwise."""
+        return "" if self._clock is None else str(self._clock.now_ms())
+
+    async def _run(self, name: str, queue: str, *args: str | int) -> Any:
+        """One per-queue script call."""
+        _, keys, header = self._q(queue)
+        return await self._eval(self._scripts[name], keys, [*header, *args])
+
+    async def _eval(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
+        if self._lane is None:
+            return await script(keys=keys, args=args)
+        try:
+            return await self._lane.call("EVALSHA", script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            # Redis restarted (scripts are not persisted): this call did not run, so
+            # running it through the script object (which loads it first) is safe.
+            return await script(keys=keys, args=args)
+
+    async def _run_many(
+        self,
+        calls: Sequence[tuple[AsyncScript, list[str], list[Any]]],
+        *,
+        add_queues: Iterable[str] = (),
+    ) -> list[Any]:
+        """Several script calls in one round trip (pipelined, not a transaction).
+
+        Each script is atomic on its own; they touch different queues, so nothing is
+        gained by MULTI, which Redis Cluster would refuse across slots anyway.
+        `add_queues` are SADDed to the queue registry in the same round trip.
+        """
+        names = list(add_queues)
+        if len(calls) == 1 and not names:
+            script, keys, args = calls[0]
+            return [await self._eval(script, keys, args)]
+        replies: list[Any]
+        if self._lane is not None:
+            commands: list[tuple[Any, ...]] = [("SADD", self._keys.queues, *names)] if names else []
+            commands += [("EVALSHA", s.sha, len(k), *k, *a) for s, k, a in calls]
+            replies = await self._lane.call_many(commands)
+        else:
+            async with self._client.pipeline(transaction=False) as pipe:
+                if names:
+                    pipe.sadd(self._keys.queues, *names)
+                for script, keys, args in calls:
+                    pipe.evalsha(script.sha, len(keys), *keys, *args)
+                replies = await pipe.execute(raise_on_error=False)
+        if names:
+            if isinstance(replies[0], Exception):
+                raise replies[0]
+            replies = replies[1:]
+        out: list[Any] = []
+        for (script, keys, args), reply in zip(calls, replies, strict=True):
+            if isinstance(reply, NoScriptError):
+                # Redis restarted (scripts are not persisted): this call did not run, so
+                # running it again through the script object (which reloads) is safe.
+                reply = await script(keys=keys, args=args)
+            elif isinstance(reply, Exception):
+                raise reply
+            out.append(reply)
+        return out
+
+    def _global_script(self, name: str) -> AsyncScript:
+        """A script that works on global keys (registered on first use; redis-py loads it
+        again by itself after a NOSCRIPT, e.g. when Redis restarted)."""
+        script = self._scripts.get(name)
+        if script is None:
+            script = self._scripts[name] = self._client.register_script(self._source(name))
+        return script
+
+    @staticmethod
+    def _decode_reply(
+        reply: list[Any], job_id: str, refusal: Callable[[str, str], InvalidState]
+    ) -> Job:
+        """The job of an operator script's reply, or lifecycle's error for its refusal."""
+        status = reply[0]
+        if status == "missing":
+            raise lifecycle.not_found(job_id)
+        if status == "invalid":
+            raise refusal(job_id, reply[1])
+        if status == "held":
+            raise lifecycle.dedupe_held(job_id, reply[1], reply[2])
+        return decode_job(job_fields(reply[1]))
+
+    async def _load(self, queue: str, ids: Sequence[str]) -> list[Job]:
+        if not ids:
+            return []
+        keys = self._keys.queue(queue)
+        async with self._client.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hgetall(keys.job(job_id))
+            rows = await pipe.execute()
+        # A job deleted between the index read and this one is skipped, not an error.
+        return [decode_lenient(with_errors(fields)) for fields in rows if fields]
+
+    # --- connection ------------------------------------------------------------------------
+    @driver_errors
+    async def connect(self) -> None:
+        """Check that Redis answers and load the scripts.
+
+        Raises:
+            EngineUnavailable: Redis cannot be reached; the message names the URL.
+        """
+        await self._client.ping()
+        # Read at every connect: durability and the policy can change between restarts.
+        version, self.server_settings = await read_server(self._client)
+        self.durable = self.server_settings.durable is not False  # AOF off: not durable
+        if self._version is None:  # Redis 7+: worker scripts may write past maxmemory
+            self._version = version
+            for name in list(self._scripts):
+                self._scripts[name] = self._client.register_script(self._source(name))
+            self._enqueue, self._exchange = self._scripts["enqueue"], self._scripts["exchange"]
+        async with self._client.pipeline(transaction=False) as pipe:
+            for script in self._scripts.values():
+                pipe.script_load(script.script)
+            await pipe.execute()
+
+    def _source(self, name: str) -> str:
+        """Script `name` as loaded: the lifecycle prelude and helpers (`_script_source`)
+        under the flags this server understands (errors.py), whose `#!lua` line
+        `with_flags` puts first, where Redis looks for it."""
+        return with_flags(name, _script_source(name), self._version or (0,))
+
+    async def close(self) -> None:
+        """Stop the wake-up listener and release connections. Safe to call twice."""
+        tasks = [t for t in (self._listener, self._subscribing) if t is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            # Bounded: a cancel swallowed inside redis-py must not hang shutdown.
+            await asyncio.wait(tasks, timeout=2.0)
+        self._listener = self._subscribing = None
+        if self._pubsub is not None:
+            with contextlib.suppress(Exception):
+                await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+            self._pubsub = None
+        self._requested.clear()
+        self._subscribed.clear()
+        if self._lane is not None:
+            self._lane.close()
+        with contextlib.suppress(Exception):
+            await self._client.aclose()
+        with contextlib.suppress(Exception):
+            await self._pool.disconnect()  # we built the pool, so the client does not own it
+
+    @driver_errors
+    async def ping(self) -> float:
+        """Round-trip time of a PING in seconds.
+
+        Raises:
+            EngineUnavailable: Redis cannot be reached.
+        """
+        start = time.perf_counter()
+        await self._client.ping()
+        return time.perf_counter() - start

@@ -1,0 +1,217 @@
+"""The job flow on Redis: producers' enqueue, workers' exchange (outcomes and claims),
+heartbeats, progress, and expired-lease recovery (the hot path).
+
+Round trips are the cost (see bench/): a worker's `exchange`
+acknowledges its finished jobs and claims new ones from a queue in one script call, and
+a producer's `enqueue` stores a batch in one script call per queue and chunk of at most
+`lifecycle.BULK_BATCH` jobs (pipelined together, wave by wave).
+What each outcome does to a job is decided by `conveyor.lifecycle` and applied in Lua.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ... import lifecycle
+from ...job import EnqueueResult, JobState, NewJob, decode_lenient, queue_of
+from ..base import Exchange, Outcome
+from .bulk import bulk_waves
+from .connection import RedisBase, driver_errors, job_fields
+
+
+class RedisFlow(RedisBase):
+    """Enqueue, exchange, heartbeat, progress, recovery (see `conveyor.engines.base`)."""
+
+    @driver_errors
+    async def enqueue(self, jobs: Sequence[NewJob]) -> list[EnqueueResult]:
+        """Store jobs: one script call per queue and chunk, pipelined per wave.
+
+        A script blocks Redis while it runs (a 20,000-job call blocked every worker's
+        claim and heartbeat for 391 ms), so each queue's jobs go in chunks of at most
+        `lifecycle.BULK_BATCH` (a few ms each). Wave k holds chunk k of every queue in one
+        round trip; the next wave is sent only after it succeeded, so other clients'
+        commands run between chunks. What that promises (the README says it too):
+
+            every chunk is all or nothing; if a wave fails, the call raises and the
+            jobs stored are, per queue, a prefix of its jobs in input order (whole
+            chunks); a call of at most BULK_BATCH jobs per queue is all or nothing.
+
+        Args:
+            jobs: validated jobs.
+
+        Returns:
+            One result per job, in input order (`created=False`: a dedupe key pointed at
+            a live job, whose id and state are returned).
+        """
+        if not jobs:
+            return []
+        groups: dict[str, list[int]] = {}
+        for i, job in enumerate(jobs):
+            groups.setdefault(job.queue, []).append(i)
+        waves = bulk_waves(groups, lifecycle.BULK_BATCH)
+        results: list[EnqueueResult | None] = [None] * len(jobs)
+        for wave in waves:
+            calls = [(self._enqueue, *self._enqueue_call(q, jobs, ix)) for q, ix in wave]
+            # The queue registry only grows, so each process SADDs a queue once; then a
+            # single-queue enqueue is one EVALSHA, not a pipeline (half the client CPU).
+            new_queues = [q for q, _ in wave if q not in self._known_queues]
+            replies = await self._run_many(calls, add_queues=new_queues)
+            self._known_queues.update(new_queues)
+            for (_, indexes), reply in zip(wave, replies, strict=True):
+                for n, i in enumerate(indexes):
+                    job_id, created, state = reply[3 * n : 3 * n + 3]
+                    results[i] = EnqueueResult(job_id, bool(created), JobState(state))
+        return [r for r in results if r is not None]
+
+    def _enqueue_call(
+        self, queue: str, jobs: Sequence[NewJob], indexes: Sequence[int]
+    ) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of one `enqueue` script call for `jobs[i] for i in indexes`."""
+        _, keys, header = self._q(queue)
+        args: list[Any] = [*header, len(indexes)]
+        for i in indexes:
+            j = jobs[i]
+            args += (
+                j.id,
+                j.task,
+                j.payload_json,
+                j.max_attempts,
+                j.priority,
+                j.tenant or "",
+                j.dedupe_key or "",
+                "" if j.timeout is None else int(j.timeout * 1000),
+                j.backoff_json or "",
+                j.delay_ms,
+                "" if j.run_at_ms is None else j.run_at_ms,
+            )
+        return keys, args
+
+    @driver_errors
+    async def exchange(
+        self,
+        outcomes: Sequence[Outcome],
+        *,
+        queues: Sequence[str],
+        limit: int,
+        worker_id: str,
+        lease_ms: int,
+    ) -> Exchange:
+        """Apply `outcomes`, then claim up to `limit` jobs from `queues` in order.
+
+        A queue's outcomes and its claim travel in the same script call; queues are
+        visited in order until `limit` is filled (each claim depends on how many the
+        previous one got). Outcomes of queues not claimed from go in one pipeline.
+
+        Returns:
+            Claimed jobs, ids whose lease was lost, and ms until the next due job.
+        """
+        by_queue: dict[str, list[Outcome]] = {}
+        for outcome in outcomes:
+            by_queue.setdefault(queue_of(outcome.job_id), []).append(outcome)
+        result = Exchange()
+        remaining = limit
+        next_due: int | None = None
+        if remaining > 0:
+            claim_from = list(dict.fromkeys(queues))
+            # Outcomes of queues this call will not claim from go first, together.
+            others = [q for q in by_queue if q not in claim_from]
+            if others:
+                await self._apply_outcomes(
+                    {q: by_queue.pop(q) for q in others}, worker_id, lease_ms, result
+                )
+            for queue in claim_from:
+                outs = by_queue.pop(queue, [])
+                if remaining <= 0 and not outs:
+                    continue
+                # A wake-up that arrives from now on is for work this claim cannot see
+                # (see wait_for_jobs), so forget the ones before it.
+                if queue in self._woken:
+                    self._woken[queue] = False
+                lost, due, claimed, recovered = await self._run(
+                    "exchange",
+                    queue,
+                    *self._exchange_args(outs, worker_id, lease_ms, max(remaining, 0)),
+                )
+                result.lost.extend(lost)
+                result.recovered += recovered
+                for flat in claimed:
+                    result.jobs.append(decode_lenient(job_fields(flat)))
+                remaining = limit - len(result.jobs)
+                if due >= 0 and (next_due is None or due < next_due):
+                    next_due = due
+        if by_queue:
+            await self._apply_outcomes(by_queue, worker_id, lease_ms, result)
+        result.next_due_ms = next_due
+        return result
+
+    @staticmethod
+    def _exchange_args(
+        outcomes: Sequence[Outcome], worker_id: str, lease_ms: int, limit: int
+    ) -> list[Any]:
+        args: list[Any] = [worker_id, lease_ms, limit, len(outcomes)]
+        for o in outcomes:
+            if o.kind == "complete":
+                body = o.result_json
+            elif o.kind == "defer":
+                body = o.reason
+            elif o.kind == "release":
+                body = None
+            else:
+                body = o.error_json
+            args += (o.job_id, o.token, o.kind, body or "", o.delay_ms)
+        return args
+
+    async def _apply_outcomes(
+        self, groups: dict[str, list[Outcome]], worker_id: str, lease_ms: int, result: Exchange
+    ) -> None:
+        calls = []
+        for queue, outs in groups.items():
+            _, keys, header = self._q(queue)
+            calls.append(
+                (
+                    self._exchange,
+                    keys,
+                    [*header, *self._exchange_args(outs, worker_id, lease_ms, 0)],
+                )
+            )
+        for lost, _, _, _ in await self._run_many(calls):
+            result.lost.extend(lost)
+
+    @driver_errors
+    async def heartbeat(self, leases: Sequence[tuple[str, str]], *, lease_ms: int) -> list[str]:
+        """Extend leases `(job_id, token)` to now + lease_ms (one round trip).
+
+        Returns:
+            Ids whose lease was lost (job gone, not running, or token changed).
+        """
+        if not leases:
+            return []
+        groups: dict[str, list[str]] = {}
+        for job_id, token in leases:
+            groups.setdefault(queue_of(job_id), []).extend((job_id, token))
+        calls = []
+        for queue, pairs in groups.items():
+            _, keys, header = self._q(queue)
+            calls.append((self._scripts["heartbeat"], keys, [*header, lease_ms, *pairs]))
+        return [job_id for lost in await self._run_many(calls) for job_id in lost]
+
+    @driver_errors
+    async def set_progress(self, job_id: str, token: str, progress_json: str) -> bool:
+        """Store progress of a running job; False when the lease is gone."""
+        return bool(await self._run("set_progress", queue_of(job_id), job_id, token, progress_json))
+
+    @driver_errors
+    async def recover_expired(self, queues: Sequence[str]) -> int:
+        """Recover running jobs whose lease expired; returns how many were recovered."""
+        total = 0
+        todo = list(dict.fromkeys(queues))
+        while todo:
+            calls = []
+            for queue in todo:
+                _, keys, header = self._q(queue)
+                calls.append((self._scripts["recover"], keys, [*header, lifecycle.RECOVER_BATCH]))
+            replies = await self._run_many(calls)
+            total += sum(int(recovered) for recovered, _ in replies)
+            todo = [q for q, (_, more) in zip(todo, replies, strict=True) if more]
+        return total

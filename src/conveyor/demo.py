@@ -58,7 +58,13 @@ def build_app(url: str | None = None) -> Conveyor:
     return app
 
 
-async def produce(app: Conveyor, rate: float, stop: asyncio.Event) -> None:
+# The demo tasks as an app reference (`conveyor worker conveyor.demo:app`): what the
+# Docker Compose and Kubernetes examples run until you put your own app there.
+app = build_app()
+
+
+async def produce(app: Conveyor, rate: float, stop: asyncio.Event) -> int:
+    """Enqueue demo jobs at about `rate` per second until `stop`; return how many."""
     n = 0
     while not stop.is_set():
         batch: list[dict[str, object]] = []
@@ -80,6 +86,25 @@ async def produce(app: Conveyor, rate: float, stop: asyncio.Event) -> None:
         await app.enqueue_many(batch)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 0.1)
+    return n
+
+
+async def summary(app: Conveyor, worker: Worker, enqueued: int, elapsed: float) -> str:
+    """What the demo did, printed when it stops (the live table is gone by then)."""
+    counts = [await app.counts(q) for q in QUEUES]
+    done = sum(c.completed for c in counts)
+    dead = sum(c.failed for c in counts)
+    left = sum(c.pending + c.scheduled + c.running for c in counts)
+    lines = [
+        f"demo stopped after {elapsed:.0f}s: enqueued {enqueued} jobs this run",
+        f"  in the queues now: {done} completed, {dead} failed (dead-letter), {left} "
+        "pending/scheduled (the next run picks them up)",
+        f"  this worker: {worker.stats.processed} completed, {worker.stats.retried} retried, "
+        f"{worker.stats.failed} failed, {worker.stats.released} handed back at shutdown",
+        f"  jobs are kept in {app.url}: `conveyor queues`, "
+        "`conveyor jobs webhooks --state failed`, `conveyor retry-all webhooks`",
+    ]
+    return "\n".join(lines)
 
 
 async def view(
@@ -147,13 +172,16 @@ async def run_demo(
         loop.add_signal_handler(sig, on_signal)
     if duration is not None:
         loop.call_later(duration, on_signal)
+    started = time.monotonic()
     producer = asyncio.create_task(produce(app, rate, stop))
     screen = asyncio.create_task(view(app, worker, url, f"{stack.url}/dashboard", done))
     try:
         await stack.run()
     finally:
         stop.set()
-        await producer
+        enqueued = await producer
         done.set()
         await screen
+        with contextlib.suppress(Exception):  # a summary must not hide why we stopped
+            print("\n" + await summary(app, worker, enqueued, time.monotonic() - started))
         await app.close()

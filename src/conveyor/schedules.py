@@ -473,6 +473,7 @@ class ScheduleInfo:
     next_run: float | None  # epoch seconds; None when paused or never again
     last_run: float | None  # epoch seconds of the latest occurrence enqueued
     error: str | None = None  # why the stored spec cannot be used
+    spec: ScheduleSpec | None = None  # the decoded definition (None when it cannot be read)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready view."""
@@ -528,4 +529,5 @@ def schedule_info(stored: StoredSchedule, now_ms: int) -> ScheduleInfo:
         source=stored.source,
         next_run=nxt,
         last_run=last,
+        spec=spec,
     )

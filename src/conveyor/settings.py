@@ -31,6 +31,10 @@ class Settings(BaseSettings):
     url: str = Field(
         DEFAULT_URL, description="engine URL: redis://, rediss://, sqlite:///, memory://"
     )
+    app: str | None = Field(
+        None,
+        description="your app as MODULE:ATTR, for operations commands that use its tasks",
+    )
     queues: tuple[str, ...] = Field(("default",), description="queues a worker consumes, in order")
     concurrency: int = Field(10, ge=1, le=10_000, description="jobs one worker runs at once")
     # Fleet-wide limits of the worker's queues, stored in the engine when it starts.

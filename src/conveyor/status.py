@@ -18,12 +18,14 @@ from typing import TYPE_CHECKING, Any
 from .engines import QueueCounts
 from .errors import ConfigError, EngineUnavailable
 from .job import JobState
+from .limits import QueueLimits
 from .settings import redact
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from .app import Conveyor
+    from .job import Job
 
 __all__ = [
     "DEFAULT_STATUS_TIMEOUT",
@@ -97,23 +99,37 @@ def format_duration(seconds: float | None) -> str:
     return f"{secs}s"
 
 
-def overview_row(counts: QueueCounts, now_ms: int) -> dict[str, Any]:
+def overview_row(
+    counts: QueueCounts,
+    now_ms: int,
+    limits: QueueLimits | None = None,
+    held: Sequence[str] = (),
+) -> dict[str, Any]:
     """One queue's overview from its counts (the shape `queue_overview` returns).
 
     Args:
         counts: the engine's counts for the queue.
         now_ms: wall-clock milliseconds to measure the oldest pending job's age against.
+        limits: the limits the engine enforces for the queue (None: none).
+        held: why its pending jobs wait (see `held_back`).
 
     Returns:
-        The counts per state plus `paused`, `oldest_pending_age_seconds` (None when
-        nothing is pending), `completed_1m`, `failed_1m` and `throughput_per_min`
-        (jobs that finished, either way, in the last minute).
+        The counts per state plus `paused`, `oldest_pending_created_at` (Unix seconds)
+        and `oldest_pending_age_seconds` (both None when nothing is pending),
+        `completed_1m`, `failed_1m` and `throughput_per_min` (jobs that finished,
+        either way, in the last minute), `limits` (those set) and `held_back`.
     """
     row = counts.to_dict()
-    oldest = counts.oldest_pending_ms
+    oldest = row.pop("oldest_pending_ms")
+    # Published as what it is, a point in time in seconds like every job timestamp (it
+    # was `oldest_pending_ms`, which read as a duration).
+    row["oldest_pending_created_at"] = None if oldest is None else oldest / 1000
     # Engine and reader clocks can differ by a few ms (Redis TIME): never show a negative age.
     row["oldest_pending_age_seconds"] = None if oldest is None else max(0, now_ms - oldest) / 1000
     row["throughput_per_min"] = counts.completed_1m + counts.failed_1m
+    shown = limits.to_dict() if limits is not None else {}
+    row["limits"] = {k: v for k, v in shown.items() if v is not None}
+    row["held_back"] = list(held)
     return row
 
 
@@ -128,7 +144,9 @@ async def queue_overview(
             sorted).
 
     Returns:
-        One dict per queue (see `overview_row`).
+        One dict per queue (see `overview_row`), plus `limits` (the limits the engine
+        enforces, only those set) and `held_back` (why pending jobs wait, see
+        `held_back`).
 
     Raises:
         EngineUnavailable: the engine cannot be reached.
@@ -136,9 +154,114 @@ async def queue_overview(
     names = list(queues) if queues is not None else await app.queue_names()
     # One read per queue, concurrently: on Redis that overlaps round trips, on SQLite
     # the reads share the connection pool.
-    counts = await asyncio.gather(*(app.counts(name) for name in names))
+    counts, limits, workers = await asyncio.gather(
+        asyncio.gather(*(app.counts(name) for name in names)),
+        asyncio.gather(*(app.get_limits(name) for name in names)),
+        app.workers(),
+    )
     now_ms = app.clock.now_ms()
-    return [overview_row(c, now_ms) for c in counts]
+    served = {q for w in workers for q in w.get("queues") or []}
+    rows = []
+    for c, lim in zip(counts, limits, strict=True):
+        tenants_full: list[str] = []
+        if lim.tenant_concurrency is not None and c.pending:
+            running = await app.tenant_running(c.queue)
+            tenants_full = sorted(t for t, n in running.items() if n >= lim.tenant_concurrency)
+        held = held_back(c, lim, served=c.queue in served, tenants_full=tenants_full)
+        rows.append(overview_row(c, now_ms, lim, held))
+    return rows
+
+
+def held_back(
+    counts: QueueCounts, limits: QueueLimits, *, served: bool, tenants_full: Sequence[str]
+) -> list[str]:
+    """Why a queue's pending jobs are not running now, in words (empty: they are not held
+    back, or nothing is pending). A forgotten `--concurrency 5` otherwise looks like an
+    idle worker next to 181 pending jobs.
+
+    Args:
+        counts: the queue's counts.
+        limits: the limits the engine enforces for it.
+        served: whether a live worker lists the queue.
+        tenants_full: tenants at their `tenant_concurrency` limit.
+    """
+    if not counts.pending:
+        return []
+    q = counts.queue
+    reasons = []
+    if counts.paused:
+        reasons.append(f"paused: `conveyor resume {q}`")
+    if not served:
+        reasons.append("no live worker consumes this queue")
+    if limits.concurrency is not None and counts.running >= limits.concurrency:
+        reasons.append(
+            f"queue concurrency limit {limits.concurrency} reached ({counts.running} running): "
+            f"`conveyor limits {q}` shows and changes it"
+        )
+    if tenants_full:
+        shown = ", ".join(tenants_full[:5]) + (" ..." if len(tenants_full) > 5 else "")
+        reasons.append(f"tenant concurrency limit {limits.tenant_concurrency} reached for {shown}")
+    if limits.rate is not None or limits.tenant_rate is not None:
+        rates = [
+            f"{name} {value}"
+            for name, value in (
+                ("rate", limits.to_dict()["rate"]),
+                ("tenant rate", limits.to_dict()["tenant_rate"]),
+            )
+            if value is not None
+        ]
+        reasons.append(f"{' and '.join(rates)} limit: jobs wait while a window is full")
+    return reasons
+
+
+def describe_backoff(spec: dict[str, Any]) -> str:
+    """A backoff spec in words: "exponential 1s x2 up to 3600s", "fixed 5s", "1s, 5s, 30s"."""
+    kind = spec.get("kind")
+    if kind == "fixed":
+        return f"fixed {spec.get('delay', 0):g}s"
+    if kind == "list":
+        return ", ".join(f"{d:g}s" for d in spec.get("delays", [])) + " (the last repeats)"
+    if kind == "exponential":
+        return (
+            f"exponential {spec.get('base', 1):g}s x{spec.get('factor', 2):g} up to "
+            f"{spec.get('cap', 0):g}s"
+        )
+    return str(spec)
+
+
+def policy_in_effect(app: Conveyor, job: Job) -> dict[str, Any]:
+    """The timeout, backoff and attempt limit a worker applies to `job`, and where each
+    comes from: the job's own options (`job`), its task's defaults (`task`), Conveyor's
+    default backoff (`default`), or `unknown` when this process does not register the
+    task (the worker's code decides; give the CLI `--app` to see it).
+
+    Returns:
+        `{"timeout_seconds", "timeout_from", "backoff", "backoff_text", "backoff_from",
+        "max_attempts"}`; `timeout_seconds` is None for no limit or unknown.
+    """
+    task = app.tasks.get(job.task)
+    timeout: float | None
+    if job.timeout is not None:
+        timeout, timeout_from = job.timeout, "job"
+    elif task is not None:
+        timeout, timeout_from = task.timeout, "task"
+    else:
+        timeout, timeout_from = None, "unknown"
+    if job.backoff is not None:
+        spec, backoff_from = job.backoff, "job"
+    elif task is not None:
+        spec, backoff_from = task.backoff.to_spec(), "task"
+    else:
+        spec, backoff_from = None, "unknown"
+    return {
+        "timeout_seconds": timeout,
+        "timeout_from": timeout_from,
+        "backoff": spec,
+        "backoff_text": None if spec is None else describe_backoff(spec),
+        "backoff_from": backoff_from,
+        # Stored on the job at enqueue (the task's default unless the job set it).
+        "max_attempts": job.max_attempts,
+    }
 
 
 def _worker_row(info: dict[str, Any], now: float) -> dict[str, Any]:

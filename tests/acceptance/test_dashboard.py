@@ -25,6 +25,7 @@ from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright
 from conveyor import Conveyor, Worker
 from conveyor.api import Tokens
 from conveyor.job import Job
+from conveyor.scheduler import Scheduler
 from conveyor.schedules import cron_schedule, every_schedule
 from tests.acceptance.test_api import StartApi, api_server
 from tests.apps.probe import PROBE_QUEUE, register_probe
@@ -210,7 +211,7 @@ async def test_operator_watches_jobs_run_and_retries_a_failed_one_live(
     await expect(row.locator('[data-count="pending"]')).to_have_text("0")
     await expect(page.locator("#workers-body tr[data-worker]")).to_have_count(1)
     await expect(row.locator("svg.spark.throughput")).to_be_visible()
-    await expect(row.locator('[data-col="throughput"]')).to_contain_text("25/h", timeout=10_000)
+    await expect(row.locator('[data-col="throughput"]')).to_contain_text("25", timeout=10_000)
     await expect(row.locator('[data-col="failures"]')).to_contain_text("4%")
     await page.screenshot(path=shots / "overview.png", full_page=True)
 
@@ -419,6 +420,75 @@ async def test_page_and_assets_are_local_and_locked_down(
         # Nothing of the dashboard leaks into the API's schema.
         paths = (await client.get("/openapi.json")).json()["paths"]
         assert not [p for p in paths if p.startswith("/dashboard")]
+
+
+async def test_desktop_fit_empty_states_throughput_label_and_first_non_empty_tab(
+    sqlite_url: str, api_server: StartApi, browser: Browser, console: Console
+) -> None:
+    server = api_server(sqlite_url, tokens=TOKENS, app=dashboard_app(sqlite_url))
+    page = console.watch(await browser.new_page(viewport=DESKTOP))
+    # Nothing stored yet: the schedules page says so instead of showing an empty table.
+    await sign_in(page, server.url, ADMIN, f"#/queue/{Q}")
+    await page.get_by_role("link", name="Overview").first.click()
+    await expect(page.locator("#queues-body td.empty")).to_contain_text("No queue")
+    await page.get_by_role("link", name="Schedules").click()
+    await expect(page.locator("#no-scheduler")).to_be_visible()
+    # A scheduler leads but nothing is scheduled: say how to add one, not an empty table.
+    leader = dashboard_app(sqlite_url)
+    assert (await Scheduler(leader).tick()).leader
+    await leader.close()
+    await page.reload()
+    await expect(page.locator("#no-schedules")).to_contain_text("No schedule yet")
+
+    # A long queue name and big counts: at 1280 px the whole queue table is visible,
+    # the Status column included, with no horizontal scrollbar.
+    wide = "billing_invoices_for_customers_in_eu_west_1"
+    for i in range(3):
+        await enqueue(server.url, payload={"action": "fail", "n": i}, max_attempts=1)
+    await enqueue(server.url, task="elsewhere.task", queue=wide)
+    await run_burst(sqlite_url)
+    limiter = dashboard_app(sqlite_url)
+    await limiter.set_limits(wide, concurrency=5, rate="100/1s")
+    await limiter.close()
+    await page.goto(f"{server.url}/dashboard#/")
+    row = page.locator(f'tr[data-queue="{Q}"]')
+    await expect(row.locator('[data-count="failed"]')).to_have_text("3")
+    fits = await page.evaluate(
+        """() => { const wrap = document.querySelector('#queues').parentElement;
+                   return wrap.scrollWidth <= wrap.clientWidth; }"""
+    )
+    assert fits, "the queue table overflows its box at 1280 px"
+    status = page.locator("#queues thead th", has_text="Status")
+    box = await status.bounding_box()
+    assert box is not None and box["x"] + box["width"] <= DESKTOP["width"]
+    # Limits in effect and why pending jobs wait are on the queue's row.
+    held = page.locator(f'tr[data-queue="{wide}"]')
+    await expect(held.locator('[data-col="limits"]')).to_have_text(
+        "limits: concurrency 5, rate 100/1s"
+    )
+    await expect(held.locator('[data-col="held-back"]')).to_contain_text(
+        "no live worker consumes this queue"
+    )
+    # The throughput column says what it counts: jobs finished in the last hour, not a rate.
+    header = page.locator("#queues thead th").nth(8)
+    await expect(header).to_have_text("Finished (last hour)")
+    finished = row.locator('[data-col="throughput"] .num')
+    await expect(finished).to_have_text("3", timeout=10_000)
+    assert "/h" not in await finished.inner_text()
+
+    # The queue page opens on the first state that has jobs (failed here), not on an
+    # empty "pending" tab; an explicit state in the URL is kept, with an empty state.
+    await row.get_by_role("link", name=Q, exact=True).click()
+    await expect(page.locator('[data-tab="failed"]')).to_have_attribute("aria-current", "page")
+    await expect(page.locator("#jobs-body tr[data-job]")).to_have_count(3)
+    # A job's page shows the timeout and backoff in effect, and where they come from.
+    await page.locator("#jobs-body tr[data-job] a").first.click()
+    options = page.locator("dl.pairs")
+    await expect(options).to_contain_text("fixed 0s (task default)")
+    await expect(options).to_contain_text("no limit (task default)")
+    await page.goto(f"{server.url}/dashboard#/queue/{Q}?state=running")
+    await expect(page.locator('[data-tab="running"]')).to_have_attribute("aria-current", "page")
+    await expect(page.locator("#jobs-body td.empty")).to_contain_text("No running jobs")
 
 
 async def test_open_api_dashboard_works_from_the_printed_url(

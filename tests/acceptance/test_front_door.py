@@ -41,6 +41,9 @@ def test_demo_shows_jobs_flowing_and_serves_the_dashboard(tmp_path: Path) -> Non
         proc.kill()
     assert proc.returncode == 0, out
     assert f"http://127.0.0.1:{port}/dashboard" in out
+    # When it stops, a summary of what it did stays on the screen.
+    summary = out[out.index("demo stopped after") :]
+    assert "enqueued" in summary and "completed" in summary and "failed (dead-letter)" in summary
     # the embedded default: a SQLite file in the working directory, with finished jobs
     with sqlite3.connect(tmp_path / "conveyor.db") as db:
         done = db.execute("SELECT count(*) FROM jobs WHERE state = 'completed'").fetchone()[0]

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from conveyor import ConfigError, Conveyor
 from conveyor.clock import FakeClock
-from conveyor.status import format_duration, parse_duration, queue_overview, status_document
+from conveyor.status import (
+    format_duration,
+    parse_duration,
+    policy_in_effect,
+    queue_overview,
+    status_document,
+)
 
 
 @pytest.mark.parametrize(
@@ -66,6 +73,9 @@ async def test_queue_overview_counts_ages_and_order() -> None:
     mail, sms = rows
     assert (mail["pending"], mail["scheduled"], mail["paused"]) == (1, 1, False)
     assert mail["oldest_pending_age_seconds"] == 90
+    # A point in time, in seconds like every job timestamp, under a name that says so.
+    assert mail["oldest_pending_created_at"] == pytest.approx(clock.now() - 90)
+    assert "oldest_pending_ms" not in mail
     assert sms["paused"] is True
     assert mail["throughput_per_min"] == mail["completed_1m"] + mail["failed_1m"]
 
@@ -73,6 +83,7 @@ async def test_queue_overview_counts_ages_and_order() -> None:
     assert only["queue"] == "sms"
     (empty,) = await queue_overview(app, ["never-used"])
     assert (empty["pending"], empty["oldest_pending_age_seconds"]) == (0, None)
+    assert empty["oldest_pending_created_at"] is None
 
 
 async def test_status_document_on_the_memory_engine() -> None:
@@ -137,3 +148,63 @@ async def test_status_document_times_out_instead_of_hanging() -> None:
 async def test_a_bad_url_scheme_is_a_setup_error_not_an_outage() -> None:
     with pytest.raises(ConfigError, match="not supported"):
         await status_document(Conveyor("postgres://db/jobs"))
+
+
+async def test_overview_shows_limits_in_effect_and_why_pending_jobs_wait() -> None:
+    app = Conveyor("memory://")
+    for tenant in ("acme", "acme", "globex"):
+        await app.enqueue("mail.send", {}, queue="mail", tenant=tenant)
+    await app.set_limits("mail", concurrency=1, tenant_concurrency=1, rate="100/1s")
+    engine = await app.connect()
+    claimed = await engine.exchange([], queues=["mail"], limit=5, worker_id="w", lease_ms=60_000)
+    assert len(claimed.jobs) == 1  # the queue's limit holds the rest back
+
+    (row,) = await queue_overview(app, ["mail"])
+    assert row["limits"] == {"concurrency": 1, "tenant_concurrency": 1, "rate": "100/1s"}
+    reasons = row["held_back"]
+    assert "no live worker consumes this queue" in reasons
+    assert any(r.startswith("queue concurrency limit 1 reached (1 running)") for r in reasons)
+    tenant = claimed.jobs[0].tenant
+    assert any(f"tenant concurrency limit 1 reached for {tenant}" in r for r in reasons)
+    assert any("rate 100/1s limit" in r for r in reasons)
+
+    await engine.register_worker("w", '{"queues": ["mail"]}', ttl_ms=60_000)
+    await app.pause("mail")
+    (row,) = await queue_overview(app, ["mail"])
+    assert "paused: `conveyor resume mail`" in row["held_back"]
+    assert "no live worker consumes this queue" not in row["held_back"]
+
+    (idle,) = await queue_overview(app, ["empty"])
+    assert (idle["limits"], idle["held_back"]) == ({}, [])
+
+
+async def test_policy_in_effect_names_each_value_and_its_source() -> None:
+    app = Conveyor("memory://")
+
+    @app.task("mail.send", queue="mail", max_attempts=5, backoff=[1, 5, 30], timeout=12)
+    async def send(job: Any) -> None: ...
+
+    default = await app.enqueue("mail.send", {})
+    own = await app.enqueue("mail.send", {}, timeout=3, backoff=7, max_attempts=2)
+    foreign = await app.enqueue("sms.send", {}, queue="sms")
+    assert policy_in_effect(app, await app.get_job(default.id)) == {
+        "timeout_seconds": 12,
+        "timeout_from": "task",
+        "backoff": {"kind": "list", "delays": [1, 5, 30]},
+        "backoff_text": "1s, 5s, 30s (the last repeats)",
+        "backoff_from": "task",
+        "max_attempts": 5,
+    }
+    mine = policy_in_effect(app, await app.get_job(own.id))
+    assert (mine["timeout_seconds"], mine["timeout_from"]) == (3, "job")
+    assert (mine["backoff_text"], mine["backoff_from"], mine["max_attempts"]) == (
+        "fixed 7s",
+        "job",
+        2,
+    )
+    other = policy_in_effect(Conveyor("memory://"), await app.get_job(foreign.id))
+    assert (other["timeout_from"], other["backoff_from"], other["backoff"]) == (
+        "unknown",
+        "unknown",
+        None,
+    )

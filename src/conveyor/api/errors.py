@@ -72,9 +72,15 @@ _FIELD_BY_ERROR: tuple[tuple[type[InvalidJob], str, str | None], ...] = (
 class FieldError(BaseModel):
     """One problem with one request field."""
 
-    field: str = Field(description="the field, e.g. `priority` or `payload.items`")
+    field: str | None = Field(
+        description="the field, e.g. `priority` or `payload.items`; null when the problem "
+        "is not about one field (a body that is not JSON)"
+    )
     location: str = Field(description="`body`, `query`, `path` or `header`")
     reason: str = Field(description="what is wrong and how to fix it")
+    position: int | None = Field(
+        default=None, description="character offset in the body where JSON decoding stopped"
+    )
 
 
 class ErrorBody(BaseModel):
@@ -197,6 +203,16 @@ def _field_errors(exc: RequestValidationError) -> list[FieldError]:
     for err in exc.errors():
         loc = [str(part) for part in err.get("loc", ())]
         location = loc[0] if loc else "body"
+        if err.get("type") == "json_invalid":
+            # FastAPI puts the character offset where a field name goes ("body.42"):
+            # report it as a position in a body that is not JSON, not as a field.
+            raw = err.get("loc", ())[-1] if len(loc) > 1 else None
+            position = raw if isinstance(raw, int) else None
+            detail = str((err.get("ctx") or {}).get("error") or "JSON decode error")
+            where = f" at character {position}" if position is not None else ""
+            reason = f"the body is not valid JSON: {detail}{where}"
+            out.append(FieldError(field=None, location=location, reason=reason, position=position))
+            continue
         field = ".".join(loc[1:]) or location
         out.append(FieldError(field=field, location=location, reason=str(err.get("msg"))))
     return out
@@ -216,7 +232,7 @@ def install_error_handlers(api: FastAPI) -> None:
     async def on_validation_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
         errors = _field_errors(exc)
-        summary = "; ".join(f"{e.field}: {e.reason}" for e in errors[:5])
+        summary = "; ".join(f"{e.field}: {e.reason}" if e.field else e.reason for e in errors[:5])
         return error_response(422, "ValidationError", f"invalid request: {summary}", errors)
 
     async def on_http_error(request: Request, exc: Exception) -> Response:

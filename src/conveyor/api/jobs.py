@@ -32,10 +32,18 @@ from starlette.responses import Response
 
 from ..errors import InvalidArgument, JobNotFound
 from ..job import FINISHED_STATES, Job, JobState
+from ..status import policy_in_effect
 from ..tracing import without_trace
 from .auth import CurrentPrincipal, Principal, scoped_tenant
 from .errors import ERROR_RESPONSES, STATE_CONFLICT, ApiError, json_response
-from .models import QUEUE_PATTERN, EnqueueRequest, JobOut, JobPageOut, JobStateName
+from .models import (
+    QUEUE_PATTERN,
+    EnqueueRequest,
+    JobDetailOut,
+    JobOut,
+    JobPageOut,
+    JobStateName,
+)
 from .state import ApiState, api_state
 
 router = APIRouter(tags=["jobs"], responses=ERROR_RESPONSES)
@@ -144,7 +152,7 @@ async def enqueue(
 MAX_WAIT_SECONDS = 60.0
 
 
-@router.get("/jobs/{job_id}", response_model=JobOut, summary="Get a job")
+@router.get("/jobs/{job_id}", response_model=JobDetailOut, summary="Get a job")
 async def get_job(
     job_id: JobId,
     request: Request,
@@ -159,7 +167,8 @@ async def get_job(
         ),
     ] = None,
 ) -> Response:
-    """The job with every failed attempt's error. With `wait`, a long poll: the answer
+    """The job with every failed attempt's error, and the timeout, backoff and attempt
+    limit a worker applies to it (`in_effect`). With `wait`, a long poll: the answer
     comes when the job finishes (driven by the engine's events), or when `wait` seconds
     have passed; check `state` to tell which."""
     state = api_state(request)
@@ -167,7 +176,7 @@ async def get_job(
     if wait and job.state not in FINISHED_STATES:
         with contextlib.suppress(TimeoutError):
             job = await state.conveyor.wait_for_job(job_id, wait)
-    return json_response(job.to_dict())
+    return json_response({**job.to_dict(), "in_effect": policy_in_effect(state.conveyor, job)})
 
 
 @router.get("/jobs", response_model=JobPageOut, summary="List jobs of one queue and state")

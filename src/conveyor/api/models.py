@@ -121,6 +121,24 @@ class JobOut(BaseModel):
     worker: str | None
 
 
+class PolicyOut(BaseModel):
+    """What a worker applies to a job (`status.policy_in_effect`)."""
+
+    timeout_seconds: float | None = Field(description="null: no limit, or unknown here")
+    timeout_from: Literal["job", "task", "unknown"]
+    backoff: dict[str, Any] | None
+    backoff_text: str | None = Field(description='e.g. "exponential 1s x2 up to 3600s"')
+    backoff_from: Literal["job", "task", "unknown"]
+    max_attempts: int
+
+
+class JobDetailOut(JobOut):
+    """`GET /jobs/{id}`: the job and the policy in effect for it. `unknown` sources mean
+    the API's app does not register the task (start `conveyor api` with the app)."""
+
+    in_effect: PolicyOut
+
+
 class JobPageOut(BaseModel):
     """One page of `GET /jobs`; pass `next_cursor` back as `cursor` for the next."""
 
@@ -139,11 +157,23 @@ class QueueOverviewOut(BaseModel):
     failed: int
     cancelled: int
     paused: bool
-    oldest_pending_ms: int | None
-    oldest_pending_age_seconds: float | None
+    oldest_pending_created_at: float | None = Field(
+        description="when the oldest pending job was enqueued (Unix seconds); null if none"
+    )
+    oldest_pending_age_seconds: float | None = Field(
+        description="how long the oldest pending job has waited (seconds); null if none"
+    )
     completed_1m: int
     failed_1m: int
     throughput_per_min: int
+    limits: dict[str, int | str] = Field(
+        description="fleet-wide limits in effect (only those set): concurrency, "
+        'tenant_concurrency, rate and tenant_rate ("100/1s")'
+    )
+    held_back: list[str] = Field(
+        description="why pending jobs are not running now (paused, no worker, a limit "
+        "reached); empty when nothing holds them back"
+    )
 
 
 class QueuesOut(BaseModel):
@@ -170,6 +200,12 @@ class HealthOut(BaseModel):
 
     status: Literal["alive"]
     engine: dict[str, Any]
+
+
+class LiveOut(BaseModel):
+    """`GET /health/live`: the process serves requests (always 200, no engine call)."""
+
+    status: Literal["alive"]
 
 
 class ReadyOut(BaseModel):

@@ -1,8 +1,8 @@
 """Probes, metrics and the admin status document.
 
-`/health` is liveness: 200 while the process serves requests, even when the engine is
-down (restarting the API would not bring Redis back). `/health/ready` is readiness,
-with the same three rules as a worker's: the engine answers, it is durable, and the
+`/health/live` and `/health` are liveness: 200 while the process serves requests, even
+when the engine is down (restarting the API would not bring Redis back). `/health/ready`
+is readiness, with the same three rules as a worker's: the engine answers, it is durable, and the
 process is not shutting down. The probes need no token: load balancers and
 orchestrators usually cannot send one, and they reveal nothing but up/down.
 
@@ -26,7 +26,7 @@ from ..settings import redact
 from ..status import status_document
 from .auth import AdminPrincipal, authenticate, bearer
 from .errors import ERROR_RESPONSES, ApiError, json_response
-from .models import HealthOut, ReadyOut, StatusOut
+from .models import HealthOut, LiveOut, ReadyOut, StatusOut
 from .state import ApiState, api_state
 
 router = APIRouter(tags=["operations"])
@@ -36,6 +36,13 @@ METRICS_MEDIA_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 async def api_readiness(state: ApiState) -> tuple[bool, str]:
     """(ready, reason) for this API process (503 too while its live-events reader fails)."""
     return await state.conveyor.readiness(stopping=state.stopping, failing=state.hub.failing())
+
+
+@router.get("/health/live", response_model=LiveOut, summary="Liveness probe")
+async def live() -> Response:
+    """Always 200 while the process serves requests, without calling the engine: the
+    probe an orchestrator restarts on (same path as a worker's health port)."""
+    return json_response({"status": "alive"})
 
 
 @router.get("/health", response_model=HealthOut, summary="Liveness")

@@ -8,12 +8,13 @@ from typing import Annotated
 import typer
 
 from ..app import Conveyor
-from ..settings import Settings, redact
+from ..settings import Settings
 from .common import (
+    announce,
     bind_app,
     check_engine_url,
     cli,
-    console,
+    engine_label,
     friendly,
     load_app,
     run_async,
@@ -128,9 +129,13 @@ def api_command(
         if tokens.enabled
         else "NO AUTH (open API: only localhost pages and tools can use it)"
     )
-    console.print(
+    engine = engine_label(app.url)
+    announce(
         f"api on http://{settings.api_host}:{settings.api_port} "
-        f"engine={redact(app.url)}{overridden} auth: {auth}",
-        highlight=False,
+        f"engine={engine}{overridden} auth: {auth}",
+        settings.log_format,
+        address=f"http://{settings.api_host}:{settings.api_port}",
+        engine=engine,
+        auth=auth,
     )
     serve(api, host=settings.api_host, port=settings.api_port, log_level=settings.log_level)

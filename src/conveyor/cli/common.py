@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import difflib
 import functools
 import importlib
 import logging
 import os
 import sys
+import time
+import traceback
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
@@ -32,15 +35,52 @@ cli = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
+
+
+def _console(*, stderr: bool = False) -> Console:
+    """A console that wraps only for a person: Rich assumes 80 columns when it does not
+    write to a terminal, which broke tables and the start-up line into pieces in log
+    files and pipes (`conveyor queues | grep`). Off a terminal, lines keep their length."""
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(stderr=stderr, width=None if stream.isatty() else 100_000)
+
+
+console = _console()
+
+
+def version() -> str:
+    """The installed Conveyor's version (the `conveyor-jobs` distribution)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("conveyor-jobs")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"conveyor {version()}")
+        raise typer.Exit()
 
 
 @cli.callback()
-def _root() -> None:
+def _root(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="print the installed version and exit",
+        ),
+    ] = False,
+) -> None:
     """Conveyor: run workers and operate queues."""
 
 
-err_console = Console(stderr=True)
+err_console = _console(stderr=True)
 
 T = TypeVar("T")
 
@@ -90,14 +130,50 @@ def load_app(target: str | None) -> Conveyor:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
+        if not _is_missing(exc, module_name):
+            raise ConfigError(_raised_on_import(module_name, exc)) from exc
         raise ConfigError(
-            f"cannot import {module_name!r} ({exc}): run from the project directory or "
-            "set PYTHONPATH"
+            f"cannot import {module_name!r}: no module named {exc.name!r} is on the path "
+            f"({os.getcwd()} and PYTHONPATH): run from the project directory or set PYTHONPATH"
         ) from exc
+    except Exception as exc:  # the module exists but its own code failed
+        raise ConfigError(_raised_on_import(module_name, exc)) from exc
     app = getattr(module, attr, None)
     if not isinstance(app, Conveyor):
         raise ConfigError(f"{target!r} is not a Conveyor app (found {type(app).__name__})")
     return app
+
+
+# Attributes every LogRecord has; anything else on a record came from `extra=` (the job
+# log's job_id, task, queue, ...) and becomes a field of its JSON line.
+_RECORD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
+    "message",
+    "asctime",
+    "taskName",
+}
+
+
+def _is_missing(exc: ModuleNotFoundError, module_name: str) -> bool:
+    """True when the app's module itself (or a package above it) is what is missing, not
+    something the module imports."""
+    parts = module_name.split(".")
+    return exc.name in {".".join(parts[: i + 1]) for i in range(len(parts))}
+
+
+def _raised_on_import(module_name: str, exc: BaseException) -> str:
+    """Where importing the user's module failed: its innermost frame in the user's code
+    (file and line) and the exception, so the fix starts at the right line."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    # Frames of the import machinery are noise; the last frame outside it is where it broke.
+    own = [f for f in frames if "importlib" not in f.filename]
+    where = f" at {own[-1].filename}:{own[-1].lineno}" if own else ""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        where = f" at {exc.filename}:{exc.lineno}"
+    return (
+        f"importing {module_name!r} raised {type(exc).__name__}: {exc}{where}: "
+        "the module was found, its code failed; fix that line (run "
+        f"`python -c 'import {module_name}'` for the full traceback)"
+    )
 
 
 def bind_app(app: Conveyor, settings: Settings, url_flag: str | None) -> str:
@@ -126,7 +202,8 @@ def bind_app(app: Conveyor, settings: Settings, url_flag: str | None) -> str:
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line, for log shippers."""
+    """One JSON object per line, for log shippers: ts, level, logger, msg, the record's
+    `extra` fields, and `exc` (the traceback) when there is one."""
 
     def format(self, record: logging.LogRecord) -> str:
         doc: dict[str, Any] = {
@@ -135,9 +212,77 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        for key, value in vars(record).items():
+            if key not in _RECORD_ATTRS:
+                doc[key] = value
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
-        return orjson.dumps(doc).decode()
+        elif record.exc_text:
+            doc["exc"] = record.exc_text
+        return orjson.dumps(doc, default=str).decode()
+
+
+AppOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--app",
+        help="your app as MODULE:ATTR, to use its tasks' declarations (env CONVEYOR_APP)",
+        show_default=False,
+    ),
+]
+
+
+def configured_app(flag: str | None) -> Conveyor | None:
+    """The app an operations command was given: `--app`, else `CONVEYOR_APP`, else None.
+
+    Raises:
+        ConfigError: the app cannot be imported (see `load_app`).
+    """
+    target = flag or Settings.load().app
+    return load_app(target) if target else None
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """A hint for a name that is not among `known`: the closest one, or the list."""
+    names = sorted(set(known))
+    close = difflib.get_close_matches(name, names, n=1)
+    return f"did you mean {close[0]!r}?" if close else f"known: {', '.join(names) or '-'}"
+
+
+def declared_queues(app: Conveyor) -> set[str]:
+    """Queues the app's code declares: its tasks', its default, and those with limits."""
+    return {t.queue for t in app.tasks.values()} | {app.default_queue} | set(app.queue_limits)
+
+
+def engine_label(url: str) -> str:
+    """The engine URL for a start-up line: secrets redacted and, for SQLite, the file's
+    absolute path (two processes started from different directories with
+    `sqlite:///conveyor.db` use two different files, and this shows it)."""
+    if url.startswith("sqlite:///"):
+        from ..engines.sqlite.engine import parse_sqlite_url
+
+        with contextlib.suppress(ConfigError):
+            return f"sqlite:///{parse_sqlite_url(url).resolve()}"
+    return redact(url)
+
+
+def announce(message: str, fmt: str, **fields: Any) -> None:
+    """Print a process's start-up line on stdout: plain text, or with `--log-format json`
+    one JSON object shaped like the log lines (`msg` plus `fields`). Printed whatever
+    the log level, since runbooks wait for it; never wrapped.
+
+    Args:
+        message: the line as a person reads it.
+        fmt: the log format, "text" or "json".
+        fields: the same facts as separate JSON fields.
+    """
+    if fmt == "json":
+        doc = {"ts": time.time(), "level": "INFO", "logger": "conveyor.cli", "msg": message}
+        line = orjson.dumps({**doc, **fields}, default=str).decode()
+    else:
+        line = message
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def setup_logging(level: str, fmt: str) -> None:
@@ -277,15 +422,15 @@ def split_queues(text: str) -> list[str]:
     return [check_queue(name) for name in names]
 
 
-async def warn_unknown(app: Conveyor, names: Iterable[str]) -> None:
-    """Warn about queues that never held a job: most often a typo, which would otherwise
-    make `drain` succeed at once or `pause` guard nothing."""
-    known = await app.queue_names()
-    for name in names:
-        if name not in known:
-            close = difflib.get_close_matches(name, known, n=1)
-            hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(known) or '-'}"
-            warn(f"queue {name!r} has never held a job ({hint})")
+async def warn_unknown(app: Conveyor, names: Iterable[str]) -> list[str]:
+    """Warn about queues nobody declared: never held a job and no task of the app (if
+    one was given) uses them. Most often a typo, which would otherwise make `drain`
+    succeed at once or `pause` guard nothing. Returns the unknown names."""
+    known = set(await app.queue_names()) | (declared_queues(app) if app.tasks else set())
+    unknown = [name for name in names if name not in known]
+    for name in unknown:
+        warn(f"queue {name!r} has never held a job ({did_you_mean(name, known)})")
+    return unknown
 
 
 def when(timestamp: float | None, now: float) -> str:

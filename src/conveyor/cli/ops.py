@@ -27,11 +27,14 @@ from ..errors import InvalidPayload
 from ..job import Job, JobState
 from ..status import format_duration, parse_duration, queue_overview
 from .common import (
+    AppOpt,
     JobIdArg,
     JsonOpt,
     QueueArg,
     UrlOpt,
     cli,
+    configured_app,
+    did_you_mean,
     err_console,
     fail,
     friendly,
@@ -125,7 +128,10 @@ def cancel_command(job_id: JobIdArg, url: UrlOpt = None, as_json: JsonOpt = Fals
 @friendly
 def enqueue_command(
     task: Annotated[str, typer.Argument(help="task name the workers registered")],
-    queue: Annotated[str, typer.Option(help="queue the task's workers consume")],
+    queue: Annotated[
+        str | None,
+        typer.Option(help="queue the task's workers consume (default with --app: the task's)"),
+    ] = None,
     payload: Annotated[str, typer.Option(help="the job's payload, a JSON object")] = "{}",
     delay: Annotated[str | None, typer.Option(help="run after this long: 90, 30s, 5m, 2h")] = None,
     priority: Annotated[int, typer.Option(help="-100..100, higher runs first")] = 0,
@@ -133,11 +139,26 @@ def enqueue_command(
     dedupe_key: Annotated[
         str | None, typer.Option(help="skip if a live job already holds this key")
     ] = None,
-    max_attempts: Annotated[int | None, typer.Option(help="attempts before failed (3)")] = None,
+    max_attempts: Annotated[
+        int | None, typer.Option(help="attempts before failed (the task's with --app; else 3)")
+    ] = None,
     url: UrlOpt = None,
     as_json: JsonOpt = False,
+    app_ref: AppOpt = None,
 ) -> None:
-    """Enqueue one job and print its id (or the live job holding the dedupe key)."""
+    """Enqueue one job and print its id (or the live job holding the dedupe key).
+
+    With the app (`--app` or CONVEYOR_APP), the task's declared queue, attempts, backoff
+    and timeout apply, as when your code enqueues it; without it, pass --queue."""
+    code = configured_app(app_ref)
+    if queue is None and (code is None or task not in code.tasks):
+        hint = f" ({did_you_mean(task, code.tasks)})" if code is not None else ""
+        raise fail(
+            f"task {task!r} is not registered in the app{hint}: pass --queue to enqueue it by "
+            "name for another service's workers"
+            if code is not None
+            else "pass --queue, or --app MODULE:ATTR to use the task's declared queue and options"
+        )
     try:
         data = orjson.loads(payload)
     except orjson.JSONDecodeError as exc:
@@ -153,7 +174,13 @@ def enqueue_command(
         "max_attempts": max_attempts,
         "delay": None if delay is None else parse_duration(delay),
     }
-    job = operate(url, lambda app: app.enqueue(task, data, **options))
+
+    async def act(app: Conveyor) -> Job:
+        if queue is not None:
+            await warn_unknown(app, [queue])
+        return await app.enqueue(task, data, **options)
+
+    job = operate(url, act, app=code)
     if as_json:
         print_json(job.to_dict())
     else:
@@ -281,7 +308,12 @@ def drain_command(
     names = split_queues(queues)
 
     async def wait(app: Conveyor) -> tuple[bool, float, list[dict[str, Any]]]:
-        await warn_unknown(app, names)
+        unknown = await warn_unknown(app, names)
+        if unknown:  # "drained" at once would tell a deploy script a lie
+            raise fail(
+                f"nothing to drain: {', '.join(map(repr, unknown))} never held a job; "
+                "check the queue names (`conveyor queues` lists them)"
+            )
         rows = await queue_overview(app, names)
         for row in rows:
             if row["paused"] and row["pending"]:

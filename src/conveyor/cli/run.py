@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 from typing import Annotated, Protocol
@@ -11,18 +12,24 @@ import typer
 
 from ..app import Conveyor
 from ..limits import QueueLimits
-from ..settings import Settings, redact
+from ..settings import Settings
 from ..worker import Worker
 from .common import (
+    announce,
     bind_app,
     cli,
     console,
+    declared_queues,
+    did_you_mean,
+    engine_label,
     friendly,
     load_app,
     retention_policy,
     run_async,
     setup_logging,
 )
+
+log = logging.getLogger("conveyor.cli")
 
 AppArg = Annotated[str, typer.Argument(help="your app as MODULE:ATTR, e.g. myproject.jobs:app")]
 
@@ -171,6 +178,15 @@ def worker(
     app = load_app(target)
     overridden = bind_app(app, settings, url)
     chosen = settings.queues if (queues or env_has_queues) else default_queues(app)
+    declared = declared_queues(app)
+    for name in chosen:
+        if name not in declared:  # most often a typo: the worker would wait on it forever
+            log.warning(
+                "queue %r is not declared by any task of %s (%s)",
+                name,
+                target,
+                did_you_mean(name, declared),
+            )
     w = Worker(
         app,
         queues=chosen,
@@ -185,11 +201,22 @@ def worker(
         retention=retention_policy(settings),
         require_noeviction=settings.require_noeviction,
     )
-    console.print(
-        f"worker {w.id} on {redact(app.url)}{overridden} queues={','.join(chosen)} "
-        f"concurrency={settings.concurrency} health port={settings.health_port or 'off'}",
-        highlight=False,
-    )
+    engine = engine_label(app.url)
+
+    def ready() -> None:  # after the engine answered (runbook 003's ready signal)
+        announce(
+            f"worker {w.id} on {engine}{overridden} queues={','.join(chosen)} "
+            f"concurrency={settings.concurrency} health port={settings.health_port or 'off'}",
+            settings.log_format,
+            worker=w.id,
+            engine=engine,
+            engine_overridden=overridden.strip(" ()") or None,
+            queues=list(chosen),
+            concurrency=settings.concurrency,
+            health_port=settings.health_port or None,
+        )
+
+    w.on_ready = ready
     run_async(run_worker(w))
 
 
@@ -268,7 +295,7 @@ def dev(
     async def main() -> None:
         await stack.start()
         console.print(
-            f"conveyor dev on {redact(app.url)}{overridden}\n"
+            f"conveyor dev on {engine_label(app.url)}{overridden}\n"
             f"  dashboard: [bold]{stack.url}/dashboard[/]\n"
             f"  API:       {stack.url}/docs\n"
             f"  API auth:  {auth}\n"

@@ -16,17 +16,22 @@ from rich.table import Table
 
 from ..app import Conveyor
 from ..engines.base import LeaseInfo
-from ..errors import ConfigError
+from ..errors import ConfigError, ConveyorError
 from ..scheduler import Scheduler
 from ..schedules import ScheduleInfo, ScheduleSpec, cron_schedule, every_schedule
-from ..settings import Settings, redact
+from ..settings import Settings
 from ..status import parse_duration
 from .common import (
+    AppOpt,
     JsonOpt,
     UrlOpt,
+    announce,
     bind_app,
     cli,
+    configured_app,
     console,
+    did_you_mean,
+    engine_label,
     friendly,
     load_app,
     operate,
@@ -35,6 +40,7 @@ from .common import (
     run_async,
     say,
     setup_logging,
+    warn,
     when,
 )
 from .run import AppArg, run_worker
@@ -96,10 +102,14 @@ def scheduler_command(
         close_app=True,
         require_noeviction=settings.require_noeviction,
     )
-    console.print(
-        f"scheduler {scheduler.id} on {redact(app.url)}{overridden} "
+    engine = engine_label(app.url)
+    announce(
+        f"scheduler {scheduler.id} on {engine}{overridden} "
         f"schedules={len(app.schedules)} lease={lease_timeout:g}s",
-        highlight=False,
+        settings.log_format,
+        scheduler=scheduler.id,
+        engine=engine,
+        schedules=len(app.schedules),
     )
     run_async(run_worker(scheduler))
 
@@ -109,31 +119,39 @@ def schedules_table(rows: list[ScheduleInfo], now: float) -> Table:
     """The `schedules list` table."""
     table = Table(show_edge=False, header_style="bold")
     table.add_column("name", no_wrap=True)
-    for column in ("schedule", "tz", "task", "next run", "last run", "paused", "source"):
+    columns = ("schedule", "tz", "task", "next run", "last run", "paused", "source", "error")
+    for column in columns:
         table.add_column(column)
     for row in rows:
         table.add_row(
             row.name,
-            f"{row.kind} {row.expr}" if row.error is None else f"[red]{escape(row.error)}[/]",
+            f"{row.kind} {row.expr}",
             row.timezone,
             row.task,
             when(row.next_run, now),
             when(row.last_run, now),
             "yes" if row.paused else "no",
             row.source,
+            "-" if row.error is None else f"[red]{escape(row.error)}[/]",
         )
     return table
 
 
 @schedules_cli.command("list")
 @friendly
-def list_command(url: UrlOpt = None, as_json: JsonOpt = False) -> None:
-    """Every schedule: definition, timezone, next and last run, paused, code or runtime."""
+def list_command(url: UrlOpt = None, as_json: JsonOpt = False, app_ref: AppOpt = None) -> None:
+    """Every schedule: definition, timezone, next and last run, paused, code or runtime,
+    and its error: a definition that cannot be read or, given the app (`--app`), a job
+    the scheduler cannot enqueue (a task the app does not know, an invalid payload)."""
 
     async def read(app: Conveyor) -> tuple[list[ScheduleInfo], LeaseInfo | None]:
         return await app.list_schedules(), await app.scheduler_leader()
 
-    rows, lease = operate(url, read)
+    code = configured_app(app_ref)
+    rows, lease = operate(url, read, app=code)
+    if code is not None:
+        for row in rows:
+            row.error = row.error or occurrence_error(code, row)
     if as_json:
         print_json([row.to_dict() for row in rows])
         return
@@ -170,15 +188,44 @@ def add_command(
     ] = "skip",
     url: UrlOpt = None,
     as_json: JsonOpt = False,
+    app_ref: AppOpt = None,
 ) -> None:
-    """Add (or replace) a runtime schedule; the leading scheduler runs it within a second."""
+    """Add (or replace) a runtime schedule; the leading scheduler runs it within a second.
+
+    With the app (`--app` or CONVEYOR_APP) a task it does not register is refused, unless
+    `--queue` says it is another service's; without it, the task cannot be checked.
+    """
     spec = build_spec(name, task, cron, every, queue, payload, timezone, missed)
+    code = configured_app(app_ref)
+    if code is None:
+        warn(f"task {task!r} not checked: pass --app MODULE:ATTR (or set CONVEYOR_APP)")
+    elif task not in code.tasks:
+        if queue is None:
+            raise ConfigError(
+                f"task {task!r} is not registered in the app "
+                f"({did_you_mean(task, code.tasks)}): fix the name, or pass --queue if "
+                "another service's workers run it"
+            )
+        warn(f"task {task!r} is not registered in the app: queue {queue!r} must run it")
+    else:
+        code.build(spec.task, spec.payload, queue=spec.queue, **spec.options)
 
     async def act(app: Conveyor) -> None:
         await app.add_schedule(spec)
 
-    operate(url, act)
+    operate(url, act, app=code)
     report(as_json, {"name": spec.name, "added": spec.describe}, f"added {spec.name}")
+
+
+def occurrence_error(app: Conveyor, row: ScheduleInfo) -> str | None:
+    """Why the scheduler running `app` could not enqueue `row`'s jobs, or None."""
+    if row.error is not None or row.spec is None:
+        return row.error
+    try:
+        app.build(row.spec.task, row.spec.payload, queue=row.spec.queue, **row.spec.options)
+    except ConveyorError as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
 
 
 def build_spec(

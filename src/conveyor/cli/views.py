@@ -20,13 +20,15 @@ from rich.text import Text
 
 from ..app import Conveyor, check_queue
 from ..job import Job, JobState
-from ..status import format_duration, queue_overview, status_document
+from ..status import format_duration, policy_in_effect, queue_overview, status_document
 from .common import (
+    AppOpt,
     JobIdArg,
     JsonOpt,
     QueueArg,
     UrlOpt,
     cli,
+    configured_app,
     console,
     friendly,
     operate,
@@ -57,19 +59,25 @@ def queue_table(rows: Sequence[dict[str, Any]]) -> Table:
     table.add_column("paused")
     table.add_column("oldest pending", justify="right")
     table.add_column("done/min", justify="right")
+    table.add_column("limits")
+    table.add_column("held back")
     for row in rows:
+        limits = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in row["limits"].items())
         table.add_row(
             Text(row["queue"]),
             *(str(row[state.value]) for state in JobState),
             Text("paused", style="bold yellow") if row["paused"] else "",
             format_duration(row["oldest_pending_age_seconds"]),
             str(row["throughput_per_min"]),
+            Text(limits or "-"),
+            Text("; ".join(row["held_back"]) or "-", style="yellow" if row["held_back"] else ""),
         )
     return table
 
 
-def job_detail(job: Job, now: float) -> RenderableType:
-    """Everything about one job: options, payload, timeline, every attempt's error."""
+def job_detail(job: Job, now: float, policy: dict[str, Any] | None = None) -> RenderableType:
+    """Everything about one job: options (with the timeout and backoff in effect,
+    `status.policy_in_effect`), payload, timeline, every attempt's error."""
     info = Table.grid(padding=(0, 2))
     info.add_column(style="bold")
     info.add_column()
@@ -82,8 +90,8 @@ def job_detail(job: Job, now: float) -> RenderableType:
         ("priority", job.priority),
         ("tenant", job.tenant),
         ("dedupe key", job.dedupe_key),
-        ("timeout", None if job.timeout is None else f"{job.timeout:g}s"),
-        ("backoff", None if job.backoff is None else orjson.dumps(job.backoff).decode()),
+        ("timeout", in_effect_text(policy, "timeout", job)),
+        ("backoff", in_effect_text(policy, "backoff", job)),
         ("worker", job.worker),
         ("progress", None if job.progress_value is None else str(job.progress_value)),
     ]
@@ -119,6 +127,21 @@ def job_detail(job: Job, now: float) -> RenderableType:
     if not job.errors:
         parts.append(Text("no failed attempts"))
     return Group(*parts)
+
+
+def in_effect_text(policy: dict[str, Any] | None, which: str, job: Job) -> str:
+    """One line of `conveyor job`: the value a worker applies and where it comes from."""
+    if policy is None:
+        policy = {"timeout_from": "unknown", "backoff_from": "unknown"}
+    source = policy[f"{which}_from"]
+    if source == "unknown":
+        return f"set by task {job.task!r} in the worker's code (pass --app to see it)"
+    if which == "timeout":
+        value = policy["timeout_seconds"]
+        shown = "no limit" if value is None else f"{value:g}s"
+    else:
+        shown = str(policy["backoff_text"])
+    return f"{shown} ({'set on this job' if source == 'job' else 'task default'})"
 
 
 # --- read commands ---------------------------------------------------------------------------
@@ -200,17 +223,23 @@ def jobs_command(
 
 @cli.command("job")
 @friendly
-def job_command(job_id: JobIdArg, url: UrlOpt = None, as_json: JsonOpt = False) -> None:
-    """Inspect one job: payload, options, timeline, every attempt's error and traceback."""
+def job_command(
+    job_id: JobIdArg, url: UrlOpt = None, as_json: JsonOpt = False, app_ref: AppOpt = None
+) -> None:
+    """Inspect one job: payload, options, timeline, every attempt's error and traceback.
+
+    With the app (`--app` or CONVEYOR_APP), the timeout and backoff its task applies."""
 
     async def read(app: Conveyor) -> tuple[Job, float]:
         return await app.get_job(job_id), app.clock.now()
 
-    job, now = operate(url, read)
+    code = configured_app(app_ref)
+    job, now = operate(url, read, app=code)
+    policy = policy_in_effect(code or Conveyor("memory://"), job)
     if as_json:
-        print_json(job.to_dict())
+        print_json({**job.to_dict(), "in_effect": policy})
     else:
-        console.print(job_detail(job, now))
+        console.print(job_detail(job, now, policy))
 
 
 @cli.command("status")

@@ -119,7 +119,6 @@ class Runner:
         except RateLimited as exc:
             # A dependency said "not now" (or a circuit breaker is open): that is not a
             # failed attempt, so the job is deferred and keeps its attempt budget.
-            log.debug("job %s deferred %.3fs: %s", job.id, exc.retry_after, exc.reason)
             return Outcome(
                 job.id,
                 token,

@@ -25,7 +25,7 @@ import random
 import socket
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -42,6 +42,8 @@ from ..metrics import Metrics
 from ..retention import Retention, RetentionPolicy
 from ..serving import EmbeddedServer
 from ..tracing import take_carrier, traced
+from . import joblog
+from .loopwatch import DEFAULT_THRESHOLD_S, JOB_TASK_PREFIX, LoopWatch, job_describer
 from .outcomes import HOOK_KIND, Runner, as_finished, call_hook
 from .supervision import Supervisors
 
@@ -139,6 +141,11 @@ class Worker:
         self.metrics.concurrency.set(concurrency)
         self.last_counts: list[QueueCounts] = []
         self._health: EmbeddedServer | None = None
+        # Called once the engine answered, the health server listens and the startup
+        # hooks ran: the CLI prints its start-up line (runbook 003's ready signal) here.
+        self.on_ready: Callable[[], None] | None = None
+        # An async handler that blocks the loop this long is logged (worker/loopwatch.py).
+        self.block_warn_s = DEFAULT_THRESHOLD_S
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.stats = WorkerStats()
         self.stopping = False
@@ -206,9 +213,13 @@ class Worker:
             await self._health.start()
         heartbeat: asyncio.Task[None] | None = None
         cleaner: asyncio.Task[None] | None = None
+        watch = LoopWatch(job_describer(self._running, self.app.tasks), self.block_warn_s)
+        watch.start()
         try:
             for hook in self.app.startup_hooks:
                 await call_hook(hook)
+            if self.on_ready is not None:
+                self.on_ready()
             heartbeat = asyncio.create_task(self._heartbeat_loop(engine), name="conveyor-beat")
             if self.retention is not None and self.retention.enabled:
                 cleaner = asyncio.create_task(self._retention_loop(self.retention))
@@ -220,6 +231,7 @@ class Worker:
                 except Exception:
                     log.exception("shutdown hook %r failed", hook)
         finally:
+            await watch.stop()
             for loop_task in (heartbeat, cleaner):
                 if loop_task is not None:
                     loop_task.cancel()
@@ -434,7 +446,7 @@ class Worker:
 
     def _start(self, job: Job) -> None:
         job._reporter = self._report_progress
-        task = asyncio.create_task(self._execute(job), name=f"conveyor-job:{job.id}")
+        task = asyncio.create_task(self._execute(job), name=f"{JOB_TASK_PREFIX}{job.id}")
         self._running[job.id] = (job, task)
         self.metrics.in_flight.set(len(self._running))
 
@@ -442,6 +454,7 @@ class Worker:
         outcome: Outcome
         hooks = self.app.job_hooks
         carrier = take_carrier(job)  # even untraced: the handler never sees it
+        joblog.started(job)
         if hooks:
             await self._fire("started", job)
         started = self.app.clock.monotonic()
@@ -465,9 +478,9 @@ class Worker:
         self._job_time += (time.perf_counter() - began - self._job_time) * _EWMA
         self._start_ready()
         self._count(outcome.kind, job)
-        self.metrics.record_outcome(
-            outcome.kind, job.queue, job.task, self.app.clock.monotonic() - started
-        )
+        duration = self.app.clock.monotonic() - started
+        self.metrics.record_outcome(outcome.kind, job.queue, job.task, duration)
+        joblog.finished(job, outcome, duration)
         if hooks:
             await self._fire(HOOK_KIND[outcome.kind], as_finished(job, outcome))
 

@@ -14,6 +14,15 @@ const TOKEN_KEY = "conveyor.dashboard.token";
 const QUEUES_KEY = "conveyor.dashboard.queues"; // queues a tenant opened (it cannot list them)
 const STATES = ["scheduled", "pending", "running", "completed", "failed", "cancelled"];
 const FINISHED = ["completed", "failed", "cancelled"];
+// What an empty state tab means, so an empty table reads as an answer, not a glitch.
+const EMPTY_HINT = {
+  scheduled: "Delayed jobs and jobs waiting for a retry appear here.",
+  pending: "Jobs waiting for a worker appear here.",
+  running: "Jobs a worker is running now appear here.",
+  completed: "Finished jobs appear here until retention cleans them.",
+  failed: "Jobs that used all their attempts (the dead-letter state) appear here.",
+  cancelled: "Cancelled jobs appear here.",
+};
 const PAGE_SIZE = 50;
 // Event kind -> the state the job is in afterwards (for in-place row updates).
 const STATE_AFTER = {
@@ -254,7 +263,7 @@ async function act(button, label, call, done) {
 
 // --- sparklines ---------------------------------------------------------------------------
 function sparkline(values, label, kind, max) {
-  const width = 120;
+  const width = 72; // 60 one-minute points: wider adds no detail, and the table must fit 1280 px
   const height = 28;
   const top = Math.max(max ?? Math.max(...values, 0), 1e-9);
   const step = values.length > 1 ? width / (values.length - 1) : width;
@@ -281,8 +290,10 @@ function sparkCells(history) {
   const perMin = done.map((c, i) => c + failed[i]);
   return [
     h("span", { class: "spark-cell" },
-      sparkline(perMin, `Finished per minute, last hour: ${total} in all`, "throughput"),
-      h("span", { class: "num", text: `${total}/h` })),
+      // A count over the last hour, not a rate: "2074/h" after 90 s of running misled.
+      sparkline(perMin, `Jobs finished per minute, last hour: ${total} in all`, "throughput"),
+      h("span", { class: "num", title: "jobs finished (completed or failed) in the last hour",
+        text: total.toLocaleString("en") })),
     h("span", { class: "spark-cell" },
       sparkline(rates, `Failure rate per minute, last hour: ${rate}% overall`, "failures", 1),
       h("span", { class: "num", text: `${rate}%` })),
@@ -328,7 +339,7 @@ function overview(view) {
           h("caption", { class: "sr-only", text: "Jobs per state of every queue" }),
           h("thead", {}, h("tr", {},
             ["Queue", ...STATES.map((st) => st[0].toUpperCase() + st.slice(1)), "Oldest pending",
-              "Throughput (1h)", "Failure rate (1h)", "Status"].map((t) => h("th", { scope: "col", text: t })))),
+              "Finished (last hour)", "Failure rate (last hour)", "Status"].map((t) => h("th", { scope: "col", text: t })))),
           queuesBody))),
     h("section", { "aria-labelledby": "workers-title", class: "card" },
       h("h2", { id: "workers-title", text: "Workers" }),
@@ -384,15 +395,21 @@ function overview(view) {
     queuesBody.replaceChildren(...rows.map((q) => {
       const sparks = sparkCells(history[q.queue]);
       return h("tr", { "data-queue": q.queue },
-        h("th", { scope: "row", "data-label": "Queue" }, h("a", { href: queueHref(q.queue), text: q.queue })),
+        h("th", { scope: "row", "data-label": "Queue", class: "queue-name" }, h("a", { href: queueHref(q.queue), text: q.queue })),
         STATES.map((st) => h("td", { class: "num", "data-label": st, "data-count": st },
           q[st] ? h("a", { href: queueHref(q.queue, { state: st }), text: q[st].toLocaleString("en") }) : "0")),
         h("td", { "data-label": "Oldest pending", text: duration(q.oldest_pending_age_seconds) }),
-        h("td", { "data-label": "Throughput (1h)", "data-col": "throughput" }, sparks[0]),
-        h("td", { "data-label": "Failure rate (1h)", "data-col": "failures" }, sparks[1]),
-        h("td", { "data-label": "Status" }, q.paused
+        h("td", { "data-label": "Finished (last hour)", "data-col": "throughput" }, sparks[0]),
+        h("td", { "data-label": "Failure rate (last hour)", "data-col": "failures" }, sparks[1]),
+        h("td", { "data-label": "Status", "data-col": "status" }, q.paused
           ? h("span", { class: "badge", "data-state": "paused", text: "paused" })
-          : h("span", { class: "muted", text: "active" })));
+          : h("span", { class: "muted", text: "active" }),
+        // The limits in effect and why pending jobs wait: a forgotten limit is otherwise
+        // an idle worker next to a backlog.
+        Object.keys(q.limits || {}).length ? h("div", { class: "note", "data-col": "limits",
+          text: `limits: ${Object.entries(q.limits).map(([k, v]) => `${k.replace("_", " ")} ${v}`).join(", ")}` }) : null,
+        (q.held_back || []).length ? h("div", { class: "note held", "data-col": "held-back",
+          text: `held back: ${q.held_back.join("; ")}` }) : null));
     }));
   }
 
@@ -473,7 +490,8 @@ function queueView(view, name, params) {
     const known = JSON.parse(sessionStorage.getItem(QUEUES_KEY) || "[]");
     if (!known.includes(name)) sessionStorage.setItem(QUEUES_KEY, JSON.stringify([name, ...known].slice(0, 20)));
   }
-  const state = STATES.includes(params.get("state")) ? params.get("state") : "pending";
+  const chosen = STATES.includes(params.get("state"));
+  const state = chosen ? params.get("state") : "pending";
   const filters = { tenant: params.get("tenant") || "", task: params.get("task") || "", q: params.get("q") || "" };
   const cursors = [null]; // cursor of each page visited, so "Previous" needs no server support
   let page = 0;
@@ -590,6 +608,14 @@ function queueView(view, name, params) {
   async function loadCounts() {
     if (!session.admin) { renderTabs(null); return; }
     const stats = await api("GET", `/queues/${encodeURIComponent(name)}/stats`);
+    if (!chosen && !stats[state]) {
+      // No state in the link: open on the first state that has jobs, not an empty tab.
+      const first = STATES.find((st) => stats[st] > 0);
+      if (first && first !== state) {
+        location.replace(queueHref(name, { ...nonEmpty(filters), state: first }));
+        return;
+      }
+    }
     paused = stats.paused;
     pausedBadge.hidden = !paused;
     renderTabs(stats);
@@ -620,7 +646,7 @@ function queueView(view, name, params) {
     shown.textContent = `Page ${page + 1}: ${rows.length} job(s)` +
       (narrowed ? ` match the task/text filter out of ${jobs.length} on this page` : "");
     body.replaceChildren(...(rows.length ? rows.map(jobRow) : [h("tr", {}, h("td", { colspan: 6, class: "empty",
-      text: jobs.length ? "No job on this page matches the filters." : `No ${state} jobs.` }))]));
+      text: jobs.length ? "No job on this page matches the filters." : `No ${state} jobs. ${EMPTY_HINT[state]}` }))]));
     pager.replaceChildren(
       h("button", { type: "button", id: "first-page", disabled: page === 0,
         onclick: () => { page = 0; loadPage().catch(reportError); }, text: "First page" }),
@@ -692,6 +718,15 @@ function progressOf(value) {
   return h("code", { text: JSON.stringify(value).slice(0, 80) });
 }
 
+function policyText(p, which) {
+  if (!p) return "–";
+  const from = p[`${which}_from`];
+  if (from === "unknown") return "set by the task in the worker's code (not registered in this API's app)";
+  const value = which === "timeout"
+    ? (p.timeout_seconds === null ? "no limit" : `${p.timeout_seconds}s`) : p.backoff_text;
+  return `${value} (${from === "job" ? "set on this job" : "task default"})`;
+}
+
 // Job: everything about one job, its attempts, and retry/cancel/promote.
 function jobView(view, id) {
   const queue = id.includes(":") ? id.slice(0, id.lastIndexOf(":")) : "";
@@ -733,8 +768,9 @@ function jobView(view, id) {
     const options = [
       ["Task", job.task], ["Queue", job.queue], ["Tenant", job.tenant ?? "–"],
       ["Attempts", `${job.attempt} / ${job.max_attempts}`], ["Priority", job.priority],
-      ["Timeout", job.timeout === null ? "none" : `${job.timeout}s`],
-      ["Backoff", job.backoff === null ? "task default" : JSON.stringify(job.backoff)],
+      // What the worker applies, and where it comes from (the job, or its task's defaults).
+      ["Timeout", policyText(job.in_effect, "timeout")],
+      ["Backoff", policyText(job.in_effect, "backoff")],
       ["Dedupe key", job.dedupe_key ?? "–"], ["Worker", job.worker ?? "–"],
     ];
     const timeline = [["Created", job.created_at, null]];
@@ -800,6 +836,12 @@ function schedulesView(view) {
       box.replaceChildren(h("p", { class: "notice", id: "no-scheduler", text:
         "Scheduler not configured: no schedule is stored and no scheduler is running. Define " +
         "schedules with app.cron(...) / app.every(...) and run `conveyor scheduler`." }));
+      return;
+    }
+    if (!doc.schedules.length) {
+      box.replaceChildren(h("p", { class: "notice", id: "no-schedules", text:
+        "No schedule yet. Add one with `conveyor schedules add NAME --cron '0 3 * * *' --task T`, " +
+        "or in code with app.cron(...) / app.every(...)." }));
       return;
     }
     box.replaceChildren(

@@ -4,12 +4,12 @@ A Hypothesis state machine drives a SQLite engine (a file in tmp) and a Redis en
 (the private redis-server of the conftest, a fresh key prefix per example) side by
 side, both on one `FakeClock`: enqueue (dedupe keys, delays, priorities, tenants),
 claim, every worker outcome, heartbeats, queue limits, operator retry / cancel /
-promote / retry-all / clean, and lease expiry (the clock moves past the lease, then an
-exchange or a recovery pass). After every step both engines must show the same
-observable state: per job (state, attempt, errors, due / start / finish times, result),
-per queue counts, which live job holds each dedupe key, and the pending claim order.
-The rules they follow are written once in `conveyor.lifecycle`; this test is what
-notices when an engine drifts.
+promote / retry-all / clean, and lease expiry (the clock moves past the lease, then
+an exchange or a recovery pass). After every step both engines must show the same
+observable state: per job (state, attempt, errors, due / start / finish times,
+result), per queue counts, which live job holds each dedupe key, and the pending claim
+order. The rules they follow are written once in `conveyor.lifecycle`; this test is
+what notices when an engine drifts.
 
 CI runs a bounded profile (`ci`, about 15 s). A long run (about 15 min), after a change
 to an engine or to the lifecycle:

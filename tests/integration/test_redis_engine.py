@@ -377,6 +377,20 @@ async def test_a_tenant_that_refills_its_bucket_does_not_jump_the_rotation(
     assert [j.tenant for j in (await claim(engine, limit=1)).jobs] == ["a"]
 
 
+async def test_the_last_minute_counts_exclude_a_finish_exactly_60_s_ago(
+    clocked: tuple[RedisEngine, FakeClock],
+) -> None:
+    eng, clock = clocked
+    await eng.enqueue([new()])
+    [job] = (await claim(eng)).jobs
+    done = Outcome(job.id, str(job.token), "complete", result_json="1")
+    await eng.exchange([done], queues=("q",), limit=0, worker_id="w", lease_ms=30_000)
+    clock.advance(59.999)
+    assert (await eng.counts("q")).completed_1m == 1
+    clock.advance(0.001)
+    assert (await eng.counts("q")).completed_1m == 0
+
+
 async def test_workers_last_seen_is_the_engine_clock_not_the_workers(
     clocked: tuple[RedisEngine, FakeClock],
 ) -> None:

@@ -3,7 +3,8 @@
 -- KEYS:    the per-queue keys (see _lib.lua); ARGV[1..4]: the header (see _lib.lua)
 -- Returns: { scheduled, pending, running, completed, failed, cancelled, paused (0/1),
 --            created_ms of the oldest pending job or -1,
---            completed in the last 60 s, failed in the last 60 s (ZCOUNT: O(log n)) }
+--            completed in the last 60 s, failed in the last 60 s (finished after now - 60 s,
+--            as on SQLite; ZCOUNT: O(log n)) }
 -- Touches: reads the state zsets (pending: pending + tpending), paused, job hashes.
 --
 -- Pending is ordered by priority, so its head is not necessarily the oldest job. Within a
@@ -27,6 +28,6 @@ return {
   redis.call('ZCARD', K_RUNNING), redis.call('ZCARD', K_COMPLETED),
   redis.call('ZCARD', K_FAILED), redis.call('ZCARD', K_CANCELLED),
   redis.call('EXISTS', K_PAUSED), oldest,
-  redis.call('ZCOUNT', K_COMPLETED, num(NOW - 60000), '+inf'),
-  redis.call('ZCOUNT', K_FAILED, num(NOW - 60000), '+inf'),
+  redis.call('ZCOUNT', K_COMPLETED, '(' .. num(NOW - 60000), '+inf'),
+  redis.call('ZCOUNT', K_FAILED, '(' .. num(NOW - 60000), '+inf'),
 }

@@ -26,11 +26,9 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from conveyor import lifecycle
 from conveyor.clock import FakeClock
 from conveyor.engines.base import Outcome
 from conveyor.engines.redis import RedisEngine, connection, operations
-from conveyor.engines.redis.errors import ALLOW_OOM, FLAGS_SINCE
 from conveyor.engines.redis.keys import KeyLayout
 from conveyor.errors import ConfigError, EngineUnavailable, InvalidState, MalformedJob
 from conveyor.job import JobState, NewJob, new_job_id
@@ -187,25 +185,6 @@ def cluster_url(tmp_path: Path) -> Iterator[str]:
     finally:
         proc.kill()
         proc.wait(10)
-
-
-async def test_scripts_load_with_the_lifecycle_prelude_under_their_memory_flag(
-    engine: RedisEngine,
-) -> None:
-    """Both at load: the lifecycle prelude, and (Redis 7+) the `#!lua flags=` line, which
-    Redis reads only as a script's first line; then the server holds every script. The
-    lease scripts, registered on first use, get their flag too."""
-    assert engine._version is not None and engine._version >= FLAGS_SINCE
-    assert await engine.acquire_lease("l", "me", 1_000)
-    assert "lease_acquire" in engine._scripts
-    for name, script in engine._scripts.items():
-        first = script.script.partition("\n")[0]
-        shebang = first if first.startswith("#!") else None  # none: runs on Redis 6.2
-        assert shebang == ("#!lua flags=allow-oom" if name in ALLOW_OOM else None), name
-        if name in connection._QUEUE_SCRIPTS:
-            assert lifecycle.lua_prelude() in script.script, name
-    shas = [s.sha for s in engine._scripts.values()]
-    assert all(await engine._client.script_exists(*shas))
 
 
 async def test_every_operation_is_legal_on_redis_cluster(

@@ -47,7 +47,7 @@ DONE_KEY = "bench:done"
 LAT_KEY = "bench:lat"
 QUEUE = "bench"
 POLL_S = 0.005
-ALL_WORKLOADS = ["W0", "W1", "W2", "W3", "W4", "W5", "PHYS"]
+ALL_WORKLOADS = ["W0", "W1", "W2", "W3", "W4", "W5", "W6", "PHYS"]
 # W5: the W1 burst spread over this many tenants, each limited to this many running jobs.
 W5_TENANTS = 100
 W5_TENANT_CONCURRENCY = 2
@@ -68,11 +68,13 @@ class Sizes:
     noop_concurrency: int
     scale: tuple[int, ...]
     rb_requests: int
+    w6: int = 2_000
+    w6_cpu_ms: int = 5
 
     @classmethod
     def for_mode(cls, quick: bool) -> Sizes:
         if quick:
-            return cls(1_000, 2_000, 100, 5.0, 500, 20, 100, 10, (1, 2, 4), 50_000)
+            return cls(1_000, 2_000, 100, 5.0, 500, 20, 100, 10, (1, 2, 4), 50_000, w6=500)
         return cls(10_000, 20_000, 500, 5.0, 2_000, 20, 100, 10, (1, 2, 4), 200_000)
 
 
@@ -225,6 +227,8 @@ class Peer:
         listed = self.meta.get("WORKLOADS")
         if listed is not None and workload not in listed:
             return False
+        if workload == "W6":  # only libraries with a process pool to compare (CPU)
+            return bool(self.meta.get("CPU"))
         return workload != "W5" or bool(self.meta.get("FAIRNESS"))
 
     @property
@@ -251,7 +255,7 @@ class Peer:
     def worker_argvs(
         self, url: str, kind: str, concurrency: int, processes: int
     ) -> list[list[str]]:
-        template = self.meta.get("WORKER_ARGV_IO") if kind == "io" else None
+        template = self.meta.get({"io": "WORKER_ARGV_IO", "cpu": "WORKER_ARGV_CPU"}.get(kind, ""))
         template = template or self.meta["WORKER_ARGV"]
         base = self.fmt_vars(url) | {"concurrency": str(concurrency)}
         if self.meta.get("PROCESSES", "spawn") == "native":
@@ -275,6 +279,9 @@ META_KEYS = {
     "BULK",
     "WORKER_ARGV",
     "WORKER_ARGV_IO",
+    "WORKER_ARGV_CPU",
+    "CPU",
+    "CPU_PROCESSES",
     "ENQUEUE_ARGV",
     "PROCESSES",
     "CONCURRENCY",
@@ -690,6 +697,27 @@ def measure_w3(ctx: Ctx, peer: Peer) -> dict[str, float]:
     return {"rate": (n - c_first) / (t_last - t_first)}
 
 
+def measure_w6(ctx: Ctx, peer: Peer) -> dict[str, float]:
+    """CPU-bound: pre-enqueued jobs of `w6_cpu_ms` of pure-Python work each, run by the
+    peer's process pool sized for 2 cores; rate from the first completion to the last."""
+    n = ctx.sizes.w6
+    ctx.flush()
+    ctx.fill(peer, n, sleep_ms=-ctx.sizes.w6_cpu_ms)
+    conc = peer.concurrency("cpu", 2)
+    t0 = time.time()
+    workers = ctx.spawn(peer, "cpu", conc, int(peer.meta.get("CPU_PROCESSES", 1)))
+    try:
+        ctx.wait_done(1, workers, t0)
+        t_first = time.time()
+        c_first = ctx.done()
+        t_last = ctx.wait_done(n, workers, t0)
+    finally:
+        workers.stop()
+    if c_first >= n or t_last <= t_first:
+        raise BenchError("finished before a rate could be measured")
+    return {"rate": (n - c_first) / (t_last - t_first)}
+
+
 def redis_benchmark(server: RedisServer, requests: int) -> dict[str, float]:
     script = "return redis.call('INCR', KEYS[1])"
     sha = hashlib.sha1(script.encode()).hexdigest()
@@ -830,6 +858,10 @@ def run_peer(
             ctx.tag = f"r{run}-w3"
             log(f"[{lib}] run {run}/{runs} W3 io x{sizes.w3}")
             guarded(res, lib, ["w3"], lambda: {"w3": measure_w3(ctx, peer)["rate"]})
+        if "W6" in workloads:
+            ctx.tag = f"r{run}-w6"
+            log(f"[{lib}] run {run}/{runs} W6 cpu {sizes.w6_cpu_ms} ms x{sizes.w6}")
+            guarded(res, lib, ["w6"], lambda: {"w6": measure_w6(ctx, peer)["rate"]})
 
 
 def remove_engine_file(peer: Peer, url: str) -> None:
@@ -948,6 +980,9 @@ def render(
 
     if "W5" in workloads:
         out += render_w5(peers, res, sizes)
+
+    if "W6" in workloads:
+        out += render_w6(peers, res, sizes)
 
     if phys is not None:
         labels = list(phys.cells.get("redis-benchmark", {}).keys())
@@ -1177,6 +1212,41 @@ def render_w5(peers: list[Peer], res: Results, sizes: Sizes) -> list[str]:
     ]
 
 
+def render_w6(peers: list[Peer], res: Results, sizes: Sizes) -> list[str]:
+    taking_part = [p for p in peers if p.takes_part("W6")]
+    rows = [[p.name, fmt_cell(res.get(p.name, "w6")), str(p.meta["CPU"])] for p in taking_part]
+    ceiling = 2 * 1000 / sizes.w6_cpu_ms  # 2 cores, each job w6_cpu_ms of CPU
+    out = [
+        "## W6 CPU-bound",
+        "",
+        f"n={sizes.w6:,} jobs pre-enqueued, each {sizes.w6_cpu_ms} ms of pure-Python work "
+        "(`peers/_common.py::burn_cpu`: a fixed loop, the same work for every library), run "
+        "by one worker with a process pool of 2 (the machine's cores); jobs/s from the first "
+        f"completion to the last. The ceiling is 2 cores × {1000 / sizes.w6_cpu_ms:g} jobs/s "
+        f"= {ceiling:g} jobs/s. Only libraries that declare a process pool (`CPU`) take part.",
+        "",
+        md_table(["library", "W6 (jobs/s)", "how"], rows)
+        if rows
+        else "No library in this run declares `CPU`.",
+        "",
+    ]
+    ours = median_of(res.get("conveyor", "w6"))
+    peer_best = [
+        (median_of(res.get(p.name, "w6")), p.name) for p in taking_part if p.name != "conveyor"
+    ]
+    known = [(v, name) for v, name in peer_best if v is not None]
+    if ours is not None and known:
+        best, best_name = max(known)
+        goal = max(best, 0.9 * ceiling)
+        met = "yes" if ours >= goal else f"no (by {fmt_pct((1 - ours / goal) * 100, False)})"
+        out += [
+            f"Goal: conveyor ≥ the better peer ({best_name} {fmt_num(best, 0)}) and within 10% "
+            f"of the ceiling ({fmt_num(0.9 * ceiling, 0)}): conveyor {fmt_num(ours, 0)} — {met}.",
+            "",
+        ]
+    return out
+
+
 RULES = """## Rules
 
 * **Completion rule (every library):** the job handler does exactly one `INCR bench:done` on
@@ -1211,6 +1281,9 @@ RULES = """## Rules
   stored on the queue by the producer before it enqueues (the producer and the workers get
   `BENCH_TENANTS=100`, `BENCH_TENANT_CONCURRENCY=2`); only for libraries with a fairness
   mechanism (`FAIRNESS`). Cost = fair jobs/s / plain jobs/s − 1.
+* **W6 CPU-bound:** n jobs of a fixed pure-Python loop worth 5 ms on the reference machine
+  (`burn_cpu`, the job's `s` is negative) are enqueued first, then one worker with a process
+  pool of 2 (`CPU`, `WORKER_ARGV_CPU`, `CPU_PROCESSES`); only for libraries that declare one.
 * **conveyor-sqlite:** Conveyor's own default engine (a SQLite file per run, emptied with
   `purge` before every measurement since `FLUSHALL` does not reach it), W0–W2 only; it is not a
   peer, so it is left out of the ratio and target tables.

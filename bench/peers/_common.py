@@ -6,7 +6,9 @@ Completion rule (the same for every library): the handler does exactly one
 ``s`` milliseconds (``asyncio.sleep`` in async libraries, ``time.sleep`` in threaded ones).
 
 Every job takes two positional integers: ``t`` (enqueue time in ``time.time_ns()``, 0 when the
-workload does not measure latency) and ``s`` (milliseconds to sleep, 0 for noop jobs).
+workload does not measure latency) and ``s`` (milliseconds to sleep, 0 for noop jobs). A
+CPU-bound job (W6) has ``s < 0``: it does ``-s`` milliseconds' worth of pure-Python work
+(`burn_cpu`, a fixed amount of work, so every library does exactly the same) instead.
 """
 
 from __future__ import annotations
@@ -25,6 +27,20 @@ import redis
 DONE_KEY = "bench:done"
 LAT_KEY = "bench:lat"
 QUEUE = os.environ.get("BENCH_QUEUE", "bench")
+
+
+# Loop iterations of `burn_cpu` per millisecond on the 2-core reference machine (the fastest
+# of 30 runs of 20,000 iterations, idle: 0.85 ms). Fixed work, not a timer: a loaded machine
+# takes longer for every library alike.
+CPU_ITERATIONS_PER_MS = 23_500
+
+
+def burn_cpu(ms: int) -> int:
+    """About `ms` milliseconds of pure-Python CPU work (holds the GIL throughout)."""
+    x = 0
+    for i in range(ms * CPU_ITERATIONS_PER_MS):
+        x += i * i % 7
+    return x
 
 
 def redis_url() -> str:
@@ -88,8 +104,10 @@ def mark_done_sync(t: int, s: int, client: redis.Redis | None = None) -> None:
     """``client``: use this redis-py client instead (rq forks a process per job, and a
     fresh socket per fork would be a connect per job)."""
     start = time.time_ns()
-    if s:
+    if s > 0:
         time.sleep(s / 1000)
+    elif s < 0:
+        burn_cpu(-s)
     if client is not None:
         if t:
             client.rpush(LAT_KEY, start - t)
@@ -174,7 +192,9 @@ async def _async_marker() -> _Marker:
 async def mark_done_async(t: int, s: int) -> None:
     start = time.time_ns()
     marker = await _async_marker()
-    if s:
+    if s > 0:
         await asyncio.sleep(s / 1000)
+    elif s < 0:
+        burn_cpu(-s)
     payload = (_command("RPUSH", LAT_KEY, start - t) if t else b"") + INCR_DONE
     await marker.call(payload, 2 if t else 1)

@@ -27,8 +27,26 @@ WORKER_ARGV = [
     "--without-heartbeat",
     "--loglevel=WARNING",
 ]
+WORKER_ARGV_CPU = [
+    "{bin}/celery",
+    "-A",
+    "peers.celery_lib",
+    "worker",
+    "-Q",
+    "{queue}",
+    "--pool=prefork",
+    "-c",
+    "{concurrency}",
+    "-n",
+    "w{index}@%h",
+    "--without-gossip",
+    "--without-mingle",
+    "--without-heartbeat",
+    "--loglevel=WARNING",
+]
+CPU = "--pool=prefork -c 2, default prefetch (x4), ignore_result"
 PROCESSES = "spawn"
-CONCURRENCY = {"noop": 10, "io": 100}
+CONCURRENCY = {"noop": 10, "io": 100, "cpu": 2}
 NOTES = {
     "noop": "--pool=threads -c 10, default prefetch (x4), ignore_result, "
     "--without-gossip/mingle/heartbeat",

@@ -36,8 +36,26 @@ WORKER_ARGV = [
     "--log-level",
     "WARNING",
 ]
+WORKER_ARGV_CPU = [
+    "{bin}/conveyor",
+    "worker",
+    "peers.conveyor_lib:app",
+    "--url",
+    "{url}",
+    "--queues",
+    "{queue}",
+    "--pool",
+    "process",
+    "--processes",
+    "{concurrency}",
+    "--health-port",
+    "0",
+    "--log-level",
+    "WARNING",
+]
+CPU = "conveyor worker --pool process --processes 2 (one worker, 2 child processes)"
 PROCESSES = "spawn"
-CONCURRENCY = {"noop": 50, "io": 100}
+CONCURRENCY = {"noop": 50, "io": 100, "cpu": 2}
 NOTES = {
     "noop": "conveyor worker --concurrency 50 (per process), completed jobs kept",
     "io": "conveyor worker --concurrency 100, asyncio.sleep(0.02)",

@@ -22,7 +22,9 @@ WORKER_ARGV = [
     "{queue}",
 ]
 PROCESSES = "native"
-CONCURRENCY = {"noop": 10, "io": 100}
+CONCURRENCY = {"noop": 10, "io": 100, "cpu": 1}
+CPU = "--processes 2 --threads 1, default middleware"
+CPU_PROCESSES = 2
 NOTES = {
     "noop": "--processes P --threads 10, default middleware",
     "io": "--processes 1 --threads 100, time.sleep(0.02)",

@@ -15,6 +15,7 @@ ConveyorError                     root: catch this to catch everything Conveyor 
 │   └── PayloadTooLarge           payload exceeds the configured size limit
 ├── TooManySubscriptions          a live-events subscription is over its process or token cap
 ├── InvalidResult                 a handler returned something that is not JSON
+├── ChildProcessDied              an isolated handler's child process died mid-attempt
 ├── MalformedJob                  stored job data cannot be decoded
 ├── JobFailed                     `job.wait()`: the job failed (dead-lettered)
 ├── JobCancelled                  `job.wait()`: the job was cancelled
@@ -117,6 +118,13 @@ class InvalidPayload(InvalidJob):
 
 class InvalidResult(ConveyorError):
     """A handler returned a value that is not JSON; the attempt fails with this error."""
+
+
+class ChildProcessDied(ConveyorError):
+    """The child process running an isolated handler (`isolation="process"`, `--pool
+    process`) died during the attempt: a segfault, `os._exit`, the OOM killer. The
+    attempt fails with this error (retried as usual); the message says how the child
+    died (signal or exit code). The worker lives on and starts a new child."""
 
 
 class PayloadTooLarge(InvalidJob):

@@ -57,6 +57,19 @@ class LoopsView(Protocol):
     def errors(self) -> dict[str, str | None]: ...
 
 
+class PoolView(Protocol):
+    """What the health server reads from a worker's process pool (isolation.py)."""
+
+    @property
+    def processes(self) -> int: ...
+    @property
+    def pids(self) -> list[int]: ...
+    @property
+    def recycled(self) -> int: ...
+    @property
+    def died(self) -> int: ...
+
+
 class HealthSource(Protocol):
     """What the health server reads from its worker (`conveyor.worker.Worker`).
 
@@ -88,6 +101,8 @@ class HealthSource(Protocol):
     def lease_ms(self) -> int: ...
     @property
     def shutdown_timeout(self) -> float: ...
+    @property
+    def process_pool(self) -> PoolView | None: ...
 
 
 def build_health_app(worker: HealthSource) -> Starlette:
@@ -148,6 +163,17 @@ def detailed_document(worker: HealthSource, ready: bool, reason: str) -> dict[st
         "loops": worker.loops.errors(),
         "queues": {c.queue: c.to_dict() for c in worker.last_counts},
         "concurrency": {"in_use": worker.in_flight, "limit": worker.concurrency},
+        # Isolated handlers' children (null: no process pool): live pids, and how many were
+        # replaced by the recycling limits or died mid-job (killed on timeout or cancel,
+        # or crashed).
+        "process_pool": None
+        if (pool := worker.process_pool) is None
+        else {
+            "processes": pool.processes,
+            "pids": pool.pids,
+            "recycled": pool.recycled,
+            "died": pool.died,
+        },
         "stats": {
             "processed": worker.stats.processed,
             "failed": worker.stats.failed,

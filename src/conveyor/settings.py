@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from collections.abc import Mapping
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlsplit
@@ -47,6 +48,19 @@ class Settings(BaseSettings):
     rate: str | None = Field(None, description='jobs started per window per queue, e.g. "100/1s"')
     tenant_rate: str | None = Field(
         None, description='jobs started per window per tenant, e.g. "10/1s"'
+    )
+    # Process isolation (conveyor.worker.isolation): where handlers run.
+    pool: Literal["thread", "process"] = Field(
+        "thread", description="thread: handlers in the worker; process: in child processes"
+    )
+    processes: int | None = Field(
+        None, ge=1, le=1024, description="child processes of --pool process (CPU count)"
+    )
+    max_jobs_per_child: int | None = Field(
+        None, ge=1, description="replace a child process after this many jobs"
+    )
+    max_memory_per_child: int | None = Field(
+        None, ge=1, description='replace a child process above this RSS, e.g. "512MB"'
     )
     lease_timeout: float = Field(
         30.0, gt=0, le=86_400, description="seconds a claim is valid without a heartbeat"
@@ -116,6 +130,18 @@ class Settings(BaseSettings):
                 ) from None
         return value
 
+    @field_validator("max_memory_per_child", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return parse_size(value)
+            except ValueError:
+                raise ValueError(
+                    "use a size such as 512MB, 2GB, 800KB or a number of bytes"
+                ) from None
+        return value
+
     @field_validator("url")
     @classmethod
     def _known_scheme(cls, value: str) -> str:
@@ -158,6 +184,26 @@ class Settings(BaseSettings):
             return cls.model_validate(values)
         except ValidationError as exc:
             raise ConfigError(_explain(exc)) from exc
+
+
+_UNITS = {"": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}
+_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMG]?)I?B?\Z")
+
+
+def parse_size(text: str) -> int:
+    """Bytes from a size such as "512MB", "2GB", "800KB" or "1048576" (binary units:
+    1MB = 1024 KB, as RSS is reported).
+
+    Raises:
+        ValueError: it is not a positive size.
+    """
+    match = _SIZE.match(text.strip().upper())
+    if match is None:
+        raise ValueError(f"{text!r} is not a size such as 512MB, 2GB or 800KB")
+    value = float(match[1]) * _UNITS[f"{match[2]}B" if match[2] else ""]
+    if not 0 < value < float("inf"):
+        raise ValueError(f"{text!r} is not a size such as 512MB, 2GB or 800KB")
+    return int(value)
 
 
 def url_source(flag: str | None, environ: Mapping[str, str] | None = None) -> str | None:

@@ -5,13 +5,17 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
 from .backoff import Backoff
 
 Handler = Callable[..., Any]
+# Where a handler runs: None follows the worker's pool (`--pool`); "process" always runs it
+# in a child process of the worker's process pool (see conveyor.worker.isolation).
+Isolation = Literal["process"] | None
+ISOLATIONS = (None, "process")
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +31,7 @@ class Task:
     # The pydantic model of the payload (`payload=` or a `Job[Model]` annotation); the
     # handler gets `job.payload` as an instance of it. None: a plain dict.
     payload_model: type[BaseModel] | None = None
+    isolation: Isolation = None
     # Coroutine functions run on the loop; plain functions in the thread pool. Decided
     # once here, not per job.
     is_async: bool = field(init=False)

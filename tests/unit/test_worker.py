@@ -210,6 +210,31 @@ async def test_cancelled_running_job_is_stopped_and_result_discarded(app: Convey
     assert (await app.get_job(job.id)).state == JobState.CANCELLED
 
 
+async def test_full_worker_refills_the_slot_a_cancelled_job_freed(app: Conveyor) -> None:
+    # With every slot busy the claim loop sleeps until a slot frees; a job stopped by its
+    # lost lease must wake it, or the worker idles with work pending.
+    started = asyncio.Event()
+
+    @app.task("long")
+    async def long(job: Job) -> None:
+        started.set()
+        await asyncio.sleep(30)
+
+    @app.task("short")
+    async def short(job: Job) -> str:
+        return "ran"
+
+    job = await app.enqueue("long", {})
+    worker = Worker(app, concurrency=1, lease_timeout=0.3)
+    run = asyncio.create_task(worker.run())
+    await asyncio.wait_for(started.wait(), 5)
+    follow = await app.enqueue("short", {})
+    await app.engine.cancel_job(job.id)
+    assert await app.wait(follow.id, timeout=5) == "ran"
+    worker.stop()
+    await asyncio.wait_for(run, 5)
+
+
 async def test_stop_releases_jobs_past_shutdown_timeout(app: Conveyor) -> None:
     started = asyncio.Event()
 

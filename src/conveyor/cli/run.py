@@ -14,6 +14,7 @@ from ..app import Conveyor
 from ..limits import QueueLimits
 from ..settings import Settings
 from ..worker import Worker
+from ..worker.isolation import ProcessPoolOptions
 from .common import (
     announce,
     bind_app,
@@ -144,6 +145,28 @@ def worker(
             help="fleet-wide: jobs started per tenant, e.g. 10/1s (env CONVEYOR_TENANT_RATE)"
         ),
     ] = None,
+    pool: Annotated[
+        str | None,
+        typer.Option(
+            help="thread: handlers run in the worker; process: in child processes that "
+            "timeouts, cancels and crashes can kill (env CONVEYOR_POOL; thread)"
+        ),
+    ] = None,
+    processes: Annotated[
+        int | None,
+        typer.Option(help="child processes of the process pool (env CONVEYOR_PROCESSES; CPUs)"),
+    ] = None,
+    max_jobs_per_child: Annotated[
+        int | None,
+        typer.Option(help="replace a child after this many jobs (env CONVEYOR_MAX_JOBS_PER_CHILD)"),
+    ] = None,
+    max_memory_per_child: Annotated[
+        str | None,
+        typer.Option(
+            help="replace a child whose RSS is above this after a job, e.g. 512MB "
+            "(env CONVEYOR_MAX_MEMORY_PER_CHILD)"
+        ),
+    ] = None,
 ) -> None:
     """Run a worker: claim jobs under leases and run their handlers.
 
@@ -167,6 +190,10 @@ def worker(
         tenant_concurrency=tenant_concurrency,
         rate=rate,
         tenant_rate=tenant_rate,
+        pool=pool,
+        processes=processes,
+        max_jobs_per_child=max_jobs_per_child,
+        max_memory_per_child=max_memory_per_child,
     )
     setup_logging(settings.log_level, settings.log_format)
     limits = QueueLimits.build(
@@ -187,10 +214,21 @@ def worker(
                 target,
                 did_you_mean(name, declared),
             )
+    isolation = ProcessPoolOptions(
+        target=target,
+        processes=settings.processes,
+        every_task=settings.pool == "process",
+        max_jobs_per_child=settings.max_jobs_per_child,
+        max_memory_per_child=settings.max_memory_per_child,
+    )
+    concurrency = settings.concurrency
+    if settings.pool == "process" and "concurrency" not in settings.model_fields_set:
+        # One job per child: more slots would only hold claimed jobs waiting for a child.
+        concurrency = settings.processes or os.cpu_count() or 1
     w = Worker(
         app,
         queues=chosen,
-        concurrency=settings.concurrency,
+        concurrency=concurrency,
         lease_timeout=settings.lease_timeout,
         shutdown_timeout=settings.shutdown_timeout,
         burst=burst,
@@ -200,19 +238,26 @@ def worker(
         limits=None if limits.empty else limits,
         retention=retention_policy(settings),
         require_noeviction=settings.require_noeviction,
+        isolation=isolation,
     )
     engine = engine_label(app.url)
+    pool_note = ""
+    if w.process_pool is not None:
+        pool_note = f" pool=process({w.process_pool.processes})"
 
     def ready() -> None:  # after the engine answered (runbook 003's ready signal)
         announce(
             f"worker {w.id} on {engine}{overridden} queues={','.join(chosen)} "
-            f"concurrency={settings.concurrency} health port={settings.health_port or 'off'}",
+            f"concurrency={concurrency}{pool_note} "
+            f"health port={settings.health_port or 'off'}",
             settings.log_format,
             worker=w.id,
             engine=engine,
             engine_overridden=overridden.strip(" ()") or None,
             queues=list(chosen),
-            concurrency=settings.concurrency,
+            concurrency=concurrency,
+            pool="process" if w.process_pool is not None else "thread",
+            processes=w.process_pool.processes if w.process_pool is not None else None,
             health_port=settings.health_port or None,
         )
 

@@ -14,7 +14,7 @@ from ..errors import ConfigError
 from ..job import Job
 from ..limits import QueueLimits
 from ..payloads import payload_model
-from ..task import Handler, Task
+from ..task import ISOLATIONS, Handler, Isolation, Task
 from .checks import check_attempts, check_queue, check_timeout
 from .core import AppCore, Hook, JobHook
 
@@ -36,6 +36,7 @@ class Registry(AppCore):
         backoff: backoff_mod.BackoffLike = None,
         timeout: float | None = None,
         payload: type[BaseModel] | None = None,
+        isolation: Isolation = None,
     ) -> Callable[[H], H]:
         """Register a handler as a task.
 
@@ -49,6 +50,10 @@ class Registry(AppCore):
             payload: a pydantic model the payload must fit (also found from a
                 `job: Job[Model]` annotation); the handler gets `job.payload` as an
                 instance of it. See `conveyor.payloads`.
+            isolation: `"process"` runs every attempt in a child process of the
+                worker's process pool, which a hard timeout, a cancellation or a crash
+                kills without harming the worker (see `conveyor.worker.isolation`).
+                None (the default) follows the worker's `--pool`.
 
         Raises:
             ConfigError: an option is invalid or the name is already registered.
@@ -57,6 +62,11 @@ class Registry(AppCore):
         check_attempts(max_attempts)
         policy = backoff_mod.coerce(backoff)
         check_timeout(timeout)
+        if isolation not in ISOLATIONS:
+            raise ConfigError(
+                f"isolation={isolation!r} is invalid: use isolation='process' to run the "
+                "task in a child process, or leave it out to follow the worker's --pool"
+            )
 
         def register(fn: H) -> H:
             task_name = name or f"{fn.__module__}.{fn.__qualname__}"
@@ -64,7 +74,14 @@ class Registry(AppCore):
                 raise ConfigError(f"task {task_name!r} is registered twice: pick another name")
             model = payload_model(fn, payload, Job)
             self.tasks[task_name] = Task(
-                task_name, fn, queue, max_attempts, policy, timeout, payload_model=model
+                task_name,
+                fn,
+                queue,
+                max_attempts,
+                policy,
+                timeout,
+                payload_model=model,
+                isolation=isolation,
             )
             return fn
 

@@ -25,6 +25,7 @@ from ..errors import InvalidPayload, InvalidResult, RateLimited, Retry, Unrecove
 from ..job import AttemptError, Job, JobState, encode_result
 from ..payloads import decode_payload
 from ..task import Task
+from .isolation import ChildError, ProcessPool
 
 if TYPE_CHECKING:
     from ..app import Conveyor
@@ -75,12 +76,22 @@ class Runner:
         app: the app whose tasks run.
         pool: the thread pool for plain (`def`) handlers.
         worker_id: named in the error of a job whose task this worker lacks.
+        process_pool: the child processes of isolated handlers, if any
+            (`conveyor.worker.isolation`).
     """
 
-    def __init__(self, app: Conveyor, pool: ThreadPoolExecutor, worker_id: str) -> None:
+    def __init__(
+        self,
+        app: Conveyor,
+        pool: ThreadPoolExecutor,
+        worker_id: str,
+        *,
+        process_pool: ProcessPool | None = None,
+    ) -> None:
         self.app = app
         self.pool = pool
         self.worker_id = worker_id
+        self.process_pool = process_pool
 
     async def outcome(self, job: Job) -> Outcome:
         """Run `job`'s handler once and return what the engine must record.
@@ -108,12 +119,15 @@ class Runner:
             job.payload = model  # the handler (and the hooks after it) see the model
         timeout = job.timeout if job.timeout is not None else task.timeout
         deadline: asyncio.Timeout | None = None
+        isolated = self.process_pool is not None and self.process_pool.handles(task)
         try:
             if timeout is None:  # the common case: no timer per job
                 result = await self._call(task, job)
             else:
-                async with asyncio.timeout(timeout) as deadline:
-                    result = await self._call(task, job)
+                # An isolated attempt's timer is armed by the pool once a child takes the
+                # job: the wait for a free child is not the handler's time.
+                async with asyncio.timeout(None if isolated else timeout) as deadline:
+                    result = await self._call(task, job, deadline, timeout)
         except Retry as exc:
             return self.error(job, "Retry", exc.reason, delay=exc.delay)
         except RateLimited as exc:
@@ -148,8 +162,17 @@ class Runner:
             return self.error(job, "InvalidResult", str(exc))
         return Outcome(job.id, token, "complete", result_json=result_json)
 
-    async def _call(self, task: Task, job: Job) -> Any:
-        """Run the handler: coroutines on the loop, plain functions in the thread pool."""
+    async def _call(
+        self,
+        task: Task,
+        job: Job,
+        deadline: asyncio.Timeout | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        """Run the handler: in a child process when isolated, else coroutines on the loop
+        and plain functions in the thread pool."""
+        if self.process_pool is not None and self.process_pool.handles(task):
+            return await self.process_pool.run(job, deadline, timeout)
         if task.is_async:
             return await task.fn(job)
         loop = asyncio.get_running_loop()
@@ -161,6 +184,8 @@ class Runner:
 
     def _exception(self, job: Job) -> Outcome:
         exc = sys.exc_info()[1]
+        if isinstance(exc, ChildError):  # raised in a child process: its own type and trace
+            return self.error(job, exc.type_name, exc.message, tb=exc.remote_traceback)
         return self.error(job, type(exc).__name__, str(exc), tb=traceback.format_exc())
 
     def error(

@@ -43,6 +43,7 @@ from ..retention import Retention, RetentionPolicy
 from ..serving import EmbeddedServer
 from ..tracing import take_carrier, traced
 from . import joblog
+from .isolation import ProcessPool, ProcessPoolOptions
 from .loopwatch import DEFAULT_THRESHOLD_S, JOB_TASK_PREFIX, LoopWatch, job_describer
 from .outcomes import HOOK_KIND, Runner, as_finished, call_hook
 from .supervision import Supervisors
@@ -102,6 +103,9 @@ class Worker:
             leave them (the CLI passes the configured policy, 24h / 7d by default).
         require_noeviction: refuse to start when Redis may evict keys (durability.py);
             otherwise that is logged as an ERROR at start.
+        isolation: the process pool for isolated handlers (`--pool process` and its
+            options); a pool is also started, with defaults, when a task is registered
+            with `isolation="process"`. See `conveyor.worker.isolation`.
 
     Lifecycle (the order of runbook 001): connect → health server up → startup
     hooks → process; on stop: stop claiming → finish or release in-flight jobs →
@@ -124,6 +128,7 @@ class Worker:
         limits: QueueLimits | None = None,
         retention: RetentionPolicy | None = None,
         require_noeviction: bool = False,
+        isolation: ProcessPoolOptions | None = None,
     ) -> None:
         self.app = app
         self.limits = limits
@@ -167,7 +172,8 @@ class Worker:
         self._round_trip = 0.0  # seconds per exchange
         self._job_time = 0.0  # seconds per job
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="conveyor-job")
-        self._runner = Runner(app, self._pool, self.id)
+        self.process_pool = ProcessPool.for_worker(app, isolation)
+        self._runner = Runner(app, self._pool, self.id, process_pool=self.process_pool)
         # Each background loop reports here; readiness is 503 while one is failing.
         self.loops = Supervisors()
         self._claiming = self.loops.add("claim")
@@ -197,8 +203,9 @@ class Worker:
 
         Raises:
             EngineUnavailable: the engine cannot be reached at start-up.
-            ConfigError: the health port cannot be bound, or Redis may evict keys and
-                `require_noeviction` is set.
+            ConfigError: the health port cannot be bound, Redis may evict keys and
+                `require_noeviction` is set, or the process pool's children cannot
+                import the app.
         """
         # The worker is the one caller that keeps a direct engine handle (everything else
         # goes through the app facade): exchange, heartbeats and progress are its hot
@@ -216,6 +223,8 @@ class Worker:
         watch = LoopWatch(job_describer(self._running, self.app.tasks), self.block_warn_s)
         watch.start()
         try:
+            if self.process_pool is not None:
+                await self.process_pool.start()
             for hook in self.app.startup_hooks:
                 await call_hook(hook)
             if self.on_ready is not None:
@@ -237,6 +246,8 @@ class Worker:
                     loop_task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await loop_task
+            if self.process_pool is not None:  # after _drain: no job is running now
+                await self.process_pool.close()
             with contextlib.suppress(EngineUnavailable):
                 await engine.unregister_worker(self.id)
             self._pool.shutdown(wait=False, cancel_futures=True)
@@ -470,6 +481,7 @@ class Worker:
                 self._running.pop(job.id, None)
                 self.metrics.in_flight.set(len(self._running))
                 self._start_ready()
+                self._wake.set()  # a slot is free: a full worker's claim loop waits for it
                 raise
             outcome = Outcome(job.id, str(job.token), "release")
         self._running.pop(job.id, None)

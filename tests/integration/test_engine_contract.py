@@ -899,3 +899,25 @@ async def test_workers_last_seen_is_the_engine_clock(engine: Engine) -> None:
     # (engines on this machine), and nowhere near the worker's claim of 1970.
     assert abs(worker["last_seen"] - datetime.now(UTC).timestamp()) < 86_400
     assert worker["queues"] == ["q"]
+
+
+async def test_jobs_due_at_the_same_moment_become_pending_in_enqueue_order(
+    engine_url: str, app: Conveyor
+) -> None:
+    # Found by the differential test: SQLite promoted same-millisecond due jobs by row id,
+    # which is not enqueue order when a batch mixes jobs with and without a dedupe key.
+    from conveyor.clock import FakeClock
+
+    clock = FakeClock()
+    eng = open_engine(engine_url, clock=clock)
+    await eng.connect()
+    try:
+        first, second = (
+            app.build("t", {"n": 1}, delay=5),
+            app.build("t", {"n": 2}, delay=5, dedupe_key="k"),
+        )
+        await eng.enqueue([first, second])
+        clock.advance(5)
+        assert [j.id for j in await claim(eng, 1)] == [first.id]
+    finally:
+        await eng.close()

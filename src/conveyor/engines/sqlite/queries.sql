@@ -104,9 +104,9 @@ SELECT count(*), min(at_ms) FROM rate_log WHERE queue = ? AND scope = ?;
 INSERT INTO rate_log (queue, scope, at_ms) VALUES (?, ?, ?);
 
 -- name: due_scheduled
--- Due scheduled jobs of a queue, oldest due first (index jobs_due).
+-- Due scheduled jobs of a queue, oldest due first, enqueue order among equal due times (index jobs_due), as on Redis.
 SELECT rowid FROM jobs WHERE queue = ? AND state = 'scheduled' AND scheduled_ms <= ?
-ORDER BY scheduled_ms LIMIT ?;
+ORDER BY scheduled_ms, seq LIMIT ?;
 
 -- name: promote_row
 UPDATE jobs SET state = 'pending', scheduled_ms = NULL, seq = ? WHERE rowid = ?;

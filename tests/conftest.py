@@ -97,7 +97,7 @@ class RedisServer:
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     if not REDIS_SERVER:
-        pytest.skip("redis-server is not installed; run scripts/test, which installs it")
+        pytest.fail("redis-server is not installed; run scripts/test, which installs it")
     server = RedisServer(tmp_path_factory.mktemp("redis"))
     server.start()
     yield server
@@ -108,7 +108,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
     """A redis-server of this test's own (may be stopped/restarted), AOF on."""
     if not REDIS_SERVER:
-        pytest.skip("redis-server is not installed; run scripts/test, which installs it")
+        pytest.fail("redis-server is not installed; run scripts/test, which installs it")
     server = RedisServer(tmp_path, appendonly=True)
     server.start()
     yield server

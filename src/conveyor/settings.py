@@ -110,6 +110,12 @@ class Settings(BaseSettings):
     api_public_metrics: bool = Field(
         False, description="serve the API's /metrics without the admin token"
     )
+    api_cursor_secret: str | None = Field(
+        None,
+        min_length=16,
+        description="secret sealing listing cursors; the same on every API process behind "
+        "one address (default: random per process)",
+    )
 
     @field_validator("queues", "api_public_hosts", mode="before")
     @classmethod

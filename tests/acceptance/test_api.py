@@ -35,6 +35,7 @@ from conveyor.engines import Event, QueueCounts
 from conveyor.job import Job, JobState
 from conveyor.live import Subscriber
 from conveyor.status import overview_row
+from conveyor.testing import eventually
 from conveyor.web import create_web_app
 from tests.apps.probe import PROBE_QUEUE, probe_app
 from tests.conftest import ROOT, SpawnWorker, free_port
@@ -196,8 +197,11 @@ async def test_one_engine_reader_serves_every_subscriber_of_a_queue(
         for ws in (a, b):
             (_, frame), *_ = await frames(ws, lambda f: f["type"] == "event")
             assert (frame["kind"], frame["job_id"]) == ("enqueued", job["id"])
-    await asyncio.sleep(0.2)
-    assert hub.feeds == 0  # the reader stops with its last subscriber
+
+    async def reader_stopped() -> bool:  # the reader stops with its last subscriber
+        return bool(hub.feeds == 0)
+
+    await eventually(reader_stopped, timeout=5, message="the hub's reader stopped")
 
 
 async def test_websocket_rejects_bad_parameters_with_close_codes(

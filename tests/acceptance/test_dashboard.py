@@ -84,7 +84,7 @@ app = dashboard_app()
 def chromium() -> str:
     path = find_chromium()
     if path is None:
-        pytest.skip("no Chromium binary (/usr/bin/chromium): scripts/test installs Debian's")
+        pytest.fail("no Chromium binary (/usr/bin/chromium): scripts/test installs Debian's")
     return path
 
 

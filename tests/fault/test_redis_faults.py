@@ -33,7 +33,7 @@ _KEY_DELAY_US = 100  # redis-server --key-load-delay: microseconds spent per key
 def debug_redis(tmp_path: Path) -> Iterator[RedisServer]:
     """A private redis-server with AOF on and DEBUG allowed (POPULATE fills it)."""
     if not REDIS_SERVER:
-        pytest.skip("redis-server is not installed; run scripts/test, which installs it")
+        pytest.fail("redis-server is not installed; run scripts/test, which installs it")
     server = RedisServer(tmp_path, appendonly=True, extra_args=["--enable-debug-command", "yes"])
     server.start()
     yield server

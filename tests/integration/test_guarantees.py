@@ -1,4 +1,5 @@
-"""The guarantees of DESIGN.md, tested with real worker processes and real signals.
+"""The guarantees of docs/DESIGN.md ("Guarantees"), tested with real worker processes
+and real signals.
 
 Each test runs `conveyor worker tests.apps.probe:app` as a subprocess against a real
 SQLite file or a private redis-server, and kills it the way production does.
@@ -6,7 +7,6 @@ SQLite file or a private redis-server, and kills it the way production does.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import signal
 import subprocess
@@ -204,7 +204,11 @@ async def test_second_signal_exits_at_once(
 
     await eventually(started, timeout=30, message="job started")
     w.signal(signal.SIGTERM)
-    await asyncio.sleep(0.3)
+
+    async def draining() -> bool:  # the first signal was handled: it logs that it stops
+        return "stopping: no new claims" in w.output()
+
+    await eventually(draining, timeout=30, message="worker began its graceful shutdown")
     w.signal(signal.SIGINT)
     assert w.wait(5) != 0  # exited at once, without waiting 60 s
 

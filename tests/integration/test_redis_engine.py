@@ -1,10 +1,11 @@
-"""Redis-specific behaviour of `RedisEngine` (the shared contract is test_engine_contract.py).
+"""Redis-specific behaviour of `RedisEngine` (the shared contract is tests/integration/contract/).
 
 * Cluster legality: every script call passes keys of one hash tag, and the scripts derive
   no key outside that slot — proven by running the engine against a `--cluster-enabled`
   redis-server, which refuses cross-slot scripts — plus a static look at the Lua.
-* Blocking wake-ups: `wait_for_jobs` returns promptly when another process enqueues, and
-  a wake-up published between a worker's empty claim and its wait is not missed.
+* Wake-up subscription: the first wait returns at once (the claim before it ran
+  unsubscribed). What every engine's wake-ups must do is in the contract suite
+  (tests/integration/contract/test_coordination.py).
 * Unreachable Redis: `EngineUnavailable` with a message naming the URL (no password).
 * Redis restart: the engine (and a running worker) carries on without a restart.
 """
@@ -30,7 +31,7 @@ from conveyor.clock import FakeClock
 from conveyor.engines.base import Outcome
 from conveyor.engines.redis import RedisEngine, connection, operations
 from conveyor.engines.redis.keys import KeyLayout
-from conveyor.errors import ConfigError, EngineUnavailable, InvalidState, MalformedJob
+from conveyor.errors import ConfigError, EngineUnavailable
 from conveyor.job import JobState, NewJob, new_job_id
 from conveyor.testing import eventually
 
@@ -106,10 +107,12 @@ def test_lua_opens_with_its_contract_and_builds_no_key(name: str) -> None:
             assert part in header, f"{name}: contract comment lacks {part!r}"
     code = "\n".join(line.split("--")[0] for line in text.splitlines())
     # The key of every command is a KEYS entry, or a variable holding one / a job hash /
-    # a tenant's bucket or rate log (KEYS prefixes with the queue's tag .. a tenant).
+    # a tenant's bucket, rate log or state index (KEYS prefixes with the queue's tag ..
+    # a tenant).
     key_expr = re.compile(
         r"^(K_[A-Z]+|KEYS\[\w+\]|BY_STATE\[\w+\]|jk|zkey|bucket|tkey"
-        r"|K_(JOB|TBUCKET|TRATE) \.\. [\w\[\]]+)$"
+        r"|K_(JOB|TBUCKET|TRATE) \.\. [\w\[\]]+"
+        r"|tstate_key\([^)]*\))$"  # _lib.lua: K_TSTATE .. state .. ':' .. tenant
     )
     calls = re.findall(r"redis\.call\(\s*'(\w+)'\s*(?:,\s*([^,)]+))?", code)
     assert calls or name in ("pause.lua",), name
@@ -123,6 +126,7 @@ def test_lua_opens_with_its_contract_and_builds_no_key(name: str) -> None:
             "K_JOB",
             "K_TBUCKET",
             "K_TRATE",
+            "K_TSTATE",
         ), f"{name}: builds a key from {match.group(1)}"
     # Where a variable stands for a key, it is assigned from KEYS-derived values only.
     for var in ("jk", "zkey", "bucket", "tkey"):
@@ -172,7 +176,9 @@ def cluster_url(tmp_path: Path) -> Iterator[str]:
     """A one-node Redis Cluster holding every slot: it refuses cross-slot scripts."""
     server = shutil.which("redis-server")
     if not server or not shutil.which("redis-cli"):
-        pytest.skip("redis-server / redis-cli are not installed")
+        pytest.fail(
+            "redis-server / redis-cli are not installed; run scripts/test, which installs them"
+        )
     for attempt in range(3):  # a free port can be taken by a parallel test run: try again
         try:
             proc, port = _start_cluster_node(server, tmp_path)
@@ -245,7 +251,7 @@ async def test_every_operation_is_legal_on_redis_cluster(
         await eng.close()
 
 
-# --- the lifecycle on Redis: the decided rules, driven by a test clock ------------------
+# --- the test clock, and batching that only Redis has --------------------------------
 
 
 @pytest.fixture
@@ -274,45 +280,6 @@ async def test_a_test_clock_drives_due_times_and_lease_expiry(
     assert (await eng.get_job(job.id)).state == JobState.PENDING
 
 
-async def test_a_recovered_job_keeps_its_place_in_line(
-    clocked: tuple[RedisEngine, FakeClock],
-) -> None:
-    eng, clock = clocked
-    first, second = new(), new()
-    await eng.enqueue([first, second])
-    [job] = (await claim(eng, limit=1)).jobs
-    assert job.id == first.id
-    third = new()
-    await eng.enqueue([third])
-    clock.advance(31)
-    assert await eng.recover_expired(["q"]) == 1
-    page = await eng.list_jobs("q", JobState.PENDING)
-    assert [j.id for j in page.jobs] == [first.id, second.id, third.id]
-    assert [j.id for j in (await claim(eng, limit=3)).jobs] == [first.id, second.id, third.id]
-
-
-async def test_retry_is_refused_while_another_live_job_holds_the_dedupe_key(
-    engine: RedisEngine,
-) -> None:
-    old = new(dedupe_key="k", max_attempts=1)
-    await engine.enqueue([old])
-    [job] = (await claim(engine)).jobs
-    fail = Outcome(job.id, str(job.token), "fail", error_json='{"message": "x"}')
-    await engine.exchange([fail], queues=("q",), limit=0, worker_id="w", lease_ms=30_000)
-    holder = new(dedupe_key="k")
-    [res] = await engine.enqueue([holder])
-    assert res.created
-    with pytest.raises(InvalidState, match=f"held by live job {holder.id}"):
-        await engine.retry_job(old.id)
-    assert (await engine.get_job(old.id)).state == JobState.FAILED
-    assert await engine.retry_all("q", JobState.FAILED) == 0  # skipped, not counted
-    assert (await engine.get_job(old.id)).state == JobState.FAILED
-    await engine.cancel_job(holder.id)  # the key is free again: the retry goes through
-    assert (await engine.retry_job(old.id)).state == JobState.PENDING
-    [again] = await engine.enqueue([new(dedupe_key="k")])
-    assert (again.id, again.created) == (old.id, False)
-
-
 async def test_retry_all_walks_past_skipped_jobs(engine: RedisEngine, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """Skipped jobs stay at the head of the failed index: the next batch starts after them."""
     monkeypatch.setattr(operations, "_BATCH", 2)
@@ -331,95 +298,7 @@ async def test_retry_all_walks_past_skipped_jobs(engine: RedisEngine, monkeypatc
                       JobState.FAILED]  # fmt: skip
 
 
-async def test_jobs_due_in_the_same_millisecond_are_promoted_in_enqueue_order(
-    clocked: tuple[RedisEngine, FakeClock],
-) -> None:
-    """Not in id order: ids are random in production. (SQLite breaks such ties by rowid,
-    which puts jobs with a dedupe key first within one batch.)"""
-    eng, clock = clocked
-    batch = [new(delay_ms=5_000, dedupe_key=f"k{i}" if i % 2 else None) for i in range(6)]
-    await eng.enqueue(batch)
-    clock.advance(5)
-    got = (await claim(eng, limit=6)).jobs
-    assert [j.id for j in got] == [j.id for j in batch]
-
-
-async def test_a_tenant_that_refills_its_bucket_does_not_jump_the_rotation(
-    engine: RedisEngine,
-) -> None:
-    """Least recently served first: a bucket that emptied keeps its last turn."""
-    await engine.enqueue([new(tenant="a"), new(tenant="b")])
-    [first] = (await claim(engine, limit=1)).jobs  # a's turn ('a' < 'b' on a tie)
-    assert first.tenant == "a"
-    await engine.enqueue([new(tenant="a")])  # a's bucket refills at once
-    assert [j.tenant for j in (await claim(engine, limit=1)).jobs] == ["b"]
-    assert [j.tenant for j in (await claim(engine, limit=1)).jobs] == ["a"]
-
-
-async def test_the_last_minute_counts_exclude_a_finish_exactly_60_s_ago(
-    clocked: tuple[RedisEngine, FakeClock],
-) -> None:
-    eng, clock = clocked
-    await eng.enqueue([new()])
-    [job] = (await claim(eng)).jobs
-    done = Outcome(job.id, str(job.token), "complete", result_json="1")
-    await eng.exchange([done], queues=("q",), limit=0, worker_id="w", lease_ms=30_000)
-    clock.advance(59.999)
-    assert (await eng.counts("q")).completed_1m == 1
-    clock.advance(0.001)
-    assert (await eng.counts("q")).completed_1m == 0
-
-
-async def test_workers_last_seen_is_the_engine_clock_not_the_workers(
-    clocked: tuple[RedisEngine, FakeClock],
-) -> None:
-    eng, clock = clocked
-    await eng.register_worker("w", '{"last_seen": 1.0, "queues": ["q"]}', 10_000)
-    [worker] = await eng.workers()
-    assert worker["last_seen"] == clock.now() and worker["queues"] == ["q"]
-
-
 # --- ordering and storage details --------------------------------------------------------
-
-
-async def test_extreme_priorities_and_release_order_are_exact(engine: RedisEngine) -> None:
-    """Scores reach 3.5e15: they must survive Lua's number formatting exactly."""
-    low, high = new(priority=-100), new(priority=100)
-    zeros = [new(priority=0) for _ in range(3)]
-    await engine.enqueue([low, *zeros, high])
-    got = (await claim(engine, limit=2)).jobs
-    assert [j.id for j in got] == [high.id, zeros[0].id]
-    # Released: back at the front of priority 0, still behind nothing of higher priority.
-    await engine.exchange(
-        [Outcome(zeros[0].id, str(got[1].token), "release")],
-        queues=("q",), limit=0, worker_id="w", lease_ms=30_000,
-    )  # fmt: skip
-    page = await engine.list_jobs("q", JobState.PENDING)
-    assert [j.id for j in page.jobs] == [zeros[0].id, zeros[1].id, zeros[2].id, low.id]
-    assert (await engine.get_job(zeros[0].id)).attempt == 0
-
-
-async def test_enqueue_is_idempotent_on_the_job_id(engine: RedisEngine) -> None:
-    """A retried enqueue (reply lost in a reconnect) must not store the job twice."""
-    job = new()
-    [first] = await engine.enqueue([job])
-    [again] = await engine.enqueue([job])
-    assert first.created and not again.created and again.id == job.id
-    assert (await engine.counts("q")).pending == 1
-
-
-async def test_malformed_stored_job(engine: RedisEngine, redis_url: str) -> None:
-    job = new()
-    await engine.enqueue([job])
-    raw = aioredis.Redis.from_url(redis_url.split("?")[0])
-    prefix = redis_url.split("prefix=")[1]
-    await raw.hset(KeyLayout(prefix).queue("q").job(job.id), "payload", "not json")
-    await raw.aclose()
-    with pytest.raises(MalformedJob, match=job.id):
-        await engine.get_job(job.id)
-    # A worker still gets the job, with the reason, so it can fail it instead of looping.
-    [claimed] = (await claim(engine)).jobs
-    assert claimed.id == job.id and claimed.decode_error and claimed.token
 
 
 async def test_event_stream_is_bounded(redis_url: str) -> None:
@@ -436,53 +315,7 @@ async def test_event_stream_is_bounded(redis_url: str) -> None:
         await eng.close()
 
 
-async def test_read_events_blocks_until_an_event(engine: RedisEngine, other: RedisEngine) -> None:
-    reader = asyncio.ensure_future(engine.read_events(["q"], since=None, count=10, block_ms=5000))
-    await asyncio.sleep(0.1)  # let XREAD BLOCK reach Redis: "$" means "after now"
-    job = new()
-    start = time.monotonic()
-    await other.enqueue([job])
-    events = await asyncio.wait_for(reader, 5)
-    assert time.monotonic() - start < 2
-    assert [(e.kind, e.job_id, e.queue) for e in events] == [("enqueued", job.id, "q")]
-
-
 # --- wake-ups ------------------------------------------------------------------------------
-
-
-async def test_wait_for_jobs_returns_when_another_process_enqueues(
-    engine: RedisEngine, other: RedisEngine
-) -> None:
-    await engine.wait_for_jobs(["q"], 5)  # first call subscribes and returns at once
-    assert (await claim(engine)).jobs == []
-    waiter = asyncio.ensure_future(engine.wait_for_jobs(["q"], 10))
-    await asyncio.sleep(0.2)
-    assert not waiter.done(), "wait_for_jobs must block while there is no work"
-    start = time.monotonic()
-    await other.enqueue([new()])
-    await asyncio.wait_for(waiter, 5)
-    assert time.monotonic() - start < 1.0
-    assert len((await claim(engine)).jobs) == 1
-
-
-async def test_wait_times_out_without_work(engine: RedisEngine) -> None:
-    await engine.wait_for_jobs(["q"], 5)
-    await claim(engine)
-    start = time.monotonic()
-    await engine.wait_for_jobs(["q"], 0.3)
-    assert 0.25 < time.monotonic() - start < 2
-
-
-async def test_wake_up_between_empty_claim_and_wait_is_not_missed(
-    engine: RedisEngine, other: RedisEngine
-) -> None:
-    await engine.wait_for_jobs(["q"], 5)
-    assert (await claim(engine)).jobs == []
-    await other.enqueue([new()])  # lands after the claim, before the wait
-    await asyncio.sleep(0.1)
-    start = time.monotonic()
-    await engine.wait_for_jobs(["q"], 10)
-    assert time.monotonic() - start < 0.5
 
 
 async def test_first_wait_returns_at_once_so_the_caller_claims_again(
@@ -495,37 +328,6 @@ async def test_first_wait_returns_at_once_so_the_caller_claims_again(
     start = time.monotonic()
     await engine.wait_for_jobs(["q"], 10)
     assert time.monotonic() - start < 1.0
-
-
-async def test_resume_wakes_idle_workers(engine: RedisEngine, other: RedisEngine) -> None:
-    await other.pause("q")
-    await other.enqueue([new()])
-    await engine.wait_for_jobs(["q"], 5)
-    assert (await claim(engine)).jobs == []  # paused
-    waiter = asyncio.ensure_future(engine.wait_for_jobs(["q"], 10))
-    await asyncio.sleep(0.2)
-    assert not waiter.done()
-    await other.resume("q")
-    await asyncio.wait_for(waiter, 2)
-    assert len((await claim(engine)).jobs) == 1
-
-
-async def test_a_cancelled_wait_leaves_the_subscription_usable(
-    engine: RedisEngine, other: RedisEngine
-) -> None:
-    """The worker cancels wait_for_jobs whenever local work arrives."""
-    for _ in range(5):
-        waiter = asyncio.ensure_future(engine.wait_for_jobs(["q"], 10))
-        await asyncio.sleep(0)
-        waiter.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await waiter
-    await engine.wait_for_jobs(["q"], 2)
-    await claim(engine)
-    waiter = asyncio.ensure_future(engine.wait_for_jobs(["q"], 10))
-    await asyncio.sleep(0.1)
-    await other.enqueue([new()])
-    await asyncio.wait_for(waiter, 2)
 
 
 async def test_a_cancel_during_a_call_is_never_swallowed(engine: RedisEngine) -> None:

@@ -57,7 +57,7 @@ def _answers_tls(port: int, cert: Path) -> bool:
 @pytest.fixture
 def tls_redis(tmp_path: Path) -> Iterator[TlsRedis]:
     if not (REDIS_SERVER and OPENSSL):
-        pytest.skip("needs redis-server and openssl (scripts/test installs both)")
+        pytest.fail("needs redis-server and openssl (scripts/test installs both)")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
         [

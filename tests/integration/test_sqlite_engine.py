@@ -1,13 +1,12 @@
 """SQLite engine specifics: files, processes sharing one file, wake-ups, scale, errors.
 
-The cross-engine behaviour lives in `test_engine_contract.py`; this file covers what
+The cross-engine behaviour lives in `tests/integration/contract/`; this file covers what
 only a file shared by several processes can get wrong.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import os
 import sqlite3
@@ -20,7 +19,6 @@ from pathlib import Path
 
 import pytest
 
-from conveyor.clock import FakeClock
 from conveyor.engines.base import Outcome
 from conveyor.engines.sqlite import SqliteEngine, migrations, parse_sqlite_url
 from conveyor.engines.sqlite import connection as sqlite_connection
@@ -28,8 +26,6 @@ from conveyor.engines.sqlite import engine as sqlite_engine_module
 from conveyor.errors import (
     ConfigError,
     EngineUnavailable,
-    InvalidState,
-    MalformedJob,
     SchemaTooNew,
 )
 from conveyor.job import JobState, NewJob, new_job_id
@@ -285,21 +281,6 @@ async def test_lock_held_too_long_is_unavailable_and_writes_nothing(
     await eng.close()
 
 
-async def test_malformed_row_is_reported_not_crashed_on(engine: SqliteEngine) -> None:
-    [res] = await engine.enqueue([new()])
-    await engine._call(
-        lambda c: c.execute("UPDATE jobs SET payload = '[not json' WHERE id = ?", (res.id,))
-    )
-    with pytest.raises(MalformedJob, match=res.id):
-        await engine.get_job(res.id)
-    ex = await engine.exchange([], queues=["q"], limit=5, worker_id="w", lease_ms=LEASE_MS)
-    [job] = ex.jobs
-    assert job.decode_error and job.token  # the worker can fail it with the reason
-    fail = Outcome(job.id, job.token, "fail", error_json=None)
-    ex = await engine.exchange([fail], queues=["q"], limit=0, worker_id="w", lease_ms=LEASE_MS)
-    assert ex.lost == []
-
-
 # --- durability -----------------------------------------------------------------------------
 
 
@@ -393,21 +374,6 @@ async def test_two_processes_never_claim_the_same_job(sqlite_url: str, tmp_path:
     await eng.close()
 
 
-async def test_two_engines_in_one_process_share_claims(sqlite_url: str) -> None:
-    a, b = SqliteEngine(sqlite_url), SqliteEngine(sqlite_url)
-    await a.enqueue([new() for _ in range(200)])
-    seen: list[str] = []
-
-    async def drain(eng: SqliteEngine) -> None:
-        while got := await claim(eng, 3):
-            seen.extend(got)
-
-    await asyncio.gather(drain(a), drain(b), drain(a), drain(b))
-    assert len(seen) == len(set(seen)) == 200
-    await a.close()
-    await b.close()
-
-
 async def test_wake_up_from_another_process_is_prompt(engine: SqliteEngine) -> None:
     assert await claim(engine) == []
     waiter = asyncio.create_task(engine.wait_for_jobs(["q"], timeout=30))
@@ -433,32 +399,6 @@ async def test_wake_up_from_another_process_is_prompt(engine: SqliteEngine) -> N
     enqueued_at = float(out.strip())
     assert woke_at - enqueued_at < 0.5, "woken by the other process's commit, not the timeout"
     assert await claim(engine) == ["q:from-child"]
-
-
-async def test_wake_up_from_another_connection_and_from_own_enqueue(sqlite_url: str) -> None:
-    worker, producer = SqliteEngine(sqlite_url), SqliteEngine(sqlite_url)
-    await worker.connect()
-    await producer.connect()
-    loop = asyncio.get_running_loop()
-    for source in (producer, worker):
-        assert await claim(worker) == []
-        waiter = asyncio.create_task(worker.wait_for_jobs(["q"], timeout=30))
-        await asyncio.sleep(0.05)
-        t0 = loop.time()
-        await source.enqueue([new()])
-        await asyncio.wait_for(waiter, 30)
-        assert loop.time() - t0 < 0.5
-        assert len(await claim(worker)) == 1
-    await worker.close()
-    await producer.close()
-
-
-async def test_enqueue_between_empty_claim_and_wait_is_not_missed(engine: SqliteEngine) -> None:
-    assert await claim(engine) == []
-    await engine.enqueue([new()])  # lands after the claim, before the wait starts
-    t0 = time.monotonic()
-    await engine.wait_for_jobs(["q"], timeout=10)
-    assert time.monotonic() - t0 < 0.5
 
 
 async def test_idle_exchanges_write_nothing_so_idle_workers_do_not_wake_each_other(
@@ -498,25 +438,6 @@ async def test_close_while_waiting_does_not_hang(engine: SqliteEngine) -> None:
     await asyncio.wait_for(waiter, 5)
     assert await asyncio.wait_for(reader, 5) == []
     assert engine._executor is None and engine._conn is None  # not reopened by the waits
-
-
-async def test_wait_for_jobs_times_out_when_nothing_happens(engine: SqliteEngine) -> None:
-    assert await claim(engine) == []
-    t0 = time.monotonic()
-    await engine.wait_for_jobs(["q"], timeout=0.2)
-    assert 0.15 < time.monotonic() - t0 < 1.0
-
-
-async def test_read_events_blocks_until_another_process_writes(sqlite_url: str) -> None:
-    reader, writer = SqliteEngine(sqlite_url), SqliteEngine(sqlite_url)
-    await writer.enqueue([new()])  # an old event the reader must not see
-    task = asyncio.create_task(reader.read_events(["q"], since=None, count=10, block_ms=10_000))
-    await asyncio.sleep(0.1)
-    [res] = await writer.enqueue([new()])
-    events = await asyncio.wait_for(task, 5)
-    assert [(e.kind, e.job_id) for e in events] == [("enqueued", res.id)]
-    await reader.close()
-    await writer.close()
 
 
 # --- scale: no full scans -------------------------------------------------------------------
@@ -631,49 +552,7 @@ async def test_fair_claims_use_indices(engine: SqliteEngine) -> None:
     raw.close()
 
 
-# --- ordering, pagination, events -----------------------------------------------------------
-
-
-async def test_keyset_pages_are_complete_with_equal_timestamps(sqlite_url: str) -> None:
-    clock = FakeClock()  # every job finishes in the same millisecond
-    eng = SqliteEngine(sqlite_url, clock=clock)
-    jobs = [new(priority=p % 3) for p in range(23)]
-    await eng.enqueue(jobs)
-
-    async def walk(state: JobState) -> list[str]:
-        out: list[str] = []
-        cursor = None
-        while True:
-            page = await eng.list_jobs("q", state, limit=4, cursor=cursor)
-            out += [j.id for j in page.jobs]
-            if page.cursor is None:
-                return out
-            cursor = page.cursor
-
-    pending = await walk(JobState.PENDING)
-    expected = [j.id for j in sorted(jobs, key=lambda j: -j.priority)]  # stable: FIFO
-    assert pending == expected
-    ex = await eng.exchange([], queues=["q"], limit=23, worker_id="w", lease_ms=LEASE_MS)
-    assert [j.id for j in ex.jobs] == expected  # claim order == listing order
-    running = await walk(JobState.RUNNING)
-    assert sorted(running) == sorted(expected) and len(running) == 23
-    await eng.exchange(
-        [Outcome(j.id, str(j.token), "complete", result_json="1") for j in ex.jobs],
-        queues=["q"], limit=0, worker_id="w", lease_ms=LEASE_MS,
-    )  # fmt: skip
-    completed = await walk(JobState.COMPLETED)
-    assert len(completed) == len(set(completed)) == 23
-    with pytest.raises(ValueError, match="cursor"):
-        await eng.list_jobs("q", JobState.COMPLETED, cursor="garbage")
-    await eng.close()
-
-
-async def test_tenant_filter_in_listings(engine: SqliteEngine) -> None:
-    await engine.enqueue([new(tenant="a"), new(tenant="b"), new(tenant="a")])
-    page = await engine.list_jobs("q", JobState.PENDING, tenant="a", limit=1)
-    assert page.cursor and page.jobs[0].tenant == "a"
-    rest = await engine.list_jobs("q", JobState.PENDING, tenant="a", cursor=page.cursor)
-    assert [j.tenant for j in rest.jobs] == ["a"] and rest.cursor is None
+# --- the event log's bound ------------------------------------------------------------------
 
 
 async def test_event_log_is_trimmed_to_maxlen(sqlite_url: str) -> None:
@@ -689,87 +568,6 @@ async def test_event_log_is_trimmed_to_maxlen(sqlite_url: str) -> None:
     ids = [int(e.id) for e in events]
     assert ids == sorted(ids) and ids[-1] == int((await eng.last_event_ids(["q"]))["q"])
     assert len(await eng.read_events(["other"], since={"other": "0"}, count=10, block_ms=0)) == 1
-    await eng.close()
-
-
-async def test_release_goes_first_and_stalled_job_keeps_its_place(sqlite_url: str) -> None:
-    clock = FakeClock()
-    eng = SqliteEngine(sqlite_url, clock=clock)
-    a, b, c = (r.id for r in await eng.enqueue([new(), new(), new()]))
-    ex = await eng.exchange([], queues=["q"], limit=1, worker_id="w", lease_ms=1_000)
-    assert [j.id for j in ex.jobs] == [a]
-    clock.advance(2)  # a's lease expires; it waited longest, so it stays first
-    ex = await eng.exchange([], queues=["q"], limit=2, worker_id="w", lease_ms=1_000)
-    assert [j.id for j in ex.jobs] == [a, b] and ex.recovered == 1
-    release = [Outcome(j.id, str(j.token), "release") for j in ex.jobs[1:]]
-    ex = await eng.exchange(release, queues=["q"], limit=1, worker_id="w", lease_ms=1_000)
-    assert [j.id for j in ex.jobs] == [b] and ex.jobs[0].attempt == 1  # attempt given back
-    assert (await eng.list_jobs("q", JobState.PENDING)).jobs[0].id == c
-    await eng.close()
-
-
-async def test_enqueue_is_idempotent_by_job_id(engine: SqliteEngine) -> None:
-    """Re-enqueueing an id that exists (a producer or outbox relay retrying after a crash)
-    returns the stored job and writes nothing, alone or inside a batch."""
-    first = new()
-    [res] = await engine.enqueue([first])
-    await claim(engine)
-    other, keyed = new(), dataclasses.replace(first, dedupe_key="k")
-    again = await engine.enqueue([first, other, keyed])
-    assert [(r.id, r.created, r.state) for r in again] == [
-        (res.id, False, JobState.RUNNING),
-        (other.id, True, JobState.PENDING),
-        (res.id, False, JobState.RUNNING),
-    ]
-    counts = await engine.counts("q")
-    assert (counts.running, counts.pending) == (1, 1)
-    events = await engine.read_events(["q"], since={"q": "0"}, count=100, block_ms=0)
-    assert [e.kind for e in events] == ["enqueued", "started", "enqueued"]
-
-
-async def test_retry_with_dedupe_key_held_elsewhere(engine: SqliteEngine) -> None:
-    [first] = await engine.enqueue([new(dedupe_key="k")])
-    await engine.cancel_job(first.id)
-    [second] = await engine.enqueue([new(dedupe_key="k")])
-    assert second.created
-    with pytest.raises(InvalidState, match="dedupe key 'k' is held"):
-        await engine.retry_job(first.id)
-    assert await engine.retry_all("q", JobState.CANCELLED) == 0  # skipped, not duplicated
-    await engine.cancel_job(second.id)
-    assert await engine.retry_all("q", JobState.CANCELLED) == 1  # only one may hold "k"
-    counts = await engine.counts("q")
-    assert (counts.pending, counts.cancelled) == (1, 1)
-
-
-async def test_counts_stay_exact_through_every_transition(sqlite_url: str) -> None:
-    clock = FakeClock()
-    eng = SqliteEngine(sqlite_url, clock=clock)
-    await eng.enqueue([new() for _ in range(6)] + [new(delay_ms=5_000)])
-    ex = await eng.exchange([], queues=["q"], limit=4, worker_id="w", lease_ms=1_000)
-    j0, j1, j2, j3 = ex.jobs
-    await eng.exchange(
-        [
-            Outcome(j0.id, str(j0.token), "complete", result_json="1"),
-            Outcome(j1.id, str(j1.token), "fail", error_json=None),
-            Outcome(j2.id, str(j2.token), "retry", delay_ms=1_000),
-        ],
-        queues=["q"], limit=0, worker_id="w", lease_ms=1_000,
-    )  # fmt: skip
-    await eng.cancel_job(j3.id)
-    counts = (await eng.counts("q")).to_dict()
-    states = ("scheduled", "pending", "running", "completed", "failed", "cancelled")
-    assert [counts[k] for k in states] == [2, 2, 0, 1, 1, 1]
-    assert counts["oldest_pending_ms"] == clock.now_ms()
-    assert (counts["completed_1m"], counts["failed_1m"]) == (1, 1)
-    clock.advance(61)
-    later = await eng.counts("q")
-    assert (later.completed_1m, later.failed_1m, later.completed) == (0, 0, 1)
-    assert await eng.purge("q") == 7
-    assert (await eng.counts("q")).to_dict() == {
-        "queue": "q", "scheduled": 0, "pending": 0, "running": 0, "completed": 0,
-        "failed": 0, "cancelled": 0, "paused": False, "oldest_pending_ms": None,
-        "completed_1m": 0, "failed_1m": 0,
-    }  # fmt: skip
     await eng.close()
 
 

@@ -178,7 +178,11 @@ def jobs_command(
 
     async def read(app: Conveyor) -> tuple[list[Job], str | None, float]:
         await warn_unknown(app, [name])
-        page = await app.list_jobs(name, state, tenant=tenant, limit=limit, cursor=cursor)
+        # Unsealed: each CLI run is a new process (a sealed cursor would not outlive it),
+        # and whoever runs it holds the engine URL, so the positions hide nothing.
+        page = await app.list_jobs(
+            name, state, tenant=tenant, limit=limit, cursor=cursor, sealed=False
+        )
         return page.jobs, page.cursor, app.clock.now()
 
     jobs, next_cursor, now = operate(url, read)

@@ -3,7 +3,7 @@
 Everything above (app facade, worker, CLI, API) talks to an `Engine`. Two storages
 implement it — `sqlite://` (and `memory://`, the same engine on a private in-memory
 database) and `redis://` — and one contract suite
-(`tests/integration/test_engine_contract.py`) runs unchanged against each.
+(`tests/integration/contract/`) runs unchanged against each.
 
 **The rules are not here.** What each outcome does to a job (target state, error
 appended, attempt given back, place in line, event), what retry / cancel / promote /

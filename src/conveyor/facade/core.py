@@ -27,6 +27,7 @@ from ..settings import Settings
 from ..task import Task
 from ..tracing import Tracing
 from .checks import check_queue
+from .cursors import CursorSealer
 from .results import ResultWaiter
 from .sync import SyncBridge
 
@@ -77,6 +78,7 @@ class AppCore:
         self.schedules: dict[str, ScheduleSpec] = {}  # code-defined, by name
         self.breakers: dict[str, CircuitBreaker] = {}  # per process, by name
         self.queue_limits: dict[str, QueueLimits] = {}  # code-defined, applied by workers
+        self._cursors: CursorSealer | None = None
 
     # --- configuration ---------------------------------------------------------------
     @property
@@ -91,6 +93,14 @@ class AppCore:
         if self._max_payload_bytes is None:
             self._max_payload_bytes = Settings.load().max_payload_bytes
         return self._max_payload_bytes
+
+    @property
+    def cursors(self) -> CursorSealer:
+        """Seals listing cursors (keyed by `api_cursor_secret`, else random per process)."""
+        if self._cursors is None:
+            secret = Settings.load().api_cursor_secret
+            self._cursors = CursorSealer(secret.encode() if secret else None)
+        return self._cursors
 
     def configure(self, *, url: str | None = None, max_payload_bytes: int | None = None) -> None:
         """Override settings before first use (the CLI applies its flags here).

@@ -152,16 +152,32 @@ class Operations(AppCore):
         tenant: str | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        sealed: bool = True,
     ) -> JobPage:
         """One page of `queue`'s jobs in `state` (pass the page's cursor for the next).
 
+        Args:
+            queue: the queue.
+            state: the state listed.
+            tenant: only this tenant's jobs (None: every job).
+            limit: jobs per page at most.
+            cursor: the previous page's cursor, None for the first page.
+            sealed: cursors are opaque tokens bound to (queue, state, tenant) (see
+                `cursors.py`): what the API hands to callers. False passes the
+                engine's own positions through, for callers that hold the engine URL
+                anyway and page across processes (the CLI).
+
         Raises:
-            InvalidArgument: `cursor` is not one this engine handed out.
+            InvalidArgument: `cursor` is not one handed out for this queue, state and
+                tenant.
         """
         engine = await self.connect()
+        position = cursor
+        if cursor is not None and sealed:
+            position = self.cursors.open(cursor, queue=queue, state=state.value, tenant=tenant)
         try:
-            return await engine.list_jobs(
-                queue, state, tenant=tenant, limit=limit, cursor=check_cursor(cursor)
+            page = await engine.list_jobs(
+                queue, state, tenant=tenant, limit=limit, cursor=check_cursor(position)
             )
         except (ValueError, InvalidState) as exc:
             # Engines refuse a cursor they cannot decode with one of these; the caller's
@@ -172,6 +188,10 @@ class Operations(AppCore):
                 f"cursor {cursor[:40]!r} is not one this engine returned: pass back the "
                 "cursor of the previous page, or none for the first page"
             ) from exc
+        if not sealed or page.cursor is None:
+            return page
+        token = self.cursors.seal(page.cursor, queue=queue, state=state.value, tenant=tenant)
+        return JobPage(page.jobs, token)
 
     async def tenant_running(self, queue: str) -> dict[str, int]:
         """Running jobs per tenant of `queue` (what `tenant_concurrency` counts)."""

@@ -36,7 +36,7 @@ from ...durability import ServerSettings
 from ...errors import ConfigError, EngineUnavailable, InvalidState
 from ...job import Job, decode_job, decode_lenient
 from .errors import classify, with_flags
-from .keys import KeyLayout, QueueKeys
+from .keys import KeyLayout, LruCache, QueueKeys
 from .lane import Lane, url_timeouts
 from .server import read_server
 
@@ -62,6 +62,7 @@ _QUEUE_SCRIPTS = (
     "resume",
     "counts",
     "set_limits",
+    "tenant_backfill",
 )
 _WORKER_SCRIPTS = ("register_worker", "unregister_worker", "workers")
 # Scripts that read the time: they get `_clock.lua` (see there: Redis TIME, or a test
@@ -71,6 +72,10 @@ _TIMED_SCRIPTS = (*_QUEUE_SCRIPTS, "register_worker", "workers", "schedule_put",
 
 _DRIVER_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 _MAX_CONNECTIONS = 1000  # per engine (process); far above what one process keeps busy
+# Queues whose keys and ARGV header a process keeps ready (the hot path's queues: a
+# worker's, a producer's); more than any process works on at once, and a bound on what
+# names chosen by clients could make it hold (issue 12 item 7).
+QUEUE_CACHE_MAX = 512
 
 
 @functools.cache
@@ -258,8 +263,14 @@ class RedisBase:
         )
         self._enqueue = self._scripts["enqueue"]
         self._exchange = self._scripts["exchange"]
-        self._queue_args: dict[str, tuple[QueueKeys, list[str], list[str]]] = {}
-        self._known_queues: set[str] = set()  # SADDed to the queue registry already
+        self._queue_args: LruCache[str, tuple[QueueKeys, list[str], list[str]]] = LruCache(
+            QUEUE_CACHE_MAX
+        )
+        # Queues SADDed to the registry by this process (forgetting one costs one more
+        # idempotent SADD, so it is bounded like the cache above).
+        self._known_queues: LruCache[str, bool] = LruCache(QUEUE_CACHE_MAX)
+        # Queues whose tenant indexes are known to be backfilled (see reads.py).
+        self._tenant_indexed: set[str] = set()
         # Wake-ups (see wait_for_jobs): one pub/sub connection, read by one listener task.
         self._pubsub: PubSub | None = None
         self._listener: asyncio.Task[None] | None = None
@@ -276,13 +287,23 @@ class RedisBase:
             "redis-server running? check CONVEYOR_URL (or REDIS_URL)"
         )
 
-    def _q(self, queue: str) -> tuple[QueueKeys, list[str], list[str]]:
-        """Keys and ARGV header of a queue's scripts (cached: built once per queue)."""
+    def _q(self, queue: str, *, remember: bool = False) -> tuple[QueueKeys, list[str], list[str]]:
+        """Keys and ARGV header of a queue's scripts.
+
+        Args:
+            queue: the queue.
+            remember: keep them for the next call (bounded LRU). Only the hot path
+                (enqueue, exchange, heartbeats) passes True: its queues are the ones
+                this process works on. Reads and operator actions name queues that
+                callers chose, maybe made up (a job id names a queue), so they build
+                the keys afresh (a few microseconds) and keep nothing.
+        """
         entry = self._queue_args.get(queue)
         if entry is None:
             keys = self._keys.queue(queue)
             entry = (keys, keys.all(), [keys.wake_channel, self._events_maxlen, queue, ""])
-            self._queue_args[queue] = entry
+            if remember:
+                self._queue_args.put(queue, entry)
         if self._clock is not None:
             keys, all_keys, header = entry
             return keys, all_keys, [*header[:3], self._now()]
@@ -292,9 +313,9 @@ class RedisBase:
         """ARGV's "now": '' lets Redis TIME decide; a test clock's now in ms otherwise."""
         return "" if self._clock is None else str(self._clock.now_ms())
 
-    async def _run(self, name: str, queue: str, *args: str | int) -> Any:
-        """One per-queue script call."""
-        _, keys, header = self._q(queue)
+    async def _run(self, name: str, queue: str, *args: str | int, remember: bool = False) -> Any:
+        """One per-queue script call (`remember`: see `_q`)."""
+        _, keys, header = self._q(queue, remember=remember)
         return await self._eval(self._scripts[name], keys, [*header, *args])
 
     async def _eval(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:

@@ -57,7 +57,8 @@ class RedisFlow(RedisBase):
             # single-queue enqueue is one EVALSHA, not a pipeline (half the client CPU).
             new_queues = [q for q, _ in wave if q not in self._known_queues]
             replies = await self._run_many(calls, add_queues=new_queues)
-            self._known_queues.update(new_queues)
+            for q in new_queues:
+                self._known_queues.put(q, True)
             for (_, indexes), reply in zip(wave, replies, strict=True):
                 for n, i in enumerate(indexes):
                     job_id, created, state = reply[3 * n : 3 * n + 3]
@@ -68,7 +69,7 @@ class RedisFlow(RedisBase):
         self, queue: str, jobs: Sequence[NewJob], indexes: Sequence[int]
     ) -> tuple[list[str], list[Any]]:
         """KEYS and ARGV of one `enqueue` script call for `jobs[i] for i in indexes`."""
-        _, keys, header = self._q(queue)
+        _, keys, header = self._q(queue, remember=True)
         args: list[Any] = [*header, len(indexes)]
         for i in indexes:
             j = jobs[i]
@@ -132,6 +133,7 @@ class RedisFlow(RedisBase):
                     "exchange",
                     queue,
                     *self._exchange_args(outs, worker_id, lease_ms, max(remaining, 0)),
+                    remember=True,
                 )
                 result.lost.extend(lost)
                 result.recovered += recovered
@@ -167,7 +169,7 @@ class RedisFlow(RedisBase):
     ) -> None:
         calls = []
         for queue, outs in groups.items():
-            _, keys, header = self._q(queue)
+            _, keys, header = self._q(queue, remember=True)
             calls.append(
                 (
                     self._exchange,
@@ -192,14 +194,15 @@ class RedisFlow(RedisBase):
             groups.setdefault(queue_of(job_id), []).extend((job_id, token))
         calls = []
         for queue, pairs in groups.items():
-            _, keys, header = self._q(queue)
+            _, keys, header = self._q(queue, remember=True)
             calls.append((self._scripts["heartbeat"], keys, [*header, lease_ms, *pairs]))
         return [job_id for lost in await self._run_many(calls) for job_id in lost]
 
     @driver_errors
     async def set_progress(self, job_id: str, token: str, progress_json: str) -> bool:
         """Store progress of a running job; False when the lease is gone."""
-        return bool(await self._run("set_progress", queue_of(job_id), job_id, token, progress_json))
+        queue = queue_of(job_id)
+        return bool(await self._run("set_progress", queue, job_id, token, progress_json))
 
     @driver_errors
     async def recover_expired(self, queues: Sequence[str]) -> int:
@@ -209,7 +212,7 @@ class RedisFlow(RedisBase):
         while todo:
             calls = []
             for queue in todo:
-                _, keys, header = self._q(queue)
+                _, keys, header = self._q(queue, remember=True)
                 calls.append((self._scripts["recover"], keys, [*header, lifecycle.RECOVER_BATCH]))
             replies = await self._run_many(calls)
             total += sum(int(recovered) for recovered, _ in replies)

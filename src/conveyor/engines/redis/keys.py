@@ -33,11 +33,18 @@ slot and a script that touches them is legal on Redis Cluster. Per queue:
 {p:q}:events         stream  the queue's bounded event log (XADD MAXLEN ~)
 {p:q}:seq            string  INCR counter: FIFO order and lease tokens
 {p:q}:front          string  INCR counter: order of released jobs (front of priority)
+{p:q}:ts:<state>:<tenant>
+                     zset    one tenant's jobs in `state` (scheduled, running, completed,
+                             failed, cancelled; pending has the buckets above), same
+                             scores as the state's zset except running: claim time (a
+                             heartbeat does not move it). What tenant listings read.
+{p:q}:tindexed       string  present once the jobs stored before those indexes existed
+                             were backfilled into them (see `RedisReads.list_jobs`)
 ```
 
-A tenant's bucket and rate log are the only keys besides job hashes that a script derives
-(prefix from KEYS .. tenant): tenants are not known before the script runs, and the prefix
-carries the queue's tag, so they live in the queue's slot too.
+A tenant's bucket, rate log and state indexes are the only keys besides job hashes that
+a script derives (prefix from KEYS .. tenant): tenants are not known before the script
+runs, and the prefix carries the queue's tag, so they live in the queue's slot too.
 
 Global keys live under the tag `{<prefix>}` (the worker scripts touch both worker keys, so
 they must share a slot; a queue tag always has a `:` after the prefix, so they never
@@ -52,7 +59,12 @@ Wake-ups go to the pub/sub channel `<p>:wake:<q>` (channels are not keys).
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +93,8 @@ class QueueKeys:
     trate_prefix: str
     turn: str
     served: str
+    tstate_prefix: str
+    tindexed: str
     wake_channel: str
 
     def all(self) -> list[str]:
@@ -107,6 +121,7 @@ class QueueKeys:
             self.trate_prefix,
             self.turn,
             self.served,
+            self.tstate_prefix,
         ]
 
     def job(self, job_id: str) -> str:
@@ -116,6 +131,13 @@ class QueueKeys:
     def bucket(self, tenant: str) -> str:
         """The zset of one tenant's pending jobs."""
         return self.tenant_prefix + tenant
+
+    def tenant_state(self, state: str, tenant: str) -> str:
+        """The zset of one tenant's jobs in `state` (not pending: see `bucket`).
+
+        Unambiguous although tenants may hold ':': the state before it is a fixed word.
+        """
+        return f"{self.tstate_prefix}{state}:{tenant}"
 
     def by_state(self, state: str) -> str:
         """The zset that indexes jobs in `state`."""
@@ -129,48 +151,78 @@ class QueueKeys:
         }[state]
 
 
+class LruCache(Generic[K, V]):
+    """A dict that keeps at most `cap` entries, dropping the least recently used.
+
+    Per-queue caches are keyed by names that callers choose (a made-up job id names a
+    queue too), so an unbounded dict would let any client grow the process without end.
+    """
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self._entries: OrderedDict[K, V] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._entries
+
+    def get(self, key: K) -> V | None:
+        """The entry for `key` (now the most recently used), or None."""
+        value = self._entries.get(key)
+        if value is not None:
+            self._entries.move_to_end(key)
+        return value
+
+    def put(self, key: K, value: V) -> None:
+        """Store `value`, dropping the least recently used entry past the cap."""
+        self._entries[key] = value
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.cap:
+            self._entries.popitem(last=False)
+
+
 class KeyLayout:
-    """Key names for one prefix; `queue()` results are cached (hot path)."""
+    """Key names for one prefix. Builds them on every call and keeps nothing: the
+    engine caches the layouts of the queues it works on (bounded, see `RedisBase._q`)."""
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
         self.queues = f"{{{prefix}}}:queues"
         self.workers = f"{{{prefix}}}:workers"
         self.workers_info = f"{{{prefix}}}:workers:info"
-        self._queues: dict[str, QueueKeys] = {}
 
     def queue(self, name: str) -> QueueKeys:
         """The keys of queue `name`."""
-        keys = self._queues.get(name)
-        if keys is None:
-            tag = f"{{{self.prefix}:{name}}}"
-            keys = QueueKeys(
-                queue=name,
-                job_prefix=f"{tag}:job:",
-                pending=f"{tag}:pending",
-                scheduled=f"{tag}:scheduled",
-                running=f"{tag}:running",
-                completed=f"{tag}:completed",
-                failed=f"{tag}:failed",
-                cancelled=f"{tag}:cancelled",
-                dedupe=f"{tag}:dedupe",
-                paused=f"{tag}:paused",
-                events=f"{tag}:events",
-                seq=f"{tag}:seq",
-                front=f"{tag}:front",
-                tpending=f"{tag}:tpending",
-                tenant_prefix=f"{tag}:tp:",
-                ready=f"{tag}:ready",
-                trunning=f"{tag}:trunning",
-                limits=f"{tag}:limits",
-                rate=f"{tag}:rate",
-                trate_prefix=f"{tag}:trate:",
-                turn=f"{tag}:turn",
-                served=f"{tag}:served",
-                wake_channel=f"{self.prefix}:wake:{name}",
-            )
-            self._queues[name] = keys
-        return keys
+        tag = f"{{{self.prefix}:{name}}}"
+        return QueueKeys(
+            queue=name,
+            job_prefix=f"{tag}:job:",
+            pending=f"{tag}:pending",
+            scheduled=f"{tag}:scheduled",
+            running=f"{tag}:running",
+            completed=f"{tag}:completed",
+            failed=f"{tag}:failed",
+            cancelled=f"{tag}:cancelled",
+            dedupe=f"{tag}:dedupe",
+            paused=f"{tag}:paused",
+            events=f"{tag}:events",
+            seq=f"{tag}:seq",
+            front=f"{tag}:front",
+            tpending=f"{tag}:tpending",
+            tenant_prefix=f"{tag}:tp:",
+            ready=f"{tag}:ready",
+            trunning=f"{tag}:trunning",
+            limits=f"{tag}:limits",
+            rate=f"{tag}:rate",
+            trate_prefix=f"{tag}:trate:",
+            turn=f"{tag}:turn",
+            served=f"{tag}:served",
+            tstate_prefix=f"{tag}:ts:",
+            tindexed=f"{tag}:tindexed",
+            wake_channel=f"{self.prefix}:wake:{name}",
+        )
 
     def queue_of_channel(self, channel: str) -> str:
         """The queue a wake-up channel belongs to."""

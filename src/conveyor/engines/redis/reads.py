@@ -17,7 +17,7 @@ from ...limits import QueueLimits
 from ..base import Event, JobPage, QueueCounts, Throughput
 from .connection import RedisBase, driver_errors, with_errors
 
-_TENANT_SCAN_MAX = 5000  # entries a tenant-filtered listing examines per page
+_BACKFILL_BATCH = 1000  # jobs per tenant_backfill call
 _MAX_BLOCK_MS = 20_000  # XREAD BLOCK stays under the socket timeout (see read_events)
 
 
@@ -93,15 +93,16 @@ class RedisReads(RedisBase):
     ) -> JobPage:
         """Jobs in one state: pending in claim order, scheduled by due time, others newest first.
 
-        The cursor is an offset into the state's index. With `tenant`, at most
-        `_TENANT_SCAN_MAX` entries are examined per page, so a page may hold fewer than
-        `limit` jobs and still have a cursor.
+        The cursor is an offset into the state's index; with `tenant`, into that
+        tenant's own index of the state (keys.py: `ts:<state>:<tenant>`, kept by the
+        scripts that move jobs), so a tenant's page is one range read whatever other
+        tenants hold, and its offsets count its own jobs only.
 
         Raises:
             ValueError: `cursor` is not one this engine handed out (as on SQLite; the
                 app turns it into `InvalidArgument`).
         """
-        zkey = self._keys.queue(queue).by_state(state.value)
+        keys = self._keys.queue(queue)
         desc = state not in (JobState.PENDING, JobState.SCHEDULED)
         try:
             start = int(cursor) if cursor else 0
@@ -111,35 +112,45 @@ class RedisReads(RedisBase):
             return JobPage([], cursor)
         if state is JobState.PENDING:
             return await self._list_pending(queue, tenant, limit, start if cursor else None)
-        if tenant is None:
-            ids = cast(list[str], await self._client.zrange(zkey, start, start + limit, desc=desc))
-            more = len(ids) > limit
-            jobs = await self._load(queue, ids[:limit])
-            return JobPage(jobs, str(start + limit) if more else None)
-        matched: list[str] = []
-        pos = start
-        exhausted = False
-        chunk = max(limit * 4, 200)
-        job_key = self._keys.queue(queue).job
-        while len(matched) < limit and pos - start < _TENANT_SCAN_MAX:
-            ids = cast(list[str], await self._client.zrange(zkey, pos, pos + chunk - 1, desc=desc))
-            async with self._client.pipeline(transaction=False) as pipe:
-                for job_id in ids:
-                    pipe.hget(job_key(job_id), "tenant")
-                tenants = await pipe.execute()
-            for job_id, job_tenant in zip(ids, tenants, strict=True):
-                pos += 1
-                if job_tenant == tenant:
-                    matched.append(job_id)
-                    if len(matched) == limit:
+        if tenant is not None and queue not in self._tenant_indexed:
+            await self._backfill_tenant_indexes(queue)
+        zkey = (
+            keys.by_state(state.value) if tenant is None else keys.tenant_state(state.value, tenant)
+        )
+        ids = cast(list[str], await self._client.zrange(zkey, start, start + limit, desc=desc))
+        more = len(ids) > limit
+        jobs = await self._load(queue, ids[:limit])
+        return JobPage(jobs, str(start + limit) if more else None)
+
+    async def _backfill_tenant_indexes(self, queue: str) -> None:
+        """Index the tenant jobs a queue held before per-tenant state indexes existed
+        (once per queue: the `tindexed` flag; then once per process: a set).
+
+        Every script that moves a job keeps the indexes from then on, so a walk over
+        each state's zset (bounded batches, `lua/tenant_backfill.lua`) is all an
+        upgraded store needs. Processes of the older version must be gone by then:
+        their moves would not keep the indexes.
+        """
+        keys = self._keys.queue(queue)
+        if not await self._client.exists(keys.tindexed):
+            if not await self._client.sismember(self._keys.queues, queue):
+                # No such queue (a made-up name): nothing to index, and nothing is
+                # remembered, here or in Redis.
+                return
+            for state in ("scheduled", "running", "completed", "failed", "cancelled"):
+                low, skip = "-inf", 0
+                while True:
+                    n, last, at_last = await self._run(
+                        "tenant_backfill", queue, state, low, skip, _BACKFILL_BATCH
+                    )
+                    if n < _BACKFILL_BATCH:
                         break
-            if len(ids) < chunk and len(matched) < limit:
-                exhausted = True  # read to the end of the index
-                break
-        if not exhausted:
-            # Only hand out a cursor when something is left to scan.
-            exhausted = not await self._client.zrange(zkey, pos, pos, desc=desc)
-        return JobPage(await self._load(queue, matched), None if exhausted else str(pos))
+                    skip = skip + at_last if last == low else at_last
+                    low = last
+            await self._client.set(keys.tindexed, "1")
+        if len(self._tenant_indexed) >= 10_000:
+            self._tenant_indexed.clear()  # bounded: a forgotten queue costs one EXISTS
+        self._tenant_indexed.add(queue)
 
     async def _list_pending(
         self, queue: str, tenant: str | None, limit: int, after: int | None

@@ -170,6 +170,39 @@ WHERE queue = :queue AND state = :state AND finished_ms IS NOT NULL
     AND (:tenant IS NULL OR tenant = :tenant) AND (finished_ms, rowid) < (:k1, :k2)
 ORDER BY finished_ms DESC, rowid DESC LIMIT :n;
 
+-- name: list_scheduled_tenant
+-- One tenant's jobs (migration 0002's partial indexes): the same keyset pages, with
+-- `tenant = :tenant` so the index range starts at the tenant (an `OR :tenant IS NULL`
+-- would leave SQLite scanning every tenant's rows).
+SELECT {job_columns}, rowid FROM jobs
+WHERE queue = :queue AND state = 'scheduled' AND tenant = :tenant
+    AND (scheduled_ms, rowid) > (:k1, :k2)
+ORDER BY scheduled_ms, rowid LIMIT :n;
+
+-- name: list_running_tenant
+SELECT {job_columns}, rowid FROM jobs
+WHERE queue = :queue AND state = 'running' AND tenant = :tenant
+    AND (created_ms, rowid) < (:k1, :k2)
+ORDER BY created_ms DESC, rowid DESC LIMIT :n;
+
+-- name: list_finished_tenant
+SELECT {job_columns}, rowid FROM jobs
+WHERE queue = :queue AND state = :state AND finished_ms IS NOT NULL AND tenant = :tenant
+    AND (finished_ms, rowid) < (:k1, :k2)
+ORDER BY finished_ms DESC, rowid DESC LIMIT :n;
+
+-- name: list_pending_one_same
+-- One tenant's pending jobs (index jobs_tenant_claim), in claim order.
+SELECT {job_columns}, rowid FROM jobs
+WHERE queue = :queue AND state = 'pending' AND tenant = :tenant
+    AND priority = :priority AND seq > :seq
+ORDER BY priority DESC, seq LIMIT :n;
+
+-- name: list_pending_one_lower
+SELECT {job_columns}, rowid FROM jobs
+WHERE queue = :queue AND state = 'pending' AND tenant = :tenant AND priority < :priority
+ORDER BY priority DESC, seq LIMIT :n;
+
 -- name: list_pending_free_same
 -- Pending jobs without a tenant: the rest of the cursor's priority (index jobs_claim).
 -- (priority DESC, seq ASC) is not one row-value range, so a page is this range and

@@ -213,18 +213,21 @@ def _page(
     if state is JobState.PENDING:
         # Jobs without a tenant and tenant jobs sit in different indices (jobs_claim,
         # jobs_tenant_order): page through each, merge by claim order.
-        buckets = ("tenant",) if tenant is not None else ("free", "tenant")
+        # One tenant's jobs: its own index range (jobs_tenant_claim).
+        buckets = ("one",) if tenant is not None else ("free", "tenant")
         rows = [r for b in buckets for r in _pending(conn, b, {**args}, key)]
         rows.sort(key=lambda r: (-r[7], r[22]))
         return rows[:n]
+    # A tenant filter has its own queries (and migration 0002's indexes).
+    suffix = "" if tenant is None else "_tenant"
     if state is JobState.SCHEDULED:
         k1, k2 = key or (_MIN_KEY, _MIN_KEY)
-        return conn.execute(Q["list_scheduled"], {**args, "k1": k1, "k2": k2}).fetchall()
+        return conn.execute(Q["list_scheduled" + suffix], {**args, "k1": k1, "k2": k2}).fetchall()
     k1, k2 = key or (_MAX_KEY, _MAX_KEY)
     if state is JobState.RUNNING:
-        return conn.execute(Q["list_running"], {**args, "k1": k1, "k2": k2}).fetchall()
+        return conn.execute(Q["list_running" + suffix], {**args, "k1": k1, "k2": k2}).fetchall()
     return conn.execute(
-        Q["list_finished"], {**args, "state": state.value, "k1": k1, "k2": k2}
+        Q["list_finished" + suffix], {**args, "state": state.value, "k1": k1, "k2": k2}
     ).fetchall()
 
 

@@ -21,6 +21,9 @@
 --   KEYS[19] tenant rate log prefix "{p:q}:trate:"   KEYS[20] turn counter
 --   KEYS[21] served hash (bucket -> the turn it was last served at, kept while the
 --            bucket is out of the rotation)
+--   KEYS[22] tenant state index prefix "{p:q}:ts:" (a tenant's jobs in a state other
+--            than pending are in KEYS[22] .. state .. ':' .. tenant: derived like a
+--            bucket, same tag, same slot; see index / unindex)
 -- and the same ARGV header:
 --   ARGV[1]  wake-up channel   ARGV[2]  events stream max length   ARGV[3]  queue name
 --   ARGV[4]  now in ms from a test clock, or '' (production: Redis TIME, see _clock.lua)
@@ -30,7 +33,7 @@ local K_COMPLETED, K_FAILED, K_CANCELLED = KEYS[5], KEYS[6], KEYS[7]
 local K_DEDUPE, K_PAUSED, K_EVENTS, K_SEQ, K_FRONT = KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12]
 local K_TPENDING, K_TBUCKET, K_READY, K_TRUNNING = KEYS[13], KEYS[14], KEYS[15], KEYS[16]
 local K_LIMITS, K_RATE, K_TRATE, K_TURN = KEYS[17], KEYS[18], KEYS[19], KEYS[20]
-local K_SERVED = KEYS[21]
+local K_SERVED, K_TSTATE = KEYS[21], KEYS[22]
 local WAKE_CHANNEL, EVENTS_MAXLEN, QUEUE = ARGV[1], ARGV[2], ARGV[3]
 local NOW = clock_ms(ARGV[4])
 
@@ -45,6 +48,33 @@ local function num(n)
 end
 
 local wake_needed = false
+
+-- A tenant's index of a state (keys.py `tenant_state`): the state is a fixed word, so
+-- the name stays unambiguous whatever the tenant holds.
+local function tstate_key(state, tenant)
+  return K_TSTATE .. state .. ':' .. tenant
+end
+
+-- Index a job in `state` (not pending) under `score`: the state's zset, and for a tenant
+-- job its tenant's zset of that state too (tenant listings read one range of it
+-- instead of skipping other tenants' jobs). `tenant`: '' or nil = none.
+local function index(id, state, score, tenant)
+  redis.call('ZADD', BY_STATE[state], num(score), id)
+  if tenant and tenant ~= '' then
+    local tkey = tstate_key(state, tenant)
+    redis.call('ZADD', tkey, num(score), id)
+  end
+end
+
+-- The reverse of index. `tenant` false/'' = none, nil = read it from the job.
+local function unindex(id, state, tenant)
+  redis.call('ZREM', BY_STATE[state], id)
+  if tenant == nil then tenant = redis.call('HGET', K_JOB .. id, 'tenant') end
+  if tenant and tenant ~= '' then
+    local tkey = tstate_key(state, tenant)
+    redis.call('ZREM', tkey, id)
+  end
+end
 
 -- A job's pending score (its place in line, see keys.py): `place` is lifecycle's Place.
 -- 'back' after every job of its priority, 'front' before them (release on shutdown),
@@ -158,8 +188,9 @@ local function wake(lim)
   end
 end
 
-local function schedule(id, jk, due)
-  redis.call('ZADD', K_SCHEDULED, num(due), id)
+local function schedule(id, jk, due, tenant)
+  if tenant == nil then tenant = redis.call('HGET', jk, 'tenant') end
+  index(id, 'scheduled', due, tenant)
   redis.call('HSET', jk, 'state', 'scheduled', 'scheduled_ms', num(due))
 end
 
@@ -185,15 +216,17 @@ local function release_dedupe(id, jk, key)
 end
 
 -- Move a job (already removed from its live zset) to a finished state; `result` (or
--- nil) is stored in the same write; `dedupe_key` as for release_dedupe.
-local function finish(id, jk, state, result, dedupe_key)
+-- nil) is stored in the same write; `dedupe_key` as for release_dedupe; `tenant` as
+-- for unindex.
+local function finish(id, jk, state, result, dedupe_key, tenant)
   if result then
     redis.call('HSET', jk, 'state', state, 'finished_ms', num(NOW), 'result', result)
   else
     redis.call('HSET', jk, 'state', state, 'finished_ms', num(NOW))
   end
   redis.call('HDEL', jk, 'token')
-  redis.call('ZADD', BY_STATE[state], num(NOW), id)
+  if tenant == nil then tenant = redis.call('HGET', jk, 'tenant') end
+  index(id, state, NOW, tenant)
   release_dedupe(id, jk, dedupe_key)
 end
 
@@ -243,9 +276,9 @@ local function apply(id, jk, t, body, delay, tenant, task, attempt, dedupe_key, 
   if t.finishes then
     local result = nil
     if t.store_result and body ~= '' then result = body end
-    finish(id, jk, t.state, result, dedupe_key)
+    finish(id, jk, t.state, result, dedupe_key, tenant or false)
   elseif delay > 0 and t.later_state == 'scheduled' then
-    schedule(id, jk, NOW + delay)
+    schedule(id, jk, NOW + delay, tenant or false)
   else
     push_pending(id, jk, t.place)
   end
@@ -274,8 +307,8 @@ local function promote_due(limit)
   local jobs = {}
   for i = 1, #due, 2 do
     local id = due[i]
-    redis.call('ZREM', K_SCHEDULED, id)
-    local f = redis.call('HMGET', K_JOB .. id, 'state', 'score')
+    local f = redis.call('HMGET', K_JOB .. id, 'state', 'score', 'tenant')
+    unindex(id, 'scheduled', f[3] or false)
     if f[1] == 'scheduled' then
       jobs[#jobs + 1] = { id, tonumber(due[i + 1]), tonumber(f[2]) or 0 }
     end
@@ -298,10 +331,10 @@ local function recover_expired(limit, lim)
   local ids = redis.call('ZRANGEBYSCORE', K_RUNNING, '-inf', num(NOW), 'LIMIT', 0, limit)
   local recovered = 0
   for _, id in ipairs(ids) do
-    redis.call('ZREM', K_RUNNING, id)
     local jk = K_JOB .. id
     local f = redis.call('HMGET', jk, 'state', 'attempt', 'max_attempts', 'tenant', 'task',
       'dedupe_key')
+    unindex(id, 'running', f[4] or false)
     if f[1] == 'running' then
       recovered = recovered + 1
       lim = lim or read_limits()
@@ -333,7 +366,7 @@ local function retry_finished(id, jk, state)
     end
     redis.call('HSET', K_DEDUPE, key, id)
   end
-  redis.call('ZREM', BY_STATE[state], id)
+  unindex(id, state, nil)
   redis.call('HSET', jk, 'attempt', 0)
   redis.call('HDEL', jk, 'finished_ms', 'result', 'token')
   push_pending(id, jk, 'back')

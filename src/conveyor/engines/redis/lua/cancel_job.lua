@@ -5,7 +5,7 @@
 -- ARGV[5]: job id
 -- Returns: { 'ok', HGETALL } | { 'missing' } | { 'invalid', current state }
 -- Touches: scheduled/pending/running (or the job's tenant bucket and tpending), trunning,
---          cancelled, the job hash, dedupe, events; PUBLISH when a running job of a queue
+--          cancelled, the tenant's state indexes, the job hash, dedupe, events; PUBLISH when a running job of a queue
 --          with a concurrency limit freed its slot.
 local id = ARGV[5]
 local jk = K_JOB .. id
@@ -15,7 +15,7 @@ if not CANCELLABLE[state] then return { 'invalid', state } end
 if state == 'pending' then
   remove_pending(id, jk)
 else
-  redis.call('ZREM', BY_STATE[state], id)
+  unindex(id, state, nil)
 end
 if state == 'running' then
   left_running(redis.call('HGET', jk, 'tenant'), nil)

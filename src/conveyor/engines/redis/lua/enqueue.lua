@@ -9,7 +9,8 @@
 -- Returns: flat array, 3 values per job in input order: id, created (1/0), state.
 --          A dedupe key held by an active job (or an id that already exists, i.e. a
 --          retried call whose reply was lost) yields that job with created = 0.
--- Touches: job hashes, pending (tenant jobs: tpending, their bucket, ready; reads served) or scheduled,
+-- Touches: job hashes, pending (tenant jobs: tpending, their bucket, ready; reads served) or scheduled
+--          (tenant jobs: also ts:scheduled:<tenant>),
 --          dedupe, seq, events; PUBLISH on the wake channel when a bucket was empty.
 local W = 11
 local n = tonumber(ARGV[5])
@@ -76,7 +77,7 @@ for i = 0, n - 1 do
       redis.call('HSET', K_DEDUPE, dedupe_key, id)
     end
     if state == 'scheduled' then
-      redis.call('ZADD', K_SCHEDULED, num(due), id)
+      index(id, 'scheduled', due, tenant)
     else
       index_pending(id, score, tenant)
     end

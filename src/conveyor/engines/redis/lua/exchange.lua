@@ -10,6 +10,7 @@
 --            jobs back reopens (-1: neither), claimed jobs (each a flat HGETALL array),
 --            expired leases recovered }
 -- Touches: job hashes, every state zset, the buckets (pending, tpending, tp:<tenant>),
+--          the tenant state indexes (ts:<state>:<tenant>),
 --          ready, served, trunning, rate logs, turn, dedupe, seq, front, events; PUBLISH on the
 --          wake channel when work became claimable (a bucket refilled, or a job of a
 --          queue with a concurrency limit stopped running) and some is left after the claim.
@@ -45,7 +46,7 @@ for i = 0, n - 1 do
   if f[1] ~= 'running' or f[2] ~= token then
     lost[#lost + 1] = id
   else
-    redis.call('ZREM', K_RUNNING, id)
+    unindex(id, 'running', f[3] or false)
     apply(id, jk, TRANSITIONS[ARGV[b + 2]], ARGV[b + 3], tonumber(ARGV[b + 4]) or 0,
       f[3], f[4], f[5], f[6], lim)
   end
@@ -102,6 +103,11 @@ local function claim(id, token, tenant)
   patch(all, at, 'started_ms', started)
   patch(all, at, 'worker', worker)
   redis.call('ZADD', K_RUNNING, deadline, id)
+  if tenant ~= '' then
+    -- Scored by claim time, not the deadline: heartbeats then need not touch it.
+    local tkey = tstate_key('running', tenant)
+    redis.call('ZADD', tkey, started, id)
+  end
   emit(id, jk, 'started', nil, all[at.task], all[at.tenant], attempt)
   claimed[#claimed + 1] = all
   if lim.rate then

@@ -4,7 +4,7 @@
 -- KEYS:    the per-queue keys (see _lib.lua); ARGV[1..4]: the header (see _lib.lua)
 -- ARGV[5]: batch size
 -- Returns: how many jobs were deleted (< batch: the queue is empty now).
--- Touches: every state zset, tpending, job hashes (DEL); once empty: dedupe, the tenant
+-- Touches: every state zset, tpending, the tenant state indexes, job hashes (DEL); once empty: dedupe, the tenant
 --          buckets (every non-empty bucket is in ready), ready, served, trunning, rate
 --          (DEL).
 --          Limits are kept: they are configuration, not jobs.
@@ -15,7 +15,15 @@ for _, zkey in ipairs({ K_PENDING, K_TPENDING, K_SCHEDULED, K_RUNNING, K_COMPLET
   if budget - deleted <= 0 then break end
   local ids = redis.call('ZRANGE', zkey, 0, budget - deleted - 1)
   for _, id in ipairs(ids) do
-    redis.call('DEL', K_JOB .. id)
+    local jk = K_JOB .. id
+    -- A tenant job leaves its tenant's index of its state (pending: the buckets,
+    -- dropped below once the queue is empty).
+    local f = redis.call('HMGET', jk, 'state', 'tenant')
+    if f[1] and f[1] ~= 'pending' and BY_STATE[f[1]] and f[2] and f[2] ~= '' then
+      local tkey = tstate_key(f[1], f[2])
+      redis.call('ZREM', tkey, id)
+    end
+    redis.call('DEL', jk)
     redis.call('ZREM', zkey, id)
   end
   deleted = deleted + #ids

@@ -4,6 +4,7 @@
 -- ARGV[5]: batch size
 -- Returns: { recovered, more } (more == 1: expired leases remain, call again).
 -- Touches: running, pending (or the job's tenant bucket, tpending, ready), trunning,
+--          the tenant state indexes (ts:running|failed:<tenant>),
 --          failed, job hashes, dedupe, seq, events; PUBLISH on the wake channel when a
 --          bucket was refilled or a slot of a concurrency-limited queue was freed.
 local batch = tonumber(ARGV[5])

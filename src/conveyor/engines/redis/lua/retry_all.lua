@@ -28,7 +28,7 @@ for _, id in ipairs(ids) do
       retried = retried + 1
     end
   else
-    redis.call('ZREM', zkey, id) -- a stale index entry: drop it
+    unindex(id, state, nil) -- a stale index entry: drop it
   end
 end
 wake()

@@ -5,7 +5,8 @@
 -- ARGV[5]: job id
 -- Returns: { 'ok', HGETALL } | { 'missing' } | { 'invalid', current state }
 --          | { 'held', dedupe key, holder id } (nothing changed)
--- Touches: failed/cancelled, pending or the tenant's bucket (+ tpending, ready), the job
+-- Touches: failed/cancelled (+ ts:<state>:<tenant>), pending or the tenant's bucket
+--          (+ tpending, ready), the job
 --          hash, dedupe, seq, events; PUBLISH on the wake channel when a bucket was empty.
 local id = ARGV[5]
 local jk = K_JOB .. id

@@ -213,9 +213,9 @@ class RedisBase:
         self, url: str, *, events_maxlen: int = 10_000, clock: Clock | None = None
     ) -> None:
         redis_url, self.prefix, self.url = _split_url(url)
+        self._clock = clock
         # `?socket_connect_timeout=` / `?socket_timeout=` (seconds), defaults 2 and 5.
         connect_timeout, self._timeout = url_timeouts(redis_url)
-        self._clock = clock
         self._keys = KeyLayout(self.prefix)
         self._events_maxlen = str(events_maxlen)
         # A plain (non-blocking) pool with a high cap: redis-py's BlockingConnectionPool

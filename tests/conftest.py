@@ -1,8 +1,14 @@
-"""Shared fixtures: private redis-server processes, per-test SQLite files and prefixes.
+"""Shared fixtures: private redis-server processes, per-test SQLite files and prefixes,
+per-test Postgres schemas.
 
 Tests never touch the shared Redis on 6379: `redis_server` starts one on a free port
 (session-wide), and every test gets its own key prefix, so tests can run in parallel.
 Tests that stop or restart Redis use `private_redis` (a server of their own).
+
+Postgres: `postgres_server` uses the server on 127.0.0.1:5432 (user postgres, trust)
+or, when none answers, starts a private one (initdb in a temporary directory, a free
+port); it creates one database per test session and drops it at the end, and every
+test gets its own schema in it. Postgres tests never skip: a missing server fails.
 """
 
 from __future__ import annotations
@@ -126,7 +132,28 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'conveyor.db'}"
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A database of this test session's own, created now and dropped at the end;
+    yields its URL (without a schema)."""
+    from tests.postgres_server import PostgresServer
+
+    server = PostgresServer(tmp_path_factory.mktemp("postgres"))
+    yield server.start()
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: str) -> Iterator[str]:
+    """The session's database with a schema unique to this test (dropped afterwards)."""
+    from tests.postgres_server import drop_schema
+
+    schema = f"t{uuid.uuid4().hex[:12]}"
+    yield f"{postgres_server}?schema={schema}"
+    drop_schema(postgres_server, schema)
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis", "postgresql"])
 def engine_url(request: pytest.FixtureRequest) -> str:
     """Every engine, for the contract suite."""
     kind = request.param
@@ -134,14 +161,18 @@ def engine_url(request: pytest.FixtureRequest) -> str:
         return "memory://"
     if kind == "sqlite":
         return str(request.getfixturevalue("sqlite_url"))
+    if kind == "postgresql":
+        return str(request.getfixturevalue("postgres_url"))
     return str(request.getfixturevalue("redis_url"))
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "redis", "postgresql"])
 def durable_url(request: pytest.FixtureRequest) -> str:
     """Engines shared across processes (fault-injection tests)."""
     if request.param == "sqlite":
         return str(request.getfixturevalue("sqlite_url"))
+    if request.param == "postgresql":
+        return str(request.getfixturevalue("postgres_url"))
     return str(request.getfixturevalue("redis_url"))
 
 

@@ -81,8 +81,9 @@ class EngineFull(EngineUnavailable):
 
 
 class SchemaTooNew(EngineUnavailable):
-    """The SQLite file carries schema migrations this Conveyor does not know: a newer
-    Conveyor upgraded it. Upgrade Conveyor (or use another file); the file is untouched."""
+    """The SQLite file (or Postgres schema) carries schema migrations this Conveyor does
+    not know: a newer Conveyor upgraded it. Upgrade Conveyor (or use another file or
+    schema); it is left untouched."""
 
 
 class JobNotFound(ConveyorError):

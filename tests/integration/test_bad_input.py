@@ -21,6 +21,7 @@ from conveyor import (
     MalformedJob,
     Worker,
 )
+from conveyor.engines.postgres import PostgresEngine
 from conveyor.engines.redis import RedisEngine
 from tests.apps.probe import probe_app
 from tests.conftest import ROOT
@@ -36,6 +37,15 @@ async def corrupt(app: Conveyor, job_id: str) -> None:
         key = engine._keys.queue("probe").job(job_id)
         assert await client.hset(key, "payload", "{definitely not json") == 0
         await client.aclose()
+    elif isinstance(engine, PostgresEngine):
+        import psycopg
+
+        async with await psycopg.AsyncConnection.connect(engine.conninfo) as conn:
+            await conn.execute(
+                f"UPDATE {engine.schema_sql}.jobs SET payload = '{{definitely not json' "
+                "WHERE id = %s",
+                (job_id,),
+            )
     else:
         path = app.url.removeprefix("sqlite:///")
         with sqlite3.connect(path) as conn:

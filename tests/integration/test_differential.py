@@ -11,6 +11,9 @@ result), per queue counts, which live job holds each dedupe key, and the pending
 order. The rules they follow are written once in `conveyor.lifecycle`; this test is
 what notices when an engine drifts.
 
+The same machine runs SQLite against Postgres (a fresh schema per example): the
+engine called `redis` below is "the other engine", Redis or Postgres.
+
 CI runs a bounded profile (`ci`, about 15 s). A long run (about 15 min), after a change
 to an engine or to the lifecycle:
 
@@ -87,7 +90,9 @@ class Differential(RuleBasedStateMachine):
         self.loop = asyncio.new_event_loop()
         name = uuid.uuid4().hex[:10]
         self.sqlite = open_engine(f"sqlite:///{directory / f'{name}.db'}", clock=self.clock)
-        self.redis = open_engine(f"{redis_url}?prefix=d{name}", clock=self.clock)
+        # The other engine: Redis (a key prefix per example) or Postgres (a schema).
+        scope = "schema" if redis_url.startswith("postgresql") else "prefix"
+        self.redis = open_engine(f"{redis_url}?{scope}=d{name}", clock=self.clock)
         self.run(self.sqlite.connect())
         self.run(self.redis.connect())
         self.made = 0  # job ids handed out
@@ -319,3 +324,7 @@ class Differential(RuleBasedStateMachine):
 
 def test_sqlite_and_redis_follow_one_lifecycle(redis_server: Any, tmp_path: Path) -> None:
     run_state_machine_as_test(lambda: Differential(redis_server.url, tmp_path), settings=PROFILE)
+
+
+def test_sqlite_and_postgres_follow_one_lifecycle(postgres_server: str, tmp_path: Path) -> None:
+    run_state_machine_as_test(lambda: Differential(postgres_server, tmp_path), settings=PROFILE)

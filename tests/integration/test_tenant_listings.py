@@ -87,7 +87,7 @@ def second_url(engine_url: str, tmp_path: Path) -> str:
     """Another, empty store of the same kind as `engine_url`."""
     if engine_url.startswith("sqlite"):
         return f"sqlite:///{tmp_path / 'other.db'}"
-    if engine_url.startswith("redis"):
+    if engine_url.startswith(("redis", "postgresql")):  # another key prefix / schema
         return engine_url.rsplit("=", 1)[0] + "=" + engine_url.rsplit("=", 1)[1] + "x"
     return engine_url
 

@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import generate_latest
 
 from conveyor.breaker import CircuitBreaker
 from conveyor.engines import QueueCounts
 from conveyor.metrics import METRICS, Metrics
+from conveyor.relay import Relay
 
 OPS = Path(__file__).resolve().parents[2] / "ops"
 ALERTS = OPS / "prometheus" / "alerts.yml"
@@ -38,6 +40,10 @@ def exported_names() -> set[str]:
     metrics.record_depths([QueueCounts("mail", pending=3, failed=1, oldest_pending_ms=0)], 5_000)
     metrics.record_breakers([CircuitBreaker("smtp")])
     text = metrics.exposition().decode()
+    # The outbox relay's own registry (built without connecting to anything).
+    relay = Relay("postgresql://127.0.0.1/db", "memory://")
+    relay.relayed.inc()
+    text += generate_latest(relay.registry).decode()
     return {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line[:1] != "#"}
 
 

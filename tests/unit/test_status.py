@@ -147,7 +147,7 @@ async def test_status_document_times_out_instead_of_hanging() -> None:
 
 async def test_a_bad_url_scheme_is_a_setup_error_not_an_outage() -> None:
     with pytest.raises(ConfigError, match="not supported"):
-        await status_document(Conveyor("postgres://db/jobs"))
+        await status_document(Conveyor("mysql://db/jobs"))
 
 
 async def test_overview_shows_limits_in_effect_and_why_pending_jobs_wait() -> None:

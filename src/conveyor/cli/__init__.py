@@ -13,6 +13,7 @@ from . import api as _api  # noqa: F401  (registers commands)
 from . import views as _views  # noqa: F401  (registers commands)
 from . import ops as _ops  # noqa: F401  (registers commands)
 from . import limits as _limits  # noqa: F401  (registers commands)
+from . import relay as _relay  # noqa: F401  (registers commands)
 from . import run as _run  # noqa: F401  (registers commands)
 from . import schedule as _schedule  # noqa: F401  (registers commands)
 

@@ -35,7 +35,7 @@ __all__ = [
     "open_engine",
 ]
 
-SCHEMES = ("redis://", "rediss://", "sqlite://", "memory://")
+SCHEMES = ("redis://", "rediss://", "sqlite://", "memory://", "postgresql://", "postgres://")
 
 
 def open_engine(url: str, *, clock: Clock | None = None) -> Engine:
@@ -58,7 +58,12 @@ def open_engine(url: str, *, clock: Clock | None = None) -> Engine:
         from .sqlite import SqliteEngine
 
         return SqliteEngine(url, clock=clock)
+    if url.startswith(("postgresql://", "postgres://")):
+        from .postgres import PostgresEngine
+
+        return PostgresEngine(url, clock=clock)
     raise ConfigError(
         f"engine URL {url!r} is not supported: use one of redis://host:6379/0, "
-        "rediss://..., sqlite:///path/to/conveyor.db or memory://"
+        "rediss://..., sqlite:///path/to/conveyor.db, "
+        "postgresql://user@host:5432/dbname?schema=conveyor or memory://"
     )

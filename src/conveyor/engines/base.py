@@ -64,6 +64,7 @@ __all__ = [
     "Engine",
     "Event",
     "Exchange",
+    "InTransaction",
     "JobFlow",
     "JobPage",
     "LeaseInfo",
@@ -281,6 +282,24 @@ class Notifier(Protocol):
 
         Blocks (no busy polling on Redis). Spurious wake-ups are allowed.
         """
+
+
+@runtime_checkable
+class InTransaction(Protocol):
+    """An engine that can store jobs inside a caller's own database transaction
+    (``postgresql://``): `connection` is the caller's driver connection."""
+
+    async def enqueue_in(self, connection: Any, jobs: Sequence[NewJob]) -> list[EnqueueResult]:
+        """Store `jobs` through the caller's async connection, in its transaction."""
+
+    def enqueue_in_sync(self, connection: Any, jobs: Sequence[NewJob]) -> list[EnqueueResult]:
+        """Store `jobs` through the caller's sync connection, in its transaction."""
+
+    async def get_job_in(self, connection: Any, job_id: str) -> Job:
+        """Read a job as the caller's transaction sees it. Raises `JobNotFound`."""
+
+    def get_job_in_sync(self, connection: Any, job_id: str) -> Job:
+        """`get_job_in` on a sync connection. Raises `JobNotFound`."""
 
 
 @runtime_checkable

@@ -34,6 +34,7 @@ from .checks import (
 )
 from .core import AppCore
 from .results import ResultWaiter, outcome
+from .transactional import AsyncOutbox, SyncOutbox, in_transaction, outbox_for
 
 # A JSON object, or an instance of the task's payload model (`conveyor.payloads`).
 Payload = Mapping[str, Any] | BaseModel | None
@@ -136,12 +137,17 @@ class Producer(AppCore):
             run_at_ms=run_at_ms,
         )
 
-    async def enqueue(self, task: str, payload: Payload = None, **options: Any) -> Job:
+    async def enqueue(
+        self, task: str, payload: Payload = None, *, connection: Any = None, **options: Any
+    ) -> Job:
         """Enqueue one job. Once this returns, the job is stored durably.
 
         Args:
             task: registered task name (or any name, with `queue=`).
             payload: a JSON object, or an instance of the task's payload model.
+            connection: a `psycopg.AsyncConnection` (postgresql:// apps only): the job
+                is written inside that connection's current transaction, so it exists
+                only if the transaction commits (`conveyor.facade.transactional`).
             **options: queue, delay (seconds or timedelta), run_at (datetime),
                 priority (-100..100, higher first), dedupe_key, tenant,
                 max_attempts, backoff, timeout.
@@ -150,9 +156,17 @@ class Producer(AppCore):
             The new job, or the live job that already holds `dedupe_key`.
 
         Raises:
-            UnknownTask, InvalidPayload, PayloadTooLarge, InvalidJob, EngineUnavailable.
+            UnknownTask, InvalidPayload, PayloadTooLarge, InvalidJob, EngineUnavailable,
+            ConfigError (`connection` given to an app that is not on Postgres).
         """
-        return (await self._store([self.build(task, payload, **options)]))[0].job
+        new = self.build(task, payload, **options)
+        if connection is None:
+            return (await self._store([new]))[0].job
+        engine = in_transaction(await self.connect(), self.url)
+        [res] = await engine.enqueue_in(connection, [new])
+        if not res.created:
+            return self._own(await engine.get_job_in(connection, res.id))
+        return self._own(self._assemble(new, res, self.clock.now()))
 
     async def enqueue_built(self, new: NewJob) -> Enqueued:
         """Store one job made by `build`, saying whether it is new or deduplicated (the
@@ -214,31 +228,68 @@ class Producer(AppCore):
             if not res.created:
                 out.append(Enqueued(self._own(await engine.get_job(res.id)), created=False))
                 continue
-            job = Job(
-                id=res.id,
-                queue=new.queue,
-                task=new.task,
-                payload=orjson.loads(new.payload_json),
-                state=res.state,
-                max_attempts=new.max_attempts,
-                priority=new.priority,
-                tenant=new.tenant,
-                dedupe_key=new.dedupe_key,
-                timeout=new.timeout,
-                backoff=orjson.loads(new.backoff_json) if new.backoff_json else None,
-                created_at=now,
-                scheduled_at=(
-                    new.run_at_ms / 1000 if new.run_at_ms is not None else now + new.delay_ms / 1000
-                )
-                if res.state == JobState.SCHEDULED
-                else None,
-            )
-            out.append(Enqueued(self._own(job), created=True))
+            out.append(Enqueued(self._own(self._assemble(new, res, now)), created=True))
         return out
 
-    def enqueue_sync(self, task: str, payload: Payload = None, **options: Any) -> Job:
-        """`enqueue` for synchronous code (Flask, Django, scripts). Thread-safe."""
-        return self._bridge().run(lambda app: app.enqueue(task, payload, **options))
+    @staticmethod
+    def _assemble(new: NewJob, res: EnqueueResult, now: float) -> Job:
+        """The `Job` a created enqueue stored (built here: no read back)."""
+        return Job(
+            id=res.id,
+            queue=new.queue,
+            task=new.task,
+            payload=orjson.loads(new.payload_json),
+            state=res.state,
+            max_attempts=new.max_attempts,
+            priority=new.priority,
+            tenant=new.tenant,
+            dedupe_key=new.dedupe_key,
+            timeout=new.timeout,
+            backoff=orjson.loads(new.backoff_json) if new.backoff_json else None,
+            created_at=now,
+            scheduled_at=(
+                new.run_at_ms / 1000 if new.run_at_ms is not None else now + new.delay_ms / 1000
+            )
+            if res.state == JobState.SCHEDULED
+            else None,
+        )
+
+    def enqueue_sync(
+        self, task: str, payload: Payload = None, *, connection: Any = None, **options: Any
+    ) -> Job:
+        """`enqueue` for synchronous code (Flask, Django, scripts). Thread-safe.
+
+        Args:
+            connection: a sync `psycopg.Connection` (postgresql:// apps only): the job
+                is written inside its current transaction, on the calling thread (see
+                `enqueue`).
+        """
+        if connection is None:
+            return self._bridge().run(lambda app: app.enqueue(task, payload, **options))
+        new = self.build(task, payload, **options)
+        # The schema must exist before a statement runs in the caller's transaction (a
+        # failed statement would abort it): the bridge's app connects (and migrates) once.
+        engine = in_transaction(self._bridge().run(lambda app: app.connect()), self.url)
+        [res] = engine.enqueue_in_sync(connection, [new])
+        if not res.created:
+            return self._own(engine.get_job_in_sync(connection, res.id))
+        return self._own(self._assemble(new, res, self.clock.now()))
+
+    def outbox(self, connection: Any, *, schema: str = "conveyor") -> AsyncOutbox | SyncOutbox:
+        """The outbox in `connection`'s Postgres database, for jobs that live in another
+        engine (Redis): `add(task, payload, **options)` writes a job row inside the
+        connection's current transaction, and `conveyor relay --from
+        postgresql://...?schema=SCHEMA` turns committed rows into jobs, each exactly once.
+
+        Args:
+            connection: a psycopg 3 connection: `AsyncConnection` (then `add` is async)
+                or `Connection` (`add` is sync).
+            schema: the schema the relay reads (`?schema=` of its --from URL).
+
+        Raises:
+            ConfigError: `connection` is not a psycopg 3 connection.
+        """
+        return outbox_for(self, connection, schema)
 
     def enqueue_many_sync(self, items: Iterable[Mapping[str, Any]]) -> list[Job]:
         """`enqueue_many` for synchronous code."""

@@ -114,6 +114,17 @@ async def corrupt_payload(engine: Engine, engine_url: str, job: Job | str) -> No
         finally:
             await raw.aclose()
         return
+    if engine_url.startswith("postgresql://"):
+        import psycopg
+
+        from conveyor.engines.postgres import parse_postgres_url
+
+        dsn, schema = parse_postgres_url(engine_url)
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as pg:
+            await pg.execute(
+                f"UPDATE \"{schema}\".jobs SET payload = '[not json' WHERE id = %s", (job_id,)
+            )
+        return
     if engine_url.startswith("sqlite:///"):
         # A second connection to the file, as another process would open it.
         path = engine_url.removeprefix("sqlite:///")

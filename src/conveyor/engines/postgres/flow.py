@@ -1,0 +1,247 @@
+"""The job flow on Postgres: enqueue, exchange (outcomes, promotion, recovery, claims),
+heartbeats, progress and the wake-up notifier.
+
+An exchange is one call of the schema's ``exchange`` function (first migration):
+outcomes, promotion, lease recovery and claims in one statement, so one round trip
+and one transaction. Python only prepares the outcomes (with the data of the events
+they record) and decodes the claimed rows.
+
+Concurrency (inside that function): claims take rows with ``FOR UPDATE SKIP
+LOCKED``, so workers of the whole fleet claim different jobs at once without waiting
+on each other. A queue with limits, or with tenant jobs pending, is claimed by
+``claim_fair`` under a transaction-level advisory lock named after the queue: the
+running counts, the rate log and the tenants' turns are read and spent by one claimer
+at a time, and the lock is held until its COMMIT, so the next claimer sees what it
+took. That is what makes `concurrency`, `tenant_concurrency` and the rates hold for
+the fleet, not per process.
+
+Enqueue is one call of the schema's ``enqueue(jsonb)`` function (one round trip for
+a batch), which is also what `enqueue_in` runs on a caller's own connection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from ...job import EnqueueResult, JobState, NewJob, decode_lenient
+from ...lifecycle import (
+    LEASE_EXPIRED_EVENT,
+    TRANSITIONS,
+)
+from ..values import Exchange, Outcome
+from .connection import Conn, PgCore
+from .queries import JOB_COLUMNS
+
+_LEASE_FAILED_DATA = orjson.dumps(LEASE_EXPIRED_EVENT).decode()
+
+
+def _claim_order(row: Sequence[Any]) -> tuple[int, int]:
+    """Claim order of a job row: priority (high first), then FIFO position."""
+    return -int(row[7]), int(row[22])
+
+
+def _message(error_json: str | None) -> str:
+    """The message of an AttemptError JSON (for event data); "" when unreadable."""
+    if not error_json:
+        return ""
+    try:
+        return str(orjson.loads(error_json).get("message", ""))
+    except (orjson.JSONDecodeError, AttributeError):
+        return ""
+
+
+def outcomes_document(outcomes: Sequence[Outcome]) -> str:
+    """The JSON array the schema's ``exchange`` function takes: each outcome with the
+    data of the event it records (what `lifecycle.TRANSITIONS` says goes in it)."""
+    docs = []
+    for o in outcomes:
+        t = TRANSITIONS[o.kind]
+        data: dict[str, Any] = {}
+        if t.append_error:
+            data["error"] = _message(o.error_json)
+        if o.reason is not None:
+            data["reason"] = o.reason
+        if t.later_state is not None:
+            data["delay_ms"] = o.delay_ms
+        docs.append(
+            {
+                "id": o.job_id,
+                "token": o.token,
+                "kind": o.kind,
+                "result": o.result_json,
+                "err": o.error_json,
+                "delay_ms": o.delay_ms,
+                "data": orjson.dumps(data).decode() if data else None,
+            }
+        )
+    return orjson.dumps(docs).decode()
+
+
+def jobs_document(jobs: Sequence[NewJob]) -> str:
+    """The JSON array the schema's ``enqueue`` function takes."""
+    return orjson.dumps(
+        [
+            {
+                "id": new.id,
+                "queue": new.queue,
+                "task": new.task,
+                "payload": new.payload_json,
+                "max_attempts": new.max_attempts,
+                "priority": new.priority,
+                "tenant": new.tenant,
+                "dedupe_key": new.dedupe_key,
+                "timeout_ms": None if new.timeout is None else int(new.timeout * 1000),
+                "backoff": new.backoff_json,
+                "delay_ms": new.delay_ms,
+                "run_at_ms": new.run_at_ms,
+            }
+            for new in jobs
+        ]
+    ).decode()
+
+
+def enqueue_results(rows: Sequence[Sequence[Any]]) -> list[EnqueueResult]:
+    """`EnqueueResult`s from the rows of the ``enqueue`` function."""
+    return [EnqueueResult(str(r[0]), bool(r[1]), JobState(str(r[2]))) for r in rows]
+
+
+class PgFlow(PgCore):
+    """Producers and workers: the hot path."""
+
+    # --- producers ------------------------------------------------------------------------
+    def enqueue_statement(self, jobs: Sequence[NewJob]) -> tuple[str, tuple[Any, ...]]:
+        """The one statement (and its parameters) that stores `jobs`, for running on a
+        caller's own connection inside the caller's transaction (transactional enqueue).
+        Its rows go through `enqueue_results`."""
+        return self.q["enqueue"], (jobs_document(jobs), self._fixed)
+
+    async def enqueue(self, jobs: Sequence[NewJob]) -> list[EnqueueResult]:
+        """Store `jobs` in one transaction and one round trip (all or nothing); results
+        in input order. A job whose dedupe key a live job holds (or whose id exists)
+        answers with that job (`created=False`) and writes nothing."""
+        if not jobs:
+            return []
+        sql, params = self.enqueue_statement(jobs)
+
+        async def tx(conn: Conn) -> list[EnqueueResult]:
+            cur = await conn.execute(sql, params)
+            return enqueue_results(await cur.fetchall())
+
+        results = await self._run(tx, single=True)
+        self._notify(jobs=True, events=True)
+        self._count_events(sum(r.created for r in results), {new.queue for new in jobs})
+        return results
+
+    # --- workers ----------------------------------------------------------------------------
+    async def exchange(
+        self,
+        outcomes: Sequence[Outcome],
+        *,
+        queues: Sequence[str],
+        limit: int,
+        worker_id: str,
+        lease_ms: int,
+    ) -> Exchange:
+        """Apply `outcomes`, then claim up to `limit` jobs: one call of the schema's
+        ``exchange`` function, so one round trip and one transaction.
+
+        See `conveyor.engines.base.JobFlow` and `conveyor.lifecycle` for the contract.
+        """
+        # Recorded before the call: a notification after this point makes the next
+        # wait_for_jobs return at once instead of missing it.
+        if limit > 0:
+            self._exchange_generation = self._jobs_wake.generation
+        args = (outcomes_document(outcomes), list(queues), limit, worker_id, lease_ms, self._fixed)
+
+        async def call(conn: Conn) -> dict[str, Any]:
+            cur = await conn.execute(self.q["exchange"], args)
+            row = await cur.fetchone()
+            assert row is not None
+            out: dict[str, Any] = orjson.loads(row[0])
+            return out
+
+        result = await self._run(call, single=True)
+        done = set(result["done"])
+        exchange = Exchange(
+            [decode_lenient(dict(zip(JOB_COLUMNS, row, strict=True))) for row in result["jobs"]],
+            [o.job_id for o in outcomes if o.job_id not in done],
+            next_due_ms=result["next_due"],
+            recovered=int(result["recovered"]),
+        )
+        self._notify(jobs=bool(result["woke"]), events=bool(result["events"]))
+        self._count_events(int(result["events"]), queues)
+        await self._trim_if_due()
+        return exchange
+
+    # --- leases of running jobs ---------------------------------------------------------
+    async def heartbeat(self, leases: Sequence[tuple[str, str]], *, lease_ms: int) -> list[str]:
+        """Extend the leases `(job_id, token)` to now + lease_ms; return ids that were lost."""
+        if not leases:
+            return []
+
+        async def tx(conn: Conn) -> list[str]:
+            cur = await conn.execute(
+                self.q["extend_leases"],
+                (self._fixed, lease_ms, [j for j, _ in leases], [t for _, t in leases]),
+            )
+            kept = {str(r[0]) for r in await cur.fetchall()}
+            return [job_id for job_id, _ in leases if job_id not in kept]
+
+        return await self._run(tx, single=True)
+
+    async def set_progress(self, job_id: str, token: str, progress_json: str) -> bool:
+        """Store progress for a running job (one statement: the job, its event and the
+        NOTIFY); False when the lease is gone."""
+        params = {
+            "progress": progress_json,
+            "id": job_id,
+            "token": token,
+            "now": self._fixed,
+            "data": '{"progress":' + progress_json + "}",
+            "channel": self.channel,
+        }
+
+        async def call(conn: Conn) -> str | None:
+            cur = await conn.execute(self.q["set_progress"], params)
+            row = await cur.fetchone()
+            return None if row is None else str(row[0])
+
+        queue = await self._run(call, single=True)
+        if queue is not None:
+            self._notify(events=True)
+            self._count_events(1, [queue])
+        return queue is not None
+
+    async def recover_expired(self, queues: Sequence[str]) -> int:
+        """Recover running jobs whose lease expired; returns how many were recovered."""
+
+        async def call(conn: Conn) -> int:
+            cur = await conn.execute(self.q["recover"], (list(queues), self._fixed))
+            row = await cur.fetchone()
+            return int(row[0]) if row and row[0] is not None else 0
+
+        recovered = await self._run(call, single=True)
+        self._notify(jobs=bool(recovered), events=bool(recovered))
+        self._count_events(recovered, queues)
+        return recovered
+
+    # --- the notifier ---------------------------------------------------------------------
+    async def wait_for_jobs(self, queues: Sequence[str], timeout: float) -> None:
+        """Return when one of `queues` may have claimable work, or after `timeout` s.
+
+        Woken by the NOTIFY of any process's commit that made work claimable (an
+        enqueue, a release, a resume, ...); spurious wake-ups are allowed. While the
+        LISTEN connection is down it polls instead (returns every 100 ms).
+        """
+        if self._pool is None:
+            await self.connect()
+        generation = self._exchange_generation
+        if generation is None:
+            generation = self._jobs_wake.generation
+        await self._wait(self._jobs_wake, generation, timeout)
+        # The wake-up is spent: a second wait without an exchange in between blocks
+        # until the next notification instead of returning at once again.
+        self._exchange_generation = self._jobs_wake.generation

@@ -1,0 +1,98 @@
+"""Numbered schema migrations of the Postgres engine (the SQLite engine's mechanism).
+
+`migrations/NNNN_name.sql` files are applied in order, each in its own transaction,
+and recorded in the schema's `schema_migrations` table. Every transaction first takes
+a transaction-level advisory lock named after the schema, so two processes opening
+the same schema at once are serialised and the second one finds the work done. A
+schema that records a migration newer than this code is refused (`SchemaTooNew`)
+and left as it is. Never edit an applied migration; add the next number.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import re
+from dataclasses import dataclass
+from typing import Final
+
+from psycopg import AsyncConnection
+
+from ...errors import SchemaTooNew
+
+__all__ = ["MIGRATIONS", "Migration", "migrate"]
+
+_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One numbered schema change (`{schema}` / `{channel}` not yet filled in)."""
+
+    number: int
+    name: str
+    sql: str
+
+
+def _load() -> tuple[Migration, ...]:
+    folder = importlib.resources.files(__package__).joinpath("migrations")
+    found = []
+    for entry in folder.iterdir():
+        match = _FILE.match(entry.name)
+        if match:
+            found.append(Migration(int(match.group(1)), match.group(2), entry.read_text()))
+    found.sort(key=lambda m: m.number)
+    if [m.number for m in found] != list(range(1, len(found) + 1)):
+        raise RuntimeError(
+            f"Postgres migrations are not numbered 1..n: {[m.number for m in found]}"
+        )
+    return tuple(found)
+
+
+MIGRATIONS: Final = _load()
+
+
+async def migrate(
+    conn: AsyncConnection[tuple[object, ...]], schema: str, schema_sql: str, channel_sql: str
+) -> list[int]:
+    """Create the schema if needed and apply the missing migrations; returns their numbers.
+
+    Args:
+        conn: an autocommit connection (each migration runs in its own transaction).
+        schema: the schema's name (for messages and the advisory lock).
+        schema_sql: the schema as a quoted identifier.
+        channel_sql: the engine's NOTIFY channel as a string literal.
+
+    Raises:
+        SchemaTooNew: the schema records migrations newer than this code; nothing changed.
+        psycopg.Error: a migration failed (its transaction is rolled back).
+    """
+    done: list[int] = []
+    table = f"{schema_sql}.schema_migrations"
+    for migration in MIGRATIONS:
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"migrate:{schema}",))
+            await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema_sql}")
+            await conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {table} (version integer PRIMARY KEY, "
+                "name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            cur = await conn.execute(f"SELECT version FROM {table}")
+            applied = {int(str(row[0])) for row in await cur.fetchall()}
+            unknown = sorted(v for v in applied if v > len(MIGRATIONS))
+            if unknown:
+                raise SchemaTooNew(
+                    f"Postgres schema {schema!r} has migrations {unknown}, newer than this "
+                    f"Conveyor knows (up to {len(MIGRATIONS):04d}): a newer Conveyor upgraded "
+                    "it; upgrade Conveyor on this machine (pip install -U conveyor-jobs), or "
+                    "use another ?schema=; the schema was left as it is"
+                )
+            if migration.number in applied:
+                continue
+            sql = migration.sql.replace("{schema}", schema_sql).replace("{channel}", channel_sql)
+            await conn.execute(sql.encode())
+            await conn.execute(
+                f"INSERT INTO {table} (version, name) VALUES (%s, %s)",
+                (migration.number, migration.name),
+            )
+            done.append(migration.number)
+    return done

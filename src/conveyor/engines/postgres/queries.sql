@@ -1,0 +1,272 @@
+-- Named queries of the Postgres engine, read once by `queries.py`.
+--
+-- Each query starts at a `-- name: <name>` line and runs to the next one. `{schema}` is
+-- the engine's schema (a quoted identifier), `{job_columns}` the job columns in
+-- `JOB_COLUMNS` order. Parameters are psycopg's (`%s`, `%(name)s`).
+
+-- name: clock
+SELECT {schema}.clock_ms(NULL);
+
+-- name: load_job
+SELECT {job_columns} FROM {schema}.jobs WHERE id = %s;
+
+-- name: load_job_for_update
+SELECT {job_columns} FROM {schema}.jobs WHERE id = %s FOR UPDATE;
+
+-- name: enqueue
+SELECT job_id, created, job_state FROM {schema}.enqueue(%s::jsonb, %s::bigint);
+
+-- name: exchange
+SELECT {schema}.exchange(%s::jsonb, %s::text[], %s, %s, %s, %s::bigint);
+
+-- name: recover
+SELECT sum(r.stalled + r.failed)
+FROM unnest(%s::text[]) AS q(name), {schema}.clock_ms(%s::bigint) AS now(ms),
+    LATERAL {schema}.recover(q.name, now.ms) AS r;
+
+-- name: insert_event
+INSERT INTO {schema}.events (queue, kind, job_id, task, tenant, attempt, at_ms, data)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s);
+
+-- name: trim_events
+DELETE FROM {schema}.events WHERE queue = %(queue)s AND id <= (
+    SELECT id FROM {schema}.events WHERE queue = %(queue)s ORDER BY id DESC
+    OFFSET %(keep)s LIMIT 1);
+
+-- name: notify
+SELECT pg_notify(%s, %s);
+
+-- name: dedupe_holder
+SELECT id, state FROM {schema}.jobs WHERE queue = %s AND dedupe_key = %s
+    AND state IN ('scheduled', 'pending', 'running');
+
+-- name: extend_leases
+-- One statement (autocommit): the deadline is the database clock + the lease.
+UPDATE {schema}.jobs j SET lease_until_ms = {schema}.clock_ms(%s::bigint) + %s
+FROM unnest(%s::text[], %s::text[]) AS l(id, token)
+WHERE j.id = l.id AND j.token = l.token AND j.state = 'running'
+RETURNING j.id;
+
+-- name: set_progress
+-- One statement (autocommit): store, record the event, NOTIFY; 1 row when stored.
+WITH u AS (
+    UPDATE {schema}.jobs SET progress = %(progress)s
+    WHERE id = %(id)s AND token = %(token)s AND state = 'running'
+    RETURNING queue, task, tenant, attempt
+), e AS (
+    INSERT INTO {schema}.events (queue, kind, job_id, task, tenant, attempt, at_ms, data)
+    SELECT u.queue, 'progress', %(id)s, u.task, u.tenant, u.attempt,
+        {schema}.clock_ms(%(now)s::bigint), %(data)s FROM u
+), n AS (
+    SELECT pg_notify(%(channel)s, 'events') FROM u
+)
+SELECT u.queue, (SELECT count(*) FROM n) FROM u;
+
+-- name: queue_names
+SELECT name FROM {schema}.queues WHERE known ORDER BY name;
+
+-- name: queue_counts
+SELECT state, count(*) FROM {schema}.jobs WHERE queue = %s GROUP BY state;
+
+-- name: queue_paused
+SELECT paused FROM {schema}.queues WHERE name = %s;
+
+-- name: oldest_pending
+SELECT min(created_ms) FROM {schema}.jobs WHERE queue = %s AND state = 'pending';
+
+-- name: finished_since
+SELECT count(*) FROM {schema}.jobs WHERE queue = %s AND state = %s
+    AND finished_ms IS NOT NULL AND finished_ms > %s;
+
+-- name: throughput
+SELECT (%(end)s - finished_ms) / 60000 AS back, count(*) FROM {schema}.jobs
+WHERE queue = %(queue)s AND state = %(state)s AND finished_ms IS NOT NULL
+    AND finished_ms > %(since)s GROUP BY back;
+
+-- name: list_scheduled
+SELECT {job_columns}, rid FROM {schema}.jobs
+WHERE queue = %(queue)s AND state = 'scheduled'
+    AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s)
+    AND (scheduled_ms, rid) > (%(k1)s, %(k2)s)
+ORDER BY scheduled_ms, rid LIMIT %(n)s;
+
+-- name: list_running
+SELECT {job_columns}, rid FROM {schema}.jobs
+WHERE queue = %(queue)s AND state = 'running'
+    AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s)
+    AND (created_ms, rid) < (%(k1)s, %(k2)s)
+ORDER BY created_ms DESC, rid DESC LIMIT %(n)s;
+
+-- name: list_finished
+SELECT {job_columns}, rid FROM {schema}.jobs
+WHERE queue = %(queue)s AND state = %(state)s AND finished_ms IS NOT NULL
+    AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s)
+    AND (finished_ms, rid) < (%(k1)s, %(k2)s)
+ORDER BY finished_ms DESC, rid DESC LIMIT %(n)s;
+
+-- name: list_pending
+-- Pending jobs in claim order after the cursor (priority, seq): (priority DESC, seq
+-- ASC) is not one row-value range, hence the OR.
+SELECT {job_columns}, rid FROM {schema}.jobs
+WHERE queue = %(queue)s AND state = 'pending'
+    AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s)
+    AND (priority < %(priority)s OR (priority = %(priority)s AND seq > %(seq)s))
+ORDER BY priority DESC, seq LIMIT %(n)s;
+
+-- name: read_events
+-- After the position (xid, id), only rows of transactions older than every one still
+-- running (see the events table in the first migration).
+SELECT id, queue, kind, job_id, task, tenant, attempt, at_ms, data, xid::text
+FROM {schema}.events
+WHERE queue = %s AND (xid, id) > (%s::text::xid8, %s::bigint)
+    AND xid < pg_snapshot_xmin(pg_current_snapshot())
+ORDER BY xid, id LIMIT %s;
+
+-- name: read_horizon
+-- "Now" as a reader's position: every row below it is settled, every row that can
+-- still appear sorts after it.
+SELECT pg_snapshot_xmin(pg_current_snapshot())::text;
+
+-- name: pause
+INSERT INTO {schema}.queues (name, paused) VALUES (%s, true)
+ON CONFLICT (name) DO UPDATE SET paused = true;
+
+-- name: resume
+UPDATE {schema}.queues SET paused = false WHERE name = %s;
+
+-- name: retry_row
+-- Operator retry: back to pending with a fresh attempt budget (the errors are kept),
+-- unless another live job holds the dedupe key (the caller names it).
+UPDATE {schema}.jobs j SET state = 'pending', attempt = 0, finished_ms = NULL,
+    result = NULL, token = NULL, lease_until_ms = NULL, scheduled_ms = NULL,
+    seq = nextval('{schema}.job_seq')
+WHERE j.id = %s AND j.state IN ('failed', 'cancelled') AND (j.dedupe_key IS NULL OR NOT EXISTS (
+    SELECT 1 FROM {schema}.jobs h WHERE h.queue = j.queue AND h.dedupe_key = j.dedupe_key
+    AND h.state IN ('scheduled', 'pending', 'running')))
+RETURNING j.id;
+
+-- name: retry_all_page
+SELECT {job_columns}, rid FROM {schema}.jobs
+WHERE queue = %(queue)s AND state = %(state)s AND finished_ms IS NOT NULL
+    AND (finished_ms, rid) < (%(k1)s, %(k2)s)
+ORDER BY finished_ms DESC, rid DESC LIMIT %(n)s FOR UPDATE SKIP LOCKED;
+
+-- name: cancel
+UPDATE {schema}.jobs SET state = 'cancelled', finished_ms = %s, token = NULL,
+    lease_until_ms = NULL
+WHERE id = %s;
+
+-- name: promote
+UPDATE {schema}.jobs SET state = 'pending', scheduled_ms = NULL,
+    seq = nextval('{schema}.job_seq')
+WHERE id = %s;
+
+-- name: clean
+DELETE FROM {schema}.jobs WHERE id IN (
+    SELECT id FROM {schema}.jobs WHERE queue = %s AND state = %s
+    AND finished_ms IS NOT NULL AND finished_ms <= %s
+    ORDER BY finished_ms LIMIT %s FOR UPDATE SKIP LOCKED);
+
+-- name: purge_batch
+DELETE FROM {schema}.jobs WHERE id IN (
+    SELECT id FROM {schema}.jobs WHERE queue = %s LIMIT %s FOR UPDATE SKIP LOCKED);
+
+-- name: purge_forget
+DELETE FROM {schema}.tenants WHERE queue = %s;
+
+-- name: purge_rate_log
+DELETE FROM {schema}.rate_log WHERE queue = %s;
+
+-- name: register_worker_prune
+DELETE FROM {schema}.workers WHERE expires_ms <= %s;
+
+-- name: register_worker
+INSERT INTO {schema}.workers (id, info, last_seen_ms, expires_ms) VALUES (%s, %s, %s, %s)
+ON CONFLICT (id) DO UPDATE SET info = excluded.info,
+    last_seen_ms = excluded.last_seen_ms, expires_ms = excluded.expires_ms;
+
+-- name: unregister_worker
+DELETE FROM {schema}.workers WHERE id = %s;
+
+-- name: live_workers
+SELECT id, info, last_seen_ms, expires_ms FROM {schema}.workers
+WHERE expires_ms > %s ORDER BY id;
+
+-- name: read_limits
+SELECT queue, concurrency, tenant_concurrency, rate, rate_window_ms, tenant_rate,
+    tenant_rate_window_ms FROM {schema}.queue_limits;
+
+-- name: delete_limits
+DELETE FROM {schema}.queue_limits WHERE queue = %s;
+
+-- name: put_limits
+INSERT INTO {schema}.queue_limits (queue, concurrency, tenant_concurrency, rate,
+    rate_window_ms, tenant_rate, tenant_rate_window_ms)
+VALUES (%(queue)s, %(concurrency)s, %(tenant_concurrency)s, %(rate)s, %(rate_window_ms)s,
+        %(tenant_rate)s, %(tenant_rate_window_ms)s)
+ON CONFLICT (queue) DO UPDATE SET concurrency = excluded.concurrency,
+    tenant_concurrency = excluded.tenant_concurrency, rate = excluded.rate,
+    rate_window_ms = excluded.rate_window_ms, tenant_rate = excluded.tenant_rate,
+    tenant_rate_window_ms = excluded.tenant_rate_window_ms;
+
+-- name: tenant_running
+SELECT tenant, count(*) FROM {schema}.jobs
+WHERE queue = %s AND state = 'running' AND tenant IS NOT NULL
+GROUP BY tenant ORDER BY tenant;
+
+-- name: lease_holder
+SELECT holder, expires_ms FROM {schema}.leases WHERE name = %s AND expires_ms > %s;
+
+-- name: lease_acquire
+-- Free, expired or already ours: take it (one statement, so it is atomic).
+INSERT INTO {schema}.leases AS l (name, holder, expires_ms) VALUES (%(name)s, %(holder)s, %(until)s)
+ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_ms = excluded.expires_ms
+    WHERE l.holder = excluded.holder OR l.expires_ms <= %(now)s
+RETURNING 1;
+
+-- name: lease_renew
+UPDATE {schema}.leases SET expires_ms = %s WHERE name = %s AND holder = %s AND expires_ms > %s;
+
+-- name: lease_release
+DELETE FROM {schema}.leases WHERE name = %s AND holder = %s AND expires_ms > %s;
+
+-- name: schedule_put
+INSERT INTO {schema}.schedules (name, spec, source, paused, since_ms)
+VALUES (%s, %s, %s, false, %s)
+ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, source = excluded.source;
+
+-- name: schedules
+SELECT name, spec, source, paused, since_ms, last_run_ms FROM {schema}.schedules
+ORDER BY name;
+
+-- name: schedule_delete
+DELETE FROM {schema}.schedules WHERE name = %s;
+
+-- name: schedule_pause
+-- Resuming a paused schedule moves its baseline to now.
+UPDATE {schema}.schedules
+SET since_ms = CASE WHEN paused AND NOT %(paused)s THEN %(now)s ELSE since_ms END,
+    paused = %(paused)s
+WHERE name = %(name)s;
+
+-- name: schedule_advance
+-- Fenced by the live lease (locked FOR SHARE, so it cannot change hands meanwhile).
+UPDATE {schema}.schedules SET last_run_ms = %(run)s WHERE name = %(name)s
+    AND (last_run_ms IS NULL OR last_run_ms < %(run)s)
+    AND EXISTS (SELECT 1 FROM {schema}.leases WHERE name = %(lease)s
+                AND holder = %(holder)s AND expires_ms > %(now)s FOR SHARE);
+
+-- name: outbox_add
+INSERT INTO {schema}.outbox (job) SELECT value::text FROM jsonb_array_elements(%s::jsonb)
+RETURNING id;
+
+-- name: outbox_take
+-- One relay batch, oldest first; rows another relay holds are skipped, not waited for.
+SELECT id, job, created_ms FROM {schema}.outbox ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED;
+
+-- name: outbox_done
+DELETE FROM {schema}.outbox WHERE id = ANY(%s);
+
+-- name: outbox_lag
+-- Age of the oldest row not yet relayed, in ms (NULL when the outbox is empty).
+SELECT {schema}.clock_ms(%s::bigint) - min(created_ms) FROM {schema}.outbox;

@@ -1,0 +1,379 @@
+"""What only the Postgres engine does: its schema and migrations, the rules it reads
+from tables, one round trip per exchange, fleet-wide limits across engines, LISTEN/
+NOTIFY with its polling fallback, and enqueue inside a caller's own transaction.
+
+Every behaviour it shares with the other engines is in the contract suite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg_pool import AsyncConnectionPool
+
+from conveyor import ConfigError, Conveyor, EngineUnavailable, JobNotFound
+from conveyor.engines import open_engine
+from conveyor.engines.postgres import PostgresEngine, parse_postgres_url
+from conveyor.engines.postgres.migrations import MIGRATIONS
+from conveyor.engines.postgres.rules import RULES, TRANSITION_ROWS
+from conveyor.errors import SchemaTooNew
+from conveyor.limits import QueueLimits
+from conveyor.testing import eventually
+
+pytestmark = pytest.mark.usefixtures("postgres_url")
+
+
+@pytest.fixture
+async def engine(postgres_url: str) -> AsyncIterator[PostgresEngine]:
+    eng = open_engine(postgres_url)
+    assert isinstance(eng, PostgresEngine)
+    await eng.connect()
+    yield eng
+    await eng.close()
+
+
+@pytest.fixture
+def app(postgres_url: str) -> Conveyor:
+    app = Conveyor(postgres_url)
+
+    @app.task("t", queue="q")
+    async def t(job: object) -> None:
+        return None
+
+    return app
+
+
+def conninfo(url: str) -> str:
+    return parse_postgres_url(url)[0]
+
+
+async def claim(engine: PostgresEngine, n: int = 10, worker: str = "w") -> list[Any]:
+    return (
+        await engine.exchange([], queues=["q"], limit=n, worker_id=worker, lease_ms=30_000)
+    ).jobs
+
+
+# --- URL, schema, migrations, rules -----------------------------------------------------------
+def test_url_names_the_schema_and_keeps_libpq_parameters() -> None:
+    assert parse_postgres_url("postgresql://u:p@h:5433/db?schema=jobs&sslmode=require") == (
+        "postgresql://u:p@h:5433/db?sslmode=require",
+        "jobs",
+    )
+    assert parse_postgres_url("postgres://h/db")[1] == "conveyor"
+    with pytest.raises(ConfigError, match="schema="):
+        parse_postgres_url("postgresql://h/db?schema=bad-name;drop")
+
+
+async def test_schema_is_created_with_numbered_migrations(
+    engine: PostgresEngine, postgres_url: str
+) -> None:
+    async with await psycopg.AsyncConnection.connect(conninfo(postgres_url)) as conn:
+        cur = await conn.execute(
+            f"SELECT version, name FROM {engine.schema_sql}.schema_migrations ORDER BY version"
+        )
+        assert await cur.fetchall() == [(m.number, m.name) for m in MIGRATIONS]
+        assert [m.name for m in MIGRATIONS][:3] == ["initial", "exchange", "outbox"]
+
+
+async def test_an_older_schema_is_upgraded_in_place(
+    engine: PostgresEngine, app: Conveyor, postgres_url: str
+) -> None:
+    """A schema made by a Conveyor that knew only migration 0001 gets the later ones
+    and keeps its jobs."""
+    [res] = await engine.enqueue([app.build("t", {"kept": True})])
+    await engine.close()
+    async with await psycopg.AsyncConnection.connect(
+        conninfo(postgres_url), autocommit=True
+    ) as conn:
+        for table in ("outbox", "transitions", "rules"):
+            await conn.execute(f"DROP TABLE {engine.schema_sql}.{table}")
+        await conn.execute(f"DROP FUNCTION {engine.schema_sql}.exchange")
+        await conn.execute(f"DELETE FROM {engine.schema_sql}.schema_migrations WHERE version > 1")
+    again = open_engine(postgres_url)
+    await again.connect()
+    try:
+        assert (await again.get_job(res.id)).payload == {"kept": True}
+        assert isinstance(again, PostgresEngine)
+        assert [job.id for job in await claim(again)] == [res.id]  # exchange() is back
+        assert await again.outbox_lag_ms() is None  # the outbox too, empty
+    finally:
+        await again.close()
+
+
+async def test_a_schema_from_a_newer_conveyor_is_refused_and_left_alone(
+    engine: PostgresEngine, postgres_url: str
+) -> None:
+    await engine.close()
+    async with await psycopg.AsyncConnection.connect(
+        conninfo(postgres_url), autocommit=True
+    ) as conn:
+        await conn.execute(
+            f"INSERT INTO {engine.schema_sql}.schema_migrations (version, name) "
+            "VALUES (999, 'future')"
+        )
+    newer = open_engine(postgres_url)
+    with pytest.raises(SchemaTooNew, match="999"):
+        await newer.connect()
+
+
+async def test_the_rules_tables_hold_lifecycle_as_written(
+    engine: PostgresEngine, postgres_url: str
+) -> None:
+    """The SQL reads its rules from these rows: they must be lifecycle's, exactly."""
+    async with await psycopg.AsyncConnection.connect(conninfo(postgres_url)) as conn:
+        cur = await conn.execute(f"SELECT * FROM {engine.schema_sql}.transitions ORDER BY kind")
+        assert await cur.fetchall() == sorted(TRANSITION_ROWS)
+        cur = await conn.execute(f"SELECT name, value FROM {engine.schema_sql}.rules")
+        assert dict(await cur.fetchall()) == RULES
+
+
+# --- the hot path: one round trip ---------------------------------------------------------
+async def test_an_exchange_is_one_statement(
+    engine: PostgresEngine, app: Conveyor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await engine.enqueue([app.build("t", {}) for _ in range(3)])
+    [first, *_] = await claim(engine, 1)
+    sent: list[str] = []
+    real = psycopg.AsyncConnection.execute
+
+    async def counting(self: psycopg.AsyncConnection[Any], query: Any, *a: Any, **k: Any) -> Any:
+        sent.append(str(query))
+        return await real(self, query, *a, **k)
+
+    monkeypatch.setattr(psycopg.AsyncConnection, "execute", counting)
+    from conveyor.engines import Outcome
+
+    result = await engine.exchange(
+        [Outcome(first.id, str(first.token), "complete", result_json="1")],
+        queues=["q"],
+        limit=2,
+        worker_id="w",
+        lease_ms=30_000,
+    )
+    assert len(result.jobs) == 2 and result.lost == []
+    assert len(sent) == 1, sent  # outcomes and claim: one call, no BEGIN/COMMIT
+
+
+# --- fleet-wide limits: several engines (processes) claim at once -------------------------
+async def test_concurrency_limit_holds_across_engines(
+    engine: PostgresEngine, app: Conveyor, postgres_url: str
+) -> None:
+    await engine.set_limits("q", QueueLimits(concurrency=3, tenant_concurrency=1))
+    await engine.enqueue(
+        [app.build("t", {}, tenant=f"t{i % 4}") for i in range(20)]
+        + [app.build("t", {}) for _ in range(10)]
+    )
+    others = [open_engine(postgres_url) for _ in range(4)]
+    for other in others:
+        await other.connect()
+    try:
+        claimed = await asyncio.gather(
+            *(claim(e, 5, worker=f"w{i}") for i, e in enumerate([*others, engine] * 3))  # type: ignore[arg-type]
+        )
+    finally:
+        for other in others:
+            await other.close()
+    jobs = [job for batch in claimed for job in batch]
+    assert len(jobs) == 3, "queue concurrency 3, whoever claims"
+    tenants = [job.tenant for job in jobs if job.tenant]
+    assert len(tenants) == len(set(tenants)), "tenant concurrency 1"
+    assert (await engine.counts("q")).running == 3
+
+
+async def test_skip_locked_claimers_never_share_a_job(
+    engine: PostgresEngine, app: Conveyor, postgres_url: str
+) -> None:
+    await engine.enqueue([app.build("t", {}) for _ in range(200)])
+    others = [open_engine(postgres_url) for _ in range(3)]
+    for other in others:
+        await other.connect()
+    try:
+        claimed = await asyncio.gather(
+            *(claim(e, 10, worker=f"w{i}") for i, e in enumerate([*others, engine] * 5))  # type: ignore[arg-type]
+        )
+    finally:
+        for other in others:
+            await other.close()
+    ids = [job.id for batch in claimed for job in batch]
+    assert len(ids) == 200 and len(set(ids)) == 200
+
+
+# --- wake-ups ----------------------------------------------------------------------------------
+async def test_wait_falls_back_to_polling_when_listen_is_lost(
+    engine: PostgresEngine, app: Conveyor, postgres_url: str
+) -> None:
+    async with await psycopg.AsyncConnection.connect(
+        conninfo(postgres_url), autocommit=True
+    ) as admin:
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE query LIKE 'LISTEN %%' AND datname = current_database() "
+            "AND pid <> pg_backend_pid()"
+        )
+
+        async def deaf() -> bool:
+            return not engine._listening
+
+        await eventually(deaf, timeout=10)
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        await engine.wait_for_jobs(["q"], timeout=30)
+        assert loop.time() - t0 < 10, "returned by polling, not after the 30 s timeout"
+
+    async def listening() -> bool:
+        return engine._listening
+
+    await eventually(listening, timeout=15)  # and it listens again
+
+
+# --- transactional enqueue ---------------------------------------------------------------------
+async def test_enqueue_in_a_transaction_exists_only_once_committed(
+    engine: PostgresEngine, app: Conveyor, postgres_url: str
+) -> None:
+    async def listening() -> bool:
+        return engine._listening
+
+    await eventually(listening)
+    async with await psycopg.AsyncConnection.connect(conninfo(postgres_url)) as conn:
+        async with conn.transaction():
+            [res] = await engine.enqueue_in(conn, [app.build("t", {"n": 1})])
+            assert res.created
+            assert (await engine.get_job_in(conn, res.id)).payload == {"n": 1}
+            with pytest.raises(JobNotFound):
+                await engine.get_job(res.id)  # other connections do not see it yet
+            assert await claim(engine) == [], "no worker sees an uncommitted job"
+            waiter = asyncio.create_task(engine.wait_for_jobs(["q"], timeout=30))
+            done, _ = await asyncio.wait({waiter}, timeout=0.3)
+            assert not done, "no wake-up before COMMIT"
+        # committed: the NOTIFY sent inside the transaction wakes the worker now
+        await asyncio.wait_for(waiter, 10)
+        [job] = await claim(engine)
+        assert job.id == res.id
+
+
+async def test_enqueue_in_a_rolled_back_transaction_leaves_nothing(
+    engine: PostgresEngine, app: Conveyor, postgres_url: str
+) -> None:
+    stored: list[str] = []
+
+    async def business(conn: psycopg.AsyncConnection[Any]) -> None:
+        async with conn.transaction():
+            [res] = await engine.enqueue_in(conn, [app.build("t", {}, dedupe_key="k")])
+            stored.append(res.id)
+            assert await claim(engine) == []
+            raise RuntimeError("business rule failed after the enqueue")
+
+    async with await psycopg.AsyncConnection.connect(conninfo(postgres_url)) as conn:
+        with pytest.raises(RuntimeError, match="business rule"):
+            await business(conn)
+    [res_id] = stored
+    with pytest.raises(JobNotFound):
+        await engine.get_job(res_id)
+    assert await claim(engine) == []
+    counts = await engine.counts("q")
+    assert (counts.pending, counts.running, counts.completed) == (0, 0, 0)
+    assert await engine.read_events(["q"], since={"q": "0"}, count=10, block_ms=0) == [], (
+        "no event was ever visible"
+    )
+    # the dedupe key was never held: a new job takes it
+    [again] = await engine.enqueue([app.build("t", {}, dedupe_key="k")])
+    assert again.created
+
+
+def test_enqueue_in_a_sync_transaction(
+    engine: PostgresEngine, app: Conveyor, postgres_url: str
+) -> None:
+    with psycopg.connect(conninfo(postgres_url)) as conn:
+        with conn.transaction():
+            [kept] = engine.enqueue_in_sync(conn, [app.build("t", {"kept": True})])
+            assert engine.get_job_in_sync(conn, kept.id).payload == {"kept": True}
+        lost: list[str] = []
+
+        def business() -> None:
+            with conn.transaction():
+                [res] = engine.enqueue_in_sync(conn, [app.build("t", {"kept": False})])
+                lost.append(res.id)
+                raise RuntimeError("rolled back")
+
+        with pytest.raises(RuntimeError, match="rolled back"):
+            business()
+        with pytest.raises(JobNotFound):
+            engine.get_job_in_sync(conn, lost[0])
+        assert engine.get_job_in_sync(conn, kept.id).state == "pending"
+
+
+async def test_enqueue_in_refuses_what_is_not_a_psycopg_connection(
+    engine: PostgresEngine, app: Conveyor, postgres_url: str
+) -> None:
+    with pytest.raises(ConfigError, match="psycopg"):
+        await engine.enqueue_in(object(), [app.build("t", {})])
+    with (
+        psycopg.connect(conninfo(postgres_url)) as sync_conn,
+        pytest.raises(ConfigError, match="AsyncConnection"),
+    ):
+        await engine.enqueue_in(sync_conn, [app.build("t", {})])
+
+
+async def test_pool_connections_are_reused(engine: PostgresEngine) -> None:
+    """A sanity check on the engine's pool: it exists and is bounded."""
+    pool = engine._pool
+    assert isinstance(pool, AsyncConnectionPool) and pool.max_size <= 8
+
+
+async def test_an_unreachable_server_is_a_named_error_with_the_fix() -> None:
+    eng = open_engine("postgresql://postgres:secret@127.0.0.1:1/db?schema=conveyor")
+    with pytest.raises(EngineUnavailable, match=r"127\.0\.0\.1:1/db") as info:
+        await eng.connect()
+    assert "secret" not in str(info.value), "the password never reaches a message"
+    assert "CONVEYOR_URL" in str(info.value)
+
+
+async def test_connections_killed_by_the_server_are_replaced(
+    engine: PostgresEngine, app: Conveyor, postgres_url: str
+) -> None:
+    """A failover or an admin's pg_terminate_backend: at most a named error, then the
+    pool reconnects and no job is lost."""
+    [res] = await engine.enqueue([app.build("t", {})])
+    async with await psycopg.AsyncConnection.connect(
+        conninfo(postgres_url), autocommit=True
+    ) as admin:
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+
+    async def answers() -> bool:
+        try:
+            await engine.ping()
+        except EngineUnavailable:
+            return False
+        return True
+
+    await eventually(answers, timeout=15)
+    assert (await engine.get_job(res.id)).state == "pending"
+
+
+async def test_an_event_committed_late_is_never_skipped(
+    engine: PostgresEngine, app: Conveyor, postgres_url: str
+) -> None:
+    """Event ids come from a sequence when the row is written; a transaction that
+    commits after a later one must not land behind a reader's position (`app.wait`
+    would miss a job's end). Readers see an event once every older transaction ended."""
+    # The queue's first job registers it; a transaction doing that first would make the
+    # other enqueue wait for its COMMIT (the README says so).
+    await engine.enqueue([app.build("t", {"n": "first"})])
+    start = await engine.last_event_ids(["q"])
+    async with await psycopg.AsyncConnection.connect(conninfo(postgres_url)) as slow:
+        [late] = await engine.enqueue_in(slow, [app.build("t", {"n": "late"})])  # id first
+        [early] = await engine.enqueue([app.build("t", {"n": "early"})])  # commits first
+        held = await engine.read_events(["q"], since=start, count=10, block_ms=0)
+        assert held == [], "nothing is settled while the older transaction runs"
+        await slow.commit()
+    events = await engine.read_events(["q"], since=start, count=10, block_ms=5000)
+    assert [e.job_id for e in events] == [late.id, early.id]
+    after = await engine.read_events(["q"], since={"q": events[-1].id}, count=10, block_ms=0)
+    assert after == []

@@ -119,8 +119,17 @@ def schedules_table(rows: list[ScheduleInfo], now: float) -> Table:
     """The `schedules list` table."""
     table = Table(show_edge=False, header_style="bold")
     table.add_column("name", no_wrap=True)
-    columns = ("schedule", "tz", "task", "next run", "last run", "paused", "source", "error")
-    columns += ("last error",)
+    columns = (
+        "schedule",
+        "tz",
+        "task",
+        "next run",
+        "last run",
+        "paused",
+        "source",
+        "error",
+        "last error",
+    )
     for column in columns:
         table.add_column(column)
     for row in rows:

@@ -21,6 +21,11 @@ Exactly-once enqueue per occurrence, without trusting leadership alone:
    ```
    A crash between the enqueue and the advance is the same story with A dead.
 
+An occurrence that cannot be enqueued (a task the app does not know, an invalid payload,
+the engine refusing the job) does not advance its schedule: the leader stores the error
+with it (`record_schedule_error`, fenced by the lease like the advance), tries again at
+the next tick, and the next recorded run clears it. `conveyor schedules list` shows it.
+
 `Scheduler.tick(now)` is one step of all of it, so tests drive it with a `FakeClock`.
 """
 

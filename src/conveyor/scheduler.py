@@ -21,6 +21,11 @@ Exactly-once enqueue per occurrence, without trusting leadership alone:
    ```
    A crash between the enqueue and the advance is the same story with A dead.
 
+An occurrence that cannot be enqueued (a task the app does not know, an invalid payload,
+the engine refusing the job) does not advance its schedule: the leader stores the error
+with it (`record_schedule_error`, fenced by the lease like the advance), tries again at
+the next tick, and the next recorded run clears it. `conveyor schedules list` shows it.
+
 `Scheduler.tick(now)` is one step of all of it, so tests drive it with a `FakeClock`.
 """
 
@@ -38,7 +43,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from .app import Conveyor
-from .errors import ConfigError, ConveyorError, EngineUnavailable, InvalidJob
+from .errors import ConfigError, ConveyorError, EngineUnavailable
 from .job import NewJob
 from .retention import (
     DEFAULT_BATCH,
@@ -260,8 +265,8 @@ class Scheduler:
         last run, fenced. Returns when the next occurrence of any schedule is due."""
         now_ms = round(now * 1000)
         grace_ms = round(self.misfire_grace * 1000)
-        jobs: list[NewJob] = []
-        advances: list[tuple[str, int]] = []
+        # Per schedule with owed occurrences: its name, its jobs, its latest occurrence.
+        batches: list[tuple[str, list[NewJob], int]] = []
         next_due = math.inf
         for stored in await self.app.stored_schedules():
             if stored.paused:
@@ -281,27 +286,59 @@ class Scheduler:
             )
             if owed:
                 try:
-                    jobs += [self._occurrence_job(spec, at) for at in owed]
-                except InvalidJob as exc:
-                    self._warn_once(stored.name, f"schedule {stored.name!r} is skipped: {exc}")
+                    batches.append(
+                        (spec.name, [self._occurrence_job(spec, at) for at in owed], owed[-1])
+                    )
+                except EngineUnavailable:
+                    raise
+                except Exception as exc:  # the task's own checks: unknown, invalid payload...
+                    await self._failed(stored.name, exc, owed[-1], now_ms)
                     continue
-                advances.append((spec.name, owed[-1]))
                 since = owed[-1]
             nxt = spec.next_after_ms(max(since, now_ms) if not owed else since)
             if nxt is not None:
                 next_due = min(next_due, nxt / 1000)
-        if jobs:
-            results = await self.app.store_built(jobs)
-            for job, result in zip(jobs, results, strict=True):
-                if result.created:
-                    report.enqueued.append(result.id)
-                    log.info("enqueued %s (%s)", result.id, job.task)
-        for name, at in advances:
-            if not await self.app.advance_schedule(name, at, lease=LEADER_LEASE, holder=self.id):
+        try:
+            await self._store([job for _, jobs, _ in batches for job in jobs], report)
+        except EngineUnavailable:
+            raise
+        except Exception:
+            # The engine refused the batch: store each schedule's jobs on their own, so one
+            # bad schedule neither blocks the others nor hides which one it was.
+            stored_ok = []
+            for name, jobs, last in batches:
+                try:
+                    await self._store(jobs, report)
+                except EngineUnavailable:
+                    raise
+                except Exception as exc:
+                    await self._failed(name, exc, last, now_ms)
+                else:
+                    stored_ok.append((name, jobs, last))
+            batches = stored_ok
+        for name, _, at in batches:
+            if await self.app.advance_schedule(name, at, lease=LEADER_LEASE, holder=self.id):
+                self._warned.discard(name)  # it works again: a new failure is news
+            else:
                 # Lost the lease (the next renewal steps down) or the schedule was removed;
                 # the enqueue above stands either way and a successor's repeat is a no-op.
                 log.debug("last run of %r not advanced to %s", name, _iso(at))
         return next_due
+
+    async def _store(self, jobs: list[NewJob], report: TickReport) -> None:
+        for job, result in zip(jobs, await self.app.store_built(jobs), strict=True):
+            if result.created:
+                report.enqueued.append(result.id)
+                log.info("enqueued %s (%s)", result.id, job.task)
+
+    async def _failed(self, name: str, exc: Exception, occurrence_ms: int, now_ms: int) -> None:
+        """Log why an occurrence of `name` was not enqueued (once per schedule) and store
+        it with the schedule (fenced by the lease), where `schedules list` shows it. The
+        schedule does not advance: the next tick tries again."""
+        self._warn_once(name, f"schedule {name!r} is skipped: {type(exc).__name__}: {exc}")
+        await self.app.record_schedule_error(
+            name, exc, occurrence_ms, at_ms=now_ms, lease=LEADER_LEASE, holder=self.id
+        )
 
     def _occurrence_job(self, spec: ScheduleSpec, at_ms: int) -> NewJob:
         """The job of one occurrence: validated like any enqueue, with its fixed id."""

@@ -474,6 +474,9 @@ class ScheduleInfo:
     last_run: float | None  # epoch seconds of the latest occurrence enqueued
     error: str | None = None  # why the stored spec cannot be used
     spec: ScheduleSpec | None = None  # the decoded definition (None when it cannot be read)
+    # Why the scheduler could not enqueue the latest occurrence: `message`, `type`, `at`
+    # and `occurrence` (epoch seconds); None once a later run was recorded.
+    last_error: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready view."""
@@ -490,6 +493,7 @@ class ScheduleInfo:
             "next_run": self.next_run,
             "last_run": self.last_run,
             "error": self.error,
+            "last_error": self.last_error,
         }
 
 
@@ -505,12 +509,13 @@ def schedule_info(stored: StoredSchedule, now_ms: int) -> ScheduleInfo:
         The row; an undecodable spec gives kind `"?"` and `error` instead of raising.
     """
     last = None if stored.last_run_ms is None else stored.last_run_ms / 1000
+    last_error = _last_error(stored.last_error)
     try:
         spec = ScheduleSpec.from_json(stored.spec_json)
     except ConfigError as exc:
         return ScheduleInfo(
             stored.name, "?", "?", "?", "?", None, "?", stored.paused, stored.source, None, last,
-            error=str(exc),
+            error=str(exc), last_error=last_error,
         )  # fmt: skip
     nxt = None
     if not stored.paused:
@@ -530,4 +535,28 @@ def schedule_info(stored: StoredSchedule, now_ms: int) -> ScheduleInfo:
         next_run=nxt,
         last_run=last,
         spec=spec,
+        last_error=last_error,
     )
+
+
+def _last_error(raw: str | None) -> dict[str, Any] | None:
+    """The stored last error (engine JSON with ms times) in seconds, for people."""
+    if raw is None:
+        return None
+    try:
+        stored = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return {"message": raw, "type": "?", "at": None, "occurrence": None}
+    if not isinstance(stored, dict):
+        return {"message": str(stored), "type": "?", "at": None, "occurrence": None}
+
+    def seconds(key: str) -> float | None:
+        value = stored.get(key)
+        return value / 1000 if isinstance(value, int | float) else None
+
+    return {
+        "message": str(stored.get("message", "")),
+        "type": str(stored.get("type", "?")),
+        "at": seconds("at_ms"),
+        "occurrence": seconds("occurrence_ms"),
+    }

@@ -3,6 +3,7 @@ task defaults from the app, "did you mean" for queues nobody declared."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from importlib.metadata import version
@@ -10,6 +11,8 @@ from pathlib import Path
 
 import orjson
 import pytest
+
+from conveyor.testing import eventually
 
 
 def conveyor(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -101,6 +104,37 @@ def test_schedules_add_refuses_a_task_the_app_does_not_know(tmp_path: Path) -> N
     assert row["error"].startswith("UnknownTask: task 'email.snd' is not registered")
     table = conveyor(tmp_path, "schedules", "list", *url, "--app", "jobs:app")
     assert "UnknownTask" in table.stdout
+
+
+def test_schedules_list_shows_the_last_error_the_scheduler_met(tmp_path: Path) -> None:
+    (tmp_path / "jobs.py").write_text(APP_SOURCE)
+    url = ("--url", f"sqlite:///{tmp_path / 'conveyor.db'}")
+    added = conveyor(tmp_path, "schedules", "add", "s", "--task", "email.snd", "--every", "1",
+                     *url)  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": ":".join([str(tmp_path), *sys.path])}
+    with (tmp_path / "scheduler.log").open("wb") as log:
+        scheduler = subprocess.Popen(
+            [sys.executable, "-m", "conveyor", "scheduler", "jobs:app", *url],
+            cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+
+        async def stored() -> bool:
+            listed = conveyor(tmp_path, "schedules", "list", "--json", *url)
+            return orjson.loads(listed.stdout)[0]["last_error"] is not None
+
+        asyncio.run(eventually(stored, timeout=30, message="the scheduler stored an error"))
+    finally:
+        scheduler.terminate()
+        scheduler.wait(timeout=30)
+    (row,) = orjson.loads(conveyor(tmp_path, "schedules", "list", "--json", *url).stdout)
+    error = row["last_error"]
+    assert error["type"] == "UnknownTask" and row["last_run"] is None
+    assert error["message"].startswith("task 'email.snd' is not registered")
+    assert error["at"] >= error["occurrence"] > 0
+    table = conveyor(tmp_path, "schedules", "list", *url)
+    assert "UnknownTask: task 'email.snd'" in " ".join(table.stdout.split())
 
 
 def test_enqueue_with_the_app_uses_the_tasks_declared_defaults(tmp_path: Path) -> None:

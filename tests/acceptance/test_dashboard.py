@@ -22,11 +22,11 @@ import httpx
 import pytest
 from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright, expect
 
-from conveyor import Conveyor, Worker
+from conveyor import Conveyor, InvalidJob, Worker
 from conveyor.api import Tokens
 from conveyor.job import Job
 from conveyor.scheduler import Scheduler
-from conveyor.schedules import cron_schedule, every_schedule
+from conveyor.schedules import LEADER_LEASE, cron_schedule, every_schedule
 from tests.acceptance.test_api import StartApi, api_server
 from tests.apps.probe import PROBE_QUEUE, register_probe
 from tests.conftest import ROOT, SpawnWorker
@@ -420,6 +420,35 @@ async def test_page_and_assets_are_local_and_locked_down(
         # Nothing of the dashboard leaks into the API's schema.
         paths = (await client.get("/openapi.json")).json()["paths"]
         assert not [p for p in paths if p.startswith("/dashboard")]
+
+
+async def test_schedules_page_shows_a_schedule_last_error_as_text(
+    sqlite_url: str, api_server: StartApi, browser: Browser, console: Console
+) -> None:
+    server = api_server(sqlite_url, tokens=TOKENS, app=dashboard_app(sqlite_url))
+    leader_app = dashboard_app(sqlite_url)
+    leader = Scheduler(leader_app)
+    assert (await leader.tick()).leader
+    await leader_app.add_schedule(every_schedule(300, task="probe", name="broken"))
+    html = "<img src=x onerror=alert(1)> not stored"
+    assert await leader_app.record_schedule_error(
+        "broken", InvalidJob(html), 1_000, at_ms=2_000, lease=LEADER_LEASE, holder=leader.id
+    )
+    await leader_app.close()
+    async with httpx.AsyncClient(base_url=server.url) as client:
+        admin = {"Authorization": f"Bearer {ADMIN}"}
+        [row] = (await client.get("/dashboard/api/schedules", headers=admin)).json()["schedules"]
+    expected = {"message": html, "type": "InvalidJob", "at": 2.0, "occurrence": 1.0}
+    assert row["last_error"] == expected
+
+    page = console.watch(await browser.new_page(viewport=DESKTOP))
+    # Not sign_in(): the schedules page polls instead of holding the live feed.
+    await page.goto(f"{server.url}/dashboard#/schedules")
+    await page.get_by_label("API token").fill(ADMIN)
+    await page.get_by_label("API token").press("Enter")
+    error = page.locator('tr[data-schedule="broken"] [data-last-error]')
+    await expect(error).to_have_text(f"last error: InvalidJob: {html}")
+    assert await page.locator("tr[data-schedule] img").count() == 0  # text, never HTML
 
 
 async def test_desktop_fit_empty_states_throughput_label_and_first_non_empty_tab(

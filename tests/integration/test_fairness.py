@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -243,7 +245,15 @@ async def test_open_breaker_defers_jobs_until_it_half_opens(durable_url: str) ->
     finally:
         worker.stop()
         await running
-    events = await engine.read_events(["probe"], since=since, count=1000, block_ms=0)
+    events: list[Any] = []
+
+    async def deferrals_settled() -> bool:
+        # Postgres shows an event once every older transaction on the server has ended.
+        events[:] = await engine.read_events(["probe"], since=since, count=1000, block_ms=100)
+        return {j.id for j in later} <= {e.job_id for e in events if e.kind == "deferred"}
+
+    with contextlib.suppress(AssertionError):  # the assertion below names what is missing
+        await eventually(deferrals_settled, timeout=10, message="deferred events")
     deferred = collections.Counter(e.job_id for e in events if e.kind == "deferred")
     print(
         f"\n[{durable_url.split(':')[0]}] breaker opened after 5 failures; the next 5 jobs "

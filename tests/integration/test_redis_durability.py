@@ -1,6 +1,7 @@
 """Redis's own settings, told truthfully (issue 13 item 4, issue 14 item 9): durable only
 with AOF on, an evicting maxmemory-policy is an ERROR (or refuses to start), and
-`status` / `/health/detailed` show both. Real redis-server processes."""
+`status` / `/health/detailed` show both; on Redis 7 the scripts workers need run past
+maxmemory (`allow-oom`). Real redis-server processes."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import logging
 import pytest
 import redis
 
-from conveyor import ConfigError, Worker
+from conveyor import ConfigError, Worker, lifecycle
+from conveyor.engines.redis import RedisEngine, connection
+from conveyor.engines.redis.errors import ALLOW_OOM, FLAGS_SINCE
 from conveyor.health import detailed_document
 from conveyor.scheduler import Scheduler
 from conveyor.status import status_document
@@ -106,3 +109,25 @@ async def test_the_api_refuses_to_start_on_an_evicting_redis(
     )
     assert done.returncode == 2
     assert b"API refuses to start" in done.stderr and b"allkeys-random" in done.stderr
+
+
+async def test_scripts_load_with_the_lifecycle_prelude_under_their_memory_flag(
+    redis_url: str,
+) -> None:
+    """Both at load: the lifecycle prelude, and (Redis 7+) the `#!lua flags=` line, which
+    Redis reads only as a script's first line; then the server holds every script. The
+    lease scripts, registered on first use, get their flag too."""
+    engine = RedisEngine(redis_url)
+    await engine.connect()
+    assert engine._version is not None and engine._version >= FLAGS_SINCE
+    assert await engine.acquire_lease("l", "me", 1_000)
+    assert "lease_acquire" in engine._scripts
+    for name, script in engine._scripts.items():
+        first = script.script.partition("\n")[0]
+        shebang = first if first.startswith("#!") else None  # none: runs on Redis 6.2
+        assert shebang == ("#!lua flags=allow-oom" if name in ALLOW_OOM else None), name
+        if name in connection._QUEUE_SCRIPTS:
+            assert lifecycle.lua_prelude() in script.script, name
+    shas = [s.sha for s in engine._scripts.values()]
+    assert all(await engine._client.script_exists(*shas))
+    await engine.close()

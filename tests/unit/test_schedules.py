@@ -9,11 +9,13 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from conveyor import ConfigError, Conveyor, Job, JobState
+from conveyor import ConfigError, Conveyor, InvalidJob, Job, JobState
 from conveyor.clock import FakeClock
 from conveyor.engines import Outcome
+from conveyor.job import EnqueueResult, NewJob
 from conveyor.scheduler import Scheduler
 from conveyor.schedules import (
+    LEADER_LEASE,
     ScheduleSpec,
     cron_schedule,
     due_occurrences,
@@ -377,6 +379,69 @@ async def test_unknown_task_without_queue_is_logged_and_skipped(
     clock.advance(60)
     assert (await scheduler.tick()).enqueued == []
     assert "not registered" in caplog.text
+
+
+async def test_a_schedule_that_cannot_be_enqueued_shows_its_last_error_until_a_run_works() -> None:
+    app, clock = make_app()
+    scheduler = Scheduler(app, lease_timeout=10)
+    await scheduler.tick()
+    await app.store_schedule(every_schedule(60, task="late.task", name="late"), "runtime")
+    clock.advance(60)  # the task is not registered yet: building the job raises
+    assert (await scheduler.tick()).enqueued == []
+    [info] = await app.list_schedules()
+    assert info.last_error is not None
+    assert info.last_error["message"].startswith("task 'late.task' is not registered")
+    assert (info.last_error["type"], info.last_error["at"], info.last_error["occurrence"]) == (
+        "UnknownTask", MINUTE0 + 60, MINUTE0 + 60,
+    )  # fmt: skip
+    assert info.to_dict()["last_error"] == info.last_error
+    assert info.last_run is None
+
+    @app.task("late.task", queue="sched")
+    async def late(job: Job) -> None: ...
+
+    clock.advance(60)  # registered now: the next occurrence is enqueued and clears it
+    assert len((await scheduler.tick()).enqueued) == 1
+    [info] = await app.list_schedules()
+    assert info.last_error is None and info.last_run == MINUTE0 + 120
+
+
+async def test_an_engine_refusal_is_stored_with_its_schedule_and_does_not_block_others(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    app, clock = make_app()
+    app.every(60, task="tick", name="good")
+    app.every(60, task="tick", name="refused", payload={"big": True})
+    store_built = app.store_built
+
+    async def refusing(jobs: list[NewJob]) -> list[EnqueueResult]:
+        # What an engine refusing one schedule's jobs looks like to the scheduler.
+        if any('"big"' in job.payload_json for job in jobs):
+            raise InvalidJob("the engine refused the job")
+        return await store_built(jobs)
+
+    monkeypatch.setattr(app, "store_built", refusing)
+    scheduler = Scheduler(app, lease_timeout=10)
+    await scheduler.tick()
+    clock.advance(60)
+    assert len((await scheduler.tick()).enqueued) == 1  # "good" was not held back
+    good, refused = await app.list_schedules()
+    assert good.last_run == MINUTE0 + 60 and good.last_error is None
+    assert refused.last_run is None and refused.last_error is not None
+    assert refused.last_error["type"] == "InvalidJob"
+    assert refused.last_error["message"] == "the engine refused the job"
+
+
+async def test_a_follower_writes_no_schedule_error() -> None:
+    app, _ = make_app()
+    leader, follower = Scheduler(app, lease_timeout=10), Scheduler(app, lease_timeout=10)
+    await leader.tick()
+    await app.store_schedule(every_schedule(60, task="late.task", name="late"), "runtime")
+    assert not await app.record_schedule_error(
+        "late", InvalidJob("stale"), 0, at_ms=0, lease=LEADER_LEASE, holder=follower.id
+    )
+    [info] = await app.list_schedules()
+    assert info.last_error is None
 
 
 async def test_retention_and_stalled_job_recovery() -> None:

@@ -119,7 +119,17 @@ def schedules_table(rows: list[ScheduleInfo], now: float) -> Table:
     """The `schedules list` table."""
     table = Table(show_edge=False, header_style="bold")
     table.add_column("name", no_wrap=True)
-    columns = ("schedule", "tz", "task", "next run", "last run", "paused", "source", "error")
+    columns = (
+        "schedule",
+        "tz",
+        "task",
+        "next run",
+        "last run",
+        "paused",
+        "source",
+        "error",
+        "last error",
+    )
     for column in columns:
         table.add_column(column)
     for row in rows:
@@ -133,8 +143,18 @@ def schedules_table(rows: list[ScheduleInfo], now: float) -> Table:
             "yes" if row.paused else "no",
             row.source,
             "-" if row.error is None else f"[red]{escape(row.error)}[/]",
+            last_error_text(row.last_error, now),
         )
     return table
+
+
+def last_error_text(error: dict[str, Any] | None, now: float) -> str:
+    """The `last error` cell: why the scheduler could not enqueue the latest occurrence,
+    and when (rich markup; the message is escaped)."""
+    if error is None:
+        return "-"
+    message = escape(f"{error['type']}: {error['message']}")
+    return f"[red]{message}[/] ({when(error['at'], now)})"
 
 
 @schedules_cli.command("list")
@@ -142,7 +162,9 @@ def schedules_table(rows: list[ScheduleInfo], now: float) -> Table:
 def list_command(url: UrlOpt = None, as_json: JsonOpt = False, app_ref: AppOpt = None) -> None:
     """Every schedule: definition, timezone, next and last run, paused, code or runtime,
     and its error: a definition that cannot be read or, given the app (`--app`), a job
-    the scheduler cannot enqueue (a task the app does not know, an invalid payload)."""
+    the scheduler cannot enqueue (a task the app does not know, an invalid payload);
+    and its last error: why the scheduler failed to enqueue its latest occurrence
+    (cleared by the next successful run)."""
 
     async def read(app: Conveyor) -> tuple[list[ScheduleInfo], LeaseInfo | None]:
         return await app.list_schedules(), await app.scheduler_leader()

@@ -244,10 +244,29 @@ class Coordination(Protocol):
         """Record that the occurrence at `run_ms` was enqueued (`last_run_ms`), fenced.
 
         Atomically checks that `holder` holds the live lease `lease` and that `run_ms` is
-        later than the stored last run; otherwise changes nothing.
+        later than the stored last run; otherwise changes nothing. Recording a run clears
+        the schedule's last error.
 
         Returns:
             Whether it was recorded (False: leadership lost, schedule gone, or not later).
+        """
+
+    async def record_schedule_error(
+        self, name: str, error_json: str, *, lease: str, holder: str
+    ) -> bool:
+        """Store why an occurrence of schedule `name` could not be enqueued, fenced.
+
+        Fenced like `advance_schedule` (a deposed leader writes nothing); the error
+        replaces the previous one and stays until `advance_schedule` records a run.
+
+        Args:
+            name: the schedule.
+            error_json: the error as JSON: `message`, `type`, `at_ms`, `occurrence_ms`.
+            lease: the leadership lease the caller must hold.
+            holder: the caller's holder id.
+
+        Returns:
+            Whether it was stored (False: leadership lost or schedule gone).
         """
 
     async def register_worker(self, worker_id: str, info_json: str, ttl_ms: int) -> None:

@@ -151,6 +151,9 @@ class StoredSchedule:
     paused: bool
     since_ms: int  # occurrences after this are owed: created or last resumed
     last_run_ms: int | None  # the latest occurrence enqueued
+    # Why the leader could not enqueue its latest occurrence, as JSON (`message`, `type`,
+    # `at_ms`, `occurrence_ms`); None once a later run was recorded.
+    last_error: str | None = None
 
 
 @dataclass(slots=True)

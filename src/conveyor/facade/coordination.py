@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import orjson
+
 from ..engines.base import LeaseInfo, StoredSchedule
 from ..schedules import ScheduleSpec
 from .core import AppCore
@@ -84,6 +86,42 @@ class Coordination(AppCore):
         return await (await self.connect()).advance_schedule(
             name, run_ms, lease=lease, holder=holder
         )
+
+    async def record_schedule_error(
+        self,
+        name: str,
+        error: BaseException,
+        occurrence_ms: int,
+        *,
+        at_ms: int,
+        lease: str,
+        holder: str,
+    ) -> bool:
+        """Store why the occurrence at `occurrence_ms` of schedule `name` could not be
+        enqueued, fenced by the lease like `advance_schedule`; the next recorded run
+        clears it. `conveyor schedules list` shows it.
+
+        Args:
+            name: the schedule.
+            error: what enqueueing the occurrence raised.
+            occurrence_ms: the occurrence that failed (epoch ms).
+            at_ms: when it failed (epoch ms, the scheduler's tick).
+            lease: the leadership lease the caller must hold.
+            holder: the caller's holder id.
+
+        Returns:
+            Whether it was stored (False: leadership lost or the schedule is gone).
+        """
+        engine = await self.connect()
+        error_json = orjson.dumps(
+            {
+                "message": str(error) or type(error).__name__,
+                "type": type(error).__name__,
+                "at_ms": at_ms,
+                "occurrence_ms": occurrence_ms,
+            }
+        ).decode()
+        return await engine.record_schedule_error(name, error_json, lease=lease, holder=holder)
 
     # --- recovery ----------------------------------------------------------------------
     async def recover_expired(self, queues: Sequence[str] | None = None) -> int:

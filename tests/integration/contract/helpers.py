@@ -11,7 +11,7 @@ import collections
 import contextlib
 import sqlite3
 
-from conveyor.engines import Engine, Outcome
+from conveyor.engines import Engine, Event, Outcome
 from conveyor.job import AttemptError, Job
 from conveyor.testing import eventually
 
@@ -140,3 +140,23 @@ async def corrupt_payload(engine: Engine, engine_url: str, job: Job | str) -> No
         )
         return
     raise AssertionError(f"corrupt_payload does not know how {engine_url} stores jobs: teach it")
+
+
+async def settled_events(
+    engine: Engine, start: dict[str, str], n: int, queues: tuple[str, ...] = ("q",)
+) -> list[Event]:
+    """The events after `start`, read until at least `n` are there (or 10 s passed).
+
+    Postgres shows an event once every older transaction on the server has ended, so a
+    reader never passes one that commits late; the other engines show it at once. The
+    caller compares what was read, so a shortfall still fails with the full list.
+    """
+    events: list[Event] = []
+
+    async def enough() -> bool:
+        events[:] = await engine.read_events(queues, since=start, count=1000, block_ms=100)
+        return len(events) >= n
+
+    with contextlib.suppress(AssertionError):
+        await eventually(enough, timeout=10, message="events settled")
+    return events

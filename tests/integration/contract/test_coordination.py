@@ -188,3 +188,35 @@ async def test_advance_schedule_is_fenced_by_the_lease_and_monotonic(engine: Eng
     assert not await engine.advance_schedule("s", 3_000, lease="scheduler", holder="a")  # stale
     assert await engine.advance_schedule("s", 3_000, lease="scheduler", holder="b")
     assert [s.last_run_ms for s in await engine.schedules()] == [3_000]
+
+
+async def test_schedule_error_is_stored_fenced_and_cleared_by_the_next_run(
+    engine: Engine,
+) -> None:
+    await engine.put_schedule("s", "{}", "code")
+    await engine.put_schedule("t", "{}", "code")
+    error = '{"message": "task \'x\' is not registered", "type": "UnknownTask"}'
+    # nobody leads: refused, nothing stored
+    assert not await engine.record_schedule_error("s", error, lease="scheduler", holder="a")
+    assert [s.last_error for s in await engine.schedules()] == [None, None]
+    assert await engine.acquire_lease("scheduler", "a", 30_000)
+    assert not await engine.record_schedule_error("s", error, lease="scheduler", holder="b")
+    assert await engine.record_schedule_error("s", error, lease="scheduler", holder="a")
+    assert not await engine.record_schedule_error("gone", error, lease="scheduler", holder="a")
+    assert [s.last_error for s in await engine.schedules()] == [error, None]  # only "s"
+    # an update of the definition keeps it; the next error replaces it
+    await engine.put_schedule("s", '{"v": 2}', "code")
+    assert (await engine.schedules())[0].last_error == error
+    newer = '{"message": "payload is invalid", "type": "InvalidPayload"}'
+    assert await engine.record_schedule_error("s", newer, lease="scheduler", holder="a")
+    assert (await engine.schedules())[0].last_error == newer
+    # a deposed leader can neither write nor clear it
+    assert await engine.release_lease("scheduler", "a")
+    assert await engine.acquire_lease("scheduler", "b", 30_000)
+    assert not await engine.record_schedule_error("s", error, lease="scheduler", holder="a")
+    assert not await engine.advance_schedule("s", 1_000, lease="scheduler", holder="a")
+    assert (await engine.schedules())[0].last_error == newer
+    # the next recorded run clears it
+    assert await engine.advance_schedule("s", 1_000, lease="scheduler", holder="b")
+    [s, _] = await engine.schedules()
+    assert (s.last_run_ms, s.last_error) == (1_000, None)

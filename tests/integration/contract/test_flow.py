@@ -18,7 +18,7 @@ from conveyor.clock import FakeClock
 from conveyor.engines import Engine, Exchange, Outcome
 from conveyor.testing import eventually
 
-from .helpers import LEASE_MS, claim, corrupt_payload, err, finish
+from .helpers import LEASE_MS, claim, corrupt_payload, err, finish, settled_events
 
 
 async def test_enqueue_roundtrips_every_field(engine: Engine, app: Conveyor) -> None:
@@ -93,7 +93,7 @@ async def test_enqueue_is_idempotent_by_job_id(engine: Engine, app: Conveyor) ->
     counts = await engine.counts("q")
     assert (counts.running, counts.pending) == (1, 1)
     assert (await engine.get_job(first.id)).dedupe_key is None  # the copy changed nothing
-    events = await engine.read_events(["q"], since=start, count=100, block_ms=0)
+    events = await settled_events(engine, start, 3)
     assert [e.kind for e in events] == ["enqueued", "started", "enqueued"]
 
 
@@ -319,7 +319,7 @@ async def test_defer_gives_the_attempt_back_without_an_error(engine: Engine, app
     [again] = await claim(engine)
     await finish(engine, Outcome(again.id, str(again.token), "defer", delay_ms=0, reason="x"))
     assert (await engine.get_job(job.id)).state == JobState.PENDING
-    events = await engine.read_events(["q"], since=start, count=50, block_ms=50)
+    events = await settled_events(engine, start, 6)
     deferred = [e for e in events if e.kind == "deferred"]
     assert [e.data.get("reason") for e in deferred] == ["429", "x"]
     assert deferred[0].data.get("delay_ms") == 60_000

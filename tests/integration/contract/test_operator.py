@@ -10,7 +10,7 @@ from conveyor import Conveyor, InvalidState, JobNotFound, JobState
 from conveyor.clock import FakeClock
 from conveyor.engines import Engine, Outcome
 
-from .helpers import claim, err, finish
+from .helpers import claim, err, finish, settled_events
 
 STATES = ("scheduled", "pending", "running", "completed", "failed", "cancelled")
 
@@ -170,7 +170,7 @@ async def test_operator_actions_record_events(engine: Engine, app: Conveyor) -> 
     await engine.retry_all("q", JobState.CANCELLED)
     await engine.pause("q")
     await engine.resume("q")
-    events = await engine.read_events(["q"], since=start, count=100, block_ms=0)
+    events = await settled_events(engine, start, 9)
     name = {a.id: "a", b.id: "b", c.id: "c"}
     assert [(e.kind, name[e.job_id]) for e in events] == [
         ("enqueued", "a"), ("enqueued", "b"), ("enqueued", "c"), ("started", "a"),

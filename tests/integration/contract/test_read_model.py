@@ -15,7 +15,7 @@ from conveyor.clock import FakeClock
 from conveyor.engines import Engine, Outcome
 from conveyor.testing import eventually
 
-from .helpers import claim, err, finish, still_waiting
+from .helpers import claim, err, finish, settled_events, still_waiting
 
 
 async def test_list_jobs_pages_with_cursor(engine: Engine, app: Conveyor) -> None:
@@ -89,7 +89,7 @@ async def test_events_record_every_state_change(engine: Engine, app: Conveyor) -
     [job] = await claim(engine)
     await engine.set_progress(job.id, str(job.token), orjson.dumps(50).decode())
     await finish(engine, Outcome(job.id, str(job.token), "complete", result_json="1"))
-    events = await engine.read_events(["q"], since=start, count=100, block_ms=100)
+    events = await settled_events(engine, start, 4)
     mine = [e for e in events if e.job_id == res.id]
     assert [e.kind for e in mine] == ["enqueued", "started", "progress", "completed"]
     assert mine[2].data.get("progress") == 50

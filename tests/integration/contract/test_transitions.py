@@ -16,7 +16,7 @@ from conveyor.engines import Engine, Outcome
 from conveyor.lifecycle import TRANSITIONS
 from conveyor.testing import eventually
 
-from .helpers import claim, err, finish
+from .helpers import claim, err, finish, settled_events
 
 # (outcome, delay_ms): every worker outcome, and each with a delay where it has a state
 # for "later" (retry, defer).
@@ -29,8 +29,9 @@ CASES = [
 
 
 async def job_events(engine: Engine, start: dict[str, str], job_id: str) -> list[str]:
-    events = await engine.read_events(["q"], since=start, count=100, block_ms=0)
-    return [e.kind for e in events if e.job_id == job_id]
+    """The kinds of the job's events after `start` (its three: enqueued, started, the
+    outcome's), once settled."""
+    return [e.kind for e in await settled_events(engine, start, 3) if e.job_id == job_id]
 
 
 @pytest.mark.parametrize(("kind", "delay_ms"), CASES)

@@ -862,7 +862,10 @@ function schedulesView(view) {
           h("td", { "data-label": "Source", text: sc.source }),
           h("td", { "data-label": "Status" }, sc.paused
             ? h("span", { class: "badge", "data-state": "paused", text: "paused" })
-            : h("span", { class: "muted", text: "active" })),
+            : h("span", { class: "muted", text: "active" }),
+            // Why the latest occurrence was not enqueued; `text`, never HTML.
+            sc.last_error ? h("div", { class: "error", "data-last-error": "", text:
+              `last error: ${sc.last_error.type}: ${sc.last_error.message}` }) : null),
           h("td", { "data-label": "Action" }, h("button", { type: "button",
             "aria-label": `${sc.paused ? "Resume" : "Pause"} schedule ${sc.name}`,
             text: sc.paused ? "Resume" : "Pause",

@@ -80,8 +80,8 @@ class PgCoordination(PgCore):
         async def read(conn: Conn) -> list[StoredSchedule]:
             cur = await conn.execute(self.q["schedules"])
             return [
-                StoredSchedule(name, spec, source, bool(paused), int(since), last)
-                for name, spec, source, paused, since, last in await cur.fetchall()
+                StoredSchedule(name, spec, source, bool(paused), int(since), last, error)
+                for name, spec, source, paused, since, last, error in await cur.fetchall()
             ]
 
         return await self._run(read)
@@ -115,6 +115,21 @@ class PgCoordination(PgCore):
             cur = await conn.execute(
                 self.q["schedule_advance"],
                 {"run": run_ms, "name": name, "lease": lease, "holder": holder, "now": now},
+            )
+            return cur.rowcount == 1
+
+        return await self._run(tx)
+
+    async def record_schedule_error(
+        self, name: str, error_json: str, *, lease: str, holder: str
+    ) -> bool:
+        """Store a schedule's last error if `holder` holds the live `lease`."""
+
+        async def tx(conn: Conn) -> bool:
+            now = await self._now(conn)
+            cur = await conn.execute(
+                self.q["schedule_error"],
+                {"error": error_json, "name": name, "lease": lease, "holder": holder, "now": now},
             )
             return cur.rowcount == 1
 

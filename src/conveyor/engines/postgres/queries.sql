@@ -236,7 +236,7 @@ VALUES (%s, %s, %s, false, %s)
 ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, source = excluded.source;
 
 -- name: schedules
-SELECT name, spec, source, paused, since_ms, last_run_ms FROM {schema}.schedules
+SELECT name, spec, source, paused, since_ms, last_run_ms, last_error FROM {schema}.schedules
 ORDER BY name;
 
 -- name: schedule_delete
@@ -251,8 +251,15 @@ WHERE name = %(name)s;
 
 -- name: schedule_advance
 -- Fenced by the live lease (locked FOR SHARE, so it cannot change hands meanwhile).
-UPDATE {schema}.schedules SET last_run_ms = %(run)s WHERE name = %(name)s
+-- A recorded run clears the last error.
+UPDATE {schema}.schedules SET last_run_ms = %(run)s, last_error = NULL WHERE name = %(name)s
     AND (last_run_ms IS NULL OR last_run_ms < %(run)s)
+    AND EXISTS (SELECT 1 FROM {schema}.leases WHERE name = %(lease)s
+                AND holder = %(holder)s AND expires_ms > %(now)s FOR SHARE);
+
+-- name: schedule_error
+-- Fenced like schedule_advance: a deposed leader cannot write an error.
+UPDATE {schema}.schedules SET last_error = %(error)s WHERE name = %(name)s
     AND EXISTS (SELECT 1 FROM {schema}.leases WHERE name = %(lease)s
                 AND holder = %(holder)s AND expires_ms > %(now)s FOR SHARE);
 

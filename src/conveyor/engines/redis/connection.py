@@ -3,9 +3,10 @@
 `RedisBase` holds everything the engine's parts share: the redis-py pool (reads,
 pub/sub, TLS), the hot-path `Lane` (script calls), the registered Lua scripts (each
 assembled from `lua/` with the lifecycle prelude, see `_script_source`), the per-queue
-KEYS/ARGV header, and `driver_errors`, which turns redis-py's connection errors into
-`EngineUnavailable`. The parts (`flow`, `wakeups`, `operations`, `reads`,
-`coordination`) are subclasses of it that `engine.RedisEngine` puts together.
+KEYS/ARGV header, and `driver_errors`, which turns redis-py's connection errors and the
+server's "not now" replies into `EngineUnavailable` / `EngineFull` (see errors.py). The
+parts (`flow`, `wakeups`, `operations`, `reads`, `coordination`) are subclasses of it
+that `engine.RedisEngine` puts together.
 """
 
 from __future__ import annotations
@@ -426,7 +427,9 @@ class RedisBase:
             await pipe.execute()
 
     def _source(self, name: str) -> str:
-        """Script `name` with the flags this server understands (errors.py)."""
+        """Script `name` as loaded: the lifecycle prelude and helpers (`_script_source`)
+        under the flags this server understands (errors.py), whose `#!lua` line
+        `with_flags` puts first, where Redis looks for it."""
         return with_flags(name, _script_source(name), self._version or (0,))
 
     async def close(self) -> None:

@@ -121,6 +121,7 @@ class RedisCoordination(RedisBase):
                     paused=row.get("paused") == "1",
                     since_ms=int(row.get("since_ms") or 0),
                     last_run_ms=int(last) if last else None,
+                    last_error=row.get("last_error") or None,
                 )
             )
         return out
@@ -149,5 +150,16 @@ class RedisCoordination(RedisBase):
         return bool(
             await self._global_script("schedule_advance")(
                 keys=[self._keys.lease(lease), self._keys.schedule(name)], args=[holder, run_ms]
+            )
+        )
+
+    @driver_errors
+    async def record_schedule_error(
+        self, name: str, error_json: str, *, lease: str, holder: str
+    ) -> bool:
+        """Store a schedule's last error if `holder` holds the live `lease`."""
+        return bool(
+            await self._global_script("schedule_error")(
+                keys=[self._keys.lease(lease), self._keys.schedule(name)], args=[holder, error_json]
             )
         )

@@ -3,7 +3,8 @@ heartbeats, progress, and expired-lease recovery (the hot path).
 
 Round trips are the cost (see bench/): a worker's `exchange`
 acknowledges its finished jobs and claims new ones from a queue in one script call, and
-a producer's `enqueue` stores a batch in one script call per queue (pipelined together).
+a producer's `enqueue` stores a batch in one script call per queue and chunk of at most
+`lifecycle.BULK_BATCH` jobs (pipelined together, wave by wave).
 What each outcome does to a job is decided by `conveyor.lifecycle` and applied in Lua.
 """
 

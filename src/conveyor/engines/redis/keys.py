@@ -50,10 +50,10 @@ Global keys live under the tag `{<prefix>}` (the worker scripts touch both worke
 they must share a slot; a queue tag always has a `:` after the prefix, so they never
 collide): `{p}:queues` (set of queue names), `{p}:workers` (zset id -> expiry ms),
 `{p}:workers:info` (hash id -> "<last seen ms>\\n<info json>").
-The scheduler's keys share that tag, so the fenced `schedule_advance` script may touch a
-lease and a schedule together: `{p}:lease:<name>` (string: holder, PX = lease time),
-`{p}:schedules` (set of schedule names), `{p}:schedule:<name>` (hash: spec, source,
-paused, since_ms, last_run_ms).
+The scheduler's keys share that tag, so the fenced `schedule_advance` and
+`schedule_error` scripts may touch a lease and a schedule together: `{p}:lease:<name>`
+(string: holder, PX = lease time), `{p}:schedules` (set of schedule names),
+`{p}:schedule:<name>` (hash: spec, source, paused, since_ms, last_run_ms, last_error).
 Wake-ups go to the pub/sub channel `<p>:wake:<q>` (channels are not keys).
 """
 

@@ -81,8 +81,8 @@ class SqliteCoordination(SqliteCore):
         """Every stored schedule, by name."""
         rows = await self._call(lambda conn: conn.execute(Q["schedules"]).fetchall())
         return [
-            StoredSchedule(name, spec, source, bool(paused), int(since), last)
-            for name, spec, source, paused, since, last in rows
+            StoredSchedule(name, spec, source, bool(paused), int(since), last, error)
+            for name, spec, source, paused, since, last, error in rows
         ]
 
     async def delete_schedule(self, name: str) -> bool:
@@ -110,6 +110,19 @@ class SqliteCoordination(SqliteCore):
 
         # Not fsynced: losing it to a power cut makes the next leader enqueue the same
         # occurrence again, which the deterministic job id turns into a no-op.
+        return await self._write(tx, durable=False)
+
+    async def record_schedule_error(
+        self, name: str, error_json: str, *, lease: str, holder: str
+    ) -> bool:
+        """Store a schedule's last error if `holder` holds the live `lease`."""
+
+        def tx(conn: sqlite3.Connection) -> bool:
+            if self._live_holder(conn, lease, self.clock.now_ms()) != holder:
+                return False
+            return conn.execute(Q["schedule_error"], (error_json, name)).rowcount == 1
+
+        # Not fsynced: the next tick that fails again writes it again.
         return await self._write(tx, durable=False)
 
     # --- the worker registry --------------------------------------------------------------

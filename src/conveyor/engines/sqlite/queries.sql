@@ -350,7 +350,7 @@ INSERT INTO schedules (name, spec, source, paused, since_ms) VALUES (?, ?, ?, 0,
 ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, source = excluded.source;
 
 -- name: schedules
-SELECT name, spec, source, paused, since_ms, last_run_ms FROM schedules ORDER BY name;
+SELECT name, spec, source, paused, since_ms, last_run_ms, last_error FROM schedules ORDER BY name;
 
 -- name: schedule_delete
 DELETE FROM schedules WHERE name = ?;
@@ -361,5 +361,9 @@ UPDATE schedules SET since_ms = CASE WHEN paused = 1 AND ?1 = 0 THEN ?2 ELSE sin
     paused = ?1 WHERE name = ?3;
 
 -- name: schedule_advance
-UPDATE schedules SET last_run_ms = ?1 WHERE name = ?2
+-- A recorded run clears the last error.
+UPDATE schedules SET last_run_ms = ?1, last_error = NULL WHERE name = ?2
     AND (last_run_ms IS NULL OR last_run_ms < ?1);
+
+-- name: schedule_error
+UPDATE schedules SET last_error = ?1 WHERE name = ?2;

@@ -19,4 +19,6 @@ if last and tonumber(last) >= tonumber(ARGV[2]) then
   return 0
 end
 redis.call('HSET', KEYS[2], 'last_run_ms', ARGV[2])
+-- A recorded run clears the last error (schedule_error.lua).
+redis.call('HDEL', KEYS[2], 'last_error')
 return 1

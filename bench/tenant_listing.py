@@ -19,11 +19,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from w1_quick import start_redis  # bench/ is on sys.path when run as a script
+
 from conveyor import Conveyor
 from conveyor.engines import Outcome
 from conveyor.job import JobState
-
-from w1_quick import start_redis  # bench/ is on sys.path when run as a script
 
 QUEUE = "bench"
 BATCH = 1000
@@ -35,7 +35,9 @@ async def fill(app: Conveyor, jobs: int) -> None:
         n = min(BATCH, jobs - start)
         tenants = ["small" if (start + i) % 200 == 0 else "big" for i in range(n)]
         await engine.enqueue([app.build("t", {}, queue=QUEUE, tenant=t) for t in tenants])
-        claimed = await engine.exchange([], queues=[QUEUE], limit=n, worker_id="b", lease_ms=600_000)
+        claimed = await engine.exchange(
+            [], queues=[QUEUE], limit=n, worker_id="b", lease_ms=600_000
+        )
         done = [Outcome(j.id, str(j.token), "complete", result_json="{}") for j in claimed.jobs]
         await engine.exchange(done, queues=[QUEUE], limit=0, worker_id="b", lease_ms=600_000)
     await engine.enqueue([app.build("t", {}, queue=QUEUE, tenant="small") for _ in range(100)])

@@ -10,45 +10,16 @@ and left as it is. Never edit an applied migration; add the next number.
 
 from __future__ import annotations
 
-import importlib.resources
-import re
-from dataclasses import dataclass
 from typing import Final
 
 from psycopg import AsyncConnection
 
 from ...errors import SchemaTooNew
+from ..migration_files import Migration, load_migrations
 
 __all__ = ["MIGRATIONS", "Migration", "migrate"]
 
-_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
-
-
-@dataclass(frozen=True, slots=True)
-class Migration:
-    """One numbered schema change (`{schema}` / `{channel}` not yet filled in)."""
-
-    number: int
-    name: str
-    sql: str
-
-
-def _load() -> tuple[Migration, ...]:
-    folder = importlib.resources.files(__package__).joinpath("migrations")
-    found = []
-    for entry in folder.iterdir():
-        match = _FILE.match(entry.name)
-        if match:
-            found.append(Migration(int(match.group(1)), match.group(2), entry.read_text()))
-    found.sort(key=lambda m: m.number)
-    if [m.number for m in found] != list(range(1, len(found) + 1)):
-        raise RuntimeError(
-            f"Postgres migrations are not numbered 1..n: {[m.number for m in found]}"
-        )
-    return tuple(found)
-
-
-MIGRATIONS: Final = _load()
+MIGRATIONS: Final = load_migrations(__package__, "Postgres")
 
 
 async def migrate(

@@ -17,46 +17,21 @@ that predates the table (it accepted versions up to 3) refuses a file migrated p
 
 from __future__ import annotations
 
-import importlib.resources
-import re
 import sqlite3
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 from ...errors import SchemaTooNew
+from ..migration_files import Migration, load_migrations
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Migration", "migrate"]
 
-_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 # Files older than numbered migrations stamped user_version 1..3; 0001 is version 3.
 _LEGACY_VERSIONS: Final = 2
 
 
-@dataclass(frozen=True, slots=True)
-class Migration:
-    """One numbered schema change."""
-
-    number: int
-    name: str
-    sql: str
-
-
-def _load() -> tuple[Migration, ...]:
-    folder = importlib.resources.files(__package__).joinpath("migrations")
-    found = []
-    for entry in folder.iterdir():
-        match = _FILE.match(entry.name)
-        if match:
-            found.append(Migration(int(match.group(1)), match.group(2), entry.read_text()))
-    found.sort(key=lambda m: m.number)
-    if [m.number for m in found] != list(range(1, len(found) + 1)):
-        raise RuntimeError(f"SQLite migrations are not numbered 1..n: {[m.number for m in found]}")
-    return tuple(found)
-
-
-MIGRATIONS: Final = _load()
+MIGRATIONS: Final = load_migrations(__package__, "SQLite")
 # What older Conveyors read in PRAGMA user_version (they know 1..3).
 SCHEMA_VERSION: Final = _LEGACY_VERSIONS + len(MIGRATIONS)
 

@@ -109,6 +109,8 @@ async def test_tenant_tokens_only_see_their_own_jobs(http: httpx.AsyncClient) ->
     missing = (await http.get(f"/jobs/{Q}:0000", headers=auth(ACME))).json()
     for method, path in [
         ("GET", f"/jobs/{theirs['id']}"),
+        # The long poll checks visibility first: 404 at once, no wait, no probing.
+        ("GET", f"/jobs/{theirs['id']}?wait=30"),
         ("GET", f"/api/jobs/{theirs['id']}"),
         ("POST", f"/jobs/{theirs['id']}/cancel"),
         ("POST", f"/jobs/{theirs['id']}/promote"),

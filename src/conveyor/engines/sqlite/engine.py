@@ -10,6 +10,7 @@ query strings are rejected with `ConfigError` (use ``memory://``).
 The engine is assembled from its parts, one module each:
 
 * `connection` — the file, its thread, transactions, durability, error mapping;
+* `group_commit` — concurrent writes share one transaction and one fsync;
 * `flow` — enqueue, exchange (outcomes, promotion, recovery, fair claims), heartbeats,
   progress and the wake-up notifier;
 * `operations` — pause/resume, retry, cancel, promote, retry-all, clean, purge;

@@ -39,6 +39,7 @@ from ...lifecycle import not_found
 from .group_commit import GroupCommit, Write
 from .migrations import migrate
 from .queries import JOB_COLUMNS, QUERIES
+from .wakeups import SAFETY_POLL_S, WakeSockets
 
 T = TypeVar("T")
 Q = QUERIES
@@ -124,17 +125,27 @@ class Wake:
     `generation` counts notifications, so a caller can record it *before* checking
     storage and later learn that something happened in between (the check-then-wait
     race: an enqueue landing between "exchange found nothing" and "start waiting").
+
+    Args:
+        on_notify: also called by `notify` (not `notify(local=True)`): how other
+            processes hear of it (`wakeups.WakeSockets.poke_soon`).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, on_notify: Callable[[], None] | None = None) -> None:
         self.generation = 0
         self._event = asyncio.Event()
+        self._on_notify = on_notify
 
-    def notify(self) -> None:
-        """Wake every current waiter; later waiters wait for the next notification."""
+    def notify(self, *, local: bool = False) -> None:
+        """Wake every current waiter; later waiters wait for the next notification.
+
+        `local=True`: this process only (a wake-up that came from elsewhere, or close).
+        """
         self.generation += 1
         self._event.set()
         self._event = asyncio.Event()
+        if self._on_notify is not None and not local:
+            self._on_notify()
 
     def current(self) -> asyncio.Event:
         """The event the next notification sets."""
@@ -193,7 +204,10 @@ class SqliteCore:
         self._sync = "FULL"  # the connection's current PRAGMA synchronous
         self._group = GroupCommit(self._run_group)
         # Touched only on the event loop:
-        self._jobs_wake = Wake()  # work may be claimable (enqueue, release, resume, ...)
+        # Other processes' idle workers hear of this engine's commits through sockets.
+        self._wakeups = None if self.memory else WakeSockets(self.path)
+        # Work may be claimable (enqueue, release, resume, ...):
+        self._jobs_wake = Wake(self._wakeups.poke_soon if self._wakeups else None)
         self._events_wake = Wake()  # this engine appended events
         self._exchange_generation: int | None = None
         self._closes = 0  # bumped by close(): blocked readers return instead of reopening
@@ -295,8 +309,10 @@ class SqliteCore:
         # Release pending waits now (a spurious wake-up), rather than letting their next
         # poll reopen the file through the lazy connect in `_call`.
         self._closes += 1
-        self._jobs_wake.notify()
+        self._jobs_wake.notify(local=True)
         self._events_wake.notify()
+        if self._wakeups is not None:
+            self._wakeups.close()
 
         def shut() -> None:
             conn, self._conn = self._conn, None
@@ -438,11 +454,25 @@ class SqliteCore:
         self, wake: Wake, generation: int, version: int, seconds: float
     ) -> None:
         """Return when `wake` moved past `generation`, another connection committed
-        since `version` was read, or after `seconds`."""
+        since `version` was read, or after `seconds`.
+
+        Waiting for jobs on a file, the engine listens on its wake-up socket (other
+        processes poke it after their commits, which moves `wake` on) and reads
+        ``data_version`` only every `SAFETY_POLL_S`; elsewhere it polls every
+        `POLL_INTERVAL_S`.
+        """
         if wake.generation != generation:
             return
         closes = self._closes
         loop = asyncio.get_running_loop()
+        interval = POLL_INTERVAL_S
+        if wake is self._jobs_wake and self._wakeups is not None:
+            fresh = self._wakeups.listen(self._remote_wake)
+            if fresh is not None:
+                interval = SAFETY_POLL_S
+            # Bound just now: a commit since `version` was read poked nobody.
+            if fresh and await self._call(self._data_version) != version:
+                return
         deadline = loop.time() + seconds
         waiter = asyncio.ensure_future(wake.current().wait())
         try:
@@ -450,7 +480,7 @@ class SqliteCore:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     return
-                done, _ = await asyncio.wait({waiter}, timeout=min(POLL_INTERVAL_S, remaining))
+                done, _ = await asyncio.wait({waiter}, timeout=min(interval, remaining))
                 if done or wake.generation != generation or self._closes != closes:
                     return
                 if self.memory:  # nobody else can commit: only our own wake-ups count
@@ -464,6 +494,10 @@ class SqliteCore:
                     raise
         finally:
             waiter.cancel()
+
+    def _remote_wake(self) -> None:
+        """Another process poked this engine's socket: wake the waiters here."""
+        self._jobs_wake.notify(local=True)
 
     # --- helpers used inside transactions -------------------------------------------------
     def _add_events(self, conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:

@@ -11,6 +11,7 @@ The engine is assembled from its parts, one module each:
 
 * `connection` — the file, its thread, transactions, durability, error mapping;
 * `group_commit` — concurrent writes share one transaction and one fsync;
+* `wakeups` — Unix datagram sockets that wake idle workers of other processes;
 * `flow` — enqueue, exchange (outcomes, promotion, recovery, fair claims), heartbeats,
   progress and the wake-up notifier;
 * `operations` — pause/resume, retry, cancel, promote, retry-all, clean, purge;

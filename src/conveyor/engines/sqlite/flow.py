@@ -7,9 +7,10 @@ serialised: the second one's ``UPDATE ... WHERE state = 'pending'`` runs after t
 first has committed and cannot see the rows the first one took.
 
 Wake-ups: SQLite has no cross-process notification. Within the process, a `Wake` set
-after this engine's own commits wakes waiters at once. Across processes, waiters poll
-``PRAGMA data_version`` every ~15 ms: it changes when *another* connection commits,
-and reading it touches only the shared-memory WAL index (no disk I/O, no lock).
+after this engine's own commits wakes waiters at once; the same notification pokes the
+wake-up socket of every waiting engine of other processes (`wakeups`). Where there is
+no socket, waiters poll ``PRAGMA data_version`` every ~15 ms: it changes when *another*
+connection commits, and reading it touches only the shared-memory WAL index.
 Spurious wake-ups (any commit, e.g. a heartbeat) are allowed by the contract.
 """
 
@@ -485,9 +486,9 @@ class SqliteFlow(SqliteCore):
     async def wait_for_jobs(self, queues: Sequence[str], timeout: float) -> None:
         """Return when one of `queues` may have claimable work, or after `timeout` s.
 
-        In-process enqueues wake at once; another process's commit is seen within
-        ~15 ms through ``PRAGMA data_version``. Any commit wakes (spurious wake-ups
-        are allowed): SQLite cannot say which rows another process touched.
+        In-process enqueues wake at once; another process's pokes this engine's
+        wake-up socket (``PRAGMA data_version`` is polled every ~15 ms where there is
+        no socket). Spurious wake-ups are allowed.
         """
         generation = self._exchange_generation
         if generation is None:  # no exchange yet: compare against "now"

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/sqlite_enqueue.py                       # this checkout
     .venv/bin/python bench/sqlite_enqueue.py --src /work/main/src --src src --reps 5
+    .venv/bin/python bench/sqlite_enqueue.py --query '?synchronous=normal'   # also NORMAL
 
 Each rep runs every `--src` tree (its ``conveyor`` package is imported from there) in a
 fresh child process, alternating, on a fresh ``sqlite:///`` file in a temporary directory
@@ -54,9 +55,9 @@ asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))
 """
 
 
-def run_once(src: str, jobs: int, concurrency: int) -> dict[str, float]:
+def run_once(src: str, jobs: int, concurrency: int, query: str = "") -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="conveyor-bench-") as tmp:
-        url = f"sqlite:///{Path(tmp) / 'bench.db'}"
+        url = f"sqlite:///{Path(tmp) / 'bench.db'}{query}"
         env = {**os.environ, "PYTHONPATH": str(Path(src).resolve())}
         proc = subprocess.run(
             [sys.executable, "-c", CHILD, url, str(jobs), str(concurrency)],
@@ -75,14 +76,23 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=5000)
     parser.add_argument("--concurrency", type=int, default=100)
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument(
+        "--query", action="append", default=[], help="also run each tree with this URL query"
+    )
     args = parser.parse_args()
     srcs = args.src or [str(Path(__file__).resolve().parents[1] / "src")]
-    figures: dict[str, dict[str, list[float]]] = {s: {} for s in srcs}
+    cases = [(src, q) for src in srcs for q in ["", *args.query]]
+    figures: dict[str, dict[str, list[float]]] = {src + q: {} for src, q in cases}
     for rep in range(args.reps):
-        for src in srcs:
-            for key, value in run_once(src, args.jobs, args.concurrency).items():
-                figures[src].setdefault(key, []).append(value)
-            print(f"rep {rep + 1}/{args.reps} {src} done", file=sys.stderr)
+        for src, q in cases:
+            try:
+                measured = run_once(src, args.jobs, args.concurrency, q)
+            except subprocess.CalledProcessError as exc:  # e.g. a tree without that option
+                print(f"{src}{q} failed: {exc.stderr.strip().splitlines()[-1]}", file=sys.stderr)
+                continue
+            for key, value in measured.items():
+                figures[src + q].setdefault(key, []).append(value)
+            print(f"rep {rep + 1}/{args.reps} {src}{q} done", file=sys.stderr)
 
     def cell(values: list[float]) -> str:
         return f"{statistics.median(values):,.0f} ({min(values):,.0f}–{max(values):,.0f})"
@@ -91,6 +101,9 @@ def main() -> None:
           f"| {args.concurrency} concurrent tasks (jobs/s) |")  # fmt: skip
     print("|---|---|---|")
     for src, f in figures.items():
+        if not f:
+            print(f"| {src} | failed | failed |")
+            continue
         print(f"| {src} | {cell(f['sequential'])} | {cell(f['concurrent'])} |")
 
 

@@ -23,7 +23,8 @@ import pytest
 
 from conveyor.engines.base import Outcome
 from conveyor.engines.sqlite import SqliteEngine, parse_sqlite_url
-from conveyor.errors import EngineUnavailable, InvalidState
+from conveyor.engines.sqlite.connection import parse_sqlite_synchronous
+from conveyor.errors import ConfigError, EngineUnavailable, InvalidState
 from conveyor.job import JobState, NewJob, new_job_id
 from conveyor.testing import eventually
 
@@ -208,12 +209,14 @@ asyncio.run(main())
 """
 
 
-def test_an_acknowledged_enqueue_survives_kill_9(tmp_path: Path) -> None:
+@pytest.mark.parametrize("query", ["", "?synchronous=normal"])
+def test_an_acknowledged_enqueue_survives_kill_9(tmp_path: Path, query: str) -> None:
     """A real producer process, 50 tasks enqueueing at once through group commit, is
-    SIGKILLed right after an enqueue returns: every job it was told about is stored."""
+    SIGKILLed right after an enqueue returns: every job it was told about is stored.
+    (With ?synchronous=normal too: it gives up power cuts, not process crashes.)"""
     db = tmp_path / "kill.db"
     proc = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(PRODUCER), f"sqlite:///{db}", "400"],
+        [sys.executable, "-c", textwrap.dedent(PRODUCER), f"sqlite:///{db}{query}", "400"],
         env={**os.environ, "PYTHONPATH": SRC},
         capture_output=True,
         text=True,
@@ -230,3 +233,36 @@ def test_an_acknowledged_enqueue_survives_kill_9(tmp_path: Path) -> None:
         raw.close()
     missing = [job_id for job_id in acked if job_id not in stored]
     assert not missing, f"{len(missing)} acknowledged jobs lost, e.g. {missing[:3]}"
+
+
+# --- ?synchronous= --------------------------------------------------------------------------
+
+
+def test_synchronous_option_in_the_url() -> None:
+    assert parse_sqlite_synchronous("sqlite:///q.db") == "FULL"
+    assert parse_sqlite_synchronous("sqlite:///q.db?synchronous=normal") == "NORMAL"
+    assert parse_sqlite_synchronous("sqlite:///q.db?synchronous=FULL") == "FULL"
+    assert parse_sqlite_url("sqlite:///q.db?synchronous=normal") == Path("q.db")
+    for bad in ("sqlite:///q.db?synchronous=off", "sqlite:///q.db?mode=ro",
+                "sqlite:///q.db?synchronous=normal&x=1"):  # fmt: skip
+        with pytest.raises(ConfigError, match=r"\?synchronous=normal"):
+            SqliteEngine(bad)
+
+
+async def test_enqueues_commit_with_the_urls_sync_level(sqlite_url: str) -> None:
+    """FULL by default for enqueues, NORMAL for the worker's exchange; with
+    ?synchronous=normal, NORMAL for both."""
+
+    def level(conn: sqlite3.Connection) -> int:
+        return int(conn.execute("PRAGMA synchronous").fetchone()[0])
+
+    full, normal = 2, 1
+    for url, after_enqueue in ((sqlite_url, full), (sqlite_url + "?synchronous=normal", normal)):
+        eng = SqliteEngine(url)
+        await eng.enqueue([new()])
+        assert await eng._call(level) == after_enqueue
+        await eng.exchange([], queues=["q"], limit=1, worker_id="w", lease_ms=LEASE_MS)
+        assert await eng._call(level) == normal
+        await eng.enqueue([new()])
+        assert await eng._call(level) == after_enqueue
+        await eng.close()

@@ -262,7 +262,8 @@ def engine_label(url: str) -> str:
         from ..engines.sqlite.engine import parse_sqlite_url
 
         with contextlib.suppress(ConfigError):
-            return f"sqlite:///{parse_sqlite_url(url).resolve()}"
+            query = url.partition("?")[2]
+            return f"sqlite:///{parse_sqlite_url(url).resolve()}" + (f"?{query}" if query else "")
     return redact(url)
 
 

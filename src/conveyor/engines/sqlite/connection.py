@@ -92,17 +92,48 @@ def parse_sqlite_url(url: str) -> Path:
     Raises:
         ConfigError: the URL is not a usable SQLite file URL; the message shows the forms.
     """
-    forms = "use sqlite:///relative/path.db or sqlite:////absolute/path.db"
-    if not url.startswith("sqlite:///"):
-        raise ConfigError(f"SQLite URL {url!r} is not supported: {forms}")
-    raw = url[len("sqlite:///") :]
-    if "?" in raw or "#" in raw:
-        raise ConfigError(f"SQLite URL {url!r} has a query string; none is supported: {forms}")
+    raw, _ = _split_sqlite_url(url)
     if not raw or raw == ":memory:":
         raise ConfigError(
-            f"SQLite URL {url!r} names no file: {forms} (use memory:// for a throwaway engine)"
+            f"SQLite URL {url!r} names no file: {_FORMS} (use memory:// for a throwaway engine)"
         )
     return Path(raw).expanduser()
+
+
+_FORMS = "use sqlite:///relative/path.db or sqlite:////absolute/path.db"
+SYNCHRONOUS_CHOICES = ("full", "normal")
+
+
+def _split_sqlite_url(url: str) -> tuple[str, str]:
+    """(path part, synchronous) of a SQLite URL; the one query option is checked here."""
+    if not url.startswith("sqlite:///"):
+        raise ConfigError(f"SQLite URL {url!r} is not supported: {_FORMS}")
+    raw, _, query = url[len("sqlite:///") :].partition("?")
+    if "#" in url:
+        raise ConfigError(f"SQLite URL {url!r} has a fragment; none is supported: {_FORMS}")
+    synchronous = "full"
+    for pair in filter(None, query.split("&")):
+        key, _, value = pair.partition("=")
+        if key != "synchronous" or value.lower() not in SYNCHRONOUS_CHOICES:
+            raise ConfigError(
+                f"SQLite URL {url!r}: {pair!r} is not supported; the one option is "
+                "?synchronous=full (the default: every enqueue is fsynced) or "
+                f"?synchronous=normal (see the README's configuration table). {_FORMS}"
+            )
+        synchronous = value.lower()
+    return raw, synchronous
+
+
+def parse_sqlite_synchronous(url: str) -> str:
+    """``"FULL"`` or ``"NORMAL"``: how a ``sqlite:///`` URL's enqueues are committed.
+
+    ``?synchronous=normal`` gives up durability across power loss and OS crashes (not
+    process crashes) for speed: see docs/reliability.md.
+
+    Raises:
+        ConfigError: an unknown query option or value.
+    """
+    return _split_sqlite_url(url)[1].upper()
 
 
 def unavailable(exc: sqlite3.Error, path: Path) -> EngineUnavailable | None:
@@ -188,6 +219,9 @@ class SqliteCore:
         self.memory = url.startswith(MEMORY_URL)
         self.durable = not self.memory
         self.path = Path(":memory:") if self.memory else parse_sqlite_url(url)
+        # The sync level of durable writes (enqueues, operator actions); NORMAL only when
+        # the URL asks for it (?synchronous=normal).
+        self._durable_sync = "FULL" if self.memory else parse_sqlite_synchronous(url)
         self.clock = clock or Clock()
         self._events_maxlen = max(1, events_maxlen)
         # Trim a queue's log once per this many inserts: one indexed DELETE amortised
@@ -272,8 +306,8 @@ class SqliteCore:
                 "several processes cannot share it safely: put it on a local "
                 "filesystem (not NFS/SMB)"
             )
-        conn.execute("PRAGMA synchronous = FULL")
-        self._sync = "FULL"
+        conn.execute(f"PRAGMA synchronous = {self._durable_sync}")
+        self._sync = self._durable_sync
         # Truncate the WAL back to 64 MiB after checkpoints, so one burst does not
         # leave a huge -wal file behind for good.
         conn.execute("PRAGMA journal_size_limit = 67108864")
@@ -390,7 +424,7 @@ class SqliteCore:
             for w in group:
                 w.outcome = (False, self._closed_error())
             return
-        sync = "FULL" if self.memory or any(w.durable for w in group) else "NORMAL"
+        sync = self._durable_sync if self.memory or any(w.durable for w in group) else "NORMAL"
         try:
             if self._sync != sync:
                 conn.execute(f"PRAGMA synchronous = {sync}")

@@ -146,7 +146,11 @@ class WakeSockets:
                 loop.call_soon_threadsafe(loop.remove_reader, fd)
 
     def close(self) -> None:
-        """Stop listening and remove this engine's socket file (producers skip it)."""
+        """Send a poke still waiting for its loop turn (the process may be about to
+        exit), stop listening and remove this engine's socket file."""
+        if self._poke_scheduled:
+            self._poke_scheduled = False  # the scheduled `_flush` then pokes once more: harmless
+            self.poke()
         if self._own is None:
             return
         if self._owner_pid == os.getpid():

@@ -7,7 +7,8 @@ own thread, wraps writes in ``BEGIN IMMEDIATE`` and turns driver errors that mea
 
 Durability: WAL journal. Enqueues and operator actions commit with
 ``synchronous=FULL`` (the WAL is fsynced before `enqueue` returns, so an acknowledged
-job survives a power loss; ``NORMAL`` only syncs at checkpoints in WAL mode). The
+job survives a power loss; ``NORMAL`` only syncs at checkpoints in WAL mode, and is
+what ``?synchronous=normal`` in the URL asks for, see docs/reliability.md). The
 worker hot path (claims, acks, heartbeats, progress) commits with ``NORMAL``: losing
 one of those to a power cut only makes a job run again, which at-least-once allows,
 and the next FULL commit syncs them too (0.27 ms vs 0.41 ms per one-job exchange on

@@ -89,12 +89,18 @@ class ClusterServers:
                 "--cluster-replicas",
                 "1",
                 "--cluster-yes",
-            ],  # fmt: skip
+            ],
             check=True,
             capture_output=True,
             timeout=60,
         )
         wait_until("the cluster to be ok on every node", self._all_ok)
+        wait_until("every master to have an online replica", self._replicated)
+
+    def _replicated(self) -> bool:
+        return all(
+            "state=online" in command(port, "INFO", "replication") for port in self.master_ports()
+        )
 
     def _all_ok(self) -> bool:
         for node in self.nodes:
@@ -121,6 +127,49 @@ class ClusterServers:
                     ports.append(int(fields[1].split("@")[0].rsplit(":", 1)[1]))
             return ports
         return []
+
+    def owner(self, key: str) -> tuple[int, str]:
+        """(port, node id) of the live master that serves `key`'s slot."""
+        from redis.crc import key_slot
+
+        slot = key_slot(key.encode())
+        live = next(n for n in self.nodes if n.proc is not None)
+        for line in command(live.port, "CLUSTER", "NODES").splitlines():
+            fields = line.split()
+            if len(fields) < 9 or "master" not in fields[2] or "fail" in fields[2]:
+                continue
+            for span in fields[8:]:
+                if span.startswith("["):  # a slot being migrated: "[slot->-id]"
+                    continue
+                low, _, high = span.partition("-")
+                if int(low) <= slot <= int(high or low):
+                    return int(fields[1].split("@")[0].rsplit(":", 1)[1]), fields[0]
+        raise RuntimeError(f"no live master serves slot {slot}")
+
+    def reshard(self, source: str, target: str, slots: int) -> None:
+        """Move `slots` slots (the lowest of `source`'s) to `target` with redis-cli, keys
+        and all, while clients keep working (MIGRATING/IMPORTING, ASK, then MOVED)."""
+        live = next(n for n in self.nodes if n.proc is not None)
+        subprocess.run(
+            [
+                REDIS_CLI,
+                "--cluster",
+                "reshard",
+                f"127.0.0.1:{live.port}",
+                "--cluster-from",
+                source,
+                "--cluster-to",
+                target,
+                "--cluster-slots",
+                str(slots),
+                "--cluster-yes",
+                "--cluster-pipeline",
+                "5",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
 
     def node(self, port: int) -> RedisServer:
         return next(n for n in self.nodes if n.port == port)

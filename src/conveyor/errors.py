@@ -5,8 +5,8 @@ ConveyorError                     root: catch this to catch everything Conveyor 
 ├── ConfigError                   a setting or argument is invalid (raised at start-up)
 ├── EngineUnavailable             the engine (Redis, SQLite file) cannot serve now: retry
 │   ├── EngineFull                Redis reached maxmemory: new jobs refused, workers drain
-│   ├── NotReplicated             `?replicas=N`: the write is done but N replicas did not
-│   │                             confirm it in time (it may be lost on failover)
+│   ├── NotReplicated             `?replicas=N`: the enqueue is done but N replicas did
+│   │                             not confirm it in time (it may be lost on failover)
 │   └── SchemaTooNew              the SQLite file was migrated by a newer Conveyor
 ├── JobNotFound                   no job has that id
 ├── InvalidArgument               a read or operator call got a value no engine handed out
@@ -87,9 +87,9 @@ class NotReplicated(EngineUnavailable):
     fewer did within `replica_timeout`.
 
     The write was made on the master (the jobs exist there) but is not known to survive
-    its failover. An enqueue that raises this may be retried: a retry with the same
-    dedupe key finds the job instead of adding another. Workers back off and send their
-    outcomes again, as for any `EngineUnavailable`.
+    its failover. Only an enqueue raises it; a retry with the same dedupe key finds the
+    job instead of adding another. (Workers' outcomes log a warning instead, see
+    `conveyor.engines.redis.replicas`.)
     """
 
 

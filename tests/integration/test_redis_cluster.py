@@ -262,7 +262,12 @@ async def run_under_load(
 
     with contextlib.suppress(AssertionError, TimeoutError):
         await eventually(settled, timeout=60, message="every acknowledged job completed")
-    unfinished = len(acked - marks(mark) - lost)
+    left = acked - marks(mark) - lost
+    unfinished = len(left)
+    states = collections.Counter(
+        [(await app.get_job(job_id)).state.value for job_id in list(left)[:50]]
+    )
+    print(f"\nunfinished by state: {dict(states)}")
     assert all(w.poll() is None for w in workers), "a worker exited"
     await app.close()
     report = LoadReport(len(acked), len(lost), unfinished, refused)

@@ -320,8 +320,10 @@ class RedisBase:
         return await self._eval(self._scripts[name], keys, [*header, *args])
 
     async def _eval(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
-        if self._lane is None or self._acked(script):
+        if self._acked(script):  # with its WAIT, on the same connection
             return (await self._run_many([(script, keys, args)]))[0]
+        if self._lane is None:
+            return await script(keys=keys, args=args)
         try:
             return await self._lane.call("EVALSHA", script.sha, len(keys), *keys, *args)
         except NoScriptError:
@@ -407,7 +409,8 @@ class RedisBase:
         if ack is not None:
             reached = replies.pop()
             if not any(isinstance(r, NoScriptError) for r in replies):
-                ack.check(reached, self.url)
+                enqueue = any(c[0] is self._scripts["enqueue"] for c in calls)
+                ack.check(reached, self.url, enqueue=enqueue)
         return replies
 
     def _global_script(self, name: str) -> AsyncScript:

@@ -16,7 +16,11 @@ MOVED slot host:port   the slot lives elsewhere now (resharding done, failover):
                        the command there and refresh the slot map before the next call
 ASK slot host:port     the slot is being migrated and this key is already on the
                        target: send ASKING + the command there, once
-TRYAGAIN               a multi-key command during a migration: wait and send again
+TRYAGAIN               a multi-key command during a migration: wait and send again.
+                       Every queue script declares key prefixes that never exist as
+                       keys (the job prefix), so while its slot migrates Redis always
+                       finds a declared key missing and answers this: a script never
+                       runs on one side with some of its queue's keys on the other
 CLUSTERDOWN            no master serves the slot (a failover in progress): likewise
 ```
 

@@ -36,7 +36,7 @@ from ...durability import ServerSettings
 from ...errors import ConfigError, EngineUnavailable, InvalidState
 from ...job import Job, decode_job, decode_lenient
 from .cluster_lane import ClusterLane
-from .errors import classify, with_flags
+from .errors import classify, misrouted, with_flags
 from .keys import KeyLayout, LruCache, QueueKeys
 from .lane import Lane, url_timeouts
 from .replicas import ACKED_SCRIPTS, ReplicaAck
@@ -124,7 +124,7 @@ def driver_errors(
         except ResponseError as exc:  # LOADING, OOM, READONLY...: see errors.py
             error = classify(exc, self.url)
             if error is None:
-                raise
+                raise (misrouted(exc, self.url) if self._cluster is None else exc) from exc
             raise error from exc
         if task is not None and task.cancelling() > cancels:
             raise asyncio.CancelledError

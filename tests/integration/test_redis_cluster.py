@@ -175,3 +175,44 @@ async def test_replicas_option_on_a_server_without_replicas(redis_server: RedisS
     with pytest.raises(NotReplicated, match="only 0 of 1 replica"):
         await app.enqueue("probe", {})
     await app.close()
+
+
+async def test_a_queue_moved_to_another_master_mid_call(redis_cluster: ClusterServers) -> None:
+    """A slot migration by hand, step by step, with an engine whose slot map is stale.
+
+    While the queue's slot is MIGRATING, its scripts are answered TRYAGAIN (each declares
+    key prefixes that never exist, so some declared key is always missing) and the lane
+    retries; once the keys moved and the slot belongs to the new master, the old one
+    answers MOVED and the call follows it. The enqueue sent mid-migration completes, and
+    nothing stored before is lost."""
+    from tests.redis_topologies import command
+
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    tag = f"{{{prefix}:mq}}"
+    source_port, source_id = redis_cluster.owner(tag)
+    target_port = next(p for p in redis_cluster.master_ports() if p != source_port)
+    target_id = command(target_port, "CLUSTER", "MYID").strip()
+    slot = int(command(source_port, "CLUSTER", "KEYSLOT", tag).strip())
+    app = Conveyor(f"{redis_cluster.url}?prefix={prefix}")
+    await app.connect()
+    try:
+        before = [await app.enqueue("t", {"n": i}, queue="mq") for i in range(5)]
+        command(target_port, "CLUSTER", "SETSLOT", str(slot), "IMPORTING", source_id)
+        command(source_port, "CLUSTER", "SETSLOT", str(slot), "MIGRATING", target_id)
+        during = asyncio.ensure_future(app.enqueue("t", {"n": 5}, queue="mq"))
+        await asyncio.sleep(0.3)
+        assert not during.done()  # held off (TRYAGAIN) while the slot is split
+        keys = command(source_port, "CLUSTER", "GETKEYSINSLOT", str(slot), "1000").split()
+        command(
+            source_port, "MIGRATE", "127.0.0.1", str(target_port), "", "0", "5000",
+            "KEYS", *keys,
+        )  # fmt: skip
+        for port in redis_cluster.master_ports():
+            command(port, "CLUSTER", "SETSLOT", str(slot), "NODE", target_id)
+        moved = await asyncio.wait_for(during, 10)
+        assert redis_cluster.owner(tag)[0] == target_port
+        for job in [*before, moved]:
+            assert (await app.get_job(job.id)).state.value == "pending"
+        assert (await app.counts("mq")).pending == 6
+    finally:
+        await app.close()

@@ -284,11 +284,18 @@ def port_open(port: int) -> bool:
 
 def raw_client(url: str, **options: object) -> Any:
     """A plain redis-py client for an engine URL, under Conveyor (tests that write or
-    read keys directly): a cluster client for `redis+cluster://`, else one server."""
+    read keys directly): a cluster client for `redis+cluster://`, the sentinels' master
+    for `redis+sentinel://`, else one server."""
     import redis.asyncio as aioredis
     from redis.asyncio.cluster import RedisCluster
 
     base = url.split("?")[0]
+    if base.startswith("redis+sentinel://"):
+        from redis.asyncio.sentinel import Sentinel
+
+        hosts, name, db = base.removeprefix("redis+sentinel://").split("/")[:3]
+        sentinels = [(h.rsplit(":", 1)[0], int(h.rsplit(":", 1)[1])) for h in hosts.split(",")]
+        return Sentinel(sentinels).master_for(name, db=int(db or 0), **options)
     if base.startswith("redis+cluster://"):
         seed = base.removeprefix("redis+cluster://").split(",")[0].rstrip("/")
         return RedisCluster.from_url(f"redis://{seed}", **options)

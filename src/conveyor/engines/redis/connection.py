@@ -40,6 +40,7 @@ from .errors import classify, misrouted, with_flags
 from .keys import KeyLayout, LruCache, QueueKeys
 from .lane import Lane, url_timeouts
 from .replicas import ACKED_SCRIPTS, ReplicaAck
+from .sentinel_lane import SentinelLane
 from .server import read_server, read_servers
 from .topology import cluster_client, parse_url, sentinel_client
 
@@ -211,7 +212,7 @@ class RedisBase:
             # routed by the parts that use them (`self._cluster` is set).
             self._client = cast(aioredis.Redis, self._cluster)
         elif target.kind == "sentinel":
-            self._client = sentinel_client(target, connect_timeout, self._timeout)
+            self._client, sentinel = sentinel_client(target, connect_timeout, self._timeout)
         else:
             # A plain (non-blocking) pool with a high cap: redis-py's BlockingConnectionPool
             # adds a wait_for and a queue to every command (~25% of a single enqueue's client
@@ -251,7 +252,7 @@ class RedisBase:
         }
         # Script calls (every state change) use a leaner connection than redis-py's; TLS
         # stays on redis-py (see lane.py).
-        self._lane: Lane | ClusterLane | None = None
+        self._lane: Lane | ClusterLane | SentinelLane | None = None
         if self._cluster is not None and not target.tls:
             self._lane = ClusterLane(
                 self._cluster,
@@ -262,6 +263,16 @@ class RedisBase:
             )
         elif target.kind == "single" and not target.tls:
             self._lane = Lane(redis_url, connect_timeout=connect_timeout, timeout=self._timeout)
+        elif target.kind == "sentinel":
+            self._lane = SentinelLane(
+                sentinel,
+                target.master,
+                db=target.db,
+                username=target.username,
+                password=target.password,
+                connect_timeout=connect_timeout,
+                timeout=self._timeout,
+            )
         self._enqueue = self._scripts["enqueue"]
         self._exchange = self._scripts["exchange"]
         self._queue_args: LruCache[str, tuple[QueueKeys, list[str], list[str]]] = LruCache(

@@ -227,10 +227,13 @@ def cluster_client(target: Target, connect_timeout: float, timeout: float) -> Re
     )
 
 
-def sentinel_client(target: Target, connect_timeout: float, timeout: float) -> aioredis.Redis:
-    """A client for the master the sentinels name: its pool asks them for the master's
-    address on every new connection, so after a failover the next connection goes to
-    the promoted replica, and a connection to a demoted master is dropped (READONLY)."""
+def sentinel_client(
+    target: Target, connect_timeout: float, timeout: float
+) -> tuple[aioredis.Redis, Sentinel]:
+    """A client for the master the sentinels name, and the sentinels (for the lane): the
+    client's pool asks them for the master's address on every new connection, so after a
+    failover the next connection goes to the promoted replica, and a connection to a
+    demoted master is dropped (READONLY)."""
     sentinel = Sentinel(  # type: ignore[no-untyped-call]
         list(target.nodes),
         socket_connect_timeout=connect_timeout,
@@ -249,4 +252,4 @@ def sentinel_client(target: Target, connect_timeout: float, timeout: float) -> a
         retry_on_error=list(_RETRIED),
         **client_options(target),
     )
-    return client
+    return client, sentinel

@@ -35,7 +35,13 @@ __all__ = [
     "open_engine",
 ]
 
-REDIS_SCHEMES = ("redis://", "rediss://", "redis+cluster://", "rediss+cluster://", "redis+sentinel://")
+REDIS_SCHEMES = (
+    "redis://",
+    "rediss://",
+    "redis+cluster://",
+    "rediss+cluster://",
+    "redis+sentinel://",
+)
 SCHEMES = (*REDIS_SCHEMES, "sqlite://", "memory://", "postgresql://", "postgres://")
 
 

@@ -36,10 +36,12 @@ def test_cluster_url_lists_its_seed_nodes() -> None:
 
 
 def test_sentinel_url_names_master_and_db() -> None:
-    t = parse_url("redis+sentinel://s1,s2:26380/mymaster/3")
+    t = parse_url("redis+sentinel://:pw@s1,s2:26380/mymaster/3?sentinel_password=sp")
     assert t.kind == "sentinel"
     assert t.nodes == (("s1", 26379), ("s2", 26380))
-    assert (t.master, t.db) == ("mymaster", 3)
+    assert (t.master, t.db, t.password, t.sentinel_password) == ("mymaster", 3, "pw", "sp")
+    assert "sentinel_password" not in t.redis_url
+    assert "sp" not in t.shown.replace("sentinel_password", "") and "pw" not in t.shown
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,9 @@ redis+sentinel://h:26379[,h:p...]/NAME/DB  the master the sentinels call NAME, f
 Every URL takes `?prefix=` (key namespace), `?socket_connect_timeout=` /
 `?socket_timeout=` (seconds), and `?replicas=N&replica_timeout=S`: acknowledge an
 enqueue or a worker's outcomes only once N replicas have them (`WAIT N`, see
-replicas.py). The rest of the query goes to redis-py (e.g. `ssl_ca_certs=`).
+replicas.py). A Sentinel URL also takes `?sentinel_password=` (the sentinels' own AUTH;
+the URL's user:password is the master's). The rest of the query goes to redis-py (e.g.
+`ssl_ca_certs=`).
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ class Target:
     tls: bool = False
     nodes: tuple[tuple[str, int], ...] = ()  # cluster seeds / sentinels
     master: str = ""  # Sentinel's master name
+    sentinel_password: str | None = None  # `?sentinel_password=`: AUTH for the sentinels
     db: int = 0
     username: str | None = None
     password: str | None = None
@@ -144,6 +147,12 @@ def parse_url(url: str) -> Target:
     if password is not None:
         masked = f"{username or ''}:***@"
         shown = urlunsplit(parts._replace(netloc=masked + hostpart))
+    if "sentinel_password" in options:  # never shown in messages either
+        shown_query = [
+            (k, "***" if k == "sentinel_password" else v)
+            for k, v in parse_qsl(parts.query, keep_blank_values=True)
+        ]
+        shown = urlunsplit(urlsplit(shown)._replace(query=urlencode(shown_query)))
     common = dict(
         prefix=prefix,
         shown=shown,
@@ -173,6 +182,8 @@ def parse_url(url: str) -> Target:
             )
         master = unquote(segments[0])
         db = int(segments[1]) if len(segments) == 2 else 0
+        common["sentinel_password"] = options.pop("sentinel_password", None)
+        query = urlencode(options)
     elif parts.path.strip("/"):
         raise ConfigError(
             f"{url!r} names a database, which Redis Cluster does not have: use "
@@ -236,6 +247,12 @@ def sentinel_client(
     demoted master is dropped (READONLY)."""
     sentinel = Sentinel(  # type: ignore[no-untyped-call]
         list(target.nodes),
+        # The sentinels' own AUTH (`?sentinel_password=`), when they require one.
+        sentinel_kwargs={
+            "password": target.sentinel_password,
+            "socket_connect_timeout": connect_timeout,
+            "socket_timeout": timeout,
+        },
         socket_connect_timeout=connect_timeout,
         socket_timeout=timeout,
     )

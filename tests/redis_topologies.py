@@ -10,7 +10,6 @@ They need only redis-server and redis-cli, which scripts/test installs.
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -274,12 +273,6 @@ class SentinelServers:
         self.sentinels.clear()
         self.master.kill()
         self.replica.kill()
-
-
-def port_open(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.2)
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def raw_client(url: str, **options: object) -> Any:

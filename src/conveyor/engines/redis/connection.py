@@ -186,7 +186,6 @@ class RedisBase:
     ) -> None:
         target = parse_url(url)
         redis_url, self.prefix, self.url = target.redis_url, target.prefix, target.shown
-        self._target = target
         self._clock = clock
         # `?socket_connect_timeout=` / `?socket_timeout=` (seconds), defaults 2 and 5.
         connect_timeout, self._timeout = url_timeouts(redis_url)

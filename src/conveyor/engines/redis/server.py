@@ -26,7 +26,7 @@ async def read_server(
     Raises:
         redis.exceptions.RedisError: the server cannot be reached (callers translate).
     """
-    # Four round trips, once per connect: a cluster pipeline cannot aim at one node.
+    # One call each, once per connect: a cluster pipeline cannot aim at one node.
     server = await client.info("server", **route)
     persistence = await client.info("persistence", **route)
     memory = await client.info("memory", **route)

@@ -266,3 +266,23 @@ async def test_enqueues_commit_with_the_urls_sync_level(sqlite_url: str) -> None
         await eng.enqueue([new()])
         assert await eng._call(level) == after_enqueue
         await eng.close()
+
+
+async def test_close_commits_the_writes_already_queued(sqlite_url: str) -> None:
+    """Writes in flight when `close` is called are committed and answered, not refused."""
+    eng = SqliteEngine(sqlite_url)
+    await eng.connect()
+    gate = threading.Event()
+    held = asyncio.ensure_future(eng._call(lambda conn: gate.wait(10)))
+    await asyncio.sleep(0.05)
+    tasks = [asyncio.ensure_future(eng.enqueue([new()])) for _ in range(50)]
+    await asyncio.sleep(0)  # every write is queued behind the held thread
+    closing = asyncio.ensure_future(eng.close())
+    await asyncio.sleep(0.05)
+    gate.set()
+    await asyncio.gather(held, closing)
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert not [r for r in results if isinstance(r, BaseException)], results
+    again = SqliteEngine(sqlite_url)
+    assert (await again.counts("q")).pending == 50
+    await again.close()

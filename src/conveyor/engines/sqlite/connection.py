@@ -350,6 +350,7 @@ class SqliteCore:
             self._wakeups.close()
 
         def shut() -> None:
+            self._group.run_queued()
             conn, self._conn = self._conn, None
             if conn is not None and conn is not self._kept:
                 conn.close()

@@ -112,17 +112,7 @@ class GroupCommit:
         is queued behind the reads that are already waiting, so a stream of writes
         cannot starve them.
         """
-        with self._lock:
-            group, self._queued = self._queued, []
-        if group:
-            try:
-                self._run_group(group)
-            except BaseException as exc:  # a bug in the group runner: answer everyone
-                for w in group:
-                    w.outcome = (False, exc)
-            self.groups += 1
-            self.writes += len(group)
-            self._answer(group)
+        self._run_once()
         with self._lock:
             if not self._queued:
                 self._scheduled = False
@@ -136,6 +126,28 @@ class GroupCommit:
         for w in left:
             w.outcome = (False, closed())
         self._answer(left)
+
+    def _run_once(self) -> bool:
+        """Run and answer everything queued now as one group; False when nothing was."""
+        with self._lock:
+            group, self._queued = self._queued, []
+        if not group:
+            return False
+        try:
+            self._run_group(group)
+        except BaseException as exc:  # a bug in the group runner: answer everyone
+            for w in group:
+                w.outcome = (False, exc)
+        self.groups += 1
+        self.writes += len(group)
+        self._answer(group)
+        return True
+
+    def run_queued(self) -> None:
+        """Run every write still queued, now (on the engine's thread, just before the
+        connection closes): a write queued before `close` is committed, not refused."""
+        while self._run_once():
+            pass
 
     @staticmethod
     def _answer(writes: list[Write]) -> None:

@@ -1,6 +1,7 @@
 """SQLite cross-process pickup latency (W2's protocol, without Redis), per source tree.
 
     .venv/bin/python bench/sqlite_pickup.py --src /work/main/src --src src --reps 3
+    .venv/bin/python bench/sqlite_pickup.py --query '?synchronous=normal'   # also NORMAL
 
 Each rep runs every `--src` tree in turn (its ``conveyor`` package imported from there) on a
 fresh ``sqlite:///`` file: one ``conveyor worker`` process (concurrency 50), warmed with 20
@@ -73,7 +74,7 @@ def raw_commit_ms(directory: Path, n: int = 300) -> tuple[float, float]:
     return times[n // 2] * 1000, times[int(0.99 * (n - 1))] * 1000
 
 
-def run_once(src: str, jobs: int) -> list[float]:
+def run_once(src: str, jobs: int, query: str = "") -> list[float]:
     with tempfile.TemporaryDirectory(prefix="conveyor-pickup-") as tmp:
         d = Path(tmp)
         (d / "bench_app.py").write_text(textwrap.dedent(APP))
@@ -81,7 +82,7 @@ def run_once(src: str, jobs: int) -> list[float]:
         env = {
             **os.environ,
             "PYTHONPATH": f"{Path(src).resolve()}{os.pathsep}{d}",
-            "BENCH_URL": f"sqlite:///{d / 'bench.db'}",
+            "BENCH_URL": f"sqlite:///{d / 'bench.db'}{query}",
             "BENCH_OUT": str(out),
         }
         worker = subprocess.Popen(
@@ -92,7 +93,7 @@ def run_once(src: str, jobs: int) -> list[float]:
         try:
             subprocess.run(
                 [sys.executable, "-c", PRODUCER, str(jobs), str(WARM), "1.0"],
-                env=env, cwd=d, check=True, timeout=300,
+                env=env, cwd=d, check=True, timeout=300, capture_output=True,
             )  # fmt: skip
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
@@ -111,19 +112,28 @@ def main() -> None:
     parser.add_argument("--src", action="append", help="a tree holding conveyor/ (repeatable)")
     parser.add_argument("--jobs", type=int, default=500)
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument(
+        "--query", action="append", default=[], help="also run each tree with this URL query"
+    )
     args = parser.parse_args()
     srcs = args.src or [str(Path(__file__).resolve().parents[1] / "src")]
-    figures: dict[str, dict[str, list[float]]] = {s: {} for s in srcs}
+    cases = [(src, q) for src in srcs for q in ["", *args.query]]
+    figures: dict[str, dict[str, list[float]]] = {src + q: {} for src, q in cases}
     raw: list[tuple[float, float]] = []
     for rep in range(args.reps):
         with tempfile.TemporaryDirectory(prefix="conveyor-raw-") as tmp:
             raw.append(raw_commit_ms(Path(tmp)))
-        for src in srcs:
-            lat = sorted(run_once(src, args.jobs))
+        for src, query in cases:
+            try:
+                lat = sorted(run_once(src, args.jobs, query))
+            except subprocess.CalledProcessError:  # e.g. a tree without that option
+                print(f"{src}{query} failed", file=sys.stderr)
+                continue
+            f = figures[src + query]
             for name, q in (("p50", 0.50), ("p95", 0.95), ("p99", 0.99)):
-                figures[src].setdefault(name, []).append(lat[int(q * (len(lat) - 1))])
-            print(f"rep {rep + 1}/{args.reps} {src}: p50 {figures[src]['p50'][-1]:.2f} "
-                  f"p99 {figures[src]['p99'][-1]:.2f} ms", file=sys.stderr)  # fmt: skip
+                f.setdefault(name, []).append(lat[int(q * (len(lat) - 1))])
+            print(f"rep {rep + 1}/{args.reps} {src}{query}: p50 {f['p50'][-1]:.2f} "
+                  f"p99 {f['p99'][-1]:.2f} ms", file=sys.stderr)  # fmt: skip
 
     def cell(values: list[float]) -> str:
         return f"{statistics.median(values):.2f} ({min(values):.2f}–{max(values):.2f})"
@@ -133,6 +143,9 @@ def main() -> None:
     print(f"| src | W2 p50 (ms) | W2 p95 (ms) | W2 p99 (ms) | n={args.jobs} × {args.reps} reps |")
     print("|---|---|---|---|---|")
     for src, f in figures.items():
+        if not f:
+            print(f"| {src} | failed | failed | failed | |")
+            continue
         print(f"| {src} | {cell(f['p50'])} | {cell(f['p95'])} | {cell(f['p99'])} | |")
 
 

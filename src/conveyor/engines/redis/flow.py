@@ -17,10 +17,11 @@ from ... import lifecycle
 from ...job import EnqueueResult, JobState, NewJob, decode_lenient, queue_of
 from ..base import Exchange, Outcome
 from .bulk import bulk_waves
-from .connection import RedisBase, driver_errors, job_fields
+from .connection import driver_errors, job_fields
+from .pickup import RedisPickup
 
 
-class RedisFlow(RedisBase):
+class RedisFlow(RedisPickup):
     """Enqueue, exchange, heartbeat, progress, recovery (see `conveyor.engines.base`)."""
 
     @driver_errors
@@ -129,14 +130,16 @@ class RedisFlow(RedisBase):
                 # (see wait_for_jobs), so forget the ones before it.
                 if queue in self._woken:
                     self._woken[queue] = False
-                lost, due, claimed, recovered = await self._run(
+                lost, due, claimed, recovered, waiting = await self._run(
                     "exchange",
                     queue,
                     *self._exchange_args(outs, worker_id, lease_ms, max(remaining, 0)),
+                    *self._pickup_args(worker_id, queue, remaining),
                     remember=True,
                 )
                 result.lost.extend(lost)
                 result.recovered += recovered
+                result.jobs += self._after_exchange(worker_id, queue, waiting, lease_ms)
                 for flat in claimed:
                     result.jobs.append(decode_lenient(job_fields(flat)))
                 remaining = limit - len(result.jobs)
@@ -174,10 +177,10 @@ class RedisFlow(RedisBase):
                 (
                     self._exchange,
                     keys,
-                    [*header, *self._exchange_args(outs, worker_id, lease_ms, 0)],
+                    [*header, *self._exchange_args(outs, worker_id, lease_ms, 0), 0, 0],
                 )
             )
-        for lost, _, _, _ in await self._run_many(calls):
+        for lost, *_ in await self._run_many(calls):
             result.lost.extend(lost)
 
     @driver_errors

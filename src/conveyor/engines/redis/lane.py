@@ -171,6 +171,14 @@ class Lane:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connecting: asyncio.Future[_Protocol] | None = None
 
+    def sibling(self) -> Lane:
+        """A new lane to the same server with the same settings (a connection of its own,
+        for a blocking command that must not hold up this one's calls)."""
+        twin = Lane.__new__(Lane)
+        twin.__dict__.update(self.__dict__)
+        twin._proto = twin._loop = twin._connecting = None
+        return twin
+
     async def _connection(self) -> _Protocol:
         loop = asyncio.get_running_loop()
         proto = self._proto

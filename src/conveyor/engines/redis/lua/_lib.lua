@@ -24,6 +24,8 @@
 --   KEYS[22] tenant state index prefix "{p:q}:ts:" (a tenant's jobs in a state other
 --            than pending are in KEYS[22] .. state .. ':' .. tenant: derived like a
 --            bucket, same tag, same slot; see index / unindex)
+--   KEYS[23] waiting zset (idle workers that take handed jobs; see _pickup.lua)
+--   KEYS[24] inbox prefix "{p:q}:inbox:" (a worker's handed jobs: KEYS[24] .. worker)
 -- and the same ARGV header:
 --   ARGV[1]  wake-up channel   ARGV[2]  events stream max length   ARGV[3]  queue name
 --   ARGV[4]  now in ms from a test clock, or '' (production: Redis TIME, see _clock.lua)
@@ -33,7 +35,7 @@ local K_COMPLETED, K_FAILED, K_CANCELLED = KEYS[5], KEYS[6], KEYS[7]
 local K_DEDUPE, K_PAUSED, K_EVENTS, K_SEQ, K_FRONT = KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12]
 local K_TPENDING, K_TBUCKET, K_READY, K_TRUNNING = KEYS[13], KEYS[14], KEYS[15], KEYS[16]
 local K_LIMITS, K_RATE, K_TRATE, K_TURN = KEYS[17], KEYS[18], KEYS[19], KEYS[20]
-local K_SERVED, K_TSTATE = KEYS[21], KEYS[22]
+local K_SERVED, K_TSTATE, K_WAITING, K_INBOX = KEYS[21], KEYS[22], KEYS[23], KEYS[24]
 local WAKE_CHANNEL, EVENTS_MAXLEN, QUEUE = ARGV[1], ARGV[2], ARGV[3]
 local NOW = clock_ms(ARGV[4])
 

@@ -9,7 +9,8 @@
 -- Returns: flat array, 3 values per job in input order: id, created (1/0), state.
 --          A dedupe key held by an active job (or an id that already exists, i.e. a
 --          retried call whose reply was lost) yields that job with created = 0.
--- Touches: job hashes, pending (tenant jobs: tpending, their bucket, ready; reads served) or scheduled
+-- Touches: job hashes, a one-job call whose job an idle worker takes: waiting, its inbox,
+--          running (see _pickup.lua); pending (tenant jobs: tpending, their bucket, ready; reads served) or scheduled
 --          (tenant jobs: also ts:scheduled:<tenant>),
 --          dedupe, seq, events; PUBLISH on the wake channel when a bucket was empty.
 local W = 11
@@ -76,12 +77,14 @@ for i = 0, n - 1 do
     if dedupe_key ~= '' then
       redis.call('HSET', K_DEDUPE, dedupe_key, id)
     end
+    emit(id, jk, 'enqueued', nil, ARGV[b + 1], tenant, '0')
     if state == 'scheduled' then
       index(id, 'scheduled', due, tenant)
-    else
+    -- One job (a batch keeps its order through pending) may go straight to an idle
+    -- worker: see _pickup.lua.
+    elseif not (n == 1 and tenant == '' and hand_off(id)) then
       index_pending(id, score, tenant)
     end
-    emit(id, jk, 'enqueued', nil, ARGV[b + 1], tenant, '0')
     out[#out + 1] = id
     out[#out + 1] = 1
     out[#out + 1] = state

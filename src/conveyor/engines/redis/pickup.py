@@ -18,7 +18,6 @@ worker that died is recovered when its lease expires, like any claimed job.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -78,27 +77,33 @@ class RedisPickup(RedisWakeups):
         pickup: _Pickup | None = self._pickups.pop(worker_id, None)
         if pickup is None:
             return []
-        if pickup.reader is not None:
-            pickup.reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pickup.reader
-        if pickup.lane is not None:
-            pickup.lane.close()
-        jobs: list[Job] = pickup.handed
-        if pickup.queues:
+        queues, pickup.queues = list(pickup.queues), set()  # the reader ends after this
+        jobs: list[Job] = []
+        if queues:
             # ZREM first: once it ran, nothing more is handed to this worker, so the LPOP
-            # after it empties the inbox for good.
+            # after it empties the inbox for good. The empty entry then ends a BLPOP in
+            # flight (cancelling it could drop a job already on its way in its reply).
             commands: list[tuple[Any, ...]] = []
-            for queue in pickup.queues:
+            for queue in queues:
                 keys = self._q(queue, remember=True)[0]
-                commands.append(("ZREM", keys.waiting, f"{pickup.lease_ms}:{worker_id}"))
-                commands.append(("LPOP", keys.inbox(worker_id), 1000))
+                inbox = keys.inbox(worker_id)
+                commands += [
+                    ("ZREM", keys.waiting, f"{pickup.lease_ms}:{worker_id}"),
+                    ("LPOP", inbox, 1000),
+                    ("RPUSH", inbox, ""),
+                    ("PEXPIRE", inbox, int(BLOCK_S * 2000)),
+                ]
             assert self._lane is not None  # accept_handoffs checked
             replies = await self._lane.call_many(commands)
-            for reply in replies[1::2]:
-                for raw in reply or ():
-                    jobs.append(decode_lenient(job_fields(json.loads(raw))))
-        return jobs
+            for reply in replies[1::4]:
+                jobs += [_decode(raw) for raw in reply or () if raw]
+        if pickup.reader is not None:
+            # Bounded: one BLPOP at most, and Redis's connection may be gone.
+            await asyncio.wait([pickup.reader], timeout=BLOCK_S * 2)
+            pickup.reader.cancel()
+        if pickup.lane is not None:
+            pickup.lane.close()
+        return pickup.handed + jobs
 
     # --- the exchange's side ------------------------------------------------------------
     def _pickup_args(self, worker_id: str, queue: str, limit: int) -> list[Any]:
@@ -108,9 +113,7 @@ class RedisPickup(RedisWakeups):
             return [0, 0]
         return [WAIT_MS if limit > 0 else 0, 1 if queue in pickup.queues else 0]
 
-    def _after_exchange(
-        self, worker_id: str, queue: str, waiting: int, lease_ms: int
-    ) -> list[Job]:
+    def _after_exchange(self, worker_id: str, queue: str, waiting: int, lease_ms: int) -> list[Job]:
         """Record the reply's registration; returns the jobs read from the inbox so far
         (they go out with this exchange's claimed jobs)."""
         pickup: _Pickup | None = self._pickups.get(worker_id)
@@ -143,7 +146,12 @@ class RedisPickup(RedisWakeups):
                 log.warning("redis pickup reader: %s; retrying", exc)
                 await asyncio.sleep(0.5)
                 continue
-            if reply is None:
+            if reply is None or not reply[1]:  # timed out, or stop_handoffs' marker
                 continue
-            pickup.handed.append(decode_lenient(job_fields(json.loads(reply[1]))))
+            pickup.handed.append(_decode(reply[1]))
             self._notify()
+
+
+def _decode(raw: str) -> Job:
+    """A handed job as the inbox holds it: JSON of its flat HGETALL array."""
+    return decode_lenient(job_fields(json.loads(raw)))

@@ -119,7 +119,9 @@ local function take_inbox(worker, lease_ms)
   local inbox = K_INBOX .. worker
   local held = redis.call('LPOP', inbox, 1000)
   if held then
-    for _, raw in ipairs(held) do jobs[#jobs + 1] = cjson.decode(raw) end
+    for _, raw in ipairs(held) do
+      if raw ~= '' then jobs[#jobs + 1] = cjson.decode(raw) end -- '': see stop_handoffs
+    end
   end
   return jobs
 end

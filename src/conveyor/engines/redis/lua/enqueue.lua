@@ -6,7 +6,8 @@
 --          id, task, payload json, max_attempts, priority, tenant, dedupe_key,
 --          timeout_ms, backoff json, delay_ms, run_at_ms  ('' = none)
 --          (validated by the app before they get here: numbers are numbers)
--- Returns: flat array, 3 values per job in input order: id, created (1/0), state.
+-- Returns: flat array, 3 values per job in input order: id, created (1/0), state
+--          (running: handed to an idle worker).
 --          A dedupe key held by an active job (or an id that already exists, i.e. a
 --          retried call whose reply was lost) yields that job with created = 0.
 -- Touches: job hashes, a one-job call whose job an idle worker takes: waiting, its inbox,
@@ -82,7 +83,9 @@ for i = 0, n - 1 do
       index(id, 'scheduled', due, tenant)
     -- One job (a batch keeps its order through pending) may go straight to an idle
     -- worker: see _pickup.lua.
-    elseif not (n == 1 and tenant == '' and hand_off(id)) then
+    elseif n == 1 and tenant == '' and hand_off(id) then
+      state = 'running'
+    else
       index_pending(id, score, tenant)
     end
     out[#out + 1] = id

@@ -47,6 +47,13 @@ class RedisFlow(RedisPickup):
         """
         if not jobs:
             return []
+        if len(jobs) == 1 and jobs[0].queue in self._known_queues:
+            # The common single enqueue: one EVALSHA, no grouping into waves.
+            queue = jobs[0].queue
+            job_id, created, state = await self._eval(
+                self._enqueue, *self._enqueue_call(queue, jobs, (0,))
+            )
+            return [EnqueueResult(job_id, bool(created), JobState(state))]
         groups: dict[str, list[int]] = {}
         for i, job in enumerate(jobs):
             groups.setdefault(job.queue, []).append(i)

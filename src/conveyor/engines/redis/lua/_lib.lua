@@ -95,7 +95,8 @@ end
 
 -- Index a job as pending under `score`: a job without a tenant goes to K_PENDING, a
 -- tenant job to its tenant's bucket (and K_TPENDING, the index of all tenant jobs).
-local function index_pending(id, score, tenant)
+-- `was_empty`: whether the bucket was empty before, if the caller knows (nil: look).
+local function index_pending(id, score, tenant, was_empty)
   -- Idle workers sleep after a claim found nothing claimable, so a bucket that goes
   -- from empty to non-empty is the moment that needs a wake-up (a new tenant's jobs
   -- may be claimable while every other tenant is held back by its limit). It also joins
@@ -104,7 +105,7 @@ local function index_pending(id, score, tenant)
   -- ahead of the tenants served less recently.
   if tenant == '' then
     redis.call('ZADD', K_PENDING, num(score), id)
-    if redis.call('ZCARD', K_PENDING) == 1 then
+    if was_empty or (was_empty == nil and redis.call('ZCARD', K_PENDING) == 1) then
       redis.call('ZADD', K_READY, 'NX', redis.call('HGET', K_SERVED, '') or 0, '')
       wake_needed = true
     end

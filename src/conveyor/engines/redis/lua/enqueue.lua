@@ -83,8 +83,13 @@ for i = 0, n - 1 do
       index(id, 'scheduled', due, tenant)
     -- One job (a batch keeps its order through pending) may go straight to an idle
     -- worker: see _pickup.lua.
-    elseif n == 1 and tenant == '' and hand_off(id) then
-      state = 'running'
+    elseif n == 1 and tenant == '' then
+      local was_empty = redis.call('ZCARD', K_PENDING) == 0
+      if was_empty and hand_off(id) then
+        state = 'running'
+      else
+        index_pending(id, score, tenant, was_empty)
+      end
     else
       index_pending(id, score, tenant)
     end

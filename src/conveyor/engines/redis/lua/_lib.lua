@@ -222,12 +222,13 @@ end
 -- nil) is stored in the same write; `dedupe_key` as for release_dedupe; `tenant` as
 -- for unindex.
 local function finish(id, jk, state, result, dedupe_key, tenant)
+  -- The token is blanked in the same write ('' reads as none), not HDELed: one command
+  -- fewer per finished job (the hot path counts them).
   if result then
-    redis.call('HSET', jk, 'state', state, 'finished_ms', num(NOW), 'result', result)
+    redis.call('HSET', jk, 'state', state, 'finished_ms', num(NOW), 'token', '', 'result', result)
   else
-    redis.call('HSET', jk, 'state', state, 'finished_ms', num(NOW))
+    redis.call('HSET', jk, 'state', state, 'finished_ms', num(NOW), 'token', '')
   end
-  redis.call('HDEL', jk, 'token')
   if tenant == nil then tenant = redis.call('HGET', jk, 'tenant') end
   index(id, state, NOW, tenant)
   release_dedupe(id, jk, dedupe_key)

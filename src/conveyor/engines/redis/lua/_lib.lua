@@ -82,7 +82,9 @@ end
 -- 'back' after every job of its priority, 'front' before them (release on shutdown),
 -- 'keep' the score it had when it was last pushed (`kept`: stored in its hash as
 -- `score`; a job stored before scores were kept goes to the back).
-local function pending_score(priority, place, kept)
+-- `seq`: for 'back', a number the caller already took from K_SEQ (a batch takes its
+-- numbers with one INCRBY); nil = take one here.
+local function pending_score(priority, place, kept, seq)
   if place == 'keep' and kept then
     return kept
   end
@@ -90,7 +92,7 @@ local function pending_score(priority, place, kept)
   if place == 'front' then
     return base - redis.call('INCR', K_FRONT)
   end
-  return base + redis.call('INCR', K_SEQ)
+  return base + (seq or redis.call('INCR', K_SEQ))
 end
 
 -- Index a job as pending under `score`: a job without a tenant goes to K_PENDING, a

@@ -26,6 +26,10 @@ local function opt(fields, name, value)
 end
 
 local out = {}
+-- The batch's places in line, taken with one INCRBY (job i gets seq0 + i + 1).
+local seq0 = redis.call('INCRBY', K_SEQ, n) - n
+-- Once a job of this call is in K_PENDING it is not empty: no ZCARD per job after that.
+local filled = false
 for i = 0, n - 1 do
   local b = 6 + i * W
   local id = ARGV[b]
@@ -66,7 +70,7 @@ for i = 0, n - 1 do
       'attempt', 0, 'max_attempts', ARGV[b + 3], 'priority', ARGV[b + 4],
       'created_ms', num(NOW), 'state', state }
     -- A scheduled job gets its score too: it orders jobs due in the same ms (promote_due).
-    local score = pending_score(priority, 'back')
+    local score = pending_score(priority, 'back', nil, seq0 + i + 1)
     fields[#fields + 1] = 'score'
     fields[#fields + 1] = num(score)
     opt(fields, 'tenant', tenant)
@@ -83,12 +87,14 @@ for i = 0, n - 1 do
       index(id, 'scheduled', due, tenant)
     -- One job (a batch keeps its order through pending) may go straight to an idle
     -- worker: see _pickup.lua.
-    elseif n == 1 and tenant == '' then
-      local was_empty = redis.call('ZCARD', K_PENDING) == 0
-      if was_empty and hand_off(id) then
+    elseif tenant == '' then
+      local was_empty = false
+      if not filled then was_empty = redis.call('ZCARD', K_PENDING) == 0 end
+      if was_empty and n == 1 and hand_off(id) then
         state = 'running'
       else
         index_pending(id, score, tenant, was_empty)
+        filled = true
       end
     else
       index_pending(id, score, tenant)

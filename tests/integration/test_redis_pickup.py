@@ -161,3 +161,26 @@ async def test_the_next_exchange_returns_jobs_not_taken_yet(
 
     await eventually(arrived, timeout=5, message="the handed job")
     assert ids == [res.id]
+
+
+async def test_a_refused_blpop_falls_back_to_wake_ups(
+    worker: RedisEngine, producer: RedisEngine
+) -> None:
+    """If Redis refuses the BLPOP (a cluster refusing keys of several slots, say), the
+    worker stops registering and is woken to take what was handed: nothing is stranded."""
+    await go_idle(worker)
+    keys = worker._keys.queue("q")
+    # A wrong type makes the next BLPOP fail with WRONGTYPE, a refusal like CROSSSLOT.
+    await worker._client.set(keys.inbox("w1"), "not a list")
+
+    async def refused() -> bool:
+        return bool(worker._pickups["w1"].refused)
+
+    await eventually(refused, timeout=5, message="the reader gives up")
+    await worker._client.delete(keys.inbox("w1"))
+    # The idle worker was woken; its next exchange drops the registration for good.
+    await worker.wait_for_jobs(["q"], 0.01)
+    await go_idle(worker)
+    assert await worker._client.zcard(keys.waiting) == 0
+    [res] = await producer.enqueue([new()])
+    assert res.state is JobState.PENDING

@@ -50,6 +50,7 @@ class _Pickup:
     lane: Lane | None = None  # its blocking connection (BLPOP would stall the shared lane)
     reader: asyncio.Task[None] | None = None
     lease_ms: int = 0  # of the registrations (part of their member in the waiting zset)
+    refused: bool = False  # Redis refused the BLPOP: back to wake-ups only (see _read_inbox)
 
 
 class RedisPickup(RedisWakeups):
@@ -111,7 +112,8 @@ class RedisPickup(RedisWakeups):
         pickup: _Pickup | None = self._pickups.get(worker_id)
         if pickup is None:
             return [0, 0]
-        return [WAIT_MS if limit > 0 else 0, 1 if queue in pickup.queues else 0]
+        wait_ms = WAIT_MS if limit > 0 and not pickup.refused else 0
+        return [wait_ms, 1 if queue in pickup.queues else 0]
 
     def _after_exchange(self, worker_id: str, queue: str, waiting: int, lease_ms: int) -> list[Job]:
         """Record the reply's registration; returns the jobs read from the inbox so far
@@ -140,7 +142,15 @@ class RedisPickup(RedisWakeups):
             inboxes = [self._q(q, remember=True)[0].inbox(worker_id) for q in pickup.queues]
             try:
                 reply = await pickup.lane.call("BLPOP", *inboxes, BLOCK_S)
-            except (RedisConnectionError, ResponseError, OSError) as exc:
+            except ResponseError as exc:
+                # Refused, not lost (e.g. a cluster that will not BLPOP keys of several
+                # slots at once): stop registering. The next exchange, which this wakes,
+                # drops the registrations and takes what the inboxes hold.
+                log.warning("redis pickup disabled for worker %s: %s", worker_id, exc)
+                pickup.refused = True
+                self._wake_all()
+                return
+            except (RedisConnectionError, OSError) as exc:
                 # The worker's next exchange takes what the inbox holds; until then it
                 # is woken by pub/sub as before.
                 log.warning("redis pickup reader: %s; retrying", exc)

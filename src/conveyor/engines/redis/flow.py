@@ -4,7 +4,7 @@ heartbeats, progress, and expired-lease recovery (the hot path).
 Round trips are the cost (see bench/): a worker's `exchange`
 acknowledges its finished jobs and claims new ones from a queue in one script call, and
 a producer's `enqueue` stores a batch in one script call per queue and chunk of at most
-`lifecycle.BULK_BATCH` jobs (pipelined together, wave by wave).
+`bulk.ENQUEUE_CHUNK` jobs (pipelined together, wave by wave).
 What each outcome does to a job is decided by `conveyor.lifecycle` and applied in Lua.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 from ... import lifecycle
 from ...job import EnqueueResult, JobState, NewJob, decode_lenient, queue_of
 from ..base import Exchange, Outcome
-from .bulk import bulk_waves
+from .bulk import ENQUEUE_CHUNK, bulk_waves
 from .connection import driver_errors, job_fields
 from .pickup import RedisPickup
 
@@ -30,13 +30,13 @@ class RedisFlow(RedisPickup):
 
         A script blocks Redis while it runs (a 20,000-job call blocked every worker's
         claim and heartbeat for 391 ms), so each queue's jobs go in chunks of at most
-        `lifecycle.BULK_BATCH` (a few ms each). Wave k holds chunk k of every queue in one
+        `ENQUEUE_CHUNK` (about 3 ms each). Wave k holds chunk k of every queue in one
         round trip; the next wave is sent only after it succeeded, so other clients'
         commands run between chunks. What that promises (the README says it too):
 
             every chunk is all or nothing; if a wave fails, the call raises and the
             jobs stored are, per queue, a prefix of its jobs in input order (whole
-            chunks); a call of at most BULK_BATCH jobs per queue is all or nothing.
+            chunks); a call of at most ENQUEUE_CHUNK jobs per queue is all or nothing.
 
         Args:
             jobs: validated jobs.
@@ -57,7 +57,7 @@ class RedisFlow(RedisPickup):
         groups: dict[str, list[int]] = {}
         for i, job in enumerate(jobs):
             groups.setdefault(job.queue, []).append(i)
-        waves = bulk_waves(groups, lifecycle.BULK_BATCH)
+        waves = bulk_waves(groups, ENQUEUE_CHUNK)
         results: list[EnqueueResult | None] = [None] * len(jobs)
         for wave in waves:
             calls = [(self._enqueue, *self._enqueue_call(q, jobs, ix)) for q, ix in wave]

@@ -184,3 +184,23 @@ async def test_a_refused_blpop_falls_back_to_wake_ups(
     assert await worker._client.zcard(keys.waiting) == 0
     [res] = await producer.enqueue([new()])
     assert res.state is JobState.PENDING
+
+
+async def test_reporting_outcomes_keeps_an_idle_worker_registered(
+    worker: RedisEngine, producer: RedisEngine
+) -> None:
+    """An idle worker reports a finished job (an exchange with limit 0) and stays idle:
+    the next job is still handed to it, not left to a wake-up and a second claim."""
+    await go_idle(worker)
+    [first] = await producer.enqueue([new()])
+    [job] = await handed(worker)
+    await go_idle(worker)  # the claim loop's next claim finds nothing: registered again
+    done = await worker.exchange(
+        [Outcome(job.id, str(job.token), "complete", result_json="1")],
+        queues=["q"], limit=0, worker_id="w1", lease_ms=30_000,
+    )  # fmt: skip
+    assert done.lost == []
+    [second] = await producer.enqueue([new()])
+    assert second.state is JobState.RUNNING
+    assert [j.id for j in await handed(worker)] == [second.id]
+    assert first.id == job.id

@@ -141,12 +141,14 @@ class RedisFlow(RedisPickup):
                     "exchange",
                     queue,
                     *self._exchange_args(outs, worker_id, lease_ms, max(remaining, 0)),
-                    *self._pickup_args(worker_id, queue, remaining),
+                    *self._pickup_args(worker_id, queue, max(remaining, 0)),
                     remember=True,
                 )
                 result.lost.extend(lost)
                 result.recovered += recovered
-                result.jobs += self._after_exchange(worker_id, queue, waiting, lease_ms)
+                result.jobs += self._after_exchange(
+                    worker_id, queue, max(remaining, 0), waiting, lease_ms
+                )
                 for flat in claimed:
                     result.jobs.append(decode_lenient(job_fields(flat)))
                 remaining = limit - len(result.jobs)

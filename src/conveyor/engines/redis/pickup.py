@@ -110,18 +110,23 @@ class RedisPickup(RedisWakeups):
     def _pickup_args(self, worker_id: str, queue: str, limit: int) -> list[Any]:
         """The two ARGV values that end an exchange call (see exchange.lua)."""
         pickup: _Pickup | None = self._pickups.get(worker_id)
-        if pickup is None:
+        if pickup is None or limit <= 0:
+            # An exchange that only reports outcomes leaves the registration alone: the
+            # worker is still idle, and a job handed meanwhile stays for the reader.
             return [0, 0]
-        wait_ms = WAIT_MS if limit > 0 and not pickup.refused else 0
-        return [wait_ms, 1 if queue in pickup.queues else 0]
+        return [0 if pickup.refused else WAIT_MS, 1 if queue in pickup.queues else 0]
 
-    def _after_exchange(self, worker_id: str, queue: str, waiting: int, lease_ms: int) -> list[Job]:
-        """Record the reply's registration; returns the jobs read from the inbox so far
-        (they go out with this exchange's claimed jobs)."""
+    def _after_exchange(
+        self, worker_id: str, queue: str, limit: int, waiting: int, lease_ms: int
+    ) -> list[Job]:
+        """Record the reply's registration (only a claim's reply says; see `_pickup_args`);
+        returns the jobs read from the inbox so far (they go out with this exchange's)."""
         pickup: _Pickup | None = self._pickups.get(worker_id)
         if pickup is None:
             return []
-        if waiting:
+        if limit <= 0:
+            pass
+        elif waiting:
             pickup.queues.add(queue)
             pickup.lease_ms = lease_ms
             if pickup.reader is None or pickup.reader.done():

@@ -187,7 +187,7 @@ def w2_worker(url: str, pickup: bool) -> None:
     if not pickup:
         from conveyor.engines.redis import RedisEngine
 
-        RedisEngine.accept_handoffs = lambda self, worker_id: None  # type: ignore[method-assign]
+        RedisEngine.accept_handoffs = lambda *args: None  # type: ignore[method-assign]
     app = Conveyor(url)
     r = redis.Redis.from_url(url.split("?")[0])
 

@@ -40,7 +40,7 @@ window reopens, and a job of a limited queue that stops running wakes idle worke
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from ..job import EnqueueResult, Job, JobState, NewJob
@@ -311,8 +311,9 @@ class HandsOff(Protocol):
     under a lease, exactly as `exchange` would have claimed it; a worker that never calls
     `accept_handoffs` is never handed anything."""
 
-    def accept_handoffs(self, worker_id: str) -> None:
-        """`worker_id` takes handed jobs from now on (when its claims find none)."""
+    def accept_handoffs(self, worker_id: str, on_handed: Callable[[], None] | None = None) -> None:
+        """`worker_id` takes handed jobs from now on (when its claims find none);
+        `on_handed` is called (on the event loop) as soon as one arrives."""
 
     def take_handed(self, worker_id: str) -> list[Job]:
         """Jobs handed to `worker_id` since the last call (`wait_for_jobs` returns when

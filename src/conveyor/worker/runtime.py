@@ -214,7 +214,7 @@ class Worker:
         check_engine(engine, role="worker", require_noeviction=self.require_noeviction)
         await self._apply_limits(engine)
         if isinstance(engine, HandsOff):  # one-hop pickup: idle, it is handed new jobs
-            engine.accept_handoffs(self.id)
+            engine.accept_handoffs(self.id, lambda: self._take_handed(engine))
         if self.health_port:
             self._health = EmbeddedServer(
                 build_health_app(self), self.health_host, self.health_port
@@ -392,7 +392,13 @@ class Worker:
                     log.warning("waiting for jobs failed (%s: %s)", type(exc).__name__, exc)
             with contextlib.suppress(asyncio.CancelledError):
                 await local
-        if isinstance(engine, HandsOff):  # started from the reply that woke us
+        if isinstance(engine, HandsOff):
+            self._take_handed(engine)
+
+    def _take_handed(self, engine: HandsOff) -> None:
+        """Start the jobs handed to this worker, straight from the reply that brought
+        them (the engine calls this; not once shutdown began: _drain hands them back)."""
+        if not self.stopping:
             self._ready.extend(engine.take_handed(self.id))
             self._start_ready()
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,17 +51,20 @@ class _Pickup:
     lane: Lane | None = None  # its blocking connection (BLPOP would stall the shared lane)
     reader: asyncio.Task[None] | None = None
     lease_ms: int = 0  # of the registrations (part of their member in the waiting zset)
+    on_handed: Callable[[], None] | None = None  # see accept_handoffs
     refused: bool = False  # Redis refused the BLPOP: back to wake-ups only (see _read_inbox)
 
 
 class RedisPickup(RedisWakeups):
     """`accept_handoffs`, `take_handed`, `stop_handoffs` (see `engines.base.HandsOff`)."""
 
-    def accept_handoffs(self, worker_id: str) -> None:
+    def accept_handoffs(self, worker_id: str, on_handed: Callable[[], None] | None = None) -> None:
         """From now on `worker_id` registers for handed jobs when its claim finds none
-        (on a `rediss://` URL, where the lean lane is not used, nothing changes)."""
+        (on a `rediss://` URL, where the lean lane is not used, nothing changes), and
+        `on_handed` is called as soon as the reader has one: the worker starts it then,
+        without waiting for its idle wait to notice."""
         if self._lane is not None:
-            self._pickups.setdefault(worker_id, _Pickup())
+            self._pickups.setdefault(worker_id, _Pickup()).on_handed = on_handed
 
     def take_handed(self, worker_id: str) -> list[Job]:
         """Jobs handed to `worker_id` that arrived since the last call (claimed for it:
@@ -164,7 +168,9 @@ class RedisPickup(RedisWakeups):
             if reply is None or not reply[1]:  # timed out, or stop_handoffs' marker
                 continue
             pickup.handed.append(_decode(reply[1]))
-            self._notify()
+            if pickup.on_handed is not None:
+                pickup.on_handed()
+            self._notify()  # and the idle wait returns, so the worker claims again
 
 
 def _decode(raw: str) -> Job:

@@ -60,10 +60,11 @@ class RedisPickup(RedisWakeups):
 
     def accept_handoffs(self, worker_id: str, on_handed: Callable[[], None] | None = None) -> None:
         """From now on `worker_id` registers for handed jobs when its claim finds none
-        (on a `rediss://` URL, where the lean lane is not used, nothing changes), and
+        (only on one server over `redis://`, the plain `Lane`: on TLS, Cluster and Sentinel
+        nothing changes, since their inboxes would need routing and failover), and
         `on_handed` is called as soon as the reader has one: the worker starts it then,
         without waiting for its idle wait to notice."""
-        if self._lane is not None:
+        if type(self._lane) is Lane and self._ack is None:
             self._pickups.setdefault(worker_id, _Pickup()).on_handed = on_handed
 
     def take_handed(self, worker_id: str) -> list[Job]:
@@ -98,7 +99,7 @@ class RedisPickup(RedisWakeups):
                     ("RPUSH", inbox, ""),
                     ("PEXPIRE", inbox, int(BLOCK_S * 2000)),
                 ]
-            assert self._lane is not None  # accept_handoffs checked
+            assert isinstance(self._lane, Lane)  # accept_handoffs checked
             replies = await self._lane.call_many(commands)
             for reply in replies[1::4]:
                 jobs += [_decode(raw) for raw in reply or () if raw]
@@ -145,7 +146,7 @@ class RedisPickup(RedisWakeups):
     async def _read_inbox(self, worker_id: str, pickup: _Pickup) -> None:
         """BLPOP the worker's inboxes while it is registered anywhere."""
         if pickup.lane is None:
-            assert self._lane is not None  # accept_handoffs checked
+            assert isinstance(self._lane, Lane)  # accept_handoffs checked
             pickup.lane = self._lane.sibling()
         while pickup.queues:
             inboxes = [self._q(q, remember=True)[0].inbox(worker_id) for q in pickup.queues]

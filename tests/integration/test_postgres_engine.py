@@ -360,20 +360,89 @@ async def test_connections_killed_by_the_server_are_replaced(
 async def test_an_event_committed_late_is_never_skipped(
     engine: PostgresEngine, app: Conveyor, postgres_url: str
 ) -> None:
-    """Event ids come from a sequence when the row is written; a transaction that
-    commits after a later one must not land behind a reader's position (`app.wait`
-    would miss a job's end). Readers see an event once every older transaction ended."""
+    """Event ids come in commit order (migration 0005): a transaction that wrote its
+    event first but commits last is read after the one that committed first, and a
+    reader that has already passed that one still gets it."""
     # The queue's first job registers it; a transaction doing that first would make the
     # other enqueue wait for its COMMIT (the README says so).
     await engine.enqueue([app.build("t", {"n": "first"})])
     start = await engine.last_event_ids(["q"])
     async with await psycopg.AsyncConnection.connect(conninfo(postgres_url)) as slow:
-        [late] = await engine.enqueue_in(slow, [app.build("t", {"n": "late"})])  # id first
+        [late] = await engine.enqueue_in(slow, [app.build("t", {"n": "late"})])  # row first
         [early] = await engine.enqueue([app.build("t", {"n": "early"})])  # commits first
-        held = await engine.read_events(["q"], since=start, count=10, block_ms=0)
-        assert held == [], "nothing is settled while the older transaction runs"
+        seen = await engine.read_events(["q"], since=start, count=10, block_ms=0)
+        assert [e.job_id for e in seen] == [early.id], "the committed event is not held back"
         await slow.commit()
-    events = await engine.read_events(["q"], since=start, count=10, block_ms=5000)
-    assert [e.job_id for e in events] == [late.id, early.id]
+    events = await engine.read_events(["q"], since={"q": seen[-1].id}, count=10, block_ms=5000)
+    assert [e.job_id for e in events] == [late.id]
     after = await engine.read_events(["q"], since={"q": events[-1].id}, count=10, block_ms=0)
     assert after == []
+    everything = await engine.read_events(["q"], since=start, count=10, block_ms=0)
+    assert [e.job_id for e in everything] == [early.id, late.id]
+
+
+async def test_an_unrelated_open_transaction_does_not_delay_events(
+    engine: PostgresEngine, app: Conveyor, postgres_url: str
+) -> None:
+    """A long transaction elsewhere (here: one holding a transaction id, so it pins the
+    server's xmin, on the same database) delays no event; so does an open transaction
+    that wrote events of its own but has not committed."""
+    await engine.enqueue([app.build("t", {"n": "first"})])
+    start = await engine.last_event_ids(["q"])
+    async with (
+        await psycopg.AsyncConnection.connect(conninfo(postgres_url)) as idle,
+        await psycopg.AsyncConnection.connect(conninfo(postgres_url)) as writer,
+    ):
+        await idle.execute("SELECT pg_current_xact_id()")  # an xid, left open
+        await engine.enqueue_in(writer, [app.build("t", {"n": "uncommitted"})])
+        [job] = await engine.enqueue([app.build("t", {"n": "now"})])
+        events = await engine.read_events(["q"], since=start, count=10, block_ms=0)
+        assert [(e.kind, e.job_id) for e in events] == [("enqueued", job.id)]
+        # A worker's events (started, completed) are readable while both stay open.
+        [claimed] = await claim(engine, 1)
+        assert claimed.id != job.id  # "first" is older
+        more = await engine.read_events(["q"], since={"q": events[-1].id}, count=10, block_ms=0)
+        assert [(e.kind, e.job_id) for e in more] == [("started", claimed.id)]
+        await writer.rollback()
+
+
+async def test_concurrent_writers_events_are_read_once_each_in_commit_order(
+    engine: PostgresEngine, app: Conveyor, postgres_url: str
+) -> None:
+    """Writers commit in an order unrelated to when they wrote, while a reader tails the
+    log: it reads every event exactly once, positions never go back."""
+    await engine.enqueue([app.build("t", {"n": "first"})])
+    position = await engine.last_event_ids(["q"])
+    writers, per_writer = 6, 15
+    made: list[str] = []
+    done = asyncio.Event()
+
+    async def write(w: int) -> None:
+        async with await psycopg.AsyncConnection.connect(conninfo(postgres_url)) as conn:
+            for i in range(per_writer):
+                [res] = await engine.enqueue_in(conn, [app.build("t", {"w": w, "i": i})])
+                await asyncio.sleep(((w * 7 + i * 3) % 5) / 1000)  # commits interleave
+                await conn.commit()
+                made.append(res.id)
+
+    async def writers_run() -> None:
+        await asyncio.gather(*(write(w) for w in range(writers)))
+        done.set()
+
+    seen: list[str] = []
+    keys: list[tuple[int, int]] = []
+    task = asyncio.create_task(writers_run())
+    while True:
+        finished = done.is_set()
+        batch = await engine.read_events(["q"], since=position, count=7, block_ms=50)
+        for event in batch:
+            seen.append(event.job_id)
+            pos, _, row = event.id.partition("-")
+            keys.append((int(pos), int(row)))
+        if batch:
+            position = {"q": batch[-1].id}
+        elif finished:
+            break
+    await task
+    assert sorted(seen) == sorted(made) and len(seen) == writers * per_writer
+    assert keys == sorted(keys) and len(set(keys)) == len(keys)

@@ -184,3 +184,53 @@ BEGIN
     PERFORM pg_notify({channel}, 'events');
 END
 $$;
+
+-- apply_outcomes (contract as in 0002) in PL/pgSQL: a LANGUAGE sql function whose body
+-- writes is never inlined, so it was planned again on every call, twice per exchange
+-- (outcomes, then lease recovery, usually with nothing to recover); PL/pgSQL keeps the
+-- plan per connection, and an empty batch now returns before any statement.
+CREATE OR REPLACE FUNCTION {schema}.apply_outcomes(p_outcomes jsonb, p_now bigint)
+RETURNS TABLE (job_id text, job_queue text, target text)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+BEGIN
+    IF p_outcomes IS NULL OR jsonb_array_length(p_outcomes) = 0 THEN
+        RETURN;
+    END IF;
+    RETURN QUERY
+    WITH x AS (
+        SELECT o.id, o.token, o.result, o.err, o.data, t.event, t.append_error,
+            t.give_back_attempt, t.clear_started, t.place, t.store_result,
+            coalesce(o.delay_ms, 0) AS delay_ms,
+            CASE WHEN o.delay_ms > 0 AND t.later_state IS NOT NULL
+                 THEN t.later_state ELSE t.state END AS target,
+            CASE WHEN o.delay_ms > 0 AND t.later_state IS NOT NULL
+                 THEN t.later_finishes ELSE t.finishes END AS finishes
+        FROM jsonb_to_recordset(p_outcomes) AS o(id text, token text, kind text,
+            result text, err text, delay_ms bigint, data text)
+        JOIN {schema}.transitions t ON t.kind = o.kind
+    ), u AS (
+        UPDATE {schema}.jobs j SET state = x.target, token = NULL, lease_until_ms = NULL,
+            scheduled_ms = CASE x.target WHEN 'scheduled' THEN p_now + x.delay_ms
+                                         WHEN 'pending' THEN NULL ELSE j.scheduled_ms END,
+            seq = CASE WHEN x.target <> 'pending' THEN j.seq
+                       WHEN x.place = 'back' THEN nextval('{schema}.job_seq')
+                       WHEN x.place = 'front' THEN nextval('{schema}.front_seq')
+                       ELSE j.seq END,
+            finished_ms = CASE WHEN x.finishes THEN p_now ELSE j.finished_ms END,
+            errors = CASE WHEN x.append_error THEN {schema}.append_error(j.errors, x.err)
+                          ELSE j.errors END,
+            attempt = CASE WHEN x.give_back_attempt THEN greatest(0, j.attempt - 1)
+                           ELSE j.attempt END,
+            started_ms = CASE WHEN x.clear_started THEN NULL ELSE j.started_ms END,
+            result = CASE WHEN x.store_result THEN x.result ELSE j.result END
+        FROM x
+        WHERE j.id = x.id AND j.token = x.token AND j.state = 'running'
+        RETURNING j.id, j.queue, j.task, j.tenant, j.attempt, x.event, x.data, x.target
+    ), ev AS (
+        INSERT INTO {schema}.events (queue, kind, job_id, task, tenant, attempt, at_ms, data)
+        SELECT u.queue, u.event, u.id, u.task, u.tenant, u.attempt, p_now, u.data FROM u
+    )
+    SELECT u.id, u.queue, u.target FROM u;
+END
+$$;

@@ -446,3 +446,24 @@ async def test_concurrent_writers_events_are_read_once_each_in_commit_order(
     await task
     assert sorted(seen) == sorted(made) and len(seen) == writers * per_writer
     assert keys == sorted(keys) and len(set(keys)) == len(keys)
+
+
+async def test_commit_positions_are_trimmed_with_the_events_they_order(
+    postgres_url: str, app: Conveyor
+) -> None:
+    """One commit position per event-writing transaction; trimming the events trims the
+    positions no remaining event needs, and readers keep reading from the start."""
+    eng = PostgresEngine(postgres_url, events_maxlen=10)
+    await eng.connect()
+    try:
+        for i in range(150):  # 150 transactions, one event each
+            await eng.enqueue([app.build("t", {"i": i})])
+        await claim(eng, 1)  # an exchange trims once enough events were added
+        async with await psycopg.AsyncConnection.connect(conninfo(postgres_url)) as conn:
+            cur = await conn.execute(f"SELECT count(*) FROM {eng.schema_sql}.event_commits")
+            row = await cur.fetchone()
+            assert row is not None and row[0] <= 12
+        events = await eng.read_events(["q"], since={"q": "0"}, count=100, block_ms=0)
+        assert 10 <= len(events) <= 12 and events[-1].kind == "started"
+    finally:
+        await eng.close()

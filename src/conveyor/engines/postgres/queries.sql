@@ -118,7 +118,7 @@ ORDER BY priority DESC, seq LIMIT %(n)s;
 -- position is drawn at COMMIT under a lock, so none can appear behind a reader).
 SELECT e.id, e.queue, e.kind, e.job_id, e.task, e.tenant, e.attempt, e.at_ms, e.data, c.pos
 FROM {schema}.event_commits c
-JOIN {schema}.events e ON e.queue = %(queue)s AND e.xid = c.xid
+JOIN {schema}.events e ON e.xid = c.xid AND e.queue = %(queue)s
 WHERE c.pos >= %(pos)s AND (c.pos > %(pos)s OR e.id > %(id)s)
 ORDER BY c.pos, e.id LIMIT %(n)s;
 
@@ -129,11 +129,9 @@ SELECT coalesce(max(pos), 0) FROM {schema}.event_commits WHERE pos IS NOT NULL;
 
 -- name: trim_event_commits
 -- Commit positions of transactions none of whose events are left (events are trimmed
--- per queue, oldest first; every remaining event's transaction keeps its row).
-DELETE FROM {schema}.event_commits WHERE pos IS NOT NULL AND xid < (
-    SELECT min(o.xid) FROM {schema}.queues q
-    CROSS JOIN LATERAL (SELECT e.xid FROM {schema}.events e WHERE e.queue = q.name
-                        ORDER BY e.xid LIMIT 1) o);
+-- oldest first; every remaining event's transaction keeps its row).
+DELETE FROM {schema}.event_commits WHERE pos IS NOT NULL
+    AND xid < (SELECT min(xid) FROM {schema}.events);
 
 -- name: pause
 INSERT INTO {schema}.queues (name, paused) VALUES (%s, true)

@@ -71,8 +71,11 @@ CREATE CONSTRAINT TRIGGER event_commit AFTER INSERT ON {schema}.event_commits
     DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
     EXECUTE FUNCTION {schema}.event_commit();
 
--- The reader's index: commits of one queue's events, looked up by (queue, xid).
--- (events_read of 0001 is (queue, xid, id): exactly that.)
+-- Readers now find a commit's events by its xid (then keep their queue's): an index on
+-- xid alone replaces (queue, xid, id), which every event insert paid for with a text key.
+-- It also gives the oldest event's xid, below which commit positions are trimmed.
+CREATE INDEX IF NOT EXISTS events_xid ON {schema}.events (xid);
+DROP INDEX IF EXISTS {schema}.events_read;
 
 -- Enqueue (contract as in 0001): one INSERT for the batch, then the per-job path only
 -- for jobs that conflicted.

@@ -125,13 +125,12 @@ ORDER BY c.pos, e.id LIMIT %(n)s;
 -- name: read_horizon
 -- "Now" as a reader's position: the last commit position handed out and visible;
 -- every event still to come is in a later one.
-SELECT coalesce(max(pos), 0) FROM {schema}.event_commits WHERE pos IS NOT NULL;
+SELECT coalesce(max(pos), 0) FROM {schema}.event_commits;
 
 -- name: trim_event_commits
 -- Commit positions of transactions none of whose events are left (events are trimmed
 -- oldest first; every remaining event's transaction keeps its row).
-DELETE FROM {schema}.event_commits WHERE pos IS NOT NULL
-    AND xid < (SELECT min(xid) FROM {schema}.events);
+DELETE FROM {schema}.event_commits WHERE xid < (SELECT min(xid) FROM {schema}.events);
 
 -- name: pause
 INSERT INTO {schema}.queues (name, paused) VALUES (%s, true)

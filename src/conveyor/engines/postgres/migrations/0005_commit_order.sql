@@ -3,8 +3,8 @@
 -- 1. Event visibility. Until now a reader only read events of transactions older than
 --    the oldest transaction running anywhere on the server (`pg_snapshot_xmin`), so one
 --    long transaction in any database of the cluster held back every event. Now each
---    transaction that writes events gets a position in `event_commits` while it commits:
---    a deferred trigger takes an advisory lock of this schema, draws the next `pos` and
+--    transaction that writes events gets a row in `event_commits` while it commits: a
+--    deferred trigger takes an advisory lock of this schema, draws the next `pos` and
 --    keeps the lock until the transaction has committed (Postgres releases locks after
 --    a commit becomes visible). The next writer draws its position only after that, so
 --    positions are handed out in commit order, and once a reader sees position p every
@@ -12,7 +12,9 @@
 --    reads events by (commit position, id) and its position is "pos-id"; nothing can
 --    appear behind it, and an open transaction that wrote no events delays nobody. The
 --    lock is held only from the deferred trigger to the end of COMMIT, so writers of
---    events are serialised for their commit's WAL flush and nothing else.
+--    events are serialised for their commit's WAL flush and nothing else. (A caller's
+--    transaction that runs `SET CONSTRAINTS ALL IMMEDIATE` after enqueueing takes the
+--    lock at that statement instead, and holds it to its COMMIT: still correct, slower.)
 -- 2. `enqueue` inserts the whole batch with one INSERT ... SELECT (and one INSERT of its
 --    events) instead of a row-by-row loop; only jobs that hit a conflict (their id, or a
 --    dedupe key a live job holds) take the per-job path that names the holder.
@@ -22,10 +24,9 @@
 
 CREATE TABLE IF NOT EXISTS {schema}.event_commits (
     xid xid8 PRIMARY KEY,   -- the transaction that wrote the events (events.xid)
-    pos bigint              -- its commit position; NULL until it commits
+    pos bigint NOT NULL     -- its commit position
 ) WITH (autovacuum_vacuum_scale_factor = 0.02);
-CREATE UNIQUE INDEX IF NOT EXISTS event_commits_pos ON {schema}.event_commits (pos)
-    WHERE pos IS NOT NULL;
+CREATE UNIQUE INDEX IF NOT EXISTS event_commits_pos ON {schema}.event_commits (pos);
 CREATE SEQUENCE IF NOT EXISTS {schema}.event_pos;
 
 -- Events written before this migration keep the positions readers already hold: their
@@ -39,36 +40,32 @@ SELECT setval('{schema}.event_pos', greatest(
     (SELECT coalesce(max(pos), 0) FROM {schema}.event_commits),
     (SELECT last_value FROM {schema}.event_pos)));
 
--- Registers the writing transaction once (any statement that added events).
-CREATE OR REPLACE FUNCTION {schema}.events_added() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    IF EXISTS (SELECT 1 FROM added) THEN
-        INSERT INTO {schema}.event_commits (xid) VALUES (pg_current_xact_id())
-            ON CONFLICT (xid) DO NOTHING;
-    END IF;
-    RETURN NULL;
-END
-$$;
-DROP TRIGGER IF EXISTS events_added ON {schema}.events;
-CREATE TRIGGER events_added AFTER INSERT ON {schema}.events
-    REFERENCING NEW TABLE AS added FOR EACH STATEMENT
-    EXECUTE FUNCTION {schema}.events_added();
-
 -- At COMMIT (deferred): the transaction's position, drawn under the schema's lock for
 -- commit order (held until the commit is visible, see above).
 CREATE OR REPLACE FUNCTION {schema}.event_commit() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM pg_advisory_xact_lock(hashtext({channel} || ':event-order'));
-    UPDATE {schema}.event_commits SET pos = nextval('{schema}.event_pos')
-        WHERE xid = NEW.xid;
+    INSERT INTO {schema}.event_commits (xid, pos)
+        VALUES (NEW.xid, nextval('{schema}.event_pos'))
+        ON CONFLICT (xid) DO NOTHING;
     RETURN NULL;
 END
 $$;
-DROP TRIGGER IF EXISTS event_commit ON {schema}.event_commits;
-CREATE CONSTRAINT TRIGGER event_commit AFTER INSERT ON {schema}.event_commits
+-- Queued once per transaction: the WHEN (evaluated as each event row is inserted, from
+-- built-ins only, so it costs no function call) is true for the first event row of the
+-- transaction and notes the transaction in a transaction-local setting. A savepoint
+-- rolled back undoes both the note and the queued trigger, so the next row queues it
+-- again; another schema's events in the same transaction overwrite the note, which only
+-- queues a second trigger that finds its row there.
+DROP TRIGGER IF EXISTS event_commit ON {schema}.events;
+CREATE CONSTRAINT TRIGGER event_commit AFTER INSERT ON {schema}.events
     DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
+    WHEN (CASE WHEN current_setting('conveyor.event_tx', true)
+                    = {channel} || ':' || pg_current_xact_id()::text THEN false
+               ELSE set_config('conveyor.event_tx',
+                               {channel} || ':' || pg_current_xact_id()::text, true)
+                    IS NOT NULL END)
     EXECUTE FUNCTION {schema}.event_commit();
 
 -- Readers now find a commit's events by its xid (then keep their queue's): an index on

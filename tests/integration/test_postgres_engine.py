@@ -476,11 +476,11 @@ async def test_events_written_after_a_rolled_back_savepoint_are_read(
     is undone by ROLLBACK TO SAVEPOINT, the next event row queues it again."""
     await engine.enqueue([app.build("t", {"n": "first"})])
     start = await engine.last_event_ids(["q"])
-    async with await psycopg.AsyncConnection.connect(conninfo(postgres_url)) as conn:
-        async with conn.transaction():
-            async with conn.transaction():  # a savepoint, rolled back
-                await engine.enqueue_in(conn, [app.build("t", {"n": "undone"})])
-                raise psycopg.Rollback()
-            [kept] = await engine.enqueue_in(conn, [app.build("t", {"n": "kept"})])
+    conn = await psycopg.AsyncConnection.connect(conninfo(postgres_url))
+    async with conn, conn.transaction():
+        async with conn.transaction():  # a savepoint, rolled back
+            await engine.enqueue_in(conn, [app.build("t", {"n": "undone"})])
+            raise psycopg.Rollback()
+        [kept] = await engine.enqueue_in(conn, [app.build("t", {"n": "kept"})])
     events = await engine.read_events(["q"], since=start, count=10, block_ms=2000)
     assert [(e.kind, e.job_id) for e in events] == [("enqueued", kept.id)]

@@ -484,3 +484,31 @@ async def test_events_written_after_a_rolled_back_savepoint_are_read(
         [kept] = await engine.enqueue_in(conn, [app.build("t", {"n": "kept"})])
     events = await engine.read_events(["q"], since=start, count=10, block_ms=2000)
     assert [(e.kind, e.job_id) for e in events] == [("enqueued", kept.id)]
+
+
+async def test_events_from_before_commit_order_keep_their_positions(
+    engine: PostgresEngine, app: Conveyor, postgres_url: str
+) -> None:
+    """Upgrading to migration 0005: events already written get their transaction id as
+    commit position (what their old "xid-id" ids named), and new ones sort after them."""
+    [old] = await engine.enqueue([app.build("t", {"n": "old"})])
+    await engine.close()
+    async with await psycopg.AsyncConnection.connect(
+        conninfo(postgres_url), autocommit=True
+    ) as conn:  # back to a schema 0005 never touched: no commit positions
+        await conn.execute(f"DROP TABLE {engine.schema_sql}.event_commits")
+        await conn.execute(f"DROP SEQUENCE {engine.schema_sql}.event_pos")
+        await conn.execute(f"DELETE FROM {engine.schema_sql}.schema_migrations WHERE version = 5")
+        cur = await conn.execute(f"SELECT xid::text, id FROM {engine.schema_sql}.events")
+        [(xid, row_id)] = await cur.fetchall()
+    again = PostgresEngine(postgres_url)
+    await again.connect()
+    try:
+        [new] = await again.enqueue([app.build("t", {"n": "new"})])
+        events = await again.read_events(["q"], since={"q": "0"}, count=10, block_ms=0)
+        assert (events[0].job_id, events[0].id) == (old.id, f"{xid}-{row_id}")
+        assert [e.job_id for e in events] == [old.id, new.id]
+        later = await again.read_events(["q"], since={"q": events[0].id}, count=10, block_ms=0)
+        assert [e.job_id for e in later] == [new.id]
+    finally:
+        await again.close()

@@ -21,6 +21,7 @@ from ..job import (
     encode_payload,
     new_job_id,
 )
+from ..partitions import check_layout, logical
 from ..payloads import payload_json
 from ..tracing import TRACE_KEY
 from .checks import (
@@ -117,14 +118,16 @@ class Producer(AppCore):
         tenant = check_label("tenant", options.get("tenant"), 128)
         dedupe_key = check_label("dedupe_key", options.get("dedupe_key"), 512)
         body = payload_json({} if payload is None else payload, model)
-        job_id = new_job_id(queue)
+        # A partitioned queue's job is stored in one of its partitions (partitions.py).
+        stored_in = self.partitions.route(queue, tenant, dedupe_key)
+        job_id = new_job_id(stored_in)
         if self.tracing is not None:
             carrier = self.tracing.enqueued(task, queue, job_id)
             if carrier and isinstance(body, dict):
                 body = {**body, TRACE_KEY: carrier}
         return NewJob(
             id=job_id,
-            queue=queue,
+            queue=stored_in,
             task=task,
             payload_json=encode_payload(body, self.max_payload_bytes),
             max_attempts=max_attempts,
@@ -215,11 +218,13 @@ class Producer(AppCore):
         """
         if not jobs:
             return []
+        await self._check_layouts(jobs)
         return await (await self.connect()).enqueue(jobs)
 
     async def _store(self, jobs: Sequence[NewJob]) -> list[Enqueued]:
         if not jobs:
             return []
+        await self._check_layouts(jobs)
         engine = await self.connect()
         results = await engine.enqueue(jobs)
         now = self.clock.now()
@@ -230,6 +235,16 @@ class Producer(AppCore):
                 continue
             out.append(Enqueued(self._own(self._assemble(new, res, now)), created=True))
         return out
+
+    async def _check_layouts(self, jobs: Sequence[NewJob]) -> None:
+        """Once per process and partitioned queue, before its first job is stored:
+        refuse a partition count that differs from the layout its live jobs are in."""
+        for new in jobs:
+            queue = logical(new.queue)
+            if queue == new.queue or queue in self._layouts_checked:
+                continue
+            await check_layout(await self.connect(), queue, self.partitions.count(queue))
+            self._layouts_checked.add(queue)
 
     @staticmethod
     def _assemble(new: NewJob, res: EnqueueResult, now: float) -> Job:

@@ -15,11 +15,13 @@ This module is the whole mapping, decided once above storage:
 * **Routing** (`route_index`): by a stable hash of the tenant, else of the dedupe key,
   else round-robin. A tenant's jobs therefore always share one partition, so
   per-tenant fairness, `tenant_concurrency` and `tenant_rate` hold exactly.
-* **Dedupe.** The dedupe check is the engine's, inside one partition. Two jobs that
-  could collide always meet in the same partition: jobs without a tenant are placed by
-  their dedupe key, jobs with a tenant by the tenant. So a dedupe key is unique per
-  queue among jobs without a tenant, and per (queue, tenant) among a tenant's jobs —
-  on a partitioned queue, dedupe keys are scoped to the tenant.
+* **Dedupe.** The dedupe check is the engine's, inside one partition, so two jobs
+  that must collide have to meet in the same partition. Jobs without a tenant are
+  placed by their dedupe key: the key is unique across the whole queue. Jobs with a
+  tenant are placed by the tenant, so their key is stored scoped to it
+  (`tenant_scoped_key`, the form the HTTP API already uses for tenant callers): it is
+  unique per (queue, tenant), and two tenants never meet on a key by the accident of
+  sharing a partition.
 * **Claiming** (`Rotation`): a worker visits the partitions of a queue starting one
   further on each exchange, so no partition starves while another has work.
 * **Queue-wide limits** (`split_limits`): `concurrency` and `rate` are split across
@@ -106,6 +108,12 @@ def route_index(count: int, tenant: str | None, dedupe_key: str | None, turn: in
     if key is None:
         return turn % count
     return zlib.crc32(key.encode()) % count
+
+
+def tenant_scoped_key(tenant: str, key: str) -> str:
+    """The dedupe key stored for a tenant's job on a partitioned queue:
+    `tenant:<len(tenant)>:<tenant>:<key>` (the length says where the tenant ends)."""
+    return f"tenant:{len(tenant)}:{tenant}:{key}"
 
 
 def fixed_home(queue: str, tenant: str | None, dedupe_key: str | None, key: str) -> str:
@@ -232,13 +240,19 @@ class PartitionMap:
         """Partitions of `queue` (1 when it is not partitioned)."""
         return self.counts.get(queue, 1)
 
-    def route(self, queue: str, tenant: str | None, dedupe_key: str | None) -> str:
-        """The physical queue a new job of `queue` goes to (see `route_index`)."""
+    def route(
+        self, queue: str, tenant: str | None, dedupe_key: str | None
+    ) -> tuple[str, str | None]:
+        """The physical queue a new job of `queue` goes to (see `route_index`), and the
+        dedupe key it is stored with (scoped to the tenant on a partitioned queue)."""
         count = self.counts.get(queue, 1)
         if count == 1:
-            return queue
+            return queue, dedupe_key
         turn = next(self._turn) if tenant is None and dedupe_key is None else 0
-        return partition_queue(queue, route_index(count, tenant, dedupe_key, turn), count)
+        home = partition_queue(queue, route_index(count, tenant, dedupe_key, turn), count)
+        if tenant is not None and dedupe_key is not None:
+            dedupe_key = tenant_scoped_key(tenant, dedupe_key)
+        return home, dedupe_key
 
     def physical(self, queues: Iterable[str]) -> list[str]:
         """Every physical queue of `queues` in their declared layouts, in order."""
@@ -261,9 +275,10 @@ class Rotation:
         self._rotating = any(len(names) > 1 for names in self._groups)
         self._turn = 0
 
-    def next(self) -> tuple[str, ...]:
-        """The physical queues to claim from in this exchange."""
-        if not self._rotating:
+    def next(self, claiming: bool = True) -> tuple[str, ...]:
+        """The physical queues of this exchange; the turn moves on only when it claims
+        (an exchange that only reports outcomes would otherwise skip a partition)."""
+        if not self._rotating or not claiming:
             return self.all
         turn = self._turn
         self._turn += 1

@@ -345,9 +345,7 @@ class Scheduler:
         """The job of one occurrence: validated like any enqueue, with its fixed id."""
         new = self.app.build(spec.task, spec.payload, queue=spec.queue, **spec.options)
         queue = fixed_home(new.queue, new.tenant, new.dedupe_key, f"{spec.name}@{at_ms}")
-        return dataclasses.replace(
-            new, queue=queue, id=occurrence_job_id(queue, spec.name, at_ms)
-        )
+        return dataclasses.replace(new, queue=queue, id=occurrence_job_id(queue, spec.name, at_ms))
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:

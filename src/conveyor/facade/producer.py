@@ -119,7 +119,7 @@ class Producer(AppCore):
         dedupe_key = check_label("dedupe_key", options.get("dedupe_key"), 512)
         body = payload_json({} if payload is None else payload, model)
         # A partitioned queue's job is stored in one of its partitions (partitions.py).
-        stored_in = self.partitions.route(queue, tenant, dedupe_key)
+        stored_in, dedupe_key = self.partitions.route(queue, tenant, dedupe_key)
         job_id = new_job_id(stored_in)
         if self.tracing is not None:
             carrier = self.tracing.enqueued(task, queue, job_id)

@@ -338,7 +338,7 @@ class Worker:
         try:
             result = await engine.exchange(
                 outcomes,
-                queues=self.rotation.next(),
+                queues=self.rotation.next(limit > 0),
                 limit=limit,
                 worker_id=self.id,
                 lease_ms=self.lease_ms,

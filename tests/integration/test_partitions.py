@@ -134,7 +134,9 @@ async def test_retry_all_clean_and_purge_act_on_every_partition(app: Conveyor) -
         await app.enqueue("send", {"fail": True}, max_attempts=1, tenant=f"t{i}")
     await asyncio.wait_for(burst(app).run(), 30)
     assert (await app.counts(QUEUE)).failed == 10
-    assert await app.retry_all(QUEUE) == 10
+    one = (await app.list_jobs(QUEUE, JobState.FAILED, limit=1)).jobs[0]
+    assert (await app.retry_job(one.id)).queue == QUEUE
+    assert await app.retry_all(QUEUE) == 9
     assert (await app.counts(QUEUE)).pending == 10
     await asyncio.wait_for(burst(app).run(), 30)
     assert await app.clean(QUEUE, JobState.FAILED, 0, limit=4) == 4

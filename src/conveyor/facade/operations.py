@@ -313,11 +313,8 @@ class Operations(AppCore):
     # --- events --------------------------------------------------------------------------
     async def event_positions(self, queues: Sequence[str]) -> dict[str, str]:
         """The newest event id of each queue ("0" when none): pass it back to
-        `read_events` to read from now on (a partitioned queue's are per partition)."""
-        return await (await self.connect()).last_event_ids(await self._physical(queues))
-
-    async def _physical(self, queues: Sequence[str]) -> list[str]:
-        return [name for queue in queues for name in await self.partitions_of(queue)]
+        `read_events` to read from now on."""
+        return await (await self.connect()).last_event_ids(queues)
 
     async def read_events(
         self,
@@ -330,7 +327,7 @@ class Operations(AppCore):
         """Events of `queues` after `since` (queue -> last id seen), waiting up to
         `block_ms` for the first one; at most `count`."""
         return await (await self.connect()).read_events(
-            await self._physical(queues), since=since, count=count, block_ms=block_ms
+            queues, since=since, count=count, block_ms=block_ms
         )
 
     async def events(
@@ -470,7 +467,7 @@ class Operations(AppCore):
             InvalidState: it is not failed or cancelled, or its dedupe key is now held by
                 another live job (nothing changes).
         """
-        return await (await self.connect()).retry_job(job_id)
+        return self._own(await (await self.connect()).retry_job(job_id))
 
     async def cancel_job(self, job_id: str) -> Job:
         """Cancel a scheduled, pending or running job (a running one's lease is revoked).
@@ -478,7 +475,7 @@ class Operations(AppCore):
         Raises:
             JobNotFound, InvalidState: no such job, or it is already finished.
         """
-        return await (await self.connect()).cancel_job(job_id)
+        return self._own(await (await self.connect()).cancel_job(job_id))
 
     async def promote_job(self, job_id: str) -> Job:
         """Run a scheduled (delayed or retry-waiting) job now.
@@ -486,7 +483,7 @@ class Operations(AppCore):
         Raises:
             JobNotFound, InvalidState: no such job, or it is not scheduled.
         """
-        return await (await self.connect()).promote_job(job_id)
+        return self._own(await (await self.connect()).promote_job(job_id))
 
     async def retry_all(self, queue: str, state: JobState | str = JobState.FAILED) -> int:
         """Retry every failed (or cancelled) job of `queue`; jobs whose dedupe key is

@@ -59,6 +59,17 @@ def cpu(port: int) -> float:
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
+def commands(port: int) -> int:
+    """Script calls the server has run (EVALSHA, EVAL, FCALL; the commands a script
+    runs inside are not counted): the round trips the hot path pays, which, unlike CPU
+    time, the load of other processes on the machine does not skew."""
+    stats = redis.Redis(port=port).info("commandstats")
+    return sum(
+        int(stats.get(f"cmdstat_{name}", {}).get("calls", 0))
+        for name in ("evalsha", "eval", "fcall")
+    )
+
+
 async def fill(url: str, jobs: int, shape: str) -> None:
     app = probe_app(url)
     if shape == "partitioned":
@@ -130,15 +141,17 @@ def run(
     url = f"{url}?prefix={prefix}"
     asyncio.run(fill(url, jobs, shape))
     before = [cpu(p) for p in ports]
+    calls_before = sum(commands(p) for p in ports)
     seconds = drain(url, procs, shape)
-    left = asyncio.run(pending(url))
     used = [cpu(p) - b for p, b in zip(ports, before, strict=True)]
+    calls = sum(commands(p) for p in ports) - calls_before
+    left = asyncio.run(pending(url))
     per_job_us = [u / jobs * 1e6 for u in used]
     shards = " ".join(f"{us:.0f}" for us in per_job_us)
     spread = placement(cluster, prefix, ports) if shape == "partitioned" else "-"
     print(
         f"| {name} | {LABELS[shape]} | {spread} | {procs} | {jobs / seconds:,.0f} | {shards} "
-        f"| {sum(per_job_us):.0f} |" + (f" {left} LEFT" if left else ""),
+        f"| {sum(per_job_us):.0f} | {calls / jobs:.2f} |" + (f" {left} LEFT" if left else ""),
         flush=True,
     )
 
@@ -172,9 +185,9 @@ def main() -> None:
         print(f"load average at start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
         print(
             "| engine | shape | partitions per master | worker processes | jobs/s "
-            "| Redis CPU µs/job per master | total |"
+            "| Redis CPU µs/job per master | total | script calls/job |"
         )
-        print("| --- | --- | --- | ---: | ---: | --- | ---: |")
+        print("| --- | --- | --- | ---: | ---: | --- | ---: | ---: |")
         for shape in args.shapes.split(","):
             for procs in (int(p) for p in args.procs.split(",")):
                 run("redis (1 server)", single.url, [single.port], args.jobs, procs, shape)

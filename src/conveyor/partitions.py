@@ -265,11 +265,15 @@ class Rotation:
 
     The engine's exchange fills a claim from the queues in the order given, so a fixed
     order would let the first partition of a busy queue take every claim while the
-    last one waits; starting one further each time gives each partition the first
-    pick once every N exchanges.
+    last one waits; starting one further each turn gives each partition the first pick
+    once every N turns. A turn lasts `stick` claiming exchanges: an exchange reports the
+    outcomes of the jobs the previous ones claimed in the same call as its claim only
+    when they come from the partition it claims from (one script call per partition on
+    Redis), so moving on at every exchange would cost a call per exchange more.
     """
 
-    def __init__(self, queues: Sequence[str], partitions: PartitionMap) -> None:
+    def __init__(self, queues: Sequence[str], partitions: PartitionMap, *, stick: int = 4) -> None:
+        self.stick = stick
         self._groups = [layout(q, partitions.count(q)) for q in dict.fromkeys(queues)]
         self.all = tuple(name for names in self._groups for name in names)
         self._rotating = any(len(names) > 1 for names in self._groups)
@@ -280,7 +284,7 @@ class Rotation:
         (an exchange that only reports outcomes would otherwise skip a partition)."""
         if not self._rotating or not claiming:
             return self.all
-        turn = self._turn
+        turn = self._turn // self.stick
         self._turn += 1
         out: list[str] = []
         for names in self._groups:

@@ -22,7 +22,7 @@ from conveyor import Conveyor, Job, JobState, Worker
 from conveyor.engines import open_engine
 from conveyor.errors import ConfigError
 from conveyor.job import queue_of
-from conveyor.partitions import PartitionsChanged, layout
+from conveyor.partitions import PartitionsChanged, Rotation, layout
 from tests.redis_topologies import ClusterServers
 
 QUEUE = "mail"
@@ -162,9 +162,9 @@ async def test_dedupe_holds_across_partitions(app: Conveyor) -> None:
 
 
 async def test_workers_claim_every_partition_in_turn(app: Conveyor) -> None:
-    """One slot, a claim of one job per exchange: the partitions take turns, so the
-    first N jobs run come from N different partitions (none waits for another to
-    empty), and every job runs."""
+    """One slot, a claim of one job per exchange: the partitions take turns (a turn is
+    `Rotation.stick` claims), so the first N turns' jobs come from all N partitions
+    (none waits for another to empty), and every job runs."""
     for i in range(6 * N):
         await app.enqueue("send", {"i": i})
     await asyncio.wait_for(burst(app, concurrency=1).run(), 60)
@@ -172,7 +172,8 @@ async def test_workers_claim_every_partition_in_turn(app: Conveyor) -> None:
     assert len(ran) == 6 * N
     assert all(job.queue == QUEUE for job in ran)  # the handler sees the queue
     homes = [queue_of(job.id) for job in ran]
-    assert len(set(homes[:N])) == N
+    stick = Rotation((QUEUE,), app.partitions).stick
+    assert stick < 6 and len(set(homes[: N * stick])) == N
     assert collections.Counter(homes) == {name: 6 for name in layout(QUEUE, N)}
 
 

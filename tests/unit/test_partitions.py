@@ -59,12 +59,15 @@ def test_partition_map_routes_and_scopes_tenant_dedupe_keys() -> None:
 def test_rotation_starts_one_partition_further_each_claim() -> None:
     parts = PartitionMap()
     parts.declare("b", 3)
-    rotation = Rotation(("a", "b", "c"), parts)
+    rotation = Rotation(("a", "b", "c"), parts, stick=1)
     assert rotation.all == ("a", "b~0of3", "b~1of3", "b~2of3", "c")
     assert rotation.next() == ("a", "b~0of3", "b~1of3", "b~2of3", "c")
     assert rotation.next(claiming=False) == rotation.all  # outcomes only: no turn
     assert rotation.next() == ("a", "b~1of3", "b~2of3", "b~0of3", "c")
     assert rotation.next() == ("a", "b~2of3", "b~0of3", "b~1of3", "c")
+    sticky = Rotation(("b",), parts, stick=2)
+    turns = [sticky.next()[0] for _ in range(6)]
+    assert turns == ["b~0of3", "b~0of3", "b~1of3", "b~1of3", "b~2of3", "b~2of3"]
     plain = Rotation(("a", "c"), parts)
     assert plain.next() is plain.all
 

@@ -582,7 +582,7 @@ class Worker:
         while True:
             await asyncio.sleep(delay)
             try:
-                delay = await cleaner.step(self.rotation.all)
+                delay = await cleaner.step(self.queues)  # the facade cleans every partition
                 supervisor.ok()
             except Exception as exc:
                 delay = supervisor.failed(exc)

@@ -1,6 +1,7 @@
 """Operators see a partitioned queue as ONE queue (issue 17, point 3), without the
-application's code: the CLI with only `--url`, and the HTTP API of an app that does
-not declare the partitions. Jobs are set up in-process by an app that does.
+application's code: the CLI with only `--url`, and the HTTP API and dashboard of an app
+that does not declare the partitions (the dashboard's tables read the same endpoints).
+Jobs are set up in-process by an app that does.
 """
 
 from __future__ import annotations
@@ -104,3 +105,6 @@ async def test_api_sees_and_operates_one_queue(
         assert r.status_code == 200 and r.json()["paused"] is True
         stats = (await client.get(f"{server.url}/queues/{QUEUE}/stats")).json()
         assert stats["paused"] is True and stats["pending"] == 7
+        # The dashboard's sparklines: one row, named for the queue.
+        sparks = (await client.get(f"{server.url}/dashboard/api/throughput")).json()
+        assert list(sparks["queues"]) == [QUEUE]

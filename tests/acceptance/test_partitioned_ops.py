@@ -10,12 +10,19 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+import websockets
 
 from conveyor import Conveyor, Job
 from conveyor.engines import open_engine
 from conveyor.job import queue_of
 from conveyor.partitions import layout
-from tests.acceptance.test_api import StartApi, api_server  # noqa: F401 (a fixture)
+from conveyor.worker import Worker
+from tests.acceptance.test_api import (  # noqa: F401 (api_server: a fixture)
+    StartApi,
+    api_server,
+    frames,
+    subscribed,
+)
 from tests.acceptance.test_cli_ops import conveyor
 
 QUEUE, N = "mail", 4
@@ -108,3 +115,43 @@ async def test_api_sees_and_operates_one_queue(
         # The dashboard's sparklines: one row, named for the queue.
         sparks = (await client.get(f"{server.url}/dashboard/api/throughput")).json()
         assert list(sparks["queues"]) == [QUEUE]
+
+
+async def test_live_updates_cover_every_partition(
+    producer: Conveyor,
+    durable_url: str,
+    api_server: StartApi,  # noqa: F811
+) -> None:
+    """`WS /ws/jobs?queue=mail` streams the events of every partition (each event names
+    its partition: its id is that partition's, so a reconnect's `since` names it too);
+    `?job=<id>` follows one job of a partitioned queue."""
+    served = Conveyor(durable_url)  # the API's own app (another thread's event loop)
+    served.limits(QUEUE, partitions=N)
+    server = api_server(durable_url, app=served)
+    failed: set[str] = set()
+
+    def all_failed(frame: dict[str, object]) -> bool:
+        if frame.get("kind") == "failed":
+            failed.add(str(frame["job_id"]))
+        return len(failed) == N
+
+    async with websockets.connect(f"{server.ws_url}/ws/jobs?queue={QUEUE}") as broad:
+        await subscribed(broad)
+        jobs = [await producer.enqueue("send", {}, max_attempts=1) for _ in range(N)]
+        async with websockets.connect(f"{server.ws_url}/ws/jobs?job={jobs[0].id}") as one:
+            await subscribed(one)
+            await Worker(producer, queues=(QUEUE,), burst=True).run()
+            mine = [f for _, f in await frames(one, lambda f: f.get("kind") == "failed")]
+        assert {f["job_id"] for f in mine} == {jobs[0].id}
+        events = [f for _, f in await frames(broad, all_failed)]
+    assert {f["queue"] for f in events} == {queue_of(job.id) for job in jobs}
+    assert failed == {job.id for job in jobs}
+    # Reconnect from the first event of jobs[0]'s partition: the rest of it is replayed.
+    first = next(f for f in events if f["queue"] == queue_of(jobs[0].id))
+    since = f"{first['queue']}:{first['id']}"
+    async with websockets.connect(f"{server.ws_url}/ws/jobs?queue={QUEUE}&since={since}") as ws:
+        await subscribed(ws)
+        replayed = [f for _, f in await frames(ws, lambda f: f.get("kind") == "failed")]
+    assert replayed and all(f["queue"] == first["queue"] for f in replayed)
+    assert first["id"] not in {f["id"] for f in replayed}  # after `since`, not from it
+    assert replayed[-1]["job_id"] == jobs[0].id

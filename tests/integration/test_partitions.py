@@ -127,6 +127,16 @@ async def test_operators_see_one_queue(app: Conveyor) -> None:
     assert (await app.counts(QUEUE)).completed == 23
     [history] = await app.throughput([QUEUE], 5)
     assert history.queue == QUEUE and sum(history.completed) == 23
+    # app.events() over the queue reads every partition's log.
+    stream = app.events([QUEUE], since=dict.fromkeys(layout(QUEUE, N), "0"), block_ms=0)
+    completed: dict[str, str] = {}
+    async for event in stream:
+        if event.kind == "completed":
+            completed[event.job_id] = event.queue
+            if len(completed) == 23:
+                break
+    assert set(completed) == ids
+    assert set(completed.values()) == {queue_of(job_id) for job_id in ids}  # all partitions used
 
 
 async def test_retry_all_clean_and_purge_act_on_every_partition(app: Conveyor) -> None:

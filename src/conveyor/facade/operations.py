@@ -336,12 +336,15 @@ class Operations(AppCore):
         """Yield state-change events of `queues` as they happen, across processes.
 
         Args:
-            since: queue -> last event id seen; absent queues start from now.
+            since: queue -> last event id seen; absent queues start from now. A
+                partitioned queue's events name their partition (`mail~3of8`), and so
+                do its positions.
         """
+        names = [name for queue in queues for name in await self.partitions_of(queue)]
         # Pin "now" for queues without a position, so nothing between reads is skipped.
-        cursor = {**(await self.event_positions(queues)), **(since or {})}
+        cursor = {**(await self.event_positions(names)), **(since or {})}
         while True:
-            batch = await self.read_events(queues, since=cursor, count=500, block_ms=block_ms)
+            batch = await self.read_events(names, since=cursor, count=500, block_ms=block_ms)
             for event in batch:
                 cursor[event.queue] = event.id
                 yield event

@@ -41,6 +41,7 @@ import zlib
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
+from .engines.values import QueueCounts
 from .errors import ConfigError
 from .limits import QueueLimits
 
@@ -214,6 +215,27 @@ def join_limits(parts: Sequence[QueueLimits]) -> QueueLimits:
     )
 
 
+def merge_counts(queue: str, parts: Sequence[QueueCounts]) -> QueueCounts:
+    """A queue's depths from its partitions' (one part: returned as it is)."""
+    if len(parts) == 1:
+        return parts[0]
+    oldest = [c.oldest_pending_ms for c in parts if c.oldest_pending_ms is not None]
+    return QueueCounts(
+        queue=queue,
+        scheduled=sum(c.scheduled for c in parts),
+        pending=sum(c.pending for c in parts),
+        running=sum(c.running for c in parts),
+        completed=sum(c.completed for c in parts),
+        failed=sum(c.failed for c in parts),
+        cancelled=sum(c.cancelled for c in parts),
+        # Paused only when every partition is: `pause` sets them all.
+        paused=all(c.paused for c in parts),
+        oldest_pending_ms=min(oldest) if oldest else None,
+        completed_1m=sum(c.completed_1m for c in parts),
+        failed_1m=sum(c.failed_1m for c in parts),
+    )
+
+
 class PartitionMap:
     """The partition counts an app declares in code, and its round-robin turn."""
 
@@ -274,7 +296,9 @@ class Rotation:
 
     def __init__(self, queues: Sequence[str], partitions: PartitionMap, *, stick: int = 4) -> None:
         self.stick = stick
-        self._groups = [layout(q, partitions.count(q)) for q in dict.fromkeys(queues)]
+        # Each queue with its stored queues, in priority order.
+        self.groups = [(q, layout(q, partitions.count(q))) for q in dict.fromkeys(queues)]
+        self._groups = [names for _, names in self.groups]
         self.all = tuple(name for names in self._groups for name in names)
         self._rotating = any(len(names) > 1 for names in self._groups)
         self._turn = 0

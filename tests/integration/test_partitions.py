@@ -97,6 +97,10 @@ async def test_routing_keeps_a_tenant_in_one_partition_and_spreads_the_rest(
     plain = [queue_of((await app.enqueue("send", {})).id) for _ in range(2 * N)]
     assert collections.Counter(plain) == {name: 2 for name in layout(QUEUE, N)}  # round-robin
     assert (await app.get_job((await app.enqueue("send", {})).id)).queue == QUEUE
+    # A worker's queue-depth sample (its metrics) names the queue, summed over partitions.
+    worker = burst(app)
+    await worker._beat(await app.connect(), float("-inf"))
+    assert [(c.queue, c.pending) for c in worker.last_counts] == [(QUEUE, 36 + 2 * N + 1)]
 
 
 async def test_operators_see_one_queue(app: Conveyor) -> None:

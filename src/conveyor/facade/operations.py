@@ -21,7 +21,16 @@ from ..engines.base import Throughput
 from ..errors import EngineUnavailable, InvalidArgument, InvalidJob, InvalidState
 from ..job import Job, JobState
 from ..limits import QueueLimits, merge_limits
-from ..partitions import complete, group, join_limits, layout, logical, parse, split_limits
+from ..partitions import (
+    complete,
+    group,
+    join_limits,
+    layout,
+    logical,
+    merge_counts,
+    parse,
+    split_limits,
+)
 from .checks import check_cursor, check_queue
 from .core import AppCore
 
@@ -156,21 +165,7 @@ class Operations(AppCore):
         if names == [queue]:
             return await engine.counts(queue)
         parts = await asyncio.gather(*(engine.counts(name) for name in names))
-        oldest = [c.oldest_pending_ms for c in parts if c.oldest_pending_ms is not None]
-        return QueueCounts(
-            queue=queue,
-            scheduled=sum(c.scheduled for c in parts),
-            pending=sum(c.pending for c in parts),
-            running=sum(c.running for c in parts),
-            completed=sum(c.completed for c in parts),
-            failed=sum(c.failed for c in parts),
-            cancelled=sum(c.cancelled for c in parts),
-            # Paused only when every partition is: `pause` sets them all.
-            paused=all(c.paused for c in parts),
-            oldest_pending_ms=min(oldest) if oldest else None,
-            completed_1m=sum(c.completed_1m for c in parts),
-            failed_1m=sum(c.failed_1m for c in parts),
-        )
+        return merge_counts(queue, parts)
 
     async def list_jobs(
         self,

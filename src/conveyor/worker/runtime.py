@@ -39,7 +39,7 @@ from ..health import build_health_app
 from ..job import Job
 from ..limits import QueueLimits, merge_limits
 from ..metrics import Metrics
-from ..partitions import Rotation, check_layout, layout, logical, split_limits
+from ..partitions import Rotation, check_layout, layout, logical, merge_counts, split_limits
 from ..retention import Retention, RetentionPolicy
 from ..serving import EmbeddedServer
 from ..tracing import take_carrier, traced
@@ -580,7 +580,10 @@ class Worker:
         now = self.app.clock.monotonic()
         if now - last_sample >= SAMPLE_EVERY_S:
             last_sample = now
-            self.last_counts = [await engine.counts(q) for q in self.rotation.all]
+            self.last_counts = [
+                merge_counts(queue, [await engine.counts(name) for name in names])
+                for queue, names in self.rotation.groups
+            ]
             self.metrics.record_depths(self.last_counts, self.app.clock.now_ms())
         return last_sample
 

@@ -317,6 +317,15 @@ class Rotation:
         return tuple(out)
 
 
+async def discover(engine: Engine, queue: str) -> int | None:
+    """The partition count `queue` is stored with, as the engine's queue names tell: a
+    process without the app's code (`conveyor enqueue --queue mail --url ...`) routes by
+    it. None: no partition of it is known, or several layouts are (a change is under
+    way; the declared count decides then)."""
+    counts = {p[2] for name in await engine.queue_names() if (p := parse(name)) and p[0] == queue}
+    return counts.pop() if len(counts) == 1 else None
+
+
 async def check_layout(engine: Engine, queue: str, count: int) -> None:
     """Refuse to use `queue` in `count` partitions while another layout of it holds
     live jobs (they would be left behind, and dedupe would not see them).

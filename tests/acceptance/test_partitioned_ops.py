@@ -81,8 +81,18 @@ async def test_cli_sees_and_operates_one_queue(producer: Conveyor, durable_url: 
     too_low = await conveyor(durable_url, "limits", QUEUE, "--concurrency", "2")
     assert too_low.code != 0 and "below the queue's 4 partitions" in too_low.err
 
+    # `conveyor enqueue` without the app's code stores into the partitions it finds,
+    # routed by the same rule (here: the tenant's partition).
+    added = await conveyor(
+        durable_url, "enqueue", "send", "--queue", QUEUE, "--tenant", "t3", "--json"
+    )
+    assert added.code == 0, added
+    same_tenant = await producer.enqueue("send", {}, tenant="t3")
+    assert queue_of(added.json()["id"]) == queue_of(same_tenant.id)
+    assert added.json()["queue"] == QUEUE
+
     purged = await conveyor(durable_url, "purge", QUEUE, "--yes")
-    assert purged.code == 0 and "10 job(s) deleted" in purged.out, purged
+    assert purged.code == 0 and "12 job(s) deleted" in purged.out, purged
 
 
 async def test_api_sees_and_operates_one_queue(

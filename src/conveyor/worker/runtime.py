@@ -35,12 +35,10 @@ import orjson
 from ..durability import check_engine
 from ..engines import Engine, Outcome, QueueCounts
 from ..errors import EngineUnavailable
-from ..health import build_health_app
 from ..job import Job
 from ..limits import QueueLimits, merge_limits
 from ..metrics import Metrics
 from ..retention import Retention, RetentionPolicy
-from ..serving import EmbeddedServer
 from ..tracing import take_carrier, traced
 from . import joblog
 from .isolation import ProcessPool, ProcessPoolOptions
@@ -50,6 +48,7 @@ from .supervision import Supervisors
 
 if TYPE_CHECKING:
     from ..app import Conveyor
+    from ..serving import EmbeddedServer
 
 log = logging.getLogger("conveyor.worker")
 
@@ -214,6 +213,11 @@ class Worker:
         check_engine(engine, role="worker", require_noeviction=self.require_noeviction)
         await self._apply_limits(engine)
         if self.health_port:
+            # Imported only here: starlette and uvicorn are most of a worker's start-up
+            # when it runs no health server (issue 15; tests/unit/test_worker_imports.py).
+            from ..health import build_health_app
+            from ..serving import EmbeddedServer
+
             self._health = EmbeddedServer(
                 build_health_app(self), self.health_host, self.health_port
             )

@@ -19,9 +19,11 @@ def main() -> None:
     other command line, `--help` included, sees all commands.
     """
     if sys.argv[1:2] == ["worker"]:
-        from .run import cli
+        from . import run as _run  # noqa: F401  (registers `worker` on cli)
     else:
-        from .commands import cli
+        from . import commands as _commands  # noqa: F401  (registers every command)
+    from .common import cli
+
     cli()
 
 

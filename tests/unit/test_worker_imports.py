@@ -6,7 +6,7 @@ exit. Structural, not timed: timing belongs to bench/ (`bench/run protocol --par
 startup`, which also runs `python -X importtime`), while this says *what* a worker loads.
 FastAPI, uvicorn and Starlette are imported only when the health server runs (the second
 test is the control that the check can see them); the API, the dashboard and the other
-CLI commands never are.
+CLI commands and Rich (their output) never are.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ WEB = (
     "conveyor.dashboard",
     "conveyor.web",
 )
-OTHER_COMMANDS = ("conveyor.cli.api", "conveyor.cli.views", "conveyor.cli.schedule")
+# The other commands' modules, and Rich, which only their tables and messages use.
+OTHER_COMMANDS = ("conveyor.cli.api", "conveyor.cli.views", "conveyor.cli.schedule", "rich")
 
 APP = """
 from conveyor import Conveyor, Job

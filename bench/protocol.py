@@ -40,6 +40,7 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -405,6 +406,7 @@ class Run:
             return
         ctx, conc = self.ctx, self.best("conveyor")
         out: dict[str, Any] = {"concurrency": conc}
+        timeout, ctx.timeout = ctx.timeout, max(ctx.timeout, 900.0)  # 1M jobs to enqueue
         for label in ("empty", "1M"):
             ctx.flush()
             if label == "1M":
@@ -423,6 +425,7 @@ class Run:
                 "claim", lambda: claim_cost(ctx, peer, conc, BACKLOG_CLAIM_N)
             )
         ctx.flush()
+        ctx.timeout = timeout
         self.raw["backlog"] = out
 
     def memory(self) -> None:
@@ -805,6 +808,11 @@ def main(argv: list[str] | None = None) -> int:
     MARKERS["python"].python = peers["conveyor"].python
     server = h.RedisServer()
     raw: dict[str, Any] = {"machine": h.machine_info(), "argv": argv}
+
+    def on_signal(signum: int, _frame: Any) -> None:  # SIGTERM cleans up like Ctrl-C
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, on_signal)
     try:
         server.start()
         log(f"private redis-server on 127.0.0.1:{server.port}")

@@ -164,6 +164,9 @@ class Worker:
         self._reserved = 0
         self._in_flight = 0
         self._empty = False
+        # The last claim found nothing: the next one goes alone (an idle worker's periodic
+        # look at its queues is one exchange per queue, not _PIPELINE of them).
+        self._probing = True
         self._next_due_ms: int | None = None
         self._retry_at = 0.0
         # Claimed jobs waiting for a slot (see _prefetch), and the running averages it uses.
@@ -307,7 +310,8 @@ class Worker:
                     - self._reserved
                 )
                 claim = free > 0 and not self._empty
-                if self._in_flight < _PIPELINE and (claim or self._outbox):
+                in_flight_max = 1 if self._probing else _PIPELINE
+                if self._in_flight < in_flight_max and (claim or self._outbox):
                     outcomes, self._outbox = self._outbox, []
                     limit = min(max(free, 0), self._batch)
                     self._reserved += limit
@@ -365,7 +369,7 @@ class Worker:
         self._start_ready()
         if limit > 0:
             # Nothing claimable now: wait for a wake-up instead of asking again at once.
-            self._empty = not result.jobs
+            self._empty = self._probing = not result.jobs
             self._next_due_ms = result.next_due_ms
 
     async def _idle(self, engine: Engine, next_due_ms: int | None) -> None:
@@ -556,7 +560,10 @@ class Worker:
             self._lost(await engine.heartbeat(leases, lease_ms=self.lease_ms))
         await engine.register_worker(self.id, self._info(), ttl_ms=self.lease_ms)
         now = self.app.clock.monotonic()
-        if now - last_sample >= SAMPLE_EVERY_S:
+        # Depths are for the health server's /metrics and /health/detailed: without one,
+        # sampling every queue each SAMPLE_EVERY_S was most of an idle worker's Redis
+        # commands (issue 15: 50 queues, bench/RESULTS.md).
+        if self._health is not None and now - last_sample >= SAMPLE_EVERY_S:
             last_sample = now
             self.last_counts = [await engine.counts(q) for q in self.queues]
             self.metrics.record_depths(self.last_counts, self.app.clock.now_ms())

@@ -27,13 +27,14 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from conveyor.clock import FakeClock
+from conveyor.clock import Clock, FakeClock
 from conveyor.engines.base import Outcome
 from conveyor.engines.redis import RedisEngine, connection, operations
 from conveyor.engines.redis.keys import KeyLayout
 from conveyor.errors import ConfigError, EngineUnavailable
 from conveyor.job import JobState, NewJob, new_job_id
 from conveyor.testing import eventually
+from tests.redis_topologies import raw_client
 
 pytestmark = pytest.mark.redis
 
@@ -110,8 +111,8 @@ def test_lua_opens_with_its_contract_and_builds_no_key(name: str) -> None:
     # a tenant's bucket, rate log or state index (KEYS prefixes with the queue's tag ..
     # a tenant).
     key_expr = re.compile(
-        r"^(K_[A-Z]+|KEYS\[\w+\]|BY_STATE\[\w+\]|jk|zkey|bucket|tkey"
-        r"|K_(JOB|TBUCKET|TRATE) \.\. [\w\[\]]+"
+        r"^(K_[A-Z]+|KEYS\[\w+\]|BY_STATE\[\w+\]|jk|zkey|bucket|tkey|inbox"
+        r"|K_(JOB|TBUCKET|TRATE|INBOX) \.\. [\w\[\]]+"
         r"|tstate_key\([^)]*\))$"  # _lib.lua: K_TSTATE .. state .. ':' .. tenant
     )
     calls = re.findall(r"redis\.call\(\s*'(\w+)'\s*(?:,\s*([^,)]+))?", code)
@@ -127,9 +128,10 @@ def test_lua_opens_with_its_contract_and_builds_no_key(name: str) -> None:
             "K_TBUCKET",
             "K_TRATE",
             "K_TSTATE",
+            "K_INBOX",  # _pickup.lua: a worker's inbox, K_INBOX .. worker id
         ), f"{name}: builds a key from {match.group(1)}"
     # Where a variable stands for a key, it is assigned from KEYS-derived values only.
-    for var in ("jk", "zkey", "bucket", "tkey"):
+    for var in ("jk", "zkey", "bucket", "tkey", "inbox"):
         for assigned in re.findall(rf"local {var} = ([^\n]+)", code):
             assert key_expr.match(assigned.strip()), f"{name}: {var} = {assigned}"
 
@@ -187,7 +189,7 @@ def cluster_url(tmp_path: Path) -> Iterator[str]:
             if attempt == 2:
                 raise
     try:
-        yield f"redis://127.0.0.1:{port}/0?prefix=c"
+        yield f"redis+cluster://127.0.0.1:{port}/?prefix=c"
     finally:
         proc.kill()
         proc.wait(10)
@@ -201,7 +203,7 @@ async def test_every_operation_is_legal_on_redis_cluster(
     slot; shipped scripts have no shebang (so they run on Redis 6.2), so this test loads
     them in that strict mode. Each call below fails if a script mixed tags or derived a
     key outside its queue's slot."""
-    raw = aioredis.Redis.from_url(cluster_url.split("?")[0])
+    raw = raw_client(cluster_url)
     with pytest.raises(ResponseError, match="same slot"):  # the server does enforce it
         await raw.eval("#!lua\nreturn redis.call('GET', '{elsewhere}:x')", 1, "{c:a}:x")
     await raw.aclose()
@@ -251,6 +253,16 @@ async def test_every_operation_is_legal_on_redis_cluster(
         await eng.close()
 
 
+async def test_a_plain_url_at_a_cluster_node_names_the_fix(cluster_url: str) -> None:
+    """What issue 17 found: redis:// at a cluster node used to fail on the first enqueue
+    with a raw MOVED; it now fails at connect and names redis+cluster://."""
+    port = cluster_url.split(":")[2].split("/")[0]
+    eng = RedisEngine(f"redis://127.0.0.1:{port}/0?prefix=c")
+    with pytest.raises(ConfigError, match=rf"use redis\+cluster://127.0.0.1:{port}/"):
+        await eng.connect()
+    await eng.close()
+
+
 # --- the test clock, and batching that only Redis has --------------------------------
 
 
@@ -278,6 +290,23 @@ async def test_a_test_clock_drives_due_times_and_lease_expiry(
     clock.advance(30)  # the lease (30 s) runs out at the test clock's now
     assert await eng.recover_expired(["q"]) == 1
     assert (await eng.get_job(job.id)).state == JobState.PENDING
+
+
+async def test_the_apps_own_clock_does_not_replace_redis_time(redis_url: str) -> None:
+    """Every app hands its engine a `Clock`; only a test clock may replace Redis TIME.
+    (Passed on, each client's wall clock was the scripts' now: scripts of several workers
+    ran with times out of order, and a 50/s rate window admitted 52 starts.)"""
+    clock = Clock()
+    clock.now_ms = lambda: 1_000  # type: ignore[method-assign]  # a client clock far off
+    eng = RedisEngine(redis_url, clock=clock)
+    await eng.connect()
+    try:
+        job = new()
+        await eng.enqueue([job])
+        stored = await eng.get_job(job.id)
+        assert abs(stored.created_at - time.time()) < 60  # Redis TIME, not the client's 1 s
+    finally:
+        await eng.close()
 
 
 async def test_retry_all_walks_past_skipped_jobs(engine: RedisEngine, monkeypatch) -> None:  # type: ignore[no-untyped-def]

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from ..durability import check_engine
-from ..engines import Engine, Outcome, QueueCounts
+from ..engines import Engine, HandsOff, Outcome, QueueCounts
 from ..errors import EngineUnavailable
 from ..job import Job
 from ..limits import QueueLimits, merge_limits
@@ -215,6 +215,8 @@ class Worker:
         engine = await self.app.connect()
         check_engine(engine, role="worker", require_noeviction=self.require_noeviction)
         await self._apply_limits(engine)
+        if isinstance(engine, HandsOff):  # one-hop pickup: idle, it is handed new jobs
+            engine.accept_handoffs(self.id, lambda: self._take_handed(engine))
         if self.health_port:
             # Imported only here: starlette and uvicorn are most of a worker's start-up
             # when it runs no health server (issue 15; tests/unit/test_worker_imports.py).
@@ -398,6 +400,15 @@ class Worker:
                     log.warning("waiting for jobs failed (%s: %s)", type(exc).__name__, exc)
             with contextlib.suppress(asyncio.CancelledError):
                 await local
+        if isinstance(engine, HandsOff):
+            self._take_handed(engine)
+
+    def _take_handed(self, engine: HandsOff) -> None:
+        """Start the jobs handed to this worker, straight from the reply that brought
+        them (the engine calls this; not once shutdown began: _drain hands them back)."""
+        if not self.stopping:
+            self._ready.extend(engine.take_handed(self.id))
+            self._start_ready()
 
     async def _sleep_or_stop(self, seconds: float) -> None:
         self._wake.clear()
@@ -419,6 +430,9 @@ class Worker:
     async def _drain(self, engine: Engine) -> None:
         """Shutdown: hand back claimed jobs not yet started, let in-flight jobs finish,
         release the rest, flush outcomes."""
+        if isinstance(engine, HandsOff):
+            with contextlib.suppress(EngineUnavailable):  # else their leases expire
+                self._ready.extend(await engine.stop_handoffs(self.id))
         while self._ready:
             job = self._ready.popleft()
             self._outbox.append(Outcome(job.id, str(job.token), "release"))

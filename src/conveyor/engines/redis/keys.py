@@ -38,6 +38,11 @@ slot and a script that touches them is legal on Redis Cluster. Per queue:
                              failed, cancelled; pending has the buckets above), same
                              scores as the state's zset except running: claim time (a
                              heartbeat does not move it). What tenant listings read.
+{p:q}:waiting        zset    idle workers that take a job handed to them (one-hop pickup,
+                             see lua/_pickup.lua): member "<lease ms>:<worker id>",
+                             score = when the registration lapses (ms, Redis clock)
+{p:q}:inbox:<worker> list    jobs handed to that worker, already claimed for it (JSON of
+                             the job's fields); it reads them with BLPOP (expires)
 {p:q}:tindexed       string  present once the jobs stored before those indexes existed
                              were backfilled into them (see `RedisReads.list_jobs`)
 ```
@@ -94,6 +99,8 @@ class QueueKeys:
     turn: str
     served: str
     tstate_prefix: str
+    waiting: str
+    inbox_prefix: str
     tindexed: str
     wake_channel: str
 
@@ -122,11 +129,17 @@ class QueueKeys:
             self.turn,
             self.served,
             self.tstate_prefix,
+            self.waiting,
+            self.inbox_prefix,
         ]
 
     def job(self, job_id: str) -> str:
         """The hash of one job of this queue."""
         return self.job_prefix + job_id
+
+    def inbox(self, worker_id: str) -> str:
+        """The list of jobs handed to one idle worker (see `lua/_pickup.lua`)."""
+        return self.inbox_prefix + worker_id
 
     def bucket(self, tenant: str) -> str:
         """The zset of one tenant's pending jobs."""
@@ -220,6 +233,8 @@ class KeyLayout:
             turn=f"{tag}:turn",
             served=f"{tag}:served",
             tstate_prefix=f"{tag}:ts:",
+            waiting=f"{tag}:waiting",
+            inbox_prefix=f"{tag}:inbox:",
             tindexed=f"{tag}:tindexed",
             wake_channel=f"{self.prefix}:wake:{name}",
         )

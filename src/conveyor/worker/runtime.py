@@ -180,11 +180,8 @@ class Worker:
         self.loops = Supervisors()
         self._claiming = self.loops.add("claim")
         self._beating = self.loops.add("heartbeat")
-        # Idle workers wake at least this often to recover expired leases of crashed peers:
-        # a third of the lease, like heartbeats (at most 15 s), so such a job is back within
-        # 4/3 of its lease. Each wake-up is one script call per queue; the former 5 s cap
-        # cost ~150 Redis commands/s for a worker on 50 idle queues (issue 15, point 8).
-        self._maintenance_s = max(0.2, min(15.0, lease_timeout / 3))
+        # Idle workers wake at least this often to recover expired leases of crashed peers.
+        self._maintenance_s = max(0.2, min(5.0, lease_timeout / 3))
 
     @property
     def in_flight(self) -> int:

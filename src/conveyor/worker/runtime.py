@@ -35,13 +35,11 @@ import orjson
 from ..durability import check_engine
 from ..engines import Engine, HandsOff, Outcome, QueueCounts
 from ..errors import EngineUnavailable
-from ..health import build_health_app
 from ..job import Job
 from ..limits import QueueLimits, merge_limits
 from ..metrics import Metrics
 from ..partitions import Rotation, check_layout, layout, logical, merge_counts, split_limits
 from ..retention import Retention, RetentionPolicy
-from ..serving import EmbeddedServer
 from ..tracing import take_carrier, traced
 from . import joblog
 from .isolation import ProcessPool, ProcessPoolOptions
@@ -51,6 +49,7 @@ from .supervision import Supervisors
 
 if TYPE_CHECKING:
     from ..app import Conveyor
+    from ..serving import EmbeddedServer
 
 log = logging.getLogger("conveyor.worker")
 
@@ -168,6 +167,9 @@ class Worker:
         self._reserved = 0
         self._in_flight = 0
         self._empty = False
+        # The last claim found nothing: the next one goes alone (an idle worker's periodic
+        # look at its queues is one exchange per queue, not _PIPELINE of them).
+        self._probing = True
         self._next_due_ms: int | None = None
         self._retry_at = 0.0
         # Claimed jobs waiting for a slot (see _prefetch), and the running averages it uses.
@@ -219,6 +221,11 @@ class Worker:
         if isinstance(engine, HandsOff):  # one-hop pickup: idle, it is handed new jobs
             engine.accept_handoffs(self.id, lambda: self._take_handed(engine))
         if self.health_port:
+            # Imported only here: starlette and uvicorn are most of a worker's start-up
+            # when it runs no health server (issue 15; tests/unit/test_worker_imports.py).
+            from ..health import build_health_app
+            from ..serving import EmbeddedServer
+
             self._health = EmbeddedServer(
                 build_health_app(self), self.health_host, self.health_port
             )
@@ -312,7 +319,8 @@ class Worker:
                     - self._reserved
                 )
                 claim = free > 0 and not self._empty
-                if self._in_flight < _PIPELINE and (claim or self._outbox):
+                in_flight_max = 1 if self._probing else _PIPELINE
+                if self._in_flight < in_flight_max and (claim or self._outbox):
                     outcomes, self._outbox = self._outbox, []
                     limit = min(max(free, 0), self._batch)
                     self._reserved += limit
@@ -370,7 +378,7 @@ class Worker:
         self._start_ready()
         if limit > 0:
             # Nothing claimable now: wait for a wake-up instead of asking again at once.
-            self._empty = not result.jobs
+            self._empty = self._probing = not result.jobs
             self._next_due_ms = result.next_due_ms
 
     async def _idle(self, engine: Engine, next_due_ms: int | None) -> None:
@@ -578,7 +586,10 @@ class Worker:
             self._lost(await engine.heartbeat(leases, lease_ms=self.lease_ms))
         await engine.register_worker(self.id, self._info(), ttl_ms=self.lease_ms)
         now = self.app.clock.monotonic()
-        if now - last_sample >= SAMPLE_EVERY_S:
+        # Depths are for the health server's /metrics and /health/detailed: without one,
+        # sampling every queue each SAMPLE_EVERY_S was most of an idle worker's Redis
+        # commands (issue 15: 50 queues, bench/RESULTS.md).
+        if self._health is not None and now - last_sample >= SAMPLE_EVERY_S:
             last_sample = now
             self.last_counts = [
                 merge_counts(queue, [await engine.counts(name) for name in names])

@@ -16,6 +16,7 @@ import collections
 import uuid
 from collections.abc import AsyncIterator
 
+import httpx
 import pytest
 
 from conveyor import Conveyor, Job, JobState, Worker
@@ -23,6 +24,8 @@ from conveyor.engines import open_engine
 from conveyor.errors import ConfigError
 from conveyor.job import queue_of
 from conveyor.partitions import PartitionsChanged, Rotation, layout
+from conveyor.testing import eventually
+from tests.conftest import free_port
 from tests.redis_topologies import ClusterServers
 
 QUEUE = "mail"
@@ -97,10 +100,25 @@ async def test_routing_keeps_a_tenant_in_one_partition_and_spreads_the_rest(
     plain = [queue_of((await app.enqueue("send", {})).id) for _ in range(2 * N)]
     assert collections.Counter(plain) == {name: 2 for name in layout(QUEUE, N)}  # round-robin
     assert (await app.get_job((await app.enqueue("send", {})).id)).queue == QUEUE
-    # A worker's queue-depth sample (its metrics) names the queue, summed over partitions.
-    worker = burst(app)
-    await worker._beat(await app.connect(), float("-inf"))
-    assert [(c.queue, c.pending) for c in worker.last_counts] == [(QUEUE, 36 + 2 * N + 1)]
+    # A worker's queue-depth metrics name the queue, summed over its partitions.
+    await app.pause(QUEUE)
+    worker = Worker(app, queues=(QUEUE,), health_port=free_port(), health_host="127.0.0.1")
+    running = asyncio.create_task(worker.run())
+    try:
+
+        async def sampled() -> bool:
+            return bool(worker.last_counts)
+
+        await eventually(sampled, message="the worker sampled queue depths")
+        host, port = worker.health_address  # type: ignore[misc]
+        async with httpx.AsyncClient() as http:
+            text = (await http.get(f"http://{host}:{port}/metrics")).text
+    finally:
+        worker.stop()
+        await running
+    pending = 36 + 2 * N + 1
+    assert f'conveyor_queue_depth{{queue="{QUEUE}",state="pending"}} {pending}.0' in text
+    assert "~" not in text  # no partition name reaches the metrics
 
 
 async def test_operators_see_one_queue(app: Conveyor) -> None:

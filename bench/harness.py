@@ -1431,10 +1431,10 @@ RULES = """## Rules
   its own Redis connection when the job's work is done — for the Python libraries the same
   minimal hand-written RESP client (`peers/_common.py`: a socket per thread, or one pipelined
   connection per event loop; rq, which forks per job, uses its job's redis-py connection),
-  ioredis for Node — and the harness polls `GET bench:done` every {poll_ms:g} ms. The marker
-  goes to Redis even for conveyor-sqlite, whose jobs are in a SQLite file. W2 jobs first
-  `RPUSH bench:lat <start_ns - enqueue_ns>`; W3 jobs first sleep 20 ms (`asyncio.sleep` /
-  `time.sleep` / `setTimeout`).
+  ioredis with `enableAutoPipelining` for Node — and the harness polls `GET bench:done`
+  every {poll_ms:g} ms. The marker goes to Redis even for conveyor-sqlite, whose jobs are in
+  a SQLite file. W2 jobs first `RPUSH bench:lat <start_ns - enqueue_ns>`; W3 jobs first
+  sleep 20 ms (`asyncio.sleep` / `time.sleep` / `setTimeout`).
 * **Server:** one private `redis-server` on 127.0.0.1 and a free port, `--save ""
   --appendonly no`, `FLUSHALL` before every measurement.
 * **W0 enqueue:** no worker running; jobs/s of the enqueue loop (client connected first),

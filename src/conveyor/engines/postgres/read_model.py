@@ -51,7 +51,7 @@ class PgReadModel(PgCore):
             cur = await conn.execute(self.q["queue_counts"], (queue,))
             for state, n in await cur.fetchall():
                 if state in _COUNTED:
-                    setattr(counts, state, int(n))
+                    counts.set_state(state, int(n))
             cur = await conn.execute(self.q["queue_paused"], (queue,))
             paused = await cur.fetchone()
             counts.paused = bool(paused and paused[0])

@@ -47,6 +47,9 @@ class SqliteOperations(SqliteCore):
         await self._write(lambda conn: conn.execute(Q["resume"], (queue,)))
         self._jobs_wake.notify()
 
+    def _rearm_parent(self, conn: sqlite3.Connection, job_id: str, now: int) -> None:
+        """A retried flow child re-arms its failed parent (`SqliteFlows`)."""
+
     def _retry_rows(
         self, conn: sqlite3.Connection, rows: Sequence[dict[str, Any]], now: int
     ) -> list[str]:
@@ -58,6 +61,7 @@ class SqliteOperations(SqliteCore):
         data = event_data(retried_by="operator")
         for i, job in enumerate(rows):
             if conn.execute(Q["retry_row"], (base + i, job["id"])).rowcount:
+                self._rearm_parent(conn, job["id"], now)
                 events.append(
                     (job["queue"], "enqueued", job["id"], job["task"], job["tenant"], 0, now, data)
                 )

@@ -45,7 +45,7 @@ class SqliteReadModel(SqliteCore):
             counts = QueueCounts(queue=queue)
             for state, n in conn.execute(Q["queue_counts"], (queue,)):
                 if state in _COUNTED:
-                    setattr(counts, state, int(n))
+                    counts.set_state(state, int(n))
             paused = conn.execute(Q["queue_paused"], (queue,)).fetchone()
             counts.paused = bool(paused and paused[0])
             oldest = conn.execute(Q["oldest_pending"], (queue,)).fetchone()[0]

@@ -63,6 +63,7 @@ _QUEUE_SCRIPTS = (
     "counts",
     "set_limits",
     "tenant_backfill",
+    "enqueue_flow",
 )
 _WORKER_SCRIPTS = ("register_worker", "unregister_worker", "workers")
 # Scripts that read the time: they get `_clock.lua` (see there: Redis TIME, or a test
@@ -86,7 +87,11 @@ def _script_source(name: str) -> str:
     if name in _QUEUE_SCRIPTS:
         # The job rules (lifecycle) and the shared helpers must be defined before the
         # operation's code runs.
-        parts[:0] = [lifecycle.lua_prelude(), (lua / "_lib.lua").read_text("utf-8")]
+        parts[:0] = [
+            lifecycle.lua_prelude(),
+            (lua / "_lib.lua").read_text("utf-8"),
+            (lua / "_flows.lua").read_text("utf-8"),
+        ]
     if name in _TIMED_SCRIPTS:
         parts.insert(0, (lua / "_clock.lua").read_text("utf-8"))
     return "\n".join(parts)

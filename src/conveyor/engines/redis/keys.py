@@ -28,6 +28,11 @@ slot and a script that touches them is legal on Redis Cluster. Per queue:
 {p:q}:completed      zset    score = finished time (ms)
 {p:q}:failed         zset    score = finished time (ms)   (the dead-letter set)
 {p:q}:cancelled      zset    score = finished time (ms)
+{p:q}:waiting        zset    flow parents in waiting-children, score = created time (ms)
+{p:q}:job:<id>:wait  set     a waiting flow parent's unfinished children (derived from
+                             the job hash's name, like it: same tag, same slot); a child
+                             hash has `parent` and `policy`, a parent hash `children`
+                             (JSON list of ids, in the order given); see lua/_flows.lua
 {p:q}:dedupe         hash    dedupe key -> id of the active job holding it
 {p:q}:paused         string  present while the queue is paused
 {p:q}:events         stream  the queue's bounded event log (XADD MAXLEN ~)
@@ -94,6 +99,7 @@ class QueueKeys:
     turn: str
     served: str
     tstate_prefix: str
+    waiting: str
     tindexed: str
     wake_channel: str
 
@@ -122,6 +128,7 @@ class QueueKeys:
             self.turn,
             self.served,
             self.tstate_prefix,
+            self.waiting,
         ]
 
     def job(self, job_id: str) -> str:
@@ -148,6 +155,7 @@ class QueueKeys:
             "completed": self.completed,
             "failed": self.failed,
             "cancelled": self.cancelled,
+            "waiting-children": self.waiting,
         }[state]
 
 
@@ -220,6 +228,7 @@ class KeyLayout:
             turn=f"{tag}:turn",
             served=f"{tag}:served",
             tstate_prefix=f"{tag}:ts:",
+            waiting=f"{tag}:waiting",
             tindexed=f"{tag}:tindexed",
             wake_channel=f"{self.prefix}:wake:{name}",
         )

@@ -277,3 +277,35 @@ DELETE FROM {schema}.outbox WHERE id = ANY(%s);
 -- name: outbox_lag
 -- Age of the oldest row not yet relayed, in ms (NULL when the outbox is empty).
 SELECT {schema}.clock_ms(%s::bigint) - min(created_ms) FROM {schema}.outbox;
+
+-- name: flow_key_lock
+-- Two flow() calls with one root dedupe key are serialised until COMMIT.
+SELECT pg_advisory_xact_lock(hashtext(%s));
+
+-- name: flow_holder
+-- The job a flow's root id or dedupe key names already (a retried flow() call).
+SELECT id, state FROM {schema}.jobs WHERE id = %s
+UNION ALL
+SELECT id, state FROM {schema}.jobs WHERE queue = %s AND dedupe_key = %s
+    AND state IN ('scheduled', 'pending', 'running', 'waiting-children')
+LIMIT 1;
+
+-- name: insert_flow_job
+INSERT INTO {schema}.jobs (id, queue, task, payload, state, max_attempts, priority, tenant,
+    dedupe_key, timeout_ms, backoff, created_ms, scheduled_ms, seq, parent_id, flow_policy)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, nextval('{schema}.job_seq'),
+    %s, %s);
+
+-- name: flow_mark_queue
+INSERT INTO {schema}.queues (name, known) VALUES (%s, true)
+ON CONFLICT (name) DO UPDATE SET known = true WHERE NOT {schema}.queues.known;
+
+-- name: flow_links
+SELECT parent_id, flow_policy, ARRAY(SELECT k.id FROM {schema}.jobs k
+    WHERE k.parent_id = j.id ORDER BY k.rid) FROM {schema}.jobs j WHERE j.id = %s;
+
+-- name: flow_rearm
+SELECT {schema}.flow_rearm(%s, %s);
+
+-- name: flow_tenant
+INSERT INTO {schema}.tenants (queue, tenant) VALUES (%s, %s) ON CONFLICT DO NOTHING;

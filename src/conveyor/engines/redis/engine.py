@@ -26,7 +26,9 @@ from .reads import RedisReads
 from .wakeups import RedisWakeups
 
 
-class RedisEngine(RedisFlows, RedisFlow, RedisWakeups, RedisOperations, RedisReads, RedisCoordination):
+class RedisEngine(
+    RedisFlows, RedisFlow, RedisWakeups, RedisOperations, RedisReads, RedisCoordination
+):
     """Jobs in Redis; see `conveyor.engines.base` for the contract.
 
     Args:

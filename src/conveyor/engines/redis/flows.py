@@ -31,7 +31,7 @@ class RedisFlows(RedisBase):
                 node.parent_id or "", node.policy, 1 if node.waits else 0,
             )  # fmt: skip
         if queue not in self._known_queues:
-            await self._client.sadd(self._keys.queues, queue)  # type: ignore[misc]
+            await self._client.sadd(self._keys.queues, queue)
             self._known_queues.put(queue, True)
         job_id, created, state = await self._run("enqueue_flow", queue, *args, remember=True)
         return EnqueueResult(str(job_id), bool(created), JobState(state))
@@ -46,4 +46,9 @@ class RedisFlows(RedisBase):
         if state is None:
             raise not_found(job_id)
         kids = tuple(str(k) for k in orjson.loads(children)) if children else ()
-        return FlowLinks(job_id, parent, policy, kids)
+        return FlowLinks(job_id, _text(parent), _text(policy), kids)
+
+
+def _text(value: str | bytes | None) -> str | None:
+    # The client decodes replies; redis-py's types still allow bytes.
+    return value.decode() if isinstance(value, bytes) else value

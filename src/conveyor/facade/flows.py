@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from ..engines.values import FlowNode
+from ..engines.values import FlowLinks, FlowNode
 from ..errors import InvalidJob, InvalidPayload
 from ..job import Job, JobState
 from ..lifecycle import DEFAULT_FLOW_POLICY, FLOW_POLICIES, counted_in_results
@@ -201,6 +201,38 @@ class FlowProducer(Producer):
         """What each counted child returned, in order (None for an `ignore` failure)."""
         return [c.result for c in (await self.children_results(job_id)).values()]
 
+    async def flow_links(self, job_id: str) -> FlowLinks:
+        """The job's parent (and its policy there) and its children's ids.
+
+        Raises:
+            JobNotFound: no job has that id.
+        """
+        return await (await self.connect()).flow_links(job_id)
+
+    async def flow_summary(self, job_id: str) -> dict[str, Any] | None:
+        """The job's parent and children (each id, task, state) for `conveyor job`, or
+        None when the job is not part of a flow. At most `MAX_TREE_NODES` children are
+        read (`children_total` says how many there are).
+
+        Raises:
+            JobNotFound: no job has that id.
+        """
+        engine = await self.connect()
+        links = await engine.flow_links(job_id)
+        if links.parent_id is None and not links.children:
+            return None
+
+        async def brief(kid: str) -> dict[str, Any]:
+            job = await engine.get_job(kid)
+            return {"id": job.id, "task": job.task, "state": job.state.value}
+
+        return {
+            "parent": await brief(links.parent_id) if links.parent_id else None,
+            "policy": links.policy,
+            "children": [await brief(k) for k in links.children[:MAX_TREE_NODES]],
+            "children_total": len(links.children),
+        }
+
     async def flow_tree(self, job_id: str) -> dict[str, Any]:
         """The whole flow `job_id` belongs to, from its root: each node's id, task,
         state, policy and children (at most `MAX_TREE_NODES` nodes are read; a cut tree
@@ -228,6 +260,7 @@ class FlowProducer(Producer):
                 kids.append(await node(await engine.flow_links(kid)))
             out = {
                 "id": job.id,
+                "queue": job.queue,
                 "task": job.task,
                 "state": job.state.value,
                 "tenant": job.tenant,

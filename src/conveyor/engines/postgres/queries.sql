@@ -309,3 +309,11 @@ SELECT {schema}.flow_rearm(%s, %s);
 
 -- name: flow_tenant
 INSERT INTO {schema}.tenants (queue, tenant) VALUES (%s, %s) ON CONFLICT DO NOTHING;
+
+-- name: list_waiting
+-- Flow parents waiting for their children, newest first.
+SELECT {job_columns}, rid FROM {schema}.jobs
+WHERE queue = %(queue)s AND state = 'waiting-children'
+    AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s)
+    AND (created_ms, rid) < (%(k1)s, %(k2)s)
+ORDER BY created_ms DESC, rid DESC LIMIT %(n)s;

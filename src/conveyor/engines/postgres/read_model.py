@@ -98,7 +98,9 @@ class PgReadModel(PgCore):
                 args.update(k1=k1, k2=k2)
             else:
                 k1, k2 = key or (_MAX_KEY, _MAX_KEY)
-                name = "list_running" if state is JobState.RUNNING else "list_finished"
+                name = {JobState.RUNNING: "list_running", JobState.WAITING: "list_waiting"}.get(
+                    state, "list_finished"
+                )
                 args.update(k1=k1, k2=k2, state=state.value)
             cur = await conn.execute(self.q[name], args)
             rows = list(await cur.fetchall())

@@ -409,3 +409,17 @@ UPDATE jobs SET state = 'pending', seq = :seq WHERE id = :id AND state = 'waitin
 UPDATE OR IGNORE jobs SET state = 'waiting-children', attempt = 0, finished_ms = NULL,
     result = NULL, token = NULL, lease_until_ms = NULL, scheduled_ms = NULL
 WHERE id = ? AND state IN ('failed', 'cancelled');
+
+-- name: list_waiting
+-- Flow parents waiting for their children, newest first (no index of their own: few
+-- jobs wait, and jobs_parent is keyed by the children).
+SELECT {job_columns}, rowid FROM jobs
+WHERE queue = :queue AND state = 'waiting-children' AND (:tenant IS NULL OR tenant = :tenant)
+    AND (created_ms, rowid) < (:k1, :k2)
+ORDER BY created_ms DESC, rowid DESC LIMIT :n;
+
+-- name: list_waiting_tenant
+SELECT {job_columns}, rowid FROM jobs
+WHERE queue = :queue AND state = 'waiting-children' AND tenant = :tenant
+    AND (created_ms, rowid) < (:k1, :k2)
+ORDER BY created_ms DESC, rowid DESC LIMIT :n;

@@ -70,7 +70,8 @@ local function rearm(pid, pjk, st)
   unindex(pid, st, nil)
   redis.call('HSET', pjk, 'state', WAITING, 'attempt', 0)
   redis.call('HDEL', pjk, 'finished_ms', 'result', 'token')
-  index(pid, WAITING, NOW, redis.call('HGET', pjk, 'tenant'))
+  local f = redis.call('HMGET', pjk, 'tenant', 'created_ms')
+  index(pid, WAITING, tonumber(f[2]) or NOW, f[1]) -- newest first, like at enqueue
   emit(pid, pjk, 'enqueued', cjson.encode({ retried_by = 'operator', flow = 're-armed' }))
   local wait = pjk .. ':wait'
   redis.call('DEL', wait)

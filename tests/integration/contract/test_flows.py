@@ -92,6 +92,22 @@ async def test_fail_parent_fails_parent_and_cancels_the_rest(engine: Engine, app
     assert (await engine.counts("q")).waiting == 0
 
 
+async def test_a_failure_in_the_same_step_as_the_last_completion_fails_the_parent(
+    engine: Engine, app: Conveyor
+) -> None:
+    nodes = tree(app, [{"task": "t"}, {"task": "t", "max_attempts": 1}])
+    await engine.enqueue_flow(nodes)
+    jobs = {j.id: j for j in await claim(engine, 2)}
+    ok, bad = jobs[nodes[1].job.id], jobs[nodes[2].job.id]
+    await finish(
+        engine,
+        Outcome(ok.id, str(ok.token), "complete", result_json="1"),
+        Outcome(bad.id, str(bad.token), "fail", error_json=err(1)),
+    )
+    assert await state(engine, nodes[0].job.id) is JobState.FAILED
+    assert await claim(engine, 5) == []
+
+
 @pytest.mark.parametrize("policy", ["ignore", "continue"])
 async def test_ignore_and_continue_let_parent_run(
     engine: Engine, app: Conveyor, policy: str

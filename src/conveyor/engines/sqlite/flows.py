@@ -123,7 +123,7 @@ class SqliteFlows(SqliteCore):
             data = event_data(error=f"child {job_id} ended {state}")
             events.append((parent[3], "failed", parent_id, parent[4], parent[5], 0, now, data))
             return False
-        if conn.execute(Q["flow_live_children"], (parent_id,)).fetchone()[0]:
+        if conn.execute(Q["flow_holding_children"], (parent_id,)).fetchone()[0]:
             return False
         seq = self._reserve_seq(conn, 1)
         conn.execute(Q["flow_release_parent"], {"id": parent_id, "seq": seq})

@@ -390,9 +390,13 @@ SELECT state, parent_id, flow_policy, queue, task, tenant FROM jobs WHERE id = ?
 SELECT id, state, flow_policy, task, tenant, attempt FROM jobs WHERE parent_id = ?
 ORDER BY rowid;
 
--- name: flow_live_children
+-- name: flow_holding_children
+-- Children that keep a parent waiting: live ones, and (settling runs at the end of the
+-- transaction, after every finish in it) a fail_parent child that failed in the same
+-- transaction, whose own settling fails the parent.
 SELECT count(*) FROM jobs WHERE parent_id = ?
-    AND state IN ('scheduled', 'pending', 'running', 'waiting-children');
+    AND (state IN ('scheduled', 'pending', 'running', 'waiting-children')
+         OR (state IN ('failed', 'cancelled') AND flow_policy = 'fail_parent'));
 
 -- name: flow_fail_parent
 UPDATE jobs SET state = 'failed', finished_ms = :now, token = NULL, lease_until_ms = NULL,

@@ -56,8 +56,12 @@ BEGIN
         VALUES (p.queue, 'failed', p.id, p.task, p.tenant, 0, v_now,
             jsonb_build_object('error', 'child ' || NEW.id || ' ended ' || NEW.state)::text);
     ELSIF NOT EXISTS (
+        -- Row triggers fire after the whole statement, so a sibling may have failed in
+        -- this same statement: a fail_parent failure holds the parent too (its own
+        -- trigger fails it).
         SELECT 1 FROM {schema}.jobs WHERE parent_id = p.id
-            AND state IN ('scheduled', 'pending', 'running', 'waiting-children')
+            AND (state IN ('scheduled', 'pending', 'running', 'waiting-children')
+                 OR (state IN ('failed', 'cancelled') AND flow_policy = 'fail_parent'))
     ) THEN
         UPDATE {schema}.jobs SET state = 'pending', seq = nextval('{schema}.job_seq')
         WHERE id = p.id;

@@ -574,7 +574,7 @@ async def test_job_page_draws_its_flow_as_a_tree_and_retry_rearms_the_parent(
                         "on_failure": "ignore",
                     },
                 ],
-            },  # fmt: skip
+            },
             headers={"Authorization": f"Bearer {ADMIN}"},
         )
     assert r.status_code == 201, r.text

@@ -12,7 +12,10 @@
 const ROOT = document.querySelector('meta[name="conveyor-root"]').content;
 const TOKEN_KEY = "conveyor.dashboard.token";
 const QUEUES_KEY = "conveyor.dashboard.queues"; // queues a tenant opened (it cannot list them)
-const STATES = ["scheduled", "pending", "running", "completed", "failed", "cancelled", "waiting-children"];
+const STATES = ["scheduled", "pending", "running", "completed", "failed", "cancelled"];
+// The queue page also has a tab for flow parents waiting for their children (the
+// overview keeps to the six states, to fit its table on a laptop screen).
+const TAB_STATES = [...STATES, "waiting-children"];
 const FINISHED = ["completed", "failed", "cancelled"];
 // What an empty state tab means, so an empty table reads as an answer, not a glitch.
 const EMPTY_HINT = {
@@ -491,7 +494,7 @@ function queueView(view, name, params) {
     const known = JSON.parse(sessionStorage.getItem(QUEUES_KEY) || "[]");
     if (!known.includes(name)) sessionStorage.setItem(QUEUES_KEY, JSON.stringify([name, ...known].slice(0, 20)));
   }
-  const chosen = STATES.includes(params.get("state"));
+  const chosen = TAB_STATES.includes(params.get("state"));
   const state = chosen ? params.get("state") : "pending";
   const filters = { tenant: params.get("tenant") || "", task: params.get("task") || "", q: params.get("q") || "" };
   const cursors = [null]; // cursor of each page visited, so "Previous" needs no server support
@@ -545,7 +548,7 @@ function queueView(view, name, params) {
   );
 
   function renderTabs(counts) {
-    tabs.replaceChildren(...STATES.map((st) => h("li", {}, h("a", {
+    tabs.replaceChildren(...TAB_STATES.map((st) => h("li", {}, h("a", {
       href: queueHref(name, { ...nonEmpty(filters), state: st }),
       "aria-current": st === state ? "page" : null, "data-tab": st,
     }, st, counts ? h("span", { class: "count", "data-count": st, text: counts[st].toLocaleString("en") }) : null))));
@@ -611,7 +614,7 @@ function queueView(view, name, params) {
     const stats = await api("GET", `/queues/${encodeURIComponent(name)}/stats`);
     if (!chosen && !stats[state]) {
       // No state in the link: open on the first state that has jobs, not an empty tab.
-      const first = STATES.find((st) => stats[st] > 0);
+      const first = TAB_STATES.find((st) => stats[st] > 0);
       if (first && first !== state) {
         location.replace(queueHref(name, { ...nonEmpty(filters), state: first }));
         return;

@@ -60,9 +60,8 @@ async def enqueue_flow(
     queue = nodes[0].job.queue  # a flow lives in one queue (the facade checked)
     if not principal.may_use_queue(queue):
         raise ApiError(403, "Forbidden", f"this token may not use queue {queue!r}")
-    engine = await app.connect()
-    result = await engine.enqueue_flow(nodes)
-    job = await app.get_job(result.id)
+    result = await app.store_flow(nodes)
+    job = result.job
     if not result.created and not principal.sees(job.tenant, job.queue, job.task):
         raise ApiError(
             409, "Conflict", "this dedupe key is held by another caller's job: use another key"

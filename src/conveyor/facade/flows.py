@@ -17,7 +17,7 @@ from ..engines.values import FlowLinks, FlowNode
 from ..errors import InvalidJob, InvalidPayload
 from ..job import Job, JobState
 from ..lifecycle import DEFAULT_FLOW_POLICY, FLOW_POLICIES, counted_in_results
-from .producer import Producer
+from .producer import Enqueued, Producer
 
 __all__ = ["MAX_FLOW_JOBS", "ChildResult", "FlowProducer"]
 
@@ -140,12 +140,20 @@ class FlowProducer(Producer):
         Raises:
             UnknownTask, InvalidPayload, PayloadTooLarge, InvalidJob, EngineUnavailable.
         """
-        nodes = self.build_flow(parent, children)
+        return (await self.store_flow(self.build_flow(parent, children))).job
+
+    async def store_flow(self, nodes: Sequence[FlowNode]) -> Enqueued:
+        """Store a flow made by `build_flow`, saying whether it is new or the live parent
+        holding its dedupe key (the HTTP API answers 201 or 200 from it).
+
+        Raises:
+            EngineUnavailable: the engine cannot be reached.
+        """
         engine = await self.connect()
         res = await engine.enqueue_flow(nodes)
         if not res.created:
-            return self._own(await engine.get_job(res.id))
-        return self._own(self._assemble(nodes[0].job, res, self.clock.now()))
+            return Enqueued(self._own(await engine.get_job(res.id)), created=False)
+        return Enqueued(self._own(self._assemble(nodes[0].job, res, self.clock.now())), True)
 
     async def chain(self, *steps: Mapping[str, Any]) -> Job:
         """Run `steps` one after another; each step reads the previous one's result

@@ -230,3 +230,12 @@ async def test_bad_flow_is_refused_and_stores_nothing(
     with pytest.raises(InvalidJob, match=match):
         tree(app, kids, **parent)
     assert await engine.queue_names() == []
+
+
+async def test_purge_removes_a_whole_flow(engine: Engine, app: Conveyor) -> None:
+    nodes = tree(app, [{"task": "t", "children": [{"task": "t"}]}, {"task": "t"}])
+    await engine.enqueue_flow(nodes)
+    assert await engine.purge("q") == 4
+    counts = await engine.counts("q")
+    assert (counts.waiting, counts.pending) == (0, 0)
+    assert await claim(engine, 5) == []

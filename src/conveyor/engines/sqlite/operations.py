@@ -32,7 +32,7 @@ _RETRYABLE = {s.value for s in RETRYABLE}
 _CANCELLABLE = {s.value for s in CANCELLABLE}
 _PROMOTABLE = {s.value for s in PROMOTABLE}
 _MAX_KEY = (1 << 63) - 1  # keyset bound above every (finished_ms, rowid)
-_PURGE = ("purge_scheduled", "purge_pending", "purge_running", "purge_finished")
+_PURGE = ("purge_scheduled", "purge_pending", "purge_running", "purge_finished", "purge_waiting")
 
 
 class SqliteOperations(SqliteCore):

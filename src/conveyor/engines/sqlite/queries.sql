@@ -427,3 +427,8 @@ SELECT {job_columns}, rowid FROM jobs
 WHERE queue = :queue AND state = 'waiting-children' AND tenant = :tenant
     AND (created_ms, rowid) < (:k1, :k2)
 ORDER BY created_ms DESC, rowid DESC LIMIT :n;
+
+-- name: purge_waiting
+-- purge: flow parents waiting for their children (no index of their own; few wait).
+DELETE FROM jobs WHERE rowid IN (
+    SELECT rowid FROM jobs WHERE queue = ? AND state = 'waiting-children' LIMIT ?);

@@ -415,20 +415,20 @@ UPDATE OR IGNORE jobs SET state = 'waiting-children', attempt = 0, finished_ms =
 WHERE id = ? AND state IN ('failed', 'cancelled');
 
 -- name: list_waiting
--- Flow parents waiting for their children, newest first (no index of their own: few
--- jobs wait, and jobs_parent is keyed by the children).
+-- Flow parents waiting for their children, newest first (index jobs_waiting).
 SELECT {job_columns}, rowid FROM jobs
 WHERE queue = :queue AND state = 'waiting-children' AND (:tenant IS NULL OR tenant = :tenant)
     AND (created_ms, rowid) < (:k1, :k2)
 ORDER BY created_ms DESC, rowid DESC LIMIT :n;
 
 -- name: list_waiting_tenant
+-- (index jobs_tenant_waiting)
 SELECT {job_columns}, rowid FROM jobs
 WHERE queue = :queue AND state = 'waiting-children' AND tenant = :tenant
     AND (created_ms, rowid) < (:k1, :k2)
 ORDER BY created_ms DESC, rowid DESC LIMIT :n;
 
 -- name: purge_waiting
--- purge: flow parents waiting for their children (no index of their own; few wait).
+-- purge: flow parents waiting for their children (index jobs_waiting).
 DELETE FROM jobs WHERE rowid IN (
     SELECT rowid FROM jobs WHERE queue = ? AND state = 'waiting-children' LIMIT ?);

@@ -7,22 +7,26 @@
 -- waits, K_JOB .. id .. ':wait' is the set of its unfinished children (derived from the
 -- job hash's name: same tag, same slot; an empty set is deleted by Redis itself).
 
+-- The set of a waiting parent's unfinished children (same tag as its hash: same slot).
+local function wait_key(id)
+  return K_JOB .. id .. ':wait'
+end
+
 -- Cancel a live job because its flow parent ended (`why`): out of its index, its slot
 -- freed, finished (which settles it in turn: its own children go too).
 local function cancel_in_flow(kid, why)
-  local kjk = K_JOB .. kid
-  local ks = redis.call('HGET', kjk, 'state')
+  local ks = redis.call('HGET', K_JOB .. kid, 'state')
   if not LIVE[ks] then return end
   if ks == 'pending' then
-    remove_pending(kid, kjk)
+    remove_pending(kid, K_JOB .. kid)
   else
     unindex(kid, ks, nil)
   end
   if ks == 'running' then
-    left_running(redis.call('HGET', kjk, 'tenant'), nil)
+    left_running(redis.call('HGET', K_JOB .. kid, 'tenant'), nil)
   end
-  finish(kid, kjk, 'cancelled')
-  emit(kid, kjk, 'cancelled', cjson.encode({ reason = why }))
+  finish(kid, K_JOB .. kid, 'cancelled')
+  emit(kid, K_JOB .. kid, 'cancelled', cjson.encode({ reason = why }))
 end
 
 -- Called by finish() for every job that reaches a finished `state`, in the same script.
@@ -37,29 +41,29 @@ settled = function(id, jk, state)
   end
   if not f[1] then return end
   local pid = f[1]
-  local pjk = K_JOB .. pid
-  redis.call('SREM', pjk .. ':wait', id)
-  if redis.call('HGET', pjk, 'state') ~= WAITING then return end
+  local wkey = wait_key(pid)
+  redis.call('SREM', wkey, id)
+  if redis.call('HGET', K_JOB .. pid, 'state') ~= WAITING then return end
   if fails_parent(state, f[2]) then
     unindex(pid, WAITING, nil)
-    add_error(pjk, cjson.encode({
+    add_error(K_JOB .. pid, cjson.encode({
       attempt = 0, type = CHILD_FAILED_TYPE, message = child_failed_message(id, state),
       at = NOW / 1000,
     }))
-    finish(pid, pjk, 'failed')
-    emit(pid, pjk, 'failed', cjson.encode({ error = 'child ' .. id .. ' ended ' .. state }))
-  elseif redis.call('SCARD', pjk .. ':wait') == 0 then
+    finish(pid, K_JOB .. pid, 'failed')
+    emit(pid, K_JOB .. pid, 'failed', cjson.encode({ error = 'child ' .. id .. ' ended ' .. state }))
+  elseif redis.call('SCARD', wkey) == 0 then
     unindex(pid, WAITING, nil)
-    push_pending(pid, pjk, 'back')
-    emit(pid, pjk, FLOW_READY_EVENT, nil)
+    push_pending(pid, K_JOB .. pid, 'back')
+    emit(pid, K_JOB .. pid, FLOW_READY_EVENT, nil)
   end
 end
 
 -- A finished (failed or cancelled) parent waits again: its dedupe key back (false when
 -- another live job holds it now: it stays as it is), its cancelled children back
 -- (pending, or waiting again when they have children), its wait set rebuilt.
-local function rearm(pid, pjk, st)
-  local key = redis.call('HGET', pjk, 'dedupe_key')
+local function rearm(pid, st)
+  local key = redis.call('HGET', K_JOB .. pid, 'dedupe_key')
   if key and key ~= '' then
     local holder = redis.call('HGET', K_DEDUPE, key)
     if holder and holder ~= pid and LIVE[redis.call('HGET', K_JOB .. holder, 'state')] then
@@ -68,25 +72,24 @@ local function rearm(pid, pjk, st)
     redis.call('HSET', K_DEDUPE, key, pid)
   end
   unindex(pid, st, nil)
-  redis.call('HSET', pjk, 'state', WAITING, 'attempt', 0)
-  redis.call('HDEL', pjk, 'finished_ms', 'result', 'token')
-  local f = redis.call('HMGET', pjk, 'tenant', 'created_ms')
+  redis.call('HSET', K_JOB .. pid, 'state', WAITING, 'attempt', 0)
+  redis.call('HDEL', K_JOB .. pid, 'finished_ms', 'result', 'token')
+  local f = redis.call('HMGET', K_JOB .. pid, 'tenant', 'created_ms')
   index(pid, WAITING, tonumber(f[2]) or NOW, f[1]) -- newest first, like at enqueue
-  emit(pid, pjk, 'enqueued', cjson.encode({ retried_by = 'operator', flow = 're-armed' }))
-  local wait = pjk .. ':wait'
-  redis.call('DEL', wait)
-  for _, kid in ipairs(cjson.decode(redis.call('HGET', pjk, 'children') or '[]')) do
-    local kjk = K_JOB .. kid
-    local ks = redis.call('HGET', kjk, 'state')
+  emit(pid, K_JOB .. pid, 'enqueued', cjson.encode({ retried_by = 'operator', flow = 're-armed' }))
+  local wkey = wait_key(pid)
+  redis.call('DEL', wkey)
+  for _, kid in ipairs(cjson.decode(redis.call('HGET', K_JOB .. pid, 'children') or '[]')) do
+    local ks = redis.call('HGET', K_JOB .. kid, 'state')
     if ks == 'cancelled' then
-      if redis.call('HEXISTS', kjk, 'children') == 1 then
-        rearm(kid, kjk, ks)
+      if redis.call('HEXISTS', K_JOB .. kid, 'children') == 1 then
+        rearm(kid, ks)
       else
-        retry_finished(kid, kjk, ks)
+        retry_finished(kid, K_JOB .. kid, ks)
       end
-      ks = redis.call('HGET', kjk, 'state')
+      ks = redis.call('HGET', K_JOB .. kid, 'state')
     end
-    if LIVE[ks] then redis.call('SADD', wait, kid) end
+    if LIVE[ks] then redis.call('SADD', wkey, kid) end
   end
   return true
 end
@@ -96,9 +99,8 @@ end
 rearm_parent = function(id, jk)
   local pid = redis.call('HGET', jk, 'parent')
   while pid do
-    local pjk = K_JOB .. pid
-    local st = redis.call('HGET', pjk, 'state')
-    if st ~= 'failed' or not rearm(pid, pjk, st) then return end
-    pid = redis.call('HGET', pjk, 'parent')
+    local st = redis.call('HGET', K_JOB .. pid, 'state')
+    if st ~= 'failed' or not rearm(pid, st) then return end
+    pid = redis.call('HGET', K_JOB .. pid, 'parent')
   end
 end

@@ -73,7 +73,8 @@ for i = 0, n - 1 do
   if parent ~= '' then
     local list = kids[parent]
     list[#list + 1] = id
-    redis.call('SADD', K_JOB .. parent .. ':wait', id)
+    local wkey = wait_key(parent)
+    redis.call('SADD', wkey, id)
   end
   emit(id, jk, 'enqueued', nil, ARGV[b + 1], tenant, '0')
 end

@@ -23,7 +23,8 @@ for _, zkey in ipairs({ K_PENDING, K_TPENDING, K_SCHEDULED, K_RUNNING, K_COMPLET
       local tkey = tstate_key(f[1], f[2])
       redis.call('ZREM', tkey, id)
     end
-    redis.call('DEL', jk, jk .. ':wait') -- a flow parent's set of unfinished children
+    local wkey = wait_key(id) -- a flow parent's set of unfinished children
+    redis.call('DEL', jk, wkey)
     redis.call('ZREM', zkey, id)
   end
   deleted = deleted + #ids

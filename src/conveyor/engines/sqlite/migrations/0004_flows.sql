@@ -6,6 +6,11 @@
 ALTER TABLE jobs ADD COLUMN parent_id TEXT;
 ALTER TABLE jobs ADD COLUMN flow_policy TEXT;
 CREATE INDEX IF NOT EXISTS jobs_parent ON jobs (parent_id) WHERE parent_id IS NOT NULL;
+-- Listings of waiting parents (newest first), all of a queue's or one tenant's.
+CREATE INDEX IF NOT EXISTS jobs_waiting ON jobs (queue, created_ms)
+    WHERE state = 'waiting-children';
+CREATE INDEX IF NOT EXISTS jobs_tenant_waiting ON jobs (queue, tenant, created_ms)
+    WHERE state = 'waiting-children' AND tenant IS NOT NULL;
 
 -- A waiting parent is live: it holds its dedupe key like a scheduled, pending or running
 -- job (a retried flow() call finds it).

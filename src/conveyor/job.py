@@ -163,6 +163,16 @@ class Job(Generic[P]):
         values: list[Any] = await self._owner().child_values(self.id)
         return values
 
+    def children_results_sync(self) -> dict[str, Any]:
+        """`children_results` for synchronous code (a sync handler)."""
+        results: dict[str, Any] = self._owner().children_results_sync(self.id)
+        return results
+
+    def child_values_sync(self) -> list[Any]:
+        """`child_values` for synchronous code (a sync handler)."""
+        values: list[Any] = self._owner().child_values_sync(self.id)
+        return values
+
     def wait_sync(self, timeout: float | None = None) -> Any:
         """`wait` for synchronous code; same returns and errors."""
         return self._owner().wait_sync(self.id, timeout)

@@ -241,6 +241,14 @@ class FlowProducer(Producer):
             "children_total": len(links.children),
         }
 
+    def children_results_sync(self, job_id: str) -> dict[str, ChildResult]:
+        """`children_results` for synchronous code."""
+        return self._bridge().run(lambda app: app.children_results(job_id))
+
+    def child_values_sync(self, job_id: str) -> list[Any]:
+        """`child_values` for synchronous code."""
+        return self._bridge().run(lambda app: app.child_values(job_id))
+
     async def flow_tree(self, job_id: str) -> dict[str, Any]:
         """The whole flow `job_id` belongs to, from its root: each node's id, task,
         state, policy and children (at most `MAX_TREE_NODES` nodes are read; a cut tree

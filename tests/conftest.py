@@ -22,11 +22,15 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from conveyor import Conveyor
 from tests.apps.probe import probe_app
+
+if TYPE_CHECKING:
+    from tests.redis_topologies import ClusterServers, SentinelServers
 
 REDIS_SERVER = shutil.which("redis-server")
 
@@ -127,6 +131,50 @@ def redis_url(redis_server: RedisServer) -> str:
     return f"{redis_server.url}?prefix=t{uuid.uuid4().hex[:10]}"
 
 
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterServers]:
+    """A Redis Cluster of this session's own: 3 masters, 3 replicas on loopback
+    (tests/redis_topologies.py). Tests that kill nodes start their own."""
+    from tests.redis_topologies import ClusterServers
+
+    if not REDIS_SERVER or not shutil.which("redis-cli"):
+        pytest.fail("redis-server/redis-cli are not installed; run scripts/test")
+    cluster = ClusterServers(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def cluster_url(redis_cluster: ClusterServers) -> str:
+    """The session's cluster with a key prefix unique to this test."""
+    return f"{redis_cluster.url}?prefix=t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="session")
+def redis_sentinels(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelServers]:
+    """A master, a replica and three sentinels of this session's own
+    (tests/redis_topologies.py). Tests that kill the master start their own."""
+    from tests.redis_topologies import SentinelServers
+
+    if not REDIS_SERVER:
+        pytest.fail("redis-server is not installed; run scripts/test, which installs it")
+    deployment = SentinelServers(tmp_path_factory.mktemp("redis-sentinel"))
+    try:
+        deployment.start()
+        yield deployment
+    finally:
+        deployment.stop()
+
+
+@pytest.fixture
+def sentinel_url(redis_sentinels: SentinelServers) -> str:
+    """The session's Sentinel set with a key prefix unique to this test."""
+    return f"{redis_sentinels.url}?prefix=t{uuid.uuid4().hex[:10]}"
+
+
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'conveyor.db'}"
@@ -153,12 +201,19 @@ def postgres_url(postgres_server: str) -> Iterator[str]:
     drop_schema(postgres_server, schema)
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis", "postgresql"])
+@pytest.fixture(
+    params=["memory", "sqlite", "redis", "redis+cluster", "redis+sentinel", "postgresql"]
+)
 def engine_url(request: pytest.FixtureRequest) -> str:
-    """Every engine, for the contract suite."""
+    """Every engine, for the contract suite (Redis three ways: one server, a cluster,
+    and a Sentinel-watched master)."""
     kind = request.param
     if kind == "memory":
         return "memory://"
+    if kind == "redis+cluster":
+        return str(request.getfixturevalue("cluster_url"))
+    if kind == "redis+sentinel":
+        return str(request.getfixturevalue("sentinel_url"))
     if kind == "sqlite":
         return str(request.getfixturevalue("sqlite_url"))
     if kind == "postgresql":

@@ -5,6 +5,8 @@ ConveyorError                     root: catch this to catch everything Conveyor 
 ├── ConfigError                   a setting or argument is invalid (raised at start-up)
 ├── EngineUnavailable             the engine (Redis, SQLite file) cannot serve now: retry
 │   ├── EngineFull                Redis reached maxmemory: new jobs refused, workers drain
+│   ├── NotReplicated             `?replicas=N`: the enqueue is done but N replicas did
+│   │                             not confirm it in time (it may be lost on failover)
 │   └── SchemaTooNew              the SQLite file was migrated by a newer Conveyor
 ├── JobNotFound                   no job has that id
 ├── InvalidArgument               a read or operator call got a value no engine handed out
@@ -77,6 +79,17 @@ class EngineFull(EngineUnavailable):
     Producers get it instead of a raw OOM reply: nothing was enqueued, retry later. It is
     an `EngineUnavailable`, so code that backs off and retries on that handles it too;
     workers keep finishing and acknowledging the jobs they hold while it lasts.
+    """
+
+
+class NotReplicated(EngineUnavailable):
+    """A Redis URL with `?replicas=N` asked for N replicas to confirm a write (`WAIT`), and
+    fewer did within `replica_timeout`.
+
+    The write was made on the master (the jobs exist there) but is not known to survive
+    its failover. Only an enqueue raises it; a retry with the same dedupe key finds the
+    job instead of adding another. (Workers' outcomes log a warning instead, see
+    `conveyor.engines.redis.replicas`.)
     """
 
 

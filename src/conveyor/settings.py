@@ -30,7 +30,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
 
     url: str = Field(
-        DEFAULT_URL, description="engine URL: redis://, rediss://, sqlite:///, memory://"
+        DEFAULT_URL,
+        description="engine URL: redis://, rediss://, redis+cluster://, redis+sentinel://, "
+        "sqlite:///, postgresql://, memory://",
     )
     app: str | None = Field(
         None,

@@ -365,3 +365,7 @@ def test_sqlite_and_redis_follow_one_lifecycle(redis_server: Any, tmp_path: Path
 
 def test_sqlite_and_postgres_follow_one_lifecycle(postgres_server: str, tmp_path: Path) -> None:
     run_state_machine_as_test(lambda: Differential(postgres_server, tmp_path), settings=PROFILE)
+
+
+def test_sqlite_and_redis_cluster_follow_one_lifecycle(redis_cluster: Any, tmp_path: Path) -> None:
+    run_state_machine_as_test(lambda: Differential(redis_cluster.url, tmp_path), settings=PROFILE)

@@ -34,6 +34,7 @@ from conveyor.engines.redis.keys import KeyLayout
 from conveyor.errors import ConfigError, EngineUnavailable
 from conveyor.job import JobState, NewJob, new_job_id
 from conveyor.testing import eventually
+from tests.redis_topologies import raw_client
 
 pytestmark = pytest.mark.redis
 
@@ -188,7 +189,7 @@ def cluster_url(tmp_path: Path) -> Iterator[str]:
             if attempt == 2:
                 raise
     try:
-        yield f"redis://127.0.0.1:{port}/0?prefix=c"
+        yield f"redis+cluster://127.0.0.1:{port}/?prefix=c"
     finally:
         proc.kill()
         proc.wait(10)
@@ -202,7 +203,7 @@ async def test_every_operation_is_legal_on_redis_cluster(
     slot; shipped scripts have no shebang (so they run on Redis 6.2), so this test loads
     them in that strict mode. Each call below fails if a script mixed tags or derived a
     key outside its queue's slot."""
-    raw = aioredis.Redis.from_url(cluster_url.split("?")[0])
+    raw = raw_client(cluster_url)
     with pytest.raises(ResponseError, match="same slot"):  # the server does enforce it
         await raw.eval("#!lua\nreturn redis.call('GET', '{elsewhere}:x')", 1, "{c:a}:x")
     await raw.aclose()
@@ -250,6 +251,16 @@ async def test_every_operation_is_legal_on_redis_cluster(
         assert await eng.queue_names() == ["a", "b"]
     finally:
         await eng.close()
+
+
+async def test_a_plain_url_at_a_cluster_node_names_the_fix(cluster_url: str) -> None:
+    """What issue 17 found: redis:// at a cluster node used to fail on the first enqueue
+    with a raw MOVED; it now fails at connect and names redis+cluster://."""
+    port = cluster_url.split(":")[2].split("/")[0]
+    eng = RedisEngine(f"redis://127.0.0.1:{port}/0?prefix=c")
+    with pytest.raises(ConfigError, match=rf"use redis\+cluster://127.0.0.1:{port}/"):
+        await eng.connect()
+    await eng.close()
 
 
 # --- the test clock, and batching that only Redis has --------------------------------

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conveyor import EngineUnavailable, JobState, Worker
+from conveyor import ConfigError, EngineUnavailable, JobState, Worker
 from tests.apps.probe import probe_app
 from tests.conftest import REDIS_SERVER, free_port
 
@@ -115,3 +115,63 @@ async def test_rediss_refuses_a_certificate_it_cannot_verify(tls_redis: TlsRedis
     with pytest.raises(EngineUnavailable):
         await plain.enqueue("probe", {})
     await plain.close()
+
+
+async def test_rediss_cluster_url_runs_jobs_over_tls(tmp_path: Path) -> None:
+    """`rediss+cluster://` against a one-node cluster that speaks only TLS: redis-py's
+    cluster client carries every call (the lane has no TLS), scripts included."""
+    if not (REDIS_SERVER and OPENSSL):
+        pytest.fail("needs redis-server and openssl (scripts/test installs both)")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            *(OPENSSL, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost"),
+            *("-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    port, bus = free_port(), free_port()
+    proc = subprocess.Popen(
+        [
+            *(REDIS_SERVER, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1"),
+            *("--tls-cert-file", str(cert), "--tls-key-file", str(key)),
+            *("--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no"),
+            *("--tls-cluster", "yes", "--cluster-enabled", "yes", "--cluster-port", str(bus)),
+            *("--cluster-config-file", str(tmp_path / "nodes.conf")),
+            *("--save", "", "--appendonly", "no", "--dir", str(tmp_path)),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    cli = ["redis-cli", "--tls", "--cacert", str(cert), "-p", str(port)]
+    try:
+        deadline = time.monotonic() + 10
+        while not _answers_tls(port, cert):
+            assert proc.poll() is None, "redis-server exited: is it built with TLS?"
+            assert time.monotonic() < deadline, "TLS redis-server did not start"
+            time.sleep(0.05)
+        subprocess.run([*cli, "CLUSTER", "ADDSLOTSRANGE", "0", "16383"], check=True, timeout=5)
+        while (
+            "cluster_state:ok"
+            not in subprocess.run(
+                [*cli, "CLUSTER", "INFO"], capture_output=True, text=True, timeout=5
+            ).stdout
+        ):
+            assert time.monotonic() < deadline, "TLS cluster did not come up"
+            time.sleep(0.05)
+        url = f"rediss+cluster://127.0.0.1:{port}/?prefix=tls&ssl_ca_certs={cert}"
+        app = probe_app(url)
+        jobs = await app.enqueue_many(
+            [{"task": "probe", "payload": {"action": "ok"}, "queue": q} for q in ("probe", "b")]
+        )
+        await Worker(app, queues=("probe",), burst=True).run()
+        assert (await app.get_job(jobs[0].id)).state == JobState.COMPLETED
+        assert (await app.get_job(jobs[1].id)).state == JobState.PENDING
+        await app.close()
+        with pytest.raises(ConfigError, match="rediss\\+cluster"):
+            await probe_app(url + "&replicas=1").connect()
+    finally:
+        proc.kill()
+        proc.wait(10)

@@ -41,7 +41,14 @@ __all__ = [
     "open_engine",
 ]
 
-SCHEMES = ("redis://", "rediss://", "sqlite://", "memory://", "postgresql://", "postgres://")
+REDIS_SCHEMES = (
+    "redis://",
+    "rediss://",
+    "redis+cluster://",
+    "rediss+cluster://",
+    "redis+sentinel://",
+)
+SCHEMES = (*REDIS_SCHEMES, "sqlite://", "memory://", "postgresql://", "postgres://")
 
 
 def open_engine(url: str, *, clock: Clock | None = None) -> Engine:
@@ -55,7 +62,7 @@ def open_engine(url: str, *, clock: Clock | None = None) -> Engine:
     Raises:
         ConfigError: the URL's scheme is not one Conveyor knows.
     """
-    if url.startswith(("redis://", "rediss://")):
+    if url.startswith(REDIS_SCHEMES):
         from .redis import RedisEngine
 
         return RedisEngine(url, clock=clock)
@@ -70,6 +77,7 @@ def open_engine(url: str, *, clock: Clock | None = None) -> Engine:
         return PostgresEngine(url, clock=clock)
     raise ConfigError(
         f"engine URL {url!r} is not supported: use one of redis://host:6379/0, "
-        "rediss://..., sqlite:///path/to/conveyor.db, "
+        "rediss://..., redis+cluster://host:7000,host:7001/, "
+        "redis+sentinel://host:26379/MASTER_NAME/0, sqlite:///path/to/conveyor.db, "
         "postgresql://user@host:5432/dbname?schema=conveyor or memory://"
     )

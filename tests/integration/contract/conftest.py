@@ -1,7 +1,8 @@
 """The engine contract suite's one fixture set: every test here runs on every engine.
 
-`engine_url` (tests/conftest.py) parametrises each test over memory, SQLite, Redis and
-Postgres.
+`engine_url` (tests/conftest.py) parametrises each test over memory, SQLite, Redis,
+Redis Cluster (3 masters + 3 replicas), Redis Sentinel (master, replica, 3 sentinels;
+both in tests/redis_topologies.py) and Postgres.
 A rule that one engine breaks today is marked, on that engine only, with
 `@pytest.mark.diverges("redis", reason=...)`: the case becomes a strict xfail, so it
 turns into a failure the moment the engine is fixed and the mark must go.
@@ -17,7 +18,7 @@ from conveyor import Conveyor
 from conveyor.clock import FakeClock
 from conveyor.engines import Engine, open_engine
 
-ENGINES = ("memory", "sqlite", "redis", "postgresql")
+ENGINES = ("memory", "sqlite", "redis", "redis+cluster", "redis+sentinel", "postgresql")
 
 
 def pytest_configure(config: pytest.Config) -> None:

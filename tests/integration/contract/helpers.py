@@ -103,12 +103,11 @@ async def corrupt_payload(engine: Engine, engine_url: str, job: Job | str) -> No
     job_id = job if isinstance(job, str) else job.id
     queue = job_id.split(":", 1)[0]
     if engine_url.startswith("redis"):
-        import redis.asyncio as aioredis
-
         from conveyor.engines.redis.keys import KeyLayout
+        from tests.redis_topologies import raw_client
 
         prefix = engine_url.split("prefix=")[1]
-        raw = aioredis.Redis.from_url(engine_url.split("?")[0])
+        raw = raw_client(engine_url)
         try:
             await raw.hset(KeyLayout(prefix).queue(queue).job(job_id), "payload", "[not json")
         finally:

@@ -27,11 +27,15 @@ async def test_ping_durable_flag_and_close_twice(engine_url: str) -> None:
     await eng.connect()
     assert await eng.ping() >= 0
     if engine_url.startswith("redis"):
-        import redis.asyncio as aioredis
+        from tests.redis_topologies import raw_client
 
-        raw = aioredis.Redis.from_url(engine_url.split("?")[0], decode_responses=True)
+        raw = raw_client(engine_url, decode_responses=True)
         try:
-            aof = (await raw.config_get("appendonly"))["appendonly"] == "yes"
+            reply = await raw.config_get("appendonly")
+            # A cluster client answers per node ({node: {...}}): every node must have AOF.
+            values = [reply["appendonly"]] if "appendonly" in reply else [
+                v["appendonly"] for v in reply.values()]  # fmt: skip
+            aof = all(v == "yes" for v in values)
         finally:
             await raw.aclose()
         assert eng.durable is aof

@@ -17,12 +17,12 @@ import functools
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from importlib import resources
-from typing import Any, Concatenate, ParamSpec, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
 import hiredis
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.commands.core import AsyncScript
@@ -35,10 +35,14 @@ from ...clock import Clock
 from ...durability import ServerSettings
 from ...errors import ConfigError, EngineUnavailable, InvalidState
 from ...job import Job, decode_job, decode_lenient
-from .errors import classify, with_flags
+from .cluster_lane import ClusterLane
+from .errors import classify, misrouted, with_flags
 from .keys import KeyLayout, LruCache, QueueKeys
 from .lane import Lane, url_timeouts
-from .server import read_server
+from .replicas import ACKED_SCRIPTS, ReplicaAck
+from .sentinel_lane import SentinelLane
+from .server import read_server, read_servers
+from .topology import cluster_client, parse_url, sentinel_client
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -97,38 +101,6 @@ def _script_source(name: str) -> str:
     return "\n".join(parts)
 
 
-def _split_url(url: str) -> tuple[str, str, str]:
-    """Return (URL for redis-py, key prefix, URL safe to show: no password).
-
-    Raises:
-        ConfigError: not a redis:// or rediss:// URL, or an unusable prefix.
-    """
-    parts = urlsplit(url)
-    if parts.scheme not in ("redis", "rediss"):
-        raise ConfigError(
-            f"{url!r} is not a Redis URL: use redis://host:6379/0 or rediss://host:6380/0"
-        )
-    prefix = "conveyor"
-    rest: list[tuple[str, str]] = []
-    for key, value in parse_qsl(parts.query, keep_blank_values=True):
-        if key == "prefix":
-            prefix = value
-        else:
-            rest.append((key, value))
-    if not prefix or any(c in prefix for c in "{} \t\r\n"):
-        raise ConfigError(
-            f"Redis key prefix {prefix!r} is unusable: use letters, digits, '_', '-', '.' "
-            "or ':', e.g. ?prefix=conveyor"
-        )
-    clean = urlunsplit(parts._replace(query=urlencode(rest)))
-    shown = url
-    if parts.password is not None:
-        netloc = parts.netloc.rsplit("@", 1)[-1]
-        user = f"{parts.username}:***@" if parts.username else ":***@"
-        shown = urlunsplit(parts._replace(netloc=user + netloc))
-    return clean, prefix, shown
-
-
 def driver_errors(
     fn: Callable[Concatenate[B, P], Awaitable[R]],
 ) -> Callable[Concatenate[B, P], Coroutine[Any, Any, R]]:
@@ -158,7 +130,7 @@ def driver_errors(
         except ResponseError as exc:  # LOADING, OOM, READONLY...: see errors.py
             error = classify(exc, self.url)
             if error is None:
-                raise
+                raise (misrouted(exc, self.url) if self._cluster is None else exc) from exc
             raise error from exc
         if task is not None and task.cancelling() > cancels:
             raise asyncio.CancelledError
@@ -217,40 +189,63 @@ class RedisBase:
     def __init__(
         self, url: str, *, events_maxlen: int = 10_000, clock: Clock | None = None
     ) -> None:
-        redis_url, self.prefix, self.url = _split_url(url)
+        target = parse_url(url)
+        redis_url, self.prefix, self.url = target.redis_url, target.prefix, target.shown
         self._clock = clock
         # `?socket_connect_timeout=` / `?socket_timeout=` (seconds), defaults 2 and 5.
         connect_timeout, self._timeout = url_timeouts(redis_url)
         self._keys = KeyLayout(self.prefix)
         self._events_maxlen = str(events_maxlen)
-        # A plain (non-blocking) pool with a high cap: redis-py's BlockingConnectionPool
-        # adds a wait_for and a queue to every command (~25% of a single enqueue's client
-        # CPU); bursts beyond the cap (the API bounds its own) fail with a clear error.
-        pool = aioredis.ConnectionPool.from_url(
-            redis_url,
-            max_connections=_MAX_CONNECTIONS,
-            connection_class=(
-                _FastSSLConnection if redis_url.startswith("rediss://") else _FastConnection
-            ),
-            decode_responses=True,
-            socket_connect_timeout=connect_timeout,
-            socket_timeout=self._timeout,
-            socket_keepalive=True,
-            # A pooled connection idle for longer is PINGed before use, so a connection
-            # that died with a restarted Redis is noticed before a command is sent on it.
-            health_check_interval=30,
-            # Retry only connection errors: after a Redis restart the pool's connections
-            # are dead and the command never reached Redis, so resending is safe. Read
-            # timeouts are not retried: the script may have run.
-            retry=Retry(
-                ExponentialWithJitterBackoff(cap=1.0, base=0.05),
-                3,
-                supported_errors=(RedisConnectionError,),
-            ),
-            retry_on_error=[RedisConnectionError],
+        # `?replicas=N`: enqueue and outcome writes wait for N replicas (replicas.py).
+        self._ack = (
+            ReplicaAck(target.replicas, target.replica_timeout_ms) if target.replicas else None
         )
-        self._pool = pool
-        self._client = aioredis.Redis(connection_pool=pool)
+        self._cluster: RedisCluster | None = None
+        self._pool: aioredis.ConnectionPool | None = None
+        if self._ack is not None and target.kind == "cluster" and target.tls:
+            raise ConfigError(
+                f"?replicas is not supported on rediss+cluster:// yet ({self.url}): WAIT must "
+                "follow each master's writes on their connection, which only the non-TLS "
+                "cluster connection does; use redis+cluster:// on a private network, or "
+                "drop ?replicas"
+            )
+        if target.kind == "cluster":
+            self._cluster = cluster_client(target, connect_timeout, self._timeout)
+            # RedisCluster offers the same command methods as Redis (another class); the
+            # few that differ on a cluster (pipelined scripts, cross-slot XREAD) are
+            # routed by the parts that use them (`self._cluster` is set).
+            self._client = cast(aioredis.Redis, self._cluster)
+        elif target.kind == "sentinel":
+            self._client, sentinel = sentinel_client(target, connect_timeout, self._timeout)
+        else:
+            # A plain (non-blocking) pool with a high cap: redis-py's BlockingConnectionPool
+            # adds a wait_for and a queue to every command (~25% of a single enqueue's client
+            # CPU); bursts beyond the cap (the API bounds its own) fail with a clear error.
+            pool = aioredis.ConnectionPool.from_url(
+                redis_url,
+                max_connections=_MAX_CONNECTIONS,
+                connection_class=(
+                    _FastSSLConnection if redis_url.startswith("rediss://") else _FastConnection
+                ),
+                decode_responses=True,
+                socket_connect_timeout=connect_timeout,
+                socket_timeout=self._timeout,
+                socket_keepalive=True,
+                # A pooled connection idle for longer is PINGed before use, so a connection
+                # that died with a restarted Redis is noticed before a command is sent on it.
+                health_check_interval=30,
+                # Retry only connection errors: after a Redis restart the pool's connections
+                # are dead and the command never reached Redis, so resending is safe. Read
+                # timeouts are not retried: the script may have run.
+                retry=Retry(
+                    ExponentialWithJitterBackoff(cap=1.0, base=0.05),
+                    3,
+                    supported_errors=(RedisConnectionError,),
+                ),
+                retry_on_error=[RedisConnectionError],
+            )
+            self._pool = pool
+            self._client = aioredis.Redis(connection_pool=pool)
         self._version: tuple[int, ...] | None = None  # the server's, read by connect()
         # Durable only with AOF on (issue 14.9); known once connect() read the server.
         self.durable = True
@@ -261,11 +256,27 @@ class RedisBase:
         }
         # Script calls (every state change) use a leaner connection than redis-py's; TLS
         # stays on redis-py (see lane.py).
-        self._lane = (
-            Lane(redis_url, connect_timeout=connect_timeout, timeout=self._timeout)
-            if redis_url.startswith("redis://")
-            else None
-        )
+        self._lane: Lane | ClusterLane | SentinelLane | None = None
+        if self._cluster is not None and not target.tls:
+            self._lane = ClusterLane(
+                self._cluster,
+                username=target.username,
+                password=target.password,
+                connect_timeout=connect_timeout,
+                timeout=self._timeout,
+            )
+        elif target.kind == "single" and not target.tls:
+            self._lane = Lane(redis_url, connect_timeout=connect_timeout, timeout=self._timeout)
+        elif target.kind == "sentinel":
+            self._lane = SentinelLane(
+                sentinel,
+                target.master,
+                db=target.db,
+                username=target.username,
+                password=target.password,
+                connect_timeout=connect_timeout,
+                timeout=self._timeout,
+            )
         self._enqueue = self._scripts["enqueue"]
         self._exchange = self._scripts["exchange"]
         self._queue_args: LruCache[str, tuple[QueueKeys, list[str], list[str]]] = LruCache(
@@ -324,6 +335,8 @@ class RedisBase:
         return await self._eval(self._scripts[name], keys, [*header, *args])
 
     async def _eval(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
+        if self._acked(script):  # with its WAIT, on the same connection
+            return (await self._run_many([(script, keys, args)]))[0]
         if self._lane is None:
             return await script(keys=keys, args=args)
         try:
@@ -332,6 +345,10 @@ class RedisBase:
             # Redis restarted (scripts are not persisted): this call did not run, so
             # running it through the script object (which loads it first) is safe.
             return await script(keys=keys, args=args)
+
+    def _acked(self, script: AsyncScript) -> bool:
+        """Whether calls of `script` wait for replicas (`?replicas=N`, replicas.py)."""
+        return self._ack is not None and any(script is self._scripts[n] for n in ACKED_SCRIPTS)
 
     async def _run_many(
         self,
@@ -346,35 +363,70 @@ class RedisBase:
         `add_queues` are SADDed to the queue registry in the same round trip.
         """
         names = list(add_queues)
-        if len(calls) == 1 and not names:
+        ack = self._ack if any(self._acked(c[0]) for c in calls) else None
+        if len(calls) == 1 and not names and ack is None:
             script, keys, args = calls[0]
             return [await self._eval(script, keys, args)]
-        replies: list[Any]
-        if self._lane is not None:
-            commands: list[tuple[Any, ...]] = [("SADD", self._keys.queues, *names)] if names else []
-            commands += [("EVALSHA", s.sha, len(k), *k, *a) for s, k, a in calls]
-            replies = await self._lane.call_many(commands)
-        else:
-            async with self._client.pipeline(transaction=False) as pipe:
-                if names:
-                    pipe.sadd(self._keys.queues, *names)
-                for script, keys, args in calls:
-                    pipe.evalsha(script.sha, len(keys), *keys, *args)
-                replies = await pipe.execute(raise_on_error=False)
+        replies = await self._send_many(calls, names, ack)
         if names:
             if isinstance(replies[0], Exception):
                 raise replies[0]
             replies = replies[1:]
         out: list[Any] = []
-        for (script, keys, args), reply in zip(calls, replies, strict=True):
-            if isinstance(reply, NoScriptError):
-                # Redis restarted (scripts are not persisted): this call did not run, so
-                # running it again through the script object (which reloads) is safe.
-                reply = await script(keys=keys, args=args)
-            elif isinstance(reply, Exception):
+        reload = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+        if reload:
+            # Redis restarted or a replica took over (scripts are not persisted or
+            # replicated): these calls did not run, so load the scripts and send them
+            # again the same way (with the same WAIT).
+            for script in {calls[i][0].sha: calls[i][0] for i in reload}.values():
+                await self._client.script_load(script.script)
+            again = await self._send_many([calls[i] for i in reload], [], ack)
+            for i, reply in zip(reload, again, strict=True):
+                replies[i] = reply
+        for reply in replies:
+            if isinstance(reply, Exception):
                 raise reply
             out.append(reply)
         return out
+
+    async def _send_many(
+        self,
+        calls: Sequence[tuple[AsyncScript, list[str], list[Any]]],
+        names: list[str],
+        ack: ReplicaAck | None,
+    ) -> list[Any]:
+        """The replies of SADD `names` to the registry (when any) and of `calls`, error
+        replies in place; with `ack`, after checking that the replicas confirmed them
+        (on the same connection: WAIT covers what its connection wrote)."""
+        commands: list[tuple[Any, ...]] = [("SADD", self._keys.queues, *names)] if names else []
+        commands += [("EVALSHA", s.sha, len(k), *k, *a) for s, k, a in calls]
+        replies: list[Any]
+        if isinstance(self._lane, ClusterLane):
+            replies = await self._lane.call_many(commands, wait=ack and ack.command[1:])  # type: ignore[arg-type]
+        elif self._lane is not None:
+            replies = await self._lane.call_many([*commands, *([ack.command] if ack else [])])
+        elif self._cluster is not None:
+            # rediss+cluster (no lane): one call each, concurrently; redis-py routes
+            # them (a cluster pipeline refuses scripts). `?replicas` is refused at start.
+            replies = list(
+                await asyncio.gather(
+                    *(self._cluster.execute_command(*c) for c in commands),
+                    return_exceptions=True,
+                )
+            )
+        else:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for command in commands:
+                    pipe.execute_command(*command)
+                if ack is not None:
+                    pipe.execute_command(*ack.command)
+                replies = await pipe.execute(raise_on_error=False)
+        if ack is not None:
+            reached = replies.pop()
+            if not any(isinstance(r, NoScriptError) for r in replies):
+                enqueue = any(c[0] is self._scripts["enqueue"] for c in calls)
+                ack.check(reached, self.url, enqueue=enqueue)
+        return replies
 
     def _global_script(self, name: str) -> AsyncScript:
         """A script that works on global keys (registered on first use; redis-py loads it
@@ -417,15 +469,31 @@ class RedisBase:
         Raises:
             EngineUnavailable: Redis cannot be reached; the message names the URL.
         """
-        await self._client.ping()
-        # Read at every connect: durability and the policy can change between restarts.
-        version, self.server_settings = await read_server(self._client)
+        if self._cluster is not None:
+            await self._cluster.initialize()  # the slot map, from the seed nodes
+            version, self.server_settings, _ = await read_servers(self._cluster)
+        else:
+            await self._client.ping()
+            # Read at every connect: durability and the policy can change between restarts.
+            version, self.server_settings, clustered = await read_server(self._client)
+            if clustered:
+                raise ConfigError(
+                    f"{self.url} is a Redis Cluster node: use "
+                    f"redis+cluster://{self.url.split('://', 1)[1].split('/', 1)[0]}/ "
+                    "(add more nodes after a comma; ?prefix= and the other options stay)"
+                )
         self.durable = self.server_settings.durable is not False  # AOF off: not durable
         if self._version is None:  # Redis 7+: worker scripts may write past maxmemory
             self._version = version
             for name in list(self._scripts):
                 self._scripts[name] = self._client.register_script(self._source(name))
             self._enqueue, self._exchange = self._scripts["enqueue"], self._scripts["exchange"]
+        if self._cluster is not None:
+            # SCRIPT LOAD goes to every master (redis-py's routing for it); a cluster
+            # pipeline would refuse it.
+            for script in self._scripts.values():
+                await self._cluster.script_load(script.script)
+            return
         async with self._client.pipeline(transaction=False) as pipe:
             for script in self._scripts.values():
                 pipe.script_load(script.script)
@@ -456,8 +524,9 @@ class RedisBase:
             self._lane.close()
         with contextlib.suppress(Exception):
             await self._client.aclose()
-        with contextlib.suppress(Exception):
-            await self._pool.disconnect()  # we built the pool, so the client does not own it
+        if self._pool is not None:
+            with contextlib.suppress(Exception):
+                await self._pool.disconnect()  # we built it, so the client does not own it
 
     @driver_errors
     async def ping(self) -> float:

@@ -34,7 +34,7 @@ from redis.exceptions import (
     ResponseError,
 )
 
-from ...errors import EngineFull, EngineUnavailable
+from ...errors import ConfigError, EngineFull, EngineUnavailable
 
 TRANSIENT_CODES = frozenset(
     {"LOADING", "BUSY", "MASTERDOWN", "READONLY", "TRYAGAIN", "CLUSTERDOWN"}
@@ -138,6 +138,18 @@ def classify(exc: BaseException, url: str) -> EngineUnavailable | None:
             "retry with backoff (loading its data, a long script, or a failover)"
         )
     return None
+
+
+def misrouted(exc: ResponseError, url: str) -> Exception:
+    """A MOVED/ASK reply on a URL that is not `redis+cluster://` (the server became a
+    cluster node after connect checked it) as a `ConfigError` naming the fix; any other
+    reply is returned unchanged."""
+    if code_of(exc) not in ("MOVED", "ASK"):
+        return exc
+    return ConfigError(
+        f"{url} answered {exc}: it is a Redis Cluster node; use a redis+cluster://host:port/ "
+        "URL (with the same ?prefix=), which follows slots to their masters"
+    )
 
 
 def _message(exc: BaseException, code: str) -> str:

@@ -229,7 +229,15 @@ class Lane:
         """
         proto = await self._connection()
         futs = proto.send([hiredis.pack_command(cmd) for cmd in commands])
-        replies = [await f for f in futs]
+        try:
+            replies = [await f for f in futs]
+        except BaseException:
+            # A dead connection fails every future; the first raises, the rest are read
+            # here so asyncio does not report them as never retrieved.
+            for fut in futs:
+                if fut.done() and not fut.cancelled():
+                    fut.exception()
+            raise
         return [_error(r) if isinstance(r, hiredis.ReplyError) else r for r in replies]
 
     async def call(self, *command: Any) -> Any:

@@ -16,6 +16,7 @@ from ...job import Job, JobState, decode_job, queue_of
 from ...limits import QueueLimits
 from ..base import Event, JobPage, QueueCounts, Throughput
 from .connection import RedisBase, driver_errors, with_errors
+from .fanout import Entries, read_streams
 
 _BACKFILL_BATCH = 1000  # jobs per tenant_backfill call
 _MAX_BLOCK_MS = 20_000  # XREAD BLOCK stays under the socket timeout (see read_events)
@@ -195,10 +196,14 @@ class RedisReads(RedisBase):
         # The block must end before the socket timeout would call the connection dead.
         cap = min(_MAX_BLOCK_MS, int(self._timeout * 1000) - 500)
         block = max(1, min(block_ms, cap)) if block_ms > 0 else None
-        reply = cast(
-            list[tuple[str, list[tuple[str, dict[str, str]]]]] | None,
-            await self._client.xread(streams, count=count, block=block),  # type: ignore[arg-type]
-        )
+        reply: Entries | None
+        if self._cluster is not None and len(streams) > 1:  # CROSSSLOT: see fanout.py
+            reply = await read_streams(self._cluster, streams, count=count, block_ms=block)
+        else:
+            reply = cast(
+                list[tuple[str, list[tuple[str, dict[str, str]]]]] | None,
+                await self._client.xread(streams, count=count, block=block),  # type: ignore[arg-type]
+            )
         events = [
             _event(by_key[stream], entry_id, fields)
             for stream, entries in reply or []

@@ -10,26 +10,30 @@ import contextlib
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
 from ...durability import ServerSettings
 from .errors import server_version
 
 
-async def read_server(client: aioredis.Redis) -> tuple[tuple[int, ...], ServerSettings]:
-    """(version, durability settings) of the server `client` talks to.
+async def read_server(
+    client: aioredis.Redis | RedisCluster, **route: Any
+) -> tuple[tuple[int, ...], ServerSettings, bool]:
+    """(version, durability settings, cluster mode on) of the server `client` talks to
+    (`route`: redis-py's `target_nodes=` on a cluster).
 
     Raises:
         redis.exceptions.RedisError: the server cannot be reached (callers translate).
     """
-    async with client.pipeline(transaction=False) as pipe:
-        pipe.info("server")
-        pipe.info("persistence")
-        pipe.info("memory")
-        server, persistence, memory = await pipe.execute()
+    # One call each, once per connect: a cluster pipeline cannot aim at one node.
+    server = await client.info("server", **route)
+    persistence = await client.info("persistence", **route)
+    memory = await client.info("memory", **route)
+    cluster = await client.info("cluster", **route)
     fsync: Any = None
     with contextlib.suppress(ResponseError):  # CONFIG disabled or renamed (managed Redis)
-        fsync = (await client.config_get("appendfsync")).get("appendfsync")
+        fsync = (await client.config_get("appendfsync", **route)).get("appendfsync")
     aof = persistence.get("aof_enabled")
     policy = memory.get("maxmemory_policy")
     settings = ServerSettings(
@@ -37,4 +41,21 @@ async def read_server(client: aioredis.Redis) -> tuple[tuple[int, ...], ServerSe
         appendonly=None if aof is None else ("yes" if int(aof) else "no"),
         appendfsync=None if fsync is None else str(fsync),
     )
-    return server_version(server), settings
+    return server_version(server), settings, bool(int(cluster.get("cluster_enabled") or 0))
+
+
+async def read_servers(
+    cluster: RedisCluster,
+) -> tuple[tuple[int, ...], ServerSettings, bool]:
+    """`read_server` over every master of a cluster: the oldest version, and settings
+    that are durable only if every master's are (a job lives on one master).
+
+    Raises:
+        redis.exceptions.RedisError: a master cannot be reached (callers translate).
+    """
+    readings = [await read_server(cluster, target_nodes=n) for n in cluster.get_primaries()]
+    version = min(r[0] for r in readings)
+    settings = [r[1] for r in readings]
+    worst = next((s for s in settings if s.durable is False), None)
+    unknown = next((s for s in settings if s.durable is None), None)
+    return version, worst or unknown or settings[0], True

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from collections.abc import Sequence
 
 from redis.asyncio.client import PubSub
@@ -83,7 +84,7 @@ class RedisWakeups(RedisBase):
 
     async def _subscribe(self, queues: list[str]) -> None:
         if self._pubsub is None:
-            self._pubsub = self._client.pubsub()
+            self._pubsub = self._new_pubsub()
         pubsub = self._pubsub
         await pubsub.subscribe(*(self._keys.queue(q).wake_channel for q in queues))
         self._requested.update(queues)
@@ -93,6 +94,26 @@ class RedisWakeups(RedisBase):
             pubsub.connection.register_connect_callback(self._on_pubsub_connect)
         if self._listener is None or self._listener.done():
             self._listener = asyncio.create_task(self._listen(pubsub), name="conveyor-redis-wake")
+
+    def _new_pubsub(self) -> PubSub:
+        """A pub/sub connection; on a cluster, to any master: scripts PUBLISH (not
+        SPUBLISH), which Redis Cluster forwards to every node."""
+        if self._cluster is None:
+            return self._client.pubsub()
+        return self._cluster.pubsub(node=random.choice(self._cluster.get_primaries()))
+
+    async def _reopen_pubsub(self, old: PubSub) -> PubSub:
+        """On a cluster, the node the listener read from may be gone for good (killed,
+        replaced by its replica), so reconnecting to it would fail forever: subscribe
+        again on a master of the refreshed slot map."""
+        with contextlib.suppress(Exception):
+            await old.aclose()  # type: ignore[no-untyped-call]
+        with contextlib.suppress(Exception):
+            await self._cluster.nodes_manager.initialize()  # type: ignore[union-attr]
+        pubsub = self._pubsub = self._new_pubsub()
+        with contextlib.suppress(Exception):
+            await pubsub.subscribe(*(self._keys.queue(q).wake_channel for q in self._requested))
+        return pubsub
 
     def _on_pubsub_connect(self, connection: Connection) -> None:
         # redis-py re-subscribed after a reconnect; whatever was published while the
@@ -121,6 +142,8 @@ class RedisWakeups(RedisBase):
                 log.warning("redis wake-up listener lost its connection (%s); retrying", exc)
                 self._wake_all()
                 await asyncio.sleep(0.5)
+                if self._cluster is not None:
+                    pubsub = await self._reopen_pubsub(pubsub)
                 continue
             if msg is None:
                 continue

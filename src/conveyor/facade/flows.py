@@ -19,10 +19,13 @@ from ..job import Job, JobState
 from ..lifecycle import DEFAULT_FLOW_POLICY, FLOW_POLICIES, counted_in_results
 from .producer import Enqueued, Producer
 
-__all__ = ["MAX_FLOW_JOBS", "ChildResult", "FlowProducer"]
+__all__ = ["MAX_FLOW_DEPTH", "MAX_FLOW_JOBS", "ChildResult", "FlowProducer"]
 
 # Jobs in one flow: a flow is stored in one atomic step, and this bounds that step.
 MAX_FLOW_JOBS: Final = 10_000
+# Levels of nesting: a failure at the bottom fails each level above in the same atomic
+# step (recursively in Lua and in the Postgres trigger), so depth is bounded.
+MAX_FLOW_DEPTH: Final = 100
 # Nodes a tree view reads at most (CLI, API, dashboard).
 MAX_TREE_NODES: Final = 500
 
@@ -65,14 +68,19 @@ class FlowProducer(Producer):
         if "children" in root:
             raise InvalidJob("pass the parent's children as flow(children=[...]), not inside it")
         root["children"] = children
-        self._add_node(nodes, root, None, "parent")
+        self._add_node(nodes, root, None, "parent", 0)
         if len(nodes) == 1:
             raise InvalidJob("a flow needs at least one child: use enqueue for a single job")
         return nodes
 
     def _add_node(
-        self, nodes: list[FlowNode], item: Any, parent_id: str | None, where: str
+        self, nodes: list[FlowNode], item: Any, parent_id: str | None, where: str, depth: int
     ) -> None:
+        if depth > MAX_FLOW_DEPTH:
+            raise InvalidJob(
+                f"a flow nests at most {MAX_FLOW_DEPTH} levels (a chain has one per step): "
+                "split it, and start the next part from the last job of the previous one"
+            )
         if not isinstance(item, Mapping):
             raise InvalidJob(f"{where}: each flow item must be a mapping with 'task'")
         spec = dict(item)
@@ -121,7 +129,7 @@ class FlowProducer(Producer):
             )
         nodes.append(FlowNode(new, parent_id, policy, bool(kids)))
         for i, kid in enumerate(kids):
-            self._add_node(nodes, kid, new.id, f"{where}.children[{i}]")
+            self._add_node(nodes, kid, new.id, f"{where}.children[{i}]", depth + 1)
 
     async def flow(self, parent: Mapping[str, Any], children: Sequence[Mapping[str, Any]]) -> Job:
         """Store a parent job and its children (to any depth) in one atomic step.

@@ -239,3 +239,24 @@ async def test_purge_removes_a_whole_flow(engine: Engine, app: Conveyor) -> None
     counts = await engine.counts("q")
     assert (counts.waiting, counts.pending) == (0, 0)
     assert await claim(engine, 5) == []
+
+
+async def test_a_failure_at_the_bottom_of_the_deepest_chain_fails_every_level(
+    engine: Engine, app: Conveyor
+) -> None:
+    steps = [{"task": "t", "max_attempts": 1}] * 101  # MAX_FLOW_DEPTH levels below the last
+    last = await engine.enqueue_flow(app.build_flow(steps[-1], [_chain_of(steps[:-1])]))
+    [first] = await claim(engine, 5)
+    await finish(engine, Outcome(first.id, str(first.token), "fail", error_json=err(1)))
+    assert await state(engine, last.id) is JobState.FAILED
+    assert (await engine.counts("q")).failed == 101
+    with pytest.raises(InvalidJob, match="at most 100 levels"):
+        app.build_flow(steps[-1], [_chain_of(steps)])
+
+
+def _chain_of(steps: list[dict[str, Any]]) -> dict[str, Any]:
+    """steps[0] at the bottom, each later step the parent of the one before."""
+    item: dict[str, Any] = dict(steps[0])
+    for step in steps[1:]:
+        item = {**step, "children": [item]}
+    return item

@@ -45,7 +45,7 @@ class SqliteFlows(SqliteCore):
         now = self.clock.now_ms()
         base = self._reserve_seq(conn, len(nodes))
         events: list[tuple[Any, ...]] = []
-        state = JobState.PENDING
+        states: list[JobState] = []
         for i, node in enumerate(nodes):
             new = node.job
             due = new.run_at_ms if new.run_at_ms is not None else now + new.delay_ms
@@ -53,6 +53,7 @@ class SqliteFlows(SqliteCore):
                 state = JobState.WAITING
             else:
                 state = JobState.SCHEDULED if due > now else JobState.PENDING
+            states.append(state)
             conn.execute(
                 Q["insert_flow_job"],
                 (new.id, new.queue, new.task, new.payload_json, state.value, new.max_attempts,
@@ -64,8 +65,7 @@ class SqliteFlows(SqliteCore):
             events.append((new.queue, "enqueued", new.id, new.task, new.tenant, 0, now, None))
         conn.execute(Q["mark_queues_known"], (root.queue,))
         self._add_events(conn, events)
-        first = JobState.WAITING if nodes[0].waits else state
-        return EnqueueResult(root.id, True, first if len(nodes) > 1 else state)
+        return EnqueueResult(root.id, True, states[0])
 
     async def flow_links(self, job_id: str) -> FlowLinks:
         """The job's parent and children; raises `JobNotFound`."""

@@ -202,11 +202,6 @@ async def test_root_dedupe_key_makes_flow_idempotent(engine: Engine, app: Convey
     assert counts.waiting == 1 and counts.pending == 1  # nothing of the retry was written
 
 
-@pytest.mark.diverges(
-    "postgresql",
-    reason="the Postgres enqueue() function and its dedupe index know three live states; "
-    "teaching them waiting-children is a new migration of enqueue (pgperf rewrites it now)",
-)
 async def test_waiting_parent_holds_its_dedupe_key(engine: Engine, app: Conveyor) -> None:
     first = await engine.enqueue_flow(tree(app, [{"task": "t"}], dedupe_key="order-1"))
     [res] = await engine.enqueue([app.build("t", {}, dedupe_key="order-1")])
@@ -260,3 +255,17 @@ def _chain_of(steps: list[dict[str, Any]]) -> dict[str, Any]:
     for step in steps[1:]:
         item = {**step, "children": [item]}
     return item
+
+
+async def test_rearm_leaves_a_parent_whose_key_another_job_took(
+    engine: Engine, app: Conveyor
+) -> None:
+    nodes = tree(app, [{"task": "t", "max_attempts": 1}], dedupe_key="k")
+    await engine.enqueue_flow(nodes)
+    [bad] = await claim(engine, 1)
+    await finish(engine, Outcome(bad.id, str(bad.token), "fail", error_json=err(1)))
+    [taker] = await engine.enqueue([app.build("t", {}, dedupe_key="k")])  # the key is free
+    assert taker.created
+    await engine.retry_job(bad.id)  # the child is retried; its parent cannot wait again
+    assert await state(engine, bad.id) is JobState.PENDING
+    assert await state(engine, nodes[0].job.id) is JobState.FAILED

@@ -38,7 +38,7 @@ SELECT pg_notify(%s, %s);
 
 -- name: dedupe_holder
 SELECT id, state FROM {schema}.jobs WHERE queue = %s AND dedupe_key = %s
-    AND state IN ('scheduled', 'pending', 'running');
+    AND state IN ('scheduled', 'pending', 'running', 'waiting-children');
 
 -- name: extend_leases
 -- One statement (autocommit): the deadline is the database clock + the lease.
@@ -142,7 +142,7 @@ UPDATE {schema}.jobs j SET state = 'pending', attempt = 0, finished_ms = NULL,
     seq = nextval('{schema}.job_seq')
 WHERE j.id = %s AND j.state IN ('failed', 'cancelled') AND (j.dedupe_key IS NULL OR NOT EXISTS (
     SELECT 1 FROM {schema}.jobs h WHERE h.queue = j.queue AND h.dedupe_key = j.dedupe_key
-    AND h.state IN ('scheduled', 'pending', 'running')))
+    AND h.state IN ('scheduled', 'pending', 'running', 'waiting-children')))
 RETURNING j.id;
 
 -- name: retry_all_page

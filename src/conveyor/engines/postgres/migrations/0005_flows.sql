@@ -117,9 +117,14 @@ DECLARE
 BEGIN
     SELECT parent_id INTO v_parent FROM {schema}.jobs WHERE id = p_id;
     WHILE v_parent IS NOT NULL LOOP
-        SELECT id, state, queue, task, tenant, parent_id INTO p FROM {schema}.jobs
+        SELECT id, state, queue, task, tenant, parent_id, dedupe_key INTO p FROM {schema}.jobs
             WHERE id = v_parent FOR UPDATE;
         EXIT WHEN NOT FOUND OR p.state <> 'failed';
+        -- Its dedupe key is held by another live job now: it stays failed (rule 1).
+        EXIT WHEN p.dedupe_key IS NOT NULL AND EXISTS (
+            SELECT 1 FROM {schema}.jobs h WHERE h.queue = p.queue
+                AND h.dedupe_key = p.dedupe_key AND h.id <> p.id
+                AND h.state IN ('scheduled', 'pending', 'running', 'waiting-children'));
         UPDATE {schema}.jobs SET state = 'waiting-children', attempt = 0, finished_ms = NULL,
             result = NULL, token = NULL, lease_until_ms = NULL, scheduled_ms = NULL
         WHERE id = p.id;

@@ -164,12 +164,11 @@ class Differential(RuleBasedStateMachine):
             min_size=1,
             max_size=3,
         ),
-        key=st.sampled_from([None, "f1"]),
+        key=st.sampled_from([None, "f1", "k1"]),
     )
     def flow(self, kids: list[tuple[str, int, int]], key: str | None) -> None:
-        """A flow (lifecycle rule 6): a parent, children with each policy, grandchildren.
-        Flow roots use their own dedupe key, never a plain enqueue's (see the contract
-        suite's divergence mark for Postgres)."""
+        """A flow (lifecycle rule 6): a parent, children with each policy, grandchildren;
+        its root may hold a dedupe key that plain enqueues use too."""
 
         def node(parent: str | None, policy: str, attempts: int, waits: bool,
                  dedupe: str | None = None) -> FlowNode:  # fmt: skip

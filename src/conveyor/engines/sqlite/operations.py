@@ -56,11 +56,12 @@ class SqliteOperations(SqliteCore):
         """Put finished jobs back to pending with a fresh attempt budget (history kept);
         returns the ids retried. A job whose dedupe key another live job holds is
         skipped (the dedupe index refuses it): two live jobs never share a key."""
-        base = self._reserve_seq(conn, len(rows))
         events: list[tuple[Any, ...]] = []
         data = event_data(retried_by="operator")
-        for i, job in enumerate(rows):
-            if conn.execute(Q["retry_row"], (base + i, job["id"])).rowcount:
+        for job in rows:
+            # One place in line per retry, taken when it happens (as Redis and Postgres
+            # do): a retried flow child re-arms its parent's other children in between.
+            if conn.execute(Q["retry_row"], (self._reserve_seq(conn, 1), job["id"])).rowcount:
                 self._rearm_parent(conn, job["id"], now)
                 events.append(
                     (job["queue"], "enqueued", job["id"], job["task"], job["tenant"], 0, now, data)

@@ -76,9 +76,12 @@ $$;
 DROP TRIGGER IF EXISTS jobs_flow_settle ON {schema}.jobs;
 CREATE TRIGGER jobs_flow_settle AFTER UPDATE OF state ON {schema}.jobs
     FOR EACH ROW
+    -- Every failed or cancelled job too (WHEN takes no subquery): a parent that did not
+    -- complete takes its unfinished children with it, whatever state it left.
     WHEN (OLD.state IS DISTINCT FROM NEW.state
           AND NEW.state IN ('completed', 'failed', 'cancelled')
-          AND (NEW.parent_id IS NOT NULL OR OLD.state = 'waiting-children'))
+          AND (NEW.parent_id IS NOT NULL OR OLD.state = 'waiting-children'
+               OR NEW.state <> 'completed'))
     EXECUTE FUNCTION {schema}.flow_settle();
 
 -- After an operator retry of `p_id`: its failed parent, and each failed ancestor above

@@ -30,7 +30,11 @@ CREATE TABLE IF NOT EXISTS flow_settle (
 
 CREATE TRIGGER IF NOT EXISTS jobs_flow_settle AFTER UPDATE OF state ON jobs
     WHEN old.state IS NOT new.state AND new.state IN ('completed', 'failed', 'cancelled')
-        AND (new.parent_id IS NOT NULL OR old.state = 'waiting-children')
+        AND (new.parent_id IS NOT NULL OR old.state = 'waiting-children'
+             -- a parent that did not complete takes its unfinished children with it,
+             -- whatever state it left (an operator may have retried it meanwhile)
+             OR (new.state <> 'completed'
+                 AND EXISTS (SELECT 1 FROM jobs k WHERE k.parent_id = new.id)))
 BEGIN
     INSERT INTO flow_settle (job_id) VALUES (new.id);
 END;

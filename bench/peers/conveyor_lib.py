@@ -20,7 +20,7 @@ from peers._common import QUEUE, mark_done_async, redis_url
 NAME = "conveyor"
 REQUIREMENTS = ["-e", "{repo}"]  # editable: a run measures the checkout as it is
 VERSION_PACKAGES = ["conveyor-jobs", "redis", "hiredis"]
-BULK = "app.enqueue_many(items) (one Lua call per 1,000 jobs)"
+BULK = "app.enqueue_many(items) (one Lua call per 250 jobs)"
 WORKER_ARGV = [
     "{bin}/conveyor",
     "worker",

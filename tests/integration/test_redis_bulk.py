@@ -10,11 +10,12 @@ import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from conveyor import Conveyor, EngineUnavailable, JobState
+from conveyor.engines.redis.bulk import ENQUEUE_CHUNK as BULK_BATCH
 from conveyor.engines.redis.bulk import bulk_waves
-from conveyor.lifecycle import BULK_BATCH
 from tests.conftest import RedisServer
 
 pytestmark = pytest.mark.redis
+HALF = BULK_BATCH // 2  # a last, partial chunk
 
 
 def app_on(url: str) -> Conveyor:
@@ -41,7 +42,7 @@ def evalsha_calls(port: int) -> int:
 
 
 def test_waves_hold_at_most_a_batch_per_queue() -> None:
-    waves = bulk_waves({"a": list(range(2_500)), "b": [2_500]}, BULK_BATCH)
+    waves = bulk_waves({"a": list(range(2_500)), "b": [2_500]}, 1_000)
     assert [[(q, len(ix)) for q, ix in wave] for wave in waves] == [
         [("a", 1_000), ("b", 1)],
         [("a", 1_000)],
@@ -53,14 +54,14 @@ async def test_bulk_enqueue_is_cut_into_bounded_script_calls(private_redis: Redi
     app = app_on(private_redis.url)
     await app.connect()
     before = evalsha_calls(private_redis.port)
-    jobs = await app.enqueue_many(items(2 * BULK_BATCH + 500, 10))
-    # Three calls for queue a (1,000 + 1,000 + 500), one for b: none longer than a batch.
+    jobs = await app.enqueue_many(items(2 * BULK_BATCH + HALF, 10))
+    # Three calls for queue a (250 + 250 + 125), one for b: none longer than a chunk.
     assert evalsha_calls(private_redis.port) - before == 4
-    assert [j.state for j in jobs] == [JobState.PENDING] * (2 * BULK_BATCH + 510)
+    assert [j.state for j in jobs] == [JobState.PENDING] * (2 * BULK_BATCH + HALF + 10)
     counts = await app.counts("a")
-    assert counts.pending == 2 * BULK_BATCH + 500
+    assert counts.pending == 2 * BULK_BATCH + HALF
     page = await app.list_jobs("a", JobState.PENDING, limit=3 * BULK_BATCH)
-    assert [j.payload["i"] for j in page.jobs] == list(range(2 * BULK_BATCH + 500)), "in order"
+    assert [j.payload["i"] for j in page.jobs] == list(range(2 * BULK_BATCH + HALF)), "in order"
     await app.close()
 
 
@@ -83,7 +84,7 @@ async def test_a_failed_wave_leaves_a_prefix_of_whole_chunks_per_queue(
 
     monkeypatch.setattr(engine, "_run_many", second_wave_fails)
     with pytest.raises(EngineUnavailable, match="second wave"):
-        await app.enqueue_many(items(2 * BULK_BATCH + 500, 10))
+        await app.enqueue_many(items(2 * BULK_BATCH + HALF, 10))
     monkeypatch.undo()
     page = await app.list_jobs("a", JobState.PENDING, limit=3 * BULK_BATCH)
     assert [j.payload["i"] for j in page.jobs] == list(range(BULK_BATCH)), "chunk 1 of a"

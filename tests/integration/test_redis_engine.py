@@ -27,7 +27,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from conveyor.clock import FakeClock
+from conveyor.clock import Clock, FakeClock
 from conveyor.engines.base import Outcome
 from conveyor.engines.redis import RedisEngine, connection, operations
 from conveyor.engines.redis.keys import KeyLayout
@@ -111,8 +111,8 @@ def test_lua_opens_with_its_contract_and_builds_no_key(name: str) -> None:
     # a tenant's bucket, rate log or state index (KEYS prefixes with the queue's tag ..
     # a tenant).
     key_expr = re.compile(
-        r"^(K_[A-Z]+|KEYS\[\w+\]|BY_STATE\[\w+\]|jk|zkey|bucket|tkey|wkey"
-        r"|K_(JOB|TBUCKET|TRATE) \.\. [\w\[\]]+"
+        r"^(K_[A-Z]+|KEYS\[\w+\]|BY_STATE\[\w+\]|jk|zkey|bucket|tkey|inbox|wkey"
+        r"|K_(JOB|TBUCKET|TRATE|INBOX) \.\. [\w\[\]]+"
         r"|tstate_key\([^)]*\)"  # _lib.lua: K_TSTATE .. state .. ':' .. tenant
         r"|wait_key\([^)]*\))$"  # _flows.lua: K_JOB .. id .. ':wait' (a job's own tag)
     )
@@ -129,9 +129,10 @@ def test_lua_opens_with_its_contract_and_builds_no_key(name: str) -> None:
             "K_TBUCKET",
             "K_TRATE",
             "K_TSTATE",
+            "K_INBOX",  # _pickup.lua: a worker's inbox, K_INBOX .. worker id
         ), f"{name}: builds a key from {match.group(1)}"
     # Where a variable stands for a key, it is assigned from KEYS-derived values only.
-    for var in ("jk", "zkey", "bucket", "tkey", "wkey"):
+    for var in ("jk", "zkey", "bucket", "tkey", "inbox", "wkey"):
         for assigned in re.findall(rf"local {var} = ([^\n]+)", code):
             assert key_expr.match(assigned.strip()), f"{name}: {var} = {assigned}"
 
@@ -290,6 +291,23 @@ async def test_a_test_clock_drives_due_times_and_lease_expiry(
     clock.advance(30)  # the lease (30 s) runs out at the test clock's now
     assert await eng.recover_expired(["q"]) == 1
     assert (await eng.get_job(job.id)).state == JobState.PENDING
+
+
+async def test_the_apps_own_clock_does_not_replace_redis_time(redis_url: str) -> None:
+    """Every app hands its engine a `Clock`; only a test clock may replace Redis TIME.
+    (Passed on, each client's wall clock was the scripts' now: scripts of several workers
+    ran with times out of order, and a 50/s rate window admitted 52 starts.)"""
+    clock = Clock()
+    clock.now_ms = lambda: 1_000  # type: ignore[method-assign]  # a client clock far off
+    eng = RedisEngine(redis_url, clock=clock)
+    await eng.connect()
+    try:
+        job = new()
+        await eng.enqueue([job])
+        stored = await eng.get_job(job.id)
+        assert abs(stored.created_at - time.time()) < 60  # Redis TIME, not the client's 1 s
+    finally:
+        await eng.close()
 
 
 async def test_retry_all_walks_past_skipped_jobs(engine: RedisEngine, monkeypatch) -> None:  # type: ignore[no-untyped-def]

@@ -40,7 +40,7 @@ window reopens, and a job of a limited queue that stops running wakes idle worke
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from ..job import EnqueueResult, Job, JobState, NewJob
@@ -69,6 +69,7 @@ __all__ = [
     "FlowLinks",
     "FlowNode",
     "Flows",
+    "HandsOff",
     "InTransaction",
     "JobFlow",
     "JobPage",
@@ -323,6 +324,26 @@ class Notifier(Protocol):
 
         Blocks (no busy polling on Redis). Spurious wake-ups are allowed.
         """
+
+
+@runtime_checkable
+class HandsOff(Protocol):
+    """An engine that can hand a new job straight to an idle worker (Redis: the one-hop
+    pickup, see `engines/redis/pickup.py`). The job arrives claimed for that worker,
+    under a lease, exactly as `exchange` would have claimed it; a worker that never calls
+    `accept_handoffs` is never handed anything."""
+
+    def accept_handoffs(self, worker_id: str, on_handed: Callable[[], None] | None = None) -> None:
+        """`worker_id` takes handed jobs from now on (when its claims find none);
+        `on_handed` is called (on the event loop) as soon as one arrives."""
+
+    def take_handed(self, worker_id: str) -> list[Job]:
+        """Jobs handed to `worker_id` since the last call (`wait_for_jobs` returns when
+        one arrives; `exchange` returns those not taken yet with its claimed jobs)."""
+
+    async def stop_handoffs(self, worker_id: str) -> list[Job]:
+        """Stop handing jobs to `worker_id`; returns the handed jobs it has not taken
+        (still claimed for it: the caller gives them back)."""
 
 
 @runtime_checkable

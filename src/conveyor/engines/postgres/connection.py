@@ -361,6 +361,7 @@ class PgCore:
                 await conn.execute(
                     self.q["trim_events"], {"queue": queue, "keep": self._events_maxlen}
                 )
+            await conn.execute(self.q["trim_event_commits"])
 
         await self._run(trim)
 

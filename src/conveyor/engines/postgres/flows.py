@@ -1,5 +1,5 @@
 """Flows on Postgres: a flow is stored in one transaction; the trigger
-``jobs_flow_settle`` (migration 0005) settles a flow job's finish inside the statement
+``jobs_flow_settle`` (migration 0006) settles a flow job's finish inside the statement
 that finished it, so a child's finish and its parent's release commit together."""
 
 from __future__ import annotations

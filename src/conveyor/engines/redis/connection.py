@@ -69,6 +69,7 @@ _QUEUE_SCRIPTS = (
     "tenant_backfill",
     "enqueue_flow",
 )
+_PICKUP_SCRIPTS = ("enqueue", "exchange")
 _WORKER_SCRIPTS = ("register_worker", "unregister_worker", "workers")
 # Scripts that read the time: they get `_clock.lua` (see there: Redis TIME, or a test
 # clock's now passed in ARGV).
@@ -96,6 +97,8 @@ def _script_source(name: str) -> str:
             (lua / "_lib.lua").read_text("utf-8"),
             (lua / "_flows.lua").read_text("utf-8"),
         ]
+    if name in _PICKUP_SCRIPTS:  # claim helpers and the one-hop pickup, after _lib
+        parts.insert(-1, (lua / "_pickup.lua").read_text("utf-8"))
     if name in _TIMED_SCRIPTS:
         parts.insert(0, (lua / "_clock.lua").read_text("utf-8"))
     return "\n".join(parts)
@@ -191,7 +194,12 @@ class RedisBase:
     ) -> None:
         target = parse_url(url)
         redis_url, self.prefix, self.url = target.redis_url, target.prefix, target.shown
-        self._clock = clock
+        # Only a test clock replaces Redis TIME. The app hands every engine its clock, a
+        # plain `Clock` unless a test chose one; passed on, each client's wall clock
+        # became the scripts' "now", so scripts of different clients ran with times
+        # out of order (a rate window then dropped a start too early: 52 starts in a
+        # 1 s window of a 50/s limit) and leases followed the clients' clocks.
+        self._clock = None if type(clock) is Clock else clock
         # `?socket_connect_timeout=` / `?socket_timeout=` (seconds), defaults 2 and 5.
         connect_timeout, self._timeout = url_timeouts(redis_url)
         self._keys = KeyLayout(self.prefix)
@@ -295,6 +303,8 @@ class RedisBase:
         self._subscribed: set[str] = set()  # queues whose subscription Redis confirmed
         self._woken: dict[str, bool] = {}  # a wake-up arrived since the last claim
         self._signal = asyncio.Event()
+        # One-hop pickup (pickup.py): per worker that accepts handed jobs.
+        self._pickups: dict[str, Any] = {}
 
     # --- plumbing ------------------------------------------------------------------------
     def _unavailable(self, exc: BaseException) -> EngineUnavailable:
@@ -520,6 +530,12 @@ class RedisBase:
             self._pubsub = None
         self._requested.clear()
         self._subscribed.clear()
+        for pickup in self._pickups.values():
+            if pickup.reader is not None:
+                pickup.reader.cancel()
+            if pickup.lane is not None:
+                pickup.lane.close()
+        self._pickups.clear()
         if self._lane is not None:
             self._lane.close()
         with contextlib.suppress(Exception):

@@ -4,7 +4,7 @@ heartbeats, progress, and expired-lease recovery (the hot path).
 Round trips are the cost (see bench/): a worker's `exchange`
 acknowledges its finished jobs and claims new ones from a queue in one script call, and
 a producer's `enqueue` stores a batch in one script call per queue and chunk of at most
-`lifecycle.BULK_BATCH` jobs (pipelined together, wave by wave).
+`bulk.ENQUEUE_CHUNK` jobs (pipelined together, wave by wave).
 What each outcome does to a job is decided by `conveyor.lifecycle` and applied in Lua.
 """
 
@@ -16,11 +16,12 @@ from typing import Any
 from ... import lifecycle
 from ...job import EnqueueResult, JobState, NewJob, decode_lenient, queue_of
 from ..base import Exchange, Outcome
-from .bulk import bulk_waves
-from .connection import RedisBase, driver_errors, job_fields
+from .bulk import ENQUEUE_CHUNK, bulk_waves
+from .connection import driver_errors, job_fields
+from .pickup import RedisPickup
 
 
-class RedisFlow(RedisBase):
+class RedisFlow(RedisPickup):
     """Enqueue, exchange, heartbeat, progress, recovery (see `conveyor.engines.base`)."""
 
     @driver_errors
@@ -29,13 +30,13 @@ class RedisFlow(RedisBase):
 
         A script blocks Redis while it runs (a 20,000-job call blocked every worker's
         claim and heartbeat for 391 ms), so each queue's jobs go in chunks of at most
-        `lifecycle.BULK_BATCH` (a few ms each). Wave k holds chunk k of every queue in one
+        `ENQUEUE_CHUNK` (about 3 ms each). Wave k holds chunk k of every queue in one
         round trip; the next wave is sent only after it succeeded, so other clients'
         commands run between chunks. What that promises (the README says it too):
 
             every chunk is all or nothing; if a wave fails, the call raises and the
             jobs stored are, per queue, a prefix of its jobs in input order (whole
-            chunks); a call of at most BULK_BATCH jobs per queue is all or nothing.
+            chunks); a call of at most ENQUEUE_CHUNK jobs per queue is all or nothing.
 
         Args:
             jobs: validated jobs.
@@ -46,10 +47,17 @@ class RedisFlow(RedisBase):
         """
         if not jobs:
             return []
+        if len(jobs) == 1 and jobs[0].queue in self._known_queues:
+            # The common single enqueue: one EVALSHA, no grouping into waves.
+            queue = jobs[0].queue
+            job_id, created, state = await self._eval(
+                self._enqueue, *self._enqueue_call(queue, jobs, (0,))
+            )
+            return [EnqueueResult(job_id, bool(created), JobState(state))]
         groups: dict[str, list[int]] = {}
         for i, job in enumerate(jobs):
             groups.setdefault(job.queue, []).append(i)
-        waves = bulk_waves(groups, lifecycle.BULK_BATCH)
+        waves = bulk_waves(groups, ENQUEUE_CHUNK)
         results: list[EnqueueResult | None] = [None] * len(jobs)
         for wave in waves:
             calls = [(self._enqueue, *self._enqueue_call(q, jobs, ix)) for q, ix in wave]
@@ -129,14 +137,18 @@ class RedisFlow(RedisBase):
                 # (see wait_for_jobs), so forget the ones before it.
                 if queue in self._woken:
                     self._woken[queue] = False
-                lost, due, claimed, recovered = await self._run(
+                lost, due, claimed, recovered, waiting = await self._run(
                     "exchange",
                     queue,
                     *self._exchange_args(outs, worker_id, lease_ms, max(remaining, 0)),
+                    *self._pickup_args(worker_id, queue, max(remaining, 0)),
                     remember=True,
                 )
                 result.lost.extend(lost)
                 result.recovered += recovered
+                result.jobs += self._after_exchange(
+                    worker_id, queue, max(remaining, 0), waiting, lease_ms
+                )
                 for flat in claimed:
                     result.jobs.append(decode_lenient(job_fields(flat)))
                 remaining = limit - len(result.jobs)
@@ -174,10 +186,10 @@ class RedisFlow(RedisBase):
                 (
                     self._exchange,
                     keys,
-                    [*header, *self._exchange_args(outs, worker_id, lease_ms, 0)],
+                    [*header, *self._exchange_args(outs, worker_id, lease_ms, 0), 0, 0],
                 )
             )
-        for lost, _, _, _ in await self._run_many(calls):
+        for lost, *_ in await self._run_many(calls):
             result.lost.extend(lost)
 
     @driver_errors

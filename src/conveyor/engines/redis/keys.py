@@ -28,7 +28,7 @@ slot and a script that touches them is legal on Redis Cluster. Per queue:
 {p:q}:completed      zset    score = finished time (ms)
 {p:q}:failed         zset    score = finished time (ms)   (the dead-letter set)
 {p:q}:cancelled      zset    score = finished time (ms)
-{p:q}:waiting        zset    flow parents in waiting-children, score = created time (ms)
+{p:q}:parents        zset    flow parents in waiting-children, score = created time (ms)
 {p:q}:job:<id>:wait  set     a waiting flow parent's unfinished children (derived from
                              the job hash's name, like it: same tag, same slot); a child
                              hash has `parent` and `policy`, a parent hash `children`
@@ -43,6 +43,11 @@ slot and a script that touches them is legal on Redis Cluster. Per queue:
                              failed, cancelled; pending has the buckets above), same
                              scores as the state's zset except running: claim time (a
                              heartbeat does not move it). What tenant listings read.
+{p:q}:waiting        zset    idle workers that take a job handed to them (one-hop pickup,
+                             see lua/_pickup.lua): member "<lease ms>:<worker id>",
+                             score = when the registration lapses (ms, Redis clock)
+{p:q}:inbox:<worker> list    jobs handed to that worker, already claimed for it (JSON of
+                             the job's fields); it reads them with BLPOP (expires)
 {p:q}:tindexed       string  present once the jobs stored before those indexes existed
                              were backfilled into them (see `RedisReads.list_jobs`)
 ```
@@ -100,6 +105,8 @@ class QueueKeys:
     served: str
     tstate_prefix: str
     waiting: str
+    inbox_prefix: str
+    parents: str
     tindexed: str
     wake_channel: str
 
@@ -129,11 +136,17 @@ class QueueKeys:
             self.served,
             self.tstate_prefix,
             self.waiting,
+            self.inbox_prefix,
+            self.parents,
         ]
 
     def job(self, job_id: str) -> str:
         """The hash of one job of this queue."""
         return self.job_prefix + job_id
+
+    def inbox(self, worker_id: str) -> str:
+        """The list of jobs handed to one idle worker (see `lua/_pickup.lua`)."""
+        return self.inbox_prefix + worker_id
 
     def bucket(self, tenant: str) -> str:
         """The zset of one tenant's pending jobs."""
@@ -155,7 +168,7 @@ class QueueKeys:
             "completed": self.completed,
             "failed": self.failed,
             "cancelled": self.cancelled,
-            "waiting-children": self.waiting,
+            "waiting-children": self.parents,
         }[state]
 
 
@@ -229,6 +242,8 @@ class KeyLayout:
             served=f"{tag}:served",
             tstate_prefix=f"{tag}:ts:",
             waiting=f"{tag}:waiting",
+            inbox_prefix=f"{tag}:inbox:",
+            parents=f"{tag}:parents",
             tindexed=f"{tag}:tindexed",
             wake_channel=f"{self.prefix}:wake:{name}",
         )

@@ -36,7 +36,7 @@ _WATCH_S = 1.0  # how often a connection with calls in flight checks the oldest 
 # Defaults of the URL's `socket_connect_timeout` and `socket_timeout` (seconds): a stopped
 # or frozen Redis fails an enqueue within about CONNECT_TIMEOUT_S or COMMAND_TIMEOUT_S
 # (+ up to _WATCH_S), not after 30 s. The slowest script a Conveyor call sends (a
-# 1,000-job batch) takes a few ms, so 5 s is far from any legitimate reply.
+# 250-job enqueue chunk) takes a few ms, so 5 s is far from any legitimate reply.
 CONNECT_TIMEOUT_S = 2.0
 COMMAND_TIMEOUT_S = 5.0
 
@@ -170,6 +170,14 @@ class Lane:
         self._proto: _Protocol | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connecting: asyncio.Future[_Protocol] | None = None
+
+    def sibling(self) -> Lane:
+        """A new lane to the same server with the same settings (a connection of its own,
+        for a blocking command that must not hold up this one's calls)."""
+        twin = Lane.__new__(Lane)
+        twin.__dict__.update(self.__dict__)
+        twin._proto = twin._loop = twin._connecting = None
+        return twin
 
     async def _connection(self) -> _Protocol:
         loop = asyncio.get_running_loop()

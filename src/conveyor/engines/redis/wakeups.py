@@ -52,11 +52,15 @@ class RedisWakeups(RedisBase):
         if any(q not in self._subscribed for q in queues):
             await self._ensure_subscribed(queues, deadline)
             return
-        while not any(self._woken.get(q) for q in queues):
+        # 5. A job handed to a worker of this engine (pickup.py) wakes it too.
+        while not any(self._woken.get(q) for q in queues) and not self._handed():
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return
             await self._wait_signal(remaining)
+
+    def _handed(self) -> bool:
+        return any(pickup.handed for pickup in self._pickups.values())
 
     async def _ensure_subscribed(self, queues: Sequence[str], deadline: float) -> None:
         new = [q for q in queues if q not in self._requested]

@@ -24,7 +24,9 @@
 --   KEYS[22] tenant state index prefix "{p:q}:ts:" (a tenant's jobs in a state other
 --            than pending are in KEYS[22] .. state .. ':' .. tenant: derived like a
 --            bucket, same tag, same slot; see index / unindex)
---   KEYS[23] waiting zset (flow parents in waiting-children; see _flows.lua)
+--   KEYS[23] waiting zset (idle workers that take handed jobs; see _pickup.lua)
+--   KEYS[24] inbox prefix "{p:q}:inbox:" (a worker's handed jobs: KEYS[24] .. worker)
+--   KEYS[25] parents zset (flow parents in waiting-children; see _flows.lua)
 -- and the same ARGV header:
 --   ARGV[1]  wake-up channel   ARGV[2]  events stream max length   ARGV[3]  queue name
 --   ARGV[4]  now in ms from a test clock, or '' (production: Redis TIME, see _clock.lua)
@@ -34,14 +36,15 @@ local K_COMPLETED, K_FAILED, K_CANCELLED = KEYS[5], KEYS[6], KEYS[7]
 local K_DEDUPE, K_PAUSED, K_EVENTS, K_SEQ, K_FRONT = KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12]
 local K_TPENDING, K_TBUCKET, K_READY, K_TRUNNING = KEYS[13], KEYS[14], KEYS[15], KEYS[16]
 local K_LIMITS, K_RATE, K_TRATE, K_TURN = KEYS[17], KEYS[18], KEYS[19], KEYS[20]
-local K_SERVED, K_TSTATE, K_WAITING = KEYS[21], KEYS[22], KEYS[23]
+local K_SERVED, K_TSTATE, K_WAITING, K_INBOX = KEYS[21], KEYS[22], KEYS[23], KEYS[24]
+local K_PARENTS = KEYS[25]
 local WAKE_CHANNEL, EVENTS_MAXLEN, QUEUE = ARGV[1], ARGV[2], ARGV[3]
 local NOW = clock_ms(ARGV[4])
 
 local BY_STATE = {
   pending = K_PENDING, scheduled = K_SCHEDULED, running = K_RUNNING,
   completed = K_COMPLETED, failed = K_FAILED, cancelled = K_CANCELLED,
-  [WAITING] = K_WAITING,
+  [WAITING] = K_PARENTS,
 }
 
 -- Flows (defined in _flows.lua, after this file): a flow job that finished tells its
@@ -87,7 +90,9 @@ end
 -- 'back' after every job of its priority, 'front' before them (release on shutdown),
 -- 'keep' the score it had when it was last pushed (`kept`: stored in its hash as
 -- `score`; a job stored before scores were kept goes to the back).
-local function pending_score(priority, place, kept)
+-- `seq`: for 'back', a number the caller already took from K_SEQ (a batch takes its
+-- numbers with one INCRBY); nil = take one here.
+local function pending_score(priority, place, kept, seq)
   if place == 'keep' and kept then
     return kept
   end
@@ -95,12 +100,13 @@ local function pending_score(priority, place, kept)
   if place == 'front' then
     return base - redis.call('INCR', K_FRONT)
   end
-  return base + redis.call('INCR', K_SEQ)
+  return base + (seq or redis.call('INCR', K_SEQ))
 end
 
 -- Index a job as pending under `score`: a job without a tenant goes to K_PENDING, a
 -- tenant job to its tenant's bucket (and K_TPENDING, the index of all tenant jobs).
-local function index_pending(id, score, tenant)
+-- `was_empty`: whether the bucket was empty before, if the caller knows (nil: look).
+local function index_pending(id, score, tenant, was_empty)
   -- Idle workers sleep after a claim found nothing claimable, so a bucket that goes
   -- from empty to non-empty is the moment that needs a wake-up (a new tenant's jobs
   -- may be claimable while every other tenant is held back by its limit). It also joins
@@ -109,7 +115,7 @@ local function index_pending(id, score, tenant)
   -- ahead of the tenants served less recently.
   if tenant == '' then
     redis.call('ZADD', K_PENDING, num(score), id)
-    if redis.call('ZCARD', K_PENDING) == 1 then
+    if was_empty or (was_empty == nil and redis.call('ZCARD', K_PENDING) == 1) then
       redis.call('ZADD', K_READY, 'NX', redis.call('HGET', K_SERVED, '') or 0, '')
       wake_needed = true
     end
@@ -226,12 +232,13 @@ end
 -- nil) is stored in the same write; `dedupe_key` as for release_dedupe; `tenant` as
 -- for unindex.
 local function finish(id, jk, state, result, dedupe_key, tenant)
+  -- The token is blanked in the same write ('' reads as none), not HDELed: one command
+  -- fewer per finished job (the hot path counts them).
   if result then
-    redis.call('HSET', jk, 'state', state, 'finished_ms', num(NOW), 'result', result)
+    redis.call('HSET', jk, 'state', state, 'finished_ms', num(NOW), 'token', '', 'result', result)
   else
-    redis.call('HSET', jk, 'state', state, 'finished_ms', num(NOW))
+    redis.call('HSET', jk, 'state', state, 'finished_ms', num(NOW), 'token', '')
   end
-  redis.call('HDEL', jk, 'token')
   if tenant == nil then tenant = redis.call('HGET', jk, 'tenant') end
   index(id, state, NOW, tenant)
   release_dedupe(id, jk, dedupe_key)

@@ -30,5 +30,5 @@ return {
   redis.call('EXISTS', K_PAUSED), oldest,
   redis.call('ZCOUNT', K_COMPLETED, '(' .. num(NOW - 60000), '+inf'),
   redis.call('ZCOUNT', K_FAILED, '(' .. num(NOW - 60000), '+inf'),
-  redis.call('ZCARD', K_WAITING),
+  redis.call('ZCARD', K_PARENTS),
 }

@@ -6,10 +6,12 @@
 --          id, task, payload json, max_attempts, priority, tenant, dedupe_key,
 --          timeout_ms, backoff json, delay_ms, run_at_ms  ('' = none)
 --          (validated by the app before they get here: numbers are numbers)
--- Returns: flat array, 3 values per job in input order: id, created (1/0), state.
+-- Returns: flat array, 3 values per job in input order: id, created (1/0), state
+--          (running: handed to an idle worker).
 --          A dedupe key held by an active job (or an id that already exists, i.e. a
 --          retried call whose reply was lost) yields that job with created = 0.
--- Touches: job hashes, pending (tenant jobs: tpending, their bucket, ready; reads served) or scheduled
+-- Touches: job hashes, a one-job call whose job an idle worker takes: waiting, its inbox,
+--          running (see _pickup.lua); pending (tenant jobs: tpending, their bucket, ready; reads served) or scheduled
 --          (tenant jobs: also ts:scheduled:<tenant>),
 --          dedupe, seq, events; PUBLISH on the wake channel when a bucket was empty.
 local W = 11
@@ -24,6 +26,10 @@ local function opt(fields, name, value)
 end
 
 local out = {}
+-- The batch's places in line, taken with one INCRBY (job i gets seq0 + i + 1).
+local seq0 = redis.call('INCRBY', K_SEQ, n) - n
+-- Once a job of this call is in K_PENDING it is not empty: no ZCARD per job after that.
+local filled = false
 for i = 0, n - 1 do
   local b = 6 + i * W
   local id = ARGV[b]
@@ -64,7 +70,7 @@ for i = 0, n - 1 do
       'attempt', 0, 'max_attempts', ARGV[b + 3], 'priority', ARGV[b + 4],
       'created_ms', num(NOW), 'state', state }
     -- A scheduled job gets its score too: it orders jobs due in the same ms (promote_due).
-    local score = pending_score(priority, 'back')
+    local score = pending_score(priority, 'back', nil, seq0 + i + 1)
     fields[#fields + 1] = 'score'
     fields[#fields + 1] = num(score)
     opt(fields, 'tenant', tenant)
@@ -76,12 +82,23 @@ for i = 0, n - 1 do
     if dedupe_key ~= '' then
       redis.call('HSET', K_DEDUPE, dedupe_key, id)
     end
+    emit(id, jk, 'enqueued', nil, ARGV[b + 1], tenant, '0')
     if state == 'scheduled' then
       index(id, 'scheduled', due, tenant)
+    -- One job (a batch keeps its order through pending) may go straight to an idle
+    -- worker: see _pickup.lua.
+    elseif tenant == '' then
+      local was_empty = false
+      if not filled then was_empty = redis.call('ZCARD', K_PENDING) == 0 end
+      if was_empty and n == 1 and hand_off(id) then
+        state = 'running'
+      else
+        index_pending(id, score, tenant, was_empty)
+        filled = true
+      end
     else
       index_pending(id, score, tenant)
     end
-    emit(id, jk, 'enqueued', nil, ARGV[b + 1], tenant, '0')
     out[#out + 1] = id
     out[#out + 1] = 1
     out[#out + 1] = state

@@ -6,12 +6,15 @@
 --          job id, token, kind (a key of TRANSITIONS: complete|retry|fail|release|defer),
 --          body, delay_ms (body: the result json for complete, the error json for
 --          retry/fail, '' for release, the reason for defer; see `apply` in _lib.lua)
+--          then wait_ms, registered ('1'/'0'): the one-hop pickup (see _pickup.lua)
 -- Returns: { lost ids, ms until the next scheduled job is due or a rate window that held
---            jobs back reopens (-1: neither), claimed jobs (each a flat HGETALL array),
---            expired leases recovered }
+--            jobs back reopens (-1: neither), claimed jobs (each a flat HGETALL array,
+--            jobs handed to this worker first), expired leases recovered,
+--            1 if the worker is now registered to take a handed job }
 -- Touches: job hashes, every state zset, the buckets (pending, tpending, tp:<tenant>),
 --          the tenant state indexes (ts:<state>:<tenant>),
---          ready, served, trunning, rate logs, turn, dedupe, seq, front, events; PUBLISH on the
+--          ready, served, trunning, rate logs, turn, dedupe, seq, front, events, waiting and
+--          the worker's inbox (see _pickup.lua); PUBLISH on the
 --          wake channel when work became claimable (a bucket refilled, or a job of a
 --          queue with a concurrency limit stopped running) and some is left after the claim.
 --
@@ -26,6 +29,10 @@
 -- another claim's read and write.
 local worker, lease_ms, limit = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
 local n = tonumber(ARGV[8])
+-- After the outcomes: ms an idle worker waits for a handed job (0: it takes none), and
+-- '1' when its last exchange registered it (see _pickup.lua).
+local wait_ms = tonumber(ARGV[9 + n * 5]) or 0
+local registered = ARGV[10 + n * 5] == '1'
 -- Check every kind before the first write: Redis does not roll back a script that fails
 -- half way.
 for i = 0, n - 1 do
@@ -72,63 +79,23 @@ local recovered = 0
 local deadline = num(NOW + lease_ms)
 local started = num(NOW)
 
--- Set field `k` of a flat HGETALL reply `all` (`at`: field -> index of its value).
-local function patch(all, at, k, v)
-  local i = at[k]
-  if i then
-    all[i] = v
-  else
-    all[#all + 1] = k
-    all[#all + 1] = v
-  end
-end
-
 -- Claim one popped job of bucket `tenant` ('' = none); false if it was a stale entry.
 local function claim(id, token, tenant)
-  local jk = K_JOB .. id
-  -- One read of the whole job: it is the reply, and it has what the checks and the event
-  -- need; the fields this claim changes are written once and patched into the reply.
-  local all = redis.call('HGETALL', jk)
-  local at = {}
-  for i = 1, #all, 2 do at[all[i]] = i + 1 end
-  if at.state == nil or all[at.state] ~= 'pending' then
-    return false
-  end
-  local attempt = tostring((tonumber(all[at.attempt]) or 0) + 1)
-  redis.call('HSET', jk, 'state', 'running', 'attempt', attempt, 'token', token,
-    'started_ms', started, 'worker', worker)
-  patch(all, at, 'state', 'running')
-  patch(all, at, 'attempt', attempt)
-  patch(all, at, 'token', token)
-  patch(all, at, 'started_ms', started)
-  patch(all, at, 'worker', worker)
-  redis.call('ZADD', K_RUNNING, deadline, id)
-  if tenant ~= '' then
-    -- Scored by claim time, not the deadline: heartbeats then need not touch it.
-    local tkey = tstate_key('running', tenant)
-    redis.call('ZADD', tkey, started, id)
-  end
-  emit(id, jk, 'started', nil, all[at.task], all[at.tenant], attempt)
+  local all = claim_job(id, token, tenant, worker, started, deadline, lim)
+  if not all then return false end
   claimed[#claimed + 1] = all
-  if lim.rate then
-    redis.call('ZADD', K_RATE, started, token)
-    redis.call('PEXPIRE', K_RATE, lim.rate_window_ms)
-  end
-  if tenant ~= '' then
-    redis.call('HINCRBY', K_TRUNNING, tenant, 1)
-    if lim.tenant_rate then
-      local tkey = K_TRATE .. tenant
-      redis.call('ZADD', tkey, started, token)
-      redis.call('PEXPIRE', tkey, lim.tenant_rate_window_ms)
-    end
-  end
   return true
+end
+
+-- One-hop pickup (see _pickup.lua): jobs handed to this worker since its last exchange.
+if registered then
+  claimed = take_inbox(worker, lease_ms)
 end
 
 if limit > 0 then
   promote_due(PROMOTE_BATCH)
   recovered = recover_expired(RECOVER_BATCH, lim)
-  local room = limit
+  local room = limit - #claimed
   if lim.concurrency then
     room = math.min(room, lim.concurrency - redis.call('ZCARD', K_RUNNING))
   end
@@ -216,5 +183,9 @@ end
 if hint >= 0 and (next_due < 0 or hint < next_due) then
   next_due = math.max(0, hint)
 end
+local waiting = 0
+if wait_ms > 0 and limit > 0 and #claimed == 0 then
+  waiting = register_waiter(worker, lease_ms, wait_ms, lim)
+end
 wake(lim)
-return { lost, next_due, claimed, recovered }
+return { lost, next_due, claimed, recovered, waiting }

@@ -11,7 +11,7 @@
 local budget = tonumber(ARGV[5])
 local deleted = 0
 for _, zkey in ipairs({ K_PENDING, K_TPENDING, K_SCHEDULED, K_RUNNING, K_COMPLETED, K_FAILED,
-                        K_CANCELLED, K_WAITING }) do
+                        K_CANCELLED, K_PARENTS }) do
   if budget - deleted <= 0 then break end
   local ids = redis.call('ZRANGE', zkey, 0, budget - deleted - 1)
   for _, id in ipairs(ids) do

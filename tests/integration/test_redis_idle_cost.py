@@ -21,6 +21,7 @@ from conveyor.engines.base import Exchange
 from conveyor.engines.redis import RedisEngine
 from conveyor.engines.redis.pickup import WAIT_MS
 from conveyor.job import JobState, NewJob, new_job_id
+from conveyor.testing import eventually
 from tests.conftest import RedisServer
 
 QUEUES = [f"idle{i:02d}" for i in range(50)]
@@ -132,3 +133,25 @@ async def test_a_dead_workers_expired_lease_is_recovered_by_the_look(
     got = await look(worker)
     assert got.recovered == 1
     assert [j.id for j in got.jobs] == [res.id]  # recovered, then claimed at once
+
+
+async def test_after_a_handoff_the_next_exchange_registers_again_at_once(
+    worker: RedisEngine, producer: RedisEngine, private_redis: RedisServer
+) -> None:
+    """The handing enqueue popped the registration: the worker's next exchange on that
+    queue is the full one that registers again (no idle look first, a round trip that
+    would only report the registration gone), and the next job is handed too."""
+    await look(worker)
+    [first] = await producer.enqueue([new("idle05")])
+    assert first.state is JobState.RUNNING  # handed
+
+    async def arrived() -> bool:
+        await worker.wait_for_jobs(QUEUES, 0.2)
+        return [j.id for j in worker.take_handed("w1")] == [first.id]
+
+    await eventually(arrived, timeout=5, message="the handed job")
+    await commands(private_redis)
+    await worker.exchange([], queues=["idle05"], limit=10, worker_id="w1", lease_ms=30_000)
+    assert (await commands(private_redis)).get("evalsha") == 1  # the full exchange only
+    [second] = await producer.enqueue([new("idle05")])
+    assert second.state is JobState.RUNNING

@@ -9,10 +9,12 @@ Without it an idle worker paid two round trips per job: the pub/sub wake-up, the
     engine:          BLPOP returns the claimed job -> `take_handed` -> the worker starts it
 
 Only workers that called `accept_handoffs` register (a caller driving `exchange` itself
-never gets jobs it does not read). The worker's next `exchange` drops the registration
-and returns whatever the inbox and the buffer here still hold, and `stop_handoffs` does the
-same at shutdown, so a handed job is always either started or given back; one handed to a
-worker that died is recovered when its lease expires, like any claimed job.
+never gets jobs it does not read). The worker's next full `exchange` on a queue drops the
+registration and returns whatever the inbox and the buffer here still hold, and
+`stop_handoffs` does the same at shutdown, so a handed job is always either started or
+given back; one handed to a worker that died is recovered when its lease expires, like any
+claimed job. An idle worker's periodic look renews its registrations instead of a full
+exchange per queue (`_idle_look`, `lua/idle_look.lua`).
 """
 
 from __future__ import annotations
@@ -204,7 +206,11 @@ class RedisPickup(RedisWakeups):
                 continue
             if reply is None or not reply[1]:  # timed out, or stop_handoffs' marker
                 continue
-            pickup.handed.append(_decode(reply[1]))
+            job = _decode(reply[1])
+            pickup.handed.append(job)
+            # The enqueue that handed it popped this registration: the next exchange
+            # must register again (a full one), not renew (see _idle_look).
+            pickup.queues.discard(job.queue)
             if pickup.on_handed is not None:
                 pickup.on_handed()
             self._notify()  # and the idle wait returns, so the worker claims again

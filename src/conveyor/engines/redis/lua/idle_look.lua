@@ -19,16 +19,17 @@ local NOW = clock_ms(ARGV[1])
 local member, expires = ARGV[2], NOW + tonumber(ARGV[3])
 local out = {}
 for i = 1, #KEYS, 3 do
+  local waiting, scheduled, running = i, i + 1, i + 2
   local due = -1
   -- XX: renew only; CH counts the changed score (0: not registered any more).
-  if redis.call('ZADD', KEYS[i], 'XX', 'CH', expires, member) == 0 then
+  if redis.call('ZADD', KEYS[waiting], 'XX', 'CH', expires, member) == 0 then
     due = -2
   else
-    local expired = redis.call('ZRANGE', KEYS[i + 2], 0, 0, 'WITHSCORES')
+    local expired = redis.call('ZRANGE', KEYS[running], 0, 0, 'WITHSCORES')
     if expired[2] and tonumber(expired[2]) <= NOW then
       due = -2
     else
-      local first = redis.call('ZRANGE', KEYS[i + 1], 0, 0, 'WITHSCORES')
+      local first = redis.call('ZRANGE', KEYS[scheduled], 0, 0, 'WITHSCORES')
       if first[2] then
         due = math.max(0, tonumber(first[2]) - NOW)
         if due == 0 then due = -2 end

@@ -22,6 +22,7 @@ from ..engines import Engine, open_engine
 from ..errors import ConfigError
 from ..job import Job
 from ..limits import QueueLimits
+from ..partitions import PartitionMap, logical
 from ..schedules import ScheduleSpec
 from ..settings import Settings
 from ..task import Task
@@ -78,6 +79,8 @@ class AppCore:
         self.schedules: dict[str, ScheduleSpec] = {}  # code-defined, by name
         self.breakers: dict[str, CircuitBreaker] = {}  # per process, by name
         self.queue_limits: dict[str, QueueLimits] = {}  # code-defined, applied by workers
+        self.partitions = PartitionMap()  # code-defined partition counts (partitions.py)
+        self._layouts_checked: set[str] = set()  # partitioned queues checked this process
         self._cursors: CursorSealer | None = None
 
     # --- configuration ---------------------------------------------------------------
@@ -175,10 +178,13 @@ class AppCore:
             clock=self.clock,
         )
         sibling.tasks = self.tasks
+        sibling.partitions = self.partitions
         sibling._sync_owner = self
         return sibling
 
     def _own(self, job: Job) -> Job:
-        """Let `job.wait()` find this app (the caller's app, not the sync bridge's)."""
+        """Let `job.wait()` find this app (the caller's app, not the sync bridge's), and
+        show the queue operators see, not the partition it is stored in."""
         job._app = self._sync_owner or self
+        job.queue = logical(job.queue)
         return job

@@ -38,6 +38,7 @@ from ..errors import EngineUnavailable
 from ..job import Job
 from ..limits import QueueLimits, merge_limits
 from ..metrics import Metrics
+from ..partitions import Rotation, check_layout, layout, logical, merge_counts, split_limits
 from ..retention import Retention, RetentionPolicy
 from ..tracing import take_carrier, traced
 from . import joblog
@@ -143,6 +144,8 @@ class Worker:
         self.retention = retention
         self.require_noeviction = require_noeviction
         self.queues = tuple(queues)
+        # The physical queues claimed, partitions in turn (conveyor.partitions).
+        self.rotation = Rotation(self.queues, app.partitions)
         self.concurrency = concurrency
         self.lease_ms = int(lease_timeout * 1000)
         self.shutdown_timeout = shutdown_timeout
@@ -286,9 +289,13 @@ class Worker:
 
     async def _apply_limits(self, engine: Engine) -> None:
         for queue in self.queues:
+            count = self.app.partitions.count(queue)
+            await check_layout(engine, queue, count)
             limits = self.limits_for(queue)
             if limits is not None:
-                await engine.set_limits(queue, limits)
+                shares = split_limits(limits, count)
+                for name, share in zip(layout(queue, count), shares, strict=True):
+                    await engine.set_limits(name, share)
                 log.info("queue %s limits (fleet-wide): %s", queue, limits.to_dict())
 
     # --- the loop ------------------------------------------------------------------------
@@ -350,7 +357,7 @@ class Worker:
         try:
             result = await engine.exchange(
                 outcomes,
-                queues=self.queues,
+                queues=self.rotation.next(limit > 0),
                 limit=limit,
                 worker_id=self.id,
                 lease_ms=self.lease_ms,
@@ -392,7 +399,7 @@ class Worker:
         if self._outbox or self.stopping:
             return
         local = asyncio.ensure_future(self._wake.wait())
-        remote = asyncio.ensure_future(engine.wait_for_jobs(self.queues, timeout))
+        remote = asyncio.ensure_future(engine.wait_for_jobs(self.rotation.all, timeout))
         try:
             await asyncio.wait(
                 (local, remote), timeout=timeout + 1, return_when=asyncio.FIRST_COMPLETED
@@ -465,7 +472,11 @@ class Worker:
             outcomes, self._outbox = self._outbox, []
             try:
                 result = await engine.exchange(
-                    outcomes, queues=self.queues, limit=0, worker_id=self.id, lease_ms=self.lease_ms
+                    outcomes,
+                    queues=self.rotation.all,
+                    limit=0,
+                    worker_id=self.id,
+                    lease_ms=self.lease_ms,
                 )
                 self._lost(result.lost)
             except EngineUnavailable as exc:
@@ -488,6 +499,7 @@ class Worker:
 
     def _start(self, job: Job) -> None:
         job._reporter = self._report_progress
+        job.queue = logical(job.queue)  # the handler sees the queue, not its partition
         task = asyncio.create_task(self._execute(job), name=f"{JOB_TASK_PREFIX}{job.id}")
         self._running[job.id] = (job, task)
         self.metrics.in_flight.set(len(self._running))
@@ -588,7 +600,10 @@ class Worker:
         # commands (issue 15: 50 queues, bench/RESULTS.md).
         if self._health is not None and now - last_sample >= sample_interval(len(self.queues)):
             last_sample = now
-            self.last_counts = [await engine.counts(q) for q in self.queues]
+            self.last_counts = [
+                merge_counts(queue, [await engine.counts(name) for name in names])
+                for queue, names in self.rotation.groups
+            ]
             self.metrics.record_depths(self.last_counts, self.app.clock.now_ms())
         return last_sample
 
@@ -604,7 +619,7 @@ class Worker:
         while True:
             await asyncio.sleep(delay)
             try:
-                delay = await cleaner.step(self.queues)
+                delay = await cleaner.step(self.queues)  # the facade cleans every partition
                 supervisor.ok()
             except Exception as exc:
                 delay = supervisor.failed(exc)

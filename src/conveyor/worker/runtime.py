@@ -573,7 +573,7 @@ class Worker:
         most one interval apart), and readiness names the error meanwhile (supervision.py).
         """
         interval = min(self.lease_ms / 3000, SAMPLE_EVERY_S)
-        last_sample = -sample_interval(len(self.queues))
+        last_sample = -sample_interval(len(self.rotation.all))
         while True:
             wait = interval
             try:
@@ -598,7 +598,8 @@ class Worker:
         # Depths are for the health server's /metrics and /health/detailed: without one,
         # sampling every queue each SAMPLE_EVERY_S was most of an idle worker's Redis
         # commands (issue 15: 50 queues, bench/RESULTS.md).
-        if self._health is not None and now - last_sample >= sample_interval(len(self.queues)):
+        every = sample_interval(len(self.rotation.all))  # engine queues: partitions count
+        if self._health is not None and now - last_sample >= every:
             last_sample = now
             self.last_counts = [
                 merge_counts(queue, [await engine.counts(name) for name in names])

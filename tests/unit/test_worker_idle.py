@@ -5,7 +5,8 @@ the tests wait on counted engine calls.
 * The claim loop keeps two exchanges in flight while claims find jobs, but a claim that
   found nothing is followed by one exchange at a time: an idle worker's periodic look at
   its queues is one script call per queue, not two.
-* Queue depths are sampled for the health server's metrics only when it runs.
+* Queue depths are sampled for the health server's metrics only when it runs, and on
+  many queues each less often.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 from conveyor import Conveyor, Job, Worker
 from conveyor.testing import eventually
+from conveyor.worker.runtime import SAMPLE_EVERY_S, SAMPLED_QUEUES_PER_S, sample_interval
 
 
 class ExchangeSpy:
@@ -86,3 +88,14 @@ async def test_a_backlog_still_gets_two_exchanges_in_flight() -> None:
     await asyncio.wait_for(Worker(app, queues=["q"], concurrency=50, burst=True).run(), 30)
     assert (await app.counts("q")).completed == 2_000
     assert spy.most == 2
+
+
+def test_depth_sampling_is_bounded_in_queues_per_second() -> None:
+    """With a health server, depths are sampled every 5 s, but a worker on many queues
+    samples each less often: at most SAMPLED_QUEUES_PER_S counts calls per second on
+    average (50 queues: every 25 s, not 50 counts scripts every 5 s)."""
+    assert sample_interval(1) == SAMPLE_EVERY_S
+    assert sample_interval(10) == SAMPLE_EVERY_S
+    for queues in (11, 50, 500):
+        assert queues / sample_interval(queues) <= SAMPLED_QUEUES_PER_S
+    assert sample_interval(50) == 25.0

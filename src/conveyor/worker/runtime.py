@@ -62,6 +62,15 @@ _PIPELINE = 2  # exchanges in flight at once (see Worker._claim_loop)
 _MAX_CLAIM = 25
 _EWMA = 0.1  # weight of the newest sample in the running averages of _prefetch
 SAMPLE_EVERY_S = 5.0  # queue-depth sampling for metrics and /health/detailed
+# ... and at most this many queues' depths per second on average: one sample is a counts
+# script of ~14 Redis commands, so 50 queues every 5 s was 140 of an idle worker's
+# commands/s (issue 15, point 8). A worker on many queues refreshes each less often.
+SAMPLED_QUEUES_PER_S = 2.0
+
+
+def sample_interval(queues: int) -> float:
+    """Seconds between two samplings of the depths of a worker's `queues` queues."""
+    return max(SAMPLE_EVERY_S, queues / SAMPLED_QUEUES_PER_S)
 
 
 @dataclass(slots=True)
@@ -491,6 +500,7 @@ class Worker:
     def _start(self, job: Job) -> None:
         job._reporter = self._report_progress
         job.queue = logical(job.queue)  # the handler sees the queue, not its partition
+        job._app = self.app  # job.children_results() / child_values() in a flow's parent
         task = asyncio.create_task(self._execute(job), name=f"{JOB_TASK_PREFIX}{job.id}")
         self._running[job.id] = (job, task)
         self.metrics.in_flight.set(len(self._running))
@@ -564,7 +574,7 @@ class Worker:
         most one interval apart), and readiness names the error meanwhile (supervision.py).
         """
         interval = min(self.lease_ms / 3000, SAMPLE_EVERY_S)
-        last_sample = -SAMPLE_EVERY_S
+        last_sample = -sample_interval(len(self.rotation.all))
         while True:
             wait = interval
             try:
@@ -589,7 +599,8 @@ class Worker:
         # Depths are for the health server's /metrics and /health/detailed: without one,
         # sampling every queue each SAMPLE_EVERY_S was most of an idle worker's Redis
         # commands (issue 15: 50 queues, bench/RESULTS.md).
-        if self._health is not None and now - last_sample >= SAMPLE_EVERY_S:
+        every = sample_interval(len(self.rotation.all))  # engine queues: partitions count
+        if self._health is not None and now - last_sample >= every:
             last_sample = now
             self.last_counts = [
                 merge_counts(queue, [await engine.counts(name) for name in names])

@@ -67,13 +67,14 @@ _QUEUE_SCRIPTS = (
     "counts",
     "set_limits",
     "tenant_backfill",
+    "enqueue_flow",
 )
 _PICKUP_SCRIPTS = ("enqueue", "exchange")
 _WORKER_SCRIPTS = ("register_worker", "unregister_worker", "workers")
 # Scripts that read the time: they get `_clock.lua` (see there: Redis TIME, or a test
 # clock's now passed in ARGV).
 _TIMED_SCRIPTS = (*_QUEUE_SCRIPTS, "register_worker", "workers", "schedule_put",
-                  "schedule_pause", "throughput_history")  # fmt: skip
+                  "schedule_pause", "throughput_history", "idle_look")  # fmt: skip
 
 _DRIVER_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 _MAX_CONNECTIONS = 1000  # per engine (process); far above what one process keeps busy
@@ -91,7 +92,11 @@ def _script_source(name: str) -> str:
     if name in _QUEUE_SCRIPTS:
         # The job rules (lifecycle) and the shared helpers must be defined before the
         # operation's code runs.
-        parts[:0] = [lifecycle.lua_prelude(), (lua / "_lib.lua").read_text("utf-8")]
+        parts[:0] = [
+            lifecycle.lua_prelude(),
+            (lua / "_lib.lua").read_text("utf-8"),
+            (lua / "_flows.lua").read_text("utf-8"),
+        ]
     if name in _PICKUP_SCRIPTS:  # claim helpers and the one-hop pickup, after _lib
         parts.insert(-1, (lua / "_pickup.lua").read_text("utf-8"))
     if name in _TIMED_SCRIPTS:

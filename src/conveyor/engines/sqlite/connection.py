@@ -409,8 +409,11 @@ class SqliteCore:
             await self.connect()
             executor = self._executor
             assert executor is not None
-        result: T = await self._group.submit(executor, fn, durable, self._closed_error)
-        return result
+        out: T
+        out, ready = await self._group.submit(executor, fn, durable, self._closed_error)
+        if ready:  # a flow parent became pending (Wake is not thread-safe: notify here)
+            self._jobs_wake.notify()
+        return out
 
     def _closed_error(self) -> EngineUnavailable:
         return EngineUnavailable(f"SQLite engine for {self.path} is closed")
@@ -438,11 +441,13 @@ class SqliteCore:
         solo = len(group) == 1
         for i, w in enumerate(group):
             try:
+                # Each write settles the flow jobs it finished inside its own step
+                # (savepoint), so a flow parent's release commits or fails with it.
                 if solo:
-                    w.outcome = (True, w.fn(conn))
+                    w.outcome = (True, (w.fn(conn), self._settle_flows(conn)))
                     continue
                 conn.execute("SAVEPOINT conveyor_write")
-                w.outcome = (True, w.fn(conn))
+                w.outcome = (True, (w.fn(conn), self._settle_flows(conn)))
                 conn.execute("RELEASE conveyor_write")
             except Exception as exc:
                 if solo or not conn.in_transaction:
@@ -481,6 +486,11 @@ class SqliteCore:
                 mapped.__cause__ = exc
                 return mapped
         return exc
+
+    def _settle_flows(self, conn: sqlite3.Connection) -> bool:
+        """Settle the flow jobs this transaction finished, before it commits
+        (`conveyor.engines.sqlite.flows.SqliteFlows` applies lifecycle rule 6)."""
+        return False
 
     @staticmethod
     def _data_version(conn: sqlite3.Connection) -> int:

@@ -35,6 +35,7 @@ from ...clock import Clock
 from ...durability import ServerSettings
 from ...errors import ConfigError, EngineUnavailable, InvalidState
 from ...job import Job, decode_job, decode_lenient
+from .assembly import Definition, assemble, definitions
 from .cluster_lane import ClusterLane
 from .errors import classify, misrouted, with_flags
 from .keys import KeyLayout, LruCache, QueueKeys
@@ -84,19 +85,26 @@ QUEUE_CACHE_MAX = 512
 
 
 @functools.cache
-def _script_source(name: str) -> str:
-    """The Lua text of one operation (read once per process)."""
+def _shared(name: str) -> list[Definition]:
+    """The shared definitions a script of `name`'s kind may draw on (read once)."""
     lua = resources.files(__package__) / "lua"
-    parts = [(lua / f"{name}.lua").read_text("utf-8")]
-    if name in _QUEUE_SCRIPTS:
-        # The job rules (lifecycle) and the shared helpers must be defined before the
-        # operation's code runs.
-        parts[:0] = [lifecycle.lua_prelude(), (lua / "_lib.lua").read_text("utf-8")]
-    if name in _PICKUP_SCRIPTS:  # claim helpers and the one-hop pickup, after _lib
-        parts.insert(-1, (lua / "_pickup.lua").read_text("utf-8"))
+    parts = []
     if name in _TIMED_SCRIPTS:
-        parts.insert(0, (lua / "_clock.lua").read_text("utf-8"))
-    return "\n".join(parts)
+        parts.append((lua / "_clock.lua").read_text("utf-8"))
+    if name in _QUEUE_SCRIPTS:
+        # The job rules (lifecycle) and the shared helpers.
+        parts += [lifecycle.lua_prelude(), (lua / "_lib.lua").read_text("utf-8")]
+    if name in _PICKUP_SCRIPTS:  # claim helpers and the one-hop pickup, after _lib
+        parts.append((lua / "_pickup.lua").read_text("utf-8"))
+    return definitions("\n".join(parts), f"the shared Lua of {name}.lua")
+
+
+@functools.cache
+def _script_source(name: str) -> str:
+    """The Lua text of one operation: its code after the shared definitions it uses
+    (see assembly.py; built once per process)."""
+    code = (resources.files(__package__) / "lua" / f"{name}.lua").read_text("utf-8")
+    return assemble(_shared(name), code)
 
 
 def driver_errors(

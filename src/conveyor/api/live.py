@@ -2,8 +2,10 @@
 
 Protocol (JSON text frames, server to client):
 
-* `{"type": "subscribed", "queues": [...], "tenant": ..., "job": ...}` once the live
-  feed is attached: every event after this frame is delivered.
+* `{"type": "subscribed", "queues": [...], "tenant": ..., "job": ..., "not_streamed":
+  [...]}` once the live feed is attached: every event after this frame is delivered.
+  `not_streamed` names the watched queues declared with `events=False`: they have no
+  event log, so no event of theirs will come (poll the job or the counts instead).
 * `{"type": "event", "id", "kind", "job_id", "queue", "at", "task", "tenant", "attempt",
   "data"}` per state change or progress update (`kind` is one of
   `conveyor.engines.base.EVENT_KINDS`; a progress update has `data.progress`). `id` is
@@ -39,6 +41,7 @@ import base64
 import contextlib
 import re
 from collections.abc import Iterable, Sequence
+from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING
 
 import orjson
@@ -153,6 +156,7 @@ async def watch_jobs(
     offered = websocket.scope.get("subprotocols", ())
     # A browser that offered subprotocols fails the handshake unless one is chosen.
     await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
+    unstreamed = state.conveyor.unstreamed
     try:
         principal = authenticate(state.tokens, _bearer(websocket, token))
         watch_tenant = scoped_tenant(principal, tenant)
@@ -186,7 +190,10 @@ async def watch_jobs(
         await websocket.close(CLOSE_TRY_LATER, f"{type(exc).__name__}: {exc}"[:120])
         return
     try:
-        await _serve(websocket, state.hub, state.metrics, sub, queues, watch_tenant, job, positions)
+        await _serve(
+            websocket, state.hub, state.metrics, sub, queues, watch_tenant, job, positions,
+            unstreamed,
+        )  # fmt: skip
     finally:
         state.hub.unsubscribe(sub)
 
@@ -200,11 +207,19 @@ async def _serve(
     tenant: str | None,
     job: str | None,
     positions: dict[str, str],
+    unstreamed: AbstractSet[str],
 ) -> None:
     async def send_events() -> None:
         await websocket.send_text(
             orjson.dumps(
-                {"type": "subscribed", "queues": queues, "tenant": tenant, "job": job}
+                {
+                    "type": "subscribed",
+                    "queues": queues,
+                    "tenant": tenant,
+                    "job": job,
+                    # Queues with no event log (events=False): nothing will arrive.
+                    "not_streamed": [q for q in queues if q in unstreamed],
+                }
             ).decode()
         )
         if positions:

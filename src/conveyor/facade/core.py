@@ -78,6 +78,8 @@ class AppCore:
         self.schedules: dict[str, ScheduleSpec] = {}  # code-defined, by name
         self.breakers: dict[str, CircuitBreaker] = {}  # per process, by name
         self.queue_limits: dict[str, QueueLimits] = {}  # code-defined, applied by workers
+        # Queues declared with events=False (lifecycle rule 6); the engine holds this set.
+        self.unstreamed: set[str] = set()
         self._cursors: CursorSealer | None = None
 
     # --- configuration ---------------------------------------------------------------
@@ -120,6 +122,7 @@ class AppCore:
         """The engine object (built on first access, connected by `connect`)."""
         if self._engine is None:
             self._engine = open_engine(self.url, clock=self.clock)
+            self._engine.unstreamed = self.unstreamed
         return self._engine
 
     async def connect(self) -> Engine:

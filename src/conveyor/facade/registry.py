@@ -141,6 +141,7 @@ class Registry(AppCore):
         tenant_concurrency: int | None = None,
         rate: str | None = None,
         tenant_rate: str | None = None,
+        events: bool = True,
     ) -> QueueLimits:
         """Declare fleet-wide limits for `queue`; every worker that serves it stores them
         in the engine when it starts (use `set_limits` to change them right away).
@@ -152,6 +153,11 @@ class Registry(AppCore):
                 tenant are not limited by it).
             rate: jobs started per window, e.g. `"100/1s"`, `"5/250ms"`, `"1000/1m"`.
             tenant_rate: the same per tenant.
+            events: False: the queue has no event log (no `enqueued`, `started`,
+                `completed`... written; Redis saves one XADD per enqueue and per
+                start and outcome). `job.wait()` then polls the job, and the dashboard
+                and WebSocket say the queue is not streamed. Every process must declare
+                it (import the same app) before it connects.
 
         Returns:
             The limits (None fields: no limit).
@@ -165,7 +171,13 @@ class Registry(AppCore):
             rate=rate,
             tenant_rate=tenant_rate,
         )
+        if not isinstance(events, bool):
+            raise ConfigError(f"events={events!r} is invalid: use True or False")
         self.queue_limits[check_queue(queue)] = limits
+        if events:
+            self.unstreamed.discard(queue)
+        else:
+            self.unstreamed.add(queue)
         return limits
 
     def on_startup(self, fn: F) -> F:

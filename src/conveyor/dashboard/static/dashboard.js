@@ -171,7 +171,11 @@ function live(params, onEvent, onOpen) {
       const frame = JSON.parse(message.data);
       if (frame.type === "subscribed") {
         delay = 500;
-        setLive(true);
+        const quiet = frame.not_streamed || [];
+        setLive(quiet.length ? "quiet" : true);
+        if (quiet.length) {
+          toast(`Not streamed (events=False): ${quiet.join(", ")}; refresh to see changes`);
+        }
         if (onOpen) onOpen();
       } else if (frame.type === "event") {
         since[frame.queue] = frame.id;
@@ -197,8 +201,9 @@ function live(params, onEvent, onOpen) {
 
 function setLive(on) {
   const badge = $("#live");
-  badge.dataset.live = on ? "on" : "off";
-  badge.textContent = on ? "Live" : "Offline";
+  // "quiet": connected, but a watched queue has no event log (events=False).
+  badge.dataset.live = on === "quiet" ? "quiet" : on ? "on" : "off";
+  badge.textContent = on === "quiet" ? "Not streamed" : on ? "Live" : "Offline";
 }
 
 // Run `fn` at most once per `wait` ms, trailing: bursts of events cost one reload.

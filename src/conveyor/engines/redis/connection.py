@@ -16,6 +16,7 @@ import contextlib
 import functools
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from collections.abc import Set as AbstractSet
 from importlib import resources
 from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
@@ -207,6 +208,7 @@ class RedisBase:
         connect_timeout, self._timeout = url_timeouts(redis_url)
         self._keys = KeyLayout(self.prefix)
         self._events_maxlen = str(events_maxlen)
+        self.unstreamed: AbstractSet[str] = frozenset()  # see Engine.unstreamed
         # `?replicas=N`: enqueue and outcome writes wait for N replicas (replicas.py).
         self._ack = (
             ReplicaAck(target.replicas, target.replica_timeout_ms) if target.replicas else None
@@ -330,7 +332,13 @@ class RedisBase:
         entry = self._queue_args.get(queue)
         if entry is None:
             keys = self._keys.queue(queue)
-            entry = (keys, keys.all(), [keys.wake_channel, self._events_maxlen, queue, ""])
+            # A queue without an event log gets the length that tells `emit` so (rule 6).
+            maxlen = (
+                self._events_maxlen
+                if lifecycle.writes_events(queue, self.unstreamed)
+                else str(lifecycle.UNSTREAMED_MAXLEN)
+            )
+            entry = (keys, keys.all(), [keys.wake_channel, maxlen, queue, ""])
             if remember:
                 self._queue_args.put(queue, entry)
         if self._clock is not None:

@@ -1,0 +1,81 @@
+"""Lifecycle rule 6 on every engine: a queue declared with `events=False` has no event
+log (nothing is written for enqueue, start, outcomes or operator actions), while its
+neighbours keep theirs, and `job.wait()` still returns (it polls the job)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from conveyor import ConfigError, Conveyor, Job, JobFailed
+from conveyor.engines import Outcome
+from conveyor.facade.results import POLL_MAX_S
+
+from .helpers import LEASE_MS, err, settled_events
+
+
+@pytest.fixture
+async def app(engine_url: str) -> AsyncIterator[Conveyor]:
+    app = Conveyor(engine_url)
+    app.limits("quiet", events=False)
+
+    @app.task("hush", queue="quiet")
+    async def hush(job: Job) -> Any:
+        return job.payload["n"]
+
+    @app.task("shout", queue="loud")
+    async def shout(job: Job) -> Any:
+        return job.payload["n"]
+
+    await app.connect()
+    yield app
+    await app.close()
+
+
+async def test_a_queue_without_events_writes_none_and_its_neighbour_all(app: Conveyor) -> None:
+    engine = app.engine
+    queues = ("quiet", "loud")
+    start = await engine.last_event_ids(list(queues))
+    ok, bad, gone = [await app.enqueue("hush", {"n": i}) for i in range(3)]
+    loud = await app.enqueue("shout", {"n": 9})
+    result = asyncio.create_task(ok.wait(timeout=30))
+    failure = asyncio.create_task(bad.wait(timeout=30))
+    await app.cancel_job(gone.id)
+    claimed = (
+        await engine.exchange([], queues=queues, limit=10, worker_id="w1", lease_ms=LEASE_MS)
+    ).jobs
+    by_id = {j.id: j for j in claimed}
+    assert set(by_id) == {ok.id, bad.id, loud.id}
+    outcomes = [
+        Outcome(ok.id, str(by_id[ok.id].token), "complete", result_json="7"),
+        Outcome(bad.id, str(by_id[bad.id].token), "fail", error_json=err(1)),
+        Outcome(loud.id, str(by_id[loud.id].token), "complete", result_json="9"),
+    ]
+    await engine.exchange(outcomes, queues=queues, limit=0, worker_id="w1", lease_ms=LEASE_MS)
+    # The waiters poll: each sees its job's end within the longest poll interval.
+    assert await asyncio.wait_for(result, POLL_MAX_S * 4 + 5) == 7
+    with pytest.raises(JobFailed):
+        await asyncio.wait_for(failure, POLL_MAX_S * 4 + 5)
+    events = await settled_events(engine, start, 3, queues)
+    assert [(e.queue, e.kind) for e in events] == [
+        ("loud", "enqueued"),
+        ("loud", "started"),
+        ("loud", "completed"),
+    ]
+    assert (await engine.counts("quiet")).completed == 1  # the jobs themselves are kept
+
+
+async def test_wait_on_a_quiet_queue_times_out_with_the_usual_error(app: Conveyor) -> None:
+    job = await app.enqueue("hush", {"n": 1})
+    with pytest.raises(TimeoutError, match=r"not finished after 0\.3s"):
+        await job.wait(timeout=0.3)
+
+
+def test_events_takes_a_bool() -> None:
+    app = Conveyor("memory://")
+    with pytest.raises(ConfigError, match="events='no' is invalid"):
+        app.limits("q", events="no")  # type: ignore[arg-type]
+    assert "q" not in app.unstreamed

@@ -9,6 +9,7 @@ better than wall-clock rates do. Compare checkouts with PYTHONPATH, alternating 
     .venv/bin/python bench/redis_cost.py w1 --concurrency 50,100,200,500
     .venv/bin/python bench/redis_cost.py w2            # pickup latency, one-hop pickup on/off
     PYTHONPATH=/path/to/other/src .venv/bin/python bench/redis_cost.py w0
+    .venv/bin/python bench/redis_cost.py w0 --no-events   # the queue has events=False
 
 `w2` runs the worker in a child process (`_w2_worker`), jobs enqueued 10 ms apart; latency is
 handler start minus the time stamped just before `enqueue`. `--no-pickup` turns the one-hop
@@ -39,8 +40,13 @@ from w1_quick import start_redis  # bench/ is not a package
 QUEUE = "bench"
 
 
+EVENTS = True  # --no-events: the queue is declared with events=False (no event log)
+
+
 def app_on(url: str) -> Conveyor:
     app = Conveyor(url)
+    if not EVENTS:
+        app.limits(QUEUE, events=False)
 
     @app.task("job", queue=QUEUE, max_attempts=1)
     async def job(job: Job) -> None:
@@ -208,8 +214,11 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=0, help="default: 5,000 / 10,000 / 400")
     parser.add_argument("--concurrency", default="50,100,200,500")
     parser.add_argument("--no-pickup", action="store_true")
+    parser.add_argument("--no-events", action="store_true", help="w0/bulk/w1: events=False")
     parser.add_argument("--runs", type=int, default=2, help="w2: on/off pairs")
     args = parser.parse_args()
+    global EVENTS
+    EVENTS = not args.no_events
     if args.what == "_w2_worker":
         w2_worker(args.url, not args.no_pickup)
         return

@@ -330,14 +330,15 @@ class RedisBase:
                 the keys afresh (a few microseconds) and keep nothing.
         """
         entry = self._queue_args.get(queue)
-        if entry is None:
+        # A queue without an event log gets the length that tells `emit` so (rule 6);
+        # checked per call, so a queue declared after its first call is still quiet.
+        maxlen = (
+            self._events_maxlen
+            if lifecycle.writes_events(queue, self.unstreamed)
+            else str(lifecycle.UNSTREAMED_MAXLEN)
+        )
+        if entry is None or entry[2][1] != maxlen:
             keys = self._keys.queue(queue)
-            # A queue without an event log gets the length that tells `emit` so (rule 6).
-            maxlen = (
-                self._events_maxlen
-                if lifecycle.writes_events(queue, self.unstreamed)
-                else str(lifecycle.UNSTREAMED_MAXLEN)
-            )
             entry = (keys, keys.all(), [keys.wake_channel, maxlen, queue, ""])
             if remember:
                 self._queue_args.put(queue, entry)

@@ -8,6 +8,7 @@ better than wall-clock rates do. Compare checkouts with PYTHONPATH, alternating 
     .venv/bin/python bench/redis_cost.py bulk          # enqueue_many(10,000): calls, ms per call
     .venv/bin/python bench/redis_cost.py w1 --concurrency 50,100,200,500
     .venv/bin/python bench/redis_cost.py w2            # pickup latency, one-hop pickup on/off
+    .venv/bin/python bench/redis_cost.py preludes      # shared Lua per call: whole vs assembled
     PYTHONPATH=/path/to/other/src .venv/bin/python bench/redis_cost.py w0
     .venv/bin/python bench/redis_cost.py w0 --no-events   # the queue has events=False
 
@@ -27,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -207,9 +209,38 @@ def w2_worker(url: str, pickup: bool) -> None:
     loop.run_until_complete(worker.run())
 
 
+def preludes(url: str, n: int) -> None:
+    """What the shared Lua costs per call by itself: each hot script's shared part
+    followed by `return 1`, whole (every definition, as before assembly.py) and as
+    assembled (only what the script uses), pipelined, by Redis's usec_per_call."""
+    from conveyor.engines.redis import connection
+
+    r = redis.Redis.from_url(url.split("?")[0])
+    keys = [f"{{cost:q}}:k{i}" for i in range(24)]
+    header = ["ch", "10000", "q", ""]
+    for name in ("enqueue", "exchange"):
+        shared = connection._shared(name)
+        whole = "\n".join(d.text for d in shared) + "\nreturn 1"
+        code = connection._script_source(name)
+        own = (resources.files(connection.__package__) / "lua" / f"{name}.lua").read_text()
+        assembled = code[: code.index(own)] + "\nreturn 1"
+        for label, text in (("whole", whole), ("assembled", assembled), ("none", "return 1")):
+            sha = r.script_load(text)
+            r.config_resetstat()
+            pipe = r.pipeline(transaction=False)
+            for _ in range(n):
+                pipe.evalsha(sha, len(keys), *keys, *header)
+            pipe.execute()
+            usec = r.info("commandstats")["cmdstat_evalsha"]["usec_per_call"]
+            print(
+                f"{name} shared Lua, {label:>9}: {usec:.2f} us/call "
+                f"({text.count(chr(10)) + 1} lines)"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=("w0", "bulk", "w1", "w2", "_w2_worker"))
+    parser.add_argument("what", choices=("w0", "bulk", "w1", "w2", "preludes", "_w2_worker"))
     parser.add_argument("--url", help="an existing Redis (default: a private redis-server)")
     parser.add_argument("--jobs", type=int, default=0, help="default: 5,000 / 10,000 / 400")
     parser.add_argument("--concurrency", default="50,100,200,500")
@@ -231,6 +262,8 @@ def main() -> None:
         try:
             if args.what == "w0":
                 asyncio.run(w0(url, args.jobs or 5_000))
+            elif args.what == "preludes":
+                preludes(url, args.jobs or 20_000)
             elif args.what == "bulk":
                 asyncio.run(bulk(url, args.jobs or 10_000))
             elif args.what == "w1":

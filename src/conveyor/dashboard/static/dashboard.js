@@ -171,11 +171,12 @@ function live(params, onEvent, onOpen) {
       const frame = JSON.parse(message.data);
       if (frame.type === "subscribed") {
         delay = 500;
+        // Queues declared with events=False send nothing: say so (all of them: the
+        // badge; some: its tooltip names them).
         const quiet = frame.not_streamed || [];
-        setLive(quiet.length ? "quiet" : true);
-        if (quiet.length) {
-          toast(`Not streamed (events=False): ${quiet.join(", ")}; refresh to see changes`);
-        }
+        setLive(quiet.length && quiet.length === frame.queues.length ? "quiet" : true);
+        $("#live").title = quiet.length
+          ? `Not streamed (events=False), refresh to see changes: ${quiet.join(", ")}` : "";
         if (onOpen) onOpen();
       } else if (frame.type === "event") {
         since[frame.queue] = frame.id;
@@ -201,7 +202,7 @@ function live(params, onEvent, onOpen) {
 
 function setLive(on) {
   const badge = $("#live");
-  // "quiet": connected, but a watched queue has no event log (events=False).
+  // "quiet": connected, but no watched queue has an event log (events=False).
   badge.dataset.live = on === "quiet" ? "quiet" : on ? "on" : "off";
   badge.textContent = on === "quiet" ? "Not streamed" : on ? "Live" : "Offline";
 }

@@ -178,6 +178,7 @@ class AppCore:
             clock=self.clock,
         )
         sibling.tasks = self.tasks
+        sibling.unstreamed = self.unstreamed  # its engine skips and polls the same queues
         sibling._sync_owner = self
         return sibling
 

@@ -74,6 +74,23 @@ async def test_wait_on_a_quiet_queue_times_out_with_the_usual_error(app: Conveyo
         await job.wait(timeout=0.3)
 
 
+async def test_wait_sync_polls_a_quiet_queue_too(app: Conveyor, engine_url: str) -> None:
+    """`wait_sync` runs on the app's sync bridge (a sibling app with its own engine):
+    that engine writes no events for the queue either, and its waiter polls."""
+    if engine_url.startswith("memory://"):
+        pytest.skip("memory://: the sync bridge has its own private database")
+    start = await app.engine.last_event_ids(["quiet"])
+    job = await asyncio.to_thread(app.enqueue_sync, "hush", {"n": 5})
+    waiter = asyncio.create_task(asyncio.to_thread(job.wait_sync, 30))
+    claimed = (
+        await app.engine.exchange([], queues=("quiet",), limit=1, worker_id="w1", lease_ms=LEASE_MS)
+    ).jobs
+    done = Outcome(job.id, str(claimed[0].token), "complete", result_json="5")
+    await app.engine.exchange([done], queues=("quiet",), limit=0, worker_id="w1", lease_ms=LEASE_MS)
+    assert await asyncio.wait_for(waiter, POLL_MAX_S * 4 + 5) == 5
+    assert await app.engine.read_events(["quiet"], since=start, count=10, block_ms=0) == []
+
+
 def test_events_takes_a_bool() -> None:
     app = Conveyor("memory://")
     with pytest.raises(ConfigError, match="events='no' is invalid"):

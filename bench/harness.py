@@ -857,12 +857,19 @@ def guarded(res: Results, lib: str, metrics: list[str], fn: Callable[[], dict[st
 
 
 def run_peer(
-    ctx: Ctx, peer: Peer, workloads: list[str], runs: int, res: Results, log: Callable[[str], None]
+    ctx: Ctx,
+    peer: Peer,
+    workloads: list[str],
+    runs: int,
+    res: Results,
+    log: Callable[[str], None],
+    only_run: int | None = None,
 ) -> None:
+    """Measure `peer` `runs` times (or only run number `only_run` of `runs`)."""
     lib = peer.name
     sizes = ctx.sizes
     workloads = [w for w in workloads if peer.takes_part(w)]
-    for run in range(1, runs + 1):
+    for run in range(1, runs + 1) if only_run is None else [only_run]:
         ctx.tag = f"r{run}"
         if "W0" in workloads:
             log(f"[{lib}] run {run}/{runs} W0 enqueue x{sizes.w0}")
@@ -1424,10 +1431,10 @@ RULES = """## Rules
   its own Redis connection when the job's work is done — for the Python libraries the same
   minimal hand-written RESP client (`peers/_common.py`: a socket per thread, or one pipelined
   connection per event loop; rq, which forks per job, uses its job's redis-py connection),
-  ioredis for Node — and the harness polls `GET bench:done` every {poll_ms:g} ms. The marker
-  goes to Redis even for conveyor-sqlite, whose jobs are in a SQLite file. W2 jobs first
-  `RPUSH bench:lat <start_ns - enqueue_ns>`; W3 jobs first sleep 20 ms (`asyncio.sleep` /
-  `time.sleep` / `setTimeout`).
+  ioredis with `enableAutoPipelining` for Node — and the harness polls `GET bench:done`
+  every {poll_ms:g} ms. The marker goes to Redis even for conveyor-sqlite, whose jobs are in
+  a SQLite file. W2 jobs first `RPUSH bench:lat <start_ns - enqueue_ns>`; W3 jobs first
+  sleep 20 ms (`asyncio.sleep` / `time.sleep` / `setTimeout`).
 * **Server:** one private `redis-server` on 127.0.0.1 and a free port, `--save ""
   --appendonly no`, `FLUSHALL` before every measurement.
 * **W0 enqueue:** no worker running; jobs/s of the enqueue loop (client connected first),
@@ -1486,6 +1493,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--output",
         help="markdown file to write (default RESULTS.md, or .peers/RESULTS-quick.md with --quick)",
     )
+    ap.add_argument(
+        "--interleave",
+        action="store_true",
+        help="run 1 of every library, then run 2, ... (fairer under a varying machine load)",
+    )
     ap.add_argument("--install-only", action="store_true")
     ap.add_argument("--list", action="store_true", help="list the known libraries and exit")
     args = ap.parse_args(argv)
@@ -1533,6 +1545,7 @@ def main(argv: list[str] | None = None) -> int:
         if any(p.on_postgres for p in peers):
             create_database(server.url)
             log(f"postgres database {database_name(server.url)} (dropped at the end)")
+        ready = []
         for peer in peers:
             if peer.install_error:  # reported once, in the first cell of the row
                 res.add(peer.name, "w0_one", f"error: {peer.install_error}")
@@ -1543,8 +1556,18 @@ def main(argv: list[str] | None = None) -> int:
                 except BenchError as exc:
                     res.add(peer.name, "w0_one", f"error: {exc}")
                     continue
-            run_peer(ctx, peer, workloads, args.runs, res, log)
-            remove_engine_file(peer, server.url)
+            if not args.interleave:
+                run_peer(ctx, peer, workloads, args.runs, res, log)
+                remove_engine_file(peer, server.url)
+            ready.append(peer)
+        if args.interleave:
+            # Run 1 of every library, then run 2 of every library, ...: on a shared
+            # machine a load swing then hits every library instead of the one measured.
+            for run in range(1, args.runs + 1):
+                for peer in ready:
+                    run_peer(ctx, peer, workloads, args.runs, res, log, only_run=run)
+            for peer in ready:
+                remove_engine_file(peer, server.url)
         if "PHYS" in workloads:
             phys = Results()
             for run in range(1, args.runs + 1):

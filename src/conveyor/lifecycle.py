@@ -100,8 +100,10 @@ UNSTREAMED_MAXLEN: Final = 0
 
 def writes_events(queue: str, unstreamed: AbstractSet[str]) -> bool:
     """Whether events of `queue`'s jobs are written (rule 6): not for a queue in
-    `unstreamed`, the app's queues declared with `events=False`."""
-    return queue not in unstreamed
+    `unstreamed`, the app's queues declared with `events=False`. A partition
+    (`mail~3of8`: `~` is never part of a queue name, see partitions.py) follows its
+    queue."""
+    return queue.partition("~")[0] not in unstreamed
 
 
 class Place(StrEnum):

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Protocol
 import orjson
 
 from .errors import EngineUnavailable, TooManySubscriptions
+from .partitions import logical
 
 if TYPE_CHECKING:
     from .app import Conveyor
@@ -192,8 +193,12 @@ class _Reader:
 
     def __init__(self, app: Conveyor) -> None:
         self.app = app
-        self.cursor: dict[str, str] = {}  # queue -> last event id read
+        self.cursor: dict[str, str] = {}  # stored queue -> last event id read
         self.watchers: dict[str, _Watchers] = {}
+        # Watched queue -> the stored queues whose logs it reads: itself, or each of its
+        # partitions (conveyor.partitions), whose events keep their partition's name
+        # (their ids are that partition's, so `since` names the partition).
+        self.streams: dict[str, list[str]] = {}
         self._pin_lock = asyncio.Lock()
         self.task: asyncio.Task[None] | None = None
         self.error: str | None = None  # the last read's error while reads fail (readiness)
@@ -210,7 +215,8 @@ class _Reader:
             watchers.remove(sub)
             if not len(watchers):
                 del self.watchers[queue]
-                self.cursor.pop(queue, None)
+                for name in self.streams.pop(queue, [queue]):
+                    self.cursor.pop(name, None)
         if not self.watchers and self.task is not None:
             self.task.cancel()
             self.task = None
@@ -224,18 +230,22 @@ class _Reader:
         Pins are serialised: a reconnect storm costs one engine call at a time.
         """
         async with self._pin_lock:
-            missing = [q for q in queues if q not in self.cursor and q in self.watchers]
+            missing = [q for q in queues if q not in self.streams and q in self.watchers]
             if missing:
-                positions = await self.app.event_positions(missing)
+                streams = {q: await self.app.partitions_of(q) for q in missing}
+                names = [name for found in streams.values() for name in found]
+                positions = await self.app.event_positions(names)
                 for queue in missing:
                     if queue in self.watchers:  # the socket may have left meanwhile
-                        self.cursor[queue] = positions.get(queue, "0")
+                        self.streams[queue] = streams[queue]
+                        for name in streams[queue]:
+                            self.cursor[name] = positions.get(name, "0")
         if self.task is None and self.cursor:
             self.task = asyncio.create_task(self._run(), name="conveyor-live-reader")
 
     def dispatch(self, event: Event) -> int:
         """Offer `event` to every subscriber it matches; returns how many got it."""
-        watchers = self.watchers.get(event.queue)
+        watchers = self.watchers.get(logical(event.queue))
         if watchers is None:
             return 0
         text: str | None = None

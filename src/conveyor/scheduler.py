@@ -45,6 +45,7 @@ from datetime import UTC, datetime
 from .app import Conveyor
 from .errors import ConfigError, ConveyorError, EngineUnavailable
 from .job import NewJob
+from .partitions import fixed_home
 from .retention import (
     DEFAULT_BATCH,
     DEFAULT_INTERVAL_S,
@@ -343,7 +344,8 @@ class Scheduler:
     def _occurrence_job(self, spec: ScheduleSpec, at_ms: int) -> NewJob:
         """The job of one occurrence: validated like any enqueue, with its fixed id."""
         new = self.app.build(spec.task, spec.payload, queue=spec.queue, **spec.options)
-        return dataclasses.replace(new, id=occurrence_job_id(new.queue, spec.name, at_ms))
+        queue = fixed_home(new.queue, new.tenant, new.dedupe_key, f"{spec.name}@{at_ms}")
+        return dataclasses.replace(new, queue=queue, id=occurrence_job_id(queue, spec.name, at_ms))
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:

@@ -360,20 +360,155 @@ async def test_connections_killed_by_the_server_are_replaced(
 async def test_an_event_committed_late_is_never_skipped(
     engine: PostgresEngine, app: Conveyor, postgres_url: str
 ) -> None:
-    """Event ids come from a sequence when the row is written; a transaction that
-    commits after a later one must not land behind a reader's position (`app.wait`
-    would miss a job's end). Readers see an event once every older transaction ended."""
+    """Event ids come in commit order (migration 0005): a transaction that wrote its
+    event first but commits last is read after the one that committed first, and a
+    reader that has already passed that one still gets it."""
     # The queue's first job registers it; a transaction doing that first would make the
     # other enqueue wait for its COMMIT (the README says so).
     await engine.enqueue([app.build("t", {"n": "first"})])
     start = await engine.last_event_ids(["q"])
     async with await psycopg.AsyncConnection.connect(conninfo(postgres_url)) as slow:
-        [late] = await engine.enqueue_in(slow, [app.build("t", {"n": "late"})])  # id first
+        [late] = await engine.enqueue_in(slow, [app.build("t", {"n": "late"})])  # row first
         [early] = await engine.enqueue([app.build("t", {"n": "early"})])  # commits first
-        held = await engine.read_events(["q"], since=start, count=10, block_ms=0)
-        assert held == [], "nothing is settled while the older transaction runs"
+        seen = await engine.read_events(["q"], since=start, count=10, block_ms=0)
+        assert [e.job_id for e in seen] == [early.id], "the committed event is not held back"
         await slow.commit()
-    events = await engine.read_events(["q"], since=start, count=10, block_ms=5000)
-    assert [e.job_id for e in events] == [late.id, early.id]
+    events = await engine.read_events(["q"], since={"q": seen[-1].id}, count=10, block_ms=5000)
+    assert [e.job_id for e in events] == [late.id]
     after = await engine.read_events(["q"], since={"q": events[-1].id}, count=10, block_ms=0)
     assert after == []
+    everything = await engine.read_events(["q"], since=start, count=10, block_ms=0)
+    assert [e.job_id for e in everything] == [early.id, late.id]
+
+
+async def test_an_unrelated_open_transaction_does_not_delay_events(
+    engine: PostgresEngine, app: Conveyor, postgres_url: str
+) -> None:
+    """A long transaction elsewhere (here: one holding a transaction id, so it pins the
+    server's xmin, on the same database) delays no event; so does an open transaction
+    that wrote events of its own but has not committed."""
+    await engine.enqueue([app.build("t", {"n": "first"})])
+    start = await engine.last_event_ids(["q"])
+    async with (
+        await psycopg.AsyncConnection.connect(conninfo(postgres_url)) as idle,
+        await psycopg.AsyncConnection.connect(conninfo(postgres_url)) as writer,
+    ):
+        await idle.execute("SELECT pg_current_xact_id()")  # an xid, left open
+        await engine.enqueue_in(writer, [app.build("t", {"n": "uncommitted"})])
+        [job] = await engine.enqueue([app.build("t", {"n": "now"})])
+        events = await engine.read_events(["q"], since=start, count=10, block_ms=0)
+        assert [(e.kind, e.job_id) for e in events] == [("enqueued", job.id)]
+        # A worker's events (started, completed) are readable while both stay open.
+        [claimed] = await claim(engine, 1)
+        assert claimed.id != job.id  # "first" is older
+        more = await engine.read_events(["q"], since={"q": events[-1].id}, count=10, block_ms=0)
+        assert [(e.kind, e.job_id) for e in more] == [("started", claimed.id)]
+        await writer.rollback()
+
+
+async def test_concurrent_writers_events_are_read_once_each_in_commit_order(
+    engine: PostgresEngine, app: Conveyor, postgres_url: str
+) -> None:
+    """Writers commit in an order unrelated to when they wrote, while a reader tails the
+    log: it reads every event exactly once, positions never go back."""
+    await engine.enqueue([app.build("t", {"n": "first"})])
+    position = await engine.last_event_ids(["q"])
+    writers, per_writer = 6, 15
+    made: list[str] = []
+    done = asyncio.Event()
+
+    async def write(w: int) -> None:
+        async with await psycopg.AsyncConnection.connect(conninfo(postgres_url)) as conn:
+            for i in range(per_writer):
+                [res] = await engine.enqueue_in(conn, [app.build("t", {"w": w, "i": i})])
+                await asyncio.sleep(((w * 7 + i * 3) % 5) / 1000)  # commits interleave
+                await conn.commit()
+                made.append(res.id)
+
+    async def writers_run() -> None:
+        await asyncio.gather(*(write(w) for w in range(writers)))
+        done.set()
+
+    seen: list[str] = []
+    keys: list[tuple[int, int]] = []
+    task = asyncio.create_task(writers_run())
+    while True:
+        finished = done.is_set()
+        batch = await engine.read_events(["q"], since=position, count=7, block_ms=50)
+        for event in batch:
+            seen.append(event.job_id)
+            pos, _, row = event.id.partition("-")
+            keys.append((int(pos), int(row)))
+        if batch:
+            position = {"q": batch[-1].id}
+        elif finished:
+            break
+    await task
+    assert sorted(seen) == sorted(made) and len(seen) == writers * per_writer
+    assert keys == sorted(keys) and len(set(keys)) == len(keys)
+
+
+async def test_commit_positions_are_trimmed_with_the_events_they_order(
+    postgres_url: str, app: Conveyor
+) -> None:
+    """One commit position per event-writing transaction; trimming the events trims the
+    positions no remaining event needs, and readers keep reading from the start."""
+    eng = PostgresEngine(postgres_url, events_maxlen=10)
+    await eng.connect()
+    try:
+        for i in range(150):  # 150 transactions, one event each
+            await eng.enqueue([app.build("t", {"i": i})])
+        await claim(eng, 1)  # an exchange trims once enough events were added
+        async with await psycopg.AsyncConnection.connect(conninfo(postgres_url)) as conn:
+            cur = await conn.execute(f"SELECT count(*) FROM {eng.schema_sql}.event_commits")
+            row = await cur.fetchone()
+            assert row is not None and row[0] <= 12
+        events = await eng.read_events(["q"], since={"q": "0"}, count=100, block_ms=0)
+        assert 10 <= len(events) <= 12 and events[-1].kind == "started"
+    finally:
+        await eng.close()
+
+
+async def test_events_written_after_a_rolled_back_savepoint_are_read(
+    engine: PostgresEngine, app: Conveyor, postgres_url: str
+) -> None:
+    """The commit position is queued by a transaction's first event row; when that row
+    is undone by ROLLBACK TO SAVEPOINT, the next event row queues it again."""
+    await engine.enqueue([app.build("t", {"n": "first"})])
+    start = await engine.last_event_ids(["q"])
+    conn = await psycopg.AsyncConnection.connect(conninfo(postgres_url))
+    async with conn, conn.transaction():
+        async with conn.transaction():  # a savepoint, rolled back
+            await engine.enqueue_in(conn, [app.build("t", {"n": "undone"})])
+            raise psycopg.Rollback()
+        [kept] = await engine.enqueue_in(conn, [app.build("t", {"n": "kept"})])
+    events = await engine.read_events(["q"], since=start, count=10, block_ms=2000)
+    assert [(e.kind, e.job_id) for e in events] == [("enqueued", kept.id)]
+
+
+async def test_events_from_before_commit_order_keep_their_positions(
+    engine: PostgresEngine, app: Conveyor, postgres_url: str
+) -> None:
+    """Upgrading to migration 0005: events already written get their transaction id as
+    commit position (what their old "xid-id" ids named), and new ones sort after them."""
+    [old] = await engine.enqueue([app.build("t", {"n": "old"})])
+    await engine.close()
+    async with await psycopg.AsyncConnection.connect(
+        conninfo(postgres_url), autocommit=True
+    ) as conn:  # back to a schema 0005 never touched: no commit positions
+        await conn.execute(f"DROP TABLE {engine.schema_sql}.event_commits")
+        await conn.execute(f"DROP SEQUENCE {engine.schema_sql}.event_pos")
+        await conn.execute(f"DELETE FROM {engine.schema_sql}.schema_migrations WHERE version = 5")
+        cur = await conn.execute(f"SELECT xid::text, id FROM {engine.schema_sql}.events")
+        [(xid, row_id)] = await cur.fetchall()
+    again = PostgresEngine(postgres_url)
+    await again.connect()
+    try:
+        [new] = await again.enqueue([app.build("t", {"n": "new"})])
+        events = await again.read_events(["q"], since={"q": "0"}, count=10, block_ms=0)
+        assert (events[0].job_id, events[0].id) == (old.id, f"{xid}-{row_id}")
+        assert [e.job_id for e in events] == [old.id, new.id]
+        later = await again.read_events(["q"], since={"q": events[0].id}, count=10, block_ms=0)
+        assert [e.job_id for e in later] == [new.id]
+    finally:
+        await again.close()

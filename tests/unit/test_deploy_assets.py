@@ -19,7 +19,7 @@ import yaml
 
 from conveyor import Conveyor
 from conveyor.api import Tokens, create_api
-from conveyor.cli import cli
+from conveyor.cli.commands import cli
 from conveyor.cli.common import load_app
 from conveyor.health import build_health_app
 from conveyor.settings import Settings

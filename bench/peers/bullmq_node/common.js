@@ -13,6 +13,14 @@ function connectionOpts() {
   return { host: u.hostname, port: Number(u.port || 6379), db, maxRetriesPerRequest: null };
 }
 
+// The completion marker's client: ioredis with auto-pipelining, so the INCRs of one event-loop
+// tick go out in one write, like the Python peers' hand-pipelined RESP connection
+// (peers/_common.py). Every Node handler and the marker-only control use it.
+function markerClient() {
+  const IORedis = require('ioredis');
+  return new IORedis({ ...connectionOpts(), enableAutoPipelining: true });
+}
+
 // Wall-clock nanoseconds (BigInt) with sub-millisecond resolution.
 function nowNs() {
   return BigInt(Math.round((performance.timeOrigin + performance.now()) * 1e6));
@@ -21,7 +29,10 @@ function nowNs() {
 module.exports = {
   QUEUE: process.env.BENCH_QUEUE || 'bench',
   CONCURRENCY: Number(process.env.BENCH_CONCURRENCY || '10'),
-  JOB_OPTS: { removeOnComplete: true },
+  // BENCH_KEEP_COMPLETED=1 keeps finished jobs (BullMQ's default), for the memory figure per
+  // completed job; the throughput runs remove them (removeOnComplete=true, settings table).
+  JOB_OPTS: { removeOnComplete: process.env.BENCH_KEEP_COMPLETED !== '1' },
   connectionOpts,
+  markerClient,
   nowNs,
 };

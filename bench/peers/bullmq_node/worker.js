@@ -1,9 +1,8 @@
 'use strict';
 const { Worker } = require('bullmq');
-const IORedis = require('ioredis');
-const { QUEUE, CONCURRENCY, connectionOpts, nowNs } = require('./common');
+const { QUEUE, CONCURRENCY, connectionOpts, markerClient, nowNs } = require('./common');
 
-const done = new IORedis(connectionOpts());
+const done = markerClient();
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 async function processor(job) {

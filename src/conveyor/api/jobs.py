@@ -32,6 +32,7 @@ from starlette.responses import Response
 
 from ..errors import InvalidArgument, JobNotFound
 from ..job import FINISHED_STATES, Job, JobState
+from ..partitions import logical
 from ..status import policy_in_effect
 from ..tracing import without_trace
 from .auth import CurrentPrincipal, Principal, scoped_tenant
@@ -121,8 +122,8 @@ async def enqueue(
     # Validation and encoding happen once, in the facade; `enqueue_built` says whether
     # the job is new (201) or deduplicated (200).
     new = app.build(body.task, body.payload, **{k: v for k, v in options.items() if v is not None})
-    if not principal.may_use_queue(new.queue):
-        raise ApiError(403, "Forbidden", f"this token may not use queue {new.queue!r}")
+    if not principal.may_use_queue(logical(new.queue)):
+        raise ApiError(403, "Forbidden", f"this token may not use queue {logical(new.queue)!r}")
     result = await app.enqueue_built(new)
     job = result.job
     if not result.created and not principal.sees(job.tenant, job.queue, job.task):
@@ -135,7 +136,7 @@ async def enqueue(
     # Compared as stored (a payload model fills defaults; a trace carrier differs per call).
     if replayed and (job.task, job.queue, job.tenant, without_trace(job.payload)) != (
         new.task,
-        new.queue,
+        logical(new.queue),
         new.tenant,
         without_trace(orjson.loads(new.payload_json)),
     ):

@@ -50,7 +50,9 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from ..errors import ConveyorError, InvalidArgument, JobNotFound, TooManySubscriptions
 from ..job import QUEUE_NAME, queue_of
+from ..lifecycle import writes_events
 from ..live import CLOSE_TRY_LATER, EventHub, Subscriber
+from ..partitions import logical
 from .auth import authenticate, scoped_tenant
 from .errors import ApiError
 from .state import api_state
@@ -88,7 +90,7 @@ def parse_since(text: str | None, queues: Sequence[str]) -> dict[str, str]:
                 raise _Refused(4422, "since: use queue:id,queue:id when watching several queues")
             queue = queues[0]
         if (
-            queue not in queues
+            logical(queue) not in queues  # a partitioned queue's positions name partitions
             or not _EVENT_ID.match(event_id)
             # Engines hand out ids that fit 63 bits; a bigger one would reach the engine
             # as an overflow and end the socket without a reason.
@@ -105,7 +107,7 @@ def _queues(queue: str | None, job: str | None) -> list[str]:
         if not QUEUE_NAME.match(name):
             raise _Refused(4422, f"queue {name[:40]!r} is invalid: 1-64 letters, digits, _ - .")
     if job is not None:
-        job_queue = queue_of(job)
+        job_queue = logical(queue_of(job))
         if not QUEUE_NAME.match(job_queue) or (names and job_queue not in names):
             raise _Refused(4422, "job does not belong to the queue(s) given")
         names = names or [job_queue]
@@ -218,7 +220,7 @@ async def _serve(
                     "tenant": tenant,
                     "job": job,
                     # Queues with no event log (events=False): nothing will arrive.
-                    "not_streamed": [q for q in queues if q in unstreamed],
+                    "not_streamed": [q for q in queues if not writes_events(q, unstreamed)],
                 }
             ).decode()
         )

@@ -2,28 +2,29 @@
 
 Commands live in modules by what they do (`run.py`: processes; `ops.py`: operator
 actions; `views.py`: read commands; `limits.py`, `schedule.py`, `api.py`);
-this module only assembles them. User mistakes print one readable line and exit 2.
+`commands.py` registers them all. User mistakes print one readable line and exit 2.
 """
 
 from __future__ import annotations
 
-# Registration order is `conveyor --help` order: read commands before operator actions.
-# isort: off
-from . import api as _api  # noqa: F401  (registers commands)
-from . import views as _views  # noqa: F401  (registers commands)
-from . import ops as _ops  # noqa: F401  (registers commands)
-from . import limits as _limits  # noqa: F401  (registers commands)
-from . import relay as _relay  # noqa: F401  (registers commands)
-from . import run as _run  # noqa: F401  (registers commands)
-from . import schedule as _schedule  # noqa: F401  (registers commands)
-
-# isort: on
-from .common import cli
+import sys
 
 
 def main() -> None:
-    """Entry point of the `conveyor` script."""
+    """Entry point of the `conveyor` script.
+
+    `conveyor worker` registers only `run.py`: a worker's start-up is on the clock of every
+    deploy, restart and autoscaling step, and the API, views and schedule commands it never
+    runs were a fifth of it (issue 15, point 7; tests/unit/test_worker_imports.py). Every
+    other command line, `--help` included, sees all commands.
+    """
+    if sys.argv[1:2] == ["worker"]:
+        from . import run as _run  # noqa: F401  (registers `worker` on cli)
+    else:
+        from . import commands as _commands  # noqa: F401  (registers every command)
+    from .common import cli
+
     cli()
 
 
-__all__ = ["cli", "main"]
+__all__ = ["main"]

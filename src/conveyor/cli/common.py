@@ -14,19 +14,19 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from datetime import UTC, datetime
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import orjson
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.text import Text
 
 from ..app import Conveyor, check_queue
 from ..errors import ConfigError, ConveyorError, EngineUnavailable
 from ..retention import RetentionPolicy
 from ..settings import Settings, redact, url_source
 from ..status import format_duration, parse_duration
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 cli = typer.Typer(
     name="conveyor",
@@ -40,12 +40,20 @@ cli = typer.Typer(
 def _console(*, stderr: bool = False) -> Console:
     """A console that wraps only for a person: Rich assumes 80 columns when it does not
     write to a terminal, which broke tables and the start-up line into pieces in log
-    files and pipes (`conveyor queues | grep`). Off a terminal, lines keep their length."""
+    files and pipes (`conveyor queues | grep`). Off a terminal, lines keep their length.
+
+    Rich is imported here, on first output, not with this module: `conveyor worker`
+    prints through the logger and never needs it (its ~40 modules were start-up time)."""
+    from rich.console import Console
+
     stream = sys.stderr if stderr else sys.stdout
     return Console(stderr=stderr, width=None if stream.isatty() else 100_000)
 
 
-console = _console()
+@functools.cache
+def console() -> Console:
+    """The stdout console, made on first use."""
+    return _console()
 
 
 def version() -> str:
@@ -80,15 +88,21 @@ def _root(
     """Conveyor: run workers and operate queues."""
 
 
-err_console = _console(stderr=True)
+@functools.cache
+def err_console() -> Console:
+    """The stderr console, made on first use."""
+    return _console(stderr=True)
+
 
 T = TypeVar("T")
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
     """Print one readable error line; return the Exit to raise."""
+    from rich.markup import escape
+
     # Messages carry ids and user data: escape them so "[...]" is not taken as markup.
-    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    err_console().print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -396,12 +410,14 @@ def operate(
 
 def say(text: str) -> None:
     """Print one line of plain output (no rich markup: ids and messages are user data)."""
-    console.print(text, markup=False, highlight=False, soft_wrap=True)
+    console().print(text, markup=False, highlight=False, soft_wrap=True)
 
 
 def warn(text: str) -> None:
     """Print one warning line on stderr, where it never mixes with `--json` output."""
-    err_console.print(Text.assemble(("warning: ", "bold yellow"), text), soft_wrap=True)
+    from rich.text import Text
+
+    err_console().print(Text.assemble(("warning: ", "bold yellow"), text), soft_wrap=True)
 
 
 def print_json(doc: Any) -> None:

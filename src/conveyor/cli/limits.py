@@ -84,5 +84,5 @@ def limits_command(
     }
     for name, value in limits.items():
         table.add_row(name, "none" if value is None else str(value), now.get(name, ""))
-    console.print(table)
+    console().print(table)
     say(f"pending: {doc['pending']}")

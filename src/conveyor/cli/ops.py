@@ -332,7 +332,7 @@ def drain_command(
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
-            console=err_console,
+            console=err_console(),
             disable=as_json,
         ) as progress:
             bar = progress.add_task(",".join(names), total=total)

@@ -42,7 +42,7 @@ def relay(
         app.configure(url=to)
     destination = app.url
     r = Relay(source, app, batch=batch, interval=interval, health_port=health_port)
-    console.print(
+    console().print(
         f"relay {r.source.url.split('@')[-1]} -> {destination.split('@')[-1]} "
         f"batch={batch} interval={interval}s health port={health_port or 'off'}"
     )

@@ -339,7 +339,7 @@ def dev(
 
     async def main() -> None:
         await stack.start()
-        console.print(
+        console().print(
             f"conveyor dev on {engine_label(app.url)}{overridden}\n"
             f"  dashboard: [bold]{stack.url}/dashboard[/]\n"
             f"  API:       {stack.url}/docs\n"

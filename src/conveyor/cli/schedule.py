@@ -181,7 +181,7 @@ def list_command(url: UrlOpt = None, as_json: JsonOpt = False, app_ref: AppOpt =
     if not rows:
         say("no schedules (code-defined ones appear once `conveyor scheduler` has started)")
     else:
-        console.print(schedules_table(rows, now))
+        console().print(schedules_table(rows, now))
     say(
         f"leader: {lease.holder} (lease {lease.ttl_ms / 1000:.1f}s left)"
         if lease

@@ -155,7 +155,7 @@ def queues_command(url: UrlOpt = None, as_json: JsonOpt = False) -> None:
     elif not rows:
         say("no queues yet: nothing has been enqueued on this engine")
     else:
-        console.print(queue_table(rows))
+        console().print(queue_table(rows))
 
 
 @cli.command("jobs")
@@ -220,7 +220,7 @@ def jobs_command(
             job_moment(job, now),
             Text(f"{error.type}: {error.message}" if error else "-", no_wrap=True),
         )
-    console.print(table)
+    console().print(table)
     if next_cursor:
         say(f"more: conveyor jobs {name} --state {state.value} --cursor {next_cursor}")
 
@@ -243,7 +243,7 @@ def job_command(
     if as_json:
         print_json({**job.to_dict(), "in_effect": policy})
     else:
-        console.print(job_detail(job, now, policy))
+        console().print(job_detail(job, now, policy))
 
 
 @cli.command("status")
@@ -278,7 +278,7 @@ def status_command(
         else:
             say(f"engine {engine['url']}: UNAVAILABLE: {engine['error']}")
         if doc["queues"]:
-            console.print(queue_table(doc["queues"]))
+            console().print(queue_table(doc["queues"]))
         workers = Table(box=SIMPLE_HEAD, header_style="bold", pad_edge=False, collapse_padding=True)
         for column in ("worker", "host/pid", "queues", "in flight", "last heartbeat"):
             workers.add_column(column)
@@ -291,7 +291,7 @@ def status_command(
                 f"{format_duration(w['last_heartbeat_age_seconds'])} ago",
             )
         if doc["workers"]:
-            console.print(workers)
+            console().print(workers)
         else:
             say("no live workers")
     if engine["status"] != "ok":

@@ -22,6 +22,7 @@ from ..engines import Engine, open_engine
 from ..errors import ConfigError
 from ..job import Job
 from ..limits import QueueLimits
+from ..partitions import PartitionMap, logical
 from ..schedules import ScheduleSpec
 from ..settings import Settings
 from ..task import Task
@@ -80,6 +81,8 @@ class AppCore:
         self.queue_limits: dict[str, QueueLimits] = {}  # code-defined, applied by workers
         # Queues declared with events=False (lifecycle rule 6); the engine holds this set.
         self.unstreamed: set[str] = set()
+        self.partitions = PartitionMap()  # code-defined partition counts (partitions.py)
+        self._layouts_checked: set[str] = set()  # partitioned queues checked this process
         self._cursors: CursorSealer | None = None
 
     # --- configuration ---------------------------------------------------------------
@@ -179,10 +182,13 @@ class AppCore:
         )
         sibling.tasks = self.tasks
         sibling.unstreamed = self.unstreamed  # its engine skips and polls the same queues
+        sibling.partitions = self.partitions
         sibling._sync_owner = self
         return sibling
 
     def _own(self, job: Job) -> Job:
-        """Let `job.wait()` find this app (the caller's app, not the sync bridge's)."""
+        """Let `job.wait()` find this app (the caller's app, not the sync bridge's), and
+        show the queue operators see, not the partition it is stored in."""
         job._app = self._sync_owner or self
+        job.queue = logical(job.queue)
         return job

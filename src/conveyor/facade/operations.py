@@ -21,6 +21,16 @@ from ..engines.base import Throughput
 from ..errors import EngineUnavailable, InvalidArgument, InvalidJob, InvalidState
 from ..job import Job, JobState
 from ..limits import QueueLimits, merge_limits
+from ..partitions import (
+    complete,
+    group,
+    join_limits,
+    layout,
+    logical,
+    merge_counts,
+    parse,
+    split_limits,
+)
 from .checks import check_cursor, check_queue
 from .core import AppCore
 
@@ -137,12 +147,25 @@ class Operations(AppCore):
         return self._bridge().run(lambda app: app.get_job(job_id))
 
     async def queue_names(self) -> list[str]:
-        """Every queue that has jobs, limits or a pause flag, sorted."""
-        return await (await self.connect()).queue_names()
+        """Every queue that has jobs, limits or a pause flag, sorted (a partitioned
+        queue once, by its name: see `conveyor.partitions`)."""
+        return sorted(group(await (await self.connect()).queue_names()))
+
+    async def partitions_of(self, queue: str) -> list[str]:
+        """The physical queues `queue` is stored in: itself, or its partitions in every
+        layout that has left a trace in the engine or that this app declares."""
+        names = await (await self.connect()).queue_names()
+        found = [name for name in names if logical(name) == queue]
+        return complete(queue, found, self.partitions.counts.get(queue)) or [queue]
 
     async def counts(self, queue: str) -> QueueCounts:
-        """How many jobs `queue` has in each state."""
-        return await (await self.connect()).counts(queue)
+        """How many jobs `queue` has in each state (summed over its partitions)."""
+        engine = await self.connect()
+        names = await self.partitions_of(queue)
+        if names == [queue]:
+            return await engine.counts(queue)
+        parts = await asyncio.gather(*(engine.counts(name) for name in names))
+        return merge_counts(queue, parts)
 
     async def list_jobs(
         self,
@@ -175,10 +198,14 @@ class Operations(AppCore):
         position = cursor
         if cursor is not None and sealed:
             position = self.cursors.open(cursor, queue=queue, state=state.value, tenant=tenant)
+        names = await self.partitions_of(queue)
         try:
-            page = await engine.list_jobs(
-                queue, state, tenant=tenant, limit=limit, cursor=check_cursor(position)
-            )
+            if names == [queue]:
+                page = await engine.list_jobs(
+                    queue, state, tenant=tenant, limit=limit, cursor=check_cursor(position)
+                )
+            else:
+                page = await self._list_partitions(names, state, tenant, limit, position)
         except (ValueError, InvalidState) as exc:
             # Engines refuse a cursor they cannot decode with one of these; the caller's
             # argument is what is wrong, whatever the engine called it.
@@ -188,14 +215,59 @@ class Operations(AppCore):
                 f"cursor {cursor[:40]!r} is not one this engine returned: pass back the "
                 "cursor of the previous page, or none for the first page"
             ) from exc
+        for job in page.jobs:
+            job.queue = queue
         if not sealed or page.cursor is None:
             return page
         token = self.cursors.seal(page.cursor, queue=queue, state=state.value, tenant=tenant)
         return JobPage(page.jobs, token)
 
+    async def _list_partitions(
+        self,
+        names: list[str],
+        state: JobState,
+        tenant: str | None,
+        limit: int,
+        position: str | None,
+    ) -> JobPage:
+        """One page over a partitioned queue: its partitions one after another, each
+        paged by its engine. The cursor is `<partition index>/<engine cursor>`, so a
+        page may end in one partition and the next start in the one after it."""
+        engine = await self.connect()
+        index, inner = 0, None
+        if position is not None:
+            head, sep, rest = position.partition("/")
+            if not sep or not head.isdigit() or int(head) >= len(names):
+                raise ValueError(f"cursor {position[:40]!r} is not a partitioned queue's")
+            index, inner = int(head), rest or None
+        jobs: list[Job] = []
+        while index < len(names):
+            page = await engine.list_jobs(
+                names[index],
+                state,
+                tenant=tenant,
+                limit=limit - len(jobs),
+                cursor=check_cursor(inner),
+            )
+            jobs.extend(page.jobs)
+            if page.cursor is not None:
+                if len(jobs) >= limit:
+                    return JobPage(jobs, f"{index}/{page.cursor}")
+                inner = page.cursor
+                continue
+            index, inner = index + 1, None
+            if len(jobs) >= limit:
+                return JobPage(jobs, f"{index}/" if index < len(names) else None)
+        return JobPage(jobs, None)
+
     async def tenant_running(self, queue: str) -> dict[str, int]:
         """Running jobs per tenant of `queue` (what `tenant_concurrency` counts)."""
-        return await (await self.connect()).tenant_running(queue)
+        engine = await self.connect()
+        out: dict[str, int] = {}
+        for name in await self.partitions_of(queue):
+            for tenant, running in (await engine.tenant_running(name)).items():
+                out[tenant] = out.get(tenant, 0) + running
+        return out
 
     async def throughput(self, queues: Sequence[str] | None, minutes: int) -> list[Throughput]:
         """Completed and failed jobs per minute of each queue over the last `minutes`
@@ -213,8 +285,20 @@ class Operations(AppCore):
         names = list(queues) if queues else await self.queue_names()
         for name in names:
             check_queue(name, error=InvalidJob)
+        return list(await asyncio.gather(*(self._throughput(n, minutes) for n in names)))
+
+    async def _throughput(self, queue: str, minutes: int) -> Throughput:
         engine = await self.connect()
-        return list(await asyncio.gather(*(engine.throughput_history(n, minutes) for n in names)))
+        names = await self.partitions_of(queue)
+        parts = await asyncio.gather(*(engine.throughput_history(n, minutes) for n in names))
+        if len(parts) == 1:
+            return Throughput(queue, parts[0].end_ms, parts[0].completed, parts[0].failed)
+        return Throughput(
+            queue,
+            parts[0].end_ms,
+            [sum(column) for column in zip(*(p.completed for p in parts), strict=True)],
+            [sum(column) for column in zip(*(p.failed for p in parts), strict=True)],
+        )
 
     async def workers(self) -> list[dict[str, Any]]:
         """Workers alive now, with their queues, in-flight counts and last heartbeat
@@ -247,12 +331,15 @@ class Operations(AppCore):
         """Yield state-change events of `queues` as they happen, across processes.
 
         Args:
-            since: queue -> last event id seen; absent queues start from now.
+            since: queue -> last event id seen; absent queues start from now. A
+                partitioned queue's events name their partition (`mail~3of8`), and so
+                do its positions.
         """
+        names = [name for queue in queues for name in await self.partitions_of(queue)]
         # Pin "now" for queues without a position, so nothing between reads is skipped.
-        cursor = {**(await self.event_positions(queues)), **(since or {})}
+        cursor = {**(await self.event_positions(names)), **(since or {})}
         while True:
-            batch = await self.read_events(queues, since=cursor, count=500, block_ms=block_ms)
+            batch = await self.read_events(names, since=cursor, count=500, block_ms=block_ms)
             for event in batch:
                 cursor[event.queue] = event.id
                 yield event
@@ -310,18 +397,36 @@ class Operations(AppCore):
             rate=rate,
             tenant_rate=tenant_rate,
         )
-        engine = await self.connect()
-        limits = merge_limits(None if clear else await engine.get_limits(queue), given)
-        await engine.set_limits(queue, limits)
+        limits = merge_limits(None if clear else await self.get_limits(queue), given)
+        await self.store_limits(queue, limits)
         return limits
 
+    async def store_limits(self, queue: str, limits: QueueLimits) -> None:
+        """Store `queue`'s limits as they are; a partitioned queue's `concurrency` and
+        `rate` are split across its partitions (`conveyor.partitions.split_limits`).
+
+        Raises:
+            ConfigError: a limit is below the partition count.
+            EngineUnavailable: the engine cannot be reached.
+        """
+        engine = await self.connect()
+        layouts = _layouts(queue, await self.partitions_of(queue))
+        shares = {count: split_limits(limits, count) for count in layouts}  # check all first
+        for count, names in layouts.items():
+            for name, share in zip(names, shares[count], strict=True):
+                await engine.set_limits(name, share)
+
     async def get_limits(self, queue: str) -> QueueLimits:
-        """The limits the engine enforces for `queue` now.
+        """The limits the engine enforces for `queue` now (a partitioned queue's:
+        the sum of its partitions' shares, in its largest layout).
 
         Raises:
             InvalidJob: the queue name is invalid.
         """
-        return await (await self.connect()).get_limits(check_queue(queue, error=InvalidJob))
+        engine = await self.connect()
+        layouts = _layouts(check_queue(queue, error=InvalidJob), await self.partitions_of(queue))
+        names = layouts[max(layouts)]
+        return join_limits(await asyncio.gather(*(engine.get_limits(n) for n in names)))
 
     async def limits_document(self, queue: str) -> dict[str, Any]:
         """`queue`'s limits and what they count now (`conveyor limits QUEUE --json`).
@@ -341,12 +446,16 @@ class Operations(AppCore):
 
     # --- operator actions ----------------------------------------------------------------
     async def pause(self, queue: str) -> None:
-        """Stop workers claiming from `queue`; producers keep enqueueing."""
-        await (await self.connect()).pause(check_queue(queue, error=InvalidJob))
+        """Stop workers claiming from `queue` (every partition); producers keep enqueueing."""
+        engine = await self.connect()
+        for name in await self.partitions_of(check_queue(queue, error=InvalidJob)):
+            await engine.pause(name)
 
     async def resume(self, queue: str) -> None:
-        """Let workers claim from `queue` again."""
-        await (await self.connect()).resume(check_queue(queue, error=InvalidJob))
+        """Let workers claim from `queue` (every partition) again."""
+        engine = await self.connect()
+        for name in await self.partitions_of(check_queue(queue, error=InvalidJob)):
+            await engine.resume(name)
 
     async def retry_job(self, job_id: str) -> Job:
         """Send a failed or cancelled job back to pending with a fresh attempt budget.
@@ -356,7 +465,7 @@ class Operations(AppCore):
             InvalidState: it is not failed or cancelled, or its dedupe key is now held by
                 another live job (nothing changes).
         """
-        return await (await self.connect()).retry_job(job_id)
+        return self._own(await (await self.connect()).retry_job(job_id))
 
     async def cancel_job(self, job_id: str) -> Job:
         """Cancel a scheduled, pending or running job (a running one's lease is revoked).
@@ -364,7 +473,7 @@ class Operations(AppCore):
         Raises:
             JobNotFound, InvalidState: no such job, or it is already finished.
         """
-        return await (await self.connect()).cancel_job(job_id)
+        return self._own(await (await self.connect()).cancel_job(job_id))
 
     async def promote_job(self, job_id: str) -> Job:
         """Run a scheduled (delayed or retry-waiting) job now.
@@ -372,7 +481,7 @@ class Operations(AppCore):
         Raises:
             JobNotFound, InvalidState: no such job, or it is not scheduled.
         """
-        return await (await self.connect()).promote_job(job_id)
+        return self._own(await (await self.connect()).promote_job(job_id))
 
     async def retry_all(self, queue: str, state: JobState | str = JobState.FAILED) -> int:
         """Retry every failed (or cancelled) job of `queue`; jobs whose dedupe key is
@@ -386,7 +495,9 @@ class Operations(AppCore):
             InvalidState: `state` is not failed or cancelled.
         """
         checked = lifecycle.check_retry_all(_state(state))
-        return await (await self.connect()).retry_all(check_queue(queue, error=InvalidJob), checked)
+        engine = await self.connect()
+        names = await self.partitions_of(check_queue(queue, error=InvalidJob))
+        return sum([await engine.retry_all(name, checked) for name in names])
 
     async def clean(
         self, queue: str, state: JobState | str, older_than: float, limit: int = 10_000
@@ -403,9 +514,13 @@ class Operations(AppCore):
         checked = lifecycle.check_clean(_state(state))
         if older_than < 0 or limit < 1:
             raise InvalidJob("clean needs older_than >= 0 seconds and limit >= 1")
-        return await (await self.connect()).clean(
-            check_queue(queue, error=InvalidJob), checked, int(older_than * 1000), limit
-        )
+        engine = await self.connect()
+        removed = 0
+        for name in await self.partitions_of(check_queue(queue, error=InvalidJob)):
+            if removed >= limit:
+                break
+            removed += await engine.clean(name, checked, int(older_than * 1000), limit - removed)
+        return removed
 
     async def purge(self, queue: str) -> int:
         """Delete every job of `queue`, in every state. Irreversible.
@@ -413,4 +528,12 @@ class Operations(AppCore):
         Returns:
             How many jobs were deleted.
         """
-        return await (await self.connect()).purge(check_queue(queue, error=InvalidJob))
+        engine = await self.connect()
+        names = await self.partitions_of(check_queue(queue, error=InvalidJob))
+        return sum([await engine.purge(name) for name in names])
+
+
+def _layouts(queue: str, names: Sequence[str]) -> dict[int, list[str]]:
+    """`names` (a queue's physical queues) by partition count: 1 for the queue itself."""
+    counts = {1 if (found := parse(name)) is None else found[2] for name in names}
+    return {count: layout(queue, count) for count in sorted(counts)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,7 @@ from ..job import (
     encode_payload,
     new_job_id,
 )
+from ..partitions import check_layout, discover, logical
 from ..payloads import payload_json
 from ..tracing import TRACE_KEY
 from .checks import (
@@ -117,14 +119,16 @@ class Producer(AppCore):
         tenant = check_label("tenant", options.get("tenant"), 128)
         dedupe_key = check_label("dedupe_key", options.get("dedupe_key"), 512)
         body = payload_json({} if payload is None else payload, model)
-        job_id = new_job_id(queue)
+        # A partitioned queue's job is stored in one of its partitions (partitions.py).
+        stored_in, dedupe_key = self.partitions.route(queue, tenant, dedupe_key)
+        job_id = new_job_id(stored_in)
         if self.tracing is not None:
             carrier = self.tracing.enqueued(task, queue, job_id)
             if carrier and isinstance(body, dict):
                 body = {**body, TRACE_KEY: carrier}
         return NewJob(
             id=job_id,
-            queue=queue,
+            queue=stored_in,
             task=task,
             payload_json=encode_payload(body, self.max_payload_bytes),
             max_attempts=max_attempts,
@@ -215,11 +219,14 @@ class Producer(AppCore):
         """
         if not jobs:
             return []
+        # Fixed ids (a scheduled occurrence's) name their partition already: not moved.
+        jobs = await self._settle(jobs, move=False)
         return await (await self.connect()).enqueue(jobs)
 
     async def _store(self, jobs: Sequence[NewJob]) -> list[Enqueued]:
         if not jobs:
             return []
+        jobs = await self._settle(jobs)
         engine = await self.connect()
         results = await engine.enqueue(jobs)
         now = self.clock.now()
@@ -229,6 +236,30 @@ class Producer(AppCore):
                 out.append(Enqueued(self._own(await engine.get_job(res.id)), created=False))
                 continue
             out.append(Enqueued(self._own(self._assemble(new, res, now)), created=True))
+        return out
+
+    async def _settle(self, jobs: Sequence[NewJob], *, move: bool = True) -> Sequence[NewJob]:
+        """Once per process and queue, before its first job is stored: a declared
+        partition count is checked against the layout the queue's live jobs are in
+        (`PartitionsChanged`), and a queue this app does not declare takes the count its
+        stored partitions show, so a producer without the app's code (`conveyor
+        enqueue`) stores into the partitions, not beside them. With `move`, jobs built
+        before that was known are routed to their partition."""
+        out = list(jobs)
+        for index, new in enumerate(jobs):
+            queue = logical(new.queue)
+            if queue not in self._layouts_checked:
+                engine = await self.connect()
+                if queue in self.partitions.counts:
+                    await check_layout(engine, queue, self.partitions.count(queue))
+                elif (found := await discover(engine, queue)) is not None:
+                    self.partitions.declare(queue, found)
+                self._layouts_checked.add(queue)
+            if move and new.queue == queue and self.partitions.count(queue) > 1:
+                home, key = self.partitions.route(queue, new.tenant, new.dedupe_key)
+                out[index] = dataclasses.replace(
+                    new, id=new_job_id(home), queue=home, dedupe_key=key
+                )
         return out
 
     @staticmethod

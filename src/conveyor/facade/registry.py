@@ -13,6 +13,7 @@ from ..breaker import CircuitBreaker
 from ..errors import ConfigError
 from ..job import Job
 from ..limits import QueueLimits
+from ..partitions import split_limits
 from ..payloads import payload_model
 from ..task import ISOLATIONS, Handler, Isolation, Task
 from .checks import check_attempts, check_queue, check_timeout
@@ -37,6 +38,7 @@ class Registry(AppCore):
         timeout: float | None = None,
         payload: type[BaseModel] | None = None,
         isolation: Isolation = None,
+        partitions: int | None = None,
     ) -> Callable[[H], H]:
         """Register a handler as a task.
 
@@ -54,6 +56,7 @@ class Registry(AppCore):
                 worker's process pool, which a hard timeout, a cancellation or a crash
                 kills without harming the worker (see `conveyor.worker.isolation`).
                 None (the default) follows the worker's `--pool`.
+            partitions: store `queue` as this many partitions (see `app.limits`).
 
         Raises:
             ConfigError: an option is invalid or the name is already registered.
@@ -67,6 +70,8 @@ class Registry(AppCore):
                 f"isolation={isolation!r} is invalid: use isolation='process' to run the "
                 "task in a child process, or leave it out to follow the worker's --pool"
             )
+        if partitions is not None:
+            self.partitions.declare(queue, partitions)
 
         def register(fn: H) -> H:
             task_name = name or f"{fn.__module__}.{fn.__qualname__}"
@@ -141,6 +146,7 @@ class Registry(AppCore):
         tenant_concurrency: int | None = None,
         rate: str | None = None,
         tenant_rate: str | None = None,
+        partitions: int | None = None,
         events: bool = True,
     ) -> QueueLimits:
         """Declare fleet-wide limits for `queue`; every worker that serves it stores them
@@ -153,6 +159,10 @@ class Registry(AppCore):
                 tenant are not limited by it).
             rate: jobs started per window, e.g. `"100/1s"`, `"5/250ms"`, `"1000/1m"`.
             tenant_rate: the same per tenant.
+            partitions: store the queue as this many partitions, spread over a Redis
+                Cluster's shards so one busy queue can use all of them (correct, but
+                not needed, on other engines). `concurrency` and `rate` are then split
+                across partitions; see `conveyor.partitions` for routing and dedupe.
             events: False: the queue has no event log (no `enqueued`, `started`,
                 `completed`... written; Redis saves one XADD per enqueue and per
                 start and outcome). `job.wait()` then polls the job, and the dashboard
@@ -171,13 +181,17 @@ class Registry(AppCore):
             rate=rate,
             tenant_rate=tenant_rate,
         )
+        check_queue(queue)
         if not isinstance(events, bool):
             raise ConfigError(f"events={events!r} is invalid: use True or False")
-        self.queue_limits[check_queue(queue)] = limits
-        if events:
-            self.unstreamed.discard(queue)
-        else:
-            self.unstreamed.add(queue)
+        if partitions is not None:
+            self.partitions.declare(queue, partitions)
+            split_limits(limits, partitions)  # refuse a total a partition can't share
+        # Rule 6; its partitions follow (lifecycle.writes_events).
+        (self.unstreamed.discard if events else self.unstreamed.add)(queue)
+        if partitions is not None and limits.empty:  # only the layout: keep stored limits
+            return limits
+        self.queue_limits[queue] = limits
         return limits
 
     def on_startup(self, fn: F) -> F:

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import EngineUnavailable, JobCancelled, JobFailed
 from ..job import FINISHED_STATES, Job, JobState, queue_of
+from ..lifecycle import writes_events
 
 if TYPE_CHECKING:
     from ..engines import Engine
@@ -101,7 +102,7 @@ class ResultWaiter:
         """
         engine = await self._app.connect()
         queue = queue_of(job_id)
-        if queue in self._app.unstreamed:
+        if not writes_events(queue, self._app.unstreamed):
             return await self._poll(engine, job_id, timeout)
         future: asyncio.Future[Job] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(job_id, []).append(future)

@@ -35,12 +35,11 @@ import orjson
 from ..durability import check_engine
 from ..engines import Engine, HandsOff, Outcome, QueueCounts
 from ..errors import EngineUnavailable
-from ..health import build_health_app
 from ..job import Job
 from ..limits import QueueLimits, merge_limits
 from ..metrics import Metrics
+from ..partitions import Rotation, check_layout, layout, logical, merge_counts, split_limits
 from ..retention import Retention, RetentionPolicy
-from ..serving import EmbeddedServer
 from ..tracing import take_carrier, traced
 from . import joblog
 from .isolation import ProcessPool, ProcessPoolOptions
@@ -50,6 +49,7 @@ from .supervision import Supervisors
 
 if TYPE_CHECKING:
     from ..app import Conveyor
+    from ..serving import EmbeddedServer
 
 log = logging.getLogger("conveyor.worker")
 
@@ -62,6 +62,15 @@ _PIPELINE = 2  # exchanges in flight at once (see Worker._claim_loop)
 _MAX_CLAIM = 25
 _EWMA = 0.1  # weight of the newest sample in the running averages of _prefetch
 SAMPLE_EVERY_S = 5.0  # queue-depth sampling for metrics and /health/detailed
+# ... and at most this many queues' depths per second on average: one sample is a counts
+# script of ~14 Redis commands, so 50 queues every 5 s was 140 of an idle worker's
+# commands/s (issue 15, point 8). A worker on many queues refreshes each less often.
+SAMPLED_QUEUES_PER_S = 2.0
+
+
+def sample_interval(queues: int) -> float:
+    """Seconds between two samplings of the depths of a worker's `queues` queues."""
+    return max(SAMPLE_EVERY_S, queues / SAMPLED_QUEUES_PER_S)
 
 
 @dataclass(slots=True)
@@ -135,6 +144,8 @@ class Worker:
         self.retention = retention
         self.require_noeviction = require_noeviction
         self.queues = tuple(queues)
+        # The physical queues claimed, partitions in turn (conveyor.partitions).
+        self.rotation = Rotation(self.queues, app.partitions)
         self.concurrency = concurrency
         self.lease_ms = int(lease_timeout * 1000)
         self.shutdown_timeout = shutdown_timeout
@@ -165,6 +176,9 @@ class Worker:
         self._reserved = 0
         self._in_flight = 0
         self._empty = False
+        # The last claim found nothing: the next one goes alone (an idle worker's periodic
+        # look at its queues is one exchange per queue, not _PIPELINE of them).
+        self._probing = True
         self._next_due_ms: int | None = None
         self._retry_at = 0.0
         # Claimed jobs waiting for a slot (see _prefetch), and the running averages it uses.
@@ -216,6 +230,11 @@ class Worker:
         if isinstance(engine, HandsOff):  # one-hop pickup: idle, it is handed new jobs
             engine.accept_handoffs(self.id, lambda: self._take_handed(engine))
         if self.health_port:
+            # Imported only here: starlette and uvicorn are most of a worker's start-up
+            # when it runs no health server (issue 15; tests/unit/test_worker_imports.py).
+            from ..health import build_health_app
+            from ..serving import EmbeddedServer
+
             self._health = EmbeddedServer(
                 build_health_app(self), self.health_host, self.health_port
             )
@@ -270,9 +289,13 @@ class Worker:
 
     async def _apply_limits(self, engine: Engine) -> None:
         for queue in self.queues:
+            count = self.app.partitions.count(queue)
+            await check_layout(engine, queue, count)
             limits = self.limits_for(queue)
             if limits is not None:
-                await engine.set_limits(queue, limits)
+                shares = split_limits(limits, count)
+                for name, share in zip(layout(queue, count), shares, strict=True):
+                    await engine.set_limits(name, share)
                 log.info("queue %s limits (fleet-wide): %s", queue, limits.to_dict())
 
     # --- the loop ------------------------------------------------------------------------
@@ -305,7 +328,8 @@ class Worker:
                     - self._reserved
                 )
                 claim = free > 0 and not self._empty
-                if self._in_flight < _PIPELINE and (claim or self._outbox):
+                in_flight_max = 1 if self._probing else _PIPELINE
+                if self._in_flight < in_flight_max and (claim or self._outbox):
                     outcomes, self._outbox = self._outbox, []
                     limit = min(max(free, 0), self._batch)
                     self._reserved += limit
@@ -333,7 +357,7 @@ class Worker:
         try:
             result = await engine.exchange(
                 outcomes,
-                queues=self.queues,
+                queues=self.rotation.next(limit > 0),
                 limit=limit,
                 worker_id=self.id,
                 lease_ms=self.lease_ms,
@@ -363,7 +387,7 @@ class Worker:
         self._start_ready()
         if limit > 0:
             # Nothing claimable now: wait for a wake-up instead of asking again at once.
-            self._empty = not result.jobs
+            self._empty = self._probing = not result.jobs
             self._next_due_ms = result.next_due_ms
 
     async def _idle(self, engine: Engine, next_due_ms: int | None) -> None:
@@ -375,7 +399,7 @@ class Worker:
         if self._outbox or self.stopping:
             return
         local = asyncio.ensure_future(self._wake.wait())
-        remote = asyncio.ensure_future(engine.wait_for_jobs(self.queues, timeout))
+        remote = asyncio.ensure_future(engine.wait_for_jobs(self.rotation.all, timeout))
         try:
             await asyncio.wait(
                 (local, remote), timeout=timeout + 1, return_when=asyncio.FIRST_COMPLETED
@@ -448,7 +472,11 @@ class Worker:
             outcomes, self._outbox = self._outbox, []
             try:
                 result = await engine.exchange(
-                    outcomes, queues=self.queues, limit=0, worker_id=self.id, lease_ms=self.lease_ms
+                    outcomes,
+                    queues=self.rotation.all,
+                    limit=0,
+                    worker_id=self.id,
+                    lease_ms=self.lease_ms,
                 )
                 self._lost(result.lost)
             except EngineUnavailable as exc:
@@ -471,6 +499,7 @@ class Worker:
 
     def _start(self, job: Job) -> None:
         job._reporter = self._report_progress
+        job.queue = logical(job.queue)  # the handler sees the queue, not its partition
         task = asyncio.create_task(self._execute(job), name=f"{JOB_TASK_PREFIX}{job.id}")
         self._running[job.id] = (job, task)
         self.metrics.in_flight.set(len(self._running))
@@ -544,7 +573,7 @@ class Worker:
         most one interval apart), and readiness names the error meanwhile (supervision.py).
         """
         interval = min(self.lease_ms / 3000, SAMPLE_EVERY_S)
-        last_sample = -SAMPLE_EVERY_S
+        last_sample = -sample_interval(len(self.rotation.all))
         while True:
             wait = interval
             try:
@@ -566,9 +595,16 @@ class Worker:
             self._lost(await engine.heartbeat(leases, lease_ms=self.lease_ms))
         await engine.register_worker(self.id, self._info(), ttl_ms=self.lease_ms)
         now = self.app.clock.monotonic()
-        if now - last_sample >= SAMPLE_EVERY_S:
+        # Depths are for the health server's /metrics and /health/detailed: without one,
+        # sampling every queue each SAMPLE_EVERY_S was most of an idle worker's Redis
+        # commands (issue 15: 50 queues, bench/RESULTS.md).
+        every = sample_interval(len(self.rotation.all))  # engine queues: partitions count
+        if self._health is not None and now - last_sample >= every:
             last_sample = now
-            self.last_counts = [await engine.counts(q) for q in self.queues]
+            self.last_counts = [
+                merge_counts(queue, [await engine.counts(name) for name in names])
+                for queue, names in self.rotation.groups
+            ]
             self.metrics.record_depths(self.last_counts, self.app.clock.now_ms())
         return last_sample
 
@@ -584,7 +620,7 @@ class Worker:
         while True:
             await asyncio.sleep(delay)
             try:
-                delay = await cleaner.step(self.queues)
+                delay = await cleaner.step(self.queues)  # the facade cleans every partition
                 supervisor.ok()
             except Exception as exc:
                 delay = supervisor.failed(exc)

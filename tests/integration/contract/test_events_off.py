@@ -13,6 +13,7 @@ import pytest
 from conveyor import ConfigError, Conveyor, Job, JobFailed
 from conveyor.engines import Outcome
 from conveyor.facade.results import POLL_MAX_S
+from conveyor.lifecycle import writes_events
 
 from .helpers import LEASE_MS, err, settled_events
 
@@ -96,3 +97,10 @@ def test_events_takes_a_bool() -> None:
     with pytest.raises(ConfigError, match="events='no' is invalid"):
         app.limits("q", events="no")  # type: ignore[arg-type]
     assert "q" not in app.unstreamed
+
+
+def test_the_partitions_of_a_quiet_queue_are_quiet() -> None:
+    app = Conveyor("memory://")
+    app.limits("busy", partitions=4, events=False)
+    assert not writes_events("busy~3of4", app.unstreamed)
+    assert writes_events("busy2~0of4", app.unstreamed) and writes_events("other", app.unstreamed)

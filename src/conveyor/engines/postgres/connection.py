@@ -159,7 +159,7 @@ class PgCore:
 
     async def _configure(self, conn: Conn) -> None:
         """A new pooled connection: name the queues whose events the
-        `unstreamed_events` trigger drops (lifecycle rule 6, migration 0005). Set per
+        `unstreamed_events` trigger drops (lifecycle rule 6, migration 0006). Set per
         session, so queues must be declared before the engine connects."""
         if self.unstreamed:
             await conn.execute(
@@ -374,6 +374,7 @@ class PgCore:
                 await conn.execute(
                     self.q["trim_events"], {"queue": queue, "keep": self._events_maxlen}
                 )
+            await conn.execute(self.q["trim_event_commits"])
 
         await self._run(trim)
 

@@ -114,18 +114,23 @@ WHERE queue = %(queue)s AND state = 'pending'
 ORDER BY priority DESC, seq LIMIT %(n)s;
 
 -- name: read_events
--- After the position (xid, id), only rows of transactions older than every one still
--- running (see the events table in the first migration).
-SELECT id, queue, kind, job_id, task, tenant, attempt, at_ms, data, xid::text
-FROM {schema}.events
-WHERE queue = %s AND (xid, id) > (%s::text::xid8, %s::bigint)
-    AND xid < pg_snapshot_xmin(pg_current_snapshot())
-ORDER BY xid, id LIMIT %s;
+-- After the position (commit position, id), in commit order (see migration 0005: a
+-- position is drawn at COMMIT under a lock, so none can appear behind a reader).
+SELECT e.id, e.queue, e.kind, e.job_id, e.task, e.tenant, e.attempt, e.at_ms, e.data, c.pos
+FROM {schema}.event_commits c
+JOIN {schema}.events e ON e.xid = c.xid AND e.queue = %(queue)s
+WHERE c.pos >= %(pos)s AND (c.pos > %(pos)s OR e.id > %(id)s)
+ORDER BY c.pos, e.id LIMIT %(n)s;
 
 -- name: read_horizon
--- "Now" as a reader's position: every row below it is settled, every row that can
--- still appear sorts after it.
-SELECT pg_snapshot_xmin(pg_current_snapshot())::text;
+-- "Now" as a reader's position: the last commit position handed out and visible;
+-- every event still to come is in a later one.
+SELECT coalesce(max(pos), 0) FROM {schema}.event_commits;
+
+-- name: trim_event_commits
+-- Commit positions of transactions none of whose events are left (events are trimmed
+-- oldest first; every remaining event's transaction keeps its row).
+DELETE FROM {schema}.event_commits WHERE xid < (SELECT min(xid) FROM {schema}.events);
 
 -- name: pause
 INSERT INTO {schema}.queues (name, paused) VALUES (%s, true)

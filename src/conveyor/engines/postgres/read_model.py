@@ -114,11 +114,12 @@ class PgReadModel(PgCore):
     ) -> list[Event]:
         """Events after `since` (queue -> last seen event id; absent = only new ones).
 
-        An event id is ``"xid-id"`` (the writing transaction, then the row), and only
-        events of transactions older than every one still running are returned, so an
-        event never appears behind a position a reader has passed (see the events
-        table in the first migration). Blocks up to `block_ms` when there is nothing
-        yet (woken by NOTIFY; while a NOTIFY found nothing readable yet, it polls).
+        An event id is ``"pos-id"`` (its transaction's commit position, then the row),
+        and events come in commit order: a position is drawn while the transaction
+        commits, under a lock held until the commit is visible, so no event ever appears
+        behind a position a reader has passed, and an unrelated open transaction delays
+        nothing (migration 0005). Blocks up to `block_ms` when there is nothing yet
+        (woken by NOTIFY, which Postgres delivers after the commit).
         """
         positions = dict(since or {})
         missing = [q for q in queues if q not in positions]
@@ -131,8 +132,10 @@ class PgReadModel(PgCore):
         async def read(conn: Conn) -> list[Event]:
             rows: list[tuple[Any, ...]] = []
             for queue in queues:
-                xid, row_id = after[queue]
-                cur = await conn.execute(self.q["read_events"], (queue, xid, row_id, count))
+                pos, row_id = after[queue]
+                cur = await conn.execute(
+                    self.q["read_events"], {"queue": queue, "pos": pos, "id": row_id, "n": count}
+                )
                 rows.extend(await cur.fetchall())
             rows.sort(key=lambda r: (int(r[9]), int(r[0])))
             events = []
@@ -160,17 +163,18 @@ class PgReadModel(PgCore):
                 return []
 
     async def last_event_ids(self, queues: Sequence[str]) -> dict[str, str]:
-        """The position "now" for each queue (``"xid-0"``: the oldest running
-        transaction), so a reader starting there misses no event still to come."""
+        """The position "now" for each queue (``"pos-0"`` after the last visible commit
+        position), so a reader starting there misses no event still to come."""
 
-        async def read(conn: Conn) -> str:
+        async def read(conn: Conn) -> int:
             cur = await conn.execute(self.q["read_horizon"])
             row = await cur.fetchone()
             assert row is not None
-            return f"{row[0]}-0"
+            return int(row[0])
 
         now = await self._run(read, single=True)
-        return dict.fromkeys(queues, now)
+        # Every event of commit `now` is read: start at the next position.
+        return dict.fromkeys(queues, f"{now + 1}-0")
 
     async def throughput_history(self, queue: str, minutes: int) -> Throughput:
         """Completed/failed jobs per minute: one range over `jobs_finished` per state."""
@@ -191,15 +195,15 @@ class PgReadModel(PgCore):
         return await self._run(read)
 
 
-def _position(event_id: str) -> tuple[str, int]:
-    """(xid as text, row id) of an event id ``"xid-id"`` (``"0"``: the start).
+def _position(event_id: str) -> tuple[int, int]:
+    """(commit position, row id) of an event id ``"pos-id"`` (``"0"``: the start).
 
     Raises:
         ValueError: not an id this engine handed out.
     """
     try:
-        xid, _, row_id = str(event_id).partition("-")
-        return str(int(xid)), int(row_id or 0)
+        pos, _, row_id = str(event_id).partition("-")
+        return int(pos), int(row_id or 0)
     except (TypeError, ValueError):
         raise ValueError(
             f"invalid event id {event_id!r}: pass back an id this engine returned"

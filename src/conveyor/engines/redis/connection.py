@@ -75,7 +75,7 @@ _WORKER_SCRIPTS = ("register_worker", "unregister_worker", "workers")
 # Scripts that read the time: they get `_clock.lua` (see there: Redis TIME, or a test
 # clock's now passed in ARGV).
 _TIMED_SCRIPTS = (*_QUEUE_SCRIPTS, "register_worker", "workers", "schedule_put",
-                  "schedule_pause", "throughput_history")  # fmt: skip
+                  "schedule_pause", "throughput_history", "idle_look")  # fmt: skip
 
 _DRIVER_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 _MAX_CONNECTIONS = 1000  # per engine (process); far above what one process keeps busy

@@ -129,7 +129,13 @@ class RedisFlow(RedisPickup):
                 await self._apply_outcomes(
                     {q: by_queue.pop(q) for q in others}, worker_id, lease_ms, result
                 )
+            passed = await self._idle_look(worker_id, claim_from, by_queue)
             for queue in claim_from:
+                if queue in passed:  # registered, nothing due (pickup.py: _idle_look)
+                    due = passed[queue]
+                    if due >= 0 and (next_due is None or due < next_due):
+                        next_due = due
+                    continue
                 outs = by_queue.pop(queue, [])
                 if remaining <= 0 and not outs:
                     continue

@@ -9,10 +9,12 @@ Without it an idle worker paid two round trips per job: the pub/sub wake-up, the
     engine:          BLPOP returns the claimed job -> `take_handed` -> the worker starts it
 
 Only workers that called `accept_handoffs` register (a caller driving `exchange` itself
-never gets jobs it does not read). The worker's next `exchange` drops the registration
-and returns whatever the inbox and the buffer here still hold, and `stop_handoffs` does the
-same at shutdown, so a handed job is always either started or given back; one handed to a
-worker that died is recovered when its lease expires, like any claimed job.
+never gets jobs it does not read). The worker's next full `exchange` on a queue drops the
+registration and returns whatever the inbox and the buffer here still hold, and
+`stop_handoffs` does the same at shutdown, so a handed job is always either started or
+given back; one handed to a worker that died is recovered when its lease expires, like any
+claimed job. An idle worker's periodic look renews its registrations instead of a full
+exchange per queue (`_idle_look`, `lua/idle_look.lua`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,10 +36,13 @@ from .wakeups import RedisWakeups
 
 log = logging.getLogger(__name__)
 
-# How long a registration lasts unless the worker's next exchange renews it (ms). An idle
-# worker exchanges at least every 5 s (its maintenance wake-up); a lapsed registration only
-# means that job goes through pending and the pub/sub wake-up, as without the pickup.
-WAIT_MS = 5_000
+# How long a registration lasts unless the worker's next look renews it (ms). An idle
+# worker looks at least every 5 s (its maintenance wake-up), so three looks' worth keeps
+# it registered through a slow look or a busy event loop; a lapsed one only means that
+# job goes through pending and the pub/sub wake-up, as without the pickup. The price: a
+# worker that dies idle may be handed jobs for up to this long, which wait for their
+# lease to expire (then recovered like any claimed job).
+WAIT_MS = 15_000
 # One BLPOP blocks at most this long (s), so a reader whose worker stopped waiting ends soon.
 BLOCK_S = 1.0
 
@@ -121,6 +126,39 @@ class RedisPickup(RedisWakeups):
             return [0, 0]
         return [0 if pickup.refused else WAIT_MS, 1 if queue in pickup.queues else 0]
 
+    async def _idle_look(
+        self, worker_id: str, queues: Sequence[str], skip: Container[str]
+    ) -> dict[str, int]:
+        """The queues an exchange can pass over: `worker_id` is registered there, nothing
+        woke it for them, no outcome of theirs is in `skip`, and `idle_look.lua` found
+        nothing due (it renewed those registrations). Maps each to its ms until the next
+        scheduled job (-1: none).
+
+        An idle worker's periodic look was a full exchange per queue, ~15 Redis commands
+        each; this is one script call with 3 per queue (issue 15: 50 idle queues).
+        """
+        pickup: _Pickup | None = self._pickups.get(worker_id)
+        if pickup is None or pickup.refused or pickup.reader is None or pickup.reader.done():
+            return {}  # the full exchange (re)starts the reader
+        looked = [
+            q for q in queues if q in pickup.queues and q not in skip and not self._woken.get(q)
+        ]
+        if not looked:
+            return {}
+        keys: list[str] = []
+        for queue in looked:
+            qk = self._q(queue, remember=True)[0]
+            keys += (qk.waiting, qk.scheduled, qk.running)
+        member = f"{pickup.lease_ms}:{worker_id}"
+        try:
+            dues = await self._eval(
+                self._global_script("idle_look"), keys, [self._now(), member, WAIT_MS]
+            )
+        except ResponseError as exc:  # e.g. refused under OOM: the full exchanges decide
+            log.debug("idle look refused (%s); full exchanges instead", exc)
+            return {}
+        return {q: due for q, due in zip(looked, dues, strict=True) if due != -2}
+
     def _after_exchange(
         self, worker_id: str, queue: str, limit: int, waiting: int, lease_ms: int
     ) -> list[Job]:
@@ -168,7 +206,11 @@ class RedisPickup(RedisWakeups):
                 continue
             if reply is None or not reply[1]:  # timed out, or stop_handoffs' marker
                 continue
-            pickup.handed.append(_decode(reply[1]))
+            job = _decode(reply[1])
+            pickup.handed.append(job)
+            # The enqueue that handed it popped this registration: the next exchange
+            # must register again (a full one), not renew (see _idle_look).
+            pickup.queues.discard(job.queue)
             if pickup.on_handed is not None:
                 pickup.on_handed()
             self._notify()  # and the idle wait returns, so the worker claims again

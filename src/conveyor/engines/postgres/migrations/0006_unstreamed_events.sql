@@ -13,5 +13,6 @@ END $$;
 
 DROP TRIGGER IF EXISTS unstreamed_events ON {schema}.events;
 CREATE TRIGGER unstreamed_events BEFORE INSERT ON {schema}.events FOR EACH ROW
-    WHEN (NEW.queue = ANY (string_to_array(current_setting('conveyor.unstreamed', true), ',')))
+    WHEN (split_part(NEW.queue, '~', 1)  -- a partition (q~3of8) follows its queue
+          = ANY (string_to_array(current_setting('conveyor.unstreamed', true), ',')))
     EXECUTE FUNCTION {schema}.drop_unstreamed_event();

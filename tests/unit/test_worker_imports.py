@@ -1,0 +1,84 @@
+"""A worker imports what a worker needs, no web stack (issue 15, point 7: start-up).
+
+`conveyor worker` runs in a fresh interpreter here, through the real entry point
+(`conveyor.cli.main`) on `memory://` in burst mode, and the modules it loaded are read at
+exit. Structural, not timed: timing belongs to bench/ (`bench/run protocol --parts
+startup`, which also runs `python -X importtime`), while this says *what* a worker loads.
+FastAPI, uvicorn and Starlette are imported only when the health server runs (the second
+test is the control that the check can see them); the API, the dashboard and the other
+CLI commands and Rich (their output) never are.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+WEB = (
+    "fastapi",
+    "uvicorn",
+    "starlette",
+    "jinja2",
+    "conveyor.api",
+    "conveyor.dashboard",
+    "conveyor.web",
+)
+# The other commands' modules, and Rich, which only their tables and messages use.
+OTHER_COMMANDS = ("conveyor.cli.api", "conveyor.cli.views", "conveyor.cli.schedule", "rich")
+
+APP = """
+from conveyor import Conveyor, Job
+
+app = Conveyor("memory://")
+
+
+@app.task("noop")
+async def noop(job: Job) -> None:
+    return None
+"""
+
+# Run `conveyor worker` as the console script does, and print what it imported at exit.
+RUN = """
+import atexit, json, sys
+watched = {watched!r}
+atexit.register(lambda: print(json.dumps(sorted(m for m in watched if m in sys.modules))))
+sys.argv = ["conveyor", "worker", "jobs_app:app", "--url", "memory://", "--burst",
+            "--health-port", {port!r}, "--log-level", "WARNING"]
+from conveyor.cli import main
+main()
+"""
+
+
+def _worker_imports(tmp_path: Path, health_port: int) -> list[str]:
+    (tmp_path / "jobs_app.py").write_text(APP)
+    code = RUN.format(watched=WEB + OTHER_COMMANDS, port=str(health_port))
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    loaded: list[str] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return loaded
+
+
+def test_a_worker_without_health_server_loads_no_web_stack_and_no_other_commands(
+    tmp_path: Path,
+) -> None:
+    assert _worker_imports(tmp_path, health_port=0) == []
+
+
+def test_the_health_server_brings_its_web_stack(tmp_path: Path) -> None:
+    """The control: the same check sees Starlette and uvicorn when a port is set."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    loaded = _worker_imports(tmp_path, health_port=port)
+    assert {"starlette", "uvicorn"} <= set(loaded)
+    assert not {"fastapi", "conveyor.api", "conveyor.dashboard"} & set(loaded)

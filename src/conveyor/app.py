@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from .facade.checks import check_queue
 from .facade.core import Hook, JobHook
+from .facade.flows import FlowProducer
 from .facade.operations import Operations
 from .facade.producer import Enqueued
 from .facade.registry import JOB_HOOK_KINDS
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 __all__ = ["JOB_HOOK_KINDS", "Conveyor", "Enqueued", "Hook", "JobHook", "check_queue"]
 
 
-class Conveyor(Operations, Scheduling):
+class Conveyor(Operations, FlowProducer, Scheduling):
     """Register tasks and enqueue jobs.
 
     Args:

@@ -25,6 +25,7 @@ class JobState(StrEnum):
     """Where a job is in its life. `failed` is the dead-letter state."""
 
     SCHEDULED = "scheduled"  # delayed, or waiting for its next retry
+    WAITING = "waiting-children"  # a flow's parent: runs when its children have finished
     PENDING = "pending"  # ready to be claimed (also while its queue is paused)
     RUNNING = "running"  # claimed by a worker under a lease
     COMPLETED = "completed"
@@ -32,7 +33,9 @@ class JobState(StrEnum):
     CANCELLED = "cancelled"
 
 
-ACTIVE_STATES = (JobState.SCHEDULED, JobState.PENDING, JobState.RUNNING)
+# Live states hold their dedupe key; a waiting parent is live (a retried flow() call
+# with the same key finds it).
+ACTIVE_STATES = (JobState.SCHEDULED, JobState.PENDING, JobState.RUNNING, JobState.WAITING)
 FINISHED_STATES = (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED)
 
 # \Z, not $: `$` also matches before a trailing newline, so "emails\n" would pass.
@@ -144,6 +147,31 @@ class Job(Generic[P]):
             ConfigError: this job object did not come from an app (use `app.wait(id)`).
         """
         return await self._owner().wait(self.id, timeout)
+
+    async def children_results(self) -> dict[str, Any]:
+        """The results of this flow parent's children, by child id (`app.children_results`).
+
+        A child that failed under the `ignore` policy appears as its `ChildResult` with
+        the error; a `continue` child's failure is left out (it does not count).
+        """
+        results: dict[str, Any] = await self._owner().children_results(self.id)
+        return results
+
+    async def child_values(self) -> list[Any]:
+        """What each counted child returned, in the order the children were given: the
+        previous step's result in a chain (`[0]`), every result in a group's callback."""
+        values: list[Any] = await self._owner().child_values(self.id)
+        return values
+
+    def children_results_sync(self) -> dict[str, Any]:
+        """`children_results` for synchronous code (a sync handler)."""
+        results: dict[str, Any] = self._owner().children_results_sync(self.id)
+        return results
+
+    def child_values_sync(self) -> list[Any]:
+        """`child_values` for synchronous code (a sync handler)."""
+        values: list[Any] = self._owner().child_values_sync(self.id)
+        return values
 
     def wait_sync(self, timeout: float | None = None) -> Any:
         """`wait` for synchronous code; same returns and errors."""

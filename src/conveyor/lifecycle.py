@@ -28,7 +28,16 @@ engine):
 4. A worker's `last_seen` is the engine's clock at its last registration.
 5. Arguments are validated once, by the app facade (this module's `check_*`
    functions); engines and scripts do not re-validate them.
-6. A queue declared with `events=False` (`app.limits(queue, events=False)`) has no
+6. Flows (`FLOW_POLICIES`, `settles`): a parent waits in `waiting-children` until each
+   of its children has finished. A child's finish is applied to its parent in the same
+   atomic step as the child's own transition: a child that did not complete under
+   `fail_parent` fails the parent (whose unfinished descendants are then cancelled);
+   otherwise the child is one fewer to wait for, and the last one makes the parent
+   `pending` (event `ready`). A parent that leaves the live states any other way
+   (operator cancel) cancels its unfinished descendants too. Operator retry of a child
+   whose parent failed re-arms the parent (and, up the tree, every failed ancestor):
+   it waits again, and its children that were cancelled go back to pending.
+7. A queue declared with `events=False` (`app.limits(queue, events=False)`) has no
    event log: no engine writes any event of its jobs (`enqueued`, `started`, the
    `event` of every transition below, operator actions). Those writes are a third of
    a job's cost on Redis; `job.wait()` polls the job instead (facade/results.py) and
@@ -50,7 +59,11 @@ from .job import ACTIVE_STATES, FINISHED_STATES, JobState
 
 __all__ = [
     "CANCELLABLE",
+    "CHILD_FAILED_TYPE",
     "CLEANABLE",
+    "DEFAULT_FLOW_POLICY",
+    "FLOW_POLICIES",
+    "FLOW_READY_EVENT",
     "MAX_PRIORITY",
     "MIN_PRIORITY",
     "PRIORITY_BAND",
@@ -60,12 +73,16 @@ __all__ = [
     "TRANSITIONS",
     "TURN_BUDGET",
     "UNSTREAMED_MAXLEN",
+    "FlowPolicy",
     "OutcomeKind",
     "Place",
     "Transition",
     "check_clean",
     "check_retry_all",
+    "child_failed_error",
+    "counted_in_results",
     "dedupe_held",
+    "fails_parent",
     "lease_expired_error",
     "lua_prelude",
     "not_cancellable",
@@ -94,12 +111,12 @@ TURN_BUDGET: Final = 64  # extra bucket turns one claim may spend on tenants at 
 PROMOTE_BATCH: Final = 1_000  # due scheduled jobs promoted per queue per exchange
 RECOVER_BATCH: Final = 1_000  # expired leases recovered per queue per exchange
 BULK_BATCH: Final = 1_000  # jobs per atomic step of bulk operator actions
-# The event log length a Redis script is given for a queue with no event log (rule 6).
+# The event log length a Redis script is given for a queue with no event log (rule 7).
 UNSTREAMED_MAXLEN: Final = 0
 
 
 def writes_events(queue: str, unstreamed: AbstractSet[str]) -> bool:
-    """Whether events of `queue`'s jobs are written (rule 6): not for a queue in
+    """Whether events of `queue`'s jobs are written (rule 7): not for a queue in
     `unstreamed`, the app's queues declared with `events=False`. A partition
     (`mail~3of8`: `~` is never part of a queue name, see partitions.py) follows its
     queue."""
@@ -160,9 +177,53 @@ TRANSITIONS: Final[dict[TransitionKind, Transition]] = {
     "expire_last": Transition(_S.FAILED, None, True, False, False, None, "failed"),
 }
 
+# --- flows --------------------------------------------------------------------------
+FlowPolicy = Literal["fail_parent", "ignore", "continue"]
+# What a child's failure (failed, or cancelled) does to its waiting parent:
+#   fail_parent: the parent fails; its other unfinished descendants are cancelled.
+#   ignore: the child counts as finished; the parent runs and sees the failure in
+#       `children_results`.
+#   continue: the child counts as finished; its failure stays on the child only and is
+#       left out of the parent's `children_results`.
+FLOW_POLICIES: Final[tuple[FlowPolicy, ...]] = ("fail_parent", "ignore", "continue")
+DEFAULT_FLOW_POLICY: Final[FlowPolicy] = "fail_parent"
+FLOW_READY_EVENT: Final = "ready"
+CHILD_FAILED_TYPE: Final = "ChildFailed"
+
+
+def fails_parent(state: JobState | str, policy: str) -> bool:
+    """Whether a child finishing in `state` under `policy` fails its waiting parent."""
+    return JobState(state) is not JobState.COMPLETED and policy == "fail_parent"
+
+
+def counted_in_results(state: JobState | str, policy: str) -> bool:
+    """Whether a finished child appears in its parent's `children_results`."""
+    return JobState(state) is JobState.COMPLETED or policy == "ignore"
+
+
+def child_failed_message(child_id: str, state: str) -> str:
+    """The error a parent records when a `fail_parent` child did not complete."""
+    return (
+        f"child {child_id} ended {state} under the fail_parent policy: retry the child "
+        "to re-arm this parent"
+    )
+
+
+def child_failed_error(child_id: str, state: str, now_ms: int) -> str:
+    """The AttemptError (as JSON) a parent gets when a `fail_parent` child fails."""
+    return orjson.dumps(
+        {
+            "attempt": 0,
+            "type": CHILD_FAILED_TYPE,
+            "message": child_failed_message(child_id, state),
+            "at": now_ms / 1000.0,
+        }
+    ).decode()
+
+
 # --- operator actions: from which states, and what the refusal says --------------------
 RETRYABLE: Final = (JobState.FAILED, JobState.CANCELLED)
-CANCELLABLE: Final = (JobState.SCHEDULED, JobState.PENDING, JobState.RUNNING)
+CANCELLABLE: Final = (JobState.SCHEDULED, JobState.PENDING, JobState.RUNNING, JobState.WAITING)
 PROMOTABLE: Final = (JobState.SCHEDULED,)
 CLEANABLE: Final = FINISHED_STATES
 
@@ -191,7 +252,8 @@ def dedupe_held(job_id: str, key: str, holder: str) -> InvalidState:
 def not_cancellable(job_id: str, state: str) -> InvalidState:
     """Cancel asked of a job that has already finished."""
     return InvalidState(
-        f"job {job_id} is already {state}; only scheduled, pending or running jobs can be cancelled"
+        f"job {job_id} is already {state}; only scheduled, pending, running or "
+        "waiting-children jobs can be cancelled"
     )
 
 
@@ -270,7 +332,7 @@ def _lua_value(value: object) -> str:
 
 
 def _lua_set(states: tuple[JobState, ...]) -> str:
-    return "{ " + ", ".join(f"{s.value} = true" for s in states) + " }"
+    return "{ " + ", ".join(f"[{_lua_value(s.value)}] = true" for s in states) + " }"
 
 
 def lua_prelude() -> str:
@@ -295,6 +357,16 @@ def lua_prelude() -> str:
         f"  return string.format({_lua_value(message)}, attempt)",
         "end",
         f"local LIVE = {_lua_set(ACTIVE_STATES)}",
+        f"local WAITING = {_lua_value(JobState.WAITING.value)}",
+        f"local FLOW_READY_EVENT = {_lua_value(FLOW_READY_EVENT)}",
+        f"local CHILD_FAILED_TYPE = {_lua_value(CHILD_FAILED_TYPE)}",
+        # fails_parent(state, policy), as Lua (the same test as the Python function)
+        "local function fails_parent(state, policy)",
+        "  return state ~= 'completed' and policy == 'fail_parent'",
+        "end",
+        "local function child_failed_message(child, state)",
+        f"  return string.format({_lua_value(child_failed_message('%s', '%s'))}, child, state)",
+        "end",
         f"local RETRYABLE = {_lua_set(RETRYABLE)}",
         f"local CANCELLABLE = {_lua_set(CANCELLABLE)}",
         f"local PROMOTABLE = {_lua_set(PROMOTABLE)}",

@@ -217,6 +217,26 @@ async def test_job_inspect_shows_every_attempt(app: Conveyor, durable_url: str) 
     assert_one_line_error(await conveyor(durable_url, "job", f"{Q}:nope"), "JobNotFound")
 
 
+async def test_job_shows_its_flow_parent_and_children(app: Conveyor, durable_url: str) -> None:
+    parent = await app.flow(
+        {"task": "probe"},
+        [{"task": "probe", "payload": {"action": "ok"}},
+         {"task": "probe", "on_failure": "ignore", "children": [{"task": "probe"}]}],
+    )  # fmt: skip
+    kids = (await app.flow_links(parent.id)).children
+    doc = (await conveyor(durable_url, "job", parent.id, "--json")).json()
+    assert doc["state"] == "waiting-children" and doc["flow"]["parent"] is None
+    assert [k["id"] for k in doc["flow"]["children"]] == list(kids)
+    assert [k["state"] for k in doc["flow"]["children"]] == ["pending", "waiting-children"]
+    shown = await conveyor(durable_url, "job", kids[1])
+    assert shown.code == 0
+    for text in ("flow", "parent", parent.id, "waiting-children", "on failure", "ignore",
+                 "children"):  # fmt: skip
+        assert text in shown.out, text
+    plain = (await conveyor(durable_url, "job", (await enqueue(app))[0], "--json")).json()
+    assert plain["flow"] is None
+
+
 # --- job operations ----------------------------------------------------------------------------
 async def test_retry_one_then_retry_all(app: Conveyor, durable_url: str) -> None:
     one, *others = await finish(app, 3, "fail")

@@ -549,3 +549,60 @@ async def test_open_api_dashboard_works_from_the_printed_url(
     assert [s.paused for s in await stored.list_schedules()] == [True]
     await stored.close()
     await page.close()
+
+
+async def test_job_page_draws_its_flow_as_a_tree_and_retry_rearms_the_parent(
+    sqlite_url: str, tmp_path: Path, api_server: StartApi, browser: Browser, console: Console
+) -> None:
+    """A flow whose first child fails (fail_parent): the parent's page shows the tree with
+    each job's state; from the failed child's page, Retry re-arms the parent, and once
+    the children ran the parent completes."""
+    server = api_server(sqlite_url, tokens=TOKENS, app=dashboard_app(sqlite_url))
+    gate = tmp_path / "gate"
+    async with httpx.AsyncClient(timeout=10) as client:
+        r = await client.post(
+            f"{server.url}/flows",
+            json={
+                "parent": {"task": "probe", "payload": {"action": "ok"}},
+                "children": [
+                    {"task": "gated", "payload": {"gate": str(gate)}},
+                    # due in an hour: still unfinished when its sibling fails
+                    {
+                        "task": "probe",
+                        "payload": {"action": "ok"},
+                        "delay": 3600,
+                        "on_failure": "ignore",
+                    },
+                ],
+            },
+            headers={"Authorization": f"Bearer {ADMIN}"},
+        )
+    assert r.status_code == 201, r.text
+    parent = r.json()
+    page = console.watch(await browser.new_page(viewport=DESKTOP))
+    await sign_in(page, server.url, ADMIN, f"#/job/{parent['id']}")
+    tree = page.locator("#flow-tree")
+    await expect(page.locator("#job-state")).to_have_text("waiting-children")
+    await expect(tree.locator("li")).to_have_count(3)
+    await expect(tree.locator("strong[aria-current]")).to_contain_text("this job")
+
+    await run_burst(sqlite_url)  # the gated child fails: the parent fails, live
+    await expect(page.locator("#job-state")).to_have_text("failed")
+    await expect(page.locator("#timeline")).to_contain_text("ChildFailed")
+    gated = tree.locator("li li").filter(has_text="gated")
+    await expect(gated.locator(".badge")).to_have_text("failed")
+    await expect(tree.locator("li li").filter(has_text="probe").locator(".badge")).to_have_text(
+        "cancelled"
+    )
+    await gated.get_by_role("link", name="gated").click()
+    await expect(page.locator("#flow-tree strong[aria-current]")).to_contain_text("gated")
+    gate.touch()
+    await page.locator("#job-retry").click()
+    await expect(page.locator("#job-state")).to_have_text("pending")
+    await expect(page.locator("#flow-tree > li > .badge")).to_have_text("waiting-children")
+    await run_burst(sqlite_url)
+    await run_burst(sqlite_url)  # the children, then the released parent
+    await page.locator("#flow-tree > li > a").click()
+    await expect(page.locator("#job-state")).to_have_text("completed")
+    await expect(page.locator("#flow-tree .badge")).to_have_text(["completed"] * 3)
+    await page.close()

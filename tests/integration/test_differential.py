@@ -41,7 +41,7 @@ from hypothesis.stateful import (
 )
 
 from conveyor.clock import FakeClock
-from conveyor.engines import Engine, Exchange, Outcome, open_engine
+from conveyor.engines import Engine, Exchange, FlowNode, Outcome, open_engine
 from conveyor.errors import ConveyorError
 from conveyor.job import ACTIVE_STATES, FINISHED_STATES, JobState, NewJob
 from conveyor.limits import QueueLimits
@@ -153,6 +153,42 @@ class Differential(RuleBasedStateMachine):
                 self.ids.append(job.id)
             if job.dedupe_key:
                 self.keys.add(job.dedupe_key)
+
+    @rule(
+        kids=st.lists(
+            st.tuples(
+                st.sampled_from(["fail_parent", "fail_parent", "ignore", "continue"]),
+                st.integers(1, 2),  # max_attempts
+                st.integers(0, 2),  # grandchildren
+            ),
+            min_size=1,
+            max_size=3,
+        ),
+        key=st.sampled_from([None, "f1", "k1"]),
+    )
+    def flow(self, kids: list[tuple[str, int, int]], key: str | None) -> None:
+        """A flow (lifecycle rule 6): a parent, children with each policy, grandchildren;
+        its root may hold a dedupe key that plain enqueues use too."""
+
+        def node(parent: str | None, policy: str, attempts: int, waits: bool,
+                 dedupe: str | None = None) -> FlowNode:  # fmt: skip
+            self.made += 1
+            job = NewJob(id=f"{QUEUE}:{self.made:06d}", queue=QUEUE, task="t",
+                         payload_json="{}", max_attempts=attempts, dedupe_key=dedupe)  # fmt: skip
+            return FlowNode(job, parent, policy, waits)
+
+        root = node(None, "fail_parent", 1, True, key)
+        nodes = [root]
+        for policy, attempts, grandkids in kids:
+            kid = node(root.job.id, policy, attempts, grandkids > 0)
+            nodes.append(kid)
+            nodes += [node(kid.job.id, policy, attempts, False) for _ in range(grandkids)]
+        a, b = self.both(lambda e: e.enqueue_flow(nodes))
+        assert a == b
+        if key:
+            self.keys.add(key)
+        if a.created:
+            self.ids += [n.job.id for n in nodes]
 
     # --- workers ----------------------------------------------------------------------
     async def _claim(self, engine: Engine, limit: int) -> Exchange:

@@ -111,9 +111,10 @@ def test_lua_opens_with_its_contract_and_builds_no_key(name: str) -> None:
     # a tenant's bucket, rate log or state index (KEYS prefixes with the queue's tag ..
     # a tenant).
     key_expr = re.compile(
-        r"^(K_[A-Z]+|KEYS\[\w+\]|BY_STATE\[\w+\]|jk|zkey|bucket|tkey|inbox"
+        r"^(K_[A-Z]+|KEYS\[\w+\]|BY_STATE\[\w+\]|jk|zkey|bucket|tkey|inbox|wkey"
         r"|K_(JOB|TBUCKET|TRATE|INBOX) \.\. [\w\[\]]+"
-        r"|tstate_key\([^)]*\))$"  # _lib.lua: K_TSTATE .. state .. ':' .. tenant
+        r"|tstate_key\([^)]*\)"  # _lib.lua: K_TSTATE .. state .. ':' .. tenant
+        r"|wait_key\([^)]*\))$"  # _flows.lua: K_JOB .. id .. ':wait' (a job's own tag)
     )
     calls = re.findall(r"redis\.call\(\s*'(\w+)'\s*(?:,\s*([^,)]+))?", code)
     assert calls or name in ("pause.lua",), name
@@ -131,7 +132,7 @@ def test_lua_opens_with_its_contract_and_builds_no_key(name: str) -> None:
             "K_INBOX",  # _pickup.lua: a worker's inbox, K_INBOX .. worker id
         ), f"{name}: builds a key from {match.group(1)}"
     # Where a variable stands for a key, it is assigned from KEYS-derived values only.
-    for var in ("jk", "zkey", "bucket", "tkey", "inbox"):
+    for var in ("jk", "zkey", "bucket", "tkey", "inbox", "wkey"):
         for assigned in re.findall(rf"local {var} = ([^\n]+)", code):
             assert key_expr.match(assigned.strip()), f"{name}: {var} = {assigned}"
 

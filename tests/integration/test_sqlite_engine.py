@@ -7,6 +7,7 @@ only a file shared by several processes can get wrong.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import sqlite3
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conveyor.engines.base import Outcome
+from conveyor.engines.base import FlowNode, Outcome
 from conveyor.engines.sqlite import SqliteEngine, migrations, parse_sqlite_url
 from conveyor.engines.sqlite import connection as sqlite_connection
 from conveyor.engines.sqlite import engine as sqlite_engine_module
@@ -320,7 +321,7 @@ async def test_job_enqueued_survives_killed_process(sqlite_url: str) -> None:
 
 CLAIMER = """
 import asyncio, json, os, random, sys, time
-from conveyor.engines.base import Outcome
+from conveyor.engines.base import FlowNode, Outcome
 from conveyor.engines.sqlite import SqliteEngine
 
 async def main():
@@ -498,6 +499,17 @@ async def test_hot_queries_use_indices(engine: SqliteEngine) -> None:
         queues=["q"], limit=5, worker_id="w", lease_ms=LEASE_MS,
     )  # fmt: skip
     await engine.heartbeat([(res.id, "x")], lease_ms=LEASE_MS)
+    # a flow: stored, a child finishing settles its parent, a parent cancelled cascades
+    kids = [FlowNode(new(), "q:flow-root", "fail_parent", False) for _ in range(2)]
+    root = FlowNode(dataclasses.replace(new(), id="q:flow-root"), None, "fail_parent", True)
+    await engine.enqueue_flow([root, *kids])
+    flow = await engine.exchange([], queues=["q"], limit=1, worker_id="w", lease_ms=LEASE_MS)
+    await engine.exchange(
+        [Outcome(j.id, str(j.token), "complete", result_json="1") for j in flow.jobs],
+        queues=["q"], limit=0, worker_id="w", lease_ms=LEASE_MS,
+    )  # fmt: skip
+    await engine.flow_links("q:flow-root")
+    await engine.cancel_job("q:flow-root")
     await engine.counts("q")
     for state in JobState:
         page = await engine.list_jobs("q", state, limit=1)

@@ -22,6 +22,13 @@ end
 local function unused()
   return B
 end
+local early
+local function caller()
+  return early()
+end
+early = function()
+  return helper(2)
+end
 redis.setresp(3)
 """
 
@@ -34,6 +41,13 @@ def test_a_script_gets_what_it_names_and_what_that_names_in_order() -> None:
     assert text.endswith("return outer()")
 
 
+def test_a_local_declared_first_and_defined_later_comes_with_its_body() -> None:
+    text = assemble(definitions(SHARED), "return caller()")
+    assert text.index("local early") < text.index("function caller") < text.index("early = ")
+    assert "function helper" in text  # what the body needs
+    assert "early" not in assemble(definitions(SHARED), "return outer()")
+
+
 def test_a_multi_line_table_is_one_definition() -> None:
     text = assemble(definitions(SHARED), "return TABLE.x")
     assert "x = 'uses_nothing'" in text and "}\n" in text
@@ -43,6 +57,8 @@ def test_a_multi_line_table_is_one_definition() -> None:
 def test_a_function_without_an_end_at_column_0_is_refused() -> None:
     with pytest.raises(ConfigError, match="no `end` at column 0"):
         definitions("local function f()\n  return 1 end\n")
+    with pytest.raises(ConfigError, match="function g has no `end`"):
+        definitions("local g\ng = function()\n  return 1 end\n")
     with pytest.raises(ConfigError, match="never closes"):
         definitions("local T = {\n  a = 1,\n")
 

@@ -10,7 +10,7 @@ from fastapi import APIRouter, FastAPI
 
 from ..live import DEFAULT_BUFFER, EventHub
 from ..settings import Settings
-from . import jobs, live, queues, system
+from . import flows, jobs, live, queues, system
 from .auth import Tokens
 from .errors import install_error_handlers
 from .guard import RequestGuard, default_body_limit
@@ -44,7 +44,7 @@ Every path is also served under `/api` (e.g. `/api/health/ready`).
 
 def _router() -> APIRouter:
     router = APIRouter()
-    for module in (jobs, queues, system, live):
+    for module in (jobs, flows, queues, system, live):
         router.include_router(module.router)
     return router
 

@@ -21,7 +21,9 @@ MAX_DELAY_SECONDS = 10 * 365 * 86_400.0
 # Pydantic's (Rust) regexes have no \Z, and their `$` is already the end of the text.
 QUEUE_PATTERN = QUEUE_NAME.pattern.removesuffix("\\Z") + "$"
 
-JobStateName = Literal["scheduled", "pending", "running", "completed", "failed", "cancelled"]
+JobStateName = Literal[
+    "scheduled", "pending", "running", "completed", "failed", "cancelled", "waiting-children"
+]
 
 
 class _Request(BaseModel):
@@ -65,6 +67,26 @@ class EnqueueRequest(_Request):
     timeout: float | None = Field(
         None, gt=0, le=MAX_DELAY_SECONDS, description="seconds an attempt may run"
     )
+
+
+class FlowItem(EnqueueRequest):
+    """One child of a flow: a job like `POST /jobs`, with what its failure does to its
+    parent and its own children."""
+
+    on_failure: Literal["fail_parent", "ignore", "continue"] | None = Field(
+        None,
+        description="fail_parent (default): the parent fails and the rest is cancelled; "
+        "ignore: the parent runs and sees the failure; continue: the failure does not count",
+    )
+    children: list[FlowItem] = Field(default_factory=list, max_length=10_000)
+
+
+class FlowRequest(_Request):
+    """`POST /flows`: a parent job and its children (to any depth), stored at once; the
+    parent runs when every child has finished."""
+
+    parent: EnqueueRequest
+    children: list[FlowItem] = Field(min_length=1, max_length=10_000)
 
 
 class CleanRequest(_Request):
@@ -156,6 +178,9 @@ class QueueOverviewOut(BaseModel):
     completed: int
     failed: int
     cancelled: int
+    waiting_children: int = Field(
+        0, alias="waiting-children", description="flow parents waiting for their children"
+    )
     paused: bool
     oldest_pending_created_at: float | None = Field(
         description="when the oldest pending job was enqueued (Unix seconds); null if none"

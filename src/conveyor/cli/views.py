@@ -129,6 +129,25 @@ def job_detail(job: Job, now: float, policy: dict[str, Any] | None = None) -> Re
     return Group(*parts)
 
 
+def flow_detail(flow: dict[str, Any]) -> RenderableType:
+    """The flow a job belongs to (`app.flow_summary`): its parent and its children."""
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    parent = flow["parent"]
+    if parent is not None:
+        grid.add_row("parent", Text(f"{parent['id']}  {parent['task']}  {parent['state']}"))
+        grid.add_row("on failure", Text(str(flow["policy"])))
+    for i, kid in enumerate(flow["children"]):
+        grid.add_row(
+            "children" if i == 0 else "", Text(f"{kid['id']}  {kid['task']}  {kid['state']}")
+        )
+    shown = len(flow["children"])
+    if flow["children_total"] > shown:
+        grid.add_row("", Text(f"... {flow['children_total'] - shown} more"))
+    return Panel(grid, title="flow", title_align="left")
+
+
 def in_effect_text(policy: dict[str, Any] | None, which: str, job: Job) -> str:
     """One line of `conveyor job`: the value a worker applies and where it comes from."""
     if policy is None:
@@ -234,16 +253,18 @@ def job_command(
 
     With the app (`--app` or CONVEYOR_APP), the timeout and backoff its task applies."""
 
-    async def read(app: Conveyor) -> tuple[Job, float]:
-        return await app.get_job(job_id), app.clock.now()
+    async def read(app: Conveyor) -> tuple[Job, float, dict[str, Any] | None]:
+        return await app.get_job(job_id), app.clock.now(), await app.flow_summary(job_id)
 
     code = configured_app(app_ref)
-    job, now = operate(url, read, app=code)
+    job, now, flow = operate(url, read, app=code)
     policy = policy_in_effect(code or Conveyor("memory://"), job)
     if as_json:
-        print_json({**job.to_dict(), "in_effect": policy})
+        print_json({**job.to_dict(), "in_effect": policy, "flow": flow})
     else:
         console().print(job_detail(job, now, policy))
+        if flow is not None:
+            console().print(flow_detail(flow))
 
 
 @cli.command("status")

@@ -50,6 +50,8 @@ from .values import (
     EVENT_KINDS,
     Event,
     Exchange,
+    FlowLinks,
+    FlowNode,
     JobPage,
     LeaseInfo,
     Outcome,
@@ -65,6 +67,9 @@ __all__ = [
     "Engine",
     "Event",
     "Exchange",
+    "FlowLinks",
+    "FlowNode",
+    "Flows",
     "HandsOff",
     "InTransaction",
     "JobFlow",
@@ -109,6 +114,23 @@ class JobFlow(Protocol):
 
     async def recover_expired(self, queues: Sequence[str]) -> int:
         """Recover running jobs whose lease expired; returns how many were recovered."""
+
+
+@runtime_checkable
+class Flows(Protocol):
+    """Flows: a parent job that runs once its children have finished (`lifecycle` rule 6).
+
+    The engine stores a flow whole in one atomic step, and applies a child's finish to
+    its parent inside the child's own atomic step (complete, fail, lease expiry, cancel).
+    """
+
+    async def enqueue_flow(self, nodes: Sequence[FlowNode]) -> EnqueueResult:
+        """Store a flow: `nodes[0]` is the root, every parent comes before its children,
+        all in one queue. A root whose dedupe key a live job holds answers with that job
+        (`created=False`) and nothing is written. Returns the root's result."""
+
+    async def flow_links(self, job_id: str) -> FlowLinks:
+        """The job's parent and children. Raises `JobNotFound`."""
 
 
 @runtime_checkable
@@ -344,12 +366,12 @@ class InTransaction(Protocol):
 
 
 @runtime_checkable
-class Engine(JobFlow, ReadModel, Coordination, Notifier, Protocol):
+class Engine(JobFlow, Flows, ReadModel, Coordination, Notifier, Protocol):
     """Storage for jobs: the four parts above plus connection management."""
 
     url: str
     durable: bool  # survives a crash of the process that holds it
-    # Queues with no event log (lifecycle rule 6: `app.limits(q, events=False)`); the app
+    # Queues with no event log (lifecycle rule 7: `app.limits(q, events=False)`); the app
     # hands its live set to the engine it builds, so declarations made later still count.
     unstreamed: AbstractSet[str]
 

@@ -9,13 +9,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..job import Job
+from ..job import Job, NewJob
 from ..lifecycle import OutcomeKind
 
 __all__ = [
     "EVENT_KINDS",
     "Event",
     "Exchange",
+    "FlowLinks",
+    "FlowNode",
     "JobPage",
     "LeaseInfo",
     "Outcome",
@@ -37,7 +39,36 @@ EVENT_KINDS = (
     "cancelled",
     "promoted",
     "deferred",
+    "ready",  # a flow's parent: its children finished, it is pending now
 )
+
+
+@dataclass(frozen=True, slots=True)
+class FlowNode:
+    """One job of a flow as the app hands it to `enqueue_flow`.
+
+    Attributes:
+        job: the job, built and validated like any enqueued job.
+        parent_id: the node it is a child of (None: the flow's root).
+        policy: what its failure does to its parent (`lifecycle.FLOW_POLICIES`).
+        waits: it has children, so it is stored `waiting-children`.
+    """
+
+    job: NewJob
+    parent_id: str | None
+    policy: str
+    waits: bool
+
+
+@dataclass(frozen=True, slots=True)
+class FlowLinks:
+    """A job's place in a flow: its parent (and its policy there) and its children, in
+    the order they were given. A job outside any flow has neither."""
+
+    job_id: str
+    parent_id: str | None = None
+    policy: str | None = None
+    children: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -74,10 +105,15 @@ class QueueCounts:
     completed: int = 0
     failed: int = 0
     cancelled: int = 0
+    waiting: int = 0  # flow parents waiting for their children (state waiting-children)
     paused: bool = False
     oldest_pending_ms: int | None = None  # created_ms of the oldest pending job
     completed_1m: int = 0  # jobs that completed in the last 60 s (engine clock)
     failed_1m: int = 0  # jobs that reached `failed` in the last 60 s
+
+    def set_state(self, state: str, n: int) -> None:
+        """Set the depth of `state` (a JobState value; `waiting-children` is `waiting`)."""
+        setattr(self, "waiting" if state == "waiting-children" else state, n)
 
     def to_dict(self) -> dict[str, Any]:
         """For JSON output (CLI `--json`, API, status document)."""
@@ -89,6 +125,7 @@ class QueueCounts:
             "completed": self.completed,
             "failed": self.failed,
             "cancelled": self.cancelled,
+            "waiting-children": self.waiting,
             "paused": self.paused,
             "oldest_pending_ms": self.oldest_pending_ms,
             "completed_1m": self.completed_1m,

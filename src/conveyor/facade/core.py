@@ -79,7 +79,7 @@ class AppCore:
         self.schedules: dict[str, ScheduleSpec] = {}  # code-defined, by name
         self.breakers: dict[str, CircuitBreaker] = {}  # per process, by name
         self.queue_limits: dict[str, QueueLimits] = {}  # code-defined, applied by workers
-        # Queues declared with events=False (lifecycle rule 6); the engine holds this set.
+        # Queues declared with events=False (lifecycle rule 7); the engine holds this set.
         self.unstreamed: set[str] = set()
         self.partitions = PartitionMap()  # code-defined partition counts (partitions.py)
         self._layouts_checked: set[str] = set()  # partitioned queues checked this process

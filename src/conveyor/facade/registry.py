@@ -187,7 +187,7 @@ class Registry(AppCore):
         if partitions is not None:
             self.partitions.declare(queue, partitions)
             split_limits(limits, partitions)  # refuse a total a partition can't share
-        # Rule 6; its partitions follow (lifecycle.writes_events).
+        # Rule 7; its partitions follow (lifecycle.writes_events).
         (self.unstreamed.discard if events else self.unstreamed.add)(queue)
         if partitions is not None and limits.empty:  # only the layout: keep stored limits
             return limits

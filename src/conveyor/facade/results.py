@@ -19,7 +19,7 @@ The reader's position for a queue is only ever set while nobody waits on that qu
 (so never past an event a waiter still needs) and then only advances past events it
 has handled.
 
-A queue declared with `events=False` has no event log (lifecycle rule 6), so a waiter
+A queue declared with `events=False` has no event log (lifecycle rule 7), so a waiter
 on one of its jobs polls the job instead: first after POLL_FIRST_S, then twice as
 long each time up to POLL_MAX_S (a job that takes a minute costs about 120 reads, a
 job done at once a handful).

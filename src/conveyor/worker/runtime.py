@@ -500,6 +500,7 @@ class Worker:
     def _start(self, job: Job) -> None:
         job._reporter = self._report_progress
         job.queue = logical(job.queue)  # the handler sees the queue, not its partition
+        job._app = self.app  # job.children_results() / child_values() in a flow's parent
         task = asyncio.create_task(self._execute(job), name=f"{JOB_TASK_PREFIX}{job.id}")
         self._running[job.id] = (job, task)
         self.metrics.in_flight.set(len(self._running))

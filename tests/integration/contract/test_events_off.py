@@ -1,4 +1,4 @@
-"""Lifecycle rule 6 on every engine: a queue declared with `events=False` has no event
+"""Lifecycle rule 7 on every engine: a queue declared with `events=False` has no event
 log (nothing is written for enqueue, start, outcomes or operator actions), while its
 neighbours keep theirs, and `job.wait()` still returns (it polls the job)."""
 

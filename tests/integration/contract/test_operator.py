@@ -113,8 +113,8 @@ async def test_counts_stay_exact_through_every_transition(engine: Engine, app: C
     assert await engine.purge("q") == 7
     assert (await engine.counts("q")).to_dict() == {
         "queue": "q", "scheduled": 0, "pending": 0, "running": 0, "completed": 0,
-        "failed": 0, "cancelled": 0, "paused": False, "oldest_pending_ms": None,
-        "completed_1m": 0, "failed_1m": 0,
+        "failed": 0, "cancelled": 0, "waiting-children": 0, "paused": False,
+        "oldest_pending_ms": None, "completed_1m": 0, "failed_1m": 0,
     }  # fmt: skip
 
 

@@ -13,9 +13,13 @@ const ROOT = document.querySelector('meta[name="conveyor-root"]').content;
 const TOKEN_KEY = "conveyor.dashboard.token";
 const QUEUES_KEY = "conveyor.dashboard.queues"; // queues a tenant opened (it cannot list them)
 const STATES = ["scheduled", "pending", "running", "completed", "failed", "cancelled"];
+// The queue page also has a tab for flow parents waiting for their children (the
+// overview keeps to the six states, to fit its table on a laptop screen).
+const TAB_STATES = [...STATES, "waiting-children"];
 const FINISHED = ["completed", "failed", "cancelled"];
 // What an empty state tab means, so an empty table reads as an answer, not a glitch.
 const EMPTY_HINT = {
+  "waiting-children": "Flow parents waiting for their children to finish appear here.",
   scheduled: "Delayed jobs and jobs waiting for a retry appear here.",
   pending: "Jobs waiting for a worker appear here.",
   running: "Jobs a worker is running now appear here.",
@@ -27,7 +31,7 @@ const PAGE_SIZE = 50;
 // Event kind -> the state the job is in afterwards (for in-place row updates).
 const STATE_AFTER = {
   enqueued: null, started: "running", completed: "completed", failed: "failed",
-  retried: null, stalled: "pending", released: "pending", cancelled: "cancelled",
+  retried: null, stalled: "pending", released: "pending", cancelled: "cancelled", ready: "pending",
   promoted: "pending", progress: "running",
 };
 
@@ -496,7 +500,7 @@ function queueView(view, name, params) {
     const known = JSON.parse(sessionStorage.getItem(QUEUES_KEY) || "[]");
     if (!known.includes(name)) sessionStorage.setItem(QUEUES_KEY, JSON.stringify([name, ...known].slice(0, 20)));
   }
-  const chosen = STATES.includes(params.get("state"));
+  const chosen = TAB_STATES.includes(params.get("state"));
   const state = chosen ? params.get("state") : "pending";
   const filters = { tenant: params.get("tenant") || "", task: params.get("task") || "", q: params.get("q") || "" };
   const cursors = [null]; // cursor of each page visited, so "Previous" needs no server support
@@ -550,7 +554,7 @@ function queueView(view, name, params) {
   );
 
   function renderTabs(counts) {
-    tabs.replaceChildren(...STATES.map((st) => h("li", {}, h("a", {
+    tabs.replaceChildren(...TAB_STATES.map((st) => h("li", {}, h("a", {
       href: queueHref(name, { ...nonEmpty(filters), state: st }),
       "aria-current": st === state ? "page" : null, "data-tab": st,
     }, st, counts ? h("span", { class: "count", "data-count": st, text: counts[st].toLocaleString("en") }) : null))));
@@ -616,7 +620,7 @@ function queueView(view, name, params) {
     const stats = await api("GET", `/queues/${encodeURIComponent(name)}/stats`);
     if (!chosen && !stats[state]) {
       // No state in the link: open on the first state that has jobs, not an empty tab.
-      const first = STATES.find((st) => stats[st] > 0);
+      const first = TAB_STATES.find((st) => stats[st] > 0);
       if (first && first !== state) {
         location.replace(queueHref(name, { ...nonEmpty(filters), state: first }));
         return;
@@ -740,11 +744,30 @@ function jobView(view, id) {
   view.append(crumbs(["Overview", "#/"], [queue, queueHref(queue)], [shortId(id), null]), content);
 
   async function load() {
-    const job = await api("GET", `/jobs/${encodeURIComponent(id)}`);
-    render(job);
+    const [job, flow] = await Promise.all([
+      api("GET", `/jobs/${encodeURIComponent(id)}`),
+      api("GET", `/flows/${encodeURIComponent(id)}`),
+    ]);
+    render(job, flow);
   }
 
-  function render(job) {
+  // The flow this job belongs to, from its root: a tree of links with each job's state
+  // (null when the job is not part of a flow).
+  function flowCard(flow) {
+    if (!flow || (!flow.children.length && flow.id === id)) return null;
+    const node = (n) => h("li", { "data-job": n.id },
+      n.id === id ? h("strong", { "aria-current": "true", text: `${n.task} (this job)` })
+        : h("a", { href: jobHref(n.id), text: n.task }),
+      " ", stateBadge(n.state),
+      n.policy && n.policy !== "fail_parent" ? h("span", { class: "muted", text: ` on failure: ${n.policy}` }) : null,
+      n.children.length ? h("ul", {}, n.children.map(node)) : null,
+      n.truncated ? h("p", { class: "muted", text: "… more jobs not shown" }) : null);
+    return h("section", { class: "card", "aria-labelledby": "flow-title" },
+      h("h2", { id: "flow-title", text: "Flow" }),
+      h("ul", { class: "flow-tree", id: "flow-tree" }, node(flow)));
+  }
+
+  function render(job, flow) {
     // The page is rebuilt on every event: keep keyboard focus on the same control (or
     // the heading, when that control is now disabled) instead of dropping it to <body>.
     const focusedId = content.contains(document.activeElement) ? document.activeElement.id : null;
@@ -761,11 +784,12 @@ function jobView(view, id) {
           onclick: (e) => act(e.currentTarget, "Job promoted",
             () => api("POST", `/jobs/${encodeURIComponent(id)}/promote`), load) }),
         h("button", { type: "button", id: "job-cancel", class: "danger",
-          disabled: !["scheduled", "pending", "running"].includes(job.state), text: "Cancel…",
+          disabled: !["scheduled", "pending", "running", "waiting-children"].includes(job.state), text: "Cancel…",
           onclick: async (e) => {
             const button = e.currentTarget;
             if (await confirmAction("Cancel this job?", "A running job's worker loses its lease; " +
-              "the job will not run again unless retried.", "Cancel job")) {
+              "the job will not run again unless retried. A flow parent's unfinished " +
+              "children are cancelled with it.", "Cancel job")) {
               await act(button, "Job cancelled", () => api("POST", `/jobs/${encodeURIComponent(id)}/cancel`), load);
             }
           } }),
@@ -800,6 +824,7 @@ function jobView(view, id) {
           h("div", { id: "job-progress" }, progressOf(job.progress)),
           h("h3", { text: "Result" }),
           h("pre", { class: "json", id: "job-result", tabindex: "0", text: job.result === null ? "–" : pretty(job.result) }))),
+      flowCard(flow),
       h("section", { class: "card", "aria-labelledby": "timeline-title" },
         h("h2", { id: "timeline-title", text: "Timeline" }),
         h("ol", { class: "timeline", id: "timeline" }, timeline.map(([label, at, error]) => h("li", {},

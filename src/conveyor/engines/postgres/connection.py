@@ -159,7 +159,7 @@ class PgCore:
 
     async def _configure(self, conn: Conn) -> None:
         """A new pooled connection: name the queues whose events the
-        `unstreamed_events` trigger drops (lifecycle rule 6, migration 0006). Set per
+        `unstreamed_events` trigger drops (lifecycle rule 7, migration 0008). Set per
         session, so queues must be declared before the engine connects."""
         if self.unstreamed:
             await conn.execute(

@@ -34,6 +34,7 @@ from ...lifecycle import not_found
 from .connection import parse_postgres_url
 from .coordination import PgCoordination
 from .flow import PgFlow, enqueue_results
+from .flows import PgFlows
 from .operations import PgOperations
 from .outbox import PgOutbox
 from .queries import JOB_COLUMNS
@@ -49,7 +50,7 @@ _NOT_PSYCOPG = (
 )
 
 
-class PostgresEngine(PgFlow, PgOperations, PgReadModel, PgCoordination, PgOutbox):
+class PostgresEngine(PgFlows, PgFlow, PgOperations, PgReadModel, PgCoordination, PgOutbox):
     """Jobs in one Postgres schema shared by every process of a fleet.
 
     Args:

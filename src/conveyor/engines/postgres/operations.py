@@ -70,6 +70,8 @@ class PgOperations(PgCore):
             except psycopg.errors.UniqueViolation:  # an enqueue took the key meanwhile
                 done = False
             if done:
+                # a retried flow child re-arms its failed parent (migration 0005)
+                await conn.execute(self.q["flow_rearm"], (job["id"], now))
                 events.append(
                     event_row(job["queue"], "enqueued", job["id"], job["task"], job["tenant"],
                               0, now, _RETRIED_BY)

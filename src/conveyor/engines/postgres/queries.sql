@@ -38,7 +38,7 @@ SELECT pg_notify(%s, %s);
 
 -- name: dedupe_holder
 SELECT id, state FROM {schema}.jobs WHERE queue = %s AND dedupe_key = %s
-    AND state IN ('scheduled', 'pending', 'running');
+    AND state IN ('scheduled', 'pending', 'running', 'waiting-children');
 
 -- name: extend_leases
 -- One statement (autocommit): the deadline is the database clock + the lease.
@@ -147,7 +147,7 @@ UPDATE {schema}.jobs j SET state = 'pending', attempt = 0, finished_ms = NULL,
     seq = nextval('{schema}.job_seq')
 WHERE j.id = %s AND j.state IN ('failed', 'cancelled') AND (j.dedupe_key IS NULL OR NOT EXISTS (
     SELECT 1 FROM {schema}.jobs h WHERE h.queue = j.queue AND h.dedupe_key = j.dedupe_key
-    AND h.state IN ('scheduled', 'pending', 'running')))
+    AND h.state IN ('scheduled', 'pending', 'running', 'waiting-children')))
 RETURNING j.id;
 
 -- name: retry_all_page
@@ -282,3 +282,43 @@ DELETE FROM {schema}.outbox WHERE id = ANY(%s);
 -- name: outbox_lag
 -- Age of the oldest row not yet relayed, in ms (NULL when the outbox is empty).
 SELECT {schema}.clock_ms(%s::bigint) - min(created_ms) FROM {schema}.outbox;
+
+-- name: flow_key_lock
+-- Two flow() calls with one root dedupe key are serialised until COMMIT.
+SELECT pg_advisory_xact_lock(hashtext(%s));
+
+-- name: flow_holder
+-- The job a flow's root id or dedupe key names already (a retried flow() call).
+SELECT id, state FROM {schema}.jobs WHERE id = %s
+UNION ALL
+SELECT id, state FROM {schema}.jobs WHERE queue = %s AND dedupe_key = %s
+    AND state IN ('scheduled', 'pending', 'running', 'waiting-children')
+LIMIT 1;
+
+-- name: insert_flow_job
+INSERT INTO {schema}.jobs (id, queue, task, payload, state, max_attempts, priority, tenant,
+    dedupe_key, timeout_ms, backoff, created_ms, scheduled_ms, seq, parent_id, flow_policy)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, nextval('{schema}.job_seq'),
+    %s, %s);
+
+-- name: flow_mark_queue
+INSERT INTO {schema}.queues (name, known) VALUES (%s, true)
+ON CONFLICT (name) DO UPDATE SET known = true WHERE NOT {schema}.queues.known;
+
+-- name: flow_links
+SELECT parent_id, flow_policy, ARRAY(SELECT k.id FROM {schema}.jobs k
+    WHERE k.parent_id = j.id ORDER BY k.rid) FROM {schema}.jobs j WHERE j.id = %s;
+
+-- name: flow_rearm
+SELECT {schema}.flow_rearm(%s, %s);
+
+-- name: flow_tenant
+INSERT INTO {schema}.tenants (queue, tenant) VALUES (%s, %s) ON CONFLICT DO NOTHING;
+
+-- name: list_waiting
+-- Flow parents waiting for their children, newest first.
+SELECT {job_columns}, rid FROM {schema}.jobs
+WHERE queue = %(queue)s AND state = 'waiting-children'
+    AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s)
+    AND (created_ms, rid) < (%(k1)s, %(k2)s)
+ORDER BY created_ms DESC, rid DESC LIMIT %(n)s;

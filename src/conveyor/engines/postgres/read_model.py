@@ -51,7 +51,7 @@ class PgReadModel(PgCore):
             cur = await conn.execute(self.q["queue_counts"], (queue,))
             for state, n in await cur.fetchall():
                 if state in _COUNTED:
-                    setattr(counts, state, int(n))
+                    counts.set_state(state, int(n))
             cur = await conn.execute(self.q["queue_paused"], (queue,))
             paused = await cur.fetchone()
             counts.paused = bool(paused and paused[0])
@@ -98,7 +98,9 @@ class PgReadModel(PgCore):
                 args.update(k1=k1, k2=k2)
             else:
                 k1, k2 = key or (_MAX_KEY, _MAX_KEY)
-                name = "list_running" if state is JobState.RUNNING else "list_finished"
+                name = {JobState.RUNNING: "list_running", JobState.WAITING: "list_waiting"}.get(
+                    state, "list_finished"
+                )
                 args.update(k1=k1, k2=k2, state=state.value)
             cur = await conn.execute(self.q[name], args)
             rows = list(await cur.fetchall())

@@ -11,9 +11,10 @@ in their original order (Lua needs a local defined before the code that refers t
 
 The shared files keep one convention, which `definitions` checks: at the top level they
 hold only `local function NAME(...)` ... `end` (the `end` alone at column 0), `local`
-statements (a multi-line table ends where its brackets balance), and comments. Any other
-top-level statement is kept in every script, since what it does cannot be told from a
-name.
+statements (a multi-line table ends where its brackets balance), `NAME = function(...)`
+... `end` for a local declared earlier (both go wherever NAME is needed), and comments.
+Any other top-level statement is kept in every script, since what it does cannot be
+told from a name.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ from ...errors import ConfigError
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _FUNCTION = re.compile(r"local\s+function\s+([A-Za-z_][A-Za-z0-9_]*)")
+# `NAME = function(...)` closed by `end` at column 0: the body of a local declared
+# earlier (`local a, b` first, so functions can call each other before both exist).
+_ASSIGNED = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*=\s*function\b")
 _LOCALS = re.compile(r"local\s+([A-Za-z_][A-Za-z0-9_,\s]*?)\s*(=|$)")
 # Lua comments and strings, so a name in either neither defines nor needs anything
 # (a long comment `--[[ ]]` first, then line comments, then quoted strings).
@@ -75,13 +79,13 @@ def definitions(shared: str, source: str = "shared Lua") -> list[Definition]:
             i += 1
             continue
         start = i
-        function = _FUNCTION.match(line)
+        function = _FUNCTION.match(line) or _ASSIGNED.match(line)
         if function:
             while i < len(lines) and lines[i] != "end":
                 i += 1
             if i == len(lines):
                 raise ConfigError(
-                    f"{source}: `local function {function.group(1)}` has no `end` at "
+                    f"{source}: function {function.group(1)} has no `end` at "
                     "column 0; shared Lua definitions must close at the line start"
                 )
             defines = frozenset({function.group(1)})
@@ -108,14 +112,17 @@ def definitions(shared: str, source: str = "shared Lua") -> list[Definition]:
 def assemble(shared: Sequence[Definition], code: str) -> str:
     """`code` preceded by the definitions of `shared` it needs, directly or through
     another definition, in their original order."""
-    by_name = {name: d for d in shared for name in d.defines}
+    by_name: dict[str, list[Definition]] = {}
+    for d in shared:
+        for name in d.defines:
+            by_name.setdefault(name, []).append(d)  # a declaration, then its body
     needed: set[int] = set()
     todo = [names_used(code), *(d.uses for d in shared if not d.defines)]
     while todo:
         for name in todo.pop():
-            d = by_name.get(name)
-            if d is not None and id(d) not in needed:
-                needed.add(id(d))
-                todo.append(d.uses)
+            for d in by_name.get(name, ()):
+                if id(d) not in needed:
+                    needed.add(id(d))
+                    todo.append(d.uses)
     kept = [d.text for d in shared if not d.defines or id(d) in needed]
     return "\n".join([*kept, code])

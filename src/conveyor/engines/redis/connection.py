@@ -69,6 +69,7 @@ _QUEUE_SCRIPTS = (
     "counts",
     "set_limits",
     "tenant_backfill",
+    "enqueue_flow",
 )
 _PICKUP_SCRIPTS = ("enqueue", "exchange")
 _WORKER_SCRIPTS = ("register_worker", "unregister_worker", "workers")
@@ -94,7 +95,11 @@ def _shared(name: str) -> list[Definition]:
         parts.append((lua / "_clock.lua").read_text("utf-8"))
     if name in _QUEUE_SCRIPTS:
         # The job rules (lifecycle) and the shared helpers.
-        parts += [lifecycle.lua_prelude(), (lua / "_lib.lua").read_text("utf-8")]
+        parts += [
+            lifecycle.lua_prelude(),
+            (lua / "_lib.lua").read_text("utf-8"),
+            (lua / "_flows.lua").read_text("utf-8"),
+        ]
     if name in _PICKUP_SCRIPTS:  # claim helpers and the one-hop pickup, after _lib
         parts.append((lua / "_pickup.lua").read_text("utf-8"))
     return definitions("\n".join(parts), f"the shared Lua of {name}.lua")
@@ -330,7 +335,7 @@ class RedisBase:
                 the keys afresh (a few microseconds) and keep nothing.
         """
         entry = self._queue_args.get(queue)
-        # A queue without an event log gets the length that tells `emit` so (rule 6);
+        # A queue without an event log gets the length that tells `emit` so (rule 7);
         # checked per call, so a queue declared after its first call is still quiet.
         maxlen = (
             self._events_maxlen

@@ -20,12 +20,15 @@ from __future__ import annotations
 
 from .coordination import RedisCoordination
 from .flow import RedisFlow
+from .flows import RedisFlows
 from .operations import RedisOperations
 from .reads import RedisReads
 from .wakeups import RedisWakeups
 
 
-class RedisEngine(RedisFlow, RedisWakeups, RedisOperations, RedisReads, RedisCoordination):
+class RedisEngine(
+    RedisFlows, RedisFlow, RedisWakeups, RedisOperations, RedisReads, RedisCoordination
+):
     """Jobs in Redis; see `conveyor.engines.base` for the contract.
 
     Args:

@@ -28,6 +28,11 @@ slot and a script that touches them is legal on Redis Cluster. Per queue:
 {p:q}:completed      zset    score = finished time (ms)
 {p:q}:failed         zset    score = finished time (ms)   (the dead-letter set)
 {p:q}:cancelled      zset    score = finished time (ms)
+{p:q}:parents        zset    flow parents in waiting-children, score = created time (ms)
+{p:q}:job:<id>:wait  set     a waiting flow parent's unfinished children (derived from
+                             the job hash's name, like it: same tag, same slot); a child
+                             hash has `parent` and `policy`, a parent hash `children`
+                             (JSON list of ids, in the order given); see lua/_flows.lua
 {p:q}:dedupe         hash    dedupe key -> id of the active job holding it
 {p:q}:paused         string  present while the queue is paused
 {p:q}:events         stream  the queue's bounded event log (XADD MAXLEN ~)
@@ -101,6 +106,7 @@ class QueueKeys:
     tstate_prefix: str
     waiting: str
     inbox_prefix: str
+    parents: str
     tindexed: str
     wake_channel: str
 
@@ -131,6 +137,7 @@ class QueueKeys:
             self.tstate_prefix,
             self.waiting,
             self.inbox_prefix,
+            self.parents,
         ]
 
     def job(self, job_id: str) -> str:
@@ -161,6 +168,7 @@ class QueueKeys:
             "completed": self.completed,
             "failed": self.failed,
             "cancelled": self.cancelled,
+            "waiting-children": self.parents,
         }[state]
 
 
@@ -235,6 +243,7 @@ class KeyLayout:
             tstate_prefix=f"{tag}:ts:",
             waiting=f"{tag}:waiting",
             inbox_prefix=f"{tag}:inbox:",
+            parents=f"{tag}:parents",
             tindexed=f"{tag}:tindexed",
             wake_channel=f"{self.prefix}:wake:{name}",
         )

@@ -67,7 +67,7 @@ class RedisReads(RedisBase):
         One read-only script: every figure is O(1) or O(log n), no scans.
         """
         reply = await self._run("counts", queue)
-        sched, pend, run, done, failed, cancelled, paused, oldest, done_1m, failed_1m = reply
+        sched, pend, run, done, failed, cancelled, paused, oldest, done_1m, failed_1m = reply[:10]
         return QueueCounts(
             queue=queue,
             scheduled=sched,
@@ -80,6 +80,7 @@ class RedisReads(RedisBase):
             oldest_pending_ms=None if oldest < 0 else int(oldest),
             completed_1m=done_1m,
             failed_1m=failed_1m,
+            waiting=reply[10],
         )
 
     @driver_errors

@@ -350,16 +350,25 @@ class SqliteCore:
         """
         sync = "FULL" if durable or self.memory else "NORMAL"
 
-        def tx(conn: sqlite3.Connection) -> T:
+        def tx(conn: sqlite3.Connection) -> tuple[T, bool]:
             if self._sync != sync:
                 conn.execute(f"PRAGMA synchronous = {sync}")
                 self._sync = sync
             conn.execute("BEGIN IMMEDIATE")
             result = fn(conn)
+            ready = self._settle_flows(conn)
             conn.execute("COMMIT")
-            return result
+            return result, ready
 
-        return await self._call(tx)
+        out, ready = await self._call(tx)
+        if ready:  # a flow parent became pending (Wake is not thread-safe: notify here)
+            self._jobs_wake.notify()
+        return out
+
+    def _settle_flows(self, conn: sqlite3.Connection) -> bool:
+        """Settle the flow jobs this transaction finished, before it commits
+        (`conveyor.engines.sqlite.flows.SqliteFlows` applies lifecycle rule 6)."""
+        return False
 
     @staticmethod
     def _data_version(conn: sqlite3.Connection) -> int:
@@ -399,7 +408,7 @@ class SqliteCore:
     # --- helpers used inside transactions -------------------------------------------------
     def _add_events(self, conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
         """Insert event rows (queue first) and trim the touched queues now and then.
-        Rows of queues without an event log are dropped here (lifecycle rule 6)."""
+        Rows of queues without an event log are dropped here (lifecycle rule 7)."""
         if self.unstreamed:
             rows = [row for row in rows if writes_events(row[0], self.unstreamed)]
         if not rows:

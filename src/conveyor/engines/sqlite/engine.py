@@ -12,6 +12,7 @@ The engine is assembled from its parts, one module each:
 * `connection` — the file, its thread, transactions, durability, error mapping;
 * `flow` — enqueue, exchange (outcomes, promotion, recovery, fair claims), heartbeats,
   progress and the wake-up notifier;
+* `flows` — flows: store one whole, settle a flow job's finish in the same transaction;
 * `operations` — pause/resume, retry, cancel, promote, retry-all, clean, purge;
 * `read_model` — jobs, counts, listings, events, throughput;
 * `coordination` — leases, schedules, the worker registry, limits;
@@ -24,6 +25,7 @@ from __future__ import annotations
 from .connection import BUSY_TIMEOUT_MS, MEMORY_URL, parse_sqlite_url
 from .coordination import SqliteCoordination
 from .flow import SqliteFlow
+from .flows import SqliteFlows
 from .migrations import SCHEMA_VERSION
 from .operations import SqliteOperations
 from .read_model import SqliteReadModel
@@ -31,7 +33,7 @@ from .read_model import SqliteReadModel
 __all__ = ["BUSY_TIMEOUT_MS", "MEMORY_URL", "SCHEMA_VERSION", "SqliteEngine", "parse_sqlite_url"]
 
 
-class SqliteEngine(SqliteFlow, SqliteOperations, SqliteReadModel, SqliteCoordination):
+class SqliteEngine(SqliteFlows, SqliteFlow, SqliteOperations, SqliteReadModel, SqliteCoordination):
     """Jobs in one SQLite file shared by the processes of one machine, or (``memory://``)
     in a private in-memory database that is not durable.
 

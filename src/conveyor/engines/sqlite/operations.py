@@ -32,7 +32,7 @@ _RETRYABLE = {s.value for s in RETRYABLE}
 _CANCELLABLE = {s.value for s in CANCELLABLE}
 _PROMOTABLE = {s.value for s in PROMOTABLE}
 _MAX_KEY = (1 << 63) - 1  # keyset bound above every (finished_ms, rowid)
-_PURGE = ("purge_scheduled", "purge_pending", "purge_running", "purge_finished")
+_PURGE = ("purge_scheduled", "purge_pending", "purge_running", "purge_finished", "purge_waiting")
 
 
 class SqliteOperations(SqliteCore):
@@ -47,17 +47,22 @@ class SqliteOperations(SqliteCore):
         await self._write(lambda conn: conn.execute(Q["resume"], (queue,)))
         self._jobs_wake.notify()
 
+    def _rearm_parent(self, conn: sqlite3.Connection, job_id: str, now: int) -> None:
+        """A retried flow child re-arms its failed parent (`SqliteFlows`)."""
+
     def _retry_rows(
         self, conn: sqlite3.Connection, rows: Sequence[dict[str, Any]], now: int
     ) -> list[str]:
         """Put finished jobs back to pending with a fresh attempt budget (history kept);
         returns the ids retried. A job whose dedupe key another live job holds is
         skipped (the dedupe index refuses it): two live jobs never share a key."""
-        base = self._reserve_seq(conn, len(rows))
         events: list[tuple[Any, ...]] = []
         data = event_data(retried_by="operator")
-        for i, job in enumerate(rows):
-            if conn.execute(Q["retry_row"], (base + i, job["id"])).rowcount:
+        for job in rows:
+            # One place in line per retry, taken when it happens (as Redis and Postgres
+            # do): a retried flow child re-arms its parent's other children in between.
+            if conn.execute(Q["retry_row"], (self._reserve_seq(conn, 1), job["id"])).rowcount:
+                self._rearm_parent(conn, job["id"], now)
                 events.append(
                     (job["queue"], "enqueued", job["id"], job["task"], job["tenant"], 0, now, data)
                 )

@@ -43,7 +43,8 @@ SELECT id, state, seq FROM jobs WHERE id = ?;
 -- name: dedupe_holder
 -- The live job holding a dedupe key (index jobs_dedupe).
 SELECT id, state FROM jobs WHERE queue = ? AND dedupe_key = ?
-    AND dedupe_key IS NOT NULL AND state IN ('scheduled', 'pending', 'running');
+    AND dedupe_key IS NOT NULL
+    AND state IN ('scheduled', 'pending', 'running', 'waiting-children');
 
 -- name: mark_queues_known
 INSERT INTO queues (name, known) VALUES (?, 1)
@@ -367,3 +368,67 @@ UPDATE schedules SET last_run_ms = ?1, last_error = NULL WHERE name = ?2
 
 -- name: schedule_error
 UPDATE schedules SET last_error = ?1 WHERE name = ?2;
+
+-- name: insert_flow_job
+-- One job of a flow (engines/sqlite/flows.py): as insert_job, with its parent link.
+INSERT INTO jobs (id, queue, task, payload, state, max_attempts, priority, tenant,
+                  dedupe_key, timeout_ms, backoff, created_ms, scheduled_ms, seq,
+                  parent_id, flow_policy)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
+
+-- name: flow_settle_take
+SELECT id, job_id FROM flow_settle ORDER BY id LIMIT 100;
+
+-- name: flow_settle_done
+DELETE FROM flow_settle WHERE id <= ?;
+
+-- name: flow_job
+SELECT state, parent_id, flow_policy, queue, task, tenant FROM jobs WHERE id = ?;
+
+-- name: flow_children
+-- A parent's children in the order they were given (index jobs_parent).
+SELECT id, state, flow_policy, task, tenant, attempt FROM jobs WHERE parent_id = ?
+ORDER BY rowid;
+
+-- name: flow_holding_children
+-- Children that keep a parent waiting: live ones, and (settling runs at the end of the
+-- transaction, after every finish in it) a fail_parent child that failed in the same
+-- transaction, whose own settling fails the parent.
+SELECT count(*) FROM jobs WHERE parent_id = ?
+    AND (state IN ('scheduled', 'pending', 'running', 'waiting-children')
+         OR (state IN ('failed', 'cancelled') AND flow_policy = 'fail_parent'));
+
+-- name: flow_fail_parent
+UPDATE jobs SET state = 'failed', finished_ms = :now, token = NULL, lease_until_ms = NULL,
+    errors = json_insert(CASE WHEN json_valid(errors) THEN errors ELSE '[]' END, '$[#]',
+                         json(:err))
+WHERE id = :id AND state = 'waiting-children';
+
+-- name: flow_release_parent
+UPDATE jobs SET state = 'pending', seq = :seq WHERE id = :id AND state = 'waiting-children';
+
+-- name: flow_rearm
+-- A failed parent (or a cancelled one below it) waits again (operator retry of one of
+-- its children). OR IGNORE: its dedupe key may be held by another live job now.
+UPDATE OR IGNORE jobs SET state = 'waiting-children', attempt = 0, finished_ms = NULL,
+    result = NULL, token = NULL, lease_until_ms = NULL, scheduled_ms = NULL
+WHERE id = ? AND state IN ('failed', 'cancelled');
+
+-- name: list_waiting
+-- Flow parents waiting for their children, newest first (index jobs_waiting).
+SELECT {job_columns}, rowid FROM jobs
+WHERE queue = :queue AND state = 'waiting-children' AND (:tenant IS NULL OR tenant = :tenant)
+    AND (created_ms, rowid) < (:k1, :k2)
+ORDER BY created_ms DESC, rowid DESC LIMIT :n;
+
+-- name: list_waiting_tenant
+-- (index jobs_tenant_waiting)
+SELECT {job_columns}, rowid FROM jobs
+WHERE queue = :queue AND state = 'waiting-children' AND tenant = :tenant
+    AND (created_ms, rowid) < (:k1, :k2)
+ORDER BY created_ms DESC, rowid DESC LIMIT :n;
+
+-- name: purge_waiting
+-- purge: flow parents waiting for their children (index jobs_waiting).
+DELETE FROM jobs WHERE rowid IN (
+    SELECT rowid FROM jobs WHERE queue = ? AND state = 'waiting-children' LIMIT ?);

@@ -45,7 +45,7 @@ class SqliteReadModel(SqliteCore):
             counts = QueueCounts(queue=queue)
             for state, n in conn.execute(Q["queue_counts"], (queue,)):
                 if state in _COUNTED:
-                    setattr(counts, state, int(n))
+                    counts.set_state(state, int(n))
             paused = conn.execute(Q["queue_paused"], (queue,)).fetchone()
             counts.paused = bool(paused and paused[0])
             oldest = conn.execute(Q["oldest_pending"], (queue,)).fetchone()[0]
@@ -176,7 +176,7 @@ def _cursor_for(state: JobState, row: Sequence[Any]) -> str:
         return f"{row[7]}:{row[22]}"  # priority, seq
     if state is JobState.SCHEDULED:
         return f"{row[13]}:{rowid}"  # scheduled_ms
-    if state is JobState.RUNNING:
+    if state in (JobState.RUNNING, JobState.WAITING):
         return f"{row[12]}:{rowid}"  # created_ms
     return f"{row[15]}:{rowid}"  # finished_ms
 
@@ -226,6 +226,8 @@ def _page(
     k1, k2 = key or (_MAX_KEY, _MAX_KEY)
     if state is JobState.RUNNING:
         return conn.execute(Q["list_running" + suffix], {**args, "k1": k1, "k2": k2}).fetchall()
+    if state is JobState.WAITING:
+        return conn.execute(Q["list_waiting" + suffix], {**args, "k1": k1, "k2": k2}).fetchall()
     return conn.execute(
         Q["list_finished" + suffix], {**args, "state": state.value, "k1": k1, "k2": k2}
     ).fetchall()

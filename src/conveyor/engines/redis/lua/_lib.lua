@@ -26,6 +26,7 @@
 --            bucket, same tag, same slot; see index / unindex)
 --   KEYS[23] waiting zset (idle workers that take handed jobs; see _pickup.lua)
 --   KEYS[24] inbox prefix "{p:q}:inbox:" (a worker's handed jobs: KEYS[24] .. worker)
+--   KEYS[25] parents zset (flow parents in waiting-children; see _flows.lua)
 -- and the same ARGV header:
 --   ARGV[1]  wake-up channel   ARGV[2]  events stream max length (UNSTREAMED_MAXLEN:
 --            the queue has no event log, see emit)   ARGV[3]  queue name
@@ -37,13 +38,20 @@ local K_DEDUPE, K_PAUSED, K_EVENTS, K_SEQ, K_FRONT = KEYS[8], KEYS[9], KEYS[10],
 local K_TPENDING, K_TBUCKET, K_READY, K_TRUNNING = KEYS[13], KEYS[14], KEYS[15], KEYS[16]
 local K_LIMITS, K_RATE, K_TRATE, K_TURN = KEYS[17], KEYS[18], KEYS[19], KEYS[20]
 local K_SERVED, K_TSTATE, K_WAITING, K_INBOX = KEYS[21], KEYS[22], KEYS[23], KEYS[24]
+local K_PARENTS = KEYS[25]
 local WAKE_CHANNEL, EVENTS_MAXLEN, QUEUE = ARGV[1], ARGV[2], ARGV[3]
 local NOW = clock_ms(ARGV[4])
 
 local BY_STATE = {
   pending = K_PENDING, scheduled = K_SCHEDULED, running = K_RUNNING,
   completed = K_COMPLETED, failed = K_FAILED, cancelled = K_CANCELLED,
+  [WAITING] = K_PARENTS,
 }
+
+-- Flows (defined in _flows.lua, after this file): a flow job that finished tells its
+-- parent and its children inside the same script (lifecycle rule 6); an operator retry
+-- of a child re-arms its failed parent.
+local settled, rearm_parent
 
 -- Lua turns numbers into strings with 14 significant digits; scores need all 16.
 local function num(n)
@@ -203,7 +211,7 @@ end
 -- `task`, `tenant` and `attempt` are read from the job unless the caller already has them
 -- (the hot paths do: one HMGET fewer per event).
 local function emit(id, jk, kind, data, task, tenant, attempt)
-  if EVENTS_MAXLEN == UNSTREAMED_MAXLEN then return end -- events=False: lifecycle rule 6
+  if EVENTS_MAXLEN == UNSTREAMED_MAXLEN then return end -- events=False: lifecycle rule 7
   if task == nil then
     local f = redis.call('HMGET', jk, 'task', 'tenant', 'attempt')
     task, tenant, attempt = f[1], f[2], f[3]
@@ -236,6 +244,7 @@ local function finish(id, jk, state, result, dedupe_key, tenant)
   if tenant == nil then tenant = redis.call('HGET', jk, 'tenant') end
   index(id, state, NOW, tenant)
   release_dedupe(id, jk, dedupe_key)
+  settled(id, jk, state)
 end
 
 -- Errors are numbered fields err:1, err:2, ... (not err:<attempt>: an operator retry
@@ -379,6 +388,7 @@ local function retry_finished(id, jk, state)
   redis.call('HDEL', jk, 'finished_ms', 'result', 'token')
   push_pending(id, jk, 'back')
   emit(id, jk, 'enqueued', cjson.encode({ retried_by = 'operator' }))
+  rearm_parent(id, jk)
   return nil
 end
 

@@ -4,7 +4,7 @@
 -- Returns: { scheduled, pending, running, completed, failed, cancelled, paused (0/1),
 --            created_ms of the oldest pending job or -1,
 --            completed in the last 60 s, failed in the last 60 s (finished after now - 60 s,
---            as on SQLite; ZCOUNT: O(log n)) }
+--            as on SQLite; ZCOUNT: O(log n)), waiting-children }
 -- Touches: reads the state zsets (pending: pending + tpending), paused, job hashes.
 --
 -- Pending is ordered by priority, so its head is not necessarily the oldest job. Within a
@@ -30,4 +30,5 @@ return {
   redis.call('EXISTS', K_PAUSED), oldest,
   redis.call('ZCOUNT', K_COMPLETED, '(' .. num(NOW - 60000), '+inf'),
   redis.call('ZCOUNT', K_FAILED, '(' .. num(NOW - 60000), '+inf'),
+  redis.call('ZCARD', K_PARENTS),
 }

@@ -4,14 +4,14 @@
 -- KEYS:    the per-queue keys (see _lib.lua); ARGV[1..4]: the header (see _lib.lua)
 -- ARGV[5]: batch size
 -- Returns: how many jobs were deleted (< batch: the queue is empty now).
--- Touches: every state zset, tpending, the tenant state indexes, job hashes (DEL); once empty: dedupe, the tenant
+-- Touches: every state zset (waiting too), tpending, flow parents' :wait sets, the tenant state indexes, job hashes (DEL); once empty: dedupe, the tenant
 --          buckets (every non-empty bucket is in ready), ready, served, trunning, rate
 --          (DEL).
 --          Limits are kept: they are configuration, not jobs.
 local budget = tonumber(ARGV[5])
 local deleted = 0
 for _, zkey in ipairs({ K_PENDING, K_TPENDING, K_SCHEDULED, K_RUNNING, K_COMPLETED, K_FAILED,
-                        K_CANCELLED }) do
+                        K_CANCELLED, K_PARENTS }) do
   if budget - deleted <= 0 then break end
   local ids = redis.call('ZRANGE', zkey, 0, budget - deleted - 1)
   for _, id in ipairs(ids) do
@@ -23,7 +23,8 @@ for _, zkey in ipairs({ K_PENDING, K_TPENDING, K_SCHEDULED, K_RUNNING, K_COMPLET
       local tkey = tstate_key(f[1], f[2])
       redis.call('ZREM', tkey, id)
     end
-    redis.call('DEL', jk)
+    local wkey = wait_key(id) -- a flow parent's set of unfinished children
+    redis.call('DEL', jk, wkey)
     redis.call('ZREM', zkey, id)
   end
   deleted = deleted + #ids

@@ -1,4 +1,4 @@
--- Queues with no event log (lifecycle rule 6: `app.limits(queue, events=False)`).
+-- Queues with no event log (lifecycle rule 7: `app.limits(queue, events=False)`).
 -- The SQL functions write events as they always did; an event row of a queue named in
 -- the session's `conveyor.unstreamed` setting (comma-separated; the engine sets it on
 -- each pooled connection, see connection.py `_configure`) is dropped before it is

@@ -1,0 +1,106 @@
+-- _flows.lua: flows (lifecycle rule 6), prepended after _lib.lua to every per-queue
+-- script (not an operation itself). A flow lives in one queue, so every key here carries
+-- the queue's tag.
+--
+-- A child's hash has `parent` (its parent's id) and `policy` (lifecycle.FLOW_POLICIES);
+-- a parent's hash has `children` (JSON list of ids, in the order given), and while it
+-- waits, K_JOB .. id .. ':wait' is the set of its unfinished children (derived from the
+-- job hash's name: same tag, same slot; an empty set is deleted by Redis itself).
+
+-- The set of a waiting parent's unfinished children (same tag as its hash: same slot).
+local function wait_key(id)
+  return K_JOB .. id .. ':wait'
+end
+
+-- Cancel a live job because its flow parent ended (`why`): out of its index, its slot
+-- freed, finished (which settles it in turn: its own children go too).
+local function cancel_in_flow(kid, why)
+  local ks = redis.call('HGET', K_JOB .. kid, 'state')
+  if not LIVE[ks] then return end
+  if ks == 'pending' then
+    remove_pending(kid, K_JOB .. kid)
+  else
+    unindex(kid, ks, nil)
+  end
+  if ks == 'running' then
+    left_running(redis.call('HGET', K_JOB .. kid, 'tenant'), nil)
+  end
+  finish(kid, K_JOB .. kid, 'cancelled')
+  emit(kid, K_JOB .. kid, 'cancelled', cjson.encode({ reason = why }))
+end
+
+-- Called by finish() for every job that reaches a finished `state`, in the same script.
+settled = function(id, jk, state)
+  local f = redis.call('HMGET', jk, 'parent', 'policy', 'children')
+  if not f[1] and not f[3] then return end -- not part of a flow: the common case
+  if f[3] and state ~= 'completed' then
+    local why = 'flow parent ' .. id .. ' ended ' .. state
+    for _, kid in ipairs(cjson.decode(f[3])) do
+      cancel_in_flow(kid, why)
+    end
+  end
+  if not f[1] then return end
+  local pid = f[1]
+  local wkey = wait_key(pid)
+  redis.call('SREM', wkey, id)
+  if redis.call('HGET', K_JOB .. pid, 'state') ~= WAITING then return end
+  if fails_parent(state, f[2]) then
+    unindex(pid, WAITING, nil)
+    add_error(K_JOB .. pid, cjson.encode({
+      attempt = 0, type = CHILD_FAILED_TYPE, message = child_failed_message(id, state),
+      at = NOW / 1000,
+    }))
+    finish(pid, K_JOB .. pid, 'failed')
+    emit(pid, K_JOB .. pid, 'failed', cjson.encode({ error = 'child ' .. id .. ' ended ' .. state }))
+  elseif redis.call('SCARD', wkey) == 0 then
+    unindex(pid, WAITING, nil)
+    push_pending(pid, K_JOB .. pid, 'back')
+    emit(pid, K_JOB .. pid, FLOW_READY_EVENT, nil)
+  end
+end
+
+-- A finished (failed or cancelled) parent waits again: its dedupe key back (false when
+-- another live job holds it now: it stays as it is), its cancelled children back
+-- (pending, or waiting again when they have children), its wait set rebuilt.
+local function rearm(pid, st)
+  local key = redis.call('HGET', K_JOB .. pid, 'dedupe_key')
+  if key and key ~= '' then
+    local holder = redis.call('HGET', K_DEDUPE, key)
+    if holder and holder ~= pid and LIVE[redis.call('HGET', K_JOB .. holder, 'state')] then
+      return false
+    end
+    redis.call('HSET', K_DEDUPE, key, pid)
+  end
+  unindex(pid, st, nil)
+  redis.call('HSET', K_JOB .. pid, 'state', WAITING, 'attempt', 0)
+  redis.call('HDEL', K_JOB .. pid, 'finished_ms', 'result', 'token')
+  local f = redis.call('HMGET', K_JOB .. pid, 'tenant', 'created_ms')
+  index(pid, WAITING, tonumber(f[2]) or NOW, f[1]) -- newest first, like at enqueue
+  emit(pid, K_JOB .. pid, 'enqueued', cjson.encode({ retried_by = 'operator', flow = 're-armed' }))
+  local wkey = wait_key(pid)
+  redis.call('DEL', wkey)
+  for _, kid in ipairs(cjson.decode(redis.call('HGET', K_JOB .. pid, 'children') or '[]')) do
+    local ks = redis.call('HGET', K_JOB .. kid, 'state')
+    if ks == 'cancelled' then
+      if redis.call('HEXISTS', K_JOB .. kid, 'children') == 1 then
+        rearm(kid, ks)
+      else
+        retry_finished(kid, K_JOB .. kid, ks)
+      end
+      ks = redis.call('HGET', K_JOB .. kid, 'state')
+    end
+    if LIVE[ks] then redis.call('SADD', wkey, kid) end
+  end
+  return true
+end
+
+-- After an operator retry of `id`: its failed parent, and each failed ancestor above it,
+-- waits again.
+rearm_parent = function(id, jk)
+  local pid = redis.call('HGET', jk, 'parent')
+  while pid do
+    local st = redis.call('HGET', K_JOB .. pid, 'state')
+    if st ~= 'failed' or not rearm(pid, st) then return end
+    pid = redis.call('HGET', K_JOB .. pid, 'parent')
+  end
+end

@@ -8,7 +8,9 @@ better than wall-clock rates do. Compare checkouts with PYTHONPATH, alternating 
     .venv/bin/python bench/redis_cost.py bulk          # enqueue_many(10,000): calls, ms per call
     .venv/bin/python bench/redis_cost.py w1 --concurrency 50,100,200,500
     .venv/bin/python bench/redis_cost.py w2            # pickup latency, one-hop pickup on/off
+    .venv/bin/python bench/redis_cost.py preludes      # shared Lua per call: whole vs assembled
     PYTHONPATH=/path/to/other/src .venv/bin/python bench/redis_cost.py w0
+    .venv/bin/python bench/redis_cost.py w0 --no-events   # the queue has events=False
 
 `w2` runs the worker in a child process (`_w2_worker`), jobs enqueued 10 ms apart; latency is
 handler start minus the time stamped just before `enqueue`. `--no-pickup` turns the one-hop
@@ -26,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +42,13 @@ from w1_quick import start_redis  # bench/ is not a package
 QUEUE = "bench"
 
 
+EVENTS = True  # --no-events: the queue is declared with events=False (no event log)
+
+
 def app_on(url: str) -> Conveyor:
     app = Conveyor(url)
+    if not EVENTS:
+        app.limits(QUEUE, events=False)
 
     @app.task("job", queue=QUEUE, max_attempts=1)
     async def job(job: Job) -> None:
@@ -201,15 +209,47 @@ def w2_worker(url: str, pickup: bool) -> None:
     loop.run_until_complete(worker.run())
 
 
+def preludes(url: str, n: int) -> None:
+    """What the shared Lua costs per call by itself: each hot script's shared part
+    followed by `return 1`, whole (every definition, as before assembly.py) and as
+    assembled (only what the script uses), pipelined, by Redis's usec_per_call."""
+    from conveyor.engines.redis import connection
+
+    r = redis.Redis.from_url(url.split("?")[0])
+    keys = [f"{{cost:q}}:k{i}" for i in range(24)]
+    header = ["ch", "10000", "q", ""]
+    for name in ("enqueue", "exchange"):
+        shared = connection._shared(name)
+        whole = "\n".join(d.text for d in shared) + "\nreturn 1"
+        code = connection._script_source(name)
+        own = (resources.files(connection.__package__) / "lua" / f"{name}.lua").read_text()
+        assembled = code[: code.index(own)] + "\nreturn 1"
+        for label, text in (("whole", whole), ("assembled", assembled), ("none", "return 1")):
+            sha = r.script_load(text)
+            r.config_resetstat()
+            pipe = r.pipeline(transaction=False)
+            for _ in range(n):
+                pipe.evalsha(sha, len(keys), *keys, *header)
+            pipe.execute()
+            usec = r.info("commandstats")["cmdstat_evalsha"]["usec_per_call"]
+            print(
+                f"{name} shared Lua, {label:>9}: {usec:.2f} us/call "
+                f"({text.count(chr(10)) + 1} lines)"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=("w0", "bulk", "w1", "w2", "_w2_worker"))
+    parser.add_argument("what", choices=("w0", "bulk", "w1", "w2", "preludes", "_w2_worker"))
     parser.add_argument("--url", help="an existing Redis (default: a private redis-server)")
     parser.add_argument("--jobs", type=int, default=0, help="default: 5,000 / 10,000 / 400")
     parser.add_argument("--concurrency", default="50,100,200,500")
     parser.add_argument("--no-pickup", action="store_true")
+    parser.add_argument("--no-events", action="store_true", help="w0/bulk/w1: events=False")
     parser.add_argument("--runs", type=int, default=2, help="w2: on/off pairs")
     args = parser.parse_args()
+    global EVENTS
+    EVENTS = not args.no_events
     if args.what == "_w2_worker":
         w2_worker(args.url, not args.no_pickup)
         return
@@ -222,6 +262,8 @@ def main() -> None:
         try:
             if args.what == "w0":
                 asyncio.run(w0(url, args.jobs or 5_000))
+            elif args.what == "preludes":
+                preludes(url, args.jobs or 20_000)
             elif args.what == "bulk":
                 asyncio.run(bulk(url, args.jobs or 10_000))
             elif args.what == "w1":

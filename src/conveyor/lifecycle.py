@@ -37,10 +37,17 @@ engine):
    (operator cancel) cancels its unfinished descendants too. Operator retry of a child
    whose parent failed re-arms the parent (and, up the tree, every failed ancestor):
    it waits again, and its children that were cancelled go back to pending.
+7. A queue declared with `events=False` (`app.limits(queue, events=False)`) has no
+   event log: no engine writes any event of its jobs (`enqueued`, `started`, the
+   `event` of every transition below, operator actions). Those writes are a third of
+   a job's cost on Redis; `job.wait()` polls the job instead (facade/results.py) and
+   the live views say the queue is not streamed. `writes_events` is the rule; the Redis
+   scripts read it as an event log length of `UNSTREAMED_MAXLEN`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final, Literal
@@ -65,6 +72,7 @@ __all__ = [
     "ROTATION_PAGE",
     "TRANSITIONS",
     "TURN_BUDGET",
+    "UNSTREAMED_MAXLEN",
     "FlowPolicy",
     "OutcomeKind",
     "Place",
@@ -81,6 +89,7 @@ __all__ = [
     "not_found",
     "not_promotable",
     "not_retryable",
+    "writes_events",
 ]
 
 OutcomeKind = Literal["complete", "retry", "fail", "release", "defer"]
@@ -102,6 +111,16 @@ TURN_BUDGET: Final = 64  # extra bucket turns one claim may spend on tenants at 
 PROMOTE_BATCH: Final = 1_000  # due scheduled jobs promoted per queue per exchange
 RECOVER_BATCH: Final = 1_000  # expired leases recovered per queue per exchange
 BULK_BATCH: Final = 1_000  # jobs per atomic step of bulk operator actions
+# The event log length a Redis script is given for a queue with no event log (rule 7).
+UNSTREAMED_MAXLEN: Final = 0
+
+
+def writes_events(queue: str, unstreamed: AbstractSet[str]) -> bool:
+    """Whether events of `queue`'s jobs are written (rule 7): not for a queue in
+    `unstreamed`, the app's queues declared with `events=False`. A partition
+    (`mail~3of8`: `~` is never part of a queue name, see partitions.py) follows its
+    queue."""
+    return queue.partition("~")[0] not in unstreamed
 
 
 class Place(StrEnum):
@@ -332,6 +351,7 @@ def lua_prelude() -> str:
         f"local TURN_BUDGET = {TURN_BUDGET}",
         f"local PROMOTE_BATCH = {PROMOTE_BATCH}",
         f"local RECOVER_BATCH = {RECOVER_BATCH}",
+        f"local UNSTREAMED_MAXLEN = '{UNSTREAMED_MAXLEN}'",
         f"local LEASE_EXPIRED_EVENT = {_lua_value(orjson.dumps(LEASE_EXPIRED_EVENT).decode())}",
         "local function lease_expired_message(attempt)",
         f"  return string.format({_lua_value(message)}, attempt)",

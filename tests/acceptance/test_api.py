@@ -541,6 +541,25 @@ async def test_mounted_into_a_users_asgi_app(sqlite_url: str, client: httpx.Asyn
         await app.close()
 
 
+async def test_websocket_names_the_watched_queues_that_are_not_streamed(
+    sqlite_url: str,
+) -> None:
+    """A queue declared with events=False has no event log (lifecycle rule 7): the
+    subscribed frame says so, for the dashboard's badge and for any client."""
+    app = probe_app(sqlite_url)
+    app.limits("quiet", events=False)
+    server = ApiServer(app.asgi(tokens=Tokens())).start()
+    try:
+        async with websockets.connect(f"{server.ws_url}/ws/jobs?queue={Q},quiet") as ws:
+            frame = await subscribed(ws)
+        assert frame["not_streamed"] == ["quiet"]
+        async with websockets.connect(f"{server.ws_url}/ws/jobs?queue={Q}") as ws:
+            assert (await subscribed(ws))["not_streamed"] == []
+    finally:
+        server.stop()
+        await app.close()
+
+
 def test_conveyor_api_command_serves_the_users_app(sqlite_url: str, tmp_path: Path) -> None:
     port = free_port()
     proc = subprocess.Popen(

@@ -2,8 +2,10 @@
 
 Protocol (JSON text frames, server to client):
 
-* `{"type": "subscribed", "queues": [...], "tenant": ..., "job": ...}` once the live
-  feed is attached: every event after this frame is delivered.
+* `{"type": "subscribed", "queues": [...], "tenant": ..., "job": ..., "not_streamed":
+  [...]}` once the live feed is attached: every event after this frame is delivered.
+  `not_streamed` names the watched queues declared with `events=False`: they have no
+  event log, so no event of theirs will come (poll the job or the counts instead).
 * `{"type": "event", "id", "kind", "job_id", "queue", "at", "task", "tenant", "attempt",
   "data"}` per state change or progress update (`kind` is one of
   `conveyor.engines.base.EVENT_KINDS`; a progress update has `data.progress`). `id` is
@@ -39,6 +41,7 @@ import base64
 import contextlib
 import re
 from collections.abc import Iterable, Sequence
+from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING
 
 import orjson
@@ -47,6 +50,7 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from ..errors import ConveyorError, InvalidArgument, JobNotFound, TooManySubscriptions
 from ..job import QUEUE_NAME, queue_of
+from ..lifecycle import writes_events
 from ..live import CLOSE_TRY_LATER, EventHub, Subscriber
 from ..partitions import logical
 from .auth import authenticate, scoped_tenant
@@ -154,6 +158,7 @@ async def watch_jobs(
     offered = websocket.scope.get("subprotocols", ())
     # A browser that offered subprotocols fails the handshake unless one is chosen.
     await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
+    unstreamed = state.conveyor.unstreamed
     try:
         principal = authenticate(state.tokens, _bearer(websocket, token))
         watch_tenant = scoped_tenant(principal, tenant)
@@ -187,7 +192,10 @@ async def watch_jobs(
         await websocket.close(CLOSE_TRY_LATER, f"{type(exc).__name__}: {exc}"[:120])
         return
     try:
-        await _serve(websocket, state.hub, state.metrics, sub, queues, watch_tenant, job, positions)
+        await _serve(
+            websocket, state.hub, state.metrics, sub, queues, watch_tenant, job, positions,
+            unstreamed,
+        )  # fmt: skip
     finally:
         state.hub.unsubscribe(sub)
 
@@ -201,11 +209,19 @@ async def _serve(
     tenant: str | None,
     job: str | None,
     positions: dict[str, str],
+    unstreamed: AbstractSet[str],
 ) -> None:
     async def send_events() -> None:
         await websocket.send_text(
             orjson.dumps(
-                {"type": "subscribed", "queues": queues, "tenant": tenant, "job": job}
+                {
+                    "type": "subscribed",
+                    "queues": queues,
+                    "tenant": tenant,
+                    "job": job,
+                    # Queues with no event log (events=False): nothing will arrive.
+                    "not_streamed": [q for q in queues if not writes_events(q, unstreamed)],
+                }
             ).decode()
         )
         if positions:

@@ -41,6 +41,7 @@ window reopens, and a job of a limited queue that stops running wakes idle worke
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from collections.abc import Set as AbstractSet
 from typing import Any, Protocol, runtime_checkable
 
 from ..job import EnqueueResult, Job, JobState, NewJob
@@ -370,6 +371,9 @@ class Engine(JobFlow, Flows, ReadModel, Coordination, Notifier, Protocol):
 
     url: str
     durable: bool  # survives a crash of the process that holds it
+    # Queues with no event log (lifecycle rule 7: `app.limits(q, events=False)`); the app
+    # hands its live set to the engine it builds, so declarations made later still count.
+    unstreamed: AbstractSet[str]
 
     async def connect(self) -> None:
         """Open connections and verify the engine answers.

@@ -79,6 +79,8 @@ class AppCore:
         self.schedules: dict[str, ScheduleSpec] = {}  # code-defined, by name
         self.breakers: dict[str, CircuitBreaker] = {}  # per process, by name
         self.queue_limits: dict[str, QueueLimits] = {}  # code-defined, applied by workers
+        # Queues declared with events=False (lifecycle rule 7); the engine holds this set.
+        self.unstreamed: set[str] = set()
         self.partitions = PartitionMap()  # code-defined partition counts (partitions.py)
         self._layouts_checked: set[str] = set()  # partitioned queues checked this process
         self._cursors: CursorSealer | None = None
@@ -123,6 +125,7 @@ class AppCore:
         """The engine object (built on first access, connected by `connect`)."""
         if self._engine is None:
             self._engine = open_engine(self.url, clock=self.clock)
+            self._engine.unstreamed = self.unstreamed
         return self._engine
 
     async def connect(self) -> Engine:
@@ -178,6 +181,7 @@ class AppCore:
             clock=self.clock,
         )
         sibling.tasks = self.tasks
+        sibling.unstreamed = self.unstreamed  # its engine skips and polls the same queues
         sibling.partitions = self.partitions
         sibling._sync_owner = self
         return sibling

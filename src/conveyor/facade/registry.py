@@ -147,6 +147,7 @@ class Registry(AppCore):
         rate: str | None = None,
         tenant_rate: str | None = None,
         partitions: int | None = None,
+        events: bool = True,
     ) -> QueueLimits:
         """Declare fleet-wide limits for `queue`; every worker that serves it stores them
         in the engine when it starts (use `set_limits` to change them right away).
@@ -162,6 +163,11 @@ class Registry(AppCore):
                 Cluster's shards so one busy queue can use all of them (correct, but
                 not needed, on other engines). `concurrency` and `rate` are then split
                 across partitions; see `conveyor.partitions` for routing and dedupe.
+            events: False: the queue has no event log (no `enqueued`, `started`,
+                `completed`... written; Redis saves one XADD per enqueue and per
+                start and outcome). `job.wait()` then polls the job, and the dashboard
+                and WebSocket say the queue is not streamed. Every process must declare
+                it (import the same app) before it connects.
 
         Returns:
             The limits (None fields: no limit).
@@ -176,11 +182,15 @@ class Registry(AppCore):
             tenant_rate=tenant_rate,
         )
         check_queue(queue)
+        if not isinstance(events, bool):
+            raise ConfigError(f"events={events!r} is invalid: use True or False")
         if partitions is not None:
             self.partitions.declare(queue, partitions)
             split_limits(limits, partitions)  # refuse a total a partition can't share
-            if limits.empty:  # only the layout: leave the stored limits alone
-                return limits
+        # Rule 7; its partitions follow (lifecycle.writes_events).
+        (self.unstreamed.discard if events else self.unstreamed.add)(queue)
+        if partitions is not None and limits.empty:  # only the layout: keep stored limits
+            return limits
         self.queue_limits[queue] = limits
         return limits
 

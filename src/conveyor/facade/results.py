@@ -18,6 +18,11 @@ No waiter misses its job's end. Timeline of the race this prevents:
 The reader's position for a queue is only ever set while nobody waits on that queue
 (so never past an event a waiter still needs) and then only advances past events it
 has handled.
+
+A queue declared with `events=False` has no event log (lifecycle rule 7), so a waiter
+on one of its jobs polls the job instead: first after POLL_FIRST_S, then twice as
+long each time up to POLL_MAX_S (a job that takes a minute costs about 120 reads, a
+job done at once a handful).
 """
 
 from __future__ import annotations
@@ -25,10 +30,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import EngineUnavailable, JobCancelled, JobFailed
 from ..job import FINISHED_STATES, Job, JobState, queue_of
+from ..lifecycle import writes_events
 
 if TYPE_CHECKING:
     from ..engines import Engine
@@ -38,6 +45,9 @@ class _App(Protocol):
     """The app, as far as waiting needs it (the facade builds on this module)."""
 
     async def connect(self) -> Engine: ...
+
+    @property
+    def unstreamed(self) -> AbstractSet[str]: ...
 
 
 log = logging.getLogger("conveyor.results")
@@ -49,6 +59,8 @@ RETRY_AFTER_S = 0.5  # engine trouble: the reader retries (waiters keep their ti
 # client library opens a connection per concurrent command, so a thousand waiters
 # arriving together would otherwise open a thousand connections.
 LOOKUP_LANES = 2
+POLL_FIRST_S = 0.01  # a queue without events: the first look again after this...
+POLL_MAX_S = 0.5  # ...doubling up to this (bounded: no busy loop, no long lag)
 
 
 class ResultWaiter:
@@ -90,6 +102,8 @@ class ResultWaiter:
         """
         engine = await self._app.connect()
         queue = queue_of(job_id)
+        if not writes_events(queue, self._app.unstreamed):
+            return await self._poll(engine, job_id, timeout)
         future: asyncio.Future[Job] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(job_id, []).append(future)
         self._per_queue[queue] = self._per_queue.get(queue, 0) + 1
@@ -111,6 +125,32 @@ class ResultWaiter:
                 ) from None
         finally:
             self._forget(job_id, queue, future)
+
+    async def _poll(self, engine: Engine, job_id: str, timeout: float | None) -> Job:
+        """`wait` for a job of a queue without events: read it until it is finished."""
+        async with self._lanes:
+            job = await engine.get_job(job_id)  # JobNotFound / EngineUnavailable: raised
+        delay = POLL_FIRST_S
+
+        async def until_finished() -> Job:
+            nonlocal job, delay
+            while job.state not in FINISHED_STATES:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, POLL_MAX_S)
+                try:
+                    async with self._lanes:
+                        job = await engine.get_job(job_id)
+                except EngineUnavailable as exc:  # as the reader: retry, keep the timeout
+                    log.warning("polling job %s: %s; retrying", job_id, exc)
+            return job
+
+        try:
+            return await asyncio.wait_for(until_finished(), timeout)
+        except TimeoutError:
+            raise TimeoutError(
+                f"job {job_id} is not finished after {timeout:g}s: wait longer, or "
+                "look at it with `conveyor job ID`"
+            ) from None
 
     def _forget(self, job_id: str, queue: str, future: asyncio.Future[Job]) -> None:
         futures = self._waiters.get(job_id, [])

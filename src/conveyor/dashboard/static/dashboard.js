@@ -175,7 +175,12 @@ function live(params, onEvent, onOpen) {
       const frame = JSON.parse(message.data);
       if (frame.type === "subscribed") {
         delay = 500;
-        setLive(true);
+        // Queues declared with events=False send nothing: say so (all of them: the
+        // badge; some: its tooltip names them).
+        const quiet = frame.not_streamed || [];
+        setLive(quiet.length && quiet.length === frame.queues.length ? "quiet" : true);
+        $("#live").title = quiet.length
+          ? `Not streamed (events=False), refresh to see changes: ${quiet.join(", ")}` : "";
         if (onOpen) onOpen();
       } else if (frame.type === "event") {
         since[frame.queue] = frame.id;
@@ -201,8 +206,9 @@ function live(params, onEvent, onOpen) {
 
 function setLive(on) {
   const badge = $("#live");
-  badge.dataset.live = on ? "on" : "off";
-  badge.textContent = on ? "Live" : "Offline";
+  // "quiet": connected, but no watched queue has an event log (events=False).
+  badge.dataset.live = on === "quiet" ? "quiet" : on ? "on" : "off";
+  badge.textContent = on === "quiet" ? "Not streamed" : on ? "Live" : "Offline";
 }
 
 // Run `fn` at most once per `wait` ms, trailing: bursts of events cost one reload.

@@ -27,6 +27,7 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Set as AbstractSet
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -132,6 +133,7 @@ class PgCore:
         self.channel = f"conveyor:{self.schema}"
         self.fixed_clock = clock if clock is not None and type(clock) is not Clock else None
         self.q = for_schema(self.schema_sql)
+        self.unstreamed: AbstractSet[str] = frozenset()  # see Engine.unstreamed
         self._events_maxlen = max(1, events_maxlen)
         self._trim_every = max(64, self._events_maxlen // 10)
         self._events_since_trim = 0
@@ -154,6 +156,16 @@ class PgCore:
             "server runs and accepts connections from this host with these credentials "
             "(CONVEYOR_URL=postgresql://user:password@host:5432/dbname?schema=conveyor)"
         )
+
+    async def _configure(self, conn: Conn) -> None:
+        """A new pooled connection: name the queues whose events the
+        `unstreamed_events` trigger drops (lifecycle rule 7, migration 0008). Set per
+        session, so queues must be declared before the engine connects."""
+        if self.unstreamed:
+            await conn.execute(
+                "SELECT set_config('conveyor.unstreamed', %s, false)",
+                (",".join(sorted(self.unstreamed)),),
+            )
 
     async def connect(self) -> None:
         """Open the pool, create/upgrade the schema and start listening for wake-ups.
@@ -185,6 +197,7 @@ class PgCore:
                 min_size=1,
                 max_size=POOL_MAX,
                 kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S},
+                configure=self._configure,
                 timeout=CONNECT_TIMEOUT_S,
                 open=False,
                 name=f"conveyor-{self.schema}",

@@ -16,6 +16,7 @@ import contextlib
 import functools
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from collections.abc import Set as AbstractSet
 from importlib import resources
 from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
@@ -35,6 +36,7 @@ from ...clock import Clock
 from ...durability import ServerSettings
 from ...errors import ConfigError, EngineUnavailable, InvalidState
 from ...job import Job, decode_job, decode_lenient
+from .assembly import Definition, assemble, definitions
 from .cluster_lane import ClusterLane
 from .errors import classify, misrouted, with_flags
 from .keys import KeyLayout, LruCache, QueueKeys
@@ -85,23 +87,30 @@ QUEUE_CACHE_MAX = 512
 
 
 @functools.cache
-def _script_source(name: str) -> str:
-    """The Lua text of one operation (read once per process)."""
+def _shared(name: str) -> list[Definition]:
+    """The shared definitions a script of `name`'s kind may draw on (read once)."""
     lua = resources.files(__package__) / "lua"
-    parts = [(lua / f"{name}.lua").read_text("utf-8")]
+    parts = []
+    if name in _TIMED_SCRIPTS:
+        parts.append((lua / "_clock.lua").read_text("utf-8"))
     if name in _QUEUE_SCRIPTS:
-        # The job rules (lifecycle) and the shared helpers must be defined before the
-        # operation's code runs.
-        parts[:0] = [
+        # The job rules (lifecycle) and the shared helpers.
+        parts += [
             lifecycle.lua_prelude(),
             (lua / "_lib.lua").read_text("utf-8"),
             (lua / "_flows.lua").read_text("utf-8"),
         ]
     if name in _PICKUP_SCRIPTS:  # claim helpers and the one-hop pickup, after _lib
-        parts.insert(-1, (lua / "_pickup.lua").read_text("utf-8"))
-    if name in _TIMED_SCRIPTS:
-        parts.insert(0, (lua / "_clock.lua").read_text("utf-8"))
-    return "\n".join(parts)
+        parts.append((lua / "_pickup.lua").read_text("utf-8"))
+    return definitions("\n".join(parts), f"the shared Lua of {name}.lua")
+
+
+@functools.cache
+def _script_source(name: str) -> str:
+    """The Lua text of one operation: its code after the shared definitions it uses
+    (see assembly.py; built once per process)."""
+    code = (resources.files(__package__) / "lua" / f"{name}.lua").read_text("utf-8")
+    return assemble(_shared(name), code)
 
 
 def driver_errors(
@@ -204,6 +213,7 @@ class RedisBase:
         connect_timeout, self._timeout = url_timeouts(redis_url)
         self._keys = KeyLayout(self.prefix)
         self._events_maxlen = str(events_maxlen)
+        self.unstreamed: AbstractSet[str] = frozenset()  # see Engine.unstreamed
         # `?replicas=N`: enqueue and outcome writes wait for N replicas (replicas.py).
         self._ack = (
             ReplicaAck(target.replicas, target.replica_timeout_ms) if target.replicas else None
@@ -325,9 +335,16 @@ class RedisBase:
                 the keys afresh (a few microseconds) and keep nothing.
         """
         entry = self._queue_args.get(queue)
-        if entry is None:
+        # A queue without an event log gets the length that tells `emit` so (rule 7);
+        # checked per call, so a queue declared after its first call is still quiet.
+        maxlen = (
+            self._events_maxlen
+            if lifecycle.writes_events(queue, self.unstreamed)
+            else str(lifecycle.UNSTREAMED_MAXLEN)
+        )
+        if entry is None or entry[2][1] != maxlen:
             keys = self._keys.queue(queue)
-            entry = (keys, keys.all(), [keys.wake_channel, self._events_maxlen, queue, ""])
+            entry = (keys, keys.all(), [keys.wake_channel, maxlen, queue, ""])
             if remember:
                 self._queue_args.put(queue, entry)
         if self._clock is not None:

@@ -28,6 +28,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
+from collections.abc import Set as AbstractSet
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -36,7 +37,7 @@ import orjson
 
 from ...clock import Clock
 from ...errors import ConfigError, EngineUnavailable
-from ...lifecycle import not_found
+from ...lifecycle import not_found, writes_events
 from .group_commit import GroupCommit, Write
 from .migrations import migrate
 from .queries import JOB_COLUMNS, QUERIES
@@ -224,6 +225,7 @@ class SqliteCore:
         # the URL asks for it (?synchronous=normal).
         self._durable_sync = "FULL" if self.memory else parse_sqlite_synchronous(url)
         self.clock = clock or Clock()
+        self.unstreamed: AbstractSet[str] = frozenset()  # see Engine.unstreamed
         self._events_maxlen = max(1, events_maxlen)
         # Trim a queue's log once per this many inserts: one indexed DELETE amortised
         # over many events. The log may briefly hold maxlen + trim_every rows.
@@ -547,7 +549,10 @@ class SqliteCore:
 
     # --- helpers used inside transactions -------------------------------------------------
     def _add_events(self, conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
-        """Insert event rows (queue first) and trim the touched queues now and then."""
+        """Insert event rows (queue first) and trim the touched queues now and then.
+        Rows of queues without an event log are dropped here (lifecycle rule 7)."""
+        if self.unstreamed:
+            rows = [row for row in rows if writes_events(row[0], self.unstreamed)]
         if not rows:
             return
         conn.executemany(Q["insert_event"], rows)

@@ -28,7 +28,8 @@
 --   KEYS[24] inbox prefix "{p:q}:inbox:" (a worker's handed jobs: KEYS[24] .. worker)
 --   KEYS[25] parents zset (flow parents in waiting-children; see _flows.lua)
 -- and the same ARGV header:
---   ARGV[1]  wake-up channel   ARGV[2]  events stream max length   ARGV[3]  queue name
+--   ARGV[1]  wake-up channel   ARGV[2]  events stream max length (UNSTREAMED_MAXLEN:
+--            the queue has no event log, see emit)   ARGV[3]  queue name
 --   ARGV[4]  now in ms from a test clock, or '' (production: Redis TIME, see _clock.lua)
 -- Operation arguments start at ARGV[5].
 local K_JOB, K_PENDING, K_SCHEDULED, K_RUNNING = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -210,6 +211,7 @@ end
 -- `task`, `tenant` and `attempt` are read from the job unless the caller already has them
 -- (the hot paths do: one HMGET fewer per event).
 local function emit(id, jk, kind, data, task, tenant, attempt)
+  if EVENTS_MAXLEN == UNSTREAMED_MAXLEN then return end -- events=False: lifecycle rule 7
   if task == nil then
     local f = redis.call('HMGET', jk, 'task', 'tenant', 'attempt')
     task, tenant, attempt = f[1], f[2], f[3]

@@ -14,6 +14,7 @@ test gets its own schema in it. Postgres tests never skip: a missing server fail
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -35,10 +36,22 @@ if TYPE_CHECKING:
 REDIS_SERVER = shutil.which("redis-server")
 
 
+# Below Linux's ephemeral range (32768-60999): a port picked there can be taken by any
+# process's outgoing connection between the pick and the server's bind.
+_PORTS = range(20_000, 32_000)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port nothing listens on now, outside the ephemeral range."""
+    rng = random.Random()
+    while True:
+        port = rng.choice(_PORTS)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
 
 
 class RedisServer:
@@ -78,9 +91,11 @@ class RedisServer:
             "always",
             *self.extra_args,
         ]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        log = self.directory / f"redis-{self.port}.log"
+        with log.open("ab") as out:
+            self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and self.proc.poll() is None:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
                     s.sendall(b"PING\r\n")
@@ -89,7 +104,8 @@ class RedisServer:
                         return
             except OSError:
                 time.sleep(0.05)
-        raise RuntimeError(f"redis-server on port {self.port} did not start")
+        tail = log.read_text("utf-8", "replace").strip().splitlines()[-3:]
+        raise RuntimeError(f"redis-server on port {self.port} did not start: {tail}")
 
     def stop(self) -> None:
         if self.proc is not None:

@@ -52,6 +52,19 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
 schema = schemathesis.openapi.from_path(str(ROOT / "docs" / "openapi.json"))
 
 
+# Framing headers are the HTTP server's to judge: uvicorn answers a generated
+# `content-length: U"vb` with 400 before the app sees the request, on any route.
+SERVER_HEADERS = frozenset({"content-length", "transfer-encoding", "host", "connection"})
+
+
+def call(case: schemathesis.Case[Any], served: ApiServer, token: str) -> None:
+    for name in [h for h in case.headers or {} if h.lower() in SERVER_HEADERS]:
+        del case.headers[name]
+    case.call_and_validate(
+        base_url=served.url, headers={"Authorization": f"Bearer {token}"}, checks=CHECKS
+    )
+
+
 @schema.parametrize()
 @settings(
     max_examples=20,
@@ -61,9 +74,7 @@ schema = schemathesis.openapi.from_path(str(ROOT / "docs" / "openapi.json"))
 def test_every_operation_conforms_to_the_schema(
     served: ApiServer, case: schemathesis.Case[Any]
 ) -> None:
-    case.call_and_validate(
-        base_url=served.url, headers={"Authorization": f"Bearer {ADMIN}"}, checks=CHECKS
-    )
+    call(case, served, ADMIN)
 
 
 @schema.parametrize()
@@ -72,6 +83,4 @@ def test_tenant_token_responses_conform_too(
     served: ApiServer, case: schemathesis.Case[Any]
 ) -> None:
     tenant = next(token for token in TOKENS.tenants)
-    case.call_and_validate(
-        base_url=served.url, headers={"Authorization": f"Bearer {tenant}"}, checks=CHECKS
-    )
+    call(case, served, tenant)

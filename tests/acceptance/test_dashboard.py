@@ -302,6 +302,8 @@ async def test_bulk_actions_ask_for_confirmation_first(
 
     # Filters: tenant on the server; task/text on the fetched page, and the UI says so.
     await page.locator('[data-tab="pending"]').click()
+    # The tab re-renders the view: a filter typed before that lands in the old form.
+    await expect(page.locator('[data-tab="pending"]')).to_have_attribute("aria-current", "page")
     await page.get_by_label("Text in payload or error").fill('"n":1')
     await page.get_by_role("button", name="Apply filters").click()
     await expect(page.locator("#jobs-body tr[data-job]")).to_have_count(1)

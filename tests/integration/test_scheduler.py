@@ -25,6 +25,7 @@ import pytest
 from conveyor import Conveyor, JobState
 from conveyor.engines.sqlite import SqliteEngine
 from conveyor.engines.sqlite import engine as sqlite_engine
+from conveyor.engines.sqlite import migrations as sqlite_migrations
 from conveyor.testing import eventually
 
 pytestmark = pytest.mark.slow
@@ -229,13 +230,14 @@ async def test_sqlite_schema_v1_file_upgrades_in_place(tmp_path: Path) -> None:
     """A file written before the scheduler (schema 1) gains the new tables, keeps its jobs."""
     path = tmp_path / "old.db"
     engine = SqliteEngine(f"sqlite:///{path}")
-    app = Conveyor(f"sqlite:///{path}")
-    await app.enqueue("t", {}, queue="q")
-    await app.close()
     raw = sqlite3.connect(path)
-    raw.executescript(  # as schema 1 left it: no scheduler tables, no migration table
-        "DROP TABLE leases; DROP TABLE schedules; DROP TABLE schema_migrations; "
-        "PRAGMA user_version = 1;"
+    # As schema 1 left it: the job tables of migration 0001 (written to upgrade such a
+    # file in place), no scheduler tables, no migration table, one pending job.
+    raw.executescript(sqlite_migrations.MIGRATIONS[0].sql)
+    raw.executescript(
+        "DROP TABLE leases; DROP TABLE schedules; PRAGMA user_version = 1;"
+        "INSERT INTO jobs (id, queue, task, payload, state, created_ms, seq)"
+        " VALUES ('q:old', 'q', 't', '{}', 'pending', 0, 1);"
     )
     raw.close()
     await engine.connect()

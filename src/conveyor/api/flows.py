@@ -44,7 +44,10 @@ def _item(principal: Principal, body: EnqueueRequest, *, root: bool = False) -> 
     "/flows",
     status_code=201,
     response_model=JobOut,
-    responses={200: {"model": JobOut, "description": "A live flow already held this key"}},
+    responses={
+        200: {"model": JobOut, "description": "A live flow already held this key"},
+        413: ERROR_RESPONSES[422] | {"description": "Body or a payload over its limit"},
+    },
     summary="Enqueue a flow",
 )
 async def enqueue_flow(

@@ -151,16 +151,12 @@ def redis_url(redis_server: RedisServer) -> str:
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterServers]:
     """A Redis Cluster of this session's own: 3 masters, 3 replicas on loopback
     (tests/redis_topologies.py). Tests that kill nodes start their own."""
-    from tests.redis_topologies import ClusterServers
+    from tests.redis_topologies import ClusterServers, running
 
     if not REDIS_SERVER or not shutil.which("redis-cli"):
         pytest.fail("redis-server/redis-cli are not installed; run scripts/test")
-    cluster = ClusterServers(tmp_path_factory.mktemp("redis-cluster"))
-    try:
-        cluster.start()
+    with running(ClusterServers(tmp_path_factory.mktemp("redis-cluster"))) as cluster:
         yield cluster
-    finally:
-        cluster.stop()
 
 
 @pytest.fixture
@@ -173,16 +169,12 @@ def cluster_url(redis_cluster: ClusterServers) -> str:
 def redis_sentinels(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelServers]:
     """A master, a replica and three sentinels of this session's own
     (tests/redis_topologies.py). Tests that kill the master start their own."""
-    from tests.redis_topologies import SentinelServers
+    from tests.redis_topologies import SentinelServers, running
 
     if not REDIS_SERVER:
         pytest.fail("redis-server is not installed; run scripts/test, which installs it")
-    deployment = SentinelServers(tmp_path_factory.mktemp("redis-sentinel"))
-    try:
-        deployment.start()
+    with running(SentinelServers(tmp_path_factory.mktemp("redis-sentinel"))) as deployment:
         yield deployment
-    finally:
-        deployment.stop()
 
 
 @pytest.fixture

@@ -12,8 +12,10 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from tests.conftest import REDIS_SERVER, RedisServer, free_port
 
@@ -33,6 +35,19 @@ def command(port: int, *args: str, timeout: float = 2.0) -> str:
     except subprocess.TimeoutExpired:
         return ""
     return out.stdout
+
+
+Deployment = TypeVar("Deployment", "ClusterServers", "SentinelServers")
+
+
+@contextmanager
+def running(deployment: Deployment) -> Iterator[Deployment]:
+    """`deployment` started, and stopped (every process of it) however the block ends."""
+    try:
+        deployment.start()
+        yield deployment
+    finally:
+        deployment.stop()
 
 
 def wait_until(what: str, check: object, timeout: float = 30.0) -> None:

@@ -29,7 +29,7 @@ from conveyor.engines.redis.keys import KeyLayout
 from conveyor.testing import eventually
 from tests.apps.probe import probe_app
 from tests.conftest import SpawnWorker
-from tests.redis_topologies import ClusterServers, SentinelServers
+from tests.redis_topologies import ClusterServers, SentinelServers, running
 
 pytestmark = [pytest.mark.fault, pytest.mark.redis, pytest.mark.slow]
 
@@ -41,22 +41,14 @@ AFTER_S = float(os.environ.get("FAULT_TOPOLOGY_AFTER_SECONDS", "1.5"))
 @pytest.fixture
 def own_cluster(tmp_path: Path) -> Iterator[ClusterServers]:
     """A cluster of this test's own (it kills or reshards nodes)."""
-    cluster = ClusterServers(tmp_path / "cluster")
-    try:
-        cluster.start()
+    with running(ClusterServers(tmp_path / "cluster")) as cluster:
         yield cluster
-    finally:
-        cluster.stop()
 
 
 @pytest.fixture
 def sentinels(tmp_path: Path) -> Iterator[SentinelServers]:
-    deployment = SentinelServers(tmp_path / "sentinel")
-    try:
-        deployment.start()
+    with running(SentinelServers(tmp_path / "sentinel")) as deployment:
         yield deployment
-    finally:
-        deployment.stop()
 
 
 @dataclass

@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -22,30 +20,9 @@ from conveyor.engines import open_engine
 from conveyor.errors import ConfigError
 from tests.apps.probe import probe_app
 from tests.conftest import RedisServer
-from tests.redis_topologies import ClusterServers, SentinelServers, raw_client
+from tests.redis_topologies import ClusterServers, raw_client
 
 pytestmark = pytest.mark.redis
-
-
-@pytest.fixture
-def own_cluster(tmp_path: Path) -> Iterator[ClusterServers]:
-    """A cluster of this test's own (it kills or reshards nodes)."""
-    cluster = ClusterServers(tmp_path / "cluster")
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.stop()
-
-
-@pytest.fixture
-def sentinels(tmp_path: Path) -> Iterator[SentinelServers]:
-    deployment = SentinelServers(tmp_path / "sentinel")
-    try:
-        deployment.start()
-        yield deployment
-    finally:
-        deployment.stop()
 
 
 def spread_queues(cluster: ClusterServers, prefix: str, n: int) -> list[str]:

@@ -6,7 +6,8 @@ exit. Structural, not timed: timing belongs to bench/ (`bench/run protocol --par
 startup`, which also runs `python -X importtime`), while this says *what* a worker loads.
 FastAPI, uvicorn and Starlette are imported only when the health server runs (the second
 test is the control that the check can see them); the API, the dashboard and the other
-CLI commands and Rich (their output) never are.
+CLI commands and Rich (their output) never are; nor, on memory:// and sqlite://, another
+engine's client library (redis-py, psycopg) or OpenTelemetry (not configured).
 """
 
 from __future__ import annotations

@@ -339,6 +339,9 @@ async def main():
         claimed += [j.id for j in ex.jobs]
         outcomes = [Outcome(j.id, j.token, "complete", result_json="1") for j in ex.jobs]
         idle = 0 if ex.jobs else idle + 1
+        # A pause as a handler's would be: on a loaded machine one process could
+        # otherwise drain all 500 before the other is scheduled at all.
+        await asyncio.sleep(0.002)
     await eng.exchange(outcomes, queues=["q"], limit=0, worker_id="x", lease_ms=1)
     await eng.close()
     print(json.dumps(claimed))

@@ -36,7 +36,8 @@ engine):
    `pending` (event `ready`). A parent that leaves the live states any other way
    (operator cancel) cancels its unfinished descendants too. Operator retry of a child
    whose parent failed re-arms the parent (and, up the tree, every failed ancestor):
-   it waits again, and its children that were cancelled go back to pending.
+   it waits again, and its children that were cancelled come back at their own due
+   time (scheduled while it is ahead, else pending).
 7. A queue declared with `events=False` (`app.limits(queue, events=False)`) has no
    event log: no engine writes any event of its jobs (`enqueued`, `started`, the
    `event` of every transition below, operator actions). Those writes are a third of

@@ -269,3 +269,24 @@ async def test_rearm_leaves_a_parent_whose_key_another_job_took(
     await engine.retry_job(bad.id)  # the child is retried; its parent cannot wait again
     assert await state(engine, bad.id) is JobState.PENDING
     assert await state(engine, nodes[0].job.id) is JobState.FAILED
+
+
+async def test_rearmed_child_keeps_its_due_time(
+    clocked: Engine, clock: FakeClock, app: Conveyor
+) -> None:
+    """A delayed child cancelled by its parent's failure comes back at its own due time:
+    scheduled while that is still ahead, pending once it has passed."""
+    kids = [{"task": "t", "max_attempts": 1}, {"task": "t", "delay": 60},
+            {"task": "t", "delay": 1}]  # fmt: skip
+    nodes = tree(app, kids)
+    await clocked.enqueue_flow(nodes)
+    due_at = (await clocked.get_job(nodes[2].job.id)).scheduled_at
+    [bad] = await claim(clocked, 5)
+    await finish(clocked, Outcome(bad.id, str(bad.token), "fail", error_json=err(1)))
+    assert await state(clocked, nodes[2].job.id) is JobState.CANCELLED
+    clock.advance(2)
+    await clocked.retry_job(bad.id)
+    late, due = await clocked.get_job(nodes[2].job.id), await clocked.get_job(nodes[3].job.id)
+    assert late.state is JobState.SCHEDULED and due.state is JobState.PENDING
+    assert due_at is not None and late.scheduled_at == due_at and due.scheduled_at is None
+    assert {j.id for j in await claim(clocked, 5)} == {bad.id, due.id}

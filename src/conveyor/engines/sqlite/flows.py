@@ -153,8 +153,9 @@ class SqliteFlows(SqliteCore):
     def _rearm_children(
         self, conn: sqlite3.Connection, parent_id: str, now: int, events: list[tuple[Any, ...]]
     ) -> None:
-        """The children a parent's failure cancelled come back: pending, or waiting
-        again (with their own cancelled children back) when they have children."""
+        """The children a parent's failure cancelled come back: pending (scheduled while
+        their own due time is ahead), or waiting again (with their own cancelled children
+        back) when they have children."""
         for kid, kstate, _, task, tenant, _ in conn.execute(
             Q["flow_children"], (parent_id,)
         ).fetchall():
@@ -165,7 +166,8 @@ class SqliteFlows(SqliteCore):
                 conn.execute(Q["flow_rearm"], (kid,))
                 self._rearm_children(conn, kid, now, events)
             else:
-                conn.execute(Q["retry_row"], (self._reserve_seq(conn, 1), kid))
+                seq = self._reserve_seq(conn, 1)
+                conn.execute(Q["flow_rearm_leaf"], {"id": kid, "now": now, "seq": seq})
             queue = conn.execute(Q["flow_job"], (kid,)).fetchone()[3]
             events.append((queue, "enqueued", kid, task, tenant, 0, now,
                            event_data(retried_by="operator", flow="re-armed")))  # fmt: skip

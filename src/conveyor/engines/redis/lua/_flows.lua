@@ -59,18 +59,43 @@ settled = function(id, jk, state)
   end
 end
 
+-- A finished job coming back takes its dedupe key again; false (nothing changed) when
+-- another live job holds it now (lifecycle rule 1: it stays as it is).
+local function take_key(id)
+  local key = redis.call('HGET', K_JOB .. id, 'dedupe_key')
+  if key and key ~= '' then
+    local holder = redis.call('HGET', K_DEDUPE, key)
+    if holder and holder ~= id and LIVE[redis.call('HGET', K_JOB .. holder, 'state')] then
+      return false
+    end
+    redis.call('HSET', K_DEDUPE, key, id)
+  end
+  return true
+end
+
+-- A childless job its parent's failure cancelled comes back as an operator retry does,
+-- but at its own due time: scheduled while that is still ahead (a delayed child keeps
+-- its delay), pending otherwise.
+local function rearm_leaf(kid, ks)
+  local jk = K_JOB .. kid
+  local due = tonumber(redis.call('HGET', jk, 'scheduled_ms'))
+  if not due or due <= NOW then
+    retry_finished(kid, jk, ks)
+    return
+  end
+  if not take_key(kid) then return end
+  unindex(kid, ks, nil)
+  redis.call('HSET', jk, 'attempt', 0)
+  redis.call('HDEL', jk, 'finished_ms', 'result', 'token')
+  schedule(kid, jk, due, nil)
+  emit(kid, jk, 'enqueued', cjson.encode({ retried_by = 'operator' }))
+end
+
 -- A finished (failed or cancelled) parent waits again: its dedupe key back (false when
 -- another live job holds it now: it stays as it is), its cancelled children back
 -- (pending, or waiting again when they have children), its wait set rebuilt.
 local function rearm(pid, st)
-  local key = redis.call('HGET', K_JOB .. pid, 'dedupe_key')
-  if key and key ~= '' then
-    local holder = redis.call('HGET', K_DEDUPE, key)
-    if holder and holder ~= pid and LIVE[redis.call('HGET', K_JOB .. holder, 'state')] then
-      return false
-    end
-    redis.call('HSET', K_DEDUPE, key, pid)
-  end
+  if not take_key(pid) then return false end
   unindex(pid, st, nil)
   redis.call('HSET', K_JOB .. pid, 'state', WAITING, 'attempt', 0)
   redis.call('HDEL', K_JOB .. pid, 'finished_ms', 'result', 'token')
@@ -85,7 +110,7 @@ local function rearm(pid, st)
       if redis.call('HEXISTS', K_JOB .. kid, 'children') == 1 then
         rearm(kid, ks)
       else
-        retry_finished(kid, K_JOB .. kid, ks)
+        rearm_leaf(kid, ks)
       end
       ks = redis.call('HGET', K_JOB .. kid, 'state')
     end

@@ -425,6 +425,15 @@ UPDATE OR IGNORE jobs SET
     seq = :seq
 WHERE id = :id AND state IN ('failed', 'cancelled');
 
+-- name: flow_live_children
+SELECT count(*) FROM jobs WHERE parent_id = ?
+    AND state IN ('scheduled', 'pending', 'running', 'waiting-children');
+
+-- name: flow_rewait
+-- An operator-retried parent with children to wait for waits again (lifecycle rule 6).
+UPDATE jobs SET state = 'waiting-children', scheduled_ms = NULL
+WHERE id = ? AND state = 'pending';
+
 -- name: list_waiting
 -- Flow parents waiting for their children, newest first (index jobs_waiting).
 SELECT {job_columns}, rowid FROM jobs

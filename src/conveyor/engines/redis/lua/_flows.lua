@@ -91,22 +91,30 @@ local function rearm_leaf(kid, ks)
   emit(kid, jk, 'enqueued', cjson.encode({ retried_by = 'operator' }))
 end
 
--- A finished (failed or cancelled) parent waits again: its dedupe key back (false when
--- another live job holds it now: it stays as it is), its cancelled children back
--- (pending, or waiting again when they have children), its wait set rebuilt.
-local function rearm(pid, st)
-  if not take_key(pid) then return false end
-  unindex(pid, st, nil)
-  redis.call('HSET', K_JOB .. pid, 'state', WAITING, 'attempt', 0)
-  redis.call('HDEL', K_JOB .. pid, 'finished_ms', 'result', 'token')
-  local f = redis.call('HMGET', K_JOB .. pid, 'tenant', 'created_ms')
+-- Whether a child comes back with its re-armed parent (lifecycle.comes_back): one its
+-- failure cancelled, or one that failed it (failed under fail_parent).
+local function comes_back(kid, ks)
+  return ks == 'cancelled'
+    or (ks == 'failed' and redis.call('HGET', K_JOB .. kid, 'policy') == 'fail_parent')
+end
+
+local rearm
+
+-- A parent in no state index waits again: its children that come back come back
+-- (pending or scheduled, or waiting again when they have children), its wait set is
+-- rebuilt, and with no unfinished child left it is pending at once.
+local function wait_again(pid)
+  local jk = K_JOB .. pid
+  redis.call('HSET', jk, 'state', WAITING)
+  redis.call('HDEL', jk, 'scheduled_ms')
+  local f = redis.call('HMGET', jk, 'tenant', 'created_ms')
   index(pid, WAITING, tonumber(f[2]) or NOW, f[1]) -- newest first, like at enqueue
-  emit(pid, K_JOB .. pid, 'enqueued', cjson.encode({ retried_by = 'operator', flow = 're-armed' }))
+  emit(pid, jk, 'enqueued', cjson.encode({ retried_by = 'operator', flow = 're-armed' }))
   local wkey = wait_key(pid)
   redis.call('DEL', wkey)
-  for _, kid in ipairs(cjson.decode(redis.call('HGET', K_JOB .. pid, 'children') or '[]')) do
+  for _, kid in ipairs(cjson.decode(redis.call('HGET', jk, 'children') or '[]')) do
     local ks = redis.call('HGET', K_JOB .. kid, 'state')
-    if ks == 'cancelled' then
+    if comes_back(kid, ks) then
       if redis.call('HEXISTS', K_JOB .. kid, 'children') == 1 then
         rearm(kid, ks)
       else
@@ -116,12 +124,30 @@ local function rearm(pid, st)
     end
     if LIVE[ks] then redis.call('SADD', wkey, kid) end
   end
+  if redis.call('SCARD', wkey) == 0 then
+    unindex(pid, WAITING, nil)
+    push_pending(pid, jk, 'back')
+  end
+end
+
+-- A finished (failed or cancelled) parent waits again (wait_again), its dedupe key back;
+-- false when another live job holds that key now: it stays as it is.
+rearm = function(pid, st)
+  if not take_key(pid) then return false end
+  unindex(pid, st, nil)
+  redis.call('HSET', K_JOB .. pid, 'attempt', 0)
+  redis.call('HDEL', K_JOB .. pid, 'finished_ms', 'result', 'token')
+  wait_again(pid)
   return true
 end
 
--- After an operator retry of `id`: its failed parent, and each failed ancestor above it,
--- waits again.
+-- After an operator retry of `id`: if it is a parent, it waits again for its children
+-- (wait_again); its failed parent, and each failed ancestor above it, waits again.
 rearm_parent = function(id, jk)
+  if redis.call('HEXISTS', jk, 'children') == 1 and redis.call('HGET', jk, 'state') == 'pending' then
+    remove_pending(id, jk)
+    wait_again(id)
+  end
   local pid = redis.call('HGET', jk, 'parent')
   while pid do
     local st = redis.call('HGET', K_JOB .. pid, 'state')

@@ -205,9 +205,7 @@ def comes_back(state: JobState | str, policy: str) -> bool:
     failure cancelled, or one that failed it (a failed `fail_parent` child). A child
     that failed under `ignore` / `continue` was accepted by the parent and stays."""
     state = JobState(state)
-    return state is JobState.CANCELLED or (
-        state is JobState.FAILED and policy == "fail_parent"
-    )
+    return state is JobState.CANCELLED or (state is JobState.FAILED and policy == "fail_parent")
 
 
 def counted_in_results(state: JobState | str, policy: str) -> bool:

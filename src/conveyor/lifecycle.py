@@ -376,6 +376,10 @@ def lua_prelude() -> str:
         "local function fails_parent(state, policy)",
         "  return state ~= 'completed' and policy == 'fail_parent'",
         "end",
+        # comes_back(state, policy), as Lua (the same test as the Python function)
+        "local function comes_back(state, policy)",
+        "  return state == 'cancelled' or (state == 'failed' and policy == 'fail_parent')",
+        "end",
         "local function child_failed_message(child, state)",
         f"  return string.format({_lua_value(child_failed_message('%s', '%s'))}, child, state)",
         "end",

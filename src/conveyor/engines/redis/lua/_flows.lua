@@ -91,18 +91,12 @@ local function rearm_leaf(kid, ks)
   emit(kid, jk, 'enqueued', cjson.encode({ retried_by = 'operator' }))
 end
 
--- Whether a child comes back with its re-armed parent (lifecycle.comes_back): one its
--- failure cancelled, or one that failed it (failed under fail_parent).
-local function comes_back(kid, ks)
-  return ks == 'cancelled'
-    or (ks == 'failed' and redis.call('HGET', K_JOB .. kid, 'policy') == 'fail_parent')
-end
-
 local rearm
 
 -- A parent in no state index waits again: its children that come back come back
 -- (pending or scheduled, or waiting again when they have children), its wait set is
 -- rebuilt, and with no unfinished child left it is pending at once.
+-- (Which children come back: lifecycle.comes_back, templated into the prelude.)
 local function wait_again(pid)
   local jk = K_JOB .. pid
   redis.call('HSET', jk, 'state', WAITING)
@@ -114,7 +108,7 @@ local function wait_again(pid)
   redis.call('DEL', wkey)
   for _, kid in ipairs(cjson.decode(redis.call('HGET', jk, 'children') or '[]')) do
     local ks = redis.call('HGET', K_JOB .. kid, 'state')
-    if comes_back(kid, ks) then
+    if comes_back(ks, redis.call('HGET', K_JOB .. kid, 'policy')) then
       if redis.call('HEXISTS', K_JOB .. kid, 'children') == 1 then
         rearm(kid, ks)
       else

@@ -339,3 +339,17 @@ async def test_retrying_a_failed_root_rearms_every_failed_level_below(
         [job] = await claim(engine, 5)
         assert job.id == n.job.id
         await complete(engine, job)
+
+
+async def test_retry_all_rearms_a_failed_flow_once(engine: Engine, app: Conveyor) -> None:
+    """The failed list holds the parent and the child that failed it: whichever is retried
+    first re-arms the flow, and the other, live by then, is left as it is."""
+    nodes = tree(app, [{"task": "t", "max_attempts": 1}, {"task": "t", "priority": -1}])
+    await engine.enqueue_flow(nodes)
+    [bad] = await claim(engine, 1)
+    await finish(engine, Outcome(bad.id, str(bad.token), "fail", error_json=err(1)))
+    assert await engine.retry_all("q") == 1
+    assert [await state(engine, n.job.id) for n in nodes] == [W, JobState.PENDING,
+                                                              JobState.PENDING]  # fmt: skip
+    jobs = await claim(engine, 5)
+    assert {j.id for j in jobs} == {bad.id, nodes[2].job.id}

@@ -17,6 +17,8 @@ from conveyor import ConfigError, Conveyor, Job, JobNotFound, UnknownTask, Worke
 from conveyor.engines.postgres import parse_postgres_url
 from conveyor.testing import eventually
 
+from .contract.helpers import settled_events
+
 
 @pytest.fixture
 async def app(postgres_url: str) -> AsyncIterator[Conveyor]:
@@ -153,3 +155,27 @@ async def test_a_connection_with_its_own_row_factory_works(
         row_id = await app.outbox(conn, schema=schema).add("order.mail", {"order": 9})
         await conn.commit()
     assert again.id == first.id and isinstance(row_id, int)
+
+
+async def test_a_quiet_queue_writes_no_event_through_the_callers_connection(
+    app: Conveyor,
+) -> None:
+    """Rule 7 holds for a job written on the caller's own connection (which the app's
+    pool never told its quiet queues): inside a transaction, where the loud job written
+    next to it keeps its event, and in autocommit."""
+    app.limits("quiet", events=False)
+    start = await app.engine.last_event_ids(["quiet", "orders"])
+    async with await psycopg.AsyncConnection.connect(dsn(app)) as conn:
+        hushed = await app.enqueue("order.mail", {"order": 1}, queue="quiet", connection=conn)
+        loud = await app.enqueue("order.mail", {"order": 2}, connection=conn)
+        await conn.commit()
+        await conn.set_autocommit(True)
+        alone = await app.enqueue("order.mail", {"order": 3}, queue="quiet", connection=conn)
+    with psycopg.connect(dsn(app), autocommit=True) as sync_conn:
+        synced = await asyncio.to_thread(
+            app.enqueue_sync, "order.mail", {"order": 4}, queue="quiet", connection=sync_conn
+        )
+    for job in (hushed, alone, synced):
+        assert (await app.get_job(job.id)).state == "pending"
+    events = await settled_events(app.engine, start, 1, ("quiet", "orders"))
+    assert [(e.queue, e.kind, e.job_id) for e in events] == [("orders", "enqueued", loud.id)]

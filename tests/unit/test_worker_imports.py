@@ -6,7 +6,8 @@ exit. Structural, not timed: timing belongs to bench/ (`bench/run protocol --par
 startup`, which also runs `python -X importtime`), while this says *what* a worker loads.
 FastAPI, uvicorn and Starlette are imported only when the health server runs (the second
 test is the control that the check can see them); the API, the dashboard and the other
-CLI commands and Rich (their output) never are.
+CLI commands and Rich (their output) never are; nor, on memory:// and sqlite://, another
+engine's client library (redis-py, psycopg) or OpenTelemetry (not configured).
 """
 
 from __future__ import annotations
@@ -28,11 +29,24 @@ WEB = (
 )
 # The other commands' modules, and Rich, which only their tables and messages use.
 OTHER_COMMANDS = ("conveyor.cli.api", "conveyor.cli.views", "conveyor.cli.schedule", "rich")
+# Each engine's client library comes with its URL only (redis-py alone is ~65 ms of import,
+# its asyncio cluster and sentinel clients with it), and OpenTelemetry only when a tracer is
+# configured (`conveyor.otel`): a worker on memory:// or sqlite:// loads none of them.
+ENGINE_LIBRARIES = (
+    "redis",
+    "hiredis",
+    "psycopg",
+    "psycopg_pool",
+    "conveyor.engines.redis",
+    "conveyor.engines.postgresql",
+    "opentelemetry",
+    "conveyor.otel",
+)
 
 APP = """
 from conveyor import Conveyor, Job
 
-app = Conveyor("memory://")
+app = Conveyor({url!r})
 
 
 @app.task("noop")
@@ -45,16 +59,17 @@ RUN = """
 import atexit, json, sys
 watched = {watched!r}
 atexit.register(lambda: print(json.dumps(sorted(m for m in watched if m in sys.modules))))
-sys.argv = ["conveyor", "worker", "jobs_app:app", "--url", "memory://", "--burst",
+sys.argv = ["conveyor", "worker", "jobs_app:app", "--url", {url!r}, "--burst",
             "--health-port", {port!r}, "--log-level", "WARNING"]
 from conveyor.cli import main
 main()
 """
 
 
-def _worker_imports(tmp_path: Path, health_port: int) -> list[str]:
-    (tmp_path / "jobs_app.py").write_text(APP)
-    code = RUN.format(watched=WEB + OTHER_COMMANDS, port=str(health_port))
+def _worker_imports(tmp_path: Path, health_port: int, url: str = "memory://") -> list[str]:
+    (tmp_path / "jobs_app.py").write_text(APP.format(url=url))
+    watched = WEB + OTHER_COMMANDS + ENGINE_LIBRARIES
+    code = RUN.format(watched=watched, port=str(health_port), url=url)
     proc = subprocess.run(
         [sys.executable, "-c", code],
         cwd=tmp_path,
@@ -82,3 +97,12 @@ def test_the_health_server_brings_its_web_stack(tmp_path: Path) -> None:
     loaded = _worker_imports(tmp_path, health_port=port)
     assert {"starlette", "uvicorn"} <= set(loaded)
     assert not {"fastapi", "conveyor.api", "conveyor.dashboard"} & set(loaded)
+
+
+def test_a_worker_on_sqlite_loads_no_other_engine_library_and_no_opentelemetry(
+    tmp_path: Path,
+) -> None:
+    """The default engine: neither redis-py nor psycopg, nor OpenTelemetry unconfigured."""
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    assert _worker_imports(tmp_path, health_port=0, url=url) == []
+    assert (tmp_path / "jobs.db").exists()  # the control: the worker did open its engine

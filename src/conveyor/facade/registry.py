@@ -167,7 +167,8 @@ class Registry(AppCore):
                 `completed`... written; Redis saves one XADD per enqueue and per
                 start and outcome). `job.wait()` then polls the job, and the dashboard
                 and WebSocket say the queue is not streamed. Every process must declare
-                it (import the same app) before it connects.
+                it (import the same app); it holds from the next call, also when
+                declared after the app connected.
 
         Returns:
             The limits (None fields: no limit).

@@ -104,3 +104,26 @@ def test_the_partitions_of_a_quiet_queue_are_quiet() -> None:
     app.limits("busy", partitions=4, events=False)
     assert not writes_events("busy~3of4", app.unstreamed)
     assert writes_events("busy2~0of4", app.unstreamed) and writes_events("other", app.unstreamed)
+
+
+async def test_a_queue_declared_quiet_after_connecting_is_quiet_at_once(app: Conveyor) -> None:
+    """The rule holds for a queue declared after the engine connected and its sessions
+    were in use (Postgres: every open pooled session is told at its next checkout), and
+    a queue declared loud again writes events again."""
+    engine = app.engine
+    queues = ("late", "loud")
+    for _ in range(3):  # the engine's open sessions have all run statements
+        await app.enqueue("shout", {"n": 0})
+    start = await engine.last_event_ids(list(queues))
+    app.limits("late", events=False)
+    quiet = [await app.enqueue("shout", {"n": i}, queue="late") for i in range(3)]
+    claimed = (
+        await engine.exchange([], queues=("late",), limit=10, worker_id="w1", lease_ms=LEASE_MS)
+    ).jobs
+    assert {j.id for j in claimed} == {j.id for j in quiet}
+    done = [Outcome(j.id, str(j.token), "complete", result_json="1") for j in claimed]
+    await engine.exchange(done, queues=("late",), limit=0, worker_id="w1", lease_ms=LEASE_MS)
+    app.limits("late", events=True)
+    loud = await app.enqueue("shout", {"n": 4}, queue="late")
+    events = await settled_events(engine, start, 1, queues)
+    assert [(e.queue, e.kind, e.job_id) for e in events] == [("late", "enqueued", loud.id)]

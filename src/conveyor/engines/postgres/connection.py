@@ -26,6 +26,7 @@ import contextlib
 import logging
 import re
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from collections.abc import Set as AbstractSet
 from typing import Any, TypeVar
@@ -134,6 +135,9 @@ class PgCore:
         self.fixed_clock = clock if clock is not None and type(clock) is not Clock else None
         self.q = for_schema(self.schema_sql)
         self.unstreamed: AbstractSet[str] = frozenset()  # see Engine.unstreamed
+        # What each pooled session was told of `unstreamed` (`_tell`); a new session
+        # was told nothing, which is the empty set.
+        self._told: weakref.WeakKeyDictionary[Conn, frozenset[str]] = weakref.WeakKeyDictionary()
         self._events_maxlen = max(1, events_maxlen)
         self._trim_every = max(64, self._events_maxlen // 10)
         self._events_since_trim = 0
@@ -157,15 +161,17 @@ class PgCore:
             "(CONVEYOR_URL=postgresql://user:password@host:5432/dbname?schema=conveyor)"
         )
 
-    async def _configure(self, conn: Conn) -> None:
-        """A new pooled connection: name the queues whose events the
-        `unstreamed_events` trigger drops (lifecycle rule 7, migration 0008). Set per
-        session, so queues must be declared before the engine connects."""
-        if self.unstreamed:
-            await conn.execute(
-                "SELECT set_config('conveyor.unstreamed', %s, false)",
-                (",".join(sorted(self.unstreamed)),),
-            )
+    async def _tell(self, conn: Conn) -> None:
+        """Name to a pooled session the queues whose events the `unstreamed_events`
+        trigger drops (lifecycle rule 7, migration 0008). Checked at each checkout
+        against the app's live set, so a queue declared quiet (or loud again) after the
+        pool opened reaches every open session; the round trip is paid only when the
+        set changed since that session was told, never per exchange."""
+        quiet = frozenset(self.unstreamed)
+        await conn.execute(
+            "SELECT set_config('conveyor.unstreamed', %s, false)", (",".join(sorted(quiet)),)
+        )
+        self._told[conn] = quiet
 
     async def connect(self) -> None:
         """Open the pool, create/upgrade the schema and start listening for wake-ups.
@@ -197,7 +203,6 @@ class PgCore:
                 min_size=1,
                 max_size=POOL_MAX,
                 kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S},
-                configure=self._configure,
                 timeout=CONNECT_TIMEOUT_S,
                 open=False,
                 name=f"conveyor-{self.schema}",
@@ -293,6 +298,8 @@ class PgCore:
         for attempt in range(_RETRIES):
             try:
                 async with pool.connection() as conn:
+                    if self._told.get(conn, frozenset()) != self.unstreamed:
+                        await self._tell(conn)
                     if single:
                         return await fn(conn)
                     async with conn.transaction():

@@ -33,7 +33,7 @@ from ...job import EnqueueResult, Job, NewJob, decode_job
 from ...lifecycle import not_found
 from .connection import parse_postgres_url
 from .coordination import PgCoordination
-from .flow import PgFlow, enqueue_results
+from .flow import PgFlow, enqueue_results, jobs_document
 from .flows import PgFlows
 from .operations import PgOperations
 from .outbox import PgOutbox
@@ -62,6 +62,12 @@ class PostgresEngine(PgFlows, PgFlow, PgOperations, PgReadModel, PgCoordination,
         ConfigError: the URL is malformed.
     """
 
+    def _enqueue_in_statement(self, jobs: Sequence[NewJob]) -> tuple[str, tuple[Any, ...]]:
+        """The statement that stores `jobs` on a caller's connection, naming the app's
+        quiet queues to it in the same statement (rule 7; queries.sql `enqueue_in`)."""
+        quiet = ",".join(sorted(self.unstreamed))
+        return self.q["enqueue_in"], (quiet, jobs_document(jobs), self._fixed)
+
     async def enqueue_in(self, connection: Any, jobs: Sequence[NewJob]) -> list[EnqueueResult]:
         """Store `jobs` through the caller's async psycopg connection, inside its
         current transaction: they exist only if that transaction commits, and workers
@@ -74,7 +80,7 @@ class PostgresEngine(PgFlows, PgFlow, PgOperations, PgReadModel, PgCoordination,
             raise ConfigError(f"{type(connection).__name__} is not supported: {_NOT_PSYCOPG}")
         if not jobs:
             return []
-        sql, params = self.enqueue_statement(jobs)
+        sql, params = self._enqueue_in_statement(jobs)
         async with connection.cursor(row_factory=tuple_row) as cur:
             await cur.execute(sql, params)
             return enqueue_results(await cur.fetchall())
@@ -89,7 +95,7 @@ class PostgresEngine(PgFlows, PgFlow, PgOperations, PgReadModel, PgCoordination,
             raise ConfigError(f"{type(connection).__name__} is not supported: {_NOT_PSYCOPG}")
         if not jobs:
             return []
-        sql, params = self.enqueue_statement(jobs)
+        sql, params = self._enqueue_in_statement(jobs)
         with connection.cursor(row_factory=tuple_row) as cur:
             cur.execute(sql, params)
             return enqueue_results(cur.fetchall())

@@ -113,9 +113,9 @@ class PgFlow(PgCore):
 
     # --- producers ------------------------------------------------------------------------
     def enqueue_statement(self, jobs: Sequence[NewJob]) -> tuple[str, tuple[Any, ...]]:
-        """The one statement (and its parameters) that stores `jobs`, for running on a
-        caller's own connection inside the caller's transaction (transactional enqueue).
-        Its rows go through `enqueue_results`."""
+        """The one statement (and its parameters) that stores `jobs` on a pooled
+        connection (a caller's own runs `enqueue_in`, engine.py). Its rows go through
+        `enqueue_results`."""
         return self.q["enqueue"], (jobs_document(jobs), self._fixed)
 
     async def enqueue(self, jobs: Sequence[NewJob]) -> list[EnqueueResult]:

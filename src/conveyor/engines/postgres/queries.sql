@@ -16,6 +16,15 @@ SELECT {job_columns} FROM {schema}.jobs WHERE id = %s FOR UPDATE;
 -- name: enqueue
 SELECT job_id, created, job_state FROM {schema}.enqueue(%s::jsonb, %s::bigint);
 
+-- name: enqueue_in
+-- `enqueue` on a caller's own connection (transactional enqueue), which the pool never
+-- told the app's quiet queues (rule 7): the first argument names them for this
+-- transaction (set_config(..., true)) before the function runs, since a function's
+-- arguments are evaluated before its body; one statement, so it holds in autocommit too.
+SELECT job_id, created, job_state FROM {schema}.enqueue(
+    CASE WHEN set_config('conveyor.unstreamed', %s, true) IS NULL THEN NULL ELSE %s::jsonb END,
+    %s::bigint);
+
 -- name: exchange
 SELECT {schema}.exchange(%s::jsonb, %s::text[], %s, %s, %s, %s::bigint);
 

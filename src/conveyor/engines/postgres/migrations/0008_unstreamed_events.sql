@@ -1,7 +1,8 @@
 -- Queues with no event log (lifecycle rule 7: `app.limits(queue, events=False)`).
 -- The SQL functions write events as they always did; an event row of a queue named in
 -- the session's `conveyor.unstreamed` setting (comma-separated; the engine sets it on
--- each pooled connection, see connection.py `_configure`) is dropped before it is
+-- each pooled session, see connection.py `_tell`, and per statement on a caller's own
+-- connection, see queries.sql `enqueue_in`) is dropped before it is
 -- written. The WHEN clause is a plain expression, so a streamed queue's event pays no
 -- function call, and a session that never set it (another app, a psql shell) writes
 -- every event.

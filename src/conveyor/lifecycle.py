@@ -36,7 +36,10 @@ engine):
    `pending` (event `ready`). A parent that leaves the live states any other way
    (operator cancel) cancels its unfinished descendants too. Operator retry of a child
    whose parent failed re-arms the parent (and, up the tree, every failed ancestor):
-   it waits again, and its children that were cancelled go back to pending.
+   it waits again, and its children that failed it or were cancelled come back
+   (`comes_back`) at their own due time (scheduled while it is ahead, else pending).
+   Operator retry of a failed parent itself re-arms it the same way: it waits again
+   while any child is unfinished (pending at once otherwise).
 7. A queue declared with `events=False` (`app.limits(queue, events=False)`) has no
    event log: no engine writes any event of its jobs (`enqueued`, `started`, the
    `event` of every transition below, operator actions). Those writes are a third of
@@ -80,6 +83,7 @@ __all__ = [
     "check_clean",
     "check_retry_all",
     "child_failed_error",
+    "comes_back",
     "counted_in_results",
     "dedupe_held",
     "fails_parent",
@@ -194,6 +198,14 @@ CHILD_FAILED_TYPE: Final = "ChildFailed"
 def fails_parent(state: JobState | str, policy: str) -> bool:
     """Whether a child finishing in `state` under `policy` fails its waiting parent."""
     return JobState(state) is not JobState.COMPLETED and policy == "fail_parent"
+
+
+def comes_back(state: JobState | str, policy: str) -> bool:
+    """Whether a child of a re-armed parent comes back with it (rule 6): one its
+    failure cancelled, or one that failed it (a failed `fail_parent` child). A child
+    that failed under `ignore` / `continue` was accepted by the parent and stays."""
+    state = JobState(state)
+    return state is JobState.CANCELLED or (state is JobState.FAILED and policy == "fail_parent")
 
 
 def counted_in_results(state: JobState | str, policy: str) -> bool:
@@ -363,6 +375,10 @@ def lua_prelude() -> str:
         # fails_parent(state, policy), as Lua (the same test as the Python function)
         "local function fails_parent(state, policy)",
         "  return state ~= 'completed' and policy == 'fail_parent'",
+        "end",
+        # comes_back(state, policy), as Lua (the same test as the Python function)
+        "local function comes_back(state, policy)",
+        "  return state == 'cancelled' or (state == 'failed' and policy == 'fail_parent')",
         "end",
         "local function child_failed_message(child, state)",
         f"  return string.format({_lua_value(child_failed_message('%s', '%s'))}, child, state)",

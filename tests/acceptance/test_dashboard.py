@@ -38,6 +38,7 @@ Q = PROBE_QUEUE
 ADMIN = "admin-token-for-dashboard-tests"
 TENANT = "tenant-token-for-acme-tests"
 TOKENS = Tokens(admin=ADMIN, tenants={TENANT: "acme"})
+AUTH = {"Authorization": f"Bearer {ADMIN}"}
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
 CHROMIUM_ARGS = [
@@ -553,6 +554,38 @@ async def test_open_api_dashboard_works_from_the_printed_url(
     await page.close()
 
 
+async def test_flow_tree_follows_its_childrens_state_changes(
+    sqlite_url: str, api_server: StartApi, browser: Browser, console: Console
+) -> None:
+    """The parent's page redraws its tree when a child changes state and the parent does
+    not (no event of its own): a cancelled `ignore` child, then a promoted one."""
+    server = api_server(sqlite_url, tokens=TOKENS, app=dashboard_app(sqlite_url))
+    later = {"task": "probe", "payload": {"action": "ok"}, "delay": 3600}
+    async with httpx.AsyncClient(timeout=10) as client:
+        r = await client.post(
+            f"{server.url}/flows",
+            json={"parent": {"task": "probe", "payload": {"action": "ok"}},
+                  "children": [{**later, "on_failure": "ignore"}, later]},
+            headers=AUTH,
+        )  # fmt: skip
+        assert r.status_code == 201, r.text
+        parent = r.json()
+        flow = (await client.get(f"{server.url}/flows/{parent['id']}", headers=AUTH)).json()
+        page = console.watch(await browser.new_page(viewport=DESKTOP))
+        await sign_in(page, server.url, ADMIN, f"#/job/{parent['id']}")
+        badges = page.locator("#flow-tree li li .badge")
+        await expect(badges).to_have_text(["scheduled", "scheduled"])
+        first, second = (c["id"] for c in flow["children"])
+        r = await client.post(f"{server.url}/jobs/{first}/cancel", headers=AUTH)
+        assert r.status_code == 200, r.text
+        await expect(badges).to_have_text(["cancelled", "scheduled"])
+        r = await client.post(f"{server.url}/jobs/{second}/promote", headers=AUTH)
+        assert r.status_code == 200, r.text
+        await expect(badges).to_have_text(["cancelled", "pending"])
+    await expect(page.locator("#job-state")).to_have_text("waiting-children")
+    await page.close()
+
+
 async def test_job_page_draws_its_flow_as_a_tree_and_retry_rearms_the_parent(
     sqlite_url: str, tmp_path: Path, api_server: StartApi, browser: Browser, console: Console
 ) -> None:
@@ -602,6 +635,15 @@ async def test_job_page_draws_its_flow_as_a_tree_and_retry_rearms_the_parent(
     await page.locator("#job-retry").click()
     await expect(page.locator("#job-state")).to_have_text("pending")
     await expect(page.locator("#flow-tree > li > .badge")).to_have_text("waiting-children")
+    # the delayed sibling comes back at its own due time: promote it to run it now
+    delayed = tree.locator("li li").filter(has_text="probe")
+    await expect(delayed.locator(".badge")).to_have_text("scheduled")
+    async with httpx.AsyncClient(timeout=10) as client:
+        flow = (await client.get(f"{server.url}/flows/{parent['id']}", headers=AUTH)).json()
+        r = await client.post(f"{server.url}/jobs/{flow['children'][1]['id']}/promote",
+                              headers=AUTH)  # fmt: skip
+    assert r.status_code == 200, r.text
+    await expect(delayed.locator(".badge")).to_have_text("pending")  # a sibling's event
     await run_burst(sqlite_url)
     await run_burst(sqlite_url)  # the children, then the released parent
     await page.locator("#flow-tree > li > a").click()

@@ -269,3 +269,87 @@ async def test_rearm_leaves_a_parent_whose_key_another_job_took(
     await engine.retry_job(bad.id)  # the child is retried; its parent cannot wait again
     assert await state(engine, bad.id) is JobState.PENDING
     assert await state(engine, nodes[0].job.id) is JobState.FAILED
+
+
+async def test_rearmed_child_keeps_its_due_time(
+    clocked: Engine, clock: FakeClock, app: Conveyor
+) -> None:
+    """A delayed child cancelled by its parent's failure comes back at its own due time:
+    scheduled while that is still ahead, pending once it has passed."""
+    kids = [{"task": "t", "max_attempts": 1}, {"task": "t", "delay": 60},
+            {"task": "t", "delay": 1}]  # fmt: skip
+    nodes = tree(app, kids)
+    await clocked.enqueue_flow(nodes)
+    due_at = (await clocked.get_job(nodes[2].job.id)).scheduled_at
+    [bad] = await claim(clocked, 5)
+    await finish(clocked, Outcome(bad.id, str(bad.token), "fail", error_json=err(1)))
+    assert await state(clocked, nodes[2].job.id) is JobState.CANCELLED
+    clock.advance(2)
+    await clocked.retry_job(bad.id)
+    late, due = await clocked.get_job(nodes[2].job.id), await clocked.get_job(nodes[3].job.id)
+    assert late.state is JobState.SCHEDULED and due.state is JobState.PENDING
+    assert due_at is not None and late.scheduled_at == due_at and due.scheduled_at is None
+    assert {j.id for j in await claim(clocked, 5)} == {bad.id, due.id}
+
+
+async def test_retrying_a_failed_parent_waits_for_its_children_again(
+    engine: Engine, app: Conveyor
+) -> None:
+    """An operator retry of a parent that a child failed: the parent waits again, the
+    child that failed it and the children its failure cancelled come back."""
+    nodes = tree(app, [{"task": "t", "max_attempts": 1}, {"task": "t", "priority": -1}])
+    await engine.enqueue_flow(nodes)
+    [bad] = await claim(engine, 1)
+    await finish(engine, Outcome(bad.id, str(bad.token), "fail", error_json=err(1)))
+    assert await state(engine, nodes[0].job.id) is JobState.FAILED
+    await engine.retry_job(nodes[0].job.id)
+    assert [await state(engine, n.job.id) for n in nodes] == [W, JobState.PENDING,
+                                                              JobState.PENDING]  # fmt: skip
+    jobs = await claim(engine, 5)
+    assert {j.id for j in jobs} == {bad.id, nodes[2].job.id}  # not the parent
+    await complete(engine, *jobs)
+    [parent] = await claim(engine, 5)
+    assert parent.id == nodes[0].job.id
+
+
+async def test_retrying_a_parent_whose_children_all_completed_makes_it_pending(
+    engine: Engine, app: Conveyor
+) -> None:
+    nodes = tree(app, [{"task": "t"}], max_attempts=1)
+    await engine.enqueue_flow(nodes)
+    await complete(engine, *await claim(engine, 1))
+    [parent] = await claim(engine, 1)
+    await finish(engine, Outcome(parent.id, str(parent.token), "fail", error_json=err(1)))
+    await engine.retry_job(parent.id)
+    assert await state(engine, parent.id) is JobState.PENDING
+    assert await state(engine, nodes[1].job.id) is JobState.COMPLETED
+
+
+async def test_retrying_a_failed_root_rearms_every_failed_level_below(
+    engine: Engine, app: Conveyor
+) -> None:
+    nodes = tree(app, [{"task": "t", "children": [{"task": "t", "max_attempts": 1}]}])
+    await engine.enqueue_flow(nodes)
+    [bad] = await claim(engine, 1)
+    await finish(engine, Outcome(bad.id, str(bad.token), "fail", error_json=err(1)))
+    assert await state(engine, nodes[0].job.id) is JobState.FAILED
+    await engine.retry_job(nodes[0].job.id)
+    assert [await state(engine, n.job.id) for n in nodes] == [W, W, JobState.PENDING]
+    for n in reversed(nodes):
+        [job] = await claim(engine, 5)
+        assert job.id == n.job.id
+        await complete(engine, job)
+
+
+async def test_retry_all_rearms_a_failed_flow_once(engine: Engine, app: Conveyor) -> None:
+    """The failed list holds the parent and the child that failed it: whichever is retried
+    first re-arms the flow, and the other, live by then, is left as it is."""
+    nodes = tree(app, [{"task": "t", "max_attempts": 1}, {"task": "t", "priority": -1}])
+    await engine.enqueue_flow(nodes)
+    [bad] = await claim(engine, 1)
+    await finish(engine, Outcome(bad.id, str(bad.token), "fail", error_json=err(1)))
+    assert await engine.retry_all("q") == 1
+    assert [await state(engine, n.job.id) for n in nodes] == [W, JobState.PENDING,
+                                                              JobState.PENDING]  # fmt: skip
+    jobs = await claim(engine, 5)
+    assert {j.id for j in jobs} == {bad.id, nodes[2].job.id}

@@ -749,6 +749,24 @@ function jobView(view, id) {
       api("GET", `/flows/${encodeURIComponent(id)}`),
     ]);
     render(job, flow);
+    followFlow(job.queue, flow);
+  }
+
+  // The flow tree shows every flow job's state, so it follows their events too: one
+  // socket on the flow's queue (a flow lives in one queue), filtered here to the tree's
+  // ids, opened once the job turns out to be in a flow (the job socket covers the rest).
+  // A caller who may see this job may watch its queue (api/auth.py `sees`).
+  let flowIds = new Set();
+  let stopFlow = null;
+  function followFlow(queueName, flow) {
+    const ids = new Set();
+    const walk = (n) => { ids.add(n.id); n.children.forEach(walk); };
+    if (flow) walk(flow);
+    ids.delete(id); // its own events come through the job socket
+    flowIds = ids;
+    if (ids.size && !stopFlow) {
+      stopFlow = live({ queue: queueName }, (event) => { if (flowIds.has(event.job_id)) refresh(); });
+    }
   }
 
   // The flow this job belongs to, from its root: a tree of links with each job's state
@@ -844,7 +862,11 @@ function jobView(view, id) {
 
   const refresh = throttle(load, 150);
   load().catch(reportError);
-  return live({ job: id }, refresh);
+  const stopJob = live({ job: id }, refresh);
+  return () => {
+    stopJob();
+    if (stopFlow) stopFlow();
+  };
 }
 
 // Schedules: next/last run, pause and resume.

@@ -16,7 +16,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from ...job import ACTIVE_STATES, EnqueueResult, JobState
-from ...lifecycle import FLOW_READY_EVENT, child_failed_error, fails_parent, not_found
+from ...lifecycle import (
+    FLOW_READY_EVENT,
+    child_failed_error,
+    comes_back,
+    fails_parent,
+    not_found,
+)
 from ..values import FlowLinks, FlowNode
 from .connection import Q, SqliteCore, event_data
 
@@ -134,6 +140,7 @@ class SqliteFlows(SqliteCore):
         """After an operator retry of `job_id`: its failed parent waits again, the
         parent's cancelled children go back to pending (or wait again, if they have
         children), and so on up the tree (lifecycle rule 6)."""
+        self._rewait(conn, job_id, now)
         row = conn.execute(Q["flow_job"], (job_id,)).fetchone()
         parent_id = row[1] if row else None
         while parent_id is not None:
@@ -150,22 +157,40 @@ class SqliteFlows(SqliteCore):
             self._add_events(conn, events)
             parent_id = parent[1]
 
+    def _rewait(self, conn: sqlite3.Connection, job_id: str, now: int) -> None:
+        """An operator-retried parent: the children that failed it or that its failure
+        cancelled come back, and it waits again while any child is unfinished."""
+        if conn.execute(Q["flow_children"], (job_id,)).fetchone() is None:
+            return
+        events: list[tuple[Any, ...]] = []
+        self._rearm_children(conn, job_id, now, events)
+        self._add_events(conn, events)
+        if conn.execute(Q["flow_live_children"], (job_id,)).fetchone()[0]:
+            conn.execute(Q["flow_rewait"], (job_id,))
+
     def _rearm_children(
         self, conn: sqlite3.Connection, parent_id: str, now: int, events: list[tuple[Any, ...]]
     ) -> None:
-        """The children a parent's failure cancelled come back: pending, or waiting
-        again (with their own cancelled children back) when they have children."""
-        for kid, kstate, _, task, tenant, _ in conn.execute(
+        """The children that failed the parent or that its failure cancelled come back
+        (`lifecycle.comes_back`): pending (scheduled while
+        their own due time is ahead), or waiting again (with their own cancelled children
+        back) when they have children."""
+        for kid, kstate, policy, task, tenant, _ in conn.execute(
             Q["flow_children"], (parent_id,)
         ).fetchall():
-            if kstate != JobState.CANCELLED.value:
+            if not comes_back(kstate, policy or ""):
                 continue
             has_kids = conn.execute(Q["flow_children"], (kid,)).fetchone() is not None
             if has_kids:
                 conn.execute(Q["flow_rearm"], (kid,))
                 self._rearm_children(conn, kid, now, events)
+                if not conn.execute(Q["flow_live_children"], (kid,)).fetchone()[0]:
+                    # its children had all completed: nothing to wait for
+                    seq = self._reserve_seq(conn, 1)
+                    conn.execute(Q["flow_release_parent"], {"id": kid, "seq": seq})
             else:
-                conn.execute(Q["retry_row"], (self._reserve_seq(conn, 1), kid))
+                seq = self._reserve_seq(conn, 1)
+                conn.execute(Q["flow_rearm_leaf"], {"id": kid, "now": now, "seq": seq})
             queue = conn.execute(Q["flow_job"], (kid,)).fetchone()[3]
             events.append((queue, "enqueued", kid, task, tenant, 0, now,
                            event_data(retried_by="operator", flow="re-armed")))  # fmt: skip

@@ -414,6 +414,26 @@ UPDATE OR IGNORE jobs SET state = 'waiting-children', attempt = 0, finished_ms =
     result = NULL, token = NULL, lease_until_ms = NULL, scheduled_ms = NULL
 WHERE id = ? AND state IN ('failed', 'cancelled');
 
+-- name: flow_rearm_leaf
+-- A childless job its parent's failure cancelled comes back (a re-armed parent): with a
+-- fresh attempt budget, at its own due time (scheduled while that is ahead: a delayed
+-- child keeps its delay), else pending at the back. OR IGNORE: as retry_row.
+UPDATE OR IGNORE jobs SET
+    state = CASE WHEN scheduled_ms > :now THEN 'scheduled' ELSE 'pending' END,
+    scheduled_ms = CASE WHEN scheduled_ms > :now THEN scheduled_ms END,
+    attempt = 0, finished_ms = NULL, result = NULL, token = NULL, lease_until_ms = NULL,
+    seq = :seq
+WHERE id = :id AND state IN ('failed', 'cancelled');
+
+-- name: flow_live_children
+SELECT count(*) FROM jobs WHERE parent_id = ?
+    AND state IN ('scheduled', 'pending', 'running', 'waiting-children');
+
+-- name: flow_rewait
+-- An operator-retried parent with children to wait for waits again (lifecycle rule 6).
+UPDATE jobs SET state = 'waiting-children', scheduled_ms = NULL
+WHERE id = ? AND state = 'pending';
+
 -- name: list_waiting
 -- Flow parents waiting for their children, newest first (index jobs_waiting).
 SELECT {job_columns}, rowid FROM jobs

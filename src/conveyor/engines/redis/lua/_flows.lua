@@ -59,44 +59,89 @@ settled = function(id, jk, state)
   end
 end
 
--- A finished (failed or cancelled) parent waits again: its dedupe key back (false when
--- another live job holds it now: it stays as it is), its cancelled children back
--- (pending, or waiting again when they have children), its wait set rebuilt.
-local function rearm(pid, st)
-  local key = redis.call('HGET', K_JOB .. pid, 'dedupe_key')
+-- A finished job coming back takes its dedupe key again; false (nothing changed) when
+-- another live job holds it now (lifecycle rule 1: it stays as it is).
+local function take_key(id)
+  local key = redis.call('HGET', K_JOB .. id, 'dedupe_key')
   if key and key ~= '' then
     local holder = redis.call('HGET', K_DEDUPE, key)
-    if holder and holder ~= pid and LIVE[redis.call('HGET', K_JOB .. holder, 'state')] then
+    if holder and holder ~= id and LIVE[redis.call('HGET', K_JOB .. holder, 'state')] then
       return false
     end
-    redis.call('HSET', K_DEDUPE, key, pid)
+    redis.call('HSET', K_DEDUPE, key, id)
   end
-  unindex(pid, st, nil)
-  redis.call('HSET', K_JOB .. pid, 'state', WAITING, 'attempt', 0)
-  redis.call('HDEL', K_JOB .. pid, 'finished_ms', 'result', 'token')
-  local f = redis.call('HMGET', K_JOB .. pid, 'tenant', 'created_ms')
+  return true
+end
+
+-- A childless job its parent's failure cancelled comes back as an operator retry does,
+-- but at its own due time: scheduled while that is still ahead (a delayed child keeps
+-- its delay), pending otherwise.
+local function rearm_leaf(kid, ks)
+  local jk = K_JOB .. kid
+  local due = tonumber(redis.call('HGET', jk, 'scheduled_ms'))
+  if not due or due <= NOW then
+    retry_finished(kid, jk, ks)
+    return
+  end
+  if not take_key(kid) then return end
+  unindex(kid, ks, nil)
+  redis.call('HSET', jk, 'attempt', 0)
+  redis.call('HDEL', jk, 'finished_ms', 'result', 'token')
+  schedule(kid, jk, due, nil)
+  emit(kid, jk, 'enqueued', cjson.encode({ retried_by = 'operator' }))
+end
+
+local rearm
+
+-- A parent in no state index waits again: its children that come back come back
+-- (pending or scheduled, or waiting again when they have children), its wait set is
+-- rebuilt, and with no unfinished child left it is pending at once.
+-- (Which children come back: lifecycle.comes_back, templated into the prelude.)
+local function wait_again(pid)
+  local jk = K_JOB .. pid
+  redis.call('HSET', jk, 'state', WAITING)
+  redis.call('HDEL', jk, 'scheduled_ms')
+  local f = redis.call('HMGET', jk, 'tenant', 'created_ms')
   index(pid, WAITING, tonumber(f[2]) or NOW, f[1]) -- newest first, like at enqueue
-  emit(pid, K_JOB .. pid, 'enqueued', cjson.encode({ retried_by = 'operator', flow = 're-armed' }))
+  emit(pid, jk, 'enqueued', cjson.encode({ retried_by = 'operator', flow = 're-armed' }))
   local wkey = wait_key(pid)
   redis.call('DEL', wkey)
-  for _, kid in ipairs(cjson.decode(redis.call('HGET', K_JOB .. pid, 'children') or '[]')) do
+  for _, kid in ipairs(cjson.decode(redis.call('HGET', jk, 'children') or '[]')) do
     local ks = redis.call('HGET', K_JOB .. kid, 'state')
-    if ks == 'cancelled' then
+    if comes_back(ks, redis.call('HGET', K_JOB .. kid, 'policy')) then
       if redis.call('HEXISTS', K_JOB .. kid, 'children') == 1 then
         rearm(kid, ks)
       else
-        retry_finished(kid, K_JOB .. kid, ks)
+        rearm_leaf(kid, ks)
       end
       ks = redis.call('HGET', K_JOB .. kid, 'state')
     end
     if LIVE[ks] then redis.call('SADD', wkey, kid) end
   end
+  if redis.call('SCARD', wkey) == 0 then
+    unindex(pid, WAITING, nil)
+    push_pending(pid, jk, 'back')
+  end
+end
+
+-- A finished (failed or cancelled) parent waits again (wait_again), its dedupe key back;
+-- false when another live job holds that key now: it stays as it is.
+rearm = function(pid, st)
+  if not take_key(pid) then return false end
+  unindex(pid, st, nil)
+  redis.call('HSET', K_JOB .. pid, 'attempt', 0)
+  redis.call('HDEL', K_JOB .. pid, 'finished_ms', 'result', 'token')
+  wait_again(pid)
   return true
 end
 
--- After an operator retry of `id`: its failed parent, and each failed ancestor above it,
--- waits again.
+-- After an operator retry of `id`: if it is a parent, it waits again for its children
+-- (wait_again); its failed parent, and each failed ancestor above it, waits again.
 rearm_parent = function(id, jk)
+  if redis.call('HEXISTS', jk, 'children') == 1 and redis.call('HGET', jk, 'state') == 'pending' then
+    remove_pending(id, jk)
+    wait_again(id)
+  end
   local pid = redis.call('HGET', jk, 'parent')
   while pid do
     local st = redis.call('HGET', K_JOB .. pid, 'state')

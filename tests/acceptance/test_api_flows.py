@@ -120,3 +120,18 @@ async def test_flow_bodies_are_bounded(sqlite_url: str) -> None:
             assert r.status_code == 413 and r.json()["error"] == "PayloadTooLarge"
     finally:
         server.stop()
+
+
+async def test_a_cross_site_page_cannot_post_a_flow(sqlite_url: str, api_server: StartApi) -> None:
+    """The open loopback mode (no tokens): a no-cors POST from another origin is refused
+    before it stores anything; the API's own origin and tools without Origin may post."""
+    server = api_server(sqlite_url)
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+        for origin in ("http://attacker.example", f"http://localhost:{server.port + 1}", "null"):
+            r = await http.post("/flows", json=FLOW, headers={"Origin": origin})
+            assert r.status_code == 403, (origin, r.text)
+        rows = (await http.get("/queues")).json()["queues"]
+        assert not [row for row in rows if row["queue"] == Q and row["waiting-children"]], rows
+        assert not [row for row in rows if row["queue"] == Q and row["pending"]], rows
+        own = f"http://127.0.0.1:{server.port}"
+        assert (await http.post("/flows", json=FLOW, headers={"Origin": own})).status_code == 201

@@ -32,6 +32,28 @@ async def test_concurrent_calls_get_their_own_replies_in_order(private_redis: Re
     hot.close()
 
 
+async def test_a_call_sent_now_is_written_at_once(private_redis: RedisServer) -> None:
+    """`now=True` writes before the callbacks already due run (a worker's jobs: see
+    worker/claiming.py); other calls wait for the next loop iteration, to leave together."""
+    hot = lane(private_redis.url)
+    await hot.call("PING")  # connected
+    loop = asyncio.get_running_loop()
+    unwritten: list[int] = []
+
+    def look() -> None:
+        assert hot._proto is not None
+        unwritten.append(len(hot._proto.out))
+
+    urgent = asyncio.create_task(hot.call("INCR", "n", now=True))
+    loop.call_soon(look)  # runs right after that task's first step
+    deferred = asyncio.create_task(hot.call("INCR", "m"))
+    loop.call_soon(look)
+    assert await asyncio.gather(urgent, deferred) == [1, 1]
+    assert unwritten == [0, 1]
+    assert await hot.call_many([("INCR", "n"), ("INCR", "m")], now=True) == [2, 2]
+    hot.close()
+
+
 async def test_error_replies_are_redis_py_exceptions(private_redis: RedisServer) -> None:
     hot = lane(private_redis.url)
     with pytest.raises(NoScriptError):

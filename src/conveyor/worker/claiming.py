@@ -108,7 +108,11 @@ class ClaimLoop(JobRunning):
         if result.recovered:
             self.metrics.stalled.inc(result.recovered)
         self._ready.extend(result.jobs)
-        self._start_ready()
+        # Started at the next loop iteration, not now: the claim loop, woken above, first
+        # sends the next exchange, which the engine writes at once, so the engine works
+        # on it while these jobs run. Started now, they would all run before that write,
+        # leaving the engine idle meanwhile (the slots stay counted: they are in _ready).
+        asyncio.get_running_loop().call_soon(self._start_ready)
         if limit > 0:
             # Nothing claimable now: wait for a wake-up instead of asking again at once.
             self._empty = self._probing = not result.jobs

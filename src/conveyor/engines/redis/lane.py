@@ -134,17 +134,22 @@ class _Protocol(asyncio.Protocol):
             return
         self.watch = asyncio.get_running_loop().call_later(_WATCH_S, self._check)
 
-    def send(self, packed: Sequence[bytes]) -> list[asyncio.Future[Any]]:
+    def send(self, packed: Sequence[bytes], *, now: bool = False) -> list[asyncio.Future[Any]]:
         loop = asyncio.get_running_loop()
-        if not self.out:
+        if not self.out and not now:
             # Commands written during this loop iteration leave in one send.
             loop.call_soon(self._flush)
         self.out.extend(packed)
-        now = time.monotonic()
+        sent_at = time.monotonic()
         futs = [loop.create_future() for _ in packed]
-        self.waiters.extend((f, now) for f in futs)
+        self.waiters.extend((f, sent_at) for f in futs)
         if self.watch is None:
             self.watch = loop.call_later(_WATCH_S, self._check)
+        if now:
+            # Written at once (with whatever this iteration queued before it): the
+            # callbacks already due this iteration, a worker's jobs among them, run before
+            # a deferred flush, and Redis would sit idle while they do (worker/claiming.py).
+            self._flush()
         return futs
 
 
@@ -227,16 +232,18 @@ class Lane:
                     raise RedisConnectionError(f"Redis refused the connection set-up: {reply}")
         return proto
 
-    async def call_many(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+    async def call_many(
+        self, commands: Sequence[tuple[Any, ...]], *, now: bool = False
+    ) -> list[Any]:
         """Send commands in one write; their replies in order. An error reply is returned
-        as a `redis.exceptions.ResponseError` in its place, not raised.
+        as a `redis.exceptions.ResponseError` in its place, not raised. `now`: as in `call`.
 
         Raises:
             redis.exceptions.ConnectionError: Redis cannot be reached, or the connection
                 died or timed out with these calls in flight (their outcome is unknown).
         """
         proto = await self._connection()
-        futs = proto.send([hiredis.pack_command(cmd) for cmd in commands])
+        futs = proto.send([hiredis.pack_command(cmd) for cmd in commands], now=now)
         try:
             replies = [await f for f in futs]
         except BaseException:
@@ -248,10 +255,11 @@ class Lane:
             raise
         return [_error(r) if isinstance(r, hiredis.ReplyError) else r for r in replies]
 
-    async def call(self, *command: Any) -> Any:
-        """One command; an error reply is raised as `ResponseError`."""
+    async def call(self, *command: Any, now: bool = False) -> Any:
+        """One command; an error reply is raised as `ResponseError`. `now`: write it
+        at once instead of at the next loop iteration (see `_Protocol.send`)."""
         proto = await self._connection()
-        reply = await proto.send([hiredis.pack_command(command)])[0]
+        reply = await proto.send([hiredis.pack_command(command)], now=now)[0]
         if isinstance(reply, hiredis.ReplyError):
             raise _error(reply)
         return reply

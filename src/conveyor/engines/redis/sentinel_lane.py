@@ -68,11 +68,11 @@ class SentinelLane:
             self._lane = None
         lane.close()
 
-    async def call(self, *command: Any) -> Any:
-        """One command; an error reply is raised as `ResponseError`."""
+    async def call(self, *command: Any, now: bool = False) -> Any:
+        """One command; an error reply is raised as `ResponseError` (`now`: see `Lane.call`)."""
         lane = await self._current()
         try:
-            return await lane.call(*command)
+            return await lane.call(*command, now=now)
         except RedisConnectionError:
             self._drop(lane)
             raise

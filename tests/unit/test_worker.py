@@ -511,3 +511,41 @@ async def test_the_next_exchange_is_sent_before_the_jobs_of_a_reply_run(
     assert ran == 30
     assert claimed[0] == 5  # the first look goes alone and claims half the slots
     assert sent_at[1] == 0  # the next one left before any of those 5 jobs ran
+
+
+async def test_two_exchanges_never_leave_in_the_same_loop_iteration(
+    app: Conveyor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two exchanges sent together are answered together: the worker then runs both batches
+    while the engine waits, and the engine works while the worker waits (the lockstep that
+    made 200 slots slower than 50, issue 15, point 5). The second waits for a wake-up."""
+
+    @app.task("noop", queue="q")
+    async def noop(job: Job) -> None:
+        return None
+
+    await app.enqueue_many([{"task": "noop", "payload": {"i": i}} for i in range(200)])
+    loop = asyncio.get_running_loop()
+    turn = 0
+
+    def tick() -> None:
+        nonlocal turn
+        turn += 1
+        ticker[0] = loop.call_soon(tick)
+
+    ticker = [loop.call_soon(tick)]
+    engine = await app.connect()
+    real = engine.exchange
+    turns: list[int] = []
+
+    async def spy(outcomes: Sequence[Any], **kwargs: Any) -> Any:
+        turns.append(turn)
+        return await real(outcomes, **kwargs)
+
+    monkeypatch.setattr(engine, "exchange", spy)
+    try:
+        await Worker(app, queues=("q",), concurrency=500, burst=True).run()
+    finally:
+        ticker[0].cancel()
+    assert (await app.counts("q")).completed == 200
+    assert len(turns) > 8 and len(set(turns)) == len(turns)

@@ -35,6 +35,10 @@ class ClaimLoop(JobRunning):
         and jobs that take the same time (an io-bound burst) stop finishing in one wave,
         whose outcomes and claims would otherwise all wait for the same round trip. Slots
         an exchange may fill are reserved when it is sent, so `concurrency` always holds.
+
+        The overlap needs the two exchanges apart: each is written before the jobs of the
+        last reply run (see `_exchange`), and never two on the same wake-up (issue 15,
+        point 5: bench/RESULTS.md, "concurrency" section).
         """
         calls: set[asyncio.Task[None]] = set()
         loop = asyncio.get_running_loop()
@@ -61,6 +65,12 @@ class ClaimLoop(JobRunning):
                     call = asyncio.create_task(self._exchange(engine, outcomes, limit))
                     calls.add(call)
                     call.add_done_callback(calls.discard)
+                    # One exchange per wake-up: the next one waits for a job to finish or
+                    # a reply, and carries its outcome. Two sent together are answered
+                    # together, and the worker and the engine then take turns instead of
+                    # overlapping (the lockstep that made 200 slots slower than 50).
+                    self._wake.clear()
+                    await self._wake.wait()
                     continue
                 if not self._in_flight and self._empty and not self._outbox:
                     if self.burst and not self._running and not self._ready:

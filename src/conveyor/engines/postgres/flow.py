@@ -173,7 +173,7 @@ class PgFlow(PgCore):
         )
         self._notify(jobs=bool(result["woke"]), events=bool(result["events"]))
         self._count_events(int(result["events"]), queues)
-        await self._trim_if_due()
+        self._trim_soon()
         return exchange
 
     # --- leases of running jobs ---------------------------------------------------------

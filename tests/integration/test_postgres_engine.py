@@ -158,6 +158,40 @@ async def test_an_exchange_is_one_statement(
     assert len(sent) == 1, sent  # outcomes and claim: one call, no BEGIN/COMMIT
 
 
+async def test_only_an_exchange_without_outcomes_skips_the_wal_flush(
+    engine: PostgresEngine, app: Conveyor, monkeypatch: pytest.MonkeyPatch, postgres_url: str
+) -> None:
+    """An idle worker's claim commits without waiting for the WAL flush (nothing it
+    writes was acknowledged); an exchange that reports outcomes still waits for it."""
+    await engine.enqueue([app.build("t", {}) for _ in range(3)])
+    sent: list[str] = []
+    real = psycopg.AsyncConnection.execute
+
+    async def recording(self: psycopg.AsyncConnection[Any], query: Any, *a: Any, **k: Any) -> Any:
+        sent.append(str(query))
+        return await real(self, query, *a, **k)
+
+    monkeypatch.setattr(psycopg.AsyncConnection, "execute", recording)
+    [first] = await claim(engine, 1)
+    from conveyor.engines import Outcome
+
+    done = Outcome(first.id, str(first.token), "complete", result_json="1")
+    result = await engine.exchange([done], queues=["q"], limit=1, worker_id="w", lease_ms=30_000)
+    assert len(result.jobs) == 1 and result.lost == []
+    assert sent == [engine.q["exchange_claim"], engine.q["exchange"]]
+    monkeypatch.undo()
+    # What each statement leaves in force for its own transaction's COMMIT:
+    args = ("[]", ["q"], 1, "w", 30_000, None)
+    async with await psycopg.AsyncConnection.connect(conninfo(postgres_url)) as conn:
+        for name, expected in (("exchange_claim", "off"), ("exchange", "on")):
+            async with conn.transaction():
+                await conn.execute(engine.q[name], args)
+                cur = await conn.execute("SELECT current_setting('synchronous_commit')")
+                assert await cur.fetchone() == (expected,), name
+        cur = await conn.execute("SELECT current_setting('synchronous_commit')")
+        assert await cur.fetchone() == ("on",)  # for that transaction only
+
+
 # --- fleet-wide limits: several engines (processes) claim at once -------------------------
 async def test_concurrency_limit_holds_across_engines(
     engine: PostgresEngine, app: Conveyor, postgres_url: str

@@ -57,6 +57,19 @@ async def claim(engine: PostgresEngine, n: int = 10, worker: str = "w") -> list[
     ).jobs
 
 
+def record_statements(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The statements every psycopg async connection executes from now on, in order."""
+    sent: list[str] = []
+    real = psycopg.AsyncConnection.execute
+
+    async def recording(self: psycopg.AsyncConnection[Any], query: Any, *a: Any, **k: Any) -> Any:
+        sent.append(str(query))
+        return await real(self, query, *a, **k)
+
+    monkeypatch.setattr(psycopg.AsyncConnection, "execute", recording)
+    return sent
+
+
 # --- URL, schema, migrations, rules -----------------------------------------------------------
 def test_url_names_the_schema_and_keeps_libpq_parameters() -> None:
     assert parse_postgres_url("postgresql://u:p@h:5433/db?schema=jobs&sslmode=require") == (
@@ -137,14 +150,7 @@ async def test_an_exchange_is_one_statement(
 ) -> None:
     await engine.enqueue([app.build("t", {}) for _ in range(3)])
     [first, *_] = await claim(engine, 1)
-    sent: list[str] = []
-    real = psycopg.AsyncConnection.execute
-
-    async def counting(self: psycopg.AsyncConnection[Any], query: Any, *a: Any, **k: Any) -> Any:
-        sent.append(str(query))
-        return await real(self, query, *a, **k)
-
-    monkeypatch.setattr(psycopg.AsyncConnection, "execute", counting)
+    sent = record_statements(monkeypatch)
     from conveyor.engines import Outcome
 
     result = await engine.exchange(
@@ -164,14 +170,7 @@ async def test_only_an_exchange_without_outcomes_skips_the_wal_flush(
     """An idle worker's claim commits without waiting for the WAL flush (nothing it
     writes was acknowledged); an exchange that reports outcomes still waits for it."""
     await engine.enqueue([app.build("t", {}) for _ in range(3)])
-    sent: list[str] = []
-    real = psycopg.AsyncConnection.execute
-
-    async def recording(self: psycopg.AsyncConnection[Any], query: Any, *a: Any, **k: Any) -> Any:
-        sent.append(str(query))
-        return await real(self, query, *a, **k)
-
-    monkeypatch.setattr(psycopg.AsyncConnection, "execute", recording)
+    sent = record_statements(monkeypatch)
     [first] = await claim(engine, 1)
     from conveyor.engines import Outcome
 

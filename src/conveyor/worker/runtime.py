@@ -74,12 +74,13 @@ def _freeze_heap() -> None:
     connections: start-up's whole heap) out of the collector's reach (`gc.freeze`).
 
     Why: a full (generation 2) collection walks every tracked object, and a worker's
-    heap after start-up is mostly imports. It stalled the event loop 48–63 ms, twice
-    in a 500-job W2 run on Postgres (gc.callbacks, /tmp trace, bench/RESULTS.md
-    "pgpickup"), and every job due in that window waited for it: the W2 tail. Frozen,
-    a full collection walks only what was allocated since. Garbage is collected
-    first, so nothing collectable is frozen; only for a process that is the worker
-    (`conveyor worker`), since it also freezes whatever else the process holds.
+    heap after start-up is mostly imports. Traced W2 workers on Postgres (a loaded
+    machine) paused their event loop 19-178 ms for one at start-up and again 5-10 s
+    later (after the 500 measured jobs, so not inside W2's window: it is a
+    long-running worker's tail), every job due meanwhile waiting; frozen, that second
+    one took 0.06 ms. Garbage is collected first, so nothing
+    collectable is frozen; only for a process that is the worker (`conveyor worker`),
+    since it also freezes whatever else the process holds.
     """
     gc.collect()
     gc.freeze()

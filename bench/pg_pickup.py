@@ -21,15 +21,15 @@ measured job to the last, with the longest one's pause (0 when there was none).
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 import uuid
 from pathlib import Path
+
+from sqlite_pickup import tree_env  # bench/ is the script's directory: on sys.path
 
 APP = """
 import gc, os, time
@@ -104,14 +104,8 @@ def run_once(src: str, jobs: int, port: int) -> dict[str, float]:
     try:
         with tempfile.TemporaryDirectory(prefix="conveyor-pg-pickup-") as tmp:
             d = Path(tmp)
-            (d / "bench_app.py").write_text(textwrap.dedent(APP))
-            out = d / "latency.txt"
-            env = {
-                **os.environ,
-                "PYTHONPATH": f"{Path(src).resolve()}{os.pathsep}{d}",
-                "BENCH_URL": f"postgresql://postgres@127.0.0.1:{port}/{db}?schema=conveyor",
-                "BENCH_OUT": str(out),
-            }
+            url = f"postgresql://postgres@127.0.0.1:{port}/{db}?schema=conveyor"
+            env, out = tree_env(src, d, APP, url)
             subprocess.run(  # the schema, before the worker and the producer race for it
                 [sys.executable, "-c", "import asyncio, bench_app; "
                  "asyncio.run(bench_app.app.connect())"],

@@ -9,6 +9,7 @@ better than wall-clock rates do. Compare checkouts with PYTHONPATH, alternating 
     .venv/bin/python bench/redis_cost.py w1 --concurrency 50,100,200,500
     .venv/bin/python bench/redis_cost.py w2            # pickup latency, one-hop pickup on/off
     .venv/bin/python bench/redis_cost.py preludes      # shared Lua per call: whole vs assembled
+    .venv/bin/python bench/redis_cost.py memory        # bytes per pending / completed job, by part
     PYTHONPATH=/path/to/other/src .venv/bin/python bench/redis_cost.py w0
     .venv/bin/python bench/redis_cost.py w0 --no-events   # the queue has events=False
 
@@ -30,7 +31,7 @@ import tempfile
 import time
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -151,6 +152,55 @@ async def w1(url: str, n: int, concurrency: int) -> None:
     await app.close()
 
 
+def _sampled(r: redis.Redis, keys: list[str]) -> tuple[float, str]:
+    """Mean `MEMORY USAGE` of `keys` and the encoding of the first."""
+    sizes = [int(r.memory_usage(k, samples=0) or 0) for k in keys]
+    return statistics.mean(sizes), str(r.object("encoding", keys[0]))
+
+
+async def memory(url: str, n: int) -> None:
+    """Bytes per job: Δ used_memory after enqueue_many(n) (pending) and after a worker ran
+    them all (completed), and `MEMORY USAGE` of each part: a job hash (mean of 200), the
+    state's zset and the events stream (over n)."""
+    app = app_on(url)
+    await app.connect()
+    await app.purge(QUEUE)
+    r = redis.Redis.from_url(url.split("?")[0], decode_responses=True)
+    prefix = url.split("prefix=")[1]
+    tag = f"{{{prefix}:{QUEUE}}}"
+    await app.enqueue("job", {"t": 0, "s": 0})  # the queue's own keys exist before m0
+    await app.purge(QUEUE)
+    await asyncio.sleep(0.2)
+    m0 = int(r.info("memory")["used_memory"])
+    for start in range(0, n, 1000):
+        count = min(1000, n - start)
+        await app.enqueue_many([{"task": "job", "payload": {"t": 0, "s": 0}}] * count)
+    m1 = int(r.info("memory")["used_memory"])
+    ids = cast(list[str], r.zrange(f"{tag}:pending", 0, 199))
+    job, enc = _sampled(r, [f"{tag}:job:{i}" for i in ids])
+    zset = int(r.memory_usage(f"{tag}:pending", samples=0) or 0) / n
+    events = int(r.memory_usage(f"{tag}:events", samples=0) or 0) / n
+    print(
+        f"pending x{n:,}: {(m1 - m0) / n:.0f} B/job (used_memory); job hash {job:.0f} B "
+        f"({enc}, {r.hlen(f'{tag}:job:{ids[0]}')} fields), pending zset {zset:.0f} B/job, "
+        f"events stream {events:.0f} B/job; id {ids[0]!r}"
+    )
+    worker = Worker(app, queues=(QUEUE,), concurrency=50, burst=True, close_app=False)
+    await worker.run()
+    await asyncio.sleep(0.2)
+    m2 = int(r.info("memory")["used_memory"])
+    job, enc = _sampled(r, [f"{tag}:job:{i}" for i in ids])
+    zset = int(r.memory_usage(f"{tag}:completed", samples=0) or 0) / n
+    events = int(r.memory_usage(f"{tag}:events", samples=0) or 0) / n
+    print(
+        f"completed x{n:,}: {(m2 - m0) / n:.0f} B/job (used_memory); job hash {job:.0f} B "
+        f"({enc}, {r.hlen(f'{tag}:job:{ids[0]}')} fields), completed zset {zset:.0f} B/job, "
+        f"events stream {events:.0f} B/job; fields {sorted(r.hkeys(f'{tag}:job:{ids[0]}'))}"
+    )
+    await app.purge(QUEUE)
+    await app.close()
+
+
 async def produce(url: str, n: int) -> dict[str, int]:
     """Enqueue n latency jobs 10 ms apart; how the enqueue replies found them."""
     app = Conveyor(url)
@@ -240,7 +290,9 @@ def preludes(url: str, n: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=("w0", "bulk", "w1", "w2", "preludes", "_w2_worker"))
+    parser.add_argument(
+        "what", choices=("w0", "bulk", "w1", "w2", "preludes", "memory", "_w2_worker")
+    )
     parser.add_argument("--url", help="an existing Redis (default: a private redis-server)")
     parser.add_argument("--jobs", type=int, default=0, help="default: 5,000 / 10,000 / 400")
     parser.add_argument("--concurrency", default="50,100,200,500")
@@ -264,6 +316,8 @@ def main() -> None:
                 asyncio.run(w0(url, args.jobs or 5_000))
             elif args.what == "preludes":
                 preludes(url, args.jobs or 20_000)
+            elif args.what == "memory":
+                asyncio.run(memory(url, args.jobs or 50_000))
             elif args.what == "bulk":
                 asyncio.run(bulk(url, args.jobs or 10_000))
             elif args.what == "w1":

@@ -15,7 +15,7 @@ from ... import lifecycle
 from ...job import Job, JobState, decode_job, queue_of
 from ...limits import QueueLimits
 from ..base import Event, JobPage, QueueCounts, Throughput
-from .connection import RedisBase, driver_errors, with_errors
+from .connection import RedisBase, driver_errors, hash_fields
 from .fanout import Entries, read_streams
 
 _BACKFILL_BATCH = 1000  # jobs per tenant_backfill call
@@ -53,7 +53,7 @@ class RedisReads(RedisBase):
         fields = cast(dict[str, Any], await self._client.hgetall(key))
         if not fields:
             raise lifecycle.not_found(job_id)
-        return decode_job(with_errors(fields))
+        return decode_job(hash_fields(fields, job_id))
 
     @driver_errors
     async def queue_names(self) -> list[str]:

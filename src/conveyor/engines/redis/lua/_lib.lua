@@ -60,6 +60,30 @@ end
 
 local wake_needed = false
 
+-- Append field `name` to a list of HSET arguments unless `value` is '' (absent = none).
+local function opt_field(fields, name, value)
+  if value ~= '' then
+    fields[#fields + 1] = name
+    fields[#fields + 1] = value
+  end
+end
+
+-- A new job's hash, as HSET arguments (the caller appends its optional fields with
+-- opt_field). Left out, to save memory per job: what the key already says (the id and,
+-- through it, the queue: the readers take them from the key, and jobs stored before
+-- still carry both, with the same values), and the fields equal to their default:
+-- attempt 0, priority 0, max_attempts DEFAULT_MAX_ATTEMPTS. Every reader applies these
+-- defaults (`tonumber(x) or default` here, `conveyor.job.decode_job` in Python).
+local function new_job_fields(task, payload, max_attempts, priority, state, score)
+  local fields = { 'task', task, 'payload', payload, 'created_ms', num(NOW), 'state', state,
+    'score', num(score) }
+  if tonumber(max_attempts) ~= DEFAULT_MAX_ATTEMPTS then
+    opt_field(fields, 'max_attempts', max_attempts)
+  end
+  if tonumber(priority) ~= 0 then opt_field(fields, 'priority', priority) end
+  return fields
+end
+
 -- A tenant's index of a state (keys.py `tenant_state`): the state is a fixed word, so
 -- the name stays unambiguous whatever the tenant holds.
 local function tstate_key(state, tenant)
@@ -292,7 +316,8 @@ local function apply(id, jk, t, body, delay, tenant, task, attempt, dedupe_key, 
   end
   if t.finishes then
     local result = nil
-    if t.store_result and body ~= '' then result = body end
+    -- A result of None ('null') is not stored: an absent result reads as None.
+    if t.store_result and body ~= '' and body ~= 'null' then result = body end
     finish(id, jk, t.state, result, dedupe_key, tenant or false)
   elseif delay > 0 and t.later_state == 'scheduled' then
     schedule(id, jk, NOW + delay, tenant or false)
@@ -356,7 +381,7 @@ local function recover_expired(limit, lim)
       recovered = recovered + 1
       lim = lim or read_limits()
       local attempt = tonumber(f[2]) or 0
-      if attempt >= (tonumber(f[3]) or 1) then
+      if attempt >= (tonumber(f[3]) or DEFAULT_MAX_ATTEMPTS) then
         local err = cjson.encode({
           attempt = attempt, type = 'LeaseExpired', message = lease_expired_message(attempt),
           at = NOW / 1000,

@@ -60,6 +60,9 @@ local function claim_job(id, token, tenant, worker, started, deadline, lim)
   patch(all, at, 'token', token)
   patch(all, at, 'started_ms', started)
   patch(all, at, 'worker', worker)
+  -- The id is not stored in the hash (its key has it; see new_job_fields): the reply
+  -- carries it for the worker.
+  patch(all, at, 'id', id)
   redis.call('ZADD', K_RUNNING, deadline, id)
   if tenant ~= '' then
     -- Scored by claim time, not the deadline: heartbeats then need not touch it.

@@ -4,9 +4,12 @@ Every key of queue `q` carries the hash tag `{<prefix>:q}`, so all of them hash 
 slot and a script that touches them is legal on Redis Cluster. Per queue:
 
 ```
-{p:q}:job:<job id>   hash    one job (fields read by `conveyor.job.decode_job`,
+{p:q}:job:<job id>   hash    one job (fields read by `conveyor.job.decode_job`; not
+                             the id and queue, which the key has, nor fields equal to
+                             their default: see `new_job_fields` in lua/_lib.lua;
                              errors as `err:<n>` fields, `score`: its pending score when
-                             last pushed, kept by a job recovered from an expired lease)
+                             last pushed or claimed, kept by a job recovered from an
+                             expired lease; a job stored pending has it in its bucket only)
 {p:q}:pending        zset    jobs WITHOUT a tenant, score = (MAX_PRIORITY - priority) *
                              PRIORITY_BAND + PRIORITY_MID + seq (claim order; constants in
                              `conveyor.lifecycle`); released jobs use PRIORITY_MID - front,

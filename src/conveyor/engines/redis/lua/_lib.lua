@@ -74,9 +74,11 @@ end
 -- still carry both, with the same values), and the fields equal to their default:
 -- attempt 0, priority 0, max_attempts DEFAULT_MAX_ATTEMPTS. Every reader applies these
 -- defaults (`tonumber(x) or default` here, `conveyor.job.decode_job` in Python).
+-- A pending job's `score` is its entry's score in its bucket, and the claim that pops it
+-- writes it into the hash (see claim_job), so it is stored only for the other states.
 local function new_job_fields(task, payload, max_attempts, priority, state, score)
-  local fields = { 'task', task, 'payload', payload, 'created_ms', num(NOW), 'state', state,
-    'score', num(score) }
+  local fields = { 'task', task, 'payload', payload, 'created_ms', num(NOW), 'state', state }
+  if state ~= 'pending' then opt_field(fields, 'score', num(score)) end
   if tonumber(max_attempts) ~= DEFAULT_MAX_ATTEMPTS then
     opt_field(fields, 'max_attempts', max_attempts)
   end

@@ -78,7 +78,7 @@ for i = 0, n - 1 do
     elseif tenant == '' then
       local was_empty = false
       if not filled then was_empty = redis.call('ZCARD', K_PENDING) == 0 end
-      if was_empty and n == 1 and hand_off(id) then
+      if was_empty and n == 1 and hand_off(id, score) then
         state = 'running'
       else
         index_pending(id, score, tenant, was_empty)

@@ -79,9 +79,10 @@ local recovered = 0
 local deadline = num(NOW + lease_ms)
 local started = num(NOW)
 
--- Claim one popped job of bucket `tenant` ('' = none); false if it was a stale entry.
-local function claim(id, token, tenant)
-  local all = claim_job(id, token, tenant, worker, started, deadline, lim)
+-- Claim one popped job (its score in its bucket: `score`) of bucket `tenant` ('' = none);
+-- false if it was a stale entry.
+local function claim(id, token, tenant, score)
+  local all = claim_job(id, token, tenant, worker, started, deadline, lim, score)
   if not all then return false end
   claimed[#claimed + 1] = all
   return true
@@ -116,7 +117,7 @@ if limit > 0 then
         -- One INCRBY for all tokens of this claim: unique per queue, never reused.
         local last = redis.call('INCRBY', K_SEQ, count)
         for j = 1, count do
-          claim(popped[j * 2 - 1], num(last - count + j) .. '-' .. started, '')
+          claim(popped[j * 2 - 1], num(last - count + j) .. '-' .. started, '', popped[j * 2])
         end
       end
     else
@@ -158,7 +159,7 @@ if limit > 0 then
                 local id = popped[j]
                 if tenant ~= '' then redis.call('ZREM', K_TPENDING, id) end
                 local token = num(redis.call('INCR', K_SEQ)) .. '-' .. started
-                if claim(id, token, tenant) then
+                if claim(id, token, tenant, popped[j + 1]) then
                   room = room - 1
                   served = true
                 end

@@ -345,6 +345,66 @@ async def test_event_stream_is_bounded(redis_url: str) -> None:
         await eng.close()
 
 
+async def test_a_job_hash_stays_small_and_reads_whole(engine: RedisEngine, redis_url: str) -> None:
+    """A new job's hash leaves out what its key says (id, queue) and the fields equal to
+    their default (attempt 0, priority 0, max_attempts 1; a pending job's score, which its
+    bucket has); every reader puts them back."""
+    job = new(max_attempts=1)
+    await engine.enqueue([job])
+    raw = aioredis.Redis.from_url(redis_url.split("?")[0], decode_responses=True)
+    key = KeyLayout(engine.prefix).queue("q").job(job.id)
+    try:
+        assert set(await raw.hkeys(key)) == {"task", "payload", "created_ms", "state"}
+        stored = await engine.get_job(job.id)
+        assert (stored.id, stored.queue, stored.attempt, stored.max_attempts) == (job.id, "q", 0, 1)
+        assert stored.priority == 0
+        [claimed] = (await claim(engine)).jobs
+        assert (claimed.id, claimed.queue, claimed.attempt) == (job.id, "q", 1)
+        assert await raw.hget(key, "score")  # the claim kept its place for a lost lease
+    finally:
+        await raw.aclose()
+
+
+async def test_a_job_stored_by_the_previous_layout_reads_and_runs(
+    clocked: tuple[RedisEngine, FakeClock], redis_url: str
+) -> None:
+    """Jobs written before the smaller hashes (id, queue, attempt, priority, max_attempts
+    and score stored) are read, listed, claimed, recovered and finished as before."""
+    eng, clock = clocked
+    keys = KeyLayout(eng.prefix).queue("q")
+    raw = aioredis.Redis.from_url(redis_url.split("?")[0], decode_responses=True)
+    job_id = "q:" + uuid.uuid4().hex  # the old id: 32 hex digits
+    score = 4_000_000_000_000_007  # an old pending score (any number orders it)
+    now_ms = clock.now_ms()
+    try:
+        await raw.hset(keys.job(job_id), mapping={
+            "id": job_id, "queue": "q", "task": "t", "payload": '{"n": 1}', "attempt": 0,
+            "max_attempts": 2, "priority": 3, "created_ms": now_ms, "state": "pending",
+            "score": score,
+        })  # fmt: skip
+        await raw.zadd(keys.pending, {job_id: score})
+        await raw.sadd(KeyLayout(eng.prefix).queues, "q")
+        stored = await eng.get_job(job_id)
+        assert (stored.id, stored.queue, stored.payload) == (job_id, "q", {"n": 1})
+        assert (stored.attempt, stored.max_attempts, stored.priority) == (0, 2, 3)
+        assert [j.id for j in (await eng.list_jobs("q", JobState.PENDING)).jobs] == [job_id]
+        [first] = (await claim(eng)).jobs
+        assert (first.id, first.queue, first.attempt, first.max_attempts) == (job_id, "q", 1, 2)
+        clock.advance(31)  # its lease runs out: back to pending at its old place
+        assert await eng.recover_expired(["q"]) == 1
+        assert await raw.zscore(keys.pending, job_id) == score
+        [second] = (await claim(eng)).jobs
+        assert second.attempt == 2
+        await eng.exchange(
+            [Outcome(job_id, str(second.token), "complete", result_json='{"ok": true}')],
+            queues=("q",), limit=0, worker_id="w", lease_ms=30_000,
+        )  # fmt: skip
+        done = await eng.get_job(job_id)
+        assert (done.state, done.result, done.attempt) == (JobState.COMPLETED, {"ok": True}, 2)
+    finally:
+        await raw.aclose()
+
+
 # --- wake-ups ------------------------------------------------------------------------------
 
 

@@ -258,8 +258,8 @@ end
 
 -- Move a job (already removed from its live zset) to a finished state; `result` (or
 -- nil) is stored in the same write; `dedupe_key` as for release_dedupe; `tenant` as
--- for unindex.
-local function finish(id, jk, state, result, dedupe_key, tenant)
+-- for unindex; `links` as for settled.
+local function finish(id, jk, state, result, dedupe_key, tenant, links)
   -- The token is blanked in the same write ('' reads as none), not HDELed: one command
   -- fewer per finished job (the hot path counts them).
   if result then
@@ -270,7 +270,7 @@ local function finish(id, jk, state, result, dedupe_key, tenant)
   if tenant == nil then tenant = redis.call('HGET', jk, 'tenant') end
   index(id, state, NOW, tenant)
   release_dedupe(id, jk, dedupe_key)
-  settled(id, jk, state)
+  settled(id, jk, state, links)
 end
 
 -- Errors are numbered fields err:1, err:2, ... (not err:<attempt>: an operator retry
@@ -299,7 +299,9 @@ end
 --   delay: ms; with `t.later_state`, a delay > 0 sends the job there until due.
 --   tenant, task, attempt, dedupe_key: the job's fields as the caller read them.
 --   data: the event's data, or nil to derive it from the flags.
-local function apply(id, jk, t, body, delay, tenant, task, attempt, dedupe_key, lim, data)
+--   links: the job's flow fields as the caller read them (see settled; nil = read them).
+local function apply(id, jk, t, body, delay, tenant, task, attempt, dedupe_key, lim, data,
+    links)
   left_running(tenant, lim)
   if t.append_error then
     add_error(jk, body)
@@ -320,7 +322,7 @@ local function apply(id, jk, t, body, delay, tenant, task, attempt, dedupe_key, 
     local result = nil
     -- A result of None ('null') is not stored: an absent result reads as None.
     if t.store_result and body ~= '' and body ~= 'null' then result = body end
-    finish(id, jk, t.state, result, dedupe_key, tenant or false)
+    finish(id, jk, t.state, result, dedupe_key, tenant or false, links)
   elseif delay > 0 and t.later_state == 'scheduled' then
     schedule(id, jk, NOW + delay, tenant or false)
   else
@@ -377,7 +379,7 @@ local function recover_expired(limit, lim)
   for _, id in ipairs(ids) do
     local jk = K_JOB .. id
     local f = redis.call('HMGET', jk, 'state', 'attempt', 'max_attempts', 'tenant', 'task',
-      'dedupe_key')
+      'dedupe_key', 'parent', 'policy', 'children')
     unindex(id, 'running', f[4] or false)
     if f[1] == 'running' then
       recovered = recovered + 1
@@ -389,7 +391,7 @@ local function recover_expired(limit, lim)
           at = NOW / 1000,
         })
         apply(id, jk, TRANSITIONS.expire_last, err, 0, f[4], f[5], f[2], f[6], lim,
-          LEASE_EXPIRED_EVENT)
+          LEASE_EXPIRED_EVENT, { f[7], f[8], f[9] })
       else
         apply(id, jk, TRANSITIONS.expire, '', 0, f[4], f[5], f[2], f[6], lim)
       end

@@ -48,14 +48,16 @@ for i = 0, n - 1 do
   local b = 9 + i * 5
   local id, token = ARGV[b], ARGV[b + 1]
   local jk = K_JOB .. id
-  local f = redis.call('HMGET', jk, 'state', 'token', 'tenant', 'task', 'attempt', 'dedupe_key')
+  -- One read of what the outcome needs, the flow fields included (see settled).
+  local f = redis.call('HMGET', jk, 'state', 'token', 'tenant', 'task', 'attempt', 'dedupe_key',
+    'parent', 'policy', 'children')
   -- The token fences a worker that lost its lease: it may not touch the job any more.
   if f[1] ~= 'running' or f[2] ~= token then
     lost[#lost + 1] = id
   else
     unindex(id, 'running', f[3] or false)
     apply(id, jk, TRANSITIONS[ARGV[b + 2]], ARGV[b + 3], tonumber(ARGV[b + 4]) or 0,
-      f[3], f[4], f[5], f[6], lim)
+      f[3], f[4], f[5], f[6], lim, nil, { f[7], f[8], f[9] })
   end
 end
 

@@ -405,6 +405,45 @@ async def test_a_job_stored_by_the_previous_layout_reads_and_runs(
         await raw.aclose()
 
 
+async def test_an_exchange_writes_its_events_as_one_entry_and_each_can_be_resumed_after(
+    engine: RedisEngine, redis_url: str
+) -> None:
+    """One XADD per exchange call, not two per processed job: its events share one stream
+    entry, and each still has its own id, in order, to resume after (the API's
+    `since=`), also from the middle of the entry; plain one-event entries read as before."""
+    jobs = [new() for _ in range(4)]
+    await engine.enqueue(jobs)  # four plain entries (enqueue writes one per job)
+    start = (await engine.last_event_ids(["q"]))["q"]
+    claimed = (await claim(engine)).jobs  # four `started` events, one entry
+    await engine.exchange(
+        [Outcome(j.id, str(j.token), "complete", result_json="null") for j in claimed],
+        queues=("q",), limit=0, worker_id="w", lease_ms=30_000,
+    )  # fmt: skip
+    raw = aioredis.Redis.from_url(redis_url.split("?")[0], decode_responses=True)
+    try:
+        assert await raw.xlen(KeyLayout(engine.prefix).queue("q").events) == 4 + 2
+    finally:
+        await raw.aclose()
+    events = await engine.read_events(["q"], since={"q": start}, count=100, block_ms=0)
+    assert [e.kind for e in events] == ["started"] * 4 + ["completed"] * 4
+    assert [e.job_id for e in events] == [j.id for j in claimed] * 2
+    assert all(e.attempt == 1 and e.task == "t" for e in events)
+    assert len({e.id for e in events}) == 8
+    assert sorted(events, key=lambda e: tuple(int(p) for p in e.id.split("-"))) == events
+    assert (await engine.last_event_ids(["q"]))["q"] == events[-1].id
+    for k in range(8):  # resume after any event, in an entry or at its end
+        rest = await engine.read_events(["q"], since={"q": events[k].id}, count=100, block_ms=0)
+        assert rest == events[k + 1 :]
+    paged, at = [], start  # one event per read: every resume but the last is inside
+    while page := await engine.read_events(["q"], since={"q": at}, count=1, block_ms=0):
+        assert len(page) == 1
+        paged += page
+        at = page[-1].id
+    assert paged == events
+    older = await engine.read_events(["q"], since={"q": "0"}, count=100, block_ms=0)
+    assert [e.kind for e in older] == ["enqueued"] * 4 + [e.kind for e in events]
+
+
 # --- wake-ups ------------------------------------------------------------------------------
 
 

@@ -234,6 +234,17 @@ local function schedule(id, jk, due, tenant)
   redis.call('HSET', jk, 'state', 'scheduled', 'scheduled_ms', num(due))
 end
 
+-- The events of this call held back to go into one stream entry (see flush_events), or
+-- nil: each emit writes its own entry. A script that emits one event per job of a batch
+-- (exchange) holds them: one XADD per call instead of two per processed job.
+local held_events = nil
+
+local function xadd_event(kind, id, task, tenant, attempt, data)
+  redis.call('XADD', K_EVENTS, 'MAXLEN', '~', EVENTS_MAXLEN, '*',
+    'kind', kind, 'job', id, 'task', task, 'tenant', tenant, 'attempt', attempt,
+    'at', num(NOW), 'data', data)
+end
+
 -- `task`, `tenant` and `attempt` are read from the job unless the caller already has them
 -- (the hot paths do: one HMGET fewer per event).
 local function emit(id, jk, kind, data, task, tenant, attempt)
@@ -242,9 +253,35 @@ local function emit(id, jk, kind, data, task, tenant, attempt)
     local f = redis.call('HMGET', jk, 'task', 'tenant', 'attempt')
     task, tenant, attempt = f[1], f[2], f[3]
   end
+  local event = { kind, id, task or '', tenant or '', tostring(attempt or '0'), data or '{}' }
+  if held_events then
+    held_events[#held_events + 1] = event
+  else
+    xadd_event(unpack(event))
+  end
+end
+
+-- Write the events held back by this call (see held_events): one event as its own entry,
+-- several as one entry of two fields, `at` (the time of all of them: one script) and
+-- `batch`, a JSON array of [kind, job, task, tenant, attempt, data] (data: the event's
+-- JSON object itself), in the order they happened. engines/redis/reads.py expands it and
+-- numbers the events inside the entry, so each keeps an id to resume after.
+local function flush_events()
+  local held = held_events
+  held_events = nil
+  if held == nil or #held == 0 then return end
+  if #held == 1 then
+    xadd_event(unpack(held[1]))
+    return
+  end
+  local parts = {}
+  for i, e in ipairs(held) do
+    -- data is JSON text already: spliced in as it is, not encoded again as a string.
+    parts[i] = string.sub(cjson.encode({ e[1], e[2], e[3], e[4], e[5] }), 1, -2) .. ','
+      .. e[6] .. ']'
+  end
   redis.call('XADD', K_EVENTS, 'MAXLEN', '~', EVENTS_MAXLEN, '*',
-    'kind', kind, 'job', id, 'task', task or '', 'tenant', tenant or '',
-    'attempt', attempt or '0', 'at', num(NOW), 'data', data or '{}')
+    'at', num(NOW), 'batch', '[' .. table.concat(parts, ',') .. ']')
 end
 
 -- A dedupe key belongs to a job only while it is live (scheduled, pending or running).

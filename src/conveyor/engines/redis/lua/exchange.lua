@@ -42,6 +42,8 @@ for i = 0, n - 1 do
   end
 end
 
+-- Every event of this call goes into one stream entry (see flush_events, before return).
+held_events = {}
 local lim = read_limits()
 local lost = {}
 for i = 0, n - 1 do
@@ -191,4 +193,5 @@ if wait_ms > 0 and limit > 0 and #claimed == 0 then
   waiting = register_waiter(worker, lease_ms, wait_ms, lim)
 end
 wake(lim)
+flush_events()
 return { lost, next_due, claimed, recovered, waiting }

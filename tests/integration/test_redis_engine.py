@@ -444,6 +444,26 @@ async def test_an_exchange_writes_its_events_as_one_entry_and_each_can_be_resume
     assert [e.kind for e in older] == ["enqueued"] * 4 + [e.kind for e in events]
 
 
+async def test_an_event_stream_of_batched_entries_is_bounded_in_events(redis_url: str) -> None:
+    """The stream's bound counts entries; an entry of many events trims it further, so
+    it keeps about `events_maxlen` events, not that many entries of events."""
+    eng = RedisEngine(redis_url, events_maxlen=200)
+    await eng.connect()
+    try:
+        await eng.enqueue([new() for _ in range(2000)])
+        outs: list[Outcome] = []
+        while True:  # 50 completions and 50 claims per call: two entries of 64 + 36
+            got = await eng.exchange(outs, queues=("q",), limit=50, worker_id="w", lease_ms=30_000)
+            if not got.jobs and not outs:
+                break
+            outs = [Outcome(j.id, str(j.token), "complete", result_json="null") for j in got.jobs]
+        kept = await eng.read_events(["q"], since={"q": "0"}, count=100_000, block_ms=0)
+        assert 100 <= len(kept) < 200 * 3  # entries of 64 events: 200 entries would keep 12,800
+        assert kept[-1].kind == "completed"
+    finally:
+        await eng.close()
+
+
 # --- wake-ups ------------------------------------------------------------------------------
 
 

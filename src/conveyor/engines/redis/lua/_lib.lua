@@ -261,11 +261,18 @@ local function emit(id, jk, kind, data, task, tenant, attempt)
   end
 end
 
+-- At most this many events share one stream entry (see flush_events).
+local EVENTS_PER_ENTRY = 64
+
 -- Write the events held back by this call (see held_events): one event as its own entry,
--- several as one entry of two fields, `at` (the time of all of them: one script) and
+-- several as entries of two fields, `at` (the time of all of them: one script) and
 -- `batch`, a JSON array of [kind, job, task, tenant, attempt, data] (data: the event's
--- JSON object itself), in the order they happened. engines/redis/reads.py expands it and
--- numbers the events inside the entry, so each keeps an id to resume after.
+-- JSON object itself), in the order they happened. engines/redis/reads.py expands them
+-- and numbers the events inside an entry, so each keeps an id to resume after.
+-- The stream's bound counts entries, so an entry of b events trims the stream to
+-- EVENTS_MAXLEN / b entries: about EVENTS_MAXLEN events stay whatever the batch sizes
+-- (at most EVENTS_MAXLEN * (1 + ln EVENTS_PER_ENTRY), when batch sizes vary widely: of
+-- the entries of s events or more, only EVENTS_MAXLEN / s outlive the newest of them).
 local function flush_events()
   local held = held_events
   held_events = nil
@@ -274,14 +281,19 @@ local function flush_events()
     xadd_event(unpack(held[1]))
     return
   end
-  local parts = {}
-  for i, e in ipairs(held) do
-    -- data is JSON text already: spliced in as it is, not encoded again as a string.
-    parts[i] = string.sub(cjson.encode({ e[1], e[2], e[3], e[4], e[5] }), 1, -2) .. ','
-      .. e[6] .. ']'
+  for first = 1, #held, EVENTS_PER_ENTRY do
+    local last = math.min(#held, first + EVENTS_PER_ENTRY - 1)
+    local parts = {}
+    for i = first, last do
+      local e = held[i]
+      -- data is JSON text already: spliced in as it is, not encoded again as a string.
+      parts[#parts + 1] = string.sub(cjson.encode({ e[1], e[2], e[3], e[4], e[5] }), 1, -2)
+        .. ',' .. e[6] .. ']'
+    end
+    local maxlen = math.ceil(tonumber(EVENTS_MAXLEN) / #parts)
+    redis.call('XADD', K_EVENTS, 'MAXLEN', '~', maxlen, '*',
+      'at', num(NOW), 'batch', '[' .. table.concat(parts, ',') .. ']')
   end
-  redis.call('XADD', K_EVENTS, 'MAXLEN', '~', EVENTS_MAXLEN, '*',
-    'at', num(NOW), 'batch', '[' .. table.concat(parts, ',') .. ']')
 end
 
 -- A dedupe key belongs to a job only while it is live (scheduled, pending or running).

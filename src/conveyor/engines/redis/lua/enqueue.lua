@@ -13,11 +13,14 @@
 -- Touches: job hashes, a one-job call whose job an idle worker takes: waiting, its inbox,
 --          running (see _pickup.lua); pending (tenant jobs: tpending, their bucket, ready; reads served) or scheduled
 --          (tenant jobs: also ts:scheduled:<tenant>),
---          dedupe, seq, events; PUBLISH on the wake channel when a bucket was empty.
+--          dedupe, seq, events (one entry per 64 events, see flush_events); PUBLISH on the wake channel when a bucket was empty.
 local W = 11
 local n = tonumber(ARGV[5])
 
 local out = {}
+-- The batch's events share stream entries (see flush_events, before return): one XADD
+-- per 64 jobs of a bulk enqueue instead of one per job.
+held_events = {}
 -- The batch's places in line, taken with one INCRBY (job i gets seq0 + i + 1).
 local seq0 = redis.call('INCRBY', K_SEQ, n) - n
 -- Once a job of this call is in K_PENDING it is not empty: no ZCARD per job after that.
@@ -93,4 +96,5 @@ for i = 0, n - 1 do
   end
 end
 wake()
+flush_events()
 return out

@@ -13,7 +13,8 @@
 --            1 if the worker is now registered to take a handed job }
 -- Touches: job hashes, every state zset, the buckets (pending, tpending, tp:<tenant>),
 --          the tenant state indexes (ts:<state>:<tenant>),
---          ready, served, trunning, rate logs, turn, dedupe, seq, front, events, waiting and
+--          ready, served, trunning, rate logs, turn, dedupe, seq, front, events (one entry
+--          per 64 events, see flush_events), waiting and
 --          the worker's inbox (see _pickup.lua); PUBLISH on the
 --          wake channel when work became claimable (a bucket refilled, or a job of a
 --          queue with a concurrency limit stopped running) and some is left after the claim.

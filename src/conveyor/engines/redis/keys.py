@@ -38,7 +38,10 @@ slot and a script that touches them is legal on Redis Cluster. Per queue:
                              (JSON list of ids, in the order given); see lua/_flows.lua
 {p:q}:dedupe         hash    dedupe key -> id of the active job holding it
 {p:q}:paused         string  present while the queue is paused
-{p:q}:events         stream  the queue's bounded event log (XADD MAXLEN ~)
+{p:q}:events         stream  the queue's bounded event log (XADD MAXLEN ~); an entry is
+                             one event, or (`at`, `batch`) up to 64 events of one
+                             script call (see flush_events in lua/_lib.lua; reads.py
+                             gives each its own id)
 {p:q}:seq            string  INCR counter: FIFO order and lease tokens
 {p:q}:front          string  INCR counter: order of released jobs (front of priority)
 {p:q}:ts:<state>:<tenant>

@@ -152,10 +152,18 @@ async def w1(url: str, n: int, concurrency: int) -> None:
     await app.close()
 
 
-def _sampled(r: redis.Redis, keys: list[str]) -> tuple[float, str]:
-    """Mean `MEMORY USAGE` of `keys` and the encoding of the first."""
-    sizes = [int(r.memory_usage(k, samples=0) or 0) for k in keys]
-    return statistics.mean(sizes), str(r.object("encoding", keys[0]))
+def _parts(r: redis.Redis, tag: str, ids: list[str], state: str, n: int, used: float) -> str:
+    """One line: bytes per job by used_memory, and `MEMORY USAGE` of a job hash (mean over
+    `ids`), of the state's zset and of the events stream (each over n)."""
+    keys = [f"{tag}:job:{i}" for i in ids]
+    job = statistics.mean(int(r.memory_usage(k, samples=0) or 0) for k in keys)
+    zset = int(r.memory_usage(f"{tag}:{state}", samples=0) or 0) / n
+    events = int(r.memory_usage(f"{tag}:events", samples=0) or 0) / n
+    return (
+        f"{state} x{n:,}: {used:.0f} B/job (used_memory); job hash {job:.0f} B "
+        f"({r.object('encoding', keys[0])}, fields {sorted(r.hkeys(keys[0]))}), "
+        f"{state} zset {zset:.0f} B/job, events stream {events:.0f} B/job; id {ids[0]!r}"
+    )
 
 
 async def memory(url: str, n: int) -> None:
@@ -166,8 +174,7 @@ async def memory(url: str, n: int) -> None:
     await app.connect()
     await app.purge(QUEUE)
     r = redis.Redis.from_url(url.split("?")[0], decode_responses=True)
-    prefix = url.split("prefix=")[1]
-    tag = f"{{{prefix}:{QUEUE}}}"
+    tag = f"{{{url.split('prefix=')[1]}:{QUEUE}}}"
     await app.enqueue("job", {"t": 0, "s": 0})  # the queue's own keys exist before m0
     await app.purge(QUEUE)
     await asyncio.sleep(0.2)
@@ -175,28 +182,14 @@ async def memory(url: str, n: int) -> None:
     for start in range(0, n, 1000):
         count = min(1000, n - start)
         await app.enqueue_many([{"task": "job", "payload": {"t": 0, "s": 0}}] * count)
-    m1 = int(r.info("memory")["used_memory"])
+    used = (int(r.info("memory")["used_memory"]) - m0) / n
     ids = cast(list[str], r.zrange(f"{tag}:pending", 0, 199))
-    job, enc = _sampled(r, [f"{tag}:job:{i}" for i in ids])
-    zset = int(r.memory_usage(f"{tag}:pending", samples=0) or 0) / n
-    events = int(r.memory_usage(f"{tag}:events", samples=0) or 0) / n
-    print(
-        f"pending x{n:,}: {(m1 - m0) / n:.0f} B/job (used_memory); job hash {job:.0f} B "
-        f"({enc}, {r.hlen(f'{tag}:job:{ids[0]}')} fields), pending zset {zset:.0f} B/job, "
-        f"events stream {events:.0f} B/job; id {ids[0]!r}"
-    )
+    print(_parts(r, tag, ids, "pending", n, used))
     worker = Worker(app, queues=(QUEUE,), concurrency=50, burst=True, close_app=False)
     await worker.run()
     await asyncio.sleep(0.2)
-    m2 = int(r.info("memory")["used_memory"])
-    job, enc = _sampled(r, [f"{tag}:job:{i}" for i in ids])
-    zset = int(r.memory_usage(f"{tag}:completed", samples=0) or 0) / n
-    events = int(r.memory_usage(f"{tag}:events", samples=0) or 0) / n
-    print(
-        f"completed x{n:,}: {(m2 - m0) / n:.0f} B/job (used_memory); job hash {job:.0f} B "
-        f"({enc}, {r.hlen(f'{tag}:job:{ids[0]}')} fields), completed zset {zset:.0f} B/job, "
-        f"events stream {events:.0f} B/job; fields {sorted(r.hkeys(f'{tag}:job:{ids[0]}'))}"
-    )
+    used = (int(r.info("memory")["used_memory"]) - m0) / n
+    print(_parts(r, tag, ids, "completed", n, used))
     await app.purge(QUEUE)
     await app.close()
 

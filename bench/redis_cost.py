@@ -148,6 +148,15 @@ async def w1(url: str, n: int, concurrency: int) -> None:
         f"{(evalsha + inside) / done:.2f} ({evalsha / done:.3f} EVALSHA); "
         f"Redis CPU {cpu / done * 1e6:.1f} us/job"
     )
+    calls = {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()}
+    print(
+        "  per job: "
+        + ", ".join(
+            f"{name} {n / done:.2f}"
+            for name, n in sorted(calls.items(), key=lambda kv: -kv[1])
+            if n / done >= 0.005 and name not in ("info", "config|resetstat")
+        )
+    )
     await app.purge(QUEUE)
     await app.close()
 

@@ -42,11 +42,17 @@ class ClaimLoop(JobRunning):
         """
         calls: set[asyncio.Task[None]] = set()
         loop = asyncio.get_running_loop()
+        # One exchange per wake-up: the next one waits for a job to finish or a reply, and
+        # carries its outcome. Two sent together are answered together, and the worker and
+        # the engine then take turns instead of overlapping (the lockstep that made 200
+        # slots slower than 100). Every branch below the send waits before looping.
+        sent_on_wake = False
         try:
             while not self.stopping:
                 wait = self._retry_at - loop.time()
                 if wait > 0:  # the last exchange failed: back off before trying again
                     await self._sleep_or_stop(wait)
+                    sent_on_wake = False
                     continue
                 free = (
                     self.concurrency
@@ -57,7 +63,7 @@ class ClaimLoop(JobRunning):
                 )
                 claim = free > 0 and not self._empty
                 in_flight_max = 1 if self._probing else _PIPELINE
-                if self._in_flight < in_flight_max and (claim or self._outbox):
+                if self._in_flight < in_flight_max and (claim or self._outbox) and not sent_on_wake:
                     outcomes, self._outbox = self._outbox, []
                     limit = min(max(free, 0), self._batch)
                     self._reserved += limit
@@ -65,19 +71,23 @@ class ClaimLoop(JobRunning):
                     call = asyncio.create_task(self._exchange(engine, outcomes, limit))
                     calls.add(call)
                     call.add_done_callback(calls.discard)
-                    # One exchange per wake-up: the next one waits for a job to finish or
-                    # a reply, and carries its outcome. Two sent together are answered
-                    # together, and the worker and the engine then take turns instead of
-                    # overlapping (the lockstep that made 200 slots slower than 50).
-                    self._wake.clear()
-                    await self._wake.wait()
+                    sent_on_wake = True
                     continue
+                sent_on_wake = False
                 if not self._in_flight and self._empty and not self._outbox:
                     if self.burst and not self._running and not self._ready:
                         log.info("burst: queues %s are empty, exiting", ",".join(self.queues))
                         return
                     self._empty = False  # claim again after the wait, whatever woke us
                     await self._idle(engine, self._next_due_ms)
+                    continue
+                if self._empty and free > 0 and self._in_flight < _PIPELINE:
+                    # The last claim found nothing and an exchange (reporting outcomes) is
+                    # in flight. A job enqueued now is claimed at once, by a second
+                    # exchange, instead of after that one's commit (a WAL flush on
+                    # Postgres: W2's pickup waited for the previous job's completion).
+                    if await self._local_or_engine_wake(engine):
+                        self._empty = self._probing = False
                     continue
                 self._wake.clear()
                 await self._wake.wait()
@@ -125,7 +135,11 @@ class ClaimLoop(JobRunning):
         asyncio.get_running_loop().call_soon(self._start_ready)
         if limit > 0:
             # Nothing claimable now: wait for a wake-up instead of asking again at once.
-            self._empty = self._probing = not result.jobs
+            self._empty = not result.jobs
+            # Fewer jobs than asked for: the queues are (nearly) drained, so the next
+            # claim goes alone. Two at once then only found nothing twice (W2: four
+            # exchanges per job instead of two, the completion waiting behind them).
+            self._probing = len(result.jobs) < limit
             self._next_due_ms = result.next_due_ms
 
     async def _idle(self, engine: Engine, next_due_ms: int | None) -> None:
@@ -156,6 +170,22 @@ class ClaimLoop(JobRunning):
                 await local
         if isinstance(engine, HandsOff):
             self._take_handed(engine)
+
+    async def _local_or_engine_wake(self, engine: Engine) -> bool:
+        """Wait for the claim loop's own wake-up (an exchange returned, a job finished) or
+        the engine's (work may be claimable); True when the engine's came."""
+        self._wake.clear()
+        local = asyncio.ensure_future(self._wake.wait())
+        remote = asyncio.ensure_future(engine.wait_for_jobs(self.rotation.all, self._maintenance_s))
+        try:
+            await asyncio.wait((local, remote), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for fut in (local, remote):
+                fut.cancel()
+            for fut in (local, remote):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await fut  # an engine error: the exchange in flight notices it
+        return remote.done() and not remote.cancelled() and remote.exception() is None
 
     def _take_handed(self, engine: HandsOff) -> None:
         """Start the jobs handed to this worker, straight from the reply that brought

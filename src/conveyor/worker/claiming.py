@@ -36,23 +36,19 @@ class ClaimLoop(JobRunning):
         whose outcomes and claims would otherwise all wait for the same round trip. Slots
         an exchange may fill are reserved when it is sent, so `concurrency` always holds.
 
-        The overlap needs the two exchanges apart: each is written before the jobs of the
-        last reply run (see `_exchange`), and never two on the same wake-up (issue 15,
-        point 5: bench/RESULTS.md, "concurrency" section).
+        The overlap needs each exchange written before the worker runs the jobs of the last
+        reply (see `_exchange`): written after them, as it was, the engine waited through
+        every batch, and with both slots free (100+ slots) both exchanges left together
+        after the jobs, were answered together, and engine and worker took turns for the
+        whole run (issue 15, point 5: bench/RESULTS.md, branch `concurrency`).
         """
         calls: set[asyncio.Task[None]] = set()
         loop = asyncio.get_running_loop()
-        # One exchange per wake-up: the next one waits for a job to finish or a reply, and
-        # carries its outcome. Two sent together are answered together, and the worker and
-        # the engine then take turns instead of overlapping (the lockstep that made 200
-        # slots slower than 100). Every branch below the send waits before looping.
-        sent_on_wake = False
         try:
             while not self.stopping:
                 wait = self._retry_at - loop.time()
                 if wait > 0:  # the last exchange failed: back off before trying again
                     await self._sleep_or_stop(wait)
-                    sent_on_wake = False
                     continue
                 free = (
                     self.concurrency
@@ -63,7 +59,7 @@ class ClaimLoop(JobRunning):
                 )
                 claim = free > 0 and not self._empty
                 in_flight_max = 1 if self._probing else _PIPELINE
-                if self._in_flight < in_flight_max and (claim or self._outbox) and not sent_on_wake:
+                if self._in_flight < in_flight_max and (claim or self._outbox):
                     outcomes, self._outbox = self._outbox, []
                     limit = min(max(free, 0), self._batch)
                     self._reserved += limit
@@ -71,9 +67,7 @@ class ClaimLoop(JobRunning):
                     call = asyncio.create_task(self._exchange(engine, outcomes, limit))
                     calls.add(call)
                     call.add_done_callback(calls.discard)
-                    sent_on_wake = True
                     continue
-                sent_on_wake = False
                 if not self._in_flight and self._empty and not self._outbox:
                     if self.burst and not self._running and not self._ready:
                         log.info("burst: queues %s are empty, exiting", ",".join(self.queues))

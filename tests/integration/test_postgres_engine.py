@@ -206,6 +206,8 @@ async def test_skip_locked_claimers_never_share_a_job(
 async def test_wait_falls_back_to_polling_when_listen_is_lost(
     engine: PostgresEngine, app: Conveyor, postgres_url: str
 ) -> None:
+    await claim(engine, 1)  # a worker's first exchange starts the LISTEN
+    assert engine._listening
     async with await psycopg.AsyncConnection.connect(
         conninfo(postgres_url), autocommit=True
     ) as admin:
@@ -230,14 +232,36 @@ async def test_wait_falls_back_to_polling_when_listen_is_lost(
     await eventually(listening, timeout=15)  # and it listens again
 
 
+async def test_a_process_that_only_enqueues_does_not_listen(
+    engine: PostgresEngine, app: Conveyor, postgres_url: str
+) -> None:
+    """A producer never waits, so it opens no LISTEN connection (it would be woken by
+    the NOTIFYs of each of its own enqueues); a worker's first exchange starts it, and
+    a job enqueued after that exchange wakes the worker's wait."""
+    await engine.enqueue([app.build("t", {"n": 1})])
+    assert engine._listener is None and not engine._listening
+    await claim(engine, 5)
+    assert engine._listening
+    generation = engine._jobs_wake.generation
+    async with await psycopg.AsyncConnection.connect(
+        conninfo(postgres_url), autocommit=True
+    ) as other:
+        await engine.enqueue_in(other, [app.build("t", {"n": 2})])  # NOTIFY from elsewhere
+
+    async def woken() -> bool:
+        return engine._jobs_wake.generation != generation
+
+    await eventually(woken, message="the other process's NOTIFY reached the listener")
+    # Returns at once (woken meanwhile), not after its 30 s timeout.
+    await asyncio.wait_for(engine.wait_for_jobs(["q"], timeout=30), 10)
+
+
 # --- transactional enqueue ---------------------------------------------------------------------
 async def test_enqueue_in_a_transaction_exists_only_once_committed(
     engine: PostgresEngine, app: Conveyor, postgres_url: str
 ) -> None:
-    async def listening() -> bool:
-        return engine._listening
-
-    await eventually(listening)
+    await claim(engine)  # a worker: its first exchange starts the LISTEN
+    assert engine._listening
     async with await psycopg.AsyncConnection.connect(conninfo(postgres_url)) as conn:
         async with conn.transaction():
             [res] = await engine.enqueue_in(conn, [app.build("t", {"n": 1})])

@@ -150,9 +150,10 @@ class PgFlow(PgCore):
 
         See `conveyor.engines.base.JobFlow` and `conveyor.lifecycle` for the contract.
         """
-        # Recorded before the call: a notification after this point makes the next
-        # wait_for_jobs return at once instead of missing it.
+        # Recorded before the call (and listening from then on): a notification after
+        # this point makes the next wait_for_jobs return at once instead of missing it.
         if limit > 0:
+            await self._listen_from_now()
             self._exchange_generation = self._jobs_wake.generation
         args = (outcomes_document(outcomes), list(queues), limit, worker_id, lease_ms, self._fixed)
 

@@ -149,6 +149,7 @@ class PgReadModel(PgCore):
                 events.append(event)
             return events
 
+        await self._listen_from_now()  # before the first read: no NOTIFY missed after it
         closes = self._closes
         settling = False  # woken by a NOTIFY whose events are not readable yet
         while True:

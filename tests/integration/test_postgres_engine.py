@@ -431,6 +431,25 @@ async def test_an_unrelated_open_transaction_does_not_delay_events(
         await writer.rollback()
 
 
+async def write_interleaved(
+    engine: PostgresEngine, app: Conveyor, url: str, writers: int, per_writer: int
+) -> list[str]:
+    """`writers` connections each enqueue `per_writer` jobs, one transaction each, with
+    commits interleaved in an order unrelated to when they wrote; the ids, as committed."""
+    made: list[str] = []
+
+    async def write(w: int) -> None:
+        async with await psycopg.AsyncConnection.connect(conninfo(url)) as conn:
+            for i in range(per_writer):
+                [res] = await engine.enqueue_in(conn, [app.build("t", {"w": w, "i": i})])
+                await asyncio.sleep(((w * 7 + i * 3) % 5) / 1000)  # commits interleave
+                await conn.commit()
+                made.append(res.id)
+
+    await asyncio.gather(*(write(w) for w in range(writers)))
+    return made
+
+
 async def test_concurrent_writers_events_are_read_once_each_in_commit_order(
     engine: PostgresEngine, app: Conveyor, postgres_url: str
 ) -> None:
@@ -442,16 +461,8 @@ async def test_concurrent_writers_events_are_read_once_each_in_commit_order(
     made: list[str] = []
     done = asyncio.Event()
 
-    async def write(w: int) -> None:
-        async with await psycopg.AsyncConnection.connect(conninfo(postgres_url)) as conn:
-            for i in range(per_writer):
-                [res] = await engine.enqueue_in(conn, [app.build("t", {"w": w, "i": i})])
-                await asyncio.sleep(((w * 7 + i * 3) % 5) / 1000)  # commits interleave
-                await conn.commit()
-                made.append(res.id)
-
     async def writers_run() -> None:
-        await asyncio.gather(*(write(w) for w in range(writers)))
+        made.extend(await write_interleaved(engine, app, postgres_url, writers, per_writer))
         done.set()
 
     seen: list[str] = []
@@ -486,20 +497,11 @@ async def test_concurrent_readers_stamping_at_once_each_read_every_event_in_orde
     try:
         await readers[0].enqueue([app.build("t", {"n": "first"})])
         start = await readers[0].last_event_ids(["q"])
-        writers, per_writer = 4, 12
         made: list[str] = []
         done = asyncio.Event()
 
-        async def write(w: int) -> None:
-            async with await psycopg.AsyncConnection.connect(conninfo(postgres_url)) as conn:
-                for i in range(per_writer):
-                    [res] = await readers[0].enqueue_in(conn, [app.build("t", {"w": w, "i": i})])
-                    await asyncio.sleep(((w * 5 + i * 3) % 4) / 1000)
-                    await conn.commit()
-                    made.append(res.id)
-
         async def writers_run() -> None:
-            await asyncio.gather(*(write(w) for w in range(writers)))
+            made.extend(await write_interleaved(readers[0], app, postgres_url, 4, 12))
             done.set()
 
         async def tail(reader: PostgresEngine) -> list[tuple[tuple[int, int], str]]:

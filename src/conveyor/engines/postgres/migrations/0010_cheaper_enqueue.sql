@@ -20,7 +20,9 @@
 --     reader stamps 101 -> pos 7, reads it, holds "7-..."
 --     T1 commits; next reader stamps 100 -> pos 8 > 7: read, never skipped.
 -- The lock is now taken by readers (a stamp is a short write, done once for all the
--- commits it finds), never by the commit of an enqueue or an exchange.
+-- commits it finds), never by the commit of an enqueue or an exchange. So reading events
+-- needs a writable primary, and during a rolling upgrade a reader still on code from
+-- before 0010 sees new events only once a reader on this version has stamped them.
 --
 -- Which transactions to look at, without scanning every event each time: `event_stamp`
 -- keeps the snapshot taken before the last stamp. Every transaction visible in it was

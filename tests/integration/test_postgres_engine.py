@@ -138,13 +138,13 @@ async def test_an_exchange_is_one_statement(
     await engine.enqueue([app.build("t", {}) for _ in range(3)])
     [first, *_] = await claim(engine, 1)
     sent: list[str] = []
-    real = psycopg.AsyncConnection.execute
+    real = psycopg.AsyncCursor.execute  # what connection.execute also goes through
 
-    async def counting(self: psycopg.AsyncConnection[Any], query: Any, *a: Any, **k: Any) -> Any:
+    async def counting(self: psycopg.AsyncCursor[Any], query: Any, *a: Any, **k: Any) -> Any:
         sent.append(str(query))
         return await real(self, query, *a, **k)
 
-    monkeypatch.setattr(psycopg.AsyncConnection, "execute", counting)
+    monkeypatch.setattr(psycopg.AsyncCursor, "execute", counting)
     from conveyor.engines import Outcome
 
     result = await engine.exchange(

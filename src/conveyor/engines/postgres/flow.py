@@ -127,7 +127,8 @@ class PgFlow(PgCore):
         sql, params = self.enqueue_statement(jobs)
 
         async def tx(conn: Conn) -> list[EnqueueResult]:
-            cur = await conn.execute(sql, params)
+            cur = conn.hot_cursor()
+            await cur.execute(sql, params)
             return enqueue_results(await cur.fetchall())
 
         results = await self._run(tx, single=True)
@@ -158,7 +159,8 @@ class PgFlow(PgCore):
         args = (outcomes_document(outcomes), list(queues), limit, worker_id, lease_ms, self._fixed)
 
         async def call(conn: Conn) -> dict[str, Any]:
-            cur = await conn.execute(self.q["exchange"], args)
+            cur = conn.hot_cursor()
+            await cur.execute(self.q["exchange"], args)
             row = await cur.fetchone()
             assert row is not None
             out: dict[str, Any] = orjson.loads(row[0])

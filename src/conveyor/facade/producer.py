@@ -79,13 +79,16 @@ class Producer(AppCore):
         Raises:
             UnknownTask, InvalidPayload, PayloadTooLarge, InvalidJob: nothing is enqueued.
         """
-        unknown = set(options) - ENQUEUE_OPTIONS
+        # What the task's registration checked (its queue, its max_attempts) and what
+        # is left out (priority 0, no delay) is not checked again: a single enqueue is
+        # the producer's hot path. Every value given per job is.
+        unknown = options.keys() - ENQUEUE_OPTIONS if options else ()
         if unknown:
             raise InvalidJob(
                 f"unknown enqueue option(s) {', '.join(sorted(unknown))}: "
                 f"valid options are {', '.join(sorted(ENQUEUE_OPTIONS))}"
             )
-        registered = self.tasks.get(task)
+        registered = self.tasks.get(task) if isinstance(task, str) else None
         queue = options.get("queue")
         if registered is None and queue is None:
             raise UnknownTask(
@@ -95,15 +98,20 @@ class Producer(AppCore):
         if not isinstance(task, str) or not task:
             raise InvalidJob("task name must be a non-empty string")
         check_text("task", task)
-        queue = check_queue(
-            queue or (registered.queue if registered else self.default_queue), error=InvalidJob
-        )
+        if queue:
+            queue = check_queue(queue, error=InvalidJob)
+        else:  # checked when the task was registered, or the app made
+            queue = registered.queue if registered else self.default_queue
         priority = options.get("priority")
-        priority = check_priority(0 if priority is None else priority, MIN_PRIORITY, MAX_PRIORITY)
+        if priority is None:
+            priority = 0
+        else:
+            check_priority(priority, MIN_PRIORITY, MAX_PRIORITY)
         max_attempts = options.get("max_attempts")
-        if max_attempts is None:
+        if max_attempts is not None:
+            check_attempts(max_attempts, error=InvalidJob)
+        else:
             max_attempts = registered.max_attempts if registered else 3
-        check_attempts(max_attempts, error=InvalidJob)
         timeout = options.get("timeout")
         check_timeout(timeout, error=InvalidJob)
         backoff_json = None
@@ -226,8 +234,9 @@ class Producer(AppCore):
     async def _store(self, jobs: Sequence[NewJob]) -> list[Enqueued]:
         if not jobs:
             return []
-        jobs = await self._settle(jobs)
-        engine = await self.connect()
+        if not self._settled(jobs):
+            jobs = await self._settle(jobs)
+        engine = self.engine if self._connected else await self.connect()
         results = await engine.enqueue(jobs)
         now = self.clock.now()
         out = []
@@ -237,6 +246,12 @@ class Producer(AppCore):
                 continue
             out.append(Enqueued(self._own(self._assemble(new, res, now)), created=True))
         return out
+
+    def _settled(self, jobs: Sequence[NewJob]) -> bool:
+        """Whether `_settle` would change nothing: every queue's layout was checked, and
+        none is partitioned (the usual case after the first job, decided without it)."""
+        checked, counts = self._layouts_checked, self.partitions.counts
+        return all(new.queue in checked and new.queue not in counts for new in jobs)
 
     async def _settle(self, jobs: Sequence[NewJob], *, move: bool = True) -> Sequence[NewJob]:
         """Once per process and queue, before its first job is stored: a declared

@@ -21,6 +21,14 @@ from .connection import driver_errors, job_fields
 from .pickup import RedisPickup
 
 
+_STATES: dict[str, JobState] = {state.value: state for state in JobState}
+
+
+def _state(name: str) -> JobState:
+    """A state named in a script's reply (a dict lookup: `JobState(name)` costs ~1 us)."""
+    return _STATES.get(name) or JobState(name)
+
+
 class RedisFlow(RedisPickup):
     """Enqueue, exchange, heartbeat, progress, recovery (see `conveyor.engines.base`)."""
 
@@ -53,7 +61,7 @@ class RedisFlow(RedisPickup):
             job_id, created, state = await self._eval(
                 self._enqueue, *self._enqueue_call(queue, jobs, (0,))
             )
-            return [EnqueueResult(job_id, bool(created), JobState(state))]
+            return [EnqueueResult(job_id, bool(created), _state(state))]
         groups: dict[str, list[int]] = {}
         for i, job in enumerate(jobs):
             groups.setdefault(job.queue, []).append(i)
@@ -70,7 +78,7 @@ class RedisFlow(RedisPickup):
             for (_, indexes), reply in zip(wave, replies, strict=True):
                 for n, i in enumerate(indexes):
                     job_id, created, state = reply[3 * n : 3 * n + 3]
-                    results[i] = EnqueueResult(job_id, bool(created), JobState(state))
+                    results[i] = EnqueueResult(job_id, bool(created), _state(state))
         return [r for r in results if r is not None]
 
     def _enqueue_call(

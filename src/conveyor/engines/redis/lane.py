@@ -136,10 +136,16 @@ class _Protocol(asyncio.Protocol):
 
     def send(self, packed: Sequence[bytes]) -> list[asyncio.Future[Any]]:
         loop = asyncio.get_running_loop()
-        if not self.out:
-            # Commands written during this loop iteration leave in one send.
-            loop.call_soon(self._flush)
-        self.out.extend(packed)
+        if not self.waiters and not self.out and not self.closed and self.transport is not None:
+            # Nothing in flight: write now. A lone caller (a producer's loop of single
+            # enqueues, a worker's exchange) saves the loop iteration a deferred flush
+            # costs; callers that join while this is in flight are batched below.
+            self.transport.write(packed[0] if len(packed) == 1 else b"".join(packed))
+        else:
+            if not self.out:
+                # Commands written during this loop iteration leave in one send.
+                loop.call_soon(self._flush)
+            self.out.extend(packed)
         now = time.monotonic()
         futs = [loop.create_future() for _ in packed]
         self.waiters.extend((f, now) for f in futs)
@@ -250,7 +256,9 @@ class Lane:
 
     async def call(self, *command: Any) -> Any:
         """One command; an error reply is raised as `ResponseError`."""
-        proto = await self._connection()
+        proto = self._proto
+        if proto is None or proto.closed or self._loop is not asyncio.get_running_loop():
+            proto = await self._connection()
         reply = await proto.send([hiredis.pack_command(command)])[0]
         if isinstance(reply, hiredis.ReplyError):
             raise _error(reply)

@@ -20,7 +20,6 @@ from .bulk import ENQUEUE_CHUNK, bulk_waves
 from .connection import driver_errors, job_fields
 from .pickup import RedisPickup
 
-
 _STATES: dict[str, JobState] = {state.value: state for state in JobState}
 
 

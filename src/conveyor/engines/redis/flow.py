@@ -10,6 +10,7 @@ What each outcome does to a job is decided by `conveyor.lifecycle` and applied i
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,6 +20,13 @@ from ..base import Exchange, Outcome
 from .bulk import ENQUEUE_CHUNK, bulk_waves
 from .connection import driver_errors, job_fields
 from .pickup import RedisPickup
+
+
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    """Mark a finished future's error as seen (asyncio logs unseen ones)."""
+    if not fut.cancelled():
+        fut.exception()
+
 
 _STATES: dict[str, JobState] = {state.value: state for state in JobState}
 
@@ -45,6 +53,9 @@ class RedisFlow(RedisPickup):
             jobs stored are, per queue, a prefix of its jobs in input order (whole
             chunks); a call of at most ENQUEUE_CHUNK jobs per queue is all or nothing.
 
+        The client's own work overlaps Redis's: while wave k runs, wave k+1's arguments
+        are built, and wave k's replies are decoded once wave k+1 is on its way.
+
         Args:
             jobs: validated jobs.
 
@@ -66,19 +77,72 @@ class RedisFlow(RedisPickup):
             groups.setdefault(job.queue, []).append(i)
         waves = bulk_waves(groups, ENQUEUE_CHUNK)
         results: list[EnqueueResult | None] = [None] * len(jobs)
-        for wave in waves:
-            calls = [(self._enqueue, *self._enqueue_call(q, jobs, ix)) for q, ix in wave]
-            # The queue registry only grows, so each process SADDs a queue once; then a
-            # single-queue enqueue is one EVALSHA, not a pipeline (half the client CPU).
-            new_queues = [q for q, _ in wave if q not in self._known_queues]
-            replies = await self._run_many(calls, add_queues=new_queues)
-            for q in new_queues:
-                self._known_queues.put(q, True)
-            for (_, indexes), reply in zip(wave, replies, strict=True):
-                for n, i in enumerate(indexes):
-                    job_id, created, state = reply[3 * n : 3 * n + 3]
-                    results[i] = EnqueueResult(job_id, bool(created), _state(state))
+        if len(waves) == 1:
+            self._decode_wave(waves[0], await self._send_wave(jobs, waves[0]), results)
+            return [r for r in results if r is not None]
+        # Several waves: wave k+1 is sent as soon as wave k succeeded, from a task of
+        # its own, so this coroutine decodes wave k while Redis runs wave k+1.
+        #   here:  build args k+1 | await k | send k+1 | decode k | build args k+2 | ...
+        #   Redis:    runs wave k          |   runs wave k+1                         |
+        sending: asyncio.Future[list[Any]] | None = None
+        try:
+            for k, wave in enumerate(waves):
+                calls = self._wave_calls(jobs, wave)
+                if sending is not None:
+                    replies = await sending
+                    self._known_queues_add(waves[k - 1])
+                sending = asyncio.ensure_future(self._run_wave(wave, calls))
+                await asyncio.sleep(0)  # its first step writes the wave
+                if k:
+                    self._decode_wave(waves[k - 1], replies, results)
+            assert sending is not None
+            replies = await sending
+            sending = None
+        finally:
+            if sending is not None and not sending.done():
+                # Cancelled, or failed elsewhere: the wave in flight finishes on its own
+                # (its outcome is unknown, like any call cut short); retrieve its error.
+                sending.add_done_callback(_retrieve)
+        self._known_queues_add(waves[-1])
+        self._decode_wave(waves[-1], replies, results)
         return [r for r in results if r is not None]
+
+    def _wave_calls(
+        self, jobs: Sequence[NewJob], wave: Sequence[tuple[str, list[int]]]
+    ) -> list[tuple[Any, list[str], list[Any]]]:
+        """The script calls of one wave: one per queue chunk."""
+        return [(self._enqueue, *self._enqueue_call(q, jobs, ix)) for q, ix in wave]
+
+    async def _run_wave(
+        self, wave: Sequence[tuple[str, list[int]]], calls: list[tuple[Any, list[str], list[Any]]]
+    ) -> list[Any]:
+        # The queue registry only grows, so each process SADDs a queue once; then a
+        # single-queue enqueue is one EVALSHA, not a pipeline (half the client CPU).
+        new_queues = [q for q, _ in wave if q not in self._known_queues]
+        return await self._run_many(calls, add_queues=new_queues)
+
+    async def _send_wave(
+        self, jobs: Sequence[NewJob], wave: Sequence[tuple[str, list[int]]]
+    ) -> list[Any]:
+        replies = await self._run_wave(wave, self._wave_calls(jobs, wave))
+        self._known_queues_add(wave)
+        return replies
+
+    def _known_queues_add(self, wave: Sequence[tuple[str, list[int]]]) -> None:
+        for q, _ in wave:
+            if q not in self._known_queues:
+                self._known_queues.put(q, True)
+
+    @staticmethod
+    def _decode_wave(
+        wave: Sequence[tuple[str, list[int]]],
+        replies: Sequence[Any],
+        results: list[EnqueueResult | None],
+    ) -> None:
+        for (_, indexes), reply in zip(wave, replies, strict=True):
+            for n, i in enumerate(indexes):
+                job_id, created, state = reply[3 * n : 3 * n + 3]
+                results[i] = EnqueueResult(job_id, bool(created), _state(state))
 
     def _enqueue_call(
         self, queue: str, jobs: Sequence[NewJob], indexes: Sequence[int]

@@ -407,7 +407,18 @@ class RedisBase:
         if len(calls) == 1 and not names and ack is None:
             script, keys, args = calls[0]
             return [await self._eval(script, keys, args)]
-        replies = await self._send_many(calls, names, ack)
+        return await self._checked(calls, await self._send_many(calls, names, ack), names, ack)
+
+    async def _checked(
+        self,
+        calls: Sequence[tuple[AsyncScript, list[str], list[Any]]],
+        replies: list[Any],
+        names: Sequence[str],
+        ack: ReplicaAck | None,
+    ) -> list[Any]:
+        """The replies of `calls` as sent by `_send_many` (or `script_commands` on a
+        lane): the registry's SADD reply dropped, calls refused with NOSCRIPT sent again
+        once their scripts are loaded, and the first error reply raised."""
         if names:
             if isinstance(replies[0], Exception):
                 raise replies[0]
@@ -429,6 +440,15 @@ class RedisBase:
             out.append(reply)
         return out
 
+    def script_commands(
+        self, calls: Sequence[tuple[AsyncScript, list[str], list[Any]]], names: Sequence[str]
+    ) -> list[tuple[Any, ...]]:
+        """The commands of `calls` (EVALSHA each), after a SADD of `names` to the queue
+        registry when there are any."""
+        commands: list[tuple[Any, ...]] = [("SADD", self._keys.queues, *names)] if names else []
+        commands += [("EVALSHA", s.sha, len(k), *k, *a) for s, k, a in calls]
+        return commands
+
     async def _send_many(
         self,
         calls: Sequence[tuple[AsyncScript, list[str], list[Any]]],
@@ -438,8 +458,7 @@ class RedisBase:
         """The replies of SADD `names` to the registry (when any) and of `calls`, error
         replies in place; with `ack`, after checking that the replicas confirmed them
         (on the same connection: WAIT covers what its connection wrote)."""
-        commands: list[tuple[Any, ...]] = [("SADD", self._keys.queues, *names)] if names else []
-        commands += [("EVALSHA", s.sha, len(k), *k, *a) for s, k, a in calls]
+        commands = self.script_commands(calls, names)
         replies: list[Any]
         if isinstance(self._lane, ClusterLane):
             replies = await self._lane.call_many(commands, wait=ack and ack.command[1:])  # type: ignore[arg-type]

@@ -10,7 +10,6 @@ What each outcome does to a job is decided by `conveyor.lifecycle` and applied i
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,14 +18,8 @@ from ...job import EnqueueResult, JobState, NewJob, decode_lenient, queue_of
 from ..base import Exchange, Outcome
 from .bulk import ENQUEUE_CHUNK, bulk_waves
 from .connection import driver_errors, job_fields
+from .lane import Lane
 from .pickup import RedisPickup
-
-
-def _retrieve(fut: asyncio.Future[Any]) -> None:
-    """Mark a finished future's error as seen (asyncio logs unseen ones)."""
-    if not fut.cancelled():
-        fut.exception()
-
 
 _STATES: dict[str, JobState] = {state.value: state for state in JobState}
 
@@ -77,34 +70,33 @@ class RedisFlow(RedisPickup):
             groups.setdefault(job.queue, []).append(i)
         waves = bulk_waves(groups, ENQUEUE_CHUNK)
         results: list[EnqueueResult | None] = [None] * len(jobs)
-        if len(waves) == 1:
-            self._decode_wave(waves[0], await self._send_wave(jobs, waves[0]), results)
-            return [r for r in results if r is not None]
-        # Several waves: wave k+1 is sent as soon as wave k succeeded, from a task of
-        # its own, so this coroutine decodes wave k while Redis runs wave k+1.
-        #   here:  build args k+1 | await k | send k+1 | decode k | build args k+2 | ...
-        #   Redis:    runs wave k          |   runs wave k+1                         |
-        sending: asyncio.Future[list[Any]] | None = None
-        try:
-            for k, wave in enumerate(waves):
+        if len(waves) == 1 or type(self._lane) is not Lane or self._ack is not None:
+            # One wave, or a connection without `start` (Cluster, Sentinel, TLS) or with
+            # replica acknowledgements: wave by wave.
+            for wave in waves:
                 calls = self._wave_calls(jobs, wave)
-                if sending is not None:
-                    replies = await sending
-                    self._known_queues_add(waves[k - 1])
-                sending = asyncio.ensure_future(self._run_wave(wave, calls))
-                await asyncio.sleep(0)  # its first step writes the wave
-                if k:
-                    self._decode_wave(waves[k - 1], replies, results)
-            assert sending is not None
-            replies = await sending
-            sending = None
-        finally:
-            if sending is not None and not sending.done():
-                # Cancelled, or failed elsewhere: the wave in flight finishes on its own
-                # (its outcome is unknown, like any call cut short); retrieve its error.
-                sending.add_done_callback(_retrieve)
-        self._known_queues_add(waves[-1])
-        self._decode_wave(waves[-1], replies, results)
+                replies = await self._run_many(calls, add_queues=self._new_queues(wave))
+                self._known_queues_add(wave)
+                self._decode_wave(wave, replies, results)
+            return [r for r in results if r is not None]
+        # Several waves on a plain lane: Redis runs wave k while this builds wave k+1's
+        # arguments; wave k+1 is written as soon as wave k succeeded, and wave k's
+        # replies are decoded while Redis runs it.
+        #   here:   args k+1 | wait k | send k+1 | decode k | args k+2 | wait k+1 | ...
+        #   Redis:  runs wave k         |  runs wave k+1                 |
+        lane = self._lane
+        calls = self._wave_calls(jobs, waves[0])
+        names = self._new_queues(waves[0])
+        sent = await lane.start(self.script_commands(calls, names))
+        for k, wave in enumerate(waves):
+            after = waves[k + 1] if k + 1 < len(waves) else None
+            upcoming = self._wave_calls(jobs, after) if after is not None else []
+            replies = await self._checked(calls, await lane.replies(sent), names, None)
+            self._known_queues_add(wave)
+            if after is not None:
+                calls, names = upcoming, self._new_queues(after)
+                sent = await lane.start(self.script_commands(calls, names))
+            self._decode_wave(wave, replies, results)
         return [r for r in results if r is not None]
 
     def _wave_calls(
@@ -113,20 +105,10 @@ class RedisFlow(RedisPickup):
         """The script calls of one wave: one per queue chunk."""
         return [(self._enqueue, *self._enqueue_call(q, jobs, ix)) for q, ix in wave]
 
-    async def _run_wave(
-        self, wave: Sequence[tuple[str, list[int]]], calls: list[tuple[Any, list[str], list[Any]]]
-    ) -> list[Any]:
+    def _new_queues(self, wave: Sequence[tuple[str, list[int]]]) -> list[str]:
         # The queue registry only grows, so each process SADDs a queue once; then a
         # single-queue enqueue is one EVALSHA, not a pipeline (half the client CPU).
-        new_queues = [q for q, _ in wave if q not in self._known_queues]
-        return await self._run_many(calls, add_queues=new_queues)
-
-    async def _send_wave(
-        self, jobs: Sequence[NewJob], wave: Sequence[tuple[str, list[int]]]
-    ) -> list[Any]:
-        replies = await self._run_wave(wave, self._wave_calls(jobs, wave))
-        self._known_queues_add(wave)
-        return replies
+        return [q for q, _ in wave if q not in self._known_queues]
 
     def _known_queues_add(self, wave: Sequence[tuple[str, list[int]]]) -> None:
         for q, _ in wave:

@@ -72,6 +72,12 @@ def _error(reply: hiredis.ReplyError) -> ResponseError:
     return reply_error(str(reply))
 
 
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    """Mark a finished future's error as seen (asyncio logs unseen ones)."""
+    if not fut.cancelled():
+        fut.exception()
+
+
 class _Protocol(asyncio.Protocol):
     def __init__(self, timeout: float) -> None:
         self.reader = hiredis.Reader(encoding="utf-8", errors="replace")
@@ -241,8 +247,27 @@ class Lane:
             redis.exceptions.ConnectionError: Redis cannot be reached, or the connection
                 died or timed out with these calls in flight (their outcome is unknown).
         """
-        proto = await self._connection()
-        futs = proto.send([hiredis.pack_command(cmd) for cmd in commands])
+        return await self.replies(await self.start(commands))
+
+    async def start(self, commands: Sequence[tuple[Any, ...]]) -> list[asyncio.Future[Any]]:
+        """Send commands (with this loop iteration's others, or at once on an idle
+        connection) and return the futures of their replies without waiting for them:
+        the caller works while Redis runs them, then reads them with `replies`.
+
+        Raises:
+            redis.exceptions.ConnectionError: Redis cannot be reached.
+        """
+        proto = await self._connection()  # no suspension once connected
+        return proto.send([hiredis.pack_command(cmd) for cmd in commands])
+
+    @staticmethod
+    async def replies(futs: Sequence[asyncio.Future[Any]]) -> list[Any]:
+        """The replies of `start`'s futures, as `call_many` returns them.
+
+        Raises:
+            redis.exceptions.ConnectionError: the connection died or timed out with
+                these calls in flight (their outcome is unknown).
+        """
         try:
             replies = [await f for f in futs]
         except BaseException:
@@ -251,6 +276,8 @@ class Lane:
             for fut in futs:
                 if fut.done() and not fut.cancelled():
                     fut.exception()
+                elif not fut.done():  # cancelled while waiting: read it when it ends
+                    fut.add_done_callback(_retrieve)
             raise
         return [_error(r) if isinstance(r, hiredis.ReplyError) else r for r in replies]
 

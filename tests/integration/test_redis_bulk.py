@@ -76,22 +76,8 @@ async def test_a_failed_wave_leaves_a_prefix_of_whole_chunks_per_queue(
     app = app_on(private_redis.url)
     engine = await app.connect()
     waves = 0
-    if seam == "lane":
-        lane = engine._lane
-        real_start = lane.start
 
-        async def second_wave_fails(*args: Any, **kwargs: Any) -> Any:
-            nonlocal waves
-            waves += 1
-            if waves == 2:
-                raise RedisConnectionError("connection lost in the second wave")
-            return await real_start(*args, **kwargs)
-
-        monkeypatch.setattr(lane, "start", second_wave_fails)
-    else:
-        real = engine._run_many
-        monkeypatch.setattr(engine, "_lane", None)  # redis-py's pipeline, wave by wave
-
+    def failing_second(real: Any) -> Any:
         async def second_wave_fails(*args: Any, **kwargs: Any) -> Any:
             nonlocal waves
             waves += 1
@@ -99,7 +85,13 @@ async def test_a_failed_wave_leaves_a_prefix_of_whole_chunks_per_queue(
                 raise RedisConnectionError("connection lost in the second wave")
             return await real(*args, **kwargs)
 
-        monkeypatch.setattr(engine, "_run_many", second_wave_fails)
+        return second_wave_fails
+
+    if seam == "lane":
+        monkeypatch.setattr(engine._lane, "start", failing_second(engine._lane.start))
+    else:
+        monkeypatch.setattr(engine, "_lane", None)  # redis-py's pipeline, wave by wave
+        monkeypatch.setattr(engine, "_run_many", failing_second(engine._run_many))
     with pytest.raises(EngineUnavailable, match="second wave"):
         await app.enqueue_many(items(2 * BULK_BATCH + HALF, 10))
     monkeypatch.undo()

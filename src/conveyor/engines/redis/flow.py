@@ -61,8 +61,9 @@ class RedisFlow(RedisPickup):
         if len(jobs) == 1 and jobs[0].queue in self._known_queues:
             # The common single enqueue: one EVALSHA, no grouping into waves.
             queue = jobs[0].queue
-            job_id, created, state = await self._eval(
-                self._enqueue, *self._enqueue_call(queue, jobs, (0,))
+            _, keys, header = self._q(queue, remember=True)
+            job_id, created, state = await self._eval_queue(
+                self._enqueue, queue, keys, header, [1, *self._job_args(jobs[0])]
             )
             return [EnqueueResult(job_id, bool(created), _state(state))]
         groups: dict[str, list[int]] = {}
@@ -133,21 +134,25 @@ class RedisFlow(RedisPickup):
         _, keys, header = self._q(queue, remember=True)
         args: list[Any] = [*header, len(indexes)]
         for i in indexes:
-            j = jobs[i]
-            args += (
-                j.id,
-                j.task,
-                j.payload_json,
-                j.max_attempts,
-                j.priority,
-                j.tenant or "",
-                j.dedupe_key or "",
-                "" if j.timeout is None else int(j.timeout * 1000),
-                j.backoff_json or "",
-                j.delay_ms,
-                "" if j.run_at_ms is None else j.run_at_ms,
-            )
+            args += self._job_args(jobs[i])
         return keys, args
+
+    @staticmethod
+    def _job_args(j: NewJob) -> tuple[Any, ...]:
+        """One job's 11 ARGV values of `enqueue.lua`."""
+        return (
+            j.id,
+            j.task,
+            j.payload_json,
+            j.max_attempts,
+            j.priority,
+            j.tenant or "",
+            j.dedupe_key or "",
+            "" if j.timeout is None else int(j.timeout * 1000),
+            j.backoff_json or "",
+            j.delay_ms,
+            "" if j.run_at_ms is None else j.run_at_ms,
+        )
 
     @driver_errors
     async def exchange(

@@ -67,6 +67,22 @@ def url_timeouts(url: str) -> tuple[float, float]:
     return out[0], out[1]
 
 
+# The first arguments of a command in RESP, without the leading "*<count>" line, and
+# how many they are (see `pack_prefix`).
+Prefix = tuple[int, bytes]
+
+
+def pack_prefix(args: Sequence[Any]) -> Prefix:
+    """The first arguments of commands that share them (EVALSHA, the script, its KEYS
+    and ARGV header), packed once: a single enqueue then packs 12 arguments, not 45.
+
+    >>> pack_prefix(("GET", "k"))
+    (2, b'$3\\r\\nGET\\r\\n$1\\r\\nk\\r\\n')
+    """
+    packed = hiredis.pack_command(tuple(args))
+    return len(args), packed[packed.index(b"\r\n") + 2 :]
+
+
 def _error(reply: hiredis.ReplyError) -> ResponseError:
     """An error reply as redis-py's exception (classified by the engine, see errors.py)."""
     return reply_error(str(reply))
@@ -283,10 +299,22 @@ class Lane:
 
     async def call(self, *command: Any) -> Any:
         """One command; an error reply is raised as `ResponseError`."""
+        return await self._call_packed(hiredis.pack_command(command))
+
+    async def call_prefixed(self, prefix: Prefix, tail: Sequence[Any]) -> Any:
+        """One command made of a packed `prefix` (see `pack_prefix`) and `tail` (at least
+        one argument); an error reply is raised as `ResponseError`."""
+        count, head = prefix
+        body = hiredis.pack_command(tuple(tail))
+        # pack_command's output starts with its own "*<count>\r\n": replaced.
+        start = body.index(b"\r\n") + 2
+        return await self._call_packed(b"*%d\r\n%b%b" % (count + len(tail), head, body[start:]))
+
+    async def _call_packed(self, packed: bytes) -> Any:
         proto = self._proto
         if proto is None or proto.closed or self._loop is not asyncio.get_running_loop():
             proto = await self._connection()
-        reply = await proto.send([hiredis.pack_command(command)])[0]
+        reply = await proto.send([packed])[0]
         if isinstance(reply, hiredis.ReplyError):
             raise _error(reply)
         return reply

@@ -56,7 +56,7 @@ SWEEP = (10, 50, 100, 200)
 BURST_N = 20_000
 IDLE_QUEUES = 50
 IDLE_WINDOW_S = 10.0
-# With the health server on: long enough to hold one depth sampling (runtime.py,
+# With the health server on: long enough to hold one depth sampling (worker/sampling.py,
 # sample_interval: every 25 s on 50 queues), which a 10 s window may miss or catch.
 IDLE_HEALTH_WINDOW_S = 30.0
 IDLE_SETTLE_S = 3.0

@@ -1,6 +1,6 @@
 """Running one handler and turning what it did into an `Outcome` for the engine.
 
-The worker loop (runtime.py) decides *when* a job runs; this module decides what its
+The worker loop (claiming.py, running.py) decides *when* a job runs; this module decides what its
 attempt amounts to: completed with a result, retried after the task's backoff, deferred
 without spending an attempt (`RateLimited`), or failed (attempts spent, `Unrecoverable`,
 an unknown task, stored data that cannot be decoded).

@@ -6,7 +6,8 @@ pickup latency cost twice BullMQ-on-Node's. The commands that decide those figur
 (EVALSHA of `enqueue` and `exchange`, plus a rare SADD), so they travel on this lane:
 
     callers ──write──▶ [ one socket, replies in order ] ──▶ futures resolved FIFO
-               (all commands written in one loop iteration go out in one send)
+               (a call on an idle connection is sent at once; the commands written
+               while calls are in flight go out in one send per loop iteration)
 
 It speaks RESP2 with hiredis (the C parser redis-py itself uses) and nothing else: every
 other command, TLS (`rediss://`) and pub/sub stay on redis-py. Failure semantics match the

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import os
 import signal
@@ -240,6 +239,7 @@ def worker(
         retention=retention_policy(settings),
         require_noeviction=settings.require_noeviction,
         isolation=isolation,
+        freeze_heap=True,  # the process is the worker's own (see worker.runtime._freeze_heap)
     )
     engine = engine_label(app.url)
     pool_note = ""
@@ -247,11 +247,6 @@ def worker(
         pool_note = f" pool=process({w.process_pool.processes})"
 
     def ready() -> None:  # after the engine answered (runbook 003's ready signal)
-        # Everything start-up made (modules, the app, the engine) lives as long as the
-        # process: moved out of the collector's reach, a full collection no longer walks
-        # it (~57k objects, tens of ms on this machine, paid by whichever job was
-        # running). Only this process's CLI does it: an embedded Worker's host decides.
-        gc.freeze()
         announce(
             f"worker {w.id} on {engine}{overridden} queues={','.join(chosen)} "
             f"concurrency={concurrency}{pool_note} "

@@ -7,7 +7,8 @@ startup`, which also runs `python -X importtime`), while this says *what* a work
 FastAPI, uvicorn and Starlette are imported only when the health server runs (the second
 test is the control that the check can see them); the API, the dashboard and the other
 CLI commands and Rich (their output) never are; nor, on memory:// and sqlite://, another
-engine's client library (redis-py, psycopg) or OpenTelemetry (not configured).
+engine's client library (redis-py, psycopg) or OpenTelemetry (not configured), nor
+pydantic-settings on any engine.
 """
 
 from __future__ import annotations
@@ -43,6 +44,11 @@ ENGINE_LIBRARIES = (
     "conveyor.otel",
 )
 
+# Libraries a worker does not need before its first job: pydantic-settings (the settings
+# read the environment themselves and validate with pydantic alone), ~5% of a worker's
+# start-up instructions on Redis (bench/RESULTS.md, "Start-up, branch startup").
+STARTUP = ("pydantic_settings", "dotenv")
+
 APP = """
 from conveyor import Conveyor, Job
 
@@ -68,7 +74,7 @@ main()
 
 def _worker_imports(tmp_path: Path, health_port: int, url: str = "memory://") -> list[str]:
     (tmp_path / "jobs_app.py").write_text(APP.format(url=url))
-    watched = WEB + OTHER_COMMANDS + ENGINE_LIBRARIES
+    watched = WEB + OTHER_COMMANDS + ENGINE_LIBRARIES + STARTUP
     code = RUN.format(watched=watched, port=str(health_port), url=url)
     proc = subprocess.run(
         [sys.executable, "-c", code],

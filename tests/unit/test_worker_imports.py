@@ -8,7 +8,7 @@ FastAPI, uvicorn and Starlette are imported only when the health server runs (th
 test is the control that the check can see them); the API, the dashboard and the other
 CLI commands and Rich (their output) never are; nor, on memory:// and sqlite://, another
 engine's client library (redis-py, psycopg) or OpenTelemetry (not configured), nor
-pydantic-settings on any engine.
+pydantic-settings on any engine, nor prometheus_client without the health server.
 """
 
 from __future__ import annotations
@@ -44,10 +44,11 @@ ENGINE_LIBRARIES = (
     "conveyor.otel",
 )
 
-# Libraries a worker does not need before its first job: pydantic-settings (the settings
-# read the environment themselves and validate with pydantic alone), ~5% of a worker's
-# start-up instructions on Redis (bench/RESULTS.md, "Start-up, branch startup").
-STARTUP = ("pydantic_settings", "dotenv")
+# Libraries a worker does not need before its first job, each ~5% of a worker's start-up
+# instructions on Redis (bench/RESULTS.md, "Start-up, branch startup"): pydantic-settings
+# (the settings read the environment themselves and validate with pydantic alone), and
+# prometheus_client without a health server (nobody could read the metrics).
+STARTUP = ("pydantic_settings", "dotenv", "prometheus_client")
 
 APP = """
 from conveyor import Conveyor, Job
@@ -101,7 +102,7 @@ def test_the_health_server_brings_its_web_stack(tmp_path: Path) -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     loaded = _worker_imports(tmp_path, health_port=port)
-    assert {"starlette", "uvicorn"} <= set(loaded)
+    assert {"starlette", "uvicorn", "prometheus_client"} <= set(loaded)
     assert not {"fastapi", "conveyor.api", "conveyor.dashboard"} & set(loaded)
 
 

@@ -8,7 +8,8 @@ FastAPI, uvicorn and Starlette are imported only when the health server runs (th
 test is the control that the check can see them); the API, the dashboard and the other
 CLI commands and Rich (their output) never are; nor, on memory:// and sqlite://, another
 engine's client library (redis-py, psycopg) or OpenTelemetry (not configured), nor
-pydantic-settings on any engine, nor prometheus_client without the health server.
+pydantic-settings on any engine, nor prometheus_client without the health server,
+nor typer (the arguments are plain).
 """
 
 from __future__ import annotations
@@ -47,8 +48,9 @@ ENGINE_LIBRARIES = (
 # Libraries a worker does not need before its first job, each ~5% of a worker's start-up
 # instructions on Redis (bench/RESULTS.md, "Start-up, branch startup"): pydantic-settings
 # (the settings read the environment themselves and validate with pydantic alone), and
-# prometheus_client without a health server (nobody could read the metrics).
-STARTUP = ("pydantic_settings", "dotenv", "prometheus_client")
+# prometheus_client without a health server (nobody could read the metrics); and typer
+# (~10%): plain arguments start the worker without it (cli/worker_start.py).
+STARTUP = ("pydantic_settings", "dotenv", "prometheus_client", "typer")
 
 APP = """
 from conveyor import Conveyor, Job

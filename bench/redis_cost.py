@@ -9,6 +9,7 @@ better than wall-clock rates do. Compare checkouts with PYTHONPATH, alternating 
     .venv/bin/python bench/redis_cost.py w1 --concurrency 50,100,200,500
     .venv/bin/python bench/redis_cost.py w2            # pickup latency, one-hop pickup on/off
     .venv/bin/python bench/redis_cost.py preludes      # shared Lua per call: whole vs assembled
+    .venv/bin/python bench/redis_cost.py memory        # bytes per pending / completed job, by part
     PYTHONPATH=/path/to/other/src .venv/bin/python bench/redis_cost.py w0
     .venv/bin/python bench/redis_cost.py w0 --no-events   # the queue has events=False
 
@@ -30,7 +31,7 @@ import tempfile
 import time
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -147,6 +148,57 @@ async def w1(url: str, n: int, concurrency: int) -> None:
         f"{(evalsha + inside) / done:.2f} ({evalsha / done:.3f} EVALSHA); "
         f"Redis CPU {cpu / done * 1e6:.1f} us/job"
     )
+    calls = {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()}
+    print(
+        "  per job: "
+        + ", ".join(
+            f"{name} {n / done:.2f}"
+            for name, n in sorted(calls.items(), key=lambda kv: -kv[1])
+            if n / done >= 0.005 and name not in ("info", "config|resetstat")
+        )
+    )
+    await app.purge(QUEUE)
+    await app.close()
+
+
+def _parts(r: redis.Redis, tag: str, ids: list[str], state: str, n: int, used: float) -> str:
+    """One line: bytes per job by used_memory, and `MEMORY USAGE` of a job hash (mean over
+    `ids`), of the state's zset and of the events stream (each over n)."""
+    keys = [f"{tag}:job:{i}" for i in ids]
+    job = statistics.mean(int(r.memory_usage(k, samples=0) or 0) for k in keys)
+    zset = int(r.memory_usage(f"{tag}:{state}", samples=0) or 0) / n
+    events = int(r.memory_usage(f"{tag}:events", samples=0) or 0) / n
+    return (
+        f"{state} x{n:,}: {used:.0f} B/job (used_memory); job hash {job:.0f} B "
+        f"({r.object('encoding', keys[0])}, fields {sorted(r.hkeys(keys[0]))}), "
+        f"{state} zset {zset:.0f} B/job, events stream {events:.0f} B/job; id {ids[0]!r}"
+    )
+
+
+async def memory(url: str, n: int) -> None:
+    """Bytes per job: Δ used_memory after enqueue_many(n) (pending) and after a worker ran
+    them all (completed), and `MEMORY USAGE` of each part: a job hash (mean of 200), the
+    state's zset and the events stream (over n)."""
+    app = app_on(url)
+    await app.connect()
+    await app.purge(QUEUE)
+    r = redis.Redis.from_url(url.split("?")[0], decode_responses=True)
+    tag = f"{{{url.split('prefix=')[1]}:{QUEUE}}}"
+    await app.enqueue("job", {"t": 0, "s": 0})  # the queue's own keys exist before m0
+    await app.purge(QUEUE)
+    await asyncio.sleep(0.2)
+    m0 = int(r.info("memory")["used_memory"])
+    for start in range(0, n, 1000):
+        count = min(1000, n - start)
+        await app.enqueue_many([{"task": "job", "payload": {"t": 0, "s": 0}}] * count)
+    used = (int(r.info("memory")["used_memory"]) - m0) / n
+    ids = cast(list[str], r.zrange(f"{tag}:pending", 0, 199))
+    print(_parts(r, tag, ids, "pending", n, used))
+    worker = Worker(app, queues=(QUEUE,), concurrency=50, burst=True, close_app=False)
+    await worker.run()
+    await asyncio.sleep(0.2)
+    used = (int(r.info("memory")["used_memory"]) - m0) / n
+    print(_parts(r, tag, ids, "completed", n, used))
     await app.purge(QUEUE)
     await app.close()
 
@@ -240,7 +292,9 @@ def preludes(url: str, n: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=("w0", "bulk", "w1", "w2", "preludes", "_w2_worker"))
+    parser.add_argument(
+        "what", choices=("w0", "bulk", "w1", "w2", "preludes", "memory", "_w2_worker")
+    )
     parser.add_argument("--url", help="an existing Redis (default: a private redis-server)")
     parser.add_argument("--jobs", type=int, default=0, help="default: 5,000 / 10,000 / 400")
     parser.add_argument("--concurrency", default="50,100,200,500")
@@ -264,6 +318,8 @@ def main() -> None:
                 asyncio.run(w0(url, args.jobs or 5_000))
             elif args.what == "preludes":
                 preludes(url, args.jobs or 20_000)
+            elif args.what == "memory":
+                asyncio.run(memory(url, args.jobs or 50_000))
             elif args.what == "bulk":
                 asyncio.run(bulk(url, args.jobs or 10_000))
             elif args.what == "w1":

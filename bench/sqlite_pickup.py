@@ -74,17 +74,24 @@ def raw_commit_ms(directory: Path, n: int = 300) -> tuple[float, float]:
     return times[n // 2] * 1000, times[int(0.99 * (n - 1))] * 1000
 
 
+def tree_env(src: str, d: Path, app: str, url: str) -> tuple[dict[str, str], Path]:
+    """Write `app` to `d`/bench_app.py; returns the environment that imports `src`'s
+    ``conveyor`` and that app on `url`, and the file its handler writes to."""
+    (d / "bench_app.py").write_text(textwrap.dedent(app))
+    out = d / "latency.txt"
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{Path(src).resolve()}{os.pathsep}{d}",
+        "BENCH_URL": url,
+        "BENCH_OUT": str(out),
+    }
+    return env, out
+
+
 def run_once(src: str, jobs: int, query: str = "") -> list[float]:
     with tempfile.TemporaryDirectory(prefix="conveyor-pickup-") as tmp:
         d = Path(tmp)
-        (d / "bench_app.py").write_text(textwrap.dedent(APP))
-        out = d / "latency.txt"
-        env = {
-            **os.environ,
-            "PYTHONPATH": f"{Path(src).resolve()}{os.pathsep}{d}",
-            "BENCH_URL": f"sqlite:///{d / 'bench.db'}{query}",
-            "BENCH_OUT": str(out),
-        }
+        env, out = tree_env(src, d, APP, f"sqlite:///{d / 'bench.db'}{query}")
         worker = subprocess.Popen(
             [sys.executable, "-m", "conveyor", "worker", "bench_app:app", "--queues", "bench",
              "--concurrency", "50", "--health-port", "0", "--log-level", "WARNING"],

@@ -58,7 +58,7 @@ from typing import Final, Literal
 import orjson
 
 from .errors import InvalidState, JobNotFound
-from .job import ACTIVE_STATES, FINISHED_STATES, JobState
+from .job import ACTIVE_STATES, DEFAULT_MAX_ATTEMPTS, FINISHED_STATES, JobState
 
 __all__ = [
     "CANCELLABLE",
@@ -364,6 +364,7 @@ def lua_prelude() -> str:
         f"local PROMOTE_BATCH = {PROMOTE_BATCH}",
         f"local RECOVER_BATCH = {RECOVER_BATCH}",
         f"local UNSTREAMED_MAXLEN = '{UNSTREAMED_MAXLEN}'",
+        f"local DEFAULT_MAX_ATTEMPTS = {DEFAULT_MAX_ATTEMPTS}",
         f"local LEASE_EXPIRED_EVENT = {_lua_value(orjson.dumps(LEASE_EXPIRED_EVENT).decode())}",
         "local function lease_expired_message(attempt)",
         f"  return string.format({_lua_value(message)}, attempt)",

@@ -57,6 +57,19 @@ async def claim(engine: PostgresEngine, n: int = 10, worker: str = "w") -> list[
     ).jobs
 
 
+def record_statements(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The statements every psycopg async connection executes from now on, in order."""
+    sent: list[str] = []
+    real = psycopg.AsyncConnection.execute
+
+    async def recording(self: psycopg.AsyncConnection[Any], query: Any, *a: Any, **k: Any) -> Any:
+        sent.append(str(query))
+        return await real(self, query, *a, **k)
+
+    monkeypatch.setattr(psycopg.AsyncConnection, "execute", recording)
+    return sent
+
+
 # --- URL, schema, migrations, rules -----------------------------------------------------------
 def test_url_names_the_schema_and_keeps_libpq_parameters() -> None:
     assert parse_postgres_url("postgresql://u:p@h:5433/db?schema=jobs&sslmode=require") == (
@@ -137,14 +150,7 @@ async def test_an_exchange_is_one_statement(
 ) -> None:
     await engine.enqueue([app.build("t", {}) for _ in range(3)])
     [first, *_] = await claim(engine, 1)
-    sent: list[str] = []
-    real = psycopg.AsyncConnection.execute
-
-    async def counting(self: psycopg.AsyncConnection[Any], query: Any, *a: Any, **k: Any) -> Any:
-        sent.append(str(query))
-        return await real(self, query, *a, **k)
-
-    monkeypatch.setattr(psycopg.AsyncConnection, "execute", counting)
+    sent = record_statements(monkeypatch)
     from conveyor.engines import Outcome
 
     result = await engine.exchange(
@@ -156,6 +162,33 @@ async def test_an_exchange_is_one_statement(
     )
     assert len(result.jobs) == 2 and result.lost == []
     assert len(sent) == 1, sent  # outcomes and claim: one call, no BEGIN/COMMIT
+
+
+async def test_only_an_exchange_without_outcomes_skips_the_wal_flush(
+    engine: PostgresEngine, app: Conveyor, monkeypatch: pytest.MonkeyPatch, postgres_url: str
+) -> None:
+    """An idle worker's claim commits without waiting for the WAL flush (nothing it
+    writes was acknowledged); an exchange that reports outcomes still waits for it."""
+    await engine.enqueue([app.build("t", {}) for _ in range(3)])
+    sent = record_statements(monkeypatch)
+    [first] = await claim(engine, 1)
+    from conveyor.engines import Outcome
+
+    done = Outcome(first.id, str(first.token), "complete", result_json="1")
+    result = await engine.exchange([done], queues=["q"], limit=1, worker_id="w", lease_ms=30_000)
+    assert len(result.jobs) == 1 and result.lost == []
+    assert sent == [engine.q["exchange_claim"], engine.q["exchange"]]
+    monkeypatch.undo()
+    # What each statement leaves in force for its own transaction's COMMIT:
+    args = ("[]", ["q"], 1, "w", 30_000, None)
+    async with await psycopg.AsyncConnection.connect(conninfo(postgres_url)) as conn:
+        for name, expected in (("exchange_claim", "off"), ("exchange", "on")):
+            async with conn.transaction():
+                await conn.execute(engine.q[name], args)
+                cur = await conn.execute("SELECT current_setting('synchronous_commit')")
+                assert await cur.fetchone() == (expected,), name
+        cur = await conn.execute("SELECT current_setting('synchronous_commit')")
+        assert await cur.fetchone() == ("on",)  # for that transaction only
 
 
 # --- fleet-wide limits: several engines (processes) claim at once -------------------------
@@ -458,7 +491,9 @@ async def test_commit_positions_are_trimmed_with_the_events_they_order(
     try:
         for i in range(150):  # 150 transactions, one event each
             await eng.enqueue([app.build("t", {"i": i})])
-        await claim(eng, 1)  # an exchange trims once enough events were added
+        await claim(eng, 1)  # an exchange starts a trim once enough events were added
+        assert eng._trimmer is not None  # beside the exchange, not inside its round trip
+        await eng._trimmer
         async with await psycopg.AsyncConnection.connect(conninfo(postgres_url)) as conn:
             cur = await conn.execute(f"SELECT count(*) FROM {eng.schema_sql}.event_commits")
             row = await cur.fetchone()

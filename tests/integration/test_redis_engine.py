@@ -337,10 +337,130 @@ async def test_event_stream_is_bounded(redis_url: str) -> None:
     try:
         for _ in range(10):
             await eng.enqueue([new() for _ in range(50)])
-        raw = aioredis.Redis.from_url(redis_url.split("?")[0])
-        length = await raw.xlen(KeyLayout(eng.prefix).queue("q").events)
+        for _ in range(100):
+            await eng.enqueue([new()])
+        kept = await eng.read_events(["q"], since={"q": "0"}, count=100_000, block_ms=0)
+        # MAXLEN ~ trims whole stream nodes (100 entries or 4 kB)
+        assert 50 <= len(kept) < 250
+    finally:
+        await eng.close()
+
+
+async def test_a_job_hash_stays_small_and_reads_whole(engine: RedisEngine, redis_url: str) -> None:
+    """A new job's hash leaves out what its key says (id, queue) and the fields equal to
+    their default (attempt 0, priority 0, max_attempts 1; a pending job's score, which its
+    bucket has); every reader puts them back."""
+    job = new(max_attempts=1)
+    await engine.enqueue([job])
+    raw = aioredis.Redis.from_url(redis_url.split("?")[0], decode_responses=True)
+    key = KeyLayout(engine.prefix).queue("q").job(job.id)
+    try:
+        assert set(await raw.hkeys(key)) == {"task", "payload", "created_ms", "state"}
+        stored = await engine.get_job(job.id)
+        assert (stored.id, stored.queue, stored.attempt, stored.max_attempts) == (job.id, "q", 0, 1)
+        assert stored.priority == 0
+        [claimed] = (await claim(engine)).jobs
+        assert (claimed.id, claimed.queue, claimed.attempt) == (job.id, "q", 1)
+        assert await raw.hget(key, "score")  # the claim kept its place for a lost lease
+    finally:
         await raw.aclose()
-        assert 50 <= length < 250  # MAXLEN ~ trims whole stream nodes (100 entries)
+
+
+async def test_a_job_stored_by_the_previous_layout_reads_and_runs(
+    clocked: tuple[RedisEngine, FakeClock], redis_url: str
+) -> None:
+    """Jobs written before the smaller hashes (id, queue, attempt, priority, max_attempts
+    and score stored) are read, listed, claimed, recovered and finished as before."""
+    eng, clock = clocked
+    keys = KeyLayout(eng.prefix).queue("q")
+    raw = aioredis.Redis.from_url(redis_url.split("?")[0], decode_responses=True)
+    job_id = "q:" + uuid.uuid4().hex  # the old id: 32 hex digits
+    score = 4_000_000_000_000_007  # an old pending score (any number orders it)
+    now_ms = clock.now_ms()
+    try:
+        await raw.hset(keys.job(job_id), mapping={
+            "id": job_id, "queue": "q", "task": "t", "payload": '{"n": 1}', "attempt": 0,
+            "max_attempts": 2, "priority": 3, "created_ms": now_ms, "state": "pending",
+            "score": score,
+        })  # fmt: skip
+        await raw.zadd(keys.pending, {job_id: score})
+        await raw.sadd(KeyLayout(eng.prefix).queues, "q")
+        stored = await eng.get_job(job_id)
+        assert (stored.id, stored.queue, stored.payload) == (job_id, "q", {"n": 1})
+        assert (stored.attempt, stored.max_attempts, stored.priority) == (0, 2, 3)
+        assert [j.id for j in (await eng.list_jobs("q", JobState.PENDING)).jobs] == [job_id]
+        [first] = (await claim(eng)).jobs
+        assert (first.id, first.queue, first.attempt, first.max_attempts) == (job_id, "q", 1, 2)
+        clock.advance(31)  # its lease runs out: back to pending at its old place
+        assert await eng.recover_expired(["q"]) == 1
+        assert await raw.zscore(keys.pending, job_id) == score
+        [second] = (await claim(eng)).jobs
+        assert second.attempt == 2
+        await eng.exchange(
+            [Outcome(job_id, str(second.token), "complete", result_json='{"ok": true}')],
+            queues=("q",), limit=0, worker_id="w", lease_ms=30_000,
+        )  # fmt: skip
+        done = await eng.get_job(job_id)
+        assert (done.state, done.result, done.attempt) == (JobState.COMPLETED, {"ok": True}, 2)
+    finally:
+        await raw.aclose()
+
+
+async def test_an_exchange_writes_its_events_as_one_entry_and_each_can_be_resumed_after(
+    engine: RedisEngine, redis_url: str
+) -> None:
+    """One XADD per exchange call, not two per processed job: its events share one stream
+    entry, and each still has its own id, in order, to resume after (the API's
+    `since=`), also from the middle of the entry; plain one-event entries read as before."""
+    jobs = [new() for _ in range(4)]
+    await engine.enqueue(jobs)  # one entry of four `enqueued` events
+    start = (await engine.last_event_ids(["q"]))["q"]
+    claimed = (await claim(engine)).jobs  # four `started` events, one entry
+    await engine.exchange(
+        [Outcome(j.id, str(j.token), "complete", result_json="null") for j in claimed],
+        queues=("q",), limit=0, worker_id="w", lease_ms=30_000,
+    )  # fmt: skip
+    raw = aioredis.Redis.from_url(redis_url.split("?")[0], decode_responses=True)
+    try:
+        assert await raw.xlen(KeyLayout(engine.prefix).queue("q").events) == 1 + 2
+    finally:
+        await raw.aclose()
+    events = await engine.read_events(["q"], since={"q": start}, count=100, block_ms=0)
+    assert [e.kind for e in events] == ["started"] * 4 + ["completed"] * 4
+    assert [e.job_id for e in events] == [j.id for j in claimed] * 2
+    assert all(e.attempt == 1 and e.task == "t" for e in events)
+    assert len({e.id for e in events}) == 8
+    assert sorted(events, key=lambda e: tuple(int(p) for p in e.id.split("-"))) == events
+    assert (await engine.last_event_ids(["q"]))["q"] == events[-1].id
+    for k in range(8):  # resume after any event, in an entry or at its end
+        rest = await engine.read_events(["q"], since={"q": events[k].id}, count=100, block_ms=0)
+        assert rest == events[k + 1 :]
+    paged, at = [], start  # one event per read: every resume but the last is inside
+    while page := await engine.read_events(["q"], since={"q": at}, count=1, block_ms=0):
+        assert len(page) == 1
+        paged += page
+        at = page[-1].id
+    assert paged == events
+    older = await engine.read_events(["q"], since={"q": "0"}, count=100, block_ms=0)
+    assert [e.kind for e in older] == ["enqueued"] * 4 + [e.kind for e in events]
+
+
+async def test_an_event_stream_of_batched_entries_is_bounded_in_events(redis_url: str) -> None:
+    """The stream's bound counts entries; an entry of many events trims it further, so
+    it keeps about `events_maxlen` events, not that many entries of events."""
+    eng = RedisEngine(redis_url, events_maxlen=200)
+    await eng.connect()
+    try:
+        await eng.enqueue([new() for _ in range(2000)])
+        outs: list[Outcome] = []
+        while True:  # 50 completions and 50 claims per call: two entries of 64 + 36
+            got = await eng.exchange(outs, queues=("q",), limit=50, worker_id="w", lease_ms=30_000)
+            if not got.jobs and not outs:
+                break
+            outs = [Outcome(j.id, str(j.token), "complete", result_json="null") for j in got.jobs]
+        kept = await eng.read_events(["q"], since={"q": "0"}, count=100_000, block_ms=0)
+        assert 100 <= len(kept) < 200 * 3  # entries of 64 events: 200 entries would keep 12,800
+        assert kept[-1].kind == "completed"
     finally:
         await eng.close()
 

@@ -477,3 +477,25 @@ async def test_background_loops_survive_unexpected_errors(app: Conveyor) -> None
     worker.stop()
     await asyncio.wait_for(running, 10)
     assert [j["id"] for j in await app.workers()] == []
+
+
+async def test_freeze_heap_takes_start_up_objects_out_of_full_collections(app: Conveyor) -> None:
+    """`conveyor worker` freezes its start-up heap, so a full collection no longer walks
+    every imported module's objects in the middle of a job's pickup (the W2 tail);
+    an embedded worker (the default) leaves the host process's collector alone."""
+    import gc
+
+    @app.task("noop")
+    async def noop(job: Job) -> None:
+        return None
+
+    await app.enqueue("noop", {})
+    gc.unfreeze()
+    try:
+        await burst(app)
+        assert gc.get_freeze_count() == 0
+        await app.enqueue("noop", {})
+        await burst(app, freeze_heap=True)
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()

@@ -248,6 +248,7 @@ def start_worker(
         retention=retention_policy(settings),
         require_noeviction=settings.require_noeviction,
         isolation=isolation,
+        freeze_heap=True,  # the process is the worker's own (see worker.runtime._freeze_heap)
     )
     engine = engine_label(app.url)
     pool_note = ""

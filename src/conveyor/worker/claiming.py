@@ -69,6 +69,14 @@ class ClaimLoop(JobRunning):
                     self._empty = False  # claim again after the wait, whatever woke us
                     await self._idle(engine, self._next_due_ms)
                     continue
+                if self._empty and free > 0 and self._in_flight < _PIPELINE:
+                    # The last claim found nothing and an exchange (reporting outcomes) is
+                    # in flight. A job enqueued now is claimed at once, by a second
+                    # exchange, instead of after that one's commit (a WAL flush on
+                    # Postgres: W2's pickup waited for the previous job's completion).
+                    if await self._local_or_engine_wake(engine):
+                        self._empty = self._probing = False
+                    continue
                 self._wake.clear()
                 await self._wake.wait()
         finally:
@@ -111,7 +119,11 @@ class ClaimLoop(JobRunning):
         self._start_ready()
         if limit > 0:
             # Nothing claimable now: wait for a wake-up instead of asking again at once.
-            self._empty = self._probing = not result.jobs
+            self._empty = not result.jobs
+            # Fewer jobs than asked for: the queues are (nearly) drained, so the next
+            # claim goes alone. Two at once then only found nothing twice (W2: four
+            # exchanges per job instead of two, the completion waiting behind them).
+            self._probing = len(result.jobs) < limit
             self._next_due_ms = result.next_due_ms
 
     async def _idle(self, engine: Engine, next_due_ms: int | None) -> None:
@@ -142,6 +154,22 @@ class ClaimLoop(JobRunning):
                 await local
         if isinstance(engine, HandsOff):
             self._take_handed(engine)
+
+    async def _local_or_engine_wake(self, engine: Engine) -> bool:
+        """Wait for the claim loop's own wake-up (an exchange returned, a job finished) or
+        the engine's (work may be claimable); True when the engine's came."""
+        self._wake.clear()
+        local = asyncio.ensure_future(self._wake.wait())
+        remote = asyncio.ensure_future(engine.wait_for_jobs(self.rotation.all, self._maintenance_s))
+        try:
+            await asyncio.wait((local, remote), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for fut in (local, remote):
+                fut.cancel()
+            for fut in (local, remote):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await fut  # an engine error: the exchange in flight notices it
+        return remote.done() and not remote.cancelled() and remote.exception() is None
 
     def _take_handed(self, engine: HandsOff) -> None:
         """Start the jobs handed to this worker, straight from the reply that brought

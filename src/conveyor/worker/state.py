@@ -87,8 +87,10 @@ class WorkerState:
         retention: RetentionPolicy | None = None,
         require_noeviction: bool = False,
         isolation: ProcessPoolOptions | None = None,
+        freeze_heap: bool = False,
     ) -> None:
         self.app = app
+        self.freeze_heap = freeze_heap
         self.limits = limits
         self.retention = retention
         self.require_noeviction = require_noeviction

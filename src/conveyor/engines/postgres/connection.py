@@ -142,6 +142,7 @@ class PgCore:
         self._trim_every = max(64, self._events_maxlen // 10)
         self._events_since_trim = 0
         self._trim_queues: set[str] = set()
+        self._trimmer: asyncio.Task[None] | None = None  # see _trim_soon
         self._pool: AsyncConnectionPool[Conn] | None = None
         self._listener: asyncio.Task[None] | None = None
         self._listening = False
@@ -228,10 +229,11 @@ class PgCore:
         self._jobs_wake.notify()
         self._events_wake.notify()
         self._outbox_wake.notify()
-        if listener is not None:
-            listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await listener
+        for task in (listener, self._trimmer):
+            if task is not None:
+                task.cancel()  # a trim cut short is redone by a later one
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         if pool is not None:
             await pool.close()
 
@@ -365,6 +367,26 @@ class PgCore:
         if n:
             self._events_since_trim += n
             self._trim_queues.update(queues)
+
+    def _trim_soon(self) -> None:
+        """Start `_trim_if_due` beside the caller when it is due, one at a time.
+
+        Not awaited by the exchange that made it due: that exchange's claimed jobs
+        would wait for the DELETEs and their commit (3.6-6.8 ms measured under load,
+        once per `_trim_every` events: a W2 pickup in every run paid it). A failed trim
+        is logged; the next one due deletes what this one left.
+        """
+        if self._events_since_trim < self._trim_every:
+            return
+        if self._trimmer is not None and not self._trimmer.done():
+            return
+        self._trimmer = asyncio.create_task(self._trim_logged(), name="conveyor-pg-trim")
+
+    async def _trim_logged(self) -> None:
+        try:
+            await self._trim_if_due()
+        except Exception as exc:
+            log.warning("trimming the Postgres event log failed (%s); will retry", exc)
 
     async def _trim_if_due(self) -> None:
         """Trim the touched queues' event logs to `events_maxlen` once per

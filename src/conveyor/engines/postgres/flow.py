@@ -155,9 +155,12 @@ class PgFlow(PgCore):
         if limit > 0:
             self._exchange_generation = self._jobs_wake.generation
         args = (outcomes_document(outcomes), list(queues), limit, worker_id, lease_ms, self._fixed)
+        # Without outcomes nothing acknowledged rides on this commit: it need not wait for
+        # the WAL flush, the pickup's second one (queries.sql `exchange_claim`).
+        sql = self.q["exchange" if outcomes else "exchange_claim"]
 
         async def call(conn: Conn) -> dict[str, Any]:
-            cur = await conn.execute(self.q["exchange"], args)
+            cur = await conn.execute(sql, args)
             row = await cur.fetchone()
             assert row is not None
             out: dict[str, Any] = orjson.loads(row[0])
@@ -173,7 +176,7 @@ class PgFlow(PgCore):
         )
         self._notify(jobs=bool(result["woke"]), events=bool(result["events"]))
         self._count_events(int(result["events"]), queues)
-        await self._trim_if_due()
+        self._trim_soon()
         return exchange
 
     # --- leases of running jobs ---------------------------------------------------------

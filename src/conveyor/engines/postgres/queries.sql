@@ -28,6 +28,17 @@ SELECT job_id, created, job_state FROM {schema}.enqueue(
 -- name: exchange
 SELECT {schema}.exchange(%s::jsonb, %s::text[], %s, %s, %s, %s::bigint);
 
+-- name: exchange_claim
+-- `exchange` for a call that reports no outcome (an idle worker's claim after a wake-up):
+-- its transaction commits without waiting for the WAL flush (synchronous_commit off, for
+-- this transaction only). Nothing it writes was acknowledged to anyone: if the server
+-- crashes before that WAL reaches disk, the claim (or promotion, or lease recovery) is
+-- undone, so the job is claimable again and runs again (at-least-once), and its worker's
+-- outcome is refused by the token. Any later synchronous commit (the worker's own
+-- outcomes, an enqueue) flushes it first, since the WAL is written in order.
+SELECT {schema}.exchange(%s::jsonb, %s::text[], %s, %s, %s, %s::bigint)
+FROM (SELECT set_config('synchronous_commit', 'off', true)) AS quick;
+
 -- name: recover
 SELECT sum(r.stalled + r.failed)
 FROM unnest(%s::text[]) AS q(name), {schema}.clock_ms(%s::bigint) AS now(ms),

@@ -35,7 +35,7 @@ from ... import lifecycle
 from ...clock import Clock
 from ...durability import ServerSettings
 from ...errors import ConfigError, EngineUnavailable, InvalidState
-from ...job import Job, decode_job, decode_lenient
+from ...job import Job, decode_job, decode_lenient, queue_of
 from .assembly import Definition, assemble, definitions
 from .cluster_lane import ClusterLane
 from .errors import classify, misrouted, with_flags
@@ -165,15 +165,26 @@ def driver_errors(
     return wrapper
 
 
-def job_fields(flat: Sequence[Any]) -> dict[str, Any]:
-    """A flat HGETALL reply from a script as the fields `decode_job` reads."""
+def job_fields(flat: Sequence[Any], job_id: str | None = None) -> dict[str, Any]:
+    """A flat HGETALL reply from a script as the fields `decode_job` reads (the script
+    adds the job's `id` to a reply whose id the caller does not know: a claim)."""
     it = iter(flat)
-    return with_errors(dict(zip(it, it, strict=True)))
+    return hash_fields(dict(zip(it, it, strict=True)), job_id)
 
 
-def with_errors(fields: dict[str, Any]) -> dict[str, Any]:
-    # Errors live in numbered fields err:1..err:<nerr>; most jobs have none, so the
-    # presence of `nerr` is checked first and the hot path pays nothing.
+def hash_fields(fields: dict[str, Any], job_id: str | None = None) -> dict[str, Any]:
+    """A job hash's fields (HGETALL of the job `job_id`) as the fields `decode_job` reads.
+
+    The hash does not store what its key says: the id and the queue (a job stored before
+    that still has both, with the same values), nor the fields equal to their default
+    (`decode_job` applies those). Errors live in numbered fields err:1..err:<nerr>.
+    """
+    if "id" not in fields and job_id is not None:
+        fields["id"] = job_id
+    if "queue" not in fields and "id" in fields:
+        fields["queue"] = queue_of(fields["id"])
+    # Most jobs have no errors, so the presence of `nerr` is checked first and the hot
+    # path pays nothing.
     if "nerr" in fields:
         try:
             count = int(fields["nerr"])
@@ -488,7 +499,7 @@ class RedisBase:
             raise refusal(job_id, reply[1])
         if status == "held":
             raise lifecycle.dedupe_held(job_id, reply[1], reply[2])
-        return decode_job(job_fields(reply[1]))
+        return decode_job(job_fields(reply[1], job_id))
 
     async def _load(self, queue: str, ids: Sequence[str]) -> list[Job]:
         if not ids:
@@ -499,7 +510,11 @@ class RedisBase:
                 pipe.hgetall(keys.job(job_id))
             rows = await pipe.execute()
         # A job deleted between the index read and this one is skipped, not an error.
-        return [decode_lenient(with_errors(fields)) for fields in rows if fields]
+        return [
+            decode_lenient(hash_fields(fields, job_id))
+            for job_id, fields in zip(ids, rows, strict=True)
+            if fields
+        ]
 
     # --- connection ------------------------------------------------------------------------
     @driver_errors

@@ -34,7 +34,9 @@ class RedisEngine(
     Args:
         url: `redis://[:password@]host:port/db` or `rediss://...`; an optional
             `?prefix=<name>` (default `conveyor`) namespaces every key.
-        events_maxlen: approximate length each queue's event stream is trimmed to.
+        events_maxlen: about how many events each queue's event stream keeps (trimmed by
+            whole stream nodes; see flush_events in lua/_lib.lua for the events that
+            share an entry).
         clock: for tests only: its now replaces Redis TIME in every script that reads
             the time (due times, lease deadlines, finish times, worker records), so a
             `FakeClock` drives them as it does on SQLite. Leadership leases keep

@@ -4,9 +4,12 @@ Every key of queue `q` carries the hash tag `{<prefix>:q}`, so all of them hash 
 slot and a script that touches them is legal on Redis Cluster. Per queue:
 
 ```
-{p:q}:job:<job id>   hash    one job (fields read by `conveyor.job.decode_job`,
+{p:q}:job:<job id>   hash    one job (fields read by `conveyor.job.decode_job`; not
+                             the id and queue, which the key has, nor fields equal to
+                             their default: see `new_job_fields` in lua/_lib.lua;
                              errors as `err:<n>` fields, `score`: its pending score when
-                             last pushed, kept by a job recovered from an expired lease)
+                             last pushed or claimed, kept by a job recovered from an
+                             expired lease; a job stored pending has it in its bucket only)
 {p:q}:pending        zset    jobs WITHOUT a tenant, score = (MAX_PRIORITY - priority) *
                              PRIORITY_BAND + PRIORITY_MID + seq (claim order; constants in
                              `conveyor.lifecycle`); released jobs use PRIORITY_MID - front,
@@ -35,7 +38,10 @@ slot and a script that touches them is legal on Redis Cluster. Per queue:
                              (JSON list of ids, in the order given); see lua/_flows.lua
 {p:q}:dedupe         hash    dedupe key -> id of the active job holding it
 {p:q}:paused         string  present while the queue is paused
-{p:q}:events         stream  the queue's bounded event log (XADD MAXLEN ~)
+{p:q}:events         stream  the queue's bounded event log (XADD MAXLEN ~); an entry is
+                             one event, or (`at`, `batch`) up to 64 events of one
+                             script call (see flush_events in lua/_lib.lua; reads.py
+                             gives each its own id)
 {p:q}:seq            string  INCR counter: FIFO order and lease tokens
 {p:q}:front          string  INCR counter: order of released jobs (front of priority)
 {p:q}:ts:<state>:<tenant>

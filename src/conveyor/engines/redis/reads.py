@@ -15,27 +15,88 @@ from ... import lifecycle
 from ...job import Job, JobState, decode_job, queue_of
 from ...limits import QueueLimits
 from ..base import Event, JobPage, QueueCounts, Throughput
-from .connection import RedisBase, driver_errors, with_errors
+from .connection import RedisBase, driver_errors, hash_fields
 from .fanout import Entries, read_streams
 
 _BACKFILL_BATCH = 1000  # jobs per tenant_backfill call
 _MAX_BLOCK_MS = 20_000  # XREAD BLOCK stays under the socket timeout (see read_events)
 
 
-def _event(queue: str, entry_id: str, f: dict[str, str]) -> Event:
-    attempt = f.get("attempt")
-    data = f.get("data")
-    return Event(
-        id=entry_id,
-        kind=f.get("kind", ""),
-        job_id=f.get("job", ""),
-        queue=queue,
-        at=int(f.get("at") or 0) / 1000.0,
-        task=f.get("task") or None,
-        tenant=f.get("tenant") or None,
-        attempt=int(attempt) if attempt else None,
-        data=orjson.loads(data) if data else {},
-    )
+# An event's id is its stream entry's id `<ms>-<seq>` with the event's place inside the
+# entry folded into the second number: `<ms>-<seq * _PER_ENTRY + i>`, where the entry's
+# last event has i = _LAST. A script that emits many events writes them as one entry
+# (`batch`, see flush_events in lua/_lib.lua), and each event still needs an id that
+# sorts in order and can be resumed after; ids keep the two-number shape every caller
+# knows (the API checks it) and fit 63 bits. Resuming after an entry's last event (what
+# a reader that took whole entries does) is a plain XREAD after that entry; only after an
+# event inside an entry is the entry read again, and then it still has events to return.
+_PER_ENTRY = 1 << 20  # more than any script emits in one call
+_LAST = _PER_ENTRY - 1
+_MAX_SEQ = (1 << 64) - 1  # the largest sequence number of a stream id
+
+
+def _event_id(entry_id: str, i: int) -> str:
+    ms, _, seq = entry_id.partition("-")
+    return f"{ms}-{int(seq) * _PER_ENTRY + i}"
+
+
+def _resume_from(event_id: str) -> tuple[str, tuple[str, int] | None]:
+    """Where XREAD resumes after `event_id`: the id to pass (XREAD returns what follows
+    it) and, for an event inside an entry (not its last), that entry and the event's
+    place in it (the entry is read again and its events up to there are skipped).
+
+    Raises:
+        ValueError: not an id this engine handed out.
+    """
+    ms_text, dash, n_text = event_id.partition("-")
+    if not dash:  # "0", "$": a position XREAD knows
+        return event_id, None
+    try:
+        ms, n = int(ms_text), int(n_text)
+    except ValueError:
+        raise ValueError(
+            f"invalid event id {event_id!r}: pass back an id this engine returned"
+        ) from None
+    seq, i = divmod(n, _PER_ENTRY)
+    if i == _LAST:
+        return f"{ms}-{seq}", None
+    if seq > 0:
+        before = f"{ms}-{seq - 1}"
+    elif ms > 0:
+        before = f"{ms - 1}-{_MAX_SEQ}"
+    else:
+        before = "0-0"
+    return before, (f"{ms}-{seq}", i)
+
+
+def _events(queue: str, entry_id: str, f: dict[str, str]) -> list[Event]:
+    """The events of one stream entry: one, or a script's `batch` of them."""
+    at = int(f.get("at") or 0) / 1000.0
+    batch = f.get("batch")
+    rows: list[tuple[str, str, str | None, str | None, str | None, Any]]
+    if batch is None:
+        data = f.get("data")
+        rows = [
+            (f.get("kind", ""), f.get("job", ""), f.get("task"), f.get("tenant"),
+             f.get("attempt"), orjson.loads(data) if data else {})
+        ]  # fmt: skip
+    else:
+        rows = [tuple(row) for row in orjson.loads(batch)]
+    last = len(rows) - 1
+    return [
+        Event(
+            id=_event_id(entry_id, _LAST if i == last else i),
+            kind=kind,
+            job_id=job,
+            queue=queue,
+            at=at,
+            task=task or None,
+            tenant=tenant or None,
+            attempt=int(attempt) if attempt else None,
+            data=data,
+        )
+        for i, (kind, job, task, tenant, attempt, data) in enumerate(rows)
+    ]
 
 
 class RedisReads(RedisBase):
@@ -53,7 +114,7 @@ class RedisReads(RedisBase):
         fields = cast(dict[str, Any], await self._client.hgetall(key))
         if not fields:
             raise lifecycle.not_found(job_id)
-        return decode_job(with_errors(fields))
+        return decode_job(hash_fields(fields, job_id))
 
     @driver_errors
     async def queue_names(self) -> list[str]:
@@ -192,23 +253,33 @@ class RedisReads(RedisBase):
             return []
         since = since or {}
         by_key = {self._keys.queue(q).events: q for q in dict.fromkeys(queues)}
-        streams = {key: since.get(q, "$") for key, q in by_key.items()}
+        streams: dict[str, str] = {}
+        seen: dict[str, tuple[str, int]] = {}  # stream -> (entry, last event seen in it)
+        for key, q in by_key.items():
+            streams[key], inside = _resume_from(since.get(q, "$"))
+            if inside is not None:
+                seen[key] = inside
         # The block must end before the socket timeout would call the connection dead.
         cap = min(_MAX_BLOCK_MS, int(self._timeout * 1000) - 500)
         block = max(1, min(block_ms, cap)) if block_ms > 0 else None
+        # An entry read again (resuming inside it) takes a place of `count` (in entries).
+        entries = count + 1 if seen else count
         reply: Entries | None
         if self._cluster is not None and len(streams) > 1:  # CROSSSLOT: see fanout.py
-            reply = await read_streams(self._cluster, streams, count=count, block_ms=block)
+            reply = await read_streams(self._cluster, streams, count=entries, block_ms=block)
         else:
             reply = cast(
                 list[tuple[str, list[tuple[str, dict[str, str]]]]] | None,
-                await self._client.xread(streams, count=count, block=block),  # type: ignore[arg-type]
+                await self._client.xread(streams, count=entries, block=block),  # type: ignore[arg-type]
             )
-        events = [
-            _event(by_key[stream], entry_id, fields)
-            for stream, entries in reply or []
-            for entry_id, fields in entries
-        ]
+        events = []
+        for stream, stream_entries in reply or []:
+            for entry_id, fields in stream_entries:
+                batch = _events(by_key[stream], entry_id, fields)
+                entry_seen = seen.get(stream)
+                if entry_seen is not None and entry_seen[0] == entry_id:
+                    batch = batch[entry_seen[1] + 1 :]
+                events += batch
         if len(by_key) > 1:
             events.sort(key=lambda e: tuple(int(p) for p in e.id.split("-")))
         return events[:count]
@@ -220,7 +291,10 @@ class RedisReads(RedisBase):
             for q in queues:
                 pipe.xrevrange(self._keys.queue(q).events, count=1)
             replies = await pipe.execute()
-        return {q: (r[0][0] if r else "0") for q, r in zip(queues, replies, strict=True)}
+        return {
+            q: (_events(q, r[0][0], r[0][1])[-1].id if r else "0")
+            for q, r in zip(queues, replies, strict=True)
+        }
 
     @driver_errors
     async def throughput_history(self, queue: str, minutes: int) -> Throughput:

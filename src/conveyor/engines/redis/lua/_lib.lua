@@ -60,6 +60,32 @@ end
 
 local wake_needed = false
 
+-- Append field `name` to a list of HSET arguments unless `value` is '' (absent = none).
+local function opt_field(fields, name, value)
+  if value ~= '' then
+    fields[#fields + 1] = name
+    fields[#fields + 1] = value
+  end
+end
+
+-- A new job's hash, as HSET arguments (the caller appends its optional fields with
+-- opt_field). Left out, to save memory per job: what the key already says (the id and,
+-- through it, the queue: the readers take them from the key, and jobs stored before
+-- still carry both, with the same values), and the fields equal to their default:
+-- attempt 0, priority 0, max_attempts DEFAULT_MAX_ATTEMPTS. Every reader applies these
+-- defaults (`tonumber(x) or default` here, `conveyor.job.decode_job` in Python).
+-- A pending job's `score` is its entry's score in its bucket, and the claim that pops it
+-- writes it into the hash (see claim_job), so it is stored only for the other states.
+local function new_job_fields(task, payload, max_attempts, priority, state, score)
+  local fields = { 'task', task, 'payload', payload, 'created_ms', num(NOW), 'state', state }
+  if state ~= 'pending' then opt_field(fields, 'score', num(score)) end
+  if tonumber(max_attempts) ~= DEFAULT_MAX_ATTEMPTS then
+    opt_field(fields, 'max_attempts', max_attempts)
+  end
+  if tonumber(priority) ~= 0 then opt_field(fields, 'priority', priority) end
+  return fields
+end
+
 -- A tenant's index of a state (keys.py `tenant_state`): the state is a fixed word, so
 -- the name stays unambiguous whatever the tenant holds.
 local function tstate_key(state, tenant)
@@ -208,6 +234,17 @@ local function schedule(id, jk, due, tenant)
   redis.call('HSET', jk, 'state', 'scheduled', 'scheduled_ms', num(due))
 end
 
+-- The events of this call held back to go into one stream entry (see flush_events), or
+-- nil: each emit writes its own entry. A script that emits one event per job of a batch
+-- (exchange) holds them: one XADD per call instead of two per processed job.
+local held_events = nil
+
+local function xadd_event(kind, id, task, tenant, attempt, data)
+  redis.call('XADD', K_EVENTS, 'MAXLEN', '~', EVENTS_MAXLEN, '*',
+    'kind', kind, 'job', id, 'task', task, 'tenant', tenant, 'attempt', attempt,
+    'at', num(NOW), 'data', data)
+end
+
 -- `task`, `tenant` and `attempt` are read from the job unless the caller already has them
 -- (the hot paths do: one HMGET fewer per event).
 local function emit(id, jk, kind, data, task, tenant, attempt)
@@ -216,9 +253,47 @@ local function emit(id, jk, kind, data, task, tenant, attempt)
     local f = redis.call('HMGET', jk, 'task', 'tenant', 'attempt')
     task, tenant, attempt = f[1], f[2], f[3]
   end
-  redis.call('XADD', K_EVENTS, 'MAXLEN', '~', EVENTS_MAXLEN, '*',
-    'kind', kind, 'job', id, 'task', task or '', 'tenant', tenant or '',
-    'attempt', attempt or '0', 'at', num(NOW), 'data', data or '{}')
+  local event = { kind, id, task or '', tenant or '', tostring(attempt or '0'), data or '{}' }
+  if held_events then
+    held_events[#held_events + 1] = event
+  else
+    xadd_event(unpack(event))
+  end
+end
+
+-- At most this many events share one stream entry (see flush_events).
+local EVENTS_PER_ENTRY = 64
+
+-- Write the events held back by this call (see held_events): one event as its own entry,
+-- several as entries of two fields, `at` (the time of all of them: one script) and
+-- `batch`, a JSON array of [kind, job, task, tenant, attempt, data] (data: the event's
+-- JSON object itself), in the order they happened. engines/redis/reads.py expands them
+-- and numbers the events inside an entry, so each keeps an id to resume after.
+-- The stream's bound counts entries, so an entry of b events trims the stream to
+-- EVENTS_MAXLEN / b entries: about EVENTS_MAXLEN events stay whatever the batch sizes
+-- (at most EVENTS_MAXLEN * (1 + ln EVENTS_PER_ENTRY), when batch sizes vary widely: of
+-- the entries of s events or more, only EVENTS_MAXLEN / s outlive the newest of them).
+local function flush_events()
+  local held = held_events
+  held_events = nil
+  if held == nil or #held == 0 then return end
+  if #held == 1 then
+    xadd_event(unpack(held[1]))
+    return
+  end
+  for first = 1, #held, EVENTS_PER_ENTRY do
+    local last = math.min(#held, first + EVENTS_PER_ENTRY - 1)
+    local parts = {}
+    for i = first, last do
+      local e = held[i]
+      -- data is JSON text already: spliced in as it is, not encoded again as a string.
+      parts[#parts + 1] = string.sub(cjson.encode({ e[1], e[2], e[3], e[4], e[5] }), 1, -2)
+        .. ',' .. e[6] .. ']'
+    end
+    local maxlen = math.ceil(tonumber(EVENTS_MAXLEN) / #parts)
+    redis.call('XADD', K_EVENTS, 'MAXLEN', '~', maxlen, '*',
+      'at', num(NOW), 'batch', '[' .. table.concat(parts, ',') .. ']')
+  end
 end
 
 -- A dedupe key belongs to a job only while it is live (scheduled, pending or running).
@@ -232,8 +307,8 @@ end
 
 -- Move a job (already removed from its live zset) to a finished state; `result` (or
 -- nil) is stored in the same write; `dedupe_key` as for release_dedupe; `tenant` as
--- for unindex.
-local function finish(id, jk, state, result, dedupe_key, tenant)
+-- for unindex; `links` as for settled.
+local function finish(id, jk, state, result, dedupe_key, tenant, links)
   -- The token is blanked in the same write ('' reads as none), not HDELed: one command
   -- fewer per finished job (the hot path counts them).
   if result then
@@ -244,7 +319,7 @@ local function finish(id, jk, state, result, dedupe_key, tenant)
   if tenant == nil then tenant = redis.call('HGET', jk, 'tenant') end
   index(id, state, NOW, tenant)
   release_dedupe(id, jk, dedupe_key)
-  settled(id, jk, state)
+  settled(id, jk, state, links)
 end
 
 -- Errors are numbered fields err:1, err:2, ... (not err:<attempt>: an operator retry
@@ -273,7 +348,9 @@ end
 --   delay: ms; with `t.later_state`, a delay > 0 sends the job there until due.
 --   tenant, task, attempt, dedupe_key: the job's fields as the caller read them.
 --   data: the event's data, or nil to derive it from the flags.
-local function apply(id, jk, t, body, delay, tenant, task, attempt, dedupe_key, lim, data)
+--   links: the job's flow fields as the caller read them (see settled; nil = read them).
+local function apply(id, jk, t, body, delay, tenant, task, attempt, dedupe_key, lim, data,
+    links)
   left_running(tenant, lim)
   if t.append_error then
     add_error(jk, body)
@@ -292,8 +369,9 @@ local function apply(id, jk, t, body, delay, tenant, task, attempt, dedupe_key, 
   end
   if t.finishes then
     local result = nil
-    if t.store_result and body ~= '' then result = body end
-    finish(id, jk, t.state, result, dedupe_key, tenant or false)
+    -- A result of None ('null') is not stored: an absent result reads as None.
+    if t.store_result and body ~= '' and body ~= 'null' then result = body end
+    finish(id, jk, t.state, result, dedupe_key, tenant or false, links)
   elseif delay > 0 and t.later_state == 'scheduled' then
     schedule(id, jk, NOW + delay, tenant or false)
   else
@@ -350,19 +428,19 @@ local function recover_expired(limit, lim)
   for _, id in ipairs(ids) do
     local jk = K_JOB .. id
     local f = redis.call('HMGET', jk, 'state', 'attempt', 'max_attempts', 'tenant', 'task',
-      'dedupe_key')
+      'dedupe_key', 'parent', 'policy', 'children')
     unindex(id, 'running', f[4] or false)
     if f[1] == 'running' then
       recovered = recovered + 1
       lim = lim or read_limits()
       local attempt = tonumber(f[2]) or 0
-      if attempt >= (tonumber(f[3]) or 1) then
+      if attempt >= (tonumber(f[3]) or DEFAULT_MAX_ATTEMPTS) then
         local err = cjson.encode({
           attempt = attempt, type = 'LeaseExpired', message = lease_expired_message(attempt),
           at = NOW / 1000,
         })
         apply(id, jk, TRANSITIONS.expire_last, err, 0, f[4], f[5], f[2], f[6], lim,
-          LEASE_EXPIRED_EVENT)
+          LEASE_EXPIRED_EVENT, { f[7], f[8], f[9] })
       else
         apply(id, jk, TRANSITIONS.expire, '', 0, f[4], f[5], f[2], f[6], lim)
       end

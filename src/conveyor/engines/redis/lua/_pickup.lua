@@ -39,10 +39,12 @@ local function patch(all, at, k, v)
   end
 end
 
--- Claim pending job `id` (already out of its bucket) of bucket `tenant` ('' = none) for
--- `worker`: running until `deadline`, fenced by `token`. Returns the job's fields as a
--- flat HGETALL array, or false if it was a stale entry (not pending any more).
-local function claim_job(id, token, tenant, worker, started, deadline, lim)
+-- Claim pending job `id` (already out of its bucket, where its score was `score`) of
+-- bucket `tenant` ('' = none) for `worker`: running until `deadline`, fenced by `token`.
+-- Returns the job's fields as a flat HGETALL array, or false if it was a stale entry (not
+-- pending any more). The score goes into the hash in the claim's write (a job stored
+-- pending has none: see new_job_fields): a lease that expires puts the job back there.
+local function claim_job(id, token, tenant, worker, started, deadline, lim, score)
   local jk = K_JOB .. id
   -- One read of the whole job: it is the reply, and it has what the checks and the event
   -- need; the fields this claim changes are written once and patched into the reply.
@@ -54,12 +56,15 @@ local function claim_job(id, token, tenant, worker, started, deadline, lim)
   end
   local attempt = tostring((tonumber(all[at.attempt]) or 0) + 1)
   redis.call('HSET', jk, 'state', 'running', 'attempt', attempt, 'token', token,
-    'started_ms', started, 'worker', worker)
+    'started_ms', started, 'worker', worker, 'score', score)
   patch(all, at, 'state', 'running')
   patch(all, at, 'attempt', attempt)
   patch(all, at, 'token', token)
   patch(all, at, 'started_ms', started)
   patch(all, at, 'worker', worker)
+  -- The id is not stored in the hash (its key has it; see new_job_fields): the reply
+  -- carries it for the worker.
+  patch(all, at, 'id', id)
   redis.call('ZADD', K_RUNNING, deadline, id)
   if tenant ~= '' then
     -- Scored by claim time, not the deadline: heartbeats then need not touch it.
@@ -89,10 +94,10 @@ local function open_for_pickup(lim)
     and redis.call('ZCARD', K_TPENDING) == 0 and redis.call('EXISTS', K_PAUSED) == 0
 end
 
--- enqueue: claim just-stored pending job `id` (no tenant, in no bucket) for the most
--- recently registered live waiter and push it to its inbox; false if there is none or
--- the job must go through pending.
-local function hand_off(id)
+-- enqueue: claim just-stored pending job `id` (no tenant, in no bucket; its pending score
+-- `score`) for the most recently registered live waiter and push it to its inbox; false if
+-- there is none or the job must go through pending.
+local function hand_off(id, score)
   if redis.call('ZCARD', K_WAITING) == 0 then return false end
   local lim = read_limits()
   if not open_for_pickup(lim) then return false end
@@ -102,7 +107,8 @@ local function hand_off(id)
   local lease_ms, worker = string.match(w[1], '^(%d+):(.*)$')
   local started = num(NOW)
   local token = num(redis.call('INCR', K_SEQ)) .. '-' .. started
-  local all = claim_job(id, token, '', worker, started, num(NOW + tonumber(lease_ms)), lim)
+  local all = claim_job(id, token, '', worker, started, num(NOW + tonumber(lease_ms)), lim,
+    num(score))
   if not all then return false end
   local inbox = K_INBOX .. worker
   redis.call('RPUSH', inbox, cjson.encode(all))

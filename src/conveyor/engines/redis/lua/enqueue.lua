@@ -13,19 +13,14 @@
 -- Touches: job hashes, a one-job call whose job an idle worker takes: waiting, its inbox,
 --          running (see _pickup.lua); pending (tenant jobs: tpending, their bucket, ready; reads served) or scheduled
 --          (tenant jobs: also ts:scheduled:<tenant>),
---          dedupe, seq, events; PUBLISH on the wake channel when a bucket was empty.
+--          dedupe, seq, events (one entry per 64 events, see flush_events); PUBLISH on the wake channel when a bucket was empty.
 local W = 11
 local n = tonumber(ARGV[5])
 
--- Append an optional field to a HSET argument list unless it is empty.
-local function opt(fields, name, value)
-  if value ~= '' then
-    fields[#fields + 1] = name
-    fields[#fields + 1] = value
-  end
-end
-
 local out = {}
+-- The batch's events share stream entries (see flush_events, before return): one XADD
+-- per 64 jobs of a bulk enqueue instead of one per job.
+held_events = {}
 -- The batch's places in line, taken with one INCRBY (job i gets seq0 + i + 1).
 local seq0 = redis.call('INCRBY', K_SEQ, n) - n
 -- Once a job of this call is in K_PENDING it is not empty: no ZCARD per job after that.
@@ -65,19 +60,15 @@ for i = 0, n - 1 do
     local state = 'pending'
     if due > NOW then state = 'scheduled' end
     -- One write per job. Optional fields are left out rather than stored empty: less
-    -- memory per job.
-    local fields = { 'id', id, 'queue', QUEUE, 'task', ARGV[b + 1], 'payload', ARGV[b + 2],
-      'attempt', 0, 'max_attempts', ARGV[b + 3], 'priority', ARGV[b + 4],
-      'created_ms', num(NOW), 'state', state }
-    -- A scheduled job gets its score too: it orders jobs due in the same ms (promote_due).
+    -- memory per job. A scheduled job gets its score too: it orders jobs due in the
+    -- same ms (promote_due).
     local score = pending_score(priority, 'back', nil, seq0 + i + 1)
-    fields[#fields + 1] = 'score'
-    fields[#fields + 1] = num(score)
-    opt(fields, 'tenant', tenant)
-    opt(fields, 'dedupe_key', dedupe_key)
-    opt(fields, 'timeout_ms', ARGV[b + 7])
-    opt(fields, 'backoff', ARGV[b + 8])
-    if state == 'scheduled' then opt(fields, 'scheduled_ms', num(due)) end
+    local fields = new_job_fields(ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], priority, state, score)
+    opt_field(fields, 'tenant', tenant)
+    opt_field(fields, 'dedupe_key', dedupe_key)
+    opt_field(fields, 'timeout_ms', ARGV[b + 7])
+    opt_field(fields, 'backoff', ARGV[b + 8])
+    if state == 'scheduled' then opt_field(fields, 'scheduled_ms', num(due)) end
     redis.call('HSET', jk, unpack(fields))
     if dedupe_key ~= '' then
       redis.call('HSET', K_DEDUPE, dedupe_key, id)
@@ -90,7 +81,7 @@ for i = 0, n - 1 do
     elseif tenant == '' then
       local was_empty = false
       if not filled then was_empty = redis.call('ZCARD', K_PENDING) == 0 end
-      if was_empty and n == 1 and hand_off(id) then
+      if was_empty and n == 1 and hand_off(id, score) then
         state = 'running'
       else
         index_pending(id, score, tenant, was_empty)
@@ -105,4 +96,5 @@ for i = 0, n - 1 do
   end
 end
 wake()
+flush_events()
 return out

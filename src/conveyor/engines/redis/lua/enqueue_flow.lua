@@ -43,22 +43,14 @@ for i = 0, n - 1 do
   end
   if i == 0 then root_state = state end
   local score = pending_score(priority, 'back')
-  local fields = { 'id', id, 'queue', QUEUE, 'task', ARGV[b + 1], 'payload', ARGV[b + 2],
-    'attempt', 0, 'max_attempts', ARGV[b + 3], 'priority', ARGV[b + 4],
-    'created_ms', num(NOW), 'state', state, 'score', num(score) }
-  local function opt(name, value)
-    if value ~= '' then
-      fields[#fields + 1] = name
-      fields[#fields + 1] = value
-    end
-  end
-  opt('tenant', tenant)
-  opt('dedupe_key', dedupe_key)
-  opt('timeout_ms', ARGV[b + 7])
-  opt('backoff', ARGV[b + 8])
-  opt('parent', parent)
-  if parent ~= '' then opt('policy', ARGV[b + 12]) end
-  if state == 'scheduled' then opt('scheduled_ms', num(due)) end
+  local fields = new_job_fields(ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], priority, state, score)
+  opt_field(fields, 'tenant', tenant)
+  opt_field(fields, 'dedupe_key', dedupe_key)
+  opt_field(fields, 'timeout_ms', ARGV[b + 7])
+  opt_field(fields, 'backoff', ARGV[b + 8])
+  opt_field(fields, 'parent', parent)
+  if parent ~= '' then opt_field(fields, 'policy', ARGV[b + 12]) end
+  if state == 'scheduled' then opt_field(fields, 'scheduled_ms', num(due)) end
   redis.call('HSET', jk, unpack(fields))
   if dedupe_key ~= '' then redis.call('HSET', K_DEDUPE, dedupe_key, id) end
   if state == WAITING then

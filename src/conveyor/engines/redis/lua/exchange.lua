@@ -13,7 +13,8 @@
 --            1 if the worker is now registered to take a handed job }
 -- Touches: job hashes, every state zset, the buckets (pending, tpending, tp:<tenant>),
 --          the tenant state indexes (ts:<state>:<tenant>),
---          ready, served, trunning, rate logs, turn, dedupe, seq, front, events, waiting and
+--          ready, served, trunning, rate logs, turn, dedupe, seq, front, events (one entry
+--          per 64 events, see flush_events), waiting and
 --          the worker's inbox (see _pickup.lua); PUBLISH on the
 --          wake channel when work became claimable (a bucket refilled, or a job of a
 --          queue with a concurrency limit stopped running) and some is left after the claim.
@@ -42,20 +43,24 @@ for i = 0, n - 1 do
   end
 end
 
+-- Every event of this call goes into one stream entry (see flush_events, before return).
+held_events = {}
 local lim = read_limits()
 local lost = {}
 for i = 0, n - 1 do
   local b = 9 + i * 5
   local id, token = ARGV[b], ARGV[b + 1]
   local jk = K_JOB .. id
-  local f = redis.call('HMGET', jk, 'state', 'token', 'tenant', 'task', 'attempt', 'dedupe_key')
+  -- One read of what the outcome needs, the flow fields included (see settled).
+  local f = redis.call('HMGET', jk, 'state', 'token', 'tenant', 'task', 'attempt', 'dedupe_key',
+    'parent', 'policy', 'children')
   -- The token fences a worker that lost its lease: it may not touch the job any more.
   if f[1] ~= 'running' or f[2] ~= token then
     lost[#lost + 1] = id
   else
     unindex(id, 'running', f[3] or false)
     apply(id, jk, TRANSITIONS[ARGV[b + 2]], ARGV[b + 3], tonumber(ARGV[b + 4]) or 0,
-      f[3], f[4], f[5], f[6], lim)
+      f[3], f[4], f[5], f[6], lim, nil, { f[7], f[8], f[9] })
   end
 end
 
@@ -79,9 +84,10 @@ local recovered = 0
 local deadline = num(NOW + lease_ms)
 local started = num(NOW)
 
--- Claim one popped job of bucket `tenant` ('' = none); false if it was a stale entry.
-local function claim(id, token, tenant)
-  local all = claim_job(id, token, tenant, worker, started, deadline, lim)
+-- Claim one popped job (its score in its bucket: `score`) of bucket `tenant` ('' = none);
+-- false if it was a stale entry.
+local function claim(id, token, tenant, score)
+  local all = claim_job(id, token, tenant, worker, started, deadline, lim, score)
   if not all then return false end
   claimed[#claimed + 1] = all
   return true
@@ -116,7 +122,7 @@ if limit > 0 then
         -- One INCRBY for all tokens of this claim: unique per queue, never reused.
         local last = redis.call('INCRBY', K_SEQ, count)
         for j = 1, count do
-          claim(popped[j * 2 - 1], num(last - count + j) .. '-' .. started, '')
+          claim(popped[j * 2 - 1], num(last - count + j) .. '-' .. started, '', popped[j * 2])
         end
       end
     else
@@ -158,7 +164,7 @@ if limit > 0 then
                 local id = popped[j]
                 if tenant ~= '' then redis.call('ZREM', K_TPENDING, id) end
                 local token = num(redis.call('INCR', K_SEQ)) .. '-' .. started
-                if claim(id, token, tenant) then
+                if claim(id, token, tenant, popped[j + 1]) then
                   room = room - 1
                   served = true
                 end
@@ -188,4 +194,5 @@ if wait_ms > 0 and limit > 0 and #claimed == 0 then
   waiting = register_waiter(worker, lease_ms, wait_ms, lim)
 end
 wake(lim)
+flush_events()
 return { lost, next_due, claimed, recovered, waiting }

@@ -573,8 +573,8 @@ class RedisBase:
             await self._cluster.initialize()  # the slot map, from the seed nodes
             version, self.server_settings, _ = await read_servers(self._cluster)
         else:
-            await self._client.ping()
             # Read at every connect: durability and the policy can change between restarts.
+            # (Its one round trip is also the check that Redis answers.)
             version, self.server_settings, clustered = await read_server(self._client)
             if clustered:
                 raise ConfigError(

@@ -15,8 +15,9 @@ peers, completion marker and process handling (it imports harness.py):
 * **headline**: Conveyor and BullMQ-node, each at its best concurrency, W1 in >= 5
   alternating reps (A B, B A, A B, ...: neither library always runs first); ratios per rep.
 * **startup**: one job enqueued, then a worker spawned; spawn to that job's marker, 1 ms polls
-  (the worker's whole start-up: interpreter, imports, connect, first claim). Plus
-  `python -X importtime` of the worker's entry path (`conveyor.cli`).
+  (the worker's whole start-up: interpreter, imports, connect, first claim), reps
+  alternating between the libraries. Plus `python -X importtime` of the worker's entry
+  path (`conveyor.cli.worker_start` and the Redis engine).
 * **scale** (W4): W1 with 1, 2 and 4 worker processes at the best concurrency.
 * **idle**: a Conveyor worker watching 50 empty queues; Redis commands/s from
   `INFO commandstats` over 10 s (after `CONFIG RESETSTAT`), by command; then again with its
@@ -174,12 +175,17 @@ def startup_once(ctx: h.Ctx, peer: h.Peer, conc: int) -> float:
         workers.stop()
 
 
+# What `conveyor worker` imports before its first claim: the command's module (typer-free
+# for plain arguments since branch `startup`; `conveyor.cli.run` before).
+WORKER_MODULE = "conveyor.cli.worker_start"
+
+
 def importtime(python: Path) -> dict[str, Any]:
     """`python -X importtime` of what `conveyor worker` imports before its first claim on
     Redis (the command's module and the Redis engine): the total, the self time by
     top-level package, and which web modules it loads."""
     code = (
-        "import sys, conveyor.cli.run, conveyor.engines.redis\n"
+        f"import sys, {WORKER_MODULE}, conveyor.engines.redis\n"
         "print(sorted(m for m in ('fastapi', 'uvicorn', 'starlette', 'conveyor.api', "
         "'conveyor.dashboard', 'jinja2') if m in sys.modules))"
     )
@@ -370,17 +376,17 @@ class Run:
         self.raw["headline"] = reps
 
     def startup(self) -> None:
-        out: dict[str, Any] = {}
-        for peer in self.peers.values():
-            conc = self.best(peer.name)
-            times = []
-            for rep in range(self.args.headline_reps):
+        # Reps alternate between the libraries, so a burst of load on the shared machine
+        # falls on all of them, not on one library's block of reps.
+        out: dict[str, Any] = {name: [] for name in self.peers}
+        for rep in range(self.args.headline_reps):
+            for peer in self.peers.values():
+                conc = self.best(peer.name)
                 self.ctx.tag = f"startup-r{rep}"
                 self.log(f"[{peer.name}] start-up rep {rep + 1}")
                 t = self.attempt(peer.name, lambda p=peer, c=conc: startup_once(self.ctx, p, c))
                 if t is not None:
-                    times.append(t)
-            out[peer.name] = times
+                    out[peer.name].append(t)
         conveyor = self.peers.get("conveyor")
         if conveyor is not None and conveyor.python is not None:
             out["importtime"] = importtime(conveyor.python)
@@ -620,7 +626,7 @@ def render(raw: dict[str, Any], argv: list[str]) -> str:
         if it:
             top = ", ".join(f"{name} {us / 1000:.0f} ms" for us, name in it["top"])
             out += [
-                "`python -X importtime -c 'import conveyor.cli.run, conveyor.engines.redis'` "
+                f"`python -X importtime -c 'import {WORKER_MODULE}, conveyor.engines.redis'` "
                 f"(what `conveyor worker` imports before its first claim on Redis): "
                 f"{it['total_ms']:.0f} ms in all (importtime's own overhead included); self "
                 f"time by package: {top}. Web modules loaded: {it['web']}.",

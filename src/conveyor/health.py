@@ -26,7 +26,7 @@ from .settings import redact
 if TYPE_CHECKING:
     from .app import Conveyor
     from .engines import QueueCounts
-    from .metrics import Metrics
+    from .metrics import WorkerMetrics
 
 
 class WorkerStatsView(Protocol):
@@ -84,7 +84,7 @@ class HealthSource(Protocol):
     @property
     def stopping(self) -> bool: ...
     @property
-    def metrics(self) -> Metrics: ...
+    def metrics(self) -> WorkerMetrics: ...
     @property
     def stats(self) -> WorkerStatsView: ...
     @property

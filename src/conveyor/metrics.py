@@ -3,18 +3,22 @@
 Each worker owns a `Metrics` with its own registry, so two workers in one process
 (tests) never collide. Names here are the contract for `ops/` alert rules and the
 Grafana dashboard; `tests/unit/test_ops_assets.py` checks they match.
+
+A worker without a health server has nobody to read its metrics: it records into
+`Unexported` instead, and prometheus_client (imported by `Metrics` only) is never loaded,
+~5% of a Redis worker's start-up instructions (issue 15, point 7; bench/RESULTS.md).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
-
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from typing import TYPE_CHECKING, Protocol
 
 from .engines import QueueCounts
 
 if TYPE_CHECKING:
+    from prometheus_client import Counter, Histogram
+
     from .breaker import CircuitBreaker
 
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
@@ -50,6 +54,8 @@ class Metrics:
     """The metric objects of one worker."""
 
     def __init__(self, prefix: str = "conveyor_") -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
         self.prefix = prefix
         self.registry = CollectorRegistry(auto_describe=True)
         r, p = self.registry, prefix
@@ -143,8 +149,70 @@ class Metrics:
 
     def exposition(self) -> bytes:
         """The Prometheus text format of every metric."""
+        from prometheus_client import generate_latest
+
         return generate_latest(self.registry)
 
     def names(self) -> list[str]:
         """Every exported sample family name (with prefix)."""
         return [self.prefix + name for name in METRICS]
+
+
+class GaugeLike(Protocol):
+    """What a worker does with a gauge."""
+
+    def set(self, value: float) -> None: ...
+
+
+class CounterLike(Protocol):
+    """What a worker does with a counter."""
+
+    def inc(self, amount: float = 1) -> None: ...
+
+
+class WorkerMetrics(Protocol):
+    """What a worker and its health server use of `Metrics` (`Unexported` too)."""
+
+    @property
+    def in_flight(self) -> GaugeLike: ...
+    @property
+    def concurrency(self) -> GaugeLike: ...
+    @property
+    def engine_up(self) -> GaugeLike: ...
+    @property
+    def stalled(self) -> CounterLike: ...
+    def record_outcome(self, kind: str, queue: str, task: str, seconds: float | None) -> None: ...
+    def record_depths(self, counts: Iterable[QueueCounts], now_ms: int) -> None: ...
+    def record_breakers(self, breakers: Iterable[CircuitBreaker]) -> None: ...
+    def exposition(self) -> bytes: ...
+
+
+class _Nothing:
+    """A gauge and a counter that keep nothing."""
+
+    def set(self, value: float) -> None:
+        pass
+
+    def inc(self, amount: float = 1) -> None:
+        pass
+
+
+class Unexported:
+    """The metrics of a worker that serves none (no health server): every record is
+    dropped, and prometheus_client is not imported."""
+
+    def __init__(self) -> None:
+        self.in_flight = self.concurrency = self.engine_up = self.stalled = _Nothing()
+
+    def record_outcome(self, kind: str, queue: str, task: str, seconds: float | None) -> None:
+        """Dropped."""
+
+    def record_depths(self, counts: Iterable[QueueCounts], now_ms: int) -> None:
+        """Dropped."""
+
+    def record_breakers(self, breakers: Iterable[CircuitBreaker]) -> None:
+        """Dropped."""
+
+    def exposition(self) -> bytes:
+        """Nothing to expose."""
+        return b""

@@ -3,6 +3,11 @@
 Precedence: explicit arguments (CLI flags) > `CONVEYOR_*` environment > defaults.
 `CONVEYOR_URL` falls back to `REDIS_URL`, then to the embedded SQLite file. Nothing
 here runs at import time: `Settings.load()` is called by the process that starts.
+
+`Settings.load()` reads the environment itself (it must, to name an unknown variable),
+so `Settings` is a plain pydantic model: pydantic-settings would only read it a second
+time, and importing it was a fifth of a worker's start-up instructions (issue 15, point
+7; bench/RESULTS.md "Start-up, branch startup").
 """
 
 from __future__ import annotations
@@ -14,8 +19,7 @@ from collections.abc import Mapping
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlsplit
 
-from pydantic import Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ConfigError
 from .limits import parse_rate
@@ -24,10 +28,12 @@ DEFAULT_URL = "sqlite:///conveyor.db"
 ENV_PREFIX = "CONVEYOR_"
 
 
-class Settings(BaseSettings):
-    """Every knob, validated. See the configuration table in the README."""
+class Settings(BaseModel):
+    """Every knob, validated. See the configuration table in the README. Built by
+    `Settings.load()`."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
+    # validate_default: as pydantic-settings did, so a default goes through the same checks.
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
     url: str = Field(
         DEFAULT_URL,
@@ -172,8 +178,14 @@ class Settings(BaseSettings):
         env = os.environ if environ is None else environ
         known = set(cls.model_fields)
         values: dict[str, Any] = {}
+        other_case: dict[str, str] = {}
         for name, raw in env.items():
             if not name.startswith(ENV_PREFIX):
+                # `conveyor_url`: pydantic-settings matched known names in any case, so
+                # they still count, below the upper-case spelling.
+                key = name[len(ENV_PREFIX) :].lower()
+                if name[: len(ENV_PREFIX)].upper() == ENV_PREFIX and key in known:
+                    other_case[key] = raw
                 continue
             key = name[len(ENV_PREFIX) :].lower()
             if key not in known:
@@ -185,6 +197,7 @@ class Settings(BaseSettings):
                 )
                 raise ConfigError(f"unknown setting {name}: {fix}")
             values[key] = raw
+        values = other_case | values
         if "url" not in values and env.get("REDIS_URL"):
             values["url"] = env["REDIS_URL"]
         values.update({k: v for k, v in overrides.items() if v is not None})

@@ -58,15 +58,17 @@ async def claim(engine: PostgresEngine, n: int = 10, worker: str = "w") -> list[
 
 
 def record_statements(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The statements every psycopg async connection executes from now on, in order."""
+    """The statements every psycopg async cursor executes from now on, in order
+    (`connection.execute` goes through a cursor too; the engine's hot calls run on a
+    cursor kept per connection)."""
     sent: list[str] = []
-    real = psycopg.AsyncConnection.execute
+    real = psycopg.AsyncCursor.execute
 
-    async def recording(self: psycopg.AsyncConnection[Any], query: Any, *a: Any, **k: Any) -> Any:
+    async def recording(self: psycopg.AsyncCursor[Any], query: Any, *a: Any, **k: Any) -> Any:
         sent.append(str(query))
         return await real(self, query, *a, **k)
 
-    monkeypatch.setattr(psycopg.AsyncConnection, "execute", recording)
+    monkeypatch.setattr(psycopg.AsyncCursor, "execute", recording)
     return sent
 
 
@@ -170,6 +172,7 @@ async def test_only_an_exchange_without_outcomes_skips_the_wal_flush(
     """An idle worker's claim commits without waiting for the WAL flush (nothing it
     writes was acknowledged); an exchange that reports outcomes still waits for it."""
     await engine.enqueue([app.build("t", {}) for _ in range(3)])
+    await engine._listen_from_now()  # (a worker's first exchange would; its LISTEN uncounted)
     sent = record_statements(monkeypatch)
     [first] = await claim(engine, 1)
     from conveyor.engines import Outcome
@@ -239,6 +242,8 @@ async def test_skip_locked_claimers_never_share_a_job(
 async def test_wait_falls_back_to_polling_when_listen_is_lost(
     engine: PostgresEngine, app: Conveyor, postgres_url: str
 ) -> None:
+    await claim(engine, 1)  # a worker's first exchange starts the LISTEN
+    assert engine._listening
     async with await psycopg.AsyncConnection.connect(
         conninfo(postgres_url), autocommit=True
     ) as admin:
@@ -263,14 +268,36 @@ async def test_wait_falls_back_to_polling_when_listen_is_lost(
     await eventually(listening, timeout=15)  # and it listens again
 
 
+async def test_a_process_that_only_enqueues_does_not_listen(
+    engine: PostgresEngine, app: Conveyor, postgres_url: str
+) -> None:
+    """A producer never waits, so it opens no LISTEN connection (it would be woken by
+    the NOTIFYs of each of its own enqueues); a worker's first exchange starts it, and
+    a job enqueued after that exchange wakes the worker's wait."""
+    await engine.enqueue([app.build("t", {"n": 1})])
+    assert engine._listener is None and not engine._listening
+    await claim(engine, 5)
+    assert engine._listening
+    generation = engine._jobs_wake.generation
+    async with await psycopg.AsyncConnection.connect(
+        conninfo(postgres_url), autocommit=True
+    ) as other:
+        await engine.enqueue_in(other, [app.build("t", {"n": 2})])  # NOTIFY from elsewhere
+
+    async def woken() -> bool:
+        return engine._jobs_wake.generation != generation
+
+    await eventually(woken, message="the other process's NOTIFY reached the listener")
+    # Returns at once (woken meanwhile), not after its 30 s timeout.
+    await asyncio.wait_for(engine.wait_for_jobs(["q"], timeout=30), 10)
+
+
 # --- transactional enqueue ---------------------------------------------------------------------
 async def test_enqueue_in_a_transaction_exists_only_once_committed(
     engine: PostgresEngine, app: Conveyor, postgres_url: str
 ) -> None:
-    async def listening() -> bool:
-        return engine._listening
-
-    await eventually(listening)
+    await claim(engine)  # a worker: its first exchange starts the LISTEN
+    assert engine._listening
     async with await psycopg.AsyncConnection.connect(conninfo(postgres_url)) as conn:
         async with conn.transaction():
             [res] = await engine.enqueue_in(conn, [app.build("t", {"n": 1})])
@@ -393,9 +420,10 @@ async def test_connections_killed_by_the_server_are_replaced(
 async def test_an_event_committed_late_is_never_skipped(
     engine: PostgresEngine, app: Conveyor, postgres_url: str
 ) -> None:
-    """Event ids come in commit order (migration 0005): a transaction that wrote its
-    event first but commits last is read after the one that committed first, and a
-    reader that has already passed that one still gets it."""
+    """Event ids come in commit order (migrations 0005, 0010): a transaction that wrote
+    its event first but commits last is read after the one that committed first, and a
+    reader that has already passed that one (and stamped positions while it was still
+    open) still gets it."""
     # The queue's first job registers it; a transaction doing that first would make the
     # other enqueue wait for its COMMIT (the README says so).
     await engine.enqueue([app.build("t", {"n": "first"})])
@@ -439,6 +467,25 @@ async def test_an_unrelated_open_transaction_does_not_delay_events(
         await writer.rollback()
 
 
+async def write_interleaved(
+    engine: PostgresEngine, app: Conveyor, url: str, writers: int, per_writer: int
+) -> list[str]:
+    """`writers` connections each enqueue `per_writer` jobs, one transaction each, with
+    commits interleaved in an order unrelated to when they wrote; the ids, as committed."""
+    made: list[str] = []
+
+    async def write(w: int) -> None:
+        async with await psycopg.AsyncConnection.connect(conninfo(url)) as conn:
+            for i in range(per_writer):
+                [res] = await engine.enqueue_in(conn, [app.build("t", {"w": w, "i": i})])
+                await asyncio.sleep(((w * 7 + i * 3) % 5) / 1000)  # commits interleave
+                await conn.commit()
+                made.append(res.id)
+
+    await asyncio.gather(*(write(w) for w in range(writers)))
+    return made
+
+
 async def test_concurrent_writers_events_are_read_once_each_in_commit_order(
     engine: PostgresEngine, app: Conveyor, postgres_url: str
 ) -> None:
@@ -450,16 +497,8 @@ async def test_concurrent_writers_events_are_read_once_each_in_commit_order(
     made: list[str] = []
     done = asyncio.Event()
 
-    async def write(w: int) -> None:
-        async with await psycopg.AsyncConnection.connect(conninfo(postgres_url)) as conn:
-            for i in range(per_writer):
-                [res] = await engine.enqueue_in(conn, [app.build("t", {"w": w, "i": i})])
-                await asyncio.sleep(((w * 7 + i * 3) % 5) / 1000)  # commits interleave
-                await conn.commit()
-                made.append(res.id)
-
     async def writers_run() -> None:
-        await asyncio.gather(*(write(w) for w in range(writers)))
+        made.extend(await write_interleaved(engine, app, postgres_url, writers, per_writer))
         done.set()
 
     seen: list[str] = []
@@ -479,6 +518,110 @@ async def test_concurrent_writers_events_are_read_once_each_in_commit_order(
     await task
     assert sorted(seen) == sorted(made) and len(seen) == writers * per_writer
     assert keys == sorted(keys) and len(set(keys)) == len(keys)
+
+
+async def test_concurrent_readers_stamping_at_once_each_read_every_event_in_order(
+    postgres_url: str, app: Conveyor
+) -> None:
+    """Readers stamp commit positions (migration 0010). Several readers, each on an
+    engine of its own (its own pool), tail the log while writers commit out of order:
+    every reader reads every event once, positions never go back, and all readers agree
+    on each event's position (a stamp is never drawn twice or behind another)."""
+    readers = [PostgresEngine(postgres_url) for _ in range(3)]
+    for reader in readers:
+        await reader.connect()
+    try:
+        await readers[0].enqueue([app.build("t", {"n": "first"})])
+        start = await readers[0].last_event_ids(["q"])
+        made: list[str] = []
+        done = asyncio.Event()
+
+        async def writers_run() -> None:
+            made.extend(await write_interleaved(readers[0], app, postgres_url, 4, 12))
+            done.set()
+
+        async def tail(reader: PostgresEngine) -> list[tuple[tuple[int, int], str]]:
+            position = dict(start)
+            got: list[tuple[tuple[int, int], str]] = []
+            while True:
+                finished = done.is_set()
+                batch = await reader.read_events(["q"], since=position, count=5, block_ms=20)
+                for event in batch:
+                    pos, _, row = event.id.partition("-")
+                    got.append(((int(pos), int(row)), event.job_id))
+                if batch:
+                    position = {"q": batch[-1].id}
+                elif finished:
+                    return got
+
+        task = asyncio.create_task(writers_run())
+        tails = await asyncio.gather(*(tail(r) for r in readers))
+        await task
+        for got in tails:
+            keys = [k for k, _ in got]
+            assert sorted(j for _, j in got) == sorted(made)
+            assert keys == sorted(keys) and len(set(keys)) == len(keys)
+        assert tails[0] == tails[1] == tails[2]
+    finally:
+        for reader in readers:
+            await reader.close()
+
+
+async def test_a_stamp_waits_for_the_stamp_before_it_to_commit(
+    engine: PostgresEngine, app: Conveyor, postgres_url: str
+) -> None:
+    """Two readers stamping at once (migration 0010). Timeline without the lock:
+    A stamps X1 -> pos 7 (not committed); X2 commits; B stamps X2 -> pos 8, commits, a
+    reader passes 8; A commits 7: behind the reader, skipped. With it, B waits for A's
+    COMMIT, so what B stamps sorts after what A stamped."""
+    [first] = await engine.enqueue([app.build("t", {"n": "first"})])
+    async with (
+        await psycopg.AsyncConnection.connect(conninfo(postgres_url)) as stamper,
+        await psycopg.AsyncConnection.connect(conninfo(postgres_url), autocommit=True) as mon,
+    ):
+        await stamper.execute(engine.q["stamp_events"])  # A: stamps `first`, holds the lock
+        [second] = await engine.enqueue([app.build("t", {"n": "second"})])
+        reading = asyncio.create_task(
+            engine.read_events(["q"], since={"q": "0"}, count=10, block_ms=0)
+        )
+
+        async def waits_on_the_lock() -> bool:
+            cur = await mon.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND wait_event_type = 'Lock' AND wait_event = 'advisory'"
+            )
+            row = await cur.fetchone()
+            return row is not None and row[0] >= 1
+
+        await eventually(waits_on_the_lock, message="the second stamp waits for the first")
+        assert not reading.done()
+        await stamper.commit()
+        events = await reading
+    assert [e.job_id for e in events] == [first.id, second.id]
+    assert int(events[0].id.partition("-")[0]) < int(events[1].id.partition("-")[0])
+
+
+async def test_writers_draw_no_commit_position_until_someone_reads(
+    engine: PostgresEngine, app: Conveyor, postgres_url: str
+) -> None:
+    """An enqueue writes its event row and nothing else for the event order (no
+    `event_commits` row, no lock at COMMIT, migration 0010); the first read stamps
+    every transaction it finds, one position each, in one go."""
+
+    async def positions() -> int:
+        async with await psycopg.AsyncConnection.connect(conninfo(postgres_url)) as conn:
+            cur = await conn.execute(f"SELECT count(*) FROM {engine.schema_sql}.event_commits")
+            row = await cur.fetchone()
+            assert row is not None
+            return int(row[0])
+
+    before = await positions()
+    for i in range(5):
+        await engine.enqueue([app.build("t", {"i": i})])
+    assert await positions() == before
+    events = await engine.read_events(["q"], since={"q": "0"}, count=10, block_ms=0)
+    assert len(events) == 5 and len({e.id.partition("-")[0] for e in events}) == 5
+    assert await positions() == before + 5
 
 
 async def test_commit_positions_are_trimmed_with_the_events_they_order(
@@ -507,8 +650,8 @@ async def test_commit_positions_are_trimmed_with_the_events_they_order(
 async def test_events_written_after_a_rolled_back_savepoint_are_read(
     engine: PostgresEngine, app: Conveyor, postgres_url: str
 ) -> None:
-    """The commit position is queued by a transaction's first event row; when that row
-    is undone by ROLLBACK TO SAVEPOINT, the next event row queues it again."""
+    """Events written after a rolled-back savepoint are read (their transaction is
+    stamped like any other once it commits; the undone event never shows)."""
     await engine.enqueue([app.build("t", {"n": "first"})])
     start = await engine.last_event_ids(["q"])
     conn = await psycopg.AsyncConnection.connect(conninfo(postgres_url))
@@ -524,8 +667,9 @@ async def test_events_written_after_a_rolled_back_savepoint_are_read(
 async def test_events_from_before_commit_order_keep_their_positions(
     engine: PostgresEngine, app: Conveyor, postgres_url: str
 ) -> None:
-    """Upgrading to migration 0005: events already written get their transaction id as
-    commit position (what their old "xid-id" ids named), and new ones sort after them."""
+    """Upgrading from before migration 0005 to now (0005, then 0010): events already
+    written get their transaction id as commit position (what their old "xid-id" ids
+    named), and new ones sort after them."""
     [old] = await engine.enqueue([app.build("t", {"n": "old"})])
     await engine.close()
     async with await psycopg.AsyncConnection.connect(
@@ -533,7 +677,9 @@ async def test_events_from_before_commit_order_keep_their_positions(
     ) as conn:  # back to a schema 0005 never touched: no commit positions
         await conn.execute(f"DROP TABLE {engine.schema_sql}.event_commits")
         await conn.execute(f"DROP SEQUENCE {engine.schema_sql}.event_pos")
-        await conn.execute(f"DELETE FROM {engine.schema_sql}.schema_migrations WHERE version = 5")
+        await conn.execute(
+            f"DELETE FROM {engine.schema_sql}.schema_migrations WHERE version IN (5, 10)"
+        )
         cur = await conn.execute(f"SELECT xid::text, id FROM {engine.schema_sql}.events")
         [(xid, row_id)] = await cur.fetchall()
     again = PostgresEngine(postgres_url)

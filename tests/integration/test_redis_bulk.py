@@ -9,7 +9,7 @@ import pytest
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from conveyor import Conveyor, EngineUnavailable, JobState
+from conveyor import Conveyor, EngineFull, EngineUnavailable, JobState
 from conveyor.engines.redis.bulk import ENQUEUE_CHUNK as BULK_BATCH
 from conveyor.engines.redis.bulk import bulk_waves
 from tests.conftest import RedisServer
@@ -65,28 +65,68 @@ async def test_bulk_enqueue_is_cut_into_bounded_script_calls(private_redis: Redi
     await app.close()
 
 
+@pytest.mark.parametrize("seam", ["lane", "pipeline"])
 async def test_a_failed_wave_leaves_a_prefix_of_whole_chunks_per_queue(
-    private_redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+    private_redis: RedisServer, monkeypatch: pytest.MonkeyPatch, seam: str
 ) -> None:
     """What the README promises when a bulk enqueue fails midway: the call raises, and
-    per queue the jobs stored are the first chunks, whole, in input order."""
+    per queue the jobs stored are the first chunks, whole, in input order. `lane`: the
+    plain lane, which writes wave k+1 as soon as wave k succeeded; `pipeline`: the
+    wave-by-wave path of the other connections (Cluster, Sentinel, TLS, replicas)."""
     app = app_on(private_redis.url)
     engine = await app.connect()
-    real = engine._run_many
     waves = 0
 
-    async def second_wave_fails(*args: Any, **kwargs: Any) -> Any:
-        nonlocal waves
-        waves += 1
-        if waves == 2:
-            raise RedisConnectionError("connection lost in the second wave")
-        return await real(*args, **kwargs)
+    def failing_second(real: Any) -> Any:
+        async def second_wave_fails(*args: Any, **kwargs: Any) -> Any:
+            nonlocal waves
+            waves += 1
+            if waves == 2:
+                raise RedisConnectionError("connection lost in the second wave")
+            return await real(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "_run_many", second_wave_fails)
+        return second_wave_fails
+
+    if seam == "lane":
+        monkeypatch.setattr(engine._lane, "start", failing_second(engine._lane.start))
+    else:
+        monkeypatch.setattr(engine, "_lane", None)  # redis-py's pipeline, wave by wave
+        monkeypatch.setattr(engine, "_run_many", failing_second(engine._run_many))
     with pytest.raises(EngineUnavailable, match="second wave"):
         await app.enqueue_many(items(2 * BULK_BATCH + HALF, 10))
     monkeypatch.undo()
     page = await app.list_jobs("a", JobState.PENDING, limit=3 * BULK_BATCH)
     assert [j.payload["i"] for j in page.jobs] == list(range(BULK_BATCH)), "chunk 1 of a"
     assert (await app.counts("b")).pending == 10, "b's only chunk went in wave 1"
+    assert waves == 2, "nothing was sent after the failed wave"
+    await app.close()
+
+
+async def test_an_error_reply_stops_the_waves_after_it(
+    private_redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A wave refused by Redis (here: out of memory from its second wave on) raises
+    before the next wave is written: what is stored is the waves before it, whole."""
+    app = app_on(private_redis.url)
+    engine = await app.connect()
+    admin = redis.Redis(port=private_redis.port)
+    real_start = engine._lane.start
+    starts = 0
+
+    async def full_from_the_second(*args: Any, **kwargs: Any) -> Any:
+        nonlocal starts
+        starts += 1
+        if starts == 2:
+            admin.config_set("maxmemory", 1)  # noeviction: every write is refused
+        return await real_start(*args, **kwargs)
+
+    monkeypatch.setattr(engine._lane, "start", full_from_the_second)
+    try:
+        with pytest.raises(EngineFull):
+            await app.enqueue_many(items(3 * BULK_BATCH, 0))
+    finally:
+        admin.config_set("maxmemory", 0)
+    assert starts == 2, "the third wave was never written"
+    page = await app.list_jobs("a", JobState.PENDING, limit=3 * BULK_BATCH)
+    assert [j.payload["i"] for j in page.jobs] == list(range(BULK_BATCH)), "wave 1 only"
     await app.close()

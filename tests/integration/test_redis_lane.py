@@ -137,3 +137,33 @@ def test_url_timeouts_default_to_a_few_seconds_and_are_validated() -> None:
     for bad in ("0", "-1", "soon", "inf"):
         with pytest.raises(ConfigError, match=r"socket_timeout=.*use seconds > 0"):
             url_timeouts(f"redis://h/0?socket_timeout={bad}")
+
+
+async def test_a_prefixed_call_is_the_whole_command(private_redis: RedisServer) -> None:
+    """`call_prefixed` sends the packed prefix and the tail as one command."""
+    from conveyor.engines.redis.lane import pack_prefix
+
+    hot = lane(private_redis.url)
+    prefix = pack_prefix(("RPUSH", "list"))
+    assert await hot.call_prefixed(prefix, ["a"]) == 1
+    assert await hot.call_prefixed(prefix, ["b", 3, "ü"]) == 4
+    assert await hot.call("LRANGE", "list", 0, -1) == ["a", "b", "3", "ü"]
+    hot.close()
+
+
+async def test_single_enqueue_after_the_scripts_are_gone(private_redis: RedisServer) -> None:
+    """Redis restarted without its scripts (SCRIPT FLUSH): the single enqueue, whose
+    EVALSHA prefix is packed once per queue, loads the script and stores the job once."""
+    from conveyor import Conveyor, JobState
+
+    app = Conveyor(private_redis.url)
+
+    @app.task("t", queue="q")
+    async def t(job: object) -> None: ...
+
+    await app.enqueue("t", {"i": 0})  # the queue is known and its prefix packed
+    redis.Redis(port=private_redis.port).script_flush()
+    job = await app.enqueue("t", {"i": 1})
+    assert job.state == JobState.PENDING
+    assert (await app.counts("q")).pending == 2
+    await app.close()

@@ -55,3 +55,26 @@ def test_redact_hides_passwords_only(url: str, shown: str) -> None:
     from conveyor.settings import redact
 
     assert redact(url) == shown
+
+
+def test_only_the_given_environment_counts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`load(environ)` reads nothing else: no variable of the process leaks in (with
+    pydantic-settings it did: the model read `os.environ` again under the given one)."""
+    monkeypatch.setenv("CONVEYOR_CONCURRENCY", "7")
+    assert Settings.load({}).concurrency == 10
+    assert Settings.load().concurrency == 7
+
+
+def test_a_known_name_in_another_case_counts_below_the_upper_case_one() -> None:
+    """As with pydantic-settings before (it matched names in any case)."""
+    assert Settings.load({"conveyor_concurrency": "3"}).concurrency == 3
+    env = {"conveyor_concurrency": "3", "CONVEYOR_CONCURRENCY": "4"}
+    assert Settings.load(env).concurrency == 4
+    assert Settings.load({"conveyor_no_such": "1"}).concurrency == 10  # ignored, as before
+
+
+def test_defaults_are_validated_and_frozen() -> None:
+    s = Settings.load({})
+    assert s.model_config.get("validate_default") is True
+    with pytest.raises(ValueError, match="frozen"):
+        s.concurrency = 3  # type: ignore[misc]

@@ -7,7 +7,9 @@ startup`, which also runs `python -X importtime`), while this says *what* a work
 FastAPI, uvicorn and Starlette are imported only when the health server runs (the second
 test is the control that the check can see them); the API, the dashboard and the other
 CLI commands and Rich (their output) never are; nor, on memory:// and sqlite://, another
-engine's client library (redis-py, psycopg) or OpenTelemetry (not configured).
+engine's client library (redis-py, psycopg) or OpenTelemetry (not configured), nor
+pydantic-settings on any engine, nor prometheus_client without the health server,
+nor typer (the arguments are plain).
 """
 
 from __future__ import annotations
@@ -43,6 +45,13 @@ ENGINE_LIBRARIES = (
     "conveyor.otel",
 )
 
+# Libraries a worker does not need before its first job, each ~5% of a worker's start-up
+# instructions on Redis (bench/RESULTS.md, "Start-up, branch startup"): pydantic-settings
+# (the settings read the environment themselves and validate with pydantic alone), and
+# prometheus_client without a health server (nobody could read the metrics); and typer
+# (~10%): plain arguments start the worker without it (cli/worker_start.py).
+STARTUP = ("pydantic_settings", "dotenv", "prometheus_client", "typer")
+
 APP = """
 from conveyor import Conveyor, Job
 
@@ -68,7 +77,7 @@ main()
 
 def _worker_imports(tmp_path: Path, health_port: int, url: str = "memory://") -> list[str]:
     (tmp_path / "jobs_app.py").write_text(APP.format(url=url))
-    watched = WEB + OTHER_COMMANDS + ENGINE_LIBRARIES
+    watched = WEB + OTHER_COMMANDS + ENGINE_LIBRARIES + STARTUP
     code = RUN.format(watched=watched, port=str(health_port), url=url)
     proc = subprocess.run(
         [sys.executable, "-c", code],
@@ -95,7 +104,7 @@ def test_the_health_server_brings_its_web_stack(tmp_path: Path) -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     loaded = _worker_imports(tmp_path, health_port=port)
-    assert {"starlette", "uvicorn"} <= set(loaded)
+    assert {"starlette", "uvicorn", "prometheus_client"} <= set(loaded)
     assert not {"fastapi", "conveyor.api", "conveyor.dashboard"} & set(loaded)
 
 

@@ -2,74 +2,25 @@
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import os
-import signal
-from typing import Annotated, Protocol
+from typing import Annotated
 
 import typer
 
-from ..app import Conveyor
-from ..limits import QueueLimits
 from ..settings import Settings
 from ..worker import Worker
-from ..worker.isolation import ProcessPoolOptions
 from .common import (
-    announce,
     bind_app,
     cli,
     console,
-    declared_queues,
-    did_you_mean,
     engine_label,
     friendly,
     load_app,
-    retention_policy,
     run_async,
     setup_logging,
 )
-
-log = logging.getLogger("conveyor.cli")
+from .worker_start import default_queues, run_worker, start_worker
 
 AppArg = Annotated[str, typer.Argument(help="your app as MODULE:ATTR, e.g. myproject.jobs:app")]
-
-
-def default_queues(app: Conveyor) -> tuple[str, ...]:
-    """Without --queues a worker serves every queue its app's tasks use."""
-    return tuple(sorted({t.queue for t in app.tasks.values()} | {app.default_queue}))
-
-
-class Service(Protocol):
-    """A long-running process body: a `Worker` or a `Scheduler`."""
-
-    def stop(self) -> None: ...
-
-    async def run(self) -> None: ...
-
-
-async def run_worker(worker: Service, *, exit_on_second_signal: bool = True) -> None:
-    """Run a worker (or a scheduler) with SIGTERM/SIGINT handling: the first signal
-    stops it gracefully, the second exits at once."""
-    loop = asyncio.get_running_loop()
-    signals_seen = 0
-
-    def on_signal(sig: signal.Signals) -> None:
-        nonlocal signals_seen
-        signals_seen += 1
-        if signals_seen == 1:
-            worker.stop()
-        elif exit_on_second_signal:
-            # Leases cover whatever was in flight: those jobs run again elsewhere.
-            os._exit(128 + sig.value)
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal, sig)
-    try:
-        await worker.run()
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
 
 
 @cli.command()
@@ -173,97 +124,9 @@ def worker(
     The limit options are stored in the engine for each of the worker's queues when it
     starts (over the app's `app.limits(...)`), and every worker obeys them.
     """
-    env_has_queues = "CONVEYOR_QUEUES" in os.environ
-    settings = Settings.load(
-        url=url,
-        queues=queues,
-        concurrency=concurrency,
-        lease_timeout=lease_timeout,
-        shutdown_timeout=shutdown_timeout,
-        keep_completed=keep_completed,
-        keep_failed=keep_failed,
-        health_port=health_port,
-        metrics_prefix=metrics_prefix,
-        log_level=log_level and log_level.upper(),
-        log_format=log_format,
-        queue_concurrency=queue_concurrency,
-        tenant_concurrency=tenant_concurrency,
-        rate=rate,
-        tenant_rate=tenant_rate,
-        pool=pool,
-        processes=processes,
-        max_jobs_per_child=max_jobs_per_child,
-        max_memory_per_child=max_memory_per_child,
-    )
-    setup_logging(settings.log_level, settings.log_format)
-    limits = QueueLimits.build(
-        concurrency=settings.queue_concurrency,
-        tenant_concurrency=settings.tenant_concurrency,
-        rate=settings.rate,
-        tenant_rate=settings.tenant_rate,
-    )
-    app = load_app(target)
-    overridden = bind_app(app, settings, url)
-    chosen = settings.queues if (queues or env_has_queues) else default_queues(app)
-    declared = declared_queues(app)
-    for name in chosen:
-        if name not in declared:  # most often a typo: the worker would wait on it forever
-            log.warning(
-                "queue %r is not declared by any task of %s (%s)",
-                name,
-                target,
-                did_you_mean(name, declared),
-            )
-    isolation = ProcessPoolOptions(
-        target=target,
-        processes=settings.processes,
-        every_task=settings.pool == "process",
-        max_jobs_per_child=settings.max_jobs_per_child,
-        max_memory_per_child=settings.max_memory_per_child,
-    )
-    concurrency = settings.concurrency
-    if settings.pool == "process" and "concurrency" not in settings.model_fields_set:
-        # One job per child: more slots would only hold claimed jobs waiting for a child.
-        concurrency = settings.processes or os.cpu_count() or 1
-    w = Worker(
-        app,
-        queues=chosen,
-        concurrency=concurrency,
-        lease_timeout=settings.lease_timeout,
-        shutdown_timeout=settings.shutdown_timeout,
-        burst=burst,
-        health_port=settings.health_port,
-        metrics_prefix=settings.metrics_prefix,
-        close_app=True,
-        limits=None if limits.empty else limits,
-        retention=retention_policy(settings),
-        require_noeviction=settings.require_noeviction,
-        isolation=isolation,
-        freeze_heap=True,  # the process is the worker's own (see worker.runtime._freeze_heap)
-    )
-    engine = engine_label(app.url)
-    pool_note = ""
-    if w.process_pool is not None:
-        pool_note = f" pool=process({w.process_pool.processes})"
-
-    def ready() -> None:  # after the engine answered (runbook 003's ready signal)
-        announce(
-            f"worker {w.id} on {engine}{overridden} queues={','.join(chosen)} "
-            f"concurrency={concurrency}{pool_note} "
-            f"health port={settings.health_port or 'off'}",
-            settings.log_format,
-            worker=w.id,
-            engine=engine,
-            engine_overridden=overridden.strip(" ()") or None,
-            queues=list(chosen),
-            concurrency=concurrency,
-            pool="process" if w.process_pool is not None else "thread",
-            processes=w.process_pool.processes if w.process_pool is not None else None,
-            health_port=settings.health_port or None,
-        )
-
-    w.on_ready = ready
-    run_async(run_worker(w))
+    # Every parameter as given (the first statement: locals() holds only them); the
+    # body is shared with the fast path that skips typer (worker_start.py).
+    start_worker(**locals())
 
 
 @cli.command()

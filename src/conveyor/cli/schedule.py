@@ -43,7 +43,8 @@ from .common import (
     warn,
     when,
 )
-from .run import AppArg, run_worker
+from .run import AppArg
+from .worker_start import run_worker
 
 schedules_cli = typer.Typer(
     name="schedules",

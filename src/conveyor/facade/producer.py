@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -79,13 +80,16 @@ class Producer(AppCore):
         Raises:
             UnknownTask, InvalidPayload, PayloadTooLarge, InvalidJob: nothing is enqueued.
         """
-        unknown = set(options) - ENQUEUE_OPTIONS
+        # What the task's registration checked (its queue, its max_attempts) and what
+        # is left out (priority 0, no delay) is not checked again: a single enqueue is
+        # the producer's hot path. Every value given per job is.
+        unknown = options.keys() - ENQUEUE_OPTIONS if options else ()
         if unknown:
             raise InvalidJob(
                 f"unknown enqueue option(s) {', '.join(sorted(unknown))}: "
                 f"valid options are {', '.join(sorted(ENQUEUE_OPTIONS))}"
             )
-        registered = self.tasks.get(task)
+        registered = self.tasks.get(task) if isinstance(task, str) else None
         queue = options.get("queue")
         if registered is None and queue is None:
             raise UnknownTask(
@@ -95,15 +99,20 @@ class Producer(AppCore):
         if not isinstance(task, str) or not task:
             raise InvalidJob("task name must be a non-empty string")
         check_text("task", task)
-        queue = check_queue(
-            queue or (registered.queue if registered else self.default_queue), error=InvalidJob
-        )
+        if queue:
+            queue = check_queue(queue, error=InvalidJob)
+        else:  # checked when the task was registered, or the app made
+            queue = registered.queue if registered else self.default_queue
         priority = options.get("priority")
-        priority = check_priority(0 if priority is None else priority, MIN_PRIORITY, MAX_PRIORITY)
+        if priority is None:
+            priority = 0
+        else:
+            check_priority(priority, MIN_PRIORITY, MAX_PRIORITY)
         max_attempts = options.get("max_attempts")
-        if max_attempts is None:
+        if max_attempts is not None:
+            check_attempts(max_attempts, error=InvalidJob)
+        else:
             max_attempts = registered.max_attempts if registered else 3
-        check_attempts(max_attempts, error=InvalidJob)
         timeout = options.get("timeout")
         check_timeout(timeout, error=InvalidJob)
         backoff_json = None
@@ -226,17 +235,39 @@ class Producer(AppCore):
     async def _store(self, jobs: Sequence[NewJob]) -> list[Enqueued]:
         if not jobs:
             return []
-        jobs = await self._settle(jobs)
-        engine = await self.connect()
-        results = await engine.enqueue(jobs)
-        now = self.clock.now()
+        if not self._settled(jobs):
+            jobs = await self._settle(jobs)
+        engine = self.engine if self._connected else await self.connect()
+        if len(jobs) == 1:
+            [res] = await engine.enqueue(jobs)
+            if not res.created:
+                return [Enqueued(self._own(await engine.get_job(res.id)), created=False)]
+            return [Enqueued(self._own(self._assemble(jobs[0], res, self.clock.now())), True)]
+        # Several jobs: the engine's call runs as a task while the jobs to return are
+        # built here (its first write is out after one step), so on Redis this work
+        # overlaps the script calls instead of following them.
+        storing = asyncio.ensure_future(engine.enqueue(jobs))
+        try:
+            await asyncio.sleep(0)
+            now = self.clock.now()
+            drafts = [self._draft(new, now) for new in jobs]
+            results = await storing
+        finally:
+            if not storing.done():  # cancelled: let it end, and retrieve its outcome
+                storing.add_done_callback(lambda f: f.cancelled() or f.exception())
         out = []
-        for new, res in zip(jobs, results, strict=True):
+        for new, res, job in zip(jobs, results, drafts, strict=True):
             if not res.created:
                 out.append(Enqueued(self._own(await engine.get_job(res.id)), created=False))
                 continue
-            out.append(Enqueued(self._own(self._assemble(new, res, now)), created=True))
+            out.append(Enqueued(self._own(self._stored_as(job, new, res)), created=True))
         return out
+
+    def _settled(self, jobs: Sequence[NewJob]) -> bool:
+        """Whether `_settle` would change nothing: every queue's layout was checked, and
+        none is partitioned (the usual case after the first job, decided without it)."""
+        checked, counts = self._layouts_checked, self.partitions.counts
+        return all(new.queue in checked and new.queue not in counts for new in jobs)
 
     async def _settle(self, jobs: Sequence[NewJob], *, move: bool = True) -> Sequence[NewJob]:
         """Once per process and queue, before its first job is stored: a declared
@@ -262,15 +293,21 @@ class Producer(AppCore):
                 )
         return out
 
-    @staticmethod
-    def _assemble(new: NewJob, res: EnqueueResult, now: float) -> Job:
+    @classmethod
+    def _assemble(cls, new: NewJob, res: EnqueueResult, now: float) -> Job:
         """The `Job` a created enqueue stored (built here: no read back)."""
+        return cls._stored_as(cls._draft(new, now), new, res)
+
+    @staticmethod
+    def _draft(new: NewJob, now: float) -> Job:
+        """The `Job` a created enqueue stores, as pending; `_stored_as` then sets the
+        id and state the engine answered."""
         return Job(
-            id=res.id,
+            id=new.id,
             queue=new.queue,
             task=new.task,
             payload=orjson.loads(new.payload_json),
-            state=res.state,
+            state=JobState.PENDING,
             max_attempts=new.max_attempts,
             priority=new.priority,
             tenant=new.tenant,
@@ -278,12 +315,19 @@ class Producer(AppCore):
             timeout=new.timeout,
             backoff=orjson.loads(new.backoff_json) if new.backoff_json else None,
             created_at=now,
-            scheduled_at=(
+        )
+
+    @staticmethod
+    def _stored_as(job: Job, new: NewJob, res: EnqueueResult) -> Job:
+        """`job` (from `_assemble`) with the id and state the engine stored it under."""
+        job.id = res.id
+        job.state = res.state
+        if res.state == JobState.SCHEDULED:
+            now = job.created_at
+            job.scheduled_at = (
                 new.run_at_ms / 1000 if new.run_at_ms is not None else now + new.delay_ms / 1000
             )
-            if res.state == JobState.SCHEDULED
-            else None,
-        )
+        return job
 
     def enqueue_sync(
         self, task: str, payload: Payload = None, *, connection: Any = None, **options: Any

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from ..engines import Outcome, QueueCounts
 from ..job import Job
 from ..limits import QueueLimits
-from ..metrics import Metrics
+from ..metrics import Unexported, WorkerMetrics
 from ..partitions import Rotation
 from ..retention import RetentionPolicy
 from .isolation import ProcessPool, ProcessPoolOptions
@@ -104,7 +104,13 @@ class WorkerState:
         self.health_port = health_port
         self.health_host = health_host
         self.close_app = close_app
-        self.metrics = Metrics(metrics_prefix)
+        # Only a health server exports metrics: without one they are dropped unrecorded,
+        # and prometheus_client is never imported (metrics.py).
+        self.metrics: WorkerMetrics = Unexported()
+        if health_port:
+            from ..metrics import Metrics
+
+            self.metrics = Metrics(metrics_prefix)
         self.metrics.concurrency.set(concurrency)
         self.last_counts: list[QueueCounts] = []
         self._health: EmbeddedServer | None = None

@@ -34,7 +34,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
 import psycopg.errors
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, AsyncCursor
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from ...clock import Clock
@@ -48,7 +48,25 @@ from .rules import install_rules
 __all__ = ["PgCore", "parse_postgres_url"]
 
 T = TypeVar("T")
-Conn = AsyncConnection[tuple[Any, ...]]
+
+
+class PooledConn(AsyncConnection[tuple[Any, ...]]):
+    """A pooled connection that keeps one cursor for the engine's one-statement calls
+    (enqueue, exchange): `conn.execute` makes a cursor per call, which cost about 30 us of
+    client CPU per call here (bench/RESULTS.md, "pgenqueue"). The pool hands a
+    connection to one caller at a time, so its cursor is never shared."""
+
+    _hot: AsyncCursor[tuple[Any, ...]] | None = None
+
+    def hot_cursor(self) -> AsyncCursor[tuple[Any, ...]]:
+        """This connection's kept cursor (made on first use, or again once closed)."""
+        cur = self._hot
+        if cur is None or cur.closed:
+            cur = self._hot = self.cursor()
+        return cur
+
+
+Conn = PooledConn
 log = logging.getLogger("conveyor.engines.postgres")
 
 DEFAULT_SCHEMA = "conveyor"
@@ -204,6 +222,7 @@ class PgCore:
                 min_size=1,
                 max_size=POOL_MAX,
                 kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S},
+                connection_class=PooledConn,
                 timeout=CONNECT_TIMEOUT_S,
                 open=False,
                 name=f"conveyor-{self.schema}",
@@ -214,11 +233,23 @@ class PgCore:
                 await pool.close()
                 raise self._unavailable(exc) from exc
             self._pool = pool
-            self._listen_ready = asyncio.Event()
-            self._listener = asyncio.create_task(self._listen(), name="conveyor-pg-listen")
-            # Listening before the first exchange: a NOTIFY between the two is not lost.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._listen_ready.wait(), CONNECT_TIMEOUT_S)
+            # No LISTEN yet: see `_listen_from_now`.
+
+    async def _listen_from_now(self) -> None:
+        """Start listening for wake-ups, once per open pool, and return once the LISTEN
+        is in place. Called before the first read whose outcome may lead to a wait (an
+        exchange, an event read) and by every wait, so a NOTIFY between that read and
+        the wait is not lost. A process that only enqueues never listens: it would
+        otherwise receive (and wake up for) the two NOTIFYs of each of its own enqueues,
+        about 100 us of CPU per job measured (bench/RESULTS.md, "pgenqueue")."""
+        if self._listener is not None:
+            return
+        if self._pool is None:
+            await self.connect()
+        self._listen_ready = asyncio.Event()
+        self._listener = asyncio.create_task(self._listen(), name="conveyor-pg-listen")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._listen_ready.wait(), CONNECT_TIMEOUT_S)
 
     async def close(self) -> None:
         """Close the pool and the listener. Safe to call twice; pending waits return."""
@@ -347,6 +378,7 @@ class PgCore:
         interval while the LISTEN connection is down)."""
         if wake.generation != generation or seconds <= 0:
             return
+        await self._listen_from_now()
         if not self._listening:
             seconds = min(seconds, POLL_INTERVAL_S)
         with contextlib.suppress(TimeoutError):

@@ -127,7 +127,8 @@ class PgFlow(PgCore):
         sql, params = self.enqueue_statement(jobs)
 
         async def tx(conn: Conn) -> list[EnqueueResult]:
-            cur = await conn.execute(sql, params)
+            cur = conn.hot_cursor()
+            await cur.execute(sql, params)
             return enqueue_results(await cur.fetchall())
 
         results = await self._run(tx, single=True)
@@ -150,9 +151,10 @@ class PgFlow(PgCore):
 
         See `conveyor.engines.base.JobFlow` and `conveyor.lifecycle` for the contract.
         """
-        # Recorded before the call: a notification after this point makes the next
-        # wait_for_jobs return at once instead of missing it.
+        # Recorded before the call (and listening from then on): a notification after
+        # this point makes the next wait_for_jobs return at once instead of missing it.
         if limit > 0:
+            await self._listen_from_now()
             self._exchange_generation = self._jobs_wake.generation
         args = (outcomes_document(outcomes), list(queues), limit, worker_id, lease_ms, self._fixed)
         # Without outcomes nothing acknowledged rides on this commit: it need not wait for
@@ -160,7 +162,8 @@ class PgFlow(PgCore):
         sql = self.q["exchange" if outcomes else "exchange_claim"]
 
         async def call(conn: Conn) -> dict[str, Any]:
-            cur = await conn.execute(sql, args)
+            cur = conn.hot_cursor()
+            await cur.execute(sql, args)
             row = await cur.fetchone()
             assert row is not None
             out: dict[str, Any] = orjson.loads(row[0])

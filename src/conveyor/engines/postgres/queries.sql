@@ -133,9 +133,14 @@ WHERE queue = %(queue)s AND state = 'pending'
     AND (priority < %(priority)s OR (priority = %(priority)s AND seq > %(seq)s))
 ORDER BY priority DESC, seq LIMIT %(n)s;
 
+-- name: stamp_events
+-- Commit positions for the event transactions that committed since the last stamp
+-- (migration 0010); a reader runs it before `read_events`, in the same transaction.
+SELECT {schema}.stamp_events();
+
 -- name: read_events
--- After the position (commit position, id), in commit order (see migration 0005: a
--- position is drawn at COMMIT under a lock, so none can appear behind a reader).
+-- After the position (commit position, id), in commit order (migration 0010: positions
+-- are stamped one holder of the lock at a time, so none can appear behind a reader).
 SELECT e.id, e.queue, e.kind, e.job_id, e.task, e.tenant, e.attempt, e.at_ms, e.data, c.pos
 FROM {schema}.event_commits c
 JOIN {schema}.events e ON e.xid = c.xid AND e.queue = %(queue)s
@@ -143,9 +148,9 @@ WHERE c.pos >= %(pos)s AND (c.pos > %(pos)s OR e.id > %(id)s)
 ORDER BY c.pos, e.id LIMIT %(n)s;
 
 -- name: read_horizon
--- "Now" as a reader's position: the last commit position handed out and visible;
--- every event still to come is in a later one.
-SELECT coalesce(max(pos), 0) FROM {schema}.event_commits;
+-- "Now" as a reader's position: stamps what has committed, then the last position;
+-- every event still to come gets a later one.
+SELECT {schema}.event_horizon();
 
 -- name: trim_event_commits
 -- Commit positions of transactions none of whose events are left (events are trimmed

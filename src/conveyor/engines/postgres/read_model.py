@@ -117,11 +117,12 @@ class PgReadModel(PgCore):
         """Events after `since` (queue -> last seen event id; absent = only new ones).
 
         An event id is ``"pos-id"`` (its transaction's commit position, then the row),
-        and events come in commit order: a position is drawn while the transaction
-        commits, under a lock held until the commit is visible, so no event ever appears
-        behind a position a reader has passed, and an unrelated open transaction delays
-        nothing (migration 0005). Blocks up to `block_ms` when there is nothing yet
-        (woken by NOTIFY, which Postgres delivers after the commit).
+        and events come in commit order: before reading, the reader stamps the event
+        transactions that committed since the last stamp with the next positions, under
+        a lock held to its own COMMIT, so no event ever appears behind a position a
+        reader has passed, and an unrelated open transaction delays nothing (migration
+        0010). Blocks up to `block_ms` when there is nothing yet (woken by NOTIFY, which
+        Postgres delivers after the commit).
         """
         positions = dict(since or {})
         missing = [q for q in queues if q not in positions]
@@ -132,6 +133,7 @@ class PgReadModel(PgCore):
         deadline = loop.time() + block_ms / 1000
 
         async def read(conn: Conn) -> list[Event]:
+            await conn.execute(self.q["stamp_events"])
             rows: list[tuple[Any, ...]] = []
             for queue in queues:
                 pos, row_id = after[queue]
@@ -147,6 +149,7 @@ class PgReadModel(PgCore):
                 events.append(event)
             return events
 
+        await self._listen_from_now()  # before the first read: no NOTIFY missed after it
         closes = self._closes
         settling = False  # woken by a NOTIFY whose events are not readable yet
         while True:
@@ -165,8 +168,9 @@ class PgReadModel(PgCore):
                 return []
 
     async def last_event_ids(self, queues: Sequence[str]) -> dict[str, str]:
-        """The position "now" for each queue (``"pos-0"`` after the last visible commit
-        position), so a reader starting there misses no event still to come."""
+        """The position "now" for each queue (``"pos-0"`` after the last commit position,
+        once what has committed is stamped), so a reader starting there misses no event
+        still to come."""
 
         async def read(conn: Conn) -> int:
             cur = await conn.execute(self.q["read_horizon"])

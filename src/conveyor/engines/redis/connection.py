@@ -40,7 +40,7 @@ from .assembly import Definition, assemble, definitions
 from .cluster_lane import ClusterLane
 from .errors import classify, misrouted, with_flags
 from .keys import KeyLayout, LruCache, QueueKeys
-from .lane import Lane, url_timeouts
+from .lane import Lane, Prefix, pack_prefix, url_timeouts
 from .replicas import ACKED_SCRIPTS, ReplicaAck
 from .sentinel_lane import SentinelLane
 from .server import read_server, read_servers
@@ -324,6 +324,11 @@ class RedisBase:
         self._queue_args: LruCache[str, tuple[QueueKeys, list[str], list[str]]] = LruCache(
             QUEUE_CACHE_MAX
         )
+        # Packed EVALSHA + KEYS + header per (script sha, queue), with the header list
+        # they were packed from (see _eval_queue); bounded like the cache above.
+        self._prefixes: LruCache[tuple[str, str], tuple[list[str], Prefix]] = LruCache(
+            QUEUE_CACHE_MAX
+        )
         # Queues SADDed to the registry by this process (forgetting one costs one more
         # idempotent SADD, so it is bounded like the cache above).
         self._known_queues: LruCache[str, bool] = LruCache(QUEUE_CACHE_MAX)
@@ -401,6 +406,27 @@ class RedisBase:
             # running it through the script object (which loads it first) is safe.
             return await script(keys=keys, args=args)
 
+    async def _eval_queue(
+        self, script: AsyncScript, queue: str, keys: list[str], header: list[str], args: list[Any]
+    ) -> Any:
+        """`_eval(script, keys, [*header, *args])` for a remembered queue (`_q`), with
+        the EVALSHA, KEYS and header packed once per queue and script: the hot path's
+        single enqueue packs its own 12 arguments only."""
+        lane = self._lane
+        if type(lane) is not Lane or self._ack is not None:
+            return await self._eval(script, keys, [*header, *args])
+        cached = self._prefixes.get((script.sha, queue))
+        # The header list is the cached one of `_q` while the queue's settings hold (a
+        # test clock makes one per call: then nothing is reused, and nothing is wrong).
+        if cached is None or cached[0] is not header:
+            cached = (header, pack_prefix(("EVALSHA", script.sha, len(keys), *keys, *header)))
+            self._prefixes.put((script.sha, queue), cached)
+        try:
+            return await lane.call_prefixed(cached[1], args)
+        except NoScriptError:
+            # As in _eval: the call did not run; the script object loads it first.
+            return await script(keys=keys, args=[*header, *args])
+
     def _acked(self, script: AsyncScript) -> bool:
         """Whether calls of `script` wait for replicas (`?replicas=N`, replicas.py)."""
         return self._ack is not None and any(script is self._scripts[n] for n in ACKED_SCRIPTS)
@@ -422,7 +448,18 @@ class RedisBase:
         if len(calls) == 1 and not names and ack is None:
             script, keys, args = calls[0]
             return [await self._eval(script, keys, args)]
-        replies = await self._send_many(calls, names, ack)
+        return await self._checked(calls, await self._send_many(calls, names, ack), names, ack)
+
+    async def _checked(
+        self,
+        calls: Sequence[tuple[AsyncScript, list[str], list[Any]]],
+        replies: list[Any],
+        names: Sequence[str],
+        ack: ReplicaAck | None,
+    ) -> list[Any]:
+        """The replies of `calls` as sent by `_send_many` (or `script_commands` on a
+        lane): the registry's SADD reply dropped, calls refused with NOSCRIPT sent again
+        once their scripts are loaded, and the first error reply raised."""
         if names:
             if isinstance(replies[0], Exception):
                 raise replies[0]
@@ -444,6 +481,15 @@ class RedisBase:
             out.append(reply)
         return out
 
+    def script_commands(
+        self, calls: Sequence[tuple[AsyncScript, list[str], list[Any]]], names: Sequence[str]
+    ) -> list[tuple[Any, ...]]:
+        """The commands of `calls` (EVALSHA each), after a SADD of `names` to the queue
+        registry when there are any."""
+        commands: list[tuple[Any, ...]] = [("SADD", self._keys.queues, *names)] if names else []
+        commands += [("EVALSHA", s.sha, len(k), *k, *a) for s, k, a in calls]
+        return commands
+
     async def _send_many(
         self,
         calls: Sequence[tuple[AsyncScript, list[str], list[Any]]],
@@ -453,8 +499,7 @@ class RedisBase:
         """The replies of SADD `names` to the registry (when any) and of `calls`, error
         replies in place; with `ack`, after checking that the replicas confirmed them
         (on the same connection: WAIT covers what its connection wrote)."""
-        commands: list[tuple[Any, ...]] = [("SADD", self._keys.queues, *names)] if names else []
-        commands += [("EVALSHA", s.sha, len(k), *k, *a) for s, k, a in calls]
+        commands = self.script_commands(calls, names)
         replies: list[Any]
         if isinstance(self._lane, ClusterLane):
             replies = await self._lane.call_many(commands, wait=ack and ack.command[1:])  # type: ignore[arg-type]
@@ -532,8 +577,8 @@ class RedisBase:
             await self._cluster.initialize()  # the slot map, from the seed nodes
             version, self.server_settings, _ = await read_servers(self._cluster)
         else:
-            await self._client.ping()
             # Read at every connect: durability and the policy can change between restarts.
+            # (Its one round trip is also the check that Redis answers.)
             version, self.server_settings, clustered = await read_server(self._client)
             if clustered:
                 raise ConfigError(

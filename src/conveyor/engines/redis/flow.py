@@ -18,7 +18,15 @@ from ...job import EnqueueResult, JobState, NewJob, decode_lenient, queue_of
 from ..base import Exchange, Outcome
 from .bulk import ENQUEUE_CHUNK, bulk_waves
 from .connection import driver_errors, job_fields
+from .lane import Lane
 from .pickup import RedisPickup
+
+_STATES: dict[str, JobState] = {state.value: state for state in JobState}
+
+
+def _state(name: str) -> JobState:
+    """A state named in a script's reply (a dict lookup: `JobState(name)` costs ~1 us)."""
+    return _STATES.get(name) or JobState(name)
 
 
 class RedisFlow(RedisPickup):
@@ -38,6 +46,9 @@ class RedisFlow(RedisPickup):
             jobs stored are, per queue, a prefix of its jobs in input order (whole
             chunks); a call of at most ENQUEUE_CHUNK jobs per queue is all or nothing.
 
+        The client's own work overlaps Redis's: while wave k runs, wave k+1's arguments
+        are built, and wave k's replies are decoded once wave k+1 is on its way.
+
         Args:
             jobs: validated jobs.
 
@@ -50,28 +61,71 @@ class RedisFlow(RedisPickup):
         if len(jobs) == 1 and jobs[0].queue in self._known_queues:
             # The common single enqueue: one EVALSHA, no grouping into waves.
             queue = jobs[0].queue
-            job_id, created, state = await self._eval(
-                self._enqueue, *self._enqueue_call(queue, jobs, (0,))
+            _, keys, header = self._q(queue, remember=True)
+            job_id, created, state = await self._eval_queue(
+                self._enqueue, queue, keys, header, [1, *self._job_args(jobs[0])]
             )
-            return [EnqueueResult(job_id, bool(created), JobState(state))]
+            return [EnqueueResult(job_id, bool(created), _state(state))]
         groups: dict[str, list[int]] = {}
         for i, job in enumerate(jobs):
             groups.setdefault(job.queue, []).append(i)
         waves = bulk_waves(groups, ENQUEUE_CHUNK)
         results: list[EnqueueResult | None] = [None] * len(jobs)
-        for wave in waves:
-            calls = [(self._enqueue, *self._enqueue_call(q, jobs, ix)) for q, ix in wave]
-            # The queue registry only grows, so each process SADDs a queue once; then a
-            # single-queue enqueue is one EVALSHA, not a pipeline (half the client CPU).
-            new_queues = [q for q, _ in wave if q not in self._known_queues]
-            replies = await self._run_many(calls, add_queues=new_queues)
-            for q in new_queues:
-                self._known_queues.put(q, True)
-            for (_, indexes), reply in zip(wave, replies, strict=True):
-                for n, i in enumerate(indexes):
-                    job_id, created, state = reply[3 * n : 3 * n + 3]
-                    results[i] = EnqueueResult(job_id, bool(created), JobState(state))
+        if len(waves) == 1 or type(self._lane) is not Lane or self._ack is not None:
+            # One wave, or a connection without `start` (Cluster, Sentinel, TLS) or with
+            # replica acknowledgements: wave by wave.
+            for wave in waves:
+                calls = self._wave_calls(jobs, wave)
+                replies = await self._run_many(calls, add_queues=self._new_queues(wave))
+                self._known_queues_add(wave)
+                self._decode_wave(wave, replies, results)
+            return [r for r in results if r is not None]
+        # Several waves on a plain lane: Redis runs wave k while this builds wave k+1's
+        # arguments; wave k+1 is written as soon as wave k succeeded, and wave k's
+        # replies are decoded while Redis runs it.
+        #   here:   args k+1 | wait k | send k+1 | decode k | args k+2 | wait k+1 | ...
+        #   Redis:  runs wave k         |  runs wave k+1                 |
+        lane = self._lane
+        calls = self._wave_calls(jobs, waves[0])
+        names = self._new_queues(waves[0])
+        sent = await lane.start(self.script_commands(calls, names))
+        for k, wave in enumerate(waves):
+            after = waves[k + 1] if k + 1 < len(waves) else None
+            upcoming = self._wave_calls(jobs, after) if after is not None else []
+            replies = await self._checked(calls, await lane.replies(sent), names, None)
+            self._known_queues_add(wave)
+            if after is not None:
+                calls, names = upcoming, self._new_queues(after)
+                sent = await lane.start(self.script_commands(calls, names))
+            self._decode_wave(wave, replies, results)
         return [r for r in results if r is not None]
+
+    def _wave_calls(
+        self, jobs: Sequence[NewJob], wave: Sequence[tuple[str, list[int]]]
+    ) -> list[tuple[Any, list[str], list[Any]]]:
+        """The script calls of one wave: one per queue chunk."""
+        return [(self._enqueue, *self._enqueue_call(q, jobs, ix)) for q, ix in wave]
+
+    def _new_queues(self, wave: Sequence[tuple[str, list[int]]]) -> list[str]:
+        # The queue registry only grows, so each process SADDs a queue once; then a
+        # single-queue enqueue is one EVALSHA, not a pipeline (half the client CPU).
+        return [q for q, _ in wave if q not in self._known_queues]
+
+    def _known_queues_add(self, wave: Sequence[tuple[str, list[int]]]) -> None:
+        for q, _ in wave:
+            if q not in self._known_queues:
+                self._known_queues.put(q, True)
+
+    @staticmethod
+    def _decode_wave(
+        wave: Sequence[tuple[str, list[int]]],
+        replies: Sequence[Any],
+        results: list[EnqueueResult | None],
+    ) -> None:
+        for (_, indexes), reply in zip(wave, replies, strict=True):
+            for n, i in enumerate(indexes):
+                job_id, created, state = reply[3 * n : 3 * n + 3]
+                results[i] = EnqueueResult(job_id, bool(created), _state(state))
 
     def _enqueue_call(
         self, queue: str, jobs: Sequence[NewJob], indexes: Sequence[int]
@@ -80,21 +134,25 @@ class RedisFlow(RedisPickup):
         _, keys, header = self._q(queue, remember=True)
         args: list[Any] = [*header, len(indexes)]
         for i in indexes:
-            j = jobs[i]
-            args += (
-                j.id,
-                j.task,
-                j.payload_json,
-                j.max_attempts,
-                j.priority,
-                j.tenant or "",
-                j.dedupe_key or "",
-                "" if j.timeout is None else int(j.timeout * 1000),
-                j.backoff_json or "",
-                j.delay_ms,
-                "" if j.run_at_ms is None else j.run_at_ms,
-            )
+            args += self._job_args(jobs[i])
         return keys, args
+
+    @staticmethod
+    def _job_args(j: NewJob) -> tuple[Any, ...]:
+        """One job's 11 ARGV values of `enqueue.lua`."""
+        return (
+            j.id,
+            j.task,
+            j.payload_json,
+            j.max_attempts,
+            j.priority,
+            j.tenant or "",
+            j.dedupe_key or "",
+            "" if j.timeout is None else int(j.timeout * 1000),
+            j.backoff_json or "",
+            j.delay_ms,
+            "" if j.run_at_ms is None else j.run_at_ms,
+        )
 
     @driver_errors
     async def exchange(

@@ -6,7 +6,8 @@ pickup latency cost twice BullMQ-on-Node's. The commands that decide those figur
 (EVALSHA of `enqueue` and `exchange`, plus a rare SADD), so they travel on this lane:
 
     callers ──write──▶ [ one socket, replies in order ] ──▶ futures resolved FIFO
-               (all commands written in one loop iteration go out in one send)
+               (a call on an idle connection is sent at once; the commands written
+               while calls are in flight go out in one send per loop iteration)
 
 It speaks RESP2 with hiredis (the C parser redis-py itself uses) and nothing else: every
 other command, TLS (`rediss://`) and pub/sub stay on redis-py. Failure semantics match the
@@ -67,9 +68,31 @@ def url_timeouts(url: str) -> tuple[float, float]:
     return out[0], out[1]
 
 
+# The first arguments of a command in RESP, without the leading "*<count>" line, and
+# how many they are (see `pack_prefix`).
+Prefix = tuple[int, bytes]
+
+
+def pack_prefix(args: Sequence[Any]) -> Prefix:
+    """The first arguments of commands that share them (EVALSHA, the script, its KEYS
+    and ARGV header), packed once: a single enqueue then packs 12 arguments, not 45.
+
+    >>> pack_prefix(("GET", "k"))
+    (2, b'$3\\r\\nGET\\r\\n$1\\r\\nk\\r\\n')
+    """
+    packed = hiredis.pack_command(tuple(args))
+    return len(args), packed[packed.index(b"\r\n") + 2 :]
+
+
 def _error(reply: hiredis.ReplyError) -> ResponseError:
     """An error reply as redis-py's exception (classified by the engine, see errors.py)."""
     return reply_error(str(reply))
+
+
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    """Mark a finished future's error as seen (asyncio logs unseen ones)."""
+    if not fut.cancelled():
+        fut.exception()
 
 
 class _Protocol(asyncio.Protocol):
@@ -136,20 +159,26 @@ class _Protocol(asyncio.Protocol):
 
     def send(self, packed: Sequence[bytes], *, now: bool = False) -> list[asyncio.Future[Any]]:
         loop = asyncio.get_running_loop()
-        if not self.out and not now:
-            # Commands written during this loop iteration leave in one send.
-            loop.call_soon(self._flush)
-        self.out.extend(packed)
+        direct = now or not self.waiters
+        if direct and not self.out and not self.closed and self.transport is not None:
+            # Nothing in flight, or `now`: write at once. A lone caller (a producer's loop
+            # of single enqueues) saves the loop iteration a deferred flush costs; a
+            # worker's exchange (`now`) leaves before the jobs already due this iteration
+            # run, so Redis works while they do (worker/claiming.py). Callers that join
+            # while something is in flight are batched below.
+            self.transport.write(packed[0] if len(packed) == 1 else b"".join(packed))
+        else:
+            if not self.out:
+                # Commands written during this loop iteration leave in one send.
+                loop.call_soon(self._flush)
+            self.out.extend(packed)
+            if now:
+                self._flush()  # with the commands queued before it, in order
         sent_at = time.monotonic()
         futs = [loop.create_future() for _ in packed]
         self.waiters.extend((f, sent_at) for f in futs)
         if self.watch is None:
             self.watch = loop.call_later(_WATCH_S, self._check)
-        if now:
-            # Written at once (with whatever this iteration queued before it): the
-            # callbacks already due this iteration, a worker's jobs among them, run before
-            # a deferred flush, and Redis would sit idle while they do (worker/claiming.py).
-            self._flush()
         return futs
 
 
@@ -242,8 +271,30 @@ class Lane:
             redis.exceptions.ConnectionError: Redis cannot be reached, or the connection
                 died or timed out with these calls in flight (their outcome is unknown).
         """
-        proto = await self._connection()
-        futs = proto.send([hiredis.pack_command(cmd) for cmd in commands], now=now)
+        return await self.replies(await self.start(commands, now=now))
+
+    async def start(
+        self, commands: Sequence[tuple[Any, ...]], *, now: bool = False
+    ) -> list[asyncio.Future[Any]]:
+        """Send commands (with this loop iteration's others, or at once on an idle
+        connection or with `now`) and return the futures of their replies without
+        waiting for them: the caller works while Redis runs them, then reads them with
+        `replies`.
+
+        Raises:
+            redis.exceptions.ConnectionError: Redis cannot be reached.
+        """
+        proto = await self._connection()  # no suspension once connected
+        return proto.send([hiredis.pack_command(cmd) for cmd in commands], now=now)
+
+    @staticmethod
+    async def replies(futs: Sequence[asyncio.Future[Any]]) -> list[Any]:
+        """The replies of `start`'s futures, as `call_many` returns them.
+
+        Raises:
+            redis.exceptions.ConnectionError: the connection died or timed out with
+                these calls in flight (their outcome is unknown).
+        """
         try:
             replies = [await f for f in futs]
         except BaseException:
@@ -252,14 +303,32 @@ class Lane:
             for fut in futs:
                 if fut.done() and not fut.cancelled():
                     fut.exception()
+                elif not fut.done():  # cancelled while waiting: read it when it ends
+                    fut.add_done_callback(_retrieve)
             raise
         return [_error(r) if isinstance(r, hiredis.ReplyError) else r for r in replies]
 
     async def call(self, *command: Any, now: bool = False) -> Any:
         """One command; an error reply is raised as `ResponseError`. `now`: write it
         at once instead of at the next loop iteration (see `_Protocol.send`)."""
-        proto = await self._connection()
-        reply = await proto.send([hiredis.pack_command(command)], now=now)[0]
+        return await self._call_packed(hiredis.pack_command(command), now)
+
+    async def call_prefixed(self, prefix: Prefix, tail: Sequence[Any], *, now: bool = False) -> Any:
+        """One command made of a packed `prefix` (see `pack_prefix`) and `tail` (at least
+        one argument); an error reply is raised as `ResponseError` (`now`: as in `call`)."""
+        count, head = prefix
+        body = hiredis.pack_command(tuple(tail))
+        # pack_command's output starts with its own "*<count>\r\n": replaced.
+        start = body.index(b"\r\n") + 2
+        return await self._call_packed(
+            b"*%d\r\n%b%b" % (count + len(tail), head, body[start:]), now
+        )
+
+    async def _call_packed(self, packed: bytes, now: bool = False) -> Any:
+        proto = self._proto
+        if proto is None or proto.closed or self._loop is not asyncio.get_running_loop():
+            proto = await self._connection()
+        reply = await proto.send([packed], now=now)[0]
         if isinstance(reply, hiredis.ReplyError):
             raise _error(reply)
         return reply

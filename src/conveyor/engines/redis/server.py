@@ -26,14 +26,28 @@ async def read_server(
     Raises:
         redis.exceptions.RedisError: the server cannot be reached (callers translate).
     """
-    # One call each, once per connect: a cluster pipeline cannot aim at one node.
-    server = await client.info("server", **route)
-    persistence = await client.info("persistence", **route)
-    memory = await client.info("memory", **route)
-    cluster = await client.info("cluster", **route)
     fsync: Any = None
-    with contextlib.suppress(ResponseError):  # CONFIG disabled or renamed (managed Redis)
-        fsync = (await client.config_get("appendfsync", **route)).get("appendfsync")
+    if isinstance(client, RedisCluster):
+        # One call each, once per connect: a cluster pipeline cannot aim at one node.
+        server = await client.info("server", **route)
+        persistence = await client.info("persistence", **route)
+        memory = await client.info("memory", **route)
+        cluster = await client.info("cluster", **route)
+        with contextlib.suppress(ResponseError):  # CONFIG disabled or renamed (managed Redis)
+            fsync = (await client.config_get("appendfsync", **route)).get("appendfsync")
+    else:
+        # One round trip: every worker start waits for it (issue 15, point 7).
+        async with client.pipeline(transaction=False) as pipe:
+            for section in ("server", "persistence", "memory", "cluster"):
+                pipe.info(section)
+            pipe.config_get("appendfsync")
+            *infos, config = await pipe.execute(raise_on_error=False)
+        for reply in infos:
+            if isinstance(reply, Exception):
+                raise reply
+        server, persistence, memory, cluster = infos
+        if not isinstance(config, ResponseError):  # CONFIG disabled or renamed (managed)
+            fsync = config.get("appendfsync")
     aof = persistence.get("aof_enabled")
     policy = memory.get("maxmemory_policy")
     settings = ServerSettings(

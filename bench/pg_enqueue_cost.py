@@ -1,0 +1,238 @@
+"""What one single enqueue costs on Postgres, in measures a busy machine does not blur.
+
+Two modes, both on the machine's Postgres (127.0.0.1:5432, user postgres), each in a fresh
+database dropped at the end:
+
+* producers (default): for each source tree (`--src`, repeatable) and optionally pgqueuer
+  (`--pgqueuer-python`, the interpreter of a venv with pgqueuer and asyncpg, e.g. the
+  bench's `bench/.peers/venvs/pgqueuer_lib/bin/python`), one subprocess enqueues `--n` jobs
+  one at a time, rounds interleaved; per job it reports the client's CPU (process_time),
+  the CPU of the database's Postgres backends (utime + stime from /proc, so the listener's
+  backend counts when there is one), the WAL bytes of one enqueue (min over 30 single
+  calls of the insert-LSN delta, commit record included) and the wall rate (load-bound).
+* `--functions`: server CPU of the schema's `enqueue` function alone, one job per call,
+  4,000 calls in one DO block (no round trip, no commit), the function of migration 0007
+  against the current one, interleaved.
+
+    .venv/bin/python bench/pg_enqueue_cost.py --src /tmp/main/src --src src \\
+        --pgqueuer-python bench/.peers/venvs/pgqueuer_lib/bin/python --rounds 3 --n 3000
+    .venv/bin/python bench/pg_enqueue_cost.py --functions
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+# The pgqueuer venv has no psycopg: its producer borrows it from the caller's site-packages,
+# last on the path so that venv's own packages win.
+if os.environ.get("PG_COST_EXTRA_PATH"):
+    sys.path.extend(os.environ["PG_COST_EXTRA_PATH"].split(os.pathsep))
+
+import psycopg
+
+ADMIN = "postgresql://postgres@127.0.0.1/postgres"
+MIGRATIONS = Path(__file__).resolve().parent.parent / "src/conveyor/engines/postgres/migrations"
+
+
+def cpu_of(pid: int) -> float:
+    """utime + stime of a process, in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        parts = f.read().rsplit(")", 1)[1].split()
+    return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def fresh_database(name: str) -> str:
+    with psycopg.connect(ADMIN, autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {name}")
+        admin.execute(f"CREATE DATABASE {name}")
+    return f"postgresql://postgres@127.0.0.1/{name}"
+
+
+def drop_database(name: str) -> None:
+    with psycopg.connect(ADMIN, autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+async def produce(kind: str, db: str, n: int) -> dict[str, Any]:
+    """One producer's figures (run in a subprocess, on the interpreter of its kind)."""
+    dsn = fresh_database(db)
+    mon = psycopg.connect(dsn, autocommit=True)
+    if kind == "conveyor":
+        from conveyor import Conveyor
+
+        app = Conveyor(f"{dsn}?schema=conveyor")
+
+        @app.task(name="job")
+        async def job(t: int, s: int) -> None: ...
+
+        await app.connect()
+
+        async def one(i: int) -> None:
+            await app.enqueue("job", {"t": i, "s": i})
+
+        close = app.close
+    else:
+        import asyncpg  # type: ignore[import-not-found]
+        from pgqueuer.db import AsyncpgDriver  # type: ignore[import-not-found]
+        from pgqueuer.queries import Queries  # type: ignore[import-not-found]
+
+        conn = await asyncpg.connect(dsn)
+        queries = Queries(AsyncpgDriver(conn))
+        await queries.install()
+
+        async def one(i: int) -> None:
+            await queries.enqueue("job", f"{i} {i}".encode())
+
+        close = conn.close
+    for i in range(50):  # warm: prepared statements, caches
+        await one(i)
+    pids = [
+        int(r[0])
+        for r in mon.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            (db,),
+        ).fetchall()
+    ]
+    backend0 = {p: cpu_of(p) for p in pids}
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    for i in range(n):
+        await one(i)
+    t1, cpu1 = time.perf_counter(), time.process_time()
+    backend1 = {p: cpu_of(p) for p in pids}
+    wal = []
+    for i in range(30):
+        row = mon.execute("SELECT pg_current_wal_insert_lsn()").fetchone()
+        assert row is not None
+        await one(i)
+        diff = mon.execute(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), %s)", (row[0],)
+        ).fetchone()
+        assert diff is not None
+        wal.append(float(diff[0]))
+    await close()
+    mon.close()
+    drop_database(db)
+    return {
+        "rate": n / (t1 - t0),
+        "client_us": 1e6 * (cpu1 - cpu0) / n,
+        "backend_us": 1e6 * sum(backend1[p] - backend0[p] for p in pids) / n,
+        "wal_bytes": min(wal),
+        "backends": len(pids),
+    }
+
+
+def producers(args: argparse.Namespace) -> None:
+    me = str(Path(__file__).resolve())
+    sides: list[tuple[str, list[str], dict[str, str]]] = []
+    for src in args.src:
+        env = {**os.environ, "PYTHONPATH": str(Path(src).resolve())}
+        sides.append((f"conveyor {src}", [sys.executable, me, "--producer", "conveyor"], env))
+    if args.pgqueuer_python:
+        # psycopg (this script's monitor) from this interpreter's site-packages, last.
+        extra = os.pathsep.join(p for p in sys.path if p.endswith("site-packages"))
+        env = {**os.environ, "PG_COST_EXTRA_PATH": extra}
+        sides.append(("pgqueuer", [args.pgqueuer_python, me, "--producer", "pgqueuer"], env))
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in sides}
+    for _ in range(args.rounds):
+        for index, (name, argv, env) in enumerate(sides):
+            out = subprocess.run(
+                [*argv, f"pg_enqueue_cost_{index}", str(args.n)],
+                env=env, check=True, capture_output=True, text=True,
+            )  # fmt: skip
+            results[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    print(f"{args.n:,} single enqueues per round, {args.rounds} rounds interleaved; per job:")
+    print("| producer | client CPU (µs) | Postgres backend CPU (µs) | WAL (bytes) | jobs/s |")
+    print("|---|---|---|---|---|")
+    for name, runs in results.items():
+
+        def col(key: str, runs: list[dict[str, Any]] = runs) -> str:
+            return " / ".join(f"{r[key]:,.0f}" for r in runs)
+
+        print(
+            f"| {name} | {col('client_us')} | {col('backend_us')} | {col('wal_bytes')} "
+            f"| {col('rate')} |"
+        )
+
+
+def functions(args: argparse.Namespace) -> None:
+    """Server CPU per call of the enqueue function of 0007 against the current one."""
+    from conveyor import Conveyor
+
+    name = "pg_enqueue_cost_fn"
+    dsn = fresh_database(name)
+
+    async def migrate() -> None:
+        app = Conveyor(f"{dsn}?schema=conveyor")
+        await app.connect()
+        await app.close()
+
+    asyncio.run(migrate())
+
+    def function_of(path: Path, new_name: str) -> str:
+        text = path.read_text()
+        body = text[text.index("CREATE OR REPLACE FUNCTION {schema}.enqueue(") :]
+        body = body[: body.index("\n$$;") + 4]
+        body = body.replace("{schema}", "conveyor").replace("{channel}", "'conveyor:conveyor'")
+        return body.replace("FUNCTION conveyor.enqueue(", f"FUNCTION conveyor.{new_name}(")
+
+    latest = sorted(MIGRATIONS.glob("*.sql"))
+    current = next(p for p in reversed(latest) if "FUNCTION {schema}.enqueue(" in p.read_text())
+    variants = {
+        "0007_flow_dedupe.sql": function_of(MIGRATIONS / "0007_flow_dedupe.sql", "enqueue_0007"),
+        current.name: function_of(current, "enqueue_now"),
+    }
+    calls = dict(zip(variants, ("enqueue_0007", "enqueue_now"), strict=True))
+    n = 4000
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for body in variants.values():
+            conn.execute(body)
+        row = conn.execute("SELECT pg_backend_pid()").fetchone()
+        assert row is not None
+        pid = int(row[0])
+        per_call: dict[str, list[float]] = {k: [] for k in variants}
+        for rep in range(args.rounds + 1):
+            for label, fn in calls.items():
+                conn.execute("BEGIN")
+                before = cpu_of(pid)
+                conn.execute(
+                    f"DO $$ BEGIN FOR i IN 1..{n} LOOP PERFORM conveyor.{fn}(jsonb_build_array("
+                    f"jsonb_build_object('id', 'j{rep}_' || i, 'queue', 'default', 'task', 'job',"
+                    " 'payload', '{\"t\":1}', 'max_attempts', 3, 'priority', 0)), NULL);"
+                    " END LOOP; END $$;"
+                )
+                per_call[label].append((cpu_of(pid) - before) * 1e6 / n)
+                conn.execute("ROLLBACK")
+    drop_database(name)
+    print(f"server CPU per one-job enqueue call (µs; {n:,} calls per round, first round warm-up)")
+    for label, values in per_call.items():
+        print(f"  {label:28s} " + " / ".join(f"{v:.1f}" for v in values[1:]))
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--producer":
+        kind, db, n = sys.argv[2], sys.argv[3], int(sys.argv[4])
+        print(json.dumps(asyncio.run(produce(kind, db, n))))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--src", action="append", default=[], help="a source tree's src/")
+    parser.add_argument("--pgqueuer-python", help="interpreter of a venv with pgqueuer")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--n", type=int, default=3000)
+    parser.add_argument("--functions", action="store_true")
+    args = parser.parse_args()
+    if args.functions:
+        functions(args)
+    else:
+        producers(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -479,41 +479,6 @@ async def test_background_loops_survive_unexpected_errors(app: Conveyor) -> None
     assert [j["id"] for j in await app.workers()] == []
 
 
-async def test_the_next_exchange_is_sent_before_the_jobs_of_a_reply_run(
-    app: Conveyor, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The engine works on the next exchange while the worker runs the jobs the last reply
-    brought (worker/claiming.py). Sent after them, it left Redis idle through every batch:
-    with 100+ slots both exchanges left together after the jobs and were answered together,
-    and 200 slots were slower than 100 (issue 15, point 5).
-    """
-    ran = 0
-
-    @app.task("noop", queue="q")
-    async def noop(job: Job) -> None:
-        nonlocal ran
-        ran += 1
-
-    for i in range(30):
-        await app.enqueue("noop", {"i": i})
-    engine = await app.connect()
-    real = engine.exchange
-    sent_at: list[int] = []  # jobs run when each exchange was sent
-    claimed: list[int] = []
-
-    async def spy(outcomes: Sequence[Any], **kwargs: Any) -> Any:
-        sent_at.append(ran)
-        result = await real(outcomes, **kwargs)
-        claimed.append(len(result.jobs))
-        return result
-
-    monkeypatch.setattr(engine, "exchange", spy)
-    await Worker(app, queues=("q",), concurrency=10, burst=True).run()
-    assert ran == 30
-    assert claimed[0] == 5  # the first look goes alone and claims half the slots
-    assert sent_at[1] == 0  # the next one left before any of those 5 jobs ran
-
-
 async def test_freeze_heap_takes_start_up_objects_out_of_full_collections(app: Conveyor) -> None:
     """`conveyor worker` freezes its start-up heap, so a full collection no longer walks
     every imported module's objects in the middle of a job's pickup (the W2 tail);

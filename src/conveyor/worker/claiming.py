@@ -35,12 +35,6 @@ class ClaimLoop(JobRunning):
         and jobs that take the same time (an io-bound burst) stop finishing in one wave,
         whose outcomes and claims would otherwise all wait for the same round trip. Slots
         an exchange may fill are reserved when it is sent, so `concurrency` always holds.
-
-        The overlap needs each exchange written before the worker runs the jobs of the last
-        reply (see `_exchange`): written after them, as it was, the engine waited through
-        every batch, and with both slots free (100+ slots) both exchanges left together
-        after the jobs, were answered together, and engine and worker took turns for the
-        whole run (issue 15, point 5: bench/RESULTS.md, branch `concurrency`).
         """
         calls: set[asyncio.Task[None]] = set()
         loop = asyncio.get_running_loop()
@@ -122,11 +116,7 @@ class ClaimLoop(JobRunning):
         if result.recovered:
             self.metrics.stalled.inc(result.recovered)
         self._ready.extend(result.jobs)
-        # Started at the next loop iteration, not now: the claim loop, woken above, first
-        # sends the next exchange, which the engine writes at once, so the engine works
-        # on it while these jobs run. Started now, they would all run before that write,
-        # leaving the engine idle meanwhile (the slots stay counted: they are in _ready).
-        asyncio.get_running_loop().call_soon(self._start_ready)
+        self._start_ready()
         if limit > 0:
             # Nothing claimable now: wait for a wake-up instead of asking again at once.
             self._empty = not result.jobs

@@ -124,19 +124,15 @@ class ClusterLane:
         except RedisError:
             self._stale = True  # no node answered: try again on the next call
 
-    async def call(self, *command: Any, now: bool = False) -> Any:
-        """One command; an error reply is raised as `ResponseError` (`now`: see `Lane.call`)."""
-        reply = (await self.call_many([command], now=now))[0]
+    async def call(self, *command: Any) -> Any:
+        """One command; an error reply is raised as `ResponseError`."""
+        reply = (await self.call_many([command]))[0]
         if isinstance(reply, ResponseError):
             raise reply
         return reply
 
     async def call_many(
-        self,
-        commands: Sequence[tuple[Any, ...]],
-        *,
-        wait: tuple[int, int] | None = None,
-        now: bool = False,
+        self, commands: Sequence[tuple[Any, ...]], *, wait: tuple[int, int] | None = None
     ) -> list[Any]:
         """Send commands, each to the master of its slot; replies in input order (an
         error reply in its place, not raised).
@@ -145,7 +141,6 @@ class ClusterLane:
             commands: keyed commands (see `command_slot`).
             wait: `(replicas, timeout_ms)`: each master's write ends with WAIT; the
                 fewest replicas any master reached is returned as the last reply.
-            now: write each master's batch as soon as it is sent (see `Lane.call`).
 
         Raises:
             redis.exceptions.ConnectionError: a master could not be reached or died
@@ -163,7 +158,7 @@ class ClusterLane:
                 address = via[i][0] if i in via else self._owner(commands[i])
                 groups.setdefault(address, []).append(i)
             results = await asyncio.gather(
-                *(self._send(a, ix, commands, via, wait, now) for a, ix in groups.items()),
+                *(self._send(a, ix, commands, via, wait) for a, ix in groups.items()),
                 return_exceptions=True,
             )
             todo, backoff = [], False
@@ -205,7 +200,6 @@ class ClusterLane:
         commands: Sequence[tuple[Any, ...]],
         via: dict[int, tuple[Address, bool]],
         wait: tuple[int, int] | None,
-        now: bool,
     ) -> tuple[list[Any], int | None]:
         batch: list[tuple[Any, ...]] = []
         asked: list[bool] = []
@@ -217,7 +211,7 @@ class ClusterLane:
             asked.append(asking)
         if wait is not None:
             batch.append(("WAIT", *wait))
-        got = await self._lane(address).call_many(batch, now=now)
+        got = await self._lane(address).call_many(batch)
         replicas: int | None = None
         if wait is not None:
             last = got.pop()

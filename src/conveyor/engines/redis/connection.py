@@ -385,22 +385,18 @@ class RedisBase:
         """ARGV's "now": '' lets Redis TIME decide; a test clock's now in ms otherwise."""
         return "" if self._clock is None else str(self._clock.now_ms())
 
-    async def _run(
-        self, name: str, queue: str, *args: str | int, remember: bool = False, now: bool = False
-    ) -> Any:
-        """One per-queue script call (`remember`: see `_q`; `now`: see `Lane.call`)."""
+    async def _run(self, name: str, queue: str, *args: str | int, remember: bool = False) -> Any:
+        """One per-queue script call (`remember`: see `_q`)."""
         _, keys, header = self._q(queue, remember=remember)
-        return await self._eval(self._scripts[name], keys, [*header, *args], now=now)
+        return await self._eval(self._scripts[name], keys, [*header, *args])
 
-    async def _eval(
-        self, script: AsyncScript, keys: list[str], args: list[Any], *, now: bool = False
-    ) -> Any:
+    async def _eval(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
         if self._acked(script):  # with its WAIT, on the same connection
             return (await self._run_many([(script, keys, args)]))[0]
         if self._lane is None:
             return await script(keys=keys, args=args)
         try:
-            return await self._lane.call("EVALSHA", script.sha, len(keys), *keys, *args, now=now)
+            return await self._lane.call("EVALSHA", script.sha, len(keys), *keys, *args)
         except NoScriptError:
             # Redis restarted (scripts are not persisted): this call did not run, so
             # running it through the script object (which loads it first) is safe.

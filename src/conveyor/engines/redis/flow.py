@@ -207,9 +207,6 @@ class RedisFlow(RedisPickup):
                     *self._exchange_args(outs, worker_id, lease_ms, max(remaining, 0)),
                     *self._pickup_args(worker_id, queue, max(remaining, 0)),
                     remember=True,
-                    # Written at once: the worker runs the jobs of the previous reply
-                    # while Redis works on this call (worker/claiming.py).
-                    now=True,
                 )
                 result.lost.extend(lost)
                 result.recovered += recovered

@@ -157,26 +157,25 @@ class _Protocol(asyncio.Protocol):
             return
         self.watch = asyncio.get_running_loop().call_later(_WATCH_S, self._check)
 
-    def send(self, packed: Sequence[bytes], *, now: bool = False) -> list[asyncio.Future[Any]]:
+    def send(self, packed: Sequence[bytes]) -> list[asyncio.Future[Any]]:
         loop = asyncio.get_running_loop()
-        direct = now or not self.waiters
-        if direct and not self.out and not self.closed and self.transport is not None:
-            # Nothing in flight, or `now`: write at once. A lone caller (a producer's loop
-            # of single enqueues) saves the loop iteration a deferred flush costs; a
-            # worker's exchange (`now`) leaves before the jobs already due this iteration
-            # run, so Redis works while they do (worker/claiming.py). Callers that join
-            # while something is in flight are batched below.
+        if not self.waiters and not self.out and not self.closed and self.transport is not None:
+            # Nothing in flight: write now. A lone caller (a producer's loop of single
+            # enqueues, a worker's exchange) saves the loop iteration a deferred flush
+            # costs; callers that join while this is in flight are batched below. It
+            # also keeps a worker's two exchanges apart when it sends both in one
+            # iteration: sent in one write they were answered in one, and worker and
+            # Redis then took turns for the whole run (W1 with 200+ slots a third slower
+            # than with 100: bench/RESULTS.md, branch `concurrency`).
             self.transport.write(packed[0] if len(packed) == 1 else b"".join(packed))
         else:
             if not self.out:
                 # Commands written during this loop iteration leave in one send.
                 loop.call_soon(self._flush)
             self.out.extend(packed)
-            if now:
-                self._flush()  # with the commands queued before it, in order
-        sent_at = time.monotonic()
+        now = time.monotonic()
         futs = [loop.create_future() for _ in packed]
-        self.waiters.extend((f, sent_at) for f in futs)
+        self.waiters.extend((f, now) for f in futs)
         if self.watch is None:
             self.watch = loop.call_later(_WATCH_S, self._check)
         return futs
@@ -261,31 +260,26 @@ class Lane:
                     raise RedisConnectionError(f"Redis refused the connection set-up: {reply}")
         return proto
 
-    async def call_many(
-        self, commands: Sequence[tuple[Any, ...]], *, now: bool = False
-    ) -> list[Any]:
+    async def call_many(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         """Send commands in one write; their replies in order. An error reply is returned
-        as a `redis.exceptions.ResponseError` in its place, not raised. `now`: as in `call`.
+        as a `redis.exceptions.ResponseError` in its place, not raised.
 
         Raises:
             redis.exceptions.ConnectionError: Redis cannot be reached, or the connection
                 died or timed out with these calls in flight (their outcome is unknown).
         """
-        return await self.replies(await self.start(commands, now=now))
+        return await self.replies(await self.start(commands))
 
-    async def start(
-        self, commands: Sequence[tuple[Any, ...]], *, now: bool = False
-    ) -> list[asyncio.Future[Any]]:
+    async def start(self, commands: Sequence[tuple[Any, ...]]) -> list[asyncio.Future[Any]]:
         """Send commands (with this loop iteration's others, or at once on an idle
-        connection or with `now`) and return the futures of their replies without
-        waiting for them: the caller works while Redis runs them, then reads them with
-        `replies`.
+        connection) and return the futures of their replies without waiting for them:
+        the caller works while Redis runs them, then reads them with `replies`.
 
         Raises:
             redis.exceptions.ConnectionError: Redis cannot be reached.
         """
         proto = await self._connection()  # no suspension once connected
-        return proto.send([hiredis.pack_command(cmd) for cmd in commands], now=now)
+        return proto.send([hiredis.pack_command(cmd) for cmd in commands])
 
     @staticmethod
     async def replies(futs: Sequence[asyncio.Future[Any]]) -> list[Any]:
@@ -308,27 +302,24 @@ class Lane:
             raise
         return [_error(r) if isinstance(r, hiredis.ReplyError) else r for r in replies]
 
-    async def call(self, *command: Any, now: bool = False) -> Any:
-        """One command; an error reply is raised as `ResponseError`. `now`: write it
-        at once instead of at the next loop iteration (see `_Protocol.send`)."""
-        return await self._call_packed(hiredis.pack_command(command), now)
+    async def call(self, *command: Any) -> Any:
+        """One command; an error reply is raised as `ResponseError`."""
+        return await self._call_packed(hiredis.pack_command(command))
 
-    async def call_prefixed(self, prefix: Prefix, tail: Sequence[Any], *, now: bool = False) -> Any:
+    async def call_prefixed(self, prefix: Prefix, tail: Sequence[Any]) -> Any:
         """One command made of a packed `prefix` (see `pack_prefix`) and `tail` (at least
-        one argument); an error reply is raised as `ResponseError` (`now`: as in `call`)."""
+        one argument); an error reply is raised as `ResponseError`."""
         count, head = prefix
         body = hiredis.pack_command(tuple(tail))
         # pack_command's output starts with its own "*<count>\r\n": replaced.
         start = body.index(b"\r\n") + 2
-        return await self._call_packed(
-            b"*%d\r\n%b%b" % (count + len(tail), head, body[start:]), now
-        )
+        return await self._call_packed(b"*%d\r\n%b%b" % (count + len(tail), head, body[start:]))
 
-    async def _call_packed(self, packed: bytes, now: bool = False) -> Any:
+    async def _call_packed(self, packed: bytes) -> Any:
         proto = self._proto
         if proto is None or proto.closed or self._loop is not asyncio.get_running_loop():
             proto = await self._connection()
-        reply = await proto.send([packed], now=now)[0]
+        reply = await proto.send([packed])[0]
         if isinstance(reply, hiredis.ReplyError):
             raise _error(reply)
         return reply

@@ -68,11 +68,11 @@ class SentinelLane:
             self._lane = None
         lane.close()
 
-    async def call(self, *command: Any, now: bool = False) -> Any:
-        """One command; an error reply is raised as `ResponseError` (`now`: see `Lane.call`)."""
+    async def call(self, *command: Any) -> Any:
+        """One command; an error reply is raised as `ResponseError`."""
         lane = await self._current()
         try:
-            return await lane.call(*command, now=now)
+            return await lane.call(*command)
         except RedisConnectionError:
             self._drop(lane)
             raise

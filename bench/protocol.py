@@ -481,11 +481,10 @@ def render(raw: dict[str, Any], argv: list[str]) -> str:
         f"Command: `bench/run protocol {' '.join(argv)}`, written by `bench/protocol.py` "
         f"(raw figures: `bench/.peers/{raw['raw_file']}`). One private redis-server "
         f"{raw['machine']['Redis']}, {raw['machine']['cores (nproc)']} cores, "
-        f"{raw['machine']['date (UTC)']} UTC. **The machine was shared and loaded** (other "
-        "engineers' tests and benchmarks ran at the same time; load average 1/5 min before → "
-        "after each part below), so absolute figures are low and noisy: read the ratios "
-        "between libraries measured in this run, never against another run. Figures are "
-        "medians (min–max) of the reps.",
+        f"{raw['machine']['date (UTC)']} UTC. The load average (1/5 min) before and after "
+        "each part is below: on a shared machine absolute figures are low and noisy, so read "
+        "the ratios between libraries measured in this run, never against another run. "
+        "Figures are medians (min–max) of the reps.",
         "",
         "| part | load before → after |",
         "|---|---|",

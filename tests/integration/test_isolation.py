@@ -65,7 +65,7 @@ def children_of(pid: int) -> list[int]:
             try:
                 if parent_of(int(entry.name)) == pid:
                     found.append(int(entry.name))
-            except (FileNotFoundError, AssertionError):
+            except (FileNotFoundError, ProcessLookupError, AssertionError):
                 continue
     return found
 
@@ -74,7 +74,8 @@ def alive(pid: int) -> bool:
     """The process exists and is not a zombie (a reaped child is gone from /proc)."""
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):
+        # ProcessLookupError: the process was reaped between opening its stat and reading it.
         return False
     return state != "Z"
 

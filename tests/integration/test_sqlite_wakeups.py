@@ -167,3 +167,41 @@ async def test_memory_engine_has_no_sockets() -> None:
     assert eng._wakeups is None
     await eng.wait_for_jobs(["q"], timeout=0.01)
     await eng.close()
+
+
+def test_a_socket_bound_in_the_same_mtime_tick_as_the_last_listing_is_poked(
+    tmp_path: Path,
+) -> None:
+    """Pokes reuse the directory listing while its mtime holds; a socket bound without
+    moving the mtime (coarse clock: same tick) must still be found."""
+    import socket as socket_mod
+    import time
+
+    from conveyor.engines.sqlite.wakeups import WakeSockets
+
+    poker = WakeSockets(tmp_path / "conveyor.db")
+    poker.dir.mkdir()
+    first = socket_mod.socket(socket_mod.AF_UNIX, socket_mod.SOCK_DGRAM)
+    first.bind(str(poker.dir / "1-a.sock"))
+    poker.poke()
+    assert first.recv(16) == b"!"
+    stat = os.stat(poker.dir)
+    second = socket_mod.socket(socket_mod.AF_UNIX, socket_mod.SOCK_DGRAM)
+    second.bind(str(poker.dir / "2-b.sock"))
+    os.utime(poker.dir, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # as if the same tick
+    poker.poke()
+    assert second.recv(16) == b"!"
+    # A listing taken long after the directory's last change is reused: a socket file
+    # appearing without moving the mtime (only possible by hand, as here) is not seen.
+    old = time.time_ns() - 10_000_000_000
+    os.utime(poker.dir, ns=(old, old))
+    poker.poke()  # lists again (the mtime moved), now trusted
+    third = socket_mod.socket(socket_mod.AF_UNIX, socket_mod.SOCK_DGRAM)
+    third.bind(str(poker.dir / "3-c.sock"))
+    third.setblocking(False)
+    os.utime(poker.dir, ns=(old, old))
+    poker.poke()
+    with pytest.raises(BlockingIOError):
+        third.recv(16)
+    for s in (first, second, third):
+        s.close()

@@ -69,7 +69,8 @@ class SqliteFlow(SqliteCore):
         """
         if not jobs:
             return []
-        results = await self._write(lambda conn: self._enqueue_tx(conn, jobs))
+        # settles=False: an enqueue only inserts, so it finishes no flow job.
+        results = await self._write(lambda conn: self._enqueue_tx(conn, jobs), settles=False)
         self._jobs_wake.notify()
         self._events_wake.notify()
         return results

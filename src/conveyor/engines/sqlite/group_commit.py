@@ -46,6 +46,7 @@ class Write:
 
     fn: Callable[[sqlite3.Connection], Any]
     durable: bool
+    settles: bool  # may finish flow jobs (an enqueue never does: it only inserts)
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[Any]
     outcome: tuple[bool, Any] = field(default=(False, None))  # (ok, result or exception)
@@ -85,6 +86,7 @@ class GroupCommit:
         fn: Callable[[sqlite3.Connection], Any],
         durable: bool,
         closed: Callable[[], BaseException],
+        settles: bool = True,
     ) -> Any:
         """Queue `fn` for the next group and wait until it committed (or failed).
 
@@ -93,7 +95,7 @@ class GroupCommit:
             executor is already shut down.
         """
         loop = asyncio.get_running_loop()
-        write = Write(fn, durable, loop, loop.create_future())
+        write = Write(fn, durable, settles, loop, loop.create_future())
         with self._lock:
             self._queued.append(write)
             if not self._scheduled:

@@ -30,6 +30,7 @@ import contextlib
 import os
 import secrets
 import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -41,6 +42,9 @@ SAFETY_POLL_S = 0.5
 _SUFFIX = ".sock"
 _MAX_SOCKET_PATH = 107  # sun_path is 108 bytes on Linux, NUL included (104 on macOS)
 _POKE = b"!"
+# A listing of the wake-up directory is reused while its mtime stays the same, but only
+# once it was taken this long after that mtime (mtimes tick coarsely: see `_names`).
+_RACY_NS = 1_000_000_000
 
 
 def wake_dir(db_path: Path) -> Path:
@@ -67,6 +71,10 @@ class WakeSockets:
         self._reader_loop: asyncio.AbstractEventLoop | None = None
         self._sender: socket.socket | None = None
         self._poke_scheduled = False
+        # The last listing of `dir` and the mtime it was taken at (see `_names`).
+        self._listing: list[str] = []
+        self._listing_mtime = -1
+        self._listing_at = 0  # time.time_ns() just before that listing
 
     # --- the waiting side -------------------------------------------------------------------
     def listen(self, on_wake: Callable[[], None]) -> bool | None:
@@ -183,9 +191,8 @@ class WakeSockets:
         unlink the ones nobody is bound to any more."""
         if self.unavailable == "no AF_UNIX sockets on this platform":
             return
-        try:
-            names = os.listdir(self.dir)
-        except OSError:  # no directory: no worker has waited on this file yet
+        names = self._names()
+        if not names:
             return
         if self._sender is None:
             self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -205,3 +212,22 @@ class WakeSockets:
                     os.unlink(path)
             except OSError:
                 pass  # vanished meanwhile, or not ours to write: not our business
+
+    def _names(self) -> list[str]:
+        """The directory's entries, listed again only when it may have changed: a
+        ``stat`` per poke instead of a listing. Binding, closing or unlinking a socket
+        moves the directory's mtime; but mtimes come from a coarse clock, so a listing
+        is trusted only when it was taken `_RACY_NS` after that mtime (a socket bound in
+        the same tick as the listing cannot hide behind an unchanged mtime)."""
+        try:
+            mtime = os.stat(self.dir).st_mtime_ns
+        except OSError:  # no directory: no worker has waited on this file yet
+            return []
+        if mtime != self._listing_mtime or self._listing_at - mtime < _RACY_NS:
+            now = time.time_ns()  # read before listing: the listing is at least this fresh
+            try:
+                self._listing = os.listdir(self.dir)
+            except OSError:
+                return []
+            self._listing_mtime, self._listing_at = mtime, now
+        return self._listing

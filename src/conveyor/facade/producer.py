@@ -25,6 +25,7 @@ from ..job import (
 )
 from ..partitions import check_layout, discover, logical
 from ..payloads import payload_json
+from ..task import Task
 from ..tracing import TRACE_KEY
 from .checks import (
     check_attempts,
@@ -83,13 +84,57 @@ class Producer(AppCore):
         # What the task's registration checked (its queue, its max_attempts) and what
         # is left out (priority 0, no delay) is not checked again: a single enqueue is
         # the producer's hot path. Every value given per job is.
+        registered = self.tasks.get(task) if isinstance(task, str) else None
+        if options or registered is None:
+            queue, priority, max_attempts, timeout, backoff_json, delay_ms, run_at_ms = (
+                self._options(task, registered, options)
+            )
+            tenant = check_label("tenant", options.get("tenant"), 128)
+            dedupe_key = check_label("dedupe_key", options.get("dedupe_key"), 512)
+        else:  # no options: the registration's queue and max_attempts, nothing else
+            queue, priority, max_attempts = registered.queue, 0, registered.max_attempts
+            timeout = backoff_json = run_at_ms = tenant = dedupe_key = None
+            delay_ms = 0
+            check_text("task", task)
+        model = registered.payload_model if registered else None
+        body = payload_json({} if payload is None else payload, model)
+        # A partitioned queue's job is stored in one of its partitions (partitions.py).
+        stored_in, dedupe_key = self.partitions.route(queue, tenant, dedupe_key)
+        job_id = new_job_id(stored_in)
+        if self.tracing is not None:
+            carrier = self.tracing.enqueued(task, queue, job_id)
+            if carrier and isinstance(body, dict):
+                body = {**body, TRACE_KEY: carrier}
+        return NewJob(
+            id=job_id,
+            queue=stored_in,
+            task=task,
+            payload_json=encode_payload(body, self.max_payload_bytes),
+            max_attempts=max_attempts,
+            priority=priority,
+            tenant=tenant,
+            dedupe_key=dedupe_key,
+            timeout=timeout,
+            backoff_json=backoff_json,
+            delay_ms=delay_ms,
+            run_at_ms=run_at_ms,
+        )
+
+    def _options(
+        self, task: str, registered: Task | None, options: dict[str, Any]
+    ) -> tuple[str, int, int, float | None, str | None, int, int | None]:
+        """`build`'s checks of the options given (queue, priority, max_attempts, timeout,
+        backoff, delay, run_at) and of the task when it is not registered here.
+
+        Raises:
+            UnknownTask, InvalidJob: nothing is enqueued.
+        """
         unknown = options.keys() - ENQUEUE_OPTIONS if options else ()
         if unknown:
             raise InvalidJob(
                 f"unknown enqueue option(s) {', '.join(sorted(unknown))}: "
                 f"valid options are {', '.join(sorted(ENQUEUE_OPTIONS))}"
             )
-        registered = self.tasks.get(task) if isinstance(task, str) else None
         queue = options.get("queue")
         if registered is None and queue is None:
             raise UnknownTask(
@@ -124,31 +169,7 @@ class Producer(AppCore):
             except ConfigError as exc:
                 raise InvalidJob(str(exc)) from exc
         delay_ms, run_at_ms = due(options.get("delay"), options.get("run_at"))
-        model = registered.payload_model if registered else None
-        tenant = check_label("tenant", options.get("tenant"), 128)
-        dedupe_key = check_label("dedupe_key", options.get("dedupe_key"), 512)
-        body = payload_json({} if payload is None else payload, model)
-        # A partitioned queue's job is stored in one of its partitions (partitions.py).
-        stored_in, dedupe_key = self.partitions.route(queue, tenant, dedupe_key)
-        job_id = new_job_id(stored_in)
-        if self.tracing is not None:
-            carrier = self.tracing.enqueued(task, queue, job_id)
-            if carrier and isinstance(body, dict):
-                body = {**body, TRACE_KEY: carrier}
-        return NewJob(
-            id=job_id,
-            queue=stored_in,
-            task=task,
-            payload_json=encode_payload(body, self.max_payload_bytes),
-            max_attempts=max_attempts,
-            priority=priority,
-            tenant=tenant,
-            dedupe_key=dedupe_key,
-            timeout=timeout,
-            backoff_json=backoff_json,
-            delay_ms=delay_ms,
-            run_at_ms=run_at_ms,
-        )
+        return queue, priority, max_attempts, timeout, backoff_json, delay_ms, run_at_ms
 
     async def enqueue(
         self, task: str, payload: Payload = None, *, connection: Any = None, **options: Any

@@ -196,7 +196,7 @@ class Producer(AppCore):
         """
         new = self.build(task, payload, **options)
         if connection is None:
-            return (await self._store_one(new)).job
+            return (await self._store_one(new))[0]
         engine = in_transaction(await self.connect(), self.url)
         [res] = await engine.enqueue_in(connection, [new])
         if not res.created:
@@ -213,7 +213,7 @@ class Producer(AppCore):
         Raises:
             EngineUnavailable: the engine cannot be reached.
         """
-        return await self._store_one(new)
+        return Enqueued(*await self._store_one(new))
 
     async def enqueue_many(self, items: Iterable[Mapping[str, Any]]) -> list[Job]:
         """Enqueue many jobs in one round trip per queue; all are validated first.
@@ -261,7 +261,7 @@ class Producer(AppCore):
             jobs = await self._settle(jobs)
         engine = self.engine if self._connected else await self.connect()
         if len(jobs) == 1:
-            return [await self._store_one(jobs[0], engine)]
+            return [Enqueued(*await self._store_one(jobs[0], engine))]
         # Several jobs: the engine's call runs as a task while the jobs to return are
         # built here (its first write is out after one step), so on Redis this work
         # overlaps the script calls instead of following them.
@@ -282,16 +282,18 @@ class Producer(AppCore):
             out.append(Enqueued(self._own(self._stored_as(job, new, res)), created=True))
         return out
 
-    async def _store_one(self, new: NewJob, engine: Engine | None = None) -> Enqueued:
-        """`_store([new])[0]` without the lists (the single enqueue's hot path)."""
+    async def _store_one(self, new: NewJob, engine: Engine | None = None) -> tuple[Job, bool]:
+        """`_store([new])[0]` as (job, created), without the lists or the frozen
+        `Enqueued` (the single enqueue's hot path)."""
         if engine is None:
             if not self._settled((new,)):
-                return (await self._store([new]))[0]
+                stored = (await self._store([new]))[0]
+                return stored.job, stored.created
             engine = self.engine if self._connected else await self.connect()
         [res] = await engine.enqueue((new,))
         if not res.created:
-            return Enqueued(self._own(await engine.get_job(res.id)), created=False)
-        return Enqueued(self._own(self._assemble(new, res, self.clock.now())), created=True)
+            return self._own(await engine.get_job(res.id)), False
+        return self._own(self._assemble(new, res, self.clock.now())), True
 
     def _settled(self, jobs: Sequence[NewJob]) -> bool:
         """Whether `_settle` would change nothing: every queue's layout was checked, and

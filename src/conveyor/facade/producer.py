@@ -12,6 +12,7 @@ import orjson
 from pydantic import BaseModel
 
 from .. import backoff as backoff_mod
+from ..engines import Engine
 from ..errors import ConfigError, InvalidJob, InvalidPayload, UnknownTask
 from ..job import (
     MAX_PRIORITY,
@@ -25,6 +26,7 @@ from ..job import (
 )
 from ..partitions import check_layout, discover, logical
 from ..payloads import payload_json
+from ..task import Task
 from ..tracing import TRACE_KEY
 from .checks import (
     check_attempts,
@@ -83,13 +85,57 @@ class Producer(AppCore):
         # What the task's registration checked (its queue, its max_attempts) and what
         # is left out (priority 0, no delay) is not checked again: a single enqueue is
         # the producer's hot path. Every value given per job is.
+        registered = self.tasks.get(task) if isinstance(task, str) else None
+        if options or registered is None:
+            queue, priority, max_attempts, timeout, backoff_json, delay_ms, run_at_ms = (
+                self._options(task, registered, options)
+            )
+            tenant = check_label("tenant", options.get("tenant"), 128)
+            dedupe_key = check_label("dedupe_key", options.get("dedupe_key"), 512)
+        else:  # no options: the registration's queue and max_attempts, nothing else
+            queue, priority, max_attempts = registered.queue, 0, registered.max_attempts
+            timeout = backoff_json = run_at_ms = tenant = dedupe_key = None
+            delay_ms = 0
+            check_text("task", task)
+        model = registered.payload_model if registered else None
+        body = payload_json({} if payload is None else payload, model)
+        # A partitioned queue's job is stored in one of its partitions (partitions.py).
+        stored_in, dedupe_key = self.partitions.route(queue, tenant, dedupe_key)
+        job_id = new_job_id(stored_in)
+        if self.tracing is not None:
+            carrier = self.tracing.enqueued(task, queue, job_id)
+            if carrier and isinstance(body, dict):
+                body = {**body, TRACE_KEY: carrier}
+        return NewJob(
+            id=job_id,
+            queue=stored_in,
+            task=task,
+            payload_json=encode_payload(body, self.max_payload_bytes),
+            max_attempts=max_attempts,
+            priority=priority,
+            tenant=tenant,
+            dedupe_key=dedupe_key,
+            timeout=timeout,
+            backoff_json=backoff_json,
+            delay_ms=delay_ms,
+            run_at_ms=run_at_ms,
+        )
+
+    def _options(
+        self, task: str, registered: Task | None, options: dict[str, Any]
+    ) -> tuple[str, int, int, float | None, str | None, int, int | None]:
+        """`build`'s checks of the options given (queue, priority, max_attempts, timeout,
+        backoff, delay, run_at) and of the task when it is not registered here.
+
+        Raises:
+            UnknownTask, InvalidJob: nothing is enqueued.
+        """
         unknown = options.keys() - ENQUEUE_OPTIONS if options else ()
         if unknown:
             raise InvalidJob(
                 f"unknown enqueue option(s) {', '.join(sorted(unknown))}: "
                 f"valid options are {', '.join(sorted(ENQUEUE_OPTIONS))}"
             )
-        registered = self.tasks.get(task) if isinstance(task, str) else None
         queue = options.get("queue")
         if registered is None and queue is None:
             raise UnknownTask(
@@ -124,31 +170,7 @@ class Producer(AppCore):
             except ConfigError as exc:
                 raise InvalidJob(str(exc)) from exc
         delay_ms, run_at_ms = due(options.get("delay"), options.get("run_at"))
-        model = registered.payload_model if registered else None
-        tenant = check_label("tenant", options.get("tenant"), 128)
-        dedupe_key = check_label("dedupe_key", options.get("dedupe_key"), 512)
-        body = payload_json({} if payload is None else payload, model)
-        # A partitioned queue's job is stored in one of its partitions (partitions.py).
-        stored_in, dedupe_key = self.partitions.route(queue, tenant, dedupe_key)
-        job_id = new_job_id(stored_in)
-        if self.tracing is not None:
-            carrier = self.tracing.enqueued(task, queue, job_id)
-            if carrier and isinstance(body, dict):
-                body = {**body, TRACE_KEY: carrier}
-        return NewJob(
-            id=job_id,
-            queue=stored_in,
-            task=task,
-            payload_json=encode_payload(body, self.max_payload_bytes),
-            max_attempts=max_attempts,
-            priority=priority,
-            tenant=tenant,
-            dedupe_key=dedupe_key,
-            timeout=timeout,
-            backoff_json=backoff_json,
-            delay_ms=delay_ms,
-            run_at_ms=run_at_ms,
-        )
+        return queue, priority, max_attempts, timeout, backoff_json, delay_ms, run_at_ms
 
     async def enqueue(
         self, task: str, payload: Payload = None, *, connection: Any = None, **options: Any
@@ -174,7 +196,7 @@ class Producer(AppCore):
         """
         new = self.build(task, payload, **options)
         if connection is None:
-            return (await self._store([new]))[0].job
+            return (await self._store_one(new))[0]
         engine = in_transaction(await self.connect(), self.url)
         [res] = await engine.enqueue_in(connection, [new])
         if not res.created:
@@ -191,7 +213,7 @@ class Producer(AppCore):
         Raises:
             EngineUnavailable: the engine cannot be reached.
         """
-        return (await self._store([new]))[0]
+        return Enqueued(*await self._store_one(new))
 
     async def enqueue_many(self, items: Iterable[Mapping[str, Any]]) -> list[Job]:
         """Enqueue many jobs in one round trip per queue; all are validated first.
@@ -239,10 +261,7 @@ class Producer(AppCore):
             jobs = await self._settle(jobs)
         engine = self.engine if self._connected else await self.connect()
         if len(jobs) == 1:
-            [res] = await engine.enqueue(jobs)
-            if not res.created:
-                return [Enqueued(self._own(await engine.get_job(res.id)), created=False)]
-            return [Enqueued(self._own(self._assemble(jobs[0], res, self.clock.now())), True)]
+            return [Enqueued(*await self._store_one(jobs[0], engine))]
         # Several jobs: the engine's call runs as a task while the jobs to return are
         # built here (its first write is out after one step), so on Redis this work
         # overlaps the script calls instead of following them.
@@ -263,11 +282,28 @@ class Producer(AppCore):
             out.append(Enqueued(self._own(self._stored_as(job, new, res)), created=True))
         return out
 
+    async def _store_one(self, new: NewJob, engine: Engine | None = None) -> tuple[Job, bool]:
+        """`_store([new])[0]` as (job, created), without the lists or the frozen
+        `Enqueued` (the single enqueue's hot path)."""
+        if engine is None:
+            if not self._settled((new,)):
+                stored = (await self._store([new]))[0]
+                return stored.job, stored.created
+            engine = self.engine if self._connected else await self.connect()
+        [res] = await engine.enqueue((new,))
+        if not res.created:
+            return self._own(await engine.get_job(res.id)), False
+        return self._own(self._assemble(new, res, self.clock.now())), True
+
     def _settled(self, jobs: Sequence[NewJob]) -> bool:
         """Whether `_settle` would change nothing: every queue's layout was checked, and
         none is partitioned (the usual case after the first job, decided without it)."""
         checked, counts = self._layouts_checked, self.partitions.counts
-        return all(new.queue in checked and new.queue not in counts for new in jobs)
+        # A loop, not all(<generator>): a generator per single enqueue costs more.
+        for new in jobs:  # noqa: SIM110
+            if new.queue not in checked or new.queue in counts:
+                return False
+        return True
 
     async def _settle(self, jobs: Sequence[NewJob], *, move: bool = True) -> Sequence[NewJob]:
         """Once per process and queue, before its first job is stored: a declared

@@ -403,7 +403,12 @@ class RedisBase:
             return await script(keys=keys, args=args)
 
     async def _eval_queue(
-        self, script: AsyncScript, queue: str, keys: list[str], header: list[str], args: list[Any]
+        self,
+        script: AsyncScript,
+        queue: str,
+        keys: list[str],
+        header: list[str],
+        args: Sequence[Any],
     ) -> Any:
         """`_eval(script, keys, [*header, *args])` for a remembered queue (`_q`), with
         the EVALSHA, KEYS and header packed once per queue and script: the hot path's

@@ -63,7 +63,7 @@ class RedisFlow(RedisPickup):
             queue = jobs[0].queue
             _, keys, header = self._q(queue, remember=True)
             job_id, created, state = await self._eval_queue(
-                self._enqueue, queue, keys, header, [1, *self._job_args(jobs[0])]
+                self._enqueue, queue, keys, header, (1, *self._job_args(jobs[0]))
             )
             return [EnqueueResult(job_id, bool(created), _state(state))]
         groups: dict[str, list[int]] = {}

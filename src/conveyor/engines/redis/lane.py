@@ -157,6 +157,19 @@ class _Protocol(asyncio.Protocol):
             return
         self.watch = asyncio.get_running_loop().call_later(_WATCH_S, self._check)
 
+    def send_one(self, packed: bytes) -> asyncio.Future[Any]:
+        """`send([packed])[0]` without the lists (a single call's hot path)."""
+        if self.waiters or self.out or self.closed or self.transport is None:
+            return self.send([packed])[0]
+        # Nothing in flight: written at once, as in `send`.
+        self.transport.write(packed)
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self.waiters.append((fut, time.monotonic()))
+        if self.watch is None:
+            self.watch = loop.call_later(_WATCH_S, self._check)
+        return fut
+
     def send(self, packed: Sequence[bytes]) -> list[asyncio.Future[Any]]:
         loop = asyncio.get_running_loop()
         if not self.waiters and not self.out and not self.closed and self.transport is not None:
@@ -319,7 +332,7 @@ class Lane:
         proto = self._proto
         if proto is None or proto.closed or self._loop is not asyncio.get_running_loop():
             proto = await self._connection()
-        reply = await proto.send([packed])[0]
+        reply = await proto.send_one(packed)
         if isinstance(reply, hiredis.ReplyError):
             raise _error(reply)
         return reply

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
 from ...limits import QueueLimits
 from ..values import LeaseInfo, StoredSchedule
+from ..workers import worker_entry
 from .connection import Conn, PgCore
 
 
@@ -162,18 +161,10 @@ class PgCoordination(PgCore):
             cur = await conn.execute(self.q["live_workers"], (await self._now(conn),))
             return list(await cur.fetchall())
 
-        out = []
-        for wid, info, last_seen_ms, expires_ms in await self._run(read):
-            try:
-                details = orjson.loads(info)
-            except orjson.JSONDecodeError:
-                details = {"info_error": "stored worker info is not JSON"}
-            if not isinstance(details, dict):
-                details = {"info": details}
-            out.append(
-                {**details, "id": wid, "last_seen": last_seen_ms / 1000.0, "expires_ms": expires_ms}
-            )
-        return out
+        return [
+            worker_entry(wid, info, last_seen_ms=last_seen_ms, expires_ms=expires_ms)
+            for wid, info, last_seen_ms, expires_ms in await self._run(read)
+        ]
 
     # --- limits ---------------------------------------------------------------------------
     async def set_limits(self, queue: str, limits: QueueLimits | None) -> None:

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
 from ..base import LeaseInfo, StoredSchedule
+from ..workers import worker_entry
 from .connection import RedisBase, driver_errors
 
 
@@ -46,19 +45,10 @@ class RedisCoordination(RedisBase):
         for i in range(0, len(flat), 3):
             worker_id, expires, value = flat[i : i + 3]
             seen, _, info_json = value.partition("\n")
-            try:
-                info = orjson.loads(info_json) if info_json else {}
-            except orjson.JSONDecodeError:
-                info = {"info": info_json}
-            if not isinstance(info, dict):
-                info = {"info": info}
             out.append(
-                {
-                    **info,
-                    "id": worker_id,
-                    "expires_ms": int(expires),
-                    "last_seen": int(seen or 0) / 1000.0,
-                }
+                worker_entry(
+                    worker_id, info_json, last_seen_ms=int(seen or 0), expires_ms=int(expires)
+                )
             )
         return sorted(out, key=lambda w: str(w["id"]))
 

@@ -417,9 +417,7 @@ class SqliteCore:
             executor = self._executor
             assert executor is not None
         out: T
-        out, ready = await self._group.submit(
-            executor, fn, durable, self._closed_error, settles
-        )
+        out, ready = await self._group.submit(executor, fn, durable, self._closed_error, settles)
         if ready:  # a flow parent became pending (Wake is not thread-safe: notify here)
             self._jobs_wake.notify()
         return out

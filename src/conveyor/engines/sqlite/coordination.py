@@ -12,10 +12,9 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-import orjson
-
 from ...limits import QueueLimits
 from ..values import LeaseInfo, StoredSchedule
+from ..workers import worker_entry
 from .connection import Q, SqliteCore
 
 
@@ -146,18 +145,10 @@ class SqliteCoordination(SqliteCore):
         rows = await self._call(
             lambda conn: conn.execute(Q["live_workers"], (self.clock.now_ms(),)).fetchall()
         )
-        out = []
-        for wid, info, last_seen_ms, expires_ms in rows:
-            try:
-                details = orjson.loads(info)
-            except orjson.JSONDecodeError:
-                details = {"info_error": "stored worker info is not JSON"}
-            if not isinstance(details, dict):
-                details = {"info": details}
-            out.append(
-                {**details, "id": wid, "last_seen": last_seen_ms / 1000.0, "expires_ms": expires_ms}
-            )
-        return out
+        return [
+            worker_entry(wid, info, last_seen_ms=last_seen_ms, expires_ms=expires_ms)
+            for wid, info, last_seen_ms, expires_ms in rows
+        ]
 
     # --- limits ---------------------------------------------------------------------------
     async def set_limits(self, queue: str, limits: QueueLimits | None) -> None:

@@ -17,6 +17,7 @@ Worker processes load it as `tests.apps.probe:app` from the repository root.
 from __future__ import annotations
 
 import asyncio
+import collections
 import os
 import signal
 import time
@@ -37,6 +38,25 @@ def _mark(job: Job, phase: str) -> None:
             os.write(fd, (line + "\n").encode())
         finally:
             os.close(fd)
+
+
+def mark_lines(path: str | os.PathLike[str]) -> list[list[str]]:
+    """The fields of each complete line the probe has written to `path` so far.
+
+    A reader can catch a write half-copied (appends are atomic against each other, not
+    against a concurrent read), so a last line without its newline is left for later."""
+    try:
+        with open(path, "rb") as f:
+            text = f.read().decode()
+    except FileNotFoundError:
+        return []
+    complete, _, _partial = text.rpartition("\n")
+    return [line.split() for line in complete.splitlines() if line]
+
+
+def mark_counts(path: str | os.PathLike[str]) -> collections.Counter[tuple[str, str]]:
+    """(phase, job id) -> how many times the probe wrote it."""
+    return collections.Counter((fields[0], fields[1]) for fields in mark_lines(path))
 
 
 def register_probe(app: Conveyor, *, queue: str = PROBE_QUEUE, max_attempts: int = 3) -> None:

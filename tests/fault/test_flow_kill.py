@@ -26,6 +26,7 @@ import pytest
 
 from conveyor import Conveyor, JobState
 from conveyor.testing import eventually
+from tests.apps.probe import mark_lines
 from tests.conftest import SpawnWorker
 
 pytestmark = [pytest.mark.fault, pytest.mark.slow]
@@ -37,10 +38,8 @@ FLOWS_CHILDREN = int(os.environ.get("FAULT_FLOWS_CHILDREN", "10"))
 def runs(path: Path) -> dict[str, list[tuple[str, int, int, float]]]:
     """job id -> its probe marks (phase, attempt, worker pid, unix time), in file order."""
     out: dict[str, list[tuple[str, int, int, float]]] = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            phase, job_id, attempt, pid, at, *_ = line.split()
-            out.setdefault(job_id, []).append((phase, int(attempt), int(pid), float(at)))
+    for phase, job_id, attempt, pid, at, *_ in mark_lines(path):
+        out.setdefault(job_id, []).append((phase, int(attempt), int(pid), float(at)))
     return out
 
 

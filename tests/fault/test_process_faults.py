@@ -23,7 +23,7 @@ import pytest
 
 from conveyor import Conveyor, EngineUnavailable, JobState, Worker
 from conveyor.testing import eventually
-from tests.apps.probe import probe_app
+from tests.apps.probe import mark_counts, probe_app
 from tests.conftest import SpawnWorker
 
 pytestmark = [pytest.mark.fault, pytest.mark.slow]
@@ -32,12 +32,7 @@ CHAOS_JOBS = int(os.environ.get("FAULT_CHAOS_JOBS", "600"))
 CHAOS_SECONDS = float(os.environ.get("FAULT_CHAOS_SECONDS", "8"))
 
 
-def marks(path: Path) -> collections.Counter[tuple[str, str]]:
-    """(phase, job id) -> how many times the probe wrote it."""
-    if not path.exists():
-        return collections.Counter()
-    lines = path.read_text().splitlines()
-    return collections.Counter((p[0], p[1]) for p in (ln.split() for ln in lines))
+marks = mark_counts
 
 
 def report(

@@ -9,7 +9,6 @@ release run uses 30 (docs/reliability.md has the command).
 
 from __future__ import annotations
 
-import collections
 import os
 import time
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ import redis
 
 from conveyor import Conveyor, EngineFull, EngineUnavailable, JobState
 from conveyor.testing import eventually
-from tests.apps.probe import probe_app
+from tests.apps.probe import mark_counts, probe_app
 from tests.conftest import REDIS_SERVER, RedisServer, SpawnWorker
 
 pytestmark = [pytest.mark.fault, pytest.mark.redis, pytest.mark.slow]
@@ -40,14 +39,7 @@ def debug_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server.kill()
 
 
-def marks(path: Path) -> collections.Counter[tuple[str, str]]:
-    """(phase, job id) -> how many times the probe wrote it."""
-    if not path.exists():
-        return collections.Counter()
-    return collections.Counter(
-        (phase, job_id)
-        for phase, job_id, *_ in (ln.split() for ln in path.read_text().splitlines())
-    )
+marks = mark_counts
 
 
 async def enqueue_probes(app: Conveyor, n: int, mark: Path, **payload: object) -> set[str]:

@@ -27,7 +27,7 @@ import pytest
 from conveyor import EngineUnavailable, JobNotFound
 from conveyor.engines.redis.keys import KeyLayout
 from conveyor.testing import eventually
-from tests.apps.probe import probe_app
+from tests.apps.probe import mark_lines, probe_app
 from tests.conftest import SpawnWorker
 from tests.redis_topologies import ClusterServers, SentinelServers, running
 
@@ -61,11 +61,7 @@ class LoadReport:
 
 
 def done_counts(path: Path) -> collections.Counter[str]:
-    if not path.exists():
-        return collections.Counter()
-    return collections.Counter(
-        ln.split()[1] for ln in path.read_text().splitlines() if ln.startswith("done ")
-    )
+    return collections.Counter(fields[1] for fields in mark_lines(path) if fields[0] == "done")
 
 
 def marks(path: Path) -> set[str]:

@@ -23,7 +23,7 @@ import pytest
 
 from conveyor import Conveyor, JobState, Worker
 from conveyor.testing import eventually
-from tests.apps.probe import probe_app
+from tests.apps.probe import mark_lines, probe_app
 from tests.integration.test_guarantees import WorkerProcess
 
 pytestmark = pytest.mark.slow
@@ -40,10 +40,8 @@ class Mark:
 
 def read_marks(path: Path) -> list[Mark]:
     out = []
-    if path.exists():
-        for line in path.read_text().splitlines():
-            phase, job_id, _attempt, pid, at, tenant = line.split()
-            out.append(Mark(phase, job_id, int(pid), float(at), tenant))
+    for phase, job_id, _attempt, pid, at, tenant in mark_lines(path):
+        out.append(Mark(phase, job_id, int(pid), float(at), tenant))
     return out
 
 

@@ -7,7 +7,6 @@ SQLite file or a private redis-server, and kills it the way production does.
 
 from __future__ import annotations
 
-import collections
 import signal
 import subprocess
 import sys
@@ -20,6 +19,7 @@ import pytest
 
 from conveyor import Conveyor, JobState
 from conveyor.testing import eventually
+from tests.apps.probe import mark_counts
 from tests.conftest import ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.fault]  # the fault suite: docs/reliability.md
@@ -69,14 +69,7 @@ def workers() -> Iterator[list[WorkerProcess]]:
         print(f"--- worker pid {w.proc.pid} exit {w.proc.returncode}:\n{w.output()}")
 
 
-def marks(path: Path) -> collections.Counter[tuple[str, str]]:
-    """(phase, job id) -> how many times the probe wrote it."""
-    counter: collections.Counter[tuple[str, str]] = collections.Counter()
-    if path.exists():
-        for line in path.read_text().splitlines():
-            phase, job_id, *_ = line.split()
-            counter[(phase, job_id)] += 1
-    return counter
+marks = mark_counts
 
 
 async def state_counts(app: Conveyor) -> dict[str, int]:

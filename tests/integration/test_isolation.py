@@ -19,6 +19,7 @@ import pytest
 from conveyor import Conveyor, JobFailed, JobState
 from conveyor.testing import eventually
 from tests.apps.isolated import ISO_QUEUE, isolated_app
+from tests.apps.probe import mark_lines
 from tests.conftest import SpawnWorker
 
 pytestmark = pytest.mark.slow
@@ -81,9 +82,7 @@ def alive(pid: int) -> bool:
 
 
 def started_pids(mark: Path) -> list[int]:
-    if not mark.exists():
-        return []
-    return [int(line.split()[3]) for line in mark.read_text().splitlines() if line]
+    return [int(fields[3]) for fields in mark_lines(mark)]
 
 
 async def first_start(mark: Path) -> int:

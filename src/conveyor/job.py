@@ -266,6 +266,20 @@ def new_job_id(queue: str) -> str:
     return f"{queue}:{urlsafe_b64encode(os.urandom(16)).rstrip(b'=').decode()}"
 
 
+def new_id_suffixes(count: int) -> list[str]:
+    """The random parts of `count` new job ids (`f"{queue}:{suffix}"`, as `new_job_id`
+    makes them), for a bulk enqueue: one `urandom` and one base64 call for all of them
+    instead of one each (about 1 us per job less).
+
+    Each suffix is 22 URL-safe base64 characters, every one of them random (132 bits;
+    `new_job_id`'s last character carries 4 of its 128): the same length and alphabet.
+    """
+    # 3 bytes make 4 characters, so 3 * ceil(22n / 4) bytes give at least 22n of them
+    # and no padding.
+    text = urlsafe_b64encode(os.urandom(3 * -(-22 * count // 4))).decode()
+    return [text[k : k + 22] for k in range(0, 22 * count, 22)]
+
+
 def queue_of(job_id: str) -> str:
     """The queue a job id belongs to (engines only; ids are opaque to users)."""
     queue, sep, _ = job_id.rpartition(":")

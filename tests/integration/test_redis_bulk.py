@@ -130,3 +130,56 @@ async def test_an_error_reply_stops_the_waves_after_it(
     page = await app.list_jobs("a", JobState.PENDING, limit=3 * BULK_BATCH)
     assert [j.payload["i"] for j in page.jobs] == list(range(BULK_BATCH)), "wave 1 only"
     await app.close()
+
+
+async def test_each_chunk_takes_the_layout_its_jobs_allow(private_redis: RedisServer) -> None:
+    """A chunk whose jobs differ only in id and payload goes in layout 2 (shared values
+    once); a chunk with any job that differs, or with a dedupe key, in layout 11. Both
+    store every job as given."""
+    app = app_on(private_redis.url)
+    plain = [{"task": "a.job", "payload": {"i": i}} for i in range(BULK_BATCH)]
+    shared = [
+        {"task": "a.job", "payload": {"i": i}, "tenant": "t", "priority": 2, "timeout": 5}
+        for i in range(HALF)
+    ]
+    mixed = [{"task": "a.job", "payload": {"i": i}, "delay": i % 2 * 60} for i in range(HALF)]
+    deduped = [{"task": "a.job", "payload": {"i": i}, "dedupe_key": f"k{i}"} for i in range(3)]
+    jobs = await app.enqueue_many([*plain, *shared, *mixed, *deduped])
+    stored = [await app.get_job(j.id) for j in jobs]
+    assert [j.payload for j in stored] == [
+        it["payload"] for it in [*plain, *shared, *mixed, *deduped]
+    ]
+    assert [j.state for j in jobs] == [j.state for j in stored]
+    assert {(j.tenant, j.priority, j.timeout) for j in stored[BULK_BATCH : BULK_BATCH + HALF]} == {
+        ("t", 2, 5)
+    }
+    assert [j.state for j in stored[BULK_BATCH + HALF : BULK_BATCH + 2 * HALF]] == [
+        JobState.SCHEDULED if i % 2 else JobState.PENDING for i in range(HALF)
+    ]
+    assert [j.dedupe_key for j in stored[-3:]] == ["k0", "k1", "k2"]
+    await app.close()
+
+
+async def test_a_repeated_call_reports_its_jobs_as_not_created(
+    private_redis: RedisServer,
+) -> None:
+    """A call sent again (its reply was lost) finds its ids stored: each job comes back
+    with created=False and its state, in both layouts, and nothing is stored twice."""
+    app = app_on(private_redis.url)
+    engine = await app.connect()
+    new = [app.build("a.job", {"i": i}) for i in range(5)]
+    new += [app.build("a.job", {"i": i}, dedupe_key=f"k{i}") for i in range(5, 7)]
+    first = await engine.enqueue(new[:5])  # layout 2
+    await engine.enqueue(new[5:])  # layout 11
+    assert [(r.created, r.state) for r in first] == [(True, JobState.PENDING)] * 5
+    await app.cancel_job(new[1].id)
+    again = await engine.enqueue(new[:3] + new[5:])
+    assert [(r.id, r.created, r.state) for r in again] == [
+        (new[0].id, False, JobState.PENDING),
+        (new[1].id, False, JobState.CANCELLED),
+        (new[2].id, False, JobState.PENDING),
+        (new[5].id, False, JobState.PENDING),
+        (new[6].id, False, JobState.PENDING),
+    ]
+    assert (await app.counts("a")).pending == 6
+    await app.close()

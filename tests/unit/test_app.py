@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 import pytest
@@ -15,6 +16,7 @@ from conveyor import (
     PayloadTooLarge,
     UnknownTask,
 )
+from conveyor.job import new_id_suffixes, new_job_id
 
 
 @pytest.fixture
@@ -115,6 +117,61 @@ async def test_enqueue_many_is_all_or_nothing(app: Conveyor) -> None:
         ]
     )
     assert [j.state for j in jobs] == [JobState.PENDING, JobState.SCHEDULED, JobState.SCHEDULED]
+
+
+async def test_enqueue_many_builds_what_enqueue_builds(app: Conveyor) -> None:
+    """Items of only a task and a payload take a shortcut (per task, not per job): what
+    it builds is what `build` builds, id aside, whatever the items around it hold."""
+    items: list[dict[str, object]] = [
+        {"task": "email.send", "payload": {"i": 0}},
+        {"task": "email.send"},
+        {"task": "email.send", "payload": {"i": 2}, "priority": 3},
+        {"task": "billing.charge", "payload": {"i": 3}, "queue": "billing"},
+        {"task": "email.send", "payload": {"i": 4}},
+    ]
+    built = app._build_many(items)
+    for item, new in zip(items, built, strict=True):
+        spec = dict(item)
+        expected = app.build(spec.pop("task"), spec.pop("payload", None), **spec)  # type: ignore[arg-type]
+        assert new.queue == expected.queue and new.id.startswith(f"{new.queue}:")
+        assert {**vars_of(new), "id": ""} == {**vars_of(expected), "id": ""}
+    assert len({new.id for new in built}) == len(built)
+    jobs = await app.enqueue_many(items)
+    assert [j.payload for j in jobs] == [{"i": 0}, {}, {"i": 2}, {"i": 3}, {"i": 4}]
+    assert [(await app.get_job(j.id)).priority for j in jobs] == [0, 0, 3, 0, 0]
+
+
+@pytest.mark.parametrize(
+    ("item", "error", "message"),
+    [
+        ({"payload": {}}, InvalidJob, "item 1 has no 'task'"),
+        ({"task": "email.send", "payload": {"x": object()}}, InvalidPayload, "item 1: "),
+        ({"task": "email.send", "payload": {"x": "y" * 2000}}, PayloadTooLarge, "item 1: "),
+        ({"task": "email.send", "payload": [1]}, InvalidPayload, "item 1: "),
+        ({"task": "nope", "payload": {}}, UnknownTask, "item 1: "),
+        ({"task": "\ud800", "payload": {}}, InvalidJob, "item 1: "),
+        ({"task": ["email.send"], "payload": {}}, InvalidJob, "item 1: "),
+    ],
+)
+async def test_enqueue_many_names_the_bad_item(
+    app: Conveyor, item: dict[str, object], error: type[Exception], message: str
+) -> None:
+    good = {"task": "email.send", "payload": {}}
+    with pytest.raises(error, match=message):
+        await app.enqueue_many([good, item, good])
+    assert await nothing_stored(app)
+
+
+def vars_of(new: object) -> dict[str, object]:
+    return {name: getattr(new, name) for name in new.__slots__}  # type: ignore[attr-defined]
+
+
+def test_id_suffixes_are_like_job_ids() -> None:
+    suffixes = new_id_suffixes(1000)
+    assert len(set(suffixes)) == 1000
+    assert {len(s) for s in suffixes} == {len(new_job_id("q")) - 2}
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]+", s) for s in suffixes)
+    assert new_id_suffixes(0) == []
 
 
 async def test_dedupe_returns_existing_job(app: Conveyor) -> None:

@@ -22,6 +22,9 @@ from .lane import Lane
 from .pickup import RedisPickup
 
 _STATES: dict[str, JobState] = {state.value: state for state in JobState}
+# Where an `enqueue` call's ARGV (from 0) holds its layout, 11 or 2 (see enqueue.lua):
+# after the 4-value header and the number of jobs.
+_LAYOUT_AT = 5
 
 
 def _state(name: str) -> JobState:
@@ -63,7 +66,7 @@ class RedisFlow(RedisPickup):
             queue = jobs[0].queue
             _, keys, header = self._q(queue, remember=True)
             job_id, created, state = await self._eval_queue(
-                self._enqueue, queue, keys, header, (1, *self._job_args(jobs[0]))
+                self._enqueue, queue, keys, header, (1, 11, *self._job_args(jobs[0]))
             )
             return [EnqueueResult(job_id, bool(created), _state(state))]
         groups: dict[str, list[int]] = {}
@@ -78,7 +81,7 @@ class RedisFlow(RedisPickup):
                 calls = self._wave_calls(jobs, wave)
                 replies = await self._run_many(calls, add_queues=self._new_queues(wave))
                 self._known_queues_add(wave)
-                self._decode_wave(wave, replies, results)
+                self._decode_wave(jobs, wave, calls, replies, results)
             return [r for r in results if r is not None]
         # Several waves on a plain lane: Redis runs wave k while this builds wave k+1's
         # arguments; wave k+1 is written as soon as wave k succeeded, and wave k's
@@ -92,12 +95,13 @@ class RedisFlow(RedisPickup):
         for k, wave in enumerate(waves):
             after = waves[k + 1] if k + 1 < len(waves) else None
             upcoming = self._wave_calls(jobs, after) if after is not None else []
-            replies = await self._checked(calls, await lane.replies(sent), names, None)
+            done = calls
+            replies = await self._checked(done, await lane.replies(sent), names, None)
             self._known_queues_add(wave)
             if after is not None:
                 calls, names = upcoming, self._new_queues(after)
                 sent = await lane.start(self.script_commands(calls, names))
-            self._decode_wave(wave, replies, results)
+            self._decode_wave(jobs, wave, done, replies, results)
         return [r for r in results if r is not None]
 
     def _wave_calls(
@@ -118,11 +122,24 @@ class RedisFlow(RedisPickup):
 
     @staticmethod
     def _decode_wave(
+        jobs: Sequence[NewJob],
         wave: Sequence[tuple[str, list[int]]],
+        calls: Sequence[tuple[Any, list[str], list[Any]]],
         replies: Sequence[Any],
         results: list[EnqueueResult | None],
     ) -> None:
-        for (_, indexes), reply in zip(wave, replies, strict=True):
+        for (_, indexes), (_, _, args), reply in zip(wave, calls, replies, strict=True):
+            if args[_LAYOUT_AT] == 2:
+                # The state of the jobs created, then (index, state) of each that was
+                # not (its id existed: a retried call whose reply was lost).
+                if reply[0]:
+                    state = _state(reply[0])
+                    for i in indexes:
+                        results[i] = EnqueueResult(jobs[i].id, True, state)
+                for n in range(1, len(reply), 2):
+                    i = indexes[int(reply[n])]
+                    results[i] = EnqueueResult(jobs[i].id, False, _state(reply[n + 1]))
+                continue
             for n, i in enumerate(indexes):
                 job_id, created, state = reply[3 * n : 3 * n + 3]
                 results[i] = EnqueueResult(job_id, bool(created), _state(state))
@@ -130,16 +147,43 @@ class RedisFlow(RedisPickup):
     def _enqueue_call(
         self, queue: str, jobs: Sequence[NewJob], indexes: Sequence[int]
     ) -> tuple[list[str], list[Any]]:
-        """KEYS and ARGV of one `enqueue` script call for `jobs[i] for i in indexes`."""
+        """KEYS and ARGV of one `enqueue` script call for `jobs[i] for i in indexes`:
+        layout 2 when the jobs differ only in id and payload (a bulk enqueue of one task
+        with the same options, no dedupe keys): their other 9 values once, then 2 values
+        per job; else layout 11 (see `enqueue.lua`)."""
         _, keys, header = self._q(queue, remember=True)
-        args: list[Any] = [*header, len(indexes)]
+        f = jobs[indexes[0]]
+        if f.dedupe_key is None:
+            task, attempts, priority, tenant = f.task, f.max_attempts, f.priority, f.tenant
+            timeout, backoff, delay, run_at = f.timeout, f.backoff_json, f.delay_ms, f.run_at_ms
+            shared = self._job_args(f)[1:]
+            args: list[Any] = [*header, len(indexes), 2, shared[0], *shared[2:]]
+            for i in indexes:
+                j = jobs[i]
+                # Field by field (a tuple per job to compare would cost more).
+                if (
+                    j.task != task
+                    or j.max_attempts != attempts
+                    or j.priority != priority
+                    or j.tenant != tenant
+                    or j.dedupe_key is not None
+                    or j.timeout != timeout
+                    or j.backoff_json != backoff
+                    or j.delay_ms != delay
+                    or j.run_at_ms != run_at
+                ):
+                    break
+                args += (j.id, j.payload_json)
+            else:
+                return keys, args
+        args = [*header, len(indexes), 11]
         for i in indexes:
             args += self._job_args(jobs[i])
         return keys, args
 
     @staticmethod
     def _job_args(j: NewJob) -> tuple[Any, ...]:
-        """One job's 11 ARGV values of `enqueue.lua`."""
+        """One job's 11 ARGV values of `enqueue.lua` (layout 11)."""
         return (
             j.id,
             j.task,

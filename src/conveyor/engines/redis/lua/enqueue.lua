@@ -2,20 +2,31 @@
 -- every field, so no write fails half way: the batch is stored all or nothing.
 --
 -- KEYS:    the per-queue keys (see _lib.lua); ARGV[1..4]: the header (see _lib.lua)
--- ARGV[5]: n, the number of jobs; then 11 values per job:
---          id, task, payload json, max_attempts, priority, tenant, dedupe_key,
---          timeout_ms, backoff json, delay_ms, run_at_ms  ('' = none)
---          (validated by the app before they get here: numbers are numbers)
--- Returns: flat array, 3 values per job in input order: id, created (1/0), state
---          (running: handed to an idle worker).
+-- ARGV[5]: n, the number of jobs; ARGV[6]: the layout of their values, 11 or 2.
+--          A job's 11 values are: id, task, payload json, max_attempts, priority,
+--          tenant, dedupe_key, timeout_ms, backoff json, delay_ms, run_at_ms ('' = none)
+--          (validated by the app before they get here: numbers are numbers).
+--          11: from ARGV[7], each job's 11 values in that order.
+--          2:  ARGV[7..15] hold the 9 values the call's jobs share (task, max_attempts,
+--              priority, tenant, dedupe_key (''), timeout_ms, backoff, delay_ms,
+--              run_at_ms), then from ARGV[16] each job's id and payload (a bulk
+--              enqueue of one task: Redis reads 2 values per job, not 11).
+-- Returns: layout 11: flat array, 3 values per job in input order: id, created (1/0),
+--          state (running: handed to an idle worker).
 --          A dedupe key held by an active job (or an id that already exists, i.e. a
 --          retried call whose reply was lost) yields that job with created = 0.
+--          Layout 2 (a reply of 1 value, not 3 per job, in the usual case): the state
+--          of the jobs created ('' if none), then index (from 0) and state of each job
+--          whose id already existed (not created).
 -- Touches: job hashes, a one-job call whose job an idle worker takes: waiting, its inbox,
 --          running (see _pickup.lua); pending (tenant jobs: tpending, their bucket, ready; reads served) or scheduled
 --          (tenant jobs: also ts:scheduled:<tenant>),
 --          dedupe, seq, events (one entry per 64 events, see flush_events); PUBLISH on the wake channel when a bucket was empty.
-local W = 11
-local n = tonumber(ARGV[5])
+local n, W = tonumber(ARGV[5]), tonumber(ARGV[6])
+-- The shared values of layout 2 (task .. run_at_ms).
+local shared = W == 2 and { unpack(ARGV, 7, 15) } or nil
+-- Layout 2: the state of the jobs created (the same for all: they share delay and run_at).
+local created_state = ''
 
 local out = {}
 -- The batch's events share stream entries (see flush_events, before return): one XADD
@@ -26,9 +37,16 @@ local seq0 = redis.call('INCRBY', K_SEQ, n) - n
 -- Once a job of this call is in K_PENDING it is not empty: no ZCARD per job after that.
 local filled = false
 for i = 0, n - 1 do
-  local b = 6 + i * W
-  local id = ARGV[b]
-  local dedupe_key = ARGV[b + 6]
+  local id, task, payload, max_attempts, priority, tenant, dedupe_key, timeout_ms, backoff,
+    delay_ms, run_at_ms
+  if shared then
+    id, payload = ARGV[16 + 2 * i], ARGV[17 + 2 * i]
+    task, max_attempts, priority, tenant, dedupe_key, timeout_ms, backoff, delay_ms,
+      run_at_ms = unpack(shared)
+  else
+    id, task, payload, max_attempts, priority, tenant, dedupe_key, timeout_ms, backoff,
+      delay_ms, run_at_ms = unpack(ARGV, 7 + 11 * i, 17 + 11 * i)
+  end
   local jk = K_JOB .. id
   local holder, holder_state = false, false
   if dedupe_key ~= '' then
@@ -46,16 +64,19 @@ for i = 0, n - 1 do
       holder, holder_state = id, st
     end
   end
-  if holder then
+  if holder and shared then
+    -- Layout 2 has no dedupe keys: the holder is the job's own id, stored before.
+    out[#out + 1] = i
+    out[#out + 1] = holder_state
+  elseif holder then
     out[#out + 1] = holder
     out[#out + 1] = 0
     out[#out + 1] = holder_state
   else
-    local priority = tonumber(ARGV[b + 4])
-    local tenant = ARGV[b + 5]
-    local due = NOW + tonumber(ARGV[b + 9])
-    if ARGV[b + 10] ~= '' then
-      due = tonumber(ARGV[b + 10])
+    priority = tonumber(priority)
+    local due = NOW + tonumber(delay_ms)
+    if run_at_ms ~= '' then
+      due = tonumber(run_at_ms)
     end
     local state = 'pending'
     if due > NOW then state = 'scheduled' end
@@ -63,17 +84,17 @@ for i = 0, n - 1 do
     -- memory per job. A scheduled job gets its score too: it orders jobs due in the
     -- same ms (promote_due).
     local score = pending_score(priority, 'back', nil, seq0 + i + 1)
-    local fields = new_job_fields(ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], priority, state, score)
+    local fields = new_job_fields(task, payload, max_attempts, priority, state, score)
     opt_field(fields, 'tenant', tenant)
     opt_field(fields, 'dedupe_key', dedupe_key)
-    opt_field(fields, 'timeout_ms', ARGV[b + 7])
-    opt_field(fields, 'backoff', ARGV[b + 8])
+    opt_field(fields, 'timeout_ms', timeout_ms)
+    opt_field(fields, 'backoff', backoff)
     if state == 'scheduled' then opt_field(fields, 'scheduled_ms', num(due)) end
     redis.call('HSET', jk, unpack(fields))
     if dedupe_key ~= '' then
       redis.call('HSET', K_DEDUPE, dedupe_key, id)
     end
-    emit(id, jk, 'enqueued', nil, ARGV[b + 1], tenant, '0')
+    emit(id, jk, 'enqueued', nil, task, tenant, '0')
     if state == 'scheduled' then
       index(id, 'scheduled', due, tenant)
     -- One job (a batch keeps its order through pending) may go straight to an idle
@@ -90,11 +111,18 @@ for i = 0, n - 1 do
     else
       index_pending(id, score, tenant)
     end
-    out[#out + 1] = id
-    out[#out + 1] = 1
-    out[#out + 1] = state
+    if shared then
+      created_state = state
+    else
+      out[#out + 1] = id
+      out[#out + 1] = 1
+      out[#out + 1] = state
+    end
   end
 end
 wake()
 flush_events()
+if shared then
+  table.insert(out, 1, created_state)
+end
 return out

@@ -127,7 +127,7 @@ async def test_enqueue_many_builds_what_enqueue_builds(app: Conveyor) -> None:
         {"task": "email.send"},
         {"task": "email.send", "payload": {"i": 2}, "priority": 3},
         {"task": "billing.charge", "payload": {"i": 3}, "queue": "billing"},
-        {"task": "email.send", "payload": {"i": 4}},
+        {"task": "email.send", "payload": {"i": 4, "none": None}},
     ]
     built = app._build_many(items)
     for item, new in zip(items, built, strict=True):
@@ -137,7 +137,7 @@ async def test_enqueue_many_builds_what_enqueue_builds(app: Conveyor) -> None:
         assert {**vars_of(new), "id": ""} == {**vars_of(expected), "id": ""}
     assert len({new.id for new in built}) == len(built)
     jobs = await app.enqueue_many(items)
-    assert [j.payload for j in jobs] == [{"i": 0}, {}, {"i": 2}, {"i": 3}, {"i": 4}]
+    assert [j.payload for j in jobs] == [{"i": 0}, {}, {"i": 2}, {"i": 3}, items[4]["payload"]]
     assert [(await app.get_job(j.id)).priority for j in jobs] == [0, 0, 3, 0, 0]
 
 
@@ -148,6 +148,7 @@ async def test_enqueue_many_builds_what_enqueue_builds(app: Conveyor) -> None:
         ({"task": "email.send", "payload": {"x": object()}}, InvalidPayload, "item 1: "),
         ({"task": "email.send", "payload": {"x": "y" * 2000}}, PayloadTooLarge, "item 1: "),
         ({"task": "email.send", "payload": [1]}, InvalidPayload, "item 1: "),
+        ({"task": "email.send", "payload": {"x": float("nan")}}, InvalidPayload, "item 1: "),
         ({"task": "nope", "payload": {}}, UnknownTask, "item 1: "),
         ({"task": "\ud800", "payload": {}}, InvalidJob, "item 1: "),
         ({"task": ["email.send"], "payload": {}}, InvalidJob, "item 1: "),

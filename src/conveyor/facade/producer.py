@@ -26,7 +26,7 @@ from ..job import (
     new_job_id,
 )
 from ..partitions import check_layout, discover, logical
-from ..payloads import payload_json
+from ..payloads import STRICT, payload_json
 from ..task import Task
 from ..tracing import TRACE_KEY
 from .checks import (
@@ -242,6 +242,8 @@ class Producer(AppCore):
         plain: dict[str, tuple[str, int] | None] = {}
         limit = self.max_payload_bytes
         built = []
+        task: Any
+        payload: Any
         for index, item in enumerate(listed):
             fast = None
             if type(item) is dict and len(item) <= 1 + ("payload" in item):
@@ -263,7 +265,16 @@ class Producer(AppCore):
                     built.append(self.build(task, payload, **spec))
                 else:
                     queue, max_attempts = fast
-                    body = encode_payload(payload, limit)
+                    # encode_payload's checks, inline for the usual payload (one that
+                    # holds a null, or fails, takes encode_payload for its verdict).
+                    try:
+                        raw = orjson.dumps(payload, option=STRICT)
+                    except orjson.JSONEncodeError:
+                        raw = b"null"
+                    if len(raw) <= limit and b"null" not in raw:
+                        body = raw.decode()
+                    else:
+                        body = encode_payload(payload, limit)
                     built.append(
                         NewJob(f"{queue}:{suffixes[index]}", queue, task, body, max_attempts)
                     )
@@ -331,11 +342,16 @@ class Producer(AppCore):
             if not storing.done():  # cancelled: let it end, and retrieve its outcome
                 storing.add_done_callback(lambda f: f.cancelled() or f.exception())
         out = []
+        # `_own` inline, each queue's name looked up once (an enqueue_many's jobs are
+        # many of few queues).
+        owner, shown = self._sync_owner or self, {q: logical(q) for q in {j.queue for j in jobs}}
         for new, res, job in zip(jobs, results, drafts, strict=True):
             if not res.created:
                 out.append(Enqueued(self._own(await engine.get_job(res.id)), created=False))
                 continue
-            out.append(Enqueued(self._own(self._stored_as(job, new, res)), created=True))
+            job = self._stored_as(job, new, res)
+            job._app, job.queue = owner, shown[job.queue]
+            out.append(Enqueued(job, created=True))
         return out
 
     async def _store_one(self, new: NewJob, engine: Engine | None = None) -> tuple[Job, bool]:

@@ -88,6 +88,8 @@ class RedisFlow(RedisPickup):
         # replies are decoded while Redis runs it.
         #   here:   args k+1 | wait k | send k+1 | decode k | args k+2 | wait k+1 | ...
         #   Redis:  runs wave k         |  runs wave k+1                 |
+        # Wave k+1 is packed before the wait, too: what is left between wave k's reply
+        # and wave k+1's write is the check of that reply.
         lane = self._lane
         calls = self._wave_calls(jobs, waves[0])
         names = self._new_queues(waves[0])
@@ -95,12 +97,13 @@ class RedisFlow(RedisPickup):
         for k, wave in enumerate(waves):
             after = waves[k + 1] if k + 1 < len(waves) else None
             upcoming = self._wave_calls(jobs, after) if after is not None else []
+            packed = Lane.pack(self.script_commands(upcoming, ()))
             done = calls
             replies = await self._checked(done, await lane.replies(sent), names, None)
             self._known_queues_add(wave)
             if after is not None:
                 calls, names = upcoming, self._new_queues(after)
-                sent = await lane.start(self.script_commands(calls, names))
+                sent = await lane.start([*self.script_commands((), names), *packed])
             self._decode_wave(jobs, wave, done, replies, results)
         return [r for r in results if r is not None]
 

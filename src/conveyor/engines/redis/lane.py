@@ -283,16 +283,25 @@ class Lane:
         """
         return await self.replies(await self.start(commands))
 
-    async def start(self, commands: Sequence[tuple[Any, ...]]) -> list[asyncio.Future[Any]]:
+    async def start(self, commands: Sequence[tuple[Any, ...] | bytes]) -> list[asyncio.Future[Any]]:
         """Send commands (with this loop iteration's others, or at once on an idle
         connection) and return the futures of their replies without waiting for them:
         the caller works while Redis runs them, then reads them with `replies`.
+        A command may come packed already (`bytes` from `pack`).
 
         Raises:
             redis.exceptions.ConnectionError: Redis cannot be reached.
         """
         proto = await self._connection()  # no suspension once connected
-        return proto.send([hiredis.pack_command(cmd) for cmd in commands])
+        return proto.send(
+            [cmd if isinstance(cmd, bytes) else hiredis.pack_command(cmd) for cmd in commands]
+        )
+
+    @staticmethod
+    def pack(commands: Sequence[tuple[Any, ...]]) -> list[bytes]:
+        """`commands` packed for `start`: a caller that sends them once a reply it waits
+        for arrives packs them before, while Redis is busy."""
+        return [hiredis.pack_command(cmd) for cmd in commands]
 
     @staticmethod
     async def replies(futs: Sequence[asyncio.Future[Any]]) -> list[Any]:

@@ -331,27 +331,28 @@ class Producer(AppCore):
             return [Enqueued(*await self._store_one(jobs[0], engine))]
         # Several jobs: the engine's call runs as a task while the jobs to return are
         # built here (its first write is out after one step), so on Redis this work
-        # overlaps the script calls instead of following them.
+        # overlaps the script calls instead of following them. They are made ready to
+        # return (`_own`, each queue's name looked up once) before the replies are in:
+        # after the last one, what is left per job is its state.
         storing = asyncio.ensure_future(engine.enqueue(jobs))
         try:
             await asyncio.sleep(0)
             now = self.clock.now()
+            owner = self._sync_owner or self
+            shown = {q: logical(q) for q in {new.queue for new in jobs}}
             drafts = [self._draft(new, now) for new in jobs]
+            for job in drafts:
+                job._app, job.queue = owner, shown[job.queue]
             results = await storing
         finally:
             if not storing.done():  # cancelled: let it end, and retrieve its outcome
                 storing.add_done_callback(lambda f: f.cancelled() or f.exception())
         out = []
-        # `_own` inline, each queue's name looked up once (an enqueue_many's jobs are
-        # many of few queues).
-        owner, shown = self._sync_owner or self, {q: logical(q) for q in {j.queue for j in jobs}}
         for new, res, job in zip(jobs, results, drafts, strict=True):
             if not res.created:
                 out.append(Enqueued(self._own(await engine.get_job(res.id)), created=False))
                 continue
-            job = self._stored_as(job, new, res)
-            job._app, job.queue = owner, shown[job.queue]
-            out.append(Enqueued(job, created=True))
+            out.append(Enqueued(self._stored_as(job, new, res), created=True))
         return out
 
     async def _store_one(self, new: NewJob, engine: Engine | None = None) -> tuple[Job, bool]:

@@ -27,6 +27,8 @@
 --   KEYS[23] waiting zset (idle workers that take handed jobs; see _pickup.lua)
 --   KEYS[24] inbox prefix "{p:q}:inbox:" (a worker's handed jobs: KEYS[24] .. worker)
 --   KEYS[25] parents zset (flow parents in waiting-children; see _flows.lua)
+--   KEYS[26] fifo list (pending jobs without a tenant at priority 0, queued at the back:
+--            most jobs; see FIFO_BASE)
 -- and the same ARGV header:
 --   ARGV[1]  wake-up channel   ARGV[2]  events stream max length (UNSTREAMED_MAXLEN:
 --            the queue has no event log, see emit)   ARGV[3]  queue name
@@ -38,7 +40,7 @@ local K_DEDUPE, K_PAUSED, K_EVENTS, K_SEQ, K_FRONT = KEYS[8], KEYS[9], KEYS[10],
 local K_TPENDING, K_TBUCKET, K_READY, K_TRUNNING = KEYS[13], KEYS[14], KEYS[15], KEYS[16]
 local K_LIMITS, K_RATE, K_TRATE, K_TURN = KEYS[17], KEYS[18], KEYS[19], KEYS[20]
 local K_SERVED, K_TSTATE, K_WAITING, K_INBOX = KEYS[21], KEYS[22], KEYS[23], KEYS[24]
-local K_PARENTS = KEYS[25]
+local K_PARENTS, K_FIFO = KEYS[25], KEYS[26]
 local WAKE_CHANNEL, EVENTS_MAXLEN, QUEUE = ARGV[1], ARGV[2], ARGV[3]
 local NOW = clock_ms(ARGV[4])
 
@@ -130,10 +132,91 @@ local function pending_score(priority, place, kept, seq)
   return base + (seq or redis.call('INCR', K_SEQ))
 end
 
--- Index a job as pending under `score`: a job without a tenant goes to K_PENDING, a
--- tenant job to its tenant's bucket (and K_TPENDING, the index of all tenant jobs).
+-- The bucket of jobs without a tenant is two structures. Most of its jobs are at priority
+-- 0 and were queued at the back: in that order they are simply FIFO, so they go to a list,
+-- K_FIFO (an entry costs ~30 B of Redis memory where a sorted-set entry costs ~120 B).
+-- The rest (other priorities, jobs released to the front, a recovered job keeping its
+-- place) stay in the K_PENDING zset. A fifo entry is "<seq>:<id>": its score would be
+-- FIFO_BASE + seq, and as seqs are taken from K_SEQ when a job is pushed, the list is in
+-- score order. The claim takes whichever head has the lower score (pop_untenanted), so
+-- the order is exactly the zset's alone. A queue stored before the fifo existed has its
+-- jobs in the zset only, read the same way.
+local FIFO_BASE = MAX_PRIORITY * PRIORITY_BAND + PRIORITY_MID
+
+local function fifo_entry(id, score)
+  return num(score - FIFO_BASE) .. ':' .. id
+end
+
+-- The id and the pending score (a number) of a fifo entry.
+local function fifo_parse(entry)
+  local seq, id = string.match(entry, '^(%d+):(.*)$')
+  return id, FIFO_BASE + tonumber(seq)
+end
+
+-- How many jobs bucket `tenant` holds ('' = the jobs without a tenant).
+local function bucket_len(tenant)
+  if tenant == '' then
+    return redis.call('ZCARD', K_PENDING) + redis.call('LLEN', K_FIFO)
+  end
+  return redis.call('ZCARD', K_TBUCKET .. tenant)
+end
+
+-- Take the first `count` pending jobs without a tenant out of line. Returns a flat array
+-- like ZPOPMIN's: id, score (a string), ...
+local function pop_untenanted(count)
+  local out = {}
+  if redis.call('ZCARD', K_PENDING) == 0 then -- the common case: the fifo alone
+    for _, e in ipairs(redis.call('LPOP', K_FIFO, count) or {}) do
+      local id, score = fifo_parse(e)
+      out[#out + 1] = id
+      out[#out + 1] = num(score)
+    end
+    return out
+  end
+  local z = redis.call('ZRANGE', K_PENDING, 0, count - 1, 'WITHSCORES')
+  local f = redis.call('LRANGE', K_FIFO, 0, count - 1)
+  local zi, fi = 1, 1
+  while #out < count * 2 and (zi <= #z or fi <= #f) do
+    local id, score
+    if fi <= #f then id, score = fifo_parse(f[fi]) end
+    if zi <= #z and (score == nil or tonumber(z[zi + 1]) < score) then
+      out[#out + 1] = z[zi]
+      out[#out + 1] = z[zi + 1]
+      zi = zi + 2
+    else
+      out[#out + 1] = id
+      out[#out + 1] = num(score)
+      fi = fi + 1
+    end
+  end
+  if zi > 1 then redis.call('ZPOPMIN', K_PENDING, (zi - 1) / 2) end
+  if fi > 1 then redis.call('LPOP', K_FIFO, fi - 1) end
+  return out
+end
+
+-- Take job `id` out of the fifo. A job pushed back to pending has its score in its hash
+-- (`kept`), which names its entry: LREM from the tail, where it usually is. A job stored
+-- pending by enqueue has none: its entry is looked for from the head (O(its place)).
+local function fifo_remove(id, kept)
+  if kept and kept > FIFO_BASE then
+    if redis.call('LREM', K_FIFO, -1, fifo_entry(id, kept)) > 0 then return end
+  end
+  local len = redis.call('LLEN', K_FIFO)
+  for start = 0, len - 1, 1000 do
+    for _, e in ipairs(redis.call('LRANGE', K_FIFO, start, start + 999)) do
+      if fifo_parse(e) == id then
+        redis.call('LREM', K_FIFO, 1, e)
+        return
+      end
+    end
+  end
+end
+
+-- Index a job as pending under `score`: a job without a tenant goes to K_PENDING (or,
+-- `fifo`: queued at the back at priority 0, K_FIFO), a tenant job to its tenant's bucket
+-- (and K_TPENDING, the index of all tenant jobs).
 -- `was_empty`: whether the bucket was empty before, if the caller knows (nil: look).
-local function index_pending(id, score, tenant, was_empty)
+local function index_pending(id, score, tenant, was_empty, fifo)
   -- Idle workers sleep after a claim found nothing claimable, so a bucket that goes
   -- from empty to non-empty is the moment that needs a wake-up (a new tenant's jobs
   -- may be claimable while every other tenant is held back by its limit). It also joins
@@ -141,8 +224,18 @@ local function index_pending(id, score, tenant, was_empty)
   -- if never): a tenant that empties its bucket and refills it at once does not jump
   -- ahead of the tenants served less recently.
   if tenant == '' then
-    redis.call('ZADD', K_PENDING, num(score), id)
-    if was_empty or (was_empty == nil and redis.call('ZCARD', K_PENDING) == 1) then
+    if fifo then
+      local len = redis.call('RPUSH', K_FIFO, fifo_entry(id, score))
+      if was_empty == nil then
+        was_empty = len == 1 and redis.call('ZCARD', K_PENDING) == 0
+      end
+    else
+      redis.call('ZADD', K_PENDING, num(score), id)
+      if was_empty == nil then
+        was_empty = redis.call('ZCARD', K_PENDING) == 1 and redis.call('LLEN', K_FIFO) == 0
+      end
+    end
+    if was_empty then
       redis.call('ZADD', K_READY, 'NX', redis.call('HGET', K_SERVED, '') or 0, '')
       wake_needed = true
     end
@@ -160,10 +253,14 @@ end
 -- An existing job goes back to pending at `place` (see pending_score).
 local function push_pending(id, jk, place)
   local f = redis.call('HMGET', jk, 'priority', 'tenant', 'score')
-  local score = pending_score(tonumber(f[1]) or 0, place, tonumber(f[3]))
+  local priority, kept = tonumber(f[1]) or 0, tonumber(f[3])
+  local score = pending_score(priority, place, kept)
   redis.call('HSET', jk, 'state', 'pending', 'score', num(score))
   redis.call('HDEL', jk, 'scheduled_ms')
-  index_pending(id, score, f[2] or '')
+  -- The fifo takes the jobs queued at the back at priority 0 (a kept place may lie
+  -- before fifo entries: the zset holds it).
+  local back = place == 'back' or (place == 'keep' and not kept)
+  index_pending(id, score, f[2] or '', nil, back and priority == 0)
 end
 
 -- A bucket found empty leaves the rotation; the turn it was last served at is kept, for
@@ -178,13 +275,14 @@ end
 
 -- Take a pending job out of its bucket (cancel, purge).
 local function remove_pending(id, jk)
-  local tenant = redis.call('HGET', jk, 'tenant')
+  local f = redis.call('HMGET', jk, 'tenant', 'score')
+  local tenant = f[1]
   if tenant and tenant ~= '' then
     redis.call('ZREM', K_TPENDING, id)
     local bucket = K_TBUCKET .. tenant
     redis.call('ZREM', bucket, id)
-  else
-    redis.call('ZREM', K_PENDING, id)
+  elseif redis.call('ZREM', K_PENDING, id) == 0 then
+    fifo_remove(id, tonumber(f[2]))
   end
 end
 
@@ -221,7 +319,7 @@ end
 -- ask for nothing.
 local function wake(lim)
   if wake_needed and redis.call('EXISTS', K_PAUSED) == 0
-      and (redis.call('ZCARD', K_PENDING) > 0 or redis.call('ZCARD', K_TPENDING) > 0)
+      and (bucket_len('') > 0 or redis.call('ZCARD', K_TPENDING) > 0)
       and not (lim and lim.concurrency
                and redis.call('ZCARD', K_RUNNING) >= lim.concurrency) then
     redis.call('PUBLISH', WAKE_CHANNEL, QUEUE)

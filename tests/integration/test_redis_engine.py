@@ -578,3 +578,37 @@ async def test_worker_resumes_after_a_redis_restart(private_redis) -> None:  # t
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_pending_jobs_stored_before_the_fifo_drain_first_and_in_order(
+    engine: RedisEngine, redis_url: str
+) -> None:
+    """A queue written by the version without the fifo list has its priority-0 jobs in
+    the pending zset: they are listed, counted, cancelled and claimed with the new ones,
+    in the one order (theirs first: their places were taken earlier)."""
+    keys = KeyLayout(engine.prefix).queue("q")
+    raw = aioredis.Redis.from_url(redis_url.split("?")[0], decode_responses=True)
+    try:
+        await engine.enqueue([new()])  # the queue exists; its seq counter has moved
+        [warm] = (await claim(engine)).jobs
+        base = 100 * (1 << 44) + (1 << 43)  # priority 0: MAX_PRIORITY * BAND + MID
+        old = [new() for _ in range(3)]
+        for i, job in enumerate(old):  # the old layout: pending at priority 0 in the zset
+            await raw.hset(keys.job(job.id), mapping={
+                "task": "t", "payload": "{}", "created_ms": 1, "state": "pending",
+            })  # fmt: skip
+            await raw.zadd(keys.pending, {job.id: base + 10 + i})
+        await raw.set(keys.seq, 100)  # the old version took seqs 10-12 from it
+        fresh = [new() for _ in range(2)]
+        await engine.enqueue(fresh)
+        assert await raw.llen(keys.fifo) == 2
+        want = [j.id for j in [*old, *fresh]]
+        assert [j.id for j in (await engine.list_jobs("q", JobState.PENDING)).jobs] == want
+        assert (await engine.counts("q")).pending == 5
+        await engine.cancel_job(old[1].id)
+        await engine.cancel_job(fresh[0].id)
+        got = [j.id for j in (await claim(engine)).jobs]
+        assert got == [old[0].id, old[2].id, fresh[1].id] and warm.id not in got
+        assert await raw.exists(keys.pending, keys.fifo) == 0
+    finally:
+        await raw.aclose()

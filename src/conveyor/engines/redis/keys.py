@@ -11,7 +11,7 @@ slot and a script that touches them is legal on Redis Cluster. Per queue:
                              last pushed or claimed, kept by a job recovered from an
                              expired lease; a job stored pending has it in its bucket only)
 {p:q}:fifo           list    jobs WITHOUT a tenant at priority 0 queued at the back (most
-                             jobs), entries "<seq>:<id>" in FIFO order: the score of one is
+                             jobs), entries "<seq>:<id less its "<q>:">" in FIFO order: the score of one is
                              MAX_PRIORITY * PRIORITY_BAND + PRIORITY_MID + seq, so the list
                              is in score order and merges with `pending` (the claim takes
                              the lower head; see lua/_lib.lua). A list entry costs ~30 B

@@ -136,21 +136,27 @@ end
 -- 0 and were queued at the back: in that order they are simply FIFO, so they go to a list,
 -- K_FIFO (an entry costs ~30 B of Redis memory where a sorted-set entry costs ~120 B).
 -- The rest (other priorities, jobs released to the front, a recovered job keeping its
--- place) stay in the K_PENDING zset. A fifo entry is "<seq>:<id>": its score would be
--- FIFO_BASE + seq, and as seqs are taken from K_SEQ when a job is pushed, the list is in
--- score order. The claim takes whichever head has the lower score (pop_untenanted), so
+-- place) stay in the K_PENDING zset. A fifo entry is "<seq>:<rest>" for a job whose id
+-- is "<queue>:<rest>" (a job's id starts with its queue's name: stored once in the key,
+-- not in every entry), "<seq>=<id>" for any other id. Its score would be FIFO_BASE +
+-- seq, and as seqs are taken from K_SEQ when a job is pushed, the list is in score order. The claim takes whichever head has the lower score (pop_untenanted), so
 -- the order is exactly the zset's alone. A queue stored before the fifo existed has its
 -- jobs in the zset only, read the same way.
 local FIFO_BASE = MAX_PRIORITY * PRIORITY_BAND + PRIORITY_MID
 
 local function fifo_entry(id, score)
-  return num(score - FIFO_BASE) .. ':' .. id
+  local seq = num(score - FIFO_BASE)
+  if string.sub(id, 1, #QUEUE + 1) == QUEUE .. ':' then
+    return seq .. ':' .. string.sub(id, #QUEUE + 2)
+  end
+  return seq .. '=' .. id
 end
 
 -- The id and the pending score (a number) of a fifo entry.
 local function fifo_parse(entry)
-  local seq, id = string.match(entry, '^(%d+):(.*)$')
-  return id, FIFO_BASE + tonumber(seq)
+  local seq, sep, rest = string.match(entry, '^(%d+)([:=])(.*)$')
+  if sep == ':' then rest = QUEUE .. ':' .. rest end
+  return rest, FIFO_BASE + tonumber(seq)
 end
 
 -- How many jobs bucket `tenant` holds ('' = the jobs without a tenant).

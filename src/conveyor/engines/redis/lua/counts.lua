@@ -15,7 +15,9 @@
 local oldest = -1
 local head = redis.call('LINDEX', K_FIFO, 0)
 if head then
-  oldest = tonumber(redis.call('HGET', K_JOB .. fifo_parse(head), 'created_ms')) or -1
+  local id = fifo_parse(head)
+  local jk = K_JOB .. id
+  oldest = tonumber(redis.call('HGET', jk, 'created_ms')) or -1
 end
 for _, zkey in ipairs({ K_PENDING, K_TPENDING }) do
   local lo = '-inf'

@@ -167,6 +167,12 @@ local function bucket_len(tenant)
   return redis.call('ZCARD', K_TBUCKET .. tenant)
 end
 
+-- Whether no job without a tenant is pending: one command for both structures (Redis
+-- deletes an emptied list or zset, so neither key exists then).
+local function untenanted_empty()
+  return redis.call('EXISTS', K_PENDING, K_FIFO) == 0
+end
+
 -- Take the first `count` pending jobs without a tenant out of line. Returns a flat array
 -- like ZPOPMIN's: id, score (a string), ...
 local function pop_untenanted(count)
@@ -325,7 +331,7 @@ end
 -- ask for nothing.
 local function wake(lim)
   if wake_needed and redis.call('EXISTS', K_PAUSED) == 0
-      and (bucket_len('') > 0 or redis.call('ZCARD', K_TPENDING) > 0)
+      and (not untenanted_empty() or redis.call('ZCARD', K_TPENDING) > 0)
       and not (lim and lim.concurrency
                and redis.call('ZCARD', K_RUNNING) >= lim.concurrency) then
     redis.call('PUBLISH', WAKE_CHANNEL, QUEUE)

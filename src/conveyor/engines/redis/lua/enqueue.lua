@@ -81,7 +81,7 @@ for i = 0, n - 1 do
     -- worker: see _pickup.lua.
     elseif tenant == '' then
       local was_empty = false
-      if not filled then was_empty = bucket_len('') == 0 end
+      if not filled then was_empty = untenanted_empty() end
       if was_empty and n == 1 and hand_off(id, score) then
         state = 'running'
       else

@@ -194,10 +194,10 @@ async def memory(url: str, n: int) -> None:
         count = min(1000, n - start)
         await app.enqueue_many([{"task": "job", "payload": {"t": 0, "s": 0}}] * count)
     used = (int(r.info("memory")["used_memory"]) - m0) / n
-    # Pending jobs at priority 0 are in the fifo list ("<seq>:<id less "<queue>:">"), on
-    # main in the zset.
+    # Pending jobs at priority 0 are in the fifo list (seq, then the id less "<queue>:"),
+    # on main in the zset.
     ids = cast(list[str], r.zrange(f"{tag}:pending", 0, 199)) or [
-        f"{QUEUE}:" + e.split(":", 1)[1] for e in cast(list[str], r.lrange(f"{tag}:fifo", 0, 199))
+        f"{QUEUE}:{e}" for e in cast(list[str], r.lrange(f"{tag}:fifo", 0, 399))[1::2]
     ]
     print(_parts(r, tag, ids, "pending", n, used))
     worker = Worker(app, queues=(QUEUE,), concurrency=50, burst=True, close_app=False)

@@ -601,7 +601,7 @@ async def test_pending_jobs_stored_before_the_fifo_drain_first_and_in_order(
         await raw.set(keys.seq, 100)  # the old version took seqs 10-12 from it
         fresh = [new() for _ in range(2)]
         await engine.enqueue(fresh)
-        assert await raw.llen(keys.fifo) == 2
+        assert await raw.llen(keys.fifo) == 4  # two entries a job: seq, id
         want = [j.id for j in [*old, *fresh]]
         assert [j.id for j in (await engine.list_jobs("q", JobState.PENDING)).jobs] == want
         assert (await engine.counts("q")).pending == 5

@@ -11,12 +11,12 @@ slot and a script that touches them is legal on Redis Cluster. Per queue:
                              last pushed or claimed, kept by a job recovered from an
                              expired lease; a job stored pending has it in its bucket only)
 {p:q}:fifo           list    jobs WITHOUT a tenant at priority 0 queued at the back (most
-                             jobs) in FIFO order, entry "<seq>:<the id after "<q>:">" (or
-                             "<seq>=<id>" for an id that does not start with it): its score
-                             is MAX_PRIORITY * PRIORITY_BAND + PRIORITY_MID + seq, so the
-                             list is in score order and merges with `pending` (the claim
-                             takes the lower head; see lua/_lib.lua). A list entry costs
-                             ~30 B of memory, a zset entry ~120 B.
+                             jobs) in FIFO order, two entries each: seq, then the id after
+                             "<q>:" (':' + id for an id that does not start with it). Its
+                             score is MAX_PRIORITY * PRIORITY_BAND + PRIORITY_MID + seq, so
+                             the list is in score order and merges with `pending` (the
+                             claim takes the lower head; see lua/_lib.lua). ~30 B a job,
+                             where a zset entry costs ~120 B.
 {p:q}:pending        zset    the other jobs WITHOUT a tenant, score = (MAX_PRIORITY - priority) *
                              PRIORITY_BAND + PRIORITY_MID + seq (claim order; constants in
                              `conveyor.lifecycle`); released jobs use PRIORITY_MID - front,

@@ -134,35 +134,45 @@ end
 
 -- The bucket of jobs without a tenant is two structures. Most of its jobs are at priority
 -- 0 and were queued at the back: in that order they are simply FIFO, so they go to a list,
--- K_FIFO (an entry costs ~30 B of Redis memory where a sorted-set entry costs ~120 B).
--- The rest (other priorities, jobs released to the front, a recovered job keeping its
--- place) stay in the K_PENDING zset. A fifo entry is "<seq>:<rest>" for a job whose id
--- is "<queue>:<rest>" (a job's id starts with its queue's name: stored once in the key,
--- not in every entry), "<seq>=<id>" for any other id. Its score would be FIFO_BASE +
--- seq, and as seqs are taken from K_SEQ when a job is pushed, the list is in score order. The claim takes whichever head has the lower score (pop_untenanted), so
--- the order is exactly the zset's alone. A queue stored before the fifo existed has its
--- jobs in the zset only, read the same way.
+-- K_FIFO (~30 B of Redis memory a job, where a sorted-set entry costs ~120 B). The rest
+-- (other priorities, jobs released to the front, a recovered job keeping its place) stay
+-- in the K_PENDING zset. A fifo job is two entries: its seq (an integer, a few bytes in
+-- the list), then its id less "<queue>:" (a job's id starts with its queue's name:
+-- stored once in the key; ':' .. id for any other id, as the rest of a queue's id never
+-- holds ':'). Its score would be FIFO_BASE + seq, and as seqs are taken from K_SEQ when
+-- a job is pushed, the list is in score order. The claim takes whichever head has the
+-- lower score (pop_untenanted), so the order is exactly the zset's alone. A queue stored
+-- before the fifo existed has its jobs in the zset only, read the same way.
 local FIFO_BASE = MAX_PRIORITY * PRIORITY_BAND + PRIORITY_MID
+-- Never an entry (an id entry starting with ':' has an id after it): what fifo_remove
+-- overwrites a job's two entries with before it removes them.
+local FIFO_GONE = ':'
 
-local function fifo_entry(id, score)
-  local seq = num(score - FIFO_BASE)
+local function fifo_id_entry(id)
   if string.sub(id, 1, #QUEUE + 1) == QUEUE .. ':' then
-    return seq .. ':' .. string.sub(id, #QUEUE + 2)
+    return string.sub(id, #QUEUE + 2)
   end
-  return seq .. '=' .. id
+  return ':' .. id
 end
 
--- The id and the pending score (a number) of a fifo entry.
-local function fifo_parse(entry)
-  local seq, sep, rest = string.match(entry, '^(%d+)([:=])(.*)$')
-  if sep == ':' then rest = QUEUE .. ':' .. rest end
-  return rest, FIFO_BASE + tonumber(seq)
+local function fifo_id(entry)
+  if string.sub(entry, 1, 1) == ':' then return string.sub(entry, 2) end
+  return QUEUE .. ':' .. entry
+end
+
+-- Append the fifo pairs of `entries` (a flat LRANGE/LPOP reply) to `out` as id, score.
+local function fifo_pairs(entries, out)
+  for i = 1, #entries, 2 do
+    out[#out + 1] = fifo_id(entries[i + 1])
+    out[#out + 1] = num(FIFO_BASE + tonumber(entries[i]))
+  end
+  return out
 end
 
 -- How many jobs bucket `tenant` holds ('' = the jobs without a tenant).
 local function bucket_len(tenant)
   if tenant == '' then
-    return redis.call('ZCARD', K_PENDING) + redis.call('LLEN', K_FIFO)
+    return redis.call('ZCARD', K_PENDING) + redis.call('LLEN', K_FIFO) / 2
   end
   return redis.call('ZCARD', K_TBUCKET .. tenant)
 end
@@ -176,51 +186,46 @@ end
 -- Take the first `count` pending jobs without a tenant out of line. Returns a flat array
 -- like ZPOPMIN's: id, score (a string), ...
 local function pop_untenanted(count)
-  local out = {}
   if redis.call('ZCARD', K_PENDING) == 0 then -- the common case: the fifo alone
-    for _, e in ipairs(redis.call('LPOP', K_FIFO, count) or {}) do
-      local id, score = fifo_parse(e)
-      out[#out + 1] = id
-      out[#out + 1] = num(score)
-    end
-    return out
+    return fifo_pairs(redis.call('LPOP', K_FIFO, count * 2) or {}, {})
   end
   local z = redis.call('ZRANGE', K_PENDING, 0, count - 1, 'WITHSCORES')
-  local f = redis.call('LRANGE', K_FIFO, 0, count - 1)
+  local f = fifo_pairs(redis.call('LRANGE', K_FIFO, 0, count * 2 - 1), {})
+  local out = {}
   local zi, fi = 1, 1
   while #out < count * 2 and (zi <= #z or fi <= #f) do
-    local id, score
-    if fi <= #f then id, score = fifo_parse(f[fi]) end
-    if zi <= #z and (score == nil or tonumber(z[zi + 1]) < score) then
-      out[#out + 1] = z[zi]
-      out[#out + 1] = z[zi + 1]
-      zi = zi + 2
+    local a, b = z, zi
+    if fi <= #f and (zi > #z or tonumber(f[fi + 1]) < tonumber(z[zi + 1])) then
+      a, b, fi = f, fi, fi + 2
     else
-      out[#out + 1] = id
-      out[#out + 1] = num(score)
-      fi = fi + 1
+      zi = zi + 2
     end
+    out[#out + 1] = a[b]
+    out[#out + 1] = a[b + 1]
   end
   if zi > 1 then redis.call('ZPOPMIN', K_PENDING, (zi - 1) / 2) end
   if fi > 1 then redis.call('LPOP', K_FIFO, fi - 1) end
   return out
 end
 
--- Take job `id` out of the fifo. A job pushed back to pending has its score in its hash
--- (`kept`), which names its entry: LREM from the tail, where it usually is. A job stored
--- pending by enqueue has none: its entry is looked for from the head (O(its place)).
-local function fifo_remove(id, kept)
-  if kept and kept > FIFO_BASE then
-    if redis.call('LREM', K_FIFO, -1, fifo_entry(id, kept)) > 0 then return end
-  end
-  local len = redis.call('LLEN', K_FIFO)
-  for start = 0, len - 1, 1000 do
-    for _, e in ipairs(redis.call('LRANGE', K_FIFO, start, start + 999)) do
-      if fifo_parse(e) == id then
-        redis.call('LREM', K_FIFO, 1, e)
-        return
-      end
+-- Take job `id` out of the fifo: LPOS finds its id entry (the first at an odd index: a
+-- seq entry may look the same), both entries are overwritten with FIFO_GONE and LREM
+-- drops them: each a scan in Redis's C as far as the job, O(its place), as BullMQ's
+-- LREM. `from_tail`: a job pushed back to pending (retried, promoted) is near the tail.
+local function fifo_remove(id, from_tail)
+  local entry, step = fifo_id_entry(id), 1
+  if from_tail then step = -1 end
+  local rank = step
+  while true do
+    local pos = redis.call('LPOS', K_FIFO, entry, 'RANK', rank)
+    if not pos then return end
+    if pos % 2 == 1 then
+      redis.call('LSET', K_FIFO, pos, FIFO_GONE)
+      redis.call('LSET', K_FIFO, pos - 1, FIFO_GONE)
+      redis.call('LREM', K_FIFO, 2 * step, FIFO_GONE)
+      return
     end
+    rank = rank + step
   end
 end
 
@@ -237,9 +242,9 @@ local function index_pending(id, score, tenant, was_empty, fifo)
   -- ahead of the tenants served less recently.
   if tenant == '' then
     if fifo then
-      local len = redis.call('RPUSH', K_FIFO, fifo_entry(id, score))
+      local len = redis.call('RPUSH', K_FIFO, num(score - FIFO_BASE), fifo_id_entry(id))
       if was_empty == nil then
-        was_empty = len == 1 and redis.call('ZCARD', K_PENDING) == 0
+        was_empty = len == 2 and redis.call('ZCARD', K_PENDING) == 0
       end
     else
       redis.call('ZADD', K_PENDING, num(score), id)
@@ -294,7 +299,18 @@ local function remove_pending(id, jk)
     local bucket = K_TBUCKET .. tenant
     redis.call('ZREM', bucket, id)
   elseif redis.call('ZREM', K_PENDING, id) == 0 then
-    fifo_remove(id, tonumber(f[2]))
+    -- A job with a score was pushed back (retried, promoted: near the tail). One stored
+    -- pending by enqueue was pushed when it was created: nearer the tail if that is
+    -- closer to now than to when the fifo's head job was.
+    local from_tail = f[2] ~= false
+    local head = redis.call('LINDEX', K_FIFO, 1)
+    if not from_tail and head then
+      local c = tonumber(redis.call('HGET', jk, 'created_ms'))
+      local head_id = fifo_id(head)
+      local h = tonumber(redis.call('HGET', K_JOB .. head_id, 'created_ms'))
+      from_tail = h ~= nil and c ~= nil and NOW - c < c - h
+    end
+    fifo_remove(id, from_tail)
   end
 end
 

@@ -13,9 +13,9 @@
 -- Jobs with a tenant are indexed in tpending, the others in pending and the fifo (FIFO:
 -- its head is its oldest): all are looked at.
 local oldest = -1
-local head = redis.call('LINDEX', K_FIFO, 0)
+local head = redis.call('LINDEX', K_FIFO, 1)
 if head then
-  local id = fifo_parse(head)
+  local id = fifo_id(head)
   local jk = K_JOB .. id
   oldest = tonumber(redis.call('HGET', jk, 'created_ms')) or -1
 end

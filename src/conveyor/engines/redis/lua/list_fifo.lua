@@ -6,23 +6,21 @@
 -- Returns: flat array: id, score, ... in claim order.
 -- Touches: reads the fifo.
 --
--- The fifo is in score order, so the first entry after the score is found by bisection:
--- ~log2(length) LINDEX (each walks the list's nodes, not its entries), never a scan.
+-- The fifo is in score order, so the first job after the score is found by bisection:
+-- ~log2(length) LINDEX of a seq entry (each walks the list's nodes, not its entries),
+-- never a scan. Index i of the bisection is job i: entries 2i (seq) and 2i + 1 (id).
 local after, count = ARGV[5], tonumber(ARGV[6])
 local lo = 0
 if after ~= '' then
   local a = tonumber(after)
-  local hi = redis.call('LLEN', K_FIFO)
+  local hi = redis.call('LLEN', K_FIFO) / 2
   while lo < hi do
     local mid = math.floor((lo + hi) / 2)
-    local _, score = fifo_parse(redis.call('LINDEX', K_FIFO, mid))
-    if score > a then hi = mid else lo = mid + 1 end
+    if FIFO_BASE + tonumber(redis.call('LINDEX', K_FIFO, mid * 2)) > a then
+      hi = mid
+    else
+      lo = mid + 1
+    end
   end
 end
-local out = {}
-for _, e in ipairs(redis.call('LRANGE', K_FIFO, lo, lo + count - 1)) do
-  local id, score = fifo_parse(e)
-  out[#out + 1] = id
-  out[#out + 1] = num(score)
-end
-return out
+return fifo_pairs(redis.call('LRANGE', K_FIFO, lo * 2, (lo + count) * 2 - 1), {})

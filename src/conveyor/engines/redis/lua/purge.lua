@@ -10,14 +10,14 @@
 --          Limits are kept: they are configuration, not jobs.
 local budget = tonumber(ARGV[5])
 local deleted = 0
--- The fifo (pending jobs without a tenant; entries "<seq>:<id>", see _lib.lua) first.
-local entries = redis.call('LRANGE', K_FIFO, 0, budget - 1)
-for _, e in ipairs(entries) do
-  local id = fifo_parse(e)
+-- The fifo (pending jobs without a tenant, two entries each: see _lib.lua) first.
+local entries = redis.call('LRANGE', K_FIFO, 0, budget * 2 - 1)
+for i = 2, #entries, 2 do
+  local id = fifo_id(entries[i])
   redis.call('DEL', K_JOB .. id, wait_key(id))
 end
 redis.call('LTRIM', K_FIFO, #entries, -1)
-deleted = #entries
+deleted = #entries / 2
 for _, zkey in ipairs({ K_PENDING, K_TPENDING, K_SCHEDULED, K_RUNNING, K_COMPLETED, K_FAILED,
                         K_CANCELLED, K_PARENTS }) do
   if budget - deleted <= 0 then break end

@@ -612,3 +612,25 @@ async def test_pending_jobs_stored_before_the_fifo_drain_first_and_in_order(
         assert await raw.exists(keys.pending, keys.fifo) == 0
     finally:
         await raw.aclose()
+
+
+async def test_fifo_cancel_finds_the_job_whatever_its_id_looks_like(engine: RedisEngine) -> None:
+    """A fifo job is two list entries, its seq then its id less "q:": an id whose rest is
+    a number equal to some seq must not be taken for that seq entry, and a job pushed back
+    (promoted) is found from the tail."""
+    jobs = [
+        NewJob(id=f"q:{n}", queue="q", task="t", payload_json="{}", max_attempts=3)
+        for n in range(1, 6)
+    ]
+    for job in jobs:
+        await engine.enqueue([job])  # seqs 1-5: the seq entries read "1" .. "5" too
+    late = new(delay_ms=60_000)
+    await engine.enqueue([late])
+    await engine.promote_job(late.id)
+    await engine.cancel_job("q:3")
+    await engine.cancel_job(late.id)
+    await engine.cancel_job("q:1")
+    listed = [j.id for j in (await engine.list_jobs("q", JobState.PENDING, limit=2)).jobs]
+    assert listed == ["q:2", "q:4"]
+    assert [j.id for j in (await claim(engine)).jobs] == ["q:2", "q:4", "q:5"]
+    assert (await engine.counts("q")).pending == 0

@@ -70,8 +70,14 @@ def _param(value: Any) -> bytes | None:
     return str(value).encode()
 
 
-def _text(value: bytes | None) -> str | None:
-    return None if value is None else value.decode()
+def _text_rows(res: PGresult) -> list[Row]:
+    """A result's rows with each value decoded from text format (NULL as None)."""
+    width = range(res.nfields)
+    rows = []
+    for r in range(res.ntuples):
+        values = [res.get_value(r, c) for c in width]
+        rows.append(tuple([None if v is None else v.decode() for v in values]))
+    return rows
 
 
 class Line:
@@ -120,8 +126,7 @@ class Line:
                 # Its statement may have been deallocated (DISCARD): prepare it again.
                 self._prepared.pop(query, None)
                 return None
-            width = range(res.nfields)
-            return [tuple(_text(res.get_value(r, c)) for c in width) for r in range(res.ntuples)]
+            return _text_rows(res)
         except psycopg.Error:  # the connection failed: the engine replaces the line
             self.close()
             return None

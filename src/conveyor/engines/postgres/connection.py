@@ -360,7 +360,7 @@ class PgCore:
             line = await self._hold()
             if line is None:
                 return None
-        if line.busy:
+        if line.busy or line.loop is not asyncio.get_running_loop():
             return None
         if line.told != self.unstreamed:  # as `_tell` does for the pool's sessions
             quiet = frozenset(self.unstreamed)
@@ -383,10 +383,13 @@ class PgCore:
             return None
         finally:
             self._holding = False
-        if pool is not self._pool:  # closed meanwhile
+        try:
+            if pool is not self._pool:  # closed meanwhile
+                raise psycopg.OperationalError("the engine closed")
+            line = self._line = Line(conn)
+        except psycopg.Error:  # e.g. a connection the server dropped while in the pool
             await pool.putconn(conn)
             return None
-        line = self._line = Line(conn)
         line.told = self._told.get(conn, frozenset())
         return line
 

@@ -96,11 +96,11 @@ class Line:
         self.told: frozenset[str] = frozenset()  # the quiet queues its session was told
         self._pg = conn.pgconn
         self._fd = self._pg.socket
-        self._loop = asyncio.get_running_loop()
+        self.loop = asyncio.get_running_loop()  # the loop its socket is registered with
         self._prepared: dict[str, bytes] = {}  # query -> its prepared statement's name
         self._waiter: asyncio.Future[None] | None = None
         self._results: list[PGresult] = []
-        self._loop.add_reader(self._fd, self._readable)
+        self.loop.add_reader(self._fd, self._readable)
 
     async def rows(self, query: str, params: Sequence[Any]) -> list[Row] | None:
         """The rows of `query` (one statement, ``%s`` placeholders) run with `params`, in
@@ -139,7 +139,7 @@ class Line:
     async def _round(self) -> list[PGresult]:
         """The results of what was just sent, once the server said ReadyForQuery."""
         self._results = []
-        waiter = self._waiter = self._loop.create_future()
+        waiter = self._waiter = self.loop.create_future()
         await waiter
         return self._results
 
@@ -170,7 +170,7 @@ class Line:
         if self.closed:
             return
         self.closed = True
-        self._loop.remove_reader(self._fd)
+        self.loop.remove_reader(self._fd)
         waiter, self._waiter = self._waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_exception(exc or psycopg.OperationalError("the held line was closed"))

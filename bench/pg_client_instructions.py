@@ -27,6 +27,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+# The pgqueuer venv has no psycopg: `pg_enqueue_cost` (imported for its producers) borrows it
+# from the caller's site-packages, last on the path (PG_COST_EXTRA_PATH, set below).
+from pg_enqueue_cost import producer
+
 ADMIN = "postgresql://postgres@127.0.0.1/postgres"
 HELPER_C = """#include <valgrind/callgrind.h>
 void cg_start(void) { CALLGRIND_ZERO_STATS; CALLGRIND_START_INSTRUMENTATION;
@@ -38,33 +42,7 @@ void cg_stop(void) { CALLGRIND_TOGGLE_COLLECT; CALLGRIND_DUMP_STATS; }
 async def produce(kind: str, dsn: str, n: int, helper: str) -> None:
     """Warm up, then `n` single enqueues with callgrind collecting (run under valgrind)."""
     cg = ctypes.CDLL(helper)
-    if kind == "conveyor":
-        from conveyor import Conveyor
-
-        app = Conveyor(f"{dsn}?schema=conveyor")
-
-        @app.task(name="job")
-        async def job(t: int, s: int) -> None: ...
-
-        await app.connect()
-
-        async def one(i: int) -> None:
-            await app.enqueue("job", {"t": i, "s": i})
-
-        close = app.close
-    else:
-        import asyncpg  # type: ignore[import-not-found]
-        from pgqueuer.db import AsyncpgDriver  # type: ignore[import-not-found]
-        from pgqueuer.queries import Queries  # type: ignore[import-not-found]
-
-        conn = await asyncpg.connect(dsn)
-        queries = Queries(AsyncpgDriver(conn))
-        await queries.install()
-
-        async def one(i: int) -> None:
-            await queries.enqueue("job", f"{i} {i}".encode())
-
-        close = conn.close
+    one, close = await producer(kind, dsn)
     for i in range(50):
         await one(i)
     cg.cg_start()
@@ -124,8 +102,9 @@ def main() -> None:
             env = {**os.environ, "PYTHONPATH": str(Path(src).resolve())}
             sides.append((f"conveyor {src}", [sys.executable, me, "--producer", "conveyor"], env))
         if args.pgqueuer_python:
-            sides.append(("pgqueuer", [args.pgqueuer_python, me, "--producer", "pgqueuer"], {
-                **os.environ}))  # fmt: skip
+            extra = os.pathsep.join(p for p in sys.path if p.endswith("site-packages"))
+            env = {**os.environ, "PG_COST_EXTRA_PATH": extra}
+            sides.append(("pgqueuer", [args.pgqueuer_python, me, "--producer", "pgqueuer"], env))
         print(f"client instructions per single enqueue ({args.n:,} enqueues after 50 warm-up)")
         for name, argv, env in sides:
             print(f"  {name:40s} {measure(name, argv, env, args.n, work):>10,}", flush=True)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 # The pgqueuer venv has no psycopg: `pg_enqueue_cost` (imported for its producers) borrows it
 # from the caller's site-packages, last on the path (PG_COST_EXTRA_PATH, set below).
-from pg_enqueue_cost import producer
+from pg_enqueue_cost import producer, producer_sides
 
 ADMIN = "postgresql://postgres@127.0.0.1/postgres"
 HELPER_C = """#include <valgrind/callgrind.h>
@@ -97,14 +97,7 @@ def main() -> None:
         (work / "helper.c").write_text(HELPER_C)
         helper = ["-o", str(work / "helper.so"), str(work / "helper.c")]
         subprocess.run(["cc", "-O2", "-shared", "-fPIC", *helper], check=True)
-        sides = []
-        for src in args.src:
-            env = {**os.environ, "PYTHONPATH": str(Path(src).resolve())}
-            sides.append((f"conveyor {src}", [sys.executable, me, "--producer", "conveyor"], env))
-        if args.pgqueuer_python:
-            extra = os.pathsep.join(p for p in sys.path if p.endswith("site-packages"))
-            env = {**os.environ, "PG_COST_EXTRA_PATH": extra}
-            sides.append(("pgqueuer", [args.pgqueuer_python, me, "--producer", "pgqueuer"], env))
+        sides = producer_sides(me, args.src, args.pgqueuer_python)
         print(f"client instructions per single enqueue ({args.n:,} enqueues after 50 warm-up)")
         for name, argv, env in sides:
             print(f"  {name:40s} {measure(name, argv, env, args.n, work):>10,}", flush=True)

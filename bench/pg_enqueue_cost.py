@@ -137,17 +137,25 @@ async def produce(kind: str, db: str, n: int) -> dict[str, Any]:
     }
 
 
-def producers(args: argparse.Namespace) -> None:
-    me = str(Path(__file__).resolve())
+def producer_sides(
+    script: str, srcs: list[str], pgqueuer_python: str | None
+) -> list[tuple[str, list[str], dict[str, str]]]:
+    """(name, argv, env) of each producer subprocess: `script --producer KIND` on each
+    source tree, and on pgqueuer's interpreter when given."""
     sides: list[tuple[str, list[str], dict[str, str]]] = []
-    for src in args.src:
+    for src in srcs:
         env = {**os.environ, "PYTHONPATH": str(Path(src).resolve())}
-        sides.append((f"conveyor {src}", [sys.executable, me, "--producer", "conveyor"], env))
-    if args.pgqueuer_python:
+        sides.append((f"conveyor {src}", [sys.executable, script, "--producer", "conveyor"], env))
+    if pgqueuer_python:
         # psycopg (this script's monitor) from this interpreter's site-packages, last.
         extra = os.pathsep.join(p for p in sys.path if p.endswith("site-packages"))
         env = {**os.environ, "PG_COST_EXTRA_PATH": extra}
-        sides.append(("pgqueuer", [args.pgqueuer_python, me, "--producer", "pgqueuer"], env))
+        sides.append(("pgqueuer", [pgqueuer_python, script, "--producer", "pgqueuer"], env))
+    return sides
+
+
+def producers(args: argparse.Namespace) -> None:
+    sides = producer_sides(str(Path(__file__).resolve()), args.src, args.pgqueuer_python)
     results: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in sides}
     for _ in range(args.rounds):
         for index, (name, argv, env) in enumerate(sides):

@@ -134,9 +134,9 @@ async def test_what_a_rule_could_hold_back_goes_through_pending(
     elif case == "paused":
         await producer.pause("q")
     elif case == "already pending":  # FIFO: the older pending job goes first
-        async with producer._pool.connection() as conn:  # type: ignore[union-attr]
-            async with conn.transaction():
-                await producer.enqueue_in(conn, [new()])
+        async with await psycopg.AsyncConnection.connect(producer.conninfo) as conn:
+            await producer.enqueue_in(conn, [new()])
+            await conn.commit()
     if case == "tenant job":
         jobs = [new(tenant="acme")]
     elif case == "batch":

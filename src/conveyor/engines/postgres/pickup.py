@@ -31,14 +31,16 @@ import orjson
 from psycopg import AsyncConnection
 
 from ...job import Job, decode_lenient
+from ..values import Outcome
 from .connection import Conn, PgCore
 from .queries import JOB_COLUMNS
 
 log = logging.getLogger("conveyor.engines.postgres")
 
-# Job ids a worker was handed and has not reported an outcome for, kept per worker so a
-# read of `handed_to` can tell the ones it never received; bounded in case a job's
-# outcome never comes through this engine (its lease lost).
+# Tokens of the jobs a worker was handed and has not reported an outcome for, kept per
+# worker so a read of `handed_to` can tell the ones it never received (tokens, not ids: a
+# job whose lease was lost may be handed to the same worker again, under a new token);
+# bounded, since a job whose lease was lost never reports an outcome.
 _RECEIVED_MAX = 10_000
 
 
@@ -48,7 +50,7 @@ class _Pickup:
 
     on_handed: Callable[[], None] | None = None
     handed: list[Job] = field(default_factory=list)  # received, not yet taken
-    received: dict[str, None] = field(default_factory=dict)  # handed ids, until their outcome
+    received: dict[str, None] = field(default_factory=dict)  # tokens, until their outcome
     registered: bool = False  # as of the last exchange_waiting (a hand-off may have used it)
 
 
@@ -93,7 +95,7 @@ class PgPickup(PgCore):
 
         held = await self._run(stop, single=False)
         received = pickup.received
-        return pickup.handed + [job for job in held if job.id not in received]
+        return pickup.handed + [job for job in held if job.token not in received]
 
     # --- the exchange's side ----------------------------------------------------------------
     def _exchange_waiting_args(
@@ -110,17 +112,18 @@ class PgPickup(PgCore):
         return (*args, channel, self._hand_alive, pickup.registered)
 
     def _after_exchange_waiting(
-        self, worker_id: str, waiting: int | None, done: Sequence[str]
+        self, worker_id: str, waiting: int | None, outcomes: Sequence[Outcome]
     ) -> None:
         """Note the registration the exchange left (None: it did not touch it) and forget
-        the handed jobs whose outcomes it applied."""
+        the handed jobs whose outcomes it carried."""
         pickup = self._pickups.get(worker_id)
         if pickup is None:
             return
         if waiting is not None:
             pickup.registered = waiting > 0
-        for job_id in done:
-            pickup.received.pop(job_id, None)
+        if pickup.received:
+            for outcome in outcomes:
+                pickup.received.pop(outcome.token, None)
 
     # --- the listener's side ----------------------------------------------------------------
     async def _hand_offs_on(self, conn: AsyncConnection[Any]) -> None:
@@ -194,9 +197,10 @@ class PgPickup(PgCore):
     def _deliver(self, jobs: Sequence[Job]) -> None:
         for job in jobs:
             pickup = self._pickups.get(job.worker or "")
-            if pickup is None or job.id in pickup.received:
+            token = job.token or ""
+            if pickup is None or token in pickup.received:
                 continue  # stopped: stop_handoffs returned it; or already here
-            pickup.received[job.id] = None
+            pickup.received[token] = None
             if len(pickup.received) > _RECEIVED_MAX:
                 del pickup.received[next(iter(pickup.received))]
             pickup.handed.append(job)

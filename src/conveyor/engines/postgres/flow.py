@@ -184,7 +184,7 @@ class PgFlow(PgPickup):
             return out, (None if len(row) < 2 else int(row[1]))
 
         result, waiting = await self._run(call, single=True)
-        self._after_exchange_waiting(worker_id, waiting, outcomes)
+        self._after_exchange_waiting(worker_id, waiting, outcomes, limit, len(result["jobs"]))
         done = set(result["done"])
         exchange = Exchange(
             [decode_lenient(dict(zip(JOB_COLUMNS, row, strict=True))) for row in result["jobs"]],

@@ -52,6 +52,7 @@ class _Pickup:
     handed: list[Job] = field(default_factory=list)  # received, not yet taken
     received: dict[str, None] = field(default_factory=dict)  # tokens, until their outcome
     registered: bool = False  # as of the last exchange_waiting (a hand-off may have used it)
+    busy: bool = False  # its last claim got all it asked for (see _exchange_waiting_args)
 
 
 class PgPickup(PgCore):
@@ -102,9 +103,15 @@ class PgPickup(PgCore):
         self, worker_id: str, limit: int, args: tuple[Any, ...]
     ) -> tuple[Any, ...] | None:
         """`exchange`'s arguments extended for `exchange_waiting`, or None when this worker
-        takes no handed jobs or claims nothing (then the plain `exchange` runs)."""
+        takes no handed jobs or claims nothing (then the plain `exchange` runs).
+
+        A busy worker (its last claim got a full batch) that is not registered claims with
+        the plain `exchange` too: a full batch would not register it, and the wrapper's
+        reading of the reply costs server CPU on every exchange of a burst. The claim
+        after a short one registers it.
+        """
         pickup = self._pickups.get(worker_id)
-        if pickup is None or limit <= 0:
+        if pickup is None or limit <= 0 or (pickup.busy and not pickup.registered):
             return None
         channel = self._hand_channel if self._listening else None
         if channel is None and not pickup.registered:
@@ -112,13 +119,21 @@ class PgPickup(PgCore):
         return (*args, channel, self._hand_alive, pickup.registered)
 
     def _after_exchange_waiting(
-        self, worker_id: str, waiting: int | None, outcomes: Sequence[Outcome]
+        self,
+        worker_id: str,
+        waiting: int | None,
+        outcomes: Sequence[Outcome],
+        limit: int,
+        claimed: int,
     ) -> None:
-        """Note the registration the exchange left (None: it did not touch it) and forget
-        the handed jobs whose outcomes it carried."""
+        """Note the registration the exchange left (None: it did not touch it), whether
+        its claim got all it asked for, and forget the handed jobs whose outcomes it
+        carried."""
         pickup = self._pickups.get(worker_id)
         if pickup is None:
             return
+        if limit > 0:
+            pickup.busy = claimed >= limit
         if waiting is not None:
             pickup.registered = waiting > 0
         if pickup.received:

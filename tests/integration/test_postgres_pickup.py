@@ -179,6 +179,20 @@ async def test_a_worker_whose_session_is_gone_is_never_handed_a_job(
     [res] = await producer.enqueue([new()])
     assert res.state is JobState.PENDING
     assert await registrations(producer) == []  # the dead registration was dropped
+    # A live worker registering afterwards is handed the next job again (the queue's
+    # `waiting` flag, reset when the dead one was dropped, is set by its registration).
+    live = PostgresEngine(postgres_url)
+    await live.connect()
+    live.accept_handoffs("w2")
+    try:
+        got = await live.exchange([], queues=["q"], limit=5, worker_id="w2", lease_ms=30_000)
+        assert [j.id for j in got.jobs] == [res.id]  # the pending one first
+        await go_idle(live, "w2")
+        [later] = await producer.enqueue([new()])
+        assert later.state is JobState.RUNNING
+        assert [j.id for j in await handed(live, "w2")] == [later.id]
+    finally:
+        await live.close()
 
 
 async def test_a_job_handed_to_a_worker_that_died_before_taking_it_is_recovered(

@@ -17,15 +17,10 @@ import pytest
 
 from conveyor.engines.base import HandsOff, Outcome
 from conveyor.engines.postgres import PostgresEngine
-from conveyor.job import Job, JobState, NewJob, new_job_id
+from conveyor.job import JobState
 from conveyor.limits import QueueLimits
-from conveyor.testing import eventually
 
-
-def new(queue: str = "q", **kwargs: object) -> NewJob:
-    fields: dict[str, object] = {"task": "t", "payload_json": "{}", "max_attempts": 3}
-    fields.update(kwargs)
-    return NewJob(id=new_job_id(queue), queue=queue, **fields)  # type: ignore[arg-type]
+from .handoffs import handed, new
 
 
 @pytest.fixture
@@ -53,19 +48,6 @@ async def go_idle(
         [], queues=["q"], limit=limit, worker_id=worker_id, lease_ms=lease_ms
     )
     assert got.jobs == []
-
-
-async def handed(engine: PostgresEngine, worker_id: str = "w1", n: int = 1) -> list[Job]:
-    """Wait like an idle worker does, then take what was handed."""
-    jobs: list[Job] = []
-
-    async def arrived() -> bool:
-        await engine.wait_for_jobs(["q"], 0.2)
-        jobs.extend(engine.take_handed(worker_id))
-        return len(jobs) >= n
-
-    await eventually(arrived, timeout=5, message="a handed job")
-    return jobs
 
 
 async def registrations(engine: PostgresEngine) -> list[tuple[str, str, int]]:

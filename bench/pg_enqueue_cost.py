@@ -28,6 +28,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -61,10 +62,11 @@ def drop_database(name: str) -> None:
         admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
 
 
-async def produce(kind: str, db: str, n: int) -> dict[str, Any]:
-    """One producer's figures (run in a subprocess, on the interpreter of its kind)."""
-    dsn = fresh_database(db)
-    mon = psycopg.connect(dsn, autocommit=True)
+async def producer(
+    kind: str, dsn: str
+) -> tuple[Callable[[int], Awaitable[None]], Callable[[], Awaitable[None]]]:
+    """(enqueue job i, close) of one producer: Conveyor's `app.enqueue`, or pgqueuer's
+    `Queries.enqueue` on asyncpg (also used by `pg_client_instructions.py`)."""
     if kind == "conveyor":
         from conveyor import Conveyor
 
@@ -78,20 +80,26 @@ async def produce(kind: str, db: str, n: int) -> dict[str, Any]:
         async def one(i: int) -> None:
             await app.enqueue("job", {"t": i, "s": i})
 
-        close = app.close
-    else:
-        import asyncpg  # type: ignore[import-not-found]
-        from pgqueuer.db import AsyncpgDriver  # type: ignore[import-not-found]
-        from pgqueuer.queries import Queries  # type: ignore[import-not-found]
+        return one, app.close
+    import asyncpg  # type: ignore[import-not-found]
+    from pgqueuer.db import AsyncpgDriver  # type: ignore[import-not-found]
+    from pgqueuer.queries import Queries  # type: ignore[import-not-found]
 
-        conn = await asyncpg.connect(dsn)
-        queries = Queries(AsyncpgDriver(conn))
-        await queries.install()
+    conn = await asyncpg.connect(dsn)
+    queries = Queries(AsyncpgDriver(conn))
+    await queries.install()
 
-        async def one(i: int) -> None:
-            await queries.enqueue("job", f"{i} {i}".encode())
+    async def enqueue(i: int) -> None:
+        await queries.enqueue("job", f"{i} {i}".encode())
 
-        close = conn.close
+    return enqueue, conn.close
+
+
+async def produce(kind: str, db: str, n: int) -> dict[str, Any]:
+    """One producer's figures (run in a subprocess, on the interpreter of its kind)."""
+    dsn = fresh_database(db)
+    mon = psycopg.connect(dsn, autocommit=True)
+    one, close = await producer(kind, dsn)
     for i in range(50):  # warm: prepared statements, caches
         await one(i)
     pids = [
@@ -129,17 +137,25 @@ async def produce(kind: str, db: str, n: int) -> dict[str, Any]:
     }
 
 
-def producers(args: argparse.Namespace) -> None:
-    me = str(Path(__file__).resolve())
+def producer_sides(
+    script: str, srcs: list[str], pgqueuer_python: str | None
+) -> list[tuple[str, list[str], dict[str, str]]]:
+    """(name, argv, env) of each producer subprocess: `script --producer KIND` on each
+    source tree, and on pgqueuer's interpreter when given."""
     sides: list[tuple[str, list[str], dict[str, str]]] = []
-    for src in args.src:
+    for src in srcs:
         env = {**os.environ, "PYTHONPATH": str(Path(src).resolve())}
-        sides.append((f"conveyor {src}", [sys.executable, me, "--producer", "conveyor"], env))
-    if args.pgqueuer_python:
+        sides.append((f"conveyor {src}", [sys.executable, script, "--producer", "conveyor"], env))
+    if pgqueuer_python:
         # psycopg (this script's monitor) from this interpreter's site-packages, last.
         extra = os.pathsep.join(p for p in sys.path if p.endswith("site-packages"))
         env = {**os.environ, "PG_COST_EXTRA_PATH": extra}
-        sides.append(("pgqueuer", [args.pgqueuer_python, me, "--producer", "pgqueuer"], env))
+        sides.append(("pgqueuer", [pgqueuer_python, script, "--producer", "pgqueuer"], env))
+    return sides
+
+
+def producers(args: argparse.Namespace) -> None:
+    sides = producer_sides(str(Path(__file__).resolve()), args.src, args.pgqueuer_python)
     results: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in sides}
     for _ in range(args.rounds):
         for index, (name, argv, env) in enumerate(sides):

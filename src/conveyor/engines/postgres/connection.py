@@ -41,6 +41,7 @@ from ...clock import Clock
 from ...errors import ConfigError, EngineUnavailable
 from ...lifecycle import not_found
 from ..sqlite.connection import Wake
+from .line import Line, Row
 from .migrations import migrate
 from .queries import JOB_COLUMNS, for_schema
 from .rules import install_rules
@@ -75,6 +76,8 @@ CONNECT_TIMEOUT_S = 5
 POOL_MAX = 8
 # Deadlocks and serialisation failures are retried: the transaction changed nothing.
 _RETRIES = 5
+# Names the queues whose events the `unstreamed_events` trigger drops, for the session.
+_TELL = "SELECT set_config('conveyor.unstreamed', %s, false)"
 _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 
@@ -162,6 +165,8 @@ class PgCore:
         self._trim_queues: set[str] = set()
         self._trimmer: asyncio.Task[None] | None = None  # see _trim_soon
         self._pool: AsyncConnectionPool[Conn] | None = None
+        self._line: Line | None = None  # see _held_rows
+        self._holding = False  # a line is being taken from the pool
         self._listener: asyncio.Task[None] | None = None
         self._listening = False
         self._listen_ready = asyncio.Event()
@@ -187,9 +192,7 @@ class PgCore:
         pool opened reaches every open session; the round trip is paid only when the
         set changed since that session was told, never per exchange."""
         quiet = frozenset(self.unstreamed)
-        await conn.execute(
-            "SELECT set_config('conveyor.unstreamed', %s, false)", (",".join(sorted(quiet)),)
-        )
+        await conn.execute(_TELL, (",".join(sorted(quiet)),))
         self._told[conn] = quiet
 
     async def connect(self) -> None:
@@ -260,6 +263,7 @@ class PgCore:
         self._jobs_wake.notify()
         self._events_wake.notify()
         self._outbox_wake.notify()
+        await self._release_line(pool)
         for task in (listener, self._trimmer):
             if task is not None:
                 task.cancel()  # a trim cut short is redone by a later one
@@ -362,6 +366,61 @@ class PgCore:
             except (PoolTimeout, psycopg.OperationalError) as exc:
                 raise self._unavailable(exc) from exc
         raise AssertionError("unreachable")
+
+    async def _held_rows(self, query: str, params: Sequence[Any]) -> list[Row] | None:
+        """The rows of `query`, one statement run with `params`, on the held line (line.py:
+        no pool round, no cursor), taken from the pool at the first call; None when the
+        line cannot take it now (another call is on it, or it is being taken) or the
+        statement did not run there: the caller then runs it through the pool (`_run`),
+        so `query` must be safe to run twice (see line.py)."""
+        line = self._line
+        if line is None or line.closed:
+            line = await self._hold()
+            if line is None:
+                return None
+        if line.busy or line.loop is not asyncio.get_running_loop():
+            return None
+        if line.told != self.unstreamed:  # as `_tell` does for the pool's sessions
+            quiet = frozenset(self.unstreamed)
+            if await line.rows(_TELL, (",".join(sorted(quiet)),)) is None:
+                return None
+            line.told = quiet
+        return await line.rows(query, params)
+
+    async def _hold(self) -> Line | None:
+        """A new held line, replacing a closed one (None while one is being taken, or
+        when the pool has no connection to give: the pool's path then says why)."""
+        pool = self._pool
+        await self._release_line(pool)
+        if self._holding or pool is None:
+            return None
+        self._holding = True
+        try:
+            conn = await pool.getconn()
+        except (PoolTimeout, psycopg.OperationalError):
+            return None
+        finally:
+            self._holding = False
+        try:
+            if pool is not self._pool:  # closed meanwhile
+                raise psycopg.OperationalError("the engine closed")
+            line = self._line = Line(conn)
+        except psycopg.Error:  # e.g. a connection the server dropped while in the pool
+            await pool.putconn(conn)
+            return None
+        line.told = self._told.get(conn, frozenset())
+        return line
+
+    async def _release_line(self, pool: AsyncConnectionPool[Conn] | None) -> None:
+        """Give the held line's connection back to `pool` (which replaces it if the line
+        closed it)."""
+        line, self._line = self._line, None
+        if line is None:
+            return
+        line.detach()
+        if pool is not None:
+            with contextlib.suppress(Exception):  # the pool is closing: it closes it
+                await pool.putconn(line.conn)
 
     @property
     def _fixed(self) -> int | None:

@@ -126,13 +126,18 @@ class PgFlow(PgPickup):
         if not jobs:
             return []
         sql, params = self.enqueue_statement(jobs)
+        # One job (a producer's single enqueue): on the held line when it is free.
+        held = await self._held_rows(sql, params) if len(jobs) == 1 else None
+        if held is not None:
+            results = [EnqueueResult(str(r[0]), r[1] == "t", JobState(str(r[2]))) for r in held]
+        else:
 
-        async def tx(conn: Conn) -> list[EnqueueResult]:
-            cur = conn.hot_cursor()
-            await cur.execute(sql, params)
-            return enqueue_results(await cur.fetchall())
+            async def tx(conn: Conn) -> list[EnqueueResult]:
+                cur = conn.hot_cursor()
+                await cur.execute(sql, params)
+                return enqueue_results(await cur.fetchall())
 
-        results = await self._run(tx, single=True)
+            results = await self._run(tx, single=True)
         self._notify(jobs=True, events=True)
         self._count_events(sum(r.created for r in results), {new.queue for new in jobs})
         return results

@@ -14,8 +14,10 @@ Beside the latency, figures that do not depend on the machine's load: WAL flushe
 (``pg_stat_wal.wal_sync``) per job, counted from before the producer starts until the last
 job ran (the server's own count, so it is exact only on a server nobody else uses: start a
 private one with ``initdb`` + ``pg_ctl -o "-p 55432"`` and pass ``--port``); the worker's
-exchange calls per job; and its full (generation 2) garbage collections from the first
-measured job to the last, with the longest one's pause (0 when there was none).
+exchange calls per job; its full (generation 2) garbage collections from the first
+measured job to the last, with the longest one's pause (0 when there was none); and the
+share of jobs handed to the idle worker by the enqueue itself (the one-hop pickup,
+migration 0011; 0 on trees without it).
 """
 
 from __future__ import annotations
@@ -67,8 +69,9 @@ async def job(job: Job) -> None:
 
         engine.exchange = counted
     with open(OUT, "a") as f:
+        handed = int((job.token or "").startswith("h"))  # one-hop pickup (migration 0011)
         f.write(f"{job.payload['i']} {start - int(job.payload['t'])} {COUNTS['exchanges']} "
-                f"{COUNTS['gc2']} {COUNTS['gc2_ms']:.2f}\\n")
+                f"{COUNTS['gc2']} {COUNTS['gc2_ms']:.2f} {handed}\\n")
 """
 
 PRODUCER = """
@@ -160,6 +163,8 @@ def run_once(src: str, jobs: int, port: int) -> dict[str, float]:
         "exchanges/job": (int(last[2]) - int(first_warm[2])) / jobs,
         "gc2 in run": float(last[3]),
         "gc2 max ms": float(last[4]),
+        # Jobs started from the enqueue's hand-off, not a wake-up and a claim (0011).
+        "handed/job": sum(int(ln[5]) for ln in measured if len(ln) > 5) / jobs,
     }
 
 

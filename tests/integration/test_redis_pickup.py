@@ -15,15 +15,11 @@ import pytest
 
 from conveyor.engines.base import HandsOff, Outcome
 from conveyor.engines.redis import RedisEngine
-from conveyor.job import Job, JobState, NewJob, new_job_id
+from conveyor.job import JobState
 from conveyor.limits import QueueLimits
 from conveyor.testing import eventually
 
-
-def new(queue: str = "q", **kwargs: object) -> NewJob:
-    fields: dict[str, object] = {"task": "t", "payload_json": "{}", "max_attempts": 3}
-    fields.update(kwargs)
-    return NewJob(id=new_job_id(queue), queue=queue, **fields)  # type: ignore[arg-type]
+from .handoffs import handed, new
 
 
 @pytest.fixture
@@ -47,19 +43,6 @@ async def go_idle(engine: RedisEngine, worker_id: str = "w1", lease_ms: int = 30
     """An exchange that finds nothing (it registers the worker where it may)."""
     got = await engine.exchange([], queues=["q"], limit=5, worker_id=worker_id, lease_ms=lease_ms)
     assert got.jobs == []
-
-
-async def handed(engine: RedisEngine, worker_id: str = "w1") -> list[Job]:
-    """Wait like an idle worker does, then take what was handed."""
-    jobs: list[Job] = []
-
-    async def arrived() -> bool:
-        await engine.wait_for_jobs(["q"], 0.2)
-        jobs.extend(engine.take_handed(worker_id))
-        return bool(jobs)
-
-    await eventually(arrived, timeout=5, message="a handed job")
-    return jobs
 
 
 async def test_an_idle_worker_is_handed_the_new_job_claimed_for_it(

@@ -294,17 +294,22 @@ class PgCore:
                 )
                 async with conn:
                     await conn.execute(f"LISTEN {_ident(self.channel)}")
+                    await self._hand_offs_on(conn)
                     if reconnected:
-                        # Anything committed while we were not listening: wake everyone.
+                        # Anything committed while we were not listening: wake everyone,
+                        # and take the jobs handed to our workers meanwhile.
                         self._jobs_wake.notify()
                         self._events_wake.notify()
                         self._outbox_wake.notify()
+                        await self._handed_missed()
                     self._listening = True
                     self._listen_ready.set()
                     reconnected = True
                     delay = 0.1
                     async for note in conn.notifies():
-                        if note.payload == "jobs":
+                        if note.channel == self._hand_channel:
+                            self._handed_note(note.payload)
+                        elif note.payload == "jobs":
                             self._jobs_wake.notify()
                         elif note.payload == "outbox":
                             self._outbox_wake.notify()
@@ -315,8 +320,21 @@ class PgCore:
             except Exception as exc:  # keep listening: waiters poll until we are back
                 log.warning("Postgres LISTEN connection lost (%s); retrying in %.1fs", exc, delay)
             self._listening = False
+            self._hand_channel = None
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+    # --- the one-hop pickup's hooks (pickup.py) ----------------------------------------------
+    _hand_channel: str | None = None
+
+    async def _hand_offs_on(self, conn: AsyncConnection[Any]) -> None:
+        """A new LISTEN session: set up the hand-off channel on it (pickup.py)."""
+
+    async def _handed_missed(self) -> None:
+        """The listener reconnected: take the jobs handed meanwhile (pickup.py)."""
+
+    def _handed_note(self, payload: str) -> None:
+        """A notification on the hand-off channel (pickup.py)."""
 
     # --- transactions ---------------------------------------------------------------------
     async def _run(self, fn: Callable[[Conn], Awaitable[T]], *, single: bool = False) -> T:

@@ -32,7 +32,8 @@ from ...lifecycle import (
     TRANSITIONS,
 )
 from ..values import Exchange, Outcome
-from .connection import Conn, PgCore
+from .connection import Conn
+from .pickup import PgPickup
 from .queries import JOB_COLUMNS
 
 _LEASE_FAILED_DATA = orjson.dumps(LEASE_EXPIRED_EVENT).decode()
@@ -108,7 +109,7 @@ def enqueue_results(rows: Sequence[Sequence[Any]]) -> list[EnqueueResult]:
     return [EnqueueResult(str(r[0]), bool(r[1]), JobState(str(r[2]))) for r in rows]
 
 
-class PgFlow(PgCore):
+class PgFlow(PgPickup):
     """Producers and workers: the hot path."""
 
     # --- producers ------------------------------------------------------------------------
@@ -161,20 +162,34 @@ class PgFlow(PgCore):
         if limit > 0:
             await self._listen_from_now()
             self._exchange_generation = self._jobs_wake.generation
-        args = (outcomes_document(outcomes), list(queues), limit, worker_id, lease_ms, self._fixed)
+        args: tuple[Any, ...] = (
+            outcomes_document(outcomes),
+            list(queues),
+            limit,
+            worker_id,
+            lease_ms,
+            self._fixed,
+        )
         # Without outcomes nothing acknowledged rides on this commit: it need not wait for
-        # the WAL flush, the pickup's second one (queries.sql `exchange_claim`).
-        sql = self.q["exchange" if outcomes else "exchange_claim"]
+        # the WAL flush, the pickup's second one (queries.sql `exchange_claim`). A worker
+        # that takes handed jobs registers when it claims nothing (pickup.py).
+        waiting_args = self._exchange_waiting_args(worker_id, limit, args)
+        if waiting_args is None:
+            sql = self.q["exchange" if outcomes else "exchange_claim"]
+        else:
+            sql = self.q["exchange_waiting" if outcomes else "exchange_waiting_claim"]
+            args = waiting_args
 
-        async def call(conn: Conn) -> dict[str, Any]:
+        async def call(conn: Conn) -> tuple[dict[str, Any], int | None]:
             cur = conn.hot_cursor()
             await cur.execute(sql, args)
             row = await cur.fetchone()
             assert row is not None
             out: dict[str, Any] = orjson.loads(row[0])
-            return out
+            return out, (None if len(row) < 2 else int(row[1]))
 
-        result = await self._run(call, single=True)
+        result, waiting = await self._run(call, single=True)
+        self._after_exchange_waiting(worker_id, waiting, outcomes, limit, len(result["jobs"]))
         done = set(result["done"])
         exchange = Exchange(
             [decode_lenient(dict(zip(JOB_COLUMNS, row, strict=True))) for row in result["jobs"]],

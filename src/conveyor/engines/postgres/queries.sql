@@ -21,8 +21,12 @@ SELECT job_id, created, job_state FROM {schema}.enqueue(%s::jsonb, %s::bigint);
 -- told the app's quiet queues (rule 7): the first argument names them for this
 -- transaction (set_config(..., true)) before the function runs, since a function's
 -- arguments are evaluated before its body; one statement, so it holds in autocommit too.
+-- `conveyor.handoff` off: no job stored in a caller's transaction is handed to an idle
+-- worker (migration 0011), since its lease would run from before a COMMIT that may come
+-- much later.
 SELECT job_id, created, job_state FROM {schema}.enqueue(
-    CASE WHEN set_config('conveyor.unstreamed', %s, true) IS NULL THEN NULL ELSE %s::jsonb END,
+    CASE WHEN set_config('conveyor.unstreamed', %s, true) IS NULL
+         OR set_config('conveyor.handoff', 'off', true) IS NULL THEN NULL ELSE %s::jsonb END,
     %s::bigint);
 
 -- name: exchange
@@ -38,6 +42,31 @@ SELECT {schema}.exchange(%s::jsonb, %s::text[], %s, %s, %s, %s::bigint);
 -- outcomes, an enqueue) flushes it first, since the WAL is written in order.
 SELECT {schema}.exchange(%s::jsonb, %s::text[], %s, %s, %s, %s::bigint)
 FROM (SELECT set_config('synchronous_commit', 'off', true)) AS quick;
+
+-- name: exchange_waiting
+-- `exchange` for a worker that takes handed jobs (migration 0011: it registers when the
+-- claim found nothing). Returns exchange's JSON and the queues it is registered on.
+SELECT result, waiting FROM {schema}.exchange_waiting(%s::jsonb, %s::text[], %s, %s, %s,
+    %s::bigint, %s, %s, %s);
+
+-- name: exchange_waiting_claim
+-- `exchange_waiting` without outcomes: as `exchange_claim`, no wait for the WAL flush.
+SELECT w.result, w.waiting
+FROM (SELECT set_config('synchronous_commit', 'off', true)) AS quick,
+    {schema}.exchange_waiting(%s::jsonb, %s::text[], %s, %s, %s, %s::bigint, %s, %s, %s) w;
+
+-- name: handed_to
+-- Jobs handed to these workers (0011: handed tokens start with 'h') and still running.
+SELECT {job_columns} FROM {schema}.jobs
+WHERE state = 'running' AND worker = ANY(%s::text[]) AND token LIKE 'h%%';
+
+-- name: stop_waiting
+-- Waits for a producer handing this worker a job right now (its row lock), so once this
+-- returns every job handed to it is committed and in `handed_to`.
+DELETE FROM {schema}.waiting WHERE worker = %s;
+
+-- name: hold_alive
+SELECT pg_try_advisory_lock(%s);
 
 -- name: recover
 SELECT sum(r.stalled + r.failed)

@@ -12,7 +12,15 @@
 ALTER TABLE {schema}.events DROP CONSTRAINT IF EXISTS events_pkey;
 ALTER TABLE {schema}.events SET (autovacuum_vacuum_insert_scale_factor = 0.05);
 
--- 2. `claim_rows` (contract as in 0002): the rows locked by the SKIP LOCKED select are
+-- 2. A claim writes one index entry less for a job without a tenant: the index of running
+--    jobs by tenant (read to count a tenant's running jobs, `tenant = ...`, which implies
+--    the new predicate) no longer lists jobs that have none. A queue's running count reads
+--    `jobs_lease`, which lists every running job.
+DROP INDEX IF EXISTS {schema}.jobs_tenant_running;
+CREATE INDEX IF NOT EXISTS jobs_tenant_running ON {schema}.jobs (queue, tenant)
+    WHERE state = 'running' AND tenant IS NOT NULL;
+
+-- 3. `claim_rows` (contract as in 0002): the rows locked by the SKIP LOCKED select are
 --    updated by their tuple id (a TID scan), not looked up again by primary key (a bitmap
 --    scan of `jobs_pkey`, one text descent per job). A row locked FOR UPDATE cannot move
 --    before this transaction's own UPDATE, so the tuple id the lock returned is the row's.
@@ -62,7 +70,7 @@ BEGIN
 END
 $$;
 
--- 3. `exchange` (contract as in 0002), with generic plans for every statement it runs
+-- 4. `exchange` (contract as in 0002), with generic plans for every statement it runs
 --    (nested functions included): PL/pgSQL's plan cache otherwise settles per statement
 --    and per connection, from its first five calls, between a plan made for each call's
 --    values and one generic plan, so whether a backend re-plans the claim and the

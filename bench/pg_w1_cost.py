@@ -8,12 +8,14 @@ W1's protocol on Postgres without the harness: `--jobs` noop jobs enqueued with
 burst mode) drains them. Counted from the worker's start to the empty queue, per job:
 
 * statements (``pg_stat_statements`` calls, nested ones inside the functions included, as
-  ``track = all``) and the rows they returned or touched, with the ten costliest statements;
+  ``track = all``), the rows they returned or touched, and how often they were planned
+  (``track_planning = on``); ``--top`` lists the costliest statements;
 * WAL bytes (``pg_current_wal_lsn`` difference) and commits (``pg_stat_database``);
 * jobs-table updates, of which HOT (``pg_stat_user_tables``), and the exchange calls;
 * the backends' CPU (utime + stime from /proc; machine load inflates it, the counts not).
 
-The server must have ``pg_stat_statements`` in ``shared_preload_libraries`` and nobody else
+The server must have ``pg_stat_statements`` in ``shared_preload_libraries`` (with
+``pg_stat_statements.track = all`` and ``track_planning = on``) and nobody else
 using it (its counts are cluster-wide): start a private one with ``initdb`` and pass
 ``--port``. Each rep uses a fresh database.
 """
@@ -95,9 +97,12 @@ async def one_run(
         await app.connect()
         for start in range(0, jobs, 1000):
             await app.enqueue_many(
-                [{"task": "noop", "payload": {"i": i}} for i in range(start, min(jobs, start + 1000))]
+                [
+                    {"task": "noop", "payload": {"i": i}}
+                    for i in range(start, min(jobs, start + 1000))
+                ]
             )
-        time.sleep(0.5)  # let the enqueue's stats settle
+        await asyncio.sleep(0.5)  # let the enqueue's stats settle
         admin.execute("SELECT pg_stat_statements_reset()")
         admin.execute("SELECT pg_stat_clear_snapshot()")
         before = server_counts(admin, database)
@@ -112,12 +117,13 @@ async def one_run(
         assert done == jobs, f"only {done} of {jobs} completed"
     finally:
         await app.close()
-    time.sleep(0.7)  # stats are flushed by backends at most once a second / at exit
+    await asyncio.sleep(0.7)  # stats are flushed by backends at most once a second / at exit
     admin.execute("SELECT pg_stat_clear_snapshot()")
     after = server_counts(admin, database)
     tables1 = table_counts(url)
     stmts = admin.execute(
-        "SELECT calls, rows, total_exec_time, plans, total_plan_time, left(regexp_replace(query, '\\s+', ' ', 'g'), 100) AS q"
+        "SELECT calls, rows, total_exec_time, plans, total_plan_time,"
+        " left(regexp_replace(query, '\\s+', ' ', 'g'), 100)"
         " FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid"
         " WHERE d.datname = %s ORDER BY total_exec_time + total_plan_time DESC",
         (database,),
@@ -133,7 +139,8 @@ async def one_run(
         "wal_bytes/job": (after["wal_bytes"] - before["wal_bytes"]) / jobs,
         "wal_records/job": (after["wal_records"] - before["wal_records"]) / jobs,
         "commits/job": (after["commits"] - before["commits"]) / jobs,
-        "exchanges/job": sum(s[0] for s in stmts if s[5].startswith("SELECT \"conveyor\".exchange(")) / jobs,
+        "exchanges/job": sum(s[0] for s in stmts if s[5].startswith('SELECT "conveyor".exchange('))
+        / jobs,
         "plans/job": sum(s[3] for s in stmts) / jobs,
         "plan_ms/job": sum(s[4] for s in stmts) / jobs,
     }
@@ -169,7 +176,10 @@ def main() -> None:
             print(f"rep {rep + 1}: {line}", flush=True)
             if args.top:
                 for calls, rows, ms, plans, plan_ms, query in r["top"]:
-                    print(f"    {calls:>7} calls {rows:>7} rows {ms:9.1f} ms {plans:>6} plans {plan_ms:7.1f} ms  {query}")
+                    print(
+                        f"    {calls:>7} calls {rows:>7} rows {ms:9.1f} ms"
+                        f" {plans:>6} plans {plan_ms:7.1f} ms  {query}"
+                    )
     keys = [k for k in results[0] if k != "top" and isinstance(results[0][k], float)]
     print("median: " + ", ".join(f"{k} {statistics.median(r.get(k, 0.0) for r in results):,.2f}"
                                 for k in keys))  # fmt: skip

@@ -160,7 +160,10 @@ class PgCore:
         # was told nothing, which is the empty set.
         self._told: weakref.WeakKeyDictionary[Conn, frozenset[str]] = weakref.WeakKeyDictionary()
         self._events_maxlen = max(1, events_maxlen)
-        self._trim_every = max(64, self._events_maxlen // 10)
+        # Each trim finds its cut-off by walking back over the `maxlen` newest events, so
+        # it costs about maxlen + trim_every rows: every maxlen / 2 events that is 3 rows
+        # read per event written, where every maxlen / 10 it was 11 (bench/RESULTS.md, pgw1).
+        self._trim_every = max(64, self._events_maxlen // 2)
         self._events_since_trim = 0
         self._trim_queues: set[str] = set()
         self._trimmer: asyncio.Task[None] | None = None  # see _trim_soon

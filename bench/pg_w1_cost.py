@@ -1,0 +1,189 @@
+"""Postgres W1's server-side cost per job, counted by the server (load-independent).
+
+    .venv/bin/python bench/pg_w1_cost.py --port 55471 --reps 3
+    PYTHONPATH=/work/main/src .venv/bin/python bench/pg_w1_cost.py --port 55471   # main's tree
+
+W1's protocol on Postgres without the harness: `--jobs` noop jobs enqueued with
+``enqueue_many`` (1,000 a statement), then one in-process worker (concurrency `--concurrency`,
+burst mode) drains them. Counted from the worker's start to the empty queue, per job:
+
+* statements (``pg_stat_statements`` calls, nested ones inside the functions included, as
+  ``track = all``), the rows they returned or touched, and how often they were planned
+  (``track_planning = on``); ``--top`` lists the costliest statements;
+* WAL bytes (``pg_current_wal_lsn`` difference) and commits (``pg_stat_database``);
+* jobs-table updates, of which HOT (``pg_stat_user_tables``), and the exchange calls;
+* the backends' CPU (utime + stime from /proc; machine load inflates it, the counts not).
+
+The server must have ``pg_stat_statements`` in ``shared_preload_libraries`` (with
+``pg_stat_statements.track = all`` and ``track_planning = on``) and nobody else
+using it (its counts are cluster-wide): start a private one with ``initdb`` and pass
+``--port``. Each rep uses a fresh database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+import conveyor
+from conveyor import Conveyor, Job, Worker
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def backend_cpu(database: str) -> dict[int, float]:
+    """CPU seconds of each backend serving `database` (by process title)."""
+    out = {}
+    needle = f" {database} ".encode()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            title = Path(entry.path, "cmdline").read_bytes()
+            if not (title.startswith(b"postgres: ") and needle in title):
+                continue
+            fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[int(entry.name)] = (int(fields[11]) + int(fields[12])) / _TICK
+    return out
+
+
+def server_counts(admin: psycopg.Connection[Any], database: str) -> dict[str, float]:
+    row = admin.execute(
+        "SELECT pg_current_wal_lsn() - '0/0'::pg_lsn, d.xact_commit,"
+        " (SELECT wal_records FROM pg_stat_wal)"
+        " FROM pg_stat_database d WHERE d.datname = %s",
+        (database,),
+    ).fetchone()
+    assert row is not None
+    return {"wal_bytes": float(row[0]), "commits": float(row[1]), "wal_records": float(row[2])}
+
+
+def table_counts(url: str) -> dict[str, float]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT relname, n_tup_ins, n_tup_upd, n_tup_hot_upd, n_tup_del, autovacuum_count,"
+            " autoanalyze_count FROM pg_stat_user_tables WHERE schemaname = 'conveyor'"
+        ).fetchall()
+    out: dict[str, float] = {}
+    for name, ins, upd, hot, dele, av, aa in rows:
+        out |= {f"{name}.ins": ins, f"{name}.upd": upd, f"{name}.hot": hot, f"{name}.del": dele,
+                f"{name}.autovacuum": av, f"{name}.autoanalyze": aa}  # fmt: skip
+    return out
+
+
+async def one_run(
+    server: str, admin: psycopg.Connection[Any], jobs: int, concurrency: int, rep: int
+) -> dict[str, Any]:
+    database = f"pgw1_cost_{os.getpid()}_{rep}"
+    admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    admin.execute(f'CREATE DATABASE "{database}"')
+    url = f"{server}/{database}"
+    app = Conveyor(f"{url}?schema=conveyor")
+
+    @app.task("noop", queue="bench", max_attempts=1)
+    async def noop(job: Job) -> None:
+        return None
+
+    try:
+        await app.connect()
+        for start in range(0, jobs, 1000):
+            await app.enqueue_many(
+                [
+                    {"task": "noop", "payload": {"i": i}}
+                    for i in range(start, min(jobs, start + 1000))
+                ]
+            )
+        await asyncio.sleep(0.5)  # let the enqueue's stats settle
+        admin.execute("SELECT pg_stat_statements_reset()")
+        admin.execute("SELECT pg_stat_clear_snapshot()")
+        before = server_counts(admin, database)
+        tables0 = table_counts(url)
+        cpu0 = backend_cpu(database)
+        worker = Worker(app, queues=("bench",), concurrency=concurrency, burst=True)
+        t0 = time.perf_counter()
+        await worker.run()
+        elapsed = time.perf_counter() - t0
+        cpu1 = backend_cpu(database)
+        done = (await app.counts("bench")).completed
+        assert done == jobs, f"only {done} of {jobs} completed"
+    finally:
+        await app.close()
+    await asyncio.sleep(0.7)  # stats are flushed by backends at most once a second / at exit
+    admin.execute("SELECT pg_stat_clear_snapshot()")
+    after = server_counts(admin, database)
+    tables1 = table_counts(url)
+    stmts = admin.execute(
+        "SELECT calls, rows, total_exec_time, plans, total_plan_time,"
+        " left(regexp_replace(query, '\\s+', ' ', 'g'), 100)"
+        " FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid"
+        " WHERE d.datname = %s ORDER BY total_exec_time + total_plan_time DESC",
+        (database,),
+    ).fetchall()
+    admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    cpu = sum(v - cpu0.get(pid, 0.0) for pid, v in cpu1.items())
+    out: dict[str, Any] = {
+        "jobs/s": jobs / elapsed,
+        "cpu_us/job": cpu * 1e6 / jobs,
+        "statements/job": sum(s[0] for s in stmts) / jobs,
+        "rows/job": sum(s[1] for s in stmts) / jobs,
+        "exec_ms/job": sum(s[2] for s in stmts) / jobs,
+        "wal_bytes/job": (after["wal_bytes"] - before["wal_bytes"]) / jobs,
+        "wal_records/job": (after["wal_records"] - before["wal_records"]) / jobs,
+        "commits/job": (after["commits"] - before["commits"]) / jobs,
+        "exchanges/job": sum(s[0] for s in stmts if s[5].startswith('SELECT "conveyor".exchange('))
+        / jobs,
+        "plans/job": sum(s[3] for s in stmts) / jobs,
+        "plan_ms/job": sum(s[4] for s in stmts) / jobs,
+    }
+    for key in sorted(tables1):
+        delta = tables1[key] - tables0.get(key, 0)
+        if delta and not key.endswith(("autovacuum", "autoanalyze")):
+            out[f"{key}/job"] = delta / jobs
+        elif delta:
+            out[key] = delta
+    out["top"] = stmts[:25]
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=55471)
+    parser.add_argument("--jobs", type=int, default=20_000)
+    parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--top", action="store_true", help="print the costliest statements")
+    args = parser.parse_args()
+    server = f"postgresql://postgres@127.0.0.1:{args.port}"
+    print(f"conveyor from {Path(conveyor.__file__).parent}", flush=True)
+    results = []
+    with psycopg.connect(f"{server}/postgres", autocommit=True) as admin:
+        admin.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        for rep in range(args.reps):
+            r = asyncio.run(one_run(server, admin, args.jobs, args.concurrency, rep))
+            results.append(r)
+            line = ", ".join(
+                f"{k} {v:,.2f}" for k, v in r.items() if k != "top" and isinstance(v, float)
+            )
+            print(f"rep {rep + 1}: {line}", flush=True)
+            if args.top:
+                for calls, rows, ms, plans, plan_ms, query in r["top"]:
+                    print(
+                        f"    {calls:>7} calls {rows:>7} rows {ms:9.1f} ms"
+                        f" {plans:>6} plans {plan_ms:7.1f} ms  {query}"
+                    )
+    keys = [k for k in results[0] if k != "top" and isinstance(results[0][k], float)]
+    print("median: " + ", ".join(f"{k} {statistics.median(r.get(k, 0.0) for r in results):,.2f}"
+                                for k in keys))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -49,6 +49,7 @@ __all__ = [
     "parse_cursor",
     "parse_queries",
     "queue_counts",
+    "read_positions",
     "refuse_unless",
     "retry_all_pages",
     "tally_minutes",
@@ -210,6 +211,20 @@ def tally_minutes(buckets: list[int], rows: Iterable[Sequence[Any]]) -> None:
 
 
 # --- events -----------------------------------------------------------------------------
+
+
+async def read_positions(
+    queues: Sequence[str],
+    since: Mapping[str, str] | None,
+    last_event_ids: Callable[[Sequence[str]], Awaitable[dict[str, str]]],
+) -> dict[str, str]:
+    """Where a reader of `queues` starts: after the event id `since` names for a queue,
+    and at "now" (the engine's `last_event_ids`) for a queue it does not name."""
+    positions = dict(since or {})
+    missing = [q for q in queues if q not in positions]
+    if missing:
+        positions.update(await last_event_ids(missing))
+    return positions
 
 
 def event_of(row: Sequence[Any]) -> Event:

@@ -12,7 +12,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from ...job import Job, JobState, decode_job
-from ..sql_common import event_of, job_page, page_start, parse_cursor, queue_counts, tally_minutes
+from ..sql_common import (
+    event_of,
+    job_page,
+    page_start,
+    parse_cursor,
+    queue_counts,
+    read_positions,
+    tally_minutes,
+)
 from ..values import Event, JobPage, QueueCounts, Throughput
 from .connection import POLL_INTERVAL_S, Conn, PgCore
 
@@ -114,10 +122,7 @@ class PgReadModel(PgCore):
         0010). Blocks up to `block_ms` when there is nothing yet (woken by NOTIFY, which
         Postgres delivers after the commit).
         """
-        positions = dict(since or {})
-        missing = [q for q in queues if q not in positions]
-        if missing:
-            positions.update(await self.last_event_ids(missing))
+        positions = await read_positions(queues, since, self.last_event_ids)
         after = {q: _position(positions[q]) for q in queues}
         loop = asyncio.get_running_loop()
         deadline = loop.time() + block_ms / 1000

@@ -13,7 +13,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from ...job import Job, JobState, decode_job
-from ..sql_common import event_of, job_page, page_start, parse_cursor, queue_counts, tally_minutes
+from ..sql_common import (
+    event_of,
+    job_page,
+    page_start,
+    parse_cursor,
+    queue_counts,
+    read_positions,
+    tally_minutes,
+)
 from ..values import Event, JobPage, QueueCounts, Throughput
 from .connection import Q, SqliteCore
 
@@ -94,10 +102,7 @@ class SqliteReadModel(SqliteCore):
         Blocks up to `block_ms` when there is nothing yet (another process's commit is
         noticed through ``PRAGMA data_version``, as in `wait_for_jobs`).
         """
-        positions = dict(since or {})
-        missing = [q for q in queues if q not in positions]
-        if missing:
-            positions.update(await self.last_event_ids(missing))
+        positions = await read_positions(queues, since, self.last_event_ids)
         after = {q: _int_id(positions[q]) for q in queues}
         loop = asyncio.get_running_loop()
         deadline = loop.time() + block_ms / 1000

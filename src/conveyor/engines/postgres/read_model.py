@@ -12,15 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ...job import Job, JobState, decode_job
-from ..sql_common import (
-    event_of,
-    job_page,
-    page_start,
-    parse_cursor,
-    queue_counts,
-    read_positions,
-    tally_minutes,
-)
+from .. import sql_common
 from ..values import Event, JobPage, QueueCounts, Throughput
 from .connection import POLL_INTERVAL_S, Conn, PgCore
 
@@ -62,7 +54,7 @@ class PgReadModel(PgCore):
                 cur = await conn.execute(self.q["finished_since"], (queue, state, since))
                 row = await cur.fetchone()
                 finished[state] = int(row[0]) if row else 0
-            return queue_counts(
+            return sql_common.queue_counts(
                 queue,
                 depths,
                 paused=bool(paused and paused[0]),
@@ -89,7 +81,7 @@ class PgReadModel(PgCore):
         """
         state = JobState(state)
         limit = max(1, limit)
-        k1, k2 = page_start(state, parse_cursor(cursor))
+        k1, k2 = sql_common.page_start(state, sql_common.parse_cursor(cursor))
 
         async def read(conn: Conn) -> JobPage:
             args: dict[str, Any] = {"queue": queue, "tenant": tenant, "n": limit + 1}
@@ -105,7 +97,7 @@ class PgReadModel(PgCore):
                 )
                 args.update(k1=k1, k2=k2, state=state.value)
             cur = await conn.execute(self.q[name], args)
-            return job_page(state, await cur.fetchall(), limit, self._fields)
+            return sql_common.job_page(state, await cur.fetchall(), limit, self._fields)
 
         return await self._run(read)
 
@@ -122,7 +114,7 @@ class PgReadModel(PgCore):
         0010). Blocks up to `block_ms` when there is nothing yet (woken by NOTIFY, which
         Postgres delivers after the commit).
         """
-        positions = await read_positions(queues, since, self.last_event_ids)
+        positions = await sql_common.read_positions(queues, since, self.last_event_ids)
         after = {q: _position(positions[q]) for q in queues}
         loop = asyncio.get_running_loop()
         deadline = loop.time() + block_ms / 1000
@@ -139,7 +131,7 @@ class PgReadModel(PgCore):
             rows.sort(key=lambda r: (int(r[9]), int(r[0])))
             events = []
             for r in rows[:count]:
-                event = event_of(r[:9])
+                event = sql_common.event_of(r[:9])
                 event.id = f"{r[9]}-{r[0]}"
                 events.append(event)
             return events
@@ -189,7 +181,7 @@ class PgReadModel(PgCore):
                     self.q["throughput"],
                     {"end": end, "queue": queue, "state": state, "since": end - minutes * 60_000},
                 )
-                tally_minutes(buckets, await cur.fetchall())
+                sql_common.tally_minutes(buckets, await cur.fetchall())
             return out
 
         return await self._run(read)

@@ -13,15 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ...job import Job, JobState, decode_job
-from ..sql_common import (
-    event_of,
-    job_page,
-    page_start,
-    parse_cursor,
-    queue_counts,
-    read_positions,
-    tally_minutes,
-)
+from .. import sql_common
 from ..values import Event, JobPage, QueueCounts, Throughput
 from .connection import Q, SqliteCore
 
@@ -53,7 +45,7 @@ class SqliteReadModel(SqliteCore):
             paused = conn.execute(Q["queue_paused"], (queue,)).fetchone()
             oldest = conn.execute(Q["oldest_pending"], (queue,)).fetchone()[0]
             since = self.clock.now_ms() - 60_000
-            return queue_counts(
+            return sql_common.queue_counts(
                 queue,
                 conn.execute(Q["queue_counts"], (queue,)),
                 paused=bool(paused and paused[0]),
@@ -85,10 +77,10 @@ class SqliteReadModel(SqliteCore):
         """
         state = JobState(state)
         limit = max(1, limit)
-        key = parse_cursor(cursor)
+        key = sql_common.parse_cursor(cursor)
 
         def read(conn: sqlite3.Connection) -> JobPage:
-            return job_page(
+            return sql_common.job_page(
                 state, _page(conn, queue, state, tenant, key, limit + 1), limit, self._fields
             )
 
@@ -102,7 +94,7 @@ class SqliteReadModel(SqliteCore):
         Blocks up to `block_ms` when there is nothing yet (another process's commit is
         noticed through ``PRAGMA data_version``, as in `wait_for_jobs`).
         """
-        positions = await read_positions(queues, since, self.last_event_ids)
+        positions = await sql_common.read_positions(queues, since, self.last_event_ids)
         after = {q: _int_id(positions[q]) for q in queues}
         loop = asyncio.get_running_loop()
         deadline = loop.time() + block_ms / 1000
@@ -113,7 +105,7 @@ class SqliteReadModel(SqliteCore):
             for queue in queues:
                 rows.extend(conn.execute(Q["read_events"], (queue, after[queue], count)))
             rows.sort(key=lambda r: int(r[0]))
-            return version, [event_of(r) for r in rows[:count]]
+            return version, [sql_common.event_of(r) for r in rows[:count]]
 
         closes = self._closes
         while True:
@@ -151,7 +143,7 @@ class SqliteReadModel(SqliteCore):
                     Q["throughput"],
                     {"end": end, "queue": queue, "state": state, "since": end - minutes * 60_000},
                 )
-                tally_minutes(buckets, rows)
+                sql_common.tally_minutes(buckets, rows)
             return out
 
         return await self._call(read)
@@ -172,7 +164,7 @@ def _pending(
         same = {**args, "priority": key[0], "seq": key[1]}
         rows = conn.execute(Q[f"list_pending_{bucket}_same"], same).fetchall()
     if len(rows) < args["n"]:
-        priority = page_start(JobState.PENDING, key)[0]
+        priority = sql_common.page_start(JobState.PENDING, key)[0]
         lower = {**args, "priority": priority, "n": args["n"] - len(rows)}
         rows += conn.execute(Q[f"list_pending_{bucket}_lower"], lower).fetchall()
     return rows
@@ -199,7 +191,7 @@ def _page(
     # A tenant filter has its own queries (and migration 0002's indexes).
     suffix = "" if tenant is None else "_tenant"
     name = _LISTING.get(state, "list_finished") + suffix
-    k1, k2 = page_start(state, key)
+    k1, k2 = sql_common.page_start(state, key)
     return conn.execute(Q[name], {**args, "state": state.value, "k1": k1, "k2": k2}).fetchall()
 
 

@@ -167,11 +167,13 @@ def _parts(r: redis.Redis, tag: str, ids: list[str], state: str, n: int, used: f
     keys = [f"{tag}:job:{i}" for i in ids]
     job = statistics.mean(int(r.memory_usage(k, samples=0) or 0) for k in keys)
     zset = int(r.memory_usage(f"{tag}:{state}", samples=0) or 0) / n
+    fifo = int(r.memory_usage(f"{tag}:fifo", samples=0) or 0) / n  # pending at priority 0
     events = int(r.memory_usage(f"{tag}:events", samples=0) or 0) / n
     return (
         f"{state} x{n:,}: {used:.0f} B/job (used_memory); job hash {job:.0f} B "
         f"({r.object('encoding', keys[0])}, fields {sorted(r.hkeys(keys[0]))}), "
-        f"{state} zset {zset:.0f} B/job, events stream {events:.0f} B/job; id {ids[0]!r}"
+        f"{state} zset {zset:.0f} B/job, fifo list {fifo:.0f} B/job, "
+        f"events stream {events:.0f} B/job; id {ids[0]!r}"
     )
 
 
@@ -192,7 +194,11 @@ async def memory(url: str, n: int) -> None:
         count = min(1000, n - start)
         await app.enqueue_many([{"task": "job", "payload": {"t": 0, "s": 0}}] * count)
     used = (int(r.info("memory")["used_memory"]) - m0) / n
-    ids = cast(list[str], r.zrange(f"{tag}:pending", 0, 199))
+    # Pending jobs at priority 0 are in the fifo list (seq, then the id less "<queue>:"),
+    # on main in the zset.
+    ids = cast(list[str], r.zrange(f"{tag}:pending", 0, 199)) or [
+        f"{QUEUE}:{e}" for e in cast(list[str], r.lrange(f"{tag}:fifo", 0, 399))[1::2]
+    ]
     print(_parts(r, tag, ids, "pending", n, used))
     worker = Worker(app, queues=(QUEUE,), concurrency=50, burst=True, close_app=False)
     await worker.run()

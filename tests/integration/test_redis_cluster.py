@@ -85,7 +85,7 @@ async def test_a_queue_lives_on_one_master_and_ids_route_to_it(
             port, _ = redis_cluster.owner(f"{{{prefix}:{q}}}")
             node = raw.get_node(host="127.0.0.1", port=port)
             keys = await raw.keys(f"{{{prefix}:{q}}}*", target_nodes=node)
-            assert any(":job:" in k for k in keys) and any(k.endswith(":pending") for k in keys)
+            assert any(":job:" in k for k in keys) and any(k.endswith(":fifo") for k in keys)
         assert await app.queue_names() == sorted(queues)
         assert {c.queue: c.pending for c in [await app.counts(q) for q in queues]} == {
             q: 5 for q in queues

@@ -578,3 +578,59 @@ async def test_worker_resumes_after_a_redis_restart(private_redis) -> None:  # t
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_pending_jobs_stored_before_the_fifo_drain_first_and_in_order(
+    engine: RedisEngine, redis_url: str
+) -> None:
+    """A queue written by the version without the fifo list has its priority-0 jobs in
+    the pending zset: they are listed, counted, cancelled and claimed with the new ones,
+    in the one order (theirs first: their places were taken earlier)."""
+    keys = KeyLayout(engine.prefix).queue("q")
+    raw = aioredis.Redis.from_url(redis_url.split("?")[0], decode_responses=True)
+    try:
+        await engine.enqueue([new()])  # the queue exists; its seq counter has moved
+        [warm] = (await claim(engine)).jobs
+        base = 100 * (1 << 44) + (1 << 43)  # priority 0: MAX_PRIORITY * BAND + MID
+        old = [new() for _ in range(3)]
+        for i, job in enumerate(old):  # the old layout: pending at priority 0 in the zset
+            await raw.hset(keys.job(job.id), mapping={
+                "task": "t", "payload": "{}", "created_ms": 1, "state": "pending",
+            })  # fmt: skip
+            await raw.zadd(keys.pending, {job.id: base + 10 + i})
+        await raw.set(keys.seq, 100)  # the old version took seqs 10-12 from it
+        fresh = [new() for _ in range(2)]
+        await engine.enqueue(fresh)
+        assert await raw.llen(keys.fifo) == 4  # two entries a job: seq, id
+        want = [j.id for j in [*old, *fresh]]
+        assert [j.id for j in (await engine.list_jobs("q", JobState.PENDING)).jobs] == want
+        assert (await engine.counts("q")).pending == 5
+        await engine.cancel_job(old[1].id)
+        await engine.cancel_job(fresh[0].id)
+        got = [j.id for j in (await claim(engine)).jobs]
+        assert got == [old[0].id, old[2].id, fresh[1].id] and warm.id not in got
+        assert await raw.exists(keys.pending, keys.fifo) == 0
+    finally:
+        await raw.aclose()
+
+
+async def test_fifo_cancel_finds_the_job_whatever_its_id_looks_like(engine: RedisEngine) -> None:
+    """A fifo job is two list entries, its seq then its id less "q:": an id whose rest is
+    a number equal to some seq must not be taken for that seq entry, and a job pushed back
+    (promoted) is found from the tail."""
+    jobs = [
+        NewJob(id=f"q:{n}", queue="q", task="t", payload_json="{}", max_attempts=3)
+        for n in range(1, 6)
+    ]
+    for job in jobs:
+        await engine.enqueue([job])  # seqs 1-5: the seq entries read "1" .. "5" too
+    late = new(delay_ms=60_000)
+    await engine.enqueue([late])
+    await engine.promote_job(late.id)
+    await engine.cancel_job("q:3")
+    await engine.cancel_job(late.id)
+    await engine.cancel_job("q:1")
+    listed = [j.id for j in (await engine.list_jobs("q", JobState.PENDING, limit=2)).jobs]
+    assert listed == ["q:2", "q:4"]
+    assert [j.id for j in (await claim(engine)).jobs] == ["q:2", "q:4", "q:5"]
+    assert (await engine.counts("q")).pending == 0

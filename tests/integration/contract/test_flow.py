@@ -426,3 +426,47 @@ async def test_jobs_due_at_the_same_moment_become_pending_in_enqueue_order(
     await clocked.enqueue(batch)
     clock.advance(5)
     assert [j.id for j in await claim(clocked, 6)] == [j.id for j in batch]
+
+
+async def test_mixed_priorities_keep_one_order_through_pages_cancels_and_releases(
+    engine: Engine, app: Conveyor
+) -> None:
+    """Jobs at priority 0 queued at the back and the others (other priorities, released
+    to the front) share one claim order, whatever each engine keeps them in (Redis: a
+    list for the first kind, a sorted set for the rest): listed in pages, cancelled from
+    the middle, released, and claimed in batches."""
+    names = ["a0", "b5", "c0", "d-1", "e0", "f5", "g0", "h-1", "i0"]
+    jobs = {}
+    for n in names:  # one call each, so each takes its own place in line
+        jobs[n] = app.build("t", {"n": n}, priority=int(n[1:]))
+        await engine.enqueue([jobs[n]])
+
+    async def listed(size: int) -> list[str]:
+        out: list[str] = []
+        cursor = None
+        while True:
+            page = await engine.list_jobs("q", JobState.PENDING, limit=size, cursor=cursor)
+            out += [j.payload["n"] for j in page.jobs]
+            cursor = page.cursor
+            if cursor is None:
+                return out
+
+    order = ["b5", "f5", "a0", "c0", "e0", "g0", "i0", "d-1", "h-1"]
+    assert await listed(2) == order and await listed(100) == order
+    await engine.cancel_job(jobs["e0"].id)  # from the middle of the priority-0 line
+    got = await claim(engine, 3)
+    assert [j.payload["n"] for j in got] == ["b5", "f5", "a0"]
+    await finish(engine, Outcome(jobs["a0"].id, str(got[2].token), "release"))
+    assert (await engine.counts("q")).pending == 6
+    assert await listed(4) == ["a0", "c0", "g0", "i0", "d-1", "h-1"]
+    # A tenant job at priority 0 lists in the order it was queued among the others.
+    tenant_job = app.build("t", {"n": "t0"}, tenant="acme")
+    await engine.enqueue([tenant_job])
+    last = app.build("t", {"n": "j0"})
+    await engine.enqueue([last])
+    assert await listed(3) == ["a0", "c0", "g0", "i0", "t0", "j0", "d-1", "h-1"]
+    await engine.cancel_job(tenant_job.id)
+    got = await claim(engine, 3)
+    got += await claim(engine, 10)
+    assert [j.payload["n"] for j in got] == ["a0", "c0", "g0", "i0", "j0", "d-1", "h-1"]
+    assert (await engine.counts("q")).pending == 0

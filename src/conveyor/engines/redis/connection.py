@@ -70,6 +70,7 @@ _QUEUE_SCRIPTS = (
     "set_limits",
     "tenant_backfill",
     "enqueue_flow",
+    "list_fifo",
 )
 _PICKUP_SCRIPTS = ("enqueue", "exchange")
 _WORKER_SCRIPTS = ("register_worker", "unregister_worker", "workers")

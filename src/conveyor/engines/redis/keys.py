@@ -10,7 +10,14 @@ slot and a script that touches them is legal on Redis Cluster. Per queue:
                              errors as `err:<n>` fields, `score`: its pending score when
                              last pushed or claimed, kept by a job recovered from an
                              expired lease; a job stored pending has it in its bucket only)
-{p:q}:pending        zset    jobs WITHOUT a tenant, score = (MAX_PRIORITY - priority) *
+{p:q}:fifo           list    jobs WITHOUT a tenant at priority 0 queued at the back (most
+                             jobs) in FIFO order, two entries each: seq, then the id after
+                             "<q>:" (':' + id for an id that does not start with it). Its
+                             score is MAX_PRIORITY * PRIORITY_BAND + PRIORITY_MID + seq, so
+                             the list is in score order and merges with `pending` (the
+                             claim takes the lower head; see lua/_lib.lua). ~30 B a job,
+                             where a zset entry costs ~120 B.
+{p:q}:pending        zset    the other jobs WITHOUT a tenant, score = (MAX_PRIORITY - priority) *
                              PRIORITY_BAND + PRIORITY_MID + seq (claim order; constants in
                              `conveyor.lifecycle`); released jobs use PRIORITY_MID - front,
                              so they lead their priority
@@ -113,6 +120,7 @@ class QueueKeys:
     waiting: str
     inbox_prefix: str
     parents: str
+    fifo: str
     tindexed: str
     wake_channel: str
 
@@ -144,6 +152,7 @@ class QueueKeys:
             self.waiting,
             self.inbox_prefix,
             self.parents,
+            self.fifo,
         ]
 
     def job(self, job_id: str) -> str:
@@ -250,6 +259,7 @@ class KeyLayout:
             waiting=f"{tag}:waiting",
             inbox_prefix=f"{tag}:inbox:",
             parents=f"{tag}:parents",
+            fifo=f"{tag}:fifo",
             tindexed=f"{tag}:tindexed",
             wake_channel=f"{self.prefix}:wake:{name}",
         )

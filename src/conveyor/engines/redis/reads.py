@@ -220,10 +220,10 @@ class RedisReads(RedisBase):
     ) -> JobPage:
         """Pending jobs in the queue's priority/FIFO order, after the score `after`.
 
-        Jobs without a tenant and tenant jobs live in two zsets with the same scores
-        (see keys.py): a page reads `limit + 1` from each and merges them. The cursor is
-        the score of the page's last job (scores are unique: each comes from a counter).
-        A tenant's jobs are its bucket alone.
+        Jobs without a tenant (two structures: the fifo list and a zset) and tenant jobs
+        (a zset) share one score order (see keys.py): a page reads `limit + 1` from each
+        and merges them. The cursor is the score of the page's last job (scores are
+        unique: each comes from a counter). A tenant's jobs are its bucket alone.
         """
         keys = self._keys.queue(queue)
         zkeys = [keys.bucket(tenant)] if tenant is not None else [keys.pending, keys.tpending]
@@ -232,6 +232,9 @@ class RedisReads(RedisBase):
             for zkey in zkeys:
                 pipe.zrangebyscore(zkey, low, "+inf", start=0, num=limit + 1, withscores=True)
             replies = await pipe.execute()
+        if tenant is None:
+            flat = await self._run("list_fifo", queue, "" if after is None else after, limit + 1)
+            replies.append(list(zip(flat[::2], flat[1::2], strict=True)))
         entries = sorted(
             ((int(score), job_id) for reply in replies for job_id, score in reply),
         )[: limit + 1]

@@ -27,6 +27,8 @@
 --   KEYS[23] waiting zset (idle workers that take handed jobs; see _pickup.lua)
 --   KEYS[24] inbox prefix "{p:q}:inbox:" (a worker's handed jobs: KEYS[24] .. worker)
 --   KEYS[25] parents zset (flow parents in waiting-children; see _flows.lua)
+--   KEYS[26] fifo list (pending jobs without a tenant at priority 0, queued at the back:
+--            most jobs; see FIFO_BASE)
 -- and the same ARGV header:
 --   ARGV[1]  wake-up channel   ARGV[2]  events stream max length (UNSTREAMED_MAXLEN:
 --            the queue has no event log, see emit)   ARGV[3]  queue name
@@ -38,7 +40,7 @@ local K_DEDUPE, K_PAUSED, K_EVENTS, K_SEQ, K_FRONT = KEYS[8], KEYS[9], KEYS[10],
 local K_TPENDING, K_TBUCKET, K_READY, K_TRUNNING = KEYS[13], KEYS[14], KEYS[15], KEYS[16]
 local K_LIMITS, K_RATE, K_TRATE, K_TURN = KEYS[17], KEYS[18], KEYS[19], KEYS[20]
 local K_SERVED, K_TSTATE, K_WAITING, K_INBOX = KEYS[21], KEYS[22], KEYS[23], KEYS[24]
-local K_PARENTS = KEYS[25]
+local K_PARENTS, K_FIFO = KEYS[25], KEYS[26]
 local WAKE_CHANNEL, EVENTS_MAXLEN, QUEUE = ARGV[1], ARGV[2], ARGV[3]
 local NOW = clock_ms(ARGV[4])
 
@@ -130,10 +132,108 @@ local function pending_score(priority, place, kept, seq)
   return base + (seq or redis.call('INCR', K_SEQ))
 end
 
--- Index a job as pending under `score`: a job without a tenant goes to K_PENDING, a
--- tenant job to its tenant's bucket (and K_TPENDING, the index of all tenant jobs).
+-- The bucket of jobs without a tenant is two structures. Most of its jobs are at priority
+-- 0 and were queued at the back: in that order they are simply FIFO, so they go to a list,
+-- K_FIFO (~30 B of Redis memory a job, where a sorted-set entry costs ~120 B). The rest
+-- (other priorities, jobs released to the front, a recovered job keeping its place) stay
+-- in the K_PENDING zset. A fifo job is two entries: its seq (an integer, a few bytes in
+-- the list), then its id less "<queue>:" (a job's id starts with its queue's name:
+-- stored once in the key; ':' .. id for any other id, as the rest of a queue's id never
+-- holds ':'). Its score would be FIFO_BASE + seq, and as seqs are taken from K_SEQ when
+-- a job is pushed, the list is in score order. The claim takes whichever head has the
+-- lower score (pop_untenanted), so the order is exactly the zset's alone. A queue stored
+-- before the fifo existed has its jobs in the zset only, read the same way.
+local FIFO_BASE = MAX_PRIORITY * PRIORITY_BAND + PRIORITY_MID
+-- Never an entry (an id entry starting with ':' has an id after it): what fifo_remove
+-- overwrites a job's two entries with before it removes them.
+local FIFO_GONE = ':'
+
+local function fifo_id_entry(id)
+  if string.sub(id, 1, #QUEUE + 1) == QUEUE .. ':' then
+    return string.sub(id, #QUEUE + 2)
+  end
+  return ':' .. id
+end
+
+local function fifo_id(entry)
+  if string.sub(entry, 1, 1) == ':' then return string.sub(entry, 2) end
+  return QUEUE .. ':' .. entry
+end
+
+-- Append the fifo pairs of `entries` (a flat LRANGE/LPOP reply) to `out` as id, score.
+local function fifo_pairs(entries, out)
+  for i = 1, #entries, 2 do
+    out[#out + 1] = fifo_id(entries[i + 1])
+    out[#out + 1] = num(FIFO_BASE + tonumber(entries[i]))
+  end
+  return out
+end
+
+-- How many jobs bucket `tenant` holds ('' = the jobs without a tenant).
+local function bucket_len(tenant)
+  if tenant == '' then
+    return redis.call('ZCARD', K_PENDING) + redis.call('LLEN', K_FIFO) / 2
+  end
+  return redis.call('ZCARD', K_TBUCKET .. tenant)
+end
+
+-- Whether no job without a tenant is pending: one command for both structures (Redis
+-- deletes an emptied list or zset, so neither key exists then).
+local function untenanted_empty()
+  return redis.call('EXISTS', K_PENDING, K_FIFO) == 0
+end
+
+-- Take the first `count` pending jobs without a tenant out of line. Returns a flat array
+-- like ZPOPMIN's: id, score (a string), ...
+local function pop_untenanted(count)
+  if redis.call('ZCARD', K_PENDING) == 0 then -- the common case: the fifo alone
+    return fifo_pairs(redis.call('LPOP', K_FIFO, count * 2) or {}, {})
+  end
+  local z = redis.call('ZRANGE', K_PENDING, 0, count - 1, 'WITHSCORES')
+  local f = fifo_pairs(redis.call('LRANGE', K_FIFO, 0, count * 2 - 1), {})
+  local out = {}
+  local zi, fi = 1, 1
+  while #out < count * 2 and (zi <= #z or fi <= #f) do
+    local a, b = z, zi
+    if fi <= #f and (zi > #z or tonumber(f[fi + 1]) < tonumber(z[zi + 1])) then
+      a, b, fi = f, fi, fi + 2
+    else
+      zi = zi + 2
+    end
+    out[#out + 1] = a[b]
+    out[#out + 1] = a[b + 1]
+  end
+  if zi > 1 then redis.call('ZPOPMIN', K_PENDING, (zi - 1) / 2) end
+  if fi > 1 then redis.call('LPOP', K_FIFO, fi - 1) end
+  return out
+end
+
+-- Take job `id` out of the fifo: LPOS finds its id entry (the first at an odd index: a
+-- seq entry may look the same), both entries are overwritten with FIFO_GONE and LREM
+-- drops them: each a scan in Redis's C as far as the job, O(its place), as BullMQ's
+-- LREM. `from_tail`: a job pushed back to pending (retried, promoted) is near the tail.
+local function fifo_remove(id, from_tail)
+  local entry, step = fifo_id_entry(id), 1
+  if from_tail then step = -1 end
+  local rank = step
+  while true do
+    local pos = redis.call('LPOS', K_FIFO, entry, 'RANK', rank)
+    if not pos then return end
+    if pos % 2 == 1 then
+      redis.call('LSET', K_FIFO, pos, FIFO_GONE)
+      redis.call('LSET', K_FIFO, pos - 1, FIFO_GONE)
+      redis.call('LREM', K_FIFO, 2 * step, FIFO_GONE)
+      return
+    end
+    rank = rank + step
+  end
+end
+
+-- Index a job as pending under `score`: a job without a tenant goes to K_PENDING (or,
+-- `fifo`: queued at the back at priority 0, K_FIFO), a tenant job to its tenant's bucket
+-- (and K_TPENDING, the index of all tenant jobs).
 -- `was_empty`: whether the bucket was empty before, if the caller knows (nil: look).
-local function index_pending(id, score, tenant, was_empty)
+local function index_pending(id, score, tenant, was_empty, fifo)
   -- Idle workers sleep after a claim found nothing claimable, so a bucket that goes
   -- from empty to non-empty is the moment that needs a wake-up (a new tenant's jobs
   -- may be claimable while every other tenant is held back by its limit). It also joins
@@ -141,8 +241,18 @@ local function index_pending(id, score, tenant, was_empty)
   -- if never): a tenant that empties its bucket and refills it at once does not jump
   -- ahead of the tenants served less recently.
   if tenant == '' then
-    redis.call('ZADD', K_PENDING, num(score), id)
-    if was_empty or (was_empty == nil and redis.call('ZCARD', K_PENDING) == 1) then
+    if fifo then
+      local len = redis.call('RPUSH', K_FIFO, num(score - FIFO_BASE), fifo_id_entry(id))
+      if was_empty == nil then
+        was_empty = len == 2 and redis.call('ZCARD', K_PENDING) == 0
+      end
+    else
+      redis.call('ZADD', K_PENDING, num(score), id)
+      if was_empty == nil then
+        was_empty = redis.call('ZCARD', K_PENDING) == 1 and redis.call('LLEN', K_FIFO) == 0
+      end
+    end
+    if was_empty then
       redis.call('ZADD', K_READY, 'NX', redis.call('HGET', K_SERVED, '') or 0, '')
       wake_needed = true
     end
@@ -160,10 +270,14 @@ end
 -- An existing job goes back to pending at `place` (see pending_score).
 local function push_pending(id, jk, place)
   local f = redis.call('HMGET', jk, 'priority', 'tenant', 'score')
-  local score = pending_score(tonumber(f[1]) or 0, place, tonumber(f[3]))
+  local priority, kept = tonumber(f[1]) or 0, tonumber(f[3])
+  local score = pending_score(priority, place, kept)
   redis.call('HSET', jk, 'state', 'pending', 'score', num(score))
   redis.call('HDEL', jk, 'scheduled_ms')
-  index_pending(id, score, f[2] or '')
+  -- The fifo takes the jobs queued at the back at priority 0 (a kept place may lie
+  -- before fifo entries: the zset holds it).
+  local back = place == 'back' or (place == 'keep' and not kept)
+  index_pending(id, score, f[2] or '', nil, back and priority == 0)
 end
 
 -- A bucket found empty leaves the rotation; the turn it was last served at is kept, for
@@ -178,13 +292,25 @@ end
 
 -- Take a pending job out of its bucket (cancel, purge).
 local function remove_pending(id, jk)
-  local tenant = redis.call('HGET', jk, 'tenant')
+  local f = redis.call('HMGET', jk, 'tenant', 'score')
+  local tenant = f[1]
   if tenant and tenant ~= '' then
     redis.call('ZREM', K_TPENDING, id)
     local bucket = K_TBUCKET .. tenant
     redis.call('ZREM', bucket, id)
-  else
-    redis.call('ZREM', K_PENDING, id)
+  elseif redis.call('ZREM', K_PENDING, id) == 0 then
+    -- A job with a score was pushed back (retried, promoted: near the tail). One stored
+    -- pending by enqueue was pushed when it was created: nearer the tail if that is
+    -- closer to now than to when the fifo's head job was.
+    local from_tail = f[2] ~= false
+    local head = redis.call('LINDEX', K_FIFO, 1)
+    if not from_tail and head then
+      local c = tonumber(redis.call('HGET', jk, 'created_ms'))
+      local head_id = fifo_id(head)
+      local h = tonumber(redis.call('HGET', K_JOB .. head_id, 'created_ms'))
+      from_tail = h ~= nil and c ~= nil and NOW - c < c - h
+    end
+    fifo_remove(id, from_tail)
   end
 end
 
@@ -221,7 +347,7 @@ end
 -- ask for nothing.
 local function wake(lim)
   if wake_needed and redis.call('EXISTS', K_PAUSED) == 0
-      and (redis.call('ZCARD', K_PENDING) > 0 or redis.call('ZCARD', K_TPENDING) > 0)
+      and (not untenanted_empty() or redis.call('ZCARD', K_TPENDING) > 0)
       and not (lim and lim.concurrency
                and redis.call('ZCARD', K_RUNNING) >= lim.concurrency) then
     redis.call('PUBLISH', WAKE_CHANNEL, QUEUE)

@@ -90,7 +90,7 @@ end
 
 -- Nothing could hold a job of this queue back: no limit, nothing pending, not paused.
 local function open_for_pickup(lim)
-  return not lim.any and redis.call('ZCARD', K_PENDING) == 0
+  return not lim.any and untenanted_empty()
     and redis.call('ZCARD', K_TPENDING) == 0 and redis.call('EXISTS', K_PAUSED) == 0
 end
 

@@ -23,7 +23,8 @@ local out = {}
 held_events = {}
 -- The batch's places in line, taken with one INCRBY (job i gets seq0 + i + 1).
 local seq0 = redis.call('INCRBY', K_SEQ, n) - n
--- Once a job of this call is in K_PENDING it is not empty: no ZCARD per job after that.
+-- Once a job of this call is in K_FIFO or K_PENDING the bucket is not empty: no look per
+-- job after that.
 local filled = false
 for i = 0, n - 1 do
   local b = 6 + i * W
@@ -80,11 +81,11 @@ for i = 0, n - 1 do
     -- worker: see _pickup.lua.
     elseif tenant == '' then
       local was_empty = false
-      if not filled then was_empty = redis.call('ZCARD', K_PENDING) == 0 end
+      if not filled then was_empty = untenanted_empty() end
       if was_empty and n == 1 and hand_off(id, score) then
         state = 'running'
       else
-        index_pending(id, score, tenant, was_empty)
+        index_pending(id, score, tenant, was_empty, priority == 0)
         filled = true
       end
     else

@@ -60,7 +60,7 @@ for i = 0, n - 1 do
   elseif state == 'scheduled' then
     index(id, 'scheduled', due, tenant)
   else
-    index_pending(id, score, tenant)
+    index_pending(id, score, tenant, nil, priority == 0)
   end
   if parent ~= '' then
     local list = kids[parent]

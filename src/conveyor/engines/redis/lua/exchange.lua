@@ -11,7 +11,7 @@
 --            jobs back reopens (-1: neither), claimed jobs (each a flat HGETALL array,
 --            jobs handed to this worker first), expired leases recovered,
 --            1 if the worker is now registered to take a handed job }
--- Touches: job hashes, every state zset, the buckets (pending, tpending, tp:<tenant>),
+-- Touches: job hashes, every state zset, the buckets (pending, fifo, tpending, tp:<tenant>),
 --          the tenant state indexes (ts:<state>:<tenant>),
 --          ready, served, trunning, rate logs, turn, dedupe, seq, front, events (one entry
 --          per 64 events, see flush_events), waiting and
@@ -116,7 +116,7 @@ if limit > 0 then
       -- (the path of a queue without tenants, as fast as before fairness existed). It
       -- skips the rotation's bookkeeping; a queue with limits always takes turns, so
       -- the bucket of jobs without a tenant is on record as served (as on SQLite).
-      local popped = redis.call('ZPOPMIN', K_PENDING, room)
+      local popped = pop_untenanted(room)
       local count = #popped / 2
       if count > 0 then
         -- One INCRBY for all tokens of this claim: unique per queue, never reused.
@@ -138,9 +138,7 @@ if limit > 0 then
         for _, tenant in ipairs(ready) do
           if room <= 0 or budget <= 0 then break end
           budget = budget - 1
-          local bucket = K_PENDING
-          if tenant ~= '' then bucket = K_TBUCKET .. tenant end
-          if redis.call('ZCARD', bucket) == 0 then
+          if bucket_len(tenant) == 0 then
             leave_rotation(tenant)
           else
             local allowed = 1
@@ -159,7 +157,12 @@ if limit > 0 then
             end
             redis.call('ZADD', K_READY, redis.call('INCR', K_TURN), tenant)
             if allowed > 0 then
-              local popped = redis.call('ZPOPMIN', bucket, allowed)
+              local popped
+              if tenant == '' then
+                popped = pop_untenanted(allowed)
+              else
+                popped = redis.call('ZPOPMIN', K_TBUCKET .. tenant, allowed)
+              end
               for j = 1, #popped, 2 do
                 local id = popped[j]
                 if tenant ~= '' then redis.call('ZREM', K_TPENDING, id) end
@@ -169,7 +172,7 @@ if limit > 0 then
                   served = true
                 end
               end
-              if redis.call('ZCARD', bucket) == 0 then
+              if bucket_len(tenant) == 0 then
                 leave_rotation(tenant)
               end
             end

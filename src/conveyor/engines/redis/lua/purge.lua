@@ -4,12 +4,20 @@
 -- KEYS:    the per-queue keys (see _lib.lua); ARGV[1..4]: the header (see _lib.lua)
 -- ARGV[5]: batch size
 -- Returns: how many jobs were deleted (< batch: the queue is empty now).
--- Touches: every state zset (waiting too), tpending, flow parents' :wait sets, the tenant state indexes, job hashes (DEL); once empty: dedupe, the tenant
+-- Touches: every state zset (waiting too), the fifo, tpending, flow parents' :wait sets, the tenant state indexes, job hashes (DEL); once empty: dedupe, the tenant
 --          buckets (every non-empty bucket is in ready), ready, served, trunning, rate
 --          (DEL).
 --          Limits are kept: they are configuration, not jobs.
 local budget = tonumber(ARGV[5])
 local deleted = 0
+-- The fifo (pending jobs without a tenant, two entries each: see _lib.lua) first.
+local entries = redis.call('LRANGE', K_FIFO, 0, budget * 2 - 1)
+for i = 2, #entries, 2 do
+  local id = fifo_id(entries[i])
+  redis.call('DEL', K_JOB .. id, wait_key(id))
+end
+redis.call('LTRIM', K_FIFO, #entries, -1)
+deleted = #entries / 2
 for _, zkey in ipairs({ K_PENDING, K_TPENDING, K_SCHEDULED, K_RUNNING, K_COMPLETED, K_FAILED,
                         K_CANCELLED, K_PARENTS }) do
   if budget - deleted <= 0 then break end

@@ -53,7 +53,7 @@ from __future__ import annotations
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 import orjson
 
@@ -93,6 +93,7 @@ __all__ = [
     "not_found",
     "not_promotable",
     "not_retryable",
+    "outcome_event_data",
     "writes_events",
 ]
 
@@ -305,6 +306,34 @@ def check_retry_all(state: JobState | str) -> JobState:
             "use promote for scheduled jobs"
         )
     return st
+
+
+def outcome_event_data(
+    kind: TransitionKind, error_json: str | None, reason: str | None, delay_ms: int
+) -> dict[str, Any]:
+    """The data of the event an outcome records (the Lua's `apply` writes the same):
+    the attempt's error message when `TRANSITIONS[kind]` appends the error, the
+    reason when one was given (a defer's), the delay when the outcome can be delayed.
+    Empty when there is nothing to record."""
+    t = TRANSITIONS[kind]
+    data: dict[str, Any] = {}
+    if t.append_error:
+        data["error"] = _error_message(error_json)
+    if reason is not None:
+        data["reason"] = reason
+    if t.later_state is not None:
+        data["delay_ms"] = delay_ms
+    return data
+
+
+def _error_message(error_json: str | None) -> str:
+    """The message of an AttemptError JSON; "" when unreadable."""
+    if not error_json:
+        return ""
+    try:
+        return str(orjson.loads(error_json).get("message", ""))
+    except (orjson.JSONDecodeError, AttributeError):
+        return ""
 
 
 LEASE_EXPIRED_EVENT: Final = {"error": "lease expired: worker lost"}

@@ -27,31 +27,11 @@ from typing import Any
 import orjson
 
 from ...job import EnqueueResult, JobState, NewJob, decode_lenient
-from ...lifecycle import (
-    LEASE_EXPIRED_EVENT,
-    TRANSITIONS,
-)
+from ...lifecycle import outcome_event_data
 from ..values import Exchange, Outcome
 from .connection import Conn
 from .pickup import PgPickup
 from .queries import JOB_COLUMNS
-
-_LEASE_FAILED_DATA = orjson.dumps(LEASE_EXPIRED_EVENT).decode()
-
-
-def _claim_order(row: Sequence[Any]) -> tuple[int, int]:
-    """Claim order of a job row: priority (high first), then FIFO position."""
-    return -int(row[7]), int(row[22])
-
-
-def _message(error_json: str | None) -> str:
-    """The message of an AttemptError JSON (for event data); "" when unreadable."""
-    if not error_json:
-        return ""
-    try:
-        return str(orjson.loads(error_json).get("message", ""))
-    except (orjson.JSONDecodeError, AttributeError):
-        return ""
 
 
 def outcomes_document(outcomes: Sequence[Outcome]) -> str:
@@ -59,14 +39,7 @@ def outcomes_document(outcomes: Sequence[Outcome]) -> str:
     data of the event it records (what `lifecycle.TRANSITIONS` says goes in it)."""
     docs = []
     for o in outcomes:
-        t = TRANSITIONS[o.kind]
-        data: dict[str, Any] = {}
-        if t.append_error:
-            data["error"] = _message(o.error_json)
-        if o.reason is not None:
-            data["reason"] = o.reason
-        if t.later_state is not None:
-            data["delay_ms"] = o.delay_ms
+        data = outcome_event_data(o.kind, o.error_json, o.reason, o.delay_ms)
         docs.append(
             {
                 "id": o.job_id,

@@ -9,6 +9,7 @@ from typing import Any
 
 from ...job import EnqueueResult, JobState
 from ...lifecycle import not_found
+from ..sql_common import new_job_row
 from ..values import FlowLinks, FlowNode
 from .connection import Conn, PgCore, event_row
 
@@ -34,19 +35,9 @@ class PgFlows(PgCore):
             states = []
             for node in nodes:
                 new = node.job
-                due = new.run_at_ms if new.run_at_ms is not None else now + new.delay_ms
-                if node.waits:
-                    state = JobState.WAITING
-                else:
-                    state = JobState.SCHEDULED if due > now else JobState.PENDING
+                state, head = new_job_row(new, now, waits=node.waits)
                 states.append(state)
-                rows.append(
-                    (new.id, new.queue, new.task, new.payload_json, state.value,
-                     new.max_attempts, new.priority, new.tenant, new.dedupe_key,
-                     None if new.timeout is None else int(new.timeout * 1000),
-                     new.backoff_json, now, due if state is JobState.SCHEDULED else None,
-                     node.parent_id, node.policy if node.parent_id else None)
-                )  # fmt: skip
+                rows.append((*head, node.parent_id, node.policy if node.parent_id else None))
                 events.append(event_row(new.queue, "enqueued", new.id, new.task, new.tenant,
                                         0, now))  # fmt: skip
             async with conn.cursor() as c:

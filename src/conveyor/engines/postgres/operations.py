@@ -12,28 +12,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import orjson
 import psycopg.errors
 
 from ...job import Job, JobState, decode_job
-from ...lifecycle import (
-    BULK_BATCH,
-    CANCELLABLE,
-    PROMOTABLE,
-    RETRYABLE,
-    dedupe_held,
-    not_cancellable,
-    not_promotable,
-    not_retryable,
+from ...lifecycle import BULK_BATCH, dedupe_held
+from ..sql_common import (
+    RETRIED_BY_OPERATOR,
+    bound_after,
+    delete_in_batches,
+    refuse_unless,
+    retry_all_pages,
 )
 from .connection import Conn, PgCore, event_row
 from .queries import JOB_COLUMNS
-
-_RETRYABLE = {s.value for s in RETRYABLE}
-_CANCELLABLE = {s.value for s in CANCELLABLE}
-_PROMOTABLE = {s.value for s in PROMOTABLE}
-_MAX_KEY = (1 << 63) - 1
-_RETRIED_BY = orjson.dumps({"retried_by": "operator"}).decode()
 
 
 class PgOperations(PgCore):
@@ -74,7 +65,7 @@ class PgOperations(PgCore):
                 await conn.execute(self.q["flow_rearm"], (job["id"], now))
                 events.append(
                     event_row(job["queue"], "enqueued", job["id"], job["task"], job["tenant"],
-                              0, now, _RETRIED_BY)
+                              0, now, RETRIED_BY_OPERATOR)
                 )  # fmt: skip
         await self._add_events(conn, events)
         if events:
@@ -92,8 +83,7 @@ class PgOperations(PgCore):
 
         async def tx(conn: Conn) -> dict[str, Any]:
             job = await self._load(conn, job_id, lock=True)
-            if job["state"] not in _RETRYABLE:
-                raise not_retryable(job_id, job["state"])
+            refuse_unless("retry", job)
             if not await self._retry_rows(conn, [job], await self._now(conn)):
                 key = job["dedupe_key"]
                 cur = await conn.execute(self.q["dedupe_holder"], (job["queue"], key))
@@ -115,8 +105,7 @@ class PgOperations(PgCore):
 
         async def tx(conn: Conn) -> dict[str, Any]:
             job = await self._load(conn, job_id, lock=True)
-            if job["state"] not in _CANCELLABLE:
-                raise not_cancellable(job_id, job["state"])
+            refuse_unless("cancel", job)
             now = await self._now(conn)
             await conn.execute(self.q["cancel"], (now, job_id))
             await self._add_events(
@@ -141,8 +130,7 @@ class PgOperations(PgCore):
 
         async def tx(conn: Conn) -> dict[str, Any]:
             job = await self._load(conn, job_id, lock=True)
-            if job["state"] not in _PROMOTABLE:
-                raise not_promotable(job_id, job["state"])
+            refuse_unless("promote", job)
             await conn.execute(self.q["promote"], (job_id,))
             await self._add_events(
                 conn,
@@ -163,32 +151,24 @@ class PgOperations(PgCore):
         are) and not counted. Batches of short transactions, below a moving bound.
         """
         state = JobState(state)
-        bound = (_MAX_KEY, _MAX_KEY)
-        total = 0
-        while True:
 
-            async def tx(
-                conn: Conn, bound: tuple[int, int] = bound
-            ) -> tuple[int, tuple[int, int] | None]:
-                cur = await conn.execute(
-                    self.q["retry_all_page"],
-                    {"queue": queue, "state": state.value, "k1": bound[0], "k2": bound[1],
-                     "n": BULK_BATCH},
-                )  # fmt: skip
-                rows = await cur.fetchall()
-                if not rows:
-                    return 0, None
-                jobs = [self._fields(r[: len(JOB_COLUMNS)]) for r in rows]
-                last = rows[-1]
-                done = len(await self._retry_rows(conn, jobs, await self._now(conn)))
-                return done, (int(last[15]), int(last[-1]))  # finished_ms, rid
+        async def tx(conn: Conn, bound: tuple[int, int]) -> tuple[int, tuple[int, int] | None]:
+            cur = await conn.execute(
+                self.q["retry_all_page"],
+                {"queue": queue, "state": state.value, "k1": bound[0], "k2": bound[1],
+                 "n": BULK_BATCH},
+            )  # fmt: skip
+            rows = await cur.fetchall()
+            if not rows:
+                return 0, None
+            jobs = [self._fields(r[: len(JOB_COLUMNS)]) for r in rows]
+            done = len(await self._retry_rows(conn, jobs, await self._now(conn)))
+            return done, bound_after(rows)
 
-            done, next_bound = await self._run(tx)
-            total += done
-            self._notify(jobs=bool(done), events=bool(done))
-            if next_bound is None:
-                return total
-            bound = next_bound
+        return await retry_all_pages(
+            lambda bound: self._run(lambda conn: tx(conn, bound)),
+            lambda: self._notify(jobs=True, events=True),
+        )
 
     async def clean(self, queue: str, state: JobState, older_than_ms: int, limit: int) -> int:
         """Delete up to `limit` jobs in the finished `state` that finished more than
@@ -205,17 +185,12 @@ class PgOperations(PgCore):
     async def purge(self, queue: str) -> int:
         """Delete every job of `queue` (all states) and so its dedupe keys; returns how
         many. Deletes in batches of short transactions (workers keep running)."""
-        total = 0
 
         async def batch(conn: Conn) -> int:
             cur = await conn.execute(self.q["purge_batch"], (queue, BULK_BATCH))
             return cur.rowcount
 
-        while True:
-            deleted = await self._run(batch)
-            total += deleted
-            if deleted < BULK_BATCH:
-                break
+        total = await delete_in_batches(lambda: self._run(batch))
 
         async def forget(conn: Conn) -> None:
             await conn.execute(self.q["purge_forget"], (queue,))

@@ -1,7 +1,7 @@
 """The Postgres engine's SQL, read by name from `queries.sql`.
 
-The file is parsed once, at import, by the same reader as the SQLite engine's
-(`conveyor.engines.sqlite.queries.parse_queries`: ``-- name:`` blocks, `{job_columns}`
+The file is parsed once, at import, by the reader both SQL engines share
+(`conveyor.engines.sql_common.parse_queries`: ``-- name:`` blocks, `{job_columns}`
 filled in). `{schema}` is filled in per engine by `for_schema`, since each engine
 lives in the schema its URL names. The only statements built in Python are the
 outcome statements, which `transitions.py` derives from `conveyor.lifecycle`.
@@ -13,7 +13,7 @@ import importlib.resources
 from collections.abc import Mapping
 from typing import Final
 
-from ..sqlite.queries import JOB_COLUMNS, parse_queries
+from ..sql_common import JOB_COLUMNS, parse_queries
 
 __all__ = ["JOB_COLUMNS", "TEMPLATES", "for_schema"]
 

@@ -11,15 +11,10 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
-from ...job import Job, JobState, decode_job, decode_lenient
-from ...lifecycle import MAX_PRIORITY
-from ..sqlite.read_model import _cursor_for, _event, _parse_cursor
+from ...job import Job, JobState, decode_job
+from .. import sql_common
 from ..values import Event, JobPage, QueueCounts, Throughput
 from .connection import POLL_INTERVAL_S, Conn, PgCore
-
-_MIN_KEY = -(1 << 63)
-_MAX_KEY = (1 << 63) - 1
-_COUNTED = {s.value for s in JobState}
 
 
 class PgReadModel(PgCore):
@@ -47,23 +42,25 @@ class PgReadModel(PgCore):
         completions/failures in the last minute."""
 
         async def read(conn: Conn) -> QueueCounts:
-            counts = QueueCounts(queue=queue)
             cur = await conn.execute(self.q["queue_counts"], (queue,))
-            for state, n in await cur.fetchall():
-                if state in _COUNTED:
-                    counts.set_state(state, int(n))
+            depths = await cur.fetchall()
             cur = await conn.execute(self.q["queue_paused"], (queue,))
             paused = await cur.fetchone()
-            counts.paused = bool(paused and paused[0])
             cur = await conn.execute(self.q["oldest_pending"], (queue,))
             oldest = await cur.fetchone()
-            counts.oldest_pending_ms = None if not oldest or oldest[0] is None else int(oldest[0])
             since = await self._now(conn) - 60_000
+            finished = {}
             for state in ("completed", "failed"):
                 cur = await conn.execute(self.q["finished_since"], (queue, state, since))
                 row = await cur.fetchone()
-                setattr(counts, f"{state}_1m", int(row[0]) if row else 0)
-            return counts
+                finished[state] = int(row[0]) if row else 0
+            return sql_common.queue_counts(
+                queue,
+                depths,
+                paused=bool(paused and paused[0]),
+                oldest_pending_ms=None if not oldest or oldest[0] is None else int(oldest[0]),
+                finished_1m=finished,
+            )
 
         return await self._run(read)
 
@@ -84,30 +81,23 @@ class PgReadModel(PgCore):
         """
         state = JobState(state)
         limit = max(1, limit)
-        key = _parse_cursor(cursor)
+        k1, k2 = sql_common.page_start(state, sql_common.parse_cursor(cursor))
 
         async def read(conn: Conn) -> JobPage:
             args: dict[str, Any] = {"queue": queue, "tenant": tenant, "n": limit + 1}
             if state is JobState.PENDING:
-                priority, seq = key or (MAX_PRIORITY + 1, 0)
                 name = "list_pending"
-                args.update(priority=priority, seq=seq)
+                args.update(priority=k1, seq=k2)
             elif state is JobState.SCHEDULED:
-                k1, k2 = key or (_MIN_KEY, _MIN_KEY)
                 name = "list_scheduled"
                 args.update(k1=k1, k2=k2)
             else:
-                k1, k2 = key or (_MAX_KEY, _MAX_KEY)
                 name = {JobState.RUNNING: "list_running", JobState.WAITING: "list_waiting"}.get(
                     state, "list_finished"
                 )
                 args.update(k1=k1, k2=k2, state=state.value)
             cur = await conn.execute(self.q[name], args)
-            rows = list(await cur.fetchall())
-            more = len(rows) > limit
-            rows = rows[:limit]
-            jobs = [decode_lenient(self._fields(r)) for r in rows]
-            return JobPage(jobs, _cursor_for(state, rows[-1]) if more and rows else None)
+            return sql_common.job_page(state, await cur.fetchall(), limit, self._fields)
 
         return await self._run(read)
 
@@ -124,10 +114,7 @@ class PgReadModel(PgCore):
         0010). Blocks up to `block_ms` when there is nothing yet (woken by NOTIFY, which
         Postgres delivers after the commit).
         """
-        positions = dict(since or {})
-        missing = [q for q in queues if q not in positions]
-        if missing:
-            positions.update(await self.last_event_ids(missing))
+        positions = await sql_common.read_positions(queues, since, self.last_event_ids)
         after = {q: _position(positions[q]) for q in queues}
         loop = asyncio.get_running_loop()
         deadline = loop.time() + block_ms / 1000
@@ -144,7 +131,7 @@ class PgReadModel(PgCore):
             rows.sort(key=lambda r: (int(r[9]), int(r[0])))
             events = []
             for r in rows[:count]:
-                event = _event(r[:9])
+                event = sql_common.event_of(r[:9])
                 event.id = f"{r[9]}-{r[0]}"
                 events.append(event)
             return events
@@ -194,8 +181,7 @@ class PgReadModel(PgCore):
                     self.q["throughput"],
                     {"end": end, "queue": queue, "state": state, "since": end - minutes * 60_000},
                 )
-                for back, n in await cur.fetchall():
-                    buckets[minutes - 1 - max(0, int(back))] += int(n)
+                sql_common.tally_minutes(buckets, await cur.fetchall())
             return out
 
         return await self._run(read)

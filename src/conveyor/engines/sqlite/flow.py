@@ -33,6 +33,7 @@ from ...lifecycle import (
     Place,
     TransitionKind,
     lease_expired_error,
+    outcome_event_data,
 )
 from ...limits import QueueLimits
 from ..values import Exchange, Outcome
@@ -45,16 +46,6 @@ _LEASE_FAILED_DATA = orjson.dumps(LEASE_EXPIRED_EVENT).decode()
 def _claim_order(row: Sequence[Any]) -> tuple[int, int]:
     """Claim order of a job row: priority (high first), then FIFO position."""
     return -int(row[7]), int(row[22])
-
-
-def _message(error_json: str | None) -> str:
-    """The message of an AttemptError JSON (for event data); "" when unreadable."""
-    if not error_json:
-        return ""
-    try:
-        return str(orjson.loads(error_json).get("message", ""))
-    except (orjson.JSONDecodeError, AttributeError):
-        return ""
 
 
 class SqliteFlow(SqliteCore):
@@ -82,6 +73,8 @@ class SqliteFlow(SqliteCore):
         plain: list[tuple[Any, ...]] = []  # rows without a dedupe key: one executemany
         plain_at: list[int] = []  # their positions in `results`
         for i, new in enumerate(jobs):
+            # `sql_common.new_job_row`'s rule and columns, inline: the call cost ~2,000
+            # instructions a job (+1.2 % of a memory:// enqueue, bench/RESULTS.md `dedupe`).
             due = new.run_at_ms if new.run_at_ms is not None else now + new.delay_ms
             state = JobState.SCHEDULED if due > now else JobState.PENDING
             row = (
@@ -243,13 +236,7 @@ class SqliteFlow(SqliteCore):
                 lost.append(o.job_id)
                 continue
             t = TRANSITIONS[o.kind]
-            data: dict[str, Any] = {}
-            if t.append_error:
-                data["error"] = _message(o.error_json)
-            if o.reason is not None:
-                data["reason"] = o.reason
-            if t.later_state is not None:
-                data["delay_ms"] = o.delay_ms
+            data = outcome_event_data(o.kind, o.error_json, o.reason, o.delay_ms)
             woke |= t.target(o.delay_ms) is JobState.PENDING or row[0] in slotted
             events.append(
                 (row[0], t.event, o.job_id, row[1], row[2], row[3], now,

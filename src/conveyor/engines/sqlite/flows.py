@@ -23,6 +23,7 @@ from ...lifecycle import (
     fails_parent,
     not_found,
 )
+from ..sql_common import new_job_row
 from ..values import FlowLinks, FlowNode
 from .connection import Q, SqliteCore, event_data
 
@@ -54,20 +55,12 @@ class SqliteFlows(SqliteCore):
         states: list[JobState] = []
         for i, node in enumerate(nodes):
             new = node.job
-            due = new.run_at_ms if new.run_at_ms is not None else now + new.delay_ms
-            if node.waits:
-                state = JobState.WAITING
-            else:
-                state = JobState.SCHEDULED if due > now else JobState.PENDING
+            state, head = new_job_row(new, now, waits=node.waits)
             states.append(state)
             conn.execute(
                 Q["insert_flow_job"],
-                (new.id, new.queue, new.task, new.payload_json, state.value, new.max_attempts,
-                 new.priority, new.tenant, new.dedupe_key,
-                 None if new.timeout is None else int(new.timeout * 1000), new.backoff_json,
-                 now, due if state is JobState.SCHEDULED else None, base + i,
-                 node.parent_id, node.policy if node.parent_id else None),
-            )  # fmt: skip
+                (*head, base + i, node.parent_id, node.policy if node.parent_id else None),
+            )
             events.append((new.queue, "enqueued", new.id, new.task, new.tenant, 0, now, None))
         conn.execute(Q["mark_queues_known"], (root.queue,))
         self._add_events(conn, events)

@@ -12,26 +12,21 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 from ...job import Job, JobState, decode_job
-from ...lifecycle import (
-    BULK_BATCH,
-    CANCELLABLE,
-    PROMOTABLE,
-    RETRYABLE,
-    dedupe_held,
-    not_cancellable,
-    not_promotable,
-    not_retryable,
+from ...lifecycle import BULK_BATCH, dedupe_held
+from ..sql_common import (
+    RETRIED_BY_OPERATOR,
+    bound_after,
+    delete_in_batches,
+    refuse_unless,
+    retry_all_pages,
 )
-from .connection import Q, SqliteCore, event_data
+from .connection import Q, SqliteCore
 from .queries import JOB_COLUMNS
 
-_RETRYABLE = {s.value for s in RETRYABLE}
-_CANCELLABLE = {s.value for s in CANCELLABLE}
-_PROMOTABLE = {s.value for s in PROMOTABLE}
-_MAX_KEY = (1 << 63) - 1  # keyset bound above every (finished_ms, rowid)
 _PURGE = ("purge_scheduled", "purge_pending", "purge_running", "purge_finished", "purge_waiting")
 
 
@@ -57,15 +52,15 @@ class SqliteOperations(SqliteCore):
         returns the ids retried. A job whose dedupe key another live job holds is
         skipped (the dedupe index refuses it): two live jobs never share a key."""
         events: list[tuple[Any, ...]] = []
-        data = event_data(retried_by="operator")
         for job in rows:
             # One place in line per retry, taken when it happens (as Redis and Postgres
             # do): a retried flow child re-arms its parent's other children in between.
             if conn.execute(Q["retry_row"], (self._reserve_seq(conn, 1), job["id"])).rowcount:
                 self._rearm_parent(conn, job["id"], now)
                 events.append(
-                    (job["queue"], "enqueued", job["id"], job["task"], job["tenant"], 0, now, data)
-                )
+                    (job["queue"], "enqueued", job["id"], job["task"], job["tenant"], 0, now,
+                     RETRIED_BY_OPERATOR)
+                )  # fmt: skip
         self._add_events(conn, events)
         return [e[2] for e in events]
 
@@ -80,8 +75,7 @@ class SqliteOperations(SqliteCore):
 
         def tx(conn: sqlite3.Connection) -> dict[str, Any]:
             job = self._load(conn, job_id)
-            if job["state"] not in _RETRYABLE:
-                raise not_retryable(job_id, job["state"])
+            refuse_unless("retry", job)
             if not self._retry_rows(conn, [job], self.clock.now_ms()):
                 key = job["dedupe_key"]
                 holder = conn.execute(Q["dedupe_holder"], (job["queue"], key)).fetchone()
@@ -103,8 +97,7 @@ class SqliteOperations(SqliteCore):
 
         def tx(conn: sqlite3.Connection) -> dict[str, Any]:
             job = self._load(conn, job_id)
-            if job["state"] not in _CANCELLABLE:
-                raise not_cancellable(job_id, job["state"])
+            refuse_unless("cancel", job)
             now = self.clock.now_ms()
             conn.execute(Q["cancel"], (now, job_id))
             self._add_events(
@@ -129,8 +122,7 @@ class SqliteOperations(SqliteCore):
 
         def tx(conn: sqlite3.Connection) -> dict[str, Any]:
             job = self._load(conn, job_id)
-            if job["state"] not in _PROMOTABLE:
-                raise not_promotable(job_id, job["state"])
+            refuse_unless("promote", job)
             conn.execute(Q["promote"], (self._reserve_seq(conn, 1), job_id))
             self._add_events(
                 conn,
@@ -152,33 +144,26 @@ class SqliteOperations(SqliteCore):
         not locked out while a large dead-letter backlog is re-queued.
         """
         state = JobState(state)
-        bound = (_MAX_KEY, _MAX_KEY)
-        total = 0
-        while True:
 
-            def tx(
-                conn: sqlite3.Connection, bound: tuple[int, int] = bound
-            ) -> tuple[int, tuple[int, int] | None]:
-                rows = conn.execute(
-                    Q["retry_all_page"],
-                    {"queue": queue, "state": state.value, "k1": bound[0], "k2": bound[1],
-                     "n": BULK_BATCH},
-                ).fetchall()  # fmt: skip
-                if not rows:
-                    return 0, None
-                jobs = [self._fields(r[: len(JOB_COLUMNS)]) for r in rows]
-                last = rows[-1]
-                done = len(self._retry_rows(conn, jobs, self.clock.now_ms()))
-                return done, (int(last[15]), int(last[-1]))  # finished_ms, rowid
+        def tx(
+            conn: sqlite3.Connection, bound: tuple[int, int]
+        ) -> tuple[int, tuple[int, int] | None]:
+            rows = conn.execute(
+                Q["retry_all_page"],
+                {"queue": queue, "state": state.value, "k1": bound[0], "k2": bound[1],
+                 "n": BULK_BATCH},
+            ).fetchall()  # fmt: skip
+            if not rows:
+                return 0, None
+            jobs = [self._fields(r[: len(JOB_COLUMNS)]) for r in rows]
+            done = len(self._retry_rows(conn, jobs, self.clock.now_ms()))
+            return done, bound_after(rows)
 
-            done, next_bound = await self._write(tx)
-            total += done
-            if done:
-                self._jobs_wake.notify()
-                self._events_wake.notify()
-            if next_bound is None:
-                return total
-            bound = next_bound
+        def woke() -> None:
+            self._jobs_wake.notify()
+            self._events_wake.notify()
+
+        return await retry_all_pages(lambda bound: self._write(lambda conn: tx(conn, bound)), woke)
 
     async def clean(self, queue: str, state: JobState, older_than_ms: int, limit: int) -> int:
         """Delete up to `limit` jobs in the finished `state` that finished more than
@@ -194,17 +179,13 @@ class SqliteOperations(SqliteCore):
     async def purge(self, queue: str) -> int:
         """Delete every job of `queue` (all states) and so its dedupe keys; returns how
         many. Deletes in batches of short transactions (workers keep running)."""
+
+        async def batch(sql: str) -> int:
+            return await self._write(lambda conn: conn.execute(sql, (queue, BULK_BATCH)).rowcount)
+
         total = 0
         for name in _PURGE:
-
-            def tx(conn: sqlite3.Connection, sql: str = Q[name]) -> int:
-                return conn.execute(sql, (queue, BULK_BATCH)).rowcount
-
-            while True:
-                deleted = await self._write(tx)
-                total += deleted
-                if deleted < BULK_BATCH:
-                    break
+            total += await delete_in_batches(partial(batch, Q[name]))
 
         def forget(conn: sqlite3.Connection) -> None:
             conn.execute(Q["purge_forget"], (queue,))

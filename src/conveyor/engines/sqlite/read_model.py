@@ -12,17 +12,17 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
-import orjson
-
-from ...job import Job, JobState, decode_job, decode_lenient
-from ...lifecycle import MAX_PRIORITY
+from ...job import Job, JobState, decode_job
+from .. import sql_common
 from ..values import Event, JobPage, QueueCounts, Throughput
 from .connection import Q, SqliteCore
-from .queries import JOB_COLUMNS
 
-_MIN_KEY = -(1 << 63)
-_MAX_KEY = (1 << 63) - 1
-_COUNTED = {s.value for s in JobState}
+# The listing query of each state but pending (its own, `_pending`) and the finished ones.
+_LISTING = {
+    JobState.SCHEDULED: "list_scheduled",
+    JobState.RUNNING: "list_running",
+    JobState.WAITING: "list_waiting",
+}
 
 
 class SqliteReadModel(SqliteCore):
@@ -42,19 +42,21 @@ class SqliteReadModel(SqliteCore):
         pending job and completions/failures in the last minute (index lookups)."""
 
         def read(conn: sqlite3.Connection) -> QueueCounts:
-            counts = QueueCounts(queue=queue)
-            for state, n in conn.execute(Q["queue_counts"], (queue,)):
-                if state in _COUNTED:
-                    counts.set_state(state, int(n))
             paused = conn.execute(Q["queue_paused"], (queue,)).fetchone()
-            counts.paused = bool(paused and paused[0])
             oldest = conn.execute(Q["oldest_pending"], (queue,)).fetchone()[0]
-            counts.oldest_pending_ms = None if oldest is None else int(oldest)
             since = self.clock.now_ms() - 60_000
-            for state in ("completed", "failed"):
-                n = conn.execute(Q["finished_since"], (queue, state, since)).fetchone()[0]
-                setattr(counts, f"{state}_1m", int(n))
-            return counts
+            return sql_common.queue_counts(
+                queue,
+                conn.execute(Q["queue_counts"], (queue,)),
+                paused=bool(paused and paused[0]),
+                oldest_pending_ms=None if oldest is None else int(oldest),
+                finished_1m={
+                    state: int(
+                        conn.execute(Q["finished_since"], (queue, state, since)).fetchone()[0]
+                    )
+                    for state in ("completed", "failed")
+                },
+            )
 
         return await self._call(read)
 
@@ -75,14 +77,12 @@ class SqliteReadModel(SqliteCore):
         """
         state = JobState(state)
         limit = max(1, limit)
-        key = _parse_cursor(cursor)
+        key = sql_common.parse_cursor(cursor)
 
         def read(conn: sqlite3.Connection) -> JobPage:
-            rows = _page(conn, queue, state, tenant, key, limit + 1)
-            more = len(rows) > limit
-            rows = rows[:limit]
-            jobs = [decode_lenient(self._fields(r)) for r in rows]
-            return JobPage(jobs, _cursor_for(state, rows[-1]) if more and rows else None)
+            return sql_common.job_page(
+                state, _page(conn, queue, state, tenant, key, limit + 1), limit, self._fields
+            )
 
         return await self._call(read)
 
@@ -94,10 +94,7 @@ class SqliteReadModel(SqliteCore):
         Blocks up to `block_ms` when there is nothing yet (another process's commit is
         noticed through ``PRAGMA data_version``, as in `wait_for_jobs`).
         """
-        positions = dict(since or {})
-        missing = [q for q in queues if q not in positions]
-        if missing:
-            positions.update(await self.last_event_ids(missing))
+        positions = await sql_common.read_positions(queues, since, self.last_event_ids)
         after = {q: _int_id(positions[q]) for q in queues}
         loop = asyncio.get_running_loop()
         deadline = loop.time() + block_ms / 1000
@@ -108,7 +105,7 @@ class SqliteReadModel(SqliteCore):
             for queue in queues:
                 rows.extend(conn.execute(Q["read_events"], (queue, after[queue], count)))
             rows.sort(key=lambda r: int(r[0]))
-            return version, [_event(r) for r in rows[:count]]
+            return version, [sql_common.event_of(r) for r in rows[:count]]
 
         closes = self._closes
         while True:
@@ -146,39 +143,13 @@ class SqliteReadModel(SqliteCore):
                     Q["throughput"],
                     {"end": end, "queue": queue, "state": state, "since": end - minutes * 60_000},
                 )
-                for back, n in rows:
-                    # A finish stamped after `end` (another process's clock) is "now".
-                    buckets[minutes - 1 - max(0, int(back))] += int(n)
+                sql_common.tally_minutes(buckets, rows)
             return out
 
         return await self._call(read)
 
 
 # --- listings ---------------------------------------------------------------------------
-
-
-def _parse_cursor(cursor: str | None) -> tuple[int, int] | None:
-    if not cursor:
-        return None
-    try:
-        a, b = cursor.split(":")
-        return int(a), int(b)
-    except ValueError:
-        raise ValueError(
-            f"invalid cursor {cursor!r}: pass back the cursor of the previous page unchanged"
-        ) from None
-
-
-def _cursor_for(state: JobState, row: Sequence[Any]) -> str:
-    """The keyset position after `row` (fields as in JOB_COLUMNS, then rowid)."""
-    rowid = row[len(JOB_COLUMNS)]
-    if state is JobState.PENDING:
-        return f"{row[7]}:{row[22]}"  # priority, seq
-    if state is JobState.SCHEDULED:
-        return f"{row[13]}:{rowid}"  # scheduled_ms
-    if state in (JobState.RUNNING, JobState.WAITING):
-        return f"{row[12]}:{rowid}"  # created_ms
-    return f"{row[15]}:{rowid}"  # finished_ms
 
 
 def _pending(
@@ -189,13 +160,12 @@ def _pending(
     (priority DESC, seq ASC) is not one row-value range: take the rest of the cursor's
     priority, then the lower priorities (two index range scans)."""
     rows: list[tuple[Any, ...]] = []
-    if key is None:
-        key = (MAX_PRIORITY + 1, 0)  # before every priority
-    else:
+    if key is not None:
         same = {**args, "priority": key[0], "seq": key[1]}
         rows = conn.execute(Q[f"list_pending_{bucket}_same"], same).fetchall()
     if len(rows) < args["n"]:
-        lower = {**args, "priority": key[0], "n": args["n"] - len(rows)}
+        priority = sql_common.page_start(JobState.PENDING, key)[0]
+        lower = {**args, "priority": priority, "n": args["n"] - len(rows)}
         rows += conn.execute(Q[f"list_pending_{bucket}_lower"], lower).fetchall()
     return rows
 
@@ -220,17 +190,9 @@ def _page(
         return rows[:n]
     # A tenant filter has its own queries (and migration 0002's indexes).
     suffix = "" if tenant is None else "_tenant"
-    if state is JobState.SCHEDULED:
-        k1, k2 = key or (_MIN_KEY, _MIN_KEY)
-        return conn.execute(Q["list_scheduled" + suffix], {**args, "k1": k1, "k2": k2}).fetchall()
-    k1, k2 = key or (_MAX_KEY, _MAX_KEY)
-    if state is JobState.RUNNING:
-        return conn.execute(Q["list_running" + suffix], {**args, "k1": k1, "k2": k2}).fetchall()
-    if state is JobState.WAITING:
-        return conn.execute(Q["list_waiting" + suffix], {**args, "k1": k1, "k2": k2}).fetchall()
-    return conn.execute(
-        Q["list_finished" + suffix], {**args, "state": state.value, "k1": k1, "k2": k2}
-    ).fetchall()
+    name = _LISTING.get(state, "list_finished") + suffix
+    k1, k2 = sql_common.page_start(state, key)
+    return conn.execute(Q[name], {**args, "state": state.value, "k1": k1, "k2": k2}).fetchall()
 
 
 # --- events -----------------------------------------------------------------------------
@@ -243,25 +205,3 @@ def _int_id(event_id: str) -> int:
         raise ValueError(
             f"invalid event id {event_id!r}: pass back an id this engine returned"
         ) from None
-
-
-def _event(row: Sequence[Any]) -> Event:
-    event_id, queue, kind, job_id, task, tenant, attempt, at_ms, data = row
-    payload: dict[str, Any] = {}
-    if data:
-        try:
-            decoded = orjson.loads(data)
-            payload = decoded if isinstance(decoded, dict) else {"value": decoded}
-        except orjson.JSONDecodeError:
-            payload = {"raw": data}
-    return Event(
-        id=str(event_id),
-        kind=kind,
-        job_id=job_id,
-        queue=queue,
-        at=at_ms / 1000.0,
-        task=task,
-        tenant=tenant,
-        attempt=attempt,
-        data=payload,
-    )

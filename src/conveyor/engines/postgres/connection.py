@@ -168,7 +168,7 @@ class PgCore:
         self._trim_queues: set[str] = set()
         self._trimmer: asyncio.Task[None] | None = None  # see _trim_soon
         self._pool: AsyncConnectionPool[Conn] | None = None
-        self._line: Line | None = None  # see _held_rows
+        self._line: Line[PooledConn] | None = None  # see _held_rows
         self._holding = False  # a line is being taken from the pool
         self._listener: asyncio.Task[None] | None = None
         self._listening = False
@@ -390,7 +390,7 @@ class PgCore:
             line.told = quiet
         return await line.rows(query, params)
 
-    async def _hold(self) -> Line | None:
+    async def _hold(self) -> Line[PooledConn] | None:
         """A new held line, replacing a closed one (None while one is being taken, or
         when the pool has no connection to give: the pool's path then says why)."""
         pool = self._pool

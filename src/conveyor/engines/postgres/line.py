@@ -32,16 +32,16 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Generic, TypeVar
 
 import psycopg
 from psycopg import pq
 from psycopg.pq.abc import PGresult
 
-if TYPE_CHECKING:
-    from .connection import PooledConn
-
 __all__ = ["Line"]
+
+# The pool's connection class (typed by the caller: line.py does not import connection.py)
+C = TypeVar("C", bound=psycopg.AsyncConnection[Any])
 
 Row = tuple[str | None, ...]
 
@@ -80,7 +80,7 @@ def _text_rows(res: PGresult) -> list[Row]:
     return rows
 
 
-class Line:
+class Line(Generic[C]):
     """One connection taken from the pool, with its socket registered with the event loop
     for as long as the line is open. See the module docstring for the rules.
 
@@ -89,7 +89,7 @@ class Line:
             until `close` (then the engine returns it to the pool).
     """
 
-    def __init__(self, conn: PooledConn) -> None:
+    def __init__(self, conn: C) -> None:
         self.conn = conn
         self.busy = False
         self.closed = False

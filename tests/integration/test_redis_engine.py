@@ -34,6 +34,7 @@ from conveyor.engines.redis.keys import KeyLayout
 from conveyor.errors import ConfigError, EngineUnavailable
 from conveyor.job import JobState, NewJob, new_job_id
 from conveyor.testing import eventually
+from tests.conftest import free_port
 from tests.redis_topologies import raw_client
 
 pytestmark = pytest.mark.redis
@@ -139,9 +140,9 @@ def test_lua_opens_with_its_contract_and_builds_no_key(name: str) -> None:
 
 def _start_cluster_node(server: str, directory: Path) -> tuple[subprocess.Popen[bytes], int]:
     """Start a cluster-enabled redis-server holding every slot; (process, port)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
+    # Not an ephemeral port: a cluster node's bus listens on port + 10000, which must be a
+    # valid port (an OS-picked 60585 made the node refuse to start).
+    port = free_port()
     proc = subprocess.Popen(
         [server, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory),
          "--save", "", "--appendonly", "no", "--cluster-enabled", "yes",

@@ -17,7 +17,13 @@ burst mode) drains them. Counted from the worker's start to the empty queue, per
 The server must have ``pg_stat_statements`` in ``shared_preload_libraries`` (with
 ``pg_stat_statements.track = all`` and ``track_planning = on``) and nobody else
 using it (its counts are cluster-wide): start a private one with ``initdb`` and pass
-``--port``. Each rep uses a fresh database.
+``--port``. Each rep uses a fresh database, unless ``--same-db``: then every rep runs in
+one database and starts with ``app.purge`` of the queue, as bench/run's producer does
+before each measurement, so what churn leaves behind (dead tuples and index entries,
+table growth) shows in the counts of later reps. Each rep then also prints the jobs
+table's live/dead tuples and its heap and index sizes at its start.
+
+    .venv/bin/python bench/pg_w1_cost.py --port 55471 --reps 6 --same-db
 """
 
 from __future__ import annotations
@@ -80,12 +86,33 @@ def table_counts(url: str) -> dict[str, float]:
     return out
 
 
+def jobs_table_state(url: str) -> dict[str, float]:
+    """The jobs table's live and dead tuples (as of the last stats flush) and its sizes."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT n_live_tup, n_dead_tup, pg_relation_size(relid) / 8192,"
+            " pg_indexes_size(relid) / 8192,"
+            " pg_relation_size('conveyor.jobs_claim') / 8192"
+            " FROM pg_stat_user_tables WHERE schemaname = 'conveyor' AND relname = 'jobs'"
+        ).fetchone()
+    if row is None:  # the first rep of a fresh database: no schema yet
+        return {}
+    keys = ("live_tup", "dead_tup", "heap_pages", "index_pages", "claim_index_pages")
+    return {f"jobs.{k}": float(v) for k, v in zip(keys, row, strict=True)}
+
+
 async def one_run(
-    server: str, admin: psycopg.Connection[Any], jobs: int, concurrency: int, rep: int
+    server: str,
+    admin: psycopg.Connection[Any],
+    jobs: int,
+    concurrency: int,
+    rep: int,
+    same_db: bool,
 ) -> dict[str, Any]:
-    database = f"pgw1_cost_{os.getpid()}_{rep}"
-    admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-    admin.execute(f'CREATE DATABASE "{database}"')
+    database = f"pgw1_cost_{os.getpid()}" + ("" if same_db else f"_{rep}")
+    if not same_db or rep == 0:
+        admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        admin.execute(f'CREATE DATABASE "{database}"')
     url = f"{server}/{database}"
     app = Conveyor(f"{url}?schema=conveyor")
 
@@ -95,6 +122,10 @@ async def one_run(
 
     try:
         await app.connect()
+        await app.purge("bench")  # what the previous rep left (bench/run's producer does it)
+        await asyncio.sleep(0.7)  # stats are flushed by backends at most once a second
+        admin.execute("SELECT pg_stat_clear_snapshot()")
+        state = jobs_table_state(url)
         for start in range(0, jobs, 1000):
             await app.enqueue_many(
                 [
@@ -123,12 +154,14 @@ async def one_run(
     tables1 = table_counts(url)
     stmts = admin.execute(
         "SELECT calls, rows, total_exec_time, plans, total_plan_time,"
-        " left(regexp_replace(query, '\\s+', ' ', 'g'), 100)"
+        " left(regexp_replace(query, '\\s+', ' ', 'g'), 100),"
+        " shared_blks_hit + shared_blks_read, toplevel"
         " FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid"
         " WHERE d.datname = %s ORDER BY total_exec_time + total_plan_time DESC",
         (database,),
     ).fetchall()
-    admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    if not same_db:
+        admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
     cpu = sum(v - cpu0.get(pid, 0.0) for pid, v in cpu1.items())
     out: dict[str, Any] = {
         "jobs/s": jobs / elapsed,
@@ -136,6 +169,9 @@ async def one_run(
         "statements/job": sum(s[0] for s in stmts) / jobs,
         "rows/job": sum(s[1] for s in stmts) / jobs,
         "exec_ms/job": sum(s[2] for s in stmts) / jobs,
+        # Buffers touched by top-level statements only: with `track = all` a nested
+        # statement's buffers are counted in its own row and again in its caller's.
+        "buffers/job": sum(s[6] for s in stmts if s[7]) / jobs,
         "wal_bytes/job": (after["wal_bytes"] - before["wal_bytes"]) / jobs,
         "wal_records/job": (after["wal_records"] - before["wal_records"]) / jobs,
         "commits/job": (after["commits"] - before["commits"]) / jobs,
@@ -150,6 +186,7 @@ async def one_run(
             out[f"{key}/job"] = delta / jobs
         elif delta:
             out[key] = delta
+    out |= state
     out["top"] = stmts[:25]
     return out
 
@@ -161,6 +198,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--top", action="store_true", help="print the costliest statements")
+    parser.add_argument(
+        "--same-db", action="store_true", help="one database for every rep, purged between"
+    )
     args = parser.parse_args()
     server = f"postgresql://postgres@127.0.0.1:{args.port}"
     print(f"conveyor from {Path(conveyor.__file__).parent}", flush=True)
@@ -168,17 +208,19 @@ def main() -> None:
     with psycopg.connect(f"{server}/postgres", autocommit=True) as admin:
         admin.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         for rep in range(args.reps):
-            r = asyncio.run(one_run(server, admin, args.jobs, args.concurrency, rep))
+            r = asyncio.run(
+                one_run(server, admin, args.jobs, args.concurrency, rep, args.same_db)
+            )
             results.append(r)
             line = ", ".join(
                 f"{k} {v:,.2f}" for k, v in r.items() if k != "top" and isinstance(v, float)
             )
             print(f"rep {rep + 1}: {line}", flush=True)
             if args.top:
-                for calls, rows, ms, plans, plan_ms, query in r["top"]:
+                for calls, rows, ms, plans, plan_ms, query, blks, _ in r["top"]:
                     print(
                         f"    {calls:>7} calls {rows:>7} rows {ms:9.1f} ms"
-                        f" {plans:>6} plans {plan_ms:7.1f} ms  {query}"
+                        f" {plans:>6} plans {plan_ms:7.1f} ms {blks:>9} bufs  {query}"
                     )
     keys = [k for k in results[0] if k != "top" and isinstance(results[0][k], float)]
     print("median: " + ", ".join(f"{k} {statistics.median(r.get(k, 0.0) for r in results):,.2f}"

@@ -230,6 +230,13 @@ DELETE FROM {schema}.jobs WHERE id IN (
 DELETE FROM {schema}.jobs WHERE id IN (
     SELECT id FROM {schema}.jobs WHERE queue = %s LIMIT %s FOR UPDATE SKIP LOCKED);
 
+-- name: purge_vacuum
+-- After a purge that deleted many jobs (operations.py): reclaim their dead tuples and
+-- index entries now. Autocommit only (VACUUM runs outside a transaction). SKIP_LOCKED:
+-- when another VACUUM (autovacuum) holds the table, that one does the work; the purge
+-- does not wait. Without the table's ownership, Postgres skips it with a warning.
+VACUUM (SKIP_LOCKED) {schema}.jobs;
+
 -- name: purge_forget
 DELETE FROM {schema}.tenants WHERE queue = %s;
 

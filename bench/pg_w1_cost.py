@@ -208,9 +208,7 @@ def main() -> None:
     with psycopg.connect(f"{server}/postgres", autocommit=True) as admin:
         admin.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         for rep in range(args.reps):
-            r = asyncio.run(
-                one_run(server, admin, args.jobs, args.concurrency, rep, args.same_db)
-            )
+            r = asyncio.run(one_run(server, admin, args.jobs, args.concurrency, rep, args.same_db))
             results.append(r)
             line = ", ".join(
                 f"{k} {v:,.2f}" for k, v in r.items() if k != "top" and isinstance(v, float)

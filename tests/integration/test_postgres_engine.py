@@ -8,6 +8,7 @@ Every behaviour it shares with the other engines is in the contract suite.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -192,6 +193,70 @@ async def test_only_an_exchange_without_outcomes_skips_the_wal_flush(
                 assert await cur.fetchone() == (expected,), name
         cur = await conn.execute("SELECT current_setting('synchronous_commit')")
         assert await cur.fetchone() == ("on",)  # for that transaction only
+
+
+# --- churn: what earlier runs left does not slow the next (migration 0013) ------------------
+async def blocks_read(conn: psycopg.AsyncConnection[Any], schema: str, sql: str) -> dict[str, int]:
+    """Run `sql` in a transaction of its own and return the buffers it read (hit or not)
+    of each jobs index, counted by the server: load-independent. (The backend's counts
+    not yet sent to the statistics are read before and after, in the transaction, since
+    nothing is sent before it ends.)"""
+    counts = (
+        "SELECT c.relname, pg_stat_get_xact_blocks_fetched(c.oid) FROM pg_class c"
+        " WHERE c.oid = %(t)s::regclass"
+        " OR c.oid IN (SELECT indexrelid FROM pg_index WHERE indrelid = %(t)s::regclass)"
+    )
+    async with conn.transaction():
+        cur = await conn.execute(counts, {"t": f'"{schema}".jobs'})
+        before = dict(await cur.fetchall())
+        await conn.execute(sql)
+        cur = await conn.execute(counts, {"t": f'"{schema}".jobs'})
+        return {str(name): int(n - before[name]) for name, n in await cur.fetchall()}
+
+
+async def test_the_exchange_reads_no_more_after_purged_runs(
+    engine: PostgresEngine, app: Conveyor, postgres_url: str
+) -> None:
+    """Three runs of 2,000 jobs (enqueued, claimed, completed, purged) leave nothing the
+    next run's claims and outcomes step over: a claim of 25 reads a few pages of the
+    claim index (the purge vacuumed the dead head away), never all pending jobs through
+    another index, and outcomes find their jobs by primary key, not by reading every
+    running job (the plans do not depend on statistics, which this table never got)."""
+    from conveyor.engines import Outcome
+
+    for _ in range(3):
+        await engine.enqueue([app.build("t", {}) for _ in range(2_000)])
+        for _ in range(2):
+            got = await claim(engine, 1_000)
+            done = [Outcome(j.id, str(j.token), "complete", result_json="1") for j in got]
+            await engine.exchange(done, queues=["q"], limit=0, worker_id="w", lease_ms=60_000)
+        assert await engine.purge("q") == 2_000
+    await engine.enqueue([app.build("t", {}) for _ in range(2_000)])
+    schema = engine.schema_sql.strip('"')
+    call = f"SELECT {engine.schema_sql}.exchange('%s'::jsonb, ARRAY['q'], %d, 'w', 60000)"
+    async with await psycopg.AsyncConnection.connect(conninfo(postgres_url)) as conn:
+        await blocks_read(conn, schema, call % ("[]", 25))  # plans made (index metapages read)
+        for _ in range(2):  # generic plans, cached for the connection
+            claimed = await blocks_read(conn, schema, call % ("[]", 25))
+            assert claimed["jobs_claim"] <= 6, claimed
+            assert claimed["jobs_pending_age"] == 0, claimed  # no read-everything-and-sort
+        await claim(engine, 1_000)  # 1,075 running jobs, over some 60 pages
+        cur = await conn.execute(
+            f"SELECT id, token FROM {engine.schema_sql}.jobs WHERE state = 'running'"
+        )
+        running = await cur.fetchall()
+        assert len(running) == 1_075
+        for start in range(0, 75, 25):
+            outcomes = json.dumps(
+                [{"id": i, "token": t, "kind": "complete"} for i, t in running[start : start + 25]]
+            )
+            finished = await blocks_read(conn, schema, call % (outcomes, 0))
+            if start == 0:
+                continue  # plans made
+            # By primary key: not a scan of the 1,075 running jobs (their index and pages).
+            assert finished["jobs_lease"] <= 4, finished  # the lease probe's descent only
+            assert finished["jobs_pkey"] <= 25 * 4 and finished["jobs"] <= 25 * 8, finished
+    assert (await app.counts("q")).completed == 75
 
 
 # --- fleet-wide limits: several engines (processes) claim at once -------------------------

@@ -69,11 +69,62 @@ BEGIN
 END
 $$;
 
--- 2. `claim_rows` (contract as in 0012): its SELECT takes the first pending jobs in claim
---    order, which `jobs_claim` (or `jobs_tenant_claim`) returns in that order, so the
---    LIMIT stops after `p_n` rows. Another partial index on pending jobs
---    (`jobs_pending_age`) costs the same when the planner guesses one pending row, and is
---    smaller (its keys deduplicate), so without statistics it won: every claim then read
---    and sorted all pending jobs. A sort is never what this function wants.
-ALTER FUNCTION {schema}.claim_rows(text, text, integer, bigint, text, bigint)
-    SET enable_sort = off;
+-- 2. `claim_rows` (contract as in 0012), two statements that each had a second plan:
+--    * its SELECT takes the first pending jobs in claim order, which `jobs_claim` (or
+--      `jobs_tenant_claim`) returns in that order, so the LIMIT stops after `p_n` rows.
+--      Another partial index on pending jobs (`jobs_pending_age`) costs the same when the
+--      planner guesses one pending row, and is smaller (its keys deduplicate), so
+--      without statistics it won: every claim read and sorted all pending jobs. A sort
+--      is never what this function wants (`SET enable_sort = off`);
+--    * its UPDATE goes to the locked rows by tuple id. Its state check, written
+--      `state = 'pending'`, matched that same partial index, and a bitmap scan of it (the
+--      planner guessing two rows) read every pending job and kept the 25 locked ones. The
+--      check is written `(state = 'pending') IS TRUE` now (the same for a NOT NULL
+--      column), which no partial index matches: the tuple ids are the only way in.
+CREATE OR REPLACE FUNCTION {schema}.claim_rows(p_queue text, p_tenant text, p_n integer,
+    p_now bigint, p_worker text, p_lease_until bigint)
+RETURNS jsonb
+LANGUAGE plpgsql
+SET enable_sort = off
+AS $$
+DECLARE
+    v_rows jsonb;
+    v_tids tid[];
+BEGIN
+    IF p_n <= 0 THEN
+        RETURN '[]';
+    END IF;
+    -- Two statements, one per claim index (a partial index needs its literal terms).
+    IF p_tenant IS NULL THEN
+        SELECT array_agg(s.ctid) INTO v_tids FROM (
+            SELECT ctid FROM {schema}.jobs WHERE queue = p_queue AND state = 'pending'
+                AND tenant IS NULL
+            ORDER BY priority DESC, seq LIMIT p_n FOR UPDATE SKIP LOCKED) s;
+    ELSE
+        SELECT array_agg(s.ctid) INTO v_tids FROM (
+            SELECT ctid FROM {schema}.jobs WHERE queue = p_queue AND state = 'pending'
+                AND tenant IS NOT NULL AND tenant = p_tenant
+            ORDER BY priority DESC, seq LIMIT p_n FOR UPDATE SKIP LOCKED) s;
+    END IF;
+    IF v_tids IS NULL THEN
+        RETURN '[]';
+    END IF;
+    WITH c AS (
+        UPDATE {schema}.jobs SET state = 'running', attempt = attempt + 1,
+            token = replace(gen_random_uuid()::text, '-', ''), started_ms = p_now,
+            worker = p_worker, lease_until_ms = p_lease_until
+        WHERE ctid = ANY(v_tids) AND (state = 'pending') IS TRUE
+        RETURNING *
+    ), ev AS (
+        INSERT INTO {schema}.events (queue, kind, job_id, task, tenant, attempt, at_ms)
+        SELECT c.queue, 'started', c.id, c.task, c.tenant, c.attempt, p_now FROM c
+    )
+    SELECT coalesce(jsonb_agg(jsonb_build_array(c.id, c.queue, c.task, c.payload, c.state,
+        c.attempt, c.max_attempts, c.priority, c.tenant, c.dedupe_key, c.timeout_ms,
+        c.backoff, c.created_ms, c.scheduled_ms, c.started_ms, c.finished_ms, c.progress,
+        c.result, c.errors, c.token, c.worker, c.lease_until_ms, c.seq)
+        ORDER BY c.priority DESC, c.seq), '[]')
+    INTO v_rows FROM c;
+    RETURN v_rows;
+END
+$$;

@@ -232,10 +232,12 @@ DELETE FROM {schema}.jobs WHERE id IN (
 
 -- name: purge_vacuum
 -- After a purge that deleted many jobs (operations.py): reclaim their dead tuples and
--- index entries now. Autocommit only (VACUUM runs outside a transaction). SKIP_LOCKED:
--- when another VACUUM (autovacuum) holds the table, that one does the work; the purge
--- does not wait. Without the table's ownership, Postgres skips it with a warning.
-VACUUM (SKIP_LOCKED) {schema}.jobs;
+-- index entries now, and those the event log's trim left (it deletes about three events
+-- for every job that passed; its range delete steps over every dead entry before the
+-- cut). Autocommit only (VACUUM runs outside a transaction). SKIP_LOCKED: a table
+-- another VACUUM (autovacuum) holds is left to that one; the purge does not wait.
+-- Without a table's ownership, Postgres skips it with a warning.
+VACUUM (SKIP_LOCKED) {schema}.jobs, {schema}.events, {schema}.event_commits;
 
 -- name: purge_forget
 DELETE FROM {schema}.tenants WHERE queue = %s;

@@ -236,6 +236,9 @@ DELETE FROM {schema}.jobs WHERE id IN (
 -- for every job that passed; its range delete steps over every dead entry before the
 -- cut). Autocommit only (VACUUM runs outside a transaction). SKIP_LOCKED: a table
 -- another VACUUM (autovacuum) holds is left to that one; the purge does not wait.
+-- Empty pages at the table's end are cut off as autovacuum does (under a lock taken
+-- only if free, given up as soon as a statement waits for it): with `TRUNCATE false`
+-- the table kept its 1,157 pages and W1 read 6% more buffers per job (42.2 -> 45).
 -- Without a table's ownership, Postgres skips it with a warning.
 VACUUM (SKIP_LOCKED) {schema}.jobs, {schema}.events, {schema}.event_commits;
 

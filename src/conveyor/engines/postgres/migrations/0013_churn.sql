@@ -12,11 +12,13 @@
 -- * dead tuples and index entries pile up: every claim steps over the dead head of
 --   `jobs_claim` (about 100 leaf pages per earlier run of 20,000 jobs) and the lease
 --   probe over the dead entries of `jobs_lease`. The purge vacuums them away now
---   (operations.py), and this migration makes both plans independent of statistics.
+--   (operations.py), and this migration makes the exchange's plans independent of
+--   statistics (three statements, below).
 -- `{schema}` / `{channel}` as in 0001. Written to be applied again safely.
 
 -- 1. `apply_outcomes` (contract as in 0002 and 0005): the UPDATE finds its jobs by primary
---    key only. `id = ANY(the outcomes' ids)` costs ten key probes whatever the table holds,
+--    key only. `id = ANY(the outcomes' ids)` is costed as ten key probes whatever the
+--    table holds,
 --    and the running-state check is a join term (`x.from_state`, in a materialized CTE
 --    the planner does not see into) rather than `state = 'running'`, which a partial
 --    index on running jobs (`jobs_lease`, `jobs_tenant_running`) would match and turn into

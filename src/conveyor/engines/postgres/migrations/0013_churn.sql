@@ -18,11 +18,11 @@
 
 -- 1. `apply_outcomes` (contract as in 0002 and 0005): the UPDATE finds its jobs by primary
 --    key only. `id = ANY(the outcomes' ids)` is costed as ten key probes whatever the
---    table holds,
---    and the running-state check is a join term (`x.from_state`, in a materialized CTE
---    the planner does not see into) rather than `state = 'running'`, which a partial
---    index on running jobs (`jobs_lease`, `jobs_tenant_running`) would match and turn into
---    a scan of every running job. Results are unchanged: the same rows pass the same terms.
+--    table holds, and the running-state check is a join term (`x.from_state`, in a
+--    materialized CTE the planner does not see into) rather than `state = 'running'`,
+--    which a partial index on running jobs (`jobs_lease`, `jobs_tenant_running`) would
+--    match and turn into a scan of every running job. Results are unchanged: the same
+--    rows pass the same terms.
 CREATE OR REPLACE FUNCTION {schema}.apply_outcomes(p_outcomes jsonb, p_now bigint)
 RETURNS TABLE (job_id text, job_queue text, target text)
 LANGUAGE plpgsql AS $$

@@ -125,6 +125,16 @@ async def test_options_that_differ_per_job_are_stored_per_job(
     assert states == ["pending", "pending", "scheduled", "pending", "scheduled", "pending"]
 
 
+async def test_ids_holding_the_separator_are_split_right(
+    engine: PostgresEngine, migrated: Reference, postgres_url: str
+) -> None:
+    """Ids are opaque to the engine: one holding the record separator the batch joins
+    ids with (and the private-use character tried next) is stored as it is."""
+    jobs = [job(0), job(1, id="q:a\x1eb"), job(2, id="q:\ue000\x1e"), job(3)]
+    got = await both(engine, migrated, postgres_url, jobs)
+    assert [r.id for r in got] == [j.id for j in jobs]
+
+
 async def test_a_batch_sharing_one_non_default_value_sends_it_once(
     engine: PostgresEngine, migrated: Reference, postgres_url: str
 ) -> None:

@@ -23,6 +23,7 @@ Enqueue is one call of the schema's ``enqueue(jsonb)`` function for one job (als
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import count
 from operator import attrgetter
 from typing import Any, Final
 
@@ -90,12 +91,30 @@ _TIMEOUT_COLUMN: Final = 6
 _MADE: Final = {"p": JobState.PENDING, "s": JobState.SCHEDULED}
 
 
-def batch_params(jobs: Sequence[NewJob]) -> list[list[Any]]:
-    """The arrays `enqueue_batch` takes (all but its clock): ids, payloads, then one per
-    column of `_BATCH_COLUMNS`, which holds one value when every job has that value
-    (none for NULL), so a batch of one task's plain jobs sends two real arrays."""
+def joined(values: list[str]) -> tuple[str, str]:
+    """`values` as one text and the separator that splits it back (queries.sql
+    `enqueue_batch`: string_to_array): one join here and one split there, where an array
+    parameter costs psycopg a Python step per element. The separator is the ASCII record
+    separator, which JSON text never holds raw (RFC 8259 escapes control characters) nor
+    does an id made here; when a value holds it anyway, a character none of them holds."""
+    sep = "\x1e"
+    text = sep.join(values)
+    if text.count(sep) != len(values) - 1:
+        used = set(text)
+        sep = next(chr(c) for c in count(0xE000) if chr(c) not in used)
+        text = sep.join(values)
+    return text, sep
+
+
+def batch_params(jobs: Sequence[NewJob]) -> list[Any]:
+    """The parameters of `enqueue_batch` but its clock: ids and payloads (`joined`, each
+    with its separator), then one array per column of `_BATCH_COLUMNS`, which holds one
+    value when every job has that value (none for NULL)."""
     n = len(jobs)
-    params: list[list[Any]] = [[new.id for new in jobs], [new.payload_json for new in jobs]]
+    params: list[Any] = [
+        *joined([new.id for new in jobs]),
+        *joined([new.payload_json for new in jobs]),
+    ]
     # One C-level getter per job and a transpose, not a Python loop per column and job.
     for index, values in enumerate(zip(*map(_BATCH_COLUMNS, jobs), strict=True)):
         first = values[0]

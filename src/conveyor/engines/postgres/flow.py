@@ -115,15 +115,22 @@ def batch_params(jobs: Sequence[NewJob]) -> list[Any]:
         *joined([new.id for new in jobs]),
         *joined([new.payload_json for new in jobs]),
     ]
-    # One C-level getter per job and a transpose, not a Python loop per column and job.
-    for index, values in enumerate(zip(*map(_BATCH_COLUMNS, jobs), strict=True)):
-        first = values[0]
-        column: list[Any] = (
-            ([] if first is None else [first]) if values.count(first) == n else list(values)
-        )
-        if index == _TIMEOUT_COLUMN:
-            column = [None if t is None else int(t * 1000) for t in column]
-        params.append(column)
+    # One C-level getter per job; a batch whose jobs agree on every column (the usual
+    # one) needs no transpose.
+    rows = list(map(_BATCH_COLUMNS, jobs))
+    columns: list[list[Any]]
+    if rows.count(rows[0]) == n:
+        columns = [[] if value is None else [value] for value in rows[0]]
+    else:
+        columns = [
+            ([] if values[0] is None else [values[0]])
+            if values.count(values[0]) == n
+            else list(values)
+            for values in zip(*rows, strict=True)
+        ]
+    timeouts = columns[_TIMEOUT_COLUMN]
+    columns[_TIMEOUT_COLUMN] = [None if t is None else int(t * 1000) for t in timeouts]
+    params.extend(columns)
     return params
 
 

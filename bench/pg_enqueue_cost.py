@@ -13,13 +13,16 @@ database dropped at the end:
   calls of the insert-LSN delta, commit record included) and the wall rate (load-bound).
 * `--functions`: server CPU of the schema's `enqueue` function alone, one job per call,
   4,000 calls in one DO block (no round trip, no commit), the function of migration 0007
-  against the current one, interleaved.
+  against the current one, interleaved. With `--bulk K`: server CPU and WAL per job of
+  K-job calls, the JSON `enqueue` (every batch before migration 0015) against
+  `enqueue_batch` (`bulk_functions`).
 
     .venv/bin/python bench/pg_enqueue_cost.py --src /tmp/main/src --src src \\
         --pgqueuer-python bench/.peers/venvs/pgqueuer_lib/bin/python --rounds 3 --n 3000
     .venv/bin/python bench/pg_enqueue_cost.py --src /tmp/main/src --src src --bulk 1000 \\
         --pgqueuer-python bench/.peers/venvs/pgqueuer_lib/bin/python --rounds 5 --n 20000
     .venv/bin/python bench/pg_enqueue_cost.py --functions
+    .venv/bin/python bench/pg_enqueue_cost.py --functions --bulk 1000 --rounds 8
 """
 
 from __future__ import annotations
@@ -259,6 +262,66 @@ def functions(args: argparse.Namespace) -> None:
         print(f"  {label:28s} " + " / ".join(f"{v:.1f}" for v in values[1:]))
 
 
+def bulk_functions(args: argparse.Namespace) -> None:
+    """Server CPU per job of one bulk call, `--bulk` jobs: the JSON `enqueue` function (every
+    batch before migration 0015) against `enqueue_batch` with the parameters `enqueue_many`
+    sends, 5 calls per round, rounds interleaved, the tables emptied before each round."""
+    from conveyor import Conveyor
+    from conveyor.engines.postgres.flow import batch_params, jobs_document
+    from conveyor.engines.postgres.queries import for_schema
+    from conveyor.job import NewJob, new_id_suffixes
+
+    name = "pg_enqueue_cost_bulk_fn"
+    dsn = fresh_database(name)
+
+    async def migrate() -> None:
+        app = Conveyor(f"{dsn}?schema=conveyor")
+        await app.connect()
+        await app.close()
+
+    asyncio.run(migrate())
+    q = for_schema('"conveyor"')
+    n, calls = args.bulk, 5
+
+    def batch() -> list[NewJob]:
+        ids = new_id_suffixes(n)
+        return [NewJob(f"q:{ids[i]}", "q", "job", f'{{"t":{i},"s":{i}}}', 1) for i in range(n)]
+
+    sides: dict[str, tuple[str, Callable[[list[NewJob]], tuple[Any, ...]]]] = {
+        "enqueue(jsonb)": (q["enqueue"], lambda jobs: (jobs_document(jobs), None)),
+        "enqueue_batch": (q["enqueue_batch"], lambda jobs: (*batch_params(jobs), None)),
+    }
+    per_job: dict[str, list[float]] = {label: [] for label in sides}
+    wal: dict[str, list[float]] = {label: [] for label in sides}
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        cur = conn.cursor()
+        row = conn.execute("SELECT pg_backend_pid()").fetchone()
+        assert row is not None
+        pid = int(row[0])
+        for _ in range(args.rounds + 1):
+            for label, (sql, params_of) in sides.items():
+                params = [params_of(batch()) for _ in range(calls)]
+                conn.execute("TRUNCATE conveyor.jobs, conveyor.events")
+                lsn = conn.execute("SELECT pg_current_wal_insert_lsn()").fetchone()
+                assert lsn is not None
+                before = cpu_of(pid)
+                for p in params:
+                    cur.execute(sql, p, prepare=True)
+                    cur.fetchall()
+                per_job[label].append((cpu_of(pid) - before) * 1e6 / (n * calls))
+                diff = conn.execute(
+                    "SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), %s)", (lsn[0],)
+                ).fetchone()
+                assert diff is not None
+                wal[label].append(float(diff[0]) / (n * calls))
+    drop_database(name)
+    print(f"server CPU (µs) and WAL (bytes) per job, {calls} calls of {n:,} jobs per round,")
+    print("first round a warm-up, rounds interleaved (WAL includes the 5 commits)")
+    for label in sides:
+        cpu = " / ".join(f"{v:.1f}" for v in per_job[label][1:])
+        print(f"  {label:16s} CPU {cpu}   WAL " + " / ".join(f"{v:.0f}" for v in wal[label][1:]))
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--producer":
         kind, db, n, bulk = sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
@@ -272,7 +335,9 @@ def main() -> None:
     parser.add_argument("--bulk", type=int, default=0, help="jobs per bulk call (0: single)")
     parser.add_argument("--functions", action="store_true")
     args = parser.parse_args()
-    if args.functions:
+    if args.functions and args.bulk:
+        bulk_functions(args)
+    elif args.functions:
         functions(args)
     else:
         producers(args)

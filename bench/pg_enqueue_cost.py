@@ -69,6 +69,21 @@ def fresh_database(name: str) -> str:
     return f"postgresql://postgres@127.0.0.1/{name}"
 
 
+def migrated_database(name: str) -> str:
+    """`fresh_database` with Conveyor's schema (`conveyor`) migrated into it."""
+    from conveyor import Conveyor
+
+    dsn = fresh_database(name)
+
+    async def migrate() -> None:
+        app = Conveyor(f"{dsn}?schema=conveyor")
+        await app.connect()
+        await app.close()
+
+    asyncio.run(migrate())
+    return dsn
+
+
 def drop_database(name: str) -> None:
     with psycopg.connect(ADMIN, autocommit=True) as admin:
         admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
@@ -210,17 +225,8 @@ def producers(args: argparse.Namespace) -> None:
 
 def functions(args: argparse.Namespace) -> None:
     """Server CPU per call of the enqueue function of 0007 against the current one."""
-    from conveyor import Conveyor
-
     name = "pg_enqueue_cost_fn"
-    dsn = fresh_database(name)
-
-    async def migrate() -> None:
-        app = Conveyor(f"{dsn}?schema=conveyor")
-        await app.connect()
-        await app.close()
-
-    asyncio.run(migrate())
+    dsn = migrated_database(name)
 
     def function_of(path: Path, new_name: str) -> str:
         text = path.read_text()
@@ -266,20 +272,12 @@ def bulk_functions(args: argparse.Namespace) -> None:
     """Server CPU per job of one bulk call, `--bulk` jobs: the JSON `enqueue` function (every
     batch before migration 0015) against `enqueue_batch` with the parameters `enqueue_many`
     sends, 5 calls per round, rounds interleaved, the tables emptied before each round."""
-    from conveyor import Conveyor
     from conveyor.engines.postgres.flow import batch_params, jobs_document
     from conveyor.engines.postgres.queries import for_schema
     from conveyor.job import NewJob, new_id_suffixes
 
     name = "pg_enqueue_cost_bulk_fn"
-    dsn = fresh_database(name)
-
-    async def migrate() -> None:
-        app = Conveyor(f"{dsn}?schema=conveyor")
-        await app.connect()
-        await app.close()
-
-    asyncio.run(migrate())
+    dsn = migrated_database(name)
     q = for_schema('"conveyor"')
     n, calls = args.bulk, 5
 

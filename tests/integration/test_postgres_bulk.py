@@ -12,6 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from conveyor import Conveyor, Job
 from conveyor.clock import FakeClock
 from conveyor.engines import open_engine
 from conveyor.engines.postgres import PostgresEngine, parse_postgres_url
@@ -181,3 +182,33 @@ async def test_a_batch_is_one_statement_and_one_row(
     sent = record_statements(monkeypatch)
     await engine.enqueue([job(n) for n in range(1000)])
     assert len(sent) == 1 and "enqueue_batch(" in sent[0]
+
+
+async def test_a_batch_writes_no_event_for_a_queue_without_events(postgres_url: str) -> None:
+    """Lifecycle rule 7 holds for a batch that mixes a quiet queue and a loud one."""
+    app = Conveyor(postgres_url)
+    app.limits("quiet", events=False)
+
+    @app.task("hush", queue="quiet")
+    async def hush(job: Job) -> None: ...
+
+    @app.task("shout", queue="loud")
+    async def shout(job: Job) -> None: ...
+
+    await app.connect()
+    try:
+        jobs = await app.enqueue_many(
+            [{"task": "hush", "payload": {"n": n}} for n in range(3)]
+            + [{"task": "shout", "payload": {"n": n}} for n in range(2)]
+        )
+        assert [j.state for j in jobs] == ["pending"] * 5
+    finally:
+        await app.close()
+    schema = parse_postgres_url(postgres_url)[1]
+    with psycopg.connect(parse_postgres_url(postgres_url)[0], autocommit=True) as conn:
+        rows = conn.execute(
+            f'SELECT queue, kind, job_id FROM "{schema}".events ORDER BY id'
+        ).fetchall()
+        counts = conn.execute(f'SELECT queue, count(*) FROM "{schema}".jobs GROUP BY 1').fetchall()
+    assert rows == [("loud", "enqueued", jobs[3].id), ("loud", "enqueued", jobs[4].id)]
+    assert dict(counts) == {"quiet": 3, "loud": 2}

@@ -1,5 +1,6 @@
-"""Client instructions per single enqueue on Postgres (callgrind), a count a busy machine
-does not blur.
+"""Client instructions per enqueued job on Postgres (callgrind), single or in bulk
+(`--bulk K`: the library's bulk call with K jobs, as `pg_enqueue_cost.py --bulk`), a count
+a busy machine does not blur.
 
 For each source tree (`--src`, repeatable) and optionally pgqueuer (`--pgqueuer-python`,
 the interpreter of a venv with pgqueuer and asyncpg), a producer runs under
@@ -12,6 +13,8 @@ fresh database on the machine's Postgres (127.0.0.1:5432, user postgres), droppe
 
     .venv/bin/python bench/pg_client_instructions.py --src /tmp/main/src --src src \\
         --pgqueuer-python bench/.peers/venvs/pgqueuer_lib/bin/python --n 1000
+    .venv/bin/python bench/pg_client_instructions.py --src /tmp/main/src --src src \\
+        --pgqueuer-python bench/.peers/venvs/pgqueuer_lib/bin/python --n 10000 --bulk 1000
 
 Needs valgrind, its headers (valgrind/callgrind.h) and a C compiler.
 """
@@ -39,14 +42,15 @@ void cg_stop(void) { CALLGRIND_TOGGLE_COLLECT; CALLGRIND_DUMP_STATS; }
 """
 
 
-async def produce(kind: str, dsn: str, n: int, helper: str) -> None:
-    """Warm up, then `n` single enqueues with callgrind collecting (run under valgrind)."""
+async def produce(kind: str, dsn: str, n: int, helper: str, bulk: int) -> None:
+    """Warm up, then `n` jobs (single enqueues, or bulk calls of `bulk`) with callgrind
+    collecting (run under valgrind)."""
     cg = ctypes.CDLL(helper)
-    one, close = await producer(kind, dsn)
-    for i in range(50):
+    one, close = await producer(kind, dsn, bulk)
+    for i in range(5 if bulk else 50):
         await one(i)
     cg.cg_start()
-    for i in range(n):
+    for i in range(n // (bulk or 1)):
         await one(i)
     cg.cg_stop()
     await close()
@@ -59,7 +63,7 @@ def admin(sql: str) -> None:
         conn.execute(sql)
 
 
-def measure(name: str, argv: list[str], env: dict[str, str], n: int, work: Path) -> int:
+def measure(name: str, argv: list[str], env: dict[str, str], n: int, bulk: int, work: Path) -> int:
     db = f"pg_client_instr_{os.getpid()}"
     admin(f"DROP DATABASE IF EXISTS {db}")
     admin(f"CREATE DATABASE {db}")
@@ -68,7 +72,8 @@ def measure(name: str, argv: list[str], env: dict[str, str], n: int, work: Path)
         subprocess.run(
             ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--collect-atstart=no",
              f"--callgrind-out-file={out}", *argv,
-             f"postgresql://postgres@127.0.0.1/{db}", str(n), str(work / "helper.so")],
+             f"postgresql://postgres@127.0.0.1/{db}", str(n), str(work / "helper.so"),
+             str(bulk)],
             env=env, check=True, capture_output=True, text=True,
         )  # fmt: skip
     finally:
@@ -84,12 +89,13 @@ def measure(name: str, argv: list[str], env: dict[str, str], n: int, work: Path)
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--producer":
         kind, dsn, n, helper = sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
-        asyncio.run(produce(kind, dsn, n, helper))
+        asyncio.run(produce(kind, dsn, n, helper, int(sys.argv[6])))
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--src", action="append", default=[], help="a source tree's src/")
     parser.add_argument("--pgqueuer-python", help="interpreter of a venv with pgqueuer")
     parser.add_argument("--n", type=int, default=1000)
+    parser.add_argument("--bulk", type=int, default=0, help="jobs per bulk call (0: single)")
     args = parser.parse_args()
     me = str(Path(__file__).resolve())
     with tempfile.TemporaryDirectory(prefix="pg_client_instr_") as tmp:
@@ -98,9 +104,11 @@ def main() -> None:
         helper = ["-o", str(work / "helper.so"), str(work / "helper.c")]
         subprocess.run(["cc", "-O2", "-shared", "-fPIC", *helper], check=True)
         sides = producer_sides(me, args.src, args.pgqueuer_python)
-        print(f"client instructions per single enqueue ({args.n:,} enqueues after 50 warm-up)")
+        calls = f"bulk calls of {args.bulk:,}" if args.bulk else "single enqueues"
+        print(f"client instructions per job ({args.n:,} jobs in {calls}, after a warm-up)")
         for name, argv, env in sides:
-            print(f"  {name:40s} {measure(name, argv, env, args.n, work):>10,}", flush=True)
+            count = measure(name, argv, env, args.n, args.bulk, work)
+            print(f"  {name:40s} {count:>10,}", flush=True)
 
 
 if __name__ == "__main__":

@@ -222,7 +222,7 @@ class Producer(AppCore):
         Each item is a mapping with `task`, optional `payload` and any `enqueue` option.
         If any item is invalid, nothing is enqueued.
         """
-        return [stored.job for stored in await self._store(self._build_many(items))]
+        return [job for job, _ in await self._store(self._build_many(items))]
 
     def _build_many(self, items: Iterable[Mapping[str, Any]]) -> list[NewJob]:
         """`build` every item of `enqueue_many` (`task`, optional `payload`, options).
@@ -267,11 +267,13 @@ class Producer(AppCore):
                     queue, max_attempts = fast
                     # encode_payload's checks, inline for the usual payload (one that
                     # holds a null, or fails, takes encode_payload for its verdict).
+                    # find(), not `in`: bytes' `in` first tries its operand as an int
+                    # and builds a TypeError (~1,800 instructions per job, callgrind).
                     try:
                         raw = orjson.dumps(payload, option=STRICT)
                     except orjson.JSONEncodeError:
                         raw = b"null"
-                    if len(raw) <= limit and b"null" not in raw:
+                    if len(raw) <= limit and raw.find(b"null") < 0:
                         body = raw.decode()
                     else:
                         body = encode_payload(payload, limit)
@@ -321,14 +323,16 @@ class Producer(AppCore):
         jobs = await self._settle(jobs, move=False)
         return await (await self.connect()).enqueue(jobs)
 
-    async def _store(self, jobs: Sequence[NewJob]) -> list[Enqueued]:
+    async def _store(self, jobs: Sequence[NewJob]) -> list[tuple[Job, bool]]:
+        """Store `jobs`: (job, created) of each, as `_store_one` (no frozen `Enqueued`
+        per job: one of a bulk enqueue cost about as much as its draft's payload)."""
         if not jobs:
             return []
         if not self._settled(jobs):
             jobs = await self._settle(jobs)
         engine = self.engine if self._connected else await self.connect()
         if len(jobs) == 1:
-            return [Enqueued(*await self._store_one(jobs[0], engine))]
+            return [await self._store_one(jobs[0], engine)]
         # Several jobs: the engine's call runs as a task while the jobs to return are
         # built here (its first write is out after one step), so on Redis this work
         # overlaps the script calls instead of following them. They are made ready to
@@ -347,12 +351,12 @@ class Producer(AppCore):
         finally:
             if not storing.done():  # cancelled: let it end, and retrieve its outcome
                 storing.add_done_callback(lambda f: f.cancelled() or f.exception())
-        out = []
+        out: list[tuple[Job, bool]] = []
         for new, res, job in zip(jobs, results, drafts, strict=True):
             if not res.created:
-                out.append(Enqueued(self._own(await engine.get_job(res.id)), created=False))
+                out.append((self._own(await engine.get_job(res.id)), False))
                 continue
-            out.append(Enqueued(self._stored_as(job, new, res), created=True))
+            out.append((self._stored_as(job, new, res), True))
         return out
 
     async def _store_one(self, new: NewJob, engine: Engine | None = None) -> tuple[Job, bool]:
@@ -360,8 +364,7 @@ class Producer(AppCore):
         `Enqueued` (the single enqueue's hot path)."""
         if engine is None:
             if not self._settled((new,)):
-                stored = (await self._store([new]))[0]
-                return stored.job, stored.created
+                return (await self._store([new]))[0]
             engine = self.engine if self._connected else await self.connect()
         [res] = await engine.enqueue((new,))
         if not res.created:
@@ -411,20 +414,12 @@ class Producer(AppCore):
     def _draft(new: NewJob, now: float) -> Job:
         """The `Job` a created enqueue stores, as pending; `_stored_as` then sets the
         id and state the engine answered."""
-        return Job(
-            id=new.id,
-            queue=new.queue,
-            task=new.task,
-            payload=orjson.loads(new.payload_json),
-            state=JobState.PENDING,
-            max_attempts=new.max_attempts,
-            priority=new.priority,
-            tenant=new.tenant,
-            dedupe_key=new.dedupe_key,
-            timeout=new.timeout,
-            backoff=orjson.loads(new.backoff_json) if new.backoff_json else None,
-            created_at=now,
-        )
+        # Positional, in `Job`'s field order (id ... created_at): keywords cost twice as
+        # much (0.99 against 0.48 us per job, one per job of a bulk enqueue).
+        backoff = orjson.loads(new.backoff_json) if new.backoff_json else None
+        return Job(new.id, new.queue, new.task, orjson.loads(new.payload_json), JobState.PENDING,
+                   0, new.max_attempts, new.priority, new.tenant, new.dedupe_key, new.timeout,
+                   backoff, now)  # fmt: skip
 
     @staticmethod
     def _stored_as(job: Job, new: NewJob, res: EnqueueResult) -> Job:

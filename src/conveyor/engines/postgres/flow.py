@@ -15,14 +15,17 @@ at a time, and the lock is held until its COMMIT, so the next claimer sees what 
 took. That is what makes `concurrency`, `tenant_concurrency` and the rates hold for
 the fleet, not per process.
 
-Enqueue is one call of the schema's ``enqueue(jsonb)`` function (one round trip for
-a batch), which is also what `enqueue_in` runs on a caller's own connection.
+Enqueue is one call of the schema's ``enqueue(jsonb)`` function for one job (also what
+`enqueue_in` runs on a caller's own connection), and of ``enqueue_batch`` (migration
+0015: one binary array per column, one row back) for a batch: one round trip either way.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from itertools import count
+from operator import attrgetter
+from typing import Any, Final
 
 import orjson
 
@@ -77,6 +80,70 @@ def jobs_document(jobs: Sequence[NewJob]) -> str:
     ).decode()
 
 
+# The columns of `enqueue_batch` after the ids and payloads, in its order (timeout in
+# seconds here, in milliseconds there).
+_BATCH_COLUMNS: Final = attrgetter(
+    "queue", "task", "max_attempts", "priority", "tenant", "dedupe_key", "timeout",
+    "backoff_json", "delay_ms", "run_at_ms",
+)  # fmt: skip
+_TIMEOUT_COLUMN: Final = 6
+# `enqueue_batch`'s letter per created job.
+_MADE: Final = {"p": JobState.PENDING, "s": JobState.SCHEDULED}
+
+
+def joined(values: list[str]) -> tuple[str, str]:
+    """`values` as one text and the separator that splits it back (queries.sql
+    `enqueue_batch`: string_to_array): one join here and one split there, where an array
+    parameter costs psycopg a Python step per element. The separator is the ASCII record
+    separator, which JSON text never holds raw (RFC 8259 escapes control characters) nor
+    does an id made here; when a value holds it anyway, a character none of them holds."""
+    sep = "\x1e"
+    text = sep.join(values)
+    if text.count(sep) != len(values) - 1:
+        used = set(text)
+        sep = next(chr(c) for c in count(0xE000) if chr(c) not in used)
+        text = sep.join(values)
+    return text, sep
+
+
+def batch_params(jobs: Sequence[NewJob]) -> list[Any]:
+    """The parameters of `enqueue_batch` but its clock: ids and payloads (`joined`, each
+    with its separator), then one array per column of `_BATCH_COLUMNS`, which holds one
+    value when every job has that value (none for NULL)."""
+    n = len(jobs)
+    params: list[Any] = [
+        *joined([new.id for new in jobs]),
+        *joined([new.payload_json for new in jobs]),
+    ]
+    # One C-level getter per job; a batch whose jobs agree on every column (the usual
+    # one) needs no transpose.
+    rows = list(map(_BATCH_COLUMNS, jobs))
+    columns: list[list[Any]]
+    if rows.count(rows[0]) == n:
+        columns = [[] if value is None else [value] for value in rows[0]]
+    else:
+        columns = [
+            ([] if values[0] is None else [values[0]])
+            if values.count(values[0]) == n
+            else list(values)
+            for values in zip(*rows, strict=True)
+        ]
+    timeouts = columns[_TIMEOUT_COLUMN]
+    columns[_TIMEOUT_COLUMN] = [None if t is None else int(t * 1000) for t in timeouts]
+    params.extend(columns)
+    return params
+
+
+def batch_results(jobs: Sequence[NewJob], row: Sequence[Any]) -> list[EnqueueResult]:
+    """`EnqueueResult`s, in input order, from the row of ``enqueue_batch``: every job
+    made, a letter each in `made` ('p' pending, 's' scheduled); or (`made` NULL) the
+    answer of ``enqueue`` per job, as three arrays (id, created, state)."""
+    made, held_ids, held_created, held_states = row
+    if made is not None:
+        return [EnqueueResult(new.id, True, _MADE[c]) for new, c in zip(jobs, made, strict=True)]
+    return enqueue_results(list(zip(held_ids, held_created, held_states, strict=True)))
+
+
 def enqueue_results(rows: Sequence[Sequence[Any]]) -> list[EnqueueResult]:
     """`EnqueueResult`s from the rows of the ``enqueue`` function."""
     return [EnqueueResult(str(r[0]), bool(r[1]), JobState(str(r[2]))) for r in rows]
@@ -98,9 +165,11 @@ class PgFlow(PgPickup):
         answers with that job (`created=False`) and writes nothing."""
         if not jobs:
             return []
+        if len(jobs) > 1:
+            return await self._enqueue_batch(jobs)
         sql, params = self.enqueue_statement(jobs)
         # One job (a producer's single enqueue): on the held line when it is free.
-        held = await self._held_rows(sql, params) if len(jobs) == 1 else None
+        held = await self._held_rows(sql, params)
         if held is not None:
             results = [EnqueueResult(str(r[0]), r[1] == "t", JobState(str(r[2]))) for r in held]
         else:
@@ -111,6 +180,23 @@ class PgFlow(PgPickup):
                 return enqueue_results(await cur.fetchall())
 
             results = await self._run(tx, single=True)
+        self._notify(jobs=True, events=True)
+        self._count_events(sum(r.created for r in results), {new.queue for new in jobs})
+        return results
+
+    async def _enqueue_batch(self, jobs: Sequence[NewJob]) -> list[EnqueueResult]:
+        """`enqueue` of more than one job: one call of ``enqueue_batch``."""
+        params = (*batch_params(jobs), self._fixed)
+
+        async def tx(conn: Conn) -> list[EnqueueResult]:
+            cur = conn.hot_cursor()
+            await cur.execute(self.q["enqueue_batch"], params)
+            row = await cur.fetchone()
+            if row is None:
+                raise AssertionError("enqueue_batch returns one row")
+            return batch_results(jobs, row)
+
+        results = await self._run(tx, single=True)
         self._notify(jobs=True, events=True)
         self._count_events(sum(r.created for r in results), {new.queue for new in jobs})
         return results

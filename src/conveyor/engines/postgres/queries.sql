@@ -16,6 +16,16 @@ SELECT {job_columns} FROM {schema}.jobs WHERE id = %s FOR UPDATE;
 -- name: enqueue
 SELECT job_id, created, job_state FROM {schema}.enqueue(%s::jsonb, %s::bigint);
 
+-- name: enqueue_batch
+-- `enqueue` of several jobs (migration 0015): ids and payloads each as one text and its
+-- separator, the other columns as binary arrays (`%b`; see flow.py `batch_params`), and
+-- one row back.
+SELECT made, held_ids, held_created, held_states FROM {schema}.enqueue_batch(
+    string_to_array(%s::text, %s::text), string_to_array(%s::text, %s::text),
+    %b::text[], %b::text[], %b::integer[], %b::integer[],
+    %b::text[], %b::text[], %b::bigint[], %b::text[], %b::bigint[], %b::bigint[],
+    %s::bigint);
+
 -- name: enqueue_in
 -- `enqueue` on a caller's own connection (transactional enqueue), which the pool never
 -- told the app's quiet queues (rule 7): the first argument names them for this

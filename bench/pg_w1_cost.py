@@ -24,6 +24,13 @@ table growth) shows in the counts of later reps. Each rep then also prints the j
 table's live/dead tuples and its heap and index sizes at its start.
 
     .venv/bin/python bench/pg_w1_cost.py --port 55471 --reps 6 --same-db
+
+``--fair`` measures W5 instead (bench/README.md): job i gets tenant ``t{i mod 100}`` and the
+queue a limit of 2 running jobs per tenant, stored before the enqueue, so every claim goes
+through ``claim_fair`` (tenant turns, running counts). With ``--same-db`` each rep's start
+also prints the tenants table's live/dead tuples and index pages (every turn rewrites a row).
+
+    .venv/bin/python bench/pg_w1_cost.py --port 55471 --reps 6 --same-db --fair --top
 """
 
 from __future__ import annotations
@@ -42,6 +49,10 @@ import conveyor
 from conveyor import Conveyor, Job, Worker
 
 _TICK = os.sysconf("SC_CLK_TCK")
+# W5 (bench/harness.py): job i of a rep gets tenant t{i mod W5_TENANTS}, at most
+# W5_TENANT_CONCURRENCY of a tenant's jobs run at once.
+W5_TENANTS = 100
+W5_TENANT_CONCURRENCY = 2
 
 
 def backend_cpu(database: str) -> dict[int, float]:
@@ -86,19 +97,20 @@ def table_counts(url: str) -> dict[str, float]:
     return out
 
 
-def jobs_table_state(url: str) -> dict[str, float]:
-    """The jobs table's live and dead tuples (as of the last stats flush) and its sizes."""
+def table_state(url: str, table: str, index: str) -> dict[str, float]:
+    """A table's live and dead tuples (as of the last stats flush), its heap and index
+    sizes, and the size of one of its indexes (in pages)."""
     with psycopg.connect(url, autocommit=True) as conn:
         row = conn.execute(
             "SELECT n_live_tup, n_dead_tup, pg_relation_size(relid) / 8192,"
-            " pg_indexes_size(relid) / 8192,"
-            " pg_relation_size('conveyor.jobs_claim') / 8192"
-            " FROM pg_stat_user_tables WHERE schemaname = 'conveyor' AND relname = 'jobs'"
+            " pg_indexes_size(relid) / 8192, pg_relation_size(%s::regclass) / 8192"
+            " FROM pg_stat_user_tables WHERE schemaname = 'conveyor' AND relname = %s",
+            (f"conveyor.{index}", table),
         ).fetchone()
     if row is None:  # the first rep of a fresh database: no schema yet
         return {}
-    keys = ("live_tup", "dead_tup", "heap_pages", "index_pages", "claim_index_pages")
-    return {f"jobs.{k}": float(v) for k, v in zip(keys, row, strict=True)}
+    keys = ("live_tup", "dead_tup", "heap_pages", "index_pages", f"{index}_pages")
+    return {f"{table}.{k}": float(v) for k, v in zip(keys, row, strict=True)}
 
 
 async def one_run(
@@ -108,6 +120,7 @@ async def one_run(
     concurrency: int,
     rep: int,
     same_db: bool,
+    fair: bool,
 ) -> dict[str, Any]:
     database = f"pgw1_cost_{os.getpid()}" + ("" if same_db else f"_{rep}")
     if not same_db or rep == 0:
@@ -123,13 +136,18 @@ async def one_run(
     try:
         await app.connect()
         await app.purge("bench")  # what the previous rep left (bench/run's producer does it)
+        # As the conveyor-postgres peer's producer does: no limits, or W5's before enqueueing.
+        await app.set_limits("bench", tenant_concurrency=W5_TENANT_CONCURRENCY if fair else None)
         await asyncio.sleep(0.7)  # stats are flushed by backends at most once a second
         admin.execute("SELECT pg_stat_clear_snapshot()")
-        state = jobs_table_state(url)
+        state = table_state(url, "jobs", "jobs_claim")
+        if fair:
+            state |= table_state(url, "tenants", "tenants_turn")
         for start in range(0, jobs, 1000):
             await app.enqueue_many(
                 [
                     {"task": "noop", "payload": {"i": i}}
+                    | ({"tenant": f"t{i % W5_TENANTS}"} if fair else {})
                     for i in range(start, min(jobs, start + 1000))
                 ]
             )
@@ -201,6 +219,9 @@ def main() -> None:
     parser.add_argument(
         "--same-db", action="store_true", help="one database for every rep, purged between"
     )
+    parser.add_argument(
+        "--fair", action="store_true", help="W5: 100 tenants, 2 running jobs per tenant"
+    )
     args = parser.parse_args()
     server = f"postgresql://postgres@127.0.0.1:{args.port}"
     print(f"conveyor from {Path(conveyor.__file__).parent}", flush=True)
@@ -208,7 +229,9 @@ def main() -> None:
     with psycopg.connect(f"{server}/postgres", autocommit=True) as admin:
         admin.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         for rep in range(args.reps):
-            r = asyncio.run(one_run(server, admin, args.jobs, args.concurrency, rep, args.same_db))
+            r = asyncio.run(
+                one_run(server, admin, args.jobs, args.concurrency, rep, args.same_db, args.fair)
+            )
             results.append(r)
             line = ", ".join(
                 f"{k} {v:,.2f}" for k, v in r.items() if k != "top" and isinstance(v, float)

@@ -42,7 +42,13 @@ NOTES = {
     "noop": "as conveyor, on postgresql://…/conveyor_bench_<port>?schema=conveyor",
     "io": "conveyor worker --concurrency 100, asyncio.sleep(0.02)",
 }
-WORKLOADS = ["W0", "W1", "W2", "W3"]
+WORKLOADS = ["W0", "W1", "W2", "W3", "W5"]
+# W5 as the conveyor peer (the harness reads this literal): the same enqueue and
+# set_limits calls (conveyor_lib), enforced by the Postgres engine's fair claim.
+FAIRNESS = (
+    "enqueue(..., tenant=f't{i % 100}') and app.set_limits(queue, tenant_concurrency=2): "
+    "claim_fair enforces the limit in the claim and serves tenants least recently served first"
+)
 
 app = make_app(os.environ.get("BENCH_ENGINE_URL", "postgresql://postgres@127.0.0.1/postgres"))
 

@@ -196,21 +196,24 @@ async def test_only_an_exchange_without_outcomes_skips_the_wal_flush(
 
 
 # --- churn: what earlier runs left does not slow the next (migration 0013) ------------------
-async def blocks_read(conn: psycopg.AsyncConnection[Any], schema: str, sql: str) -> dict[str, int]:
+async def blocks_read(
+    conn: psycopg.AsyncConnection[Any], schema: str, sql: str, tables: tuple[str, ...] = ("jobs",)
+) -> dict[str, int]:
     """Run `sql` in a transaction of its own and return the buffers it read (hit or not)
-    of each jobs index, counted by the server: load-independent. (The backend's counts
-    not yet sent to the statistics are read before and after, in the transaction, since
-    nothing is sent before it ends.)"""
+    of each of `tables` and their indexes, counted by the server: load-independent. (The
+    backend's counts not yet sent to the statistics are read before and after, in the
+    transaction, since nothing is sent before it ends.)"""
     counts = (
         "SELECT c.relname, pg_stat_get_xact_blocks_fetched(c.oid) FROM pg_class c"
-        " WHERE c.oid = %(t)s::regclass"
-        " OR c.oid IN (SELECT indexrelid FROM pg_index WHERE indrelid = %(t)s::regclass)"
+        " WHERE c.oid = ANY(%(t)s::regclass[])"
+        " OR c.oid IN (SELECT indexrelid FROM pg_index WHERE indrelid = ANY(%(t)s::regclass[]))"
     )
+    names = {"t": [f'"{schema}".{table}' for table in tables]}
     async with conn.transaction():
-        cur = await conn.execute(counts, {"t": f'"{schema}".jobs'})
+        cur = await conn.execute(counts, names)
         before = dict(await cur.fetchall())
         await conn.execute(sql)
-        cur = await conn.execute(counts, {"t": f'"{schema}".jobs'})
+        cur = await conn.execute(counts, names)
         return {str(name): int(n - before[name]) for name, n in await cur.fetchall()}
 
 
@@ -257,6 +260,53 @@ async def test_the_exchange_reads_no_more_after_purged_runs(
             assert finished["jobs_lease"] <= 4, finished  # the lease probe's descent only
             assert finished["jobs_pkey"] <= 25 * 4 and finished["jobs"] <= 25 * 8, finished
     assert (await app.counts("q")).completed == 75
+
+
+async def test_the_fair_claim_reads_no_more_as_turns_pile_up(
+    engine: PostgresEngine, app: Conveyor, postgres_url: str
+) -> None:
+    """W5's shape (jobs over 100 tenants, 2 running per tenant): every turn rewrites its
+    tenant's row, so 2,000 claimed jobs leave some 2,000 dead entries at the head of the
+    turn index. A claim of 25 late in the run reads no more than one early in it (it
+    starts at the remembered floor of live turns, migration 0016), and never reads every
+    pending job (a hash of them) to find the tenants that have some."""
+    from conveyor.engines import Outcome
+
+    await engine.set_limits("q", QueueLimits(tenant_concurrency=2))
+    await engine.enqueue([app.build("t", {}, tenant=f"t{i % 100}") for i in range(6_000)])
+    schema = engine.schema_sql.strip('"')
+    call = f"SELECT {engine.schema_sql}.exchange('[]'::jsonb, ARRAY['q'], 25, 'w', 60000)"
+    tables = ("jobs", "tenants")
+
+    async def finish_running() -> None:
+        async with conn.transaction():
+            cur = await conn.execute(
+                f"SELECT id, token FROM {engine.schema_sql}.jobs WHERE state = 'running'"
+            )
+            running = await cur.fetchall()
+        done = [Outcome(i, t, "complete", result_json="1") for i, t in running]
+        await engine.exchange(done, queues=["q"], limit=0, worker_id="w", lease_ms=60_000)
+
+    async with await psycopg.AsyncConnection.connect(conninfo(postgres_url)) as conn:
+        reads = []
+        for _ in range(200):  # 5,000 jobs, one turn each
+            reads.append(await blocks_read(conn, schema, call, tables))
+            await finish_running()
+        assert (await app.counts("q")).completed == 5_000
+        cur = await conn.execute(
+            f"SELECT (SELECT turn FROM {engine.schema_sql}.turn_floors WHERE queue = 'q'),"
+            f" (SELECT min(turn) FROM {engine.schema_sql}.tenants WHERE queue = 'q' AND turn > 0)"
+        )
+        floor, lowest = await cur.fetchone() or (None, None)
+    # The floor is the lowest live turn (tenants served since only got higher ones).
+    assert floor is not None and lowest is not None and 0 < floor <= lowest, (floor, lowest)
+    early, late = reads[2], reads[-1]  # (the first calls make the plans)
+    for read in (early, late):
+        # Before 0016 a claim of 25 read the heap page of every pending tenant job (6,186
+        # buffers early in this run, 1,301 late).
+        assert read["jobs"] <= 600 and read["jobs_pending_age"] == 0, read
+    for name in ("tenants", "tenants_pkey", "jobs_tenant_claim", "jobs_tenant_running"):
+        assert late[name] <= 2 * early[name] + 8, (name, early, late)
 
 
 # --- fleet-wide limits: several engines (processes) claim at once -------------------------

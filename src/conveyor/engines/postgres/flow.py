@@ -111,9 +111,32 @@ class PgFlow(PgPickup):
                 return enqueue_results(await cur.fetchall())
 
             results = await self._run(tx, single=True)
+        if any(r.created and r.state is JobState.RUNNING for r in results):
+            # Handed to an idle worker: that commit did not wait for its WAL flush, so the
+            # worker got its NOTIFY at once (migration 0014). Flush before returning.
+            await self._flush_wal()
         self._notify(jobs=True, events=True)
         self._count_events(sum(r.created for r in results), {new.queue for new in jobs})
         return results
+
+    async def _flush_wal(self) -> None:
+        """Make every commit of this session durable (queries.sql `flush_wal`): on the held
+        line when it is free, else through the pool (a flush from any session covers the
+        commits before it, the WAL being written in order).
+
+        Raises:
+            EngineUnavailable: the server cannot be reached. The enqueue is then not
+                acknowledged, as when a COMMIT's reply is lost: its job may or may not be
+                stored, and its worker may have started it (at-least-once).
+        """
+        sql = self.q["flush_wal"]
+        if await self._held_rows(sql, ()) is not None:
+            return
+
+        async def flush(conn: Conn) -> None:
+            await conn.hot_cursor().execute(sql)
+
+        await self._run(flush, single=True)
 
     # --- workers ----------------------------------------------------------------------------
     async def exchange(

@@ -16,6 +16,14 @@ SELECT {job_columns} FROM {schema}.jobs WHERE id = %s FOR UPDATE;
 -- name: enqueue
 SELECT job_id, created, job_state FROM {schema}.enqueue(%s::jsonb, %s::bigint);
 
+-- name: flush_wal
+-- After an enqueue that handed its job to an idle worker (migration 0014: that commit did
+-- not wait for its WAL flush, so the worker got the NOTIFY at once): one small transaction
+-- that writes WAL (a transactional logical message, no table touched) and commits at the
+-- session's own `synchronous_commit`, so its flush covers the enqueue's commit record,
+-- which is earlier in the WAL. Safe to run twice, and from any session.
+SELECT pg_logical_emit_message(true, 'conveyor', 'flush');
+
 -- name: enqueue_in
 -- `enqueue` on a caller's own connection (transactional enqueue), which the pool never
 -- told the app's quiet queues (rule 7): the first argument names them for this

@@ -10,7 +10,9 @@ separate processes: `worker` accepts handed jobs, `producer` enqueues.
 from __future__ import annotations
 
 import asyncio
+import tempfile
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -19,6 +21,8 @@ from conveyor.engines.base import HandsOff, Outcome
 from conveyor.engines.postgres import PostgresEngine
 from conveyor.job import JobState
 from conveyor.limits import QueueLimits
+
+from tests.postgres_server import PostgresServer
 
 from .handoffs import handed, new
 
@@ -291,3 +295,38 @@ async def test_reporting_outcomes_keeps_an_idle_worker_registered(
     assert second.state is JobState.RUNNING
     assert [j.id for j in await handed(worker)] == [second.id]
     assert first.id == job.id
+
+
+async def test_a_handed_job_is_on_disk_when_enqueue_returns() -> None:
+    """The hand-off commits without waiting for its WAL flush, so the worker gets the job
+    at once (migration 0014); `enqueue` must still return only once the job is durable.
+
+    A private server whose WAL writer runs every 10 s writes nothing to disk for a commit
+    that does not flush: killed right after the enqueue returned, it would come back
+    without the job unless the engine flushed before returning.
+    """
+    # Not tmp_path: the server runs as user postgres, who must reach its directory.
+    directory = tempfile.TemporaryDirectory(prefix="conveyor-pg-crash-")
+    server = PostgresServer(Path(directory.name))
+    url = server.start_private("wal_writer_delay=10s") + "?schema=crash"
+    try:
+        worker, producer = PostgresEngine(url), PostgresEngine(url)
+        await worker.connect()
+        await producer.connect()
+        worker.accept_handoffs("w1")
+        await go_idle(worker)
+        [res] = await producer.enqueue([new()])
+        assert res.created and res.state is JobState.RUNNING  # handed
+        [job] = await handed(worker)  # the worker got it
+        await worker.close()
+        await producer.close()
+        server.crash()
+        after = PostgresEngine(url)
+        try:
+            stored = await after.get_job(res.id)
+        finally:
+            await after.close()
+        assert (stored.state, stored.token) == (JobState.RUNNING, job.token)
+    finally:
+        server.stop()
+        directory.cleanup()

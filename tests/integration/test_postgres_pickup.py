@@ -21,7 +21,6 @@ from conveyor.engines.base import HandsOff, Outcome
 from conveyor.engines.postgres import PostgresEngine
 from conveyor.job import JobState
 from conveyor.limits import QueueLimits
-
 from tests.postgres_server import PostgresServer
 
 from .handoffs import handed, new

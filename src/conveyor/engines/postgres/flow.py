@@ -170,11 +170,13 @@ class PgFlow(PgPickup):
         # the WAL flush, the pickup's second one (queries.sql `exchange_claim`). A worker
         # that takes handed jobs registers when it claims nothing (pickup.py).
         waiting_args = self._exchange_waiting_args(worker_id, limit, args)
+        flush = False
         if waiting_args is None:
             sql = self.q["exchange" if outcomes else "exchange_claim"]
         else:
-            sql = self.q["exchange_waiting" if outcomes else "exchange_waiting_claim"]
-            args = waiting_args
+            # Committed before its flush, then flushed when outcomes ride on it (queries.sql
+            # `exchange_waiting`: a hand-off to this worker must not wait behind it).
+            sql, args, flush = self.q["exchange_waiting"], waiting_args, bool(outcomes)
 
         async def call(conn: Conn) -> tuple[dict[str, Any], int | None]:
             cur = conn.hot_cursor()
@@ -182,6 +184,8 @@ class PgFlow(PgPickup):
             row = await cur.fetchone()
             assert row is not None
             out: dict[str, Any] = orjson.loads(row[0])
+            if flush:
+                await cur.execute(self.q["flush_wal"])
             return out, (None if len(row) < 2 else int(row[1]))
 
         result, waiting = await self._run(call, single=True)

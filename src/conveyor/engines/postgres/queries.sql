@@ -54,11 +54,13 @@ FROM (SELECT set_config('synchronous_commit', 'off', true)) AS quick;
 -- name: exchange_waiting
 -- `exchange` for a worker that takes handed jobs (migration 0011: it registers when the
 -- claim found nothing). Returns exchange's JSON and the queues it is registered on.
-SELECT result, waiting FROM {schema}.exchange_waiting(%s::jsonb, %s::text[], %s, %s, %s,
-    %s::bigint, %s, %s, %s);
-
--- name: exchange_waiting_claim
--- `exchange_waiting` without outcomes: as `exchange_claim`, no wait for the WAL flush.
+-- Commits without waiting for the WAL flush, as `exchange_claim`; when outcomes ride on
+-- it the engine runs `flush_wal` next, before the exchange returns, so they are as
+-- durable as before. Why: the exchange NOTIFYs ('events'), and Postgres holds one lock
+-- for every NOTIFYing transaction of the server from its pre-commit until its commit
+-- ends, flush included; a producer handing this worker its next job (which NOTIFYs
+-- too) waited behind that flush (W2: 2-4 ms in a traced run's slowest pickups,
+-- bench/RESULTS.md "pgw2tail"). `flush_wal` NOTIFYs nothing, so it takes no such lock.
 SELECT w.result, w.waiting
 FROM (SELECT set_config('synchronous_commit', 'off', true)) AS quick,
     {schema}.exchange_waiting(%s::jsonb, %s::text[], %s, %s, %s, %s::bigint, %s, %s, %s) w;

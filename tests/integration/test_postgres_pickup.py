@@ -10,15 +10,18 @@ separate processes: `worker` accepts handed jobs, `producer` enqueues.
 from __future__ import annotations
 
 import asyncio
+import tempfile
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import psycopg
 import pytest
 
 from conveyor.engines.base import HandsOff, Outcome
 from conveyor.engines.postgres import PostgresEngine
-from conveyor.job import JobState
+from conveyor.job import Job, JobState
 from conveyor.limits import QueueLimits
+from tests.postgres_server import PostgresServer
 
 from .handoffs import handed, new
 
@@ -291,3 +294,57 @@ async def test_reporting_outcomes_keeps_an_idle_worker_registered(
     assert second.state is JobState.RUNNING
     assert [j.id for j in await handed(worker)] == [second.id]
     assert first.id == job.id
+
+
+async def test_a_hand_off_and_its_outcome_are_on_disk_when_their_calls_return() -> None:
+    """The hand-off, and an idle worker's exchange, commit without waiting for their WAL
+    flush (migration 0014, queries.sql `exchange_waiting`), so a job reaches its worker
+    at once and no hand-off waits behind the worker's flush; `enqueue` and `exchange`
+    must still return only once what they wrote is durable.
+
+    A private server whose WAL writer runs every 10 s writes nothing to disk for a commit
+    that does not flush: killed right after the call returned, it would come back without
+    the job (or with the job still running) unless the engine flushed before returning.
+    """
+    # Not tmp_path: the server runs as user postgres, who must reach its directory.
+    directory = tempfile.TemporaryDirectory(prefix="conveyor-pg-crash-")
+    server = PostgresServer(Path(directory.name))
+    url = server.start_private("wal_writer_delay=10s") + "?schema=crash"
+
+    async def after_a_crash(job_id: str) -> Job:
+        server.crash()
+        engine = PostgresEngine(url)
+        try:
+            return await engine.get_job(job_id)
+        finally:
+            await engine.close()
+
+    try:
+        # 1. The job is on disk when the enqueue that handed it returns.
+        worker, producer = PostgresEngine(url), PostgresEngine(url)
+        await worker.connect()
+        await producer.connect()
+        worker.accept_handoffs("w1")
+        await go_idle(worker)
+        [res] = await producer.enqueue([new()])
+        assert res.created and res.state is JobState.RUNNING  # handed
+        [job] = await handed(worker)
+        await worker.close()
+        await producer.close()
+        stored = await after_a_crash(res.id)
+        assert (stored.state, stored.token) == (JobState.RUNNING, job.token)
+        # 2. Its outcome is on disk when the exchange that reported it returns.
+        worker = PostgresEngine(url)
+        await worker.connect()
+        worker.accept_handoffs("w1")
+        got = await worker.exchange(
+            [Outcome(job.id, job.token or "", "complete", result_json="1")],
+            queues=["q"], limit=5, worker_id="w1", lease_ms=30_000,
+        )  # fmt: skip
+        assert got.lost == [] and got.jobs == []
+        await worker.close()
+        stored = await after_a_crash(res.id)
+        assert stored.state is JobState.COMPLETED
+    finally:
+        server.stop()
+        directory.cleanup()

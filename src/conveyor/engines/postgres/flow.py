@@ -180,9 +180,17 @@ class PgFlow(PgPickup):
                 return enqueue_results(await cur.fetchall())
 
             results = await self._run(tx, single=True)
+        return await self._enqueued(jobs, results)
+
+    async def _enqueued(
+        self, jobs: Sequence[NewJob], results: list[EnqueueResult]
+    ) -> list[EnqueueResult]:
+        """What follows every stored enqueue, single or batch: the flush a hand-off
+        needs, the wake-ups and the event count; returns `results`."""
         if any(r.created and r.state is JobState.RUNNING for r in results):
             # Handed to an idle worker: that commit did not wait for its WAL flush, so the
             # worker got its NOTIFY at once (migration 0014). Flush before returning.
+            # (Batches are never handed today; the check costs a scan of the results.)
             await self._flush_wal()
         self._notify(jobs=True, events=True)
         self._count_events(sum(r.created for r in results), {new.queue for new in jobs})
@@ -200,10 +208,7 @@ class PgFlow(PgPickup):
                 raise AssertionError("enqueue_batch returns one row")
             return batch_results(jobs, row)
 
-        results = await self._run(tx, single=True)
-        self._notify(jobs=True, events=True)
-        self._count_events(sum(r.created for r in results), {new.queue for new in jobs})
-        return results
+        return await self._enqueued(jobs, await self._run(tx, single=True))
 
     async def _flush_wal(self) -> None:
         """Make every commit of this session durable (queries.sql `flush_wal`): on the held

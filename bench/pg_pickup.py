@@ -17,7 +17,11 @@ private one with ``initdb`` + ``pg_ctl -o "-p 55432"`` and pass ``--port``); the
 exchange calls per job; its full (generation 2) garbage collections from the first
 measured job to the last, with the longest one's pause (0 when there was none); and the
 share of jobs handed to the idle worker by the enqueue itself (the one-hop pickup,
-migration 0011; 0 on trees without it).
+migration 0011; 0 on trees without it); and per hop, the producer's enqueue call (p50,
+p99: its commit and flush included) and the share of jobs whose handler started before
+their enqueue call returned (the hand-off leaves at the commit record, before the flush,
+migration 0014; on trees without it the notification and the producer's reply both wait
+for that flush and then race).
 """
 
 from __future__ import annotations
@@ -71,7 +75,7 @@ async def job(job: Job) -> None:
     with open(OUT, "a") as f:
         handed = int((job.token or "").startswith("h"))  # one-hop pickup (migration 0011)
         f.write(f"{job.payload['i']} {start - int(job.payload['t'])} {COUNTS['exchanges']} "
-                f"{COUNTS['gc2']} {COUNTS['gc2_ms']:.2f} {handed}\\n")
+                f"{COUNTS['gc2']} {COUNTS['gc2_ms']:.2f} {handed} {start} {job.payload['t']}\\n")
 """
 
 PRODUCER = """
@@ -84,10 +88,14 @@ async def main(n, warm):
     await asyncio.sleep(1.0)
     print("go", flush=True)
     sys.stdin.readline()
+    returned = []
     for i in range(n):
         await app.enqueue("job", {"t": time.time_ns(), "i": i})
+        returned.append(time.time_ns())  # the enqueue call's return, per job
         await asyncio.sleep(0.005)
     await app.close()
+    with open(os.environ["BENCH_OUT"] + ".returned", "w") as f:
+        f.write("\\n".join(map(str, returned)))
 asyncio.run(main(int(sys.argv[1]), int(sys.argv[2])))
 """
 
@@ -142,6 +150,7 @@ def run_once(src: str, jobs: int, port: int) -> dict[str, float]:
                     raise SystemExit(f"{src}: the worker did not finish")
                 wal1 = int(psql(port, "SELECT wal_sync FROM pg_stat_wal"))
                 producer.wait(60)
+                returned = [int(t) for t in Path(f"{out}.returned").read_text().split()]
             finally:
                 worker.terminate()
                 worker.wait(30)
@@ -151,8 +160,14 @@ def run_once(src: str, jobs: int, port: int) -> dict[str, float]:
     lat = sorted(int(ln[1]) / 1e6 for ln in measured)
     first_warm = [ln for ln in lines if ln[0] == "-1"][-1]
 
-    def pct(q: float) -> float:
-        return lat[int(q * (len(lat) - 1))]
+    def pct(q: float, values: list[float] = lat) -> float:
+        return values[int(q * (len(values) - 1))]
+
+    # Per hop: the producer's enqueue call (stamp -> return, its commit's flush included),
+    # and whether the handler started before that call returned (the worker was handed
+    # the job at the commit record, before the flush: migration 0014).
+    calls = sorted((returned[int(ln[0])] - int(ln[7])) / 1e6 for ln in measured)
+    early = sum(int(ln[6]) < returned[int(ln[0])] for ln in measured) / jobs
 
     last = lines[-1]
     return {
@@ -165,6 +180,9 @@ def run_once(src: str, jobs: int, port: int) -> dict[str, float]:
         "gc2 max ms": float(last[4]),
         # Jobs started from the enqueue's hand-off, not a wake-up and a claim (0011).
         "handed/job": sum(int(ln[5]) for ln in measured if len(ln) > 5) / jobs,
+        "enqueue call p50": pct(0.50, calls),
+        "enqueue call p99": pct(0.99, calls),
+        "started before return": early,
     }
 
 

@@ -36,9 +36,11 @@ def app_on() -> Conveyor:
         async def job(job: Job) -> None:
             await mark_done_async(0, 0)
     else:
+
         @app.task("job", queue=QUEUE, max_attempts=1)
         async def job(job: Job) -> None:
             return None
+
     return app
 
 
@@ -51,8 +53,22 @@ async def fill(n: int) -> None:
     await app.close()
 
 
-c = {"run_once": 0, "exchanges": 0, "outcomes": 0, "limit": 0, "claimed": 0, "flushes": 0,
-     "heartbeats": 0, "max_running": 0, "wake_sets": 0, "lane_cmds": 0, "reads": 0, "reads_2plus": 0, "jobs": 0, "serial_jobs": 0}
+c = {
+    "run_once": 0,
+    "exchanges": 0,
+    "outcomes": 0,
+    "limit": 0,
+    "claimed": 0,
+    "flushes": 0,
+    "heartbeats": 0,
+    "max_running": 0,
+    "wake_sets": 0,
+    "lane_cmds": 0,
+    "reads": 0,
+    "reads_2plus": 0,
+    "jobs": 0,
+    "serial_jobs": 0,
+}
 
 
 def instrument() -> None:
@@ -62,12 +78,15 @@ def instrument() -> None:
     from conveyor.worker import runtime  # Worker lives here (mixins)
 
     orig_run_once = be.BaseEventLoop._run_once
+
     def run_once(self):
         c["run_once"] += 1
         return orig_run_once(self)
+
     be.BaseEventLoop._run_once = run_once
 
     orig_ex = RedisFlow.exchange
+
     async def exchange(self, outcomes, **kw):
         c["exchanges"] += 1
         c["outcomes"] += len(outcomes)
@@ -75,38 +94,48 @@ def instrument() -> None:
         r = await orig_ex(self, outcomes, **kw)
         c["claimed"] += len(r.jobs)
         return r
+
     RedisFlow.exchange = exchange
 
     orig_hb = RedisFlow.heartbeat
+
     async def heartbeat(self, *a, **kw):
         c["heartbeats"] += 1
         return await orig_hb(self, *a, **kw)
+
     RedisFlow.heartbeat = heartbeat
 
     # Jobs finished while Redis had no call of this lane to work on: from the moment the
     # lane's last outstanding reply arrived to the next write (work not overlapped).
     idle = {"mark": None}
     orig_flush = lane._Protocol._flush
+
     def flush(self):
         c["flushes"] += 1
         if self.out and idle["mark"] is not None:
             c["serial_jobs"] += c["jobs"] - idle["mark"]
             idle["mark"] = None
         return orig_flush(self)
+
     orig_count = runtime.Worker._count
+
     def count(self, kind, job):
         c["jobs"] += 1
         return orig_count(self, kind, job)
+
     runtime.Worker._count = count
     lane._Protocol._flush = flush
 
     orig_send = lane._Protocol.send
+
     def send(self, packed, **kw):
         c["lane_cmds"] += len(packed)
         return orig_send(self, packed, **kw)
+
     lane._Protocol.send = send
 
     orig_recv = lane._Protocol.data_received
+
     def data_received(self, data):
         before = len(self.waiters)
         orig_recv(self, data)
@@ -116,24 +145,30 @@ def instrument() -> None:
         c["reads"] += 1
         if got >= 2:
             c["reads_2plus"] += 1
+
     lane._Protocol.data_received = data_received
 
     orig_start = runtime.Worker._start
+
     def start(self, job):
         orig_start(self, job)
         if len(self._running) > c["max_running"]:
             c["max_running"] = len(self._running)
+
     runtime.Worker._start = start
 
 
 def eager() -> None:
     """Experiment: the lane writes each call at once instead of at the next loop turn."""
     from conveyor.engines.redis import lane
+
     orig_send = lane._Protocol.send
+
     def send(self, packed, **kw):
         futs = orig_send(self, packed, **kw)
         self._flush()
         return futs
+
     lane._Protocol.send = send
 
 
@@ -141,6 +176,7 @@ async def run(concurrency: int) -> None:
     if "--eager" in sys.argv:
         eager()
     import redis
+
     app = app_on()
     r = redis.Redis.from_url(url)
     n = (await app.counts(QUEUE)).pending
@@ -157,9 +193,23 @@ async def run(concurrency: int) -> None:
     net = r.info("stats")["total_net_input_bytes"]
     done = (await app.counts(QUEUE)).completed
     await app.close()
-    calls = {k[8:]: v["calls"] for k, v in stats.items() if k not in ("cmdstat_info", "cmdstat_config|resetstat", "cmdstat_config")}
-    out = {"c": concurrency, "n": n, "done": done, "wall": wall, "cpu": cpu, "rate": done / wall,
-           "cpu_us_job": cpu / done * 1e6, "net_in": net, "calls": calls, **c}
+    calls = {
+        k[8:]: v["calls"]
+        for k, v in stats.items()
+        if k not in ("cmdstat_info", "cmdstat_config|resetstat", "cmdstat_config")
+    }
+    out = {
+        "c": concurrency,
+        "n": n,
+        "done": done,
+        "wall": wall,
+        "cpu": cpu,
+        "rate": done / wall,
+        "cpu_us_job": cpu / done * 1e6,
+        "net_in": net,
+        "calls": calls,
+        **c,
+    }
     print(json.dumps(out))
 
 

@@ -11,6 +11,7 @@ Postgres tests never skip.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -58,6 +59,7 @@ class PostgresServer:
         self.directory = directory
         self.admin_url = os.environ.get("CONVEYOR_TEST_POSTGRES", DEFAULT)
         self.data: Path | None = None
+        self._options = ""  # the private server's command-line options
         self.database = f"conveyor_test_{uuid.uuid4().hex[:10]}"
 
     def _as_postgres(self, *args: str) -> list[str]:
@@ -65,8 +67,8 @@ class PostgresServer:
             return list(args)
         return ["runuser", "-u", "postgres", "--", *args]
 
-    def _start_private(self) -> None:
-        initdb, pg_ctl = _binary("initdb"), _binary("pg_ctl")
+    def _start_private(self, settings: tuple[str, ...] = ()) -> None:
+        initdb = _binary("initdb")
         self.data = self.directory / "data"
         self.data.mkdir()
         if os.geteuid() == 0:
@@ -78,14 +80,33 @@ class PostgresServer:
             check=True,
             capture_output=True,
         )
-        options = f"-p {port} -k {self.data} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._options = f"-p {port} -k {self.data} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._options += "".join(f" -c {setting}" for setting in settings)
+        self._pg_ctl("start")
+        self.admin_url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+
+    def _pg_ctl(self, action: str) -> None:
+        assert self.data is not None
         subprocess.run(
-            self._as_postgres(pg_ctl, "-D", str(self.data), "-o", options, "-w", "start",
-                              "-l", str(self.data / "log")),
+            self._as_postgres(_binary("pg_ctl"), "-D", str(self.data), "-o", self._options,
+                              "-m", "immediate", "-w", action, "-l", str(self.data / "log")),
             check=True,
             capture_output=True,
         )  # fmt: skip
-        self.admin_url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+
+    def start_private(self, *settings: str) -> str:
+        """Start a private server (even when 5432 answers) with extra settings
+        (``"name=value"``), create the session's database; returns its URL. For tests
+        that crash the server (`crash`); `stop` stops it."""
+        self._start_private(settings)
+        return self.start()
+
+    def crash(self) -> None:
+        """Kill the private server as a crash would (``pg_ctl stop -m immediate``: no
+        shutdown checkpoint, and WAL not yet written out of shared memory is lost), then
+        start it again; it recovers from the WAL on disk."""
+        self._pg_ctl("stop")
+        self._pg_ctl("start")
 
     def start(self) -> str:
         """Find or start a server and create the session's database; returns its URL."""
@@ -103,12 +124,8 @@ class PostgresServer:
                 conn.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
         finally:
             if self.data is not None:
-                subprocess.run(
-                    self._as_postgres(_binary("pg_ctl"), "-D", str(self.data), "-m", "immediate",
-                                      "stop"),
-                    check=False,
-                    capture_output=True,
-                )  # fmt: skip
+                with contextlib.suppress(subprocess.CalledProcessError):
+                    self._pg_ctl("stop")
 
 
 def drop_schema(url: str, schema: str) -> None:

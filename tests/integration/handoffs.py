@@ -1,8 +1,10 @@
 """Helpers shared by the one-hop pickup tests of the engines that hand jobs to idle
-workers (`engines.base.HandsOff`: test_redis_pickup.py, test_postgres_pickup.py)."""
+workers (`engines.base.HandsOff`: test_handoffs.py, test_redis_pickup.py,
+test_postgres_pickup.py)."""
 
 from __future__ import annotations
 
+from conveyor.engines import Engine
 from conveyor.engines.base import HandsOff, Notifier
 from conveyor.job import Job, NewJob, new_job_id
 from conveyor.testing import eventually
@@ -27,3 +29,13 @@ async def handed(engine: HandsOff, worker_id: str = "w1", n: int = 1) -> list[Jo
 
     await eventually(arrived, timeout=5, message="a handed job")
     return jobs
+
+
+async def go_idle(
+    engine: Engine, worker_id: str = "w1", lease_ms: int = 30_000, limit: int = 5
+) -> None:
+    """An exchange that finds nothing (it registers the worker where it may)."""
+    got = await engine.exchange(
+        [], queues=["q"], limit=limit, worker_id=worker_id, lease_ms=lease_ms
+    )
+    assert got.jobs == []

@@ -1,7 +1,8 @@
-"""The one-hop pickup on Postgres (engines/postgres/pickup.py, migration 0011): an idle
-worker is handed a new job, claimed for it, in the NOTIFY that wakes it; everything a rule
-could hold back still goes through pending; a handed job is never lost, and a worker
-whose session is gone is never handed one.
+"""The one-hop pickup on Postgres (engines/postgres/pickup.py, migration 0011), what only
+Postgres has: registrations in `waiting` and their room, racing producers, liveness (a
+worker whose session is gone is never handed a job), jobs handed while the listener was
+away, large rows, transactional enqueue, durability at return. What every engine that
+hands jobs over gives is in test_handoffs.py.
 
 Real Postgres (the session's database, a schema per test), separate engines standing for
 separate processes: `worker` accepts handed jobs, `producer` enqueues.
@@ -10,17 +11,19 @@ separate processes: `worker` accepts handed jobs, `producer` enqueues.
 from __future__ import annotations
 
 import asyncio
+import tempfile
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import psycopg
 import pytest
 
-from conveyor.engines.base import HandsOff, Outcome
+from conveyor.engines.base import Outcome
 from conveyor.engines.postgres import PostgresEngine
-from conveyor.job import JobState
-from conveyor.limits import QueueLimits
+from conveyor.job import Job, JobState
+from tests.postgres_server import PostgresServer
 
-from .handoffs import handed, new
+from .handoffs import go_idle, handed, new
 
 
 @pytest.fixture
@@ -40,16 +43,6 @@ async def producer(postgres_url: str) -> AsyncIterator[PostgresEngine]:
     await eng.close()
 
 
-async def go_idle(
-    engine: PostgresEngine, worker_id: str = "w1", lease_ms: int = 30_000, limit: int = 5
-) -> None:
-    """An exchange that finds nothing (it registers the worker where it may)."""
-    got = await engine.exchange(
-        [], queues=["q"], limit=limit, worker_id=worker_id, lease_ms=lease_ms
-    )
-    assert got.jobs == []
-
-
 async def registrations(engine: PostgresEngine) -> list[tuple[str, str, int]]:
     async def read(conn: object) -> list[tuple[str, str, int]]:
         cur = await conn.execute(  # type: ignore[attr-defined]
@@ -60,78 +53,20 @@ async def registrations(engine: PostgresEngine) -> list[tuple[str, str, int]]:
     return await engine._run(read, single=True)
 
 
-async def test_an_idle_worker_is_handed_the_new_job_claimed_for_it(
+async def test_an_older_pending_job_goes_first(
     worker: PostgresEngine, producer: PostgresEngine
 ) -> None:
-    assert isinstance(worker, HandsOff)
+    """FIFO: a job that is pending already (committed in a caller's transaction, which is
+    never handed) is claimed before a newer one could be handed. (The rules every engine
+    holds back the same way are in test_handoffs.py.)"""
     await go_idle(worker)
+    async with await psycopg.AsyncConnection.connect(producer.conninfo) as conn:
+        await producer.enqueue_in(conn, [new()])
+        await conn.commit()
     [res] = await producer.enqueue([new()])
-    assert res.created and res.state is JobState.RUNNING  # claimed in the enqueue
-    [job] = await handed(worker)
-    assert (job.id, job.state, job.attempt, job.worker) == (res.id, JobState.RUNNING, 1, "w1")
-    stored = await producer.get_job(res.id)
-    assert (stored.state, stored.token, stored.attempt) == (JobState.RUNNING, job.token, 1)
-    assert stored.started_at is not None and stored.worker == "w1"
-    events = await producer.read_events(["q"], since={"q": "0"}, count=10, block_ms=0)
-    assert [e.kind for e in events][-2:] == ["enqueued", "started"]
-    # It is an ordinary claim: a wrong token is fenced off, the right one completes it.
-    fenced = await worker.exchange(
-        [Outcome(job.id, "h-not-the-token", "complete", result_json="1")],
-        queues=["q"], limit=0, worker_id="w1", lease_ms=30_000,
-    )  # fmt: skip
-    assert fenced.lost == [job.id]
-    done = await worker.exchange(
-        [Outcome(job.id, str(job.token), "complete", result_json="1")],
-        queues=["q"], limit=0, worker_id="w1", lease_ms=30_000,
-    )  # fmt: skip
-    assert done.lost == []
-    assert (await producer.get_job(res.id)).state is JobState.COMPLETED
-
-
-@pytest.mark.parametrize(
-    "case",
-    [
-        "concurrency limit",
-        "rate limit",
-        "tenant job",
-        "batch",
-        "paused",
-        "not accepted",
-        "delayed",
-        "already pending",
-    ],
-)
-async def test_what_a_rule_could_hold_back_goes_through_pending(
-    worker: PostgresEngine, producer: PostgresEngine, case: str
-) -> None:
-    worker_id = "w1"
-    if case == "not accepted":
-        worker_id = "w2"  # never called accept_handoffs
-    await go_idle(worker, worker_id)
-    # Rules set after the worker registered hold as well: the enqueue checks them.
-    if case == "concurrency limit":
-        await producer.set_limits("q", QueueLimits(concurrency=5))
-    elif case == "rate limit":
-        await producer.set_limits("q", QueueLimits(rate=100, rate_window_ms=1000))
-    elif case == "paused":
-        await producer.pause("q")
-    elif case == "already pending":  # FIFO: the older pending job goes first
-        async with await psycopg.AsyncConnection.connect(producer.conninfo) as conn:
-            await producer.enqueue_in(conn, [new()])
-            await conn.commit()
-    if case == "tenant job":
-        jobs = [new(tenant="acme")]
-    elif case == "batch":
-        jobs = [new(), new()]
-    elif case == "delayed":
-        jobs = [new(delay_ms=60_000)]
-    else:
-        jobs = [new()]
-    results = await producer.enqueue(jobs)
-    want = JobState.SCHEDULED if case == "delayed" else JobState.PENDING
-    assert [r.state for r in results] == [want] * len(jobs)
+    assert res.state is JobState.PENDING
     await asyncio.sleep(0.1)
-    assert worker.take_handed(worker_id) == []
+    assert worker.take_handed("w1") == []
 
 
 async def test_a_job_enqueued_in_a_callers_transaction_is_not_handed(
@@ -234,18 +169,6 @@ async def test_a_registration_holds_the_room_the_worker_had(
     assert await registrations(producer) == []
 
 
-async def test_stop_handoffs_gives_back_what_was_handed_and_ends_the_handing(
-    worker: PostgresEngine, producer: PostgresEngine
-) -> None:
-    await go_idle(worker)
-    [res] = await producer.enqueue([new()])
-    # Whether the notification arrived yet or not, it comes back (read from the table).
-    back = await worker.stop_handoffs("w1")
-    assert [j.id for j in back] == [res.id]
-    [later] = await producer.enqueue([new()])
-    assert later.state is JobState.PENDING
-
-
 async def test_jobs_handed_while_the_listener_was_away_are_taken_from_the_table(
     worker: PostgresEngine, producer: PostgresEngine
 ) -> None:
@@ -273,21 +196,55 @@ async def test_a_large_job_is_handed_by_id(
     assert (job.id, job.payload, job.attempt) == (res.id, {"blob": "x" * 20_000}, 1)
 
 
-async def test_reporting_outcomes_keeps_an_idle_worker_registered(
-    worker: PostgresEngine, producer: PostgresEngine
-) -> None:
-    """An idle worker reports a finished job (an exchange with limit 0) and stays idle:
-    the next job is still handed to it, not left to a wake-up and a second claim."""
-    await go_idle(worker, limit=1)
-    [first] = await producer.enqueue([new()])
-    [job] = await handed(worker)
-    await go_idle(worker, limit=1)  # the claim loop's next claim finds nothing: registered
-    done = await worker.exchange(
-        [Outcome(job.id, str(job.token), "complete", result_json="1")],
-        queues=["q"], limit=0, worker_id="w1", lease_ms=30_000,
-    )  # fmt: skip
-    assert done.lost == []
-    [second] = await producer.enqueue([new()])
-    assert second.state is JobState.RUNNING
-    assert [j.id for j in await handed(worker)] == [second.id]
-    assert first.id == job.id
+async def test_a_hand_off_and_its_outcome_are_on_disk_when_their_calls_return() -> None:
+    """The hand-off, and an idle worker's exchange, commit without waiting for their WAL
+    flush (migration 0014, queries.sql `exchange_waiting`), so a job reaches its worker
+    at once and no hand-off waits behind the worker's flush; `enqueue` and `exchange`
+    must still return only once what they wrote is durable.
+
+    A private server whose WAL writer runs every 10 s writes nothing to disk for a commit
+    that does not flush: killed right after the call returned, it would come back without
+    the job (or with the job still running) unless the engine flushed before returning.
+    """
+    # Not tmp_path: the server runs as user postgres, who must reach its directory.
+    directory = tempfile.TemporaryDirectory(prefix="conveyor-pg-crash-")
+    server = PostgresServer(Path(directory.name))
+    url = server.start_private("wal_writer_delay=10s") + "?schema=crash"
+
+    async def after_a_crash(job_id: str) -> Job:
+        server.crash()
+        engine = PostgresEngine(url)
+        try:
+            return await engine.get_job(job_id)
+        finally:
+            await engine.close()
+
+    try:
+        # 1. The job is on disk when the enqueue that handed it returns.
+        worker, producer = PostgresEngine(url), PostgresEngine(url)
+        await worker.connect()
+        await producer.connect()
+        worker.accept_handoffs("w1")
+        await go_idle(worker)
+        [res] = await producer.enqueue([new()])
+        assert res.created and res.state is JobState.RUNNING  # handed
+        [job] = await handed(worker)
+        await worker.close()
+        await producer.close()
+        stored = await after_a_crash(res.id)
+        assert (stored.state, stored.token) == (JobState.RUNNING, job.token)
+        # 2. Its outcome is on disk when the exchange that reported it returns.
+        worker = PostgresEngine(url)
+        await worker.connect()
+        worker.accept_handoffs("w1")
+        got = await worker.exchange(
+            [Outcome(job.id, job.token or "", "complete", result_json="1")],
+            queues=["q"], limit=5, worker_id="w1", lease_ms=30_000,
+        )  # fmt: skip
+        assert got.lost == [] and got.jobs == []
+        await worker.close()
+        stored = await after_a_crash(res.id)
+        assert stored.state is JobState.COMPLETED
+    finally:
+        server.stop()
+        directory.cleanup()

@@ -180,6 +180,18 @@ class PgFlow(PgPickup):
                 return enqueue_results(await cur.fetchall())
 
             results = await self._run(tx, single=True)
+        return await self._enqueued(jobs, results)
+
+    async def _enqueued(
+        self, jobs: Sequence[NewJob], results: list[EnqueueResult]
+    ) -> list[EnqueueResult]:
+        """What follows every stored enqueue, single or batch: the flush a hand-off
+        needs, the wake-ups and the event count; returns `results`."""
+        if any(r.created and r.state is JobState.RUNNING for r in results):
+            # Handed to an idle worker: that commit did not wait for its WAL flush, so the
+            # worker got its NOTIFY at once (migration 0014). Flush before returning.
+            # (Batches are never handed today; the check costs a scan of the results.)
+            await self._flush_wal()
         self._notify(jobs=True, events=True)
         self._count_events(sum(r.created for r in results), {new.queue for new in jobs})
         return results
@@ -196,10 +208,26 @@ class PgFlow(PgPickup):
                 raise AssertionError("enqueue_batch returns one row")
             return batch_results(jobs, row)
 
-        results = await self._run(tx, single=True)
-        self._notify(jobs=True, events=True)
-        self._count_events(sum(r.created for r in results), {new.queue for new in jobs})
-        return results
+        return await self._enqueued(jobs, await self._run(tx, single=True))
+
+    async def _flush_wal(self) -> None:
+        """Make every commit of this session durable (queries.sql `flush_wal`): on the held
+        line when it is free, else through the pool (a flush from any session covers the
+        commits before it, the WAL being written in order).
+
+        Raises:
+            EngineUnavailable: the server cannot be reached. The enqueue is then not
+                acknowledged, as when a COMMIT's reply is lost: its job may or may not be
+                stored, and its worker may have started it (at-least-once).
+        """
+        sql = self.q["flush_wal"]
+        if await self._held_rows(sql, ()) is not None:
+            return
+
+        async def flush(conn: Conn) -> None:
+            await conn.hot_cursor().execute(sql)
+
+        await self._run(flush, single=True)
 
     # --- workers ----------------------------------------------------------------------------
     async def exchange(
@@ -233,11 +261,13 @@ class PgFlow(PgPickup):
         # the WAL flush, the pickup's second one (queries.sql `exchange_claim`). A worker
         # that takes handed jobs registers when it claims nothing (pickup.py).
         waiting_args = self._exchange_waiting_args(worker_id, limit, args)
+        flush = False
         if waiting_args is None:
             sql = self.q["exchange" if outcomes else "exchange_claim"]
         else:
-            sql = self.q["exchange_waiting" if outcomes else "exchange_waiting_claim"]
-            args = waiting_args
+            # Committed before its flush, then flushed when outcomes ride on it (queries.sql
+            # `exchange_waiting`: a hand-off to this worker must not wait behind it).
+            sql, args, flush = self.q["exchange_waiting"], waiting_args, bool(outcomes)
 
         async def call(conn: Conn) -> tuple[dict[str, Any], int | None]:
             cur = conn.hot_cursor()
@@ -245,6 +275,8 @@ class PgFlow(PgPickup):
             row = await cur.fetchone()
             assert row is not None
             out: dict[str, Any] = orjson.loads(row[0])
+            if flush:
+                await cur.execute(self.q["flush_wal"])
             return out, (None if len(row) < 2 else int(row[1]))
 
         result, waiting = await self._run(call, single=True)

@@ -8,6 +8,10 @@ commit. With it (migration 0011 holds the rules and the races):
     producer:        enqueue claims the job for it -> pg_notify(its channel, the job row)
     listener:        the notification -> `handed` -> on_handed: the worker starts it
 
+The producer's hand-off commits without waiting for its WAL flush (migration 0014), so
+the notification leaves at the commit record; `enqueue` flushes before it returns
+(flow.py), so a job is durable when acknowledged but may start a moment before.
+
 The channel and the liveness key belong to this engine's LISTEN session (`_hand_offs_on`,
 set up by the listener at each (re)connect): a producer hands a job only to a session that
 still holds its key, so a worker that died is never handed anything. Only workers that

@@ -26,6 +26,14 @@ SELECT made, held_ids, held_created, held_states FROM {schema}.enqueue_batch(
     %b::text[], %b::text[], %b::bigint[], %b::text[], %b::bigint[], %b::bigint[],
     %s::bigint);
 
+-- name: flush_wal
+-- After an enqueue that handed its job to an idle worker (migration 0014: that commit did
+-- not wait for its WAL flush, so the worker got the NOTIFY at once): one small transaction
+-- that writes WAL (a transactional logical message, no table touched) and commits at the
+-- session's own `synchronous_commit`, so its flush covers the enqueue's commit record,
+-- which is earlier in the WAL. Safe to run twice, and from any session.
+SELECT pg_logical_emit_message(true, 'conveyor', 'flush');
+
 -- name: enqueue_in
 -- `enqueue` on a caller's own connection (transactional enqueue), which the pool never
 -- told the app's quiet queues (rule 7): the first argument names them for this
@@ -56,11 +64,13 @@ FROM (SELECT set_config('synchronous_commit', 'off', true)) AS quick;
 -- name: exchange_waiting
 -- `exchange` for a worker that takes handed jobs (migration 0011: it registers when the
 -- claim found nothing). Returns exchange's JSON and the queues it is registered on.
-SELECT result, waiting FROM {schema}.exchange_waiting(%s::jsonb, %s::text[], %s, %s, %s,
-    %s::bigint, %s, %s, %s);
-
--- name: exchange_waiting_claim
--- `exchange_waiting` without outcomes: as `exchange_claim`, no wait for the WAL flush.
+-- Commits without waiting for the WAL flush, as `exchange_claim`; when outcomes ride on
+-- it the engine runs `flush_wal` next, before the exchange returns, so they are as
+-- durable as before. Why: the exchange NOTIFYs ('events'), and Postgres holds one lock
+-- for every NOTIFYing transaction of the server from its pre-commit until its commit
+-- ends, flush included; a producer handing this worker its next job (which NOTIFYs
+-- too) waited behind that flush (W2: 2-4 ms in a traced run's slowest pickups,
+-- bench/RESULTS.md "pgw2tail"). `flush_wal` NOTIFYs nothing, so it takes no such lock.
 SELECT w.result, w.waiting
 FROM (SELECT set_config('synchronous_commit', 'off', true)) AS quick,
     {schema}.exchange_waiting(%s::jsonb, %s::text[], %s, %s, %s, %s::bigint, %s, %s, %s) w;

@@ -157,6 +157,20 @@ class PgFlow(PgPickup):
         """The one statement (and its parameters) that stores `jobs` on a pooled
         connection (a caller's own runs `enqueue_in`, engine.py). Its rows go through
         `enqueue_results`."""
+        if len(jobs) == 1:
+            new = jobs[0]
+            if (
+                new.tenant is None
+                and new.dedupe_key is None
+                and not new.delay_ms
+                and new.run_at_ms is None
+            ):
+                # The usual job: typed parameters, no document (migration 0017).
+                timeout_ms = None if new.timeout is None else int(new.timeout * 1000)
+                return self.q["enqueue_one"], (
+                    new.id, new.queue, new.task, new.payload_json, new.max_attempts,
+                    new.priority, timeout_ms, new.backoff_json, self._fixed,
+                )  # fmt: skip
         return self.q["enqueue"], (jobs_document(jobs), self._fixed)
 
     async def enqueue(self, jobs: Sequence[NewJob]) -> list[EnqueueResult]:

@@ -16,6 +16,12 @@ SELECT {job_columns} FROM {schema}.jobs WHERE id = %s FOR UPDATE;
 -- name: enqueue
 SELECT job_id, created, job_state FROM {schema}.enqueue(%s::jsonb, %s::bigint);
 
+-- name: enqueue_one
+-- `enqueue` of one job with no tenant, dedupe key, delay or run_at (migration 0017): its
+-- columns as typed parameters; the same rows back.
+SELECT job_id, created, job_state FROM {schema}.enqueue_one(%s, %s, %s, %s, %s::integer,
+    %s::integer, %s::bigint, %s, %s::bigint);
+
 -- name: enqueue_batch
 -- `enqueue` of several jobs (migration 0015): ids and payloads each as one text and its
 -- separator, the other columns as binary arrays (`%b`; see flow.py `batch_params`), and

@@ -22,6 +22,7 @@ from conveyor.engines.postgres import PostgresEngine, parse_postgres_url
 from conveyor.engines.postgres.migrations import MIGRATIONS
 from conveyor.engines.postgres.rules import RULES, TRANSITION_ROWS
 from conveyor.errors import SchemaTooNew
+from conveyor.job import JobState
 from conveyor.limits import QueueLimits
 from conveyor.testing import eventually
 
@@ -405,6 +406,40 @@ async def test_a_process_that_only_enqueues_does_not_listen(
     await eventually(woken, message="the other process's NOTIFY reached the listener")
     # Returns at once (woken meanwhile), not after its 30 s timeout.
     await asyncio.wait_for(engine.wait_for_jobs(["q"], timeout=30), 10)
+
+
+async def test_the_usual_single_enqueue_is_the_lean_statement_with_the_same_answers(
+    engine: PostgresEngine, app: Conveyor, postgres_url: str
+) -> None:
+    """A job with no tenant, dedupe key or delay goes to `enqueue_one` (migration 0017):
+    the same row, event and NOTIFYs as `enqueue`; what it cannot store (a queue not known
+    yet, an id that exists) gets `enqueue`'s answer."""
+    first = app.build("t", {"n": 1})  # queue `q` not known yet: through `enqueue`
+    [made] = await engine.enqueue([first])
+    assert (made.created, made.state) == (True, JobState.PENDING)
+    async with await psycopg.AsyncConnection.connect(
+        conninfo(postgres_url), autocommit=True
+    ) as other:
+        await other.execute(f'LISTEN "{engine.channel}"')
+        second = app.build("t", {"n": 2})
+        sql, _ = engine.enqueue_statement([second])
+        assert "enqueue_one" in sql
+        [made] = await engine.enqueue([second])  # the lean path, on the held line
+        assert (made.id, made.created, made.state) == (second.id, True, JobState.PENDING)
+        heard = [n.payload async for n in other.notifies(timeout=2, stop_after=2)]
+        assert sorted(heard) == ["events", "jobs"]
+        [again] = await engine.enqueue([second])  # a rerun: the job that holds the id
+        assert (again.id, again.created, again.state) == (second.id, False, JobState.PENDING)
+        job = await engine.get_job(second.id)
+        assert (job.payload, job.max_attempts, job.priority) == ({"n": 2}, second.max_attempts, 0)
+        rows = await (
+            await other.execute(
+                f"SELECT kind, task, attempt FROM {engine.schema_sql}.events WHERE job_id = %s",
+                (second.id,),
+            )
+        ).fetchall()
+        assert rows == [("enqueued", "t", 0)], "one event, as `enqueue` writes it"
+    assert [j.id for j in await claim(engine)] == [first.id, second.id], "FIFO kept"
 
 
 # --- transactional enqueue ---------------------------------------------------------------------

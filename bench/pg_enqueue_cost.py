@@ -12,10 +12,10 @@ database dropped at the end:
   backend counts when there is one), the WAL bytes of one enqueue (min over 30 single
   calls of the insert-LSN delta, commit record included) and the wall rate (load-bound).
 * `--functions`: server CPU of the schema's `enqueue` function alone, one job per call,
-  4,000 calls in one DO block (no round trip, no commit), the function of migration 0007
-  against the current one, interleaved. With `--bulk K`: server CPU and WAL per job of
-  K-job calls, the JSON `enqueue` (every batch before migration 0015) against
-  `enqueue_batch` (`bulk_functions`).
+  4,000 calls in one DO block (no round trip, no commit), the function of migration 0007,
+  the current one and `enqueue_one` (0017, the usual single job), interleaved. With
+  `--bulk K`: server CPU and WAL per job of K-job calls, the JSON `enqueue` (every batch
+  before migration 0015) against `enqueue_batch` (`bulk_functions`).
 
     .venv/bin/python bench/pg_enqueue_cost.py --src /tmp/main/src --src src \\
         --pgqueuer-python bench/.peers/venvs/pgqueuer_lib/bin/python --rounds 3 --n 3000
@@ -224,7 +224,8 @@ def producers(args: argparse.Namespace) -> None:
 
 
 def functions(args: argparse.Namespace) -> None:
-    """Server CPU per call of the enqueue function of 0007 against the current one."""
+    """Server CPU per call of the enqueue function of 0007 against the current one and
+    `enqueue_one` (0017), one job per call."""
     name = "pg_enqueue_cost_fn"
     dsn = migrated_database(name)
 
@@ -241,23 +242,36 @@ def functions(args: argparse.Namespace) -> None:
         "0007_flow_dedupe.sql": function_of(MIGRATIONS / "0007_flow_dedupe.sql", "enqueue_0007"),
         current.name: function_of(current, "enqueue_now"),
     }
-    calls = dict(zip(variants, ("enqueue_0007", "enqueue_now"), strict=True))
+    document = (
+        "jsonb_build_array(jsonb_build_object('id', 'j{rep}_' || i, 'queue', 'default',"
+        " 'task', 'job', 'payload', '{{\"t\":1}}', 'max_attempts', 3, 'priority', 0)), NULL"
+    )
+    calls = {
+        "0007_flow_dedupe.sql": f"conveyor.enqueue_0007({document})",
+        current.name: f"conveyor.enqueue_now({document})",
+        # Migration 0017's lean statement, as flow.py calls it for such a job.
+        "enqueue_one (0017)": "conveyor.enqueue_one('k{rep}_' || i, 'default', 'job',"
+        " '{{\"t\":1}}', 3, 0, NULL, NULL, NULL)",
+    }
     n = 4000
     with psycopg.connect(dsn, autocommit=True) as conn:
         for body in variants.values():
             conn.execute(body)
+        # The queue known (committed), as for every enqueue but a queue's first.
+        conn.execute(
+            'SELECT conveyor.enqueue(\'[{"id": "first", "queue": "default",'
+            ' "task": "job", "payload": "1", "max_attempts": 1}]\')'
+        )
         row = conn.execute("SELECT pg_backend_pid()").fetchone()
         assert row is not None
         pid = int(row[0])
-        per_call: dict[str, list[float]] = {k: [] for k in variants}
+        per_call: dict[str, list[float]] = {k: [] for k in calls}
         for rep in range(args.rounds + 1):
-            for label, fn in calls.items():
+            for label, call in calls.items():
                 conn.execute("BEGIN")
                 before = cpu_of(pid)
                 conn.execute(
-                    f"DO $$ BEGIN FOR i IN 1..{n} LOOP PERFORM conveyor.{fn}(jsonb_build_array("
-                    f"jsonb_build_object('id', 'j{rep}_' || i, 'queue', 'default', 'task', 'job',"
-                    " 'payload', '{\"t\":1}', 'max_attempts', 3, 'priority', 0)), NULL);"
+                    f"DO $$ BEGIN FOR i IN 1..{n} LOOP PERFORM {call.format(rep=rep)};"
                     " END LOOP; END $$;"
                 )
                 per_call[label].append((cpu_of(pid) - before) * 1e6 / n)

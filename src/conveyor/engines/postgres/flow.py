@@ -16,8 +16,10 @@ took. That is what makes `concurrency`, `tenant_concurrency` and the rates hold 
 the fleet, not per process.
 
 Enqueue is one call of the schema's ``enqueue(jsonb)`` function for one job (also what
-`enqueue_in` runs on a caller's own connection), and of ``enqueue_batch`` (migration
-0015: one binary array per column, one row back) for a batch: one round trip either way.
+`enqueue_in` runs on a caller's own connection), of ``enqueue_one`` (migration 0017: typed
+parameters, which hands anything unusual to ``enqueue``) for the usual job (no tenant,
+dedupe key or delay), and of ``enqueue_batch`` (migration 0015: one binary array per
+column, one row back) for a batch: one round trip each.
 """
 
 from __future__ import annotations

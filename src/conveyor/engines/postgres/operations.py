@@ -186,15 +186,15 @@ class PgOperations(PgCore):
         """Delete every job of `queue` (all states) and so its dedupe keys; returns how
         many. Deletes in batches of short transactions (workers keep running).
 
-        A purge of at least `BULK_BATCH` jobs then vacuums the jobs table, the event
-        log, the tenants and the rate log (`purge_vacuum`). Every version of every
-        deleted job stays in the table and its indexes until a VACUUM: the claim index keeps the dead entries of the purged
-        pending jobs at its head (they sort before every job enqueued later), so each
-        claim steps over them, and the lease probe over the dead entries of the jobs
-        that ran; the event log's trim likewise steps over every event it trimmed
-        before. Autovacuum gets to them in its own time, or never where it is off;
-        measured in bench/pg_w1_cost.py --same-db, each purged 20,000-job run left the
-        next one's claims about 100 index pages longer (bench/RESULTS.md, "pgchurn").
+        A purge of at least `BULK_BATCH` jobs then vacuums the jobs table, the event log,
+        the tenants and the rate log (`purge_vacuum`). Every version of every deleted job
+        stays in the table and its indexes until a VACUUM: the claim index keeps the dead
+        entries of the purged pending jobs at its head (they sort before every job enqueued
+        later), so each claim steps over them, and the lease probe over the dead entries of
+        the jobs that ran; the event log's trim likewise steps over every event it trimmed
+        before. Autovacuum gets to them in its own time, or never where it is off; measured
+        in bench/pg_w1_cost.py --same-db, each purged 20,000-job run left the next one's
+        claims about 100 index pages longer (bench/RESULTS.md, "pgchurn").
         """
 
         async def batch(conn: Conn) -> int:
